@@ -1,0 +1,45 @@
+import type { Clock } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
+import type { Credential, Decision, Health, Presentation } from '../core/types.js';
+
+/** What a reader may know about a credential it found. */
+export interface CredentialStatus {
+  readonly credential: Credential;
+  readonly revoked: boolean;
+}
+
+/** Read-only keyring view for readers: key material to run their protocol against. */
+export interface CredentialLookup {
+  byId(id: string): CredentialStatus | undefined;
+  /** Credentials of NFC kinds registered under a salted UID hash (see crypto/keys.ts uidHash). */
+  byUidHash(hash: string): readonly CredentialStatus[];
+}
+
+/** Everything a reader gets from the agent. Readers never touch the relay or the keyring store. */
+export interface ReaderContext {
+  readonly vehicleId: string;
+  readonly clock: Clock;
+  readonly log: Logger;
+  readonly keyring: CredentialLookup;
+  /** Signs `message` with the vehicle's P-256 key: 64-byte r‖s over SHA-256(message). */
+  signAsVehicle(message: Uint8Array): Uint8Array;
+  /**
+   * Hands a presentation to the agent. Resolves with the decision once the lock controller has
+   * acted on a grant (relay energised) or the denial is recorded. Never rejects.
+   */
+  present(presentation: Presentation): Promise<Decision>;
+  /** Cheap pre-check so a reader can skip crypto and radio work while it is rate-limited. */
+  isRateLimited(readerId: string): boolean;
+}
+
+/**
+ * A source of credential presentations: the NFC reader, the BLE link, the simulated reader.
+ * start() resolves once the reader is initialised (or has started retrying in the background);
+ * a reader that fails later reports it through health() and recovers by itself.
+ */
+export interface CredentialReader {
+  readonly id: string;
+  start(context: ReaderContext): Promise<void>;
+  stop(): Promise<void>;
+  health(): Health;
+}

@@ -1,0 +1,93 @@
+/**
+ * Every stable code the agent emits: in AgentError, in decisions, in logs, in MQTT results and in
+ * the audit log. Codes are part of the public contract: add new ones, never rename or reuse.
+ */
+export const CODES = {
+  // ── access decisions (denials) ─────────────────────────────────────────────
+  unknown_credential: 'no grant in the keyring matches the presented credential',
+  revoked: 'the credential was revoked',
+  not_yet_valid: 'the credential is not valid before its notBefore time',
+  expired: 'the credential expired (notAfter passed)',
+  bad_proof: 'the cryptographic proof did not verify',
+  replay: 'the answer was replayed from an earlier exchange',
+  rate_limited: 'too many denials on this reader; it is cooling down',
+  clone_suspected: 'the signature counter did not rise: the credential may be cloned',
+  timeout: 'the answer came after the deadline',
+  role_not_allowed: 'the credential role does not allow this action',
+  intent_required: 'no explicit user intent and passive unlock is not enabled for this key',
+  insecure_uid_disabled: 'UID-only credential not marked insecureUid',
+  wrong_vehicle: 'the message names another vehicle',
+  card_removed: 'the card left the field during the exchange',
+  malformed: 'the presented frame or message is malformed',
+  unsupported: 'the credential or card type is not supported',
+  // ── configuration and state ────────────────────────────────────────────────
+  config_invalid: 'the configuration is invalid',
+  config_unreadable: 'the configuration file cannot be read or parsed',
+  not_provisioned: 'the state directory holds no provisioned vehicle (run `vehicle-agent init`)',
+  already_provisioned: 'the state directory is already provisioned',
+  state_corrupt: 'a state file is corrupt',
+  state_io: 'a state file could not be read or written',
+  key_invalid: 'a key file or key encoding is invalid',
+  // ── keyring operations ─────────────────────────────────────────────────────
+  op_malformed: 'a keyring operation is malformed',
+  op_bad_signature: 'a keyring operation signature did not verify',
+  op_unknown_signer: 'a keyring operation is signed by a key the keyring does not know',
+  op_signer_not_allowed: 'the signer role may not perform this keyring operation',
+  op_wrong_vehicle: 'a keyring operation names another vehicle',
+  op_root_irrevocable: 'the pinned owner root key cannot be revoked',
+  // ── signed commands (cloud and local) ──────────────────────────────────────
+  jws_malformed: 'the JWS could not be parsed',
+  unknown_kid: 'the JWS key id names no key in the keyring',
+  revoked_kid: 'the JWS key id names a revoked key',
+  bad_signature: 'the JWS signature did not verify',
+  command_expired: 'the command exp has passed',
+  lifetime_too_long: 'the command exp - iat exceeds the allowed lifetime',
+  counter_replay: 'the command counter is not above the last one accepted for this key',
+  retained_command: 'commands must not arrive as retained messages',
+  unknown_command: 'the command is not known',
+  bad_arguments: 'the command arguments are invalid',
+  // ── local control socket ───────────────────────────────────────────────────
+  control_bad_request: 'the control socket request is not valid',
+  control_unavailable: 'the agent control socket is not reachable (is the agent running?)',
+  unauthorized: 'the request lacks the required authorisation',
+  // ── hardware ───────────────────────────────────────────────────────────────
+  relay_failed: 'a relay could not be switched',
+  relay_watchdog: 'a relay was held past its maximum on-time and was released',
+  reader_error: 'a reader failed',
+  reader_timeout: 'a reader did not answer in time',
+  frame_checksum: 'a frame failed its checksum',
+  frame_too_large: 'a frame exceeds the maximum size',
+  // ── audit ──────────────────────────────────────────────────────────────────
+  audit_chain_broken: 'the audit hash chain is broken',
+  // ── generic ────────────────────────────────────────────────────────────────
+  busy: 'the resource is busy',
+  internal: 'an internal error',
+} as const;
+
+export type Code = keyof typeof CODES;
+
+export function isCode(value: unknown): value is Code {
+  return typeof value === 'string' && Object.hasOwn(CODES, value);
+}
+
+/** The denial reasons a decision can carry. */
+export type DenialCode = Extract<
+  Code,
+  | 'unknown_credential'
+  | 'revoked'
+  | 'not_yet_valid'
+  | 'expired'
+  | 'bad_proof'
+  | 'replay'
+  | 'rate_limited'
+  | 'clone_suspected'
+  | 'timeout'
+  | 'role_not_allowed'
+  | 'intent_required'
+  | 'insecure_uid_disabled'
+  | 'wrong_vehicle'
+  | 'card_removed'
+  | 'malformed'
+  | 'unsupported'
+  | 'reader_error'
+>;
