@@ -1,0 +1,17 @@
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Integration tests run the real agent (and child processes such as the crash-test writer) from
+ * dist/, so every test run starts by compiling. Type errors are reported by `npm run typecheck`;
+ * here tsc still emits, and a failure to emit at all stops the run.
+ */
+export default function setup(): void {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const tsc = fileURLToPath(new URL('../node_modules/typescript/bin/tsc', import.meta.url));
+  const result = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: root, encoding: 'utf8' });
+  if (result.error) throw result.error;
+  if (result.status !== 0) {
+    process.stderr.write(`global-setup: tsc reported errors (emitting anyway):\n${result.stdout}${result.stderr}\n`);
+  }
+}
