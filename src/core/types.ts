@@ -59,6 +59,7 @@ export type ProofVerdict =
   | 'none' // nothing to prove (UID-only)
   | 'invalid'
   | 'replayed'
+  | 'cloned' // the card shows an enrolled UID but cannot prove the enrolled key: a UID clone
   | 'timeout'
   | 'removed'
   | 'wrong_vehicle'

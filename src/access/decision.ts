@@ -1,0 +1,127 @@
+import type { CredentialLookup } from '../agent/reader.js';
+import type { DenialCode } from '../core/codes.js';
+import type { CredentialKind, Decision, Presentation, ProofVerdict } from '../core/types.js';
+import { roleAllows } from './policy.js';
+
+export interface RateLimitPolicy {
+  /** Denials within windowMs on one reader that start a cooldown. */
+  readonly maxDenials: number;
+  readonly windowMs: number;
+  readonly cooldownMs: number;
+}
+
+export interface DecisionPolicy {
+  readonly rateLimit: RateLimitPolicy;
+  /** Answer deadline per credential kind (relay-attack bound); undefined = no deadline. */
+  readonly answerDeadlineMs: Readonly<Partial<Record<CredentialKind, number>>>;
+}
+
+/** Per-reader memory of recent denials. Immutable: recordOutcome returns a new one. */
+export interface ReaderHistory {
+  /** Trusted times of denials inside the current window, oldest first. */
+  readonly denials: readonly number[];
+  /** While now < cooldownUntil every attempt is rate_limited. */
+  readonly cooldownUntil: number;
+}
+
+export const EMPTY_HISTORY: ReaderHistory = { denials: [], cooldownUntil: 0 };
+
+export interface DecisionInput {
+  readonly presentation: Presentation;
+  readonly keyring: CredentialLookup;
+  /** Trusted time (MonotonicFloorClock.now()). */
+  readonly now: number;
+  readonly history: ReaderHistory;
+  /** Last signature counter accepted for this credential, if any. */
+  readonly lastCounter: number | undefined;
+  readonly policy: DecisionPolicy;
+}
+
+const VERDICT_CODES: Readonly<Record<Exclude<ProofVerdict, 'valid' | 'none'>, DenialCode>> = {
+  invalid: 'bad_proof',
+  replayed: 'replay',
+  cloned: 'clone_suspected',
+  timeout: 'timeout',
+  removed: 'card_removed',
+  wrong_vehicle: 'wrong_vehicle',
+  malformed: 'malformed',
+  unsupported: 'unsupported',
+  reader_error: 'reader_error',
+};
+
+export function isRateLimited(history: ReaderHistory, now: number): boolean {
+  return now < history.cooldownUntil;
+}
+
+/**
+ * The access decision: a pure function of the presentation, the keyring, trusted time and recent
+ * history. The order of checks matters: rate limiting first (no work while cooling down); proof
+ * before windows and roles, so someone without the key learns nothing about the credential.
+ */
+export function decide(input: DecisionInput): Decision {
+  const { presentation: p, keyring, now, history, policy } = input;
+  const deny = (code: DenialCode, status?: ReturnType<CredentialLookup['byId']>): Decision =>
+    status ? { granted: false, code, credential: status.credential } : { granted: false, code };
+
+  if (isRateLimited(history, now)) return deny('rate_limited');
+  const status = p.credentialId === undefined ? undefined : keyring.byId(p.credentialId);
+  if (!status) {
+    // A reader error or a malformed frame says more than "unknown" when nothing was identified.
+    if (p.proof !== 'valid' && p.proof !== 'none' && p.proof !== 'invalid')
+      return deny(VERDICT_CODES[p.proof]);
+    return deny('unknown_credential');
+  }
+  const { credential } = status;
+  if (status.revoked) return deny('revoked', status);
+  if (credential.kind !== p.kind) return deny('bad_proof', status);
+  if (credential.kind === 'uid') {
+    if (!credential.options.insecureUid) return deny('insecure_uid_disabled', status);
+    if (p.proof !== 'none' && p.proof !== 'valid') return deny(VERDICT_CODES[p.proof], status);
+  } else if (p.proof !== 'valid') {
+    return deny(p.proof === 'none' ? 'bad_proof' : VERDICT_CODES[p.proof], status);
+  }
+  const deadline = policy.answerDeadlineMs[credential.kind];
+  if (deadline !== undefined && p.answerMs !== undefined && p.answerMs > deadline)
+    return deny('timeout', status);
+  if (credential.notBefore !== undefined && now < credential.notBefore) return deny('not_yet_valid', status);
+  if (credential.notAfter !== undefined && now >= credential.notAfter) return deny('expired', status);
+  const action = p.intent === 'lock' ? 'lock' : 'unlock';
+  if (!roleAllows(credential.role, action)) return deny('role_not_allowed', status);
+  if (!p.explicitIntent && !(credential.kind === 'phone' && credential.options.passive))
+    return deny('intent_required', status);
+  if (p.counter !== undefined && counterSuspicious(input.lastCounter, p.counter))
+    return deny('clone_suspected', status);
+  return { granted: true, credential, intent: p.intent };
+}
+
+/**
+ * FIDO signature counters (WebAuthn §6.1.1): compare only when the stored or the new value is
+ * non-zero; a new value not above the stored one suggests a cloned authenticator.
+ */
+export function counterSuspicious(stored: number | undefined, presented: number): boolean {
+  const last = stored ?? 0;
+  if (last === 0 && presented === 0) return false;
+  return presented <= last;
+}
+
+export interface OutcomeRecord {
+  readonly history: ReaderHistory;
+  /** True when this denial started a cooldown (audit it). */
+  readonly cooldownStarted: boolean;
+}
+
+/** Folds a decision into the reader's history. Every denial but rate_limited itself counts. */
+export function recordOutcome(
+  history: ReaderHistory,
+  decision: Decision,
+  now: number,
+  policy: RateLimitPolicy,
+): OutcomeRecord {
+  if (decision.granted || decision.code === 'rate_limited') return { history, cooldownStarted: false };
+  const recent = history.denials.filter((t) => now - t < policy.windowMs);
+  recent.push(now);
+  if (recent.length >= policy.maxDenials) {
+    return { history: { denials: [], cooldownUntil: now + policy.cooldownMs }, cooldownStarted: true };
+  }
+  return { history: { denials: recent, cooldownUntil: history.cooldownUntil }, cooldownStarted: false };
+}

@@ -1,0 +1,519 @@
+import { createHash, type KeyObject, randomBytes } from 'node:crypto';
+import type { CredentialLookup, CredentialStatus } from '../agent/reader.js';
+import { AgentError } from '../core/errors.js';
+import type { Credential, PublicJwk, Role } from '../core/types.js';
+import { canonicalJson } from '../crypto/canonical.js';
+import { b64url } from '../crypto/encoding.js';
+import { type ParsedJws, parseJws, signJws, verifyJws } from '../crypto/jws.js';
+import { keyCredentialId, publicKeyFromJwk, sha256 } from '../crypto/keys.js';
+import { type CredentialWire, credentialToWire, parseCredentialWire } from './credential-wire.js';
+
+/**
+ * The keyring: a set of signed grant and revoke operations (DESIGN.md "Trust and the keyring").
+ * Merge is a set union keyed by operation id, so local enrollment and cloud edits never conflict.
+ * The effective state is a pure function of the set, whatever order operations arrived in:
+ *   - a revoke is final: a credential with any accepted revoke is revoked, and no replayed grant
+ *     (old or new) brings it back;
+ *   - grants count only when their signer chain reaches the pinned owner root through owners that
+ *     are not revoked (revoking an owner key also retires what it granted);
+ *   - grants need an owner signer; revokes an owner or service signer. A signer's authority to
+ *     revoke survives its own revocation (a revoke can only lock out, never open).
+ * Signatures are verified when an operation is added; the stored set is our own state and is
+ * loaded without re-verifying (100 000 signature checks would take seconds on a Pi).
+ */
+
+export const KEYRING_OP_TYP = 'vehicle-agent.keyring-op';
+
+export interface GrantOp {
+  readonly v: 1;
+  readonly op: 'grant';
+  readonly id: string;
+  readonly vid: string;
+  readonly iat: number;
+  readonly cred: CredentialWire;
+  readonly auth?: AuthProof;
+}
+
+export interface RevokeOp {
+  readonly v: 1;
+  readonly op: 'revoke';
+  readonly id: string;
+  readonly vid: string;
+  readonly iat: number;
+  readonly credId: string;
+  readonly reason?: string;
+  readonly auth?: AuthProof;
+}
+
+export type KeyringOp = GrantOp | RevokeOp;
+
+/**
+ * Authorisation by an owner credential that cannot sign a JWS itself (a FIDO key at the vehicle):
+ * the operation is signed by the vehicle key and carries the owner credential's proof over the
+ * hash of the operation without `auth` (see `authRequestHash`).
+ */
+export interface AuthProof {
+  readonly by: string;
+  readonly method: string;
+  readonly proof: Readonly<Record<string, unknown>>;
+}
+
+/** Verifies an AuthProof for `method` made by `authoriser` over `requestHash`. Pure. */
+export type AuthVerifier = (
+  authoriser: Credential,
+  requestHash: Uint8Array,
+  proof: Readonly<Record<string, unknown>>,
+) => boolean;
+
+export interface StoredOp {
+  readonly jws: string;
+  readonly op: KeyringOp;
+  /** Credential id whose authority the op carries: the JWS signer, or auth.by. */
+  readonly signer: string;
+}
+
+export interface AddResult {
+  readonly status: 'added' | 'duplicate';
+  readonly op: KeyringOp;
+}
+
+export interface MergeResult {
+  readonly added: readonly KeyringOp[];
+  readonly duplicates: number;
+  readonly rejected: readonly { readonly index: number; readonly code: string; readonly message: string }[];
+}
+
+interface Effective {
+  readonly byId: Map<string, CredentialStatus>;
+  readonly byUid: Map<string, CredentialStatus[]>;
+}
+
+export interface KeyringOptions {
+  readonly vehicleId: string;
+  readonly rootKey: PublicJwk;
+  /** The vehicle's own public key: signs operations authorised by an AuthProof. */
+  readonly vehicleKey?: PublicJwk;
+  readonly authVerifiers?: ReadonlyMap<string, AuthVerifier>;
+}
+
+const OP_ID = /^[A-Za-z0-9_-]{16,64}$/;
+
+export function newOpId(): string {
+  return b64url(randomBytes(16));
+}
+
+/** Hash an AuthProof signs: SHA-256 of the canonical JSON of the op without `auth`. */
+export function authRequestHash(op: Omit<KeyringOp, 'auth'> & { auth?: unknown }): Uint8Array {
+  const { auth: _auth, ...rest } = op;
+  return sha256(canonicalJson(rest));
+}
+
+function malformed(message: string): AgentError {
+  return new AgentError('op_malformed', message);
+}
+
+function parseOpPayload(payload: Record<string, unknown>): KeyringOp {
+  const { v, op, id, vid, iat, auth } = payload;
+  if (v !== 1) throw malformed('keyring op v must be 1');
+  if (typeof id !== 'string' || !OP_ID.test(id))
+    throw malformed('keyring op id must be 16-64 base64url characters');
+  if (typeof vid !== 'string' || vid.length === 0) throw malformed('keyring op needs vid');
+  if (typeof iat !== 'number' || !Number.isInteger(iat) || iat < 0)
+    throw malformed('keyring op iat must be seconds since the epoch');
+  let parsedAuth: AuthProof | undefined;
+  if (auth !== undefined) {
+    const a = auth as Record<string, unknown>;
+    if (
+      typeof auth !== 'object' ||
+      auth === null ||
+      typeof a.by !== 'string' ||
+      typeof a.method !== 'string' ||
+      typeof a.proof !== 'object' ||
+      a.proof === null
+    ) {
+      throw malformed('keyring op auth must be {by, method, proof}');
+    }
+    parsedAuth = { by: a.by, method: a.method, proof: a.proof as Record<string, unknown> };
+  }
+  const base = { v: 1 as const, id, vid, iat, ...(parsedAuth ? { auth: parsedAuth } : {}) };
+  if (op === 'grant') {
+    const cred = parseCredentialWire(payload.cred);
+    const allowed = new Set(['v', 'op', 'id', 'vid', 'iat', 'cred', 'auth']);
+    for (const key of Object.keys(payload))
+      if (!allowed.has(key)) throw malformed(`grant has unknown field ${key}`);
+    return { ...base, op, cred: credentialToWire(cred) };
+  }
+  if (op === 'revoke') {
+    const { credId, reason } = payload;
+    if (typeof credId !== 'string' || credId.length === 0 || credId.length > 100)
+      throw malformed('revoke needs credId');
+    if (reason !== undefined && (typeof reason !== 'string' || reason.length > 200))
+      throw malformed('revoke reason must be a short string');
+    const allowed = new Set(['v', 'op', 'id', 'vid', 'iat', 'credId', 'reason', 'auth']);
+    for (const key of Object.keys(payload))
+      if (!allowed.has(key)) throw malformed(`revoke has unknown field ${key}`);
+    return { ...base, op, credId, ...(reason !== undefined ? { reason } : {}) };
+  }
+  throw malformed('keyring op must be grant or revoke');
+}
+
+/** Decodes a stored op without verifying its signature (trusted local state). */
+export function decodeStoredOp(jws: string, signer: string): StoredOp {
+  const parsed = parseJws(jws);
+  return { jws, op: parseOpPayload(parsed.payload), signer };
+}
+
+export class Keyring implements CredentialLookup {
+  readonly vehicleId: string;
+  readonly rootId: string;
+  readonly vehicleKeyId: string | undefined;
+  private readonly rootCredential: Credential;
+  private readonly vehicleKeyObject: KeyObject | undefined;
+  private readonly authVerifiers: ReadonlyMap<string, AuthVerifier>;
+  private readonly ops = new Map<string, StoredOp>();
+  /** Credential id → public key, from any grant ever accepted (authenticity, not authority). */
+  private readonly keys = new Map<string, KeyObject>();
+  /** Owners reachable from the root ignoring revocations; may sign grants. Grows only. */
+  private readonly everOwners = new Set<string>();
+  /** Everyone who may sign revokes (ever owners and ever service keys). Grows only. */
+  private readonly everRevokers = new Set<string>();
+  private effective: Effective = { byId: new Map(), byUid: new Map() };
+  private digestCache: string | undefined;
+
+  constructor(options: KeyringOptions) {
+    this.vehicleId = options.vehicleId;
+    this.rootId = keyCredentialId('signer', options.rootKey);
+    this.rootCredential = {
+      id: this.rootId,
+      kind: 'signer',
+      role: 'owner',
+      name: 'owner root',
+      publicKey: options.rootKey,
+      options: {},
+    };
+    this.keys.set(this.rootId, publicKeyFromJwk(options.rootKey));
+    this.vehicleKeyId = options.vehicleKey ? keyCredentialId('signer', options.vehicleKey) : undefined;
+    this.vehicleKeyObject = options.vehicleKey ? publicKeyFromJwk(options.vehicleKey) : undefined;
+    this.authVerifiers = options.authVerifiers ?? new Map();
+    this.everOwners.add(this.rootId);
+    this.everRevokers.add(this.rootId);
+    this.recompute();
+  }
+
+  get size(): number {
+    return this.ops.size;
+  }
+
+  has(opId: string): boolean {
+    return this.ops.has(opId);
+  }
+
+  storedOps(): IterableIterator<StoredOp> {
+    return this.ops.values();
+  }
+
+  /** Loads operations from our own durable state: no signature checks, one recompute. */
+  loadTrusted(stored: Iterable<StoredOp>): void {
+    for (const s of stored) this.accept(s);
+    this.settleAuthority();
+    this.recompute();
+  }
+
+  /** Verifies and adds one operation. Throws AgentError op_* on rejection. */
+  add(jws: string): AddResult {
+    const result = this.verifyAndAccept(jws);
+    if (result.status === 'added') {
+      this.settleAuthority();
+      this.recompute();
+    }
+    return result;
+  }
+
+  /**
+   * Adds a set of operations in any order (a keyring snapshot from the cloud, say): passes repeat
+   * while they make progress, so a grant that arrives before its signer's own grant still lands.
+   */
+  merge(jwsList: readonly string[]): MergeResult {
+    const added: KeyringOp[] = [];
+    let duplicates = 0;
+    let pending = jwsList.map((jws, index) => ({ jws, index }));
+    let lastErrors = new Map<number, AgentError>();
+    for (;;) {
+      const next: typeof pending = [];
+      const errors = new Map<number, AgentError>();
+      let progress = false;
+      for (const item of pending) {
+        try {
+          const r = this.verifyAndAccept(item.jws);
+          if (r.status === 'added') {
+            added.push(r.op);
+            progress = true;
+          } else duplicates++;
+        } catch (err) {
+          const e = err instanceof AgentError ? err : new AgentError('op_malformed', String(err));
+          errors.set(item.index, e);
+          // Only signer problems can be cured by a later op in the same set.
+          if (e.code === 'op_unknown_signer' || e.code === 'op_signer_not_allowed') next.push(item);
+        }
+      }
+      for (const [k, v] of errors) lastErrors.set(k, v);
+      if (progress) {
+        this.settleAuthority();
+        this.recompute();
+      }
+      if (!progress || next.length === 0) {
+        lastErrors = new Map([...lastErrors].filter(([index]) => errors.has(index)));
+        break;
+      }
+      pending = next;
+    }
+    const rejected = [...lastErrors].map(([index, e]) => ({ index, code: e.code, message: e.message }));
+    return { added, duplicates, rejected };
+  }
+
+  private verifyAndAccept(jws: string): AddResult {
+    let parsed: ParsedJws<Record<string, unknown>>;
+    try {
+      parsed = parseJws(jws);
+    } catch (err) {
+      throw new AgentError('op_malformed', `keyring op: ${(err as Error).message}`);
+    }
+    const op = parseOpPayload(parsed.payload);
+    if (op.vid !== this.vehicleId)
+      throw new AgentError('op_wrong_vehicle', `keyring op ${op.id} is for vehicle ${op.vid}`);
+    const existing = this.ops.get(op.id);
+    if (existing) {
+      if (existing.jws === jws) return { status: 'duplicate', op };
+      throw new AgentError('op_malformed', `keyring op id ${op.id} is already used by another operation`);
+    }
+    const signer = this.verifySignature(parsed, op);
+    if (op.op === 'grant' && !this.everOwners.has(signer)) {
+      throw new AgentError('op_signer_not_allowed', `only an owner may grant; ${signer} is not an owner`, {
+        signer,
+      });
+    }
+    if (op.op === 'revoke') {
+      if (!this.everRevokers.has(signer)) {
+        throw new AgentError(
+          'op_signer_not_allowed',
+          `only an owner or service key may revoke; ${signer} may not`,
+          { signer },
+        );
+      }
+      if (op.credId === this.rootId) throw new AgentError('op_root_irrevocable');
+    }
+    const stored: StoredOp = { jws, op, signer };
+    this.accept(stored);
+    return { status: 'added', op };
+  }
+
+  /** Returns the credential id whose authority the op carries, or throws. */
+  private verifySignature(parsed: ParsedJws<unknown>, op: KeyringOp): string {
+    const kid = parsed.header.kid;
+    if (op.auth) {
+      if (kid !== this.vehicleKeyId || !this.vehicleKeyObject) {
+        throw new AgentError('op_unknown_signer', 'an op with an owner proof must be signed by this vehicle');
+      }
+      if (!verifyJws(parsed, this.vehicleKeyObject))
+        throw new AgentError('op_bad_signature', `keyring op ${op.id}: bad vehicle signature`);
+      const authoriser = this.anyGrantOf(op.auth.by);
+      const verify = this.authVerifiers.get(op.auth.method);
+      if (!authoriser)
+        throw new AgentError('op_unknown_signer', `keyring op ${op.id}: unknown authoriser ${op.auth.by}`);
+      if (!verify)
+        throw new AgentError('op_malformed', `keyring op ${op.id}: unknown auth method ${op.auth.method}`);
+      if (!verify(authoriser, authRequestHash(op), op.auth.proof)) {
+        throw new AgentError('op_bad_signature', `keyring op ${op.id}: owner proof did not verify`);
+      }
+      return op.auth.by;
+    }
+    const key = this.keys.get(kid);
+    if (!key)
+      throw new AgentError('op_unknown_signer', `keyring op ${op.id}: unknown signer ${kid}`, { kid });
+    if (!verifyJws(parsed, key))
+      throw new AgentError('op_bad_signature', `keyring op ${op.id}: bad signature`);
+    return kid;
+  }
+
+  private anyGrantOf(credId: string): Credential | undefined {
+    if (credId === this.rootId) return this.rootCredential;
+    const status = this.effective.byId.get(credId);
+    return status?.credential;
+  }
+
+  private accept(stored: StoredOp): void {
+    this.ops.set(stored.op.id, stored);
+    this.digestCache = undefined;
+    if (stored.op.op === 'grant') {
+      const cred = stored.op.cred;
+      if (cred.publicKey && (cred.kind === 'signer' || cred.kind === 'phone') && !this.keys.has(cred.id)) {
+        this.keys.set(cred.id, publicKeyFromJwk(cred.publicKey));
+      }
+    }
+  }
+
+  /** Grows everOwners / everRevokers to their fixpoint over the stored grants. */
+  private settleAuthority(): void {
+    let changed = true;
+    while (changed) {
+      changed = false;
+      for (const { op, signer } of this.ops.values()) {
+        if (op.op !== 'grant' || !this.everOwners.has(signer)) continue;
+        const { id, role } = op.cred;
+        if (role === 'owner' && !this.everOwners.has(id)) {
+          this.everOwners.add(id);
+          changed = true;
+        }
+        if ((role === 'owner' || role === 'service') && !this.everRevokers.has(id)) {
+          this.everRevokers.add(id);
+          changed = true;
+        }
+      }
+    }
+  }
+
+  /** Recomputes the effective credentials from the op set. O(ops). */
+  private recompute(): void {
+    const revoked = new Set<string>();
+    const grants: { op: GrantOp; signer: string }[] = [];
+    for (const { op, signer } of this.ops.values()) {
+      if (op.op === 'revoke') revoked.add(op.credId);
+      else grants.push({ op, signer });
+    }
+    revoked.delete(this.rootId);
+    // Owners whose chain to the root has no revoked link.
+    const liveOwners = new Set<string>([this.rootId]);
+    let changed = true;
+    while (changed) {
+      changed = false;
+      for (const { op, signer } of grants) {
+        const id = op.cred.id;
+        if (op.cred.role === 'owner' && !liveOwners.has(id) && liveOwners.has(signer) && !revoked.has(id)) {
+          liveOwners.add(id);
+          changed = true;
+        }
+      }
+    }
+    const latest = new Map<string, { op: GrantOp; live: boolean }>();
+    for (const { op, signer } of grants) {
+      const live = liveOwners.has(signer);
+      const prev = latest.get(op.cred.id);
+      // A live grant beats a dead one; among equals the newest (iat, then id) wins.
+      if (
+        !prev ||
+        (live && !prev.live) ||
+        (live === prev.live && (op.iat > prev.op.iat || (op.iat === prev.op.iat && op.id > prev.op.id)))
+      ) {
+        latest.set(op.cred.id, { op, live });
+      }
+    }
+    const byId = new Map<string, CredentialStatus>();
+    const byUid = new Map<string, CredentialStatus[]>();
+    byId.set(this.rootId, { credential: this.rootCredential, revoked: false });
+    for (const [id, { op, live }] of latest) {
+      const status: CredentialStatus = {
+        credential: parseCredentialWireTrusted(op.cred),
+        revoked: revoked.has(id) || !live,
+      };
+      byId.set(id, status);
+      const uid = status.credential.uidHash;
+      if (uid !== undefined) {
+        const list = byUid.get(uid);
+        if (list) list.push(status);
+        else byUid.set(uid, [status]);
+      }
+    }
+    this.effective = { byId, byUid };
+  }
+
+  byId(id: string): CredentialStatus | undefined {
+    return this.effective.byId.get(id);
+  }
+
+  byUidHash(hash: string): readonly CredentialStatus[] {
+    return this.effective.byUid.get(hash) ?? [];
+  }
+
+  /** Every credential with a grant, revoked ones included, the root first. */
+  list(): CredentialStatus[] {
+    return [...this.effective.byId.values()];
+  }
+
+  /** Role of a credential that is granted and not revoked. */
+  activeRole(id: string): Role | undefined {
+    const s = this.effective.byId.get(id);
+    return s && !s.revoked ? s.credential.role : undefined;
+  }
+
+  /** Public key of a signing credential, for command verification. */
+  keyOf(id: string): KeyObject | undefined {
+    return this.keys.get(id);
+  }
+
+  /** SHA-256 over the sorted op ids: equal digests mean equal keyrings. */
+  digest(): string {
+    if (this.digestCache === undefined) {
+      const h = createHash('sha256');
+      for (const id of [...this.ops.keys()].sort()) h.update(id).update('\n');
+      this.digestCache = h.digest('hex');
+    }
+    return this.digestCache;
+  }
+}
+
+/** Credential from an already validated wire form (stored ops were validated on add). */
+function parseCredentialWireTrusted(w: CredentialWire): Credential {
+  return {
+    id: w.id,
+    kind: w.kind,
+    role: w.role,
+    options: w.options ?? {},
+    ...(w.name !== undefined ? { name: w.name } : {}),
+    ...(w.notBefore !== undefined ? { notBefore: Date.parse(w.notBefore) } : {}),
+    ...(w.notAfter !== undefined ? { notAfter: Date.parse(w.notAfter) } : {}),
+    ...(w.publicKey !== undefined ? { publicKey: w.publicKey } : {}),
+    ...(w.uidHash !== undefined ? { uidHash: w.uidHash } : {}),
+    ...(w.keyHandle !== undefined ? { keyHandle: w.keyHandle } : {}),
+  };
+}
+
+/** Builds and signs a grant with a signer's private key. */
+export function signGrant(
+  credential: Credential,
+  vehicleId: string,
+  signerKey: KeyObject,
+  signerId: string,
+  iatSeconds: number,
+  opId: string = newOpId(),
+): string {
+  const op: GrantOp = {
+    v: 1,
+    op: 'grant',
+    id: opId,
+    vid: vehicleId,
+    iat: iatSeconds,
+    cred: credentialToWire(credential),
+  };
+  return signJws(op, signerKey, signerId, KEYRING_OP_TYP);
+}
+
+export function signRevoke(
+  credId: string,
+  vehicleId: string,
+  signerKey: KeyObject,
+  signerId: string,
+  iatSeconds: number,
+  reason?: string,
+  opId: string = newOpId(),
+): string {
+  const op: RevokeOp = {
+    v: 1,
+    op: 'revoke',
+    id: opId,
+    vid: vehicleId,
+    iat: iatSeconds,
+    credId,
+    ...(reason ? { reason } : {}),
+  };
+  return signJws(op, signerKey, signerId, KEYRING_OP_TYP);
+}

@@ -1,0 +1,156 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { AgentError } from '../core/errors.js';
+import type { Field } from './fields.js';
+import { CONFIG_SCHEMA, type Config } from './schema.js';
+import { type ConfigProblem, coerceEnv, envNameFor, leafPaths, validateSection } from './validate.js';
+
+export interface LoadedConfig {
+  readonly config: Config;
+  /** The file read, or undefined when running on defaults (simulated hardware). */
+  readonly file: string | undefined;
+  /** Resolved state directory. */
+  readonly stateDir: string;
+  /** Resolved control socket path. */
+  readonly socketPath: string;
+}
+
+export interface LoadOptions {
+  /** Config file path; else $VEHICLE_AGENT_CONFIG; else none (defaults only). */
+  readonly file?: string | undefined;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly cwd?: string;
+}
+
+export function formatProblems(problems: readonly ConfigProblem[]): string {
+  return problems.map((p) => `  ${p.source}: ${p.field} ${p.problem}; allowed: ${p.allowed}`).join('\n');
+}
+
+function readYaml(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new AgentError(
+      'config_unreadable',
+      `${file}: cannot read the config file (${(err as Error).message})`,
+      {
+        file,
+      },
+    );
+  }
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
+  if (doc.errors.length > 0) {
+    const first = doc.errors[0];
+    throw new AgentError('config_unreadable', `${file}: not valid YAML: ${first?.message ?? 'parse error'}`, {
+      file,
+    });
+  }
+  return doc.toJS({ maxAliasCount: 100 }) as unknown;
+}
+
+/** Writes `value` at `path` into a nested plain object, creating sections on the way. */
+function setPath(target: Record<string, unknown>, path: readonly string[], value: unknown): void {
+  let node = target;
+  for (const key of path.slice(0, -1)) {
+    const next = node[key];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) {
+      const created: Record<string, unknown> = {};
+      node[key] = created;
+      node = created;
+    } else {
+      node = next as Record<string, unknown>;
+    }
+  }
+  const last = path[path.length - 1];
+  if (last !== undefined) node[last] = value;
+}
+
+/**
+ * Loads, merges environment overrides (VEHICLE_AGENT_<SECTION>__<FIELD>, e.g.
+ * VEHICLE_AGENT_LOCK__PULSE_MS=400) and validates. Throws one AgentError 'config_invalid' listing
+ * every problem with the file or variable, the field, what was wrong and what is allowed.
+ */
+export function loadConfig(options: LoadOptions = {}): LoadedConfig {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+  const fileOption = options.file ?? env.VEHICLE_AGENT_CONFIG;
+  const file = fileOption ? resolve(cwd, fileOption) : undefined;
+  const raw = file ? readYaml(file) : {};
+  const input: Record<string, unknown> =
+    typeof raw === 'object' && raw !== null && !Array.isArray(raw)
+      ? structuredClone(raw as Record<string, unknown>)
+      : {};
+  const problems: ConfigProblem[] = [];
+  if (
+    file &&
+    (typeof raw !== 'object' || raw === null || Array.isArray(raw)) &&
+    raw !== undefined &&
+    raw !== null
+  ) {
+    problems.push({
+      field: '(top level)',
+      source: file,
+      problem: 'is not a mapping',
+      allowed: 'a YAML mapping of sections',
+    });
+  }
+  const fromEnv = new Map<string, string>();
+  for (const [path, field] of leafPaths(CONFIG_SCHEMA) as [readonly string[], Field][]) {
+    const name = envNameFor(path);
+    const value = env[name];
+    if (value !== undefined && value !== '') {
+      setPath(input, path, coerceEnv(field, value));
+      fromEnv.set(path.join('.'), name);
+    }
+  }
+  const sourceOf = (path: readonly string[]) => fromEnv.get(path.join('.')) ?? file ?? 'defaults';
+  const config = validateSection(CONFIG_SCHEMA, input, [], sourceOf, problems) as unknown as Config;
+  problems.push(...crossFieldProblems(config, sourceOf));
+  if (problems.length > 0) {
+    throw new AgentError('config_invalid', `invalid configuration:\n${formatProblems(problems)}`, {
+      file,
+      problems,
+    });
+  }
+  const stateDir = resolve(cwd, config.stateDir ?? env.STATE_DIRECTORY?.split(':')[0] ?? '.state');
+  const socketPath = resolve(cwd, config.control.socketPath ?? `${stateDir}/control.sock`);
+  return { config, file, stateDir, socketPath };
+}
+
+function crossFieldProblems(config: Config, sourceOf: (path: readonly string[]) => string): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const { lock, relay } = config;
+  const longest = lock.wiring === 'pulse' ? lock.pulseMs : lock.holdMs;
+  if (lock.maxOnMs <= longest) {
+    const other = lock.wiring === 'pulse' ? 'pulseMs' : 'holdMs';
+    problems.push({
+      field: 'lock.maxOnMs',
+      source: sourceOf(['lock', 'maxOnMs']),
+      problem: `is ${lock.maxOnMs}, not above lock.${other} (${longest}): the watchdog would cut every grant`,
+      allowed: `an integer above lock.${other}`,
+    });
+  }
+  if (
+    lock.wiring === 'pulse' &&
+    relay.driver === 'lcus' &&
+    relay.lcus.unlockChannel === relay.lcus.lockChannel
+  ) {
+    problems.push({
+      field: 'relay.lcus.lockChannel',
+      source: sourceOf(['relay', 'lcus', 'lockChannel']),
+      problem: 'is the same channel as relay.lcus.unlockChannel',
+      allowed: 'a different board channel',
+    });
+  }
+  if (lock.wiring === 'pulse' && relay.driver === 'gpio' && relay.gpio.unlockLine === relay.gpio.lockLine) {
+    problems.push({
+      field: 'relay.gpio.lockLine',
+      source: sourceOf(['relay', 'gpio', 'lockLine']),
+      problem: 'is the same line as relay.gpio.unlockLine',
+      allowed: 'a different GPIO line',
+    });
+  }
+  return problems;
+}

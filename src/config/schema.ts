@@ -1,0 +1,104 @@
+import { bool, int, oneOf, optStr, section, str, type ValueOf } from './fields.js';
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+
+/**
+ * The whole configuration. Nothing configured means simulated hardware everywhere, so
+ * `npm start` works on any machine. Keep config/example.yaml in step: `vehicle-agent config
+ * example` prints it from this schema and a test compares the two.
+ */
+export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
+  stateDir: optStr(
+    'Directory for the keyring, counters, audit log and keys (created 0700). Default: $STATE_DIRECTORY ' +
+      '(systemd StateDirectory) when set, else ./.state in the working directory.',
+    '/var/lib/vehicle-agent',
+  ),
+  log: section('Logging (pino).', {
+    level: oneOf('Least severe level written.', 'info', LOG_LEVELS),
+    format: oneOf('json for machines and journald; pretty for people; auto = pretty on a TTY.', 'auto', [
+      'auto',
+      'json',
+      'pretty',
+    ] as const),
+  }),
+  control: section('Local control socket used by the CLI (a unix socket, mode 0600).', {
+    socketPath: optStr('Socket path. Default: <stateDir>/control.sock.', '/run/vehicle-agent/control.sock'),
+  }),
+  lock: section('How the lock is driven.', {
+    wiring: oneOf(
+      'pulse: separate lock and unlock relays given momentary pulses (car central locking); ' +
+        'hold: one relay held for holdMs (door strike).',
+      'pulse',
+      ['pulse', 'hold'] as const,
+    ),
+    pulseMs: int('pulse mode: length of each lock or unlock pulse.', 350, 20, 5000),
+    holdMs: int('hold mode: how long the strike stays energised after a grant.', 5000, 100, 120_000),
+    autoRelockMs: int(
+      'pulse mode: lock again this long after an unlock; 0 never relocks by itself.',
+      30_000,
+      0,
+      86_400_000,
+    ),
+    maxOnMs: int(
+      'Watchdog: no relay stays energised longer than this (must exceed pulseMs and holdMs).',
+      10_000,
+      100,
+      600_000,
+    ),
+  }),
+  relay: section('Relay driver.', {
+    driver: oneOf(
+      'sim records a timeline; gpio drives libgpiod gpioset; lcus drives a USB-serial relay board.',
+      'sim',
+      ['sim', 'gpio', 'lcus'] as const,
+    ),
+    gpio: section('GPIO relays through libgpiod gpioset (v1 or v2, detected).', {
+      gpiosetPath: str('gpioset executable.', 'gpioset'),
+      chip: str('GPIO chip.', 'gpiochip0'),
+      unlockLine: int('Line (BCM number) of the unlock relay (the strike in hold mode).', 17, 0, 511),
+      unlockActiveLow: bool('The unlock relay board energises on a low level.', false),
+      lockLine: int('Line (BCM number) of the lock relay (pulse mode).', 27, 0, 511),
+      lockActiveLow: bool('The lock relay board energises on a low level.', false),
+    }),
+    lcus: section('LCUS-type USB-serial relay board (CH340, A0 ch state sum).', {
+      path: str('Serial device.', '/dev/ttyUSB0'),
+      baudRate: int('Baud rate.', 9600, 1200, 115_200),
+      unlockChannel: int('Board channel of the unlock relay.', 1, 1, 8),
+      lockChannel: int('Board channel of the lock relay.', 2, 1, 8),
+    }),
+  }),
+  policy: section('Access policy.', {
+    maxDenials: int('Rate limit: this many denials on one reader within windowMs ...', 5, 1, 1000),
+    windowMs: int('... (the window) ...', 60_000, 1000, 86_400_000),
+    cooldownMs: int(
+      '... deny every attempt on that reader as rate_limited for this long.',
+      300_000,
+      1000,
+      86_400_000,
+    ),
+    bleAnswerDeadlineMs: int(
+      'A phone answer later than this after the challenge is denied (timeout).',
+      1500,
+      50,
+      30_000,
+    ),
+    nfcAnswerDeadlineMs: int(
+      'A card answer later than this after the challenge is denied (timeout).',
+      500,
+      20,
+      10_000,
+    ),
+  }),
+  audit: section('Hash-chained audit log under <stateDir>/audit.', {
+    maxFileBytes: int('Rotate the current file past this size.', 1_048_576, 4096, 1_073_741_824),
+    keepFiles: int('Rotated files kept (the oldest are deleted).', 10, 1, 1000),
+  }),
+  sim: section('Simulated hardware (used by drivers set to sim).', {
+    demo: bool(
+      'Provision a demo vehicle with demo keys on first start when the state directory is empty.',
+      true,
+    ),
+  }),
+});
+
+export type Config = ValueOf<typeof CONFIG_SCHEMA>;
