@@ -59,6 +59,8 @@ export const CODES = {
   frame_too_large: 'a frame exceeds the maximum size',
   // ── audit ──────────────────────────────────────────────────────────────────
   audit_chain_broken: 'the audit hash chain is broken',
+  audit_event_rejected: 'an audit event was refused (a forbidden or reserved field, or not JSON-safe)',
+  record_too_large: 'a record exceeds the maximum size of its journal or log',
   // ── generic ────────────────────────────────────────────────────────────────
   busy: 'the resource is busy',
   internal: 'an internal error',
