@@ -1,0 +1,285 @@
+import {
+  type DecisionPolicy,
+  decide,
+  EMPTY_HISTORY,
+  isRateLimited,
+  type ReaderHistory,
+  recordOutcome,
+} from '../access/decision.js';
+import type { Keyring, MergeResult } from '../access/keyring.js';
+import type { MonotonicFloorClock } from '../core/clock.js';
+import { toAgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { Decision, Health, LockState, Presentation } from '../core/types.js';
+import type { CredentialReader, ReaderContext } from './reader.js';
+
+/** What the agent needs from the lock controller. */
+export interface LockControl {
+  state(): LockState;
+  /** Resolves once the relay is energised (or the request was merged into one under way). */
+  unlock(cause: string): Promise<LockState>;
+  lock(cause: string): Promise<LockState>;
+}
+
+/** Durable audit trail. append() resolves when the record is durable. */
+export interface AuditSink {
+  append(event: { readonly type: string; readonly [key: string]: unknown }): Promise<unknown>;
+}
+
+/** Durable last-seen signature counters per credential. */
+export interface CounterStore {
+  get(credentialId: string): number | undefined;
+  set(credentialId: string, value: number): Promise<void>;
+}
+
+/** Durable keyring operations: resolves when the ops are on disk. */
+export interface KeyringPersistence {
+  persist(ops: readonly { readonly jws: string; readonly signer: string }[]): Promise<void>;
+}
+
+export interface AgentDeps {
+  readonly vehicleId: string;
+  readonly keyring: Keyring;
+  readonly keyringStore: KeyringPersistence;
+  readonly counters: CounterStore;
+  readonly clock: MonotonicFloorClock;
+  readonly audit: AuditSink;
+  readonly lock: LockControl;
+  readonly readers: readonly CredentialReader[];
+  readonly policy: DecisionPolicy;
+  readonly log: Logger;
+  readonly signAsVehicle: (message: Uint8Array) => Uint8Array;
+}
+
+export interface AgentStatus {
+  readonly vehicleId: string;
+  readonly lock: LockState;
+  readonly readers: Readonly<Record<string, Health & { readonly rateLimitedUntil?: string }>>;
+  readonly keyring: { readonly operations: number; readonly credentials: number; readonly digest: string };
+  readonly clock: { readonly now: string; readonly trust: 'trusted' | 'behind' };
+  readonly decisions: { readonly granted: number; readonly denied: number };
+}
+
+/**
+ * The loop: reader → decision → lock controller → audit. Nothing here waits on the network; the
+ * only disk waits on the unlock path are the counter write (a clone must not be accepted twice
+ * across a power cut) and the audit record, which is written while the relay switches.
+ */
+export class Agent {
+  private readonly deps: AgentDeps;
+  private readonly histories = new Map<string, ReaderHistory>();
+  /** Counters reserved by decisions in flight, so two concurrent taps cannot reuse one value. */
+  private readonly liveCounters = new Map<string, number>();
+  private readonly pendingAudit = new Set<Promise<unknown>>();
+  private readonly counts = { granted: 0, denied: 0 };
+  private started = false;
+
+  constructor(deps: AgentDeps) {
+    this.deps = deps;
+  }
+
+  get keyring(): Keyring {
+    return this.deps.keyring;
+  }
+
+  readerContext(readerLog: Logger): ReaderContext {
+    const { vehicleId, clock, keyring, signAsVehicle } = this.deps;
+    return {
+      vehicleId,
+      clock,
+      log: readerLog,
+      keyring,
+      signAsVehicle,
+      present: (p) => this.present(p),
+      isRateLimited: (readerId) => isRateLimited(this.histories.get(readerId) ?? EMPTY_HISTORY, clock.now()),
+    };
+  }
+
+  async start(): Promise<void> {
+    for (const reader of this.deps.readers) {
+      const log = this.deps.log.child({ module: 'reader', reader: reader.id });
+      try {
+        await reader.start(this.readerContext(log));
+        log.info({ health: reader.health().state }, 'reader started');
+      } catch (err) {
+        // A reader that cannot start leaves the others working; it reports itself down.
+        const e = toAgentError(err, 'reader_error');
+        log.error({ code: e.code, err: e.message }, 'reader failed to start');
+      }
+    }
+    this.started = true;
+    this.audit({ type: 'agent.start', readers: this.deps.readers.map((r) => r.id) });
+  }
+
+  async stop(): Promise<void> {
+    if (!this.started) return;
+    this.started = false;
+    await Promise.allSettled(this.deps.readers.map((r) => r.stop()));
+    this.audit({ type: 'agent.stop' });
+    await this.flush();
+  }
+
+  /** Waits for audit records in flight. */
+  async flush(): Promise<void> {
+    await Promise.allSettled([...this.pendingAudit]);
+  }
+
+  /** The hot path. Never rejects: failures become coded denials. */
+  async present(p: Presentation): Promise<Decision> {
+    const { clock, keyring, policy, log } = this.deps;
+    const now = clock.now();
+    const history = this.histories.get(p.reader) ?? EMPTY_HISTORY;
+    const counterKey = p.credentialId;
+    const lastCounter =
+      counterKey === undefined
+        ? undefined
+        : (this.liveCounters.get(counterKey) ?? this.deps.counters.get(counterKey));
+    let decision = decide({ presentation: p, keyring, now, history, lastCounter, policy });
+    const outcome = recordOutcome(history, decision, now, policy.rateLimit);
+    this.histories.set(p.reader, outcome.history);
+    if (decision.granted && p.counter !== undefined && counterKey !== undefined) {
+      this.liveCounters.set(counterKey, p.counter);
+      try {
+        await this.deps.counters.set(counterKey, p.counter);
+      } catch (err) {
+        // Without a durable counter a clone could replay after a power cut: refuse.
+        const e = toAgentError(err, 'state_io');
+        log.error({ code: e.code, err: e.message }, 'cannot persist the signature counter');
+        decision = { granted: false, code: 'reader_error', credential: decision.credential };
+      }
+    }
+    let lockState: LockState | undefined;
+    const auditEvent = {
+      type: 'access',
+      reader: p.reader,
+      kind: p.kind,
+      subject: p.subject,
+      intent: p.intent,
+      explicitIntent: p.explicitIntent,
+      result: decision.granted ? 'granted' : 'denied',
+      ...(decision.granted ? {} : { code: decision.code }),
+      ...(decision.credential
+        ? { credentialId: decision.credential.id, role: decision.credential.role }
+        : {}),
+      ...(p.answerMs !== undefined ? { answerMs: Math.round(p.answerMs) } : {}),
+      ...(p.counter !== undefined ? { counter: p.counter } : {}),
+    };
+    this.audit(auditEvent);
+    if (outcome.cooldownStarted) {
+      log.warn(
+        {
+          code: 'rate_limited',
+          reader: p.reader,
+          until: new Date(outcome.history.cooldownUntil).toISOString(),
+        },
+        'reader rate limited',
+      );
+      this.audit({
+        type: 'rate_limited',
+        reader: p.reader,
+        until: new Date(outcome.history.cooldownUntil).toISOString(),
+      });
+    }
+    if (decision.granted) {
+      this.counts.granted++;
+      const action = this.resolveIntent(decision.intent);
+      try {
+        lockState =
+          action === 'unlock'
+            ? await this.deps.lock.unlock(`${p.reader}:${p.subject}`)
+            : await this.deps.lock.lock(`${p.reader}:${p.subject}`);
+      } catch (err) {
+        const e = toAgentError(err, 'relay_failed');
+        log.error({ code: e.code, err: e.message }, 'lock controller failed');
+      }
+      log.info(
+        { reader: p.reader, subject: p.subject, role: decision.credential.role, action, lock: lockState },
+        'access granted',
+      );
+    } else {
+      this.counts.denied++;
+      log.info({ reader: p.reader, subject: p.subject, code: decision.code }, 'access denied');
+    }
+    return decision;
+  }
+
+  /**
+   * Acts on an authorised command (a verified signed command from the cloud or the CLI): the
+   * caller has checked signature, role, freshness and counter. Audited like a reader grant.
+   */
+  async actuate(intent: Presentation['intent'], by: string, source: string): Promise<LockState> {
+    const action = this.resolveIntent(intent);
+    this.audit({ type: 'command', source, by, action });
+    const state =
+      action === 'unlock'
+        ? await this.deps.lock.unlock(`${source}:${by}`)
+        : await this.deps.lock.lock(`${source}:${by}`);
+    this.deps.log.info({ source, by, action, lock: state }, 'command carried out');
+    return state;
+  }
+
+  private resolveIntent(intent: Presentation['intent']): 'unlock' | 'lock' {
+    if (intent !== 'toggle') return intent;
+    const state = this.deps.lock.state();
+    return state === 'locked' || state === 'locking' ? 'unlock' : 'lock';
+  }
+
+  /** Appends to the audit log without blocking the caller; failures are logged with their code. */
+  audit(event: { readonly type: string; readonly [key: string]: unknown }): void {
+    const pending = this.deps.audit.append(event).catch((err: unknown) => {
+      const e = toAgentError(err, 'state_io');
+      this.deps.log.error({ code: e.code, err: e.message, event: event.type }, 'audit append failed');
+    });
+    this.pendingAudit.add(pending);
+    void pending.finally(() => this.pendingAudit.delete(pending));
+  }
+
+  /** Verifies, applies and persists keyring operations (from the CLI, the cloud, enrollment). */
+  async addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult> {
+    const { keyring, keyringStore, log } = this.deps;
+    const result = keyring.merge(jwsList);
+    if (result.added.length > 0) {
+      const added = new Set(result.added.map((op) => op.id));
+      const stored = [...keyring.storedOps()]
+        .filter((s) => added.has(s.op.id))
+        .map((s) => ({ jws: s.jws, signer: s.signer }));
+      await keyringStore.persist(stored);
+      for (const op of result.added) {
+        this.audit({
+          type: `keyring.${op.op}`,
+          source,
+          opId: op.id,
+          credentialId: op.op === 'grant' ? op.cred.id : op.credId,
+          ...(op.op === 'grant' ? { role: op.cred.role, kind: op.cred.kind } : {}),
+        });
+      }
+      log.info({ source, added: result.added.length, digest: keyring.digest() }, 'keyring updated');
+    }
+    for (const r of result.rejected) {
+      log.warn({ source, code: r.code, err: r.message }, 'keyring operation rejected');
+      this.audit({ type: 'keyring.rejected', source, code: r.code });
+    }
+    return result;
+  }
+
+  status(): AgentStatus {
+    const { clock, keyring, lock, readers, vehicleId } = this.deps;
+    const now = clock.now();
+    const readerStatus: Record<string, Health & { rateLimitedUntil?: string }> = {};
+    for (const r of readers) {
+      const h = this.histories.get(r.id);
+      readerStatus[r.id] =
+        h && isRateLimited(h, now)
+          ? { ...r.health(), rateLimitedUntil: new Date(h.cooldownUntil).toISOString() }
+          : r.health();
+    }
+    return {
+      vehicleId,
+      lock: lock.state(),
+      readers: readerStatus,
+      keyring: { operations: keyring.size, credentials: keyring.list().length, digest: keyring.digest() },
+      clock: { now: new Date(now).toISOString(), trust: clock.trust() },
+      decisions: { ...this.counts },
+    };
+  }
+}

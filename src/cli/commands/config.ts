@@ -1,0 +1,32 @@
+import { renderExampleConfig } from '../../config/example.js';
+import { AgentError } from '../../core/errors.js';
+import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
+
+export const CONFIG_HELP = `vehicle-agent config example   print the documented example config (every option at its default)
+vehicle-agent config check [--config FILE]   validate a config (and environment overrides) and print the result`;
+
+export async function config(argv: readonly string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === 'example') {
+    process.stdout.write(renderExampleConfig());
+    return 0;
+  }
+  if (sub === 'check') {
+    const { values } = parse(rest, COMMON_OPTIONS);
+    const loaded = loadFor(values);
+    out(
+      JSON.stringify(
+        {
+          file: loaded.file ?? null,
+          stateDir: loaded.stateDir,
+          socketPath: loaded.socketPath,
+          config: loaded.config,
+        },
+        null,
+        2,
+      ),
+    );
+    return 0;
+  }
+  throw new AgentError('bad_arguments', `config needs example or check\n\n${CONFIG_HELP}`);
+}

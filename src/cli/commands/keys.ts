@@ -1,0 +1,219 @@
+import { credentialToWire, expectedCredentialId } from '../../access/credential-wire.js';
+import { type MergeResult, signGrant, signRevoke } from '../../access/keyring.js';
+import { acquireInstanceLock } from '../../agent/instance-lock.js';
+import type { CredentialStatus } from '../../agent/reader.js';
+import { openVehicleState } from '../../agent/vehicle-state.js';
+import { AgentError } from '../../core/errors.js';
+import { silentLogger } from '../../core/logger.js';
+import { type Credential, type CredentialKind, ROLES, type Role } from '../../core/types.js';
+import { fromHex } from '../../crypto/encoding.js';
+import { publicJwkOf, uidHash } from '../../crypto/keys.js';
+import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
+import { controlRequest } from '../control-client.js';
+import { readKeyFile, readSignerKey } from '../key-files.js';
+
+export const KEYS_HELP = `vehicle-agent keys list [--json]
+vehicle-agent keys grant --key OWNER.pem --kind phone|signer --public KEY.pub.pem --role ROLE
+                         [--name TEXT] [--not-before TIME] [--not-after TIME] [--passive]
+vehicle-agent keys grant --key OWNER.pem --kind uid --uid HEX --role ROLE --insecure-uid [...]
+vehicle-agent keys revoke --key OWNER.pem --id CREDENTIAL_ID [--reason TEXT]
+
+Grants and revokes are signed with the --key private key (the owner root key, an owner key, or for
+revoke a service key) and added to the keyring: through the running agent when it is up, else
+directly to the state directory. ROLE is owner, driver, guest (needs --not-after) or service.
+TIME is ISO 8601 (2026-12-24T18:00:00Z) or relative (+2h, +7d).`;
+
+interface VehicleInfo {
+  readonly vehicleId: string;
+}
+
+/** Runs `fn` against the running agent (ops over the control socket) or, when it is down, the state directory. */
+async function applyOps(
+  values: { config?: string | undefined; 'state-dir'?: string | undefined },
+  build: (vehicle: VehicleInfo) => string[],
+): Promise<MergeResult> {
+  const loaded = loadFor(values);
+  try {
+    const info = (await controlRequest(loaded.socketPath, 'vehicle', {})) as VehicleInfo;
+    return (await controlRequest(loaded.socketPath, 'keys.add', { ops: build(info) })) as MergeResult;
+  } catch (err) {
+    if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
+  }
+  const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys');
+  try {
+    const state = await openVehicleState(loaded.stateDir, silentLogger);
+    try {
+      const ops = build({ vehicleId: state.identity.vehicleId });
+      const result = state.keyring.merge(ops);
+      const added = new Set(result.added.map((o) => o.id));
+      await state.keyringStore.persist([...state.keyring.storedOps()].filter((s) => added.has(s.op.id)));
+      return result;
+    } finally {
+      await state.close();
+    }
+  } finally {
+    await lock.release();
+  }
+}
+
+function report(result: MergeResult, json: boolean | undefined, what: string): number {
+  if (json) out(JSON.stringify(result));
+  if (result.rejected.length > 0) {
+    for (const r of result.rejected) process.stderr.write(`refused [${r.code}]: ${r.message}\n`);
+    return 1;
+  }
+  if (!json) out(result.added.length > 0 ? `${what}` : `${what} (already in the keyring)`);
+  return 0;
+}
+
+export async function keys(argv: readonly string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'list':
+      return await list(rest);
+    case 'grant':
+      return await grant(rest);
+    case 'revoke':
+      return await revoke(rest);
+    default:
+      throw new AgentError('bad_arguments', `keys needs list, grant or revoke\n\n${KEYS_HELP}`);
+  }
+}
+
+async function list(argv: readonly string[]): Promise<number> {
+  const { values } = parse(argv, COMMON_OPTIONS);
+  const loaded = loadFor(values);
+  let credentials: CredentialStatus[];
+  try {
+    credentials = (await controlRequest(loaded.socketPath, 'keys.list', {})) as CredentialStatus[];
+  } catch (err) {
+    if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
+    const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys');
+    try {
+      const state = await openVehicleState(loaded.stateDir, silentLogger);
+      credentials = state.keyring.list();
+      await state.close();
+    } finally {
+      await lock.release();
+    }
+  }
+  if (values.json) {
+    out(JSON.stringify(credentials.map((s) => ({ ...credentialToWire(s.credential), revoked: s.revoked }))));
+    return 0;
+  }
+  for (const s of credentials) {
+    const c = s.credential;
+    const window =
+      c.notBefore || c.notAfter
+        ? ` ${c.notBefore ? new Date(c.notBefore).toISOString() : '…'}..${c.notAfter ? new Date(c.notAfter).toISOString() : '…'}`
+        : '';
+    const flags = [
+      s.revoked ? 'REVOKED' : '',
+      c.options.passive ? 'passive' : '',
+      c.options.insecureUid ? 'insecure-uid' : '',
+    ]
+      .filter(Boolean)
+      .join(',');
+    out(
+      `${c.id.padEnd(32)} ${c.role.padEnd(7)} ${(c.name ?? '').padEnd(20)}${window}${flags ? ` [${flags}]` : ''}`,
+    );
+  }
+  return 0;
+}
+
+async function grant(argv: readonly string[]): Promise<number> {
+  const { values } = parse(argv, {
+    ...COMMON_OPTIONS,
+    key: { type: 'string', short: 'k' },
+    kind: { type: 'string' },
+    public: { type: 'string' },
+    uid: { type: 'string' },
+    role: { type: 'string' },
+    name: { type: 'string' },
+    'not-before': { type: 'string' },
+    'not-after': { type: 'string' },
+    passive: { type: 'boolean' },
+    'insecure-uid': { type: 'boolean' },
+  });
+  const signer = readSignerKey(requireString(values.key, 'key'));
+  const kind = requireString(values.kind, 'kind') as CredentialKind;
+  if (kind !== 'phone' && kind !== 'signer' && kind !== 'uid') {
+    throw new AgentError(
+      'bad_arguments',
+      '--kind must be phone, signer or uid (FIDO keys and NTAG 424 cards are enrolled at the vehicle)',
+    );
+  }
+  const role = requireString(values.role, 'role') as Role;
+  if (!(ROLES as readonly string[]).includes(role))
+    throw new AgentError('bad_arguments', `--role must be one of ${ROLES.join(', ')}`);
+  const window = {
+    ...(values['not-before'] !== undefined
+      ? { notBefore: parseTime(values['not-before'], 'not-before') }
+      : {}),
+    ...(values['not-after'] !== undefined ? { notAfter: parseTime(values['not-after'], 'not-after') } : {}),
+  };
+  const options = {
+    ...(values.passive ? { passive: true } : {}),
+    ...(values['insecure-uid'] ? { insecureUid: true } : {}),
+  };
+  const result = await applyOps(values, (vehicle) => {
+    let credential: Credential;
+    if (kind === 'uid') {
+      let uid: Uint8Array;
+      try {
+        uid = fromHex(requireString(values.uid, 'uid'));
+      } catch {
+        throw new AgentError('bad_arguments', '--uid must be hex');
+      }
+      const hash = uidHash(vehicle.vehicleId, uid);
+      credential = {
+        id: expectedCredentialId('uid', { uidHash: hash }),
+        kind,
+        role,
+        uidHash: hash,
+        options,
+        ...window,
+        ...(values.name ? { name: values.name } : {}),
+      };
+    } else {
+      const publicKey = publicJwkOf(readKeyFile(requireString(values.public, 'public')));
+      credential = {
+        id: expectedCredentialId(kind, { publicKey }),
+        kind,
+        role,
+        publicKey,
+        options,
+        ...window,
+        ...(values.name ? { name: values.name } : {}),
+      };
+    }
+    return [signGrant(credential, vehicle.vehicleId, signer.key, signer.id, Math.floor(Date.now() / 1000))];
+  });
+  return report(
+    result,
+    values.json,
+    `granted ${result.added[0]?.op === 'grant' ? result.added[0].cred.id : ''}`.trim(),
+  );
+}
+
+async function revoke(argv: readonly string[]): Promise<number> {
+  const { values } = parse(argv, {
+    ...COMMON_OPTIONS,
+    key: { type: 'string', short: 'k' },
+    id: { type: 'string' },
+    reason: { type: 'string' },
+  });
+  const signer = readSignerKey(requireString(values.key, 'key'));
+  const credId = requireString(values.id, 'id');
+  const result = await applyOps(values, (vehicle) => [
+    signRevoke(
+      credId,
+      vehicle.vehicleId,
+      signer.key,
+      signer.id,
+      Math.floor(Date.now() / 1000),
+      values.reason,
+    ),
+  ]);
+  return report(result, values.json, `revoked ${credId}`);
+}

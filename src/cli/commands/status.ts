@@ -1,0 +1,77 @@
+import { AgentError } from '../../core/errors.js';
+import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
+import { controlRequest } from '../control-client.js';
+
+export const STATUS_HELP = `vehicle-agent status [--json]
+
+Shows the running agent's lock state, reader health, keyring summary, clock trust and recent audit
+events. Exits 3 when the agent is not running.`;
+
+interface StatusReply {
+  readonly vehicleId: string;
+  readonly lock: string;
+  readonly readers: Record<string, { state: string; detail?: string; rateLimitedUntil?: string }>;
+  readonly relay?: {
+    driver: string;
+    health: { state: string; detail?: string };
+    timeline?: { channel: string; energised: boolean; at: string }[];
+  };
+  readonly keyring: { operations: number; credentials: number; digest: string };
+  readonly clock: { now: string; trust: string };
+  readonly decisions: { granted: number; denied: number };
+  readonly [extra: string]: unknown;
+}
+
+export async function status(argv: readonly string[]): Promise<number> {
+  const { values } = parse(argv, COMMON_OPTIONS);
+  const loaded = loadFor(values);
+  let reply: StatusReply;
+  try {
+    reply = (await controlRequest(loaded.socketPath, 'status', {})) as StatusReply;
+  } catch (err) {
+    if (err instanceof AgentError && err.code === 'control_unavailable') {
+      if (values.json) out(JSON.stringify({ running: false }));
+      else out(`agent not running (no control socket at ${loaded.socketPath})`);
+      return 3;
+    }
+    throw err;
+  }
+  if (values.json) {
+    out(JSON.stringify({ running: true, ...reply }));
+    return 0;
+  }
+  out(`vehicle ${reply.vehicleId}: lock ${reply.lock.toUpperCase()}`);
+  out(`clock    ${reply.clock.now} (${reply.clock.trust})`);
+  out(
+    `keyring  ${reply.keyring.credentials} credentials, ${reply.keyring.operations} operations, digest ${reply.keyring.digest.slice(0, 16)}…`,
+  );
+  out(`decisions ${reply.decisions.granted} granted, ${reply.decisions.denied} denied since start`);
+  for (const [id, h] of Object.entries(reply.readers)) {
+    out(
+      `reader   ${id.padEnd(6)} ${h.state}${h.detail ? ` (${h.detail})` : ''}${h.rateLimitedUntil ? ` RATE LIMITED until ${h.rateLimitedUntil}` : ''}`,
+    );
+  }
+  if (reply.relay) {
+    out(
+      `relay    ${reply.relay.driver} ${reply.relay.health.state}${reply.relay.health.detail ? ` (${reply.relay.health.detail})` : ''}`,
+    );
+    for (const t of (reply.relay.timeline ?? []).slice(-6))
+      out(`         ${t.at} ${t.channel} ${t.energised ? 'ON' : 'off'}`);
+  }
+  for (const [key, value] of Object.entries(reply)) {
+    if (['vehicleId', 'lock', 'readers', 'relay', 'keyring', 'clock', 'decisions', 'recent'].includes(key))
+      continue;
+    out(`${key.padEnd(8)} ${JSON.stringify(value)}`);
+  }
+  const recent = reply.recent as
+    | { seq: number; ts: string; type: string; result?: string; code?: string; subject?: string }[]
+    | undefined;
+  if (recent && recent.length > 0) {
+    out('recent audit events:');
+    for (const r of recent)
+      out(
+        `  #${r.seq} ${r.ts} ${r.type}${r.result ? ` ${r.result}` : ''}${r.code ? ` ${r.code}` : ''}${r.subject ? ` ${r.subject}` : ''}`,
+      );
+  }
+  return 0;
+}

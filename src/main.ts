@@ -1,0 +1,344 @@
+import { createPrivateKey } from 'node:crypto';
+import { join } from 'node:path';
+import { credentialToWire } from './access/credential-wire.js';
+import { Agent, type LockControl } from './agent/agent.js';
+import { type ControlHandler, type ControlServer, startControlServer } from './agent/control-server.js';
+import { acquireInstanceLock, type InstanceLock } from './agent/instance-lock.js';
+import { ensureStateDir, isProvisioned, provision, STATE_FILES } from './agent/provision.js';
+import type { CredentialReader } from './agent/reader.js';
+import { openVehicleState, type VehicleState } from './agent/vehicle-state.js';
+import { COMMON_OPTIONS, loadFor, parse } from './cli/args.js';
+import type { Config } from './config/schema.js';
+import { MonotonicFloorClock } from './core/clock.js';
+import { AgentError, toAgentError } from './core/errors.js';
+import type { Logger } from './core/logger.js';
+import type { Decision, Intent } from './core/types.js';
+import { signP256 } from './crypto/challenge.js';
+import { createLogger } from './logging.js';
+import { createRelay, type RelayHandle } from './relay-factory.js';
+import { demoHints, seedDemo } from './sim/demo.js';
+import type { SimAnswer } from './sim/sim-reader.js';
+import { readJsonFileIfExists, writeFileAtomic } from './store/atomic.js';
+import { AuditLog } from './store/audit-log.js';
+import { JournaledMap } from './store/journaled-map.js';
+
+/**
+ * The composition root: config → logger → relays (de-energised first) → state → lock controller →
+ * readers → agent → control socket. Only this file picks concrete drivers, by dynamic import, so
+ * node-ble, serialport or gpioset never load unless configured.
+ */
+const CLOCK_PERSIST_MS = 60_000;
+
+export interface RunningAgent {
+  readonly agent: Agent;
+  readonly socketPath: string;
+  stop(reason: string): Promise<void>;
+}
+
+function decisionReply(decision: Decision, lock: LockControl): Record<string, unknown> {
+  return decision.granted
+    ? {
+        granted: true,
+        intent: decision.intent,
+        credentialId: decision.credential.id,
+        role: decision.credential.role,
+        lock: lock.state(),
+      }
+    : {
+        granted: false,
+        code: decision.code,
+        ...(decision.credential ? { credentialId: decision.credential.id } : {}),
+      };
+}
+
+function simReaderEnabled(config: Config): boolean {
+  return config.sim.reader === 'on' || (config.sim.reader === 'auto' && config.relay.driver === 'sim');
+}
+
+function allSimulated(config: Config): boolean {
+  return config.relay.driver === 'sim';
+}
+
+export async function startAgent(options: {
+  config?: string | undefined;
+  stateDir?: string | undefined;
+}): Promise<RunningAgent> {
+  const loaded = loadFor({ config: options.config, 'state-dir': options.stateDir });
+  const { config, stateDir, socketPath } = loaded;
+  const log = createLogger({ level: config.log.level, format: config.log.format });
+  const startedAt = performance.now();
+  log.info(
+    { module: 'main', config: loaded.file ?? '(none: simulated hardware)', stateDir },
+    'vehicle-agent starting',
+  );
+
+  // Relays first: whatever state a crash left them in, they are de-energised before anything else.
+  const relay: RelayHandle = await createRelay(config, log.child({ module: 'relay' }));
+  const cleanup: (() => Promise<void>)[] = [async () => relay.close()];
+  let instance: InstanceLock | undefined;
+  let state: VehicleState | undefined;
+  try {
+    await ensureStateDir(stateDir);
+    instance = await acquireInstanceLock(stateDir, 'agent');
+    const heldLock = instance;
+    cleanup.unshift(() => heldLock.release());
+    if (!(await isProvisioned(stateDir))) {
+      if (!(allSimulated(config) && config.sim.demo)) {
+        throw new AgentError(
+          'not_provisioned',
+          `${stateDir} holds no provisioned vehicle: run \`vehicle-agent init --owner-key OWNER.pub.pem\``,
+        );
+      }
+      const { identity, ownerKey } = await provision({ stateDir, demoOwner: true });
+      if (ownerKey) await seedDemo(stateDir, identity, ownerKey);
+      log.info(
+        { module: 'main', vehicleId: identity.vehicleId, demo: join(stateDir, STATE_FILES.demo) },
+        'provisioned a demo vehicle',
+      );
+    }
+    state = await openVehicleState(stateDir, log);
+    const vehicleState = state;
+    cleanup.unshift(() => vehicleState.close());
+    const { identity, keyring } = state;
+
+    const clockPath = join(stateDir, STATE_FILES.clock);
+    const clockFile = await readJsonFileIfExists<{ floor: number }>(clockPath, {
+      parse: (v) => {
+        const floor = (v as { floor?: unknown } | null)?.floor;
+        if (typeof floor !== 'number' || !Number.isFinite(floor)) throw new Error('floor must be a number');
+        return { floor };
+      },
+    });
+    const clock = new MonotonicFloorClock(clockFile?.floor ?? 0);
+    const persistClock = () => writeFileAtomic(clockPath, JSON.stringify({ floor: clock.floor() }));
+    await persistClock();
+    if (clock.trust() === 'behind')
+      log.warn(
+        { module: 'clock', code: 'expired', now: new Date(clock.now()).toISOString() },
+        'system clock is behind the last trusted time; using the trusted time',
+      );
+
+    const counters = await JournaledMap.open<number>(join(stateDir, STATE_FILES.counters), {
+      parseValue: (v) => {
+        if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+          throw new Error('counter must be a non-negative integer');
+        return v;
+      },
+      logger: log.child({ module: 'counters' }),
+    });
+    cleanup.unshift(() => counters.close());
+    const audit = await AuditLog.open(join(stateDir, STATE_FILES.audit), {
+      maxFileBytes: config.audit.maxFileBytes,
+      keepFiles: config.audit.keepFiles,
+      now: () => clock.now(),
+      logger: log.child({ module: 'audit' }),
+    });
+    cleanup.unshift(() => audit.close());
+
+    const lock = relay.lockController;
+    const readers: CredentialReader[] = [];
+    const { SimReader } = await import('./sim/sim-reader.js');
+    const simReader = simReaderEnabled(config) ? new SimReader('sim') : undefined;
+    if (simReader) readers.push(simReader);
+
+    const vehicleKey = createPrivateKey(identity.vehicleKeyPem);
+    const agent = new Agent({
+      vehicleId: identity.vehicleId,
+      keyring,
+      keyringStore: state.keyringStore,
+      counters,
+      clock,
+      audit,
+      lock,
+      readers,
+      policy: {
+        rateLimit: {
+          maxDenials: config.policy.maxDenials,
+          windowMs: config.policy.windowMs,
+          cooldownMs: config.policy.cooldownMs,
+        },
+        answerDeadlineMs: {
+          phone: config.policy.bleAnswerDeadlineMs,
+          fido: config.policy.nfcAnswerDeadlineMs,
+          ntag424: config.policy.nfcAnswerDeadlineMs,
+        },
+      },
+      log: log.child({ module: 'agent' }),
+      signAsVehicle: (message) => signP256(vehicleKey, message),
+    });
+    relay.onLockChange((lockState, cause) => agent.audit({ type: 'lock', state: lockState, cause }));
+    relay.onWatchdog((channel) => agent.audit({ type: 'relay.watchdog', code: 'relay_watchdog', channel }));
+    await relay.start();
+    await agent.start();
+    cleanup.unshift(() => agent.stop());
+
+    const insecure = keyring.list().filter((s) => !s.revoked && s.credential.options.insecureUid);
+    if (insecure.length > 0) {
+      log.warn(
+        { module: 'main', credentials: insecure.map((s) => s.credential.name ?? s.credential.id) },
+        `${insecure.length} UID-only credential(s) are enabled: UIDs can be cloned in minutes`,
+      );
+    }
+
+    const handlers = new Map<string, ControlHandler>([
+      [
+        'status',
+        () => ({
+          ...agent.status(),
+          relay: relay.status(),
+          recent: audit.recent(10),
+          uptimeS: Math.round(process.uptime()),
+        }),
+      ],
+      [
+        'vehicle',
+        () => ({
+          vehicleId: identity.vehicleId,
+          rootId: identity.rootId,
+          vehicleKeyId: identity.vehicleKeyId,
+          vehicleKey: identity.vehicleKey,
+        }),
+      ],
+      ['keys.list', () => keyring.list().map((s) => ({ credential: s.credential, revoked: s.revoked }))],
+      [
+        'keys.add',
+        async (args) => {
+          const ops = args.ops;
+          if (
+            !Array.isArray(ops) ||
+            ops.length === 0 ||
+            ops.length > 10_000 ||
+            !ops.every((o) => typeof o === 'string')
+          ) {
+            throw new AgentError('bad_arguments', 'ops must be a non-empty list of JWS strings');
+          }
+          return await agent.addKeyringOps(ops as string[], 'control');
+        },
+      ],
+      [
+        'audit.tail',
+        (args) => audit.recent(typeof args.n === 'number' ? Math.min(Math.max(1, args.n), 100) : 20),
+      ],
+    ]);
+    if (simReader) {
+      handlers.set('sim.challenge', () => simReader.issueChallenge());
+      handlers.set('sim.answer', async (args) =>
+        decisionReply(await simReader.answer(parseSimAnswer(args)), lock),
+      );
+      handlers.set('sim.uid', async (args) => {
+        if (typeof args.uid !== 'string') throw new AgentError('bad_arguments', 'uid must be a hex string');
+        return decisionReply(await simReader.presentUid(args.uid, parseIntent(args.intent)), lock);
+      });
+    }
+    const control: ControlServer = await startControlServer(
+      socketPath,
+      handlers,
+      log.child({ module: 'control' }),
+    );
+    cleanup.unshift(() => control.close());
+
+    const clockTimer = setInterval(() => {
+      persistClock().catch((err: unknown) =>
+        log.error({ module: 'clock', code: 'state_io', err: String(err) }, 'cannot persist the trusted time'),
+      );
+    }, CLOCK_PERSIST_MS);
+    clockTimer.unref();
+    cleanup.unshift(async () => {
+      clearInterval(clockTimer);
+      await persistClock();
+    });
+
+    log.info(
+      {
+        module: 'main',
+        vehicleId: identity.vehicleId,
+        lock: lock.state(),
+        relay: config.relay.driver,
+        readers: readers.map((r) => r.id),
+        socket: socketPath,
+        startMs: Math.round(performance.now() - startedAt),
+      },
+      'ready',
+    );
+    if (simReader) {
+      for (const hint of demoHints()) log.info({ module: 'main' }, `try: ${hint}`);
+      log.info(
+        { module: 'main' },
+        'then: vehicle-agent status   (npx vehicle-agent ... from the project directory)',
+      );
+    }
+
+    let stopping: Promise<void> | undefined;
+    const stop = (reason: string): Promise<void> => {
+      stopping ??= (async () => {
+        log.info({ module: 'main', reason }, 'stopping');
+        for (const step of cleanup) {
+          try {
+            await step();
+          } catch (err) {
+            const e = toAgentError(err);
+            log.error({ module: 'main', code: e.code, err: e.message }, 'error while stopping');
+          }
+        }
+        log.info({ module: 'main', relays: 'de-energised' }, 'stopped');
+      })();
+      return stopping;
+    };
+    return { agent, socketPath, stop };
+  } catch (err) {
+    for (const step of cleanup) await step().catch(() => {});
+    throw err;
+  }
+}
+
+function parseIntent(value: unknown): Intent {
+  if (value === undefined) return 'unlock';
+  if (value === 'unlock' || value === 'lock' || value === 'toggle') return value;
+  throw new AgentError('bad_arguments', 'intent must be unlock, lock or toggle');
+}
+
+function parseSimAnswer(args: Readonly<Record<string, unknown>>): SimAnswer {
+  const { challengeId, credentialId, explicitIntent, signature, delayMs } = args;
+  if (typeof challengeId !== 'string' || typeof credentialId !== 'string' || typeof signature !== 'string') {
+    throw new AgentError('bad_arguments', 'challengeId, credentialId and signature must be strings');
+  }
+  if (typeof explicitIntent !== 'boolean')
+    throw new AgentError('bad_arguments', 'explicitIntent must be a boolean');
+  if (delayMs !== undefined && (typeof delayMs !== 'number' || !Number.isInteger(delayMs) || delayMs < 0)) {
+    throw new AgentError('bad_arguments', 'delayMs must be a non-negative integer');
+  }
+  return {
+    challengeId,
+    credentialId,
+    intent: parseIntent(args.intent),
+    explicitIntent,
+    signature,
+    ...(delayMs !== undefined ? { delayMs } : {}),
+  };
+}
+
+/** `vehicle-agent start`: runs until SIGINT/SIGTERM; relays are released on every way out. */
+export async function runAgentCli(argv: readonly string[]): Promise<number> {
+  const { values } = parse(argv, COMMON_OPTIONS);
+  const running = await startAgent({ config: values.config, stateDir: values['state-dir'] });
+  return await new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      void running.stop(signal).then(() => resolve(0));
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    const onFatal = (err: unknown) => {
+      const e = toAgentError(err);
+      process.stderr.write(`vehicle-agent: fatal [${e.code}] ${e.stack ?? e.message}\n`);
+      const timer = setTimeout(() => process.exit(1), 2000);
+      void running.stop('fatal error').finally(() => {
+        clearTimeout(timer);
+        process.exit(1);
+      });
+    };
+    process.once('uncaughtException', onFatal);
+    process.once('unhandledRejection', onFatal);
+  });
+}
+
+export type { Logger };
