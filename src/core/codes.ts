@@ -46,6 +46,10 @@ export const CODES = {
   retained_command: 'commands must not arrive as retained messages',
   unknown_command: 'the command is not known',
   bad_arguments: 'the command arguments are invalid',
+  command_not_yet_valid: 'the command iat is further ahead of the vehicle clock than allowed',
+  // ── cloud link (MQTT) ──────────────────────────────────────────────────────
+  broker_unavailable: 'the MQTT broker could not be reached or refused the connection',
+  result_timeout: 'no command result arrived in time',
   // ── local control socket ───────────────────────────────────────────────────
   control_bad_request: 'the control socket request is not valid',
   control_unavailable: 'the agent control socket is not reachable (is the agent running?)',
