@@ -1,0 +1,168 @@
+/**
+ * Pure bookkeeping of what BlueZ says about remote devices, fed from ObjectManager and
+ * PropertiesChanged signal bodies (values arrive as D-Bus variants: `{ value }`). No I/O.
+ */
+
+export const DEVICE_IFACE = 'org.bluez.Device1';
+export const ADAPTER_IFACE = 'org.bluez.Adapter1';
+
+export interface KnownDevice {
+  readonly path: string;
+  readonly address: string;
+  name: string | undefined;
+  /** Last RSSI BlueZ reported (dBm), if any. */
+  rssi: number | undefined;
+  /** Advertised service UUIDs, lower case. */
+  uuids: readonly string[];
+  connected: boolean;
+  servicesResolved: boolean;
+}
+
+/** What one PropertiesChanged on a Device1 meant. */
+export interface DeviceChange {
+  readonly device: KnownDevice;
+  /** An advertisement was seen (RSSI reported): the device is in range now. */
+  readonly sighted: boolean;
+  readonly connected: boolean | undefined;
+  readonly servicesResolved: boolean | undefined;
+}
+
+type VariantDict = Readonly<Record<string, unknown>>;
+
+/** /org/bluez/hci0 + AA:BB:… → /org/bluez/hci0/dev_AA_BB_… */
+export function devicePath(adapterPath: string, address: string): string {
+  return `${adapterPath}/dev_${address.toUpperCase().replace(/:/g, '_')}`;
+}
+
+const DEVICE_NODE = /^dev_([0-9A-F]{2}(?:_[0-9A-F]{2}){5})$/;
+
+/** The address of a device object directly under the adapter, else undefined. */
+export function addressFromPath(adapterPath: string, path: string): string | undefined {
+  if (!path.startsWith(`${adapterPath}/`)) return undefined;
+  const node = path.slice(adapterPath.length + 1);
+  const match = DEVICE_NODE.exec(node);
+  return match?.[1]?.replace(/_/g, ':');
+}
+
+function unwrap(v: unknown): unknown {
+  return typeof v === 'object' && v !== null && 'value' in v ? v.value : v;
+}
+
+function asString(v: unknown): string | undefined {
+  const value = unwrap(v);
+  return typeof value === 'string' ? value : undefined;
+}
+
+function asNumber(v: unknown): number | undefined {
+  const value = unwrap(v);
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+function asBoolean(v: unknown): boolean | undefined {
+  const value = unwrap(v);
+  return typeof value === 'boolean' ? value : undefined;
+}
+
+function asStrings(v: unknown): string[] | undefined {
+  const value = unwrap(v);
+  if (!Array.isArray(value)) return undefined;
+  return value.filter((x): x is string => typeof x === 'string').map((x) => x.toLowerCase());
+}
+
+function isDict(v: unknown): v is VariantDict {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** The remote devices under one adapter, as BlueZ last described them. */
+export class DeviceTable {
+  readonly adapterPath: string;
+  private readonly byPath = new Map<string, KnownDevice>();
+
+  constructor(adapterPath: string) {
+    this.adapterPath = adapterPath;
+  }
+
+  get size(): number {
+    return this.byPath.size;
+  }
+
+  get(path: string): KnownDevice | undefined {
+    return this.byPath.get(path);
+  }
+
+  byAddress(address: string): KnownDevice | undefined {
+    return this.byPath.get(devicePath(this.adapterPath, address));
+  }
+
+  clear(): void {
+    this.byPath.clear();
+  }
+
+  /** Loads GetManagedObjects' a{oa{sa{sv}}}. */
+  seed(objects: unknown): void {
+    this.byPath.clear();
+    if (!isDict(objects)) return;
+    for (const [path, interfaces] of Object.entries(objects)) this.added(path, interfaces);
+  }
+
+  /** InterfacesAdded(o, a{sa{sv}}): the new or updated device, if it is one of ours. */
+  added(path: string, interfaces: unknown): KnownDevice | undefined {
+    if (!isDict(interfaces)) return undefined;
+    const props = interfaces[DEVICE_IFACE];
+    const address = addressFromPath(this.adapterPath, path);
+    if (address === undefined || !isDict(props)) return undefined;
+    const device: KnownDevice = {
+      path,
+      address: asString(props.Address)?.toUpperCase() ?? address,
+      name: asString(props.Name),
+      rssi: asNumber(props.RSSI),
+      uuids: asStrings(props.UUIDs) ?? [],
+      connected: asBoolean(props.Connected) ?? false,
+      servicesResolved: asBoolean(props.ServicesResolved) ?? false,
+    };
+    this.byPath.set(path, device);
+    return device;
+  }
+
+  /** InterfacesRemoved(o, as): the device that went, if Device1 was removed. */
+  removed(path: string, interfaces: readonly unknown[]): KnownDevice | undefined {
+    if (!interfaces.includes(DEVICE_IFACE)) return undefined;
+    const device = this.byPath.get(path);
+    this.byPath.delete(path);
+    return device;
+  }
+
+  /** PropertiesChanged(s, a{sv}, as) on a device path. */
+  changed(
+    path: string,
+    iface: string,
+    changed: unknown,
+    invalidated: readonly unknown[] = [],
+  ): DeviceChange | undefined {
+    if (iface !== DEVICE_IFACE || !isDict(changed)) return undefined;
+    const device = this.byPath.get(path);
+    if (device === undefined) return undefined;
+    const rssi = asNumber(changed.RSSI);
+    if (rssi !== undefined) device.rssi = rssi;
+    if (invalidated.includes('RSSI')) device.rssi = undefined;
+    const name = asString(changed.Name);
+    if (name !== undefined) device.name = name;
+    const uuids = asStrings(changed.UUIDs);
+    if (uuids !== undefined) device.uuids = uuids;
+    const connected = asBoolean(changed.Connected);
+    if (connected !== undefined) device.connected = connected;
+    const servicesResolved = asBoolean(changed.ServicesResolved);
+    if (servicesResolved !== undefined) device.servicesResolved = servicesResolved;
+    return { device, sighted: rssi !== undefined, connected, servicesResolved };
+  }
+}
+
+/** Reads one boolean out of a PropertiesChanged dict (e.g. Adapter1.Powered). */
+export function changedBoolean(changed: unknown, name: string): boolean | undefined {
+  return isDict(changed) ? asBoolean(changed[name]) : undefined;
+}
+
+/** Whether an InterfacesAdded/GetManagedObjects entry carries Adapter1. */
+export function hasAdapter(interfaces: unknown): boolean {
+  return isDict(interfaces) && isDict(interfaces[ADAPTER_IFACE]);
+}
