@@ -1,0 +1,356 @@
+import { appendFileSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { AgentError } from '../../../src/core/errors.js';
+import {
+  AuditLog,
+  type AuditRecord,
+  auditFileName,
+  forbiddenFieldName,
+  GENESIS_PREV,
+  hashAuditRecord,
+  verifyAuditLog,
+} from '../../../src/store/audit-log.js';
+import { useTempDir } from './temp-dir.js';
+
+const tempDir = useTempDir('audit');
+const T0 = Date.UTC(2025, 0, 1);
+
+async function rejection(promise: Promise<unknown>): Promise<AgentError> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof AgentError) return err;
+    throw new Error(`expected an AgentError, got ${String(err)}`);
+  }
+  throw new Error('expected a rejection');
+}
+
+async function filledLog(dir: string, count: number, options = {}): Promise<AuditRecord[]> {
+  let t = T0;
+  const log = await AuditLog.open(dir, { now: () => (t += 1000), ...options });
+  const records: AuditRecord[] = [];
+  for (let i = 0; i < count; i += 1) {
+    records.push(
+      await log.append({ type: 'decision', outcome: i % 2 === 0 ? 'grant' : 'deny', reader: 'nfc0', n: i }),
+    );
+  }
+  await log.close();
+  return records;
+}
+
+function onlyFile(dir: string): string {
+  const files = readdirSync(dir).filter((name) => name.endsWith('.jsonl'));
+  expect(files).toHaveLength(1);
+  return join(dir, files[0] ?? '');
+}
+
+function lines(path: string): string[] {
+  return readFileSync(path, 'utf8').split('\n').slice(0, -1);
+}
+
+describe('audit record hash', () => {
+  it('is SHA-256 over prev and the canonical JSON of the record without prev and hash (vector)', () => {
+    // printf '%s' "$(printf '0%.0s' {1..64})"'{"a":[1,"x"],"seq":1,"ts":"2025-01-01T00:00:00.000Z","type":"boot","z":null}' | sha256sum
+    const body = { type: 'boot', z: null, seq: 1, ts: '2025-01-01T00:00:00.000Z', a: [1, 'x'] };
+    expect(hashAuditRecord(GENESIS_PREV, body)).toBe(
+      '6069b3345326cbc08218b1db07fc503a9c292424638c904b0b8d36275c39c48c',
+    );
+  });
+});
+
+describe('AuditLog', () => {
+  it('appends chained records with seq, ts, type, fields, prev and hash, 0600, and verifies', async () => {
+    const dir = tempDir();
+    const records = await filledLog(dir, 3);
+    expect(records.map((r) => r.seq)).toEqual([1, 2, 3]);
+    expect(records[0]).toMatchObject({
+      type: 'decision',
+      outcome: 'grant',
+      reader: 'nfc0',
+      n: 0,
+      prev: GENESIS_PREV,
+    });
+    expect(records[0]?.ts).toBe(new Date(T0 + 1000).toISOString());
+    expect(records[1]?.prev).toBe(records[0]?.hash);
+    expect(records[2]?.prev).toBe(records[1]?.hash);
+    const file = onlyFile(dir);
+    expect(file.endsWith(auditFileName(1))).toBe(true);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(lines(file).map((text) => JSON.parse(text))).toEqual(records);
+    expect(await verifyAuditLog(dir)).toMatchObject({
+      ok: true,
+      records: 3,
+      files: 1,
+      firstSeq: 1,
+      lastSeq: 3,
+      oldestPrevChecked: true,
+    });
+  });
+
+  it('continues seq and chain across restarts', async () => {
+    const dir = tempDir();
+    await filledLog(dir, 2);
+    const log = await AuditLog.open(dir);
+    expect(log.lastSeq).toBe(2);
+    expect(log.recent(5).map((r) => r.seq)).toEqual([1, 2]);
+    const third = await log.append({ type: 'boot' });
+    expect(third.seq).toBe(3);
+    await log.close();
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: true, records: 3 });
+  });
+
+  it('has one writer at a time: a second open of the directory is busy', async () => {
+    const dir = tempDir();
+    const log = await AuditLog.open(dir);
+    expect((await rejection(AuditLog.open(dir))).code).toBe('busy');
+    await log.close();
+    const again = await AuditLog.open(dir);
+    await again.close();
+  });
+
+  it('group-commits concurrent appends in call order', async () => {
+    const dir = tempDir();
+    const log = await AuditLog.open(dir);
+    const records = await Promise.all(Array.from({ length: 500 }, (_, i) => log.append({ type: 'tick', i })));
+    expect(records.map((r) => r.seq)).toEqual(Array.from({ length: 500 }, (_, i) => i + 1));
+    expect(records.map((r) => r.i)).toEqual(Array.from({ length: 500 }, (_, i) => i));
+    expect(log.lastSeq).toBe(500);
+    expect(log.recent(3).map((r) => r.seq)).toEqual([498, 499, 500]);
+    await log.close();
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: true, records: 500 });
+  });
+
+  it.each([
+    ['uid', { uid: '04a1b2c3' }],
+    ['cardUid', { cardUid: '04a1b2c3' }],
+    ['raw_uid', { card: { raw_uid: '04a1b2c3' } }],
+    ['UID', { list: [{ UID: 'x' }] }],
+    ['secret', { secret: 'x' }],
+    ['clientSecret', { clientSecret: 'x' }],
+    ['privateKey', { key: { privateKey: 'x' } }],
+    ['private_key', { private_key: 'x' }],
+    ['password', { password: 'x' }],
+  ])('refuses an event with a field named %s and writes nothing', async (field, fields) => {
+    const dir = tempDir();
+    const log = await AuditLog.open(dir);
+    const err = await rejection(log.append({ type: 'decision', ...fields }));
+    expect(err.code).toBe('audit_event_rejected');
+    expect(err.details.field).toBe(field);
+    expect(err.message).not.toContain('04a1b2c3');
+    expect(log.lastSeq).toBe(0);
+    const ok = await log.append({ type: 'decision', uidHash: 'h', deviceUuid: 'u' });
+    expect(ok.seq).toBe(1);
+    await log.close();
+    expect(readFileSync(onlyFile(dir), 'utf8')).not.toContain('"x"');
+  });
+
+  it('names forbidden fields case- and separator-insensitively but allows uidHash and uuid', () => {
+    expect(
+      ['uid', 'Card-UID', 'tagUid', 'SECRET', 'sitePrivateKey', 'secret_key'].every(forbiddenFieldName),
+    ).toBe(true);
+    expect(['uidHash', 'uuid', 'sessionUuid', 'kid', 'reason', 'credentialId'].some(forbiddenFieldName)).toBe(
+      false,
+    );
+  });
+
+  it('refuses reserved fields, a missing type, values that are not JSON and records over the limit', async () => {
+    const log = await AuditLog.open(tempDir(), { maxRecordBytes: 512 });
+    for (const event of [
+      { type: 'x', seq: 9 },
+      { type: 'x', hash: 'h' },
+      { type: '' },
+      { type: 'x', n: 10n },
+    ]) {
+      expect((await rejection(log.append(event))).code).toBe('audit_event_rejected');
+    }
+    expect((await rejection(log.append({ type: 'x', blob: 'y'.repeat(600) }))).code).toBe('record_too_large');
+    expect((await log.append({ type: 'x' })).seq).toBe(1);
+    await log.close();
+  });
+
+  it('rotates by size, deletes the oldest files, and keeps the chain across files', async () => {
+    const dir = tempDir();
+    await filledLog(dir, 300, { maxFileBytes: 4096, keepFiles: 3 });
+    const files = readdirSync(dir).sort();
+    expect(files).toHaveLength(3);
+    for (const name of files) expect(statSync(join(dir, name)).size).toBeLessThanOrEqual(4096);
+    const result = await verifyAuditLog(dir);
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.lastSeq).toBe(300);
+    expect(result.oldestPrevChecked).toBe(false);
+    expect(result.notes.join(' ')).toContain('rotated away');
+    expect(files[0]).toBe(auditFileName(result.firstSeq ?? 0));
+    expect(result.records).toBe(300 - (result.firstSeq ?? 0) + 1);
+
+    const log = await AuditLog.open(dir, { maxFileBytes: 4096, keepFiles: 3 });
+    expect((await log.append({ type: 'after-restart' })).seq).toBe(301);
+    await log.close();
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: true, lastSeq: 301 });
+  });
+
+  it('readFrom yields durable records from a seq across files, and from the oldest kept when asked for less', async () => {
+    const dir = tempDir();
+    await filledLog(dir, 200, { maxFileBytes: 4096, keepFiles: 4 });
+    const log = await AuditLog.open(dir, { maxFileBytes: 4096, keepFiles: 4 });
+    const seqs = async (from: number): Promise<number[]> => {
+      const out: number[] = [];
+      for await (const record of log.readFrom(from)) out.push(record.seq);
+      return out;
+    };
+    const from150 = await seqs(150);
+    expect(from150).toEqual(Array.from({ length: 51 }, (_, i) => 150 + i));
+    const all = await seqs(1);
+    const oldest = all[0] ?? 0;
+    expect(oldest).toBeGreaterThan(1);
+    expect(all).toEqual(Array.from({ length: 200 - oldest + 1 }, (_, i) => oldest + i));
+    expect(await seqs(201)).toEqual([]);
+    await log.close();
+  });
+
+  it('cuts a torn last record on open, continues the chain, and verify notes a partial record', async () => {
+    const dir = tempDir();
+    await filledLog(dir, 5);
+    const file = onlyFile(dir);
+    const sixth = `{"seq":6,"ts":"2025-01-01T00:00:06.000Z","type":"decision","prev":"`;
+    appendFileSync(file, sixth);
+    const before = await verifyAuditLog(dir);
+    expect(before).toMatchObject({ ok: true, records: 5 });
+    expect(before.notes.join(' ')).toContain('partial record');
+
+    const log = await AuditLog.open(dir);
+    expect(log.lastSeq).toBe(5);
+    expect((await log.append({ type: 'boot' })).seq).toBe(6);
+    await log.close();
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: true, records: 6, notes: [] });
+  });
+
+  it('after a crash right after rotation, continues in a file named for the next record', async () => {
+    for (const emptyName of [auditFileName(6), auditFileName(9)]) {
+      const dir = join(tempDir(), emptyName);
+      await filledLog(dir, 5);
+      writeFileSync(join(dir, emptyName), ''); // created by rotation, its records never written
+      const log = await AuditLog.open(dir);
+      expect((await log.append({ type: 'boot' })).seq).toBe(6);
+      await log.close();
+      expect(
+        readdirSync(dir)
+          .filter((name) => name.endsWith('.jsonl'))
+          .sort(),
+      ).toEqual([auditFileName(1), auditFileName(6)]);
+      expect(await verifyAuditLog(dir)).toMatchObject({ ok: true, records: 6, notes: [] });
+    }
+  });
+
+  describe('verifyAuditLog finds the first broken link', () => {
+    async function tampered(
+      edit: (lines: string[]) => string[],
+    ): Promise<Awaited<ReturnType<typeof verifyAuditLog>>> {
+      const dir = tempDir();
+      await filledLog(dir, 6);
+      const file = onlyFile(dir);
+      writeFileSync(file, `${edit(lines(file)).join('\n')}\n`);
+      return verifyAuditLog(dir);
+    }
+
+    it('when a field was edited', async () => {
+      const result = await tampered((ls) =>
+        ls.map((l, i) => (i === 2 ? l.replace('"outcome":"grant"', '"outcome":"deny"') : l)),
+      );
+      expect(result).toMatchObject({
+        ok: false,
+        records: 2,
+        broken: { line: 3, seq: 3, reason: 'bad_hash' },
+      });
+    });
+
+    it('when a field was edited and its hash recomputed', async () => {
+      const result = await tampered((ls) =>
+        ls.map((l, i) => {
+          if (i !== 2) return l;
+          const {
+            prev,
+            hash: _old,
+            ...body
+          } = JSON.parse(l.replace('"outcome":"grant"', '"outcome":"deny"')) as AuditRecord;
+          return JSON.stringify({ ...body, prev, hash: hashAuditRecord(prev, body) });
+        }),
+      );
+      expect(result).toMatchObject({
+        ok: false,
+        records: 3,
+        broken: { line: 4, seq: 4, reason: 'prev_mismatch' },
+      });
+    });
+
+    it('when a line was deleted', async () => {
+      const result = await tampered((ls) => ls.filter((_, i) => i !== 3));
+      expect(result).toMatchObject({ ok: false, records: 3, broken: { line: 4, seq: 5, reason: 'seq_gap' } });
+    });
+
+    it('when two lines were swapped', async () => {
+      const result = await tampered((ls) => [ls[0], ls[2], ls[1], ...ls.slice(3)].map(String));
+      expect(result).toMatchObject({ ok: false, records: 1, broken: { line: 2, seq: 3, reason: 'seq_gap' } });
+    });
+
+    it('when a line is not JSON', async () => {
+      const result = await tampered((ls) => ls.map((l, i) => (i === 4 ? l.slice(0, 20) : l)));
+      expect(result).toMatchObject({ ok: false, records: 4, broken: { line: 5, reason: 'bad_json' } });
+    });
+
+    it('when the first record does not start from the all-zero prev', async () => {
+      const dir = tempDir();
+      const log = await AuditLog.open(dir);
+      await log.append({ type: 'a' });
+      await log.close();
+      const file = onlyFile(dir);
+      const { prev: _p, hash: _h, ...body } = JSON.parse(lines(file)[0] ?? '') as AuditRecord;
+      const fakePrev = 'f'.repeat(64);
+      writeFileSync(
+        file,
+        `${JSON.stringify({ ...body, prev: fakePrev, hash: hashAuditRecord(fakePrev, body) })}\n`,
+      );
+      expect(await verifyAuditLog(dir)).toMatchObject({
+        ok: false,
+        broken: { seq: 1, reason: 'prev_mismatch' },
+      });
+    });
+
+    it('when a middle file is missing or renamed', async () => {
+      const dir = tempDir();
+      await filledLog(dir, 120, { maxFileBytes: 4096, keepFiles: 100 });
+      const files = readdirSync(dir).sort();
+      expect(files.length).toBeGreaterThanOrEqual(3);
+      const middle = files[1] ?? '';
+      const moved = join(dir, middle.replace('audit-', 'moved-'));
+      renameSync(join(dir, middle), moved);
+      expect(await verifyAuditLog(dir)).toMatchObject({
+        ok: false,
+        broken: { file: files[2], line: 1, reason: 'seq_gap' },
+      });
+      const middleSeq = Number(middle.slice('audit-'.length, -'.jsonl'.length));
+      renameSync(moved, join(dir, auditFileName(middleSeq + 1)));
+      expect(await verifyAuditLog(dir)).toMatchObject({
+        ok: false,
+        broken: { file: auditFileName(middleSeq + 1), line: 1, seq: middleSeq, reason: 'file_name_mismatch' },
+      });
+    });
+
+    it('keeps appending after tampering, and verify still reports the tampered record', async () => {
+      const dir = tempDir();
+      await filledLog(dir, 4);
+      const file = onlyFile(dir);
+      writeFileSync(
+        file,
+        `${lines(file)
+          .map((l, i) => (i === 1 ? l.replace('"deny"', '"grant"') : l))
+          .join('\n')}\n`,
+      );
+      const log = await AuditLog.open(dir);
+      expect((await log.append({ type: 'boot' })).seq).toBe(5);
+      await log.close();
+      expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { seq: 2, reason: 'bad_hash' } });
+    });
+  });
+});
