@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentError } from '../core/errors.js';
@@ -22,13 +22,27 @@ export interface PrivateDbusOptions {
   readonly limits?: Readonly<Record<string, number>>;
   /** How long to wait for the daemon to print its address. */
   readonly startTimeoutMs?: number;
+  /**
+   * Policy elements replacing the allow-everything default (tests of a real policy file such
+   * as hw/dbus-vehicle-agent-bluez.conf).
+   */
+  readonly policies?: string;
+  /** Let other local users reach the socket (tests that run a client as another uid). */
+  readonly worldAccessible?: boolean;
 }
 
 /**
  * A system-type bus that lets anything own and call anything: for tests and sim mode only,
  * never a production policy (that is hw/dbus-vehicle-agent-bluez.conf).
  */
-function busConfig(dir: string, limits: Readonly<Record<string, number>>): string {
+const ALLOW_ALL = `  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+  </policy>`;
+
+function busConfig(dir: string, limits: Readonly<Record<string, number>>, policies: string): string {
   const limitLines = Object.entries(limits)
     .map(([name, value]) => `  <limit name="${name}">${Math.trunc(value)}</limit>`)
     .join('\n');
@@ -38,12 +52,7 @@ function busConfig(dir: string, limits: Readonly<Record<string, number>>): strin
   <type>system</type>
   <listen>unix:dir=${dir}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow receive_sender="*"/>
-  </policy>
+${policies}
 ${limitLines}
 </busconfig>
 `;
@@ -59,8 +68,9 @@ export async function startPrivateDbus(options: PrivateDbusOptions = {}): Promis
       throw new AgentError('bad_arguments', `invalid dbus-daemon limit name: ${name}`);
   }
   const dir = await mkdtemp(join(tmpdir(), 'vehicle-agent-dbus-'));
+  if (options.worldAccessible === true) await chmod(dir, 0o755);
   const configPath = join(dir, 'bus.conf');
-  await writeFile(configPath, busConfig(dir, limits));
+  await writeFile(configPath, busConfig(dir, limits, options.policies ?? ALLOW_ALL));
 
   const child = spawn('dbus-daemon', [`--config-file=${configPath}`, '--nofork', '--print-address=1'], {
     stdio: ['ignore', 'pipe', 'pipe'],

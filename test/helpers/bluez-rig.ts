@@ -2,7 +2,7 @@ import type { GattPeer } from '../../src/ble/gatt-peer.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { startBluezStandIn } from '../../src/sim/bluez/index.js';
 import type { AdapterSpec, BluezStandIn } from '../../src/sim/bluez/types.js';
-import { type PrivateDbus, startPrivateDbus } from '../../src/sim/dbus-daemon.js';
+import { type PrivateDbus, type PrivateDbusOptions, startPrivateDbus } from '../../src/sim/dbus-daemon.js';
 import { requireTool } from './processes.js';
 
 /** UUIDs for link tests (any 128-bit UUIDs will do; the protocol defines the real ones). */
@@ -21,10 +21,11 @@ export interface BluezRig {
 }
 
 export async function startBluezRig(
-  options: { limits?: Record<string, number>; adapter?: AdapterSpec } = {},
+  options: { adapter?: AdapterSpec } & PrivateDbusOptions = {},
 ): Promise<BluezRig> {
   requireTool('dbus-daemon', 'apt-get install dbus');
-  const bus = await startPrivateDbus(options.limits === undefined ? {} : { limits: options.limits });
+  const { adapter: _, ...busOptions } = options;
+  const bus = await startPrivateDbus(busOptions);
   try {
     const standIn = await startBluezStandIn({
       busAddress: bus.address,

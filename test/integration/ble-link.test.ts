@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type BleCandidate,
@@ -22,6 +24,31 @@ import { requireTool, stopProcess } from '../helpers/processes.js';
 
 const PHONE_A = 'AA:BB:CC:DD:EE:01';
 const PHONE_B = 'AA:BB:CC:DD:EE:02';
+
+/** The stock Debian system.conf default context, in essence: method calls denied unless allowed. */
+const SYSTEM_DEFAULTS = `<policy context="default">
+  <allow user="*"/>
+  <deny own="*"/>
+  <deny send_type="method_call"/>
+  <allow send_type="signal"/>
+  <allow send_requested_reply="true" send_type="method_return"/>
+  <allow send_requested_reply="true" send_type="error"/>
+  <allow receive_type="method_call"/>
+  <allow receive_type="method_return"/>
+  <allow receive_type="error"/>
+  <allow receive_type="signal"/>
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+</policy>`;
+
+/** Debian bookworm bluez 5.66 /etc/dbus-1/system.d/bluetooth.conf: root owns org.bluez; anyone may call it. */
+const DEBIAN_BLUEZ_POLICY = `<policy user="root">
+  <allow own="org.bluez"/>
+  <allow send_destination="org.bluez"/>
+</policy>
+<policy context="default">
+  <allow send_destination="org.bluez"/>
+</policy>`;
 
 let cleanups: Array<() => Promise<void>> = [];
 
@@ -451,6 +478,75 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
       s.standIn.removeDevice(address);
     }
     expect(s.link.stats().busConnections).toBeGreaterThanOrEqual(4);
+  });
+
+  it('works as an unprivileged user under hw/dbus-vehicle-agent-bluez.conf, which refuses the rest', async () => {
+    if (process.getuid?.() !== 0) {
+      throw new Error('this test runs the link as user nobody and so must run as root');
+    }
+    const policyFile = await readFile(
+      fileURLToPath(new URL('../../hw/dbus-vehicle-agent-bluez.conf', import.meta.url)),
+      'utf8',
+    );
+    const agentPolicy = /<busconfig>([\s\S]*)<\/busconfig>/.exec(policyFile)?.[1];
+    if (agentPolicy === undefined || !agentPolicy.includes('user="vehicle-agent"'))
+      throw new Error('bad policy file');
+    const rig = await startBluezRig({
+      worldAccessible: true,
+      policies: [
+        SYSTEM_DEFAULTS,
+        DEBIAN_BLUEZ_POLICY,
+        agentPolicy.replace('user="vehicle-agent"', 'user="nobody"'),
+      ].join('\n'),
+    });
+    cleanups.push(() => rig.stop());
+    const { device, peer } = addPhone(rig.standIn, PHONE_A);
+    const child = spawn(
+      process.execPath,
+      [fileURLToPath(new URL('../fixtures/ble-policy-client.mjs', import.meta.url))],
+      {
+        uid: 65534,
+        gid: 65534,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: {
+          PATH: process.env.PATH ?? '/usr/bin:/bin',
+          BUS_ADDRESS: rig.bus.address,
+          SERVICE_UUID: TEST_UUIDS.service,
+          WRITE_UUID: TEST_UUIDS.write,
+          NOTIFY_UUID: TEST_UUIDS.notify,
+          DEVICE_PATH: device.path,
+        },
+      },
+    );
+    cleanups.push(() => stopProcess(child));
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString('utf8');
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString('utf8');
+    });
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+    const result: unknown = JSON.parse(stdout);
+    expect(result).toMatchObject({
+      uid: 65534,
+      health: { state: 'ok' },
+      session: [1, 2, 3],
+      denied: {
+        'Properties.Set Powered': 'org.freedesktop.DBus.Error.AccessDenied',
+        'Adapter1.RemoveDevice': 'org.freedesktop.DBus.Error.AccessDenied',
+        'Device1.Pair': 'org.freedesktop.DBus.Error.AccessDenied',
+        'AgentManager1.RegisterAgent': 'org.freedesktop.DBus.Error.AccessDenied',
+        'Properties.Get Powered': 'allowed',
+      },
+    });
+    expect(peer.writes).toEqual([Uint8Array.from([1, 2, 3])]);
+    expect(device.connected).toBe(false);
+    expect(rig.standIn.powered).toBe(true);
+    expect(device.exported).toBe(true);
   });
 
   it('lets bluetoothctl list and connect to a stand-in device', async () => {
