@@ -1,3 +1,4 @@
+import { CLOUD_SCHEMA } from './cloud-schema.js';
 import { bool, int, oneOf, optStr, section, str, type ValueOf } from './fields.js';
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -93,6 +94,7 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
     maxFileBytes: int('Rotate the current file past this size.', 1_048_576, 4096, 1_073_741_824),
     keepFiles: int('Rotated files kept (the oldest are deleted).', 10, 1, 1000),
   }),
+  cloud: CLOUD_SCHEMA,
   sim: section('Simulated hardware (used by drivers set to sim).', {
     demo: bool(
       'Provision a demo vehicle with demo keys on first start when the state directory is empty.',

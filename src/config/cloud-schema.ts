@@ -1,0 +1,119 @@
+import { bool, int, oneOf, optStr, section, str } from './fields.js';
+
+const TOPIC_PREFIX = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
+const TOPIC_HINT = 'topic levels of letters, digits, . _ - separated by / (no wildcards)';
+
+/** The `cloud` section: MQTT sync (docs/mqtt.md). Off by default; mqtt is not even loaded then. */
+export const CLOUD_SCHEMA = section(
+  'Cloud sync over MQTT (docs/mqtt.md): signed commands, keyring sync, the audit event outbox, ' +
+    'state. The cloud is never on the unlock path: an unreachable, hung or hostile broker changes ' +
+    'nothing about local unlocking.',
+  {
+    enabled: bool('Connect to the broker. When false the MQTT library is never loaded.', false),
+    url: str(
+      'Broker URL. mqtts:// is TLS (use it); mqtt:// is plain TCP, for loopback tests only.',
+      'mqtts://localhost:8883',
+      /^mqtts?:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?\/?$/,
+      'mqtts://HOST[:PORT] or mqtt://HOST[:PORT]',
+    ),
+    caFile: optStr(
+      'PEM CA certificate(s) that signed the broker certificate. Default: the system CAs.',
+      '/etc/vehicle-agent/mqtt/ca.crt',
+    ),
+    certFile: optStr('PEM client certificate presented to the broker.', '/etc/vehicle-agent/mqtt/client.crt'),
+    keyFile: optStr(
+      'PEM private key of the client certificate (keep it 0600).',
+      '/etc/vehicle-agent/mqtt/client.key',
+    ),
+    topicPrefix: str(
+      'Topics live under <topicPrefix>/<vehicleId>.',
+      'vehicle-agent',
+      TOPIC_PREFIX,
+      TOPIC_HINT,
+    ),
+    clientId: optStr('MQTT client id. Default: vehicle-agent-<vehicleId>.', 'vehicle-agent-VA-EXAMPLE'),
+    protocol: oneOf('MQTT version. auto: 5, falling back to 3.1.1 when the broker refuses 5.', 'auto', [
+      'auto',
+      '5',
+      '3.1.1',
+    ] as const),
+    keepaliveS: int('MQTT keepalive; a dead link is noticed within about 1.5 times this.', 30, 5, 3600),
+    connectTimeoutMs: int(
+      'One connection attempt (DNS, TCP, TLS, CONNECT to CONNACK) gives up after this long.',
+      10_000,
+      500,
+      120_000,
+    ),
+    reconnectMinMs: int(
+      'Reconnect backoff: the first retry comes after about this long ...',
+      1000,
+      100,
+      600_000,
+    ),
+    reconnectMaxMs: int(
+      '... doubling on each failure up to this, each delay between half and all of it (random jitter).',
+      60_000,
+      1000,
+      3_600_000,
+    ),
+    sessionExpiryS: int(
+      'How long the broker keeps the session (subscriptions, queued commands) while the vehicle is ' +
+        'offline; 0 asks for a clean session on every connect (queued commands are then lost).',
+      604_800,
+      0,
+      4_294_967_295,
+    ),
+    stateIntervalMs: int(
+      'How often lock state, keyring digest and clock trust are compared and `state` republished on a change.',
+      1000,
+      100,
+      60_000,
+    ),
+    commands: section('Signed commands on <base>/command.', {
+      maxLifetimeS: int('Longest accepted command lifetime (exp - iat).', 300, 1, 86_400),
+      maxFutureS: int(
+        'How far ahead of the vehicle clock a non-owner command iat may be (clock skew).',
+        120,
+        0,
+        86_400,
+      ),
+      rememberResults: int(
+        'Results of accepted commands remembered by signer and jti, so a redelivered command gets the ' +
+          'same answer without being carried out twice.',
+        1000,
+        10,
+        100_000,
+      ),
+    }),
+    outbox: section('The durable outbox of audit events on <base>/events (a cursor over the audit log).', {
+      maxEvents: int(
+        'Most events waiting for the cloud; beyond it the oldest are skipped (down to 90 %) and an ' +
+          'outbox.dropped event counts them. The audit log rotation (audit.*) also bounds what is kept.',
+        100_000,
+        100,
+        10_000_000,
+      ),
+      inFlight: int(
+        'Events published and not yet acknowledged (PUBACK) at once; also capped by the broker Receive Maximum.',
+        100,
+        1,
+        65_535,
+      ),
+      pollMs: int('How often new audit records are looked for.', 100, 10, 60_000),
+    }),
+    homeAssistant: section(
+      'Home Assistant MQTT discovery (opt-in): a lock entity with state and availability.',
+      {
+        enabled: bool('Publish the discovery config for a lock entity.', false),
+        discoveryPrefix: str("Home Assistant's discovery prefix.", 'homeassistant', TOPIC_PREFIX, TOPIC_HINT),
+        name: str('Entity name shown in Home Assistant.', 'Vehicle lock'),
+        allowUnsignedCommands: bool(
+          'Let Home Assistant lock and unlock with plain LOCK/UNLOCK messages. This trusts the broker: ' +
+            'anyone who can publish to <base>/ha/command can open the vehicle. Off: the entity shows ' +
+            'state only and commands from it are ignored.',
+          false,
+        ),
+      },
+    ),
+  },
+);
