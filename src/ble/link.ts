@@ -283,7 +283,10 @@ export class BleLink {
     if (refusal !== undefined) {
       throw new AgentError('busy', `no BLE session with ${addr} now: ${refusal}`, { reason: refusal });
     }
-    const session = new Session(addr, devicePath(adapter.path, addr), this, this.options.callTimeoutMs);
+    const session = new Session(addr, devicePath(adapter.path, addr), this.options.callTimeoutMs, {
+      end: (s, reason, cooldownMs) => this.endSession(s, reason, cooldownMs),
+      cooldown: (ms) => this.setCooldown(addr, ms),
+    });
     this.sessions.set(addr, session);
     try {
       await this.establish(session, adapter);
@@ -384,7 +387,7 @@ export class BleLink {
   }
 
   /** Ends a session once: listeners told, writes rejected, device disconnected, slot freed. */
-  endSession(session: Session, reason: BleCloseReason, cooldownMs: number): Promise<void> {
+  private endSession(session: Session, reason: BleCloseReason, cooldownMs: number): Promise<void> {
     session.ending ??= (async () => {
       session.finish(reason);
       session.notifyChar?.removeListener('valuechanged', session.deliver);
@@ -771,6 +774,12 @@ export class BleLink {
   }
 }
 
+/** What a session needs from the link that opened it. */
+interface SessionOwner {
+  end(session: Session, reason: BleCloseReason, cooldownMs: number): Promise<void>;
+  cooldown(ms: number): void;
+}
+
 /** One session's state; the channel the reader holds. */
 class Session implements BleChannel {
   readonly address: string;
@@ -780,7 +789,7 @@ class Session implements BleChannel {
   device: NodeBle.Device | undefined;
   writeChar: NodeBle.GattCharacteristic | undefined;
   notifyChar: NodeBle.GattCharacteristic | undefined;
-  private readonly link: BleLink;
+  private readonly owner: SessionOwner;
   private readonly writeTimeoutMs: number;
   private readonly dataListeners = new Set<(chunk: Uint8Array) => void>();
   private readonly closeListeners = new Set<(reason: BleCloseReason) => void>();
@@ -792,10 +801,10 @@ class Session implements BleChannel {
   /** Rejects when the session ends: every pending step races it. */
   private readonly closedSignal: Promise<never>;
 
-  constructor(address: string, path: string, link: BleLink, writeTimeoutMs: number) {
+  constructor(address: string, path: string, writeTimeoutMs: number, owner: SessionOwner) {
     this.address = address;
     this.path = path;
-    this.link = link;
+    this.owner = owner;
     this.writeTimeoutMs = writeTimeoutMs;
     this.closedSignal = new Promise<never>((_, reject) => {
       this.rejectClosed = reject;
@@ -843,11 +852,15 @@ class Session implements BleChannel {
   }
 
   close(options: { readonly cooldownMs?: number } = {}): Promise<void> {
-    return this.link.endSession(this, 'closed', options.cooldownMs ?? 0);
+    const cooldownMs = options.cooldownMs ?? 0;
+    // The phone may have dropped the link already (the session then ended on its own): the
+    // caller's cooldown after a grant must hold all the same.
+    if (cooldownMs > 0) this.owner.cooldown(cooldownMs);
+    return this.owner.end(this, 'closed', cooldownMs);
   }
 
   abort(reason: BleCloseReason): void {
-    void this.link.endSession(this, reason, 0);
+    void this.owner.end(this, reason, 0);
   }
 
   armTimeout(ms: number): void {

@@ -458,6 +458,21 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
     expect(await rejection(s.link.openSession(PHONE_B))).toMatchObject({ details: { reason: 'cooldown' } });
   });
 
+  it('keeps the cooldown asked at close when the phone already dropped the link', async () => {
+    const s = await setup();
+    const { device } = addPhone(s.standIn, PHONE_A);
+    await candidateFor(s, PHONE_A);
+    const channel = await s.link.openSession(PHONE_A);
+    const closed = closeReason(channel);
+    device.dropLink();
+    expect(await closed).toBe('disconnected');
+    await channel.close({ cooldownMs: 60_000 });
+    expect(await rejection(s.link.openSession(PHONE_A))).toMatchObject({
+      code: 'busy',
+      details: { reason: 'cooldown' },
+    });
+  });
+
   it('reconnects to the bus when idle to shed what node-ble leaks, and keeps working', async () => {
     // node-ble adds about three match rules a session and never removes them; with a limit of
     // 40 the daemon starts refusing them after a dozen sessions with fresh device paths.
