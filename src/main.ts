@@ -248,6 +248,14 @@ export async function startAgent(options: {
       await persistClock();
     });
 
+    if (simReader) {
+      for (const hint of demoHints()) log.info({ module: 'main' }, `try: ${hint}`);
+      log.info(
+        { module: 'main' },
+        'then: vehicle-agent status   (npx vehicle-agent ... from the project directory)',
+      );
+    }
+
     log.info(
       {
         module: 'main',
@@ -260,13 +268,6 @@ export async function startAgent(options: {
       },
       'ready',
     );
-    if (simReader) {
-      for (const hint of demoHints()) log.info({ module: 'main' }, `try: ${hint}`);
-      log.info(
-        { module: 'main' },
-        'then: vehicle-agent status   (npx vehicle-agent ... from the project directory)',
-      );
-    }
 
     let stopping: Promise<void> | undefined;
     const stop = (reason: string): Promise<void> => {

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { chmodSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 /**
@@ -9,9 +10,15 @@ import { fileURLToPath } from 'node:url';
 export default function setup(): void {
   const root = fileURLToPath(new URL('..', import.meta.url));
   const tsc = fileURLToPath(new URL('../node_modules/typescript/bin/tsc', import.meta.url));
-  const result = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: root, encoding: 'utf8' });
+  const result = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], {
+    cwd: root,
+    encoding: 'utf8',
+  });
   if (result.error) throw result.error;
   if (result.status !== 0) {
-    process.stderr.write(`global-setup: tsc reported errors (emitting anyway):\n${result.stdout}${result.stderr}\n`);
+    process.stderr.write(
+      `global-setup: tsc reported errors (emitting anyway):\n${result.stdout}${result.stderr}\n`,
+    );
   }
+  chmodSync(fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url)), 0o755);
 }

@@ -97,7 +97,7 @@ export class Agent {
 
   async start(): Promise<void> {
     for (const reader of this.deps.readers) {
-      const log = this.deps.log.child({ module: 'reader', reader: reader.id });
+      const log = this.deps.log.child({ reader: reader.id });
       try {
         await reader.start(this.readerContext(log));
         log.info({ health: reader.health().state }, 'reader started');

@@ -97,8 +97,14 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
   cloud: CLOUD_SCHEMA,
   sim: section('Simulated hardware (used by drivers set to sim).', {
     demo: bool(
-      'Provision a demo vehicle with demo keys on first start when the state directory is empty.',
+      'Provision a demo vehicle with demo keys on first start when the state directory is empty ' +
+        '(only when every driver is simulated).',
       true,
+    ),
+    reader: oneOf(
+      'The simulated reader behind the control socket (`vehicle-agent sim present`): auto = on when relay.driver is sim.',
+      'auto',
+      ['auto', 'on', 'off'] as const,
     ),
   }),
 });

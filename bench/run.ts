@@ -1,0 +1,48 @@
+import { benchCore } from './core.js';
+
+/**
+ * `npm run bench [-- --json] [-- --only core,store,...]`: prints figures, never asserts. Each
+ * suite is a module exporting an async function returning named numbers.
+ */
+type Suite = () => Promise<Record<string, number>>;
+
+const SUITES: Record<string, () => Promise<Suite>> = {
+  core: async () => () => benchCore(),
+  store: async () => (await import('./store.js')).benchStore,
+};
+
+const TARGETS: Record<string, string> = {
+  decision_p99_us: '< 50',
+  keyring_load_ms: '< 1000',
+  start_to_ready_ms: '< 500',
+  idle_rss_mb: '< 80',
+};
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const json = args.includes('--json');
+  const onlyArg = args.find((a) => a.startsWith('--only='))?.slice(7);
+  const only = onlyArg ? new Set(onlyArg.split(',')) : undefined;
+  const results: Record<string, Record<string, number>> = {};
+  for (const [name, load] of Object.entries(SUITES)) {
+    if (only && !only.has(name)) continue;
+    if (!json) process.stdout.write(`\n== ${name}\n`);
+    const figures = await (await load())();
+    results[name] = figures;
+    if (!json) {
+      for (const [k, v] of Object.entries(figures))
+        process.stdout.write(
+          `  ${k.padEnd(34)} ${String(v).padStart(12)}${TARGETS[k] ? `   (target ${TARGETS[k]})` : ''}\n`,
+        );
+    }
+  }
+  if (json)
+    process.stdout.write(
+      `${JSON.stringify({ machine: { node: process.version, cpus: (await import('node:os')).cpus().length }, results }, null, 2)}\n`,
+    );
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exitCode = 1;
+});
