@@ -108,6 +108,18 @@ export class GpioRelay implements RelayDriver {
     this.healthTracker = new HealthTracker('disabled', options.wallNow, 'not initialised');
     for (const [name, line] of Object.entries(options.channels) as [RelayChannel, GpioLine | undefined][]) {
       if (line === undefined) continue;
+      const clash = [...this.lines.values()].find(
+        (ch) => ch.line.chip === line.chip && ch.line.line === line.line,
+      );
+      if (clash) {
+        throw new AgentError(
+          'config_invalid',
+          `relays ${clash.name} and ${name} are on the same GPIO line ${line.chip}:${line.line}`,
+          {
+            field: 'relay.gpio',
+          },
+        );
+      }
       this.lines.set(name, {
         name,
         line,

@@ -74,6 +74,16 @@ export class LcusRelay implements RelayDriver {
     for (const [name, channel] of Object.entries(options.channels) as [RelayChannel, number | undefined][]) {
       if (channel === undefined) continue;
       lcusCommand(channel, false); // validates the channel number
+      const clash = [...this.boardChannel].find(([, used]) => used === channel);
+      if (clash) {
+        throw new AgentError(
+          'config_invalid',
+          `relays ${clash[0]} and ${name} are on the same board channel ${channel}`,
+          {
+            field: 'relay.lcus',
+          },
+        );
+      }
       this.boardChannel.set(name, channel);
       this.desired.set(name, false);
     }

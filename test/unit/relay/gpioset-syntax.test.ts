@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { silentLogger } from '../../../src/core/logger.js';
+import { GpioRelay } from '../../../src/relay/gpio.js';
 import {
   type GpioLine,
   holderArgs,
@@ -65,5 +67,18 @@ describe('holderArgs', () => {
       '--chip=/dev/gpiochip4',
       '17=1',
     ]);
+  });
+});
+
+describe('GpioRelay configuration', () => {
+  it('refuses two relays on one line', () => {
+    const line: GpioLine = { chip: 'gpiochip0', line: 17, activeLow: false };
+    expect(
+      () =>
+        new GpioRelay({
+          channels: { unlock: line, lock: { ...line, activeLow: true } },
+          logger: silentLogger,
+        }),
+    ).toThrow(expect.objectContaining({ code: 'config_invalid' }));
   });
 });

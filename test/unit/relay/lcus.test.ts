@@ -183,3 +183,17 @@ describe('LcusRelay', () => {
     expect(r.board.states().slice(0, 2)).toEqual([false, false]);
   });
 });
+
+describe('relay driver configuration', () => {
+  it('refuses two relays on one board channel', () => {
+    expect(
+      () =>
+        new LcusRelay({
+          path: '/dev/null',
+          channels: { unlock: 3, lock: 3 },
+          logger: silentLogger,
+          openLink: () => Promise.reject(new Error('not opened')),
+        }),
+    ).toThrow(expect.objectContaining({ code: 'config_invalid' }));
+  });
+});
