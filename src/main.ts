@@ -237,6 +237,33 @@ export async function startAgent(options: {
     );
     cleanup.unshift(() => control.close());
 
+    // ── cloud link (src/cloud, docs/mqtt.md): beside the agent, never in front of it ──
+    // Loaded only when enabled, so mqtt never loads otherwise. A link that cannot start (a
+    // missing certificate, say) is logged and the vehicle runs on without it.
+    if (config.cloud.enabled) {
+      try {
+        const { startCloudLink } = await import('./cloud/cloud-link.js');
+        const cloud = await startCloudLink({
+          config: config.cloud,
+          vehicleId: identity.vehicleId,
+          stateDir,
+          agent,
+          audit,
+          clock,
+          vehicleSigner: { key: vehicleKey, kid: identity.vehicleKeyId },
+          log: log.child({ module: 'cloud' }),
+        });
+        cleanup.unshift(() => cloud.stop());
+      } catch (err) {
+        const e = toAgentError(err);
+        log.error(
+          { module: 'cloud', code: e.code, err: e.message },
+          'cloud link not started; running without it',
+        );
+      }
+    }
+    // ── end cloud link ──
+
     const clockTimer = setInterval(() => {
       persistClock().catch((err: unknown) =>
         log.error({ module: 'clock', code: 'state_io', err: String(err) }, 'cannot persist the trusted time'),
