@@ -1,0 +1,16 @@
+/**
+ * Reconnect delays: exponential from minMs to maxMs with "equal jitter" (half the delay fixed,
+ * half random), so a fleet that lost its broker at once does not come back at once. Pure.
+ */
+export interface BackoffPolicy {
+  readonly minMs: number;
+  readonly maxMs: number;
+}
+
+/** Delay before reconnect attempt `attempt` (0 = the first retry). `random` is in [0, 1). */
+export function backoffDelay(attempt: number, policy: BackoffPolicy, random: () => number): number {
+  const exponent = Math.min(Math.max(0, attempt), 30);
+  const ceiling = Math.min(policy.maxMs, policy.minMs * 2 ** exponent);
+  const r = Math.min(Math.max(random(), 0), 1);
+  return Math.round(ceiling / 2 + (ceiling / 2) * r);
+}

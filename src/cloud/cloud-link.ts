@@ -1,0 +1,413 @@
+import type { KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { MergeResult } from '../access/keyring.js';
+import type { AgentStatus } from '../agent/agent.js';
+import type { Config } from '../config/schema.js';
+import { AgentError, toAgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { LockState } from '../core/types.js';
+import type { AuditRecord } from '../store/audit-log.js';
+import { JournaledMap } from '../store/journaled-map.js';
+import type { CommandResult } from './command.js';
+import { type CommandAgent, CommandProcessor, type RememberedResult } from './command-processor.js';
+import { haDiscoveryConfig, parseHaCommand } from './home-assistant.js';
+import { checkKeyringSet, MAX_SET_OPS, signKeyringSet } from './keyring-set.js';
+import {
+  type IncomingMessage,
+  MqttConnection,
+  type MqttSession,
+  type MqttTlsMaterial,
+} from './mqtt-connection.js';
+import { type AuditSource, Outbox } from './outbox.js';
+import {
+  STATUS_OFFLINE,
+  STATUS_ONLINE,
+  type StateDocument,
+  stateDocument,
+  stateFingerprint,
+} from './state.js';
+import { haDiscoveryTopic, type VehicleTopics, vehicleTopics } from './topics.js';
+import { agentVersion } from './version.js';
+
+/**
+ * The cloud link: the MQTT connection, signed commands, keyring sync, the event outbox, state and
+ * Home Assistant discovery, wired together. It runs beside the agent: the agent never calls it,
+ * and it reaches the agent only through the same methods the control socket uses.
+ */
+
+export type CloudConfig = Config['cloud'];
+
+/** What the link needs from the agent (the Agent class satisfies it). */
+export interface CloudAgent extends CommandAgent {
+  status(): AgentStatus;
+  actuate(intent: 'unlock' | 'lock', by: string, source: string): Promise<LockState>;
+  addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult>;
+  readonly keyring: CommandAgent['keyring'] & {
+    storedOps(): IterableIterator<{ readonly jws: string }>;
+    digest(): string;
+  };
+}
+
+export interface CloudLinkDeps {
+  readonly config: CloudConfig;
+  readonly vehicleId: string;
+  /** <stateDir>; the link keeps its files in <stateDir>/cloud. */
+  readonly stateDir: string;
+  readonly agent: CloudAgent;
+  readonly audit: AuditSource;
+  readonly clock: { now(): number; advanceTo(wallMs: number): void };
+  /** The vehicle key, to sign the vehicle's keyring set. */
+  readonly vehicleSigner: { readonly key: KeyObject; readonly kid: string };
+  readonly log: Logger;
+  /** Default: the package version. */
+  readonly version?: string;
+}
+
+export interface CloudLinkStatus {
+  readonly connected: boolean;
+  readonly protocol: '5' | '3.1.1';
+  readonly outbox: ReturnType<Outbox['stats']>;
+}
+
+export interface CloudLink {
+  readonly topics: VehicleTopics;
+  status(): CloudLinkStatus;
+  stop(): Promise<void>;
+}
+
+/** Most inbound messages waiting to be handled; beyond, new ones are dropped with a warning. */
+const MAX_QUEUED_MESSAGES = 1000;
+
+function readPem(path: string | undefined, what: string): Buffer | undefined {
+  if (path === undefined) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new AgentError('config_invalid', `cloud.${what}: cannot read ${path}: ${(err as Error).message}`, {
+      field: `cloud.${what}`,
+      file: path,
+    });
+  }
+}
+
+export function readTlsMaterial(
+  config: Pick<CloudConfig, 'caFile' | 'certFile' | 'keyFile'>,
+): MqttTlsMaterial {
+  const ca = readPem(config.caFile, 'caFile');
+  const cert = readPem(config.certFile, 'certFile');
+  const key = readPem(config.keyFile, 'keyFile');
+  if ((cert === undefined) !== (key === undefined))
+    throw new AgentError(
+      'config_invalid',
+      'cloud.certFile and cloud.keyFile go together: set both or neither',
+      {
+        field: 'cloud.keyFile',
+      },
+    );
+  return { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+}
+
+/** Opens the link's state and starts connecting; returns at once (never waits for the broker). */
+export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
+  const { config, vehicleId, agent, log } = deps;
+  const version = deps.version ?? agentVersion();
+  const topics = vehicleTopics(config.topicPrefix, vehicleId);
+  const tls = readTlsMaterial(config);
+  const dir = join(deps.stateDir, 'cloud');
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+
+  const counters = await JournaledMap.open<number>(join(dir, 'command-counters'), {
+    parseValue: (v) => {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+        throw new Error('counter must be an integer');
+      return v;
+    },
+    logger: log.child({ store: 'command-counters' }),
+  });
+  const results = await JournaledMap.open<RememberedResult>(join(dir, 'command-results'), {
+    parseValue: parseRemembered,
+    logger: log.child({ store: 'command-results' }),
+  });
+  const outbox = await Outbox.open({
+    source: deps.audit,
+    dir,
+    maxEvents: config.outbox.maxEvents,
+    pollMs: config.outbox.pollMs,
+    emit: (event) => agent.audit(event),
+    log: log.child({ part: 'outbox' }),
+  });
+
+  const ha = config.homeAssistant;
+  if (ha.enabled && ha.allowUnsignedCommands) {
+    log.warn(
+      { code: 'unauthorized', topic: topics.haCommand },
+      'Home Assistant unsigned commands are ENABLED: anyone who can publish to this topic on the broker can ' +
+        'lock and unlock the vehicle. This trusts the broker; signed commands do not.',
+    );
+  }
+
+  let untrustedSince: string | undefined;
+  let lastFingerprint: string | undefined;
+  let lastVehicleSetDigest: string | undefined;
+  let vehicleSetTooLarge = false;
+  let queued = 0;
+
+  const snapshot = (): StateDocument => {
+    const s = agent.status();
+    if (s.clock.trust !== 'trusted') untrustedSince ??= s.clock.now;
+    else untrustedSince = undefined;
+    const o = outbox.stats();
+    return stateDocument({
+      vehicleId,
+      lock: s.lock,
+      keyring: s.keyring,
+      clock: s.clock,
+      readers: s.readers,
+      version,
+      ...(untrustedSince !== undefined ? { untrustedSince } : {}),
+      outbox: { lastSeq: o.lastSeq, ackedSeq: o.ackedSeq, pending: o.pending, dropped: o.dropped },
+      mqtt: { protocol: connection.protocolVersion === 5 ? '5' : '3.1.1' },
+    });
+  };
+
+  const fireAndForget = (what: string, p: Promise<void>): void => {
+    p.catch((err: unknown) =>
+      log.debug({ code: 'broker_unavailable', err: String(err), what }, 'publish not delivered'),
+    );
+  };
+
+  const publishState = (): void => {
+    if (!connection.connected) return;
+    const doc = snapshot();
+    lastFingerprint = stateFingerprint(doc);
+    fireAndForget('state', connection.publish(topics.state, JSON.stringify(doc), { qos: 1, retain: true }));
+  };
+
+  const publishVehicleSet = (): void => {
+    if (!connection.connected) return;
+    const digest = agent.keyring.digest();
+    if (digest === lastVehicleSetDigest) return;
+    const ops = [...agent.keyring.storedOps()].map((s) => s.jws);
+    if (ops.length > MAX_SET_OPS) {
+      if (!vehicleSetTooLarge)
+        log.warn(
+          { operations: ops.length, max: MAX_SET_OPS },
+          'keyring too large to publish as one set; not published',
+        );
+      vehicleSetTooLarge = true;
+      return;
+    }
+    const message = signKeyringSet(
+      vehicleId,
+      ops,
+      deps.vehicleSigner.key,
+      deps.vehicleSigner.kid,
+      Math.floor(deps.clock.now() / 1000),
+    );
+    connection.publish(topics.keyringVehicle, message, { qos: 1, retain: true }).then(
+      () => {
+        lastVehicleSetDigest = digest;
+      },
+      (err: unknown) => log.debug({ err: String(err) }, 'vehicle keyring set not delivered'),
+    );
+  };
+
+  const processor = new CommandProcessor({
+    vehicleId,
+    agent,
+    clock: deps.clock,
+    limits: { maxLifetimeS: config.commands.maxLifetimeS, maxFutureS: config.commands.maxFutureS },
+    counters,
+    results,
+    maxResults: config.commands.rememberResults,
+    stateSnapshot: () => ({ ...snapshot() }),
+    onStateRefresh: () => publishState(),
+    source: 'cloud',
+    log: log.child({ part: 'commands' }),
+  });
+
+  const publishResult = (result: CommandResult): void => {
+    fireAndForget(
+      'result',
+      connection.publish(topics.commandResult, JSON.stringify(result), { qos: 1, retain: false }),
+    );
+  };
+
+  const enqueue = (what: string, task: () => Promise<void>): void => {
+    if (queued >= MAX_QUEUED_MESSAGES) {
+      log.warn({ what }, 'too many cloud messages waiting; dropping one');
+      return;
+    }
+    queued += 1;
+    processor
+      .serialize(task)
+      .catch((err: unknown) => {
+        const e = toAgentError(err);
+        log.error({ code: e.code, err: e.message, what }, 'cloud message failed');
+      })
+      .finally(() => {
+        queued -= 1;
+      });
+  };
+
+  const onKeyringSet = async (payload: Buffer): Promise<void> => {
+    const check = checkKeyringSet(payload, { vehicleId, keys: agent.keyring, nowMs: deps.clock.now() });
+    if (!check.ok) {
+      log.warn({ code: check.code, err: check.message }, 'keyring set from the cloud refused');
+      agent.audit({ type: 'keyring.set.rejected', source: 'cloud', code: check.code });
+      return;
+    }
+    const merged = await agent.addKeyringOps(check.ops, 'cloud');
+    log.info(
+      {
+        by: check.kid,
+        added: merged.added.length,
+        duplicates: merged.duplicates,
+        rejected: merged.rejected.length,
+      },
+      'keyring set from the cloud merged',
+    );
+    publishVehicleSet();
+    publishState();
+  };
+
+  const onMessage = (message: IncomingMessage): void => {
+    // An empty retained message clears a topic; it carries nothing to act on.
+    if (message.payload.length === 0) return;
+    switch (message.topic) {
+      case topics.command: {
+        const text = message.payload.toString('utf8');
+        enqueue('command', async () => {
+          const result = await processor.handle(text, message.retain);
+          publishResult(result);
+        });
+        return;
+      }
+      case topics.keyring:
+        enqueue('keyring', () => onKeyringSet(message.payload));
+        return;
+      case topics.haCommand: {
+        if (!ha.enabled || !ha.allowUnsignedCommands) return;
+        const intent = parseHaCommand(message.payload);
+        if (intent === undefined || message.retain) {
+          log.warn(
+            { retained: message.retain },
+            'ignored a Home Assistant command (not LOCK/UNLOCK, or retained)',
+          );
+          return;
+        }
+        enqueue('home-assistant', async () => {
+          await agent.actuate(intent, 'home-assistant', 'home-assistant');
+          publishState();
+        });
+        return;
+      }
+      default:
+        return;
+    }
+  };
+
+  const onConnect = (session: MqttSession): void => {
+    fireAndForget('status', connection.publish(topics.status, STATUS_ONLINE, { qos: 1, retain: true }));
+    lastVehicleSetDigest = undefined;
+    publishState();
+    publishVehicleSet();
+    if (ha.enabled) {
+      fireAndForget(
+        'discovery',
+        connection.publish(
+          haDiscoveryTopic(ha.discoveryPrefix, vehicleId),
+          JSON.stringify(haDiscoveryConfig(topics, vehicleId, ha.name, version)),
+          { qos: 1, retain: true },
+        ),
+      );
+    }
+    const subscriptions = [
+      { topic: topics.command, qos: 1 as const, rap: true },
+      { topic: topics.keyring, qos: 1 as const },
+      ...(ha.enabled && ha.allowUnsignedCommands ? [{ topic: topics.haCommand, qos: 1 as const }] : []),
+    ];
+    connection.subscribe(subscriptions).catch((err: unknown) => {
+      log.error({ code: 'broker_unavailable', err: String(err) }, 'subscribe failed');
+    });
+    const window = Math.max(1, Math.min(config.outbox.inFlight, session.receiveMaximum));
+    outbox.attach(
+      (record: AuditRecord) =>
+        connection.publish(topics.events, JSON.stringify(record), { qos: 1, retain: false }),
+      window,
+    );
+  };
+
+  const connection = new MqttConnection(
+    {
+      url: config.url,
+      clientId: config.clientId ?? `vehicle-agent-${vehicleId}`,
+      tls,
+      protocol: config.protocol,
+      keepaliveS: config.keepaliveS,
+      connectTimeoutMs: config.connectTimeoutMs,
+      sessionExpiryS: config.sessionExpiryS,
+      backoff: {
+        minMs: config.reconnectMinMs,
+        maxMs: Math.max(config.reconnectMinMs, config.reconnectMaxMs),
+      },
+      will: { topic: topics.status, payload: STATUS_OFFLINE, qos: 1, retain: true },
+      log,
+    },
+    { onConnect, onDisconnect: () => outbox.detach(), onMessage },
+  );
+
+  const stateTimer = setInterval(() => {
+    if (!connection.connected) return;
+    if (stateFingerprint(snapshot()) !== lastFingerprint) publishState();
+    publishVehicleSet();
+  }, config.stateIntervalMs);
+  stateTimer.unref();
+
+  connection.start();
+  log.info(
+    { url: config.url, base: topics.base, tls: tls.cert !== undefined ? 'client certificate' : 'none' },
+    'cloud link starting',
+  );
+
+  let stopping: Promise<void> | undefined;
+  return {
+    topics,
+    status: () => ({
+      connected: connection.connected,
+      protocol: connection.protocolVersion === 5 ? '5' : '3.1.1',
+      outbox: outbox.stats(),
+    }),
+    stop: () => {
+      stopping ??= (async () => {
+        clearInterval(stateTimer);
+        await Promise.race([processor.drain(), new Promise((r) => setTimeout(r, 2000).unref())]);
+        await outbox.close();
+        await connection.stop({ topic: topics.status, payload: STATUS_OFFLINE, qos: 1, retain: true });
+        await counters.close();
+        await results.close();
+      })();
+      return stopping;
+    },
+  };
+}
+
+function parseRemembered(value: unknown): RememberedResult {
+  const v = value as { result?: unknown; at?: unknown } | null;
+  const r = v?.result as Partial<CommandResult> | undefined;
+  if (
+    typeof v !== 'object' ||
+    v === null ||
+    typeof v.at !== 'number' ||
+    typeof r !== 'object' ||
+    r === null ||
+    (r.status !== 'ok' && r.status !== 'error') ||
+    typeof r.code !== 'string' ||
+    typeof r.message !== 'string'
+  ) {
+    throw new Error('not a remembered command result');
+  }
+  return { result: r as CommandResult, at: v.at };
+}

@@ -1,0 +1,270 @@
+import type { MergeResult } from '../access/keyring.js';
+import { isCode } from '../core/codes.js';
+import { toAgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { LockState } from '../core/types.js';
+import {
+  type CommandCheck,
+  type CommandLimits,
+  type CommandResult,
+  checkCommand,
+  errorResult,
+  okResult,
+  type SignerLookup,
+  type VerifiedCommand,
+} from './command.js';
+
+/**
+ * Carries out signed commands: the pure checks (command.ts), then the durable side. One command at
+ * a time, so a counter check and its update cannot interleave with another command's.
+ *
+ * Order of effects for an accepted command: persist the counter, act, remember the result.
+ * A crash between the first two loses the command (its redelivery is a counter_replay), never
+ * acts twice; a crash before the result is remembered likewise answers a redelivery with
+ * counter_replay instead of acting again.
+ */
+
+/** Durable key → value map (JournaledMap satisfies it). */
+export interface DurableMap<V> {
+  get(key: string): V | undefined;
+  set(key: string, value: V): Promise<void>;
+  delete(key: string): Promise<boolean>;
+  entries(): IterableIterator<[string, V]>;
+  readonly size: number;
+}
+
+export interface RememberedResult {
+  readonly result: CommandResult;
+  /** When it was stored, ms (trusted time). */
+  readonly at: number;
+}
+
+/** What commands act on: the Agent satisfies this. */
+export interface CommandAgent {
+  actuate(intent: 'unlock' | 'lock', by: string, source: string): Promise<LockState>;
+  addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult>;
+  audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
+  readonly keyring: SignerLookup & {
+    list(): readonly {
+      readonly credential: {
+        readonly id: string;
+        readonly kind: string;
+        readonly role: string;
+        readonly name?: string;
+        readonly notBefore?: number;
+        readonly notAfter?: number;
+      };
+      readonly revoked: boolean;
+    }[];
+  };
+}
+
+export interface CommandProcessorOptions {
+  readonly vehicleId: string;
+  readonly agent: CommandAgent;
+  readonly clock: { now(): number; advanceTo(wallMs: number): void };
+  readonly limits: CommandLimits;
+  /** Last accepted counter per signing key (kid). */
+  readonly counters: DurableMap<number>;
+  /** Results of accepted commands by signer and jti. */
+  readonly results: DurableMap<RememberedResult>;
+  /** How many results to remember (oldest forgotten first). */
+  readonly maxResults: number;
+  /** The current state document (for state.refresh); publishing it is the caller's business. */
+  readonly stateSnapshot: () => Record<string, unknown>;
+  /** Called after an accepted state.refresh so the caller republishes `state`. */
+  readonly onStateRefresh?: () => void;
+  /** Audit label of the transport, e.g. "cloud". */
+  readonly source: string;
+  readonly log: Logger;
+  /** Rejections audited per minute at most (a flood becomes one summary event). Default 30. */
+  readonly auditRejectionsPerMinute?: number;
+}
+
+function resultKey(kid: string, jti: string): string {
+  return `${kid}\n${jti}`;
+}
+
+export class CommandProcessor {
+  private readonly o: CommandProcessorOptions;
+  private queue: Promise<unknown> = Promise.resolve();
+  private auditWindowStart = 0;
+  private auditedInWindow = 0;
+  private suppressed = 0;
+
+  constructor(options: CommandProcessorOptions) {
+    this.o = options;
+  }
+
+  /** Checks and (when accepted) carries out one command; resolves with the result to publish. */
+  handle(compact: string, retained: boolean): Promise<CommandResult> {
+    const run = this.queue.then(() => this.process(compact, retained));
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /** Runs `task` in the same one-at-a-time queue as commands. */
+  serialize<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(task);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /** Resolves when every queued command is done. */
+  async drain(): Promise<void> {
+    await this.queue;
+  }
+
+  private check(compact: string, retained: boolean): CommandCheck {
+    const { counters, results, limits, vehicleId, agent, clock } = this.o;
+    return checkCommand(compact, {
+      vehicleId,
+      nowMs: clock.now(),
+      limits,
+      keys: agent.keyring,
+      retained,
+      lastCounter: (kid) => counters.get(kid),
+      previousResult: (kid, jti) => results.get(resultKey(kid, jti))?.result,
+    });
+  }
+
+  private async process(compact: string, retained: boolean): Promise<CommandResult> {
+    const { log, counters, clock } = this.o;
+    const check = this.check(compact, retained);
+    if (check.verdict === 'rejected') {
+      this.auditRejection(check);
+      log.info(
+        { code: check.result.code, jti: check.result.jti, kid: check.kid, cmd: check.cmd },
+        'command refused',
+      );
+      return check.result;
+    }
+    if (check.verdict === 'duplicate') {
+      log.info(
+        { jti: check.result.jti, kid: check.kid },
+        'command seen before: same result again, not carried out',
+      );
+      return check.result;
+    }
+    const command = check.command;
+    try {
+      await counters.set(command.kid, command.ctr);
+    } catch (err) {
+      const e = toAgentError(err, 'state_io');
+      log.error({ code: e.code, err: e.message }, 'cannot persist the command counter; refusing');
+      return errorResult(command.jti, 'state_io', 'the vehicle could not record the command counter');
+    }
+    // The owner is trusted for time as for keys: a signed iat moves the clock floor forward.
+    if (command.role === 'owner') clock.advanceTo(command.iat * 1000);
+    const result = await this.execute(command);
+    await this.remember(command, result);
+    log.info(
+      { cmd: command.cmd, jti: command.jti, kid: command.kid, code: result.code },
+      'command carried out',
+    );
+    return result;
+  }
+
+  private async execute(command: VerifiedCommand): Promise<CommandResult> {
+    const { agent, source } = this.o;
+    const { jti, kid } = command;
+    try {
+      switch (command.cmd) {
+        case 'unlock':
+        case 'lock': {
+          const lock = await agent.actuate(command.cmd, kid, source);
+          return okResult(jti, `${command.cmd} done`, { lock });
+        }
+        case 'keys.grant':
+        case 'keys.revoke': {
+          if (command.args.kind !== 'ops') return errorResult(jti, 'bad_arguments');
+          agent.audit({ type: 'command', source, by: kid, action: command.cmd, jti });
+          const merged = await agent.addKeyringOps(command.args.ops, source);
+          const data = {
+            added: merged.added.map((op) => op.id),
+            duplicates: merged.duplicates,
+            rejected: merged.rejected,
+          };
+          const first = merged.rejected[0];
+          if (first)
+            return {
+              ...errorResult(jti, isCode(first.code) ? first.code : 'op_malformed', first.message),
+              data,
+            };
+          return okResult(jti, `${merged.added.length} operation(s) added`, data);
+        }
+        case 'keys.list': {
+          agent.audit({ type: 'command', source, by: kid, action: command.cmd, jti });
+          const keys = agent.keyring.list().map(({ credential: c, revoked }) => ({
+            id: c.id,
+            kind: c.kind,
+            role: c.role,
+            ...(c.name !== undefined ? { name: c.name } : {}),
+            ...(c.notBefore !== undefined ? { notBefore: new Date(c.notBefore).toISOString() } : {}),
+            ...(c.notAfter !== undefined ? { notAfter: new Date(c.notAfter).toISOString() } : {}),
+            revoked,
+          }));
+          return okResult(jti, `${keys.length} credential(s)`, { keys });
+        }
+        case 'state.refresh': {
+          agent.audit({ type: 'command', source, by: kid, action: command.cmd, jti });
+          this.o.onStateRefresh?.();
+          return okResult(jti, 'state published', this.o.stateSnapshot());
+        }
+      }
+    } catch (err) {
+      const e = toAgentError(err);
+      this.o.log.error({ code: e.code, err: e.message, cmd: command.cmd }, 'command failed');
+      return errorResult(jti, e.code, e.message);
+    }
+  }
+
+  private async remember(command: VerifiedCommand, result: CommandResult): Promise<void> {
+    const { results, maxResults, clock, log } = this.o;
+    try {
+      await results.set(resultKey(command.kid, command.jti), { result, at: clock.now() });
+      const excess = results.size - maxResults;
+      if (excess > 0) {
+        const oldest: string[] = [];
+        for (const [key] of results.entries()) {
+          if (oldest.length >= excess) break;
+          oldest.push(key);
+        }
+        for (const key of oldest) await results.delete(key);
+      }
+    } catch (err) {
+      // The counter already protects against acting twice; only the repeated answer is lost.
+      const e = toAgentError(err, 'state_io');
+      log.warn({ code: e.code, err: e.message }, 'cannot remember a command result');
+    }
+  }
+
+  private auditRejection(check: Extract<CommandCheck, { verdict: 'rejected' }>): void {
+    const now = this.o.clock.now();
+    const limit = this.o.auditRejectionsPerMinute ?? 30;
+    if (now - this.auditWindowStart >= 60_000) {
+      if (this.suppressed > 0)
+        this.o.agent.audit({
+          type: 'command.rejected.suppressed',
+          source: this.o.source,
+          count: this.suppressed,
+        });
+      this.auditWindowStart = now;
+      this.auditedInWindow = 0;
+      this.suppressed = 0;
+    }
+    if (this.auditedInWindow >= limit) {
+      this.suppressed += 1;
+      return;
+    }
+    this.auditedInWindow += 1;
+    this.o.agent.audit({
+      type: 'command.rejected',
+      source: this.o.source,
+      code: check.result.code,
+      ...(check.result.jti !== null ? { jti: check.result.jti } : {}),
+      ...(check.kid !== undefined ? { by: check.kid } : {}),
+      ...(check.cmd !== undefined ? { action: check.cmd } : {}),
+    });
+  }
+}

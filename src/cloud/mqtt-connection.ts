@@ -1,0 +1,405 @@
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { AgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import { type BackoffPolicy, backoffDelay } from './backoff.js';
+
+/**
+ * The one home of mqtt.js: a connection that keeps itself up, beside the agent and never in its
+ * way. Each attempt is a fresh mqtt.js client with mqtt.js's own reconnect switched off, so
+ * reconnects follow our backoff with jitter and no message state leaks from one connection into
+ * the next (the outbox decides what to send again, from disk).
+ *
+ * - MQTT 5 first; with protocol 'auto', a broker that refuses v5 (CONNACK "unacceptable protocol
+ *   version") gets 3.1.1 from the next attempt on.
+ * - TLS with CA, client certificate and key; the broker name is checked against its certificate.
+ * - DNS is resolved here, one lookup at a time with a deadline, so a dead resolver ties up at most
+ *   one libuv thread (the agent's file writes share that pool).
+ * - Nothing here is awaited by the unlock path: publish() rejects at once when offline.
+ */
+
+export type ProtocolChoice = 'auto' | '5' | '3.1.1';
+
+export interface MqttTlsMaterial {
+  readonly ca?: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+}
+
+export interface MqttMessageSpec {
+  readonly topic: string;
+  readonly payload: string;
+  readonly qos: 0 | 1;
+  readonly retain: boolean;
+}
+
+export interface MqttConnectionOptions {
+  readonly url: string;
+  readonly clientId: string;
+  readonly tls: MqttTlsMaterial;
+  readonly protocol: ProtocolChoice;
+  readonly keepaliveS: number;
+  /** One attempt (DNS, TCP, TLS, CONNECT → CONNACK) gives up after this long. */
+  readonly connectTimeoutMs: number;
+  /** Broker-side session lifetime while offline; 0 asks for a clean session every time. */
+  readonly sessionExpiryS: number;
+  readonly backoff: BackoffPolicy;
+  /** A connection up this long resets the backoff. Default 10 s. */
+  readonly stableAfterMs?: number;
+  readonly will?: MqttMessageSpec;
+  readonly log: Logger;
+  readonly random?: () => number;
+  /** Host name → address. Default: the system resolver, single flight, with the connect deadline. */
+  readonly resolveHost?: (host: string) => Promise<string>;
+}
+
+export interface MqttSession {
+  /** Increments with every successful connection. */
+  readonly generation: number;
+  readonly protocolVersion: 4 | 5;
+  readonly sessionPresent: boolean;
+  /** The broker's Receive Maximum (QoS 1 publishes it accepts unacknowledged); 65535 when unsaid. */
+  readonly receiveMaximum: number;
+}
+
+export interface IncomingMessage {
+  readonly topic: string;
+  readonly payload: Buffer;
+  readonly retain: boolean;
+  readonly dup: boolean;
+}
+
+export interface MqttConnectionHandlers {
+  onConnect(session: MqttSession): void;
+  onDisconnect(session: MqttSession): void;
+  onMessage(message: IncomingMessage): void;
+}
+
+export interface Subscription {
+  readonly topic: string;
+  readonly qos: 0 | 1;
+  /** MQTT 5 retain-as-published: keep the retain flag on live messages (to refuse retained commands). */
+  readonly rap?: boolean;
+}
+
+interface Endpoint {
+  readonly protocol: 'mqtt' | 'mqtts';
+  readonly host: string;
+  readonly port: number;
+}
+
+export function parseBrokerUrl(url: string, tls: MqttTlsMaterial): Endpoint {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new AgentError('config_invalid', `broker URL "${url}" is not a URL (mqtts://host:8883)`);
+  }
+  const scheme = parsed.protocol.replace(/:$/, '');
+  if (scheme !== 'mqtt' && scheme !== 'mqtts')
+    throw new AgentError(
+      'config_invalid',
+      `broker URL must start with mqtts:// or mqtt:// (got ${scheme}://)`,
+    );
+  // A client certificate means TLS (mqtt.js does the same silently; say it plainly instead).
+  const protocol = scheme === 'mqtts' || tls.cert !== undefined ? 'mqtts' : 'mqtt';
+  const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === '') throw new AgentError('config_invalid', `broker URL "${url}" has no host`);
+  const port = parsed.port === '' ? (protocol === 'mqtts' ? 8883 : 1883) : Number(parsed.port);
+  return { protocol, host, port };
+}
+
+function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new AgentError('broker_unavailable', `${what} took over ${ms} ms`)),
+      ms,
+    );
+    promise.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}
+
+export class MqttConnection {
+  private readonly options: MqttConnectionOptions;
+  private readonly handlers: MqttConnectionHandlers;
+  private readonly endpoint: Endpoint;
+  private readonly random: () => number;
+  private client: MqttClient | undefined;
+  private session: MqttSession | undefined;
+  private generation = 0;
+  private attempt = 0;
+  private version: 4 | 5;
+  private stopped = true;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private stableTimer: NodeJS.Timeout | undefined;
+  private lookupInFlight: Promise<string> | undefined;
+  /** Rejecters of publishes waiting for a PUBACK on the current connection. */
+  private readonly pending = new Set<(err: Error) => void>();
+  private failuresLogged = 0;
+
+  constructor(options: MqttConnectionOptions, handlers: MqttConnectionHandlers) {
+    this.options = options;
+    this.handlers = handlers;
+    this.endpoint = parseBrokerUrl(options.url, options.tls);
+    this.random = options.random ?? Math.random;
+    this.version = options.protocol === '3.1.1' ? 4 : 5;
+  }
+
+  get connected(): boolean {
+    return this.session !== undefined;
+  }
+
+  get protocolVersion(): 4 | 5 {
+    return this.version;
+  }
+
+  get currentSession(): MqttSession | undefined {
+    return this.session;
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    void this.attemptConnect();
+  }
+
+  /**
+   * Stops reconnecting; publishes `farewell` (the offline status: a clean DISCONNECT suppresses
+   * the will) when connected, waits at most `graceMs`, then closes.
+   */
+  async stop(farewell?: MqttMessageSpec, graceMs = 1000): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.stableTimer);
+    const client = this.client;
+    if (client === undefined) return;
+    if (farewell && this.connected) {
+      await withDeadline(this.publish(farewell.topic, farewell.payload, farewell), graceMs, 'farewell').catch(
+        () => {},
+      );
+    }
+    this.dropClient(new AgentError('broker_unavailable', 'the cloud link stopped'));
+    await withDeadline(
+      new Promise<void>((resolve) => client.end(false, {}, () => resolve())),
+      graceMs,
+      'disconnect',
+    ).catch(() => client.end(true));
+  }
+
+  /** Resolves on PUBACK (QoS 1) or once written (QoS 0); rejects at once when offline. */
+  publish(topic: string, payload: string | Buffer, opts: { qos: 0 | 1; retain: boolean }): Promise<void> {
+    const client = this.client;
+    if (client === undefined || this.session === undefined)
+      return Promise.reject(new AgentError('broker_unavailable', 'not connected to the broker'));
+    return new Promise<void>((resolve, reject) => {
+      const settle = (err?: Error) => {
+        this.pending.delete(rejecter);
+        if (err) reject(err);
+        else resolve();
+      };
+      const rejecter = (err: Error) => settle(err);
+      this.pending.add(rejecter);
+      client.publish(topic, payload, { qos: opts.qos, retain: opts.retain }, (err) =>
+        settle(err ?? undefined),
+      );
+    });
+  }
+
+  subscribe(subscriptions: readonly Subscription[]): Promise<void> {
+    const client = this.client;
+    if (client === undefined || this.session === undefined)
+      return Promise.reject(new AgentError('broker_unavailable', 'not connected to the broker'));
+    const v5 = this.version === 5;
+    const map: Record<string, { qos: 0 | 1; rap?: boolean }> = {};
+    for (const s of subscriptions) map[s.topic] = v5 && s.rap ? { qos: s.qos, rap: true } : { qos: s.qos };
+    return new Promise<void>((resolve, reject) => {
+      client.subscribe(map, (err, granted) => {
+        if (err) return reject(err);
+        const refused = (granted ?? []).filter((g) => g.qos > 2);
+        if (refused.length > 0)
+          return reject(
+            new AgentError(
+              'broker_unavailable',
+              `the broker refused ${refused.map((g) => g.topic).join(', ')}`,
+            ),
+          );
+        resolve();
+      });
+    });
+  }
+
+  private resolve(host: string): Promise<string> {
+    if (isIP(host) !== 0) return Promise.resolve(host);
+    if (this.options.resolveHost) return this.options.resolveHost(host);
+    // Single flight: a lookup that outlived its deadline is reused, never doubled.
+    this.lookupInFlight ??= lookup(host).then(
+      (r) => r.address,
+      (err: unknown) => {
+        throw new AgentError('broker_unavailable', `cannot resolve ${host}: ${(err as Error).message}`);
+      },
+    );
+    const current = this.lookupInFlight;
+    void current.then(
+      () => {
+        if (this.lookupInFlight === current) this.lookupInFlight = undefined;
+      },
+      () => {
+        if (this.lookupInFlight === current) this.lookupInFlight = undefined;
+      },
+    );
+    return withDeadline(current, this.options.connectTimeoutMs, `resolving ${host}`);
+  }
+
+  private async attemptConnect(): Promise<void> {
+    if (this.stopped) return;
+    const { host, port, protocol } = this.endpoint;
+    let address: string;
+    try {
+      address = await this.resolve(host);
+    } catch (err) {
+      this.noteFailure(err);
+      this.scheduleRetry();
+      return;
+    }
+    if (this.stopped) return;
+    const o = this.options;
+    const version = this.version;
+    const clean = o.sessionExpiryS === 0;
+    const options: IClientOptions = {
+      protocol,
+      host: address,
+      port,
+      ...(isIP(host) === 0 ? { servername: host } : {}),
+      ...(o.tls.ca ? { ca: o.tls.ca } : {}),
+      ...(o.tls.cert ? { cert: o.tls.cert } : {}),
+      ...(o.tls.key ? { key: o.tls.key } : {}),
+      rejectUnauthorized: true,
+      clientId: o.clientId,
+      protocolVersion: version,
+      clean,
+      ...(version === 5 && !clean ? { properties: { sessionExpiryInterval: o.sessionExpiryS } } : {}),
+      keepalive: o.keepaliveS,
+      connectTimeout: o.connectTimeoutMs,
+      reconnectPeriod: 0,
+      resubscribe: false,
+      queueQoSZero: false,
+      ...(o.will
+        ? {
+            will: {
+              topic: o.will.topic,
+              payload: Buffer.from(o.will.payload),
+              qos: o.will.qos,
+              retain: o.will.retain,
+            },
+          }
+        : {}),
+    };
+    const client = connect(options);
+    this.client = client;
+    let session: MqttSession | undefined;
+    let refusedVersion = false;
+    let errored = false;
+    client.on('connect', (connack) => {
+      if (this.client !== client) return;
+      this.generation += 1;
+      const receiveMaximum = connack.properties?.receiveMaximum ?? 65_535;
+      session = {
+        generation: this.generation,
+        protocolVersion: version,
+        sessionPresent: connack.sessionPresent,
+        receiveMaximum,
+      };
+      this.session = session;
+      if (this.failuresLogged > 0 || this.generation > 1)
+        o.log.info(
+          { protocol: version === 5 ? '5' : '3.1.1', session: connack.sessionPresent },
+          'cloud link up again',
+        );
+      else
+        o.log.info(
+          { protocol: version === 5 ? '5' : '3.1.1', session: connack.sessionPresent },
+          'cloud link up',
+        );
+      this.failuresLogged = 0;
+      clearTimeout(this.stableTimer);
+      this.stableTimer = setTimeout(() => {
+        this.attempt = 0;
+      }, o.stableAfterMs ?? 10_000);
+      this.stableTimer.unref();
+      this.handlers.onConnect(session);
+    });
+    client.on('message', (topic, payload, packet) => {
+      if (this.client !== client || !session) return;
+      this.handlers.onMessage({ topic, payload, retain: packet.retain, dup: packet.dup });
+    });
+    client.on('error', (err: Error & { code?: unknown }) => {
+      if (this.client !== client) return;
+      // 1: 3.1.1 "unacceptable protocol version"; 132 (0x84): MQTT 5 "unsupported protocol version".
+      if (o.protocol === 'auto' && version === 5 && (err.code === 1 || err.code === 132)) {
+        refusedVersion = true;
+        this.version = 4;
+        o.log.warn({}, 'the broker refused MQTT 5; using MQTT 3.1.1');
+      } else {
+        errored = true;
+        this.noteFailure(err);
+      }
+    });
+    client.on('close', () => {
+      if (this.client !== client) return;
+      const was = session;
+      this.dropClient(new AgentError('broker_unavailable', 'the connection to the broker closed'));
+      client.end(true);
+      if (!was && !errored && !refusedVersion)
+        this.noteFailure(new Error('no CONNACK: the connection closed or timed out'));
+      if (was) {
+        clearTimeout(this.stableTimer);
+        o.log.warn({ code: 'broker_unavailable' }, 'cloud link down; reconnecting');
+        this.handlers.onDisconnect(was);
+      }
+      if (refusedVersion) {
+        // Not a failure of the broker: try 3.1.1 straight away.
+        if (!this.stopped) this.retryTimer = setTimeout(() => void this.attemptConnect(), 0);
+        return;
+      }
+      this.scheduleRetry();
+    });
+  }
+
+  private dropClient(reason: Error): void {
+    this.session = undefined;
+    this.client = undefined;
+    for (const reject of [...this.pending]) reject(reason);
+    this.pending.clear();
+  }
+
+  private noteFailure(err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
+    // The first failure of an outage is a warning; the retries after it are debug noise.
+    if (this.failuresLogged === 0)
+      this.options.log.warn(
+        { code: 'broker_unavailable', err: message },
+        'cannot reach the broker; retrying',
+      );
+    else this.options.log.debug({ code: 'broker_unavailable', err: message }, 'broker still unreachable');
+    this.failuresLogged += 1;
+  }
+
+  private scheduleRetry(): void {
+    if (this.stopped) return;
+    const delay = backoffDelay(this.attempt, this.options.backoff, this.random);
+    this.attempt += 1;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => void this.attemptConnect(), delay);
+    this.retryTimer.unref();
+  }
+}

@@ -1,0 +1,182 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Outbox } from '../../../src/cloud/outbox.js';
+import { silentLogger } from '../../../src/core/logger.js';
+import { AuditLog, type AuditRecord } from '../../../src/store/audit-log.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'va-outbox-'));
+  dirs.push(d);
+  return d;
+}
+
+async function fill(log: AuditLog, n: number, type = 'test'): Promise<void> {
+  await Promise.all(Array.from({ length: n }, (_, i) => log.append({ type, i })));
+}
+
+/** A fake broker link: records what was published; acks on demand or at once. */
+function fakeLink(autoAck = true) {
+  const published: AuditRecord[] = [];
+  const waiting: { seq: number; ack: () => void; fail: () => void }[] = [];
+  const publish = (record: AuditRecord) =>
+    new Promise<void>((resolve, reject) => {
+      published.push(record);
+      if (autoAck) resolve();
+      else waiting.push({ seq: record.seq, ack: resolve, fail: () => reject(new Error('connection lost')) });
+    });
+  return { published, waiting, publish };
+}
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (condition()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`never: ${what}`);
+}
+
+async function openOutbox(dir: string, log: AuditLog, maxEvents = 10_000) {
+  const markers: Record<string, unknown>[] = [];
+  const outbox = await Outbox.open({
+    source: log,
+    dir,
+    maxEvents,
+    pollMs: 10,
+    persistMs: 5,
+    emit: (event) => {
+      markers.push(event);
+      void log.append(event);
+    },
+    log: silentLogger,
+  });
+  return { outbox, markers };
+}
+
+describe('outbox over the audit log', () => {
+  it('sends every record once, in order, and moves the cursor only on acknowledgement', async () => {
+    const dir = tempDir();
+    const log = await AuditLog.open(join(dir, 'audit'));
+    await fill(log, 250);
+    const { outbox } = await openOutbox(dir, log);
+    const link = fakeLink(false);
+    outbox.attach(link.publish, 20);
+    await until(() => link.waiting.length === 20, 'a full window');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(link.published).toHaveLength(20); // the window holds
+    expect(outbox.stats().ackedSeq).toBe(0);
+    // Acks out of order: the cursor covers only the acknowledged prefix.
+    link.waiting[3]?.ack();
+    link.waiting[0]?.ack();
+    await until(() => outbox.stats().ackedSeq === 1, 'cursor at 1');
+    for (const w of link.waiting.splice(0)) w.ack();
+    await until(() => outbox.stats().ackedSeq >= 20, 'cursor past the window');
+    // Ack the rest as they come.
+    const timer = setInterval(() => {
+      for (const w of link.waiting.splice(0)) w.ack();
+    }, 2);
+    await until(() => outbox.stats().ackedSeq === 250, 'all acknowledged');
+    clearInterval(timer);
+    expect(link.published.map((r) => r.seq)).toEqual(Array.from({ length: 250 }, (_, i) => i + 1));
+    await outbox.close();
+    await log.close();
+  });
+
+  it('after a lost connection sends again exactly what was not acknowledged', async () => {
+    const dir = tempDir();
+    const log = await AuditLog.open(join(dir, 'audit'));
+    await fill(log, 30);
+    const { outbox } = await openOutbox(dir, log);
+    const first = fakeLink(false);
+    outbox.attach(first.publish, 10);
+    await until(() => first.waiting.length === 10, 'window');
+    first.waiting[0]?.ack();
+    first.waiting[1]?.ack();
+    first.waiting[5]?.ack(); // acknowledged, but above a gap
+    await until(() => outbox.stats().ackedSeq === 2, 'cursor at 2');
+    outbox.detach();
+    for (const w of first.waiting.splice(0)) w.fail();
+    const second = fakeLink(true);
+    outbox.attach(second.publish, 10);
+    await until(() => outbox.stats().ackedSeq === 30, 'all delivered');
+    expect(second.published.map((r) => r.seq)).toEqual([
+      3,
+      4,
+      5,
+      ...Array.from({ length: 24 }, (_, i) => i + 7),
+    ]);
+    await outbox.close();
+    await log.close();
+  });
+
+  it('keeps its cursor across a restart and sends new records as they are written', async () => {
+    const dir = tempDir();
+    let log = await AuditLog.open(join(dir, 'audit'));
+    await fill(log, 40);
+    let { outbox } = await openOutbox(dir, log);
+    const a = fakeLink();
+    outbox.attach(a.publish, 8);
+    await until(() => outbox.stats().ackedSeq === 40, 'first flush');
+    await outbox.close();
+    await log.close();
+
+    log = await AuditLog.open(join(dir, 'audit'));
+    await fill(log, 5);
+    ({ outbox } = await openOutbox(dir, log));
+    const b = fakeLink();
+    outbox.attach(b.publish, 8);
+    await until(() => outbox.stats().ackedSeq === 45, 'second flush');
+    await log.append({ type: 'later' });
+    await until(() => outbox.stats().ackedSeq === 46, 'a live record');
+    expect(b.published.map((r) => r.seq)).toEqual([41, 42, 43, 44, 45, 46]);
+    await outbox.close();
+    await log.close();
+  });
+
+  it('when full, skips the oldest and sends a marker that counts them', async () => {
+    const dir = tempDir();
+    const log = await AuditLog.open(join(dir, 'audit'));
+    await fill(log, 150);
+    const { outbox, markers } = await openOutbox(dir, log, 100);
+    expect(markers).toEqual([{ type: 'outbox.dropped', reason: 'full', count: 60, fromSeq: 1, toSeq: 60 }]);
+    const link = fakeLink();
+    outbox.attach(link.publish, 16);
+    await until(() => outbox.stats().ackedSeq === 151, 'flushed with the marker');
+    const seqs = link.published.map((r) => r.seq);
+    expect(seqs[0]).toBe(61);
+    expect(seqs).toHaveLength(91);
+    expect(link.published.at(-1)).toMatchObject({ type: 'outbox.dropped', count: 60 });
+    expect(outbox.stats().dropped).toBe(60);
+    await outbox.close();
+    await log.close();
+  });
+
+  it('reports records the log rotated away before they were sent', async () => {
+    const dir = tempDir();
+    const log = await AuditLog.open(join(dir, 'audit'), {
+      maxFileBytes: 4096,
+      keepFiles: 2,
+      recentCapacity: 10,
+    });
+    for (let i = 0; i < 200; i++) await log.append({ type: 'test', i });
+    const { outbox, markers } = await openOutbox(dir, log);
+    const link = fakeLink();
+    outbox.attach(link.publish, 50);
+    await until(() => outbox.stats().ackedSeq >= 200, 'flushed');
+    const marker = markers.find((m) => m.reason === 'missing');
+    expect(marker).toMatchObject({ type: 'outbox.dropped', fromSeq: 1 });
+    const firstSent = link.published[0]?.seq ?? 0;
+    expect(marker?.count).toBe(firstSent - 1);
+    // Everything from the first readable record on went out, without gaps.
+    const seqs = link.published.map((r) => r.seq).filter((s) => s <= 200);
+    expect(seqs).toEqual(Array.from({ length: 200 - firstSent + 1 }, (_, i) => firstSent + i));
+    await outbox.close();
+    await log.close();
+  });
+});
