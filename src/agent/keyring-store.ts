@@ -1,5 +1,6 @@
 import { join } from 'node:path';
-import { decodeStoredOp, type Keyring, type StoredOp } from '../access/keyring.js';
+import { decodeTrustedOp, type Keyring, type StoredOp } from '../access/keyring.js';
+import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readJsonFileIfExists, writeFileAtomic } from '../store/atomic.js';
 import { Journal } from '../store/journal.js';
@@ -61,7 +62,18 @@ export class KeyringStore implements KeyringPersistence {
     if (recovery.truncatedBytes > 0)
       log.warn({ bytes: recovery.truncatedBytes }, 'keyring journal: cut a torn last record');
     const stored: StoredOp[] = [];
-    for (const r of [...(snapshot?.ops ?? []), ...records]) stored.push(decodeStoredOp(r.jws, r.signer));
+    try {
+      for (const r of snapshot?.ops ?? []) stored.push(decodeTrustedOp(r.jws, r.signer));
+      for (const r of records) stored.push(decodeTrustedOp(r.jws, r.signer));
+    } catch (err) {
+      throw new AgentError(
+        'state_corrupt',
+        `${snapshotPath} or its journal holds a damaged keyring operation: ${(err as Error).message}`,
+        {
+          file: snapshotPath,
+        },
+      );
+    }
     keyring.loadTrusted(stored);
     const store = new KeyringStore(snapshotPath, journal, keyring, log);
     if (records.length > COMPACT_AFTER) await store.compact();
