@@ -1,6 +1,5 @@
 import { createPrivateKey } from 'node:crypto';
 import { join } from 'node:path';
-import { credentialToWire } from './access/credential-wire.js';
 import { Agent, type LockControl } from './agent/agent.js';
 import { type ControlHandler, type ControlServer, startControlServer } from './agent/control-server.js';
 import { acquireInstanceLock, type InstanceLock } from './agent/instance-lock.js';
@@ -228,6 +227,15 @@ export async function startAgent(options: {
       handlers.set('sim.uid', async (args) => {
         if (typeof args.uid !== 'string') throw new AgentError('bad_arguments', 'uid must be a hex string');
         return decisionReply(await simReader.presentUid(args.uid, parseIntent(args.intent)), lock);
+      });
+    }
+    if (process.env.VEHICLE_AGENT_TEST_HOOKS === '1') {
+      // Test-only: an error nothing catches, to prove the uncaught-error path releases every relay.
+      handlers.set('test.crash', () => {
+        setImmediate(() => {
+          throw new Error('test.crash: deliberate uncaught error');
+        });
+        return { crashing: true };
       });
     }
     const control: ControlServer = await startControlServer(
