@@ -191,6 +191,7 @@ export class Agent {
       } catch (err) {
         const e = toAgentError(err, 'relay_failed');
         log.error({ code: e.code, err: e.message }, 'lock controller failed');
+        this.audit({ type: 'relay.failed', code: e.code, reader: p.reader, subject: p.subject, action });
       }
       log.info(
         { reader: p.reader, subject: p.subject, role: decision.credential.role, action, lock: lockState },
