@@ -1,0 +1,530 @@
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AgentError } from '../../src/core/errors.js';
+import { silentLogger } from '../../src/core/logger.js';
+import type { Health } from '../../src/core/types.js';
+import { CMD } from '../../src/nfc/pn532/commands.js';
+import { Pn532Driver, type Pn532Target, type Pn532Timing } from '../../src/nfc/pn532/driver.js';
+import { serialLinkFactory } from '../../src/nfc/pn532/link.js';
+import type { ApduAnswer, SimulatedCard } from '../../src/sim/cards/types.js';
+import { Pn532Emulator } from '../../src/sim/pn532-emulator.js';
+import { requireTool, stopProcess } from '../helpers/processes.js';
+import { type PtyPair, startPtyPair } from '../helpers/pty-pair.js';
+
+function hex(s: string): Uint8Array {
+  const clean = s.replace(/\s+/g, '');
+  return Uint8Array.from(clean.match(/../g) ?? [], (b) => Number.parseInt(b, 16));
+}
+
+function pattern(n: number, seed = 0): Uint8Array {
+  return Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
+}
+
+const OK = Uint8Array.of(0x90, 0x00);
+
+/**
+ * A test ISO-DEP card:
+ *   INS 01  echo the command data (short or extended Lc)
+ *   INS 02  answer P1P2 bytes of a pattern
+ *   INS 03  answer P1P2 bytes of a pattern, 256 at a time with 61XX (GET RESPONSE = INS C0)
+ */
+class EchoCard implements SimulatedCard {
+  readonly label = 'echo';
+  readonly type = 'iso14443-4' as const;
+  readonly uid = hex('04 11 22 33 44 55 66');
+  readonly atqa = hex('03 44');
+  readonly sak = 0x20;
+  readonly ats = hex('06 77 75 81 02 80');
+  computeMs = 2;
+  resets = 0;
+  private remaining: Uint8Array | undefined;
+
+  transceive(apdu: Uint8Array): ApduAnswer {
+    const ins = apdu[1];
+    const p1p2 = ((apdu[2] ?? 0) << 8) | (apdu[3] ?? 0);
+    const answer = (response: Uint8Array): ApduAnswer => ({ response, computeMs: this.computeMs });
+    if (ins === 0x01) {
+      const extended = apdu[4] === 0 && apdu.length > 7;
+      const lc = extended ? ((apdu[5] ?? 0) << 8) | (apdu[6] ?? 0) : (apdu[4] ?? 0);
+      const start = extended ? 7 : 5;
+      return answer(new Uint8Array([...apdu.subarray(start, start + lc), ...OK]));
+    }
+    if (ins === 0x02) return answer(new Uint8Array([...pattern(p1p2), ...OK]));
+    if (ins === 0x03) {
+      this.remaining = pattern(p1p2);
+      return answer(this.nextPart());
+    }
+    if (ins === 0xc0 && this.remaining) return answer(this.nextPart());
+    return answer(hex('6D 00'));
+  }
+
+  private nextPart(): Uint8Array {
+    const all = this.remaining ?? new Uint8Array(0);
+    const part = all.subarray(0, 256);
+    const rest = all.subarray(256);
+    this.remaining = rest.length > 0 ? rest : undefined;
+    if (rest.length === 0) return new Uint8Array([...part, ...OK]);
+    return new Uint8Array([...part, 0x61, Math.min(rest.length, 256) & 0xff]);
+  }
+
+  reset(): void {
+    this.resets++;
+    this.remaining = undefined;
+  }
+}
+
+/** A UID-only tag (NTAG213-like). */
+function uidTag(uid = hex('04 A1 B2 C3 D4 E5 F6')): SimulatedCard {
+  return {
+    label: 'tag',
+    type: 'ntag21x',
+    uid,
+    atqa: hex('00 44'),
+    sak: 0x00,
+    transceive: () => ({ response: hex('6D 00'), computeMs: 0 }),
+    reset: () => {},
+  };
+}
+
+const TEST_TIMING: Partial<Pn532Timing> = {
+  livenessIntervalMs: 250,
+  backoffMs: 50,
+  maxBackoffMs: 400,
+  downAfterAttempts: 2,
+};
+
+interface Rig {
+  readonly dir: string;
+  pty: PtyPair;
+  emulator: Pn532Emulator;
+  readonly driver: Pn532Driver;
+  readonly healthLog: Health[];
+}
+
+let cleanups: (() => Promise<void>)[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+  cleanups = [];
+});
+
+async function startRig(timing: Partial<Pn532Timing> = {}): Promise<Rig> {
+  const dir = await mkdtemp(join(tmpdir(), 'pn532-'));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const pty = await startPtyPair(dir);
+  const emulator = await Pn532Emulator.open(pty.device);
+  const driver = new Pn532Driver({
+    openLink: serialLinkFactory(pty.host),
+    log: silentLogger,
+    timing: { ...TEST_TIMING, ...timing },
+  });
+  const rig: Rig = { dir, pty, emulator, driver, healthLog: [] };
+  driver.on('health', (h) => rig.healthLog.push(h));
+  cleanups.push(async () => {
+    await rig.driver.stop();
+    await rig.emulator.close().catch(() => {});
+    await rig.pty.stop();
+  });
+  await driver.start();
+  // Keep only what happens after start-up ('degraded: starting' then 'ok').
+  rig.healthLog.length = 0;
+  return rig;
+}
+
+async function waitFor(what: string, predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const started = Date.now();
+  while (!predicate()) {
+    if (Date.now() - started > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function nextTarget(driver: Pn532Driver, timeoutMs = 10_000): Promise<Pn532Target> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      driver.off('target', onTarget);
+      reject(new Error('no target event'));
+    }, timeoutMs);
+    const onTarget = (target: Pn532Target): void => {
+      clearTimeout(timer);
+      resolve(target);
+    };
+    driver.once('target', onTarget);
+  });
+}
+
+async function rejection(promise: Promise<unknown>): Promise<AgentError> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof AgentError) return err;
+    throw err;
+  }
+  throw new Error('expected a rejection');
+}
+
+/** Waits until the driver has the chip listening again (the emulator's last command). */
+async function listening(rig: Rig): Promise<void> {
+  await waitFor('the driver to listen', () => {
+    const cmds = rig.emulator.commands();
+    return rig.driver.health().state === 'ok' && cmds[cmds.length - 1] === CMD.InListPassiveTarget;
+  });
+}
+
+async function tap(rig: Rig, card: SimulatedCard): Promise<Pn532Target> {
+  await listening(rig);
+  const next = nextTarget(rig.driver);
+  rig.emulator.placeCard(card);
+  return next;
+}
+
+describe('PN532 driver against the emulator over a socat pty pair', () => {
+  it('initialises: HSU wake-up, SAMConfiguration first, firmware 1.6, then listens', async () => {
+    const rig = await startRig();
+    expect(rig.driver.health().state).toBe('ok');
+    expect(rig.driver.health().detail).toBe('PN532 v1.6');
+    expect(rig.driver.firmware()).toEqual({ ic: 0x32, version: 1, revision: 6, support: 7 });
+    const cmds = rig.emulator.commands();
+    // The emulator starts in Low-VBat mode and drops frames not behind a 0x55 wake-up preamble.
+    expect(cmds[0]).toBe(CMD.SAMConfiguration);
+    expect(cmds).toContain(CMD.GetFirmwareVersion);
+    await listening(rig);
+  });
+
+  it('reports a tap from the pending listening command, without sending anything after the card arrives', async () => {
+    const rig = await startRig({ livenessIntervalMs: 60_000 });
+    await listening(rig);
+    const before = rig.emulator.commands().length;
+    const next = nextTarget(rig.driver);
+    rig.emulator.placeCard(uidTag());
+    const target = await next;
+    // The answer to the InListPassiveTarget already waiting in the chip is the detection.
+    expect(rig.emulator.commands().length).toBe(before);
+    expect(target.uid).toEqual(hex('04 A1 B2 C3 D4 E5 F6'));
+    expect(target.atqa).toEqual(hex('00 44'));
+    expect(target.sak).toBe(0);
+    expect(target.kind).toBe('ntag21x');
+    expect(target.ats).toBeUndefined();
+    expect(rig.driver.current()).toBe(target);
+    await target.release();
+    expect(target.active).toBe(false);
+  });
+
+  it('exchanges APDUs: short, long answers (MI + extended frames), long commands, and 61XX collection', async () => {
+    const rig = await startRig();
+    const card = new EchoCard();
+    const target = await tap(rig, card);
+    expect(target.kind).toBe('iso14443-4');
+    expect(target.ats).toEqual(card.ats);
+
+    expect(await target.exchangeApdu(hex('00 01 00 00 03 0A 0B 0C'))).toEqual(hex('0A 0B 0C 90 00'));
+    // 700-byte answer: three InDataExchange parts chained with MI, two in extended frames.
+    expect(await target.exchangeApdu(hex('00 02 02 BC 00'))).toEqual(
+      new Uint8Array([...pattern(700), ...OK]),
+    );
+    // 600-byte extended command: sent in three parts with the host MI bit; echoed back.
+    const data = pattern(600, 3);
+    const command = new Uint8Array([0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x58, ...data]);
+    expect(await target.exchangeApdu(command)).toEqual(new Uint8Array([...data, ...OK]));
+    // A card answering 61XX: raw by default, assembled with getResponse.
+    const raw = await target.exchangeApdu(hex('00 03 02 58 00'));
+    expect(raw.length).toBe(258);
+    expect(Array.from(raw.subarray(256))).toEqual([0x61, 0x00]);
+    const collected = await target.exchangeApdu(hex('00 03 02 58 00'), { getResponse: true });
+    expect(collected).toEqual(new Uint8Array([...pattern(600), ...OK]));
+
+    await target.release();
+    expect(await rejection(target.exchangeApdu(hex('00 01 00 00 00')))).toMatchObject({
+      code: 'card_removed',
+    });
+  });
+
+  it('does not report a released card again while it stays in the field; a new tap is reported', async () => {
+    const rig = await startRig();
+    const card = new EchoCard();
+    const first = await tap(rig, card);
+    let reported = 0;
+    rig.driver.on('target', () => reported++);
+    await first.release();
+    await listening(rig);
+    // A few liveness rounds pass with the halted card still there.
+    const commands = rig.emulator.commands().length;
+    await waitFor('liveness rounds', () => rig.emulator.commands().length >= commands + 4);
+    expect(reported).toBe(0);
+    rig.emulator.removeCard();
+    const second = await tap(rig, card);
+    expect(second.id).toBeGreaterThan(first.id);
+    await second.release();
+  });
+
+  it('waits for the card to leave when the reader wakes halted cards', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pn532-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const pty = await startPtyPair(dir);
+    const emulator = await Pn532Emulator.open(pty.device, { wakeHaltedCards: true });
+    const driver = new Pn532Driver({
+      openLink: serialLinkFactory(pty.host),
+      log: silentLogger,
+      timing: TEST_TIMING,
+    });
+    cleanups.push(async () => {
+      await driver.stop();
+      await emulator.close();
+      await pty.stop();
+    });
+    await driver.start();
+    const rig: Rig = { dir, pty, emulator, driver, healthLog: [] };
+    const card = new EchoCard();
+    const first = await tap(rig, card);
+    let reported = 0;
+    driver.on('target', () => reported++);
+    await first.release();
+    // The driver keeps checking (bounded InListPassiveTarget + InRelease) instead of listening.
+    const releases = () => emulator.commands().filter((c) => c === CMD.InRelease).length;
+    const start = releases();
+    await waitFor('removal checks', () => releases() >= start + 3);
+    expect(reported).toBe(0);
+    emulator.removeCard();
+    await listening(rig);
+    const second = await tap(rig, card);
+    expect(second.id).toBe(first.id + 1);
+    await second.release();
+  });
+
+  it('rides through line faults: garbage, lost ACK, NACK, error frame, corrupted answer', async () => {
+    const rig = await startRig({ livenessIntervalMs: 60_000 });
+    const target = await tap(rig, new EchoCard());
+    const faults = [
+      { kind: 'garbage' },
+      { kind: 'lose-ack' },
+      { kind: 'nack' },
+      { kind: 'error-frame' },
+      { kind: 'corrupt-response' },
+    ] as const;
+    for (const [i, fault] of faults.entries()) {
+      rig.emulator.injectFault(fault);
+      const answer = await target.exchangeApdu(Uint8Array.of(0x00, 0x01, 0x00, 0x00, 0x01, i));
+      expect(answer, fault.kind).toEqual(Uint8Array.of(i, 0x90, 0x00));
+    }
+    expect(rig.emulator.stats().apdus).toBe(faults.length); // each APDU reached the card exactly once
+    expect(rig.driver.health().state).toBe('ok');
+    await target.release();
+  });
+
+  it('turns a slow card into reader_timeout and ends the session cleanly', async () => {
+    const rig = await startRig();
+    const card = new EchoCard();
+    const target = await tap(rig, card);
+    rig.emulator.injectFault({ kind: 'slow-card', extraMs: 3000 });
+    const error = await rejection(target.exchangeApdu(hex('00 01 00 00 01 AA'), { timeoutMs: 300 }));
+    expect(error.code).toBe('reader_timeout');
+    expect(target.active).toBe(false);
+    expect(await rejection(target.exchangeApdu(hex('00 01 00 00 01 AA')))).toMatchObject({
+      code: 'reader_timeout',
+    });
+    expect(rig.driver.health().state).toBe('ok');
+    rig.emulator.removeCard();
+    const again = await tap(rig, card);
+    expect(await again.exchangeApdu(hex('00 01 00 00 01 BB'))).toEqual(hex('BB 90 00'));
+    await again.release();
+  });
+
+  it('turns a card pulled away mid-exchange into card_removed', async () => {
+    const rig = await startRig();
+    const card = new EchoCard();
+    card.computeMs = 80;
+    const target = await tap(rig, card);
+    rig.emulator.injectFault({ kind: 'remove-during-exchange' });
+    const error = await rejection(target.exchangeApdu(hex('00 01 00 00 01 AA')));
+    expect(error.code).toBe('card_removed');
+    expect(error.details).toMatchObject({ pn532Error: 0x01 });
+    expect(target.active).toBe(false);
+    await listening(rig);
+    expect(rig.driver.health().state).toBe('ok');
+  });
+
+  it('detects a wedged chip, re-initialises it with a wake-up, and reports health on the way', async () => {
+    const rig = await startRig();
+    await listening(rig);
+    const samBefore = rig.emulator.commands().filter((c) => c === CMD.SAMConfiguration).length;
+    rig.emulator.injectFault({ kind: 'wedge', recoverOn: 'wakeup' });
+    await waitFor('degraded health', () => rig.healthLog.some((h) => h.state === 'degraded'));
+    await waitFor('recovery', () => rig.driver.health().state === 'ok' && !rig.emulator.isWedged);
+    expect(rig.emulator.commands().filter((c) => c === CMD.SAMConfiguration).length).toBe(samBefore + 1);
+    expect(rig.healthLog.map((h) => h.state)).toEqual(['degraded', 'ok']);
+    const target = await tap(rig, new EchoCard());
+    expect(await target.exchangeApdu(hex('00 01 00 00 01 42'))).toEqual(hex('42 90 00'));
+    await target.release();
+  });
+
+  it('keeps retrying a chip that stays wedged (health down) and recovers when it comes back', async () => {
+    const rig = await startRig();
+    await listening(rig);
+    rig.emulator.injectFault({ kind: 'wedge', recoverOn: 'manual' });
+    await waitFor('down health', () => rig.driver.health().state === 'down', 15_000);
+    expect(rig.driver.health().detail).toMatch(/ACK|answer/);
+    rig.emulator.unwedge();
+    await waitFor('recovery', () => rig.driver.health().state === 'ok', 15_000);
+    const target = await tap(rig, uidTag());
+    expect(target.kind).toBe('ntag21x');
+    await target.release();
+  });
+
+  it('fails a card exchange with reader_error when the chip goes silent, then recovers', async () => {
+    const rig = await startRig({ livenessIntervalMs: 60_000 });
+    const target = await tap(rig, new EchoCard());
+    rig.emulator.injectFault({ kind: 'wedge', recoverOn: 'wakeup' });
+    const error = await rejection(target.exchangeApdu(hex('00 01 00 00 01 AA'), { timeoutMs: 400 }));
+    expect(['reader_timeout', 'reader_error']).toContain(error.code);
+    expect(target.active).toBe(false);
+    await waitFor(
+      'recovery',
+      () => rig.healthLog.some((h) => h.state === 'degraded') && rig.driver.health().state === 'ok',
+    );
+  });
+
+  it('re-initialises after an error storm', async () => {
+    const rig = await startRig({ stormThreshold: 8, livenessIntervalMs: 60_000 });
+    const target = await tap(rig, new EchoCard());
+    for (let i = 0; i < 6; i++) rig.emulator.injectFault({ kind: 'garbage' });
+    const samBefore = rig.emulator.commands().filter((c) => c === CMD.SAMConfiguration).length;
+    for (let i = 0; i < 6 && target.active; i++) {
+      await target.exchangeApdu(hex('00 01 00 00 01 AA')).catch(() => {});
+    }
+    await waitFor('re-initialisation', () => {
+      const sams = rig.emulator.commands().filter((c) => c === CMD.SAMConfiguration).length;
+      return sams > samBefore && rig.driver.health().state === 'ok';
+    });
+    expect(rig.healthLog.map((h) => h.state)).toContain('degraded');
+    expect(target.active).toBe(false);
+  });
+
+  it('survives the serial port going away and comes back when it returns', async () => {
+    const rig = await startRig();
+    await listening(rig);
+    // Unplug: the pty pair disappears (like a USB-serial adapter pulled out).
+    await rig.pty.stop();
+    await rig.emulator.close().catch(() => {});
+    await waitFor('down health', () => rig.driver.health().state === 'down', 15_000);
+    // Plug back in: same device names, a fresh chip.
+    rig.pty = await startPtyPair(rig.dir);
+    rig.emulator = await Pn532Emulator.open(rig.pty.device);
+    await waitFor('recovery', () => rig.driver.health().state === 'ok', 15_000);
+    const target = await tap(rig, new EchoCard());
+    expect(await target.exchangeApdu(hex('00 01 00 00 01 07'))).toEqual(hex('07 90 00'));
+    await target.release();
+  });
+});
+
+describe("libnfc's nfc-list against the emulator", () => {
+  async function nfcList(host: string, args: string[]): Promise<string> {
+    requireTool('nfc-list', 'apt-get install libnfc-bin');
+    const child = spawn('nfc-list', args, {
+      env: {
+        ...process.env,
+        LIBNFC_DEVICE: `pn532_uart:${host}`,
+        LIBNFC_AUTO_SCAN: 'false',
+        LIBNFC_LOG_LEVEL: '0',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    const timer = setTimeout(() => void stopProcess(child), 20_000);
+    await new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    clearTimeout(timer);
+    return out;
+  }
+
+  async function emulatorRig(): Promise<{ pty: PtyPair; emulator: Pn532Emulator }> {
+    const dir = await mkdtemp(join(tmpdir(), 'pn532-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const pty = await startPtyPair(dir, 'libnfc');
+    const emulator = await Pn532Emulator.open(pty.device);
+    cleanups.push(async () => {
+      await emulator.close();
+      await pty.stop();
+    });
+    return { pty, emulator };
+  }
+
+  it('lists the UID of a placed tag, and nothing when the field is empty', async () => {
+    const { pty, emulator } = await emulatorRig();
+    const empty = await nfcList(pty.host, ['-v', '-t', '1']);
+    expect(empty).toContain('NFC device: user defined device opened');
+    expect(empty).toContain('0 ISO14443A passive target(s) found');
+
+    emulator.placeCard(uidTag());
+    const out = await nfcList(pty.host, []);
+    expect(out).toContain('1 ISO14443A passive target(s) found');
+    expect(out).toMatch(/UID \(NFCID1\): 04 {2}a1 {2}b2 {2}c3 {2}d4 {2}e5 {2}f6/);
+    expect(out).toMatch(/ATQA \(SENS_RES\): 00 {2}44/);
+    // libnfc's own sequence went through: communication test, firmware, registers, power-down at close.
+    const cmds = emulator.commands();
+    for (const code of [
+      CMD.Diagnose,
+      CMD.GetFirmwareVersion,
+      CMD.ReadRegister,
+      CMD.WriteRegister,
+      CMD.PowerDown,
+    ]) {
+      expect(cmds).toContain(code);
+    }
+  });
+
+  it('works with the stand-alone emulator runner', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pn532-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const pty = await startPtyPair(dir, 'runner');
+    cleanups.push(() => pty.stop());
+    const runner = spawn(
+      process.execPath,
+      [
+        'dist/src/sim/pn532-emulator-main.js',
+        '--port',
+        pty.device,
+        '--uid',
+        'deadbeef',
+        '--atqa',
+        '0004',
+        '--sak',
+        '08',
+      ],
+      {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      },
+    );
+    cleanups.push(() => stopProcess(runner));
+    await new Promise<void>((resolve, reject) => {
+      runner.once('exit', (code) => reject(new Error(`emulator runner exited with ${code}`)));
+      runner.stdout.once('data', () => resolve());
+    });
+    const out = await nfcList(pty.host, ['-t', '1']);
+    expect(out).toMatch(/UID \(NFCID1\): de {2}ad {2}be {2}ef/);
+    expect(out).toMatch(/SAK \(SEL_RES\): 08/);
+    const removed = new Promise<void>((resolve) => {
+      runner.stdout.on('data', (d: Buffer) => {
+        if (d.toString().includes('card removed')) resolve();
+      });
+    });
+    runner.stdin.write('remove\n');
+    await removed;
+    expect(await nfcList(pty.host, ['-v', '-t', '1'])).toContain('0 ISO14443A passive target(s) found');
+  });
+
+  it('lists an ISO 14443-4 card with its ATS', async () => {
+    const { pty, emulator } = await emulatorRig();
+    emulator.placeCard(new EchoCard());
+    const out = await nfcList(pty.host, ['-t', '1']);
+    expect(out).toMatch(/UID \(NFCID1\): 04 {2}11 {2}22 {2}33 {2}44 {2}55 {2}66/);
+    expect(out).toMatch(/ATS: 77 {2}75 {2}81 {2}02 {2}80/);
+  });
+});
