@@ -235,6 +235,8 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     expect(Array.from(raw.subarray(256))).toEqual([0x61, 0x00]);
     const collected = await target.exchangeApdu(hex('00 03 02 58 00'), { getResponse: true });
     expect(collected).toEqual(new Uint8Array([...pattern(600), ...OK]));
+    expect(await rejection(target.exchangeApdu(new Uint8Array(0)))).toMatchObject({ code: 'malformed' });
+    expect(target.active).toBe(true);
 
     await target.release();
     expect(await rejection(target.exchangeApdu(hex('00 01 00 00 00')))).toMatchObject({

@@ -421,7 +421,9 @@ export class Pn532Driver extends EventEmitter<Pn532DriverEvents> {
 
   /** @internal used by Pn532Target.exchangeApdu */
   exchangeFor(session: TargetSession, apdu: Uint8Array, options: ExchangeOptions): Promise<Uint8Array> {
-    if (apdu.length === 0) return Promise.reject(new AgentError('malformed', 'empty APDU'));
+    if (!(apdu instanceof Uint8Array) || apdu.length === 0) {
+      return Promise.reject(new AgentError('malformed', 'the APDU must be a non-empty byte array'));
+    }
     if (apdu.length > 65544) return Promise.reject(new AgentError('frame_too_large', 'APDU too long'));
     const deadline = performance.now() + (options.timeoutMs ?? this.timing.apduTimeoutMs);
     return this.withChip(async (t) => {
