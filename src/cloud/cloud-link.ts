@@ -280,7 +280,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       case topics.command: {
         const text = message.payload.toString('utf8');
         enqueue('command', async () => {
-          const result = await processor.handle(text, message.retain);
+          const result = await processor.handleQueued(text, message.retain);
           publishResult(result);
         });
         return;

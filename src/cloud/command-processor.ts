@@ -98,9 +98,12 @@ export class CommandProcessor {
 
   /** Checks and (when accepted) carries out one command; resolves with the result to publish. */
   handle(compact: string, retained: boolean): Promise<CommandResult> {
-    const run = this.queue.then(() => this.process(compact, retained));
-    this.queue = run.catch(() => {});
-    return run;
+    return this.serialize(() => this.process(compact, retained));
+  }
+
+  /** handle() for a caller already inside serialize() (queueing again there would deadlock). */
+  handleQueued(compact: string, retained: boolean): Promise<CommandResult> {
+    return this.process(compact, retained);
   }
 
   /** Runs `task` in the same one-at-a-time queue as commands. */

@@ -146,6 +146,7 @@ export class MqttConnection {
   /** Rejecters of publishes waiting for a PUBACK on the current connection. */
   private readonly pending = new Set<(err: Error) => void>();
   private failuresLogged = 0;
+  private lastFailure: string | undefined;
 
   constructor(options: MqttConnectionOptions, handlers: MqttConnectionHandlers) {
     this.options = options;
@@ -165,6 +166,11 @@ export class MqttConnection {
 
   get currentSession(): MqttSession | undefined {
     return this.session;
+  }
+
+  /** Why the last attempt failed, if it did. */
+  get lastError(): string | undefined {
+    return this.lastFailure;
   }
 
   start(): void {
@@ -384,6 +390,7 @@ export class MqttConnection {
 
   private noteFailure(err: unknown): void {
     const message = err instanceof Error ? err.message : String(err);
+    this.lastFailure = message;
     // The first failure of an outage is a warning; the retries after it are debug noise.
     if (this.failuresLogged === 0)
       this.options.log.warn(

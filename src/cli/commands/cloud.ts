@@ -1,0 +1,158 @@
+import { readFileSync } from 'node:fs';
+import type { CommandResult } from '../../cloud/command.js';
+import type { MqttTlsMaterial, ProtocolChoice } from '../../cloud/mqtt-connection.js';
+import { vehicleTopics } from '../../cloud/topics.js';
+import { AgentError } from '../../core/errors.js';
+import { silentLogger } from '../../core/logger.js';
+import { out, parse, requireString } from '../args.js';
+import { buildCommand, buildKeyringSet, COMMAND_OPTIONS, commandName, readOpsFiles } from './signing.js';
+
+export const CLOUD_HELP = `vehicle-agent cloud send CMD --key KEY.pem --vehicle VID --broker URL [BROKER OPTIONS]
+                           [--args JSON] [--ops FILE]... [--ttl S] [--counter N] [--jti ID]
+                           [--timeout MS] [--json]
+vehicle-agent cloud keyring push --key KEY.pem --vehicle VID --broker URL [BROKER OPTIONS]
+                                 --ops FILE... [--replace] [--json]
+
+BROKER OPTIONS: --ca CA.crt --cert CLIENT.crt --client-key CLIENT.key [--prefix vehicle-agent]
+                [--protocol auto|5|3.1.1]
+
+cloud send signs a command with --key (see \`vehicle-agent sign --help\`), publishes it to
+<prefix>/<VID>/command and prints the vehicle's coded result from <prefix>/<VID>/command/result
+(exit 0 ok, 2 refused, 1 no answer within --timeout, default 15000 ms).
+cloud keyring push signs the operation set and publishes it retained on <prefix>/<VID>/keyring:
+the operations already there and those the vehicle published on <prefix>/<VID>/keyring/vehicle,
+plus the --ops files (union; --replace publishes only the --ops files). The vehicle merges it;
+a revoke always wins.`;
+
+const BROKER_OPTIONS = {
+  broker: { type: 'string' },
+  ca: { type: 'string' },
+  cert: { type: 'string' },
+  'client-key': { type: 'string' },
+  prefix: { type: 'string', default: 'vehicle-agent' },
+  protocol: { type: 'string', default: 'auto' },
+  json: { type: 'boolean' },
+} as const;
+
+function readFile(path: string | undefined, what: string): Buffer | undefined {
+  if (path === undefined) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new AgentError('bad_arguments', `--${what}: cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
+function brokerOptions(values: {
+  readonly broker?: string | undefined;
+  readonly ca?: string | undefined;
+  readonly cert?: string | undefined;
+  readonly 'client-key'?: string | undefined;
+  readonly protocol?: string | undefined;
+}): { url: string; tls: MqttTlsMaterial; protocol: ProtocolChoice } {
+  const url = requireString(values.broker, 'broker');
+  const ca = readFile(values.ca, 'ca');
+  const cert = readFile(values.cert, 'cert');
+  const key = readFile(values['client-key'], 'client-key');
+  if ((cert === undefined) !== (key === undefined))
+    throw new AgentError('bad_arguments', '--cert and --client-key go together');
+  const protocol = values.protocol ?? 'auto';
+  if (protocol !== 'auto' && protocol !== '5' && protocol !== '3.1.1')
+    throw new AgentError('bad_arguments', '--protocol must be auto, 5 or 3.1.1');
+  return {
+    url,
+    tls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) },
+    protocol,
+  };
+}
+
+function printResult(result: CommandResult, json: boolean | undefined): void {
+  if (json) out(JSON.stringify(result));
+  else if (result.status === 'ok')
+    out(
+      `ok: ${result.message}${result.data !== undefined ? `\n${JSON.stringify(result.data, null, 2)}` : ''}`,
+    );
+  else out(`refused [${result.code}]: ${result.message}`);
+}
+
+export async function cloud(argv: readonly string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === 'send') return await send(rest);
+  if (sub === 'keyring' && rest[0] === 'push') return await push(rest.slice(1));
+  throw new AgentError('bad_arguments', `cloud needs send or keyring push\n\n${CLOUD_HELP}`);
+}
+
+async function send(argv: readonly string[]): Promise<number> {
+  const { values, positionals } = parse(argv, {
+    ...COMMAND_OPTIONS,
+    ...BROKER_OPTIONS,
+    timeout: { type: 'string', default: '15000' },
+  });
+  const cmd = commandName(positionals[0]);
+  const timeoutMs = Number(values.timeout);
+  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1)
+    throw new AgentError('bad_arguments', '--timeout must be milliseconds');
+  const built = buildCommand(cmd, values);
+  const broker = brokerOptions(values);
+  const topics = vehicleTopics(values.prefix, built.payload.vid);
+  const { connectCloudClient, sendCommand } = await import('../../cloud/cloud-client.js');
+  const client = await connectCloudClient({ ...broker, log: silentLogger });
+  try {
+    const result = await sendCommand(client, topics, built.jws, built.payload.jti, timeoutMs);
+    printResult(result, values.json);
+    return result.status === 'ok' ? 0 : 2;
+  } finally {
+    await client.close();
+  }
+}
+
+async function push(argv: readonly string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    {
+      key: { type: 'string', short: 'k' },
+      vehicle: { type: 'string' },
+      ops: { type: 'string', multiple: true },
+      replace: { type: 'boolean' },
+      ...BROKER_OPTIONS,
+    },
+    false,
+  );
+  const vid = requireString(values.vehicle, 'vehicle');
+  const fresh = readOpsFiles(values.ops ?? []);
+  if (fresh.length === 0 && values.replace !== true)
+    throw new AgentError('bad_arguments', 'give the operations to publish with --ops FILE');
+  const broker = brokerOptions(values);
+  const topics = vehicleTopics(values.prefix, vid);
+  const { connectCloudClient, readRetained } = await import('../../cloud/cloud-client.js');
+  const { parseKeyringSet } = await import('../../cloud/keyring-set.js');
+  const client = await connectCloudClient({ ...broker, log: silentLogger });
+  try {
+    const union = new Set<string>();
+    if (!values.replace) {
+      const retained = await readRetained(client, [topics.keyring, topics.keyringVehicle]);
+      for (const payload of retained.values()) {
+        // The vehicle checks every operation's own signature; here they are only collected.
+        try {
+          for (const op of parseKeyringSet(payload).message.ops) union.add(op);
+        } catch {
+          // an unreadable retained set contributes nothing
+        }
+      }
+    }
+    const before = union.size;
+    for (const op of fresh) union.add(op);
+    const ops = [...union];
+    const message = buildKeyringSet(values, ops);
+    await client.publish(topics.keyring, message, { qos: 1, retain: true });
+    const summary = { topic: topics.keyring, operations: ops.length, new: ops.length - before };
+    out(
+      values.json
+        ? JSON.stringify(summary)
+        : `published ${ops.length} operation(s) (${summary.new} new) to ${topics.keyring}`,
+    );
+    return 0;
+  } finally {
+    await client.close();
+  }
+}

@@ -1,0 +1,146 @@
+import { randomBytes } from 'node:crypto';
+import { AgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { CommandResult } from './command.js';
+import {
+  type IncomingMessage,
+  MqttConnection,
+  type MqttTlsMaterial,
+  type ProtocolChoice,
+} from './mqtt-connection.js';
+import type { VehicleTopics } from './topics.js';
+
+/**
+ * The cloud side for one-shot tools (the `vehicle-agent cloud` CLI, tests, benchmarks): connect,
+ * do one thing, disconnect. Uses the same connection code as the agent.
+ */
+
+export interface CloudClientOptions {
+  readonly url: string;
+  readonly tls: MqttTlsMaterial;
+  readonly protocol?: ProtocolChoice;
+  readonly connectTimeoutMs?: number;
+  readonly clientId?: string;
+  readonly log: Logger;
+}
+
+export interface CloudClient {
+  publish(topic: string, payload: string, opts: { qos: 0 | 1; retain: boolean }): Promise<void>;
+  subscribe(topics: readonly string[]): Promise<void>;
+  /** Resolves with the first message (already received or later) that `match` accepts. */
+  waitFor(match: (m: IncomingMessage) => boolean, timeoutMs: number, what: string): Promise<IncomingMessage>;
+  /** Every message received so far. */
+  readonly received: readonly IncomingMessage[];
+  close(): Promise<void>;
+}
+
+export async function connectCloudClient(options: CloudClientOptions): Promise<CloudClient> {
+  const received: IncomingMessage[] = [];
+  const waiters = new Set<(m: IncomingMessage) => void>();
+  let onUp: (() => void) | undefined;
+  const connection = new MqttConnection(
+    {
+      url: options.url,
+      clientId: options.clientId ?? `vehicle-agent-cli-${randomBytes(6).toString('hex')}`,
+      tls: options.tls,
+      protocol: options.protocol ?? 'auto',
+      keepaliveS: 30,
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      sessionExpiryS: 0,
+      backoff: { minMs: 200, maxMs: 1000 },
+      log: options.log,
+    },
+    {
+      onConnect: () => onUp?.(),
+      onDisconnect: () => {},
+      onMessage: (m) => {
+        received.push(m);
+        for (const w of [...waiters]) w(m);
+      },
+    },
+  );
+  const deadline = options.connectTimeoutMs ?? 10_000;
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      void connection.stop();
+      reject(
+        new AgentError(
+          'broker_unavailable',
+          `cannot connect to ${options.url}${connection.lastError ? `: ${connection.lastError}` : ''}`,
+        ),
+      );
+    }, deadline);
+    onUp = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    connection.start();
+  });
+  return {
+    received,
+    publish: (topic, payload, opts) => connection.publish(topic, payload, opts),
+    subscribe: (topics) => connection.subscribe(topics.map((topic) => ({ topic, qos: 1 }))),
+    waitFor: (match, timeoutMs, what) => {
+      const found = received.find(match);
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve, reject) => {
+        const waiter = (m: IncomingMessage) => {
+          if (!match(m)) return;
+          clearTimeout(timer);
+          waiters.delete(waiter);
+          resolve(m);
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(waiter);
+          reject(new AgentError('result_timeout', `no ${what} within ${timeoutMs} ms`));
+        }, timeoutMs);
+        waiters.add(waiter);
+      });
+    },
+    close: () => connection.stop(),
+  };
+}
+
+export function parseResult(payload: Buffer): CommandResult | undefined {
+  try {
+    const v = JSON.parse(payload.toString('utf8')) as Partial<CommandResult>;
+    if (typeof v !== 'object' || v === null || (v.status !== 'ok' && v.status !== 'error')) return undefined;
+    return v as CommandResult;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Publishes a signed command and waits for its result (matched by jti). */
+export async function sendCommand(
+  client: CloudClient,
+  topics: VehicleTopics,
+  jws: string,
+  jti: string,
+  timeoutMs: number,
+): Promise<CommandResult> {
+  await client.subscribe([topics.commandResult]);
+  const answer = client.waitFor(
+    (m) => m.topic === topics.commandResult && parseResult(m.payload)?.jti === jti,
+    timeoutMs,
+    `result for command ${jti} on ${topics.commandResult} (is the vehicle online?)`,
+  );
+  await client.publish(topics.command, jws, { qos: 1, retain: false });
+  const message = await answer;
+  const result = parseResult(message.payload);
+  if (!result) throw new AgentError('internal', 'unreadable result');
+  return result;
+}
+
+/** Retained messages on `topics` (waits `settleMs` after subscribing for the broker to send them). */
+export async function readRetained(
+  client: CloudClient,
+  topics: readonly string[],
+  settleMs = 500,
+): Promise<Map<string, Buffer>> {
+  await client.subscribe(topics);
+  await new Promise((r) => setTimeout(r, settleMs));
+  const out = new Map<string, Buffer>();
+  for (const m of client.received) if (m.retain && topics.includes(m.topic)) out.set(m.topic, m.payload);
+  return out;
+}

@@ -1,0 +1,387 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readAuditLog } from '../../src/store/audit-log.js';
+import { type AgentProcess, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
+import {
+  agentCloudEnv,
+  connectTestCloud,
+  type NobleSigner,
+  nobleSigner,
+  type TestCloud,
+} from '../helpers/cloud-side.js';
+import {
+  type Broker,
+  type ClientCert,
+  makeTestPki,
+  startBroker,
+  type TestPki,
+} from '../helpers/mosquitto.js';
+
+/**
+ * The real agent from dist/ against a real Mosquitto (the shipped config, TLS client certificates),
+ * driven from the cloud side: the CLI, and an independent client signing with @noble/curves.
+ */
+describe('cloud commands over MQTT', () => {
+  let root: string;
+  let pki: TestPki;
+  let agentCert: ClientCert;
+  let cloudCert: ClientCert;
+  let broker: Broker;
+  let agent: AgentProcess;
+  let cloud: TestCloud;
+  let dir: string;
+  let vid: string;
+  let base: string;
+  let owner: NobleSigner;
+  let service: NobleSigner;
+  let driver: NobleSigner;
+  let counter = Date.now();
+  let jtiSeq = 0;
+  const sd = () => ['--state-dir', dir];
+  const env = () => agentCloudEnv(broker.url, pki, agentCert);
+  const brokerArgs = () => [
+    '--broker',
+    broker.url,
+    '--ca',
+    pki.ca,
+    '--cert',
+    cloudCert.cert,
+    '--client-key',
+    cloudCert.key,
+  ];
+
+  function payload(over: Record<string, unknown> = {}): Record<string, unknown> & { jti: string } {
+    const now = Math.floor(Date.now() / 1000);
+    jtiSeq += 1;
+    // Rising like the CLI's default (the time in ms), so the two can take turns with one key.
+    counter = Math.max(counter + 1, Date.now());
+    return {
+      vid,
+      cmd: 'unlock',
+      args: {},
+      jti: `t-${jtiSeq}`,
+      iat: now - 1,
+      exp: now + 30,
+      ctr: counter,
+      ...over,
+    } as Record<string, unknown> & { jti: string };
+  }
+
+  async function send(jws: string, jti: string | null, opts: { retain?: boolean } = {}) {
+    const before = cloud.received.length;
+    await cloud.publish(`${base}/command`, jws, { retain: opts.retain ?? false });
+    const m = await cloud.waitFor(
+      (r) =>
+        r.topic === `${base}/command/result` &&
+        cloud.received.indexOf(r) >= before &&
+        (JSON.parse(r.payload) as { jti: unknown }).jti === jti,
+      10_000,
+      `the result for ${jti}`,
+    );
+    return JSON.parse(m.payload) as {
+      jti: string | null;
+      status: string;
+      code: string;
+      message: string;
+      data?: unknown;
+    };
+  }
+
+  async function cloudCommands(action: string): Promise<number> {
+    let n = 0;
+    for await (const r of readAuditLog(join(dir, 'audit'), 1))
+      if (r.type === 'command' && r.source === 'cloud' && r.action === action) n += 1;
+    return n;
+  }
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), 'va-cloud-cmd-'));
+    pki = makeTestPki(join(root, 'pki'));
+    agentCert = pki.client('vehicle');
+    cloudCert = pki.client('cloud');
+    broker = await startBroker(pki, join(root, 'broker'));
+    dir = join(root, 'state');
+    agent = await startAgentProcess(sd(), env());
+    await agent.waitForLog((r) => r.msg === 'cloud link up');
+    vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string }).vehicleId;
+    base = `vehicle-agent/${vid}`;
+    cloud = await connectTestCloud(broker, pki, cloudCert);
+    await cloud.subscribe(`${base}/command/result`);
+    await cloud.subscribe(`${base}/state`);
+    await cloud.subscribe(`${base}/keyring/vehicle`);
+    owner = nobleSigner(join(dir, 'demo', 'owner.pem'));
+    driver = nobleSigner(join(dir, 'demo', 'driver.pem'), 'phone');
+    const servicePrefix = join(root, 'service');
+    expect(runCli(['keygen', '--alg', 'ed25519', '--out', servicePrefix]).code).toBe(0);
+    const g = runCli([
+      'keys',
+      'grant',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--kind',
+      'signer',
+      '--public',
+      `${servicePrefix}.pub.pem`,
+      '--role',
+      'service',
+      ...sd(),
+    ]);
+    expect(g.code, g.stderr).toBe(0);
+    service = nobleSigner(`${servicePrefix}.pem`);
+  });
+
+  afterAll(async () => {
+    await cloud?.close();
+    await agent?.stop();
+    await broker?.stop();
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+
+  it('unlocks with `vehicle-agent cloud send` and prints the coded result', async () => {
+    const before = await cloudCommands('unlock');
+    const r = runCliJson<{ status: string; code: string; data: { lock: string } }>([
+      'cloud',
+      'send',
+      'unlock',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      ...brokerArgs(),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.value).toMatchObject({ status: 'ok', code: 'ok' });
+    expect(['unlocking', 'unlocked']).toContain(r.value.data.lock);
+    expect(await cloudCommands('unlock')).toBe(before + 1);
+  });
+
+  it('accepts commands signed elsewhere (noble): ES256 owner, EdDSA service, ES256 phone key', async () => {
+    for (const [signer, cmd] of [
+      [owner, 'lock'],
+      [service, 'lock'],
+      [driver, 'unlock'],
+    ] as const) {
+      const p = payload({ cmd });
+      expect(await send(signer.sign(p), p.jti)).toMatchObject({ status: 'ok', code: 'ok' });
+    }
+    const p = payload({ cmd: 'keys.list' });
+    const list = await send(service.sign(p), p.jti);
+    expect((list.data as { keys: { id: string }[] }).keys.map((k) => k.id)).toContain(service.kid);
+  });
+
+  it('answers a message that is not a JWS with jws_malformed', async () => {
+    expect(await send('this is not a JWS', null)).toMatchObject({ status: 'error', code: 'jws_malformed' });
+  });
+
+  it.each<[string, () => [NobleSigner, Record<string, unknown> & { jti: string }]]>([
+    ['unknown_command', () => [owner, payload({ cmd: 'open.boot' })]],
+    ['bad_arguments', () => [owner, payload({ args: { door: 'rear' } })]],
+    ['wrong_vehicle', () => [owner, payload({ vid: 'VA-SOMEONE-ELSE' })]],
+    ['unknown_kid', () => [nobleSigner(join(dir, 'demo', 'stranger.pem'), 'phone'), payload()]],
+    ['revoked_kid', () => [nobleSigner(join(dir, 'demo', 'revoked.pem'), 'phone'), payload()]],
+    ['not_yet_valid', () => [nobleSigner(join(dir, 'demo', 'future-guest.pem'), 'phone'), payload()]],
+    ['expired', () => [nobleSigner(join(dir, 'demo', 'expired-guest.pem'), 'phone'), payload()]],
+    [
+      'role_not_allowed',
+      () => [nobleSigner(join(dir, 'demo', 'guest.pem'), 'phone'), payload({ cmd: 'keys.list' })],
+    ],
+    ['command_expired', () => [owner, payload({ iat: 1_700_000_000, exp: 1_700_000_030 })]],
+    [
+      'lifetime_too_long',
+      () => [
+        owner,
+        payload({ iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 3600 }),
+      ],
+    ],
+    [
+      'command_not_yet_valid',
+      () => [
+        driver,
+        payload({ iat: Math.floor(Date.now() / 1000) + 3600, exp: Math.floor(Date.now() / 1000) + 3630 }),
+      ],
+    ],
+    ['counter_replay', () => [owner, payload({ ctr: 1 })]],
+  ])('refuses with %s', async (code, build) => {
+    const [signer, p] = build();
+    expect(await send(signer.sign(p), p.jti)).toMatchObject({ jti: p.jti, status: 'error', code });
+  });
+
+  it('refuses a service key adding keys, and a forged signature', async () => {
+    const grant = runCli([
+      'sign',
+      'grant',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      '--kind',
+      'signer',
+      '--public',
+      `${root}/service.pub.pem`,
+      '--role',
+      'driver',
+    ]);
+    expect(grant.code, grant.stderr).toBe(0);
+    const p = payload({ cmd: 'keys.grant', args: { ops: [grant.stdout.trim()] } });
+    expect(await send(service.sign(p), p.jti)).toMatchObject({ code: 'role_not_allowed' });
+    const forged = payload();
+    const [h, b] = owner.sign(forged).split('.');
+    const [, , s] = service.sign(forged).split('.');
+    expect(await send(`${h}.${b}.${s}`, forged.jti)).toMatchObject({ code: 'bad_signature' });
+  });
+
+  it('refuses a command that arrives retained', async () => {
+    const p = payload({ cmd: 'lock' });
+    expect(await send(owner.sign(p), p.jti, { retain: true })).toMatchObject({ code: 'retained_command' });
+    await cloud.publish(`${base}/command`, '', { retain: true });
+  });
+
+  it('answers a repeated jti with the same result and acts once', async () => {
+    const before = await cloudCommands('unlock');
+    const p = payload();
+    const jws = owner.sign(p);
+    const first = await send(jws, p.jti);
+    const second = await send(jws, p.jti);
+    expect(first).toMatchObject({ status: 'ok' });
+    expect(second).toEqual(first);
+    expect(await cloudCommands('unlock')).toBe(before + 1);
+  });
+
+  it('grants a key with a signed keys.grant command, and the new key opens the car', async () => {
+    const alice = join(root, 'alice');
+    expect(runCli(['keygen', '--kind', 'phone', '--out', alice]).code).toBe(0);
+    const grant = runCli([
+      'sign',
+      'grant',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      '--kind',
+      'phone',
+      '--public',
+      `${alice}.pub.pem`,
+      '--role',
+      'driver',
+      '--name',
+      'alice',
+    ]);
+    const opsFile = join(root, 'alice.grant');
+    writeFileSync(opsFile, grant.stdout);
+    const r = runCliJson<{ status: string }>([
+      'cloud',
+      'send',
+      'keys.grant',
+      '--ops',
+      opsFile,
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      ...brokerArgs(),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(runCliJson(['sim', 'present', '--key', `${alice}.pem`, ...sd()]).value).toMatchObject({
+      granted: true,
+    });
+  });
+
+  it('publishes state with lock, keyring digest, clock trust and version', async () => {
+    const p = payload({ cmd: 'state.refresh' });
+    await send(owner.sign(p), p.jti);
+    const status = runCliJson<{ keyring: { digest: string }; lock: string }>(['status', ...sd()]).value;
+    const state = await cloud.waitFor(
+      (m) =>
+        m.topic === `${base}/state` &&
+        (JSON.parse(m.payload) as { keyring: { digest: string } }).keyring.digest === status.keyring.digest,
+      5000,
+      'state with the current digest',
+    );
+    const doc = JSON.parse(state.payload) as Record<string, unknown>;
+    expect(doc).toMatchObject({
+      vid,
+      version: expect.any(String),
+      lock: expect.stringMatching(/^(locked|unlocked|locking|unlocking)$/),
+      clock: { trust: 'trusted', trusted: true },
+      mqtt: { protocol: '5' },
+    });
+    expect(state.retain).toBe(false); // live delivery; the broker keeps the retained copy
+  });
+
+  it('merges a keyring pushed by the cloud (union, revoke wins) and publishes its own operations', async () => {
+    const bob = join(root, 'bob');
+    const bobKey = runCliJson<{ id: string }>(['keygen', '--kind', 'phone', '--out', bob]);
+    expect(bobKey.code).toBe(0);
+    const grant = runCli([
+      'sign',
+      'grant',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      '--kind',
+      'phone',
+      '--public',
+      `${bob}.pub.pem`,
+      '--role',
+      'driver',
+    ]);
+    const grantFile = join(root, 'bob.grant');
+    writeFileSync(grantFile, grant.stdout);
+    const push = (files: string[], replace = false) =>
+      runCliJson<{ operations: number }>([
+        'cloud',
+        'keyring',
+        'push',
+        '--key',
+        join(dir, 'demo', 'owner.pem'),
+        '--vehicle',
+        vid,
+        ...files.flatMap((f) => ['--ops', f]),
+        ...(replace ? ['--replace'] : []),
+        ...brokerArgs(),
+      ]);
+    const pushed = push([grantFile]);
+    expect(pushed.code, pushed.stderr).toBe(0);
+    const presentBob = () =>
+      runCliJson<{ granted: boolean; code?: string }>(['sim', 'present', '--key', `${bob}.pem`, ...sd()])
+        .value;
+    await until(() => presentBob().granted, 'bob granted by the pushed keyring');
+    // The vehicle publishes its operations, local enrollments included, for the cloud to merge.
+    const bobOp = grant.stdout.trim();
+    await cloud.waitFor(
+      (m) => m.topic === `${base}/keyring/vehicle` && m.payload.includes(bobOp),
+      5000,
+      'the vehicle set with the op',
+    );
+    // Revoke through the pushed set, then replay the old set alone: the revoke stands.
+    const revoke = runCli([
+      'sign',
+      'revoke',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      '--id',
+      bobKey.value.id,
+    ]);
+    const revokeFile = join(root, 'bob.revoke');
+    writeFileSync(revokeFile, revoke.stdout);
+    expect(push([revokeFile]).code).toBe(0);
+    await until(() => presentBob().code === 'revoked', 'bob revoked');
+    expect(push([grantFile], true).code).toBe(0);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(presentBob()).toMatchObject({ granted: false, code: 'revoked' });
+  });
+});
+
+async function until(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (condition()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out: ${what}`);
+}
