@@ -5,7 +5,8 @@
 set -euo pipefail
 declare -A package_of=(
   [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [socat]=socat [dbus-daemon]=dbus
-  [nfc-list]=libnfc-bin [bluetoothctl]=bluez [openssl]=openssl
+  [nfc-list]=libnfc-bin [bluetoothctl]=bluez [openssl]=openssl [chromium]=chromium
+  [systemd-analyze]=systemd [systemd-notify]=systemd
 )
 missing=()
 for tool in "${!package_of[@]}"; do
