@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  type ControlHandler,
   type ControlServer,
   MAX_CONTROL_LINE,
   startControlServer,
@@ -21,7 +22,7 @@ beforeEach(async () => {
   calls = 0;
   server = await startControlServer(
     join(dir, 'c.sock'),
-    new Map([
+    new Map<string, ControlHandler>([
       ['echo', (args) => ({ echoed: args })],
       ['count', () => ++calls],
       [
