@@ -1,14 +1,21 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { requireTool, stopProcess } from './processes.js';
 
 /** The broker config the docs ship; tests start Mosquitto with it, changing only ports and paths. */
-export const SHIPPED_BROKER_CONFIG = fileURLToPath(
-  new URL('../../docs/mosquitto-example.conf', import.meta.url),
-);
+export const SHIPPED_BROKER_CONFIG = findShippedConfig();
+
+/** docs/ of the project, from test/helpers or (for the benchmark) dist/test/helpers. */
+function findShippedConfig(): string {
+  for (const up of ['../../', '../../../']) {
+    const path = fileURLToPath(new URL(`${up}docs/mosquitto-example.conf`, import.meta.url));
+    if (existsSync(path)) return path;
+  }
+  throw new Error('docs/mosquitto-example.conf not found');
+}
 
 export interface ClientCert {
   readonly cert: string;
