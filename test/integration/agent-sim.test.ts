@@ -252,3 +252,33 @@ describe('rate limiting through the real agent', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 });
+
+describe('trusted time through the real agent', () => {
+  it('keeps an expired guest expired when the system clock is behind the last trusted time', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'va-clock-'));
+    expect(runCliJson(['init', '--demo', '--state-dir', dir]).code).toBe(0);
+    const first = await startAgentProcess(['--state-dir', dir]);
+    expect(runCliJson(['sim', 'present', 'guest', '--state-dir', dir]).value).toMatchObject({
+      granted: true,
+    });
+    expect(await first.stop()).toBe(0);
+    // The agent last trusted a time 30 days ahead: as if the system clock had since been set back
+    // a month. The demo guest's 7-day window is over by the trusted time.
+    writeFileSync(join(dir, 'clock.json'), JSON.stringify({ floor: Date.now() + 30 * 86_400_000 }));
+    const second = await startAgentProcess(['--state-dir', dir]);
+    try {
+      expect(runCliJson(['sim', 'present', 'guest', '--state-dir', dir]).value).toMatchObject({
+        granted: false,
+        code: 'expired',
+      });
+      expect(runCliJson(['sim', 'present', 'driver', '--state-dir', dir]).value).toMatchObject({
+        granted: true,
+      });
+      const status = runCliJson<{ clock: { trust: string } }>(['status', '--state-dir', dir]);
+      expect(status.value.clock.trust).toBe('behind');
+    } finally {
+      await second.stop();
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+});
