@@ -1,3 +1,4 @@
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,7 @@ import {
   startBroker,
   type TestPki,
 } from '../helpers/mosquitto.js';
+import { requireTool } from '../helpers/processes.js';
 
 /**
  * The real agent from dist/ against a real Mosquitto (the shipped config, TLS client certificates),
@@ -286,6 +288,97 @@ describe('cloud commands over MQTT', () => {
     expect(runCliJson(['sim', 'present', '--key', `${alice}.pem`, ...sd()]).value).toMatchObject({
       granted: true,
     });
+  });
+
+  it('works the way docs/mqtt.md shows: vehicle-agent sign with mosquitto_pub and mosquitto_sub', async () => {
+    requireTool('mosquitto_pub', 'apt-get install mosquitto-clients');
+    const tls = [
+      '-h',
+      'localhost',
+      '-p',
+      String(broker.port),
+      '--cafile',
+      pki.ca,
+      '--cert',
+      cloudCert.cert,
+      '--key',
+      cloudCert.key,
+    ];
+    const signed = runCliJson<{ jws: string; payload: { jti: string } }>([
+      'sign',
+      'command',
+      'lock',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      '--ttl',
+      '30',
+    ]);
+    expect(signed.code, signed.stderr).toBe(0);
+    const sub = spawn('mosquitto_sub', [...tls, '-t', `${base}/command/result`, '-C', '1', '-W', '15'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let got = '';
+    sub.stdout.setEncoding('utf8').on('data', (c: string) => {
+      got += c;
+    });
+    const exited = new Promise((resolve) => sub.once('exit', resolve));
+    await new Promise((r) => setTimeout(r, 300)); // let it subscribe
+    const pub = spawnSync(
+      'mosquitto_pub',
+      [...tls, '-t', `${base}/command`, '-q', '1', '-m', signed.value.jws],
+      {
+        encoding: 'utf8',
+      },
+    );
+    expect(pub.status, pub.stderr).toBe(0);
+    await exited;
+    expect(JSON.parse(got)).toMatchObject({ jti: signed.value.payload.jti, status: 'ok', code: 'ok' });
+
+    // A keyring set made with `sign keyring`, published retained by hand.
+    const carol = join(root, 'carol');
+    const carolKey = runCliJson<{ id: string }>(['keygen', '--kind', 'phone', '--out', carol]);
+    const grant = runCli([
+      'sign',
+      'grant',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      '--kind',
+      'phone',
+      '--public',
+      `${carol}.pub.pem`,
+      '--role',
+      'driver',
+    ]);
+    writeFileSync(join(root, 'carol.ops'), grant.stdout);
+    const set = runCli([
+      'sign',
+      'keyring',
+      '--key',
+      join(dir, 'demo', 'owner.pem'),
+      '--vehicle',
+      vid,
+      '--ops',
+      join(root, 'carol.ops'),
+    ]);
+    expect(set.code, set.stderr).toBe(0);
+    writeFileSync(join(root, 'set.json'), set.stdout);
+    const pubSet = spawnSync(
+      'mosquitto_pub',
+      [...tls, '-t', `${base}/keyring`, '-q', '1', '-r', '-f', join(root, 'set.json')],
+      {
+        encoding: 'utf8',
+      },
+    );
+    expect(pubSet.status, pubSet.stderr).toBe(0);
+    await until(
+      () =>
+        runCliJson<{ id: string }[]>(['keys', 'list', ...sd()]).value.some((c) => c.id === carolKey.value.id),
+      'carol in the keyring',
+    );
   });
 
   it('publishes state with lock, keyring digest, clock trust and version', async () => {
