@@ -1,4 +1,4 @@
-import type { KeyObject } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -8,12 +8,13 @@ import type { Config } from '../config/schema.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { LockState } from '../core/types.js';
+import { MAX_JWS_LENGTH } from '../crypto/jws.js';
 import type { AuditRecord } from '../store/audit-log.js';
 import { JournaledMap } from '../store/journaled-map.js';
-import type { CommandResult } from './command.js';
+import { type CommandResult, errorResult } from './command.js';
 import { type CommandAgent, CommandProcessor, type RememberedResult } from './command-processor.js';
 import { haDiscoveryConfig, parseHaCommand } from './home-assistant.js';
-import { checkKeyringSet, MAX_SET_OPS, signKeyringSet } from './keyring-set.js';
+import { checkKeyringSet, MAX_SET_BYTES, MAX_SET_OPS, signKeyringSet } from './keyring-set.js';
 import {
   type IncomingMessage,
   MqttConnection,
@@ -153,6 +154,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
   let lastVehicleSetDigest: string | undefined;
   let vehicleSetTooLarge = false;
   let queued = 0;
+  let lastMergedSet: string | undefined;
 
   const snapshot = (): StateDocument => {
     const s = agent.status();
@@ -253,6 +255,9 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
   };
 
   const onKeyringSet = async (payload: Buffer): Promise<void> => {
+    // The retained set comes again on every reconnect: merging an unchanged one is wasted work.
+    const digest = createHash('sha256').update(payload).digest('hex');
+    if (digest === lastMergedSet) return;
     const check = checkKeyringSet(payload, { vehicleId, keys: agent.keyring, nowMs: deps.clock.now() });
     if (!check.ok) {
       log.warn({ code: check.code, err: check.message }, 'keyring set from the cloud refused');
@@ -260,6 +265,8 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       return;
     }
     const merged = await agent.addKeyringOps(check.ops, 'cloud');
+    // A set with operations refused now may merge later (their signer's grant still on its way).
+    if (merged.rejected.length === 0) lastMergedSet = digest;
     log.info(
       {
         by: check.kid,
@@ -278,6 +285,10 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     if (message.payload.length === 0) return;
     switch (message.topic) {
       case topics.command: {
+        if (message.payload.length > MAX_JWS_LENGTH) {
+          publishResult(errorResult(null, 'jws_malformed', `a command is at most ${MAX_JWS_LENGTH} bytes`));
+          return;
+        }
         const text = message.payload.toString('utf8');
         enqueue('command', async () => {
           const result = await processor.handleQueued(text, message.retain);
@@ -354,6 +365,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         maxMs: Math.max(config.reconnectMinMs, config.reconnectMaxMs),
       },
       will: { topic: topics.status, payload: STATUS_OFFLINE, qos: 1, retain: true },
+      maxPacketBytes: MAX_SET_BYTES + 64 * 1024,
       log,
     },
     { onConnect, onDisconnect: () => outbox.detach(), onMessage },

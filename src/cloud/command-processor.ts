@@ -81,6 +81,9 @@ export interface CommandProcessorOptions {
   readonly auditRejectionsPerMinute?: number;
 }
 
+/** Results larger than this are remembered without their data. */
+const MAX_REMEMBERED_BYTES = 8 * 1024;
+
 function resultKey(kid: string, jti: string): string {
   return `${kid}\n${jti}`;
 }
@@ -224,8 +227,14 @@ export class CommandProcessor {
 
   private async remember(command: VerifiedCommand, result: CommandResult): Promise<void> {
     const { results, maxResults, clock, log } = this.o;
+    // A large answer (a long keys.list) is remembered without its data: a repeat still learns
+    // the outcome, and the store keeps small records.
+    const small =
+      result.data !== undefined && JSON.stringify(result).length > MAX_REMEMBERED_BYTES
+        ? { jti: result.jti, status: result.status, code: result.code, message: result.message }
+        : result;
     try {
-      await results.set(resultKey(command.kid, command.jti), { result, at: clock.now() });
+      await results.set(resultKey(command.kid, command.jti), { result: small, at: clock.now() });
       const excess = results.size - maxResults;
       if (excess > 0) {
         const oldest: string[] = [];

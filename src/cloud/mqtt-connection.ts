@@ -48,6 +48,8 @@ export interface MqttConnectionOptions {
   /** A connection up this long resets the backoff. Default 10 s. */
   readonly stableAfterMs?: number;
   readonly will?: MqttMessageSpec;
+  /** MQTT 5: the broker sends nothing larger (a flood of huge messages is dropped at the broker). */
+  readonly maxPacketBytes?: number;
   readonly log: Logger;
   readonly random?: () => number;
   /** Host name → address. Default: the system resolver, single flight, with the connect deadline. */
@@ -293,7 +295,14 @@ export class MqttConnection {
       clientId: o.clientId,
       protocolVersion: version,
       clean,
-      ...(version === 5 && !clean ? { properties: { sessionExpiryInterval: o.sessionExpiryS } } : {}),
+      ...(version === 5
+        ? {
+            properties: {
+              ...(clean ? {} : { sessionExpiryInterval: o.sessionExpiryS }),
+              ...(o.maxPacketBytes !== undefined ? { maximumPacketSize: o.maxPacketBytes } : {}),
+            },
+          }
+        : {}),
       keepalive: o.keepaliveS,
       connectTimeout: o.connectTimeoutMs,
       reconnectPeriod: 0,

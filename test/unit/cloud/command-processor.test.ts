@@ -204,6 +204,17 @@ describe('command processor', () => {
     expect([...r.results.map.keys()][0]).toBe(`${r.driver.id}\nn5`);
   });
 
+  it('remembers a large answer without its data', async () => {
+    const r = rig();
+    for (let i = 0; i < 60; i++)
+      r.ring.add(grantBy(r.root, makeKey('phone', 'driver', { name: `key ${i}` }).credential));
+    const jws = r.sign(r.service, { cmd: 'keys.list', jti: 'big' });
+    const first = await r.processor.handle(jws, false);
+    expect((first.data as { keys: unknown[] }).keys.length).toBeGreaterThan(60);
+    const again = await r.processor.handle(jws, false);
+    expect(again).toEqual({ jti: 'big', status: 'ok', code: 'ok', message: first.message });
+  });
+
   it('audits refusals, and a flood as one summary', async () => {
     const r = rig();
     for (let i = 0; i < 6; i++) await r.processor.handle('junk', false);
