@@ -95,7 +95,9 @@ export async function startAgent(options: {
         'provisioned a demo vehicle',
       );
     }
-    state = await openVehicleState(stateDir, log);
+    // Pure verifiers of owner approvals carried by vehicle-signed grants (BLE enrollment, E1).
+    const { BLE_AUTH_VERIFIERS } = await import('./ble/protocol/enroll.js');
+    state = await openVehicleState(stateDir, log, BLE_AUTH_VERIFIERS);
     const vehicleState = state;
     cleanup.unshift(() => vehicleState.close());
     const { identity, keyring } = state;
@@ -141,6 +143,32 @@ export async function startAgent(options: {
     if (simReader) readers.push(simReader);
 
     const vehicleKey = createPrivateKey(identity.vehicleKeyPem);
+
+    // ── BLE phone keys (src/ble, docs/ble.md): node-ble loads only when enabled ──
+    let bleHandlers: ReadonlyMap<string, ControlHandler> = new Map();
+    if (config.ble.enabled) {
+      const [{ setupBle }, { signJws }, { KEYRING_OP_TYP }] = await Promise.all([
+        import('./ble/setup.js'),
+        import('./crypto/jws.js'),
+        import('./access/keyring.js'),
+      ]);
+      const ble = await setupBle({
+        config,
+        vehicleId: identity.vehicleId,
+        keyring,
+        clock,
+        log,
+        signOp: (op) => signJws(op, vehicleKey, identity.vehicleKeyId, KEYRING_OP_TYP),
+        agent: () => agent,
+        lockState: () => lock.state(),
+      });
+      readers.push(ble.reader);
+      bleHandlers = ble.handlers;
+      // Registered before agent.stop(), so it runs after it (the reader stops first).
+      cleanup.unshift(() => ble.stop());
+    }
+    // ── end BLE ──
+
     const agent = new Agent({
       vehicleId: identity.vehicleId,
       keyring,
@@ -229,6 +257,7 @@ export async function startAgent(options: {
         return decisionReply(await simReader.presentUid(args.uid, parseIntent(args.intent)), lock);
       });
     }
+    for (const [name, handler] of bleHandlers) handlers.set(name, handler);
     if (process.env.VEHICLE_AGENT_TEST_HOOKS === '1') {
       // Test-only: an error nothing catches, to prove the uncaught-error path releases every relay.
       handlers.set('test.crash', () => {

@@ -45,6 +45,7 @@ const VERDICT_CODES: Readonly<Record<Exclude<ProofVerdict, 'valid' | 'none'>, De
   removed: 'card_removed',
   wrong_vehicle: 'wrong_vehicle',
   malformed: 'malformed',
+  frame_too_large: 'frame_too_large',
   unsupported: 'unsupported',
   reader_error: 'reader_error',
 };

@@ -5,6 +5,26 @@
 
 export const DEVICE_IFACE = 'org.bluez.Device1';
 export const ADAPTER_IFACE = 'org.bluez.Adapter1';
+export const GATT_SERVICE_IFACE = 'org.bluez.GattService1';
+export const GATT_CHARACTERISTIC_IFACE = 'org.bluez.GattCharacteristic1';
+
+/** A remote GATT service or characteristic BlueZ exported (while the device is connected). */
+interface KnownAttribute {
+  readonly path: string;
+  readonly uuid: string;
+  /** Service: its device's path. Characteristic: its service's path. */
+  readonly parent: string;
+  /** Characteristic: the negotiated ATT MTU (GattCharacteristic1.MTU, BlueZ >= 5.62), if reported. */
+  readonly mtu: number | undefined;
+}
+
+/** Where the vehicle-key characteristics of one connected device live, from BlueZ's objects. */
+export interface ResolvedGatt {
+  readonly servicePath: string;
+  readonly writePath: string;
+  readonly notifyPath: string;
+  readonly mtu: number | undefined;
+}
 
 export interface KnownDevice {
   readonly path: string;
@@ -77,6 +97,8 @@ function isDict(v: unknown): v is VariantDict {
 export class DeviceTable {
   readonly adapterPath: string;
   private readonly byPath = new Map<string, KnownDevice>();
+  private readonly services = new Map<string, KnownAttribute>();
+  private readonly characteristics = new Map<string, KnownAttribute>();
 
   constructor(adapterPath: string) {
     this.adapterPath = adapterPath;
@@ -96,11 +118,13 @@ export class DeviceTable {
 
   clear(): void {
     this.byPath.clear();
+    this.services.clear();
+    this.characteristics.clear();
   }
 
   /** Loads GetManagedObjects' a{oa{sa{sv}}}. */
   seed(objects: unknown): void {
-    this.byPath.clear();
+    this.clear();
     if (!isDict(objects)) return;
     for (const [path, interfaces] of Object.entries(objects)) this.added(path, interfaces);
   }
@@ -108,6 +132,7 @@ export class DeviceTable {
   /** InterfacesAdded(o, a{sa{sv}}): the new or updated device, if it is one of ours. */
   added(path: string, interfaces: unknown): KnownDevice | undefined {
     if (!isDict(interfaces)) return undefined;
+    this.addedAttribute(path, interfaces);
     const props = interfaces[DEVICE_IFACE];
     const address = addressFromPath(this.adapterPath, path);
     if (address === undefined || !isDict(props)) return undefined;
@@ -126,6 +151,8 @@ export class DeviceTable {
 
   /** InterfacesRemoved(o, as): the device that went, if Device1 was removed. */
   removed(path: string, interfaces: readonly unknown[]): KnownDevice | undefined {
+    if (interfaces.includes(GATT_SERVICE_IFACE)) this.services.delete(path);
+    if (interfaces.includes(GATT_CHARACTERISTIC_IFACE)) this.characteristics.delete(path);
     if (!interfaces.includes(DEVICE_IFACE)) return undefined;
     const device = this.byPath.get(path);
     this.byPath.delete(path);
@@ -155,6 +182,55 @@ export class DeviceTable {
     if (servicesResolved !== undefined) device.servicesResolved = servicesResolved;
     return { device, sighted: rssi !== undefined, connected, servicesResolved };
   }
+
+  /**
+   * The service `serviceUuid` of the device at `devicePath` and its write and notify
+   * characteristics, from the objects BlueZ announced (InterfacesAdded) or listed
+   * (GetManagedObjects); undefined while any of them is unknown.
+   */
+  gatt(
+    devicePath: string,
+    serviceUuid: string,
+    writeUuid: string,
+    notifyUuid: string,
+  ): ResolvedGatt | undefined {
+    const want = (uuid: string) => uuid.toLowerCase();
+    for (const service of this.services.values()) {
+      if (service.parent !== devicePath || service.uuid !== want(serviceUuid)) continue;
+      let write: KnownAttribute | undefined;
+      let notify: KnownAttribute | undefined;
+      for (const c of this.characteristics.values()) {
+        if (c.parent !== service.path) continue;
+        if (c.uuid === want(writeUuid)) write = c;
+        if (c.uuid === want(notifyUuid)) notify = c;
+      }
+      if (write !== undefined && notify !== undefined) {
+        return { servicePath: service.path, writePath: write.path, notifyPath: notify.path, mtu: write.mtu };
+      }
+    }
+    return undefined;
+  }
+
+  private addedAttribute(path: string, interfaces: VariantDict): void {
+    const service = interfaces[GATT_SERVICE_IFACE];
+    if (isDict(service)) {
+      const uuid = asString(service.UUID)?.toLowerCase();
+      const device = asString(service.Device) ?? parentOf(path);
+      if (uuid !== undefined) this.services.set(path, { path, uuid, parent: device, mtu: undefined });
+    }
+    const characteristic = interfaces[GATT_CHARACTERISTIC_IFACE];
+    if (isDict(characteristic)) {
+      const uuid = asString(characteristic.UUID)?.toLowerCase();
+      const parent = asString(characteristic.Service) ?? parentOf(path);
+      if (uuid !== undefined) {
+        this.characteristics.set(path, { path, uuid, parent, mtu: asNumber(characteristic.MTU) });
+      }
+    }
+  }
+}
+
+function parentOf(path: string): string {
+  return path.slice(0, Math.max(0, path.lastIndexOf('/')));
 }
 
 /** Reads one boolean out of a PropertiesChanged dict (e.g. Adapter1.Powered). */

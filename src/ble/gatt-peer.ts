@@ -11,6 +11,8 @@ export interface GattPeer {
   onSubscribe?(subscribed: boolean): void;
   /** The link dropped: forget session state. */
   onDisconnect?(): void;
+  /** The ATT MTU exchanged on connect (the peer's notifications may then carry MTU - 3 bytes). */
+  setMtu?(attMtu: number): void;
   /** Installed by the stand-in before any write: sends one notification to the central. */
   notify: (bytes: Uint8Array) => void;
 }

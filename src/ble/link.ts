@@ -4,22 +4,27 @@
  * subscribe to the notify characteristic, write with response, always disconnect. It knows
  * nothing of the phone-key protocol: a session is a byte channel (BleChannel).
  *
- * node-ble covers connecting and GATT. What it lacks is done on the D-Bus connection node-ble
- * opened (one connection): discovery events (ObjectManager and PropertiesChanged signals, since
- * node-ble's waitDevice polls), a discovery filter with UUIDs, and noticing that org.bluez or
- * the adapter went away. Traps handled here, each seen on the BlueZ stand-in:
+ * node-ble opens the bus connection and finds the adapter. Everything else is done on that one
+ * connection: discovery events (ObjectManager and PropertiesChanged signals, since node-ble's
+ * waitDevice polls), a discovery filter with UUIDs, noticing that org.bluez or the adapter went
+ * away, and the session itself. A session is four D-Bus calls plus one per write: Connect,
+ * StartNotify, WriteValue…, Disconnect. The GATT object paths come from the ObjectManager data
+ * the link already follows (BlueZ announces the service and characteristics with InterfacesAdded
+ * before it sets ServicesResolved), and notifications from its own PropertiesChanged match rule;
+ * node-ble's gatt() walks the tree by introspection (ten round trips) and is only the fallback
+ * when those objects were not announced. Traps handled here, each seen on the BlueZ stand-in:
  * - gatt() waits for a ServicesResolved signal it can miss when the flip lands right after its
  *   Get; the link waits for ServicesResolved itself first, then bounds gatt() by a timeout and
  *   retries it.
- * - writeValue() defaults to a reliable write, which BlueZ refuses on ordinary characteristics;
- *   writeValueWithResponse() is used.
+ * - node-ble's writeValue() defaults to a reliable write, which BlueZ refuses on ordinary
+ *   characteristics; writes are write requests (type "request", with response).
  * - node-ble (through dbus-next 0.10) never removes the match rules and signal listeners it
- *   adds, about three a session: the daemon refuses more past its limit (512 a connection on
- *   the system bus), memory grows and Node warns. The link's own path_namespace rule keeps
- *   signals flowing regardless, and it reconnects to the bus when idle every
- *   `recycleAfterSessions` sessions (or once a rule was refused), which frees them all.
+ *   adds, about three a gatt(): the daemon refuses more past its limit (512 a connection on the
+ *   system bus), memory grows and Node warns. The link's own path_namespace rule keeps signals
+ *   flowing regardless, and after `recycleAfterSessions` sessions that used node-ble (or once a
+ *   rule was refused) it reconnects to the bus when idle, which frees them all.
  */
-import { type ClientInterface, type Message, type MessageBus, MessageType, Variant } from 'dbus-next';
+import { type ClientInterface, Message, type MessageBus, MessageType, Variant } from 'dbus-next';
 import NodeBle from 'node-ble';
 import type { Clock } from '../core/clock.js';
 import type { Code } from '../core/codes.js';
@@ -29,10 +34,13 @@ import type { Health, HealthState } from '../core/types.js';
 import {
   ADAPTER_IFACE,
   changedBoolean,
+  DEVICE_IFACE,
   DeviceTable,
   devicePath,
+  GATT_CHARACTERISTIC_IFACE,
   hasAdapter,
   type KnownDevice,
+  type ResolvedGatt,
 } from './bluez-model.js';
 import { Backoff, SessionGate } from './link-policy.js';
 
@@ -114,6 +122,8 @@ export type BleCloseReason =
 export interface BleChannel {
   readonly address: string;
   readonly closed: boolean;
+  /** The negotiated ATT MTU when BlueZ reports it (GattCharacteristic1.MTU), else undefined. */
+  readonly mtu: number | undefined;
   /** One ATT write with response of up to MAX_WRITE_BYTES. Rejects with a coded AgentError. */
   write(bytes: Uint8Array): Promise<void>;
   /** Each notification, as one chunk. Chunks that came before the first listener are replayed. */
@@ -140,6 +150,7 @@ interface BusConnection {
   readonly dbus: MessageBus;
   readonly daemon: ClientInterface;
   readonly detach: () => void;
+  /** Sessions that resolved GATT through node-ble (each leaks match rules until a reconnect). */
   sessionsServed: number;
   /** The daemon refused a match rule: reconnect as soon as idle. */
   exhausted: boolean;
@@ -166,6 +177,8 @@ export class BleLink {
   private readonly sessions = new Map<string, Session>();
   private readonly candidateListeners = new Set<(candidate: BleCandidate) => void>();
   private readonly pathWaiters = new Map<string, Set<() => void>>();
+  /** Notify characteristic path → the session subscribed to it. */
+  private readonly notifyPaths = new Map<string, Session>();
   private readonly counters: Counters = {
     candidates: 0,
     sessionsOpened: 0,
@@ -289,7 +302,7 @@ export class BleLink {
     });
     this.sessions.set(addr, session);
     try {
-      await this.establish(session, adapter);
+      await this.establish(session, adapter, conn);
       this.counters.sessionsOpened += 1;
       session.armTimeout(this.options.sessionTimeoutMs);
       return session;
@@ -304,36 +317,58 @@ export class BleLink {
 
   // ── sessions ───────────────────────────────────────────────────────────────────
 
-  private async establish(session: Session, adapter: AdapterState): Promise<void> {
-    const { callTimeoutMs, connectTimeoutMs } = this.options;
+  private async establish(session: Session, adapter: AdapterState, conn: BusConnection): Promise<void> {
+    const { callTimeoutMs, connectTimeoutMs, serviceUuid, writeUuid, notifyUuid } = this.options;
+    if (adapter.table.get(session.path) === undefined) {
+      throw new AgentError('reader_error', `BlueZ lists no device ${session.address}`);
+    }
+    session.connectSent = true;
+    await session.guard(
+      this.bluez(conn, session.path, DEVICE_IFACE, 'Connect'),
+      connectTimeoutMs,
+      'connect',
+      'reader_timeout',
+    );
+    await this.servicesResolved(session, adapter.table);
+    const gatt =
+      adapter.table.gatt(session.path, serviceUuid, writeUuid, notifyUuid) ??
+      (await this.resolveWithNodeBle(session, adapter, conn));
+    session.mtu = gatt.mtu;
+    session.notifyPath = gatt.notifyPath;
+    this.notifyPaths.set(gatt.notifyPath, session);
+    session.writer = (bytes) =>
+      this.bluez(conn, gatt.writePath, GATT_CHARACTERISTIC_IFACE, 'WriteValue', 'aya{sv}', [
+        Buffer.from(bytes),
+        // A write request (with response); node-ble's default would be a reliable write.
+        { type: new Variant('s', 'request') },
+      ]);
+    await session.guard(
+      this.bluez(conn, gatt.notifyPath, GATT_CHARACTERISTIC_IFACE, 'StartNotify'),
+      callTimeoutMs,
+      'StartNotify',
+    );
+  }
+
+  /** The fallback when BlueZ's GATT objects were not announced: node-ble's gatt(), bounded and retried. */
+  private async resolveWithNodeBle(
+    session: Session,
+    adapter: AdapterState,
+    conn: BusConnection,
+  ): Promise<ResolvedGatt> {
+    const { callTimeoutMs, serviceUuid, writeUuid, notifyUuid } = this.options;
+    conn.sessionsServed += 1;
     const device = await session.guard(
       adapter.adapter.getDevice(session.address),
       callTimeoutMs,
       'find device',
     );
-    session.device = device;
-    await session.guard(device.connect(), connectTimeoutMs, 'connect', 'reader_timeout');
-    await this.servicesResolved(session, adapter.table);
     const gatt = await this.gattWithRetry(session, device, adapter.table);
-    const service = await session.guard(
-      gatt.getPrimaryService(this.options.serviceUuid),
-      callTimeoutMs,
-      'service',
-    );
-    const writeChar = await session.guard(
-      service.getCharacteristic(this.options.writeUuid),
-      callTimeoutMs,
-      'write',
-    );
-    const notifyChar = await session.guard(
-      service.getCharacteristic(this.options.notifyUuid),
-      callTimeoutMs,
-      'notify',
-    );
-    session.writeChar = writeChar;
-    session.notifyChar = notifyChar;
-    notifyChar.on('valuechanged', session.deliver);
-    await session.guard(notifyChar.startNotifications(), callTimeoutMs, 'StartNotify');
+    const service = await session.guard(gatt.getPrimaryService(serviceUuid), callTimeoutMs, 'service');
+    const write = await session.guard(service.getCharacteristic(writeUuid), callTimeoutMs, 'write');
+    const notify = await session.guard(service.getCharacteristic(notifyUuid), callTimeoutMs, 'notify');
+    const writePath = characteristicPath(write);
+    const notifyPath = characteristicPath(notify);
+    return { servicePath: parentPath(writePath), writePath, notifyPath, mtu: undefined };
   }
 
   /**
@@ -390,19 +425,24 @@ export class BleLink {
   private endSession(session: Session, reason: BleCloseReason, cooldownMs: number): Promise<void> {
     session.ending ??= (async () => {
       session.finish(reason);
-      session.notifyChar?.removeListener('valuechanged', session.deliver);
-      const device = session.device;
-      if (device !== undefined) {
+      if (session.notifyPath !== undefined && this.notifyPaths.get(session.notifyPath) === session) {
+        this.notifyPaths.delete(session.notifyPath);
+      }
+      const conn = this.conn;
+      if (session.connectSent && conn !== undefined) {
         // Always, even after a failed or aborted connect: it also cancels a pending Connect.
         const result = await settle(
-          withTimeout(device.disconnect(), this.options.callTimeoutMs, 'Disconnect'),
+          withTimeout(
+            this.bluez(conn, session.path, DEVICE_IFACE, 'Disconnect'),
+            this.options.callTimeoutMs,
+            'Disconnect',
+          ),
         );
         if (result !== undefined)
-          this.log.debug({ address: session.address, err: String(result) }, 'disconnect');
+          this.log.debug({ address: session.address, err: errorText(result) }, 'disconnect');
       }
       this.gate.release(session.address, this.clock.monotonic(), cooldownMs);
       this.sessions.delete(session.address);
-      if (this.conn !== undefined) this.conn.sessionsServed += 1;
       this.log.debug({ address: session.address, reason }, 'BLE session ended');
       this.maybeRecycle();
     })();
@@ -652,6 +692,10 @@ export class BleLink {
         this.onAdapterChanged(adapter, changed);
         return;
       }
+      if (iface === GATT_CHARACTERISTIC_IFACE) {
+        this.onCharacteristicChanged(msg.path, changed);
+        return;
+      }
       const change = adapter.table.changed(
         msg.path,
         iface,
@@ -732,6 +776,14 @@ export class BleLink {
     }
   }
 
+  /** A notification: PropertiesChanged(Value) on a notify characteristic a session subscribed to. */
+  private onCharacteristicChanged(path: string, changed: unknown): void {
+    const session = this.notifyPaths.get(path);
+    if (session === undefined || typeof changed !== 'object' || changed === null) return;
+    const value: unknown = Reflect.get(Reflect.get(changed, 'Value') ?? {}, 'value');
+    if (value instanceof Uint8Array) session.deliver(Buffer.from(value));
+  }
+
   private wakePath(path: string): void {
     const waiters = this.pathWaiters.get(path);
     if (waiters === undefined) return;
@@ -763,6 +815,30 @@ export class BleLink {
     this.state = { state, detail, since };
   }
 
+  /**
+   * One method call to org.bluez as a raw message: no proxy, hence no introspection round trip
+   * and no match rule. Rejects with the D-Bus error (its `type` is the error name).
+   */
+  private async bluez(
+    conn: BusConnection,
+    path: string,
+    iface: string,
+    member: string,
+    signature?: string,
+    body?: unknown[],
+  ): Promise<unknown[]> {
+    const reply = await conn.dbus.call(
+      new Message({
+        destination: BLUEZ,
+        path,
+        interface: iface,
+        member,
+        ...(signature === undefined || body === undefined ? {} : { signature, body }),
+      }),
+    );
+    return reply?.body ?? [];
+  }
+
   /** Calls a method on a dbus-next proxy interface, bounded by the call timeout. */
   private call(iface: ClientInterface, member: string, ...args: unknown[]): Promise<unknown> {
     const method = iface[member];
@@ -786,9 +862,12 @@ class Session implements BleChannel {
   readonly path: string;
   closed = false;
   ending: Promise<void> | undefined;
-  device: NodeBle.Device | undefined;
-  writeChar: NodeBle.GattCharacteristic | undefined;
-  notifyChar: NodeBle.GattCharacteristic | undefined;
+  /** Connect was sent: Disconnect must follow, whatever happened. */
+  connectSent = false;
+  mtu: number | undefined;
+  notifyPath: string | undefined;
+  /** One write request to the write characteristic, once resolved. */
+  writer: ((bytes: Uint8Array) => Promise<unknown>) | undefined;
   private readonly owner: SessionOwner;
   private readonly writeTimeoutMs: number;
   private readonly dataListeners = new Set<(chunk: Uint8Array) => void>();
@@ -824,7 +903,8 @@ class Session implements BleChannel {
   };
 
   async write(bytes: Uint8Array): Promise<void> {
-    if (this.closed || this.writeChar === undefined) {
+    const writer = this.writer;
+    if (this.closed || writer === undefined) {
       throw new AgentError('reader_error', `BLE session closed (${this.reason ?? 'not open'})`);
     }
     if (bytes.length === 0 || bytes.length > MAX_WRITE_BYTES) {
@@ -832,8 +912,7 @@ class Session implements BleChannel {
         bytes: bytes.length,
       });
     }
-    // Not writeValue(): its default type is a reliable write, which BlueZ refuses here.
-    await this.guard(this.writeChar.writeValueWithResponse(Buffer.from(bytes)), this.writeTimeoutMs, 'write');
+    await this.guard(writer(bytes), this.writeTimeoutMs, 'write');
   }
 
   onData(listener: (chunk: Uint8Array) => void): () => void {
@@ -913,6 +992,19 @@ class Session implements BleChannel {
 }
 
 // ── module helpers ──────────────────────────────────────────────────────────────
+
+/** The object path of a characteristic node-ble resolved (its fields name each path element). */
+function characteristicPath(characteristic: NodeBle.GattCharacteristic): string {
+  const parts = ['adapter', 'device', 'service', 'characteristic'].map((k) => Reflect.get(characteristic, k));
+  if (!parts.every((p): p is string => typeof p === 'string' && p.length > 0)) {
+    throw new AgentError('internal', 'node-ble characteristic without its object path');
+  }
+  return `/org/bluez/${parts.join('/')}`;
+}
+
+function parentPath(path: string): string {
+  return path.slice(0, Math.max(0, path.lastIndexOf('/')));
+}
 
 function normaliseAddress(address: string): string {
   const upper = address.toUpperCase();

@@ -19,6 +19,11 @@ import { encodeAbort } from './protocol/messages.js';
 export type ScheduleFn = (callback: () => void, ms: number) => () => void;
 
 export const realSchedule: ScheduleFn = (callback, ms) => {
+  // setTimeout(…, 0) waits at least 1 ms in Node: an immediate reply would look 1 ms slower.
+  if (ms <= 0) {
+    const immediate = setImmediate(callback);
+    return () => clearImmediate(immediate);
+  }
   const timer = setTimeout(callback, ms);
   return () => clearTimeout(timer);
 };

@@ -7,6 +7,14 @@ import { b64url, fromB64url } from '../crypto/encoding.js';
 import { keyCredentialId, p256JwkFromRaw, rawPublicKey } from '../crypto/keys.js';
 import { PROTOCOL_VERSION } from './protocol/constants.js';
 import {
+  decodeEnrollMessage,
+  type EnrollOffer,
+  encodeEnrollApproval,
+  encodeEnrollRequest,
+  enrollApprovalSignedMessage,
+  isEnrollMessage,
+} from './protocol/enroll.js';
+import {
   type AnswerFields,
   answerSignedMessage,
   decodeMessage,
@@ -61,6 +69,14 @@ export interface PhoneBehaviour {
   /** Make the signature high-S (s > n/2), as WebCrypto, Secure Enclave and StrongBox often do. */
   readonly highS: boolean;
   readonly fault: PhoneFault | undefined;
+  /**
+   * Enrollment extension E1: answer a hello with an enroll_request instead of an answer, and
+   * approve the vehicle's offer by signing its request hash (what an owner's app does when the
+   * owner taps "approve").
+   */
+  readonly approveEnrollment: boolean;
+  /** With approveEnrollment: approve only an offer naming this credential id. */
+  readonly enrollmentFor: string | undefined;
 }
 
 export const DEFAULT_PHONE_BEHAVIOUR: PhoneBehaviour = {
@@ -69,6 +85,8 @@ export const DEFAULT_PHONE_BEHAVIOUR: PhoneBehaviour = {
   answerDelayMs: 0,
   highS: false,
   fault: undefined,
+  approveEnrollment: false,
+  enrollmentFor: undefined,
 };
 
 export interface PrivateP256Jwk {
@@ -101,6 +119,12 @@ export type PhoneEvent =
     }
   | { readonly type: 'refused'; readonly code: string; readonly vehicleId?: string }
   | { readonly type: 'result'; readonly granted: boolean; readonly code?: string }
+  | {
+      readonly type: 'enroll-offered';
+      readonly credentialId: string;
+      readonly role: string;
+      readonly approved: boolean;
+    }
   | { readonly type: 'aborted'; readonly code: string };
 
 /** One message for the phone to send, after `delayMs`: its answer to a hello, or an abort. */
@@ -170,6 +194,8 @@ export class PhoneKey {
   private impostorKey: Uint8Array | undefined;
   /** The last honest answer, sent again by the replay fault. */
   private previousAnswer: Uint8Array | undefined;
+  /** The hello we answered with an enroll_request: its offer must carry the same challenge. */
+  private enrollHello: VehicleHello | undefined;
 
   constructor(options: PhoneKeyOptions) {
     this.random = options.randomBytes ?? defaultRandom;
@@ -234,6 +260,7 @@ export class PhoneKey {
    * results and aborts (recorded as events).
    */
   receive(message: Uint8Array): PhoneReply | undefined {
+    if (isEnrollMessage(message)) return this.onEnrollMessage(message);
     let decoded: ReturnType<typeof decodeMessage>;
     try {
       decoded = decodeMessage(message);
@@ -271,6 +298,10 @@ export class PhoneKey {
     }
     if (behaviour.fault === 'silent') return undefined;
     const delayMs = behaviour.answerDelayMs;
+    if (behaviour.approveEnrollment) {
+      this.enrollHello = hello;
+      return { kind: 'answer', message: encodeEnrollRequest(), delayMs };
+    }
     if (behaviour.fault === 'garbage') {
       // Our version and an unassigned type, then noise: never a valid message by accident.
       const noise = this.random(1 + ((this.random(1)[0] ?? 0) % 200));
@@ -304,6 +335,46 @@ export class PhoneKey {
     return { kind: 'answer', message, delayMs };
   }
 
+  /** E1: the vehicle's offer (approve it when asked to) or anything else of E1 (refused). */
+  private onEnrollMessage(message: Uint8Array): PhoneReply | undefined {
+    let offer: EnrollOffer;
+    try {
+      const decoded = decodeEnrollMessage(message);
+      if (decoded.type !== 'enroll_offer') return this.refuse('malformed');
+      offer = decoded;
+    } catch (err) {
+      return this.refuse(isAgentError(err) && err.code === 'unsupported' ? 'unsupported' : 'malformed');
+    }
+    const hello = this.enrollHello;
+    this.enrollHello = undefined;
+    const behaviour = this.behaviour;
+    const vehicleKey = this.pinned.get(offer.vehicleId);
+    // The offer must come from the vehicle whose hello we answered, in the same exchange.
+    if (hello === undefined || hello.vehicleId !== offer.vehicleId || vehicleKey === undefined) {
+      return this.refuse('wrong_vehicle', offer.vehicleId);
+    }
+    if (!sameBytes(hello.challenge, offer.challenge)) return this.refuse('replay', offer.vehicleId);
+    if (!p256.verify(offer.signature, offer.signedMessage, vehicleKey, { lowS: false })) {
+      return this.refuse('bad_proof', offer.vehicleId);
+    }
+    const approved =
+      behaviour.approveEnrollment &&
+      (behaviour.enrollmentFor === undefined || behaviour.enrollmentFor === offer.credentialId);
+    this.emit({ type: 'enroll-offered', credentialId: offer.credentialId, role: offer.role, approved });
+    if (!approved) return this.refuse('unauthorized', offer.vehicleId);
+    if (behaviour.fault === 'silent') return undefined;
+    const fields = {
+      vehicleId: offer.vehicleId,
+      challenge: offer.challenge,
+      requestHash: offer.requestHash,
+      keyId: this.credentialId,
+    };
+    let signature: Uint8Array = p256.sign(enrollApprovalSignedMessage(fields), this.signingKey());
+    if (behaviour.highS) signature = toHighS(signature);
+    if (behaviour.fault === 'bad_signature') signature[20] = (signature[20] ?? 0) ^ 0x01;
+    return { kind: 'answer', message: encodeEnrollApproval(fields, signature), delayMs: 0 };
+  }
+
   private signingKey(): Uint8Array {
     if (this.behaviour.fault !== 'wrong_key') return this.secretKey;
     this.impostorKey ??= p256.utils.randomSecretKey(this.random(SEED_BYTES));
@@ -321,6 +392,10 @@ export class PhoneKey {
     if (this.events.length > MAX_EVENTS) this.events.shift();
     this.onEvent?.(event);
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
 
 function otherVehicleId(vehicleId: string): string {

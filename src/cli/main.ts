@@ -3,9 +3,11 @@ import { type AgentError, toAgentError } from '../core/errors.js';
 import { AUDIT_HELP, audit } from './commands/audit.js';
 import { CLOUD_HELP, cloud } from './commands/cloud.js';
 import { CONFIG_HELP, config } from './commands/config.js';
+import { ENROLL_HELP, enroll } from './commands/enroll.js';
 import { INIT_HELP, init } from './commands/init.js';
 import { KEYGEN_HELP, keygen } from './commands/keygen.js';
 import { KEYS_HELP, keys } from './commands/keys.js';
+import { PHONE_HELP, phone } from './commands/phone.js';
 import { SIGN_HELP, sign } from './commands/sign.js';
 import { SIM_HELP, sim } from './commands/sim.js';
 import { STATUS_HELP, status } from './commands/status.js';
@@ -28,6 +30,12 @@ const COMMANDS: Readonly<Record<string, { run: Command; help: string; summary: s
   keygen: { run: keygen, help: KEYGEN_HELP, summary: 'write a P-256 or Ed25519 key pair (PEM and JWK)' },
   keys: { run: keys, help: KEYS_HELP, summary: 'list, grant and revoke credentials' },
   sim: { run: sim, help: SIM_HELP, summary: 'present simulated credentials to the running agent' },
+  phone: { run: phone, help: PHONE_HELP, summary: 'make a phone key; play a phone against the BLE sim' },
+  enroll: {
+    run: enroll,
+    help: ENROLL_HELP,
+    summary: "enroll a phone at the vehicle, approved by an owner's phone",
+  },
   status: { run: status, help: STATUS_HELP, summary: 'show lock state, readers, keyring, recent events' },
   audit: { run: audit, help: AUDIT_HELP, summary: 'verify or tail the hash-chained audit log' },
   config: { run: config, help: CONFIG_HELP, summary: 'print the example config or check one' },

@@ -1,3 +1,4 @@
+import { BLE_SCHEMA } from './ble-schema.js';
 import { CLOUD_SCHEMA } from './cloud-schema.js';
 import { bool, int, oneOf, optStr, section, str, type ValueOf } from './fields.js';
 
@@ -95,6 +96,7 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
     keepFiles: int('Rotated files kept (the oldest are deleted).', 10, 1, 1000),
   }),
   cloud: CLOUD_SCHEMA,
+  ble: BLE_SCHEMA,
   sim: section('Simulated hardware (used by drivers set to sim).', {
     demo: bool(
       'Provision a demo vehicle with demo keys on first start when the state directory is empty ' +

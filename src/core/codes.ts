@@ -35,6 +35,7 @@ export const CODES = {
   op_signer_not_allowed: 'the signer role may not perform this keyring operation',
   op_wrong_vehicle: 'a keyring operation names another vehicle',
   op_root_irrevocable: 'the pinned owner root key cannot be revoked',
+  enrollment_closed: 'no enrollment request is open at the vehicle (none was opened, or it expired)',
   // ── signed commands (cloud and local) ──────────────────────────────────────
   jws_malformed: 'the JWS could not be parsed',
   unknown_kid: 'the JWS key id names no key in the keyring',
@@ -94,6 +95,7 @@ export type DenialCode = Extract<
   | 'wrong_vehicle'
   | 'card_removed'
   | 'malformed'
+  | 'frame_too_large'
   | 'unsupported'
   | 'reader_error'
 >;

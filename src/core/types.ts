@@ -64,6 +64,7 @@ export type ProofVerdict =
   | 'removed'
   | 'wrong_vehicle'
   | 'malformed'
+  | 'frame_too_large'
   | 'unsupported'
   | 'reader_error';
 

@@ -185,6 +185,9 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
     expect(calls['org.bluez.GattCharacteristic1.StartNotify']).toBe(1);
     expect(calls['org.bluez.GattCharacteristic1.WriteValue']).toBe(1);
     expect(calls['org.bluez.Device1.Disconnect']).toBe(1);
+    // GATT paths come from the ObjectManager signals: no introspection, no property reads.
+    expect(device.callCount()).toBe(4);
+    expect(channel.mtu).toBe(247);
     expect(s.link.stats()).toMatchObject({
       sessionsOpened: 1,
       sessionsFailed: 0,
@@ -219,14 +222,27 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
     await candidateFor(s, PHONE_B);
   });
 
-  it('retries gatt() when it misses the ServicesResolved flip', async () => {
+  it('falls back to gatt() when the GATT objects were not announced, and retries it when it misses the ServicesResolved flip', async () => {
+    const s = await setup({ gattTimeoutMs: 150 });
+    const { device } = addPhone(s.standIn, PHONE_A, {
+      faults: { servicesResolved: 'missed-once', gattUnannounced: true },
+    });
+    await candidateFor(s, PHONE_A);
+    const payload = Uint8Array.from([9, 9]);
+    expect(await roundTrip(s.link, PHONE_A, payload)).toEqual(payload);
+    expect(s.link.stats().gattRetries).toBe(1);
+    expect(device.calls()['org.freedesktop.DBus.Introspectable.Introspect']).toBeGreaterThan(0);
+    expect(device.connected).toBe(false);
+  });
+
+  it('is not affected by a missed ServicesResolved read when the GATT objects were announced', async () => {
     const s = await setup({ gattTimeoutMs: 150 });
     const { device } = addPhone(s.standIn, PHONE_A, { faults: { servicesResolved: 'missed-once' } });
     await candidateFor(s, PHONE_A);
     const payload = Uint8Array.from([9, 9]);
     expect(await roundTrip(s.link, PHONE_A, payload)).toEqual(payload);
-    expect(s.link.stats().gattRetries).toBe(1);
-    expect(device.connected).toBe(false);
+    expect(s.link.stats().gattRetries).toBe(0);
+    expect(device.callCount()).toBe(4);
   });
 
   it('survives ServicesResolved flipping 1-5 ms after Connect, session after session', async () => {
@@ -473,9 +489,9 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
     });
   });
 
-  it('reconnects to the bus when idle to shed what node-ble leaks, and keeps working', async () => {
-    // node-ble adds about three match rules a session and never removes them; with a limit of
-    // 40 the daemon starts refusing them after a dozen sessions with fresh device paths.
+  it('adds no match rules per session, so sessions never exhaust the daemon', async () => {
+    // With a limit of 40 match rules a connection, node-ble's gatt() (about three leaked rules
+    // each) would be refused after a dozen sessions; the link's own calls add none.
     const s = await setup(
       { recycleAfterSessions: 8, callTimeoutMs: 1000 },
       {
@@ -485,6 +501,25 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
     for (let i = 0; i < 30; i += 1) {
       const address = `AA:BB:CC:00:00:${i.toString(16).padStart(2, '0').toUpperCase()}`;
       const { device } = addPhone(s.standIn, address);
+      await candidateFor(s, address);
+      const payload = Uint8Array.from([i]);
+      expect(await roundTrip(s.link, address, payload)).toEqual(payload);
+      expect(device.connected).toBe(false);
+      s.standIn.removeDevice(address);
+    }
+    expect(s.link.stats()).toMatchObject({ busConnections: 1, sessionsOpened: 30, sessionsFailed: 0 });
+  });
+
+  it('reconnects to the bus when idle to shed what node-ble gatt() leaks, and keeps working', async () => {
+    const s = await setup(
+      { recycleAfterSessions: 8, callTimeoutMs: 1000 },
+      {
+        limits: { max_match_rules_per_connection: 40 },
+      },
+    );
+    for (let i = 0; i < 30; i += 1) {
+      const address = `AA:BB:CC:00:01:${i.toString(16).padStart(2, '0').toUpperCase()}`;
+      const { device } = addPhone(s.standIn, address, { faults: { gattUnannounced: true } });
       await waitFor(() => s.link.health().state === 'ok', 'ok health');
       await candidateFor(s, address);
       const payload = Uint8Array.from([i]);

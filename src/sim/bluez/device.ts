@@ -72,6 +72,7 @@ export class SimDevice implements StandInDevice {
     notificationsSent: 0,
     notificationsDropped: 0,
     modelledDelayMs: 0,
+    waitedMs: 0,
   };
 
   constructor(host: DeviceHost, spec: DeviceSpec) {
@@ -345,9 +346,12 @@ export class SimDevice implements StandInDevice {
     this.counters.connects += 1;
     const { service, write, notify } = this.gatt;
     const servicePath = `${this.path}/service000a`;
-    this.host.tree.add(servicePath, [service]);
-    this.host.tree.add(`${servicePath}/char000b`, [write]);
-    this.host.tree.add(`${servicePath}/char000d`, [notify]);
+    const announce = this.faults.gattUnannounced !== true;
+    this.host.tree.add(servicePath, [service], announce);
+    this.host.tree.add(`${servicePath}/char000b`, [write], announce);
+    this.host.tree.add(`${servicePath}/char000d`, [notify], announce);
+    // The ATT MTU exchange happens as the link comes up.
+    this.peer.setMtu?.(this.spec.mtu ?? 247);
     this.device1.changed({ Connected: true });
     this.host.emit({ type: 'connected', address: this.address });
     const mode = this.faults.servicesResolved ?? 'with-connect';
@@ -399,6 +403,7 @@ export class SimDevice implements StandInDevice {
   private async delay(ms: number, epoch: number): Promise<boolean> {
     if (ms > 0) {
       this.counters.modelledDelayMs += ms;
+      const started = performance.now();
       await new Promise<void>((resolve) => {
         const done = (): void => {
           clearTimeout(timer);
@@ -408,6 +413,7 @@ export class SimDevice implements StandInDevice {
         const timer = setTimeout(done, ms);
         this.aborters.add(done);
       });
+      this.counters.waitedMs += performance.now() - started;
     }
     return this.linkEpoch === epoch;
   }

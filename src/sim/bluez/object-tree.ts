@@ -67,13 +67,13 @@ export class ObjectTree {
     return this.objects.has(path);
   }
 
-  /** Exports an object and announces it with InterfacesAdded. */
-  add(path: string, interfaces: readonly BluezInterface[]): void {
+  /** Exports an object and announces it with InterfacesAdded (unless `announce` is false: a fault). */
+  add(path: string, interfaces: readonly BluezInterface[], announce = true): void {
     if (this.objects.has(path)) return;
     this.objects.set(path, interfaces);
     if (this.bus === undefined) return;
     for (const iface of interfaces) this.bus.export(path, iface);
-    this.manager.InterfacesAdded(path, tableOf(interfaces));
+    if (announce) this.manager.InterfacesAdded(path, tableOf(interfaces));
   }
 
   /** Unexports an object and its children (deepest first) with InterfacesRemoved for each. */

@@ -62,6 +62,11 @@ export interface DeviceFaults {
   readonly dropNotifications?: number;
   /** The device leaves range right after this many more writes were answered. */
   readonly vanishAfterWrites?: number;
+  /**
+   * GATT objects are exported on connect without InterfacesAdded, as for a client that missed
+   * those signals: it can only find them by walking the tree (node-ble's gatt()).
+   */
+  readonly gattUnannounced?: boolean;
 }
 
 export interface DeviceSpec {
@@ -104,6 +109,8 @@ export interface DeviceStats {
   readonly notificationsDropped: number;
   /** Sum of modelled delays actually applied (ms). */
   readonly modelledDelayMs: number;
+  /** Wall time actually spent waiting in those delays (ms): the nominal sum plus timer lateness. */
+  readonly waitedMs: number;
 }
 
 /** A simulated phone or fob as the test or benchmark drives it. */

@@ -1,0 +1,280 @@
+import { type ChildProcess, fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Keyring, signGrant } from '../src/access/keyring.js';
+import { Agent, type LockControl } from '../src/agent/agent.js';
+import { BleLink } from '../src/ble/link.js';
+import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../src/ble/protocol/constants.js';
+import { type BleOutcome, BleReader } from '../src/ble/reader.js';
+import { loadConfig } from '../src/config/load.js';
+import { MonotonicFloorClock } from '../src/core/clock.js';
+import { silentLogger } from '../src/core/logger.js';
+import type { Credential } from '../src/core/types.js';
+import { signP256 } from '../src/crypto/challenge.js';
+import { b64url, fromB64url } from '../src/crypto/encoding.js';
+import { generateKeyPair, keyCredentialId, publicJwkOf } from '../src/crypto/keys.js';
+import { createRelay } from '../src/relay-factory.js';
+import type { LinkDelays } from '../src/sim/bluez/types.js';
+import { startPrivateDbus } from '../src/sim/dbus-daemon.js';
+import type { ApproachReport, HostReply, HostRequest } from './ble-peer-host.js';
+import { round, summarise } from './stats.js';
+
+/**
+ * BLE unlock latency, from the advertisement being seen (the stand-in exports the device) to the
+ * unlock relay energised, over real node-ble and a real private dbus-daemon. The agent side (link,
+ * reader, agent loop, lock controller, simulated relay) runs here; the BlueZ stand-in and the
+ * phone run in a child process, as bluetoothd and the phone would. Per unlock it also counts the
+ * D-Bus method calls to org.bluez (the stand-in's per-device and adapter counts), and computes the
+ * agent overhead: total minus the stand-in's modelled radio delays on the critical path minus the
+ * phone's own compute time (decoding and signing with noble). Figures only; no assertions.
+ */
+
+/** Radio delays per call, roughly a fast BLE link (7.5–15 ms connection interval). */
+const MODELLED: LinkDelays = { connectMs: 20, startNotifyMs: 8, writeMs: 8, notifyMs: 8, disconnectMs: 8 };
+const ZERO: LinkDelays = { connectMs: 0, startNotifyMs: 0, writeMs: 0, notifyMs: 0, disconnectMs: 0 };
+
+interface Sample {
+  readonly totalMs: number;
+  /** Nominal modelled radio time on the path to the relay. */
+  readonly modelledMs: number;
+  /** The time the stand-in actually spent in those delays (its timers fire late by up to ~1 ms). */
+  readonly waitedMs: number;
+  /** Overhead with the nominal delays subtracted (charges the simulator's timer lateness to the agent). */
+  readonly overheadNominalMs: number;
+  readonly phoneMs: number;
+  readonly overheadMs: number;
+  readonly bluezCalls: number;
+}
+
+const ns = (text: string): bigint => BigInt(text);
+const msBetween = (from: bigint, to: bigint): number => Number(to - from) / 1e6;
+
+export async function benchBle(
+  options: { samples?: number; warmup?: number } = {},
+): Promise<Record<string, number>> {
+  const samples = options.samples ?? 200;
+  const warmup = options.warmup ?? 20;
+  const bus = await startPrivateDbus();
+  const host: ChildProcess = fork(fileURLToPath(new URL('./ble-peer-host.js', import.meta.url)), [], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const replies: ((reply: HostReply) => void)[] = [];
+  host.on('message', (reply: HostReply) => {
+    for (const listener of [...replies]) listener(reply);
+  });
+  const nextReply = <T extends HostReply['type']>(
+    type: T,
+    id?: number,
+  ): Promise<Extract<HostReply, { type: T }>> =>
+    new Promise((resolve, reject) => {
+      const listener = (reply: HostReply): void => {
+        if (reply.type === 'error') {
+          replies.splice(replies.indexOf(listener), 1);
+          reject(new Error(`peer host: ${reply.message}`));
+        } else if (reply.type === type && (id === undefined || (reply as ApproachReport).id === id)) {
+          replies.splice(replies.indexOf(listener), 1);
+          resolve(reply as Extract<HostReply, { type: T }>);
+        }
+      };
+      replies.push(listener);
+    });
+  const request = (r: HostRequest): void => {
+    host.send(r);
+  };
+
+  const env = { VEHICLE_AGENT_LOCK__PULSE_MS: '20', VEHICLE_AGENT_LOCK__AUTO_RELOCK_MS: '0' };
+  const { config } = loadConfig({ env });
+  const relay = await createRelay(config, silentLogger);
+  let reader: BleReader | undefined;
+  let agent: Agent | undefined;
+  try {
+    const ready = nextReply('ready');
+    request({ type: 'start', busAddress: bus.address });
+    await ready;
+
+    const vehicleId = 'BENCH-BLE';
+    const vehicle = generateKeyPair('P-256');
+    const root = generateKeyPair('P-256');
+    const rootKey = publicJwkOf(root.publicKey);
+    const keyring = new Keyring({ vehicleId, rootKey, vehicleKey: publicJwkOf(vehicle.publicKey) });
+    const phonePair = generateKeyPair('P-256');
+    const phoneJwk = publicJwkOf(phonePair.publicKey);
+    const credential: Credential = {
+      id: keyCredentialId('phone', phoneJwk),
+      kind: 'phone',
+      role: 'driver',
+      publicKey: phoneJwk,
+      options: {},
+    };
+    keyring.merge([signGrant(credential, vehicleId, root.privateKey, keyCredentialId('signer', rootKey), 1)]);
+    const { d } = phonePair.privateKey.export({ format: 'jwk' });
+    const secretKey = b64url(fromB64url(String(d)));
+
+    // "Relay energised": the lock controller resolves unlock() once the relay is switched on.
+    let energisedAt = 0n;
+    const controller = relay.lockController;
+    const lock: LockControl = {
+      state: () => controller.state(),
+      unlock: async (cause) => {
+        const state = await controller.unlock(cause);
+        energisedAt = process.hrtime.bigint();
+        return state;
+      },
+      lock: (cause) => controller.lock(cause),
+    };
+    await relay.start();
+
+    const link = new BleLink({
+      serviceUuid: SERVICE_UUID,
+      writeUuid: VEHICLE_TO_KEY_UUID,
+      notifyUuid: KEY_TO_VEHICLE_UUID,
+      logger: silentLogger,
+      busAddress: bus.address,
+      sessionSpacingMs: 0,
+    });
+    const bleReader = new BleReader({
+      link,
+      answerWindowMs: 1500,
+      grantCooldownMs: 0,
+      denialCooldownMs: 0,
+    });
+    reader = bleReader;
+    const newAgent = new Agent({
+      vehicleId,
+      keyring,
+      keyringStore: { persist: async () => {} },
+      counters: { get: () => undefined, set: async () => {} },
+      clock: new MonotonicFloorClock(0),
+      audit: { append: async () => undefined },
+      lock,
+      readers: [bleReader],
+      policy: {
+        rateLimit: { maxDenials: 1000, windowMs: 60_000, cooldownMs: 1000 },
+        answerDeadlineMs: { phone: 1500 },
+      },
+      log: silentLogger,
+      signAsVehicle: (message) => signP256(vehicle.privateKey, message),
+    });
+    agent = newAgent;
+    await newAgent.start();
+    if (bleReader.health().state !== 'ok')
+      throw new Error(`BLE link not ready: ${bleReader.health().detail}`);
+
+    let nextId = 0;
+    const once = async (delays: LinkDelays): Promise<Sample> => {
+      const id = nextId++;
+      const bytes = randomBytes(6);
+      bytes[0] = ((bytes[0] ?? 0) | 0xc0) & 0xff;
+      const address = [...bytes].map((b) => b.toString(16).padStart(2, '0').toUpperCase()).join(':');
+      energisedAt = 0n;
+      const outcome = new Promise<BleOutcome>((resolve) => {
+        const off = bleReader.onOutcome((o) => {
+          if (o.address !== address || o.kind === 'failed') return;
+          off();
+          resolve(o);
+        });
+      });
+      const report = nextReply('done', id);
+      request({
+        type: 'approach',
+        id,
+        address,
+        secretKey,
+        pin: { vehicleId, publicKey: publicJwkOf(vehicle.publicKey) },
+        delays,
+      });
+      const [o, r] = await Promise.all([outcome, report]);
+      if (o.kind !== 'decision' || !o.decision.granted || energisedAt === 0n) {
+        throw new Error(`bench unlock was not granted: ${JSON.stringify(o)}`);
+      }
+      const seenAt = ns(r.seenAt);
+      const totalMs = msBetween(seenAt, energisedAt);
+      // Radio time on the path to the relay: the connect, the CCCD write, and every write and
+      // notification that completed before the relay was energised (result and disconnect come after).
+      const before = r.events.filter((e) => ns(e.at) <= energisedAt);
+      const modelledMs =
+        delays.startNotifyMs +
+        before.filter((e) => e.type === 'connected').length * delays.connectMs +
+        before.filter((e) => e.type === 'write').length * delays.writeMs +
+        before.filter((e) => e.type === 'notify').length * delays.notifyMs;
+      const waitedMs = before.at(-1)?.waitedMs ?? 0;
+      const bluezCalls =
+        Object.values(r.deviceCalls).reduce((a, b) => a + b, 0) +
+        Object.values(r.adapterCalls).reduce((a, b) => a + b, 0);
+      // Let the 20 ms unlock pulse end, so the next grant energises the relay again.
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      return {
+        totalMs,
+        modelledMs,
+        waitedMs,
+        phoneMs: r.phoneMs,
+        overheadMs: totalMs - waitedMs - r.phoneMs,
+        overheadNominalMs: totalMs - modelledMs - r.phoneMs,
+        bluezCalls,
+      };
+    };
+
+    const run = async (delays: LinkDelays): Promise<Sample[]> => {
+      for (let i = 0; i < warmup; i++) await once(delays);
+      const out: Sample[] = [];
+      for (let i = 0; i < samples; i++) out.push(await once(delays));
+      return out;
+    };
+    const modelled = await run(MODELLED);
+    const zero = await run(ZERO);
+    const linkStats = bleReader.stats().link;
+
+    const pick = (list: Sample[], key: keyof Sample) => summarise(list.map((s) => s[key]));
+    const total = pick(modelled, 'totalMs');
+    const overhead = pick(modelled, 'overheadMs');
+    const zeroTotal = pick(zero, 'totalMs');
+    const zeroOverhead = pick(zero, 'overheadMs');
+    return {
+      ble_samples: samples,
+      ble_unlock_p50_ms: round(total.p50, 1),
+      ble_unlock_p99_ms: round(total.p99, 1),
+      ble_modelled_link_p50_ms: round(pick(modelled, 'modelledMs').p50, 1),
+      ble_modelled_link_waited_p50_ms: round(pick(modelled, 'waitedMs').p50, 1),
+      ble_phone_compute_p50_ms: round(pick(modelled, 'phoneMs').p50, 2),
+      ble_agent_overhead_p50_ms: round(overhead.p50, 2),
+      ble_agent_overhead_p99_ms: round(overhead.p99, 2),
+      ble_agent_overhead_nominal_p50_ms: round(pick(modelled, 'overheadNominalMs').p50, 2),
+      ble_agent_overhead_nominal_p99_ms: round(pick(modelled, 'overheadNominalMs').p99, 2),
+      ble_zero_delay_unlock_p50_ms: round(zeroTotal.p50, 2),
+      ble_zero_delay_unlock_p99_ms: round(zeroTotal.p99, 2),
+      ble_zero_delay_overhead_p50_ms: round(zeroOverhead.p50, 2),
+      ble_zero_delay_overhead_p99_ms: round(zeroOverhead.p99, 2),
+      ble_dbus_calls_to_bluez_per_unlock: pick([...modelled, ...zero], 'bluezCalls').p50,
+      ble_gatt_retries: linkStats.gattRetries,
+      ble_bus_reconnects: linkStats.busConnections - 1,
+    };
+  } finally {
+    await agent?.stop();
+    if (agent === undefined) await reader?.stop();
+    await relay.close();
+    if (host.connected) {
+      const exited = new Promise((resolve) => host.once('exit', resolve));
+      request({ type: 'stop' });
+      const timer = setTimeout(() => host.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
+    await bus.stop();
+  }
+}
+
+/** `node dist/bench/ble.js [--json]`: runs this suite alone (bench/run.ts runs it with the others). */
+if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === process.argv[1]) {
+  benchBle().then(
+    (figures) => {
+      if (process.argv.includes('--json')) process.stdout.write(`${JSON.stringify(figures, null, 2)}\n`);
+      else
+        for (const [k, v] of Object.entries(figures))
+          process.stdout.write(`  ${k.padEnd(36)} ${String(v).padStart(10)}\n`);
+    },
+    (err: unknown) => {
+      process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,282 @@
+import { credentialToWire, parseCredentialWire } from '../access/credential-wire.js';
+import { authRequestHash, type GrantOp, type MergeResult, newOpId } from '../access/keyring.js';
+import { roleAllows } from '../access/policy.js';
+import type { CredentialLookup } from '../agent/reader.js';
+import type { Clock } from '../core/clock.js';
+import { type Code, isCode } from '../core/codes.js';
+import { AgentError, toAgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { Credential } from '../core/types.js';
+import { toHex } from '../crypto/encoding.js';
+import {
+  approvalMatches,
+  authProofFor,
+  type EnrollApproval,
+  type EnrollOfferFields,
+  offerSummary,
+  verifyEnrollApproval,
+} from './protocol/enroll.js';
+
+/**
+ * Enrollment at the vehicle, authorised by an owner key (DESIGN.md "Trust and the keyring").
+ * Someone with access to the vehicle's control socket opens a request naming the new credential;
+ * it stays open for a bounded window and closes when an owner's phone key approves it over BLE by
+ * signing its request hash (protocol extension E1), when it expires, or when it is cancelled.
+ * Nothing else opens or approves it: an unlock, however recent, authorises nothing.
+ * On approval the desk writes a grant signed by the vehicle key carrying the owner's signature
+ * as its AuthProof, which every keyring verifies on its own (verifyBleEnrollAuth).
+ */
+
+export type EnrollmentState = 'pending' | 'completed' | 'expired' | 'cancelled';
+
+export interface EnrollmentView {
+  readonly state: EnrollmentState;
+  readonly opId: string;
+  readonly credentialId: string;
+  readonly kind: Credential['kind'];
+  readonly role: Credential['role'];
+  /** Hex SHA-256 the owner's key signs (keyring authRequestHash of the grant). */
+  readonly requestHash: string;
+  readonly openedAt: string;
+  readonly expiresAt: string;
+  /** The owner key that approved (completed only). */
+  readonly approvedBy?: string;
+}
+
+export interface EnrollmentDeskOptions {
+  readonly vehicleId: string;
+  readonly clock: Clock;
+  readonly keyring: CredentialLookup;
+  /** Signs a keyring op with the vehicle key as a JWS (kid = the vehicle key's credential id). */
+  readonly signOp: (op: GrantOp) => string;
+  /** Verifies, applies and persists ops (Agent.addKeyringOps). */
+  readonly addOps: (jws: readonly string[]) => Promise<MergeResult>;
+  readonly audit: (event: { readonly type: string; readonly [key: string]: unknown }) => void;
+  readonly log: Logger;
+  /** Default and longest window a request stays open. */
+  readonly windowMs: number;
+  readonly maxWindowMs: number;
+}
+
+export type ApprovalOutcome =
+  | { readonly approved: true; readonly credentialId: string; readonly by: string }
+  | { readonly approved: false; readonly code: Code; readonly by?: string };
+
+interface Request {
+  readonly op: GrantOp;
+  readonly credential: Credential;
+  readonly requestHash: Uint8Array;
+  readonly openedAt: number;
+  /** Monotonic ms. */
+  readonly expiresAtMono: number;
+  readonly expiresAt: number;
+  state: EnrollmentState;
+  approvedBy?: string;
+  /** An approval is being written: a second one must not race it. */
+  busy: boolean;
+}
+
+export class EnrollmentDesk {
+  private readonly options: EnrollmentDeskOptions;
+  private request: Request | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+
+  constructor(options: EnrollmentDeskOptions) {
+    if (options.windowMs < 1 || options.maxWindowMs < options.windowMs) {
+      throw new AgentError('internal', 'enrollment window must be positive and within the maximum');
+    }
+    this.options = options;
+  }
+
+  /**
+   * Opens a request for `credential` (validated as a grant would be). One request at a time: an
+   * open one must be cancelled first (AgentError busy).
+   */
+  open(credential: Credential, windowMs: number = this.options.windowMs): EnrollmentView {
+    const { clock, vehicleId, maxWindowMs } = this.options;
+    this.refresh();
+    if (this.request?.state === 'pending') {
+      throw new AgentError('busy', 'an enrollment request is already open; cancel it first');
+    }
+    if (!Number.isInteger(windowMs) || windowMs < 1 || windowMs > maxWindowMs) {
+      throw new AgentError('bad_arguments', `the enrollment window must be 1..${maxWindowMs} ms`);
+    }
+    let wire: ReturnType<typeof credentialToWire>;
+    try {
+      wire = credentialToWire(parseCredentialWire(credentialToWire(credential)));
+    } catch (err) {
+      throw new AgentError('bad_arguments', toAgentError(err).message);
+    }
+    if (credential.role === 'guest' && credential.notAfter === undefined) {
+      throw new AgentError('bad_arguments', 'a guest needs an end of validity (notAfter)');
+    }
+    if (this.options.keyring.byId(credential.id) !== undefined) {
+      throw new AgentError('bad_arguments', `${credential.id} is already in the keyring`);
+    }
+    const now = clock.now();
+    const op: GrantOp = {
+      v: 1,
+      op: 'grant',
+      id: newOpId(),
+      vid: vehicleId,
+      iat: Math.floor(now / 1000),
+      cred: wire,
+    };
+    const request: Request = {
+      op,
+      credential,
+      requestHash: authRequestHash(op),
+      openedAt: now,
+      expiresAtMono: clock.monotonic() + windowMs,
+      expiresAt: now + windowMs,
+      state: 'pending',
+      busy: false,
+    };
+    this.request = request;
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = setTimeout(() => this.refresh(), windowMs + 1);
+    this.expiryTimer.unref();
+    this.options.audit({
+      type: 'enroll.open',
+      opId: op.id,
+      credentialId: credential.id,
+      role: credential.role,
+      kind: credential.kind,
+      expiresAt: new Date(request.expiresAt).toISOString(),
+    });
+    this.options.log.info(
+      { credentialId: credential.id, role: credential.role, windowMs },
+      'enrollment request open: waiting for an owner key to approve it',
+    );
+    return this.view(request);
+  }
+
+  /** The latest request (pending, or how the last one ended), or undefined when none was opened. */
+  status(): EnrollmentView | undefined {
+    this.refresh();
+    return this.request === undefined ? undefined : this.view(this.request);
+  }
+
+  cancel(): EnrollmentView | undefined {
+    this.refresh();
+    const request = this.request;
+    if (request?.state === 'pending') {
+      request.state = 'cancelled';
+      clearTimeout(this.expiryTimer);
+      this.options.audit({
+        type: 'enroll.cancelled',
+        opId: request.op.id,
+        credentialId: request.credential.id,
+      });
+    }
+    return request === undefined ? undefined : this.view(request);
+  }
+
+  /** What to offer a key that asks (enroll_request): the pending request, if any. */
+  offer(challenge: Uint8Array): EnrollOfferFields | undefined {
+    this.refresh();
+    const request = this.request;
+    if (request?.state !== 'pending') return undefined;
+    return {
+      vehicleId: this.options.vehicleId,
+      challenge,
+      requestHash: request.requestHash,
+      ...offerSummary(request.credential),
+    };
+  }
+
+  /**
+   * Takes an owner's approval received in the session whose hello carried `challenge`. Checks the
+   * request is still open, the approval names it and this session, and that the key is an enrolled,
+   * unrevoked, currently valid owner key whose signature verifies; then writes the grant.
+   */
+  async approve(approval: EnrollApproval, challenge: Uint8Array): Promise<ApprovalOutcome> {
+    const outcome = await this.decide(approval, challenge);
+    const request = this.request;
+    this.options.audit({
+      type: outcome.approved ? 'enroll.approved' : 'enroll.refused',
+      by: approval.keyId,
+      ...(request ? { opId: request.op.id, credentialId: request.credential.id } : {}),
+      ...(outcome.approved ? {} : { code: outcome.code }),
+    });
+    return outcome;
+  }
+
+  private async decide(approval: EnrollApproval, challenge: Uint8Array): Promise<ApprovalOutcome> {
+    const { keyring, vehicleId, clock } = this.options;
+    this.refresh();
+    const by = approval.keyId;
+    const request = this.request;
+    if (request?.state !== 'pending' || request.busy)
+      return { approved: false, code: 'enrollment_closed', by };
+    if (approval.vehicleId !== vehicleId) return { approved: false, code: 'wrong_vehicle', by };
+    if (!approvalMatches(approval, { vehicleId, challenge, requestHash: request.requestHash })) {
+      // Signed for another session or another request: nothing this request can use.
+      return { approved: false, code: 'bad_proof', by };
+    }
+    const status = keyring.byId(by);
+    if (status === undefined) return { approved: false, code: 'unknown_credential', by };
+    if (status.revoked) return { approved: false, code: 'revoked', by };
+    const { credential } = status;
+    if (credential.kind !== 'phone' || credential.publicKey === undefined)
+      return { approved: false, code: 'bad_proof', by };
+    if (verifyEnrollApproval(approval, credential.publicKey) !== 'valid')
+      return { approved: false, code: 'bad_proof', by };
+    const now = clock.now();
+    if (credential.notBefore !== undefined && now < credential.notBefore)
+      return { approved: false, code: 'not_yet_valid', by };
+    if (credential.notAfter !== undefined && now >= credential.notAfter)
+      return { approved: false, code: 'expired', by };
+    if (!roleAllows(credential.role, 'keys.grant')) return { approved: false, code: 'role_not_allowed', by };
+    request.busy = true;
+    try {
+      const jws = this.options.signOp({ ...request.op, auth: authProofFor(approval) });
+      const result = await this.options.addOps([jws]);
+      const rejected = result.rejected[0];
+      if (rejected !== undefined) {
+        this.options.log.warn({ code: rejected.code, err: rejected.message }, 'approved grant was refused');
+        return { approved: false, code: isCode(rejected.code) ? rejected.code : 'internal', by };
+      }
+    } catch (err) {
+      const e = toAgentError(err, 'state_io');
+      this.options.log.error({ code: e.code, err: e.message }, 'cannot write the approved grant');
+      return { approved: false, code: e.code, by };
+    } finally {
+      request.busy = false;
+    }
+    request.state = 'completed';
+    request.approvedBy = by;
+    clearTimeout(this.expiryTimer);
+    this.options.log.info({ credentialId: request.credential.id, by }, 'enrollment approved by an owner key');
+    return { approved: true, credentialId: request.credential.id, by };
+  }
+
+  /** Ends the desk (agent stopping): an open request is dropped. */
+  close(): void {
+    clearTimeout(this.expiryTimer);
+    if (this.request?.state === 'pending') this.request.state = 'cancelled';
+  }
+
+  private refresh(): void {
+    const request = this.request;
+    if (request?.state !== 'pending' || request.busy) return;
+    if (this.options.clock.monotonic() < request.expiresAtMono) return;
+    request.state = 'expired';
+    this.options.audit({ type: 'enroll.expired', opId: request.op.id, credentialId: request.credential.id });
+    this.options.log.info({ credentialId: request.credential.id }, 'enrollment request expired');
+  }
+
+  private view(request: Request): EnrollmentView {
+    return {
+      state: request.state,
+      opId: request.op.id,
+      credentialId: request.credential.id,
+      kind: request.credential.kind,
+      role: request.credential.role,
+      requestHash: toHex(request.requestHash),
+      openedAt: new Date(request.openedAt).toISOString(),
+      expiresAt: new Date(request.expiresAt).toISOString(),
+      ...(request.approvedBy !== undefined ? { approvedBy: request.approvedBy } : {}),
+    };
+  }
+}

@@ -1,0 +1,273 @@
+import { expectedCredentialId, parseCredentialWire } from '../access/credential-wire.js';
+import type { GrantOp, MergeResult } from '../access/keyring.js';
+import type { ControlHandler } from '../agent/control-server.js';
+import type { CredentialLookup, CredentialReader, ReaderContext } from '../agent/reader.js';
+import type { Config } from '../config/schema.js';
+import type { Clock } from '../core/clock.js';
+import { AgentError, toAgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import { type Health, INTENTS, type Intent, type PublicJwk, ROLES } from '../core/types.js';
+import { fromB64url } from '../crypto/encoding.js';
+import type { BleSimEnvironment, SimPhones } from '../sim/ble-sim.js';
+import { EnrollmentDesk } from './enrollment.js';
+import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from './protocol/constants.js';
+import { BleReader } from './reader.js';
+
+/**
+ * Builds the BLE phone-key reader for the composition root (src/main.ts), by dynamic import so
+ * node-ble loads only here: the link (node-ble on the system bus, or in sim mode on a private
+ * dbus-daemon with the BlueZ stand-in), the reader, the enrollment desk, and their control
+ * commands. When sim mode cannot start (no dbus-daemon), the reader reports itself down and the
+ * rest of the agent works.
+ */
+
+export interface BleSetupDeps {
+  readonly config: Config;
+  readonly vehicleId: string;
+  readonly keyring: CredentialLookup;
+  readonly clock: Clock;
+  readonly log: Logger;
+  /** Signs a keyring op with the vehicle key (JWS, kid = the vehicle key's credential id). */
+  readonly signOp: (op: GrantOp) => string;
+  /** The agent, once built (the reader is built before it). */
+  readonly agent: () => {
+    addKeyringOps(jws: readonly string[], source: string): Promise<MergeResult>;
+    audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
+  };
+  /** Lock state for replies (after a grant). */
+  readonly lockState: () => string;
+}
+
+export interface BleSetup {
+  readonly reader: CredentialReader;
+  /** Control commands: ble.status, enroll.*, and in sim mode sim.phone.approach and sim.ble.*. */
+  readonly handlers: ReadonlyMap<string, ControlHandler>;
+  readonly mode: 'sim' | 'bluez';
+  /** Ends what the setup started beside the reader (sim: stand-in and dbus-daemon). After reader.stop(). */
+  stop(): Promise<void>;
+}
+
+/** The longest enrollment window anyone may ask for. */
+export const MAX_ENROLL_WINDOW_MS = 600_000;
+const APPROACH_TIMEOUT_MS = 10_000;
+
+export function bleMode(config: Config): 'sim' | 'bluez' {
+  const { driver } = config.ble;
+  if (driver === 'auto') return config.relay.driver === 'sim' ? 'sim' : 'bluez';
+  return driver;
+}
+
+export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
+  const { config, log } = deps;
+  const ble = config.ble;
+  const mode = bleMode(config);
+  const handlers = new Map<string, ControlHandler>();
+
+  const desk = new EnrollmentDesk({
+    vehicleId: deps.vehicleId,
+    clock: deps.clock,
+    keyring: deps.keyring,
+    signOp: deps.signOp,
+    addOps: (jws) => deps.agent().addKeyringOps(jws, 'enroll.ble'),
+    audit: (event) => deps.agent().audit(event),
+    log: log.child({ module: 'ble-enrollment' }),
+    windowMs: Math.min(ble.enrollWindowMs, MAX_ENROLL_WINDOW_MS),
+    maxWindowMs: MAX_ENROLL_WINDOW_MS,
+  });
+  handlers.set('enroll.open', (args) =>
+    desk.open(parseEnrollArgs(args), parseWindow(args.windowMs, ble.enrollWindowMs)),
+  );
+  handlers.set('enroll.status', () => desk.status() ?? { state: 'none' });
+  handlers.set('enroll.cancel', () => desk.cancel() ?? { state: 'none' });
+
+  let env: BleSimEnvironment | undefined;
+  if (mode === 'sim') {
+    try {
+      const { startBleSim } = await import('../sim/ble-sim.js');
+      env = await startBleSim(log);
+    } catch (err) {
+      const e = toAgentError(err, 'reader_error');
+      log.error(
+        { module: 'ble', code: e.code, err: e.message },
+        'cannot start the simulated BlueZ (is dbus-daemon installed? apt-get install dbus); BLE is down',
+      );
+      const reader = new UnavailableReader('ble0', `sim mode needs dbus-daemon: ${e.message}`);
+      handlers.set('ble.status', () => ({ mode, health: reader.health() }));
+      return { reader, handlers, mode, stop: async () => desk.close() };
+    }
+  }
+
+  const { BleLink } = await import('./link.js');
+  const link = new BleLink({
+    serviceUuid: SERVICE_UUID,
+    writeUuid: VEHICLE_TO_KEY_UUID,
+    notifyUuid: KEY_TO_VEHICLE_UUID,
+    logger: log,
+    ...(env === undefined ? {} : { busAddress: env.busAddress }),
+    ...(ble.adapter === undefined ? {} : { adapter: ble.adapter }),
+    rssiThreshold: ble.rssiThreshold,
+    maxSessions: ble.maxSessions,
+    connectTimeoutMs: ble.connectTimeoutMs,
+    servicesTimeoutMs: ble.servicesTimeoutMs,
+    gattTimeoutMs: ble.gattTimeoutMs,
+    gattAttempts: ble.gattAttempts,
+    // Spacing after any session: the denial cooldown is asked explicitly, so keep this short.
+    sessionSpacingMs: Math.min(ble.denialCooldownMs, 1000),
+  });
+  const reader = new BleReader({
+    id: 'ble0',
+    link,
+    answerWindowMs: config.policy.bleAnswerDeadlineMs,
+    lateGraceMs: ble.lateGraceMs,
+    grantCooldownMs: ble.grantCooldownMs,
+    denialCooldownMs: ble.denialCooldownMs,
+    enrollAnswerMs: ble.enrollAnswerMs,
+    enrollment: desk,
+  });
+  const simInfo = env === undefined ? {} : { sim: { busAddress: env.busAddress, dbusPid: env.dbusPid } };
+  handlers.set('ble.status', () => ({
+    mode,
+    health: reader.health(),
+    stats: reader.stats(),
+    enrollment: desk.status() ?? { state: 'none' },
+    ...simInfo,
+  }));
+
+  if (env !== undefined) {
+    const standIn = env.standIn;
+    const { SimPhones } = await import('../sim/ble-sim.js');
+    const phones: SimPhones = new SimPhones(standIn, reader, log.child({ module: 'sim-phone' }));
+    handlers.set('sim.phone.approach', async (args) => {
+      const result = await phones.approach(await parseApproach(args));
+      return result.granted && result.outcome === 'decision' ? { ...result, lock: deps.lockState() } : result;
+    });
+    handlers.set('sim.ble.adapter', (args) => {
+      if (typeof args.powered !== 'boolean')
+        throw new AgentError('bad_arguments', 'powered must be a boolean');
+      standIn.setPowered(args.powered);
+      return { powered: standIn.powered };
+    });
+    handlers.set('sim.ble.bluez', async (args) => {
+      if (typeof args.owned !== 'boolean') throw new AgentError('bad_arguments', 'owned must be a boolean');
+      if (args.owned) await standIn.reacquireName();
+      else await standIn.releaseName();
+      return { owned: standIn.nameOwned };
+    });
+  }
+
+  const simEnv = env;
+  return {
+    reader,
+    handlers,
+    mode,
+    stop: async () => {
+      desk.close();
+      await simEnv?.stop();
+    },
+  };
+}
+
+/** Stands in for the BLE reader when its transport cannot exist (sim mode without dbus-daemon). */
+class UnavailableReader implements CredentialReader {
+  private readonly state: Health;
+
+  constructor(
+    readonly id: string,
+    detail: string,
+  ) {
+    this.state = { state: 'down', detail, since: Date.now() };
+  }
+
+  async start(_context: ReaderContext): Promise<void> {}
+  async stop(): Promise<void> {}
+  health(): Health {
+    return this.state;
+  }
+}
+
+// ── control arguments ──────────────────────────────────────────────────────────
+
+function parseWindow(value: unknown, fallback: number): number {
+  if (value === undefined) return Math.min(fallback, MAX_ENROLL_WINDOW_MS);
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_ENROLL_WINDOW_MS) {
+    throw new AgentError('bad_arguments', `windowMs must be an integer 1..${MAX_ENROLL_WINDOW_MS}`);
+  }
+  return value;
+}
+
+function parseEnrollArgs(args: Readonly<Record<string, unknown>>) {
+  const { kind, publicKey, role, name, notBefore, notAfter, passive } = args;
+  if (kind !== 'phone') throw new AgentError('bad_arguments', 'kind must be phone');
+  if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role)) {
+    throw new AgentError('bad_arguments', `role must be one of ${ROLES.join(', ')}`);
+  }
+  if (passive !== undefined && typeof passive !== 'boolean')
+    throw new AgentError('bad_arguments', 'passive must be a boolean');
+  try {
+    const id = expectedCredentialId('phone', { publicKey: publicKey as PublicJwk });
+    return parseCredentialWire({
+      id,
+      kind,
+      role,
+      publicKey,
+      ...(name === undefined ? {} : { name }),
+      ...(notBefore === undefined ? {} : { notBefore }),
+      ...(notAfter === undefined ? {} : { notAfter }),
+      options: passive === true ? { passive: true } : {},
+    });
+  } catch (err) {
+    throw new AgentError('bad_arguments', toAgentError(err).message);
+  }
+}
+
+async function parseApproach(args: Readonly<Record<string, unknown>>) {
+  const { parseApproachFault } = await import('../sim/ble-sim.js');
+  const {
+    secretKey,
+    pin,
+    intent,
+    explicitIntent,
+    answerDelayMs,
+    approveEnrollment,
+    enrollmentFor,
+    rssi,
+    timeoutMs,
+  } = args;
+  let secret: Uint8Array;
+  try {
+    secret = fromB64url(typeof secretKey === 'string' ? secretKey : '');
+  } catch {
+    secret = new Uint8Array();
+  }
+  if (secret.length !== 32)
+    throw new AgentError('bad_arguments', 'secretKey must be a base64url 32-byte P-256 scalar');
+  const p = (typeof pin === 'object' && pin !== null ? pin : {}) as Record<string, unknown>;
+  if (typeof p.vehicleId !== 'string' || typeof p.publicKey !== 'object' || p.publicKey === null) {
+    throw new AgentError('bad_arguments', 'pin must be {vehicleId, publicKey}');
+  }
+  const chosen = intent ?? 'unlock';
+  if (typeof chosen !== 'string' || !(INTENTS as readonly string[]).includes(chosen)) {
+    throw new AgentError('bad_arguments', `intent must be one of ${INTENTS.join(', ')}`);
+  }
+  const int = (value: unknown, name: string, fallback: number, min: number, max: number): number => {
+    if (value === undefined) return fallback;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+      throw new AgentError('bad_arguments', `${name} must be an integer ${min}..${max}`);
+    }
+    return value;
+  };
+  if (enrollmentFor !== undefined && typeof enrollmentFor !== 'string')
+    throw new AgentError('bad_arguments', 'enrollmentFor must be a credential id');
+  return {
+    secretKey: secret,
+    pin: { vehicleId: p.vehicleId, publicKey: p.publicKey as PublicJwk },
+    intent: chosen as Intent,
+    explicitIntent: explicitIntent !== false,
+    fault: parseApproachFault(args.fault),
+    answerDelayMs: int(answerDelayMs, 'answerDelayMs', 0, 0, 60_000),
+    approveEnrollment: approveEnrollment === true,
+    enrollmentFor,
+    rssi: int(rssi, 'rssi', -50, -127, 20),
+    timeoutMs: int(timeoutMs, 'timeoutMs', APPROACH_TIMEOUT_MS, 100, 120_000),
+  };
+}

@@ -1,0 +1,133 @@
+import { AgentError } from '../../core/errors.js';
+import { ROLES, type Role } from '../../core/types.js';
+import { publicJwkOf } from '../../crypto/keys.js';
+import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
+import { controlRequest } from '../control-client.js';
+import { readKeyFile } from '../key-files.js';
+
+export const ENROLL_HELP = `vehicle-agent enroll phone --public NEW.pub.pem --role ROLE [--name TEXT]
+                          [--not-before TIME] [--not-after TIME] [--passive] [--window MS] [--no-wait] [--json]
+vehicle-agent enroll status [--json]
+vehicle-agent enroll cancel
+
+Enrollment at the vehicle, approved by an owner's phone key over BLE (no owner private key on
+this machine needed). \`enroll phone\` opens a request naming the new phone key; it stays open for
+--window ms (default ble.enrollWindowMs) and nothing but an owner phone key signing this request's
+hash over BLE completes it: an unlock, however recent, does not. The vehicle then adds a grant
+signed by the vehicle key that carries the owner's signature, verifiable anywhere.
+The command waits for the outcome (exit 0 approved, 2 expired or cancelled) unless --no-wait.
+ROLE is owner, driver, guest (needs --not-after) or service. TIME is ISO 8601 or +N[smhd].
+The reference owner phone approves with: vehicle-agent phone approach --key OWNER-PHONE.pem --approve-enrollment`;
+
+interface EnrollmentView {
+  readonly state: 'pending' | 'completed' | 'expired' | 'cancelled' | 'none';
+  readonly credentialId?: string;
+  readonly role?: string;
+  readonly requestHash?: string;
+  readonly expiresAt?: string;
+  readonly approvedBy?: string;
+}
+
+const POLL_MS = 250;
+
+export async function enroll(argv: readonly string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'phone':
+      return await open(rest);
+    case 'status':
+      return await simple(rest, 'enroll.status');
+    case 'cancel':
+      return await simple(rest, 'enroll.cancel');
+    default:
+      throw new AgentError('bad_arguments', `enroll needs phone, status or cancel\n\n${ENROLL_HELP}`);
+  }
+}
+
+function describe(view: EnrollmentView): string {
+  switch (view.state) {
+    case 'none':
+      return 'no enrollment request';
+    case 'pending':
+      return `waiting for an owner phone key to approve ${view.credentialId} as ${view.role} (until ${view.expiresAt}); request hash ${view.requestHash}`;
+    case 'completed':
+      return `enrolled ${view.credentialId} as ${view.role}, approved by ${view.approvedBy}`;
+    case 'expired':
+      return `the request for ${view.credentialId} expired without an owner's approval`;
+    case 'cancelled':
+      return `the request for ${view.credentialId} was cancelled`;
+  }
+}
+
+async function simple(argv: readonly string[], cmd: string): Promise<number> {
+  const { values } = parse(argv, COMMON_OPTIONS, false);
+  const loaded = loadFor(values);
+  const view = (await controlRequest(loaded.socketPath, cmd, {})) as EnrollmentView;
+  out(values.json ? JSON.stringify(view) : describe(view));
+  return 0;
+}
+
+async function open(argv: readonly string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    {
+      ...COMMON_OPTIONS,
+      public: { type: 'string' },
+      role: { type: 'string' },
+      name: { type: 'string' },
+      'not-before': { type: 'string' },
+      'not-after': { type: 'string' },
+      passive: { type: 'boolean' },
+      window: { type: 'string' },
+      'no-wait': { type: 'boolean' },
+    },
+    false,
+  );
+  const role = requireString(values.role, 'role') as Role;
+  if (!(ROLES as readonly string[]).includes(role))
+    throw new AgentError('bad_arguments', `--role must be one of ${ROLES.join(', ')}`);
+  const publicKey = publicJwkOf(readKeyFile(requireString(values.public, 'public')));
+  const iso = (text: string | undefined, name: string): string | undefined =>
+    text === undefined ? undefined : new Date(parseTime(text, name)).toISOString();
+  const notBefore = iso(values['not-before'], 'not-before');
+  const notAfter = iso(values['not-after'], 'not-after');
+  let windowMs: number | undefined;
+  if (values.window !== undefined) {
+    windowMs = Number(values.window);
+    if (!Number.isInteger(windowMs) || windowMs < 1)
+      throw new AgentError('bad_arguments', '--window must be milliseconds');
+  }
+  const loaded = loadFor(values);
+  let view: EnrollmentView;
+  try {
+    view = (await controlRequest(loaded.socketPath, 'enroll.open', {
+      kind: 'phone',
+      publicKey,
+      role,
+      ...(values.name === undefined ? {} : { name: values.name }),
+      ...(notBefore === undefined ? {} : { notBefore }),
+      ...(notAfter === undefined ? {} : { notAfter }),
+      ...(values.passive ? { passive: true } : {}),
+      ...(windowMs === undefined ? {} : { windowMs }),
+    })) as EnrollmentView;
+  } catch (err) {
+    if (err instanceof AgentError && err.code === 'unknown_command') {
+      throw new AgentError(
+        'unknown_command',
+        'enrollment at the vehicle needs the BLE reader (ble.enabled true)',
+      );
+    }
+    throw err;
+  }
+  if (!values.json) out(describe(view));
+  if (values['no-wait']) {
+    if (values.json) out(JSON.stringify(view));
+    return 0;
+  }
+  while (view.state === 'pending') {
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    view = (await controlRequest(loaded.socketPath, 'enroll.status', {})) as EnrollmentView;
+  }
+  out(values.json ? JSON.stringify(view) : describe(view));
+  return view.state === 'completed' ? 0 : 2;
+}

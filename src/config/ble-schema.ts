@@ -1,0 +1,75 @@
+import { bool, int, oneOf, optStr, section } from './fields.js';
+
+/**
+ * The `ble` section: phone keys over Bluetooth Low Energy (docs/ble.md, docs/ble-protocol.md).
+ * The answer deadline is policy.bleAnswerDeadlineMs.
+ */
+export const BLE_SCHEMA = section(
+  'Phone keys over Bluetooth Low Energy (docs/ble.md). The agent is the BLE central: it finds enrolled ' +
+    'phones and fobs advertising the vehicle-key service and runs the challenge-response with them.',
+  {
+    enabled: bool('Run the BLE reader. When false node-ble is never loaded.', true),
+    driver: oneOf(
+      'bluez: BlueZ (bluetoothd) on the system D-Bus; sim: a private dbus-daemon with the BlueZ stand-in ' +
+        'inside the agent, phones played with `vehicle-agent phone approach`; auto: sim when relay.driver ' +
+        'is sim, else bluez.',
+      'auto',
+      ['auto', 'sim', 'bluez'] as const,
+    ),
+    adapter: optStr('Bluetooth adapter. Default: the first adapter BlueZ lists.', 'hci0'),
+    rssiThreshold: int(
+      'Phones heard weaker than this (dBm) are ignored: roughly how close a phone must be.',
+      -80,
+      -127,
+      20,
+    ),
+    maxSessions: int('Exchanges with different phones at the same time.', 2, 1, 8),
+    connectTimeoutMs: int('Give up connecting to a phone after this long.', 5000, 500, 60_000),
+    servicesTimeoutMs: int(
+      'Connected until its GATT services are resolved, at most this long.',
+      5000,
+      500,
+      60_000,
+    ),
+    gattTimeoutMs: int(
+      'One GATT resolution attempt (node-ble gatt(), which can hang) gives up after this long ...',
+      1000,
+      100,
+      30_000,
+    ),
+    gattAttempts: int('... and is tried this many times.', 3, 1, 10),
+    grantCooldownMs: int(
+      'After a grant the same phone is left alone this long, so one button press opens once.',
+      5000,
+      0,
+      600_000,
+    ),
+    denialCooldownMs: int(
+      'After a denial or a failed exchange the same phone is left alone this long, so a hostile ' +
+        'device cannot hammer the reader.',
+      2000,
+      0,
+      600_000,
+    ),
+    lateGraceMs: int(
+      'A late answer is still read this long after the deadline so the audit names the late key ' +
+        '(it is denied as timeout all the same).',
+      500,
+      0,
+      10_000,
+    ),
+    enrollWindowMs: int(
+      'Enrollment at the vehicle (`vehicle-agent enroll phone`): how long a request waits for an ' +
+        "owner key's approval before it expires (the CLI may ask for less, never more than 10 minutes).",
+      120_000,
+      1000,
+      600_000,
+    ),
+    enrollAnswerMs: int(
+      'How long an owner key has to sign the enrollment offer once it asked for it over BLE.',
+      30_000,
+      1000,
+      120_000,
+    ),
+  },
+);
