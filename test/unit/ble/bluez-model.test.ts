@@ -137,3 +137,48 @@ describe('adapter helpers', () => {
     expect(changedBoolean(null, 'Powered')).toBeUndefined();
   });
 });
+
+describe('GATT objects of a connected device', () => {
+  const WRITE = '8f1e0002-5c1b-4c2a-9d4e-6a1f0e7b2c01';
+  const NOTIFY = '8f1e0003-5c1b-4c2a-9d4e-6a1f0e7b2c01';
+  const service = `${PATH}/service000a`;
+  const char = (uuid: string, extra: Record<string, unknown> = {}) => ({
+    'org.bluez.GattCharacteristic1': { UUID: v('s', uuid), Service: v('o', service), ...extra },
+  });
+
+  it('resolves the service and both characteristics from InterfacesAdded, with the MTU', () => {
+    const table = new DeviceTable(ADAPTER);
+    table.added(PATH, deviceInterfaces());
+    expect(table.gatt(PATH, SERVICE, WRITE, NOTIFY)).toBeUndefined();
+    table.added(service, { 'org.bluez.GattService1': { UUID: v('s', SERVICE), Device: v('o', PATH) } });
+    table.added(`${service}/char000b`, char(WRITE.toUpperCase(), { MTU: v('q', 247) }));
+    expect(table.gatt(PATH, SERVICE, WRITE, NOTIFY)).toBeUndefined();
+    table.added(`${service}/char000d`, char(NOTIFY));
+    expect(table.gatt(PATH, SERVICE.toLowerCase(), WRITE, NOTIFY)).toEqual({
+      servicePath: service,
+      writePath: `${service}/char000b`,
+      notifyPath: `${service}/char000d`,
+      mtu: 247,
+    });
+    // Another device's service with the same UUID is not this device's.
+    expect(table.gatt(`${ADAPTER}/dev_AA_BB_CC_DD_EE_02`, SERVICE, WRITE, NOTIFY)).toBeUndefined();
+  });
+
+  it('forgets them when BlueZ removes them (disconnect) and on a re-seed', () => {
+    const table = new DeviceTable(ADAPTER);
+    const objects = {
+      [PATH]: deviceInterfaces({ Connected: v('b', true) }),
+      [service]: { 'org.bluez.GattService1': { UUID: v('s', SERVICE) } },
+      [`${service}/char000b`]: char(WRITE),
+      [`${service}/char000d`]: char(NOTIFY),
+    };
+    table.seed(objects);
+    expect(table.gatt(PATH, SERVICE, WRITE, NOTIFY)?.mtu).toBeUndefined();
+    table.removed(`${service}/char000d`, ['org.bluez.GattCharacteristic1']);
+    expect(table.gatt(PATH, SERVICE, WRITE, NOTIFY)).toBeUndefined();
+    table.seed(objects);
+    expect(table.gatt(PATH, SERVICE, WRITE, NOTIFY)).toBeDefined();
+    table.seed({});
+    expect(table.gatt(PATH, SERVICE, WRITE, NOTIFY)).toBeUndefined();
+  });
+});
