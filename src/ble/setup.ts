@@ -80,108 +80,192 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
   handlers.set('enroll.status', () => desk.status() ?? { state: 'none' });
   handlers.set('enroll.cancel', () => desk.cancel() ?? { state: 'none' });
 
-  let env: BleSimEnvironment | undefined;
-  if (mode === 'sim') {
-    try {
-      const { startBleSim } = await import('../sim/ble-sim.js');
-      env = await startBleSim(log);
-    } catch (err) {
-      const e = toAgentError(err, 'reader_error');
-      log.error(
-        { module: 'ble', code: e.code, err: e.message },
-        'cannot start the simulated BlueZ (is dbus-daemon installed? apt-get install dbus); BLE is down',
-      );
-      const reader = new UnavailableReader('ble0', `sim mode needs dbus-daemon: ${e.message}`);
-      handlers.set('ble.status', () => ({ mode, health: reader.health() }));
-      return { reader, handlers, mode, stop: async () => desk.close() };
+  // Everything below runs in the background once the agent starts the reader: node-ble, dbus-next,
+  // the stand-in and noble take a few hundred ms to load on a Pi, and the agent's `ready` and its
+  // other readers do not wait for them (nor for a dbus-daemon and BlueZ round trips).
+  const reader = new BackgroundBleReader('ble0', mode, async () => {
+    const [{ BleLink }, sim] = await Promise.all([
+      import('./link.js'),
+      mode === 'sim' ? import('../sim/ble-sim.js') : Promise.resolve(undefined),
+    ]);
+    let env: BleSimEnvironment | undefined;
+    if (sim !== undefined) {
+      const { startBleSim } = sim;
+      try {
+        env = await startBleSim(log);
+      } catch (err) {
+        const e = toAgentError(err, 'reader_error');
+        throw new AgentError(
+          'reader_error',
+          `sim mode needs dbus-daemon (apt-get install dbus): ${e.message}`,
+        );
+      }
     }
-  }
-
-  const { BleLink } = await import('./link.js');
-  const link = new BleLink({
-    serviceUuid: SERVICE_UUID,
-    writeUuid: VEHICLE_TO_KEY_UUID,
-    notifyUuid: KEY_TO_VEHICLE_UUID,
-    logger: log,
-    ...(env === undefined ? {} : { busAddress: env.busAddress }),
-    ...(ble.adapter === undefined ? {} : { adapter: ble.adapter }),
-    rssiThreshold: ble.rssiThreshold,
-    maxSessions: ble.maxSessions,
-    connectTimeoutMs: ble.connectTimeoutMs,
-    servicesTimeoutMs: ble.servicesTimeoutMs,
-    gattTimeoutMs: ble.gattTimeoutMs,
-    gattAttempts: ble.gattAttempts,
-    // Spacing after any session: the denial cooldown is asked explicitly, so keep this short.
-    sessionSpacingMs: Math.min(ble.denialCooldownMs, 1000),
+    try {
+      const link = new BleLink({
+        serviceUuid: SERVICE_UUID,
+        writeUuid: VEHICLE_TO_KEY_UUID,
+        notifyUuid: KEY_TO_VEHICLE_UUID,
+        logger: log,
+        ...(env === undefined ? {} : { busAddress: env.busAddress }),
+        ...(ble.adapter === undefined ? {} : { adapter: ble.adapter }),
+        rssiThreshold: ble.rssiThreshold,
+        maxSessions: ble.maxSessions,
+        connectTimeoutMs: ble.connectTimeoutMs,
+        servicesTimeoutMs: ble.servicesTimeoutMs,
+        gattTimeoutMs: ble.gattTimeoutMs,
+        gattAttempts: ble.gattAttempts,
+        // Spacing after any session: the denial cooldown is asked explicitly, so keep this short.
+        sessionSpacingMs: Math.min(ble.denialCooldownMs, 1000),
+      });
+      const inner = new BleReader({
+        id: 'ble0',
+        link,
+        answerWindowMs: config.policy.bleAnswerDeadlineMs,
+        lateGraceMs: ble.lateGraceMs,
+        grantCooldownMs: ble.grantCooldownMs,
+        denialCooldownMs: ble.denialCooldownMs,
+        enrollAnswerMs: ble.enrollAnswerMs,
+        enrollment: desk,
+      });
+      const phones =
+        env !== undefined && sim !== undefined
+          ? new sim.SimPhones(env.standIn, inner, log.child({ module: 'sim-phone' }))
+          : undefined;
+      return { reader: inner, env, phones };
+    } catch (err) {
+      await env?.stop();
+      throw err;
+    }
   });
-  const reader = new BleReader({
-    id: 'ble0',
-    link,
-    answerWindowMs: config.policy.bleAnswerDeadlineMs,
-    lateGraceMs: ble.lateGraceMs,
-    grantCooldownMs: ble.grantCooldownMs,
-    denialCooldownMs: ble.denialCooldownMs,
-    enrollAnswerMs: ble.enrollAnswerMs,
-    enrollment: desk,
-  });
-  const simInfo = env === undefined ? {} : { sim: { busAddress: env.busAddress, dbusPid: env.dbusPid } };
-  handlers.set('ble.status', () => ({
-    mode,
-    health: reader.health(),
-    stats: reader.stats(),
-    enrollment: desk.status() ?? { state: 'none' },
-    ...simInfo,
-  }));
+  reader.onFailure((err) =>
+    log.error({ module: 'ble', code: err.code, err: err.message }, 'BLE reader not started; BLE is down'),
+  );
 
-  if (env !== undefined) {
-    const standIn = env.standIn;
-    const { SimPhones } = await import('../sim/ble-sim.js');
-    const phones: SimPhones = new SimPhones(standIn, reader, log.child({ module: 'sim-phone' }));
+  handlers.set('ble.status', () => {
+    const up = reader.current();
+    return {
+      mode,
+      health: reader.health(),
+      ...(up === undefined ? {} : { stats: up.reader.stats() }),
+      enrollment: desk.status() ?? { state: 'none' },
+      ...(up?.env === undefined ? {} : { sim: { busAddress: up.env.busAddress, dbusPid: up.env.dbusPid } }),
+    };
+  });
+
+  if (mode === 'sim') {
+    /** The simulated BlueZ, once up (a command that comes during start-up waits for it). */
+    const sim = async (): Promise<{ env: BleSimEnvironment; phones: SimPhones }> => {
+      const up = await reader.whenUp();
+      if (up?.env === undefined || up.phones === undefined) {
+        throw new AgentError(
+          'reader_error',
+          `the BLE reader is not running: ${reader.health().detail ?? 'down'}`,
+        );
+      }
+      return { env: up.env, phones: up.phones };
+    };
     handlers.set('sim.phone.approach', async (args) => {
+      const { phones } = await sim();
       const result = await phones.approach(await parseApproach(args));
       return result.granted && result.outcome === 'decision' ? { ...result, lock: deps.lockState() } : result;
     });
-    handlers.set('sim.ble.adapter', (args) => {
+    handlers.set('sim.ble.adapter', async (args) => {
       if (typeof args.powered !== 'boolean')
         throw new AgentError('bad_arguments', 'powered must be a boolean');
+      const { standIn } = (await sim()).env;
       standIn.setPowered(args.powered);
       return { powered: standIn.powered };
     });
     handlers.set('sim.ble.bluez', async (args) => {
       if (typeof args.owned !== 'boolean') throw new AgentError('bad_arguments', 'owned must be a boolean');
+      const { standIn } = (await sim()).env;
       if (args.owned) await standIn.reacquireName();
       else await standIn.releaseName();
       return { owned: standIn.nameOwned };
     });
   }
 
-  const simEnv = env;
   return {
     reader,
     handlers,
     mode,
     stop: async () => {
       desk.close();
-      await simEnv?.stop();
+      await (await reader.whenUp())?.env?.stop();
     },
   };
 }
 
-/** Stands in for the BLE reader when its transport cannot exist (sim mode without dbus-daemon). */
-class UnavailableReader implements CredentialReader {
-  private readonly state: Health;
+interface BleUp {
+  readonly reader: BleReader;
+  readonly env: BleSimEnvironment | undefined;
+  readonly phones: SimPhones | undefined;
+}
+
+/**
+ * The BLE reader as the agent sees it: start() returns at once and brings the real reader up in
+ * the background (health says `down: starting` meanwhile); if that fails (sim mode without
+ * dbus-daemon, say) the reader stays down with the reason, and the rest of the agent works.
+ */
+class BackgroundBleReader implements CredentialReader {
+  private state: Health = { state: 'down', detail: 'not started', since: Date.now() };
+  private up: BleUp | undefined;
+  private bringingUp: Promise<BleUp | undefined> | undefined;
+  private stopped = false;
+  private readonly failureListeners = new Set<(err: AgentError) => void>();
 
   constructor(
     readonly id: string,
-    detail: string,
-  ) {
-    this.state = { state: 'down', detail, since: Date.now() };
+    private readonly mode: 'sim' | 'bluez',
+    private readonly bringUp: () => Promise<BleUp>,
+  ) {}
+
+  async start(context: ReaderContext): Promise<void> {
+    if (this.bringingUp !== undefined) return;
+    this.state = { state: 'down', detail: `starting (${this.mode})`, since: Date.now() };
+    this.bringingUp = (async () => {
+      try {
+        const up = await this.bringUp();
+        if (this.stopped) {
+          await up.env?.stop();
+          return undefined;
+        }
+        this.up = up;
+        await up.reader.start(context);
+        return up;
+      } catch (err) {
+        const e = toAgentError(err, 'reader_error');
+        this.state = { state: 'down', detail: e.message, since: Date.now() };
+        for (const listener of this.failureListeners) listener(e);
+        return this.up;
+      }
+    })();
   }
 
-  async start(_context: ReaderContext): Promise<void> {}
-  async stop(): Promise<void> {}
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const up = await this.whenUp();
+    await up?.reader.stop();
+    this.state = { state: 'down', detail: 'stopped', since: Date.now() };
+  }
+
   health(): Health {
-    return this.state;
+    return this.up?.reader.health() ?? this.state;
+  }
+
+  /** The running reader, once up. */
+  current(): BleUp | undefined {
+    return this.up;
+  }
+
+  /** Waits for the bring-up to finish; undefined when it failed or never started. */
+  async whenUp(): Promise<BleUp | undefined> {
+    return (await this.bringingUp) ?? this.up;
+  }
+
+  onFailure(listener: (err: AgentError) => void): void {
+    this.failureListeners.add(listener);
   }
 }
 

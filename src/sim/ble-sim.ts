@@ -1,4 +1,7 @@
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { basename, dirname } from 'node:path';
 import {
   PHONE_FAULTS,
   type PhoneEvent,
@@ -32,17 +35,9 @@ export interface BleSimEnvironment {
 
 export async function startBleSim(logger: Logger): Promise<BleSimEnvironment> {
   const bus: PrivateDbus = await startPrivateDbus();
-  // If the agent exits without stopping (a fatal error, process.exit), the daemon goes with it.
-  const killOnExit = (): void => {
-    try {
-      process.kill(bus.pid, 'SIGTERM');
-    } catch {
-      // already gone
-    }
-  };
-  process.once('exit', killOnExit);
+  const guard = guardDaemon(bus.pid, daemonDir(bus.address));
   const stopBus = async (): Promise<void> => {
-    process.off('exit', killOnExit);
+    guard.disarm();
     await bus.stop();
   };
   try {
@@ -60,6 +55,52 @@ export async function startBleSim(logger: Logger): Promise<BleSimEnvironment> {
     await stopBus();
     throw err;
   }
+}
+
+/**
+ * The private dbus-daemon must not outlive the agent, however the agent ends (a fatal error,
+ * SIGKILL, a signal before its handlers are installed). A tiny shell reads a pipe from the agent
+ * and ends the daemon when the pipe closes, which the kernel does when the agent dies. A normal
+ * stop disarms it first (so it never signals a PID that may have been reused).
+ */
+function guardDaemon(daemonPid: number, dir: string | undefined): { disarm(): void } {
+  let watchdog: ChildProcess | undefined;
+  try {
+    // $1 and $2 are passed as arguments, never spliced into the script.
+    const script = 'read -r _; kill -TERM "$1" 2>/dev/null; [ -n "$2" ] && sleep 1 && rm -rf -- "$2"';
+    watchdog = spawn('sh', ['-c', script, 'va-dbus-guard', String(Math.trunc(daemonPid)), dir ?? ''], {
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
+    watchdog.on('error', () => {});
+    watchdog.unref();
+    // The pipe must not keep the agent's event loop alive.
+    (watchdog.stdin as (NodeJS.WritableStream & { unref?: () => void }) | null)?.unref?.();
+  } catch {
+    watchdog = undefined;
+  }
+  const onExit = (): void => {
+    try {
+      process.kill(daemonPid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+  };
+  process.once('exit', onExit);
+  return {
+    disarm: () => {
+      process.off('exit', onExit);
+      if (watchdog?.pid !== undefined && watchdog.exitCode === null) watchdog.kill('SIGKILL');
+    },
+  };
+}
+
+/** The daemon's own temp directory, from its address (only ever one that startPrivateDbus made). */
+function daemonDir(address: string): string | undefined {
+  const path = /(?:^|[:,;])path=([^,;]+)/.exec(address)?.[1];
+  const dir = path === undefined ? undefined : dirname(path);
+  return dir !== undefined && basename(dir).startsWith('vehicle-agent-dbus-') && dir.startsWith(tmpdir())
+    ? dir
+    : undefined;
 }
 
 /** Faults `phone approach --fault` takes: the phone's own, and `vanish` (leaves right after the hello). */

@@ -289,13 +289,19 @@ describe('BLE without dbus-daemon', () => {
     const emptyPath = mkdtempSync(join(tmpdir(), 'va-empty-path-'));
     const agent = await startAgentProcess(['--state-dir', dir], { PATH: emptyPath });
     try {
+      // The BLE reader comes up in the background, after `ready`: wait for its verdict.
+      const failed = await until(
+        dir,
+        'the BLE reader to give up',
+        (s) => s.health.detail?.includes('dbus-daemon') === true,
+      );
+      expect(failed.health.state).toBe('down');
       const status = runCliJson<{ readers: Record<string, { state: string; detail?: string }> }>([
         'status',
         '--state-dir',
         dir,
       ]);
       expect(status.value.readers.ble0).toMatchObject({ state: 'down' });
-      expect(status.value.readers.ble0?.detail).toContain('dbus-daemon');
       expect(runCliJson(['sim', 'present', 'driver', '--state-dir', dir]).value).toMatchObject({
         granted: true,
       });
