@@ -81,15 +81,19 @@ export async function createRelay(config: Config, log: Logger): Promise<RelayHan
     config: config.lock,
     logger: log.child({ component: 'lock' }),
   });
+  let closing: Promise<void> | undefined;
   return {
     lockController: controller,
     start: () => controller.start(),
-    close: async () => {
-      await controller
-        .stop()
-        .catch((err: unknown) => log.error({ code: 'relay_failed', err: String(err) }, 'lock stop failed'));
-      await driver.close();
-      process.off('exit', emergency);
+    close: () => {
+      closing ??= (async () => {
+        await controller
+          .stop()
+          .catch((err: unknown) => log.error({ code: 'relay_failed', err: String(err) }, 'lock stop failed'));
+        await driver.close();
+        process.off('exit', emergency);
+      })();
+      return closing;
     },
     status: () => {
       const timeline =
