@@ -73,10 +73,7 @@ export async function startAgent(options: {
 
   // Relays first: whatever state a crash left them in, they are de-energised before anything else.
   const relay: RelayHandle = await createRelay(config, log.child({ module: 'relay' }));
-  // Relays are released first on every way out (before readers, links and stores wind down, which
-  // can take seconds on a loaded Pi) and again last, which is a no-op when the first succeeded.
-  const releaseRelays = async () => relay.close();
-  const cleanup: (() => Promise<void>)[] = [releaseRelays];
+  const cleanup: (() => Promise<void>)[] = [async () => relay.close()];
   let instance: InstanceLock | undefined;
   let state: VehicleState | undefined;
   try {
@@ -98,9 +95,13 @@ export async function startAgent(options: {
         'provisioned a demo vehicle',
       );
     }
-    // Pure verifiers of owner approvals carried by vehicle-signed grants (BLE enrollment, E1).
-    const { BLE_AUTH_VERIFIERS } = await import('./ble/protocol/enroll.js');
-    state = await openVehicleState(stateDir, log, BLE_AUTH_VERIFIERS);
+    // Pure verifiers of owner approvals carried by vehicle-signed grants (BLE enrollment, E1;
+    // card enrollment at the reader, src/nfc/enroll-auth.ts).
+    const [{ BLE_AUTH_VERIFIERS }, { NFC_AUTH_VERIFIERS }] = await Promise.all([
+      import('./ble/protocol/enroll.js'),
+      import('./nfc/enroll-auth.js'),
+    ]);
+    state = await openVehicleState(stateDir, log, new Map([...BLE_AUTH_VERIFIERS, ...NFC_AUTH_VERIFIERS]));
     const vehicleState = state;
     cleanup.unshift(() => vehicleState.close());
     const { identity, keyring } = state;
@@ -172,6 +173,45 @@ export async function startAgent(options: {
     }
     // ── end BLE ──
 
+    // ── NFC keycards (src/nfc, docs/cards.md): serialport loads only when enabled ──
+    // A reader that cannot be set up (sim mode failing to start its emulator, say) is logged and
+    // the vehicle runs on without it; a PN532 that is absent or fails later recovers by itself.
+    let nfcHandlers: ReadonlyMap<string, ControlHandler> = new Map();
+    let nfcHints: readonly string[] = [];
+    if (config.nfc.enabled) {
+      try {
+        const [{ setupNfc }, { signJws }, { KEYRING_OP_TYP }] = await Promise.all([
+          import('./nfc/setup.js'),
+          import('./crypto/jws.js'),
+          import('./access/keyring.js'),
+        ]);
+        const nfc = await setupNfc({
+          config,
+          stateDir,
+          vehicleId: identity.vehicleId,
+          keyring,
+          counters,
+          clock,
+          log,
+          signOp: (op) => signJws(op, vehicleKey, identity.vehicleKeyId, KEYRING_OP_TYP),
+          agent: () => agent,
+          lockState: () => lock.state(),
+        });
+        readers.push(nfc.reader);
+        nfcHandlers = nfc.handlers;
+        nfcHints = nfc.hints;
+        // Registered before agent.stop(), so it runs after it (the reader stops first).
+        cleanup.unshift(() => nfc.stop());
+      } catch (err) {
+        const e = toAgentError(err, 'reader_error');
+        log.error(
+          { module: 'nfc', code: e.code, err: e.message },
+          'NFC reader not started; running without it',
+        );
+      }
+    }
+    // ── end NFC ──
+
     const agent = new Agent({
       vehicleId: identity.vehicleId,
       keyring,
@@ -204,9 +244,20 @@ export async function startAgent(options: {
 
     const insecure = keyring.list().filter((s) => !s.revoked && s.credential.options.insecureUid);
     if (insecure.length > 0) {
+      const insecureNames = insecure
+        .map((s) => `${s.credential.name ?? s.credential.id} (${s.credential.role})`)
+        .join(', ');
       log.warn(
-        { module: 'main', credentials: insecure.map((s) => s.credential.name ?? s.credential.id) },
-        `${insecure.length} UID-only credential(s) are enabled: UIDs can be cloned in minutes`,
+        {
+          module: 'main',
+          credentials: insecure.map((s) => ({
+            id: s.credential.id,
+            name: s.credential.name ?? '(unnamed)',
+            role: s.credential.role,
+          })),
+        },
+        `${insecure.length} UID-only credential(s) enabled (insecureUid): ${insecureNames}. ` +
+          'A UID can be cloned in minutes: replace them with FIDO keys or NTAG 424 DNA cards (docs/cards.md)',
       );
     }
 
@@ -261,6 +312,7 @@ export async function startAgent(options: {
       });
     }
     for (const [name, handler] of bleHandlers) handlers.set(name, handler);
+    for (const [name, handler] of nfcHandlers) handlers.set(name, handler);
     if (process.env.VEHICLE_AGENT_TEST_HOOKS === '1') {
       // Test-only: an error nothing catches, to prove the uncaught-error path releases every relay.
       handlers.set('test.crash', () => {
@@ -316,7 +368,7 @@ export async function startAgent(options: {
     });
 
     if (simReader) {
-      for (const hint of demoHints()) log.info({ module: 'main' }, `try: ${hint}`);
+      for (const hint of [...demoHints(), ...nfcHints]) log.info({ module: 'main' }, `try: ${hint}`);
       log.info(
         { module: 'main' },
         'then: vehicle-agent status   (npx vehicle-agent ... from the project directory)',
@@ -340,7 +392,7 @@ export async function startAgent(options: {
     const stop = (reason: string): Promise<void> => {
       stopping ??= (async () => {
         log.info({ module: 'main', reason }, 'stopping');
-        for (const step of [releaseRelays, ...cleanup]) {
+        for (const step of cleanup) {
           try {
             await step();
           } catch (err) {
@@ -407,7 +459,7 @@ export async function runAgentCli(argv: readonly string[]): Promise<number> {
   const onFatal = (err: unknown) => {
     const e = toAgentError(err);
     process.stderr.write(`vehicle-agent: fatal [${e.code}] ${e.stack ?? e.message}\n`);
-    setTimeout(() => process.exit(1), 5000).unref();
+    setTimeout(() => process.exit(1), 2000).unref();
     if (!running) process.exit(1);
     void running.stop('fatal error').finally(() => process.exit(1));
   };

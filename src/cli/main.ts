@@ -4,6 +4,7 @@ import { AUDIT_HELP, audit } from './commands/audit.js';
 import { CLOUD_HELP, cloud } from './commands/cloud.js';
 import { CONFIG_HELP, config } from './commands/config.js';
 import { ENROLL_HELP, enroll } from './commands/enroll.js';
+import { ENROLL_CARD_HELP, enrollCard } from './commands/enroll-card.js';
 import { INIT_HELP, init } from './commands/init.js';
 import { KEYGEN_HELP, keygen } from './commands/keygen.js';
 import { KEYS_HELP, keys } from './commands/keys.js';
@@ -32,9 +33,10 @@ const COMMANDS: Readonly<Record<string, { run: Command; help: string; summary: s
   sim: { run: sim, help: SIM_HELP, summary: 'present simulated credentials to the running agent' },
   phone: { run: phone, help: PHONE_HELP, summary: 'make a phone key; play a phone against the BLE sim' },
   enroll: {
-    run: enroll,
-    help: ENROLL_HELP,
-    summary: "enroll a phone at the vehicle, approved by an owner's phone",
+    // `enroll card` (NFC cards, src/cli/commands/enroll-card.ts); the rest is phone enrollment.
+    run: (argv) => (argv[0] === 'card' ? enrollCard(argv.slice(1)) : enroll(argv)),
+    help: `${ENROLL_HELP}\n\n${ENROLL_CARD_HELP}`,
+    summary: 'enroll a phone or an NFC card at the vehicle, authorised by the owner',
   },
   status: { run: status, help: STATUS_HELP, summary: 'show lock state, readers, keyring, recent events' },
   audit: { run: audit, help: AUDIT_HELP, summary: 'verify or tail the hash-chained audit log' },

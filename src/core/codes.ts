@@ -36,6 +36,7 @@ export const CODES = {
   op_wrong_vehicle: 'a keyring operation names another vehicle',
   op_root_irrevocable: 'the pinned owner root key cannot be revoked',
   enrollment_closed: 'no enrollment request is open at the vehicle (none was opened, or it expired)',
+  already_enrolled: 'the card or key is already in the keyring (a revoked one cannot be enrolled again)',
   // ── signed commands (cloud and local) ──────────────────────────────────────
   jws_malformed: 'the JWS could not be parsed',
   unknown_kid: 'the JWS key id names no key in the keyring',

@@ -139,6 +139,10 @@ export async function seedDemo(
     ops.push(signGrant(credential, identity.vehicleId, ownerKey, rootId, iat));
     lines.push(`  vehicle-agent sim present --uid ${t.uid}  # ${t.note}`);
   }
+  // NFC cards (src/sim/nfc-demo.ts): loaded here only, so the plain demo stays light.
+  const { seedNfcDemo, nfcDemoHints } = await import('./nfc-demo.js');
+  ops.push(...(await seedNfcDemo(stateDir, identity.vehicleId, { key: ownerKey, id: rootId }, iat)));
+  for (const hint of nfcDemoHints()) lines.push(`  ${hint}`);
   lines.push(
     '',
     'owner.pem is the owner root key: it signs grants and revokes (vehicle-agent keys ... --key demo/owner.pem).',

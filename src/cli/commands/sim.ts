@@ -9,6 +9,7 @@ import type { SimChallenge } from '../../sim/sim-reader.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 import { controlRequest } from '../control-client.js';
 import { readSignerKey } from '../key-files.js';
+import { SIM_NFC_HELP, simNfc } from './sim-nfc.js';
 
 export const SIM_HELP = `vehicle-agent sim present NAME|--key KEY.pem [--intent unlock|lock|toggle] [--passive] [--delay MS] [--tamper]
 vehicle-agent sim present --uid HEX [--intent ...]
@@ -17,7 +18,9 @@ Plays a credential on the agent's simulated reader (through its control socket).
 key in <stateDir>/demo (driver, guest, expired-guest, revoked, stranger, ...); --key any P-256 key.
 The key answers a fresh challenge with a real P-256 signature; --tamper corrupts it, --delay
 claims a slow answer (relay-attack deadline), --passive answers without explicit user intent.
---uid presents a UID-only tag. Prints the decision; exits 0 when granted, 2 when denied.`;
+--uid presents a UID-only tag. Prints the decision; exits 0 when granted, 2 when denied.
+
+${SIM_NFC_HELP}`;
 
 interface DecisionReply {
   readonly granted: boolean;
@@ -30,6 +33,7 @@ interface DecisionReply {
 
 export async function sim(argv: readonly string[]): Promise<number> {
   const [sub, ...rest] = argv;
+  if (sub === 'tap' || sub === 'cards' || sub === 'card' || sub === 'nfc') return await simNfc(sub, rest);
   if (sub !== 'present') throw new AgentError('bad_arguments', `sim needs a subcommand\n\n${SIM_HELP}`);
   const { values, positionals } = parse(rest, {
     ...COMMON_OPTIONS,

@@ -1,0 +1,289 @@
+import { EventEmitter } from 'node:events';
+import type { CredentialReader, CredentialStatus, ReaderContext } from '../agent/reader.js';
+import type { Code } from '../core/codes.js';
+import { toAgentError } from '../core/errors.js';
+import type { Decision, Health, Presentation } from '../core/types.js';
+import { fromB64url } from '../crypto/encoding.js';
+import { uidHash } from '../crypto/keys.js';
+import type { CardEnrollmentDesk, CardEnrollmentView } from './enrollment.js';
+import type { Pn532Target } from './pn532/driver.js';
+import {
+  type CardSession,
+  fidoAssert,
+  probeCandidates,
+  probeKeyHandles,
+  proveTap,
+  type TapDeps,
+  type TapProof,
+  verdictFor,
+} from './tap.js';
+import { tapChallenge, vehicleAppParam } from './u2f.js';
+
+/**
+ * The NFC reader: cards seen by the PN532 driver become presentations for the agent. The driver
+ * keeps the chip listening, so a tap is handled the moment it is reported; each tap runs the
+ * card's protocol with a fresh challenge (tap.ts), hands the verdict to the agent (which decides,
+ * checks counters and deadlines, and drives the lock), then releases the card. While a card
+ * enrollment is open (enrollment.ts) taps go to it instead and never unlock.
+ * Nothing here throws out of a tap: every failure becomes a coded denial or refusal.
+ */
+
+/** What the reader needs from the PN532 driver (Pn532Driver satisfies it). */
+export interface NfcDriver {
+  on(event: 'target', listener: (target: Pn532Target) => void): unknown;
+  off(event: 'target', listener: (target: Pn532Target) => void): unknown;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  health(): Health;
+}
+
+export type TapOutcome =
+  | {
+      readonly type: 'decision';
+      readonly target: number;
+      readonly decision: Decision;
+      readonly proof: TapProof;
+    }
+  | {
+      readonly type: 'enrollment';
+      readonly target: number;
+      readonly step: 'authorise' | 'enroll';
+      readonly ok: boolean;
+      readonly code?: Code;
+      readonly message?: string;
+      readonly view?: CardEnrollmentView;
+    };
+
+export type NfcReaderEvents = { tap: [TapOutcome] };
+
+export interface NfcReaderOptions {
+  readonly id: string;
+  readonly driver: NfcDriver;
+  /** Every FIDO credential (revoked too), for key-handle probing: cached per keyring digest. */
+  readonly fidoCredentials: () => readonly CredentialStatus[];
+  /** The NTAG 424 site key when one exists (taps never create it). */
+  readonly siteKey: () => Promise<Uint8Array | undefined>;
+  readonly maxProbes: number;
+  /** policy.nfcAnswerDeadlineMs + nfc.lateGraceMs: a card slower than this is abandoned. */
+  readonly answerTimeoutMs: number;
+  readonly apduTimeoutMs: number;
+  readonly enrollment?: CardEnrollmentDesk;
+  /** Monotonic ms (default performance.now). */
+  readonly now?: () => number;
+}
+
+export interface NfcReaderStats {
+  readonly taps: number;
+  readonly enrollmentTaps: number;
+  readonly failures: number;
+}
+
+export class NfcReader extends EventEmitter<NfcReaderEvents> implements CredentialReader {
+  readonly id: string;
+  private readonly options: NfcReaderOptions;
+  private readonly now: () => number;
+  private context: ReaderContext | undefined;
+  private readonly onTargetListener = (target: Pn532Target): void => {
+    void this.onTarget(target);
+  };
+  private handling: Promise<void> = Promise.resolve();
+  private readonly counts = { taps: 0, enrollmentTaps: 0, failures: 0 };
+
+  constructor(options: NfcReaderOptions) {
+    super();
+    this.id = options.id;
+    this.options = options;
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  async start(context: ReaderContext): Promise<void> {
+    this.context = context;
+    this.options.driver.on('target', this.onTargetListener);
+    await this.options.driver.start();
+  }
+
+  async stop(): Promise<void> {
+    this.options.driver.off('target', this.onTargetListener);
+    await this.options.driver.stop();
+    await this.handling;
+    this.context = undefined;
+  }
+
+  health(): Health {
+    return this.options.driver.health();
+  }
+
+  stats(): NfcReaderStats {
+    return { ...this.counts };
+  }
+
+  /** Taps are handled one at a time (the driver reports one card at a time anyway). */
+  private onTarget(target: Pn532Target): Promise<void> {
+    const run = this.handling.then(() => this.handleTarget(target));
+    this.handling = run.catch(() => {});
+    return run;
+  }
+
+  private async handleTarget(target: Pn532Target): Promise<void> {
+    const ctx = this.context;
+    if (!ctx) {
+      await target.release();
+      return;
+    }
+    let outcome: TapOutcome | undefined;
+    try {
+      const session = this.sessionFor(target);
+      const phase = this.options.enrollment?.phase() ?? 'idle';
+      if (phase === 'owner-tap') outcome = await this.ownerTap(ctx, target.id, session);
+      else if (phase === 'new-card') outcome = await this.newCard(target.id, session);
+      else outcome = await this.tap(ctx, target.id, session);
+    } catch (err) {
+      // A bug, not a card problem: log it and carry on listening.
+      this.counts.failures++;
+      const e = toAgentError(err);
+      ctx.log.error({ code: e.code, err: e.message }, 'NFC tap handling failed');
+    } finally {
+      await target.release().catch(() => {});
+    }
+    if (outcome) {
+      try {
+        this.emit('tap', outcome);
+      } catch (err) {
+        ctx.log.error({ code: toAgentError(err).code }, 'a tap listener threw');
+      }
+    }
+  }
+
+  private sessionFor(target: Pn532Target): CardSession {
+    return {
+      uid: target.uid,
+      kind: target.kind,
+      transceive: (apdu, timeoutMs) => target.exchangeApdu(apdu, { timeoutMs }),
+    };
+  }
+
+  private tapDeps(ctx: ReaderContext): TapDeps {
+    const o = this.options;
+    return {
+      vehicleId: ctx.vehicleId,
+      keyring: ctx.keyring,
+      fidoCredentials: o.fidoCredentials,
+      siteKey: o.siteKey,
+      maxProbes: o.maxProbes,
+      answerTimeoutMs: o.answerTimeoutMs,
+      apduTimeoutMs: o.apduTimeoutMs,
+      now: this.now,
+      challenge: tapChallenge,
+    };
+  }
+
+  /** An ordinary tap: prove, present, report. */
+  private async tap(ctx: ReaderContext, targetId: number, session: CardSession): Promise<TapOutcome> {
+    this.counts.taps++;
+    let proof: TapProof;
+    if (ctx.isRateLimited(this.id)) {
+      // No radio or crypto work while cooling down; the agent records the rate_limited denial.
+      const subject = `uid:${uidHash(ctx.vehicleId, session.uid)}`;
+      proof = { kind: 'uid', credentialId: undefined, subject, proof: 'invalid', cause: 'rate_limited' };
+    } else {
+      proof = await proveTap(session, this.tapDeps(ctx));
+    }
+    const presentation: Presentation = {
+      reader: this.id,
+      kind: proof.kind,
+      credentialId: proof.credentialId,
+      subject: proof.subject,
+      intent: 'toggle',
+      explicitIntent: true,
+      proof: proof.proof,
+      ...(proof.counter === undefined ? {} : { counter: proof.counter }),
+      ...(proof.answerMs === undefined ? {} : { answerMs: proof.answerMs }),
+    };
+    if (proof.cause !== undefined)
+      ctx.log.debug({ subject: proof.subject, proof: proof.proof, cause: proof.cause }, 'card proof failed');
+    const decision = await ctx.present(presentation);
+    return { type: 'decision', target: targetId, decision, proof };
+  }
+
+  /** Enrollment is waiting for an owner FIDO key: this tap may only authorise, never unlock. */
+  private async ownerTap(ctx: ReaderContext, targetId: number, session: CardSession): Promise<TapOutcome> {
+    this.counts.enrollmentTaps++;
+    const desk = this.options.enrollment;
+    const challenge = desk?.ownerTapChallenge();
+    if (!desk || !challenge)
+      return refusedTap(targetId, 'authorise', 'enrollment_closed', 'no enrollment is open');
+    const deps = this.tapDeps(ctx);
+    let found: CredentialStatus | undefined;
+    let selected = false;
+    try {
+      const hash = uidHash(ctx.vehicleId, session.uid);
+      found = ctx.keyring.byUidHash(hash).find((s) => s.credential.kind === 'fido');
+      if (!found && session.kind === 'iso14443-4') {
+        found = await probeKeyHandles(
+          session,
+          deps,
+          probeCandidates(session.uid, deps.fidoCredentials(), deps.maxProbes),
+        );
+        selected = true;
+      }
+    } catch (err) {
+      const e = toAgentError(err, 'reader_error');
+      return refusedTap(
+        targetId,
+        'authorise',
+        e.code === 'unsupported' ? 'unknown_credential' : e.code,
+        e.message,
+      );
+    }
+    const keyHandle = found?.credential.keyHandle;
+    if (!found || keyHandle === undefined)
+      return refusedTap(targetId, 'authorise', 'unknown_credential', 'this card is not an enrolled FIDO key');
+    try {
+      const answer = await fidoAssert(session, deps, {
+        appParam: vehicleAppParam(ctx.vehicleId),
+        challenge,
+        keyHandle: fromB64url(keyHandle),
+        select: !selected,
+      });
+      const step = await desk.authoriseWithFido(found.credential.id, answer.assertion);
+      return step.ok
+        ? { type: 'enrollment', target: targetId, step: 'authorise', ok: true, view: step.view }
+        : {
+            type: 'enrollment',
+            target: targetId,
+            step: 'authorise',
+            ok: false,
+            code: step.code,
+            message: step.message,
+            ...(step.view ? { view: step.view } : {}),
+          };
+    } catch (err) {
+      const e = toAgentError(err, 'reader_error');
+      const verdict = verdictFor(e, true);
+      return refusedTap(targetId, 'authorise', verdict === 'cloned' ? 'clone_suspected' : e.code, e.message);
+    }
+  }
+
+  /** Enrollment is authorised: this card is the new one. */
+  private async newCard(targetId: number, session: CardSession): Promise<TapOutcome> {
+    this.counts.enrollmentTaps++;
+    const desk = this.options.enrollment;
+    if (!desk) return refusedTap(targetId, 'enroll', 'enrollment_closed', 'no enrollment is open');
+    const step = await desk.enrollCard(session);
+    return step.ok
+      ? { type: 'enrollment', target: targetId, step: 'enroll', ok: true, view: step.view }
+      : {
+          type: 'enrollment',
+          target: targetId,
+          step: 'enroll',
+          ok: false,
+          code: step.code,
+          message: step.message,
+          ...(step.view ? { view: step.view } : {}),
+        };
+  }
+}
+
+function refusedTap(target: number, step: 'authorise' | 'enroll', code: Code, message: string): TapOutcome {
+  return { type: 'enrollment', target, step, ok: false, code, message };
+}

@@ -1,0 +1,354 @@
+import { join } from 'node:path';
+import type { GrantOp, MergeResult } from '../access/keyring.js';
+import type { ControlHandler } from '../agent/control-server.js';
+import type { CredentialLookup, CredentialStatus } from '../agent/reader.js';
+import type { Config } from '../config/schema.js';
+import type { Clock } from '../core/clock.js';
+import { AgentError, toAgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import { ROLES, type Role } from '../core/types.js';
+import type { SimCardKind } from '../sim/card-store.js';
+import type { NfcSim } from '../sim/nfc-sim.js';
+import { EMULATOR_FAULTS, nfcDemoHints, type SimTapOptions } from '../sim/nfc-sim-options.js';
+import { DeferredDriver } from './deferred-driver.js';
+import { CARD_KINDS, type CardKind } from './enroll-auth.js';
+import { type AuthorisationMethod, CardEnrollmentDesk, type CounterAccess } from './enrollment.js';
+import { formatFirmware } from './pn532/commands.js';
+import type { LinkFactory } from './pn532/link.js';
+import { NfcReader, type TapOutcome } from './reader.js';
+import { readSiteKey, SITE_KEY_FILE, SiteKeySource } from './site-key.js';
+
+/**
+ * Builds the NFC reader for the composition root (src/main.ts), which imports this module only
+ * when nfc.enabled, so serialport loads only then: the PN532 driver on the configured UART, or in
+ * sim mode on the PN532 emulator behind a socat pty pair (in-memory line without socat); the
+ * reader; card enrollment at the vehicle; and their control commands.
+ */
+
+export interface NfcSetupDeps {
+  readonly config: Config;
+  readonly stateDir: string;
+  readonly vehicleId: string;
+  readonly keyring: CredentialLookup & {
+    list(): readonly CredentialStatus[];
+    digest(): string;
+  };
+  readonly counters: CounterAccess;
+  readonly clock: Clock;
+  readonly log: Logger;
+  /** Signs a keyring op with the vehicle key (JWS, kid = the vehicle key's credential id). */
+  readonly signOp: (op: GrantOp) => string;
+  /** The agent, once built (the reader is built before it). */
+  readonly agent: () => {
+    addKeyringOps(jws: readonly string[], source: string): Promise<MergeResult>;
+    audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
+  };
+  /** Lock state for replies after a grant. */
+  readonly lockState: () => string;
+}
+
+export interface NfcSetup {
+  readonly reader: NfcReader;
+  readonly mode: 'sim' | 'pn532';
+  /** Control commands: nfc.status, enroll.card.*, and in sim mode sim.card.* and sim.nfc.*. */
+  readonly handlers: ReadonlyMap<string, ControlHandler>;
+  /** "try:" lines for the demo (sim mode). */
+  readonly hints: readonly string[];
+  /** Ends what the setup started beside the reader (enrollment, emulator, socat). After reader.stop(). */
+  stop(): Promise<void>;
+}
+
+/** Deadline of one APDU during enrollment: a FIDO REGISTER can take a second on a real key. */
+const ENROLL_APDU_TIMEOUT_MS = 5000;
+/** How long a sim command waits for the simulator to come up. */
+const SIM_START_TIMEOUT_MS = 15_000;
+
+function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new AgentError('reader_timeout', message)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+export function nfcMode(config: Config): 'sim' | 'pn532' {
+  const { driver } = config.nfc;
+  if (driver === 'auto') return config.relay.driver === 'sim' ? 'sim' : 'pn532';
+  return driver;
+}
+
+export function siteKeyPath(config: Config, stateDir: string): string {
+  return config.nfc.siteKeyFile ?? join(stateDir, SITE_KEY_FILE);
+}
+
+export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
+  const { config, log, keyring } = deps;
+  const nfc = config.nfc;
+  const mode = nfcMode(config);
+  const handlers = new Map<string, ControlHandler>();
+
+  const answerTimeoutMs = config.policy.nfcAnswerDeadlineMs + nfc.lateGraceMs;
+  // serialport, the emulator and socat come up in the background: `ready` does not wait for them
+  // (the reader's health says starting; sim commands wait for them).
+  const driver = new DeferredDriver();
+  let sim: NfcSim | undefined;
+  const bringUp = (async (): Promise<NfcSim | undefined> => {
+    const [{ Pn532Driver }, { serialLinkFactory }] = await Promise.all([
+      import('./pn532/driver.js'),
+      import('./pn532/link.js'),
+    ]);
+    let openLink: LinkFactory;
+    if (mode === 'sim') {
+      const [{ NfcSim }, { ensureSimCards }] = await Promise.all([
+        import('../sim/nfc-sim.js'),
+        import('../sim/nfc-demo.js'),
+      ]);
+      sim = await NfcSim.start({
+        stateDir: deps.stateDir,
+        link: nfc.simLink,
+        log: log.child({ module: 'nfc-sim' }),
+      });
+      await ensureSimCards(sim.cards);
+      openLink = sim.openLink;
+    } else {
+      openLink = serialLinkFactory(nfc.path, nfc.baudRate);
+    }
+    driver.attach(
+      new Pn532Driver({
+        openLink,
+        log: log.child({ module: 'pn532' }),
+        timing: {
+          commandTimeoutMs: nfc.commandTimeoutMs,
+          livenessIntervalMs: nfc.livenessIntervalMs,
+          maxBackoffMs: nfc.maxBackoffMs,
+          apduTimeoutMs: Math.max(answerTimeoutMs, ENROLL_APDU_TIMEOUT_MS),
+        },
+      }),
+    );
+    return sim;
+  })();
+  bringUp.catch((err: unknown) => {
+    const e = toAgentError(err, 'reader_error');
+    driver.failed(`cannot start: ${e.message}`);
+    log.error({ module: 'nfc', code: e.code, err: e.message }, 'NFC reader could not start');
+  });
+  /** The simulator, once up (sim commands wait for it, bounded). */
+  const simulator = async (): Promise<NfcSim> => {
+    const up = await withTimeout(bringUp, SIM_START_TIMEOUT_MS, 'the NFC simulator did not start in time');
+    if (!up) throw new AgentError('unsupported', 'the NFC reader is not in sim mode');
+    return up;
+  };
+
+  const siteKeys = new SiteKeySource(siteKeyPath(config, deps.stateDir));
+  let existingSiteKey: Uint8Array | undefined;
+  const tapSiteKey = async (): Promise<Uint8Array | undefined> => {
+    existingSiteKey ??= await readSiteKey(siteKeys.file);
+    return existingSiteKey;
+  };
+
+  // FIDO credentials for key-handle probing, recomputed only when the keyring changes.
+  let fidoCache: { digest: string; list: readonly CredentialStatus[] } = { digest: '', list: [] };
+  const fidoCredentials = (): readonly CredentialStatus[] => {
+    const digest = keyring.digest();
+    if (digest !== fidoCache.digest) {
+      const list = keyring
+        .list()
+        .filter((s) => s.credential.kind === 'fido' && s.credential.keyHandle !== undefined);
+      fidoCache = { digest, list };
+    }
+    return fidoCache.list;
+  };
+
+  const desk = new CardEnrollmentDesk({
+    vehicleId: deps.vehicleId,
+    clock: deps.clock,
+    keyring,
+    fidoCredentials,
+    counters: deps.counters,
+    signOp: deps.signOp,
+    addOps: (jws) => deps.agent().addKeyringOps(jws, 'enroll.card'),
+    audit: (event) => deps.agent().audit(event),
+    log: log.child({ module: 'nfc-enrollment' }),
+    siteKey: () => siteKeys.get(),
+    authoriseWindowMs: nfc.enrollAuthoriseMs,
+    enrollWindowMs: nfc.enrollWindowMs,
+    apduTimeoutMs: ENROLL_APDU_TIMEOUT_MS,
+  });
+
+  const reader = new NfcReader({
+    id: 'nfc0',
+    driver,
+    fidoCredentials,
+    siteKey: tapSiteKey,
+    maxProbes: nfc.maxKeyHandleProbes,
+    answerTimeoutMs,
+    apduTimeoutMs: Math.min(nfc.commandTimeoutMs * 2, answerTimeoutMs),
+    enrollment: desk,
+  });
+
+  handlers.set('nfc.status', () => {
+    const fw = driver.firmware();
+    return {
+      mode,
+      ...(sim ? { transport: sim.transport } : mode === 'pn532' ? { path: nfc.path } : {}),
+      health: reader.health(),
+      ...(fw ? { firmware: formatFirmware(fw) } : {}),
+      stats: reader.stats(),
+      enrollment: desk.status() ?? { state: 'none' },
+      siteKeyFile: siteKeys.file,
+    };
+  });
+  handlers.set('enroll.card.request', (args) => desk.request(parseEnrollRequest(args)));
+  handlers.set('enroll.card.authorise', (args) => {
+    if (typeof args.jws !== 'string') throw new AgentError('bad_arguments', 'jws must be a compact JWS');
+    return desk.authoriseWithKey(args.jws);
+  });
+  handlers.set('enroll.card.status', () => desk.status() ?? { state: 'none' });
+  handlers.set('enroll.card.cancel', () => desk.cancel() ?? { state: 'none' });
+
+  if (mode === 'sim') {
+    handlers.set('sim.card.list', async () => (await simulator()).cards.list());
+    handlers.set('sim.card.add', async (args) => {
+      const { kind, label, model } = args;
+      if (kind !== 'fido' && kind !== 'ntag424' && kind !== 'uid')
+        throw new AgentError('bad_arguments', 'kind must be fido, ntag424 or uid');
+      if (typeof label !== 'string') throw new AgentError('bad_arguments', 'label must be a string');
+      if (model !== undefined && model !== 'ntag213' && model !== 'mifare-classic-1k')
+        throw new AgentError('bad_arguments', 'model must be ntag213 or mifare-classic-1k');
+      const env = await simulator();
+      const { newSimCard } = await import('../sim/card-store.js');
+      const card = newSimCard(kind as SimCardKind, label, model);
+      env.cards.add(card);
+      await env.cards.save();
+      return env.cards.list().find((c) => c.label === label);
+    });
+    handlers.set('sim.card.tap', async (args) => {
+      const options = parseTapArgs(args);
+      const env = await simulator();
+      await withTimeout(driver.started(), SIM_START_TIMEOUT_MS, 'the PN532 driver did not start in time');
+      return tapReply(await env.tap(reader, options), deps.lockState);
+    });
+    handlers.set('sim.nfc.fault', async (args) => {
+      const { kind } = args;
+      const env = await simulator();
+      if (kind === 'wedge') {
+        const recoverOn = args.recoverOn === 'manual' ? 'manual' : 'wakeup';
+        env.emulator.injectFault({ kind: 'wedge', recoverOn });
+        return { wedged: env.emulator.isWedged, recoverOn };
+      }
+      if (kind === 'unwedge') {
+        env.emulator.unwedge();
+        return { wedged: env.emulator.isWedged };
+      }
+      if (typeof kind !== 'string' || !(EMULATOR_FAULTS as readonly string[]).includes(kind))
+        throw new AgentError(
+          'bad_arguments',
+          `kind must be wedge, unwedge or one of ${EMULATOR_FAULTS.join(', ')}`,
+        );
+      env.emulator.injectFault({ kind: kind as (typeof EMULATOR_FAULTS)[number] });
+      return { injected: kind };
+    });
+  }
+
+  return {
+    reader,
+    mode,
+    handlers,
+    hints: mode === 'sim' ? nfcDemoHints() : [],
+    stop: async () => {
+      desk.close();
+      const up = await bringUp.catch(() => undefined);
+      await up?.stop();
+    },
+  };
+}
+
+/** The reply to a simulated tap: a decision like `sim present`, or an enrollment step. */
+export function tapReply(outcome: TapOutcome, lockState: () => string): Record<string, unknown> {
+  if (outcome.type === 'decision') {
+    const d = outcome.decision;
+    return d.granted
+      ? {
+          granted: true,
+          intent: d.intent,
+          credentialId: d.credential.id,
+          role: d.credential.role,
+          lock: lockState(),
+          ...(outcome.proof.answerMs === undefined
+            ? {}
+            : { answerMs: Math.round(outcome.proof.answerMs * 10) / 10 }),
+        }
+      : { granted: false, code: d.code, ...(d.credential ? { credentialId: d.credential.id } : {}) };
+  }
+  return {
+    enrollment: outcome.step,
+    ok: outcome.ok,
+    ...(outcome.code === undefined ? {} : { code: outcome.code }),
+    ...(outcome.message === undefined ? {} : { message: outcome.message }),
+    ...(outcome.view
+      ? {
+          state: outcome.view.state,
+          ...(outcome.view.credentialId === undefined ? {} : { credentialId: outcome.view.credentialId }),
+          ...(outcome.view.authorisedBy === undefined ? {} : { authorisedBy: outcome.view.authorisedBy }),
+        }
+      : {}),
+  };
+}
+
+// ── control arguments ──────────────────────────────────────────────────────────
+
+function optionalString(value: unknown, name: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string') throw new AgentError('bad_arguments', `${name} must be a string`);
+  return value;
+}
+
+function parseEnrollRequest(args: Readonly<Record<string, unknown>>) {
+  const { kind, role, method } = args;
+  if (typeof kind !== 'string' || !(CARD_KINDS as readonly string[]).includes(kind))
+    throw new AgentError('bad_arguments', `kind must be one of ${CARD_KINDS.join(', ')}`);
+  if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role))
+    throw new AgentError('bad_arguments', `role must be one of ${ROLES.join(', ')}`);
+  if (method !== 'owner-key' && method !== 'owner-fido')
+    throw new AgentError('bad_arguments', 'method must be owner-key or owner-fido');
+  const name = optionalString(args.name, 'name');
+  const notBefore = optionalString(args.notBefore, 'notBefore');
+  const notAfter = optionalString(args.notAfter, 'notAfter');
+  return {
+    kind: kind as CardKind,
+    role: role as Role,
+    method: method as AuthorisationMethod,
+    ...(name === undefined ? {} : { name }),
+    ...(notBefore === undefined ? {} : { notBefore }),
+    ...(notAfter === undefined ? {} : { notAfter }),
+  };
+}
+
+function parseTapArgs(args: Readonly<Record<string, unknown>>): SimTapOptions {
+  const faults: readonly string[] = EMULATOR_FAULTS;
+  const { card, cloneOf, fault } = args;
+  if (typeof card !== 'string') throw new AgentError('bad_arguments', 'card must be a card label');
+  const ms = (value: unknown, name: string, max: number): number | undefined => {
+    if (value === undefined) return undefined;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > max)
+      throw new AgentError('bad_arguments', `${name} must be an integer 0..${max}`);
+    return value;
+  };
+  const removeAfterMs = ms(args.removeAfterMs, 'removeAfterMs', 60_000);
+  const slowMs = ms(args.slowMs, 'slowMs', 60_000);
+  const counter = ms(args.counter, 'counter', 0xffffffff);
+  const timeoutMs = ms(args.timeoutMs, 'timeoutMs', 120_000);
+  if (cloneOf !== undefined && typeof cloneOf !== 'string')
+    throw new AgentError('bad_arguments', 'cloneOf must be a card label');
+  if (fault !== undefined && (typeof fault !== 'string' || !faults.includes(fault)))
+    throw new AgentError('bad_arguments', `fault must be one of ${faults.join(', ')}`);
+  return {
+    card,
+    ...(removeAfterMs === undefined ? {} : { removeAfterMs }),
+    ...(slowMs === undefined ? {} : { slowMs }),
+    ...(counter === undefined ? {} : { counter }),
+    ...(timeoutMs === undefined ? {} : { timeoutMs }),
+    ...(cloneOf === undefined ? {} : { cloneOf: cloneOf as string }),
+    ...(fault === undefined ? {} : { fault: fault as SimTapOptions['fault'] & string }),
+  };
+}

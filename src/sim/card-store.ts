@@ -1,0 +1,110 @@
+import { join } from 'node:path';
+import { AgentError } from '../core/errors.js';
+import { toHex } from '../crypto/encoding.js';
+import { readJsonFileIfExists, writeFileAtomic } from '../store/atomic.js';
+import { SimulatedFidoU2fKey } from './cards/fido-u2f.js';
+import { SimulatedNtag424 } from './cards/ntag424.js';
+import { type PersistableCard, restoreSimulatedCard, type SimulatedCardState } from './cards/state.js';
+import { SimulatedUidTag, type UidTagModel } from './cards/uid-tag.js';
+
+/**
+ * The wallet of simulated NFC cards in sim mode: FIDO seeds and counters, NTAG 424 keys, UIDs,
+ * persisted by label in <stateDir>/sim/cards.json (0600) so counters and personalisation survive
+ * restarts. No serialport here: the demo seeding uses it without the emulator.
+ */
+
+export const SIM_DIR = 'sim';
+export const SIM_CARDS_FILE = 'cards.json';
+const CARDS_FORMAT = 'vehicle-agent/sim-cards/1';
+const LABEL = /^[a-z0-9][a-z0-9._-]{0,31}$/;
+
+export function simCardsPath(stateDir: string): string {
+  return join(stateDir, SIM_DIR, SIM_CARDS_FILE);
+}
+
+export interface SimCardSummary {
+  readonly label: string;
+  readonly kind: SimulatedCardState['kind'];
+  readonly uid: string;
+  readonly counter?: number;
+}
+
+/** The simulated cards, by label, persisted as JSON states (0600). */
+export class SimCardStore {
+  readonly path: string;
+  private readonly cards = new Map<string, PersistableCard>();
+
+  private constructor(path: string) {
+    this.path = path;
+  }
+
+  static async open(path: string): Promise<SimCardStore> {
+    const store = new SimCardStore(path);
+    const states = await readJsonFileIfExists<readonly unknown[]>(path, {
+      parse: (value) => {
+        const v = value as { format?: unknown; cards?: unknown } | null;
+        if (typeof v !== 'object' || v === null || v.format !== CARDS_FORMAT || !Array.isArray(v.cards))
+          throw new Error(`expected {"format":"${CARDS_FORMAT}","cards":[...]}`);
+        return v.cards;
+      },
+    });
+    for (const state of states ?? []) store.put(restoreSimulatedCard(state));
+    return store;
+  }
+
+  get size(): number {
+    return this.cards.size;
+  }
+
+  get(label: string): PersistableCard | undefined {
+    return this.cards.get(label);
+  }
+
+  /** Adds a card; bad_arguments when the label is taken or not a simple name. */
+  add(card: PersistableCard): void {
+    if (!LABEL.test(card.label))
+      throw new AgentError('bad_arguments', 'a card label is 1-32 lowercase letters, digits, . _ -');
+    if (this.cards.has(card.label))
+      throw new AgentError('bad_arguments', `a card named ${card.label} exists`);
+    this.put(card);
+  }
+
+  list(): SimCardSummary[] {
+    return [...this.cards.values()].map((card) => {
+      const state = card.toState();
+      return {
+        label: card.label,
+        kind: state.kind,
+        uid: toHex(card.uid),
+        ...(state.kind === 'fido-u2f' ? { counter: state.counter } : {}),
+      };
+    });
+  }
+
+  async save(): Promise<void> {
+    const cards = [...this.cards.values()].map((c) => c.toState());
+    await writeFileAtomic(this.path, `${JSON.stringify({ format: CARDS_FORMAT, cards }, null, 1)}\n`);
+  }
+
+  private put(card: PersistableCard): void {
+    this.cards.set(card.label, card);
+  }
+}
+
+export type SimCardKind = 'fido' | 'ntag424' | 'uid';
+
+/** A new simulated card of `kind` (random secrets and UID). */
+export function newSimCard(
+  kind: SimCardKind,
+  label: string,
+  model: UidTagModel = 'ntag213',
+): PersistableCard {
+  switch (kind) {
+    case 'fido':
+      return new SimulatedFidoU2fKey({ label });
+    case 'ntag424':
+      return new SimulatedNtag424({ label });
+    case 'uid':
+      return new SimulatedUidTag({ label, model });
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * Names and hints of the simulated NFC side, without loading it (no serialport, no noble): the
+ * composition root shows the hints and validates sim commands before the emulator is up.
+ */
+
+export type EmulatorFaultName =
+  | 'garbage'
+  | 'lose-ack'
+  | 'nack'
+  | 'error-frame'
+  | 'corrupt-response'
+  | 'remove-during-exchange';
+
+export const EMULATOR_FAULTS: readonly EmulatorFaultName[] = [
+  'garbage',
+  'lose-ack',
+  'nack',
+  'error-frame',
+  'corrupt-response',
+  'remove-during-exchange',
+];
+
+export interface SimTapOptions {
+  readonly card: string;
+  /** Take the card away this long after it was placed. */
+  readonly removeAfterMs?: number;
+  /** Every APDU takes this much longer. */
+  readonly slowMs?: number;
+  /** Present this card with the UID of another card (a UID clone). */
+  readonly cloneOf?: string;
+  /** A FIDO key only: tap an extracted copy of it whose counter is this value (a cloned key). */
+  readonly counter?: number;
+  /** An emulator fault for this tap. */
+  readonly fault?: EmulatorFaultName;
+  /** How long to wait for the reader's outcome (default 10 s). */
+  readonly timeoutMs?: number;
+}
+
+/** What to try in the demo, for the agent's "try:" log and the demo README. */
+const DEMO_TAPS: readonly { readonly args: string; readonly note: string }[] = [
+  { args: 'fido-owner', note: "the owner's FIDO security key: granted (each tap toggles the lock)" },
+  { args: 'fido-driver', note: "a driver's FIDO key: granted" },
+  { args: 'ntag-driver', note: 'an NTAG 424 DNA card personalised with the site key: granted' },
+  { args: 'tag-insecure', note: 'a UID-only tag enrolled as insecureUid: granted' },
+  { args: 'tag-plain', note: 'a UID-only tag not marked insecureUid: insecure_uid_disabled' },
+  {
+    args: 'fido-owner --counter 0',
+    note: 'an extracted copy of the owner key with an old counter: clone_suspected',
+  },
+  { args: 'magic-tag --clone-of fido-owner', note: "a tag showing the owner key's UID: clone_suspected" },
+  {
+    args: 'ntag-blank --clone-of ntag-driver',
+    note: 'an NTAG 424 with the enrolled UID but not its key: bad_proof',
+  },
+  { args: 'ntag-blank', note: 'a factory NTAG 424 nobody enrolled: unknown_credential' },
+  { args: 'fido-stranger', note: 'a FIDO key never enrolled: unknown_credential' },
+  { args: 'fido-owner --slow 800', note: 'a card answering late (as through a relay): timeout' },
+  { args: 'fido-owner --remove-after 20', note: 'the card leaves during the exchange: card_removed' },
+  {
+    args: 'fido-new',
+    note: 'after `vehicle-agent enroll card --kind fido --role driver --owner-fido` and a tap of fido-owner: enrolled',
+  },
+];
+
+/** `sim tap` lines for the agent's "try:" log and the demo README. */
+export function nfcDemoHints(): string[] {
+  return DEMO_TAPS.map((t) => `vehicle-agent sim tap ${t.args}   (${t.note})`);
+}
