@@ -5,6 +5,8 @@ import { type ControlHandler, type ControlServer, startControlServer } from './a
 import { acquireInstanceLock, type InstanceLock } from './agent/instance-lock.js';
 import { ensureStateDir, isProvisioned, provision, STATE_FILES } from './agent/provision.js';
 import type { CredentialReader } from './agent/reader.js';
+import { takeNotifyEnvironment } from './agent/sd-notify.js';
+import { startSupervision } from './agent/supervision.js';
 import { openVehicleState, type VehicleState } from './agent/vehicle-state.js';
 import { COMMON_OPTIONS, loadFor, parse } from './cli/args.js';
 import type { Config } from './config/schema.js';
@@ -65,6 +67,8 @@ export async function startAgent(options: {
   const loaded = loadFor({ config: options.config, 'state-dir': options.stateDir });
   const { config, stateDir, socketPath } = loaded;
   const log = createLogger({ level: config.log.level, format: config.log.format });
+  // Before any child starts, so none inherits $NOTIFY_SOCKET (see src/agent/sd-notify.ts).
+  const notifyEnv = takeNotifyEnvironment(process.env);
   const startedAt = performance.now();
   log.info(
     { module: 'main', config: loaded.file ?? '(none: simulated hardware)', stateDir },
@@ -346,6 +350,8 @@ export async function startAgent(options: {
           log: log.child({ module: 'cloud' }),
         });
         cleanup.unshift(() => cloud.stop());
+        // Connection, protocol and outbox depth for `status` readers (the status page, /metrics).
+        handlers.set('cloud.status', () => cloud.status());
       } catch (err) {
         const e = toAgentError(err);
         log.error(
@@ -355,6 +361,54 @@ export async function startAgent(options: {
       }
     }
     // ── end cloud link ──
+
+    // ── supervision and status page (src/agent/supervision.ts, src/status, systemd/) ──
+    // Beside the agent, never in front of it: health checks, sd_notify (READY/WATCHDOG/STOPPING
+    // when run by systemd) and the local HTTP status page, which calls the handlers above.
+    const supervision = startSupervision({
+      stateDir,
+      lock,
+      onLockChange: (listener) => relay.onLockChange(listener),
+      maxOnMs: config.lock.maxOnMs,
+      notifyEnv,
+      log: log.child({ module: 'supervision' }),
+    });
+    cleanup.push(() => supervision.close()); // last: the notify helper outlives the relays' release
+    if (config.statusPage.enabled) {
+      try {
+        const { startStatusPage } = await import('./status/setup.js');
+        const page = await startStatusPage({
+          config: config.statusPage,
+          stateDir,
+          handlers,
+          audit,
+          health: supervision,
+          log: log.child({ module: 'status-page' }),
+        });
+        cleanup.unshift(async () => {
+          page.setStopping();
+          await page.close();
+        });
+      } catch (err) {
+        const e = toAgentError(err);
+        log.error(
+          { module: 'status-page', code: e.code, err: e.message },
+          'status page not started; running without it',
+        );
+      }
+    }
+    if (process.env.VEHICLE_AGENT_TEST_HOOKS === '1') {
+      // Test-only: blocks the event loop, to prove the watchdog pings stop while it is stalled.
+      handlers.set('test.stall', (args) => {
+        const ms = typeof args.ms === 'number' ? Math.min(Math.max(0, args.ms), 30_000) : 1000;
+        const until = performance.now() + ms;
+        while (performance.now() < until) {
+          // busy: nothing else runs
+        }
+        return { stalledMs: ms };
+      });
+    }
+    // ── end supervision ──
 
     const clockTimer = setInterval(() => {
       persistClock().catch((err: unknown) =>
@@ -374,6 +428,12 @@ export async function startAgent(options: {
         'then: vehicle-agent status   (npx vehicle-agent ... from the project directory)',
       );
     }
+
+    // READY=1 once readers and relays are up; STOPPING=1 as the orderly stop begins.
+    supervision.ready(
+      `ready: lock ${lock.state()}; readers ${readers.map((r) => `${r.id} ${r.health().state}`).join(', ') || 'none'}`,
+    );
+    cleanup.unshift(async () => supervision.stopping());
 
     log.info(
       {

@@ -2,6 +2,7 @@ import { BLE_SCHEMA } from './ble-schema.js';
 import { CLOUD_SCHEMA } from './cloud-schema.js';
 import { bool, int, oneOf, optStr, section, str, type ValueOf } from './fields.js';
 import { NFC_SCHEMA } from './nfc-schema.js';
+import { STATUS_PAGE_SCHEMA } from './status-page-schema.js';
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 
@@ -99,6 +100,7 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
   cloud: CLOUD_SCHEMA,
   ble: BLE_SCHEMA,
   nfc: NFC_SCHEMA,
+  statusPage: STATUS_PAGE_SCHEMA,
   sim: section('Simulated hardware (used by drivers set to sim).', {
     demo: bool(
       'Provision a demo vehicle with demo keys on first start when the state directory is empty ' +

@@ -56,6 +56,11 @@ export const CODES = {
   control_bad_request: 'the control socket request is not valid',
   control_unavailable: 'the agent control socket is not reachable (is the agent running?)',
   unauthorized: 'the request lacks the required authorisation',
+  // ── local status page (HTTP) ───────────────────────────────────────────────
+  not_found: 'no such resource',
+  method_not_allowed: 'the resource does not support this method',
+  request_too_large: 'the request body or headers exceed the size limit',
+  unavailable: 'the agent is starting or stopping; try again shortly',
   // ── hardware ───────────────────────────────────────────────────────────────
   relay_failed: 'a relay could not be switched',
   relay_watchdog: 'a relay was held past its maximum on-time and was released',

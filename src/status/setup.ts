@@ -1,0 +1,55 @@
+import { join } from 'node:path';
+import type { HealthReport } from '../agent/health-monitor.js';
+import { STATE_FILES } from '../agent/provision.js';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../core/logger.js';
+import { loadAdminToken } from './admin-token.js';
+import { AuditFeed, type AuditSource } from './audit-feed.js';
+import { type StatusServer, startStatusServer } from './server.js';
+import type { HandlerMap } from './sim-actions.js';
+
+/** Builds the status page for the composition root (src/main.ts): token, audit feed, server. */
+
+export interface StatusPageDeps {
+  readonly config: Config['statusPage'];
+  readonly stateDir: string;
+  /** The control handlers (the same map the control socket serves; read at each request). */
+  readonly handlers: HandlerMap;
+  readonly audit: AuditSource;
+  readonly health: {
+    lastReport(): HealthReport | undefined;
+    check(): Promise<HealthReport>;
+  };
+  readonly log: Logger;
+}
+
+export async function startStatusPage(deps: StatusPageDeps): Promise<StatusServer> {
+  const { config, log } = deps;
+  const token = await loadAdminToken({
+    configured: config.adminToken,
+    file: config.adminTokenFile,
+    stateDir: deps.stateDir,
+  });
+  const feed = new AuditFeed(deps.audit, log);
+  const server = await startStatusServer({
+    host: config.host,
+    port: config.port,
+    token: token.value,
+    maxClients: config.maxClients,
+    simControls: config.simControls,
+    handlers: deps.handlers,
+    health: () => deps.health.lastReport(),
+    checkHealth: () => deps.health.check(),
+    feed,
+    demoDir: join(deps.stateDir, STATE_FILES.demo),
+    log,
+  });
+  log.info(
+    {
+      url: server.url,
+      adminToken: token.source === 'config' ? 'from config' : `${token.source}: ${token.file ?? ''}`,
+    },
+    'status page listening',
+  );
+  return server;
+}

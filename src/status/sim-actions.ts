@@ -1,0 +1,282 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { ControlHandler } from '../agent/control-server.js';
+import { readPrivateKeyFile, readSignerKey } from '../cli/key-files.js';
+import { AgentError } from '../core/errors.js';
+import { INTENTS } from '../core/types.js';
+import { signP256, simKeyMessage } from '../crypto/challenge.js';
+import { b64url, fromB64url } from '../crypto/encoding.js';
+import { DEMO_KEYS, DEMO_TAGS } from '../sim/demo.js';
+
+/**
+ * The status page's sim controls. Each action calls the same control handlers the CLI reaches
+ * through the control socket (`sim.challenge`/`sim.answer`, `sim.uid`, `sim.phone.approach`, …),
+ * and is offered only while those handlers exist, so the page follows whatever simulators the
+ * agent runs. A `sim.*` handler without a dedicated form is still reachable as the generic
+ * `call` action with JSON arguments. The catalogue is rebuilt per request: handlers registered
+ * after the page started are picked up.
+ */
+
+export interface Choice {
+  readonly value: string;
+  readonly label: string;
+}
+
+export interface SimParam {
+  readonly name: string;
+  readonly label: string;
+  /** The value must be one of these… */
+  readonly choices?: readonly Choice[];
+  /** …or match this (anchored) pattern. */
+  readonly pattern?: string;
+  readonly default?: string;
+}
+
+export interface SimActionInfo {
+  readonly id: string;
+  readonly label: string;
+  /** Short text for the page's button. */
+  readonly button: string;
+  readonly handlers: readonly string[];
+  readonly params: readonly SimParam[];
+}
+
+export interface SimAction extends SimActionInfo {
+  run(args: Readonly<Record<string, string>>): Promise<unknown>;
+}
+
+export type HandlerMap = ReadonlyMap<string, ControlHandler>;
+
+/** Handlers with a dedicated form; every other `sim.*` handler goes through `call`. */
+const FORMED = new Set([
+  'sim.challenge',
+  'sim.answer',
+  'sim.uid',
+  'sim.phone.approach',
+  'sim.card.tap',
+  'sim.card.list',
+]);
+const MAX_CALL_ARGS = 4096;
+
+const INTENT_PARAM: SimParam = {
+  name: 'intent',
+  label: 'intent',
+  choices: INTENTS.map((i) => ({ value: i, label: i })),
+  default: 'unlock',
+};
+
+async function call(handlers: HandlerMap, name: string, args: Record<string, unknown>): Promise<unknown> {
+  const handler = handlers.get(name);
+  // The agent may have stopped the simulator since the catalogue was built.
+  if (!handler) throw new AgentError('unknown_command', `the agent has no ${name} handler now`);
+  return await handler(args);
+}
+
+function demoKeyChoices(demoDir: string): Choice[] {
+  return DEMO_KEYS.filter((k) => existsSync(join(demoDir, `${k.name}.pem`))).map((k) => ({
+    value: k.name,
+    label: `${k.name}: ${k.note}`,
+  }));
+}
+
+/** Checks args against the action's params (choices or pattern) and fills defaults. */
+export function validateActionArgs(
+  action: SimActionInfo,
+  args: Readonly<Record<string, unknown>>,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const key of Object.keys(args)) {
+    if (!action.params.some((p) => p.name === key)) {
+      throw new AgentError('bad_arguments', `${action.id} takes no argument ${key.slice(0, 40)}`);
+    }
+  }
+  for (const param of action.params) {
+    const raw = args[param.name] ?? param.default;
+    if (typeof raw !== 'string') throw new AgentError('bad_arguments', `${param.name} must be a string`);
+    const byChoice = param.choices?.some((c) => c.value === raw) ?? false;
+    const byPattern = param.pattern !== undefined && new RegExp(`^(?:${param.pattern})$`).test(raw);
+    if (!byChoice && !byPattern) {
+      const allowed = param.choices ? param.choices.map((c) => c.value).join(', ') : `/${param.pattern}/`;
+      throw new AgentError('bad_arguments', `${param.name} must be one of ${allowed}`.slice(0, 300));
+    }
+    out[param.name] = raw;
+  }
+  return out;
+}
+
+/** Labels of the simulated NFC cards (`sim.card.list`), or none when it fails. */
+async function simCardChoices(handlers: HandlerMap): Promise<Choice[]> {
+  try {
+    const list = await call(handlers, 'sim.card.list', {});
+    if (!Array.isArray(list)) return [];
+    return list.flatMap((c: unknown) => {
+      const card = c as { label?: unknown; kind?: unknown };
+      return typeof card.label === 'string'
+        ? [
+            {
+              value: card.label,
+              label: `${card.label} (${typeof card.kind === 'string' ? card.kind : 'card'})`,
+            },
+          ]
+        : [];
+    });
+  } catch {
+    return [];
+  }
+}
+
+export async function buildSimActions(handlers: HandlerMap, demoDir: string): Promise<SimAction[]> {
+  const actions: SimAction[] = [];
+  const keys = demoKeyChoices(demoDir);
+
+  if (handlers.has('sim.challenge') && handlers.has('sim.answer') && keys.length > 0) {
+    actions.push({
+      id: 'present',
+      label: 'Present a key on the simulated reader',
+      button: 'Present',
+      handlers: ['sim.challenge', 'sim.answer'],
+      params: [
+        { name: 'key', label: 'demo key', choices: keys, default: keys[0]?.value ?? '' },
+        INTENT_PARAM,
+        {
+          name: 'proof',
+          label: 'answer',
+          choices: [
+            { value: 'valid', label: 'valid, with explicit intent' },
+            { value: 'passive', label: 'valid, no explicit intent (passive)' },
+            { value: 'tampered', label: 'tampered signature' },
+          ],
+          default: 'valid',
+        },
+      ],
+      run: async (args) => {
+        const key = readSignerKey(join(demoDir, `${args.key}.pem`), 'phone');
+        const challenge = (await call(handlers, 'sim.challenge', {})) as {
+          challengeId: string;
+          challenge: string;
+          vehicleId: string;
+        };
+        const intent = args.intent ?? 'unlock';
+        const explicitIntent = args.proof !== 'passive';
+        const message = simKeyMessage(
+          fromB64url(challenge.challenge),
+          challenge.vehicleId,
+          intent as (typeof INTENTS)[number],
+          explicitIntent,
+          key.id,
+        );
+        const signature = signP256(key.key, message);
+        if (args.proof === 'tampered') signature[10] = (signature[10] ?? 0) ^ 0x40;
+        return await call(handlers, 'sim.answer', {
+          challengeId: challenge.challengeId,
+          credentialId: key.id,
+          intent,
+          explicitIntent,
+          signature: b64url(signature),
+          delayMs: 0,
+        });
+      },
+    });
+  }
+
+  if (handlers.has('sim.uid')) {
+    actions.push({
+      id: 'uid',
+      label: 'Tap a UID-only tag',
+      button: 'Tap tag',
+      handlers: ['sim.uid'],
+      params: [
+        {
+          name: 'uid',
+          label: 'tag UID (hex)',
+          choices: DEMO_TAGS.map((t) => ({ value: t.uid, label: `${t.uid}: ${t.note}` })),
+          pattern: '[0-9A-Fa-f]{8,20}',
+          default: DEMO_TAGS[0].uid,
+        },
+        INTENT_PARAM,
+      ],
+      run: async (args) => await call(handlers, 'sim.uid', { uid: args.uid, intent: args.intent }),
+    });
+  }
+
+  if (handlers.has('sim.phone.approach') && handlers.has('vehicle') && keys.length > 0) {
+    actions.push({
+      id: 'phone',
+      label: 'Bring a simulated phone (BLE)',
+      button: 'Bring phone',
+      handlers: ['sim.phone.approach'],
+      params: [
+        { name: 'key', label: 'demo phone key', choices: keys, default: keys[0]?.value ?? '' },
+        INTENT_PARAM,
+        {
+          name: 'mode',
+          label: 'phone',
+          choices: [
+            { value: 'explicit', label: 'tap in the app (explicit intent)' },
+            { value: 'passive', label: 'in the pocket (passive)' },
+          ],
+          default: 'explicit',
+        },
+      ],
+      run: async (args) => {
+        const privateKey = readPrivateKeyFile(join(demoDir, `${args.key}.pem`));
+        const { d } = privateKey.export({ format: 'jwk' });
+        if (typeof d !== 'string')
+          throw new AgentError('key_invalid', 'demo phone key has no private scalar');
+        const vehicle = (await call(handlers, 'vehicle', {})) as { vehicleId: string; vehicleKey: unknown };
+        return await call(handlers, 'sim.phone.approach', {
+          secretKey: b64url(fromB64url(d)),
+          pin: { vehicleId: vehicle.vehicleId, publicKey: vehicle.vehicleKey },
+          intent: args.intent,
+          explicitIntent: args.mode !== 'passive',
+          timeoutMs: 10_000,
+        });
+      },
+    });
+  }
+
+  const cards = handlers.has('sim.card.tap') ? await simCardChoices(handlers) : [];
+  if (cards.length > 0) {
+    actions.push({
+      id: 'tap',
+      label: 'Tap a simulated NFC card on the PN532',
+      button: 'Tap card',
+      handlers: ['sim.card.tap'],
+      params: [{ name: 'card', label: 'card', choices: cards, default: cards[0]?.value ?? '' }],
+      run: async (args) => await call(handlers, 'sim.card.tap', { card: args.card }),
+    });
+  }
+
+  const others = [...handlers.keys()].filter((name) => name.startsWith('sim.') && !FORMED.has(name)).sort();
+  if (others.length > 0) {
+    actions.push({
+      id: 'call',
+      label: 'Call a simulator command',
+      button: 'Call',
+      handlers: others,
+      params: [
+        { name: 'handler', label: 'command', choices: others.map((h) => ({ value: h, label: h })) },
+        { name: 'args', label: 'arguments (JSON object)', pattern: '[\\s\\S]*', default: '{}' },
+      ],
+      run: async (args) => {
+        const text = args.args ?? '{}';
+        if (text.length > MAX_CALL_ARGS) throw new AgentError('request_too_large', 'arguments too long');
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          throw new AgentError('bad_arguments', 'arguments must be a JSON object');
+        }
+        if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+          throw new AgentError('bad_arguments', 'arguments must be a JSON object');
+        }
+        return await call(handlers, args.handler ?? '', parsed as Record<string, unknown>);
+      },
+    });
+  }
+  return actions;
+}
+
+export function describeActions(actions: readonly SimAction[]): SimActionInfo[] {
+  return actions.map(({ id, label, button, handlers, params }) => ({ id, label, button, handlers, params }));
+}

@@ -1,0 +1,386 @@
+import type { HealthReport } from '../agent/health-monitor.js';
+import { AgentError, toAgentError } from '../core/errors.js';
+import { CREDENTIAL_KINDS, type HealthState, LOCK_STATES, ROLES } from '../core/types.js';
+import type { DecisionCounts } from './audit-feed.js';
+import { type MetricFamily, oneHot, type Sample } from './metrics.js';
+import { buildSimActions, describeActions, type HandlerMap, type SimActionInfo } from './sim-actions.js';
+
+/**
+ * What the status page shows, collected from the control handlers (the same ones the control
+ * socket serves): `status` for lock, readers, relay, keyring and clock; `keys.list` for the
+ * keyring summary; and every `<name>.status` handler (ble.status, cloud.status, …) as a
+ * subsystem, so readers and the cloud link added later show up without changes here.
+ */
+
+const HEALTH_STATES: readonly HealthState[] = ['ok', 'degraded', 'down', 'disabled'];
+const SUBSYSTEM_HANDLER = /^[a-z][a-z0-9-]*\.status$/;
+const SUBSYSTEM_TIMEOUT_MS = 1000;
+const EXPIRING_MS = 7 * 86_400_000;
+
+export interface ReaderView {
+  readonly state: string;
+  readonly detail?: string;
+  readonly since?: number;
+  readonly rateLimitedUntil?: string;
+}
+
+export interface KeyringSummary {
+  readonly credentials: number;
+  readonly operations?: number;
+  readonly digest?: string;
+  readonly active: number;
+  readonly revoked: number;
+  readonly byRole: Readonly<Record<string, number>>;
+  readonly byKind: Readonly<Record<string, number>>;
+  /** Active credentials whose notAfter falls within 7 days. */
+  readonly expiringSoon: number;
+  /** Active credentials outside their validity window right now. */
+  readonly outsideWindow: number;
+  readonly insecureUid: number;
+}
+
+export interface StateSnapshot {
+  readonly vehicleId: string;
+  readonly lock: string;
+  readonly readers: Readonly<Record<string, ReaderView>>;
+  readonly relay?: { readonly driver: string; readonly health: ReaderView };
+  readonly keyring: KeyringSummary;
+  readonly clock?: { readonly now: string; readonly trust: string };
+  readonly decisions?: { readonly granted: number; readonly denied: number };
+  readonly cloud?: Readonly<Record<string, unknown>>;
+  readonly subsystems: Readonly<Record<string, unknown>>;
+  readonly health?: HealthReport;
+  readonly auditSeq: number;
+  readonly uptimeS: number;
+  readonly sim: { readonly enabled: boolean; readonly actions: readonly SimActionInfo[] };
+}
+
+interface ListedCredential {
+  readonly credential: {
+    readonly kind?: unknown;
+    readonly role?: unknown;
+    readonly notBefore?: unknown;
+    readonly notAfter?: unknown;
+    readonly options?: { readonly insecureUid?: unknown };
+  };
+  readonly revoked?: unknown;
+}
+
+/** Counts only: no names, keys or ids leave the agent through the page. */
+export function summariseKeyring(
+  list: readonly ListedCredential[],
+  nowMs: number,
+  fromStatus?: { operations?: unknown; digest?: unknown },
+): KeyringSummary {
+  const byRole: Record<string, number> = Object.fromEntries(ROLES.map((r) => [r, 0]));
+  const byKind: Record<string, number> = Object.fromEntries(CREDENTIAL_KINDS.map((k) => [k, 0]));
+  let revoked = 0;
+  let expiringSoon = 0;
+  let outsideWindow = 0;
+  let insecureUid = 0;
+  for (const entry of list) {
+    if (entry.revoked === true) {
+      revoked++;
+      continue;
+    }
+    const c = entry.credential;
+    const role = typeof c.role === 'string' ? c.role : 'unknown';
+    const kind = typeof c.kind === 'string' ? c.kind : 'unknown';
+    byRole[role] = (byRole[role] ?? 0) + 1;
+    byKind[kind] = (byKind[kind] ?? 0) + 1;
+    const notBefore = typeof c.notBefore === 'number' ? c.notBefore : undefined;
+    const notAfter = typeof c.notAfter === 'number' ? c.notAfter : undefined;
+    if ((notBefore !== undefined && nowMs < notBefore) || (notAfter !== undefined && nowMs > notAfter)) {
+      outsideWindow++;
+    } else if (notAfter !== undefined && notAfter - nowMs <= EXPIRING_MS) {
+      expiringSoon++;
+    }
+    if (c.options?.insecureUid === true) insecureUid++;
+  }
+  return {
+    credentials: list.length,
+    ...(typeof fromStatus?.operations === 'number' ? { operations: fromStatus.operations } : {}),
+    ...(typeof fromStatus?.digest === 'string' ? { digest: fromStatus.digest } : {}),
+    active: list.length - revoked,
+    revoked,
+    byRole,
+    byKind,
+    expiringSoon,
+    outsideWindow,
+    insecureUid,
+  };
+}
+
+async function callWithTimeout(handlers: HandlerMap, name: string): Promise<unknown> {
+  const handler = handlers.get(name);
+  if (!handler) throw new AgentError('unknown_command', `no ${name} handler`);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      Promise.resolve().then(() => handler({})),
+      new Promise((_, reject) => {
+        timer = setTimeout(
+          () => reject(new AgentError('busy', `${name} did not answer within ${SUBSYSTEM_TIMEOUT_MS} ms`)),
+          SUBSYSTEM_TIMEOUT_MS,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function asRecord(value: unknown): Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : {};
+}
+
+export interface SnapshotDeps {
+  readonly handlers: HandlerMap;
+  readonly health: () => HealthReport | undefined;
+  readonly auditSeq: () => number;
+  readonly demoDir: string;
+  readonly simControls: boolean;
+  readonly wallNow?: () => number;
+}
+
+export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot> {
+  const { handlers } = deps;
+  const status = asRecord(await callWithTimeout(handlers, 'status'));
+  const listed = handlers.has('keys.list') ? await callWithTimeout(handlers, 'keys.list') : [];
+  const subsystems: Record<string, unknown> = {};
+  const names = [...handlers.keys()].filter((n) => SUBSYSTEM_HANDLER.test(n)).sort();
+  await Promise.all(
+    names.map(async (name) => {
+      try {
+        subsystems[name.slice(0, -'.status'.length)] = await callWithTimeout(handlers, name);
+      } catch (err) {
+        const e = toAgentError(err);
+        subsystems[name.slice(0, -'.status'.length)] = { error: { code: e.code, message: e.message } };
+      }
+    }),
+  );
+  const cloud = subsystems.cloud ?? status.cloud;
+  const relay = asRecord(status.relay);
+  const relayHealth = asRecord(relay.health);
+  const actions = deps.simControls ? describeActions(await buildSimActions(handlers, deps.demoDir)) : [];
+  const health = deps.health();
+  const clock = asRecord(status.clock);
+  const decisions = asRecord(status.decisions);
+  return {
+    vehicleId: typeof status.vehicleId === 'string' ? status.vehicleId : 'unknown',
+    lock: typeof status.lock === 'string' ? status.lock : 'unknown',
+    readers: asRecord(status.readers) as Record<string, ReaderView>,
+    ...(typeof relay.driver === 'string'
+      ? { relay: { driver: relay.driver, health: relayHealth as unknown as ReaderView } }
+      : {}),
+    keyring: summariseKeyring(
+      Array.isArray(listed) ? (listed as ListedCredential[]) : [],
+      (deps.wallNow ?? Date.now)(),
+      asRecord(status.keyring),
+    ),
+    ...(typeof clock.now === 'string' && typeof clock.trust === 'string'
+      ? { clock: { now: clock.now, trust: clock.trust } }
+      : {}),
+    ...(typeof decisions.granted === 'number' && typeof decisions.denied === 'number'
+      ? { decisions: { granted: decisions.granted, denied: decisions.denied } }
+      : {}),
+    ...(cloud !== undefined ? { cloud: asRecord(cloud) } : {}),
+    subsystems,
+    ...(health !== undefined ? { health } : {}),
+    auditSeq: deps.auditSeq(),
+    uptimeS: Math.round(process.uptime()),
+    sim: { enabled: actions.length > 0, actions },
+  };
+}
+
+// ── Prometheus ─────────────────────────────────────────────────────────────────
+
+export interface ProcessFigures {
+  readonly cpuUserS: number;
+  readonly cpuSystemS: number;
+  readonly rssBytes: number;
+  readonly heapUsedBytes: number;
+  readonly startTimeS: number;
+  readonly openFds?: number;
+}
+
+function num(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+/** Pure: every metric family from a snapshot, the decision counts and process figures. */
+export function metricFamilies(
+  snapshot: StateSnapshot,
+  decisions: DecisionCounts,
+  proc: ProcessFigures,
+  streams: number,
+): MetricFamily[] {
+  const families: MetricFamily[] = [
+    { name: 'vehicle_agent_up', help: 'The agent answers.', type: 'gauge', samples: [{ value: 1 }] },
+    {
+      name: 'vehicle_agent_lock_state',
+      help: 'Lock state: 1 for the current state.',
+      type: 'gauge',
+      samples: oneHot('state', LOCK_STATES, snapshot.lock),
+    },
+    {
+      name: 'vehicle_agent_decisions_total',
+      help: 'Access decisions since the agent started, by result and denial code.',
+      type: 'counter',
+      samples: [...decisions].flatMap(([result, byCode]) =>
+        [...byCode].map(([code, n]): Sample => ({ labels: { result, code }, value: n })),
+      ),
+    },
+    {
+      name: 'vehicle_agent_reader_up',
+      help: 'Reader health is ok.',
+      type: 'gauge',
+      samples: Object.entries(snapshot.readers).map(([reader, h]) => ({
+        labels: { reader },
+        value: h.state === 'ok' ? 1 : 0,
+      })),
+    },
+    {
+      name: 'vehicle_agent_reader_health',
+      help: 'Reader health: 1 for the current state.',
+      type: 'gauge',
+      samples: Object.entries(snapshot.readers).flatMap(([reader, h]) =>
+        oneHot('state', HEALTH_STATES, h.state, { reader }),
+      ),
+    },
+    {
+      name: 'vehicle_agent_reader_rate_limited',
+      help: 'The reader is cooling down after too many denials.',
+      type: 'gauge',
+      samples: Object.entries(snapshot.readers).map(([reader, h]) => ({
+        labels: { reader },
+        value: h.rateLimitedUntil === undefined ? 0 : 1,
+      })),
+    },
+    {
+      name: 'vehicle_agent_relay_health',
+      help: 'Relay driver health: 1 for the current state.',
+      type: 'gauge',
+      samples: snapshot.relay
+        ? oneHot('state', HEALTH_STATES, snapshot.relay.health.state, { driver: snapshot.relay.driver })
+        : [],
+    },
+    {
+      name: 'vehicle_agent_audit_seq',
+      help: 'Sequence number of the last durable audit record.',
+      type: 'gauge',
+      samples: [{ value: snapshot.auditSeq }],
+    },
+    {
+      name: 'vehicle_agent_keyring_credentials',
+      help: 'Credentials in the keyring that are not revoked, by role.',
+      type: 'gauge',
+      samples: Object.entries(snapshot.keyring.byRole).map(([role, n]) => ({ labels: { role }, value: n })),
+    },
+    {
+      name: 'vehicle_agent_keyring_revoked',
+      help: 'Revoked credentials in the keyring.',
+      type: 'gauge',
+      samples: [{ value: snapshot.keyring.revoked }],
+    },
+    {
+      name: 'vehicle_agent_clock_trusted',
+      help: 'The system clock is not behind the last trusted time.',
+      type: 'gauge',
+      samples: snapshot.clock ? [{ value: snapshot.clock.trust === 'trusted' ? 1 : 0 }] : [],
+    },
+  ];
+  const cloud = snapshot.cloud;
+  if (cloud !== undefined) {
+    const connected = cloud.connected;
+    const outbox = asRecord(cloud.outbox);
+    families.push(
+      {
+        name: 'vehicle_agent_cloud_connected',
+        help: 'The cloud link is connected to the broker.',
+        type: 'gauge',
+        samples: typeof connected === 'boolean' ? [{ value: connected ? 1 : 0 }] : [],
+      },
+      {
+        name: 'vehicle_agent_outbox_pending',
+        help: 'Audit events waiting for the broker to acknowledge them.',
+        type: 'gauge',
+        samples: num(outbox.pending) === undefined ? [] : [{ value: num(outbox.pending) ?? 0 }],
+      },
+      {
+        name: 'vehicle_agent_outbox_dropped',
+        help: 'Audit events skipped because the outbox was full.',
+        type: 'gauge',
+        samples: num(outbox.dropped) === undefined ? [] : [{ value: num(outbox.dropped) ?? 0 }],
+      },
+    );
+  }
+  const health = snapshot.health;
+  families.push(
+    {
+      name: 'vehicle_agent_healthy',
+      help: 'Every supervision check passes (what the systemd watchdog pings on).',
+      type: 'gauge',
+      samples: health ? [{ value: health.healthy ? 1 : 0 }] : [],
+    },
+    {
+      name: 'vehicle_agent_health_check',
+      help: 'One supervision check passes.',
+      type: 'gauge',
+      samples: health
+        ? Object.entries(health.checks).map(([check, r]) => ({ labels: { check }, value: r.ok ? 1 : 0 }))
+        : [],
+    },
+    {
+      name: 'vehicle_agent_status_streams',
+      help: 'Live event streams open on the status page.',
+      type: 'gauge',
+      samples: [{ value: streams }],
+    },
+    {
+      name: 'process_cpu_user_seconds_total',
+      help: 'User CPU time.',
+      type: 'counter',
+      samples: [{ value: proc.cpuUserS }],
+    },
+    {
+      name: 'process_cpu_system_seconds_total',
+      help: 'System CPU time.',
+      type: 'counter',
+      samples: [{ value: proc.cpuSystemS }],
+    },
+    {
+      name: 'process_cpu_seconds_total',
+      help: 'User and system CPU time.',
+      type: 'counter',
+      samples: [{ value: proc.cpuUserS + proc.cpuSystemS }],
+    },
+    {
+      name: 'process_resident_memory_bytes',
+      help: 'Resident memory.',
+      type: 'gauge',
+      samples: [{ value: proc.rssBytes }],
+    },
+    {
+      name: 'nodejs_heap_used_bytes',
+      help: 'V8 heap in use.',
+      type: 'gauge',
+      samples: [{ value: proc.heapUsedBytes }],
+    },
+    {
+      name: 'process_start_time_seconds',
+      help: 'Start time since the epoch.',
+      type: 'gauge',
+      samples: [{ value: proc.startTimeS }],
+    },
+    {
+      name: 'process_open_fds',
+      help: 'Open file descriptors.',
+      type: 'gauge',
+      samples: proc.openFds === undefined ? [] : [{ value: proc.openFds }],
+    },
+  );
+  return families;
+}

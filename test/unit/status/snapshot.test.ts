@@ -1,0 +1,182 @@
+import { describe, expect, it } from 'vitest';
+import type { ControlHandler } from '../../../src/agent/control-server.js';
+import { renderMetrics } from '../../../src/status/metrics.js';
+import { collectSnapshot, metricFamilies, summariseKeyring } from '../../../src/status/snapshot.js';
+import { parseExposition } from '../../helpers/prometheus.js';
+
+const DAY = 86_400_000;
+const NOW = Date.UTC(2025, 5, 1);
+
+const listed = [
+  { credential: { kind: 'phone', role: 'owner', options: {} }, revoked: false },
+  { credential: { kind: 'phone', role: 'driver', options: {} }, revoked: false },
+  { credential: { kind: 'phone', role: 'driver', options: {} }, revoked: true },
+  { credential: { kind: 'phone', role: 'guest', notAfter: NOW + 2 * DAY, options: {} }, revoked: false },
+  { credential: { kind: 'phone', role: 'guest', notAfter: NOW - DAY, options: {} }, revoked: false },
+  { credential: { kind: 'phone', role: 'guest', notBefore: NOW + DAY, options: {} }, revoked: false },
+  { credential: { kind: 'uid', role: 'driver', options: { insecureUid: true } }, revoked: false },
+  { credential: { kind: 'ntag424', role: 'driver', notAfter: NOW + 30 * DAY, options: {} }, revoked: false },
+];
+
+describe('keyring summary', () => {
+  it('counts by role and kind, revoked, expiring within 7 days, outside their window, UID-only', () => {
+    expect(summariseKeyring(listed, NOW, { operations: 9, digest: 'ab'.repeat(32) })).toEqual({
+      credentials: 8,
+      operations: 9,
+      digest: 'ab'.repeat(32),
+      active: 7,
+      revoked: 1,
+      byRole: { owner: 1, driver: 3, guest: 3, service: 0 },
+      byKind: { phone: 5, fido: 0, ntag424: 1, uid: 1, signer: 0 },
+      expiringSoon: 1,
+      outsideWindow: 2,
+      insecureUid: 1,
+    });
+  });
+
+  it('exposes counts only: no names, ids or keys', () => {
+    const summary = summariseKeyring(
+      [{ credential: { kind: 'phone', role: 'driver', options: {} }, revoked: false }],
+      NOW,
+    );
+    expect(JSON.stringify(summary)).not.toMatch(/name|publicKey|"id"/);
+  });
+});
+
+function handlers(extra: [string, ControlHandler][] = []): Map<string, ControlHandler> {
+  return new Map<string, ControlHandler>([
+    [
+      'status',
+      () => ({
+        vehicleId: 'VA-TEST',
+        lock: 'unlocked',
+        readers: {
+          nfc0: { state: 'ok', since: 1 },
+          ble0: { state: 'down', detail: 'adapter off', since: 2, rateLimitedUntil: '2025-06-01T00:05:00Z' },
+        },
+        relay: { driver: 'gpio', health: { state: 'degraded', detail: 'holder died', since: 3 } },
+        keyring: { operations: 8, credentials: 8, digest: 'cd'.repeat(32) },
+        clock: { now: '2025-06-01T00:00:00.000Z', trust: 'behind' },
+        decisions: { granted: 4, denied: 2 },
+      }),
+    ],
+    ['keys.list', () => listed],
+    ...extra,
+  ]);
+}
+
+describe('collectSnapshot', () => {
+  it('reads status, summarises the keyring and takes every <name>.status handler as a subsystem', async () => {
+    const s = await collectSnapshot({
+      handlers: handlers([
+        ['nfc.status', () => ({ mode: 'pn532', health: { state: 'ok' } })],
+        ['cloud.status', () => ({ connected: false, protocol: '5', outbox: { pending: 12, dropped: 0 } })],
+        [
+          'broken.status',
+          () => {
+            throw new Error('nope');
+          },
+        ],
+        ['slow.status', () => new Promise(() => {})],
+        ['sim.uid', () => ({})],
+      ]),
+      health: () => undefined,
+      auditSeq: () => 41,
+      demoDir: '/nonexistent',
+      simControls: true,
+      wallNow: () => NOW,
+    });
+    expect(s.vehicleId).toBe('VA-TEST');
+    expect(s.lock).toBe('unlocked');
+    expect(s.readers.ble0?.state).toBe('down');
+    expect(s.relay).toEqual({
+      driver: 'gpio',
+      health: { state: 'degraded', detail: 'holder died', since: 3 },
+    });
+    expect(s.keyring.active).toBe(7);
+    expect(s.keyring.digest).toBe('cd'.repeat(32));
+    expect(s.cloud).toEqual({ connected: false, protocol: '5', outbox: { pending: 12, dropped: 0 } });
+    expect(Object.keys(s.subsystems).sort()).toEqual(['broken', 'cloud', 'nfc', 'slow']);
+    expect(s.subsystems.broken).toEqual({ error: { code: 'internal', message: 'nope' } });
+    expect(s.subsystems.slow).toMatchObject({ error: { code: 'busy' } });
+    expect(s.auditSeq).toBe(41);
+    expect(s.sim.enabled).toBe(true);
+    expect(s.sim.actions.map((a) => a.id)).toEqual(['uid']);
+  });
+
+  it('fails with a coded error when the agent has no status handler', async () => {
+    await expect(
+      collectSnapshot({
+        handlers: new Map(),
+        health: () => undefined,
+        auditSeq: () => 0,
+        demoDir: '/nonexistent',
+        simControls: true,
+      }),
+    ).rejects.toMatchObject({ code: 'unknown_command' });
+  });
+});
+
+describe('metric families', () => {
+  it('renders lock state, decisions by code, reader and relay health, cloud and process figures', async () => {
+    const snapshot = await collectSnapshot({
+      handlers: handlers([['cloud.status', () => ({ connected: true, outbox: { pending: 3, dropped: 1 } })]]),
+      health: () => ({
+        healthy: false,
+        at: '2025-06-01T00:00:00.000Z',
+        checks: { eventLoop: { ok: true }, state: { ok: false, detail: 'EROFS' } },
+      }),
+      auditSeq: () => 41,
+      demoDir: '/nonexistent',
+      simControls: false,
+      wallNow: () => NOW,
+    });
+    const decisions = new Map([
+      ['granted', new Map([['', 4]])],
+      [
+        'denied',
+        new Map([
+          ['bad_proof', 1],
+          ['rate_limited', 1],
+        ]),
+      ],
+    ]);
+    const text = renderMetrics(
+      metricFamilies(
+        snapshot,
+        decisions,
+        {
+          cpuUserS: 1.5,
+          cpuSystemS: 0.5,
+          rssBytes: 1e8,
+          heapUsedBytes: 5e7,
+          startTimeS: 1_700_000_000,
+          openFds: 21,
+        },
+        2,
+      ),
+    );
+    const families = parseExposition(text);
+    expect(families.get('vehicle_agent_lock_state')?.type).toBe('gauge');
+    expect(text).toContain('vehicle_agent_lock_state{state="unlocked"} 1\n');
+    expect(text).toContain('vehicle_agent_lock_state{state="locked"} 0\n');
+    expect(families.get('vehicle_agent_decisions_total')?.type).toBe('counter');
+    expect(text).toContain('vehicle_agent_decisions_total{result="denied",code="bad_proof"} 1\n');
+    expect(text).toContain('vehicle_agent_decisions_total{result="granted",code=""} 4\n');
+    expect(text).toContain('vehicle_agent_reader_up{reader="nfc0"} 1\n');
+    expect(text).toContain('vehicle_agent_reader_up{reader="ble0"} 0\n');
+    expect(text).toContain('vehicle_agent_reader_health{reader="ble0",state="down"} 1\n');
+    expect(text).toContain('vehicle_agent_reader_rate_limited{reader="ble0"} 1\n');
+    expect(text).toContain('vehicle_agent_relay_health{driver="gpio",state="degraded"} 1\n');
+    expect(text).toContain('vehicle_agent_audit_seq 41\n');
+    expect(text).toContain('vehicle_agent_keyring_credentials{role="guest"} 3\n');
+    expect(text).toContain('vehicle_agent_clock_trusted 0\n');
+    expect(text).toContain('vehicle_agent_cloud_connected 1\n');
+    expect(text).toContain('vehicle_agent_outbox_pending 3\n');
+    expect(text).toContain('vehicle_agent_healthy 0\n');
+    expect(text).toContain('vehicle_agent_health_check{check="state"} 0\n');
+    expect(text).toContain('process_cpu_seconds_total 2\n');
+    expect(text).toContain('process_open_fds 21\n');
+    expect(text).toContain('vehicle_agent_status_streams 2\n');
+  });
+});
