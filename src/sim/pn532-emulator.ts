@@ -277,9 +277,12 @@ export class Pn532Emulator {
     const wire = chunk.length * this.byteTimeMs;
     this.counters.wireMs += wire;
     this.rxFreeAt = Math.max(now, this.rxFreeAt) + wire;
-    // The HSU wake-up preamble: 0x55 0x55 (it may follow other bytes in the same chunk).
+    // The HSU wake-up preamble: 0x55 0x55 (it may follow other bytes in the same chunk). It means
+    // something only to a sleeping or wedged chip: an awake chip hands every byte to the frame
+    // decoder, since 55 55 inside a frame's data (a ciphertext, a signature) is just data.
+    const asleep = this.wedged !== undefined || this.power !== 'normal';
     let wakeAt = -1;
-    for (let i = 0; i + 1 < chunk.length; i++) {
+    for (let i = 0; asleep && i + 1 < chunk.length; i++) {
       if (chunk[i] === 0x55 && chunk[i + 1] === 0x55) {
         wakeAt = i;
         break;
