@@ -32,9 +32,11 @@ function describe(view: View): string {
     case 'none':
       return 'no card enrollment';
     case 'awaiting_owner':
-      return view.method === 'owner-fido'
-        ? `tap an owner FIDO key at the reader to authorise enrolling a ${view.kind} card as ${view.role} (until ${view.expiresAt})`
-        : `waiting for the owner's signature on request ${view.requestHash.slice(0, 16)} (until ${view.expiresAt})`;
+      return `${
+        view.method === 'owner-fido'
+          ? `tap an owner FIDO key at the reader to authorise enrolling a ${view.kind} card as ${view.role}`
+          : `waiting for the owner's signature on request ${view.requestHash.slice(0, 16)}`
+      } (until ${view.expiresAt})${view.lastRefusal ? `; refused: ${view.lastRefusal.code} (${view.lastRefusal.message})` : ''}`;
     case 'awaiting_card':
       return `authorised by ${view.authorisedBy ?? '?'}: tap the new ${view.kind} card at the reader (until ${view.expiresAt})${
         view.lastRefusal ? `; last card refused: ${view.lastRefusal.code} (${view.lastRefusal.message})` : ''
@@ -126,12 +128,14 @@ export async function enrollCard(argv: readonly string[]): Promise<number> {
     if (values.json) out(JSON.stringify(view));
     return 0;
   }
-  let last = view.state;
+  // Print each change: the next step, and every refused tap (the window stays open after one).
+  let last = JSON.stringify(view);
   while (view.state === 'awaiting_owner' || view.state === 'awaiting_card') {
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     view = await request(socketPath, 'enroll.card.status');
-    if (view.state !== last && !values.json) out(describe(view));
-    last = view.state;
+    const now = JSON.stringify(view);
+    if (now !== last && !values.json) out(describe(view));
+    last = now;
   }
   if (values.json) out(JSON.stringify(view));
   return view.state === 'completed' ? 0 : 2;
