@@ -36,6 +36,8 @@ export interface StatusServerOptions {
   readonly maxBodyBytes?: number;
   /** State pushed to live streams this often; default 1000 ms. */
   readonly statePushMs?: number;
+  /** Requests answered per second, burst twice that; default 50. */
+  readonly requestsPerSecond?: number;
 }
 
 export interface StatusServer {
@@ -75,6 +77,14 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
 };
 const SIM_ROUTE = /^\/api\/sim\/([a-z][a-z0-9-]{0,31})$/;
 const INITIAL_EVENTS = 30;
+/** One state collection serves every request within this window (page, streams, scrapes). */
+const SNAPSHOT_TTL_MS = 250;
+/**
+ * Requests the server answers per second (burst twice that). The agent's loop is shared with the
+ * unlock path: a local client hammering the page must not slow taps down. The page itself makes
+ * one request plus a stream; a Prometheus scrape is one request per interval.
+ */
+const REQUESTS_PER_SECOND = 50;
 const HEARTBEAT_MS = 15_000;
 const MAX_STREAM_BUFFER = 1024 * 1024;
 const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '[::1]', '::1']);
@@ -88,6 +98,29 @@ export function hostnameOf(header: string | undefined): string | undefined {
   if (header === undefined) return undefined;
   const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/.exec(header.trim());
   return m?.[1]?.toLowerCase();
+}
+
+/** A token bucket: `rate` tokens a second, holding at most twice that. */
+export class TokenBucket {
+  private tokens: number;
+  private last: number;
+
+  constructor(
+    private readonly rate: number,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.tokens = rate * 2;
+    this.last = now();
+  }
+
+  take(): boolean {
+    const t = this.now();
+    this.tokens = Math.min(this.rate * 2, this.tokens + ((t - this.last) / 1000) * this.rate);
+    this.last = t;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
 }
 
 function send(
@@ -173,14 +206,24 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
   const sockets = new Set<Socket>();
   let stopping = false;
 
-  const snapshot = (): Promise<StateSnapshot> =>
-    collectSnapshot({
+  let cached: { at: number; value: Promise<StateSnapshot> } | undefined;
+  const snapshot = (): Promise<StateSnapshot> => {
+    const now = performance.now();
+    if (cached && now - cached.at < SNAPSHOT_TTL_MS) return cached.value;
+    const value = collectSnapshot({
       handlers,
       health: options.health,
       auditSeq: () => feed.lastSeq,
       demoDir: options.demoDir,
       simControls: options.simControls,
     });
+    cached = { at: now, value };
+    value.catch(() => {
+      if (cached?.value === value) cached = undefined;
+    });
+    return value;
+  };
+  const bucket = new TokenBucket(options.requestsPerSecond ?? REQUESTS_PER_SECOND);
 
   const writeEvent = (res: ServerResponse, event: string, data: unknown, id?: number) => {
     if (res.writableLength > MAX_STREAM_BUFFER) {
@@ -246,6 +289,10 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (!bucket.take()) {
+      res.setHeader('retry-after', '1');
+      throw new AgentError('busy', 'too many requests; try again in a second');
+    }
     const method = req.method ?? 'GET';
     let path: string;
     try {

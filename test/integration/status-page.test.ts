@@ -44,8 +44,9 @@ describe('status page on the real agent', () => {
       headers: { 'content-type': 'application/json', authorization: `Bearer ${token}`, ...headers },
       body: JSON.stringify(body),
     });
+  /** The last durable audit seq, from the control socket (the page caches its state briefly). */
   const auditSeq = async () =>
-    ((await (await fetch(`${base}/api/state`)).json()) as { auditSeq: number }).auditSeq;
+    runCliJson<{ recent: { seq: number }[] }>(['status', ...sd()]).value.recent.at(-1)?.seq ?? 0;
 
   it('binds to loopback and keeps a generated admin token in a 0600 file, never in the log', () => {
     expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);

@@ -73,6 +73,7 @@ beforeAll(async () => {
     log: silentLogger,
     maxBodyBytes: 1024,
     statePushMs: 50,
+    requestsPerSecond: 1000,
   });
   base = server.url.replace(/\/$/, '');
 });
@@ -332,5 +333,49 @@ describe('status server: live events', () => {
       ),
     ).toEqual({ status: 503, code: 'unavailable' });
     expect(uidCalls).toBe(1);
+  });
+});
+
+describe('status server: request budget', () => {
+  it('refuses requests beyond its budget with busy and Retry-After, before any handler runs', async () => {
+    const calls = { n: 0 };
+    const limited = await startStatusServer({
+      host: '127.0.0.1',
+      port: 0,
+      token: TOKEN,
+      maxClients: 2,
+      simControls: true,
+      handlers: new Map<string, ControlHandler>([
+        ['status', () => ({ vehicleId: 'VA-TEST', lock: 'locked', readers: {} })],
+        [
+          'sim.uid',
+          () => {
+            calls.n++;
+            return { granted: true };
+          },
+        ],
+      ]),
+      health: report,
+      checkHealth: async () => report(),
+      feed: new AuditFeed(source, silentLogger),
+      demoDir: '/nonexistent',
+      log: silentLogger,
+      requestsPerSecond: 1,
+    });
+    try {
+      const url = limited.url.replace(/\/$/, '');
+      expect((await fetch(`${url}/healthz`)).status).toBe(200);
+      expect((await fetch(`${url}/healthz`)).status).toBe(200); // the burst is twice the rate
+      const refused = await fetch(`${url}/api/sim/uid`, {
+        method: 'POST',
+        headers: auth,
+        body: '{"uid":"04AABBCCDD"}',
+      });
+      expect(refused.headers.get('retry-after')).toBe('1');
+      expect(await errorOf(refused)).toEqual({ status: 503, code: 'busy' });
+      expect(calls.n).toBe(0);
+    } finally {
+      await limited.close();
+    }
   });
 });
