@@ -242,6 +242,6 @@ if [ -e "$(at "$STATE_DIR/vehicle.json")" ]; then
   fi
 else
   say "next: provision the vehicle, then start it:"
-  say "  sudo -u $USER_NAME vehicle-agent init --owner-key OWNER.pub.pem"
+  say "  install -m 0644 OWNER.pub.pem /tmp/ && sudo -u $USER_NAME vehicle-agent init --owner-key /tmp/OWNER.pub.pem"
   say "  sudo systemctl start vehicle-agent"
 fi
