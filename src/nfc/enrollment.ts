@@ -229,6 +229,12 @@ export class CardEnrollmentDesk {
       : undefined;
   }
 
+  /** An owner-tap the reader could not put to the owner check (an unknown card, a card removed). */
+  noteRefusedTap(code: Code, message: string): void {
+    this.refresh();
+    this.refused(this.pending, undefined, code, message);
+  }
+
   /** The owner signed the request with a signing key (the CLI's --owner-key). */
   authoriseWithKey(jws: string): CardEnrollmentView {
     this.refresh();

@@ -213,6 +213,11 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
     if (!desk || !challenge)
       return refusedTap(targetId, 'authorise', 'enrollment_closed', 'no enrollment is open');
     const deps = this.tapDeps(ctx);
+    // Refusals before the owner check are audited by the desk too.
+    const refuse = (code: Code, message: string): TapOutcome => {
+      desk.noteRefusedTap(code, message);
+      return refusedTap(targetId, 'authorise', code, message);
+    };
     let found: CredentialStatus | undefined;
     let selected = false;
     try {
@@ -228,16 +233,13 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
       }
     } catch (err) {
       const e = toAgentError(err, 'reader_error');
-      return refusedTap(
-        targetId,
-        'authorise',
-        e.code === 'unsupported' ? 'unknown_credential' : e.code,
-        e.message,
-      );
+      return refuse(e.code === 'unsupported' ? 'unknown_credential' : e.code, e.message);
     }
     const keyHandle = found?.credential.keyHandle;
     if (!found || keyHandle === undefined)
-      return refusedTap(targetId, 'authorise', 'unknown_credential', 'this card is not an enrolled FIDO key');
+      return refuse('unknown_credential', 'this card is not an enrolled FIDO key');
+    if (session.kind !== 'iso14443-4')
+      return refuse('clone_suspected', "a plain tag showing an enrolled FIDO key's UID");
     try {
       const answer = await fidoAssert(session, deps, {
         appParam: vehicleAppParam(ctx.vehicleId),
@@ -259,8 +261,7 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
           };
     } catch (err) {
       const e = toAgentError(err, 'reader_error');
-      const verdict = verdictFor(e, true);
-      return refusedTap(targetId, 'authorise', verdict === 'cloned' ? 'clone_suspected' : e.code, e.message);
+      return refuse(verdictFor(e, true) === 'cloned' ? 'clone_suspected' : e.code, e.message);
     }
   }
 

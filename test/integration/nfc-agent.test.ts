@@ -197,6 +197,16 @@ describe('NFC cards on the real agent (PN532 emulator on a socat pty)', () => {
       ...sd(),
     ]);
     expect(open.value.state).toBe('awaiting_owner');
+    expect(tap('fido-stranger').value).toMatchObject({
+      enrollment: 'authorise',
+      ok: false,
+      code: 'unknown_credential',
+    });
+    expect(tap('magic-tag', '--clone-of', 'fido-owner').value).toMatchObject({
+      enrollment: 'authorise',
+      ok: false,
+      code: 'clone_suspected',
+    });
     const byDriver = tap('fido-driver');
     expect(byDriver.code).toBe(2);
     expect(byDriver.value).toMatchObject({ enrollment: 'authorise', ok: false, code: 'role_not_allowed' });
