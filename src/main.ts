@@ -77,7 +77,10 @@ export async function startAgent(options: {
 
   // Relays first: whatever state a crash left them in, they are de-energised before anything else.
   const relay: RelayHandle = await createRelay(config, log.child({ module: 'relay' }));
-  const cleanup: (() => Promise<void>)[] = [async () => relay.close()];
+  // Relays are released first on every way out (before readers, links and stores wind down, which
+  // can take seconds on a loaded Pi) and again last, which is a no-op when the first succeeded.
+  const releaseRelays = async () => relay.close();
+  const cleanup: (() => Promise<void>)[] = [releaseRelays];
   let instance: InstanceLock | undefined;
   let state: VehicleState | undefined;
   try {
@@ -452,7 +455,7 @@ export async function startAgent(options: {
     const stop = (reason: string): Promise<void> => {
       stopping ??= (async () => {
         log.info({ module: 'main', reason }, 'stopping');
-        for (const step of cleanup) {
+        for (const step of [releaseRelays, ...cleanup]) {
           try {
             await step();
           } catch (err) {
@@ -519,7 +522,7 @@ export async function runAgentCli(argv: readonly string[]): Promise<number> {
   const onFatal = (err: unknown) => {
     const e = toAgentError(err);
     process.stderr.write(`vehicle-agent: fatal [${e.code}] ${e.stack ?? e.message}\n`);
-    setTimeout(() => process.exit(1), 2000).unref();
+    setTimeout(() => process.exit(1), 5000).unref();
     if (!running) process.exit(1);
     void running.stop('fatal error').finally(() => process.exit(1));
   };
