@@ -130,10 +130,12 @@ export class Agent {
     const now = clock.now();
     const history = this.histories.get(p.reader) ?? EMPTY_HISTORY;
     const counterKey = p.credentialId;
+    // The higher of the counter reserved in memory and the durable one: other writers (an owner
+    // FIDO key authorising an enrollment) advance the durable store directly.
     const lastCounter =
       counterKey === undefined
         ? undefined
-        : (this.liveCounters.get(counterKey) ?? this.deps.counters.get(counterKey));
+        : maxDefined(this.liveCounters.get(counterKey), this.deps.counters.get(counterKey));
     let decision = decide({ presentation: p, keyring, now, history, lastCounter, policy });
     const outcome = recordOutcome(history, decision, now, policy.rateLimit);
     this.histories.set(p.reader, outcome.history);
@@ -283,4 +285,10 @@ export class Agent {
       decisions: { ...this.counts },
     };
   }
+}
+
+function maxDefined(a: number | undefined, b: number | undefined): number | undefined {
+  if (a === undefined) return b;
+  if (b === undefined) return a;
+  return Math.max(a, b);
 }

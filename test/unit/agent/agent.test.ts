@@ -138,3 +138,17 @@ describe('agent loop', () => {
     expect(agent.readerContext(silentLogger).isRateLimited('ble0')).toBe(false);
   });
 });
+
+describe('agent counters', () => {
+  it('honours a durable counter advanced by another writer (an owner FIDO authorisation)', async () => {
+    const { agent, stored, present } = setup();
+    expect((await agent.present(present({ counter: 5 }))).granted).toBe(true);
+    // the enrollment desk records the owner key's counter 10 straight into the store
+    stored.set(present().credentialId ?? '', 10);
+    expect(await agent.present(present({ counter: 7 }))).toMatchObject({
+      granted: false,
+      code: 'clone_suspected',
+    });
+    expect((await agent.present(present({ counter: 11 }))).granted).toBe(true);
+  });
+});
