@@ -1,5 +1,6 @@
 import { AgentError } from '../core/errors.js';
 import { type Logger, silentLogger } from '../core/logger.js';
+import { concatBytes } from '../crypto/encoding.js';
 import {
   CMD,
   commandName,
@@ -139,16 +140,6 @@ class Timeline {
     }
     this.arm();
   }
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
 }
 
 export class Pn532Emulator {
@@ -392,7 +383,7 @@ export class Pn532Emulator {
 
   private transmit(frame: Uint8Array): void {
     const garbage = this.takeFault('garbage');
-    const bytes = garbage ? concat([garbage.bytes ?? DEFAULT_GARBAGE, frame]) : frame;
+    const bytes = garbage ? concatBytes(garbage.bytes ?? DEFAULT_GARBAGE, frame) : frame;
     const wire = bytes.length * this.byteTimeMs;
     this.counters.wireMs += wire;
     this.counters.bytesOut += bytes.length;
@@ -692,7 +683,7 @@ export class Pn532Emulator {
     }
     this.hostChain.push(data.slice());
     if (more) return Uint8Array.of(0x00);
-    const apdu = concat(this.hostChain);
+    const apdu = concatBytes(...this.hostChain);
     this.hostChain = [];
     this.hostChainBytes = 0;
     this.pendingOut = undefined;

@@ -1,6 +1,7 @@
 import { isCode } from '../../core/codes.js';
 import { AgentError } from '../../core/errors.js';
 import type { Intent } from '../../core/types.js';
+import { concatBytes } from '../../crypto/encoding.js';
 import {
   ANSWER_DOMAIN,
   CHALLENGE_BYTES,
@@ -122,20 +123,8 @@ function checkSignature(signature: Uint8Array): void {
     throw malformed(`signature must be ${SIGNATURE_BYTES} bytes (r‖s)`);
 }
 
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  let length = 0;
-  for (const p of parts) length += p.length;
-  const out = new Uint8Array(length);
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
-}
-
 function domainSeparated(domain: Uint8Array, body: Uint8Array): Uint8Array {
-  return concat([domain, Uint8Array.of(0x00), body]);
+  return concatBytes(domain, Uint8Array.of(0x00), body);
 }
 
 // ── hello ─────────────────────────────────────────────────────────────────────
@@ -146,12 +135,12 @@ export function helloBody(fields: HelloFields): Uint8Array {
   const window = fields.answerWindowMs;
   if (!Number.isInteger(window) || window < 1 || window > 0xffff)
     throw malformed('answer window must be 1..65535 ms');
-  return concat([
+  return concatBytes(
     Uint8Array.of(PROTOCOL_VERSION, MESSAGE_TYPES.hello),
     encodeId(fields.vehicleId, 'vehicle id'),
     fields.challenge,
     Uint8Array.of(window >> 8, window & 0xff),
-  ]);
+  );
 }
 
 /** What the vehicle key signs (ECDSA P-256, SHA-256): "vehicle-agent/ble/v1/hello" ‖ 0x00 ‖ body. */
@@ -161,7 +150,7 @@ export function helloSignedMessage(fields: HelloFields): Uint8Array {
 
 export function encodeHello(fields: HelloFields, signature: Uint8Array): Uint8Array {
   checkSignature(signature);
-  return concat([helloBody(fields), signature]);
+  return concatBytes(helloBody(fields), signature);
 }
 
 /** Builds a signed hello; `sign` returns a 64-byte r‖s P-256 signature over SHA-256(message). */
@@ -180,7 +169,7 @@ export function answerBody(fields: AnswerFields): Uint8Array {
   checkChallenge(fields.challenge);
   const intent = INTENT_BYTES[fields.intent];
   if (intent === undefined) throw malformed('intent must be unlock, lock or toggle');
-  return concat([
+  return concatBytes(
     Uint8Array.of(
       PROTOCOL_VERSION,
       MESSAGE_TYPES.answer,
@@ -190,7 +179,7 @@ export function answerBody(fields: AnswerFields): Uint8Array {
     encodeId(fields.vehicleId, 'vehicle id'),
     fields.challenge,
     encodeId(fields.keyId, 'key id'),
-  ]);
+  );
 }
 
 /**
@@ -204,21 +193,21 @@ export function answerSignedMessage(fields: AnswerFields): Uint8Array {
 
 export function encodeAnswer(fields: AnswerFields, signature: Uint8Array): Uint8Array {
   checkSignature(signature);
-  return concat([answerBody(fields), signature]);
+  return concatBytes(answerBody(fields), signature);
 }
 
 // ── result and abort ──────────────────────────────────────────────────────────
 
 export function encodeResult(result: ResultFields): Uint8Array {
   if (result.granted) return Uint8Array.of(PROTOCOL_VERSION, MESSAGE_TYPES.result, OUTCOME_GRANTED, 0);
-  return concat([
+  return concatBytes(
     Uint8Array.of(PROTOCOL_VERSION, MESSAGE_TYPES.result, OUTCOME_DENIED),
     encodeCode(result.code),
-  ]);
+  );
 }
 
 export function encodeAbort(code: string): Uint8Array {
-  return concat([Uint8Array.of(PROTOCOL_VERSION, MESSAGE_TYPES.abort), encodeCode(code)]);
+  return concatBytes(Uint8Array.of(PROTOCOL_VERSION, MESSAGE_TYPES.abort), encodeCode(code));
 }
 
 // ── decoding ──────────────────────────────────────────────────────────────────

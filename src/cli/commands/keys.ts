@@ -1,16 +1,14 @@
-import { credentialToWire, expectedCredentialId } from '../../access/credential-wire.js';
-import { type MergeResult, signGrant, signRevoke } from '../../access/keyring.js';
+import { credentialToWire } from '../../access/credential-wire.js';
+import type { MergeResult } from '../../access/keyring.js';
 import { acquireInstanceLock } from '../../agent/instance-lock.js';
 import type { CredentialStatus } from '../../agent/reader.js';
 import { openVehicleState } from '../../agent/vehicle-state.js';
 import { AgentError } from '../../core/errors.js';
 import { silentLogger } from '../../core/logger.js';
-import { type Credential, type CredentialKind, ROLES, type Role } from '../../core/types.js';
-import { fromHex } from '../../crypto/encoding.js';
-import { publicJwkOf, uidHash } from '../../crypto/keys.js';
-import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
+import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
 import { controlRequest } from '../control-client.js';
-import { readKeyFile, readSignerKey } from '../key-files.js';
+import { readSignerKey } from '../key-files.js';
+import { buildGrant, buildRevoke, GRANT_OPTIONS } from './signing.js';
 
 export const KEYS_HELP = `vehicle-agent keys list [--json]
 vehicle-agent keys grant --key OWNER.pem --kind phone|signer --public KEY.pub.pem --role ROLE
@@ -122,73 +120,11 @@ async function list(argv: readonly string[]): Promise<number> {
 }
 
 async function grant(argv: readonly string[]): Promise<number> {
-  const { values } = parse(argv, {
-    ...COMMON_OPTIONS,
-    key: { type: 'string', short: 'k' },
-    kind: { type: 'string' },
-    public: { type: 'string' },
-    uid: { type: 'string' },
-    role: { type: 'string' },
-    name: { type: 'string' },
-    'not-before': { type: 'string' },
-    'not-after': { type: 'string' },
-    passive: { type: 'boolean' },
-    'insecure-uid': { type: 'boolean' },
-  });
-  const signer = readSignerKey(requireString(values.key, 'key'));
-  const kind = requireString(values.kind, 'kind') as CredentialKind;
-  if (kind !== 'phone' && kind !== 'signer' && kind !== 'uid') {
-    throw new AgentError(
-      'bad_arguments',
-      '--kind must be phone, signer or uid (FIDO keys and NTAG 424 cards are enrolled at the vehicle)',
-    );
-  }
-  const role = requireString(values.role, 'role') as Role;
-  if (!(ROLES as readonly string[]).includes(role))
-    throw new AgentError('bad_arguments', `--role must be one of ${ROLES.join(', ')}`);
-  const window = {
-    ...(values['not-before'] !== undefined
-      ? { notBefore: parseTime(values['not-before'], 'not-before') }
-      : {}),
-    ...(values['not-after'] !== undefined ? { notAfter: parseTime(values['not-after'], 'not-after') } : {}),
-  };
-  const options = {
-    ...(values.passive ? { passive: true } : {}),
-    ...(values['insecure-uid'] ? { insecureUid: true } : {}),
-  };
-  const result = await applyOps(values, (vehicle) => {
-    let credential: Credential;
-    if (kind === 'uid') {
-      let uid: Uint8Array;
-      try {
-        uid = fromHex(requireString(values.uid, 'uid'));
-      } catch {
-        throw new AgentError('bad_arguments', '--uid must be hex');
-      }
-      const hash = uidHash(vehicle.vehicleId, uid);
-      credential = {
-        id: expectedCredentialId('uid', { uidHash: hash }),
-        kind,
-        role,
-        uidHash: hash,
-        options,
-        ...window,
-        ...(values.name ? { name: values.name } : {}),
-      };
-    } else {
-      const publicKey = publicJwkOf(readKeyFile(requireString(values.public, 'public')));
-      credential = {
-        id: expectedCredentialId(kind, { publicKey }),
-        kind,
-        role,
-        publicKey,
-        options,
-        ...window,
-        ...(values.name ? { name: values.name } : {}),
-      };
-    }
-    return [signGrant(credential, vehicle.vehicleId, signer.key, signer.id, Math.floor(Date.now() / 1000))];
-  });
+  const { vehicle: _vehicle, ...grantOptions } = GRANT_OPTIONS;
+  const { values } = parse(argv, { ...COMMON_OPTIONS, ...grantOptions });
+  // Read the signer and the public key before contacting the agent, so a bad file fails fast.
+  readSignerKey(requireString(values.key, 'key'));
+  const result = await applyOps(values, (vehicle) => [buildGrant({ ...values, vehicle: vehicle.vehicleId })]);
   return report(
     result,
     values.json,
@@ -203,17 +139,10 @@ async function revoke(argv: readonly string[]): Promise<number> {
     id: { type: 'string' },
     reason: { type: 'string' },
   });
-  const signer = readSignerKey(requireString(values.key, 'key'));
+  readSignerKey(requireString(values.key, 'key'));
   const credId = requireString(values.id, 'id');
   const result = await applyOps(values, (vehicle) => [
-    signRevoke(
-      credId,
-      vehicle.vehicleId,
-      signer.key,
-      signer.id,
-      Math.floor(Date.now() / 1000),
-      values.reason,
-    ),
+    buildRevoke({ ...values, vehicle: vehicle.vehicleId }),
   ]);
   return report(result, values.json, `revoked ${credId}`);
 }

@@ -141,7 +141,10 @@ export function buildGrant(values: {
   const vid = requireString(values.vehicle, 'vehicle');
   const kind = requireString(values.kind, 'kind') as CredentialKind;
   if (kind !== 'phone' && kind !== 'signer' && kind !== 'uid')
-    throw new AgentError('bad_arguments', '--kind must be phone, signer or uid');
+    throw new AgentError(
+      'bad_arguments',
+      '--kind must be phone, signer or uid (FIDO keys and NTAG 424 cards are enrolled at the vehicle: vehicle-agent enroll card)',
+    );
   const role = requireString(values.role, 'role') as Role;
   if (!(ROLES as readonly string[]).includes(role))
     throw new AgentError('bad_arguments', `--role must be one of ${ROLES.join(', ')}`);

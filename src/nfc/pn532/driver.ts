@@ -3,6 +3,7 @@ import type { Code } from '../../core/codes.js';
 import { AgentError, toAgentError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
 import type { Health, HealthState } from '../../core/types.js';
+import { concatBytes } from '../../crypto/encoding.js';
 import {
   CMD,
   type ExchangeAnswer,
@@ -181,16 +182,6 @@ class TargetSession implements Pn532Target {
 function sameBytes(a: Uint8Array | undefined, b: Uint8Array | undefined): boolean {
   if (!a || !b || a.length !== b.length) return false;
   return a.every((v, i) => v === b[i]);
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
 }
 
 export class Pn532Driver extends EventEmitter<Pn532DriverEvents> {
@@ -494,7 +485,7 @@ export class Pn532Driver extends EventEmitter<Pn532DriverEvents> {
       if (total > MAX_APDU_ANSWER) throw new AgentError('frame_too_large', 'card answer exceeds the limit');
       parts.push(answer.data);
     }
-    const response = concat(parts);
+    const response = concatBytes(...parts);
     if (response.length < 2) throw new AgentError('malformed', 'card answer shorter than a status word');
     return response;
   }
@@ -527,7 +518,7 @@ export class Pn532Driver extends EventEmitter<Pn532DriverEvents> {
       answer = await this.transceive(t, session, Uint8Array.of(cla, 0xc0, 0x00, 0x00, le), deadline);
     }
     parts.push(answer);
-    return concat(parts);
+    return concatBytes(...parts);
   }
 
   private async afterExchangeFailure(
