@@ -1,6 +1,8 @@
 import { createPrivateKey } from 'node:crypto';
 import { join } from 'node:path';
-import { Agent, type LockControl } from './agent/agent.js';
+import { Agent } from './agent/agent.js';
+import { openTrustedClock } from './agent/clock-store.js';
+import { coreControlHandlers, simReaderHandlers, testHookHandlers } from './agent/control-handlers.js';
 import { type ControlHandler, type ControlServer, startControlServer } from './agent/control-server.js';
 import { acquireInstanceLock, type InstanceLock } from './agent/instance-lock.js';
 import { ensureStateDir, isProvisioned, provision, STATE_FILES } from './agent/provision.js';
@@ -10,16 +12,12 @@ import { startSupervision } from './agent/supervision.js';
 import { openVehicleState, type VehicleState } from './agent/vehicle-state.js';
 import { COMMON_OPTIONS, loadFor, parse } from './cli/args.js';
 import type { Config } from './config/schema.js';
-import { MonotonicFloorClock } from './core/clock.js';
 import { AgentError, toAgentError } from './core/errors.js';
 import type { Logger } from './core/logger.js';
-import type { Decision, Intent } from './core/types.js';
 import { signP256 } from './crypto/challenge.js';
 import { createLogger } from './logging.js';
 import { createRelay, type RelayHandle } from './relay-factory.js';
 import { demoHints, seedDemo } from './sim/demo.js';
-import type { SimAnswer } from './sim/sim-reader.js';
-import { readJsonFileIfExists, writeFileAtomic } from './store/atomic.js';
 import { AuditLog } from './store/audit-log.js';
 import { JournaledMap } from './store/journaled-map.js';
 
@@ -28,28 +26,11 @@ import { JournaledMap } from './store/journaled-map.js';
  * readers → agent → control socket. Only this file picks concrete drivers, by dynamic import, so
  * node-ble, serialport or gpioset never load unless configured.
  */
-const CLOCK_PERSIST_MS = 60_000;
 
 export interface RunningAgent {
   readonly agent: Agent;
   readonly socketPath: string;
   stop(reason: string): Promise<void>;
-}
-
-function decisionReply(decision: Decision, lock: LockControl): Record<string, unknown> {
-  return decision.granted
-    ? {
-        granted: true,
-        intent: decision.intent,
-        credentialId: decision.credential.id,
-        role: decision.credential.role,
-        lock: lock.state(),
-      }
-    : {
-        granted: false,
-        code: decision.code,
-        ...(decision.credential ? { credentialId: decision.credential.id } : {}),
-      };
 }
 
 function simReaderEnabled(config: Config): boolean {
@@ -113,22 +94,9 @@ export async function startAgent(options: {
     cleanup.unshift(() => vehicleState.close());
     const { identity, keyring } = state;
 
-    const clockPath = join(stateDir, STATE_FILES.clock);
-    const clockFile = await readJsonFileIfExists<{ floor: number }>(clockPath, {
-      parse: (v) => {
-        const floor = (v as { floor?: unknown } | null)?.floor;
-        if (typeof floor !== 'number' || !Number.isFinite(floor)) throw new Error('floor must be a number');
-        return { floor };
-      },
-    });
-    const clock = new MonotonicFloorClock(clockFile?.floor ?? 0);
-    const persistClock = () => writeFileAtomic(clockPath, JSON.stringify({ floor: clock.floor() }));
-    await persistClock();
-    if (clock.trust() === 'behind')
-      log.warn(
-        { module: 'clock', code: 'expired', now: new Date(clock.now()).toISOString() },
-        'system clock is behind the last trusted time; using the trusted time',
-      );
+    const trustedClock = await openTrustedClock(stateDir, log.child({ module: 'clock' }));
+    const { clock } = trustedClock;
+    cleanup.unshift(() => trustedClock.close());
 
     const counters = await JournaledMap.open<number>(join(stateDir, STATE_FILES.counters), {
       parseValue: (v) => {
@@ -268,67 +236,18 @@ export async function startAgent(options: {
       );
     }
 
-    const handlers = new Map<string, ControlHandler>([
-      [
-        'status',
-        () => ({
-          ...agent.status(),
-          relay: relay.status(),
-          recent: audit.recent(10),
-          uptimeS: Math.round(process.uptime()),
-        }),
-      ],
-      [
-        'vehicle',
-        () => ({
-          vehicleId: identity.vehicleId,
-          rootId: identity.rootId,
-          vehicleKeyId: identity.vehicleKeyId,
-          vehicleKey: identity.vehicleKey,
-        }),
-      ],
-      ['keys.list', () => keyring.list().map((s) => ({ credential: s.credential, revoked: s.revoked }))],
-      [
-        'keys.add',
-        async (args) => {
-          const ops = args.ops;
-          if (
-            !Array.isArray(ops) ||
-            ops.length === 0 ||
-            ops.length > 10_000 ||
-            !ops.every((o) => typeof o === 'string')
-          ) {
-            throw new AgentError('bad_arguments', 'ops must be a non-empty list of JWS strings');
-          }
-          return await agent.addKeyringOps(ops as string[], 'control');
-        },
-      ],
-      [
-        'audit.tail',
-        (args) => audit.recent(typeof args.n === 'number' ? Math.min(Math.max(1, args.n), 100) : 20),
-      ],
-    ]);
-    if (simReader) {
-      handlers.set('sim.challenge', () => simReader.issueChallenge());
-      handlers.set('sim.answer', async (args) =>
-        decisionReply(await simReader.answer(parseSimAnswer(args)), lock),
-      );
-      handlers.set('sim.uid', async (args) => {
-        if (typeof args.uid !== 'string') throw new AgentError('bad_arguments', 'uid must be a hex string');
-        return decisionReply(await simReader.presentUid(args.uid, parseIntent(args.intent)), lock);
-      });
-    }
+    const handlers = coreControlHandlers({
+      agent,
+      keyring,
+      identity,
+      audit,
+      relayStatus: () => relay.status(),
+    });
+    if (simReader)
+      for (const [name, handler] of simReaderHandlers(simReader, lock)) handlers.set(name, handler);
     for (const [name, handler] of bleHandlers) handlers.set(name, handler);
     for (const [name, handler] of nfcHandlers) handlers.set(name, handler);
-    if (process.env.VEHICLE_AGENT_TEST_HOOKS === '1') {
-      // Test-only: an error nothing catches, to prove the uncaught-error path releases every relay.
-      handlers.set('test.crash', () => {
-        setImmediate(() => {
-          throw new Error('test.crash: deliberate uncaught error');
-        });
-        return { crashing: true };
-      });
-    }
+    for (const [name, handler] of testHookHandlers(process.env)) handlers.set(name, handler);
     const control: ControlServer = await startControlServer(
       socketPath,
       handlers,
@@ -400,29 +319,7 @@ export async function startAgent(options: {
         );
       }
     }
-    if (process.env.VEHICLE_AGENT_TEST_HOOKS === '1') {
-      // Test-only: blocks the event loop, to prove the watchdog pings stop while it is stalled.
-      handlers.set('test.stall', (args) => {
-        const ms = typeof args.ms === 'number' ? Math.min(Math.max(0, args.ms), 30_000) : 1000;
-        const until = performance.now() + ms;
-        while (performance.now() < until) {
-          // busy: nothing else runs
-        }
-        return { stalledMs: ms };
-      });
-    }
     // ── end supervision ──
-
-    const clockTimer = setInterval(() => {
-      persistClock().catch((err: unknown) =>
-        log.error({ module: 'clock', code: 'state_io', err: String(err) }, 'cannot persist the trusted time'),
-      );
-    }, CLOCK_PERSIST_MS);
-    clockTimer.unref();
-    cleanup.unshift(async () => {
-      clearInterval(clockTimer);
-      await persistClock();
-    });
 
     if (simReader) {
       for (const hint of [...demoHints(), ...nfcHints]) log.info({ module: 'main' }, `try: ${hint}`);
@@ -472,32 +369,6 @@ export async function startAgent(options: {
     for (const step of cleanup) await step().catch(() => {});
     throw err;
   }
-}
-
-function parseIntent(value: unknown): Intent {
-  if (value === undefined) return 'unlock';
-  if (value === 'unlock' || value === 'lock' || value === 'toggle') return value;
-  throw new AgentError('bad_arguments', 'intent must be unlock, lock or toggle');
-}
-
-function parseSimAnswer(args: Readonly<Record<string, unknown>>): SimAnswer {
-  const { challengeId, credentialId, explicitIntent, signature, delayMs } = args;
-  if (typeof challengeId !== 'string' || typeof credentialId !== 'string' || typeof signature !== 'string') {
-    throw new AgentError('bad_arguments', 'challengeId, credentialId and signature must be strings');
-  }
-  if (typeof explicitIntent !== 'boolean')
-    throw new AgentError('bad_arguments', 'explicitIntent must be a boolean');
-  if (delayMs !== undefined && (typeof delayMs !== 'number' || !Number.isInteger(delayMs) || delayMs < 0)) {
-    throw new AgentError('bad_arguments', 'delayMs must be a non-negative integer');
-  }
-  return {
-    challengeId,
-    credentialId,
-    intent: parseIntent(args.intent),
-    explicitIntent,
-    signature,
-    ...(delayMs !== undefined ? { delayMs } : {}),
-  };
 }
 
 /** `vehicle-agent start`: runs until SIGINT/SIGTERM; relays are released on every way out. */

@@ -1,0 +1,143 @@
+import type { Keyring } from '../access/keyring.js';
+import { AgentError } from '../core/errors.js';
+import type { Decision, Intent } from '../core/types.js';
+import type { SimAnswer, SimReader } from '../sim/sim-reader.js';
+import type { Agent, LockControl } from './agent.js';
+import type { ControlHandler } from './control-server.js';
+import type { VehicleIdentity } from './provision.js';
+
+/**
+ * The control socket's core commands (status, vehicle, keys, audit) and, when the simulated reader
+ * is on, its sim.* commands. Argument parsing here is strict: a bad request gets bad_arguments and
+ * never reaches the agent.
+ */
+export interface CoreHandlerDeps {
+  readonly agent: Agent;
+  readonly keyring: Keyring;
+  readonly identity: VehicleIdentity;
+  readonly audit: { recent(n: number): readonly unknown[] };
+  readonly relayStatus: () => unknown;
+}
+
+export function coreControlHandlers(deps: CoreHandlerDeps): Map<string, ControlHandler> {
+  const { agent, keyring, identity, audit } = deps;
+  return new Map<string, ControlHandler>([
+    [
+      'status',
+      () => ({
+        ...agent.status(),
+        relay: deps.relayStatus(),
+        recent: audit.recent(10),
+        uptimeS: Math.round(process.uptime()),
+      }),
+    ],
+    [
+      'vehicle',
+      () => ({
+        vehicleId: identity.vehicleId,
+        rootId: identity.rootId,
+        vehicleKeyId: identity.vehicleKeyId,
+        vehicleKey: identity.vehicleKey,
+      }),
+    ],
+    ['keys.list', () => keyring.list().map((s) => ({ credential: s.credential, revoked: s.revoked }))],
+    [
+      'keys.add',
+      async (args) => {
+        const ops = args.ops;
+        if (!Array.isArray(ops) || ops.length === 0 || ops.length > 10_000 || !ops.every((o) => typeof o === 'string')) {
+          throw new AgentError('bad_arguments', 'ops must be a non-empty list of JWS strings');
+        }
+        return await agent.addKeyringOps(ops as string[], 'control');
+      },
+    ],
+    ['audit.tail', (args) => audit.recent(typeof args.n === 'number' ? Math.min(Math.max(1, args.n), 100) : 20)],
+  ]);
+}
+
+export function decisionReply(decision: Decision, lock: LockControl): Record<string, unknown> {
+  return decision.granted
+    ? {
+        granted: true,
+        intent: decision.intent,
+        credentialId: decision.credential.id,
+        role: decision.credential.role,
+        lock: lock.state(),
+      }
+    : {
+        granted: false,
+        code: decision.code,
+        ...(decision.credential ? { credentialId: decision.credential.id } : {}),
+      };
+}
+
+export function parseIntent(value: unknown): Intent {
+  if (value === undefined) return 'unlock';
+  if (value === 'unlock' || value === 'lock' || value === 'toggle') return value;
+  throw new AgentError('bad_arguments', 'intent must be unlock, lock or toggle');
+}
+
+function parseSimAnswer(args: Readonly<Record<string, unknown>>): SimAnswer {
+  const { challengeId, credentialId, explicitIntent, signature, delayMs } = args;
+  if (typeof challengeId !== 'string' || typeof credentialId !== 'string' || typeof signature !== 'string') {
+    throw new AgentError('bad_arguments', 'challengeId, credentialId and signature must be strings');
+  }
+  if (typeof explicitIntent !== 'boolean') throw new AgentError('bad_arguments', 'explicitIntent must be a boolean');
+  if (delayMs !== undefined && (typeof delayMs !== 'number' || !Number.isInteger(delayMs) || delayMs < 0)) {
+    throw new AgentError('bad_arguments', 'delayMs must be a non-negative integer');
+  }
+  return {
+    challengeId,
+    credentialId,
+    intent: parseIntent(args.intent),
+    explicitIntent,
+    signature,
+    ...(delayMs !== undefined ? { delayMs } : {}),
+  };
+}
+
+/** sim.challenge, sim.answer and sim.uid: `vehicle-agent sim present` plays a key through these. */
+export function simReaderHandlers(simReader: SimReader, lock: LockControl): Map<string, ControlHandler> {
+  return new Map<string, ControlHandler>([
+    ['sim.challenge', () => simReader.issueChallenge()],
+    ['sim.answer', async (args) => decisionReply(await simReader.answer(parseSimAnswer(args)), lock)],
+    [
+      'sim.uid',
+      async (args) => {
+        if (typeof args.uid !== 'string') throw new AgentError('bad_arguments', 'uid must be a hex string');
+        return decisionReply(await simReader.presentUid(args.uid, parseIntent(args.intent)), lock);
+      },
+    ],
+  ]);
+}
+
+/**
+ * Test-only commands, present only with VEHICLE_AGENT_TEST_HOOKS=1: an error nothing catches (to
+ * prove the uncaught-error path releases every relay) and an event-loop stall (to prove watchdog
+ * pings stop while the loop is stuck).
+ */
+export function testHookHandlers(env: NodeJS.ProcessEnv): Map<string, ControlHandler> {
+  if (env.VEHICLE_AGENT_TEST_HOOKS !== '1') return new Map();
+  return new Map<string, ControlHandler>([
+    [
+      'test.crash',
+      () => {
+        setImmediate(() => {
+          throw new Error('test.crash: deliberate uncaught error');
+        });
+        return { crashing: true };
+      },
+    ],
+    [
+      'test.stall',
+      (args) => {
+        const ms = typeof args.ms === 'number' ? Math.min(Math.max(0, args.ms), 30_000) : 1000;
+        const until = performance.now() + ms;
+        while (performance.now() < until) {
+          // busy: nothing else runs
+        }
+        return { stalledMs: ms };
+      },
+    ],
+  ]);
+}
