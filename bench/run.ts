@@ -8,7 +8,11 @@ type Suite = () => Promise<Record<string, number>>;
 
 const SUITES: Record<string, () => Promise<Suite>> = {
   core: async () => () => benchCore(),
-  store: async () => (await import('./store.js')).benchStore,
+  store: async () => () => import('./store.js').then((m) => m.benchStore()),
+  nfc: async () => () => import('./nfc.js').then((m) => m.benchNfc()),
+  ble: async () => () => import('./ble.js').then((m) => m.benchBle()),
+  cloud: async () => () => import('./cloud.js').then((m) => m.benchCloud()),
+  'status-page': async () => () => import('./status-page.js').then((m) => m.benchStatusPage()),
 };
 
 const TARGETS: Record<string, string> = {
@@ -16,6 +20,15 @@ const TARGETS: Record<string, string> = {
   keyring_load_ms: '< 1000',
   start_to_ready_ms: '< 500',
   idle_rss_mb: '< 80',
+  fido_overhead_p99_ms: '≤ 5',
+  ntag424_overhead_p99_ms: '≤ 5',
+  uid_overhead_p99_ms: '≤ 5',
+  ble_agent_overhead_p99_ms: '≤ 10',
+  outbox_flush_acked_ms: '< 10000',
+  outbox_lost: '= 0',
+  unlock_refused_p99_ratio: '≤ 1.05',
+  unlock_hung_p99_ratio: '≤ 1.05',
+  unlock_flapping_p99_ratio: '≤ 1.05',
 };
 
 async function main(): Promise<void> {
