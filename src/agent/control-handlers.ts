@@ -45,13 +45,21 @@ export function coreControlHandlers(deps: CoreHandlerDeps): Map<string, ControlH
       'keys.add',
       async (args) => {
         const ops = args.ops;
-        if (!Array.isArray(ops) || ops.length === 0 || ops.length > 10_000 || !ops.every((o) => typeof o === 'string')) {
+        if (
+          !Array.isArray(ops) ||
+          ops.length === 0 ||
+          ops.length > 10_000 ||
+          !ops.every((o) => typeof o === 'string')
+        ) {
           throw new AgentError('bad_arguments', 'ops must be a non-empty list of JWS strings');
         }
         return await agent.addKeyringOps(ops as string[], 'control');
       },
     ],
-    ['audit.tail', (args) => audit.recent(typeof args.n === 'number' ? Math.min(Math.max(1, args.n), 100) : 20)],
+    [
+      'audit.tail',
+      (args) => audit.recent(typeof args.n === 'number' ? Math.min(Math.max(1, args.n), 100) : 20),
+    ],
   ]);
 }
 
@@ -82,7 +90,8 @@ function parseSimAnswer(args: Readonly<Record<string, unknown>>): SimAnswer {
   if (typeof challengeId !== 'string' || typeof credentialId !== 'string' || typeof signature !== 'string') {
     throw new AgentError('bad_arguments', 'challengeId, credentialId and signature must be strings');
   }
-  if (typeof explicitIntent !== 'boolean') throw new AgentError('bad_arguments', 'explicitIntent must be a boolean');
+  if (typeof explicitIntent !== 'boolean')
+    throw new AgentError('bad_arguments', 'explicitIntent must be a boolean');
   if (delayMs !== undefined && (typeof delayMs !== 'number' || !Number.isInteger(delayMs) || delayMs < 0)) {
     throw new AgentError('bad_arguments', 'delayMs must be a non-negative integer');
   }
