@@ -72,7 +72,7 @@ export async function benchCore(options: { credentials?: number } = {}): Promise
   const decision = summarise(samples.slice(20_000)); // after warm-up
   // Keyring load from disk: snapshot parse + decode + effective state.
   const dir = mkdtempSync(join(tmpdir(), 'va-bench-'));
-  await KeyringStore.writeSnapshot(dir, keyring.storedOps());
+  await KeyringStore.writeSnapshot(dir, keyring);
   const loads: number[] = [];
   for (let i = 0; i < 3; i++) {
     const fresh = new Keyring({ vehicleId, rootKey });

@@ -348,6 +348,15 @@ export async function startAgent(options: {
       'ready',
     );
 
+    // A keyring loaded from its snapshot decodes its ops now, in slices between other work.
+    keyring.materializeInBackground().catch((err: unknown) => {
+      const e = toAgentError(err, 'state_corrupt');
+      log.error(
+        { module: 'keyring', code: e.code, err: e.message },
+        'keyring operations could not be decoded',
+      );
+    });
+
     let stopping: Promise<void> | undefined;
     const stop = (reason: string): Promise<void> => {
       stopping ??= (async () => {

@@ -65,6 +65,12 @@ export type AuthVerifier = (
   proof: Readonly<Record<string, unknown>>,
 ) => boolean;
 
+/** Where a snapshot's ops come from when they are needed (the keyring store's ops file). */
+export interface PendingOpsSource {
+  read(): Promise<readonly { readonly jws: string; readonly signer: string }[]>;
+  readSync(): readonly { readonly jws: string; readonly signer: string }[];
+}
+
 export interface StoredOp {
   readonly jws: string;
   readonly op: KeyringOp;
@@ -208,6 +214,16 @@ export class Keyring implements CredentialLookup {
   private readonly everRevokers = new Set<string>();
   private effective: Effective = { byId: new Map(), byUid: new Map() };
   private digestCache: string | undefined;
+  /**
+   * Ops loaded from a snapshot but not decoded yet (see loadSnapshot): decisions need only the
+   * effective credentials, so 100 000 ops are decoded after start-up, in the background or on
+   * first need, instead of before the vehicle can open.
+   */
+  private pendingSource: PendingOpsSource | undefined;
+  private pendingRaw: readonly { readonly jws: string; readonly signer: string }[] | undefined;
+  private pendingAt = 0;
+  private pendingCount = 0;
+  private snapshotDigest: string | undefined;
 
   constructor(options: KeyringOptions) {
     this.vehicleId = options.vehicleId;
@@ -230,19 +246,103 @@ export class Keyring implements CredentialLookup {
   }
 
   get size(): number {
-    return this.ops.size;
+    return this.ops.size + (this.pendingSource || this.pendingRaw ? this.pendingCount - this.pendingAt : 0);
   }
 
   has(opId: string): boolean {
+    this.materialize();
     return this.ops.has(opId);
   }
 
   storedOps(): IterableIterator<StoredOp> {
+    this.materialize();
     return this.ops.values();
+  }
+
+  /**
+   * Fast start-up from our own snapshot: the effective credentials as they were computed when the
+   * snapshot was written; the ops themselves are read and decoded later (materializeInBackground,
+   * or at once by anything that needs them). Call on a fresh keyring only.
+   */
+  loadSnapshot(snapshot: {
+    readonly digest: string;
+    readonly opCount: number;
+    readonly credentials: readonly (readonly [CredentialWire, boolean])[];
+    readonly ops: PendingOpsSource;
+  }): void {
+    const byId = new Map<string, CredentialStatus>([
+      [this.rootId, { credential: this.rootCredential, revoked: false }],
+    ]);
+    const byUid = new Map<string, CredentialStatus[]>();
+    for (const [wire, revoked] of snapshot.credentials) {
+      if (wire.id === this.rootId) continue;
+      const status: CredentialStatus = { credential: credentialFromTrustedWire(wire), revoked };
+      byId.set(wire.id, status);
+      if (wire.uidHash !== undefined) {
+        const list = byUid.get(wire.uidHash);
+        if (list) list.push(status);
+        else byUid.set(wire.uidHash, [status]);
+      }
+    }
+    this.effective = { byId, byUid };
+    this.pendingSource = snapshot.ops;
+    this.pendingCount = snapshot.opCount;
+    this.pendingAt = 0;
+    this.snapshotDigest = snapshot.digest;
+  }
+
+  /** Decodes up to `count` pending ops; true when none is left. */
+  private decodeSome(count: number): boolean {
+    const raw = this.pendingRaw;
+    if (raw === undefined) return true;
+    const end = Math.min(raw.length, this.pendingAt + count);
+    for (; this.pendingAt < end; this.pendingAt++) {
+      const r = raw[this.pendingAt];
+      if (r) this.accept(decodeTrustedOp(r.jws, r.signer));
+    }
+    if (this.pendingAt < raw.length) return false;
+    const expected = this.snapshotDigest;
+    this.pendingRaw = undefined;
+    this.pendingAt = 0;
+    this.snapshotDigest = undefined;
+    this.settleAuthority();
+    // The ops are the truth: if they do not match the snapshot's summary, recompute from them.
+    if (expected !== this.digest()) this.recompute();
+    return true;
+  }
+
+  private takePendingSource(): PendingOpsSource | undefined {
+    const source = this.pendingSource;
+    this.pendingSource = undefined;
+    return source;
+  }
+
+  private materialize(): void {
+    const source = this.takePendingSource();
+    if (source) {
+      this.pendingRaw = source.readSync();
+      this.pendingCount = this.pendingRaw.length;
+    }
+    this.decodeSome(Number.POSITIVE_INFINITY);
+  }
+
+  /** Reads and decodes the pending snapshot ops in small slices between other work. */
+  async materializeInBackground(slice = 2000): Promise<void> {
+    const source = this.takePendingSource();
+    if (source) {
+      const raw = await source.read();
+      // materialize() may have run meanwhile (a merge arrived): then nothing is left to do.
+      if (this.pendingRaw === undefined && this.snapshotDigest !== undefined) {
+        this.pendingRaw = raw;
+        this.pendingCount = raw.length;
+      }
+    }
+    while (!this.decodeSome(slice)) await new Promise((resolve) => setImmediate(resolve));
   }
 
   /** Loads operations from our own durable state: no signature checks, one recompute. */
   loadTrusted(stored: Iterable<StoredOp>): void {
+    this.materialize();
     for (const s of stored) this.accept(s);
     this.settleAuthority();
     this.recompute();
@@ -250,6 +350,7 @@ export class Keyring implements CredentialLookup {
 
   /** Verifies and adds one operation. Throws AgentError op_* on rejection. */
   add(jws: string): AddResult {
+    this.materialize();
     const result = this.verifyAndAccept(jws);
     if (result.status === 'added') {
       this.settleAuthority();
@@ -263,6 +364,7 @@ export class Keyring implements CredentialLookup {
    * while they make progress, so a grant that arrives before its signer's own grant still lands.
    */
   merge(jwsList: readonly string[]): MergeResult {
+    this.materialize();
     const added: KeyringOp[] = [];
     let duplicates = 0;
     let pending = jwsList.map((jws, index) => ({ jws, index }));
@@ -476,11 +578,20 @@ export class Keyring implements CredentialLookup {
 
   /** Public key of a signing credential, for command verification. */
   keyOf(id: string): KeyObject | undefined {
-    return this.keys.get(id);
+    const known = this.keys.get(id);
+    if (known || this.snapshotDigest === undefined) return known;
+    // Still loading: the effective credentials hold every granted key (revoked ones too).
+    const credential = this.effective.byId.get(id)?.credential;
+    if (!credential?.publicKey || (credential.kind !== 'phone' && credential.kind !== 'signer'))
+      return undefined;
+    const key = publicKeyFromJwk(credential.publicKey);
+    this.keys.set(id, key);
+    return key;
   }
 
   /** SHA-256 over the sorted op ids: equal digests mean equal keyrings. */
   digest(): string {
+    if (this.snapshotDigest !== undefined) return this.snapshotDigest;
     if (this.digestCache === undefined) {
       const h = createHash('sha256');
       for (const id of [...this.ops.keys()].sort()) h.update(id).update('\n');

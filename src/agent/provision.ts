@@ -22,6 +22,7 @@ export const STATE_FILES = {
   vehicle: 'vehicle.json',
   vehicleKey: 'vehicle-key.pem',
   keyringSnapshot: 'keyring.json',
+  keyringOps: 'keyring.ops',
   keyringJournal: 'keyring.journal',
   counters: 'counters',
   clock: 'clock.json',

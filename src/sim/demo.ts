@@ -157,7 +157,7 @@ export async function seedDemo(
   const result = keyring.merge(ops);
   if (result.rejected.length > 0)
     throw new Error(`demo keyring rejected ops: ${JSON.stringify(result.rejected)}`);
-  await KeyringStore.writeSnapshot(stateDir, keyring.storedOps());
+  await KeyringStore.writeSnapshot(stateDir, keyring);
   return ops;
 }
 

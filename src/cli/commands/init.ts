@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Keyring } from '../../access/keyring.js';
 import { acquireInstanceLock } from '../../agent/instance-lock.js';
 import { KeyringStore } from '../../agent/keyring-store.js';
 import { ensureStateDir, type ProvisionResult, provision, STATE_FILES } from '../../agent/provision.js';
@@ -43,7 +44,15 @@ export async function init(argv: readonly string[]): Promise<number> {
       demoOwner: values.demo === true,
     });
     if (result.ownerKey) await seedDemo(loaded.stateDir, result.identity, result.ownerKey);
-    else await KeyringStore.writeSnapshot(loaded.stateDir, []);
+    else {
+      const { identity } = result;
+      const empty = new Keyring({
+        vehicleId: identity.vehicleId,
+        rootKey: identity.rootKey,
+        vehicleKey: identity.vehicleKey,
+      });
+      await KeyringStore.writeSnapshot(loaded.stateDir, empty);
+    }
   } finally {
     await lock.release();
   }

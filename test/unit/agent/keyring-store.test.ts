@@ -1,0 +1,153 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Keyring } from '../../../src/access/keyring.js';
+import { KeyringStore } from '../../../src/agent/keyring-store.js';
+import { AgentError } from '../../../src/core/errors.js';
+import { silentLogger } from '../../../src/core/logger.js';
+import {
+  grantBy,
+  makeKey,
+  makeRoot,
+  makeUidCredential,
+  newKeyring,
+  revokeBy,
+  type TestKey,
+} from '../../helpers/keyring-fixtures.js';
+
+let dir: string;
+let root: TestKey;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'va-keyring-store-'));
+  root = makeRoot();
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+const view = (k: Keyring) =>
+  JSON.stringify({
+    digest: k.digest(),
+    size: k.size,
+    list: k
+      .list()
+      .map((s) => [s.credential.id, s.credential.role, s.credential.notAfter ?? null, s.revoked])
+      .sort(),
+  });
+
+function populated(): { ring: Keyring; phone: TestKey; tagUid: string } {
+  const ring = newKeyring(root);
+  const owner2 = makeKey('signer', 'owner');
+  const phone = makeKey('phone', 'guest', { notAfter: Date.UTC(2030, 0, 1) });
+  const gone = makeKey('phone', 'driver');
+  const tagUid = 'd'.repeat(32);
+  ring.merge([
+    grantBy(root, owner2.credential),
+    grantBy(owner2, phone.credential),
+    grantBy(root, gone.credential),
+    grantBy(root, makeUidCredential('uid', tagUid, 'driver', { options: { insecureUid: true } })),
+    revokeBy(root, gone.id),
+  ]);
+  return { ring, phone, tagUid };
+}
+
+async function reopen(): Promise<{ ring: Keyring; store: KeyringStore }> {
+  const ring = newKeyring(root);
+  const store = await KeyringStore.open(dir, ring, silentLogger);
+  return { ring, store };
+}
+
+describe('keyring store', () => {
+  it('starts from a snapshot without decoding, with the same effective state, then decodes lazily', async () => {
+    const { ring, phone, tagUid } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    const { ring: loaded, store } = await reopen();
+    expect(view(loaded)).toBe(view(ring));
+    expect(loaded.byUidHash(tagUid)).toHaveLength(1);
+    expect(loaded.keyOf(phone.id)).toBeDefined();
+    // a new op forces the decode, and then behaves as an ordinary keyring
+    const late = makeKey('phone', 'driver');
+    expect(loaded.add(grantBy(root, late.credential)).status).toBe('added');
+    expect(loaded.activeRole(late.id)).toBe('driver');
+    expect(loaded.add(revokeBy(root, phone.id)).status).toBe('added');
+    expect(loaded.byId(phone.id)?.revoked).toBe(true);
+    await store.close();
+  });
+
+  it('decodes in the background to the same digest', async () => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    const { ring: loaded, store } = await reopen();
+    await loaded.materializeInBackground(2);
+    expect([...loaded.storedOps()].length).toBe(ring.size);
+    expect(view(loaded)).toBe(view(ring));
+    await store.close();
+  });
+
+  it('replays the journal over the snapshot, and folds it into the snapshot at close', async () => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    const first = await reopen();
+    const late = makeKey('phone', 'driver');
+    const result = first.ring.merge([grantBy(root, late.credential)]);
+    await first.store.persist([...first.ring.storedOps()].filter((s) => s.op.id === result.added[0]?.id));
+    expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).not.toBe('');
+    await first.store.close();
+    expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).toBe('');
+    const second = await reopen();
+    expect(view(second.ring)).toBe(view(first.ring));
+    expect(second.ring.activeRole(late.id)).toBe('driver');
+    await second.store.close();
+  });
+
+  it('still reads a format 1 snapshot', async () => {
+    const { ring } = populated();
+    const ops = [...ring.storedOps()].map((s) => ({ jws: s.jws, signer: s.signer }));
+    writeFileSync(join(dir, 'keyring.json'), JSON.stringify({ format: 1, ops }));
+    const { ring: loaded, store } = await reopen();
+    expect(view(loaded)).toBe(view(ring));
+    await store.close();
+  });
+
+  it.each([
+    ['truncated JSON', '{"format":2,"ops":['],
+    ['wrong format', '{"format":9,"ops":[]}'],
+    ['bad credential entry', '{"format":2,"digest":"x","ops":[],"credentials":[["nope"]]}'],
+    ['damaged op', '{"format":1,"ops":[{"jws":"a.b.c","signer":"s"}]}'],
+  ])('refuses a %s snapshot with state_corrupt naming the file', async (_what, text) => {
+    writeFileSync(join(dir, 'keyring.json'), text);
+    const err = await reopen().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AgentError);
+    expect(err).toMatchObject({ code: 'state_corrupt' });
+    expect((err as AgentError).message).toContain(join(dir, 'keyring.json'));
+  });
+});
+
+describe('keyring store ops file', () => {
+  it('reports a damaged ops file as state_corrupt when the ops are needed', async () => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    writeFileSync(join(dir, 'keyring.ops'), 'no-space-here\n');
+    const { ring: loaded, store } = await reopen();
+    // decisions work from the summary at once...
+    expect(loaded.list().length).toBe(ring.list().length);
+    // ...and whatever needs the ops gets a coded error
+    expect(() => loaded.merge([])).toThrow(AgentError);
+    await store.close();
+  });
+
+  it('lets the ops win when they hold more than the summary (a crash between the two writes)', async () => {
+    const { ring, phone } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    const summary = readFileSync(join(dir, 'keyring.json'), 'utf8');
+    // a revoke lands; the ops file is written, then the agent dies before keyring.json
+    ring.add(revokeBy(root, phone.id));
+    await KeyringStore.writeSnapshot(dir, ring);
+    writeFileSync(join(dir, 'keyring.json'), summary);
+    const { ring: loaded, store } = await reopen();
+    await loaded.materializeInBackground();
+    expect(loaded.byId(phone.id)?.revoked).toBe(true);
+    expect(view(loaded)).toBe(view(ring));
+    await store.close();
+  });
+});
