@@ -1,17 +1,5 @@
 #!/usr/bin/env node
 import { type AgentError, toAgentError } from '../core/errors.js';
-import { AUDIT_HELP, audit } from './commands/audit.js';
-import { CLOUD_HELP, cloud } from './commands/cloud.js';
-import { CONFIG_HELP, config } from './commands/config.js';
-import { ENROLL_HELP, enroll } from './commands/enroll.js';
-import { ENROLL_CARD_HELP, enrollCard } from './commands/enroll-card.js';
-import { INIT_HELP, init } from './commands/init.js';
-import { KEYGEN_HELP, keygen } from './commands/keygen.js';
-import { KEYS_HELP, keys } from './commands/keys.js';
-import { PHONE_HELP, phone } from './commands/phone.js';
-import { SIGN_HELP, sign } from './commands/sign.js';
-import { SIM_HELP, sim } from './commands/sim.js';
-import { STATUS_HELP, status } from './commands/status.js';
 
 type Command = (argv: readonly string[]) => Promise<number>;
 
@@ -21,28 +9,77 @@ Runs the agent in the foreground. With no config it runs on simulated hardware a
 start, provisions a demo vehicle in ./.state (see the log for what to try). Ctrl-C stops it
 with every relay de-energised.`;
 
-const COMMANDS: Readonly<Record<string, { run: Command; help: string; summary: string }>> = {
+interface Loaded {
+  readonly run: Command;
+  readonly help: string;
+}
+
+/**
+ * Each command's module loads only when that command runs, so `vehicle-agent start` does not pay
+ * for mqtt.js or the key tools, and `vehicle-agent status` does not pay for the agent.
+ */
+const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<Loaded> }>> = {
   start: {
-    run: async (argv) => (await import('../main.js')).runAgentCli(argv),
-    help: START_HELP,
     summary: 'run the agent (simulated hardware unless configured)',
+    load: async () => ({
+      run: async (argv) => (await import('../main.js')).runAgentCli(argv),
+      help: START_HELP,
+    }),
   },
-  init: { run: init, help: INIT_HELP, summary: 'provision the state directory, vehicle key and owner root' },
-  keygen: { run: keygen, help: KEYGEN_HELP, summary: 'write a P-256 or Ed25519 key pair (PEM and JWK)' },
-  keys: { run: keys, help: KEYS_HELP, summary: 'list, grant and revoke credentials' },
-  sim: { run: sim, help: SIM_HELP, summary: 'present simulated credentials to the running agent' },
-  phone: { run: phone, help: PHONE_HELP, summary: 'make a phone key; play a phone against the BLE sim' },
+  init: {
+    summary: 'provision the state directory, vehicle key and owner root',
+    load: async () => import('./commands/init.js').then((m) => ({ run: m.init, help: m.INIT_HELP })),
+  },
+  keygen: {
+    summary: 'write a P-256 or Ed25519 key pair (PEM and JWK)',
+    load: async () => import('./commands/keygen.js').then((m) => ({ run: m.keygen, help: m.KEYGEN_HELP })),
+  },
+  keys: {
+    summary: 'list, grant and revoke credentials',
+    load: async () => import('./commands/keys.js').then((m) => ({ run: m.keys, help: m.KEYS_HELP })),
+  },
+  sim: {
+    summary: 'present simulated credentials to the running agent',
+    load: async () => import('./commands/sim.js').then((m) => ({ run: m.sim, help: m.SIM_HELP })),
+  },
+  phone: {
+    summary: 'make a phone key; play a phone against the BLE sim',
+    load: async () => import('./commands/phone.js').then((m) => ({ run: m.phone, help: m.PHONE_HELP })),
+  },
   enroll: {
-    // `enroll card` (NFC cards, src/cli/commands/enroll-card.ts); the rest is phone enrollment.
-    run: (argv) => (argv[0] === 'card' ? enrollCard(argv.slice(1)) : enroll(argv)),
-    help: `${ENROLL_HELP}\n\n${ENROLL_CARD_HELP}`,
     summary: 'enroll a phone or an NFC card at the vehicle, authorised by the owner',
+    // `enroll card` (NFC cards, src/cli/commands/enroll-card.ts); the rest is phone enrollment.
+    load: async () => {
+      const [phone, card] = await Promise.all([
+        import('./commands/enroll.js'),
+        import('./commands/enroll-card.js'),
+      ]);
+      return {
+        run: (argv) => (argv[0] === 'card' ? card.enrollCard(argv.slice(1)) : phone.enroll(argv)),
+        help: `${phone.ENROLL_HELP}\n\n${card.ENROLL_CARD_HELP}`,
+      };
+    },
   },
-  status: { run: status, help: STATUS_HELP, summary: 'show lock state, readers, keyring, recent events' },
-  audit: { run: audit, help: AUDIT_HELP, summary: 'verify or tail the hash-chained audit log' },
-  config: { run: config, help: CONFIG_HELP, summary: 'print the example config or check one' },
-  cloud: { run: cloud, help: CLOUD_HELP, summary: 'send signed commands, push the keyring (MQTT)' },
-  sign: { run: sign, help: SIGN_HELP, summary: 'print a signed command, keyring operation or set' },
+  status: {
+    summary: 'show lock state, readers, keyring, recent events',
+    load: async () => import('./commands/status.js').then((m) => ({ run: m.status, help: m.STATUS_HELP })),
+  },
+  audit: {
+    summary: 'verify or tail the hash-chained audit log',
+    load: async () => import('./commands/audit.js').then((m) => ({ run: m.audit, help: m.AUDIT_HELP })),
+  },
+  config: {
+    summary: 'print the example config or check one',
+    load: async () => import('./commands/config.js').then((m) => ({ run: m.config, help: m.CONFIG_HELP })),
+  },
+  cloud: {
+    summary: 'send signed commands, push the keyring (MQTT)',
+    load: async () => import('./commands/cloud.js').then((m) => ({ run: m.cloud, help: m.CLOUD_HELP })),
+  },
+  sign: {
+    summary: 'print a signed command, keyring operation or set',
+    load: async () => import('./commands/sign.js').then((m) => ({ run: m.sign, help: m.SIGN_HELP })),
+  },
 };
 
 function usage(): string {
@@ -77,12 +114,13 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stderr.write(`unknown command ${name}\n${usage()}`);
     return 64;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(`${command.help}\n`);
-    return 0;
-  }
   try {
-    return await command.run(rest);
+    const loaded = await command.load();
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(`${loaded.help}\n`);
+      return 0;
+    }
+    return await loaded.run(rest);
   } catch (err) {
     const e = toAgentError(err);
     process.stderr.write(`vehicle-agent ${name}: [${e.code}] ${e.message}\n`);

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
-import { parseDocument } from 'yaml';
 import { AgentError } from '../core/errors.js';
 import type { Field } from './fields.js';
 import { CONFIG_SCHEMA, type Config } from './schema.js';
@@ -40,6 +40,8 @@ function readYaml(file: string): unknown {
       },
     );
   }
+  // Loaded only when there is a file to parse: the simulated default runs without it (faster start).
+  const { parseDocument } = createRequire(import.meta.url)('yaml') as typeof import('yaml');
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
   if (doc.errors.length > 0) {
     const first = doc.errors[0];
