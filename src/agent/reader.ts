@@ -1,3 +1,4 @@
+import type { GrantOp, MergeResult } from '../access/keyring.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import type { Credential, Decision, Health, Presentation } from '../core/types.js';
@@ -42,4 +43,20 @@ export interface CredentialReader {
   start(context: ReaderContext): Promise<void>;
   stop(): Promise<void>;
   health(): Health;
+}
+
+/**
+ * What a reader's setup (src/ble/setup.ts, src/nfc/setup.ts) needs from the agent beyond the
+ * ReaderContext: enrollment adds vehicle-signed grants and audits its steps.
+ */
+export interface EnrollmentHost {
+  /** Signs a keyring op with the vehicle key (JWS, kid = the vehicle key's credential id). */
+  readonly signOp: (op: GrantOp) => string;
+  /** The agent, once built (readers are built before it). */
+  readonly agent: () => {
+    addKeyringOps(jws: readonly string[], source: string): Promise<MergeResult>;
+    audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
+  };
+  /** Lock state for replies after a grant. */
+  readonly lockState: () => string;
 }

@@ -1,7 +1,6 @@
 import { expectedCredentialId, parseCredentialWire } from '../access/credential-wire.js';
-import type { GrantOp, MergeResult } from '../access/keyring.js';
 import type { ControlHandler } from '../agent/control-server.js';
-import type { CredentialLookup, CredentialReader, ReaderContext } from '../agent/reader.js';
+import type { CredentialLookup, CredentialReader, EnrollmentHost, ReaderContext } from '../agent/reader.js';
 import type { Config } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { AgentError, toAgentError } from '../core/errors.js';
@@ -21,21 +20,12 @@ import { BleReader } from './reader.js';
  * rest of the agent works.
  */
 
-export interface BleSetupDeps {
+export interface BleSetupDeps extends EnrollmentHost {
   readonly config: Config;
   readonly vehicleId: string;
   readonly keyring: CredentialLookup;
   readonly clock: Clock;
   readonly log: Logger;
-  /** Signs a keyring op with the vehicle key (JWS, kid = the vehicle key's credential id). */
-  readonly signOp: (op: GrantOp) => string;
-  /** The agent, once built (the reader is built before it). */
-  readonly agent: () => {
-    addKeyringOps(jws: readonly string[], source: string): Promise<MergeResult>;
-    audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
-  };
-  /** Lock state for replies (after a grant). */
-  readonly lockState: () => string;
 }
 
 export interface BleSetup {

@@ -1,7 +1,6 @@
 import { join } from 'node:path';
-import type { GrantOp, MergeResult } from '../access/keyring.js';
 import type { ControlHandler } from '../agent/control-server.js';
-import type { CredentialLookup, CredentialStatus } from '../agent/reader.js';
+import type { CredentialLookup, CredentialStatus, EnrollmentHost } from '../agent/reader.js';
 import type { Config } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { AgentError, toAgentError } from '../core/errors.js';
@@ -25,7 +24,7 @@ import { readSiteKey, SITE_KEY_FILE, SiteKeySource } from './site-key.js';
  * reader; card enrollment at the vehicle; and their control commands.
  */
 
-export interface NfcSetupDeps {
+export interface NfcSetupDeps extends EnrollmentHost {
   readonly config: Config;
   readonly stateDir: string;
   readonly vehicleId: string;
@@ -36,15 +35,6 @@ export interface NfcSetupDeps {
   readonly counters: CounterAccess;
   readonly clock: Clock;
   readonly log: Logger;
-  /** Signs a keyring op with the vehicle key (JWS, kid = the vehicle key's credential id). */
-  readonly signOp: (op: GrantOp) => string;
-  /** The agent, once built (the reader is built before it). */
-  readonly agent: () => {
-    addKeyringOps(jws: readonly string[], source: string): Promise<MergeResult>;
-    audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
-  };
-  /** Lock state for replies after a grant. */
-  readonly lockState: () => string;
 }
 
 export interface NfcSetup {

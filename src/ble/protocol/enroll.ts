@@ -5,7 +5,7 @@ import type { Credential, CredentialKind, PublicJwk, Role } from '../../core/typ
 import { b64url, bytesEqual, concatBytes, fromB64url } from '../../crypto/encoding.js';
 import { algorithmOf, publicKeyFromJwk } from '../../crypto/keys.js';
 import { CHALLENGE_BYTES, MAX_ID_BYTES, PROTOCOL_VERSION, SIGNATURE_BYTES } from './constants.js';
-import { isValidId } from './messages.js';
+import { Cursor, isValidId } from './messages.js';
 import { verifyP256 } from './verify.js';
 
 /**
@@ -201,49 +201,9 @@ export function isEnrollMessage(bytes: Uint8Array): boolean {
   );
 }
 
-class Reader {
-  private offset = 0;
-  constructor(private readonly bytes: Uint8Array) {}
-
-  u8(what: string): number {
-    const value = this.bytes[this.offset];
-    if (value === undefined) throw malformed(`message ends before ${what}`);
-    this.offset++;
-    return value;
-  }
-
-  u32(what: string): number {
-    const b = this.take(4, what);
-    return (((b[0] ?? 0) << 24) >>> 0) + ((b[1] ?? 0) << 16) + ((b[2] ?? 0) << 8) + (b[3] ?? 0);
-  }
-
-  take(length: number, what: string): Uint8Array {
-    if (this.offset + length > this.bytes.length) throw malformed(`message ends inside ${what}`);
-    const out = this.bytes.slice(this.offset, this.offset + length);
-    this.offset += length;
-    return out;
-  }
-
-  id(what: string): string {
-    const length = this.u8(`${what} length`);
-    if (length < 1 || length > MAX_ID_BYTES) throw malformed(`${what} length ${length} outside 1..64`);
-    const text = String.fromCharCode(...this.take(length, what));
-    if (!isValidId(text)) throw malformed(`${what} is not printable ASCII`);
-    return text;
-  }
-
-  get position(): number {
-    return this.offset;
-  }
-
-  end(): void {
-    if (this.offset !== this.bytes.length) throw malformed('unexpected bytes after the message');
-  }
-}
-
 /** Decodes an E1 message strictly; AgentError 'unsupported' (version) or 'malformed'. */
 export function decodeEnrollMessage(bytes: Uint8Array): EnrollMessage {
-  const r = new Reader(bytes);
+  const r = new Cursor(bytes);
   const version = r.u8('version');
   if (version !== PROTOCOL_VERSION) {
     throw new AgentError('unsupported', `protocol version ${version} is not supported`, { version });

@@ -213,7 +213,7 @@ export function encodeAbort(code: string): Uint8Array {
 // ── decoding ──────────────────────────────────────────────────────────────────
 
 /** Sequential reader over one message; every read checks the bounds. */
-class Cursor {
+export class Cursor {
   private offset = 0;
   constructor(private readonly bytes: Uint8Array) {}
 
@@ -222,6 +222,11 @@ class Cursor {
     if (value === undefined) throw malformed(`message ends before ${what}`);
     this.offset++;
     return value;
+  }
+
+  u32(what: string): number {
+    const b = this.take(4, what);
+    return (((b[0] ?? 0) << 24) >>> 0) + ((b[1] ?? 0) << 16) + ((b[2] ?? 0) << 8) + (b[3] ?? 0);
   }
 
   take(length: number, what: string): Uint8Array {
