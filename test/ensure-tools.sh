@@ -5,7 +5,7 @@
 set -euo pipefail
 declare -A package_of=(
   [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [socat]=socat [dbus-daemon]=dbus
-  [nfc-list]=libnfc-bin [bluetoothctl]=bluez [openssl]=openssl [chromium]=chromium
+  [nfc-list]=libnfc-bin [nfc-poll]=libnfc-examples [bluetoothctl]=bluez [openssl]=openssl [chromium]=chromium
   [systemd-analyze]=systemd [systemd-notify]=systemd
 )
 missing=()

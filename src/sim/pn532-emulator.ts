@@ -635,12 +635,11 @@ export class Pn532Emulator {
     const types = p.subarray(2);
     if (pollNr === 0 || period < 1 || period > 0x0f || types.length < 1 || types.length > 15)
       return 'syntax-error';
-    const typeFor = (card: SimulatedCard): number | undefined => {
-      if (card.sak & 0x20 && types.includes(0x20)) return 0x20;
-      if (card.type === 'mifare-classic' && types.includes(0x10)) return 0x10;
-      if (types.includes(0x00)) return 0x00;
-      return undefined;
-    };
+    // The first listed type the card answers to, as the chip reports it. Every simulated card is
+    // ISO 14443 type A at 106 kbps: 0x00 (generic passive 106 kbps) and 0x10 (MIFARE: any type A
+    // card; libnfc's nfc-poll asks for it) take any of them, 0x20 (ISO 14443-4A) only ISO-DEP ones.
+    const typeFor = (card: SimulatedCard): number | undefined =>
+      [...types].find((t) => t === 0x00 || t === 0x10 || (t === 0x20 && (card.sak & 0x20) !== 0));
     for (let round = 0; pollNr === 0xff || round < pollNr; round++) {
       if (job.cancelled) return new Uint8Array(0);
       const card = this.card;

@@ -522,6 +522,38 @@ describe("libnfc's nfc-list against the emulator", () => {
     expect(await nfcList(pty.host, ['-v', '-t', '1'])).toContain('0 ISO14443A passive target(s) found');
   });
 
+  it('nfc-poll (InAutoPoll) finds a placed card and sees it leave', async () => {
+    requireTool('nfc-poll', 'apt-get install libnfc-examples');
+    const { pty, emulator } = await emulatorRig();
+    emulator.placeCard(uidTag());
+    const child = spawn('nfc-poll', [], {
+      env: {
+        ...process.env,
+        LIBNFC_DEVICE: `pn532_uart:${pty.host}`,
+        LIBNFC_AUTO_SCAN: 'false',
+        LIBNFC_LOG_LEVEL: '0',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    cleanups.push(() => stopProcess(child));
+    let out = '';
+    const found = new Promise<void>((resolve) => {
+      const onData = (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('Waiting for card removing')) resolve();
+      };
+      child.stdout.on('data', onData);
+      child.stderr.on('data', onData);
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    await Promise.race([found, exited]);
+    expect(out).toMatch(/UID \(NFCID1\): 04 {2}a1 {2}b2 {2}c3 {2}d4 {2}e5 {2}f6/);
+    expect(emulator.commands()).toContain(CMD.InAutoPoll);
+    emulator.removeCard();
+    expect(await exited).toBe(0);
+    expect(out).toContain('done.');
+  });
+
   it('lists an ISO 14443-4 card with its ATS', async () => {
     const { pty, emulator } = await emulatorRig();
     emulator.placeCard(new EchoCard());
