@@ -63,6 +63,8 @@ export class SimDevice implements StandInDevice {
   private resolveTimer: NodeJS.Timeout | undefined;
   private advertTimer: NodeJS.Timeout | undefined;
   private notifyChain: Promise<void> = Promise.resolve();
+  /** Set by the vanish fault: the device is going, and sends nothing more. */
+  private leaving = false;
   private readonly callCounts = new Map<string, number>();
   private readonly counters = {
     connects: 0,
@@ -167,6 +169,7 @@ export class SimDevice implements StandInDevice {
   }
 
   setInRange(inRange: boolean): void {
+    if (inRange) this.leaving = false;
     if (this.inRange === inRange) return;
     this.inRange = inRange;
     if (inRange) {
@@ -313,6 +316,8 @@ export class SimDevice implements StandInDevice {
         const { vanishAfterWrites: _, ...rest } = this.faults;
         this.faults = rest;
         // After the write response: the device leaves while the central waits for an answer.
+        // From this moment nothing it would still send reaches the central (no race with its reply).
+        this.leaving = true;
         setImmediate(() => this.setInRange(false));
       } else {
         this.faults = { ...this.faults, vanishAfterWrites: vanishAfter - 1 };
@@ -431,8 +436,17 @@ export class SimDevice implements StandInDevice {
   private queueNotification(bytes: Uint8Array): void {
     const copy = Uint8Array.from(bytes);
     const epoch = this.linkEpoch;
+    if (this.leaving) {
+      this.counters.notificationsDropped += 1;
+      return;
+    }
     this.notifyChain = this.notifyChain.then(async () => {
-      if (!(await this.delay(this.delays.notifyMs, epoch)) || !this.connected || !this.notifying) {
+      if (
+        !(await this.delay(this.delays.notifyMs, epoch)) ||
+        this.leaving ||
+        !this.connected ||
+        !this.notifying
+      ) {
         this.counters.notificationsDropped += 1;
         return;
       }
