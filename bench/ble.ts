@@ -1,5 +1,6 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Keyring, signGrant } from '../src/access/keyring.js';
 import { Agent, type LockControl } from '../src/agent/agent.js';
@@ -26,7 +27,13 @@ import { round, summarise } from './stats.js';
  * phone run in a child process, as bluetoothd and the phone would. Per unlock it also counts the
  * D-Bus method calls to org.bluez (the stand-in's per-device and adapter counts), and computes the
  * agent overhead: total minus the stand-in's modelled radio delays on the critical path minus the
- * phone's own compute time (decoding and signing with noble). Figures only; no assertions.
+ * phone's own compute time (decoding and signing with noble). That overhead holds three things:
+ *   agent_own          the agent's own work, timed at its D-Bus socket: from bytes arriving
+ *                      (before dbus-next parses them) to its next bytes leaving (after marshalling),
+ *                      and from the answer's notification to the relay. The agent overhead proper.
+ *   bus_and_stand_in   the rest: dbus-daemon routing both ways, and the stand-in's own work
+ *                      (dbus-next in JavaScript where bluetoothd is C) and its timers' lateness.
+ * Figures only; no assertions.
  */
 
 /** Radio delays per call, roughly a fast BLE link (7.5–15 ms connection interval). */
@@ -43,11 +50,48 @@ interface Sample {
   readonly overheadNominalMs: number;
   readonly phoneMs: number;
   readonly overheadMs: number;
+  /** The agent's own work on the path (see ownTime). */
+  readonly ownMs: number;
   readonly bluezCalls: number;
 }
 
 const ns = (text: string): bigint => BigInt(text);
 const msBetween = (from: bigint, to: bigint): number => Number(to - from) / 1e6;
+
+/**
+ * Records when the agent's D-Bus connection receives bytes (before dbus-next parses them) and
+ * when the agent hands bytes to it (after marshalling): between the two is the agent's own work.
+ * Reaches into BleLink's connection and dbus-next's stream, which only a benchmark may do.
+ */
+function tapBusTraffic(link: BleLink, events: { at: bigint; dir: 'in' | 'out' }[]): void {
+  const conn: unknown = Reflect.get(link, 'conn');
+  const dbus: unknown = conn === undefined ? undefined : Reflect.get(conn as object, 'dbus');
+  const connection: unknown = dbus === undefined ? undefined : Reflect.get(dbus as object, '_connection');
+  const stream: unknown = connection === undefined ? undefined : Reflect.get(connection as object, 'stream');
+  if (!(stream instanceof Socket)) throw new Error('cannot find the agent D-Bus socket to time it');
+  stream.prependListener('data', () => events.push({ at: process.hrtime.bigint(), dir: 'in' }));
+  const write = stream.write;
+  stream.write = function (this: Socket, ...args: Parameters<Socket['write']>) {
+    events.push({ at: process.hrtime.bigint(), dir: 'out' });
+    return Reflect.apply(write, this, args) as boolean;
+  } as Socket['write'];
+}
+
+/** The agent's own time between `from` and `until`: last bytes in to next bytes out, and to `until`. */
+function ownTime(events: readonly { at: bigint; dir: 'in' | 'out' }[], from: bigint, until: bigint): number {
+  let total = 0;
+  let lastIn: bigint | undefined;
+  for (const e of events) {
+    if (e.at < from || e.at > until) continue;
+    if (e.dir === 'in') lastIn = e.at;
+    else if (lastIn !== undefined) {
+      total += msBetween(lastIn, e.at);
+      lastIn = undefined;
+    }
+  }
+  if (lastIn !== undefined) total += msBetween(lastIn, until);
+  return total;
+}
 
 export async function benchBle(
   options: { samples?: number; warmup?: number } = {},
@@ -159,6 +203,8 @@ export async function benchBle(
     await newAgent.start();
     if (bleReader.health().state !== 'ok')
       throw new Error(`BLE link not ready: ${bleReader.health().detail}`);
+    const busEvents: { at: bigint; dir: 'in' | 'out' }[] = [];
+    tapBusTraffic(link, busEvents);
 
     let nextId = 0;
     const once = async (delays: LinkDelays): Promise<Sample> => {
@@ -201,6 +247,8 @@ export async function benchBle(
       const bluezCalls =
         Object.values(r.deviceCalls).reduce((a, b) => a + b, 0) +
         Object.values(r.adapterCalls).reduce((a, b) => a + b, 0);
+      const ownMs = ownTime(busEvents, seenAt, energisedAt);
+      busEvents.length = 0;
       // Let the 20 ms unlock pulse end, so the next grant energises the relay again.
       await new Promise((resolve) => setTimeout(resolve, 30));
       return {
@@ -210,6 +258,7 @@ export async function benchBle(
         phoneMs: r.phoneMs,
         overheadMs: totalMs - waitedMs - r.phoneMs,
         overheadNominalMs: totalMs - modelledMs - r.phoneMs,
+        ownMs,
         bluezCalls,
       };
     };
@@ -229,6 +278,8 @@ export async function benchBle(
     const overhead = pick(modelled, 'overheadMs');
     const zeroTotal = pick(zero, 'totalMs');
     const zeroOverhead = pick(zero, 'overheadMs');
+    const own = pick(modelled, 'ownMs');
+    const rig = summarise(modelled.map((m) => m.overheadMs - m.ownMs));
     return {
       ble_samples: samples,
       ble_unlock_p50_ms: round(total.p50, 1),
@@ -238,6 +289,10 @@ export async function benchBle(
       ble_phone_compute_p50_ms: round(pick(modelled, 'phoneMs').p50, 2),
       ble_agent_overhead_p50_ms: round(overhead.p50, 2),
       ble_agent_overhead_p99_ms: round(overhead.p99, 2),
+      ble_agent_own_p50_ms: round(own.p50, 2),
+      ble_agent_own_p99_ms: round(own.p99, 2),
+      ble_bus_and_stand_in_p50_ms: round(rig.p50, 2),
+      ble_bus_and_stand_in_p99_ms: round(rig.p99, 2),
       ble_agent_overhead_nominal_p50_ms: round(pick(modelled, 'overheadNominalMs').p50, 2),
       ble_agent_overhead_nominal_p99_ms: round(pick(modelled, 'overheadNominalMs').p99, 2),
       ble_zero_delay_unlock_p50_ms: round(zeroTotal.p50, 2),

@@ -45,6 +45,22 @@ export function publicJwkOf(key: KeyObject): PublicJwk {
   throw new AgentError('key_invalid', 'only P-256 and Ed25519 keys are supported', { kty: jwk.kty });
 }
 
+/**
+ * Public keys imported once per JWK object: an import costs about as much as a verification, and
+ * the keyring hands out the same JWK object for a credential until it is recomputed (then the
+ * cache simply misses and refills). Throws like publicKeyFromJwk.
+ */
+const importedKeys = new WeakMap<PublicJwk, KeyObject>();
+
+export function cachedPublicKey(jwk: PublicJwk): KeyObject {
+  let key = importedKeys.get(jwk);
+  if (key === undefined) {
+    key = publicKeyFromJwk(jwk);
+    importedKeys.set(jwk, key);
+  }
+  return key;
+}
+
 /** Imports a public JWK, validating that the point is on the curve. */
 export function publicKeyFromJwk(jwk: PublicJwk): KeyObject {
   try {

@@ -1,9 +1,8 @@
-import type { KeyObject } from 'node:crypto';
 import type { CredentialLookup, CredentialStatus } from '../agent/reader.js';
 import { AgentError, toAgentError } from '../core/errors.js';
-import type { CredentialKind, ProofVerdict, PublicJwk } from '../core/types.js';
+import type { CredentialKind, ProofVerdict } from '../core/types.js';
 import { fromB64url } from '../crypto/encoding.js';
-import { publicKeyFromJwk, uidHash } from '../crypto/keys.js';
+import { cachedPublicKey, uidHash } from '../crypto/keys.js';
 import { SW, type Transceive, transmit } from './apdu.js';
 import {
   authenticateEv2First,
@@ -79,21 +78,6 @@ export interface TapProof {
   readonly answerMs?: number;
   /** Code of the error behind a failed proof, for logs. */
   readonly cause?: string;
-}
-
-/**
- * Credential keys imported once (a JWK import costs about as much as the verification itself).
- * Keyed by the JWK object the keyring holds, so a recomputed keyring simply misses and refills.
- */
-const keyObjects = new WeakMap<PublicJwk, KeyObject>();
-
-function keyObjectOf(jwk: PublicJwk): KeyObject {
-  let key = keyObjects.get(jwk);
-  if (key === undefined) {
-    key = publicKeyFromJwk(jwk);
-    keyObjects.set(jwk, key);
-  }
-  return key;
 }
 
 /** ISO 14443-3 random UID (RID): 4 bytes starting with 08. Such a card is not found by its UID. */
@@ -288,7 +272,7 @@ async function proveFido(
       });
       selected = true;
       const { assertion, answerMs } = answer;
-      if (!verifyAssertion(keyObjectOf(publicKey), appParam, challenge, assertion))
+      if (!verifyAssertion(cachedPublicKey(publicKey), appParam, challenge, assertion))
         return { ...base, ...ids, proof: 'invalid', answerMs, cause: 'bad_proof' };
       if ((assertion.flags & U2F_FLAG_USER_PRESENT) === 0)
         return { ...base, ...ids, proof: 'invalid', answerMs, cause: 'no user presence' };

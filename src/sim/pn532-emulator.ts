@@ -689,6 +689,10 @@ export class Pn532Emulator {
 
     let response: Uint8Array;
     let computeMs: number;
+    // The card's modelled compute time starts when the APDU reaches it; the simulator's own work
+    // (real P-256 signing, AES) happens inside that time, as a real card's would, instead of
+    // before it (which would charge the simulator's CPU to the host's latency).
+    const reachedCard = performance.now();
     try {
       const answer = target.transceive(apdu);
       response = answer.response;
@@ -701,11 +705,11 @@ export class Pn532Emulator {
     this.counters.apdus++;
     computeMs += this.takeFault('slow-card')?.extraMs ?? 0;
     if (this.takeFault('remove-during-exchange')) {
-      this.timeline.schedule(performance.now() + computeMs / 2, () => {
+      this.timeline.schedule(reachedCard + computeMs / 2, () => {
         if (this.card === target) this.removeCard();
       });
     }
-    const end = performance.now() + computeMs;
+    const end = reachedCard + computeMs;
     while (!job.cancelled && performance.now() < end && this.card === target) {
       await this.wait(job, end - performance.now());
     }

@@ -2,7 +2,7 @@ import { type KeyObject, verify as nodeVerify } from 'node:crypto';
 import { isAgentError } from '../../core/errors.js';
 import type { ProofVerdict, PublicJwk } from '../../core/types.js';
 import { bytesEqual } from '../../crypto/encoding.js';
-import { algorithmOf, publicKeyFromJwk } from '../../crypto/keys.js';
+import { algorithmOf, cachedPublicKey } from '../../crypto/keys.js';
 import { SIGNATURE_BYTES } from './constants.js';
 import {
   answerSignedMessage,
@@ -35,7 +35,7 @@ export interface AnswerExpectation {
 
 function p256Key(key: KeyObject | PublicJwk): KeyObject | undefined {
   try {
-    const object = 'kty' in key ? publicKeyFromJwk(key) : key;
+    const object = 'kty' in key ? cachedPublicKey(key) : key;
     return algorithmOf(object) === 'P-256' ? object : undefined;
   } catch {
     return undefined;

@@ -2,6 +2,7 @@
  * The stand-in's one import of dbus-next (the service side). Everything else in src/sim/bluez
  * takes D-Bus types from here.
  */
+import { Socket } from 'node:net';
 import {
   DBusError,
   interface as dbusInterface,
@@ -58,7 +59,35 @@ export type BluezErrorName =
 
 /** Connects to the bus at `address` as a plain client that can also own names and export objects. */
 export function connectBus(address: string): MessageBus {
-  return sessionBus({ busAddress: address });
+  const bus = sessionBus({ busAddress: address });
+  coalesceWrites(bus);
+  return bus;
+}
+
+/**
+ * Messages sent in one turn of the event loop leave in one socket write. A connect makes the
+ * stand-in send six messages at once (objects added, properties changed, the reply), and one
+ * write per message costs the machine a wake-up of the bus daemon each; bluetoothd, written in
+ * C, would not make the agent wait that long. Reaches into dbus-next's connection (its stream),
+ * which this file alone may do.
+ */
+function coalesceWrites(bus: MessageBus): void {
+  const connection: unknown = Reflect.get(bus, '_connection');
+  const stream: unknown = connection === undefined ? undefined : Reflect.get(connection as object, 'stream');
+  if (!(stream instanceof Socket)) return;
+  const original = stream.write;
+  let corked = false;
+  stream.write = function (this: Socket, ...args: Parameters<Socket['write']>) {
+    if (!corked && this.writable) {
+      corked = true;
+      this.cork();
+      process.nextTick(() => {
+        corked = false;
+        this.uncork();
+      });
+    }
+    return Reflect.apply(original, this, args) as boolean;
+  } as Socket['write'];
 }
 
 /** Requests a well-known name without queueing; true when this connection became its owner. */

@@ -1,0 +1,196 @@
+import { b64url, fromB64url } from '../src/crypto/encoding.js';
+import { personaliseForSite } from '../src/nfc/ntag424.js';
+import { type ByteLink, openSerialLink } from '../src/nfc/pn532/link.js';
+import { tapChallenge, u2fRegister, vehicleAppParam } from '../src/nfc/u2f.js';
+import { SimulatedFidoU2fKey } from '../src/sim/cards/fido-u2f.js';
+import { SimulatedNtag424 } from '../src/sim/cards/ntag424.js';
+import type { SimulatedCard } from '../src/sim/cards/types.js';
+import { SimulatedUidTag } from '../src/sim/cards/uid-tag.js';
+import { Pn532Emulator, type Pn532EmulatorStats } from '../src/sim/pn532-emulator.js';
+
+/**
+ * Forked by bench/nfc.ts: the PN532 emulator and its cards in a process of their own, on the
+ * device end of the pty pair, as the chip and the card are hardware of their own. The simulated
+ * FIDO key's P-256 signing (and its garbage) and the emulator's timers then do not run on the
+ * agent's event loop. Times are process.hrtime (CLOCK_MONOTONIC, shared by both processes), in
+ * ns as strings.
+ */
+
+export type CardKind = 'fido' | 'ntag424' | 'uid';
+
+export type Pn532HostRequest =
+  | { readonly type: 'start'; readonly device: string; readonly vehicleId: string; readonly siteKey: string }
+  | { readonly type: 'place'; readonly kind: CardKind }
+  /** The tap is over: `relayAt` is when the agent energised the relay. */
+  | { readonly type: 'remove'; readonly relayAt: string }
+  | { readonly type: 'stop' };
+
+export interface CardsReady {
+  readonly type: 'ready';
+  /** The FIDO key's registration for this vehicle: raw public key and key handle (base64url). */
+  readonly fido: { readonly publicKey: string; readonly keyHandle: string; readonly uid: string };
+  readonly ntag424Uid: string;
+  readonly uidTagUid: string;
+}
+
+export interface TapReport {
+  readonly type: 'tap';
+  readonly placedAt: string;
+  /** Modelled wire time of every byte exchanged up to the relay, ms. */
+  readonly wireMs: number;
+  /** Modelled card compute time up to the relay, ms. */
+  readonly computeMs: number;
+  /**
+   * Time the host side held the turn, seen from this end of the line: from each answer leaving
+   * the chip to the next command arriving, and from the last answer to the relay, ms.
+   */
+  readonly hostHeldMs: number;
+}
+
+export type Pn532HostReply =
+  | CardsReady
+  | { readonly type: 'placed'; readonly placedAt: string }
+  | TapReport
+  | { readonly type: 'error'; readonly message: string };
+
+interface LineEvent {
+  readonly at: bigint;
+  readonly dir: 'in' | 'out';
+  /** Emulator counters just before a command's bytes reached it (for 'in'). */
+  readonly before?: Pn532EmulatorStats;
+}
+
+/** The chip's end of the line, recording when commands arrive and answers leave. */
+class TimedLink implements ByteLink {
+  readonly events: LineEvent[] = [];
+  stats: (() => Pn532EmulatorStats) | undefined;
+  constructor(private readonly inner: ByteLink) {}
+  get isOpen(): boolean {
+    return this.inner.isOpen;
+  }
+  write(bytes: Uint8Array): Promise<void> {
+    this.events.push({ at: process.hrtime.bigint(), dir: 'out' });
+    return this.inner.write(bytes);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+  onData(listener: (chunk: Uint8Array) => void): void {
+    this.inner.onData((chunk) => {
+      const before = this.stats?.();
+      this.events.push({ at: process.hrtime.bigint(), dir: 'in', ...(before ? { before } : {}) });
+      listener(chunk);
+    });
+  }
+  onClose(listener: (error: Error | undefined) => void): void {
+    this.inner.onClose(listener);
+  }
+}
+
+const ms = (from: bigint, to: bigint): number => Number(to - from) / 1e6;
+
+function hostHeld(events: readonly LineEvent[], from: bigint, until: bigint): number {
+  let total = 0;
+  let lastOut: bigint | undefined;
+  for (const e of events) {
+    if (e.at < from || e.at > until) continue;
+    if (e.dir === 'out') lastOut = e.at;
+    else if (lastOut !== undefined) {
+      total += ms(lastOut, e.at);
+      lastOut = undefined;
+    }
+  }
+  if (lastOut !== undefined) total += ms(lastOut, until);
+  return total;
+}
+
+let emulator: Pn532Emulator | undefined;
+let link: TimedLink | undefined;
+let cards: Record<CardKind, SimulatedCard> | undefined;
+let tap: { placedAt: bigint; before: Pn532EmulatorStats } | undefined;
+
+function send(reply: Pn532HostReply): void {
+  process.send?.(reply);
+}
+
+function over(card: SimulatedCard) {
+  return async (apdu: Uint8Array) => card.transceive(apdu).response;
+}
+
+async function start(request: Extract<Pn532HostRequest, { type: 'start' }>): Promise<CardsReady> {
+  const fido = new SimulatedFidoU2fKey({ label: 'fido' });
+  const registered = await u2fRegister(over(fido), {
+    appParam: vehicleAppParam(request.vehicleId),
+    challenge: tapChallenge(),
+  });
+  if (!registered.ok) throw registered.error;
+  const ntag = new SimulatedNtag424({ label: 'ntag' });
+  const personalised = await personaliseForSite(over(ntag), fromB64url(request.siteKey), ntag.uid);
+  if (!personalised.ok) throw personalised.error;
+  const tag = new SimulatedUidTag({ label: 'tag', model: 'ntag213' });
+  cards = { fido, ntag424: ntag, uid: tag };
+  link = new TimedLink(await openSerialLink(request.device));
+  const chip = new Pn532Emulator(link);
+  link.stats = () => chip.stats();
+  emulator = chip;
+  const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
+  return {
+    type: 'ready',
+    fido: {
+      publicKey: b64url(registered.value.publicKey),
+      keyHandle: b64url(registered.value.keyHandle),
+      uid: hex(fido.uid),
+    },
+    ntag424Uid: hex(ntag.uid),
+    uidTagUid: hex(tag.uid),
+  };
+}
+
+function finishTap(relayAt: bigint): TapReport {
+  if (!emulator || !link || !tap) throw new Error('no tap under way');
+  // The counters as they stood when the first command after the relay (the release) arrived.
+  const after = link.events.find((e) => e.dir === 'in' && e.at > relayAt)?.before ?? emulator.stats();
+  const report: TapReport = {
+    type: 'tap',
+    placedAt: tap.placedAt.toString(),
+    wireMs: after.wireMs - tap.before.wireMs,
+    computeMs: after.computeMs - tap.before.computeMs,
+    hostHeldMs: hostHeld(link.events, tap.placedAt, relayAt),
+  };
+  emulator.removeCard();
+  link.events.length = 0;
+  tap = undefined;
+  return report;
+}
+
+process.on('message', (raw: unknown) => {
+  const request = raw as Pn532HostRequest;
+  void (async () => {
+    try {
+      switch (request.type) {
+        case 'start':
+          send(await start(request));
+          break;
+        case 'place': {
+          if (!emulator || !cards || !link) throw new Error('not started');
+          link.events.length = 0;
+          const before = emulator.stats();
+          const placedAt = process.hrtime.bigint();
+          emulator.placeCard(cards[request.kind]);
+          tap = { placedAt, before };
+          send({ type: 'placed', placedAt: placedAt.toString() });
+          break;
+        }
+        case 'remove':
+          send(finishTap(BigInt(request.relayAt)));
+          break;
+        case 'stop':
+          await emulator?.close();
+          process.disconnect?.();
+          break;
+      }
+    } catch (err) {
+      send({ type: 'error', message: err instanceof Error ? err.message : String(err) });
+    }
+  })();
+});
