@@ -1,6 +1,6 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Keyring, signGrant } from '../src/access/keyring.js';
 import { Agent, type LockControl } from '../src/agent/agent.js';
@@ -15,9 +15,11 @@ import { signP256 } from '../src/crypto/challenge.js';
 import { b64url, fromB64url } from '../src/crypto/encoding.js';
 import { generateKeyPair, keyCredentialId, publicJwkOf } from '../src/crypto/keys.js';
 import { createRelay } from '../src/relay-factory.js';
+import { busSocket, type MessageBus } from '../src/sim/bluez/dbus.js';
 import type { LinkDelays } from '../src/sim/bluez/types.js';
 import { startPrivateDbus } from '../src/sim/dbus-daemon.js';
 import type { ApproachReport, HostReply, HostRequest } from './ble-peer-host.js';
+import { type LineEvent, msBetween, turnTime } from './line-timing.js';
 import { round, summarise } from './stats.js';
 
 /**
@@ -50,47 +52,29 @@ interface Sample {
   readonly overheadNominalMs: number;
   readonly phoneMs: number;
   readonly overheadMs: number;
-  /** The agent's own work on the path (see ownTime). */
+  /** The agent's own work on the path (see turnTime). */
   readonly ownMs: number;
   readonly bluezCalls: number;
 }
 
 const ns = (text: string): bigint => BigInt(text);
-const msBetween = (from: bigint, to: bigint): number => Number(to - from) / 1e6;
 
 /**
  * Records when the agent's D-Bus connection receives bytes (before dbus-next parses them) and
  * when the agent hands bytes to it (after marshalling): between the two is the agent's own work.
  * Reaches into BleLink's connection and dbus-next's stream, which only a benchmark may do.
  */
-function tapBusTraffic(link: BleLink, events: { at: bigint; dir: 'in' | 'out' }[]): void {
+function tapBusTraffic(link: BleLink, events: LineEvent[]): void {
   const conn: unknown = Reflect.get(link, 'conn');
   const dbus: unknown = conn === undefined ? undefined : Reflect.get(conn as object, 'dbus');
-  const connection: unknown = dbus === undefined ? undefined : Reflect.get(dbus as object, '_connection');
-  const stream: unknown = connection === undefined ? undefined : Reflect.get(connection as object, 'stream');
-  if (!(stream instanceof Socket)) throw new Error('cannot find the agent D-Bus socket to time it');
+  const stream = dbus === undefined ? undefined : busSocket(dbus as MessageBus);
+  if (stream === undefined) throw new Error('cannot find the agent D-Bus socket to time it');
   stream.prependListener('data', () => events.push({ at: process.hrtime.bigint(), dir: 'in' }));
   const write = stream.write;
   stream.write = function (this: Socket, ...args: Parameters<Socket['write']>) {
     events.push({ at: process.hrtime.bigint(), dir: 'out' });
     return Reflect.apply(write, this, args) as boolean;
   } as Socket['write'];
-}
-
-/** The agent's own time between `from` and `until`: last bytes in to next bytes out, and to `until`. */
-function ownTime(events: readonly { at: bigint; dir: 'in' | 'out' }[], from: bigint, until: bigint): number {
-  let total = 0;
-  let lastIn: bigint | undefined;
-  for (const e of events) {
-    if (e.at < from || e.at > until) continue;
-    if (e.dir === 'in') lastIn = e.at;
-    else if (lastIn !== undefined) {
-      total += msBetween(lastIn, e.at);
-      lastIn = undefined;
-    }
-  }
-  if (lastIn !== undefined) total += msBetween(lastIn, until);
-  return total;
 }
 
 export async function benchBle(
@@ -203,7 +187,7 @@ export async function benchBle(
     await newAgent.start();
     if (bleReader.health().state !== 'ok')
       throw new Error(`BLE link not ready: ${bleReader.health().detail}`);
-    const busEvents: { at: bigint; dir: 'in' | 'out' }[] = [];
+    const busEvents: LineEvent[] = [];
     tapBusTraffic(link, busEvents);
 
     let nextId = 0;
@@ -247,7 +231,7 @@ export async function benchBle(
       const bluezCalls =
         Object.values(r.deviceCalls).reduce((a, b) => a + b, 0) +
         Object.values(r.adapterCalls).reduce((a, b) => a + b, 0);
-      const ownMs = ownTime(busEvents, seenAt, energisedAt);
+      const ownMs = turnTime(busEvents, seenAt, energisedAt, 'in');
       busEvents.length = 0;
       // Let the 20 ms unlock pulse end, so the next grant energises the relay again.
       await new Promise((resolve) => setTimeout(resolve, 30));

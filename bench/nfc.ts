@@ -19,11 +19,12 @@ import {
   uidHash,
 } from '../src/crypto/keys.js';
 import { Pn532Driver } from '../src/nfc/pn532/driver.js';
-import { type ByteLink, serialLinkFactory } from '../src/nfc/pn532/link.js';
+import { serialLinkFactory } from '../src/nfc/pn532/link.js';
 import { NfcReader, type TapOutcome } from '../src/nfc/reader.js';
 import { startSocatPtyPair } from '../src/sim/socat-pty.js';
 import { AuditLog } from '../src/store/audit-log.js';
 import { JournaledMap } from '../src/store/journaled-map.js';
+import { type LineEvent, msBetween, TimedByteLink, turnTime } from './line-timing.js';
 import type { CardKind, CardsReady, Pn532HostReply, Pn532HostRequest, TapReport } from './pn532-host.js';
 import { round, summarise } from './stats.js';
 
@@ -50,56 +51,6 @@ import { round, summarise } from './stats.js';
 const TAPS: Readonly<Record<CardKind, number>> = { fido: 150, ntag424: 200, uid: 200 };
 const WARMUP = 5;
 const GAP_MS = 30;
-
-interface LineEvent {
-  readonly at: bigint;
-  readonly dir: 'in' | 'out';
-}
-
-/** The agent's end of the line: when its code gets bytes and when it hands bytes back. */
-class HostTimedLink implements ByteLink {
-  constructor(
-    private readonly inner: ByteLink,
-    private readonly events: LineEvent[],
-  ) {}
-  get isOpen(): boolean {
-    return this.inner.isOpen;
-  }
-  write(bytes: Uint8Array): Promise<void> {
-    this.events.push({ at: process.hrtime.bigint(), dir: 'out' });
-    return this.inner.write(bytes);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-  onData(listener: (chunk: Uint8Array) => void): void {
-    this.inner.onData((chunk) => {
-      this.events.push({ at: process.hrtime.bigint(), dir: 'in' });
-      listener(chunk);
-    });
-  }
-  onClose(listener: (error: Error | undefined) => void): void {
-    this.inner.onClose(listener);
-  }
-}
-
-const ms = (from: bigint, to: bigint): number => Number(to - from) / 1e6;
-
-/** The agent's own time: from the last bytes in to its next bytes out, and from there to `until`. */
-function ownTime(events: readonly LineEvent[], from: bigint, until: bigint): number {
-  let total = 0;
-  let lastIn: bigint | undefined;
-  for (const e of events) {
-    if (e.at < from || e.at > until) continue;
-    if (e.dir === 'in') lastIn = e.at;
-    else if (lastIn !== undefined) {
-      total += ms(lastIn, e.at);
-      lastIn = undefined;
-    }
-  }
-  if (lastIn !== undefined) total += ms(lastIn, until);
-  return total;
-}
 
 class RecordingLock implements LockControl {
   unlockedAt: bigint | undefined;
@@ -214,7 +165,7 @@ export async function benchNfc(): Promise<Record<string, number>> {
     const lock = new RecordingLock();
     const openHost = serialLinkFactory(pty.host);
     const driver = new Pn532Driver({
-      openLink: async () => new HostTimedLink(await openHost(), hostEvents),
+      openLink: async () => new TimedByteLink(await openHost(), hostEvents),
       log: silentLogger,
     });
     const reader = new NfcReader({
@@ -269,9 +220,9 @@ export async function benchNfc(): Promise<Record<string, number>> {
           throw new Error(`bench tap of ${kind} was not granted: ${JSON.stringify(result)}`);
         if (i < WARMUP) continue;
         const start = BigInt(placedAt);
-        const total = ms(start, relayAt);
+        const total = msBetween(start, relayAt);
         const floor = report.wireMs + report.computeMs;
-        const own = ownTime(hostEvents, start, relayAt);
+        const own = turnTime(hostEvents, start, relayAt, 'in');
         totals.push(total);
         floors.push(floor);
         wire.push(report.wireMs);

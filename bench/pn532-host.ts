@@ -1,12 +1,13 @@
 import { b64url, fromB64url } from '../src/crypto/encoding.js';
 import { personaliseForSite } from '../src/nfc/ntag424.js';
-import { type ByteLink, openSerialLink } from '../src/nfc/pn532/link.js';
+import { openSerialLink } from '../src/nfc/pn532/link.js';
 import { tapChallenge, u2fRegister, vehicleAppParam } from '../src/nfc/u2f.js';
 import { SimulatedFidoU2fKey } from '../src/sim/cards/fido-u2f.js';
 import { SimulatedNtag424 } from '../src/sim/cards/ntag424.js';
 import type { SimulatedCard } from '../src/sim/cards/types.js';
 import { SimulatedUidTag } from '../src/sim/cards/uid-tag.js';
 import { Pn532Emulator, type Pn532EmulatorStats } from '../src/sim/pn532-emulator.js';
+import { type LineEvent, TimedByteLink, turnTime } from './line-timing.js';
 
 /**
  * Forked by bench/nfc.ts: the PN532 emulator and its cards in a process of their own, on the
@@ -53,59 +54,14 @@ export type Pn532HostReply =
   | TapReport
   | { readonly type: 'error'; readonly message: string };
 
-interface LineEvent {
-  readonly at: bigint;
-  readonly dir: 'in' | 'out';
-  /** Emulator counters just before a command's bytes reached it (for 'in'). */
+/** A command arriving carries the emulator's counters from just before its bytes reached it. */
+interface ChipLineEvent extends LineEvent {
   readonly before?: Pn532EmulatorStats;
 }
 
-/** The chip's end of the line, recording when commands arrive and answers leave. */
-class TimedLink implements ByteLink {
-  readonly events: LineEvent[] = [];
-  stats: (() => Pn532EmulatorStats) | undefined;
-  constructor(private readonly inner: ByteLink) {}
-  get isOpen(): boolean {
-    return this.inner.isOpen;
-  }
-  write(bytes: Uint8Array): Promise<void> {
-    this.events.push({ at: process.hrtime.bigint(), dir: 'out' });
-    return this.inner.write(bytes);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-  onData(listener: (chunk: Uint8Array) => void): void {
-    this.inner.onData((chunk) => {
-      const before = this.stats?.();
-      this.events.push({ at: process.hrtime.bigint(), dir: 'in', ...(before ? { before } : {}) });
-      listener(chunk);
-    });
-  }
-  onClose(listener: (error: Error | undefined) => void): void {
-    this.inner.onClose(listener);
-  }
-}
-
-const ms = (from: bigint, to: bigint): number => Number(to - from) / 1e6;
-
-function hostHeld(events: readonly LineEvent[], from: bigint, until: bigint): number {
-  let total = 0;
-  let lastOut: bigint | undefined;
-  for (const e of events) {
-    if (e.at < from || e.at > until) continue;
-    if (e.dir === 'out') lastOut = e.at;
-    else if (lastOut !== undefined) {
-      total += ms(lastOut, e.at);
-      lastOut = undefined;
-    }
-  }
-  if (lastOut !== undefined) total += ms(lastOut, until);
-  return total;
-}
-
 let emulator: Pn532Emulator | undefined;
-let link: TimedLink | undefined;
+let link: TimedByteLink<ChipLineEvent> | undefined;
+let lineEvents: ChipLineEvent[] = [];
 let cards: Record<CardKind, SimulatedCard> | undefined;
 let tap: { placedAt: bigint; before: Pn532EmulatorStats } | undefined;
 
@@ -129,9 +85,13 @@ async function start(request: Extract<Pn532HostRequest, { type: 'start' }>): Pro
   if (!personalised.ok) throw personalised.error;
   const tag = new SimulatedUidTag({ label: 'tag', model: 'ntag213' });
   cards = { fido, ntag424: ntag, uid: tag };
-  link = new TimedLink(await openSerialLink(request.device));
-  const chip = new Pn532Emulator(link);
-  link.stats = () => chip.stats();
+  let chip: Pn532Emulator | undefined;
+  lineEvents = [];
+  link = new TimedByteLink<ChipLineEvent>(await openSerialLink(request.device), lineEvents, (dir) => {
+    const before = dir === 'in' ? chip?.stats() : undefined;
+    return { at: process.hrtime.bigint(), dir, ...(before ? { before } : {}) };
+  });
+  chip = new Pn532Emulator(link);
   emulator = chip;
   const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
   return {
@@ -149,16 +109,16 @@ async function start(request: Extract<Pn532HostRequest, { type: 'start' }>): Pro
 function finishTap(relayAt: bigint): TapReport {
   if (!emulator || !link || !tap) throw new Error('no tap under way');
   // The counters as they stood when the first command after the relay (the release) arrived.
-  const after = link.events.find((e) => e.dir === 'in' && e.at > relayAt)?.before ?? emulator.stats();
+  const after = lineEvents.find((e) => e.dir === 'in' && e.at > relayAt)?.before ?? emulator.stats();
   const report: TapReport = {
     type: 'tap',
     placedAt: tap.placedAt.toString(),
     wireMs: after.wireMs - tap.before.wireMs,
     computeMs: after.computeMs - tap.before.computeMs,
-    hostHeldMs: hostHeld(link.events, tap.placedAt, relayAt),
+    hostHeldMs: turnTime(lineEvents, tap.placedAt, relayAt, 'out'),
   };
   emulator.removeCard();
-  link.events.length = 0;
+  lineEvents.length = 0;
   tap = undefined;
   return report;
 }
@@ -173,7 +133,7 @@ process.on('message', (raw: unknown) => {
           break;
         case 'place': {
           if (!emulator || !cards || !link) throw new Error('not started');
-          link.events.length = 0;
+          lineEvents.length = 0;
           const before = emulator.stats();
           const placedAt = process.hrtime.bigint();
           emulator.placeCard(cards[request.kind]);

@@ -64,6 +64,13 @@ export function connectBus(address: string): MessageBus {
   return bus;
 }
 
+/** The socket under a dbus-next connection (its private `_connection.stream`), if it has one. */
+export function busSocket(bus: MessageBus): Socket | undefined {
+  const connection: unknown = Reflect.get(bus, '_connection');
+  const stream: unknown = connection === undefined ? undefined : Reflect.get(connection as object, 'stream');
+  return stream instanceof Socket ? stream : undefined;
+}
+
 /**
  * Messages sent in one turn of the event loop leave in one socket write. A connect makes the
  * stand-in send six messages at once (objects added, properties changed, the reply), and one
@@ -72,9 +79,8 @@ export function connectBus(address: string): MessageBus {
  * which this file alone may do.
  */
 function coalesceWrites(bus: MessageBus): void {
-  const connection: unknown = Reflect.get(bus, '_connection');
-  const stream: unknown = connection === undefined ? undefined : Reflect.get(connection as object, 'stream');
-  if (!(stream instanceof Socket)) return;
+  const stream = busSocket(bus);
+  if (stream === undefined) return;
   const original = stream.write;
   let corked = false;
   stream.write = function (this: Socket, ...args: Parameters<Socket['write']>) {
