@@ -19,6 +19,7 @@ import { busSocket, type MessageBus } from '../src/sim/bluez/dbus.js';
 import type { LinkDelays } from '../src/sim/bluez/types.js';
 import { startPrivateDbus } from '../src/sim/dbus-daemon.js';
 import type { ApproachReport, HostReply, HostRequest } from './ble-peer-host.js';
+import { atDeployedNice } from './deployed-nice.js';
 import { type LineEvent, msBetween, turnTime } from './line-timing.js';
 import { round, summarise } from './stats.js';
 
@@ -149,6 +150,7 @@ export async function benchBle(
         return state;
       },
       lock: (cause) => controller.lock(cause),
+      retract: (cause) => controller.retract(cause),
     };
     await relay.start();
 
@@ -171,7 +173,7 @@ export async function benchBle(
       vehicleId,
       keyring,
       keyringStore: { persist: async () => {} },
-      counters: { get: () => undefined, set: async () => {} },
+      counters: { get: () => undefined, stage: async () => ({ durable: Promise.resolve() }) },
       clock: new MonotonicFloorClock(0),
       audit: { append: async () => undefined },
       lock,
@@ -253,7 +255,7 @@ export async function benchBle(
       for (let i = 0; i < samples; i++) out.push(await once(delays));
       return out;
     };
-    const modelled = await run(MODELLED);
+    const { result: modelled, nice } = await atDeployedNice(() => run(MODELLED));
     const zero = await run(ZERO);
     const linkStats = bleReader.stats().link;
 
@@ -286,6 +288,7 @@ export async function benchBle(
       ble_dbus_calls_to_bluez_per_unlock: pick([...modelled, ...zero], 'bluezCalls').p50,
       ble_gatt_retries: linkStats.gattRetries,
       ble_bus_reconnects: linkStats.busConnections - 1,
+      ble_agent_nice: nice,
     };
   } finally {
     await agent?.stop();

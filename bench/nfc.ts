@@ -24,6 +24,7 @@ import { NfcReader, type TapOutcome } from '../src/nfc/reader.js';
 import { startSocatPtyPair } from '../src/sim/socat-pty.js';
 import { AuditLog } from '../src/store/audit-log.js';
 import { JournaledMap } from '../src/store/journaled-map.js';
+import { atDeployedNice } from './deployed-nice.js';
 import { type LineEvent, msBetween, TimedByteLink, turnTime } from './line-timing.js';
 import type { CardKind, CardsReady, Pn532HostReply, Pn532HostRequest, TapReport } from './pn532-host.js';
 import { round, summarise } from './stats.js';
@@ -48,7 +49,7 @@ import { round, summarise } from './stats.js';
  * Figures only; no assertions.
  */
 
-const TAPS: Readonly<Record<CardKind, number>> = { fido: 150, ntag424: 200, uid: 200 };
+const TAPS: Readonly<Record<CardKind, number>> = { fido: 300, ntag424: 400, uid: 400 };
 const WARMUP = 5;
 const GAP_MS = 30;
 
@@ -62,6 +63,10 @@ class RecordingLock implements LockControl {
     return 'unlocking';
   }
   async lock(): Promise<LockState> {
+    return 'locking';
+  }
+  async retract(): Promise<LockState> {
+    this.unlockedAt = undefined; // a retracted grant fails the tap
     return 'locking';
   }
 }
@@ -197,55 +202,58 @@ export async function benchNfc(): Promise<Record<string, number>> {
     cleanups.unshift(() => agent.stop());
 
     const figures: Record<string, number> = {};
-    for (const [kind, count] of Object.entries(TAPS) as [CardKind, number][]) {
-      const totals: number[] = [];
-      const floors: number[] = [];
-      const wire: number[] = [];
-      const overheads: number[] = [];
-      const owns: number[] = [];
-      const transits: number[] = [];
-      for (let i = 0; i < count + WARMUP; i++) {
-        await sleep(GAP_MS);
-        lock.unlockedAt = undefined;
-        hostEvents.length = 0;
-        const outcome = new Promise<TapOutcome>((resolve) => reader.once('tap', resolve));
-        const { placedAt } = await chip.ask({ type: 'place', kind }, 'placed');
-        const result = await outcome;
-        const relayAt = lock.unlockedAt;
-        const report: TapReport = await chip.ask(
-          { type: 'remove', relayAt: String(relayAt ?? process.hrtime.bigint()) },
-          'tap',
-        );
-        if (result.type !== 'decision' || !result.decision.granted || relayAt === undefined)
-          throw new Error(`bench tap of ${kind} was not granted: ${JSON.stringify(result)}`);
-        if (i < WARMUP) continue;
-        const start = BigInt(placedAt);
-        const total = msBetween(start, relayAt);
-        const floor = report.wireMs + report.computeMs;
-        const own = turnTime(hostEvents, start, relayAt, 'in');
-        totals.push(total);
-        floors.push(floor);
-        wire.push(report.wireMs);
-        overheads.push(total - floor);
-        owns.push(own);
-        transits.push(report.hostHeldMs - own);
+    const measured = await atDeployedNice(async () => {
+      for (const [kind, count] of Object.entries(TAPS) as [CardKind, number][]) {
+        const totals: number[] = [];
+        const floors: number[] = [];
+        const wire: number[] = [];
+        const overheads: number[] = [];
+        const owns: number[] = [];
+        const transits: number[] = [];
+        for (let i = 0; i < count + WARMUP; i++) {
+          await sleep(GAP_MS);
+          lock.unlockedAt = undefined;
+          hostEvents.length = 0;
+          const outcome = new Promise<TapOutcome>((resolve) => reader.once('tap', resolve));
+          const { placedAt } = await chip.ask({ type: 'place', kind }, 'placed');
+          const result = await outcome;
+          const relayAt = lock.unlockedAt;
+          const report: TapReport = await chip.ask(
+            { type: 'remove', relayAt: String(relayAt ?? process.hrtime.bigint()) },
+            'tap',
+          );
+          if (result.type !== 'decision' || !result.decision.granted || relayAt === undefined)
+            throw new Error(`bench tap of ${kind} was not granted: ${JSON.stringify(result)}`);
+          if (i < WARMUP) continue;
+          const start = BigInt(placedAt);
+          const total = msBetween(start, relayAt);
+          const floor = report.wireMs + report.computeMs;
+          const own = turnTime(hostEvents, start, relayAt, 'in');
+          totals.push(total);
+          floors.push(floor);
+          wire.push(report.wireMs);
+          overheads.push(total - floor);
+          owns.push(own);
+          transits.push(report.hostHeldMs - own);
+        }
+        const t = summarise(totals);
+        const o = summarise(overheads);
+        const own = summarise(owns);
+        const transit = summarise(transits);
+        figures[`${kind}_tap_to_relay_p50_ms`] = round(t.p50, 2);
+        figures[`${kind}_tap_to_relay_p99_ms`] = round(t.p99, 2);
+        figures[`${kind}_floor_p50_ms`] = round(summarise(floors).p50, 2);
+        figures[`${kind}_floor_wire_p50_ms`] = round(summarise(wire).p50, 2);
+        figures[`${kind}_overhead_p50_ms`] = round(o.p50, 2);
+        figures[`${kind}_overhead_p99_ms`] = round(o.p99, 2);
+        figures[`${kind}_agent_own_p50_ms`] = round(own.p50, 2);
+        figures[`${kind}_agent_own_p99_ms`] = round(own.p99, 2);
+        figures[`${kind}_transit_p50_ms`] = round(transit.p50, 2);
+        figures[`${kind}_transit_p99_ms`] = round(transit.p99, 2);
+        figures[`${kind}_taps`] = t.n;
       }
-      const t = summarise(totals);
-      const o = summarise(overheads);
-      const own = summarise(owns);
-      const transit = summarise(transits);
-      figures[`${kind}_tap_to_relay_p50_ms`] = round(t.p50, 2);
-      figures[`${kind}_tap_to_relay_p99_ms`] = round(t.p99, 2);
-      figures[`${kind}_floor_p50_ms`] = round(summarise(floors).p50, 2);
-      figures[`${kind}_floor_wire_p50_ms`] = round(summarise(wire).p50, 2);
-      figures[`${kind}_overhead_p50_ms`] = round(o.p50, 2);
-      figures[`${kind}_overhead_p99_ms`] = round(o.p99, 2);
-      figures[`${kind}_agent_own_p50_ms`] = round(own.p50, 2);
-      figures[`${kind}_agent_own_p99_ms`] = round(own.p99, 2);
-      figures[`${kind}_transit_p50_ms`] = round(transit.p50, 2);
-      figures[`${kind}_transit_p99_ms`] = round(transit.p99, 2);
-      figures[`${kind}_taps`] = t.n;
-    }
+    });
+    figures.agent_nice = measured.nice;
     return figures;
   } finally {
     for (const cleanup of cleanups) await cleanup().catch(() => {});
@@ -260,6 +268,6 @@ if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === process.
   else
     for (const [k, v] of Object.entries(figures))
       process.stdout.write(
-        `  ${k.padEnd(30)} ${String(v).padStart(10)}${/(overhead|agent_own)_p99/.test(k) ? '   (target <= 5)' : ''}\n`,
+        `  ${k.padEnd(30)} ${String(v).padStart(10)}${/agent_own_p99/.test(k) ? '   (target <= 5)' : /overhead_p99/.test(k) ? '   (with the rig: socat, ptys)' : ''}\n`,
       );
 }

@@ -15,14 +15,20 @@ const SUITES: Record<string, () => Promise<Suite>> = {
   'status-page': async () => () => import('./status-page.js').then((m) => m.benchStatusPage()),
 };
 
+/** NFC end-to-end figures that carry the rig's serial transit; the issue's target is on agent_own. */
+const RIG_INCLUDED = /^(fido|ntag424|uid)_overhead_p99_ms$/;
+
+function label(key: string): string {
+  const target = TARGETS[key];
+  if (target !== undefined) return `   (target ${target})`;
+  return RIG_INCLUDED.test(key) ? '   (with the rig: socat, ptys)' : '';
+}
+
 const TARGETS: Record<string, string> = {
   decision_p99_us: '< 50',
   keyring_load_ms: '< 1000',
   start_to_ready_ms: '< 500',
   idle_rss_mb: '< 80',
-  fido_overhead_p99_ms: '≤ 5',
-  ntag424_overhead_p99_ms: '≤ 5',
-  uid_overhead_p99_ms: '≤ 5',
   fido_agent_own_p99_ms: '≤ 5',
   ntag424_agent_own_p99_ms: '≤ 5',
   uid_agent_own_p99_ms: '≤ 5',
@@ -48,9 +54,7 @@ async function main(): Promise<void> {
     results[name] = figures;
     if (!json) {
       for (const [k, v] of Object.entries(figures))
-        process.stdout.write(
-          `  ${k.padEnd(34)} ${String(v).padStart(12)}${TARGETS[k] ? `   (target ${TARGETS[k]})` : ''}\n`,
-        );
+        process.stdout.write(`  ${k.padEnd(34)} ${String(v).padStart(12)}${label(k)}\n`);
     }
   }
   if (json)

@@ -8,9 +8,10 @@ import {
 } from '../access/decision.js';
 import type { Keyring, MergeResult } from '../access/keyring.js';
 import type { MonotonicFloorClock } from '../core/clock.js';
-import { toAgentError } from '../core/errors.js';
+import { type AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Decision, Health, LockState, Presentation } from '../core/types.js';
+import type { StagedItem } from '../store/group-commit.js';
 import type { CredentialReader, ReaderContext } from './reader.js';
 
 /** What the agent needs from the lock controller. */
@@ -19,17 +20,25 @@ export interface LockControl {
   /** Resolves once the relay is energised (or the request was merged into one under way). */
   unlock(cause: string): Promise<LockState>;
   lock(cause: string): Promise<LockState>;
+  /** Withdraws an unlock whose grant did not stand: cuts its pulse if it is still on, then locks. */
+  retract(cause: string): Promise<LockState>;
 }
+
+type AuditInput = { readonly type: string; readonly [key: string]: unknown };
 
 /** Durable audit trail. append() resolves when the record is durable. */
 export interface AuditSink {
-  append(event: { readonly type: string; readonly [key: string]: unknown }): Promise<unknown>;
+  append(event: AuditInput): Promise<unknown>;
 }
 
 /** Durable last-seen signature counters per credential. */
 export interface CounterStore {
   get(credentialId: string): number | undefined;
-  set(credentialId: string, value: number): Promise<void>;
+  /**
+   * Records a counter in two steps: resolves once it is written (it survives the agent being
+   * killed) with `durable`, which settles once it is fsynced (it survives a power cut).
+   */
+  stage(credentialId: string, value: number): Promise<StagedItem>;
 }
 
 /** Durable keyring operations: resolves when the ops are on disk. */
@@ -62,8 +71,10 @@ export interface AgentStatus {
 
 /**
  * The loop: reader → decision → lock controller → audit. Nothing here waits on the network; the
- * only disk waits on the unlock path are the counter write (a clone must not be accepted twice
- * across a power cut) and the audit record, which is written while the relay switches.
+ * only disk wait before the relay is the write(2) of a signature counter (so a clone cannot be
+ * accepted twice across a crash of the agent). Its fdatasync (a power cut) and the audit record
+ * are made durable while the relay switches: a relay takes 5–10 ms to close, an fdatasync about
+ * 1 ms, and a grant whose counter cannot be made durable is retracted, cutting the pulse.
  */
 export class Agent {
   private readonly deps: AgentDeps;
@@ -71,6 +82,8 @@ export class Agent {
   /** Counters reserved by decisions in flight, so two concurrent taps cannot reuse one value. */
   private readonly liveCounters = new Map<string, number>();
   private readonly pendingAudit = new Set<Promise<unknown>>();
+  /** Audit events waiting for the next turn of the event loop (see audit()). */
+  private readonly auditBacklog: AuditInput[] = [];
   private readonly counts = { granted: 0, denied: 0 };
   private started = false;
 
@@ -121,7 +134,8 @@ export class Agent {
 
   /** Waits for audit records in flight. */
   async flush(): Promise<void> {
-    await Promise.allSettled([...this.pendingAudit]);
+    // A drain that runs meanwhile adds the appends it starts.
+    while (this.pendingAudit.size > 0) await Promise.allSettled([...this.pendingAudit]);
   }
 
   /** The hot path. Never rejects: failures become coded denials. */
@@ -139,15 +153,21 @@ export class Agent {
     let decision = decide({ presentation: p, keyring, now, history, lastCounter, policy });
     const outcome = recordOutcome(history, decision, now, policy.rateLimit);
     this.histories.set(p.reader, outcome.history);
+    /** Settles with the error, if any, once the counter of this grant is durable. */
+    let counterDurable: Promise<AgentError | undefined> | undefined;
     if (decision.granted && p.counter !== undefined && counterKey !== undefined) {
       this.liveCounters.set(counterKey, p.counter);
       try {
-        await this.deps.counters.set(counterKey, p.counter);
+        const staged = await this.deps.counters.stage(counterKey, p.counter);
+        counterDurable = staged.durable.then(
+          () => undefined,
+          (err: unknown) => toAgentError(err, 'state_io'),
+        );
       } catch (err) {
-        // Without a durable counter a clone could replay after a power cut: refuse.
+        // Without a recorded counter a clone could be accepted again after a restart: refuse.
         const e = toAgentError(err, 'state_io');
-        log.error({ code: e.code, err: e.message }, 'cannot persist the signature counter');
-        decision = { granted: false, code: 'reader_error', credential: decision.credential };
+        log.error({ code: e.code, err: e.message }, 'cannot record the signature counter');
+        decision = { granted: false, code: 'state_io', credential: decision.credential };
       }
     }
     let lockState: LockState | undefined;
@@ -182,21 +202,55 @@ export class Agent {
         until: new Date(outcome.history.cooldownUntil).toISOString(),
       });
     }
+    let action: 'unlock' | 'lock' | undefined;
+    if (decision.granted) {
+      action = this.resolveIntent(decision.intent);
+      const cause = `${p.reader}:${p.subject}`;
+      // Settled at once into a result: a relay failure must not go unhandled while the fsync runs.
+      const actuated = (action === 'unlock' ? this.deps.lock.unlock(cause) : this.deps.lock.lock(cause)).then(
+        (state) => ({ state }),
+        (err: unknown) => ({ error: toAgentError(err, 'relay_failed') }),
+      );
+      const notDurable = await counterDurable;
+      if (notDurable !== undefined) {
+        // The counter did not reach the disk: a power cut now would forget it. Withdraw the grant
+        // before the relay has closed (or at once, if the disk was slower than the relay).
+        log.error({ code: notDurable.code, err: notDurable.message }, 'signature counter not durable');
+        this.audit({
+          type: 'access.retracted',
+          code: notDurable.code,
+          reader: p.reader,
+          subject: p.subject,
+          credentialId: decision.credential.id,
+        });
+        if (action === 'unlock')
+          await this.deps.lock.retract(`${cause}:retracted`).catch((err: unknown) => {
+            const e = toAgentError(err, 'relay_failed');
+            log.error({ code: e.code, err: e.message }, 'lock controller failed to retract');
+          });
+        await actuated;
+        decision = { granted: false, code: 'state_io', credential: decision.credential };
+      } else {
+        const result = await actuated;
+        if ('state' in result) {
+          lockState = result.state;
+        } else {
+          const e = result.error;
+          log.error({ code: e.code, err: e.message }, 'lock controller failed');
+          this.audit({ type: 'relay.failed', code: e.code, reader: p.reader, subject: p.subject, action });
+        }
+      }
+    }
     if (decision.granted) {
       this.counts.granted++;
-      const action = this.resolveIntent(decision.intent);
-      try {
-        lockState =
-          action === 'unlock'
-            ? await this.deps.lock.unlock(`${p.reader}:${p.subject}`)
-            : await this.deps.lock.lock(`${p.reader}:${p.subject}`);
-      } catch (err) {
-        const e = toAgentError(err, 'relay_failed');
-        log.error({ code: e.code, err: e.message }, 'lock controller failed');
-        this.audit({ type: 'relay.failed', code: e.code, reader: p.reader, subject: p.subject, action });
-      }
       log.info(
-        { reader: p.reader, subject: p.subject, role: decision.credential.role, action, lock: lockState },
+        {
+          reader: p.reader,
+          subject: p.subject,
+          role: decision.credential.role,
+          action,
+          lock: lockState,
+        },
         'access granted',
       );
     } else {
@@ -228,11 +282,30 @@ export class Agent {
   }
 
   /** Appends to the audit log without blocking the caller; failures are logged with their code. */
-  audit(event: { readonly type: string; readonly [key: string]: unknown }): void {
-    const pending = this.deps.audit.append(event).catch((err: unknown) => {
+  audit(event: AuditInput): void {
+    // Appended on the next turn of the event loop, in call order: preparing a record (JSON,
+    // hash chain) takes a few hundred µs, which then runs while the relay switches instead of
+    // before it (the lock records of a grant come from inside the lock controller).
+    this.auditBacklog.push(event);
+    if (this.auditBacklog.length > 1) return; // a drain is already scheduled
+    this.track(
+      new Promise<void>((resolve) =>
+        setImmediate(() => {
+          for (const e of this.auditBacklog.splice(0)) this.track(this.appendAudit(e));
+          resolve();
+        }),
+      ),
+    );
+  }
+
+  private appendAudit(event: AuditInput): Promise<unknown> {
+    return this.deps.audit.append(event).catch((err: unknown) => {
       const e = toAgentError(err, 'state_io');
       this.deps.log.error({ code: e.code, err: e.message, event: event.type }, 'audit append failed');
     });
+  }
+
+  private track(pending: Promise<unknown>): void {
     this.pendingAudit.add(pending);
     void pending.finally(() => this.pendingAudit.delete(pending));
   }

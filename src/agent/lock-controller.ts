@@ -80,6 +80,8 @@ export class LockController {
   private holdTimer: CancelTimer | undefined;
   private relockTimer: CancelTimer | undefined;
   private lastUnlockAt = 0;
+  /** A retracted unlock pulse still switching on: end it as soon as it is on. */
+  private cutWhenOn = false;
   private inflight: Promise<unknown> = Promise.resolve();
   private running = false;
   private stopping: Promise<void> | undefined;
@@ -152,10 +154,31 @@ export class LockController {
     return this.request('lock', cause);
   }
 
+  /**
+   * Withdraws an unlock whose grant did not stand after all (its signature counter could not be
+   * made durable): cuts an unlock pulse that is switching on or running, at once, then pulses
+   * lock. Hold wiring: the same as lock(), which already releases the strike at once. A relay
+   * closes in 5–10 ms, so a cut that comes within that time keeps the lock from moving at all.
+   */
+  retract(cause: string): Promise<LockState> {
+    const cut =
+      this.config.wiring === 'pulse' && this.running && this.active === 'unlock' ? this.phase : undefined;
+    const locked = this.request('lock', cause);
+    if (cut === 'energising') {
+      this.cutWhenOn = true;
+    } else if (cut === 'on') {
+      this.pulseTimer?.();
+      this.pulseTimer = undefined;
+      void this.endPulse(true);
+    }
+    return locked;
+  }
+
   /** Cancels every timer, refuses waiting requests, waits for the relay command in flight, then all off. */
   stop(): Promise<void> {
     if (this.stopping) return this.stopping;
     this.running = false;
+    this.cutWhenOn = false;
     this.stopping = (async () => {
       this.cancelTimers();
       if (this.pending) {
@@ -193,6 +216,8 @@ export class LockController {
       void this.startPulse(action, cause, [waiter]);
     } else if (this.active === action && this.phase === 'energising') {
       this.supersedePending();
+      // A new grant for the pulse under way outranks an earlier retraction of it.
+      this.cutWhenOn = false;
       this.energiseWaiters.push(waiter);
     } else if (this.active === action && this.phase === 'on') {
       // Joins the pulse under way: no second pulse, and this one is not cut short.
@@ -205,6 +230,11 @@ export class LockController {
 
   private startPulse(action: LockAction, cause: string, waiters: Waiter[]): Promise<void> {
     return this.energise(action, cause, waiters, action === 'unlock' ? 'unlocking' : 'locking', () => {
+      if (this.cutWhenOn) {
+        this.cutWhenOn = false;
+        void this.endPulse(true);
+        return;
+      }
       this.pulseTimer = this.timers.schedule(this.config.pulseMs, () => {
         this.pulseTimer = undefined;
         void this.endPulse();
@@ -212,12 +242,14 @@ export class LockController {
     });
   }
 
-  private endPulse(): Promise<void> {
+  /** Ends the running pulse. `cut`: it was retracted, and the request waiting next says the state. */
+  private endPulse(cut = false): Promise<void> {
     if (this.phase !== 'on' || this.active === undefined) return Promise.resolve();
     const action = this.active;
     const cause = this.activeCause;
     return this.deenergise(action, () => {
-      this.setState(action === 'unlock' ? 'unlocked' : 'locked', cause);
+      if (!cut || !this.running || this.pending === undefined)
+        this.setState(action === 'unlock' ? 'unlocked' : 'locked', cause);
       if (!this.running || this.runPending()) return;
       if (action === 'unlock') this.armRelock();
     });
@@ -354,6 +386,7 @@ export class LockController {
       await this.relay.allOff();
       this.phase = 'idle';
       this.active = undefined;
+      this.cutWhenOn = false;
       this.setState(this.settledBefore, 'relay_failed');
       for (const w of this.energiseWaiters.splice(0)) w.reject(error);
       if (

@@ -104,4 +104,5 @@ export type DenialCode = Extract<
   | 'frame_too_large'
   | 'unsupported'
   | 'reader_error'
+  | 'state_io'
 >;

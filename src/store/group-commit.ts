@@ -14,10 +14,20 @@ interface Waiter<Item> {
   readonly item: Item;
   readonly resolve: () => void;
   readonly reject: (err: unknown) => void;
+  /** Called once the item's bytes are written, before the fsync. */
+  readonly written?: () => void;
 }
 
+/** An item written but maybe not yet fsynced: `durable` settles when it is (or cannot be). */
+export interface StagedItem {
+  readonly durable: Promise<void>;
+}
+
+/** Writes a batch; calls `written` once the bytes are written and before it fsyncs them. */
+export type FlushBatch<Item> = (items: readonly Item[], written: () => void) => Promise<void>;
+
 export class GroupCommitQueue<Item> {
-  private readonly flush: (items: readonly Item[]) => Promise<void>;
+  private readonly flush: FlushBatch<Item>;
   private readonly describe: string;
   /** The batch that new submissions join; null once its flush has started or it was sealed. */
   private open: Waiter<Item>[] | null = null;
@@ -25,7 +35,7 @@ export class GroupCommitQueue<Item> {
   private failure: AgentError | undefined;
   private closing = false;
 
-  constructor(describe: string, flush: (items: readonly Item[]) => Promise<void>) {
+  constructor(describe: string, flush: FlushBatch<Item>) {
     this.describe = describe;
     this.flush = flush;
   }
@@ -34,15 +44,39 @@ export class GroupCommitQueue<Item> {
   submit(item: Item): Promise<void> {
     const refusal = this.refusal();
     if (refusal !== undefined) return Promise.reject(refusal);
-    return new Promise<void>((resolve, reject) => {
-      let batch = this.open;
-      if (batch === null) {
-        const created: Waiter<Item>[] = [];
-        void this.enqueue(() => this.flushBatch(created));
-        this.open = created;
-        batch = created;
-      }
-      batch.push({ item, resolve, reject });
+    return new Promise<void>((resolve, reject) => this.join({ item, resolve, reject }));
+  }
+
+  /**
+   * Like submit, in two steps: resolves once the item is written (in the kernel's page cache: it
+   * survives the process being killed, not yet a power cut) with `durable`, which settles once
+   * the item is fsynced. Rejects, without `durable`, when the write itself fails.
+   */
+  submitStaged(item: Item): Promise<StagedItem> {
+    const refusal = this.refusal();
+    if (refusal !== undefined) return Promise.reject(refusal);
+    return new Promise<StagedItem>((resolveWritten, rejectWritten) => {
+      let settleDurable: { resolve: () => void; reject: (err: unknown) => void } | undefined;
+      const durable = new Promise<void>((resolve, reject) => {
+        settleDurable = { resolve, reject };
+      });
+      // The caller may look at `durable` only later; a failed fsync must not count as unhandled.
+      durable.catch(() => {});
+      let isWritten = false;
+      const written = (): void => {
+        if (isWritten) return;
+        isWritten = true;
+        resolveWritten({ durable });
+      };
+      this.join({
+        item,
+        written,
+        resolve: () => {
+          written();
+          settleDurable?.resolve();
+        },
+        reject: (err) => (isWritten ? settleDurable?.reject(err) : rejectWritten(err)),
+      });
     });
   }
 
@@ -78,6 +112,18 @@ export class GroupCommitQueue<Item> {
     return this.failure;
   }
 
+  /** Adds a waiter to the open batch, opening (and queueing the flush of) a new one if needed. */
+  private join(waiter: Waiter<Item>): void {
+    let batch = this.open;
+    if (batch === null) {
+      const created: Waiter<Item>[] = [];
+      void this.enqueue(() => this.flushBatch(created));
+      this.open = created;
+      batch = created;
+    }
+    batch.push(waiter);
+  }
+
   private refusal(): AgentError | undefined {
     if (this.failure !== undefined) return this.failure;
     if (this.closing)
@@ -101,7 +147,12 @@ export class GroupCommitQueue<Item> {
       return;
     }
     try {
-      await this.flush(batch.map((waiter) => waiter.item));
+      await this.flush(
+        batch.map((waiter) => waiter.item),
+        () => {
+          for (const waiter of batch) waiter.written?.();
+        },
+      );
     } catch (err) {
       this.failure = toAgentError(err, 'state_io');
       for (const waiter of batch) waiter.reject(this.failure);

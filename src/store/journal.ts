@@ -29,8 +29,8 @@ import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { silentLogger } from '../core/logger.js';
 import { writeFileAtomic } from './atomic.js';
-import { errnoOf, ioError, syncDirectory, uniqueStamp, writeAll } from './fs-util.js';
-import { GroupCommitQueue } from './group-commit.js';
+import { errnoOf, ioError, syncDirectory, uniqueStamp, writeAll, writeAllSync } from './fs-util.js';
+import { GroupCommitQueue, type StagedItem } from './group-commit.js';
 import { planRecovery, scanLines } from './line-scan.js';
 import { acquireOwnerLock, type OwnerLock } from './owner-lock.js';
 
@@ -73,6 +73,9 @@ export interface OpenedJournal<T> {
 
 export const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
 
+/** Batches up to this size are written with a synchronous write(2) (see writeAllSync). */
+const SYNC_WRITE_MAX_BYTES = 16 * 1024;
+
 export class Journal<T = unknown> {
   readonly path: string;
   private handle: FileHandle;
@@ -102,7 +105,7 @@ export class Journal<T = unknown> {
     this.records = records;
     this.maxRecordBytes = maxRecordBytes;
     this.mode = mode;
-    this.queue = new GroupCommitQueue(path, (lines) => this.writeBatch(lines));
+    this.queue = new GroupCommitQueue(path, (lines, written) => this.writeBatch(lines, written));
   }
 
   static async open<T = unknown>(path: string, options: JournalOptions<T> = {}): Promise<OpenedJournal<T>> {
@@ -171,6 +174,15 @@ export class Journal<T = unknown> {
   }
 
   /**
+   * Appends a line made by `encode` in two steps: resolves once it is written (it survives the
+   * process being killed) with `durable`, which settles once it is fdatasynced (it survives a
+   * power cut). For a caller that overlaps the fdatasync with work of its own.
+   */
+  appendEncodedStaged(line: Buffer): Promise<StagedItem> {
+    return this.queue.submitStaged(line);
+  }
+
+  /**
    * Atomically replaces the journal's content with `records` (compaction). Appends made before
    * this call are durable first and then superseded; appends made after it land after the new
    * content. `beforeReplace` runs in between, when everything appended before this call is
@@ -218,10 +230,13 @@ export class Journal<T = unknown> {
     return this.records;
   }
 
-  private async writeBatch(lines: readonly Buffer[]): Promise<void> {
+  private async writeBatch(lines: readonly Buffer[], written: () => void): Promise<void> {
     const data = lines.length === 1 && lines[0] !== undefined ? lines[0] : Buffer.concat(lines);
     try {
-      await writeAll(this.handle, data, this.bytes);
+      // A small batch (a signature counter on the unlock path) is written on this thread.
+      if (data.length <= SYNC_WRITE_MAX_BYTES) writeAllSync(this.handle, data, this.bytes);
+      else await writeAll(this.handle, data, this.bytes);
+      written();
       await this.handle.datasync();
     } catch (err) {
       throw ioError(err, this.path, 'append to');

@@ -14,6 +14,7 @@
 import type { Logger } from '../core/logger.js';
 import { silentLogger } from '../core/logger.js';
 import { parseJsonBytes, readFileIfExists, writeFileAtomic } from './atomic.js';
+import type { StagedItem } from './group-commit.js';
 import type { CorruptPolicy, JournalRecovery } from './journal.js';
 import { Journal } from './journal.js';
 
@@ -118,13 +119,34 @@ export class JournaledMap<V> {
 
   /** Sets the value now; resolves when durable. Rejects 'record_too_large' before changing anything. */
   set(key: string, value: V): Promise<void> {
-    return this.change({ k: key, v: value }, () => this.values.set(key, value));
+    return this.change(
+      { k: key, v: value },
+      () => this.values.set(key, value),
+      (line) => this.journal.appendEncoded(line),
+    );
+  }
+
+  /**
+   * Sets the value now, in two steps: resolves once the change is written to the journal (it
+   * survives the process being killed) with `durable`, which settles once it is fdatasynced (it
+   * survives a power cut). Rejects, without `durable`, when the write fails.
+   */
+  stage(key: string, value: V): Promise<StagedItem> {
+    return this.change(
+      { k: key, v: value },
+      () => this.values.set(key, value),
+      (line) => this.journal.appendEncodedStaged(line),
+    );
   }
 
   /** Deletes the key now; resolves (true if it existed) when durable. */
   async delete(key: string): Promise<boolean> {
     if (!this.values.has(key)) return false;
-    await this.change({ k: key, d: 1 }, () => this.values.delete(key));
+    await this.change(
+      { k: key, d: 1 },
+      () => this.values.delete(key),
+      (line) => this.journal.appendEncoded(line),
+    );
     return true;
   }
 
@@ -146,7 +168,7 @@ export class JournaledMap<V> {
     await this.journal.close();
   }
 
-  private change(change: Change<V>, apply: () => void): Promise<void> {
+  private change<R>(change: Change<V>, apply: () => void, append: (line: Buffer) => Promise<R>): Promise<R> {
     let line: Buffer;
     try {
       line = this.journal.encode(change);
@@ -154,10 +176,10 @@ export class JournaledMap<V> {
       return Promise.reject(err);
     }
     apply();
-    const durable = this.journal.appendEncoded(line);
+    const appended = append(line);
     this.journalBytes += line.length;
     this.compactIfDue();
-    return durable;
+    return appended;
   }
 
   private compactIfDue(): void {

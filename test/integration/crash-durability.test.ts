@@ -1,9 +1,11 @@
 /**
  * The durable store's proof (issue 2, part 5): a writer in a child process appends journal
  * records, audit records, map changes and atomic file replacements as fast as it can, reporting
- * each one after it became durable. It is killed with SIGKILL at random moments (most runs while
- * writing, some while it opens and recovers the stores) at least 200 times. After every kill the
- * stores are reopened here and must load, never corrupt, with every reported record present.
+ * each one after it became durable (a staged map counter, recorded as the agent records a
+ * signature counter before the relay, once written and before its fdatasync). It is killed with
+ * SIGKILL at random moments (most runs while writing, some while it opens and recovers the
+ * stores) at least 200 times. After every kill the stores are reopened here and must load, never
+ * corrupt, with every reported record present.
  *
  * Linux finishes a small write() before a SIGKILL lands, so a kill alone almost never leaves a
  * torn record (measured: 0 in 120 kills, even with 1.6 MB batches); a power cut does. So every

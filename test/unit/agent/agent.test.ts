@@ -1,14 +1,20 @@
-import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it, vi } from 'vitest';
 import { Agent, type AuditSink, type CounterStore, type LockControl } from '../../../src/agent/agent.js';
 import { MonotonicFloorClock } from '../../../src/core/clock.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import type { LockState, Presentation } from '../../../src/core/types.js';
+import { JournaledMap } from '../../../src/store/journaled-map.js';
 import { grantBy, makeKey, makeRoot, newKeyring } from '../../helpers/keyring-fixtures.js';
+import { useTempDir } from '../store/temp-dir.js';
 
 class FakeLock implements LockControl {
   current: LockState = 'locked';
   readonly actions: string[] = [];
   failNext = false;
+  /** Runs when the relay is told to unlock. */
+  onUnlock: () => void = () => {};
   state(): LockState {
     return this.current;
   }
@@ -17,6 +23,7 @@ class FakeLock implements LockControl {
       this.failNext = false;
       throw new Error('relay gone');
     }
+    this.onUnlock();
     this.actions.push(`unlock ${cause}`);
     this.current = 'unlocked';
     return this.current;
@@ -26,9 +33,17 @@ class FakeLock implements LockControl {
     this.current = 'locked';
     return this.current;
   }
+  async retract(cause: string): Promise<LockState> {
+    this.actions.push(`retract ${cause}`);
+    this.current = 'locked';
+    return this.current;
+  }
 }
 
-function setup(options: { counterFails?: boolean; auditFails?: boolean } = {}) {
+/** Counter writes that fail at the write(2) or at the fdatasync, or whose fdatasync a test settles. */
+type CounterFault = 'write' | 'sync' | 'manual';
+
+function setup(options: { counterFails?: CounterFault; auditFails?: boolean; counters?: CounterStore } = {}) {
   const root = makeRoot();
   const keyring = newKeyring(root);
   const fido = makeKey('phone', 'driver');
@@ -42,12 +57,22 @@ function setup(options: { counterFails?: boolean; auditFails?: boolean } = {}) {
     },
   };
   const stored = new Map<string, number>();
+  /** Settles the fdatasync of the last staged counter when counterFails is 'manual'. */
+  const sync: { settle?: (error?: Error) => void } = {};
   const counters: CounterStore = {
     get: (id) => stored.get(id),
-    set: async (id, v) => {
+    stage: async (id, v) => {
       await new Promise((r) => setTimeout(r, 5));
-      if (options.counterFails) throw new Error('disk gone');
+      if (options.counterFails === 'write') throw new Error('disk gone');
       stored.set(id, v);
+      if (options.counterFails === 'sync') return { durable: Promise.reject(new Error('EIO on fdatasync')) };
+      if (options.counterFails === 'manual')
+        return {
+          durable: new Promise<void>((resolve, reject) => {
+            sync.settle = (error) => (error ? reject(error) : resolve());
+          }),
+        };
+      return { durable: new Promise<void>((r) => setTimeout(r, 5)) };
     },
   };
   const lock = new FakeLock();
@@ -55,7 +80,7 @@ function setup(options: { counterFails?: boolean; auditFails?: boolean } = {}) {
     vehicleId: 'VIN-TEST-0001',
     keyring,
     keyringStore: { persist: async () => {} },
-    counters,
+    counters: options.counters ?? counters,
     clock: new MonotonicFloorClock(0),
     audit,
     lock,
@@ -74,7 +99,7 @@ function setup(options: { counterFails?: boolean; auditFails?: boolean } = {}) {
     proof: 'valid',
     ...over,
   });
-  return { agent, lock, events, stored, present };
+  return { agent, lock, events, stored, present, sync };
 }
 
 describe('agent loop', () => {
@@ -92,6 +117,20 @@ describe('agent loop', () => {
     expect(events.at(-1)).toMatchObject({ type: 'access', result: 'denied', code: 'bad_proof' });
   });
 
+  it('prepares audit records after the relay is told, keeping their order', async () => {
+    const { agent, lock, events, present } = setup();
+    let appendedAtUnlock = -1;
+    lock.onUnlock = () => {
+      appendedAtUnlock = events.length;
+      // As main.ts wires it: the lock controller's state change is audited from inside unlock().
+      agent.audit({ type: 'lock', state: 'unlocking' });
+    };
+    expect((await agent.present(present())).granted).toBe(true);
+    expect(appendedAtUnlock).toBe(0);
+    await agent.flush();
+    expect(events.map((e) => e.type)).toEqual(['access', 'lock']);
+  });
+
   it('lets only one of two concurrent presentations with the same counter through', async () => {
     const { agent, lock, present } = setup();
     const [a, b] = await Promise.all([
@@ -103,11 +142,48 @@ describe('agent loop', () => {
     expect(a.granted ? b : a).toMatchObject({ code: 'clone_suspected' });
   });
 
-  it('refuses a grant whose counter cannot be made durable', async () => {
-    const { agent, lock, present } = setup({ counterFails: true });
+  it('refuses a grant whose counter cannot be written, before the relay', async () => {
+    const { agent, lock, events, present } = setup({ counterFails: 'write' });
     const d = await agent.present(present({ counter: 9 }));
-    expect(d).toMatchObject({ granted: false, code: 'reader_error' });
+    expect(d).toMatchObject({ granted: false, code: 'state_io' });
     expect(lock.actions).toHaveLength(0);
+    await agent.flush();
+    expect(events.at(-1)).toMatchObject({ type: 'access', result: 'denied', code: 'state_io' });
+  });
+
+  it('retracts a grant whose counter cannot be made durable: the unlock is cut and the lock locked', async () => {
+    const { agent, lock, events, present } = setup({ counterFails: 'sync' });
+    const d = await agent.present(present({ counter: 9 }));
+    expect(d).toMatchObject({ granted: false, code: 'state_io' });
+    const id = present().subject;
+    expect(lock.actions).toEqual([`unlock nfc0:${id}`, `retract nfc0:${id}:retracted`]);
+    expect(lock.current).toBe('locked');
+    await agent.flush();
+    expect(events.map((e) => [e.type, e.result ?? e.code])).toEqual([
+      ['access', 'granted'],
+      ['access.retracted', 'state_io'],
+    ]);
+    // A lock is never retracted: locking is safe whatever the disk does.
+    const locking = await agent.present(present({ counter: 10, intent: 'lock' }));
+    expect(locking).toMatchObject({ granted: false, code: 'state_io' });
+    expect(lock.actions.at(-1)).toBe(`lock nfc0:${id}`);
+  });
+
+  it('commands the relay once the counter is written, and answers once it is fsynced', async () => {
+    const { agent, lock, stored, present, sync } = setup({ counterFails: 'manual' });
+    let settled = false;
+    const decision = agent.present(present({ counter: 9 })).then((d) => {
+      settled = true;
+      return d;
+    });
+    await vi.waitFor(() => expect(lock.actions).toHaveLength(1));
+    // The counter was written before the relay was told; the fdatasync is still running.
+    expect(stored.get(present().subject)).toBe(9);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(settled).toBe(false);
+    sync.settle?.();
+    expect(await decision).toMatchObject({ granted: true });
+    expect(lock.actions).toHaveLength(1);
   });
 
   it('keeps working when the audit log fails, and when the relay fails', async () => {
@@ -118,6 +194,19 @@ describe('agent loop', () => {
     await agent.flush();
     expect((await agent.present(present({ intent: 'lock' }))).granted).toBe(true);
     expect(lock.current).toBe('locked');
+  });
+
+  it('audits a relay that fails while the counter is being fsynced, without an unhandled rejection', async () => {
+    const { agent, lock, events, present, sync } = setup({ counterFails: 'manual' });
+    lock.failNext = true;
+    const decision = agent.present(present({ counter: 12 }));
+    await vi.waitFor(() => expect(sync.settle).toBeDefined());
+    // The relay's rejection is now waiting while the fsync runs past a few turns of the loop.
+    await new Promise((r) => setTimeout(r, 20));
+    sync.settle?.();
+    expect(await decision).toMatchObject({ granted: true });
+    await agent.flush();
+    expect(events.map((e) => e.type)).toEqual(['access', 'relay.failed']);
   });
 
   it('resolves toggle from the lock state', async () => {
@@ -140,6 +229,26 @@ describe('agent loop', () => {
 });
 
 describe('agent counters', () => {
+  const tempDir = useTempDir('agent-counters');
+
+  it('has the counter written to its journal when the relay is told, durable when it answers', async () => {
+    const base = join(tempDir(), 'counters');
+    const map = await JournaledMap.open<number>(base);
+    const { agent, lock, present } = setup({ counters: map });
+    const journalAtUnlock: string[] = [];
+    lock.onUnlock = () => journalAtUnlock.push(readFileSync(`${base}.journal`, 'utf8'));
+    try {
+      expect(await agent.present(present({ counter: 41 }))).toMatchObject({ granted: true });
+    } finally {
+      await map.close();
+    }
+    expect(journalAtUnlock).toHaveLength(1);
+    expect(journalAtUnlock[0]).toContain(JSON.stringify({ k: present().subject, v: 41 }));
+    const reopened = await JournaledMap.open<number>(base);
+    expect(reopened.get(present().subject ?? '')).toBe(41);
+    await reopened.close();
+  });
+
   it('honours a durable counter advanced by another writer (an owner FIDO authorisation)', async () => {
     const { agent, stored, present } = setup();
     expect((await agent.present(present({ counter: 5 }))).granted).toBe(true);

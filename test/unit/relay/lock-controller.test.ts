@@ -268,6 +268,75 @@ describe('LockController, pulse wiring', () => {
     ]);
   });
 
+  it('a retracted unlock is cut at once and locked, without ever reporting unlocked', async () => {
+    const r = await rig(PULSE);
+    await r.lock.start();
+    await r.lock.unlock('nfc0:alice');
+    await r.timers.advance(2);
+    const retracted = track(r.lock.retract('nfc0:alice:retracted'));
+    await r.timers.advanceTo(100_000);
+    expect(retracted.value).toBe('locking');
+    expect(r.timeline()).toEqual([
+      ['unlock', true, 0],
+      ['unlock', false, 2],
+      ['lock', true, 2],
+      ['lock', false, 352],
+    ]);
+    expect(r.changes.map((c) => c.state)).toEqual(['unlocking', 'locking', 'locked']);
+    expect(r.overlaps).toEqual([]);
+  });
+
+  it('a retraction while the unlock relay is still switching on ends the pulse as soon as it is on', async () => {
+    const r = await rig(PULSE, { latencyMs: 10 });
+    await r.lock.start();
+    const grant = track(r.lock.unlock('a'));
+    await r.timers.advance(4);
+    const retracted = track(r.lock.retract('a:retracted'));
+    await r.timers.advanceTo(100_000);
+    expect(grant.value).toBe('unlocking');
+    expect(retracted.value).toBe('locking');
+    expect(r.timeline()).toEqual([
+      ['unlock', true, 10],
+      ['unlock', false, 20],
+      ['lock', true, 30],
+      ['lock', false, 390],
+    ]);
+    expect(r.lock.state()).toBe('locked');
+  });
+
+  it('a new grant for the pulse still switching on outranks an earlier retraction', async () => {
+    const r = await rig(PULSE, { latencyMs: 10 });
+    await r.lock.start();
+    void r.lock.unlock('a');
+    await r.timers.advance(2);
+    void r.lock.retract('a:retracted');
+    await r.timers.advance(2);
+    const second = track(r.lock.unlock('b'));
+    await r.timers.advanceTo(1000);
+    expect(second.value).toBe('unlocking');
+    expect(r.timeline()).toEqual([
+      ['unlock', true, 10],
+      ['unlock', false, 370],
+    ]);
+    expect(r.lock.state()).toBe('unlocked');
+  });
+
+  it('a retraction after the pulse ended locks now and cancels the relock', async () => {
+    const r = await rig(PULSE);
+    await r.lock.start();
+    await r.lock.unlock('a');
+    await r.timers.advanceTo(500);
+    expect(r.lock.state()).toBe('unlocked');
+    await r.lock.retract('a:retracted');
+    await r.timers.advanceTo(100_000);
+    expect(r.timeline()).toEqual([
+      ['unlock', true, 0],
+      ['unlock', false, 350],
+      ['lock', true, 500],
+      ['lock', false, 850],
+    ]);
+  });
+
   it('the relay is never told to energise one channel while the other is on', async () => {
     const r = await rig(PULSE, { latencyMs: 5 });
     await r.lock.start();
@@ -426,6 +495,18 @@ describe('LockController, hold wiring', () => {
     expect(r.timeline()).toEqual([
       ['unlock', true, 0],
       ['unlock', false, 1000],
+    ]);
+  });
+
+  it('a retraction releases the strike at once', async () => {
+    const r = await rig(HOLD, { channels: ['unlock'] });
+    await r.lock.start();
+    await r.lock.unlock('a');
+    await r.timers.advance(3);
+    await expect(r.lock.retract('a:retracted')).resolves.toBe('locked');
+    expect(r.timeline()).toEqual([
+      ['unlock', true, 0],
+      ['unlock', false, 3],
     ]);
   });
 

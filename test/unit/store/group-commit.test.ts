@@ -93,4 +93,82 @@ describe('GroupCommitQueue', () => {
     expect(closed).toBe(true);
     await expect(queue.submit(2)).rejects.toMatchObject({ code: 'state_io', message: 'journal-z is closed' });
   });
+
+  describe('staged submissions', () => {
+    /** A flush in two gated steps, as a journal does it: write, then fsync. */
+    function twoStepFlush(fail?: 'write' | 'sync') {
+      const steps: string[] = [];
+      const gates: Array<() => void> = [];
+      const gate = () => new Promise<void>((resolve) => gates.push(resolve));
+      const flush = async (items: readonly number[], written: () => void): Promise<void> => {
+        await gate();
+        if (fail === 'write') throw new Error('ENOSPC on write');
+        steps.push(`write ${items.join(',')}`);
+        written();
+        await gate();
+        if (fail === 'sync') throw new Error('EIO on fdatasync');
+        steps.push(`sync ${items.join(',')}`);
+      };
+      const step = async (): Promise<void> => {
+        for (let i = 0; i < 10 && gates.length === 0; i += 1) await new Promise((r) => setImmediate(r));
+        gates.shift()?.();
+        await new Promise((r) => setImmediate(r));
+      };
+      return { steps, flush, step };
+    }
+
+    it('resolve once written, with a durable promise that settles after the fsync', async () => {
+      const { steps, flush, step } = twoStepFlush();
+      const queue = new GroupCommitQueue<number>('test', flush);
+      let written = false;
+      const staged = queue.submitStaged(7).then((s) => {
+        written = true;
+        return s;
+      });
+      await step();
+      expect(written).toBe(true);
+      expect(steps).toEqual(['write 7']);
+      let durable = false;
+      const done = (await staged).durable.then(() => {
+        durable = true;
+      });
+      await new Promise((r) => setImmediate(r));
+      expect(durable).toBe(false);
+      await step();
+      await done;
+      expect(steps).toEqual(['write 7', 'sync 7']);
+    });
+
+    it('a failed write rejects the submission itself', async () => {
+      const { flush, step } = twoStepFlush('write');
+      const queue = new GroupCommitQueue<number>('test', flush);
+      const refused = expect(queue.submitStaged(1)).rejects.toMatchObject({
+        code: 'state_io',
+        message: 'ENOSPC on write',
+      });
+      await step();
+      await refused;
+    });
+
+    it('a failed fsync rejects only `durable` (never as an unhandled rejection) and fails the queue', async () => {
+      const { flush, step } = twoStepFlush('sync');
+      const queue = new GroupCommitQueue<number>('test', flush);
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown) => unhandled.push(reason);
+      process.on('unhandledRejection', onUnhandled);
+      try {
+        const staged = queue.submitStaged(1);
+        await step();
+        const { durable } = await staged;
+        await step();
+        // Nobody looked at `durable` while it failed.
+        await new Promise((r) => setTimeout(r, 10));
+        expect(unhandled).toEqual([]);
+        await expect(durable).rejects.toMatchObject({ code: 'state_io', message: 'EIO on fdatasync' });
+        await expect(queue.submitStaged(2)).rejects.toMatchObject({ message: 'EIO on fdatasync' });
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+      }
+    });
+  });
 });
