@@ -5,7 +5,7 @@ import { toAgentError } from '../core/errors.js';
 import type { Decision, Health, Presentation } from '../core/types.js';
 import { fromB64url } from '../crypto/encoding.js';
 import { uidHash } from '../crypto/keys.js';
-import type { CardEnrollmentDesk, CardEnrollmentView } from './enrollment.js';
+import type { CardEnrollmentDesk, CardEnrollmentView, EnrollmentStep } from './enrollment.js';
 import type { Pn532Target } from './pn532/driver.js';
 import {
   type CardSession,
@@ -56,17 +56,15 @@ export type TapOutcome =
 
 export type NfcReaderEvents = { tap: [TapOutcome] };
 
-export interface NfcReaderOptions {
+/**
+ * The tap settings come as TapDeps describes them: `fidoCredentials` is cached per keyring digest
+ * by the caller, `siteKey` never creates a key, and `answerTimeoutMs` is policy.nfcAnswerDeadlineMs
+ * plus nfc.lateGraceMs (a card slower than that is abandoned).
+ */
+export interface NfcReaderOptions
+  extends Pick<TapDeps, 'fidoCredentials' | 'siteKey' | 'maxProbes' | 'answerTimeoutMs' | 'apduTimeoutMs'> {
   readonly id: string;
   readonly driver: NfcDriver;
-  /** Every FIDO credential (revoked too), for key-handle probing: cached per keyring digest. */
-  readonly fidoCredentials: () => readonly CredentialStatus[];
-  /** The NTAG 424 site key when one exists (taps never create it). */
-  readonly siteKey: () => Promise<Uint8Array | undefined>;
-  readonly maxProbes: number;
-  /** policy.nfcAnswerDeadlineMs + nfc.lateGraceMs: a card slower than this is abandoned. */
-  readonly answerTimeoutMs: number;
-  readonly apduTimeoutMs: number;
   readonly enrollment?: CardEnrollmentDesk;
   /** Monotonic ms (default performance.now). */
   readonly now?: () => number;
@@ -247,18 +245,11 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
         keyHandle: fromB64url(keyHandle),
         select: !selected,
       });
-      const step = await desk.authoriseWithFido(found.credential.id, answer.assertion);
-      return step.ok
-        ? { type: 'enrollment', target: targetId, step: 'authorise', ok: true, view: step.view }
-        : {
-            type: 'enrollment',
-            target: targetId,
-            step: 'authorise',
-            ok: false,
-            code: step.code,
-            message: step.message,
-            ...(step.view ? { view: step.view } : {}),
-          };
+      return enrollmentTap(
+        targetId,
+        'authorise',
+        await desk.authoriseWithFido(found.credential.id, answer.assertion),
+      );
     } catch (err) {
       const e = toAgentError(err, 'reader_error');
       return refuse(verdictFor(e, true) === 'cloned' ? 'clone_suspected' : e.code, e.message);
@@ -270,21 +261,19 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
     this.counts.enrollmentTaps++;
     const desk = this.options.enrollment;
     if (!desk) return refusedTap(targetId, 'enroll', 'enrollment_closed', 'no enrollment is open');
-    const step = await desk.enrollCard(session);
-    return step.ok
-      ? { type: 'enrollment', target: targetId, step: 'enroll', ok: true, view: step.view }
-      : {
-          type: 'enrollment',
-          target: targetId,
-          step: 'enroll',
-          ok: false,
-          code: step.code,
-          message: step.message,
-          ...(step.view ? { view: step.view } : {}),
-        };
+    return enrollmentTap(targetId, 'enroll', await desk.enrollCard(session));
   }
 }
 
 function refusedTap(target: number, step: 'authorise' | 'enroll', code: Code, message: string): TapOutcome {
   return { type: 'enrollment', target, step, ok: false, code, message };
+}
+
+/** The reader's report of what the enrollment desk made of a tap. */
+function enrollmentTap(target: number, step: 'authorise' | 'enroll', result: EnrollmentStep): TapOutcome {
+  if (result.ok) return { type: 'enrollment', target, step, ok: true, view: result.view };
+  return {
+    ...refusedTap(target, step, result.code, result.message),
+    ...(result.view ? { view: result.view } : {}),
+  };
 }

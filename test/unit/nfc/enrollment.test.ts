@@ -14,7 +14,7 @@ import {
   NFC_AUTH_VERIFIERS,
 } from '../../../src/nfc/enroll-auth.js';
 import { CardEnrollmentDesk, type CardEnrollmentView } from '../../../src/nfc/enrollment.js';
-import { fidoAssert, proveTap } from '../../../src/nfc/tap.js';
+import { fidoAssert, proveTap, type TapDeps } from '../../../src/nfc/tap.js';
 import { tapChallenge, vehicleAppParam } from '../../../src/nfc/u2f.js';
 import { SimulatedFidoU2fKey } from '../../../src/sim/cards/fido-u2f.js';
 import { SimulatedNtag424 } from '../../../src/sim/cards/ntag424.js';
@@ -70,6 +70,19 @@ describe('card enrollment', () => {
 
   const fidoCredentials = (): readonly CredentialStatus[] =>
     keyring.list().filter((s) => s.credential.kind === 'fido');
+
+  /** An ordinary tap's settings, to check that an enrolled card then proves itself. */
+  const tapDeps = (): TapDeps => ({
+    vehicleId: VID,
+    keyring,
+    fidoCredentials,
+    siteKey: async () => siteKey,
+    maxProbes: 8,
+    answerTimeoutMs: 1000,
+    apduTimeoutMs: 1000,
+    now: () => performance.now(),
+    challenge: tapChallenge,
+  });
 
   beforeEach(async () => {
     keyring = keyringFor(root, vehicle);
@@ -214,17 +227,7 @@ describe('card enrollment', () => {
     expect(done).toMatchObject({ ok: true, view: { state: 'completed', role: 'guest' } });
 
     // The new key now proves itself on an ordinary tap.
-    const proof = await proveTap(sessionOver(newKey), {
-      vehicleId: VID,
-      keyring,
-      fidoCredentials,
-      siteKey: async () => siteKey,
-      maxProbes: 8,
-      answerTimeoutMs: 1000,
-      apduTimeoutMs: 1000,
-      now: () => performance.now(),
-      challenge: tapChallenge,
-    });
+    const proof = await proveTap(sessionOver(newKey), tapDeps());
     expect(proof).toMatchObject({ proof: 'valid', credentialId: done.ok ? done.view.credentialId : 'x' });
     expect(keyring.byId(proof.credentialId ?? '')?.credential.notAfter).toBe(
       Date.parse('2027-12-31T00:00:00Z'),
@@ -277,17 +280,7 @@ describe('card enrollment', () => {
     expect(await desk.enrollCard(sessionOver(foreign))).toMatchObject({ ok: false, code: 'bad_proof' });
     const card = new SimulatedNtag424({ label: 'factory' });
     expect(await desk.enrollCard(sessionOver(card))).toMatchObject({ ok: true });
-    const proof = await proveTap(sessionOver(card), {
-      vehicleId: VID,
-      keyring,
-      fidoCredentials,
-      siteKey: async () => siteKey,
-      maxProbes: 8,
-      answerTimeoutMs: 1000,
-      apduTimeoutMs: 1000,
-      now: () => performance.now(),
-      challenge: tapChallenge,
-    });
+    const proof = await proveTap(sessionOver(card), tapDeps());
     expect(proof).toMatchObject({ kind: 'ntag424', proof: 'valid' });
   });
 
