@@ -210,6 +210,11 @@ export async function startAgent(options: {
       },
       log: log.child({ module: 'agent' }),
       signAsVehicle: (message) => signP256(vehicleKey, message),
+      stateDeadlines: {
+        counterWriteMs: config.policy.counterWriteDeadlineMs,
+        counterSyncMs: config.policy.counterSyncDeadlineMs,
+      },
+      maxAuditInFlight: config.audit.maxPendingEvents,
     });
     relay.onLockChange((lockState, cause) => agent.audit({ type: 'lock', state: lockState, cause }));
     relay.onWatchdog((channel) => agent.audit({ type: 'relay.watchdog', code: 'relay_watchdog', channel }));
@@ -294,6 +299,15 @@ export async function startAgent(options: {
       maxOnMs: config.lock.maxOnMs,
       notifyEnv,
       log: log.child({ module: 'supervision' }),
+      // Real write failures of the state stores (docs/storage.md), for /healthz and /metrics.
+      storage: () => ({
+        stores: [
+          { name: 'keyring', ...vehicleState.keyringStore.writeHealth },
+          { name: 'counters', ...counters.writeHealth },
+          { name: 'audit', ...audit.writeHealth },
+        ],
+        audit: agent.auditDrops(),
+      }),
     });
     cleanup.push(() => supervision.close()); // last: the notify helper outlives the relays' release
     if (config.statusPage.enabled) {

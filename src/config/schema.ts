@@ -92,10 +92,30 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
       20,
       10_000,
     ),
+    counterWriteDeadlineMs: int(
+      'A FIDO signature counter not written to the state disk within this is a denial (state_io), ' +
+        'the relay untouched: a frozen or stalled disk (docs/storage.md). Other credentials never wait on the disk.',
+      250,
+      10,
+      10_000,
+    ),
+    counterSyncDeadlineMs: int(
+      'A written FIDO counter not fsynced within this withdraws the grant (state_io), cutting the pulse.',
+      2000,
+      50,
+      60_000,
+    ),
   }),
   audit: section('Hash-chained audit log under <stateDir>/audit.', {
     maxFileBytes: int('Rotate the current file past this size.', 1_048_576, 4096, 1_073_741_824),
     keepFiles: int('Rotated files kept (the oldest are deleted).', 10, 1, 1000),
+    maxPendingEvents: int(
+      'Events waiting for the disk beyond which new ones are dropped (a frozen or full disk); ' +
+        'drops are counted and recorded as one audit.dropped event once the log takes writes again.',
+      2000,
+      1,
+      100_000,
+    ),
   }),
   cloud: CLOUD_SCHEMA,
   ble: BLE_SCHEMA,

@@ -1,4 +1,4 @@
-import type { HealthReport } from '../agent/health-monitor.js';
+import type { HealthReport, StorageFigures } from '../agent/health-monitor.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import { CREDENTIAL_KINDS, type HealthState, LOCK_STATES, ROLES } from '../core/types.js';
 import type { DecisionCounts } from './audit-feed.js';
@@ -333,6 +333,7 @@ export function metricFamilies(
         ? Object.entries(health.checks).map(([check, r]) => ({ labels: { check }, value: r.ok ? 1 : 0 }))
         : [],
     },
+    ...storageFamilies(health?.storage),
     {
       name: 'vehicle_agent_status_streams',
       help: 'Live event streams open on the status page.',
@@ -383,4 +384,73 @@ export function metricFamilies(
     },
   );
   return families;
+}
+
+/** Real write failures per state store (docs/storage.md), from the last health run. */
+function storageFamilies(storage: StorageFigures | undefined): MetricFamily[] {
+  const stores = storage?.stores ?? [];
+  const perStore = (value: (s: StorageFigures['stores'][number]) => number | undefined): Sample[] =>
+    stores.flatMap((s) => {
+      const v = value(s);
+      return v === undefined ? [] : [{ labels: { store: s.name }, value: v }];
+    });
+  const audit = storage?.audit;
+  return [
+    {
+      name: 'vehicle_agent_store_write_failures_total',
+      help: 'Writes (appends, compactions) to a state store that failed since start.',
+      type: 'counter',
+      samples: perStore((s) => s.failures),
+    },
+    {
+      name: 'vehicle_agent_store_writes_refused_total',
+      help: 'Writes refused without being tried (the store was restoring, or too many were waiting).',
+      type: 'counter',
+      samples: perStore((s) => s.refused),
+    },
+    {
+      name: 'vehicle_agent_store_write_failing',
+      help: 'The last write to the store failed and none has succeeded since (2: stopped until restart).',
+      type: 'gauge',
+      samples: perStore((s) => (s.state === 'latched' ? 2 : s.failingSince !== undefined ? 1 : 0)),
+    },
+    {
+      name: 'vehicle_agent_store_write_failing_since_seconds',
+      help: 'Unix time of the first failure of the current failing streak.',
+      type: 'gauge',
+      samples: perStore((s) => (s.failingSince === undefined ? undefined : s.failingSince / 1000)),
+    },
+    {
+      name: 'vehicle_agent_store_last_write_error',
+      help: 'The last write error of the store (errno or code), 1 per store; absent when none yet.',
+      type: 'gauge',
+      samples: stores.flatMap((s) =>
+        s.lastError === undefined ? [] : [{ labels: { store: s.name, code: s.lastError.code }, value: 1 }],
+      ),
+    },
+    {
+      name: 'vehicle_agent_store_write_pending',
+      help: 'Writes waiting for the disk.',
+      type: 'gauge',
+      samples: perStore((s) => s.pending),
+    },
+    {
+      name: 'vehicle_agent_store_write_busy_seconds',
+      help: 'How long the write in progress has been running (0 when idle); long means a stalled disk.',
+      type: 'gauge',
+      samples: perStore((s) => (s.busyMs ?? 0) / 1000),
+    },
+    {
+      name: 'vehicle_agent_audit_events_dropped_total',
+      help: 'Audit events the disk did not take since start (recorded later as audit.dropped).',
+      type: 'counter',
+      samples: audit === undefined ? [] : [{ value: audit.total }],
+    },
+    {
+      name: 'vehicle_agent_audit_events_unrecorded',
+      help: 'Audit events lost and not yet recorded by an audit.dropped record.',
+      type: 'gauge',
+      samples: audit === undefined ? [] : [{ value: audit.dropped }],
+    },
+  ];
 }

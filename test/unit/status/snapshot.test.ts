@@ -179,4 +179,66 @@ describe('metric families', () => {
     expect(text).toContain('process_open_fds 21\n');
     expect(text).toContain('vehicle_agent_status_streams 2\n');
   });
+
+  it('renders write failures per state store and audit events lost, from the health report', async () => {
+    const snapshot = await collectSnapshot({
+      handlers: handlers([]),
+      health: () => ({
+        healthy: true,
+        degraded: true,
+        at: '2025-06-01T00:00:00.000Z',
+        checks: { storage: { ok: false, detail: 'counters: writes failing (ENOSPC)', advisory: true } },
+        storage: {
+          stores: [
+            {
+              name: 'counters',
+              store: '/s/counters.journal',
+              state: 'failing',
+              failures: 4,
+              refused: 2,
+              pending: 1,
+              failingSince: 1_748_736_000_000,
+              lastError: { code: 'ENOSPC', message: 'full', at: 1_748_736_001_000 },
+              busyMs: 1500,
+            },
+            {
+              name: 'keyring',
+              store: '/s/keyring.journal',
+              state: 'ok',
+              failures: 0,
+              refused: 0,
+              pending: 0,
+            },
+          ],
+          audit: { dropped: 7, since: 1_748_736_000_000, total: 9, inFlight: 0 },
+        },
+      }),
+      auditSeq: () => 1,
+      demoDir: '/nonexistent',
+      simControls: false,
+      wallNow: () => NOW,
+    });
+    const text = renderMetrics(
+      metricFamilies(
+        snapshot,
+        new Map(),
+        { cpuUserS: 0, cpuSystemS: 0, rssBytes: 0, heapUsedBytes: 0, startTimeS: 0, openFds: 0 },
+        0,
+      ),
+    );
+    const families = parseExposition(text);
+    expect(families.get('vehicle_agent_store_write_failures_total')?.type).toBe('counter');
+    expect(text).toContain('vehicle_agent_store_write_failures_total{store="counters"} 4\n');
+    expect(text).toContain('vehicle_agent_store_write_failures_total{store="keyring"} 0\n');
+    expect(text).toContain('vehicle_agent_store_writes_refused_total{store="counters"} 2\n');
+    expect(text).toContain('vehicle_agent_store_write_failing{store="counters"} 1\n');
+    expect(text).toContain('vehicle_agent_store_write_failing{store="keyring"} 0\n');
+    expect(text).toContain('vehicle_agent_store_write_failing_since_seconds{store="counters"} 1748736000\n');
+    expect(text).not.toContain('vehicle_agent_store_write_failing_since_seconds{store="keyring"}');
+    expect(text).toContain('vehicle_agent_store_last_write_error{store="counters",code="ENOSPC"} 1\n');
+    expect(text).toContain('vehicle_agent_store_write_busy_seconds{store="counters"} 1.5\n');
+    expect(text).toContain('vehicle_agent_audit_events_dropped_total 9\n');
+    expect(text).toContain('vehicle_agent_audit_events_unrecorded 7\n');
+    expect(text).toContain('vehicle_agent_healthy 1\n');
+  });
 });
