@@ -1,5 +1,16 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  fstatSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -20,9 +31,9 @@ export function canMount(): boolean {
   return process.getuid?.() === 0;
 }
 
-/** A tmpfs of `sizeBytes` (rounded up to pages by the kernel). */
-export function mountTmpfs(sizeBytes: number): ScratchFs {
-  const dir = mkdtempSync(join(tmpdir(), 'va-tmpfs-'));
+/** A tmpfs of `sizeBytes` (rounded up to pages by the kernel), on a new temp directory or `at`. */
+export function mountTmpfs(sizeBytes: number, at?: string): ScratchFs {
+  const dir = at ?? mkdtempSync(join(tmpdir(), 'va-tmpfs-'));
   execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeBytes},mode=0700`, 'tmpfs', dir]);
   let disposed = false;
   return {
@@ -31,9 +42,23 @@ export function mountTmpfs(sizeBytes: number): ScratchFs {
       if (disposed) return;
       disposed = true;
       execFileSync('umount', ['-l', dir]);
-      rmSync(dir, { recursive: true, force: true });
+      if (at === undefined) rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Threads of `pid` in uninterruptible sleep (D): blocked on a disk that does not answer. */
+export function threadsInDiskSleep(pid: number): number {
+  let count = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8');
+      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'D') count += 1;
+    } catch {
+      // the thread ended
+    }
+  }
+  return count;
 }
 
 export interface FreezableFs extends ScratchFs {
@@ -80,8 +105,12 @@ export function mountExt4(sizeMiB: number): FreezableFs {
   };
 }
 
-/** Writes a file that takes every free byte of `dir`'s filesystem; returns its path. */
-export function fillUp(dir: string): string {
+/**
+ * Writes a file that takes every free byte of `dir`'s filesystem, then gives back `leavePages`
+ * whole 4 KiB pages (tmpfs hands out pages: a file needs one to hold its first byte); returns its
+ * path.
+ */
+export function fillUp(dir: string, leavePages = 0): string {
   const path = join(dir, 'filler');
   const fd = openSync(path, 'w');
   const chunk = Buffer.alloc(64 * 1024, 0x55);
@@ -102,6 +131,10 @@ export function fillUp(dir: string): string {
         if ((err as NodeJS.ErrnoException).code === 'ENOSPC') break;
         throw err;
       }
+    }
+    if (leavePages > 0) {
+      const size = fstatSync(fd).size;
+      ftruncateSync(fd, Math.max(0, Math.floor(size / 4096) * 4096 - leavePages * 4096));
     }
   } finally {
     closeSync(fd);
