@@ -370,6 +370,12 @@ export class Keyring implements CredentialLookup {
       let raw: Awaited<ReturnType<PendingOpsSource['read']>>;
       try {
         raw = await source.read();
+      } catch (err) {
+        // Put the source back, so the next caller tries again rather than go on without the ops
+        // (a change verified against a partial keyring would drop the rest when applied).
+        if (this.readingSource === source && this.pendingRaw === undefined) this.pendingSource = source;
+        this.background = undefined;
+        throw err;
       } finally {
         if (this.readingSource === source) this.readingSource = undefined;
       }
