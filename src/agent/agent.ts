@@ -131,6 +131,8 @@ export class Agent {
     types: new Map(),
   };
   private dropsTotal = 0;
+  /** An audit.dropped record is being written (one at a time). */
+  private recordingDrops = false;
   /** Keyring changes run one at a time: prepare, persist, apply (see addKeyringOps). */
   private keyringChain: Promise<unknown> = Promise.resolve();
 
@@ -413,19 +415,39 @@ export class Agent {
 
   /** After an append succeeded: records the events lost before it, if any. */
   private recordDrops(): void {
-    const { count, since, types } = this.drops;
-    if (count === 0) return;
+    const lost = this.drops;
+    if (lost.count === 0 || this.recordingDrops) return;
+    this.recordingDrops = true;
     this.drops = { count: 0, types: new Map() };
     const record = {
       type: 'audit.dropped',
       code: 'state_io',
-      count,
-      ...(since !== undefined ? { since: new Date(since).toISOString() } : {}),
+      count: lost.count,
+      ...(lost.since !== undefined ? { since: new Date(lost.since).toISOString() } : {}),
       until: new Date(this.wallNow()).toISOString(),
-      types: Object.fromEntries(types),
+      types: Object.fromEntries(lost.types),
     };
-    this.deps.log.warn(record, 'audit events were lost while the disk failed; recorded how many');
-    this.track(this.appendAudit(record));
+    this.auditInFlight += 1;
+    this.track(
+      this.deps.audit.append(record).then(
+        () => {
+          this.auditInFlight -= 1;
+          this.recordingDrops = false;
+          this.deps.log.warn(record, 'audit events were lost while the disk failed; recorded how many');
+          this.recordDrops(); // those lost meanwhile
+        },
+        () => {
+          // Not recorded: the count stays for the next attempt (this record is not one more loss).
+          this.auditInFlight -= 1;
+          this.recordingDrops = false;
+          this.drops.count += lost.count;
+          if (lost.since !== undefined)
+            this.drops.since = Math.min(lost.since, this.drops.since ?? lost.since);
+          for (const [type, n] of lost.types)
+            this.drops.types.set(type, (this.drops.types.get(type) ?? 0) + n);
+        },
+      ),
+    );
   }
 
   private track(pending: Promise<unknown>): void {

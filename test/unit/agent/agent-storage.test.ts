@@ -215,6 +215,36 @@ describe('agent: audit appends the disk does not take', () => {
   });
 });
 
+describe('agent: the record of lost audit events', () => {
+  it('keeps the count when the audit.dropped record itself cannot be written, and records it later', async () => {
+    const written: Record<string, unknown>[] = [];
+    let failing = new Set(['access', 'audit.dropped']);
+    const audit: AuditSink = {
+      append: async (e) => {
+        if (failing.has(e.type)) throw new AgentError('state_io', 'cannot append: EIO');
+        written.push({ ...e });
+        return e;
+      },
+    };
+    const { agent, phone, presentation } = setup({ audit });
+    await agent.present(presentation(phone));
+    await agent.present(presentation(phone));
+    await agent.flush();
+    expect(agent.auditDrops().dropped).toBe(2);
+    failing = new Set(['audit.dropped']);
+    await agent.present(presentation(phone));
+    await agent.flush();
+    expect(agent.auditDrops()).toMatchObject({ dropped: 2, total: 2 });
+    failing = new Set();
+    await agent.present(presentation(phone));
+    await agent.flush();
+    expect(written.filter((e) => e.type === 'audit.dropped')).toEqual([
+      expect.objectContaining({ count: 2, types: { access: 2 } }),
+    ]);
+    expect(agent.auditDrops()).toMatchObject({ dropped: 0, total: 2 });
+  });
+});
+
 describe('agent: keyring changes are stored first, applied second', () => {
   /** A store whose writes fail while `failing`, or wait while `gate` is set. */
   function fakeStore() {
