@@ -27,12 +27,16 @@ export interface ScratchFs {
   dispose(): void;
 }
 
-export function canMount(): boolean {
-  return process.getuid?.() === 0;
+/** These tests mount filesystems: they need root, and say so rather than skip. */
+function requireRoot(): void {
+  if (process.getuid?.() !== 0) {
+    throw new Error('this test mounts a tmpfs or a loop device: run it as root (CI does)');
+  }
 }
 
 /** A tmpfs of `sizeBytes` (rounded up to pages by the kernel), on a new temp directory or `at`. */
 export function mountTmpfs(sizeBytes: number, at?: string): ScratchFs {
+  requireRoot();
   const dir = at ?? mkdtempSync(join(tmpdir(), 'va-tmpfs-'));
   execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeBytes},mode=0700`, 'tmpfs', dir]);
   let disposed = false;
@@ -69,6 +73,7 @@ export interface FreezableFs extends ScratchFs {
 
 /** An ext4 image of `sizeMiB` on a loop device, mounted on a temp directory. */
 export function mountExt4(sizeMiB: number): FreezableFs {
+  requireRoot();
   const base = mkdtempSync(join(tmpdir(), 'va-ext4-'));
   const image = join(base, 'disk.img');
   const dir = join(base, 'mnt');

@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, CLI, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
 import { requireTool } from '../helpers/processes.js';
 import {
-  canMount,
   type FreezableFs,
   mountExt4,
   mountTmpfs,
@@ -52,7 +51,7 @@ async function sleep(ms: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-describe.runIf(canMount())('a frozen state disk (fsfreeze) under the running agent', () => {
+describe('a frozen state disk (fsfreeze) under the running agent', () => {
   let disk: FreezableFs;
   let cardWallet: ScratchFs | undefined;
   let work: string;
@@ -75,6 +74,7 @@ describe.runIf(canMount())('a frozen state disk (fsfreeze) under the running age
   beforeAll(async () => {
     requireTool('socat', 'apt-get install socat');
     requireTool('fsfreeze', 'apt-get install util-linux');
+    requireTool('mkfs.ext4', 'apt-get install e2fsprogs');
     work = mkdtempSync(join(tmpdir(), 'va-frozen-'));
     disk = mountExt4(64);
     mkdirSync(join(stateDir(), 'sim'), { recursive: true, mode: 0o700 });

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
-import { canMount, fillUp, freeUp, mountTmpfs, type ScratchFs } from '../helpers/scratch-fs.js';
+import { fillUp, freeUp, mountTmpfs, type ScratchFs } from '../helpers/scratch-fs.js';
 
 /**
  * A full state disk under the real agent (findings 3 and 4): the state directory is a tmpfs with
@@ -33,7 +33,7 @@ async function sleep(ms: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-describe.runIf(canMount())('a full state disk (size-limited tmpfs) under the agent', () => {
+describe('a full state disk (size-limited tmpfs) under the agent', () => {
   let disk: ScratchFs;
   let work: string;
   let agent: AgentProcess | undefined;

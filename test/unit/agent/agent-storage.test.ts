@@ -19,7 +19,7 @@ import {
   revokeBy,
   type TestKey,
 } from '../../helpers/keyring-fixtures.js';
-import { canMount, fillUp, freeUp, mountTmpfs, type ScratchFs } from '../../helpers/scratch-fs.js';
+import { fillUp, freeUp, mountTmpfs, type ScratchFs } from '../../helpers/scratch-fs.js';
 
 /**
  * The agent when the state disk fails: a counter write that does not finish in time, audit
@@ -329,7 +329,7 @@ describe('agent: keyring changes are stored first, applied second', () => {
   });
 });
 
-describe.runIf(canMount())('agent keyring on a real full disk (tmpfs)', () => {
+describe('agent keyring on a real full disk (tmpfs)', () => {
   let fs: ScratchFs | undefined;
   afterEach(() => {
     fs?.dispose();

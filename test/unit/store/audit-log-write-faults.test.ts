@@ -1,14 +1,14 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AuditLog, verifyAuditLog } from '../../../src/store/audit-log.js';
-import { canMount, fillUp, freeUp, mountTmpfs, type ScratchFs } from '../../helpers/scratch-fs.js';
+import { fillUp, freeUp, mountTmpfs, type ScratchFs } from '../../helpers/scratch-fs.js';
 
 /**
  * The audit log on a real filesystem that fills up (a size-limited tmpfs): appends fail while it
  * is full, resume by themselves when space returns, and the chain has no gap where the failed
  * records would have been (`audit verify` passes).
  */
-describe.runIf(canMount())('AuditLog on a tmpfs that fills up and frees again', () => {
+describe('AuditLog on a tmpfs that fills up and frees again', () => {
   let fs: ScratchFs | undefined;
   afterEach(() => {
     fs?.dispose();

@@ -5,7 +5,7 @@ import { AgentError } from '../../../src/core/errors.js';
 import { Journal } from '../../../src/store/journal.js';
 import { faultyFiles } from '../../helpers/faulty-file.js';
 import { ManualTimers, settle } from '../../helpers/manual-timers.js';
-import { canMount, fillUp, freeUp, mountTmpfs, type ScratchFs } from '../../helpers/scratch-fs.js';
+import { fillUp, freeUp, mountTmpfs, type ScratchFs } from '../../helpers/scratch-fs.js';
 import { useTempDir } from './temp-dir.js';
 
 /**
@@ -159,7 +159,7 @@ describe('Journal write failures (injected)', () => {
   });
 });
 
-describe.runIf(canMount())('Journal on a real filesystem that fills up (tmpfs)', () => {
+describe('Journal on a real filesystem that fills up (tmpfs)', () => {
   let fs: ScratchFs | undefined;
   afterEach(() => {
     fs?.dispose();
