@@ -212,7 +212,16 @@ export async function startAgent(options: {
       signAsVehicle: (message) => signP256(vehicleKey, message),
     });
     relay.onLockChange((lockState, cause) => agent.audit({ type: 'lock', state: lockState, cause }));
-    relay.onWatchdog((channel) => agent.audit({ type: 'relay.watchdog', code: 'relay_watchdog', channel }));
+    relay.onWatchdog((channel, release) =>
+      agent.audit({
+        type: 'relay.watchdog',
+        code: release.code,
+        channel,
+        by: release.by,
+        cause: release.cause,
+        heldMs: release.heldMs,
+      }),
+    );
     await relay.start();
     await agent.start();
     cleanup.unshift(() => agent.stop());

@@ -375,7 +375,9 @@ describe('LockController, pulse wiring', () => {
       ['unlock', true, 0],
       ['unlock', false, 200],
     ]);
-    expect(r.watchdog).toEqual([{ channel: 'unlock', heldMs: 200 }]);
+    expect(r.watchdog).toEqual([
+      { channel: 'unlock', heldMs: 200, code: 'relay_watchdog', cause: 'max-on', current: true, by: 'agent' },
+    ]);
     expect(r.lock.state()).toBe('unlocked');
     expect(r.logs.some((l) => l.level === 'error' && l.fields.code === 'relay_watchdog')).toBe(true);
   });
@@ -558,7 +560,16 @@ describe('LockController, hold wiring', () => {
     await r.timers.advanceTo(6000);
     expect(r.relay.energised('unlock')).toBe(false);
     expect(r.lock.state()).toBe('locked');
-    expect(r.watchdog).toEqual([{ channel: 'unlock', heldMs: 6000 }]);
+    expect(r.watchdog).toEqual([
+      {
+        channel: 'unlock',
+        heldMs: 6000,
+        code: 'relay_watchdog',
+        cause: 'max-on',
+        current: true,
+        by: 'agent',
+      },
+    ]);
     expect(r.changes.at(-1)).toEqual({ state: 'locked', cause: 'watchdog', at: 6000 });
     // The hold timer of the last extension must not switch anything later.
     await r.timers.advanceTo(60_000);

@@ -22,7 +22,16 @@ describe('WatchdogRelay', () => {
     expect(r.sim.energised('unlock')).toBe(true);
     await r.timers.advance(1);
     expect(r.sim.energised('unlock')).toBe(false);
-    expect(r.releases).toEqual([{ channel: 'unlock', heldMs: 1000 }]);
+    expect(r.releases).toEqual([
+      {
+        channel: 'unlock',
+        heldMs: 1000,
+        code: 'relay_watchdog',
+        cause: 'max-on',
+        current: true,
+        by: 'agent',
+      },
+    ]);
   });
 
   it('asking again to energise does not extend the limit', async () => {
@@ -33,7 +42,9 @@ describe('WatchdogRelay', () => {
     await r.watchdog.set('lock', true);
     await r.timers.advance(400);
     expect(r.sim.energised('lock')).toBe(false);
-    expect(r.releases).toEqual([{ channel: 'lock', heldMs: 1000 }]);
+    expect(r.releases).toEqual([
+      { channel: 'lock', heldMs: 1000, code: 'relay_watchdog', cause: 'max-on', current: true, by: 'agent' },
+    ]);
   });
 
   it('switching off disarms it; switching on again starts a new limit', async () => {
