@@ -228,6 +228,22 @@ describe('relay guard process', () => {
     expect(unlockPeriods()[0]?.ms).toBeDefined();
   });
 
+  it('does not take its own stalled loop for a silent guard: answers that came meanwhile count', async () => {
+    installStandIn(STANDIN_V2);
+    const { relay } = guarded(10_000, { commandTimeoutMs: 300, pingTimeoutMs: 300 });
+    await relay.init();
+    const pid = relay.guardStatus().pid;
+    // A command goes out, then this loop is stuck well past its timeout (the answer comes meanwhile).
+    const on = relay.set('unlock', true, { releaseAfterMs: 5000 });
+    const until = performance.now() + 1200;
+    while (performance.now() < until) {
+      // busy
+    }
+    await expect(on).resolves.toBeUndefined();
+    expect(relay.guardStatus()).toEqual({ pid, restarts: 0 });
+    expect(relay.health().state).toBe('ok');
+  });
+
   it('ends every holder on close', async () => {
     installStandIn(STANDIN_V2);
     const { relay } = guarded(10_000);
