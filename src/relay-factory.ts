@@ -14,6 +14,7 @@ import type { WatchdogRelease } from './relay/watchdog.js';
  */
 export interface RelayHandle {
   readonly lockController: LockControl;
+  /** Waits for the relay guard to run (every relay off), then starts the lock controller. Rejects with relay_failed. */
   start(): Promise<void>;
   /** Stops the controller (all off) and releases the hardware. Never rejects. */
   close(): Promise<void>;
@@ -99,7 +100,10 @@ export async function createRelay(
   });
   const emergency = () => driver.allOffSync();
   process.once('exit', emergency);
-  await driver.init();
+  // The guard starts now and switches every relay off as soon as it runs, while the agent opens
+  // its state and readers; start() waits for it, and fails as it fails.
+  const ready = driver.init();
+  ready.catch(() => {});
   const controller = new LockController({
     relay: driver,
     config: config.lock,
@@ -108,7 +112,10 @@ export async function createRelay(
   let closing: Promise<void> | undefined;
   return {
     lockController: controller,
-    start: () => controller.start(),
+    start: async () => {
+      await ready;
+      await controller.start();
+    },
     close: () => {
       closing ??= (async () => {
         await controller

@@ -71,7 +71,7 @@ interface Pending {
 }
 
 /** Memory-lean flags for the guard's own V8: it holds a few timers and a few child processes. */
-const GUARD_NODE_FLAGS = ['--max-old-space-size=32', '--max-semi-space-size=1', '--v8-pool-size=1'];
+const GUARD_NODE_FLAGS = ['--max-old-space-size=32', '--max-semi-space-size=1'];
 /** After this many restarts in a row without a stable guard, health says down, not degraded. */
 const DOWN_AFTER = 3;
 

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 
 /**
  * A stand-in `gpioset` put first on PATH (there is no gpio-sim here). It records what it was asked
@@ -123,11 +123,9 @@ interface Event {
   readonly rest: string;
 }
 
-function readEvents(logPath: string): Event[] {
-  if (!existsSync(logPath)) return [];
+/** The events of whole lines of a record (a line still being written is left for later). */
+function parseEvents(lines: readonly string[]): Event[] {
   const events: Event[] = [];
-  const lines = readFileSync(logPath, 'utf8').split('\n');
-  lines.pop(); // empty after the last newline, or a line still being written
   for (const line of lines) {
     const [kind, pid, us, ...rest] = line.split(' ');
     if (kind !== 'start' && kind !== 'set' && kind !== 'end') continue;
@@ -137,21 +135,6 @@ function readEvents(logPath: string): Event[] {
   return events;
 }
 
-/** Every holder the stand-in ran, in start order. */
-export function readRuns(logPath: string): Run[] {
-  const runs = new Map<number, Run>();
-  for (const e of readEvents(logPath)) {
-    if (e.kind === 'start') runs.set(e.pid, { pid: e.pid, startMs: e.us / 1000, args: e.rest });
-    if (e.kind === 'end') {
-      const run = runs.get(e.pid);
-      if (run) run.endMs = e.us / 1000;
-    }
-  }
-  return [...runs.values()];
-}
-
-export const live = (runs: Run[]) => runs.filter((r) => r.endMs === undefined);
-
 /** One change of a line as seen from outside: driven to 0 or 1, or let go (null: its bias). */
 export interface LineChange {
   readonly us: number;
@@ -160,27 +143,86 @@ export interface LineChange {
 }
 
 /**
- * Every change of one GPIO line (by offset), in order: a holder starting with it, an interactive
- * `set`, a holder ending while it held it.
+ * A stand-in's record read as it grows (each poll() reads only what was appended), turned into
+ * the changes of every line: a holder starting with it, an interactive `set`, a holder ending
+ * while it held it (the line falls to its bias).
  */
-export function lineChanges(logPath: string, line: number): LineChange[] {
-  const holding = new Set<number>();
-  const changes: LineChange[] = [];
-  const levelIn = (text: string): 0 | 1 | undefined => {
-    const match = new RegExp(`(?:^| )${line}=(\\d)(?: |$)`).exec(text);
-    return match ? (match[1] === '1' ? 1 : 0) : undefined;
-  };
-  for (const e of readEvents(logPath)) {
-    if (e.kind === 'end') {
-      if (holding.delete(e.pid)) changes.push({ us: e.us, level: null, pid: e.pid });
-      continue;
+export class StandInRecord {
+  private offset = 0;
+  private partial = '';
+  private readonly runs = new Map<number, Run>();
+  private readonly changesByLine = new Map<number, LineChange[]>();
+  private readonly linesOf = new Map<number, Set<number>>();
+
+  constructor(private readonly logPath: string) {}
+
+  /** Reads what was appended since the last poll. */
+  poll(): this {
+    if (!existsSync(this.logPath)) return this;
+    const fd = openSync(this.logPath, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      if (size <= this.offset) return this;
+      const buffer = Buffer.alloc(size - this.offset);
+      const read = readSync(fd, buffer, 0, buffer.length, this.offset);
+      this.offset += read;
+      const lines = (this.partial + buffer.subarray(0, read).toString('utf8')).split('\n');
+      this.partial = lines.pop() ?? '';
+      for (const e of parseEvents(lines)) this.apply(e);
+    } finally {
+      closeSync(fd);
     }
-    const level = levelIn(e.rest);
-    if (level === undefined) continue;
-    if (e.kind === 'start') holding.add(e.pid);
-    changes.push({ us: e.us, level, pid: e.pid });
+    return this;
   }
-  return changes;
+
+  /** Every holder the stand-in ran, in start order. */
+  holders(): Run[] {
+    return [...this.runs.values()];
+  }
+
+  changes(line: number): readonly LineChange[] {
+    return this.changesByLine.get(line) ?? [];
+  }
+
+  private apply(e: Event): void {
+    const changes = (line: number) => {
+      let list = this.changesByLine.get(line);
+      if (list === undefined) {
+        list = [];
+        this.changesByLine.set(line, list);
+      }
+      return list;
+    };
+    const levels = [...e.rest.matchAll(/(?:^| )(\d+)=([01])(?= |$)/g)].map(
+      (m) => [Number(m[1]), m[2] === '1' ? 1 : 0] as const,
+    );
+    if (e.kind === 'start') {
+      this.runs.set(e.pid, { pid: e.pid, startMs: e.us / 1000, args: e.rest });
+      this.linesOf.set(e.pid, new Set(levels.map(([line]) => line)));
+    }
+    if (e.kind === 'start' || e.kind === 'set') {
+      for (const [line, level] of levels) changes(line).push({ us: e.us, level, pid: e.pid });
+    }
+    if (e.kind === 'end') {
+      const run = this.runs.get(e.pid);
+      if (run) run.endMs = e.us / 1000;
+      for (const line of this.linesOf.get(e.pid) ?? [])
+        changes(line).push({ us: e.us, level: null, pid: e.pid });
+      this.linesOf.delete(e.pid);
+    }
+  }
+}
+
+/** Every holder the stand-in ran, in start order. */
+export function readRuns(logPath: string): Run[] {
+  return new StandInRecord(logPath).poll().holders();
+}
+
+export const live = (runs: Run[]) => runs.filter((r) => r.endMs === undefined);
+
+/** Every change of one GPIO line (by offset), in order. */
+export function lineChanges(logPath: string, line: number): LineChange[] {
+  return [...new StandInRecord(logPath).poll().changes(line)];
 }
 
 /**
