@@ -1,4 +1,5 @@
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -13,7 +14,7 @@ import {
   STANDIN_V2,
   wallMicros,
 } from '../helpers/gpioset-standin.js';
-import { requireTool, spawn } from '../helpers/processes.js';
+import { requireTool, spawn, stopProcess } from '../helpers/processes.js';
 
 /**
  * The real agent driving GPIO relays through its relay guard and a stand-in gpioset (first on
@@ -186,9 +187,9 @@ interface Status {
 async function startGpioAgent(
   standIn: string,
   overrides: NodeJS.ProcessEnv,
+  state = join(dir, 'state'),
 ): Promise<{ agent: AgentProcess; state: string; socket: string }> {
   writeFileSync(join(dir, 'gpioset'), standIn);
-  const state = join(dir, 'state');
   expect(runCliJson(['init', '--demo', '--state-dir', state]).code).toBe(0);
   const agent = await startAgentProcess(['--state-dir', state], {
     ...env,
@@ -414,5 +415,84 @@ describe('agent with GPIO relays: the line is timed outside the agent', () => {
     await grantAndSeeLineOn(state, 1);
     expect(await agent.stop('SIGTERM')).toBe(0);
     expect(live(readRuns(logPath))).toEqual([]);
+  });
+});
+
+describe('agent with GPIO relays on a frozen state disk', () => {
+  let mnt: string | undefined;
+  const run = (tool: string, args: string[]) => {
+    const r = spawnSync(tool, args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${tool} ${args.join(' ')}: ${r.stderr || r.error?.message}`);
+  };
+
+  afterEach(() => {
+    // Before anything else: a process writing to a frozen filesystem cannot even be killed.
+    if (mnt === undefined) return;
+    spawnSync('fsfreeze', ['-u', mnt]);
+  });
+
+  it('a held door strike ends within max-on while the agent is stuck on the frozen disk (fsfreeze)', async () => {
+    for (const tool of ['mkfs.ext4', 'fsfreeze', 'mount', 'umount'])
+      requireTool(tool, 'util-linux and e2fsprogs, run as root: the test freezes a loop-mounted ext4');
+    const image = join(dir, 'state.img');
+    mnt = join(dir, 'mnt');
+    mkdirSync(mnt);
+    run('truncate', ['-s', '64M', image]);
+    run('mkfs.ext4', ['-q', '-F', image]);
+    run('mount', ['-o', 'loop', image, mnt]);
+    try {
+      const { agent, state, socket } = await startGpioAgent(
+        STANDIN_V2,
+        { VEHICLE_AGENT_LOCK__WIRING: 'hold', VEHICLE_AGENT_LOCK__HOLD_MS: String(HOLD_MS) },
+        join(mnt, 'state'),
+      );
+      run('fsfreeze', ['-f', mnt]);
+      let frozen = true;
+      let keyGrant: ReturnType<typeof spawn> | undefined;
+      try {
+        // The grant energises the strike; then a keyring change comes in, whose write to the
+        // frozen state disk holds up the agent (the finding of issue 13: 15 s on a strike).
+        const { answer } = await grantAndSeeLineOn(state, 0);
+        keyGrant = spawn(
+          process.execPath,
+          [
+            CLI,
+            ...[
+              'keys',
+              'grant',
+              '--key',
+              join(state, 'demo', 'owner.pem'),
+              '--kind',
+              'uid',
+              '--uid',
+              '0A0B0C0D',
+            ],
+            ...['--role', 'driver', '--insecure-uid', '--state-dir', state],
+          ],
+          { env: { ...process.env, ...env }, stdio: 'ignore' },
+        );
+        await waitFor(() => unlockPeriods()[0]?.ms !== undefined, 'the strike released');
+        const [period] = unlockPeriods();
+        expect(period?.ms).toBeGreaterThanOrEqual(HOLD_MS - 50);
+        expect(period?.ms).toBeLessThanOrEqual(MAX_ON_MS + 100);
+        run('fsfreeze', ['-u', mnt]);
+        frozen = false;
+        expect(await answer).toMatchObject({ granted: true });
+      } finally {
+        if (frozen) spawnSync('fsfreeze', ['-u', mnt]);
+        if (keyGrant !== undefined) await stopProcess(keyGrant);
+      }
+      // With the disk back, the agent catches up: the strike locked, the release audited.
+      await until(
+        () => statusOf(socket),
+        (s) => s.lock === 'locked',
+        'the strike locked again',
+      );
+      expect(await agent.stop('SIGTERM')).toBe(0);
+      agents.splice(agents.indexOf(agent), 1);
+    } finally {
+      for (const agent of agents.splice(0)) await agent.stop('SIGKILL');
+      spawnSync('umount', [mnt]);
+    }
   });
 });
