@@ -63,6 +63,8 @@ interface Holder {
   stderr: string;
   /** Interactive: what it printed since its last prompt. */
   stdout: string;
+  /** It confirmed its line (1.x: it started; 2.x: its banner or first prompt). */
+  ready: boolean;
   /** Interactive: callers waiting for the end of a command, oldest first (its output, or an error). */
   readonly replies: ((reply: string | Error) => void)[];
 }
@@ -330,9 +332,12 @@ export class GpioRelay implements RelayDriver {
   /** Drives an interactive holder to `level`: one `set` command, done when its next prompt comes. */
   private async setLevel(ch: Channel, holder: Holder, level: 0 | 1): Promise<void> {
     try {
-      const reply = await this.ask(holder, setLevelCommand(ch.line, level));
-      // A set that works prints nothing; anything else ("unknown line", "invalid line value") failed.
-      if (reply.trim() !== '') throw new Error(`gpioset refused the level: ${reply.trim().slice(0, 200)}`);
+      const command = setLevelCommand(ch.line, level);
+      const reply = (await this.ask(holder, command)).trim();
+      // A set that works prints nothing but the next prompt (a line editor may echo the command);
+      // anything else ("unknown line", "invalid line value") is a refusal.
+      if (reply !== '' && reply !== command.trim())
+        throw new Error(`gpioset refused the level: ${reply.slice(0, 200)}`);
       holder.level = level;
     } catch (err) {
       const e = new AgentError(
@@ -417,12 +422,22 @@ export class GpioRelay implements RelayDriver {
       stderr: '',
       stdout: '',
       replies: [],
+      ready: false,
     };
     child.stdin?.on('error', () => {}); // EPIPE when the holder is already gone
     const ownerPipe = child.stdio[3];
     if (ownerPipe !== undefined && ownerPipe !== null && 'on' in ownerPipe) ownerPipe.on('error', () => {});
     child.stderr?.on('data', (chunk: Buffer) => {
       holder.stderr = (holder.stderr + chunk.toString('utf8')).slice(-STDERR_TAIL);
+      // A running interactive gpioset writes to stderr only when it could not set a level: the
+      // line's level is then unknown, so it is ended (the line falls to its bias) and driven anew.
+      if (holder.interactive && holder.ready && !holder.dead && !holder.expected) {
+        this.log.error(
+          { code: 'relay_failed', channel: ch.name, pid: child.pid, err: holder.stderr.trim() },
+          'gpioset reported an error: ending it',
+        );
+        killGroup(child, 'SIGKILL');
+      }
     });
     return new Promise<Holder>((resolve, reject) => {
       let settled = false;
@@ -444,6 +459,7 @@ export class GpioRelay implements RelayDriver {
       const ready = () => {
         if (settled) return;
         settled = true;
+        holder.ready = true;
         cancelTimeout();
         resolve(holder);
       };

@@ -19,7 +19,9 @@ import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
  *   the prompt "gpioset> " (no newline) before each command, and runs set, get, toggle, sleep,
  *   help and exit. At end of file the real one spins for ever; this one holds the lines silently
  *   until a signal, so only its owner's guard can end it (a test sees a guard that fails to).
- * A line named in GPIOSET_STANDIN_BUSY fails at start as an already requested line.
+ * A line named in GPIOSET_STANDIN_BUSY fails at start as an already requested line; with
+ * GPIOSET_STANDIN_SET_FAIL set, an interactive `set` fails as the kernel's refusal does (a message
+ * on stderr, then the prompt).
  */
 function standIn(options: { readonly version: string; readonly interactive: boolean }): string {
   const helpInteractive = options.interactive
@@ -80,6 +82,9 @@ while :; do
         new+=("$l=$n")
       done
       [ "$ok" = 1 ] || continue
+      if [ -n "\${GPIOSET_STANDIN_SET_FAIL:-}" ]; then
+        echo "gpioset: unable to set values on 'gpiochip0': Input/output error" >&2; continue
+      fi
       stamp
       for lv in "\${new[@]}"; do value[\${lv%%=*}]=\${lv#*=}; echo "set $$ $t $lv" >> "$log"; done;;
     toggle)

@@ -328,6 +328,22 @@ describe('GPIO relay through gpioset 2.x in interactive mode', () => {
     expect(lineChanges(logPath, 17).at(-1)?.level).toBe(0);
   });
 
+  it('ends a holder that reports an error on a set (its level is unknown) and holds the line afresh', async () => {
+    installStandIn(STANDIN_V2);
+    const relay = driver({ env: { ...env, GPIOSET_STANDIN_SET_FAIL: '1' } });
+    await relay.init();
+    const victim = relay.holderPids().unlock ?? 0;
+    await relay.set('unlock', true).catch(() => {}); // the prompt may come before the error
+    await waitFor(() => relay.health().state === 'degraded', 'health degraded');
+    expect(relay.health().detail).toContain('unlock');
+    await waitFor(() => processGone(victim), 'the failed holder to be ended');
+    // Driven afresh by a new holder that requests the line at the wanted level from the start.
+    await waitFor(
+      () => live(readRuns(logPath)).some((r) => r.pid !== victim && r.args.endsWith('17=1')),
+      'a new holder',
+    );
+  });
+
   it('holders die when the process driving them is killed with SIGKILL', async () => {
     installStandIn(STANDIN_V2);
     await killedParentLeavesNoHolder(2, true);
