@@ -373,6 +373,12 @@ export class GuardedRelay implements RelayDriver {
       });
       child.on('error', (err) => {
         startError ??= `cannot run the relay guard: ${err.message}`;
+        // A process that never started emits no 'exit'.
+        if (child.pid === undefined && !guard.dead) {
+          guard.dead = true;
+          markExited();
+          settle(new AgentError('relay_failed', startError));
+        }
       });
       child.on('exit', (code, signal) => {
         guard.dead = true;
