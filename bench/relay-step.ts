@@ -10,8 +10,8 @@ import { round, summarise } from './stats.js';
 
 /**
  * The relay step: from a relay command (set() called) to the line changing, as the stand-in
- * gpioset records it from outside, for each way of holding a line, in one run so the ratios hold
- * on a noisy machine:
+ * gpioset records it from outside, switching on (`on`: what a grant waits for) and off, for each
+ * way of holding a line, in one run so the ratios hold on a noisy machine:
  *   spawn_v1      gpioset 1.x: every change ends the holder and spawns another (before)
  *   spawn_v2      gpioset 2.x without its interactive mode: the same, through a guard script
  *   interactive   gpioset 2.x interactive: one holder per line, a change is a `set` line (after)
@@ -80,19 +80,21 @@ export async function benchRelayStep(
       const startedAt = process.hrtime.bigint();
       await driver.init();
       const startMs = msBetween(startedAt, process.hrtime.bigint());
-      const steps: number[] = [];
+      const steps: { on: number[]; off: number[] } = { on: [], off: [] };
       for (let i = 0; i < warmup + changes; i++) {
         const energised = i % 2 === 0;
         const from = rig.changeCount(LINE);
         const at = process.hrtime.bigint();
         await driver.set('unlock', energised, { releaseAfterMs: 50_000 });
         const lineAt = await rig.waitChange(LINE, from, energised);
-        if (i >= warmup) steps.push(msBetween(at, lineAt));
+        if (i >= warmup) steps[energised ? 'on' : 'off'].push(msBetween(at, lineAt));
         await new Promise((resolve) => setTimeout(resolve, 3));
       }
-      const s = summarise(steps);
-      figures[`relay_step_${variant.name}_p50_ms`] = round(s.p50, 2);
-      figures[`relay_step_${variant.name}_p99_ms`] = round(s.p99, 2);
+      for (const way of ['on', 'off'] as const) {
+        const s = summarise(steps[way]);
+        figures[`relay_step_${variant.name}_${way}_p50_ms`] = round(s.p50, 2);
+        figures[`relay_step_${variant.name}_${way}_p99_ms`] = round(s.p99, 2);
+      }
       const guardPid = driver.guardStatus?.().pid;
       if (variant.name === 'interactive' && guardPid !== undefined) {
         const memory = memoryOf(guardPid);
@@ -106,14 +108,11 @@ export async function benchRelayStep(
     }
   }
   const ratio = (a: string, b: string) => round((figures[a] ?? Number.NaN) / (figures[b] ?? Number.NaN), 1);
-  figures.relay_step_spawn_v1_over_interactive_p50 = ratio(
-    'relay_step_spawn_v1_p50_ms',
-    'relay_step_interactive_p50_ms',
-  );
-  figures.relay_step_spawn_v1_over_interactive_p99 = ratio(
-    'relay_step_spawn_v1_p99_ms',
-    'relay_step_interactive_p99_ms',
-  );
+  for (const p of ['p50', 'p99'])
+    figures[`relay_step_on_spawn_v1_over_interactive_${p}`] = ratio(
+      `relay_step_spawn_v1_on_${p}_ms`,
+      `relay_step_interactive_on_${p}_ms`,
+    );
   return figures;
 }
 
