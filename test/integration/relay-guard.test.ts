@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +16,7 @@ import {
   STANDIN_V1,
   STANDIN_V2,
 } from '../helpers/gpioset-standin.js';
-import { requireTool } from '../helpers/processes.js';
+import { requireTool, spawn, stopProcess } from '../helpers/processes.js';
 
 /**
  * The relay guard as a real process (dist/src/relay/guard-main.js) driving the stand-in gpioset,
@@ -29,6 +30,7 @@ let dir: string;
 let logPath: string;
 let env: NodeJS.ProcessEnv;
 const relays: GuardedRelay[] = [];
+const children: ChildProcess[] = [];
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 8000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -106,6 +108,7 @@ beforeEach(() => {
 
 afterEach(async () => {
   for (const relay of relays.splice(0)) await relay.close();
+  for (const child of children.splice(0)) await stopProcess(child, 'SIGKILL');
   for (const run of live(readRuns(logPath))) {
     try {
       process.kill(run.pid, 'SIGKILL');
@@ -242,6 +245,32 @@ describe('relay guard process', () => {
     await expect(on).resolves.toBeUndefined();
     expect(relay.guardStatus()).toEqual({ pid, restarts: 0 });
     expect(relay.health().state).toBe('ok');
+  });
+
+  it('keeps its time while its owner reads nothing: its output never blocks it, and is bounded', async () => {
+    installStandIn(STANDIN_V2);
+    const guard = spawn(process.execPath, [GUARD, JSON.stringify(spec(10_000))], {
+      env,
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    children.push(guard);
+    guard.stdin?.on('error', () => {}); // EPIPE once it is gone
+    let out = '';
+    guard.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      out += chunk;
+    });
+    await waitFor(() => out.includes('\nready ') || out.startsWith('ready '), 'the guard to be ready');
+    // The owner stops reading (as a stopped agent does) and floods it with commands, each answered.
+    guard.stdout?.pause();
+    const flood: string[] = ['on 1 unlock 300'];
+    for (let id = 2; id < 300_000; id++) flood.push(`ping ${id}`);
+    guard.stdin?.write(`${flood.join('\n')}\n`);
+    await waitFor(() => unlockPeriods()[0]?.ms !== undefined, 'the guard to release the channel', 10_000);
+    expect(unlockPeriods()[0]?.ms).toBeLessThan(2000);
+    // What it could not write was dropped, not queued without bound, and it says so.
+    guard.stdout?.resume();
+    await waitFor(() => out.includes('"msg":"events dropped"'), 'the report of dropped events');
+    expect(out.length).toBeLessThan(2_000_000);
   });
 
   it('ends every holder on close', async () => {
