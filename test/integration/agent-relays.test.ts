@@ -63,11 +63,24 @@ beforeEach(() => {
 });
 
 const agents: AgentProcess[] = [];
+/** Relay guards the agents started (from their status): a failed test must not leave one behind. */
+const guards: number[] = [];
 
 afterEach(async () => {
   for (const agent of agents.splice(0)) {
     agent.child.kill('SIGCONT');
     await agent.stop('SIGKILL');
+  }
+  for (const pid of guards.splice(0)) {
+    // Only if that pid is still this test's guard (a pid is reused once its process is gone).
+    try {
+      const ours =
+        readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('guard-main.js') &&
+        readFileSync(`/proc/${pid}/environ`, 'utf8').includes(logPath);
+      if (ours) process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone, as it should be
+    }
   }
   for (const run of live(readRuns(logPath))) {
     try {
@@ -197,7 +210,9 @@ async function startGpioAgent(
     ...overrides,
   });
   agents.push(agent);
-  return { agent, state, socket: join(state, 'control.sock') };
+  const socket = join(state, 'control.sock');
+  await statusOf(socket); // notes the guard's pid
+  return { agent, state, socket };
 }
 
 /**
@@ -234,7 +249,12 @@ async function auditRecords(socket: string): Promise<Record<string, unknown>[]> 
   return (await controlRequest(socket, 'audit.tail', { n: 50 })) as Record<string, unknown>[];
 }
 
-const statusOf = async (socket: string) => (await controlRequest(socket, 'status', {})) as Status;
+const statusOf = async (socket: string) => {
+  const status = (await controlRequest(socket, 'status', {})) as Status;
+  const pid = status.relay.guard.pid;
+  if (pid !== undefined && !guards.includes(pid)) guards.push(pid);
+  return status;
+};
 
 /** Reads until `ok` holds (the agent catches up after SIGCONT in its own time). */
 async function until<T>(read: () => Promise<T>, ok: (value: T) => boolean, what: string): Promise<T> {
@@ -382,6 +402,12 @@ describe('agent with GPIO relays: the line is timed outside the agent', () => {
     const { agent, state, socket } = await startGpioAgent(STANDIN_V2, LONG_PULSE);
     const first = (await statusOf(socket)).relay.guard.pid ?? 0;
     await grantAndSeeLineOn(state, 0);
+    // The agent has heard that the strike is on (else the loss is a failed energising instead).
+    await until(
+      () => statusOf(socket),
+      (s) => s.lock === 'unlocking',
+      'the pulse under way',
+    );
     process.kill(first, 'SIGKILL');
     await waitFor(() => unlockPeriods()[0]?.ms !== undefined, 'the unlock line released');
     const status = await until(
