@@ -56,7 +56,8 @@ export async function startAgent(options: {
     'vehicle-agent starting',
   );
 
-  // Relays first: whatever state a crash left them in, they are de-energised before anything else.
+  // Relays first: the relay guard starts before anything else and de-energises every relay while
+  // the state opens (whatever state a crash left them in); relay.start() below waits for it.
   const relay: RelayHandle = await createRelay(config, log.child({ module: 'relay' }));
   // Relays are released first on every way out (before readers, links and stores wind down, which
   // can take seconds on a loaded Pi) and again last, which is a no-op when the first succeeded.
@@ -217,7 +218,16 @@ export async function startAgent(options: {
       maxAuditInFlight: config.audit.maxPendingEvents,
     });
     relay.onLockChange((lockState, cause) => agent.audit({ type: 'lock', state: lockState, cause }));
-    relay.onWatchdog((channel) => agent.audit({ type: 'relay.watchdog', code: 'relay_watchdog', channel }));
+    relay.onWatchdog((channel, release) =>
+      agent.audit({
+        type: 'relay.watchdog',
+        code: release.code,
+        channel,
+        by: release.by,
+        cause: release.cause,
+        heldMs: release.heldMs,
+      }),
+    );
     await relay.start();
     await agent.start();
     cleanup.unshift(() => agent.stop());

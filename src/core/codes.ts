@@ -64,6 +64,10 @@ export const CODES = {
   // ── hardware ───────────────────────────────────────────────────────────────
   relay_failed: 'a relay could not be switched',
   relay_watchdog: 'a relay was held past its maximum on-time and was released',
+  relay_guard_released:
+    'the relay guard released a relay by itself: the agent had not released it in time (its loop stalled, stopped or late), or the guard was signalled',
+  relay_guard_lost:
+    'the relay guard process exited or stopped answering: its relays were released and it is being restarted',
   reader_error: 'a reader failed',
   reader_timeout: 'a reader did not answer in time',
   frame_checksum: 'a frame failed its checksum',
