@@ -201,6 +201,8 @@ export async function startAgent(options: {
           maxDenials: config.policy.maxDenials,
           windowMs: config.policy.windowMs,
           cooldownMs: config.policy.cooldownMs,
+          maxUnknownCards: config.policy.maxUnknownCards,
+          uidThrottleMs: config.policy.uidThrottleMs,
         },
         answerDeadlineMs: {
           phone: config.policy.bleAnswerDeadlineMs,
@@ -208,6 +210,7 @@ export async function startAgent(options: {
           ntag424: config.policy.nfcAnswerDeadlineMs,
         },
       },
+      denialSummaryMs: config.policy.denialSummaryMs,
       log: log.child({ module: 'agent' }),
       signAsVehicle: (message) => signP256(vehicleKey, message),
     });
