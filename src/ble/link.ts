@@ -78,7 +78,7 @@ export interface BleLinkOptions {
   readonly maxSessions?: number;
   /**
    * A session that has not shown a signature-checked answer (the reader marks it proven) keeps
-   * its slot this long from its start; after that a waiting device may take the slot. Default 1500 ms.
+   * its slot this long from its start; after that a waiting device may take the slot. Default 1000 ms.
    */
   readonly unprovenTurnMs?: number;
   /** ... and is dropped this long after its start whether or not anyone waits. Default 4000 ms. */
@@ -253,7 +253,7 @@ export class BleLink {
       notifyUuid: options.notifyUuid.toLowerCase(),
       rssiThreshold: options.rssiThreshold ?? -80,
       maxSessions: options.maxSessions ?? 4,
-      unprovenTurnMs: options.unprovenTurnMs ?? 1500,
+      unprovenTurnMs: options.unprovenTurnMs ?? 1000,
       unprovenDeadlineMs: options.unprovenDeadlineMs ?? 4000,
       sessionSpacingMs: options.sessionSpacingMs ?? 1000,
       connectTimeoutMs: options.connectTimeoutMs ?? 5000,

@@ -27,7 +27,7 @@ export const BLE_SCHEMA = section(
     unprovenTurnMs: int(
       'A session that has not shown a signature-checked answer keeps its slot this long from its start; ' +
         'then a device waiting for a slot (picked at random among those waiting) may take it.',
-      1500,
+      1000,
       200,
       60_000,
     ),
