@@ -202,6 +202,8 @@ export async function startAgent(options: {
           maxDenials: config.policy.maxDenials,
           windowMs: config.policy.windowMs,
           cooldownMs: config.policy.cooldownMs,
+          maxUnknownCards: config.policy.maxUnknownCards,
+          uidThrottleMs: config.policy.uidThrottleMs,
         },
         answerDeadlineMs: {
           phone: config.policy.bleAnswerDeadlineMs,
@@ -209,6 +211,7 @@ export async function startAgent(options: {
           ntag424: config.policy.nfcAnswerDeadlineMs,
         },
       },
+      denialSummaryMs: config.policy.denialSummaryMs,
       log: log.child({ module: 'agent' }),
       signAsVehicle: (message) => signP256(vehicleKey, message),
       stateDeadlines: {

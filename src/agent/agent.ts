@@ -1,17 +1,20 @@
-import {
-  type DecisionPolicy,
-  decide,
-  EMPTY_HISTORY,
-  isRateLimited,
-  type ReaderHistory,
-  recordOutcome,
-} from '../access/decision.js';
+import { type DecisionPolicy, decide } from '../access/decision.js';
 import type { Keyring, MergeResult } from '../access/keyring.js';
+import {
+  EMPTY_LIMITS,
+  isNoise,
+  isUidThrottled,
+  type LimitEvent,
+  lockedOutCount,
+  type RateLimitState,
+  recordOutcome,
+} from '../access/rate-limit.js';
 import type { MonotonicFloorClock } from '../core/clock.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Decision, Health, LockState, Presentation } from '../core/types.js';
 import type { StagedItem } from '../store/group-commit.js';
+import { NoiseSummaries } from './noise-summary.js';
 import type { CredentialReader, ReaderContext } from './reader.js';
 
 /** What the agent needs from the lock controller. */
@@ -84,6 +87,8 @@ export interface AgentDeps {
   readonly lock: LockControl;
   readonly readers: readonly CredentialReader[];
   readonly policy: DecisionPolicy;
+  /** Reader noise (denials that named no credential) is audited as one summary per reader, code and this interval. Default 60 s. */
+  readonly denialSummaryMs?: number;
   readonly log: Logger;
   readonly signAsVehicle: (message: Uint8Array) => Uint8Array;
   readonly stateDeadlines?: StateDeadlines;
@@ -95,10 +100,27 @@ export interface AgentDeps {
 export interface AgentStatus {
   readonly vehicleId: string;
   readonly lock: LockState;
-  readonly readers: Readonly<Record<string, Health & { readonly rateLimitedUntil?: string }>>;
+  readonly readers: Readonly<Record<string, Health>>;
   readonly keyring: { readonly operations: number; readonly credentials: number; readonly digest: string };
   readonly clock: { readonly now: string; readonly trust: 'trusted' | 'behind' };
   readonly decisions: { readonly granted: number; readonly denied: number };
+  /** Counts only: which credential is locked out is in the audit log, never in status. */
+  readonly rateLimits: RateLimitStatus;
+}
+
+export interface RateLimitStatus {
+  /** Credentials locked out now after repeated failed proofs. */
+  readonly lockedOutCredentials: number;
+  /** Lockouts started since the agent started. */
+  readonly credentialLockouts: number;
+  /** UID-only grants are refused until then (unknown cards were being tried). */
+  readonly uidThrottledUntil?: string;
+  /** UID throttles started since the agent started. */
+  readonly uidThrottles: number;
+  /** Reader denials that named no credential, or were refused by a rate limit. */
+  readonly noiseDenials: number;
+  /** ... of which counted into audit summaries rather than written one by one. */
+  readonly noiseSummarised: number;
 }
 
 /**
@@ -114,7 +136,10 @@ export interface AgentStatus {
  */
 export class Agent {
   private readonly deps: AgentDeps;
-  private readonly histories = new Map<string, ReaderHistory>();
+  /** Per-credential lockouts and the UID-guessing throttle (rate-limit.ts); never per reader. */
+  private limits: RateLimitState = EMPTY_LIMITS;
+  private readonly noise: NoiseSummaries;
+  private readonly limitCounts = { credentialLockouts: 0, uidThrottles: 0, noiseDenials: 0 };
   /** Counters reserved by decisions in flight, so two concurrent taps cannot reuse one value. */
   private readonly liveCounters = new Map<string, number>();
   private readonly pendingAudit = new Set<Promise<unknown>>();
@@ -141,6 +166,14 @@ export class Agent {
     this.deadlines = deps.stateDeadlines ?? DEFAULT_STATE_DEADLINES;
     this.maxAuditInFlight = deps.maxAuditInFlight ?? DEFAULT_MAX_AUDIT_IN_FLIGHT;
     this.wallNow = deps.wallNow ?? Date.now;
+    this.noise = new NoiseSummaries({
+      intervalMs: deps.denialSummaryMs ?? 60_000,
+      now: () => deps.clock.now(),
+      emit: (summary) => {
+        deps.log.info(summary, 'reader noise summarised');
+        this.audit(summary);
+      },
+    });
   }
 
   /** Audit events lost to the disk (health, /metrics). */
@@ -166,7 +199,6 @@ export class Agent {
       keyring,
       signAsVehicle,
       present: (p) => this.present(p),
-      isRateLimited: (readerId) => isRateLimited(this.histories.get(readerId) ?? EMPTY_HISTORY, clock.now()),
     };
   }
 
@@ -190,6 +222,7 @@ export class Agent {
     if (!this.started) return;
     this.started = false;
     await Promise.allSettled(this.deps.readers.map((r) => r.stop()));
+    this.noise.flush();
     this.audit({ type: 'agent.stop' });
     await this.flush();
   }
@@ -204,7 +237,6 @@ export class Agent {
   async present(p: Presentation): Promise<Decision> {
     const { clock, keyring, policy, log } = this.deps;
     const now = clock.now();
-    const history = this.histories.get(p.reader) ?? EMPTY_HISTORY;
     const counterKey = p.credentialId;
     // The higher of the counter reserved in memory and the durable one: other writers (an owner
     // FIDO key authorising an enrollment) advance the durable store directly.
@@ -212,9 +244,9 @@ export class Agent {
       counterKey === undefined
         ? undefined
         : maxDefined(this.liveCounters.get(counterKey), this.deps.counters.get(counterKey));
-    let decision = decide({ presentation: p, keyring, now, history, lastCounter, policy });
-    const outcome = recordOutcome(history, decision, now, policy.rateLimit);
-    this.histories.set(p.reader, outcome.history);
+    let decision = decide({ presentation: p, keyring, now, limits: this.limits, lastCounter, policy });
+    const limited = recordOutcome(this.limits, p, decision, now, policy.rateLimit);
+    this.limits = limited.state;
     /** Settles with the error, if any, once the counter of this grant is durable. */
     let counterDurable: Promise<AgentError | undefined> | undefined;
     /** Why a state_io denial happened, for the audit record. */
@@ -261,22 +293,12 @@ export class Agent {
       ...(p.counter !== undefined ? { counter: p.counter } : {}),
       ...(stateDetail !== undefined ? { detail: stateDetail } : {}),
     };
-    this.audit(auditEvent);
-    if (outcome.cooldownStarted) {
-      log.warn(
-        {
-          code: 'rate_limited',
-          reader: p.reader,
-          until: new Date(outcome.history.cooldownUntil).toISOString(),
-        },
-        'reader rate limited',
-      );
-      this.audit({
-        type: 'rate_limited',
-        reader: p.reader,
-        until: new Date(outcome.history.cooldownUntil).toISOString(),
-      });
-    }
+    // Noise (nothing identified, or refused by a rate limit) is summarised, not written one by one.
+    const noise = isNoise(decision);
+    if (noise) this.limitCounts.noiseDenials++;
+    if (!noise || this.noise.note(p.reader, decision.granted ? '' : decision.code) === 'record')
+      this.audit(auditEvent);
+    if (limited.event !== undefined) this.auditLimit(p.reader, limited.event);
     let action: 'unlock' | 'lock' | undefined;
     if (decision.granted) {
       action = this.resolveIntent(decision.intent);
@@ -331,9 +353,36 @@ export class Agent {
       );
     } else {
       this.counts.denied++;
-      log.info({ reader: p.reader, subject: p.subject, code: decision.code }, 'access denied');
+      const line = { reader: p.reader, subject: p.subject, code: decision.code };
+      if (isNoise(decision)) log.debug(line, 'access denied');
+      else log.info(line, 'access denied');
     }
     return decision;
+  }
+
+  /** A rate limit started: logged and audited with what it is keyed on. */
+  private auditLimit(reader: string, event: LimitEvent): void {
+    const until = new Date(event.until).toISOString();
+    if (event.scope === 'credential') {
+      this.limitCounts.credentialLockouts++;
+      const record = {
+        reader,
+        scope: event.scope,
+        credentialId: event.credentialId,
+        failures: event.failures,
+        until,
+      };
+      this.deps.log.warn({ code: 'rate_limited', ...record }, 'credential locked out after failed proofs');
+      this.audit({ type: 'rate_limited', code: 'rate_limited', ...record });
+    } else {
+      this.limitCounts.uidThrottles++;
+      const record = { reader, scope: event.scope, unknownCards: event.unknownCards, until };
+      this.deps.log.warn(
+        { code: 'rate_limited', ...record },
+        'UID-only grants throttled after unknown cards',
+      );
+      this.audit({ type: 'rate_limited', code: 'rate_limited', ...record });
+    }
   }
 
   /**
@@ -527,14 +576,8 @@ export class Agent {
   status(): AgentStatus {
     const { clock, keyring, lock, readers, vehicleId } = this.deps;
     const now = clock.now();
-    const readerStatus: Record<string, Health & { rateLimitedUntil?: string }> = {};
-    for (const r of readers) {
-      const h = this.histories.get(r.id);
-      readerStatus[r.id] =
-        h && isRateLimited(h, now)
-          ? { ...r.health(), rateLimitedUntil: new Date(h.cooldownUntil).toISOString() }
-          : r.health();
-    }
+    const readerStatus: Record<string, Health> = {};
+    for (const r of readers) readerStatus[r.id] = r.health();
     return {
       vehicleId,
       lock: lock.state(),
@@ -542,6 +585,16 @@ export class Agent {
       keyring: { operations: keyring.size, credentials: keyring.list().length, digest: keyring.digest() },
       clock: { now: new Date(now).toISOString(), trust: clock.trust() },
       decisions: { ...this.counts },
+      rateLimits: {
+        lockedOutCredentials: lockedOutCount(this.limits, now),
+        credentialLockouts: this.limitCounts.credentialLockouts,
+        ...(isUidThrottled(this.limits, now)
+          ? { uidThrottledUntil: new Date(this.limits.uidThrottledUntil).toISOString() }
+          : {}),
+        uidThrottles: this.limitCounts.uidThrottles,
+        noiseDenials: this.limitCounts.noiseDenials,
+        noiseSummarised: this.noise.suppressed,
+      },
     };
   }
 }

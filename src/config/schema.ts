@@ -72,13 +72,35 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
     }),
   }),
   policy: section('Access policy.', {
-    maxDenials: int('Rate limit: this many denials on one reader within windowMs ...', 5, 1, 1000),
-    windowMs: int('... (the window) ...', 60_000, 1000, 86_400_000),
+    maxDenials: int(
+      'Rate limits are per credential, never per reader (docs/cards.md, docs/ble.md): this many failed ' +
+        'proofs for one enrolled credential (bad signature, replay, clone, late answer) within windowMs ...',
+      5,
+      1,
+      1000,
+    ),
+    windowMs: int('... (the window, also for maxUnknownCards) ...', 60_000, 1000, 86_400_000),
     cooldownMs: int(
-      '... deny every attempt on that reader as rate_limited for this long.',
+      '... lock that credential out (rate_limited) for this long; every other key works on. Unknown ' +
+        'keys, garbage and malformed frames never count.',
       300_000,
       1000,
       86_400_000,
+    ),
+    maxUnknownCards: int(
+      'Unknown NFC cards within windowMs (someone trying UIDs) that throttle UID-only grants; FIDO keys, ' +
+        'NTAG 424 cards and phones are never throttled.',
+      10,
+      1,
+      100_000,
+    ),
+    uidThrottleMs: int('How long UID-only grants are refused once throttled.', 300_000, 1000, 86_400_000),
+    denialSummaryMs: int(
+      'Reader denials that name no enrolled credential (garbage, unknown keys and cards) are audited as ' +
+        'the first one in full, then one summary record per reader and code per this interval.',
+      60_000,
+      1000,
+      3_600_000,
     ),
     bleAnswerDeadlineMs: int(
       'A phone answer later than this after the challenge is denied (timeout).',

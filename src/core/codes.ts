@@ -10,7 +10,8 @@ export const CODES = {
   expired: 'the credential expired (notAfter passed)',
   bad_proof: 'the cryptographic proof did not verify',
   replay: 'the answer was replayed from an earlier exchange',
-  rate_limited: 'too many denials on this reader; it is cooling down',
+  rate_limited:
+    'refused by a rate limit: this credential is locked out after failed proofs, or UID-only grants are throttled after unknown cards',
   clone_suspected: 'the signature counter did not rise: the credential may be cloned',
   timeout: 'the answer came after the deadline',
   role_not_allowed: 'the credential role does not allow this action',

@@ -21,7 +21,16 @@ export interface ReaderView {
   readonly state: string;
   readonly detail?: string;
   readonly since?: number;
-  readonly rateLimitedUntil?: string;
+}
+
+/** Rate limits (issue 12): counts only, never which credential (that is in the audit log). */
+export interface RateLimitView {
+  readonly lockedOutCredentials: number;
+  readonly credentialLockouts: number;
+  readonly uidThrottled: boolean;
+  readonly uidThrottles: number;
+  readonly noiseDenials: number;
+  readonly noiseSummarised: number;
 }
 
 export interface KeyringSummary {
@@ -47,6 +56,7 @@ export interface StateSnapshot {
   readonly keyring: KeyringSummary;
   readonly clock?: { readonly now: string; readonly trust: string };
   readonly decisions?: { readonly granted: number; readonly denied: number };
+  readonly rateLimits?: RateLimitView;
   readonly cloud?: Readonly<Record<string, unknown>>;
   readonly subsystems: Readonly<Record<string, unknown>>;
   readonly health?: HealthReport;
@@ -168,6 +178,7 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
   const health = deps.health();
   const clock = asRecord(status.clock);
   const decisions = asRecord(status.decisions);
+  const rateLimits = rateLimitView(asRecord(status.rateLimits));
   return {
     vehicleId: typeof status.vehicleId === 'string' ? status.vehicleId : 'unknown',
     lock: typeof status.lock === 'string' ? status.lock : 'unknown',
@@ -186,12 +197,28 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
     ...(typeof decisions.granted === 'number' && typeof decisions.denied === 'number'
       ? { decisions: { granted: decisions.granted, denied: decisions.denied } }
       : {}),
+    ...(rateLimits !== undefined ? { rateLimits } : {}),
     ...(cloud !== undefined ? { cloud: asRecord(cloud) } : {}),
     subsystems,
     ...(health !== undefined ? { health } : {}),
     auditSeq: deps.auditSeq(),
     uptimeS: Math.round(process.uptime()),
     sim: { enabled: actions.length > 0, actions },
+  };
+}
+
+/** Copies the counts of the agent's rate-limit status, and nothing else. */
+function rateLimitView(r: Record<string, unknown>): RateLimitView | undefined {
+  const n = (key: string): number | undefined => num(r[key]);
+  const locked = n('lockedOutCredentials');
+  if (locked === undefined) return undefined;
+  return {
+    lockedOutCredentials: locked,
+    credentialLockouts: n('credentialLockouts') ?? 0,
+    uidThrottled: typeof r.uidThrottledUntil === 'string',
+    uidThrottles: n('uidThrottles') ?? 0,
+    noiseDenials: n('noiseDenials') ?? 0,
+    noiseSummarised: n('noiseSummarised') ?? 0,
   };
 }
 
@@ -251,15 +278,6 @@ export function metricFamilies(
       ),
     },
     {
-      name: 'vehicle_agent_reader_rate_limited',
-      help: 'The reader is cooling down after too many denials.',
-      type: 'gauge',
-      samples: Object.entries(snapshot.readers).map(([reader, h]) => ({
-        labels: { reader },
-        value: h.rateLimitedUntil === undefined ? 0 : 1,
-      })),
-    },
-    {
       name: 'vehicle_agent_relay_health',
       help: 'Relay driver health: 1 for the current state.',
       type: 'gauge',
@@ -317,6 +335,7 @@ export function metricFamilies(
       },
     );
   }
+  families.push(...admissionFamilies(snapshot));
   const health = snapshot.health;
   families.push(
     {
@@ -452,5 +471,88 @@ function storageFamilies(storage: StorageFigures | undefined): MetricFamily[] {
       type: 'gauge',
       samples: audit === undefined ? [] : [{ value: audit.dropped }],
     },
+  ];
+}
+
+/**
+ * Rate limits and radio admission (issue 12), a block of their own: per-credential lockouts and
+ * the UID throttle from the agent's status (counts only), BLE session admission from ble.status.
+ */
+function admissionFamilies(snapshot: StateSnapshot): MetricFamily[] {
+  const limits = snapshot.rateLimits;
+  const link = asRecord(asRecord(asRecord(snapshot.subsystems.ble).stats).link);
+  const counter = (name: string, help: string, value: number | undefined): MetricFamily => ({
+    name,
+    help,
+    type: 'counter',
+    samples: value === undefined ? [] : [{ value }],
+  });
+  const gauge = (name: string, help: string, value: number | undefined): MetricFamily => ({
+    name,
+    help,
+    type: 'gauge',
+    samples: value === undefined ? [] : [{ value }],
+  });
+  return [
+    gauge(
+      'vehicle_agent_credentials_locked_out',
+      'Credentials locked out now after repeated failed proofs.',
+      limits?.lockedOutCredentials,
+    ),
+    counter(
+      'vehicle_agent_credential_lockouts_total',
+      'Credential lockouts started since the agent started.',
+      limits?.credentialLockouts,
+    ),
+    gauge(
+      'vehicle_agent_uid_throttled',
+      'UID-only grants are refused now after unknown cards were tried.',
+      limits === undefined ? undefined : limits.uidThrottled ? 1 : 0,
+    ),
+    counter(
+      'vehicle_agent_uid_throttles_total',
+      'UID throttles started since the agent started.',
+      limits?.uidThrottles,
+    ),
+    counter(
+      'vehicle_agent_noise_denials_total',
+      'Reader denials that named no enrolled credential, or were refused by a rate limit.',
+      limits?.noiseDenials,
+    ),
+    counter(
+      'vehicle_agent_noise_denials_summarised_total',
+      'Noise denials counted into audit summaries instead of written one by one.',
+      limits?.noiseSummarised,
+    ),
+    {
+      name: 'vehicle_agent_ble_sessions_total',
+      help: 'BLE sessions by how they ended up: opened, failed, evicted after their unproven turn, dropped at the unproven deadline.',
+      type: 'counter',
+      samples: (
+        [
+          ['opened', link.sessionsOpened],
+          ['failed', link.sessionsFailed],
+          ['evicted', link.sessionsEvicted],
+          ['unproven_timeout', link.unprovenTimeouts],
+        ] as const
+      ).flatMap(([outcome, v]) =>
+        num(v) === undefined ? [] : [{ labels: { outcome }, value: num(v) ?? 0 }],
+      ),
+    },
+    counter(
+      'vehicle_agent_ble_sightings_deferred_total',
+      'BLE sightings that found every session slot taken and waited for a turn.',
+      num(link.sightingsDeferred),
+    ),
+    gauge(
+      'vehicle_agent_ble_sessions_unproven',
+      'BLE sessions now without a signature-checked answer.',
+      num(link.unprovenSessions),
+    ),
+    gauge(
+      'vehicle_agent_ble_devices_waiting',
+      'BLE devices waiting for a session slot now.',
+      num(link.waitingDevices),
+    ),
   ];
 }
