@@ -11,6 +11,7 @@ import type { Credential } from '../src/core/types.js';
 import { b64url, fromB64url } from '../src/crypto/encoding.js';
 import { p256JwkFromRaw, uidHash } from '../src/crypto/keys.js';
 import { type ByteLink, openSerialLink } from '../src/nfc/pn532/link.js';
+import { startPrivateDbus } from '../src/sim/dbus-daemon.js';
 import { type SocatPtyPair, startSocatPtyPair } from '../src/sim/socat-pty.js';
 import { type Broker, makeTestPki, startBroker } from '../test/helpers/mosquitto.js';
 import { niceOfUnit } from './deployed-nice.js';
@@ -64,6 +65,11 @@ export interface FloodTarget {
   };
   /** The status page: base URL and the admin token. */
   readonly statusPage: { readonly url: string; readonly adminToken: string };
+  /**
+   * The private D-Bus the agent's BLE link uses as its system bus (driver bluez). Nothing owns
+   * org.bluez there until a radio flood puts its BlueZ stand-in on it, so the link idles.
+   */
+  readonly ble: { readonly busAddress: string };
 }
 
 export type FloodCounts = Readonly<Record<string, number>>;
@@ -308,7 +314,7 @@ async function discoverFloods(): Promise<FloodModule[]> {
   const only = process.env.FLOODS?.split(',').filter((s) => s !== '');
   const found: FloodModule[] = [];
   for (const file of readdirSync(FLOODS_DIR).sort()) {
-    if (!file.endsWith('.js')) continue;
+    if (!file.endsWith('.js') || file.endsWith('-host.js')) continue;
     const name = file.slice(0, -3);
     if (only && !only.includes(name)) continue;
     const path = join(FLOODS_DIR, file);
@@ -404,6 +410,8 @@ export async function benchFlood(options: { taps?: number } = {}): Promise<Recor
     cleanups.unshift(() => relay.close());
     const chip = startChipHost();
     cleanups.unshift(() => chip.stop());
+    const bus = await startPrivateDbus();
+    cleanups.unshift(() => bus.stop());
 
     const stateDir = join(root, 'state');
     runCli(['init', '--demo', '--state-dir', stateDir]);
@@ -433,6 +441,10 @@ export async function benchFlood(options: { taps?: number } = {}): Promise<Recor
       VEHICLE_AGENT_STATUS_PAGE__ENABLED: 'true',
       VEHICLE_AGENT_STATUS_PAGE__PORT: '0',
       VEHICLE_AGENT_STATUS_PAGE__ADMIN_TOKEN_FILE: tokenFile,
+      // The BLE reader on, through BlueZ on a private bus: radio floods reach the real link.
+      VEHICLE_AGENT_BLE__ENABLED: 'true',
+      VEHICLE_AGENT_BLE__DRIVER: 'bluez',
+      DBUS_SYSTEM_BUS_ADDRESS: bus.address,
     };
     for (const f of floods) Object.assign(env, f.agentEnv);
     const agent = await startAgentUnderTest(stateDir, env);
@@ -477,6 +489,7 @@ export async function benchFlood(options: { taps?: number } = {}): Promise<Recor
         base: `vehicle-agent/${vehicleId}`,
       },
       statusPage: { url: statusUrl ?? '', adminToken },
+      ble: { busAddress: bus.address },
     };
 
     /** One tap of the FIDO key: ms from the card entering the field to the relay frame, or undefined. */
