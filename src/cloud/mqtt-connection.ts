@@ -50,6 +50,8 @@ export interface MqttConnectionOptions {
   readonly will?: MqttMessageSpec;
   /** MQTT 5: the broker sends nothing larger (a flood of huge messages is dropped at the broker). */
   readonly maxPacketBytes?: number;
+  /** MQTT 5 Receive Maximum: QoS 1 messages the broker may have unacknowledged to us at once. */
+  readonly receiveMaximum?: number;
   readonly log: Logger;
   readonly random?: () => number;
   /** Host name → address. Default: the system resolver, single flight, with the connect deadline. */
@@ -75,7 +77,12 @@ export interface IncomingMessage {
 export interface MqttConnectionHandlers {
   onConnect(session: MqttSession): void;
   onDisconnect(session: MqttSession): void;
-  onMessage(message: IncomingMessage): void;
+  /**
+   * One message at a time: the next one is not read, and this one is not acknowledged (PUBACK),
+   * until the returned promise settles. So a command is acked only once carried out or durably
+   * refused, and a slow handler makes the broker hold the backlog (Receive Maximum), not us.
+   */
+  onMessage(message: IncomingMessage): void | Promise<void>;
 }
 
 export interface Subscription {
@@ -300,6 +307,7 @@ export class MqttConnection {
             properties: {
               ...(clean ? {} : { sessionExpiryInterval: o.sessionExpiryS }),
               ...(o.maxPacketBytes !== undefined ? { maximumPacketSize: o.maxPacketBytes } : {}),
+              ...(o.receiveMaximum !== undefined ? { receiveMaximum: o.receiveMaximum } : {}),
             },
           }
         : {}),
@@ -353,10 +361,32 @@ export class MqttConnection {
       this.stableTimer.unref();
       this.handlers.onConnect(session);
     });
-    client.on('message', (topic, payload, packet) => {
-      if (this.client !== client || !session) return;
-      this.handlers.onMessage({ topic, payload, retain: packet.retain, dup: packet.dup });
-    });
+    // mqtt.js sends the PUBACK of a QoS 1 message, and parses the next packet, only when
+    // handleMessage calls back: called back once the handler is done (acked after acted).
+    client.handleMessage = (packet, done) => {
+      if (this.client !== client || !session || packet.cmd !== 'publish') return done();
+      const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+      let handled: void | Promise<void>;
+      try {
+        handled = this.handlers.onMessage({
+          topic: packet.topic,
+          payload,
+          retain: packet.retain,
+          dup: packet.dup,
+        });
+      } catch (err) {
+        o.log.error({ err: String(err) }, 'inbound message handler failed');
+        return done();
+      }
+      if (handled === undefined) return done();
+      handled.then(
+        () => done(),
+        (err: unknown) => {
+          o.log.error({ err: String(err) }, 'inbound message handler failed');
+          done();
+        },
+      );
+    };
     client.on('error', (err: Error & { code?: unknown }) => {
       if (this.client !== client) return;
       // 1: 3.1.1 "unacceptable protocol version"; 132 (0x84): MQTT 5 "unsupported protocol version".
