@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { controlRequest } from '../../src/cli/control-client.js';
 import type { CloudLinkStatus } from '../../src/cloud/cloud-link.js';
 import { readAuditLog } from '../../src/store/audit-log.js';
-import { type AgentProcess, CLI, startAgentProcess } from '../helpers/agent-process.js';
+import { type AgentProcess, CLI, runCli, startAgentProcess } from '../helpers/agent-process.js';
 import {
   agentCloudEnv,
   connectTestCloud,
@@ -243,6 +243,10 @@ describe('MQTT floods (issue 12)', () => {
     });
     expect(s.intake.refused['keyring:message_too_large']).toBe(1);
     expect(s.intake.refused['command:message_too_large']).toBe(1);
+    // `vehicle-agent status` shows the same counts.
+    const shown = runCli(['status', '--state-dir', rig.dir]);
+    expect(shown.stdout).toContain('intake   command 0 accepted, 0 over budget, 1 too large;');
+    expect(shown.stdout).toContain('keyring 0 accepted, 0 over budget, 1 too large;');
     const records = await until('the refusals audited', async () => {
       const all = await auditRecords(rig.dir);
       return all.filter((r) => r.code === 'message_too_large').length >= 2 ? all : undefined;
