@@ -367,21 +367,33 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     publishState();
   };
 
+  // Unsigned commands only over MQTT 5: with 3.1.1 the broker clears the retain flag of live
+  // messages, so a retained UNLOCK could not be told from a fresh one.
+  const takesHaCommands = (): boolean =>
+    ha.enabled && ha.allowUnsignedCommands && connection.protocolVersion === 5;
+
   const topicOf = (topic: string): InboundTopic | undefined => {
     if (topic === topics.command) return 'command';
     if (topic === topics.keyring) return 'keyring';
-    if (topic === topics.haCommand && ha.enabled && ha.allowUnsignedCommands) return 'home-assistant';
+    if (topic === topics.haCommand && takesHaCommands()) return 'home-assistant';
     return undefined;
   };
 
   /** One message: size and budget first (nothing parsed yet), then the retain flag, then the work. */
   const handleMessage = async (message: IncomingMessage): Promise<void> => {
-    // An empty retained message clears a topic; it carries nothing to act on.
-    if (message.payload.length === 0) return;
     const topic = topicOf(message.topic);
     if (topic === undefined) return;
-    const verdict = budgets[topic].admit(message.payload.length, mono());
-    if (verdict === 'too_large') return refuse(topic, 'message_too_large', { bytes: message.payload.length });
+    // MQTT 3.1.1: a message over the packet limit arrives cut by the size guard, its payload
+    // never buffered.
+    if (message.oversizedBytes !== undefined) {
+      budgets[topic].countTooLarge();
+      return refuse(topic, 'message_too_large', { bytes: message.oversizedBytes });
+    }
+    // An empty retained message clears a topic; it carries nothing to act on.
+    if (message.payload.length === 0) return;
+    const bytes = message.payload.length;
+    const verdict = budgets[topic].admit(bytes, mono());
+    if (verdict === 'too_large') return refuse(topic, 'message_too_large', { bytes });
     if (verdict === 'over_budget') return refuse(topic, 'cloud_budget_exceeded');
     switch (topic) {
       case 'command': {
@@ -451,10 +463,13 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     const subscriptions = [
       { topic: topics.command, qos: 1 as const, rap: true },
       { topic: topics.keyring, qos: 1 as const },
-      ...(ha.enabled && ha.allowUnsignedCommands
-        ? [{ topic: topics.haCommand, qos: 1 as const, rap: true }]
-        : []),
+      ...(takesHaCommands() ? [{ topic: topics.haCommand, qos: 1 as const, rap: true }] : []),
     ];
+    if (ha.enabled && ha.allowUnsignedCommands && !takesHaCommands())
+      log.warn(
+        { code: 'retained_command', topic: topics.haCommand },
+        'Home Assistant unsigned commands need MQTT 5 (retain as published); not taken over MQTT 3.1.1',
+      );
     connection.subscribe(subscriptions).catch((err: unknown) => {
       log.error({ code: 'broker_unavailable', err: String(err) }, 'subscribe failed');
     });
@@ -482,6 +497,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       will: { topic: topics.status, payload: STATUS_OFFLINE, qos: 1, retain: true },
       maxPacketBytes: Math.max(intake.maxKeyringSetBytes, MAX_JWS_LENGTH) + PACKET_OVERHEAD_BYTES,
       receiveMaximum: intake.receiveMaximum,
+      oversizedBytesPerS: intake.bytesPerS,
       log,
     },
     { onConnect, onDisconnect: () => outbox.detach(), onMessage },

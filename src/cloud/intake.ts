@@ -102,6 +102,11 @@ export class TopicBudget {
     this.bytes = new TokenBucket(limit.bytesPerS, Math.max(limit.bytesPerS, limit.maxBytes), now);
   }
 
+  /** Counts a message refused for its size before it reached admit (cut by the 3.1.1 size guard). */
+  countTooLarge(): void {
+    this.counts.tooLarge += 1;
+  }
+
   /** Decides on one message of `bytes` arriving at `now`, and counts it. */
   admit(bytes: number, now: number): TopicVerdict {
     if (bytes > this.limit.maxBytes) {

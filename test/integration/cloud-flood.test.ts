@@ -410,4 +410,28 @@ describe('MQTT floods (issue 12)', () => {
     await rig.cloud.publish(`${rig.base}/ha/command`, '', { retain: true });
     await rig.cloud.publish(`${rig.base}/command`, '', { retain: true });
   }, 90_000);
+
+  it('takes no unsigned Home Assistant command over MQTT 3.1.1, where a retained one looks live', async () => {
+    const rig = await startRig({
+      VEHICLE_AGENT_CLOUD__PROTOCOL: '3.1.1',
+      VEHICLE_AGENT_CLOUD__HOME_ASSISTANT__ENABLED: 'true',
+      VEHICLE_AGENT_CLOUD__HOME_ASSISTANT__ALLOW_UNSIGNED_COMMANDS: 'true',
+    });
+    await rig.agent.waitForLog((r) => String(r.msg).includes('unsigned commands need MQTT 5'));
+    await rig.cloud.publish(`${rig.base}/ha/command`, 'UNLOCK', { retain: true });
+    // A signed command after it is answered, so the UNLOCK had its chance to arrive first.
+    const p = unlockPayload(rig.vid, { cmd: 'lock' });
+    await rig.cloud.publish(`${rig.base}/command`, rig.owner.sign(p));
+    await rig.cloud.waitFor(
+      (m) => m.topic.endsWith('/command/result') && (JSON.parse(m.payload) as { jti: unknown }).jti === p.jti,
+      15_000,
+      'the signed command result',
+    );
+    const records = await until('the signed lock audited', async () => {
+      const all = await auditRecords(rig.dir);
+      return all.some((r) => r.type === 'command' && r.jti === p.jti) ? all : undefined;
+    });
+    expect(records.filter((r) => r.type === 'command' && r.source === 'home-assistant')).toEqual([]);
+    await rig.cloud.publish(`${rig.base}/ha/command`, '', { retain: true });
+  }, 60_000);
 });
