@@ -522,6 +522,13 @@ export async function benchFlood(options: { taps?: number } = {}): Promise<Recor
       return { taps: samples, denied, rssBefore, rssMax };
     };
 
+    /** The agent's own decision counts (status): tells a denial from a tap that never reached a decision. */
+    const decisions = async (): Promise<{ granted: number; denied: number }> => {
+      const s = (await controlRequest(socket, 'status', {})) as {
+        decisions?: { granted: number; denied: number };
+      };
+      return s.decisions ?? { granted: 0, denied: 0 };
+    };
     const figures: Record<string, number> = {};
     await phase(WARMUP);
     const quiet = await phase(taps);
@@ -531,6 +538,7 @@ export async function benchFlood(options: { taps?: number } = {}): Promise<Recor
     figures.quiet_denied = quiet.denied;
     figures.quiet_rss_mb = round(quiet.rssBefore / 2 ** 20, 1);
     for (const flood of floods) {
+      const decided = await decisions();
       const running = await startFloodProcess(flood, target);
       let result: PhaseResult;
       let counts: FloodCounts;
@@ -540,6 +548,7 @@ export async function benchFlood(options: { taps?: number } = {}): Promise<Recor
         counts = await running.stop();
       }
       const settledMs = await settle(agent.pid);
+      const after = await decisions();
       const s = summarise(result.taps);
       const n = flood.name;
       figures[`${n}_tap_p50_ms`] = round(s.p50, 2);
@@ -547,6 +556,9 @@ export async function benchFlood(options: { taps?: number } = {}): Promise<Recor
       figures[`${n}_p50_ratio`] = round(s.p50 / q.p50, 2);
       figures[`${n}_p99_ratio`] = round(s.p99 / q.p99, 2);
       figures[`${n}_denied`] = result.denied;
+      // Taps with no relay within 3 s, split: the agent refused, or it decided nothing (the tap was lost on the way).
+      figures[`${n}_agent_denials`] = after.denied - decided.denied;
+      figures[`${n}_agent_grants`] = after.granted - decided.granted;
       figures[`${n}_rss_growth_mb`] = round((result.rssMax - result.rssBefore) / 2 ** 20, 1);
       figures[`${n}_settle_s`] = round(settledMs / 1000, 1);
       for (const [k, v] of Object.entries(counts)) figures[`${n}_${k}`] = v;

@@ -292,6 +292,13 @@ export async function startAgent(options: {
         cleanup.unshift(() => cloud.stop());
         // Connection, protocol and outbox depth for `status` readers (the status page, /metrics).
         handlers.set('cloud.status', () => cloud.status());
+        // `vehicle-agent status` shows the link too: its intake budgets and drops (issue 12).
+        const coreStatus = handlers.get('status');
+        if (coreStatus)
+          handlers.set('status', async (args) => ({
+            ...((await coreStatus(args)) as Record<string, unknown>),
+            cloud: cloud.status(),
+          }));
       } catch (err) {
         const e = toAgentError(err);
         log.error(

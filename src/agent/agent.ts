@@ -389,9 +389,14 @@ export class Agent {
    * Acts on an authorised command (a verified signed command from the cloud or the CLI): the
    * caller has checked signature, role, freshness and counter. Audited like a reader grant.
    */
-  async actuate(intent: Presentation['intent'], by: string, source: string): Promise<LockState> {
+  async actuate(
+    intent: Presentation['intent'],
+    by: string,
+    source: string,
+    jti?: string,
+  ): Promise<LockState> {
     const action = this.resolveIntent(intent);
-    this.audit({ type: 'command', source, by, action });
+    this.audit({ type: 'command', source, by, action, ...(jti !== undefined ? { jti } : {}) });
     const state =
       action === 'unlock'
         ? await this.deps.lock.unlock(`${source}:${by}`)

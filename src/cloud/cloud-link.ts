@@ -2,19 +2,23 @@ import { createHash, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setImmediate as yieldToIo } from 'node:timers/promises';
 import type { MergeResult } from '../access/keyring.js';
 import type { AgentStatus } from '../agent/agent.js';
+import { NoiseSummaries } from '../agent/noise-summary.js';
 import type { Config } from '../config/schema.js';
+import type { Code } from '../core/codes.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { LockState } from '../core/types.js';
 import { MAX_JWS_LENGTH } from '../crypto/jws.js';
 import type { AuditRecord } from '../store/audit-log.js';
 import { JournaledMap } from '../store/journaled-map.js';
-import { type CommandResult, errorResult } from './command.js';
+import { type CommandResult, commandJti, errorResult } from './command.js';
 import { type CommandAgent, CommandProcessor, type RememberedResult } from './command-processor.js';
 import { haDiscoveryConfig, parseHaCommand } from './home-assistant.js';
-import { checkKeyringSet, MAX_SET_BYTES, MAX_SET_OPS, signKeyringSet } from './keyring-set.js';
+import { IntakePace, TopicBudget } from './intake.js';
+import { checkKeyringSet, MAX_SET_OPS, signKeyringSet } from './keyring-set.js';
 import {
   type IncomingMessage,
   MqttConnection,
@@ -43,11 +47,13 @@ export type CloudConfig = Config['cloud'];
 /** What the link needs from the agent (the Agent class satisfies it). */
 export interface CloudAgent extends CommandAgent {
   status(): AgentStatus;
-  actuate(intent: 'unlock' | 'lock', by: string, source: string): Promise<LockState>;
+  actuate(intent: 'unlock' | 'lock', by: string, source: string, jti?: string): Promise<LockState>;
   addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult>;
   readonly keyring: CommandAgent['keyring'] & {
     storedOps(): IterableIterator<{ readonly jws: string }>;
     digest(): string;
+    /** Resolves once the stored ops are read (the keyring reads them in the background at start). */
+    whenMaterialized(): Promise<void>;
   };
 }
 
@@ -66,10 +72,26 @@ export interface CloudLinkDeps {
   readonly version?: string;
 }
 
+/** The inbound topics, each with a budget of its own. */
+export type InboundTopic = 'command' | 'keyring' | 'home-assistant';
+
+export interface IntakeStats {
+  /** Per topic: messages accepted for work, refused for size, dropped over the budget, bytes accepted. */
+  readonly topics: Readonly<Record<InboundTopic, TopicBudget['counts']>>;
+  /** Refusals by topic and code (size, budget, retained, and every check that failed). */
+  readonly refused: Readonly<Record<string, number>>;
+  /** Times the intake waited for its pace, and the total wait (ms). */
+  readonly paced: number;
+  readonly pacedMs: number;
+  /** Refusals folded into cloud.summary audit records instead of one record each. */
+  readonly summarised: number;
+}
+
 export interface CloudLinkStatus {
   readonly connected: boolean;
   readonly protocol: '5' | '3.1.1';
   readonly outbox: ReturnType<Outbox['stats']>;
+  readonly intake: IntakeStats;
 }
 
 export interface CloudLink {
@@ -78,8 +100,17 @@ export interface CloudLink {
   stop(): Promise<void>;
 }
 
-/** Most inbound messages waiting to be handled; beyond, new ones are dropped with a warning. */
-const MAX_QUEUED_MESSAGES = 1000;
+/** Largest Home Assistant command (LOCK / UNLOCK and a little room). */
+const MAX_HA_COMMAND_BYTES = 64;
+/** MQTT framing around a payload: fixed header, topic, packet id, properties. */
+const PACKET_OVERHEAD_BYTES = 4096;
+
+/** Audit record type of a refusal written in full, per topic (as before the summaries). */
+const REFUSAL_TYPE: Record<InboundTopic, string> = {
+  command: 'command.rejected',
+  keyring: 'keyring.set.rejected',
+  'home-assistant': 'ha.command.rejected',
+};
 
 function readPem(path: string | undefined, what: string): Buffer | undefined {
   if (path === undefined) return undefined;
@@ -153,8 +184,67 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
   let lastFingerprint: string | undefined;
   let lastVehicleSetDigest: string | undefined;
   let vehicleSetTooLarge = false;
-  let queued = 0;
+  let vehicleSetPublishing = false;
   let lastMergedSet: string | undefined;
+
+  // ── intake budgets (docs/mqtt.md "Floods") ──
+  const intake = config.intake;
+  const mono = () => performance.now();
+  const pace = new IntakePace({ messagesPerS: intake.messagesPerS, bytesPerS: intake.bytesPerS }, mono());
+  const budgets: Record<InboundTopic, TopicBudget> = {
+    command: new TopicBudget(
+      { messagesPerS: intake.commandsPerS, bytesPerS: intake.commandBytesPerS, maxBytes: MAX_JWS_LENGTH },
+      mono(),
+    ),
+    keyring: new TopicBudget(
+      {
+        messagesPerS: intake.keyringSetsPerS,
+        bytesPerS: intake.keyringBytesPerS,
+        maxBytes: intake.maxKeyringSetBytes,
+      },
+      mono(),
+    ),
+    'home-assistant': new TopicBudget(
+      { messagesPerS: intake.haCommandsPerS, bytesPerS: 64 * 1024, maxBytes: MAX_HA_COMMAND_BYTES },
+      mono(),
+    ),
+  };
+  const refusedCounts = new Map<string, number>();
+  let paced = 0;
+  let pacedMs = 0;
+  // Network noise is summarised like reader noise: per topic and code, one record in full and
+  // one summary per interval, whatever the flood (the audit log and the outbox stay small).
+  const noise = new NoiseSummaries({
+    intervalMs: intake.summaryIntervalMs,
+    now: () => deps.clock.now(),
+    emit: (s) =>
+      agent.audit({
+        type: 'cloud.summary',
+        source: 'cloud',
+        topic: s.reader,
+        code: s.code,
+        count: s.count,
+        from: s.from,
+        to: s.to,
+      }),
+  });
+  const refuse = (topic: InboundTopic, code: Code | string, detail: Record<string, unknown> = {}): void => {
+    const key = `${topic}:${code}`;
+    refusedCounts.set(key, (refusedCounts.get(key) ?? 0) + 1);
+    if (noise.note(topic, code) === 'record')
+      agent.audit({ type: REFUSAL_TYPE[topic], source: 'cloud', code, ...detail });
+  };
+  const intakeStats = (): IntakeStats => ({
+    topics: {
+      command: { ...budgets.command.counts },
+      keyring: { ...budgets.keyring.counts },
+      'home-assistant': { ...budgets['home-assistant'].counts },
+    },
+    refused: Object.fromEntries(refusedCounts),
+    paced,
+    pacedMs: Math.round(pacedMs),
+    summarised: noise.suppressed,
+  });
 
   const snapshot = (): StateDocument => {
     const s = agent.status();
@@ -188,6 +278,19 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
   };
 
   const publishVehicleSet = (): void => {
+    if (!connection.connected || vehicleSetPublishing) return;
+    vehicleSetPublishing = true;
+    void agent.keyring
+      .whenMaterialized()
+      .then(publishMaterializedVehicleSet, (err: unknown) =>
+        log.debug({ err: String(err) }, 'keyring not read; vehicle keyring set not published'),
+      )
+      .finally(() => {
+        vehicleSetPublishing = false;
+      });
+  };
+
+  const publishMaterializedVehicleSet = (): void => {
     if (!connection.connected) return;
     const digest = agent.keyring.digest();
     if (digest === lastVehicleSetDigest) return;
@@ -228,6 +331,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     onStateRefresh: () => publishState(),
     source: 'cloud',
     log: log.child({ part: 'commands' }),
+    onRejected: ({ code, ...detail }) => refuse('command', code, detail),
   });
 
   const publishResult = (result: CommandResult): void => {
@@ -237,31 +341,14 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     );
   };
 
-  const enqueue = (what: string, task: () => Promise<void>): void => {
-    if (queued >= MAX_QUEUED_MESSAGES) {
-      log.warn({ what }, 'too many cloud messages waiting; dropping one');
-      return;
-    }
-    queued += 1;
-    processor
-      .serialize(task)
-      .catch((err: unknown) => {
-        const e = toAgentError(err);
-        log.error({ code: e.code, err: e.message, what }, 'cloud message failed');
-      })
-      .finally(() => {
-        queued -= 1;
-      });
-  };
-
   const onKeyringSet = async (payload: Buffer): Promise<void> => {
     // The retained set comes again on every reconnect: merging an unchanged one is wasted work.
     const digest = createHash('sha256').update(payload).digest('hex');
     if (digest === lastMergedSet) return;
     const check = checkKeyringSet(payload, { vehicleId, keys: agent.keyring, nowMs: deps.clock.now() });
     if (!check.ok) {
-      log.warn({ code: check.code, err: check.message }, 'keyring set from the cloud refused');
-      agent.audit({ type: 'keyring.set.rejected', source: 'cloud', code: check.code });
+      log.debug({ code: check.code, err: check.message }, 'keyring set from the cloud refused');
+      refuse('keyring', check.code);
       return;
     }
     const merged = await agent.addKeyringOps(check.ops, 'cloud');
@@ -280,43 +367,81 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     publishState();
   };
 
-  const onMessage = (message: IncomingMessage): void => {
+  // Unsigned commands only over MQTT 5: with 3.1.1 the broker clears the retain flag of live
+  // messages, so a retained UNLOCK could not be told from a fresh one.
+  const takesHaCommands = (): boolean =>
+    ha.enabled && ha.allowUnsignedCommands && connection.protocolVersion === 5;
+
+  const topicOf = (topic: string): InboundTopic | undefined => {
+    if (topic === topics.command) return 'command';
+    if (topic === topics.keyring) return 'keyring';
+    if (topic === topics.haCommand && takesHaCommands()) return 'home-assistant';
+    return undefined;
+  };
+
+  /** One message: size and budget first (nothing parsed yet), then the retain flag, then the work. */
+  const handleMessage = async (message: IncomingMessage): Promise<void> => {
+    const topic = topicOf(message.topic);
+    if (topic === undefined) return;
+    // MQTT 3.1.1: a message over the packet limit arrives cut by the size guard, its payload
+    // never buffered.
+    if (message.oversizedBytes !== undefined) {
+      budgets[topic].countTooLarge();
+      return refuse(topic, 'message_too_large', { bytes: message.oversizedBytes });
+    }
     // An empty retained message clears a topic; it carries nothing to act on.
     if (message.payload.length === 0) return;
-    switch (message.topic) {
-      case topics.command: {
-        if (message.payload.length > MAX_JWS_LENGTH) {
-          publishResult(errorResult(null, 'jws_malformed', `a command is at most ${MAX_JWS_LENGTH} bytes`));
+    const bytes = message.payload.length;
+    const verdict = budgets[topic].admit(bytes, mono());
+    if (verdict === 'too_large') return refuse(topic, 'message_too_large', { bytes });
+    if (verdict === 'over_budget') return refuse(topic, 'cloud_budget_exceeded');
+    switch (topic) {
+      case 'command': {
+        // A retained command never acts, whoever signed it (a retained message comes again on
+        // every connect): refused before any parse or signature check.
+        if (message.retain) {
+          refuse('command', 'retained_command');
+          publishResult(errorResult(commandJti(message.payload.toString('utf8')), 'retained_command'));
           return;
         }
-        const text = message.payload.toString('utf8');
-        enqueue('command', async () => {
-          const result = await processor.handleQueued(text, message.retain);
-          publishResult(result);
-        });
+        const result = await processor.handle(message.payload.toString('utf8'), false);
+        // Published before this handler returns, so before the PUBACK: a command the broker
+        // sees acknowledged has its result on the wire ahead of the acknowledgement.
+        publishResult(result);
         return;
       }
-      case topics.keyring:
-        enqueue('keyring', () => onKeyringSet(message.payload));
-        return;
-      case topics.haCommand: {
-        if (!ha.enabled || !ha.allowUnsignedCommands) return;
+      case 'keyring':
+        return processor.serialize(() => onKeyringSet(message.payload));
+      case 'home-assistant': {
+        if (message.retain) return refuse('home-assistant', 'retained_command');
         const intent = parseHaCommand(message.payload);
-        if (intent === undefined || message.retain) {
-          log.warn(
-            { retained: message.retain },
-            'ignored a Home Assistant command (not LOCK/UNLOCK, or retained)',
-          );
-          return;
-        }
-        enqueue('home-assistant', async () => {
-          await agent.actuate(intent, 'home-assistant', 'home-assistant');
-          publishState();
-        });
+        if (intent === undefined) return refuse('home-assistant', 'unknown_command');
+        await processor.serialize(() => agent.actuate(intent, 'home-assistant', 'home-assistant'));
+        publishState();
         return;
       }
-      default:
-        return;
+    }
+  };
+
+  /**
+   * The connection calls this one message at a time and acknowledges the message (PUBACK) only
+   * when it resolves: after the work, then after the intake pace. Between two messages the event
+   * loop always gets a turn (setImmediate), so a reader's I/O never waits behind more than one.
+   */
+  const onMessage = async (message: IncomingMessage): Promise<void> => {
+    const wait = pace.charge(message.payload.length, mono());
+    try {
+      await handleMessage(message);
+    } catch (err) {
+      const e = toAgentError(err);
+      log.error({ code: e.code, err: e.message, topic: message.topic }, 'cloud message failed');
+    }
+    if (wait > 0) {
+      paced += 1;
+      pacedMs += wait;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    } else {
+      await yieldToIo();
     }
   };
 
@@ -338,8 +463,13 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     const subscriptions = [
       { topic: topics.command, qos: 1 as const, rap: true },
       { topic: topics.keyring, qos: 1 as const },
-      ...(ha.enabled && ha.allowUnsignedCommands ? [{ topic: topics.haCommand, qos: 1 as const }] : []),
+      ...(takesHaCommands() ? [{ topic: topics.haCommand, qos: 1 as const, rap: true }] : []),
     ];
+    if (ha.enabled && ha.allowUnsignedCommands && !takesHaCommands())
+      log.warn(
+        { code: 'retained_command', topic: topics.haCommand },
+        'Home Assistant unsigned commands need MQTT 5 (retain as published); not taken over MQTT 3.1.1',
+      );
     connection.subscribe(subscriptions).catch((err: unknown) => {
       log.error({ code: 'broker_unavailable', err: String(err) }, 'subscribe failed');
     });
@@ -365,7 +495,9 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         maxMs: Math.max(config.reconnectMinMs, config.reconnectMaxMs),
       },
       will: { topic: topics.status, payload: STATUS_OFFLINE, qos: 1, retain: true },
-      maxPacketBytes: MAX_SET_BYTES + 64 * 1024,
+      maxPacketBytes: Math.max(intake.maxKeyringSetBytes, MAX_JWS_LENGTH) + PACKET_OVERHEAD_BYTES,
+      receiveMaximum: intake.receiveMaximum,
+      oversizedBytesPerS: intake.bytesPerS,
       log,
     },
     { onConnect, onDisconnect: () => outbox.detach(), onMessage },
@@ -391,10 +523,12 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       connected: connection.connected,
       protocol: connection.protocolVersion === 5 ? '5' : '3.1.1',
       outbox: outbox.stats(),
+      intake: intakeStats(),
     }),
     stop: () => {
       stopping ??= (async () => {
         clearInterval(stateTimer);
+        noise.flush();
         await Promise.race([processor.drain(), new Promise((r) => setTimeout(r, 2000).unref())]);
         await outbox.close();
         await connection.stop({ topic: topics.status, payload: STATUS_OFFLINE, qos: 1, retain: true });

@@ -41,7 +41,8 @@ export interface RememberedResult {
 
 /** What commands act on: the Agent satisfies this. */
 export interface CommandAgent {
-  actuate(intent: 'unlock' | 'lock', by: string, source: string): Promise<LockState>;
+  /** `jti`: the command's id, carried into the audit record of the act. */
+  actuate(intent: 'unlock' | 'lock', by: string, source: string, jti?: string): Promise<LockState>;
   addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult>;
   audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
   readonly keyring: SignerLookup & {
@@ -79,6 +80,19 @@ export interface CommandProcessorOptions {
   readonly log: Logger;
   /** Rejections audited per minute at most (a flood becomes one summary event). Default 30. */
   readonly auditRejectionsPerMinute?: number;
+  /**
+   * Takes over auditing rejections (the cloud link summarises them with its other network noise,
+   * one record per code and interval); without it the per-minute limit above applies.
+   */
+  readonly onRejected?: (rejection: CommandRejection) => void;
+}
+
+/** A refused command, as audited. */
+export interface CommandRejection {
+  readonly code: string;
+  readonly jti?: string;
+  readonly by?: string;
+  readonly action?: string;
 }
 
 /** Results larger than this are remembered without their data. */
@@ -178,7 +192,7 @@ export class CommandProcessor {
       switch (command.cmd) {
         case 'unlock':
         case 'lock': {
-          const lock = await agent.actuate(command.cmd, kid, source);
+          const lock = await agent.actuate(command.cmd, kid, source, jti);
           return okResult(jti, `${command.cmd} done`, { lock });
         }
         case 'keys.grant':
@@ -252,6 +266,15 @@ export class CommandProcessor {
   }
 
   private auditRejection(check: Extract<CommandCheck, { verdict: 'rejected' }>): void {
+    if (this.o.onRejected) {
+      this.o.onRejected({
+        code: check.result.code,
+        ...(check.result.jti !== null ? { jti: check.result.jti } : {}),
+        ...(check.kid !== undefined ? { by: check.kid } : {}),
+        ...(check.cmd !== undefined ? { action: check.cmd } : {}),
+      });
+      return;
+    }
     const now = this.o.clock.now();
     const limit = this.o.auditRejectionsPerMinute ?? 30;
     if (now - this.auditWindowStart >= 60_000) {

@@ -19,6 +19,8 @@ import { MAX_JWS_LENGTH, type ParsedJws, parseJws, signJws, verifyJws } from '..
  *   5. signature                               bad_signature
  *      (a signer's jti already carried out → the same result again, nothing done twice)
  *   6. exp passed / exp - iat too long         command_expired, lifetime_too_long
+ *      (6 and 7 run before 5 for a jti not seen yet: stale or replayed forgeries cost no
+ *      signature check)
  *      (iat too far ahead, non-owner signers   command_not_yet_valid)
  *   7. ctr above the last accepted for kid     counter_replay
  *   8. not delivered as a retained message     retained_command
@@ -133,6 +135,15 @@ function isTime(v: unknown): v is number {
 function jtiOf(payload: unknown): string | null {
   const jti = (payload as { jti?: unknown } | null)?.jti;
   return typeof jti === 'string' && JTI.test(jti) ? jti : null;
+}
+
+/** The jti of a command that is refused before any check, for correlating its result; null when unreadable. */
+export function commandJti(compact: string): string | null {
+  try {
+    return jtiOf(parseJws(compact).payload);
+  } catch {
+    return null;
+  }
 }
 
 function isCommandName(cmd: string): cmd is CommandName {
@@ -260,40 +271,20 @@ export function checkCommand(compact: string, ctx: CommandContext): CommandCheck
   if (!roleAllows(credential.role, cmd))
     return reject('role_not_allowed', `a ${credential.role} key may not send ${cmd}`);
 
+  const previous = ctx.previousResult(kid, jti);
+  const nowS = Math.floor(ctx.nowMs / 1000);
+  // Cheap refusals before the signature check (a forged flood of stale or replayed commands costs
+  // no verification): a new jti that is expired, too long-lived, post-dated or not above the
+  // counter would be refused after a valid signature too. A remembered jti goes on to the
+  // signature, so a genuine redelivery still gets its first answer.
+  if (!previous) {
+    const early = timeAndCounter(payload, credential.role, nowS, ctx, kid);
+    if (early) return reject(early.code, early.detail);
+  }
+
   if (!verifyJws(jws, key)) return reject('bad_signature');
 
-  const previous = ctx.previousResult(kid, jti);
   if (previous) return { verdict: 'duplicate', result: previous, kid };
-
-  const nowS = Math.floor(ctx.nowMs / 1000);
-  if (payload.exp <= nowS)
-    return reject(
-      'command_expired',
-      `the command expired at ${new Date(payload.exp * 1000).toISOString()}`,
-      true,
-    );
-  if (payload.exp - payload.iat > ctx.limits.maxLifetimeS)
-    return reject(
-      'lifetime_too_long',
-      `exp - iat is ${payload.exp - payload.iat} s; at most ${ctx.limits.maxLifetimeS} s`,
-      true,
-    );
-  // Owners are trusted for time as for keys (their iat moves the vehicle's clock forward);
-  // anyone else could pre-sign a command for later use by dating it in the future.
-  if (credential.role !== 'owner' && payload.iat > nowS + ctx.limits.maxFutureS)
-    return reject(
-      'command_not_yet_valid',
-      `iat is ${payload.iat - nowS} s ahead of the vehicle clock; at most ${ctx.limits.maxFutureS} s`,
-      true,
-    );
-
-  const last = ctx.lastCounter(kid);
-  if (last !== undefined && payload.ctr <= last)
-    return reject(
-      'counter_replay',
-      `ctr ${payload.ctr} is not above ${last}, the last accepted for ${kid}`,
-      true,
-    );
 
   if (ctx.retained) return reject('retained_command', undefined, true);
 
@@ -310,6 +301,40 @@ export function checkCommand(compact: string, ctx: CommandContext): CommandCheck
       ctr: payload.ctr,
     },
   };
+}
+
+/** Checks 6 and 7: the command's time window and counter. */
+function timeAndCounter(
+  payload: CommandPayload,
+  role: Role,
+  nowS: number,
+  ctx: CommandContext,
+  kid: string,
+): { code: Code; detail: string } | undefined {
+  if (payload.exp <= nowS)
+    return {
+      code: 'command_expired',
+      detail: `the command expired at ${new Date(payload.exp * 1000).toISOString()}`,
+    };
+  if (payload.exp - payload.iat > ctx.limits.maxLifetimeS)
+    return {
+      code: 'lifetime_too_long',
+      detail: `exp - iat is ${payload.exp - payload.iat} s; at most ${ctx.limits.maxLifetimeS} s`,
+    };
+  // Owners are trusted for time as for keys (their iat moves the vehicle's clock forward);
+  // anyone else could pre-sign a command for later use by dating it in the future.
+  if (role !== 'owner' && payload.iat > nowS + ctx.limits.maxFutureS)
+    return {
+      code: 'command_not_yet_valid',
+      detail: `iat is ${payload.iat - nowS} s ahead of the vehicle clock; at most ${ctx.limits.maxFutureS} s`,
+    };
+  const last = ctx.lastCounter(kid);
+  if (last !== undefined && payload.ctr <= last)
+    return {
+      code: 'counter_replay',
+      detail: `ctr ${payload.ctr} is not above ${last}, the last accepted for ${kid}`,
+    };
+  return undefined;
 }
 
 export function newJti(): string {

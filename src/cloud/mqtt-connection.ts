@@ -1,9 +1,13 @@
 import { lookup } from 'node:dns/promises';
-import { isIP } from 'node:net';
-import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
+import { connect, type IClientOptions, MqttClient } from 'mqtt';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { type BackoffPolicy, backoffDelay } from './backoff.js';
+import { TokenBucket } from './intake.js';
+import { type OversizedPublish, PublishSizeGuard } from './publish-size-guard.js';
 
 /**
  * The one home of mqtt.js: a connection that keeps itself up, beside the agent and never in its
@@ -50,6 +54,14 @@ export interface MqttConnectionOptions {
   readonly will?: MqttMessageSpec;
   /** MQTT 5: the broker sends nothing larger (a flood of huge messages is dropped at the broker). */
   readonly maxPacketBytes?: number;
+  /** MQTT 5 Receive Maximum: QoS 1 messages the broker may have unacknowledged to us at once. */
+  readonly receiveMaximum?: number;
+  /**
+   * MQTT 3.1.1: the payload of a larger message is dropped as it streams in (publish-size-guard.ts)
+   * and the message handed on empty with `oversizedBytes`; dropped bytes are read at most this
+   * fast. Default 4 MiB/s.
+   */
+  readonly oversizedBytesPerS?: number;
   readonly log: Logger;
   readonly random?: () => number;
   /** Host name → address. Default: the system resolver, single flight, with the connect deadline. */
@@ -70,12 +82,19 @@ export interface IncomingMessage {
   readonly payload: Buffer;
   readonly retain: boolean;
   readonly dup: boolean;
+  /** MQTT 3.1.1: the message was over maxPacketBytes; its payload was dropped unread. */
+  readonly oversizedBytes?: number;
 }
 
 export interface MqttConnectionHandlers {
   onConnect(session: MqttSession): void;
   onDisconnect(session: MqttSession): void;
-  onMessage(message: IncomingMessage): void;
+  /**
+   * One message at a time: the next one is not read, and this one is not acknowledged (PUBACK),
+   * until the returned promise settles. So a command is acked only once carried out or durably
+   * refused, and a slow handler makes the broker hold the backlog (Receive Maximum), not us.
+   */
+  onMessage(message: IncomingMessage): void | Promise<void>;
 }
 
 export interface Subscription {
@@ -300,6 +319,7 @@ export class MqttConnection {
             properties: {
               ...(clean ? {} : { sessionExpiryInterval: o.sessionExpiryS }),
               ...(o.maxPacketBytes !== undefined ? { maximumPacketSize: o.maxPacketBytes } : {}),
+              ...(o.receiveMaximum !== undefined ? { receiveMaximum: o.receiveMaximum } : {}),
             },
           }
         : {}),
@@ -319,7 +339,32 @@ export class MqttConnection {
           }
         : {}),
     };
-    const client = connect(options);
+    // MQTT 3.1.1 cannot tell the broker a size limit: the stream goes through the size guard.
+    const oversized: OversizedPublish[] = [];
+    const guardLimit = version === 4 ? o.maxPacketBytes : undefined;
+    const skipRate = o.oversizedBytesPerS ?? 4 * 1024 * 1024;
+    const client =
+      guardLimit !== undefined
+        ? new MqttClient(
+            () =>
+              guardedStream(
+                protocol === 'mqtts'
+                  ? tlsConnect({
+                      host: address,
+                      port,
+                      ...(isIP(host) === 0 ? { servername: host } : {}),
+                      ...(o.tls.ca ? { ca: o.tls.ca } : {}),
+                      ...(o.tls.cert ? { cert: o.tls.cert } : {}),
+                      ...(o.tls.key ? { key: o.tls.key } : {}),
+                      rejectUnauthorized: true,
+                    })
+                  : netConnect({ host: address, port }),
+                new PublishSizeGuard(guardLimit, (p) => oversized.push(p)),
+                new TokenBucket(skipRate, skipRate, performance.now()),
+              ),
+            options,
+          )
+        : connect(options);
     this.client = client;
     let session: MqttSession | undefined;
     let refusedVersion = false;
@@ -353,10 +398,35 @@ export class MqttConnection {
       this.stableTimer.unref();
       this.handlers.onConnect(session);
     });
-    client.on('message', (topic, payload, packet) => {
-      if (this.client !== client || !session) return;
-      this.handlers.onMessage({ topic, payload, retain: packet.retain, dup: packet.dup });
-    });
+    // mqtt.js sends the PUBACK of a QoS 1 message, and parses the next packet, only when
+    // handleMessage calls back: called back once the handler is done (acked after acted).
+    client.handleMessage = (packet, done) => {
+      if (this.client !== client || !session || packet.cmd !== 'publish') return done();
+      const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+      const cut =
+        payload.length === 0 && oversized[0]?.topic === packet.topic ? oversized.shift() : undefined;
+      let handled: void | Promise<void>;
+      try {
+        handled = this.handlers.onMessage({
+          topic: packet.topic,
+          payload,
+          retain: packet.retain,
+          dup: packet.dup,
+          ...(cut ? { oversizedBytes: cut.bytes } : {}),
+        });
+      } catch (err) {
+        o.log.error({ err: String(err) }, 'inbound message handler failed');
+        return done();
+      }
+      if (handled === undefined) return done();
+      handled.then(
+        () => done(),
+        (err: unknown) => {
+          o.log.error({ err: String(err) }, 'inbound message handler failed');
+          done();
+        },
+      );
+    };
     client.on('error', (err: Error & { code?: unknown }) => {
       if (this.client !== client) return;
       // 1: 3.1.1 "unacceptable protocol version"; 132 (0x84): MQTT 5 "unsupported protocol version".
@@ -418,4 +488,51 @@ export class MqttConnection {
     this.retryTimer = setTimeout(() => void this.attemptConnect(), delay);
     this.retryTimer.unref();
   }
+}
+
+/**
+ * The broker's byte stream through a PublishSizeGuard, as the Duplex mqtt.js reads and writes.
+ * Dropped payload bytes are paced by `skipBudget` (the socket pauses), so a stream of huge
+ * messages costs at most that much TLS decryption a second.
+ */
+function guardedStream(socket: Socket, guard: PublishSizeGuard, skipBudget: TokenBucket): Duplex {
+  let resumeTimer: NodeJS.Timeout | undefined;
+  let wanted = true;
+  let pacing = false;
+  const duplex = new Duplex({
+    write(chunk: Buffer, _encoding, callback) {
+      socket.write(chunk, (err) => callback(err ?? null));
+    },
+    final(callback) {
+      socket.end(() => callback());
+    },
+    read() {
+      wanted = true;
+      if (!pacing) socket.resume();
+    },
+    destroy(err, callback) {
+      clearTimeout(resumeTimer);
+      socket.destroy(err ?? undefined);
+      callback(err);
+    },
+  });
+  socket.on('data', (chunk: Buffer) => {
+    const before = guard.skipped;
+    for (const part of guard.push(chunk)) if (!duplex.push(part)) wanted = false;
+    const skipped = guard.skipped - before;
+    const wait = skipped > 0 ? skipBudget.takeWithDebt(skipped, performance.now()) : 0;
+    if (wait > 0) {
+      pacing = true;
+      socket.pause();
+      clearTimeout(resumeTimer);
+      resumeTimer = setTimeout(() => {
+        pacing = false;
+        if (wanted) socket.resume();
+      }, wait);
+    } else if (!wanted) socket.pause();
+  });
+  socket.on('end', () => duplex.push(null));
+  socket.on('error', (err) => duplex.destroy(err));
+  socket.on('close', () => duplex.destroy());
+  return duplex;
 }

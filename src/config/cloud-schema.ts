@@ -101,6 +101,59 @@ export const CLOUD_SCHEMA = section(
       ),
       pollMs: int('How often new audit records are looked for.', 100, 10, 60_000),
     }),
+    intake: section(
+      'Budgets for what arrives from the broker (docs/mqtt.md "Floods"): whatever is published to ' +
+        'the vehicle topics, the MQTT work stays a small, bounded share of the CPU and memory, and ' +
+        'drops are counted (status, /metrics) and audited as one summary per topic, code and interval.',
+      {
+        receiveMaximum: int(
+          'MQTT 5 Receive Maximum sent in CONNECT: QoS 1 messages the broker may have unacknowledged ' +
+            'to the vehicle at once; the rest wait at the broker.',
+          10,
+          1,
+          65_535,
+        ),
+        messagesPerS: int(
+          'Intake pace, every topic together: messages taken from the broker per second. Beyond, the ' +
+            'next message (and its PUBACK) waits, so the broker holds the backlog.',
+          500,
+          1,
+          1_000_000,
+        ),
+        bytesPerS: int(
+          'Intake pace: bytes taken from the broker per second.',
+          4_194_304,
+          65_536,
+          1_073_741_824,
+        ),
+        commandsPerS: int(
+          'Signed commands per second (a burst of as many); more are dropped (cloud_budget_exceeded) ' +
+            'before any parse or signature check.',
+          10,
+          1,
+          10_000,
+        ),
+        commandBytesPerS: int('Signed commands: bytes per second.', 262_144, 65_536, 1_073_741_824),
+        keyringSetsPerS: int('Keyring sets per second on <base>/keyring; more are dropped.', 2, 1, 1000),
+        keyringBytesPerS: int('Keyring sets: bytes per second.', 2_097_152, 65_536, 1_073_741_824),
+        maxKeyringSetBytes: int(
+          'Largest keyring set accepted; it also sets the MQTT 5 Maximum Packet Size sent in CONNECT ' +
+            '(a v5 broker drops larger messages before sending them). Larger sets are refused ' +
+            '(message_too_large). About 1 KB per operation.',
+          1_048_576,
+          65_536,
+          16_777_216,
+        ),
+        haCommandsPerS: int('Home Assistant LOCK/UNLOCK messages per second; more are dropped.', 2, 1, 1000),
+        summaryIntervalMs: int(
+          'Rejected and dropped messages are audited in full once per topic, code and interval, the ' +
+            'rest as one cloud.summary record at its end.',
+          60_000,
+          1000,
+          86_400_000,
+        ),
+      },
+    ),
     homeAssistant: section(
       'Home Assistant MQTT discovery (opt-in): a lock entity with state and availability.',
       {

@@ -53,6 +53,9 @@ export const CODES = {
   // ── cloud link (MQTT) ──────────────────────────────────────────────────────
   broker_unavailable: 'the MQTT broker could not be reached or refused the connection',
   result_timeout: 'no command result arrived in time',
+  message_too_large: 'an MQTT message exceeds the size limit of its topic (cloud.intake)',
+  cloud_budget_exceeded:
+    'an MQTT message arrived beyond its topic budget (messages or bytes per second, cloud.intake) and was dropped',
   // ── local control socket ───────────────────────────────────────────────────
   control_bad_request: 'the control socket request is not valid',
   control_unavailable: 'the agent control socket is not reachable (is the agent running?)',

@@ -237,6 +237,63 @@ function num(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
 }
 
+/** The cloud link's intake budgets (docs/mqtt.md "Floods"): what arrived, what was dropped and why. */
+function cloudIntakeFamilies(intake: Record<string, unknown>): MetricFamily[] {
+  const topics = asRecord(intake.topics);
+  const verdicts: Sample[] = [];
+  for (const [topic, raw] of Object.entries(topics)) {
+    const c = asRecord(raw);
+    for (const [verdict, key] of [
+      ['accepted', 'accepted'],
+      ['too_large', 'tooLarge'],
+      ['over_budget', 'overBudget'],
+    ] as const) {
+      const value = num(c[key]);
+      if (value !== undefined) verdicts.push({ labels: { topic, verdict }, value });
+    }
+  }
+  const refused: Sample[] = [];
+  for (const [key, raw] of Object.entries(asRecord(intake.refused))) {
+    const at = key.indexOf(':');
+    const value = num(raw);
+    if (at > 0 && value !== undefined)
+      refused.push({ labels: { topic: key.slice(0, at), code: key.slice(at + 1) }, value });
+  }
+  const one = (value: unknown): Sample[] => (num(value) === undefined ? [] : [{ value: num(value) ?? 0 }]);
+  return [
+    {
+      name: 'vehicle_agent_cloud_messages_total',
+      help: 'Messages from the broker by topic and budget verdict (accepted, too_large, over_budget).',
+      type: 'counter',
+      samples: verdicts,
+    },
+    {
+      name: 'vehicle_agent_cloud_refused_total',
+      help: 'Messages from the broker refused, by topic and code.',
+      type: 'counter',
+      samples: refused,
+    },
+    {
+      name: 'vehicle_agent_cloud_intake_paced_total',
+      help: 'Times the MQTT intake waited for its pace (cloud.intake.messagesPerS, bytesPerS).',
+      type: 'counter',
+      samples: one(intake.paced),
+    },
+    {
+      name: 'vehicle_agent_cloud_intake_paced_ms_total',
+      help: 'Time the MQTT intake spent waiting for its pace, ms.',
+      type: 'counter',
+      samples: one(intake.pacedMs),
+    },
+    {
+      name: 'vehicle_agent_cloud_refusals_summarised_total',
+      help: 'Refused messages audited in a cloud.summary record instead of one record each.',
+      type: 'counter',
+      samples: one(intake.summarised),
+    },
+  ];
+}
+
 /** Pure: every metric family from a snapshot, the decision counts and process figures. */
 export function metricFamilies(
   snapshot: StateSnapshot,
@@ -334,6 +391,7 @@ export function metricFamilies(
         samples: num(outbox.dropped) === undefined ? [] : [{ value: num(outbox.dropped) ?? 0 }],
       },
     );
+    families.push(...cloudIntakeFamilies(asRecord(cloud.intake)));
   }
   families.push(...admissionFamilies(snapshot));
   const health = snapshot.health;

@@ -28,6 +28,18 @@ interface StatusReply {
   readonly [extra: string]: unknown;
 }
 
+/** cloud.status, as the cloud link reports it (src/cloud/cloud-link.ts). */
+interface CloudReply {
+  readonly connected: boolean;
+  readonly protocol: string;
+  readonly outbox?: { readonly pending?: number };
+  readonly intake?: {
+    readonly topics: Record<string, { accepted: number; overBudget: number; tooLarge: number }>;
+    readonly refused: Record<string, number>;
+    readonly paced: number;
+  };
+}
+
 export async function status(argv: readonly string[]): Promise<number> {
   const { values } = parse(argv, COMMON_OPTIONS);
   const loaded = loadFor(values);
@@ -70,9 +82,25 @@ export async function status(argv: readonly string[]): Promise<number> {
     for (const t of (reply.relay.timeline ?? []).slice(-6))
       out(`         ${t.at} ${t.channel} ${t.energised ? 'ON' : 'off'}`);
   }
+  const cloud = reply.cloud as CloudReply | undefined;
+  if (cloud) {
+    out(
+      `cloud    ${cloud.connected ? 'connected' : 'NOT connected'} (MQTT ${cloud.protocol}), ` +
+        `${cloud.outbox?.pending ?? 0} event(s) pending`,
+    );
+    const intake = cloud.intake;
+    if (intake) {
+      const topics = Object.entries(intake.topics)
+        .map(([t, c]) => `${t} ${c.accepted} accepted, ${c.overBudget} over budget, ${c.tooLarge} too large`)
+        .join('; ');
+      const refused = Object.values(intake.refused).reduce((a, n) => a + n, 0);
+      out(`intake   ${topics}; ${refused} refused in all; paced ${intake.paced} time(s)`);
+    }
+  }
   for (const [key, value] of Object.entries(reply)) {
     if (
       [
+        'cloud',
         'vehicleId',
         'lock',
         'readers',

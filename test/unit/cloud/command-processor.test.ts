@@ -4,6 +4,7 @@ import { type CommandPayload, signCommand } from '../../../src/cloud/command.js'
 import {
   type CommandAgent,
   CommandProcessor,
+  type CommandProcessorOptions,
   type DurableMap,
   type RememberedResult,
 } from '../../../src/cloud/command-processor.js';
@@ -46,7 +47,7 @@ class MemoryMap<V> implements DurableMap<V> {
   }
 }
 
-function rig(maxResults = 100) {
+function rig(maxResults = 100, extra: Partial<CommandProcessorOptions> = {}) {
   const root = makeRoot();
   const ring = newKeyring(root);
   const driver = makeKey('signer', 'driver');
@@ -55,11 +56,18 @@ function rig(maxResults = 100) {
   ring.add(grantBy(root, service.credential));
   const events: string[] = [];
   const audits: Record<string, unknown>[] = [];
+  const actedJtis: (string | undefined)[] = [];
   let clockFloor = NOW_S * 1000;
   const agent: CommandAgent = {
     keyring: ring,
-    actuate: async (intent: 'unlock' | 'lock', by: string): Promise<LockState> => {
+    actuate: async (
+      intent: 'unlock' | 'lock',
+      by: string,
+      _source: string,
+      jti?: string,
+    ): Promise<LockState> => {
       events.push(`actuate.${intent}.${by === root.id ? 'root' : by}`);
+      actedJtis.push(jti);
       return intent === 'unlock' ? 'unlocking' : 'locking';
     },
     addKeyringOps: async (ops: readonly string[], source: string): Promise<MergeResult> => {
@@ -90,6 +98,7 @@ function rig(maxResults = 100) {
     source: 'cloud',
     log: silentLogger,
     auditRejectionsPerMinute: 3,
+    ...extra,
   });
   let ctr = 100;
   const sign = (key: TestKey, over: Partial<CommandPayload> = {}) =>
@@ -114,6 +123,7 @@ function rig(maxResults = 100) {
     service,
     events,
     audits,
+    actedJtis,
     counters,
     results,
     processor,
@@ -213,6 +223,22 @@ describe('command processor', () => {
     expect((first.data as { keys: unknown[] }).keys.length).toBeGreaterThan(150);
     const again = await r.processor.handle(jws, false);
     expect(again).toEqual({ jti: 'big', status: 'ok', code: 'ok', message: first.message });
+  });
+
+  it('hands every refusal to onRejected when given (the cloud link summarises them), none to the audit', async () => {
+    const rejections: unknown[] = [];
+    const r = rig(100, { onRejected: (x) => rejections.push(x) });
+    for (let i = 0; i < 6; i++) await r.processor.handle('junk', false);
+    await r.processor.handle(r.sign(r.driver, { jti: 'old', iat: NOW_S - 100, exp: NOW_S - 50 }), false);
+    expect(r.audits.filter((a) => String(a.type).startsWith('command.rejected'))).toEqual([]);
+    expect(rejections).toHaveLength(7);
+    expect(rejections[6]).toEqual({ code: 'command_expired', jti: 'old', by: r.driver.id, action: 'unlock' });
+  });
+
+  it('passes the jti of an unlock to the act, for its audit record', async () => {
+    const r = rig();
+    expect((await r.processor.handle(r.sign(r.driver, { jti: 'the-jti' }), false)).status).toBe('ok');
+    expect(r.actedJtis).toEqual(['the-jti']);
   });
 
   it('audits refusals, and a flood as one summary', async () => {

@@ -206,9 +206,21 @@ describe('signed command checks', () => {
     expect(
       codeOf(signCommand(payload({ cmd: 'keys.list' }), f.stranger.privateKey, f.guest.id), ctx(f.ring)),
     ).toBe('role_not_allowed');
-    // signature beats expiry
+    // for a jti not seen yet, expiry and counter come before the signature (cheap refusals of
+    // stale or replayed forgeries); a fresh forgery is refused by its signature
     expect(
       codeOf(signCommand(payload({ iat: 1, exp: 2 }), f.stranger.privateKey, f.root.id), ctx(f.ring)),
+    ).toBe('command_expired');
+    expect(codeOf(signCommand(payload({ ctr: 1 }), f.stranger.privateKey, f.root.id), ctx(f.ring))).toBe(
+      'counter_replay',
+    );
+    expect(codeOf(signCommand(payload(), f.stranger.privateKey, f.root.id), ctx(f.ring))).toBe(
+      'bad_signature',
+    );
+    // a remembered jti goes to the signature first: a forgery of it is a bad signature
+    const remembered = { previousResult: () => okResult('jti-1', 'unlock done') };
+    expect(
+      codeOf(signCommand(payload({ ctr: 1 }), f.stranger.privateKey, f.root.id), ctx(f.ring, remembered)),
     ).toBe('bad_signature');
     // expiry beats the counter, the counter beats the retain flag
     expect(codeOf(sign(f.root, { iat: 1, exp: 2, ctr: 1 }), ctx(f.ring))).toBe('command_expired');
