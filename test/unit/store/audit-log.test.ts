@@ -61,7 +61,7 @@ describe('audit record hash', () => {
 
 describe('AuditLog', () => {
   it('appends chained records with seq, ts, type, fields, prev and hash, 0600, and verifies', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     const records = await filledLog(dir, 3);
     expect(records.map((r) => r.seq)).toEqual([1, 2, 3]);
     expect(records[0]).toMatchObject({
@@ -89,7 +89,7 @@ describe('AuditLog', () => {
   });
 
   it('continues seq and chain across restarts', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     await filledLog(dir, 2);
     const log = await AuditLog.open(dir);
     expect(log.lastSeq).toBe(2);
@@ -101,7 +101,7 @@ describe('AuditLog', () => {
   });
 
   it('has one writer at a time: a second open of the directory is busy', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     const log = await AuditLog.open(dir);
     expect((await rejection(AuditLog.open(dir))).code).toBe('busy');
     await log.close();
@@ -110,7 +110,7 @@ describe('AuditLog', () => {
   });
 
   it('group-commits concurrent appends in call order', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     const log = await AuditLog.open(dir);
     const records = await Promise.all(Array.from({ length: 500 }, (_, i) => log.append({ type: 'tick', i })));
     expect(records.map((r) => r.seq)).toEqual(Array.from({ length: 500 }, (_, i) => i + 1));
@@ -132,7 +132,7 @@ describe('AuditLog', () => {
     ['private_key', { private_key: 'x' }],
     ['password', { password: 'x' }],
   ])('refuses an event with a field named %s and writes nothing', async (field, fields) => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     const log = await AuditLog.open(dir);
     const err = await rejection(log.append({ type: 'decision', ...fields }));
     expect(err.code).toBe('audit_event_rejected');
@@ -155,7 +155,7 @@ describe('AuditLog', () => {
   });
 
   it('refuses reserved fields, a missing type, values that are not JSON and records over the limit', async () => {
-    const log = await AuditLog.open(tempDir(), { maxRecordBytes: 512 });
+    const log = await AuditLog.open(join(tempDir(), 'audit'), { maxRecordBytes: 512 });
     for (const event of [
       { type: 'x', seq: 9 },
       { type: 'x', hash: 'h' },
@@ -170,7 +170,7 @@ describe('AuditLog', () => {
   });
 
   it('rotates by size, deletes the oldest files, and keeps the chain across files', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     await filledLog(dir, 300, { maxFileBytes: 4096, keepFiles: 3 });
     const files = readdirSync(dir).sort();
     expect(files).toHaveLength(3);
@@ -179,8 +179,10 @@ describe('AuditLog', () => {
     expect(result.ok).toBe(true);
     if (!result.ok) return;
     expect(result.lastSeq).toBe(300);
-    expect(result.oldestPrevChecked).toBe(false);
-    expect(result.notes.join(' ')).toContain('rotated away');
+    // The anchor names what rotation removed, so the oldest record's prev is checked too.
+    expect(result.oldestPrevChecked).toBe(true);
+    expect(result.rotated).toMatchObject({ throughSeq: (result.firstSeq ?? 0) - 1 });
+    expect(result.notes.join(' ')).toContain('rotation removed');
     expect(files[0]).toBe(auditFileName(result.firstSeq ?? 0));
     expect(result.records).toBe(300 - (result.firstSeq ?? 0) + 1);
 
@@ -191,7 +193,7 @@ describe('AuditLog', () => {
   });
 
   it('readFrom yields durable records from a seq across files, and from the oldest kept when asked for less', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     await filledLog(dir, 200, { maxFileBytes: 4096, keepFiles: 4 });
     const log = await AuditLog.open(dir, { maxFileBytes: 4096, keepFiles: 4 });
     const seqs = async (from: number): Promise<number[]> => {
@@ -210,7 +212,7 @@ describe('AuditLog', () => {
   });
 
   it('cuts a torn last record on open, continues the chain, and verify notes a partial record', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     await filledLog(dir, 5);
     const file = onlyFile(dir);
     const sixth = `{"seq":6,"ts":"2025-01-01T00:00:06.000Z","type":"decision","prev":"`;
@@ -247,7 +249,7 @@ describe('AuditLog', () => {
     async function tampered(
       edit: (lines: string[]) => string[],
     ): Promise<Awaited<ReturnType<typeof verifyAuditLog>>> {
-      const dir = tempDir();
+      const dir = join(tempDir(), 'audit');
       await filledLog(dir, 6);
       const file = onlyFile(dir);
       writeFileSync(file, `${edit(lines(file)).join('\n')}\n`);
@@ -260,7 +262,7 @@ describe('AuditLog', () => {
       );
       expect(result).toMatchObject({
         ok: false,
-        records: 2,
+        records: 5,
         broken: { line: 3, seq: 3, reason: 'bad_hash' },
       });
     });
@@ -279,28 +281,28 @@ describe('AuditLog', () => {
       );
       expect(result).toMatchObject({
         ok: false,
-        records: 3,
+        records: 6,
         broken: { line: 4, seq: 4, reason: 'prev_mismatch' },
       });
     });
 
     it('when a line was deleted', async () => {
       const result = await tampered((ls) => ls.filter((_, i) => i !== 3));
-      expect(result).toMatchObject({ ok: false, records: 3, broken: { line: 4, seq: 5, reason: 'seq_gap' } });
+      expect(result).toMatchObject({ ok: false, records: 5, broken: { line: 4, seq: 5, reason: 'seq_gap' } });
     });
 
     it('when two lines were swapped', async () => {
       const result = await tampered((ls) => [ls[0], ls[2], ls[1], ...ls.slice(3)].map(String));
-      expect(result).toMatchObject({ ok: false, records: 1, broken: { line: 2, seq: 3, reason: 'seq_gap' } });
+      expect(result).toMatchObject({ ok: false, records: 6, broken: { line: 2, seq: 3, reason: 'seq_gap' } });
     });
 
     it('when a line is not JSON', async () => {
       const result = await tampered((ls) => ls.map((l, i) => (i === 4 ? l.slice(0, 20) : l)));
-      expect(result).toMatchObject({ ok: false, records: 4, broken: { line: 5, reason: 'bad_json' } });
+      expect(result).toMatchObject({ ok: false, records: 5, broken: { line: 5, reason: 'bad_json' } });
     });
 
     it('when the first record does not start from the all-zero prev', async () => {
-      const dir = tempDir();
+      const dir = join(tempDir(), 'audit');
       const log = await AuditLog.open(dir);
       await log.append({ type: 'a' });
       await log.close();
@@ -318,7 +320,7 @@ describe('AuditLog', () => {
     });
 
     it('when a middle file is missing or renamed', async () => {
-      const dir = tempDir();
+      const dir = join(tempDir(), 'audit');
       await filledLog(dir, 120, { maxFileBytes: 4096, keepFiles: 100 });
       const files = readdirSync(dir).sort();
       expect(files.length).toBeGreaterThanOrEqual(3);
@@ -337,8 +339,8 @@ describe('AuditLog', () => {
       });
     });
 
-    it('keeps appending after tampering, and verify still reports the tampered record', async () => {
-      const dir = tempDir();
+    it('keeps appending after tampering, records the damage it sees, and verify still reports it', async () => {
+      const dir = join(tempDir(), 'audit');
       await filledLog(dir, 4);
       const file = onlyFile(dir);
       writeFileSync(
@@ -348,7 +350,9 @@ describe('AuditLog', () => {
           .join('\n')}\n`,
       );
       const log = await AuditLog.open(dir);
-      expect((await log.append({ type: 'boot' })).seq).toBe(5);
+      // The newest file is read at open: the damaged record is recorded (seq 5) before anything else.
+      expect(log.findings.map((f) => f.code)).toEqual(['audit_chain_broken']);
+      expect((await log.append({ type: 'boot' })).seq).toBe(6);
       await log.close();
       expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { seq: 2, reason: 'bad_hash' } });
     });
