@@ -73,6 +73,7 @@ export function decide(input: DecisionInput): Decision {
     return deny('unknown_credential');
   }
   const { credential } = status;
+  if (status.suspect !== undefined) return deny('credential_suspect', status);
   if (status.revoked) return deny('revoked', status);
   if (credential.kind !== p.kind) return deny('bad_proof', status);
   if (credential.kind === 'uid') {
