@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { MonotonicFloorClock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { readFileIfExists, writeFileAtomic } from '../store/atomic.js';
-import { decodeChecksummedJson, encodeChecksummedJson } from '../store/checksummed.js';
+import { decodeChecksummedJson, encodeChecksummedJson, looksChecksummed } from '../store/checksummed.js';
 import type { IntegrityFinding } from '../store/integrity.js';
 import { STATE_FILES } from './provision.js';
 
@@ -19,6 +19,8 @@ export interface TrustedClockStore {
   readonly clock: MonotonicFloorClock;
   /** What was found wrong with the clock files at start, and what was done. */
   readonly findings: readonly IntegrityFinding[];
+  /** A floor file existed before this start: the agent has run here before. */
+  readonly existedBefore: boolean;
   persist(): Promise<void>;
   /** Stops the periodic persist and writes the floor one last time. */
   close(): Promise<void>;
@@ -45,16 +47,20 @@ async function readFloor(path: string): Promise<FloorRead> {
 /** Reads both copies of the floor; says what is wrong with them (read-only: `state check`). */
 export async function inspectTrustedClock(
   stateDir: string,
-): Promise<{ floor: number | undefined; findings: IntegrityFinding[] }> {
+): Promise<{ floor: number | undefined; findings: IntegrityFinding[]; exists: boolean }> {
   const paths = [join(stateDir, STATE_FILES.clock), join(stateDir, STATE_FILES.clockMirror)];
   const reads = await Promise.all(paths.map(readFloor));
   const floors = reads.flatMap((r) => (r.state === 'ok' ? [r.floor] : []));
   const floor = floors.length > 0 ? Math.max(...floors) : undefined;
   const findings: IntegrityFinding[] = [];
   const anyExists = reads.some((r) => r.state !== 'missing');
+  // A checksummed main copy was written beside a mirror: the mirror missing was removed. (A plain
+  // JSON main copy is from before mirrors.)
+  const mainBytes = await readFileIfExists(paths[0] ?? '');
+  const hadMirror = mainBytes !== undefined && looksChecksummed(mainBytes);
   reads.forEach((r, i) => {
     const file = paths[i] ?? '';
-    if (r.state === 'damaged' || (r.state === 'missing' && anyExists && i === 0)) {
+    if (r.state === 'damaged' || (r.state === 'missing' && anyExists && (i === 0 || hadMirror))) {
       findings.push(
         floor === undefined
           ? {
@@ -73,12 +79,12 @@ export async function inspectTrustedClock(
       );
     }
   });
-  return { floor, findings };
+  return { floor, findings, exists: anyExists };
 }
 
 export async function openTrustedClock(stateDir: string, log: Logger): Promise<TrustedClockStore> {
   const paths = [join(stateDir, STATE_FILES.clock), join(stateDir, STATE_FILES.clockMirror)];
-  const { floor, findings } = await inspectTrustedClock(stateDir);
+  const { floor, findings, exists } = await inspectTrustedClock(stateDir);
   for (const f of findings) {
     log[f.code === 'state_repaired' ? 'warn' : 'error'](
       { code: f.code, file: f.file, problem: f.problem },
@@ -106,6 +112,7 @@ export async function openTrustedClock(stateDir: string, log: Logger): Promise<T
   return {
     clock,
     findings,
+    existedBefore: exists,
     persist,
     close: async () => {
       clearInterval(timer);

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, sign, verify } from 'node:crypto';
 import { chmod, mkdir, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentError } from '../core/errors.js';
@@ -10,6 +10,7 @@ import {
   keyCredentialId,
   parseKeyText,
   publicJwkOf,
+  publicKeyFromJwk,
 } from '../crypto/keys.js';
 import { parseJsonBytes, readFileIfExists, writeFileAtomic } from '../store/atomic.js';
 import { decodeChecksummedJson, encodeChecksummedJson } from '../store/checksummed.js';
@@ -177,12 +178,14 @@ export async function loadIdentity(
     }
   } else if (main.state === 'ok') {
     file = main.value;
-    // A vehicle from before mirrors has none: made now, without a finding.
-    if (mirror.state === 'damaged') {
+    // A vehicle from before mirrors has none: made now, without a finding. With a key mirror
+    // beside it, the vehicle has had one, so a missing mirror was removed.
+    const hadMirrors = (await readFileIfExists(join(stateDir, STATE_FILES.vehicleKeyMirror))) !== undefined;
+    if (mirror.state === 'damaged' || hadMirrors) {
       findings.push({
         file: mirrorPath,
         code: 'state_repaired',
-        problem: mirror.problem,
+        problem: problemOf(mirror),
         action: `rebuilt from ${STATE_FILES.vehicle}`,
       });
     }
@@ -196,45 +199,54 @@ export async function loadIdentity(
   }
   const keyPath = join(stateDir, STATE_FILES.vehicleKey);
   const keyMirrorPath = join(stateDir, STATE_FILES.vehicleKeyMirror);
-  const matching = (bytes: Buffer): string => {
+  // A copy counts when it signs for the vehicle's public key: the public key a PKCS#8 file
+  // carries beside the private scalar would still match with the scalar damaged. It is damaged
+  // when its bytes are not the key's own PEM encoding (a part decoding tolerates).
+  const vehiclePublic = publicKeyFromJwk(file.vehicleKey);
+  const matching = (bytes: Buffer): { pem: string; canonical: boolean } => {
     const pem = bytes.toString('utf8');
     const key = parseKeyText(pem, keyPath);
     if (key.type !== 'private' || JSON.stringify(publicJwkOf(key)) !== JSON.stringify(file.vehicleKey)) {
       throw new Error(`does not match the vehicle key in ${STATE_FILES.vehicle}`);
     }
-    return pem;
+    const probe = Buffer.from('vehicle-agent/vehicle-key-check');
+    const hash = key.asymmetricKeyType === 'ed25519' ? null : 'sha256';
+    if (!verify(hash, probe, vehiclePublic, sign(hash, probe, key))) {
+      throw new Error(`its private key does not sign for the vehicle key in ${STATE_FILES.vehicle}`);
+    }
+    const canonical = key.export({ format: 'pem', type: 'pkcs8' }).toString();
+    return { pem: canonical, canonical: canonical === pem };
   };
   const key = await readWith(keyPath, matching);
   const keyMirror = await readWith(keyMirrorPath, matching);
-  let vehicleKeyPem: string;
-  if (key.state === 'ok') {
-    vehicleKeyPem = key.value;
-    if (keyMirror.state !== 'ok') {
-      if (keyMirror.state === 'damaged') {
-        findings.push({
-          file: keyMirrorPath,
-          code: 'state_repaired',
-          problem: keyMirror.problem,
-          action: `rebuilt from ${STATE_FILES.vehicleKey}`,
-        });
-      }
-      fixes.push([keyMirrorPath, vehicleKeyPem]);
-    }
-  } else if (keyMirror.state === 'ok') {
-    vehicleKeyPem = keyMirror.value;
-    findings.push({
-      file: keyPath,
-      code: 'state_repaired',
-      problem: problemOf(key),
-      action: `rebuilt from ${STATE_FILES.vehicleKeyMirror}`,
-    });
-    fixes.push([keyPath, vehicleKeyPem]);
-  } else {
+  const good = key.state === 'ok' ? key.value : keyMirror.state === 'ok' ? keyMirror.value : undefined;
+  if (good === undefined) {
     throw new AgentError(
       'state_corrupt',
       `${keyPath} (${problemOf(key)}) and ${keyMirrorPath} (${problemOf(keyMirror)}) are both unusable: the vehicle key is lost; provision the vehicle again`,
       { file: keyPath, problem: problemOf(key) },
     );
+  }
+  const vehicleKeyPem = good.pem;
+  for (const [path, read, other] of [
+    [keyPath, key, STATE_FILES.vehicleKeyMirror],
+    [keyMirrorPath, keyMirror, STATE_FILES.vehicleKey],
+  ] as const) {
+    if (read.state === 'ok' && read.value.canonical) continue;
+    // A key from before mirrors has no mirror: made now, without a finding (a vehicle.mirror.json
+    // says the vehicle has had mirrors).
+    if (!(read.state === 'missing' && path === keyMirrorPath && mirror.state === 'missing')) {
+      findings.push({
+        file: path,
+        code: 'state_repaired',
+        problem:
+          read.state === 'ok'
+            ? 'damaged (its bytes are not the encoding of the key it still holds)'
+            : problemOf(read),
+        action: read.state === 'ok' ? 'rewritten from the key' : `rebuilt from ${other}`,
+      });
+    }
+    fixes.push([path, vehicleKeyPem]);
   }
   if (repair) {
     for (const [path, text] of fixes) {
