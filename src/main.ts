@@ -114,6 +114,7 @@ export async function startAgent(options: {
       maxFileBytes: config.audit.maxFileBytes,
       keepFiles: config.audit.keepFiles,
       now: () => clock.now(),
+      expectHistory: trustedClock.existedBefore,
       logger: log.child({ module: 'audit' }),
     });
     cleanup.unshift(() => audit.close());

@@ -398,7 +398,7 @@ function analyseJournals(
   for (const line of lost) {
     const named = salvageCredential(line.raw, credentialIds);
     if (named === undefined) loss.unknown = true;
-    else loss.credentials.push(named);
+    else if (!loss.credentials.includes(named)) loss.credentials.push(named);
   }
   const lostNote =
     lost.length === 0
@@ -736,6 +736,16 @@ export class KeyringStore implements KeyringPersistence {
     for (const f of read.findings) this.found.push(f);
     for (const [id, why] of read.suspects) this.lost.set(id, why);
     this.keyring.markSuspects(read.suspects);
+    if (read.suspects.size > 0) {
+      this.found.push({
+        file: keyringPaths(this.stateDir).suspects,
+        code: 'credential_suspect',
+        problem: `${read.suspects.size} credential(s) denied since keyring state about them was lost`,
+        action:
+          'denied until `vehicle-agent state repair` (with --ops FILE from the cloud, or --accept-loss)',
+        denied: [...read.suspects.keys()],
+      });
+    }
     if (read.unreadable) {
       await this.denyLost(
         this.keyring.list().map((s) => s.credential.id),

@@ -263,6 +263,7 @@ export type AuditBreakReason =
   | 'records_missing_at_start'
   | 'anchor_damaged'
   | 'anchor_missing'
+  | 'log_missing'
   | 'damage_recorded';
 
 export interface AuditBreak {
@@ -312,7 +313,15 @@ function lineId(file: string, line: number, reason: string, raw: Buffer | string
  * Walks every audit file in order and checks the chain, its anchored head and what rotation
  * removed. Reads only. ok when every break is acknowledged by an `audit.repair` record.
  */
-export async function verifyAuditLog(dir: string): Promise<AuditVerifyResult> {
+export interface VerifyOptions {
+  /**
+   * The agent has run on this state directory before (its trusted-time files exist), so the
+   * log cannot be empty: an empty log without anchors means the whole log was removed.
+   */
+  readonly expectHistory?: boolean;
+}
+
+export async function verifyAuditLog(dir: string, options: VerifyOptions = {}): Promise<AuditVerifyResult> {
   // The anchors first: a record appended after this read cannot make the head look missing.
   const anchors = await readAnchors(dir);
   const anchor = anchors.anchor;
@@ -560,6 +569,14 @@ export async function verifyAuditLog(dir: string): Promise<AuditVerifyResult> {
     });
   } else if (anchors.none && records > 0) {
     notes.push('no head anchor (a log from before anchors): the agent creates it when it opens the log');
+  } else if (anchors.none && records === 0 && breaks.length === 0 && options.expectHistory === true) {
+    addBreak({
+      file: dir,
+      line: 0,
+      reason: 'log_missing',
+      message: 'the agent has run here, but the audit log and both its head anchors are gone',
+      id: 'log_missing',
+    });
   }
   if (rotated !== undefined && rotated.files > 0) {
     notes.push(

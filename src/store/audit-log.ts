@@ -101,6 +101,12 @@ export interface AuditLogOptions {
   readonly now?: () => number;
   /** The head anchor is rewritten at most this often while records arrive; default 200 ms. */
   readonly anchorIntervalMs?: number;
+  /**
+   * The agent has run on this state directory before, so the log cannot be empty: an empty log
+   * without anchors means it was removed, and that is recorded (audit.damage) instead of
+   * starting a fresh chain that would hide it.
+   */
+  readonly expectHistory?: boolean;
   readonly logger?: Logger;
 }
 
@@ -133,7 +139,8 @@ interface Pending {
   readonly line: Buffer;
 }
 
-type Settings = Required<Omit<AuditLogOptions, 'logger' | 'retainFrom'>> & {
+type Settings = Required<Omit<AuditLogOptions, 'logger' | 'retainFrom' | 'expectHistory'>> & {
+  expectHistory: boolean;
   logger: Logger;
   retainFrom: (() => number | undefined) | undefined;
 };
@@ -213,6 +220,7 @@ export class AuditLog {
       anchorIntervalMs: options.anchorIntervalMs ?? 200,
       logger: options.logger ?? silentLogger,
       retainFrom: options.retainFrom,
+      expectHistory: options.expectHistory ?? false,
     };
     checkSetting('maxFileBytes', settings.maxFileBytes, 4096);
     checkSetting('keepFiles', settings.keepFiles, 1);
@@ -269,7 +277,16 @@ export class AuditLog {
         if (plan.tornBytes > 0) await cutTornTail(path, plan.completeEnd, plan.tornBytes, logger);
         newestBytes = plan.completeEnd;
       }
+      // Damage an earlier open already recorded (an audit.damage record after it) is not new.
+      const recorded = new Set<string>();
+      for (const scanned of plan.valid) {
+        const r = scanned.value;
+        if (r?.type !== AUDIT_DAMAGE_TYPE || !Array.isArray(r.problems)) continue;
+        for (const p of r.problems as { file?: unknown; line?: unknown }[])
+          recorded.add(`${p.file}:${p.line}`);
+      }
       for (const bad of plan.corrupt) {
+        if (recorded.has(`${file.name}:${bad.line}`)) continue;
         const raw = content.subarray(bad.offset, bad.end - 1);
         const seq = salvageSeq(raw);
         if (seq !== undefined) highestClaimed = Math.max(highestClaimed, seq);
@@ -325,7 +342,21 @@ export class AuditLog {
           message: `the oldest record is seq ${oldest.seq}; rotation removed only up to seq ${expected - 1}`,
           lost: { fromSeq: expected, toSeq: oldest.seq - 1 },
         });
+        // Recorded in the log now (audit.damage): from here on the log starts where it starts.
+        rotated = {
+          throughSeq: oldest.seq - 1,
+          hash: oldest.prev,
+          files: rotated?.files ?? 0,
+          records: rotated?.records ?? 0,
+          unsentRecords: rotated?.unsentRecords ?? 0,
+        };
       }
+    }
+    if (anchors.none && files.length === 0 && settings.expectHistory) {
+      problems.push({
+        reason: 'log_missing',
+        message: 'the agent has run here before, but the audit log and both its head anchors are gone',
+      });
     }
     // A log from before anchors: what rotation removed so far is taken as it is.
     const marker = anchors.none && last !== undefined;

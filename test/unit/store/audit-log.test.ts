@@ -1,10 +1,22 @@
-import { appendFileSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AgentError } from '../../../src/core/errors.js';
 import {
+  AUDIT_DAMAGE_TYPE,
+  AUDIT_REPAIR_TYPE,
   AuditLog,
   type AuditRecord,
+  anchorPaths,
   auditFileName,
   forbiddenFieldName,
   GENESIS_PREV,
@@ -356,5 +368,208 @@ describe('AuditLog', () => {
       await log.close();
       expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { seq: 2, reason: 'bad_hash' } });
     });
+  });
+});
+
+describe('audit head anchor', () => {
+  function newestFile(dir: string): string {
+    const files = readdirSync(dir)
+      .filter((n) => n.endsWith('.jsonl'))
+      .sort();
+    return join(dir, files.at(-1) ?? '');
+  }
+
+  it('shows a last record removed at rest, records the loss at the next open, and passes once acknowledged', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 5);
+    const file = onlyFile(dir);
+    writeFileSync(file, `${lines(file).slice(0, 4).join('\n')}\n`);
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { reason: 'head_missing' } });
+
+    const log = await AuditLog.open(dir);
+    expect(log.findings).toMatchObject([{ code: 'audit_chain_broken' }]);
+    expect(log.findings[0]?.problem).toContain('seq 5 was written');
+    await log.close();
+    const recorded = lines(file).map((l) => JSON.parse(l) as AuditRecord);
+    // The lost seq is never reused (the cloud may hold it): the damage record takes seq 6.
+    expect(recorded.at(-1)).toMatchObject({ seq: 6, type: AUDIT_DAMAGE_TYPE, prev: recorded[3]?.hash });
+    const result = await verifyAuditLog(dir);
+    expect(result).toMatchObject({ ok: false, broken: { reason: 'damage_recorded', seq: 6 } });
+
+    const repair = await AuditLog.open(dir);
+    await repair.append({ type: AUDIT_REPAIR_TYPE, acknowledged: result.breaks.map((b) => b.id) });
+    await repair.close();
+    const after = await verifyAuditLog(dir);
+    expect(after.ok).toBe(true);
+    expect(after.notes.join(' ')).toContain('acknowledged by repair');
+  });
+
+  it.each([
+    [
+      'the newest file cut at a line boundary',
+      (dir: string) => {
+        const file = newestFile(dir);
+        writeFileSync(file, `${lines(file).slice(0, 2).join('\n')}\n`);
+      },
+    ],
+    ['the newest file emptied', (dir: string) => writeFileSync(newestFile(dir), '')],
+    [
+      'every audit file removed',
+      (dir: string) => {
+        for (const n of readdirSync(dir)) if (n.endsWith('.jsonl')) unlinkSync(join(dir, n));
+      },
+    ],
+    ['the directory removed', (dir: string) => rmSync(dir, { recursive: true })],
+    [
+      'the oldest kept file removed',
+      (dir: string) => {
+        const files = readdirSync(dir)
+          .filter((n) => n.endsWith('.jsonl'))
+          .sort();
+        unlinkSync(join(dir, files[0] ?? ''));
+      },
+    ],
+  ])('fails verify when %s', async (_what, damage) => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 60, { maxFileBytes: 4096, keepFiles: 3 });
+    expect((await verifyAuditLog(dir)).ok).toBe(true);
+    damage(dir);
+    expect((await verifyAuditLog(dir)).ok).toBe(false);
+    // ...and the agent, opening it, records the damage instead of hiding it.
+    const log = await AuditLog.open(dir, { maxFileBytes: 4096, keepFiles: 3 });
+    expect(log.findings.length).toBeGreaterThan(0);
+    await log.close();
+    expect((await verifyAuditLog(dir)).ok).toBe(false);
+  });
+
+  it('fails verify when the whole log and both anchors are gone from a vehicle that has run', async () => {
+    const root = tempDir();
+    const dir = join(root, 'audit');
+    await filledLog(dir, 3);
+    rmSync(dir, { recursive: true });
+    for (const anchor of anchorPaths(dir)) unlinkSync(anchor);
+    expect((await verifyAuditLog(dir)).ok).toBe(true); // nothing says it ever existed...
+    expect(await verifyAuditLog(dir, { expectHistory: true })).toMatchObject({
+      ok: false,
+      broken: { reason: 'log_missing' },
+    });
+    const log = await AuditLog.open(dir, { expectHistory: true });
+    expect(log.findings).toHaveLength(1);
+    await log.close();
+    expect((await verifyAuditLog(dir)).ok).toBe(false);
+  });
+
+  it.each([
+    [
+      'flipped',
+      (path: string) => {
+        const bytes = readFileSync(path);
+        bytes[20] = (bytes[20] ?? 0) ^ 0x02;
+        writeFileSync(path, bytes);
+      },
+    ],
+    ['removed', (path: string) => unlinkSync(path)],
+  ])('fails verify when one anchor is %s, and the agent records it', async (_what, damage) => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 4);
+    damage(anchorPaths(dir)[1]);
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { reason: 'anchor_damaged' } });
+    const log = await AuditLog.open(dir);
+    expect(log.findings).toHaveLength(1);
+    await log.close();
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { reason: 'damage_recorded' } });
+  });
+
+  it('a damaged last record is kept as evidence and recorded, not cut off as a torn write', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 4);
+    const file = onlyFile(dir);
+    const text = readFileSync(file, 'utf8');
+    writeFileSync(file, `${text.slice(0, -40)}X${text.slice(-39)}`);
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { line: 4 } });
+    const log = await AuditLog.open(dir);
+    expect((await log.append({ type: 'boot' })).seq).toBe(6); // 4 damaged, 5 = audit.damage
+    await log.close();
+    expect(lines(file)).toHaveLength(6);
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false });
+  });
+
+  it('records damage once, however often the log is opened, and an acknowledgement holds', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 60, { maxFileBytes: 4096, keepFiles: 100 });
+    const files = readdirSync(dir)
+      .filter((n) => n.endsWith('.jsonl'))
+      .sort();
+    unlinkSync(join(dir, files[0] ?? '')); // not by rotation
+    const newest = newestFile(dir);
+    const text = readFileSync(newest, 'utf8');
+    writeFileSync(newest, `${text}${text.split('\n')[0]?.replace('"decision"', '"decisi0n"')}\n`); // a damaged copy
+    for (let i = 0; i < 3; i += 1) {
+      const log = await AuditLog.open(dir);
+      expect(log.findings.length, `open ${i}`).toBe(i === 0 ? 2 : 0);
+      await log.close();
+    }
+    const result = await verifyAuditLog(dir);
+    const open = result.breaks.filter((b) => b.acknowledgedBy === undefined && b.recordedBy === undefined);
+    expect(open.map((b) => b.reason)).toEqual(['damage_recorded']);
+    const repair = await AuditLog.open(dir);
+    await repair.append({ type: AUDIT_REPAIR_TYPE, acknowledged: open.map((b) => b.id) });
+    await repair.close();
+    for (let i = 0; i < 2; i += 1) {
+      const log = await AuditLog.open(dir);
+      expect(log.findings).toEqual([]);
+      await log.close();
+    }
+    expect((await verifyAuditLog(dir)).ok).toBe(true);
+  });
+
+  it('an anchor that lags the chain after a kill (the records after it are newer) verifies', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 3);
+    const anchors = anchorPaths(dir).map((p) => readFileSync(p));
+    await filledLog(dir, 2);
+    for (const [i, p] of anchorPaths(dir).entries()) writeFileSync(p, anchors[i] ?? '');
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: true, lastSeq: 5 });
+  });
+});
+
+describe('audit rotation for a reader that still needs records', () => {
+  it('keeps files holding records the outbox has not sent, up to maxFiles, then deletes and counts', async () => {
+    const dir = join(tempDir(), 'audit');
+    let unsentFrom: number | undefined = 1;
+    const log = await AuditLog.open(dir, {
+      maxFileBytes: 4096,
+      keepFiles: 2,
+      maxFiles: 5,
+      retainFrom: () => unsentFrom,
+    });
+    const files = () => readdirSync(dir).filter((n) => n.endsWith('.jsonl')).length;
+    for (let i = 0; i < 50; i += 1) await log.append({ type: 'tick', pad: 'x'.repeat(80) });
+    // 50 records of ~280 bytes fill four files: none deleted while the outbox needs them.
+    expect(files()).toBe(4);
+    expect(log.rotationStats().unsentRecords).toBe(0);
+    for (let i = 0; i < 200; i += 1) await log.append({ type: 'tick', pad: 'x'.repeat(80) });
+    // Past the cap the oldest go anyway, counted.
+    expect(files()).toBe(5);
+    const capped = log.rotationStats();
+    expect(capped.unsentRecords).toBeGreaterThan(0);
+    expect(capped.unsentRecords).toBe(capped.deletedRecords);
+    expect(capped.retainedFiles).toBe(3);
+    // Once sent, rotation is back to keepFiles.
+    unsentFrom = undefined;
+    for (let i = 0; i < 20; i += 1) await log.append({ type: 'tick', pad: 'x'.repeat(80) });
+    expect(files()).toBe(2);
+    expect(log.rotationStats().unsentRecords).toBe(capped.unsentRecords);
+    await log.close();
+    const result = await verifyAuditLog(dir);
+    expect(result.ok).toBe(true);
+    expect(result.rotated?.unsentRecords).toBe(capped.unsentRecords);
+    expect(result.notes.join(' ')).toContain('not yet sent to the cloud');
+  });
+
+  it('without retainFrom rotates to keepFiles as before', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 200, { maxFileBytes: 4096, keepFiles: 2 });
+    expect(readdirSync(dir).filter((n) => n.endsWith('.jsonl'))).toHaveLength(2);
   });
 });
