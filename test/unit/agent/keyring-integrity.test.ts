@@ -11,6 +11,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { decide, EMPTY_HISTORY } from '../../../src/access/decision.js';
 import { digestOfOps, type Keyring } from '../../../src/access/keyring.js';
 import { KeyringStore } from '../../../src/agent/keyring-store.js';
 import { silentLogger } from '../../../src/core/logger.js';
@@ -154,6 +155,31 @@ describe('keyring journal damage', () => {
     expect(v.thief).toBe('suspect');
     expect(v.driver).toBe('valid');
     expect(v.ring.byId(thief.id)?.suspect).toContain('lost in every copy');
+    // The decision says why: credential_suspect, checked before anything else about the key.
+    const presentation = (id: string) => ({
+      reader: 'ble0',
+      kind: 'phone' as const,
+      credentialId: id,
+      subject: id,
+      intent: 'unlock' as const,
+      explicitIntent: true,
+      proof: 'valid' as const,
+    });
+    const policy = {
+      rateLimit: { maxDenials: 5, windowMs: 60_000, cooldownMs: 60_000 },
+      answerDeadlineMs: {},
+    };
+    const decision = (id: string) =>
+      decide({
+        presentation: presentation(id),
+        keyring: v.ring,
+        now: Date.UTC(2027, 0, 1),
+        history: EMPTY_HISTORY,
+        lastCounter: undefined,
+        policy,
+      });
+    expect(decision(thief.id)).toMatchObject({ granted: false, code: 'credential_suspect' });
+    expect(decision(driver.id)).toMatchObject({ granted: true });
     expect(v.findings).toContain('credential_suspect');
     await v.store.close();
     // The damaged lines were rewritten; the suspicion was written first and outlives them.
