@@ -274,7 +274,8 @@ export async function startAgent(options: {
     for (const [name, handler] of bleHandlers) handlers.set(name, handler);
     for (const [name, handler] of nfcHandlers) handlers.set(name, handler);
     for (const [name, handler] of testHookHandlers(process.env)) handlers.set(name, handler);
-    handlers.set('state.status', () => integrity.status());
+    handlers.set('state.status', () => integrity.summary());
+    handlers.set('state.findings', () => integrity.status());
     const control: ControlServer = await startControlServer(
       socketPath,
       handlers,

@@ -625,6 +625,7 @@ export class KeyringStore implements KeyringPersistence {
   private readonly listeners: ((f: IntegrityFinding) => void)[] = [];
   /** The ops files were repaired in the background: the summary is rewritten at close. */
   private summaryStale = false;
+  private opened = false;
 
   private constructor(
     private readonly stateDir: string,
@@ -694,6 +695,7 @@ export class KeyringStore implements KeyringPersistence {
       throw err;
     }
     for (const f of findings) store.report(f);
+    store.opened = true;
     if (pair.recordCount > COMPACT_AFTER) await store.compact();
     return store;
   }
@@ -736,16 +738,29 @@ export class KeyringStore implements KeyringPersistence {
   }
 
   /** Denies credentials whose keyring state was lost; persisted before anything is rewritten. */
-  private async denyLost(ids: Iterable<string>, reason: string): Promise<void> {
+  private async denyLost(ids: Iterable<string>, reason: string, file: string): Promise<void> {
+    const entries = this.markLost(ids, reason, file);
+    if (entries.length > 0) await writeSuspects(this.stateDir, this.lost);
+  }
+
+  /** Denies now and reports it; the caller persists `lost` before anything is rewritten. */
+  private markLost(ids: Iterable<string>, reason: string, file: string): [string, string][] {
     const entries: [string, string][] = [];
     for (const id of ids) {
       if (id === this.keyring.rootId) continue;
       this.lost.set(id, reason);
       entries.push([id, reason]);
     }
-    if (entries.length === 0) return;
+    if (entries.length === 0) return entries;
     this.keyring.markSuspects(entries);
-    await writeSuspects(this.stateDir, this.lost);
+    this.addFinding({
+      file,
+      code: 'credential_suspect',
+      problem: reason,
+      action: 'denied until `vehicle-agent state repair`',
+      denied: entries.map(([id]) => id),
+    });
+    return entries;
   }
 
   private async applyPersistedSuspects(): Promise<void> {
@@ -767,6 +782,7 @@ export class KeyringStore implements KeyringPersistence {
       await this.denyLost(
         this.keyring.list().map((s) => s.credential.id),
         'the list of credentials denied after a loss is unreadable',
+        keyringPaths(this.stateDir).suspects,
       );
     } else if (read.findings.length > 0) {
       await writeSuspects(this.stateDir, this.lost);
@@ -790,6 +806,8 @@ export class KeyringStore implements KeyringPersistence {
 
   private addFinding(f: IntegrityFinding): void {
     this.found.push(f);
+    // During open, findings are reported together at its end.
+    if (!this.opened) return;
     this.report(f);
     for (const listener of this.listeners) listener(f);
   }
@@ -854,8 +872,8 @@ export class KeyringStore implements KeyringPersistence {
     this.keyring.loadTrusted(stored);
     // Losses are denied and persisted before the damaged files are rewritten.
     if (opsLost) await this.denyLostRevocations(summary, base);
-    await this.denyLost(journals.loss.credentials, LOST_OP);
-    if (journals.loss.unknown) await this.denyLost(this.allCredentials(), LOST_UNKNOWN_OP);
+    await this.denyLost(journals.loss.credentials, LOST_OP, p.journal);
+    if (journals.loss.unknown) await this.denyLost(this.allCredentials(), LOST_UNKNOWN_OP, p.journal);
     if (compact) await this.compactNow();
   }
 
@@ -868,8 +886,9 @@ export class KeyringStore implements KeyringPersistence {
     summary: SnapshotV3 | undefined,
     surviving: readonly StoredRecord[],
   ): Promise<void> {
-    if (summary === undefined) await this.denyLost(this.allCredentials(), LOST_OPS_NO_SUMMARY);
-    else await this.denyLost(revocationsOnlyInSummary(summary, surviving), LOST_REVOKE);
+    const file = keyringPaths(this.stateDir).ops;
+    if (summary === undefined) await this.denyLost(this.allCredentials(), LOST_OPS_NO_SUMMARY, file);
+    else await this.denyLost(revocationsOnlyInSummary(summary, surviving), LOST_REVOKE, file);
   }
 
   /**
@@ -882,9 +901,10 @@ export class KeyringStore implements KeyringPersistence {
       const analysis = analyseOps(a, b, summary.opCount);
       for (const f of analysis.findings) this.addFinding(f);
       // Denied at once (before the keyring recomputes from what is left), persisted first.
-      const denied = analysis.lostLines > 0 ? revocationsOnlyInSummary(summary, analysis.ops) : [];
-      for (const id of denied) this.lost.set(id, LOST_REVOKE);
-      this.keyring.markSuspects(denied.map((id) => [id, LOST_REVOKE] as const));
+      const denied =
+        analysis.lostLines > 0
+          ? this.markLost(revocationsOnlyInSummary(summary, analysis.ops), LOST_REVOKE, a.path)
+          : [];
       if (analysis.rewrite.length > 0 || denied.length > 0) {
         const ops = analysis.ops.map(encodeOpLine).join('');
         this.summaryStale = true;

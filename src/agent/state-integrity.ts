@@ -5,12 +5,24 @@ import type { CheckResult, HealthCheck } from './health-monitor.js';
 
 /**
  * What the agent's stores found wrong with their files (docs/storage.md "Corruption, detection
- * and repair"), in one place: the `state.status` control handler (the status page shows it as a
- * subsystem), a health check, and the audit log.
+ * and repair"), in one place: the `state.status` control handler (counts; the status page shows
+ * it as a subsystem), `state.findings` (everything, for `vehicle-agent state check`), a health
+ * check, and the audit log.
  */
 
 export type IntegrityState = 'ok' | 'repaired' | 'degraded';
 
+/** For the status page (counts only: no credential ids leave the agent that way). */
+export interface IntegritySummary {
+  readonly state: IntegrityState;
+  readonly findings: number;
+  readonly denied: number;
+  /** The files with findings, relative to the state directory. */
+  readonly files: readonly string[];
+  readonly hint?: string;
+}
+
+/** For `vehicle-agent state check` over the control socket: everything. */
 export interface IntegrityStatus {
   /** ok: nothing found; repaired: damage fixed from a good copy; degraded: something is denied or lost. */
   readonly state: IntegrityState;
@@ -53,6 +65,17 @@ export class StateIntegrity {
         : {
             hint: 'vehicle-agent state check shows every file; vehicle-agent state repair rebuilds what it can (agent stopped)',
           }),
+    };
+  }
+
+  summary(): IntegritySummary {
+    const s = this.status();
+    return {
+      state: s.state,
+      findings: s.findings.length,
+      denied: s.denied.length,
+      files: [...new Set(s.findings.map((f) => f.file))],
+      ...(s.hint === undefined ? {} : { hint: s.hint }),
     };
   }
 

@@ -3,7 +3,7 @@ import type { Code } from '../core/codes.js';
 /**
  * What a store found wrong with its files when it opened them, and what it did about it. Each
  * store keeps its findings (`findings`); the agent logs them, audits them and shows them in
- * `state.status` (status page, `vehicle-agent state check`). See docs/storage.md "Corruption,
+ * `state.status` and `state.findings` (status page, `vehicle-agent state check`). See docs/storage.md "Corruption,
  * detection and repair".
  */
 export interface IntegrityFinding {

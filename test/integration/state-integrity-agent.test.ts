@@ -2,7 +2,7 @@
  * The real agent (dist/, simulated hardware) against damaged state files (issue 13 finding 5):
  * a revoke made through the running agent, the agent killed with SIGKILL (so the revoke is only
  * in the keyring journals), one byte flipped in the last record: the revoked key stays out, the
- * agent says what it repaired (log, state.status, audit log). Then the same revoke lost in BOTH
+ * agent says what it repaired (log, state.findings, audit log). Then the same revoke lost in BOTH
  * copies: the key is denied as credential_suspect, `state check` names it, and `state repair`
  * with the revoke issued again clears it. A removed audit record fails `audit verify` and the
  * running agent records it.
@@ -11,6 +11,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { controlRequest } from '../../src/cli/control-client.js';
 import { type AgentProcess, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
 
 describe('the agent with damaged state files', () => {
@@ -104,6 +105,14 @@ describe('the agent with damaged state files', () => {
     expect(check.code).toBe(1);
     expect(check.value.agent?.state).toBe('degraded');
     expect(check.value.findings.find((f) => f.code === 'credential_suspect')?.denied).toEqual([driverId]);
+    // state.status (what the status page shows) carries counts, never a credential id.
+    const summary = await controlRequest(join(dir, 'control.sock'), 'state.status', {});
+    expect(summary).toMatchObject({
+      state: 'degraded',
+      denied: 1,
+      files: expect.arrayContaining(['keyring.ops']),
+    });
+    expect(JSON.stringify(summary)).not.toContain(driverId);
     expect(await agent.stop()).toBe(0);
     agent = undefined;
 

@@ -36,7 +36,7 @@ export async function state(argv: readonly string[]): Promise<number> {
     const result = await checkState(loaded.stateDir);
     let agent: IntegrityStatus | undefined;
     try {
-      agent = (await controlRequest(loaded.socketPath, 'state.status', {})) as IntegrityStatus;
+      agent = (await controlRequest(loaded.socketPath, 'state.findings', {})) as IntegrityStatus;
     } catch (err) {
       if (
         !(err instanceof AgentError) ||
