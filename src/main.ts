@@ -8,6 +8,7 @@ import { acquireInstanceLock, type InstanceLock } from './agent/instance-lock.js
 import { ensureStateDir, isProvisioned, provision, STATE_FILES } from './agent/provision.js';
 import type { CredentialReader } from './agent/reader.js';
 import { takeNotifyEnvironment } from './agent/sd-notify.js';
+import { denyCounterSuspects, StateIntegrity } from './agent/state-integrity.js';
 import { startSupervision } from './agent/supervision.js';
 import { openVehicleState, type VehicleState } from './agent/vehicle-state.js';
 import { COMMON_OPTIONS, loadFor, parse } from './cli/args.js';
@@ -19,7 +20,8 @@ import { createLogger } from './logging.js';
 import { createRelay, type RelayHandle } from './relay-factory.js';
 import { demoHints, seedDemo } from './sim/demo.js';
 import { AuditLog } from './store/audit-log.js';
-import { JournaledMap } from './store/journaled-map.js';
+import type { IntegrityFinding } from './store/integrity.js';
+import { COUNTER_MAP_OPTIONS, JournaledMap } from './store/journaled-map.js';
 
 /**
  * The composition root: config → logger → relays (de-energised first) → state → lock controller →
@@ -100,6 +102,7 @@ export async function startAgent(options: {
     cleanup.unshift(() => trustedClock.close());
 
     const counters = await JournaledMap.open<number>(join(stateDir, STATE_FILES.counters), {
+      ...COUNTER_MAP_OPTIONS,
       parseValue: (v) => {
         if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
           throw new Error('counter must be a non-negative integer');
@@ -112,9 +115,18 @@ export async function startAgent(options: {
       maxFileBytes: config.audit.maxFileBytes,
       keepFiles: config.audit.keepFiles,
       now: () => clock.now(),
+      expectHistory: trustedClock.existedBefore,
       logger: log.child({ module: 'audit' }),
     });
     cleanup.unshift(() => audit.close());
+    // Damaged state files (docs/storage.md): counters lost in every copy deny their credentials.
+    denyCounterSuspects(keyring, counters.suspects());
+    const integrity = new StateIntegrity(stateDir, [
+      () => vehicleState.findings(),
+      () => trustedClock.findings,
+      () => counters.findings,
+      () => audit.findings,
+    ]);
 
     const lock = relay.lockController;
     const readers: CredentialReader[] = [];
@@ -234,6 +246,20 @@ export async function startAgent(options: {
     await relay.start();
     await agent.start();
     cleanup.unshift(() => agent.stop());
+    const auditFinding = (f: IntegrityFinding) => {
+      const { file, code, problem, action, denied } = integrity.relative(f);
+      agent.audit({
+        type: 'state.damage',
+        code,
+        file,
+        problem,
+        action,
+        ...(denied ? { denied: denied.length } : {}),
+      });
+    };
+    // The audit log records its own damage in the chain (audit.damage).
+    for (const f of integrity.findings()) if (f.code !== 'audit_chain_broken') auditFinding(f);
+    vehicleState.keyringStore.onFinding(auditFinding);
 
     const insecure = keyring.list().filter((s) => !s.revoked && s.credential.options.insecureUid);
     if (insecure.length > 0) {
@@ -266,6 +292,8 @@ export async function startAgent(options: {
     for (const [name, handler] of bleHandlers) handlers.set(name, handler);
     for (const [name, handler] of nfcHandlers) handlers.set(name, handler);
     for (const [name, handler] of testHookHandlers(process.env)) handlers.set(name, handler);
+    handlers.set('state.status', () => integrity.summary());
+    handlers.set('state.findings', () => integrity.status());
     const control: ControlServer = await startControlServer(
       socketPath,
       handlers,
@@ -321,6 +349,7 @@ export async function startAgent(options: {
         ],
         audit: agent.auditDrops(),
       }),
+      extraChecks: [integrity.healthCheck()],
     });
     cleanup.push(() => supervision.close()); // last: the notify helper outlives the relays' release
     if (config.statusPage.enabled) {

@@ -1,33 +1,101 @@
 import { join } from 'node:path';
 import { MonotonicFloorClock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
-import { readJsonFileIfExists, writeFileAtomic } from '../store/atomic.js';
+import { readFileIfExists, writeFileAtomic } from '../store/atomic.js';
+import { decodeChecksummedJson, encodeChecksummedJson, looksChecksummed } from '../store/checksummed.js';
+import type { IntegrityFinding } from '../store/integrity.js';
 import { STATE_FILES } from './provision.js';
 
 /**
- * The trusted clock with its floor persisted in <stateDir>/clock.json: at start, every minute, and
- * at stop, so a restart (or a Pi booting with its clock in 1970) resumes from the last trusted time.
+ * The trusted clock with its floor persisted at start, every minute, and at stop, so a restart
+ * (or a Pi booting with its clock in 1970) resumes from the last trusted time. The floor is
+ * written to two checksummed files, <stateDir>/clock.json and clock.mirror.json; the higher
+ * readable one wins, so a damaged or deleted file neither stops the agent nor sets time back.
+ * Plain JSON `{"floor":N}` from before checksums is still read.
  */
 const PERSIST_EVERY_MS = 60_000;
 
 export interface TrustedClockStore {
   readonly clock: MonotonicFloorClock;
+  /** What was found wrong with the clock files at start, and what was done. */
+  readonly findings: readonly IntegrityFinding[];
+  /** A floor file existed before this start: the agent has run here before. */
+  readonly existedBefore: boolean;
   persist(): Promise<void>;
   /** Stops the periodic persist and writes the floor one last time. */
   close(): Promise<void>;
 }
 
-export async function openTrustedClock(stateDir: string, log: Logger): Promise<TrustedClockStore> {
-  const path = join(stateDir, STATE_FILES.clock);
-  const file = await readJsonFileIfExists<{ floor: number }>(path, {
-    parse: (v) => {
-      const floor = (v as { floor?: unknown } | null)?.floor;
-      if (typeof floor !== 'number' || !Number.isFinite(floor)) throw new Error('floor must be a number');
-      return { floor };
-    },
+type FloorRead =
+  | { readonly state: 'ok'; readonly floor: number }
+  | { readonly state: 'missing' }
+  | { readonly state: 'damaged'; readonly problem: string };
+
+async function readFloor(path: string): Promise<FloorRead> {
+  const bytes = await readFileIfExists(path);
+  if (bytes === undefined) return { state: 'missing' };
+  try {
+    const floor = (decodeChecksummedJson(bytes, true) as { floor?: unknown } | null)?.floor;
+    if (typeof floor !== 'number' || !Number.isFinite(floor) || floor < 0)
+      throw new Error('floor must be a number');
+    return { state: 'ok', floor };
+  } catch (err) {
+    return { state: 'damaged', problem: (err as Error).message };
+  }
+}
+
+/** Reads both copies of the floor; says what is wrong with them (read-only: `state check`). */
+export async function inspectTrustedClock(
+  stateDir: string,
+): Promise<{ floor: number | undefined; findings: IntegrityFinding[]; exists: boolean }> {
+  const paths = [join(stateDir, STATE_FILES.clock), join(stateDir, STATE_FILES.clockMirror)];
+  const reads = await Promise.all(paths.map(readFloor));
+  const floors = reads.flatMap((r) => (r.state === 'ok' ? [r.floor] : []));
+  const floor = floors.length > 0 ? Math.max(...floors) : undefined;
+  const findings: IntegrityFinding[] = [];
+  const anyExists = reads.some((r) => r.state !== 'missing');
+  // A checksummed main copy was written beside a mirror: the mirror missing was removed. (A plain
+  // JSON main copy is from before mirrors.)
+  const mainBytes = await readFileIfExists(paths[0] ?? '');
+  const hadMirror = mainBytes !== undefined && looksChecksummed(mainBytes);
+  reads.forEach((r, i) => {
+    const file = paths[i] ?? '';
+    if (r.state === 'damaged' || (r.state === 'missing' && anyExists && (i === 0 || hadMirror))) {
+      findings.push(
+        floor === undefined
+          ? {
+              file,
+              code: 'state_corrupt',
+              problem: r.state === 'damaged' ? r.problem : 'missing',
+              action:
+                'the last trusted time is lost: the system clock is trusted as it is until a signed command moves it forward',
+            }
+          : {
+              file,
+              code: 'state_repaired',
+              problem: r.state === 'damaged' ? r.problem : 'missing',
+              action: 'the other copy is used and both are rewritten',
+            },
+      );
+    }
   });
-  const clock = new MonotonicFloorClock(file?.floor ?? 0);
-  const persist = () => writeFileAtomic(path, JSON.stringify({ floor: clock.floor() }));
+  return { floor, findings, exists: anyExists };
+}
+
+export async function openTrustedClock(stateDir: string, log: Logger): Promise<TrustedClockStore> {
+  const paths = [join(stateDir, STATE_FILES.clock), join(stateDir, STATE_FILES.clockMirror)];
+  const { floor, findings, exists } = await inspectTrustedClock(stateDir);
+  for (const f of findings) {
+    log[f.code === 'state_repaired' ? 'warn' : 'error'](
+      { code: f.code, file: f.file, problem: f.problem },
+      f.action,
+    );
+  }
+  const clock = new MonotonicFloorClock(floor ?? 0);
+  const persist = async () => {
+    const bytes = encodeChecksummedJson({ floor: clock.floor() });
+    for (const path of paths) await writeFileAtomic(path, bytes);
+  };
   await persist();
   if (clock.trust() === 'behind') {
     log.warn(
@@ -43,6 +111,8 @@ export async function openTrustedClock(stateDir: string, log: Logger): Promise<T
   timer.unref();
   return {
     clock,
+    findings,
+    existedBefore: exists,
     persist,
     close: async () => {
       clearInterval(timer);
