@@ -193,11 +193,6 @@ export class AuditLog {
   private anchorDirty = false;
   private lastAnchorAt = 0;
   private closed = false;
-  /**
-   * The current file ends in a line that is not the record the chain continues from (a damaged
-   * record kept as evidence): a restore after a failed write then checks only the length.
-   */
-  private tailUnchained: boolean;
 
   private constructor(
     dir: string,
@@ -209,13 +204,11 @@ export class AuditLog {
       prevHash: string;
       last: AuditRecord | undefined;
       rotated: AnchorRotated | null;
-      tailUnchained: boolean;
     },
     tail: AuditRecord[],
     settings: Settings,
     lock: OwnerLock,
   ) {
-    this.tailUnchained = chain.tailUnchained;
     this.dir = dir;
     this.lock = lock;
     this.handle = handle;
@@ -292,7 +285,6 @@ export class AuditLog {
     let last: AuditRecord | undefined;
     let tail: AuditRecord[] = [];
     let newestBytes = 0;
-    let newestEndsValid = true;
     let highestClaimed = 0;
     for (let i = files.length - 1; i >= 0 && last === undefined; i -= 1) {
       const file = files[i];
@@ -303,7 +295,6 @@ export class AuditLog {
       if (i === files.length - 1) {
         if (plan.tornBytes > 0) await cutTornTail(path, plan.completeEnd, plan.tornBytes, logger);
         newestBytes = plan.completeEnd;
-        newestEndsValid = plan.validEnd === plan.completeEnd;
       }
       // Damage an earlier open already recorded (an audit.damage record after it) is not new.
       const recorded = new Set<string>();
@@ -425,7 +416,7 @@ export class AuditLog {
       handle,
       fileName,
       newestBytes,
-      { nextSeq, prevHash, last, rotated, tailUnchained: !rename && !newestEndsValid },
+      { nextSeq, prevHash, last, rotated },
       tail,
       settings,
       lock,
@@ -630,7 +621,6 @@ export class AuditLog {
       throw ioError(err, path, 'append to');
     }
     this.fileBytes += bytes;
-    this.tailUnchained = false;
     this.nextSeq = last.record.seq + 1;
     this.prevHash = last.record.hash;
     this.durableSeq = last.record.seq;
@@ -663,7 +653,9 @@ export class AuditLog {
       }
       if (size > this.fileBytes) await handle.truncate(this.fileBytes);
       await handle.sync();
-      if (this.fileBytes > 0 && !this.tailUnchained) {
+      // Open ends a damaged file with an audit.damage record (or fails), so the file always ends
+      // in the record the chain continues from.
+      if (this.fileBytes > 0) {
         const length = Math.min(this.fileBytes, this.settings.maxRecordBytes + 1);
         const tail = Buffer.alloc(length);
         const { bytesRead } = await handle.read(tail, 0, length, this.fileBytes - length);
@@ -696,7 +688,6 @@ export class AuditLog {
     this.handle = handle;
     this.fileName = fileName;
     this.fileBytes = 0;
-    this.tailUnchained = false;
     const files = await listAuditFiles(this.dir);
     const { keepFiles, maxFiles } = this.settings;
     const retain = this.settings.retainFrom?.();

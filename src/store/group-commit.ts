@@ -351,13 +351,19 @@ const HEALTH_RANK: Record<WriteHealth['state'], number> = { ok: 0, closed: 1, fa
 
 /**
  * One figure for a store kept in several files (a mirrored map writes each change to two
- * journals): the worst state, named after the file in that state, with counts summed.
+ * journals): the worst state, named after the file in that state (or the one that failed last),
+ * with counts summed.
  */
 export function combineWriteHealth(parts: readonly WriteHealth[]): WriteHealth {
   const [first, ...rest] = parts;
   if (first === undefined) throw new Error('combineWriteHealth needs at least one part');
+  // The worst state; between equals, the one that failed last (the file to look at).
+  const errorAt = (h: WriteHealth) => h.lastError?.at ?? Number.NEGATIVE_INFINITY;
   let worst = first;
-  for (const part of rest) if (HEALTH_RANK[part.state] > HEALTH_RANK[worst.state]) worst = part;
+  for (const part of rest) {
+    const rank = HEALTH_RANK[part.state] - HEALTH_RANK[worst.state];
+    if (rank > 0 || (rank === 0 && errorAt(part) > errorAt(worst))) worst = part;
+  }
   const since = parts.flatMap((p) => (p.failingSince === undefined ? [] : [p.failingSince]));
   const errors = parts.flatMap((p) => (p.lastError === undefined ? [] : [p.lastError]));
   const lastError = errors.reduce<WriteHealth['lastError']>(

@@ -12,6 +12,7 @@ import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { AgentError } from '../../../src/core/errors.js';
 import { COUNTER_MAP_OPTIONS, JournaledMap } from '../../../src/store/journaled-map.js';
+import { faultyFiles } from '../../helpers/faulty-file.js';
 import { useTempDir } from './temp-dir.js';
 
 const tempDir = useTempDir('map');
@@ -341,5 +342,34 @@ describe('JournaledMap mirror', () => {
     expect(map.findings).toMatchObject([{ code: 'state_repaired', file: `${base}.mirror.journal` }]);
     await map.close();
     expect(existsSync(`${base}.mirror.snapshot.json`)).toBe(true);
+  });
+});
+
+describe('JournaledMap write health', () => {
+  it('reports a write failure in either copy, named after the failing file', async () => {
+    const path = join(tempDir(), 'counters');
+    const mirrorFiles = faultyFiles();
+    const { open } = await import('node:fs/promises');
+    // Faults reach the mirror's journal only; the main copy writes for real.
+    const openFile = (file: string, flags: string, mode?: number) =>
+      file.includes('.mirror.') ? mirrorFiles.open(file, flags, mode) : open(file, flags, mode);
+    const map = await JournaledMap.open<number>(path, {
+      ...COUNTER_MAP_OPTIONS,
+      parseValue: isCounter,
+      openFile,
+    });
+    await map.set('k', 1);
+    expect(map.writeHealth).toMatchObject({ state: 'ok', failures: 0 });
+    mirrorFiles.faults.push({ on: 'datasync', errno: 'EIO' });
+    await expect(map.set('k', 2)).rejects.toMatchObject({ code: 'state_io' });
+    expect(map.writeHealth).toMatchObject({
+      failures: 1,
+      lastError: { code: 'EIO' },
+      store: `${path}.mirror.journal`,
+    });
+    await map.set('k', 3);
+    expect(map.writeHealth.state).toBe('ok');
+    expect(map.writeHealth.failingSince).toBeUndefined();
+    await map.close();
   });
 });
