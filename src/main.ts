@@ -111,9 +111,14 @@ export async function startAgent(options: {
       logger: log.child({ module: 'counters' }),
     });
     cleanup.unshift(() => counters.close());
+    // Rotation keeps what the cloud outbox has not sent (docs/storage.md "Rotation and the cloud
+    // outbox"): its live cursor once the link runs, the persisted one until then.
+    const outbox = config.cloud.enabled ? await outboxRetention(stateDir, log) : undefined;
     const audit = await AuditLog.open(join(stateDir, STATE_FILES.audit), {
       maxFileBytes: config.audit.maxFileBytes,
       keepFiles: config.audit.keepFiles,
+      maxFiles: Math.max(config.audit.maxFiles, config.audit.keepFiles),
+      ...(outbox ? { retainFrom: outbox.retainFrom } : {}),
       now: () => clock.now(),
       expectHistory: trustedClock.existedBefore,
       logger: log.child({ module: 'audit' }),
@@ -291,7 +296,8 @@ export async function startAgent(options: {
       for (const [name, handler] of simReaderHandlers(simReader, lock)) handlers.set(name, handler);
     for (const [name, handler] of bleHandlers) handlers.set(name, handler);
     for (const [name, handler] of nfcHandlers) handlers.set(name, handler);
-    for (const [name, handler] of testHookHandlers(process.env)) handlers.set(name, handler);
+    for (const [name, handler] of testHookHandlers(process.env, { appendAudit: (e) => audit.append(e) }))
+      handlers.set(name, handler);
     handlers.set('state.status', () => integrity.summary());
     handlers.set('state.findings', () => integrity.status());
     const control: ControlServer = await startControlServer(
@@ -318,6 +324,7 @@ export async function startAgent(options: {
           log: log.child({ module: 'cloud' }),
         });
         cleanup.unshift(() => cloud.stop());
+        outbox?.follow(() => cloud.status().outbox.ackedSeq);
         // Connection, protocol and outbox depth for `status` readers (the status page, /metrics).
         handlers.set('cloud.status', () => cloud.status());
       } catch (err) {
@@ -348,6 +355,7 @@ export async function startAgent(options: {
           { name: 'audit', ...audit.writeHealth },
         ],
         audit: agent.auditDrops(),
+        auditRetention: audit.rotationStats(),
       }),
       extraChecks: [integrity.healthCheck()],
     });
@@ -478,3 +486,32 @@ export async function runAgentCli(argv: readonly string[]): Promise<number> {
 }
 
 export type { Logger };
+
+/**
+ * The first audit seq the cloud outbox still needs (AuditLogOptions.retainFrom): from its
+ * persisted cursor until the link starts, then from the live one (`follow`). An unreadable
+ * cursor keeps everything (up to audit.maxFiles) rather than stop the agent.
+ */
+async function outboxRetention(
+  stateDir: string,
+  log: Logger,
+): Promise<{ retainFrom: () => number; follow: (ackedSeq: () => number) => void }> {
+  const { readOutboxCursor } = await import('./cloud/outbox.js');
+  let persisted = 0;
+  try {
+    persisted = (await readOutboxCursor(join(stateDir, 'cloud'))) ?? 0;
+  } catch (err) {
+    const e = toAgentError(err);
+    log.warn(
+      { module: 'audit', code: e.code, err: e.message },
+      'cloud outbox cursor unreadable; audit rotation keeps every unsent record it can',
+    );
+  }
+  let live: (() => number) | undefined;
+  return {
+    retainFrom: () => (live?.() ?? persisted) + 1,
+    follow: (ackedSeq) => {
+      live = ackedSeq;
+    },
+  };
+}

@@ -96,20 +96,7 @@ export class Outbox {
   static async open(options: OutboxOptions): Promise<Outbox> {
     if (options.maxEvents < 10)
       throw new AgentError('config_invalid', 'outbox maxEvents must be at least 10');
-    const file = await readJsonFileIfExists(join(options.dir, CURSOR_FILE), {
-      parse: (v) => {
-        const { format, ackedSeq } = (v ?? {}) as { format?: unknown; ackedSeq?: unknown };
-        if (
-          format !== CURSOR_FORMAT ||
-          typeof ackedSeq !== 'number' ||
-          !Number.isSafeInteger(ackedSeq) ||
-          ackedSeq < 0
-        )
-          throw new Error(`expected {"format":"${CURSOR_FORMAT}","ackedSeq":N}`);
-        return ackedSeq;
-      },
-    });
-    let acked = file ?? 0;
+    let acked = (await readOutboxCursor(options.dir)) ?? 0;
     if (acked > options.source.lastSeq) {
       // The audit log was replaced (a new chain restarts at seq 1): send the new one from its start.
       options.log.warn(
@@ -374,4 +361,25 @@ export class Outbox {
     });
     return this.persisting;
   }
+}
+
+/**
+ * The persisted cursor in `dir` (every record up to it was acknowledged), or undefined when there
+ * is none yet. The agent reads it before the link starts, so audit rotation keeps what the
+ * outbox has not sent from the first write on (AuditLogOptions.retainFrom).
+ */
+export async function readOutboxCursor(dir: string): Promise<number | undefined> {
+  return await readJsonFileIfExists(join(dir, CURSOR_FILE), {
+    parse: (v) => {
+      const { format, ackedSeq } = (v ?? {}) as { format?: unknown; ackedSeq?: unknown };
+      if (
+        format !== CURSOR_FORMAT ||
+        typeof ackedSeq !== 'number' ||
+        !Number.isSafeInteger(ackedSeq) ||
+        ackedSeq < 0
+      )
+        throw new Error(`expected {"format":"${CURSOR_FORMAT}","ackedSeq":N}`);
+      return ackedSeq;
+    },
+  });
 }

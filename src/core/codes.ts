@@ -79,6 +79,8 @@ export const CODES = {
   // ── audit ──────────────────────────────────────────────────────────────────
   audit_chain_broken: 'the audit hash chain is broken',
   audit_event_rejected: 'an audit event was refused (a forbidden or reserved field, or not JSON-safe)',
+  audit_retention_exceeded:
+    'audit records the cloud outbox had not sent were deleted: keeping them would pass the disk budget (audit.maxFiles)',
   record_too_large: 'a record exceeds the maximum size of its journal or log',
   // ── generic ────────────────────────────────────────────────────────────────
   busy: 'the resource is busy',

@@ -121,7 +121,18 @@ export interface AuditRotationStats {
   readonly unsentRecords: number;
   /** Files kept beyond `keepFiles` because `retainFrom` needs them. */
   readonly retainedFiles: number;
+  /** The file caps in force: `keepFiles`, and `maxFiles` (the disk budget for retained files). */
+  readonly keepFiles: number;
+  readonly maxFiles: number;
+  /**
+   * Records `retainFrom` needs now that rotation has already deleted (0 once the reader has
+   * stepped over them): while above 0 the cloud is missing part of the log.
+   */
+  readonly unsentMissing: number;
 }
+
+/** The audit record rotation writes when it deleted records `retainFrom` still needed. */
+export const AUDIT_RETENTION_TYPE = 'audit.retention';
 
 const RESERVED = new Set(['seq', 'ts', 'prev', 'hash']);
 
@@ -460,7 +471,16 @@ export class AuditLog {
       deletedRecords: this.rotated?.records ?? 0,
       unsentRecords: this.rotated?.unsentRecords ?? 0,
       retainedFiles: this.retainedFiles,
+      keepFiles: this.settings.keepFiles,
+      maxFiles: this.settings.maxFiles,
+      unsentMissing: this.unsentMissing(),
     };
+  }
+
+  private unsentMissing(): number {
+    const through = this.rotated?.throughSeq ?? 0;
+    const retain = this.settings.retainFrom?.();
+    return retain === undefined || retain > through ? 0 : through - retain + 1;
   }
 
   /** Up to n most recent durable records, oldest first (for status). */
@@ -735,8 +755,22 @@ export class AuditLog {
     };
     if (unsent > 0) {
       this.logger.warn(
-        { code: 'state_io', ...fields },
-        'audit log at its file cap: deleted records the outbox had not sent yet',
+        { code: 'audit_retention_exceeded', ...fields },
+        'audit log at its file cap (audit.maxFiles): deleted records the outbox had not sent yet',
+      );
+      // Said in the log itself too, so the cloud learns what it will never receive. Not awaited:
+      // this runs inside a write, and the record joins the next one.
+      const firstNeeded = expired.find((e) => e.unsent > 0)?.file.firstSeq ?? 1;
+      const firstUnsent = Math.max(firstNeeded, retain ?? 1);
+      this.append({
+        type: AUDIT_RETENTION_TYPE,
+        code: 'audit_retention_exceeded',
+        unsentRecords: unsent,
+        fromSeq: firstUnsent,
+        throughSeq: lastExpired.lastSeq,
+        maxFiles,
+      }).catch((err: unknown) =>
+        this.logger.warn({ code: 'state_io', err: String(err) }, 'could not record an audit retention loss'),
       );
     } else {
       this.logger.info(fields, 'audit log rotated; deleted the oldest files');

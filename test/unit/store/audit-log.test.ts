@@ -555,6 +555,17 @@ describe('audit rotation for a reader that still needs records', () => {
     expect(capped.unsentRecords).toBeGreaterThan(0);
     expect(capped.unsentRecords).toBe(capped.deletedRecords);
     expect(capped.retainedFiles).toBe(3);
+    expect(capped).toMatchObject({ keepFiles: 2, maxFiles: 5, unsentMissing: capped.unsentRecords });
+    // Said in the log itself, with its code, for every rotation that deleted unsent records.
+    const losses = log.recent(100).filter((r) => r.type === 'audit.retention');
+    expect(losses.length).toBeGreaterThan(0);
+    const last = losses.at(-1);
+    expect(last).toMatchObject({ code: 'audit_retention_exceeded', maxFiles: 5 });
+    expect(last?.throughSeq).toBe(capped.deletedRecords);
+    expect(Number(last?.fromSeq)).toBeLessThanOrEqual(Number(last?.throughSeq));
+    // The reader stepped over what is gone: nothing is missing any more.
+    unsentFrom = capped.deletedRecords + 1;
+    expect(log.rotationStats().unsentMissing).toBe(0);
     // Once sent, rotation is back to keepFiles.
     unsentFrom = undefined;
     for (let i = 0; i < 20; i += 1) await log.append({ type: 'tick', pad: 'x'.repeat(80) });
