@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { MonotonicFloorClock } from '../core/clock.js';
+import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readFileIfExists, writeFileAtomic } from '../store/atomic.js';
 import { decodeChecksummedJson, encodeChecksummedJson, looksChecksummed } from '../store/checksummed.js';
@@ -12,8 +13,14 @@ import { STATE_FILES } from './provision.js';
  * written to two checksummed files, <stateDir>/clock.json and clock.mirror.json; the higher
  * readable one wins, so a damaged or deleted file neither stops the agent nor sets time back.
  * Plain JSON `{"floor":N}` from before checksums is still read.
+ *
+ * A disk that stops answering (frozen, a hung card) must not pile up writes or hold the stop: one
+ * write at a time (a persist asked for meanwhile waits for it, and one such wait stands for all),
+ * and `close` gives up after `closeTimeoutMs` with a coded error instead of hanging.
  */
 const PERSIST_EVERY_MS = 60_000;
+/** How long `close` waits for the last write of the floor by default. */
+export const CLOCK_CLOSE_TIMEOUT_MS = 2000;
 
 export interface TrustedClockStore {
   readonly clock: MonotonicFloorClock;
@@ -22,7 +29,10 @@ export interface TrustedClockStore {
   /** A floor file existed before this start: the agent has run here before. */
   readonly existedBefore: boolean;
   persist(): Promise<void>;
-  /** Stops the periodic persist and writes the floor one last time. */
+  /**
+   * Stops the periodic persist and writes the floor one last time; rejects with state_io when
+   * that write has not finished within the close timeout (the disk is stuck; the write goes on).
+   */
   close(): Promise<void>;
 }
 
@@ -82,7 +92,11 @@ export async function inspectTrustedClock(
   return { floor, findings, exists: anyExists };
 }
 
-export async function openTrustedClock(stateDir: string, log: Logger): Promise<TrustedClockStore> {
+export async function openTrustedClock(
+  stateDir: string,
+  log: Logger,
+  options: { readonly closeTimeoutMs?: number } = {},
+): Promise<TrustedClockStore> {
   const paths = [join(stateDir, STATE_FILES.clock), join(stateDir, STATE_FILES.clockMirror)];
   const { floor, findings, exists } = await inspectTrustedClock(stateDir);
   for (const f of findings) {
@@ -92,9 +106,32 @@ export async function openTrustedClock(stateDir: string, log: Logger): Promise<T
     );
   }
   const clock = new MonotonicFloorClock(floor ?? 0);
-  const persist = async () => {
+  const writeFloor = async () => {
     const bytes = encodeChecksummedJson({ floor: clock.floor() });
     for (const path of paths) await writeFileAtomic(path, bytes);
+  };
+  let running: Promise<void> | undefined;
+  let queued: Promise<void> | undefined;
+  const start = (): Promise<void> => {
+    const run = writeFloor().finally(() => {
+      if (running === run) running = undefined;
+    });
+    running = run;
+    return run;
+  };
+  // One write at a time; a persist asked for during a write runs once after it, with the floor
+  // as it is then (so the last one asked for always writes the latest floor).
+  const persist = (): Promise<void> => {
+    if (queued !== undefined) return queued;
+    if (running === undefined) return start();
+    const next = running
+      .catch(() => {})
+      .then(() => {
+        queued = undefined;
+        return start();
+      });
+    queued = next;
+    return next;
   };
   await persist();
   if (clock.trust() === 'behind') {
@@ -116,7 +153,26 @@ export async function openTrustedClock(stateDir: string, log: Logger): Promise<T
     persist,
     close: async () => {
       clearInterval(timer);
-      await persist();
+      const timeoutMs = options.closeTimeoutMs ?? CLOCK_CLOSE_TIMEOUT_MS;
+      let deadline: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        deadline = setTimeout(
+          () =>
+            reject(
+              new AgentError(
+                'state_io',
+                `the trusted time could not be written within ${timeoutMs} ms (is the state disk stuck?)`,
+                { file: paths[0], timeoutMs },
+              ),
+            ),
+          timeoutMs,
+        );
+      });
+      try {
+        await Promise.race([persist(), timedOut]);
+      } finally {
+        clearTimeout(deadline);
+      }
     },
   };
 }
