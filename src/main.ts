@@ -1,5 +1,5 @@
 import { createPrivateKey } from 'node:crypto';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { Agent } from './agent/agent.js';
 import { openTrustedClock } from './agent/clock-store.js';
 import { coreControlHandlers, simReaderHandlers, testHookHandlers } from './agent/control-handlers.js';
@@ -22,6 +22,7 @@ import { demoHints, seedDemo } from './sim/demo.js';
 import { AuditLog } from './store/audit-log.js';
 import type { IntegrityFinding } from './store/integrity.js';
 import { COUNTER_MAP_OPTIONS, JournaledMap } from './store/journaled-map.js';
+import { openStores } from './store/store-registry.js';
 
 /**
  * The composition root: config → logger → relays (de-energised first) → state → lock controller →
@@ -353,6 +354,10 @@ export async function startAgent(options: {
           { name: 'keyring', ...vehicleState.keyringStore.writeHealth },
           { name: 'counters', ...counters.writeHealth },
           { name: 'audit', ...audit.writeHealth },
+          // The cloud link's stores (command counters and results, the outbox cursor), as they open.
+          ...openStores
+            .under(join(stateDir, 'cloud'))
+            .map(({ path, health }) => ({ name: `cloud.${basename(path)}`, ...health })),
         ],
         audit: agent.auditDrops(),
         auditRetention: audit.rotationStats(),

@@ -3,6 +3,8 @@ import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readJsonFileIfExists, writeFileAtomic } from '../store/atomic.js';
 import type { AuditRecord } from '../store/audit-log.js';
+import type { WriteHealth } from '../store/group-commit.js';
+import { openStores, WriteHealthTracker } from '../store/store-registry.js';
 
 /**
  * The durable outbox of audit events for `<base>/events`.
@@ -84,10 +86,15 @@ export class Outbox {
   private closed = false;
   private dropped = 0;
   private sent = 0;
+  /** Writes of the cursor file: in the health report with the other stores (store-registry.ts). */
+  private readonly cursorWrites: WriteHealthTracker;
+  private readonly unregister: () => void;
 
   private constructor(options: OutboxOptions, ackedSeq: number) {
     this.options = options;
     this.cursorPath = join(options.dir, CURSOR_FILE);
+    this.cursorWrites = new WriteHealthTracker(this.cursorPath);
+    this.unregister = openStores.register(join(options.dir, 'outbox'), () => this.cursorWrites.health());
     this.ackedSeq = ackedSeq;
     this.persistedSeq = ackedSeq;
     this.nextSeq = ackedSeq + 1;
@@ -159,7 +166,17 @@ export class Outbox {
     clearInterval(this.timer);
     clearTimeout(this.persistTimer);
     this.persistTimer = undefined;
-    await this.persistNow();
+    try {
+      await this.persistNow();
+    } finally {
+      this.cursorWrites.close();
+      this.unregister();
+    }
+  }
+
+  /** Writes of the cursor file: failures, the last error, a write under way (health, /metrics). */
+  get writeHealth(): WriteHealth {
+    return this.cursorWrites.health();
   }
 
   private signal(): void {
@@ -349,13 +366,16 @@ export class Outbox {
     this.persisting = this.persisting.then(async () => {
       const seq = this.ackedSeq;
       if (seq === this.persistedSeq) return;
+      this.cursorWrites.begin();
       try {
         await writeFileAtomic(
           this.cursorPath,
           `${JSON.stringify({ format: CURSOR_FORMAT, ackedSeq: seq })}\n`,
         );
         this.persistedSeq = seq;
+        this.cursorWrites.succeeded();
       } catch (err) {
+        this.cursorWrites.failed(err);
         this.options.log.error({ code: 'state_io', err: String(err) }, 'cannot persist the outbox cursor');
       }
     });

@@ -51,6 +51,7 @@ import { type IntegrityFinding, lineProblem } from './integrity.js';
 import type { CorruptLine, CorruptPolicy, JournalRecovery, OpenFile } from './journal.js';
 import { decodeLine, inspectJournal, Journal } from './journal.js';
 import { rebuildFromBoth } from './salvage.js';
+import { openStores } from './store-registry.js';
 
 export interface JournaledMapOptions<V> {
   /** Validates a value read back (from a snapshot or a journal); a throw means damaged. */
@@ -148,6 +149,8 @@ export class JournaledMap<V> {
   private journalBytes: number;
   private compacting: Promise<void> | undefined;
   private closing = false;
+  /** Leaves the registry of open stores (health figures) at close. */
+  private readonly unregister: () => void;
 
   private constructor(
     path: string,
@@ -175,6 +178,7 @@ export class JournaledMap<V> {
     this.compactAfterBytes = options.compactAfterBytes ?? 64 * 1024;
     this.lostValue = options.lostValue;
     this.logger = logger;
+    this.unregister = openStores.register(path, () => this.writeHealth);
   }
 
   static async open<V = unknown>(
@@ -361,7 +365,11 @@ export class JournaledMap<V> {
   async close(): Promise<void> {
     this.closing = true;
     while (this.compacting !== undefined) await this.compacting;
-    await Promise.all(this.journals.map((j) => j.close()));
+    try {
+      await Promise.all(this.journals.map((j) => j.close()));
+    } finally {
+      this.unregister();
+    }
   }
 
   private change<R>(change: Change<V>, apply: () => void, append: (line: Buffer) => Promise<R>): Promise<R> {

@@ -20,7 +20,7 @@ import { parseExposition } from '../helpers/prometheus.js';
  * broker is away, rotation keeps every record the outbox has not sent (past audit.keepFiles, up to
  * audit.maxFiles); past that budget the oldest go, said with code audit_retention_exceeded in the
  * log itself, /healthz and /metrics; when the broker is back, what was kept reaches the cloud and
- * rotation returns to keepFiles.
+ * rotation returns to keepFiles. The cloud link's stores show in the per-store figures too.
  */
 describe('audit rotation keeps what the cloud outbox has not sent', () => {
   let root: string;
@@ -124,6 +124,21 @@ describe('audit rotation keeps what the cloud outbox has not sent', () => {
     expect(await metric('vehicle_agent_audit_unsent_missing')).toBe(oldest - acked - 1);
     expect(await metric('vehicle_agent_audit_files_retained')).toBe(5);
     expect(await metric('vehicle_agent_audit_max_files')).toBe(6);
+    // The cloud link's own stores are in the per-store figures beside the agent's.
+    const exposition = parseExposition(await (await fetch(`${page}/metrics`)).text());
+    const labelled = (exposition.get('vehicle_agent_store_write_failures_total')?.samples ?? []).map(
+      (line) => /store="([^"]+)"/.exec(line)?.[1],
+    );
+    expect(labelled).toEqual(
+      expect.arrayContaining([
+        'keyring',
+        'counters',
+        'audit',
+        'cloud.command-counters',
+        'cloud.command-results',
+        'cloud.outbox',
+      ]),
+    );
 
     // The broker is back: everything still on disk reaches the cloud, the gap is named, and
     // rotation returns to keepFiles once the outbox has caught up.
@@ -145,10 +160,15 @@ describe('audit rotation keeps what the cloud outbox has not sent', () => {
       .map((k) => oldest + k)
       .filter((seq) => !sent().has(seq));
     expect(missingAtCloud).toEqual([]);
-    const dropped = cloud.received
-      .filter((m) => m.topic === `${base}/events`)
-      .map((m) => JSON.parse(m.payload) as { type: string; reason?: string; fromSeq?: number })
-      .find((r) => r.type === 'outbox.dropped');
+    // The outbox names the gap in a record of its own, written (and sent) after it saw the gap.
+    const droppedEvent = () =>
+      cloud.received
+        .filter((m) => m.topic === `${base}/events`)
+        .map((m) => JSON.parse(m.payload) as { type: string; reason?: string; fromSeq?: number })
+        .find((r) => r.type === 'outbox.dropped');
+    for (let i = 0; i < 300 && droppedEvent() === undefined; i++)
+      await new Promise((r) => setTimeout(r, 100));
+    const dropped = droppedEvent();
     expect(dropped).toMatchObject({ reason: 'missing', fromSeq: acked + 1 });
     for (let i = 0; i < 100 && (await ackedSeq()) < lastSeq; i++)
       await new Promise((r) => setTimeout(r, 100));

@@ -12,6 +12,7 @@ import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { AgentError } from '../../../src/core/errors.js';
 import { COUNTER_MAP_OPTIONS, JournaledMap } from '../../../src/store/journaled-map.js';
+import { openStores } from '../../../src/store/store-registry.js';
 import { faultyFiles } from '../../helpers/faulty-file.js';
 import { useTempDir } from './temp-dir.js';
 
@@ -370,6 +371,10 @@ describe('JournaledMap write health', () => {
     await map.set('k', 3);
     expect(map.writeHealth.state).toBe('ok');
     expect(map.writeHealth.failingSince).toBeUndefined();
+    // Listed with the open stores (health figures) until closed.
+    expect(openStores.under(tempDir()).map((s) => s.path)).toEqual([path]);
+    expect(openStores.under(tempDir())[0]?.health.failures).toBe(1);
     await map.close();
+    expect(openStores.under(tempDir())).toEqual([]);
   });
 });
