@@ -1,5 +1,5 @@
 import { createPrivateKey } from 'node:crypto';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { Agent } from './agent/agent.js';
 import { openTrustedClock } from './agent/clock-store.js';
 import { coreControlHandlers, simReaderHandlers, testHookHandlers } from './agent/control-handlers.js';
@@ -8,6 +8,7 @@ import { acquireInstanceLock, type InstanceLock } from './agent/instance-lock.js
 import { ensureStateDir, isProvisioned, provision, STATE_FILES } from './agent/provision.js';
 import type { CredentialReader } from './agent/reader.js';
 import { takeNotifyEnvironment } from './agent/sd-notify.js';
+import { denyCounterSuspects, StateIntegrity } from './agent/state-integrity.js';
 import { startSupervision } from './agent/supervision.js';
 import { openVehicleState, type VehicleState } from './agent/vehicle-state.js';
 import { COMMON_OPTIONS, loadFor, parse } from './cli/args.js';
@@ -19,7 +20,9 @@ import { createLogger } from './logging.js';
 import { createRelay, type RelayHandle } from './relay-factory.js';
 import { demoHints, seedDemo } from './sim/demo.js';
 import { AuditLog } from './store/audit-log.js';
-import { JournaledMap } from './store/journaled-map.js';
+import type { IntegrityFinding } from './store/integrity.js';
+import { COUNTER_MAP_OPTIONS, JournaledMap } from './store/journaled-map.js';
+import { openStores } from './store/store-registry.js';
 
 /**
  * The composition root: config → logger → relays (de-energised first) → state → lock controller →
@@ -100,6 +103,7 @@ export async function startAgent(options: {
     cleanup.unshift(() => trustedClock.close());
 
     const counters = await JournaledMap.open<number>(join(stateDir, STATE_FILES.counters), {
+      ...COUNTER_MAP_OPTIONS,
       parseValue: (v) => {
         if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
           throw new Error('counter must be a non-negative integer');
@@ -108,13 +112,27 @@ export async function startAgent(options: {
       logger: log.child({ module: 'counters' }),
     });
     cleanup.unshift(() => counters.close());
+    // Rotation keeps what the cloud outbox has not sent (docs/storage.md "Rotation and the cloud
+    // outbox"): its live cursor once the link runs, the persisted one until then.
+    const outbox = config.cloud.enabled ? await outboxRetention(stateDir, log) : undefined;
     const audit = await AuditLog.open(join(stateDir, STATE_FILES.audit), {
       maxFileBytes: config.audit.maxFileBytes,
       keepFiles: config.audit.keepFiles,
+      maxFiles: Math.max(config.audit.maxFiles, config.audit.keepFiles),
+      ...(outbox ? { retainFrom: outbox.retainFrom } : {}),
       now: () => clock.now(),
+      expectHistory: trustedClock.existedBefore,
       logger: log.child({ module: 'audit' }),
     });
     cleanup.unshift(() => audit.close());
+    // Damaged state files (docs/storage.md): counters lost in every copy deny their credentials.
+    denyCounterSuspects(keyring, counters.suspects());
+    const integrity = new StateIntegrity(stateDir, [
+      () => vehicleState.findings(),
+      () => trustedClock.findings,
+      () => counters.findings,
+      () => audit.findings,
+    ]);
 
     const lock = relay.lockController;
     const readers: CredentialReader[] = [];
@@ -234,6 +252,20 @@ export async function startAgent(options: {
     await relay.start();
     await agent.start();
     cleanup.unshift(() => agent.stop());
+    const auditFinding = (f: IntegrityFinding) => {
+      const { file, code, problem, action, denied } = integrity.relative(f);
+      agent.audit({
+        type: 'state.damage',
+        code,
+        file,
+        problem,
+        action,
+        ...(denied ? { denied: denied.length } : {}),
+      });
+    };
+    // The audit log records its own damage in the chain (audit.damage).
+    for (const f of integrity.findings()) if (f.code !== 'audit_chain_broken') auditFinding(f);
+    vehicleState.keyringStore.onFinding(auditFinding);
 
     const insecure = keyring.list().filter((s) => !s.revoked && s.credential.options.insecureUid);
     if (insecure.length > 0) {
@@ -265,7 +297,10 @@ export async function startAgent(options: {
       for (const [name, handler] of simReaderHandlers(simReader, lock)) handlers.set(name, handler);
     for (const [name, handler] of bleHandlers) handlers.set(name, handler);
     for (const [name, handler] of nfcHandlers) handlers.set(name, handler);
-    for (const [name, handler] of testHookHandlers(process.env)) handlers.set(name, handler);
+    for (const [name, handler] of testHookHandlers(process.env, { appendAudit: (e) => audit.append(e) }))
+      handlers.set(name, handler);
+    handlers.set('state.status', () => integrity.summary());
+    handlers.set('state.findings', () => integrity.status());
     const control: ControlServer = await startControlServer(
       socketPath,
       handlers,
@@ -290,6 +325,7 @@ export async function startAgent(options: {
           log: log.child({ module: 'cloud' }),
         });
         cleanup.unshift(() => cloud.stop());
+        outbox?.follow(() => cloud.status().outbox.ackedSeq);
         // Connection, protocol and outbox depth for `status` readers (the status page, /metrics).
         handlers.set('cloud.status', () => cloud.status());
         // `vehicle-agent status` shows the link too: its intake budgets and drops (issue 12).
@@ -325,9 +361,15 @@ export async function startAgent(options: {
           { name: 'keyring', ...vehicleState.keyringStore.writeHealth },
           { name: 'counters', ...counters.writeHealth },
           { name: 'audit', ...audit.writeHealth },
+          // The cloud link's stores (command counters and results, the outbox cursor), as they open.
+          ...openStores
+            .under(join(stateDir, 'cloud'))
+            .map(({ path, health }) => ({ name: `cloud.${basename(path)}`, ...health })),
         ],
         audit: agent.auditDrops(),
+        auditRetention: audit.rotationStats(),
       }),
+      extraChecks: [integrity.healthCheck()],
     });
     cleanup.push(() => supervision.close()); // last: the notify helper outlives the relays' release
     if (config.statusPage.enabled) {
@@ -456,3 +498,32 @@ export async function runAgentCli(argv: readonly string[]): Promise<number> {
 }
 
 export type { Logger };
+
+/**
+ * The first audit seq the cloud outbox still needs (AuditLogOptions.retainFrom): from its
+ * persisted cursor until the link starts, then from the live one (`follow`). An unreadable
+ * cursor keeps everything (up to audit.maxFiles) rather than stop the agent.
+ */
+async function outboxRetention(
+  stateDir: string,
+  log: Logger,
+): Promise<{ retainFrom: () => number; follow: (ackedSeq: () => number) => void }> {
+  const { readOutboxCursor } = await import('./cloud/outbox.js');
+  let persisted = 0;
+  try {
+    persisted = (await readOutboxCursor(join(stateDir, 'cloud'))) ?? 0;
+  } catch (err) {
+    const e = toAgentError(err);
+    log.warn(
+      { module: 'audit', code: e.code, err: e.message },
+      'cloud outbox cursor unreadable; audit rotation keeps every unsent record it can',
+    );
+  }
+  let live: (() => number) | undefined;
+  return {
+    retainFrom: () => (live?.() ?? persisted) + 1,
+    follow: (ackedSeq) => {
+      live = ackedSeq;
+    },
+  };
+}

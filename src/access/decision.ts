@@ -57,6 +57,7 @@ export function decide(input: DecisionInput): Decision {
     return deny('unknown_credential');
   }
   const { credential } = status;
+  if (status.suspect !== undefined) return deny('credential_suspect', status);
   if (lockedOutUntil(limits, credential.id, now) !== undefined) return deny('rate_limited', status);
   if (status.revoked) return deny('revoked', status);
   if (credential.kind !== p.kind) return deny('bad_proof', status);

@@ -227,6 +227,10 @@ export class Keyring implements CredentialLookup {
   private readonly everRevokers = new Set<string>();
   private effective: Effective = { byId: new Map(), byUid: new Map() };
   private digestCache: string | undefined;
+  /** Op id → base64url SHA-256 of its JWS, for the digest (ops never change once stored). */
+  private readonly opHashes = new Map<string, string>();
+  /** Credential id → why it is denied as suspect (see markSuspect). */
+  private readonly suspects = new Map<string, string>();
   /**
    * Ops loaded from a snapshot but not decoded yet (see loadSnapshot): decisions need only the
    * effective credentials, so 100 000 ops are decoded after start-up, in the background or on
@@ -300,7 +304,7 @@ export class Keyring implements CredentialLookup {
         else byUid.set(wire.uidHash, [status]);
       }
     }
-    this.effective = { byId, byUid };
+    this.effective = withSuspects({ byId, byUid }, this.suspects);
     this.pendingSource = snapshot.ops;
     this.pendingCount = snapshot.opCount;
     this.pendingAt = 0;
@@ -624,6 +628,7 @@ export class Keyring implements CredentialLookup {
       if (op.op === 'revoke') revoked.add(op.credId);
       else if (op.cred.role === 'owner') ownerGrants.push({ id: op.cred.id, signer });
     }
+    for (const id of this.suspects.keys()) revoked.add(id);
     revoked.delete(this.rootId);
     // Owners whose chain to the root has no revoked link (few: iterate owner grants only).
     const liveOwners = new Set<string>([this.rootId]);
@@ -655,9 +660,11 @@ export class Keyring implements CredentialLookup {
     const byUid = new Map<string, CredentialStatus[]>();
     byId.set(this.rootId, { credential: this.rootCredential, revoked: false });
     for (const [id, { op, live }] of latest) {
+      const suspect = this.suspects.get(id);
       const status: CredentialStatus = {
         credential: credentialFromTrustedWire(op.cred),
         revoked: !live || revoked.has(id),
+        ...(suspect === undefined ? {} : { suspect }),
       };
       byId.set(id, status);
       const uid = op.cred.uidHash;
@@ -702,16 +709,90 @@ export class Keyring implements CredentialLookup {
     return key;
   }
 
-  /** SHA-256 over the sorted op ids: equal digests mean equal keyrings. */
+  /**
+   * SHA-256 over the sorted ops, each as `<id> <base64url SHA-256 of its JWS>\n`: equal digests
+   * mean equal keyrings, operation content included (a damaged copy of an op changes it).
+   */
   digest(): string {
     if (this.snapshotDigest !== undefined) return this.snapshotDigest;
     if (this.digestCache === undefined) {
       const h = createHash('sha256');
-      for (const id of [...this.ops.keys()].sort()) h.update(id).update('\n');
+      for (const id of [...this.ops.keys()].sort()) {
+        let opHash = this.opHashes.get(id);
+        if (opHash === undefined) {
+          opHash = opContentHash(this.ops.get(id)?.jws ?? '');
+          this.opHashes.set(id, opHash);
+        }
+        h.update(id).update(' ').update(opHash).update('\n');
+      }
       this.digestCache = h.digest('hex');
     }
     return this.digestCache;
   }
+
+  /**
+   * Denies a credential because what the vehicle stored about it is damaged in every copy (a
+   * lost revoke, a lost signature counter): decisions say `credential_suspect`, its signing
+   * authority ends as if it were revoked. Until `clearSuspects` (state repair).
+   */
+  markSuspect(credentialId: string, reason: string): void {
+    this.markSuspects([[credentialId, reason]]);
+  }
+
+  /** markSuspect for many at once (one recompute). */
+  markSuspects(entries: Iterable<readonly [string, string]>): void {
+    let changed = false;
+    for (const [id, reason] of entries) {
+      if (id === this.rootId || this.suspects.get(id) === reason) continue;
+      this.suspects.set(id, reason);
+      changed = true;
+    }
+    if (changed) this.recomputeOrPatch();
+  }
+
+  /** Suspect credentials with the reason. */
+  suspectCredentials(): ReadonlyMap<string, string> {
+    return this.suspects;
+  }
+
+  clearSuspects(): void {
+    if (this.suspects.size === 0) return;
+    this.suspects.clear();
+    this.recompute();
+  }
+
+  /** Before the ops are decoded the effective state comes from the snapshot: patch it instead. */
+  private recomputeOrPatch(): void {
+    if (this.snapshotDigest !== undefined) this.effective = withSuspects(this.effective, this.suspects);
+    else this.recompute();
+  }
+}
+
+/** base64url SHA-256 of an op's JWS: its part of the keyring digest. */
+export function opContentHash(jws: string): string {
+  return createHash('sha256').update(jws, 'utf8').digest('base64url');
+}
+
+/** The keyring digest of a set of ops (as Keyring.digest computes it). */
+export function digestOfOps(ops: Iterable<{ readonly id: string; readonly jws: string }>): string {
+  const sorted = [...ops].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const h = createHash('sha256');
+  for (const { id, jws } of sorted) h.update(id).update(' ').update(opContentHash(jws)).update('\n');
+  return h.digest('hex');
+}
+
+/** The effective state with every suspect credential denied (see Keyring.markSuspect). */
+function withSuspects(effective: Effective, suspects: ReadonlyMap<string, string>): Effective {
+  if (suspects.size === 0) return effective;
+  const patch = (s: CredentialStatus): CredentialStatus => {
+    const suspect = suspects.get(s.credential.id);
+    return suspect === undefined ? s : { ...s, revoked: true, suspect };
+  };
+  const byId = new Map<string, CredentialStatus>();
+  for (const [id, s] of effective.byId) byId.set(id, patch(s));
+  const byUid = new Map<string, CredentialStatus[]>();
+  for (const [uid, list] of effective.byUid) byUid.set(uid, list.map(patch));
+  return { byId, byUid };
 }
 
 /** Credential from an already validated wire form (stored ops were validated on add). Hot at start-up. */

@@ -122,12 +122,31 @@ export function simReaderHandlers(simReader: SimReader, lock: LockControl): Map<
 
 /**
  * Test-only commands, present only with VEHICLE_AGENT_TEST_HOOKS=1: an error nothing catches (to
- * prove the uncaught-error path releases every relay) and an event-loop stall (to prove watchdog
- * pings stop while the loop is stuck).
+ * prove the uncaught-error path releases every relay), an event-loop stall (to prove watchdog
+ * pings stop while the loop is stuck), and filler audit records (to drive audit rotation).
  */
-export function testHookHandlers(env: NodeJS.ProcessEnv): Map<string, ControlHandler> {
+export function testHookHandlers(
+  env: NodeJS.ProcessEnv,
+  deps: {
+    readonly appendAudit?: (event: { type: string; [field: string]: unknown }) => Promise<{ seq: number }>;
+  } = {},
+): Map<string, ControlHandler> {
   if (env.VEHICLE_AGENT_TEST_HOOKS !== '1') return new Map();
+  const appendAudit = deps.appendAudit;
   return new Map<string, ControlHandler>([
+    [
+      'test.audit',
+      async (args) => {
+        if (appendAudit === undefined) throw new AgentError('bad_arguments', 'no audit log to fill');
+        const count =
+          typeof args.count === 'number' ? Math.min(Math.max(0, Math.floor(args.count)), 10_000) : 1;
+        const pad = 'x'.repeat(typeof args.bytes === 'number' ? Math.min(Math.max(0, args.bytes), 4096) : 0);
+        const written = await Promise.all(
+          Array.from({ length: count }, (_, i) => appendAudit({ type: 'test.filler', n: i, pad })),
+        );
+        return { count, lastSeq: written.at(-1)?.seq ?? 0 };
+      },
+    ],
     [
       'test.crash',
       () => {

@@ -51,6 +51,17 @@ export interface StorageFigures {
     readonly total: number;
     readonly inFlight: number;
   };
+  /** Audit rotation against the cloud outbox (AuditLog.rotationStats). */
+  readonly auditRetention?: {
+    /** Files kept past keepFiles for records the outbox has not sent; at most maxFiles in all. */
+    readonly retainedFiles: number;
+    readonly keepFiles: number;
+    readonly maxFiles: number;
+    /** Unsent records deleted at the cap (since the log began). */
+    readonly unsentRecords: number;
+    /** Records the outbox needs now that are gone. */
+    readonly unsentMissing: number;
+  };
 }
 
 const ok: CheckResult = { ok: true };
@@ -288,6 +299,20 @@ export function storageVerdict(figures: StorageFigures, stallMs: number): CheckR
   const audit = figures.audit;
   if (audit !== undefined && audit.dropped > 0) {
     problems.push(`audit: ${audit.dropped} event(s) not recorded${since(audit.since)}`);
+  }
+  const retention = figures.auditRetention;
+  if (retention !== undefined && retention.unsentMissing > 0) {
+    problems.push(
+      `audit: ${retention.unsentMissing} record(s) the cloud has not received were deleted at the file cap (audit.maxFiles ${retention.maxFiles}; audit_retention_exceeded)`,
+    );
+  } else if (
+    retention !== undefined &&
+    retention.retainedFiles > 0 &&
+    retention.keepFiles + retention.retainedFiles >= retention.maxFiles
+  ) {
+    problems.push(
+      `audit: at its file cap (audit.maxFiles ${retention.maxFiles}) keeping records for the cloud; the next rotation deletes some it has not received`,
+    );
   }
   return problems.length === 0 ? ok : degraded(problems.join('; '));
 }

@@ -7,6 +7,8 @@ import type { Credential, Decision, Health, Presentation } from '../core/types.j
 export interface CredentialStatus {
   readonly credential: Credential;
   readonly revoked: boolean;
+  /** Why the credential is denied as suspect (its stored state is damaged; see Keyring.markSuspect). */
+  readonly suspect?: string;
 }
 
 /** Read-only keyring view for readers: key material to run their protocol against. */

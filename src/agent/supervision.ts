@@ -43,7 +43,7 @@ export interface SupervisionDeps {
   readonly storage?: () => StorageFigures;
   /** A store write running longer than this counts as stalled; default 5 s. */
   readonly storageStallMs?: number;
-  /** Extra checks (tests). */
+  /** Extra checks (state integrity; tests). */
   readonly extraChecks?: readonly HealthCheck[];
 }
 

@@ -1,5 +1,6 @@
 import { type AuthVerifier, Keyring } from '../access/keyring.js';
 import type { Logger } from '../core/logger.js';
+import type { IntegrityFinding } from '../store/integrity.js';
 import { KeyringStore } from './keyring-store.js';
 import { loadIdentity, type VehicleIdentity } from './provision.js';
 
@@ -7,6 +8,8 @@ export interface VehicleState {
   readonly identity: VehicleIdentity;
   readonly keyring: Keyring;
   readonly keyringStore: KeyringStore;
+  /** What was found wrong with the identity and keyring files (the keyring's grow in the background). */
+  findings(): readonly IntegrityFinding[];
   close(): Promise<void>;
 }
 
@@ -16,7 +19,11 @@ export async function openVehicleState(
   log: Logger,
   authVerifiers: ReadonlyMap<string, AuthVerifier> = new Map(),
 ): Promise<VehicleState> {
-  const identity = await loadIdentity(stateDir);
+  const identityFindings: IntegrityFinding[] = [];
+  const identity = await loadIdentity(stateDir, identityFindings);
+  for (const f of identityFindings) {
+    log.warn({ module: 'identity', code: f.code, file: f.file, problem: f.problem }, f.action);
+  }
   const keyring = new Keyring({
     vehicleId: identity.vehicleId,
     rootKey: identity.rootKey,
@@ -24,5 +31,11 @@ export async function openVehicleState(
     authVerifiers,
   });
   const keyringStore = await KeyringStore.open(stateDir, keyring, log.child({ module: 'keyring' }));
-  return { identity, keyring, keyringStore, close: () => keyringStore.close() };
+  return {
+    identity,
+    keyring,
+    keyringStore,
+    findings: () => [...identityFindings, ...keyringStore.findings],
+    close: () => keyringStore.close(),
+  };
 }

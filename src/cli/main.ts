@@ -68,6 +68,10 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
     summary: 'verify or tail the hash-chained audit log',
     load: async () => import('./commands/audit.js').then((m) => ({ run: m.audit, help: m.AUDIT_HELP })),
   },
+  state: {
+    summary: 'check the state files for damage; repair them',
+    load: async () => import('./commands/state.js').then((m) => ({ run: m.state, help: m.STATE_HELP })),
+  },
   config: {
     summary: 'print the example config or check one',
     load: async () => import('./commands/config.js').then((m) => ({ run: m.config, help: m.CONFIG_HELP })),

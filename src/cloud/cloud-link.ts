@@ -13,7 +13,7 @@ import type { Logger } from '../core/logger.js';
 import type { LockState } from '../core/types.js';
 import { MAX_JWS_LENGTH } from '../crypto/jws.js';
 import type { AuditRecord } from '../store/audit-log.js';
-import { JournaledMap } from '../store/journaled-map.js';
+import { COUNTER_MAP_OPTIONS, JournaledMap } from '../store/journaled-map.js';
 import { type CommandResult, commandJti, errorResult } from './command.js';
 import { type CommandAgent, CommandProcessor, type RememberedResult } from './command-processor.js';
 import { haDiscoveryConfig, parseHaCommand } from './home-assistant.js';
@@ -151,6 +151,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
 
   const counters = await JournaledMap.open<number>(join(dir, 'command-counters'), {
+    ...COUNTER_MAP_OPTIONS,
     parseValue: (v) => {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
         throw new Error('counter must be an integer');

@@ -3,6 +3,8 @@ import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readJsonFileIfExists, writeFileAtomic } from '../store/atomic.js';
 import type { AuditRecord } from '../store/audit-log.js';
+import type { WriteHealth } from '../store/group-commit.js';
+import { openStores, WriteHealthTracker } from '../store/store-registry.js';
 
 /**
  * The durable outbox of audit events for `<base>/events`.
@@ -84,10 +86,15 @@ export class Outbox {
   private closed = false;
   private dropped = 0;
   private sent = 0;
+  /** Writes of the cursor file: in the health report with the other stores (store-registry.ts). */
+  private readonly cursorWrites: WriteHealthTracker;
+  private readonly unregister: () => void;
 
   private constructor(options: OutboxOptions, ackedSeq: number) {
     this.options = options;
     this.cursorPath = join(options.dir, CURSOR_FILE);
+    this.cursorWrites = new WriteHealthTracker(this.cursorPath);
+    this.unregister = openStores.register(join(options.dir, 'outbox'), () => this.cursorWrites.health());
     this.ackedSeq = ackedSeq;
     this.persistedSeq = ackedSeq;
     this.nextSeq = ackedSeq + 1;
@@ -96,20 +103,7 @@ export class Outbox {
   static async open(options: OutboxOptions): Promise<Outbox> {
     if (options.maxEvents < 10)
       throw new AgentError('config_invalid', 'outbox maxEvents must be at least 10');
-    const file = await readJsonFileIfExists(join(options.dir, CURSOR_FILE), {
-      parse: (v) => {
-        const { format, ackedSeq } = (v ?? {}) as { format?: unknown; ackedSeq?: unknown };
-        if (
-          format !== CURSOR_FORMAT ||
-          typeof ackedSeq !== 'number' ||
-          !Number.isSafeInteger(ackedSeq) ||
-          ackedSeq < 0
-        )
-          throw new Error(`expected {"format":"${CURSOR_FORMAT}","ackedSeq":N}`);
-        return ackedSeq;
-      },
-    });
-    let acked = file ?? 0;
+    let acked = (await readOutboxCursor(options.dir)) ?? 0;
     if (acked > options.source.lastSeq) {
       // The audit log was replaced (a new chain restarts at seq 1): send the new one from its start.
       options.log.warn(
@@ -172,7 +166,17 @@ export class Outbox {
     clearInterval(this.timer);
     clearTimeout(this.persistTimer);
     this.persistTimer = undefined;
-    await this.persistNow();
+    try {
+      await this.persistNow();
+    } finally {
+      this.cursorWrites.close();
+      this.unregister();
+    }
+  }
+
+  /** Writes of the cursor file: failures, the last error, a write under way (health, /metrics). */
+  get writeHealth(): WriteHealth {
+    return this.cursorWrites.health();
   }
 
   private signal(): void {
@@ -362,16 +366,40 @@ export class Outbox {
     this.persisting = this.persisting.then(async () => {
       const seq = this.ackedSeq;
       if (seq === this.persistedSeq) return;
+      this.cursorWrites.begin();
       try {
         await writeFileAtomic(
           this.cursorPath,
           `${JSON.stringify({ format: CURSOR_FORMAT, ackedSeq: seq })}\n`,
         );
         this.persistedSeq = seq;
+        this.cursorWrites.succeeded();
       } catch (err) {
+        this.cursorWrites.failed(err);
         this.options.log.error({ code: 'state_io', err: String(err) }, 'cannot persist the outbox cursor');
       }
     });
     return this.persisting;
   }
+}
+
+/**
+ * The persisted cursor in `dir` (every record up to it was acknowledged), or undefined when there
+ * is none yet. The agent reads it before the link starts, so audit rotation keeps what the
+ * outbox has not sent from the first write on (AuditLogOptions.retainFrom).
+ */
+export async function readOutboxCursor(dir: string): Promise<number | undefined> {
+  return await readJsonFileIfExists(join(dir, CURSOR_FILE), {
+    parse: (v) => {
+      const { format, ackedSeq } = (v ?? {}) as { format?: unknown; ackedSeq?: unknown };
+      if (
+        format !== CURSOR_FORMAT ||
+        typeof ackedSeq !== 'number' ||
+        !Number.isSafeInteger(ackedSeq) ||
+        ackedSeq < 0
+      )
+        throw new Error(`expected {"format":"${CURSOR_FORMAT}","ackedSeq":N}`);
+      return ackedSeq;
+    },
+  });
 }

@@ -131,6 +131,15 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
   audit: section('Hash-chained audit log under <stateDir>/audit.', {
     maxFileBytes: int('Rotate the current file past this size.', 1_048_576, 4096, 1_073_741_824),
     keepFiles: int('Rotated files kept (the oldest are deleted).', 10, 1, 1000),
+    maxFiles: int(
+      'With the cloud link on, files holding records its outbox has not sent are kept past keepFiles, ' +
+        'up to this many files (the disk budget: maxFiles x maxFileBytes; at least keepFiles). Past it ' +
+        'the oldest go anyway, said with code audit_retention_exceeded (log, audit.retention record, ' +
+        '/healthz, /metrics).',
+      40,
+      1,
+      4000,
+    ),
     maxPendingEvents: int(
       'Events waiting for the disk beyond which new ones are dropped (a frozen or full disk); ' +
         'drops are counted and recorded as one audit.dropped event once the log takes writes again.',

@@ -21,6 +21,8 @@ export const CODES = {
   card_removed: 'the card left the field during the exchange',
   malformed: 'the presented frame or message is malformed',
   unsupported: 'the credential or card type is not supported',
+  credential_suspect:
+    'what the vehicle stored about this credential (a keyring operation or its signature counter) is damaged in every copy; it is denied until `vehicle-agent state repair`',
   // ── configuration and state ────────────────────────────────────────────────
   config_invalid: 'the configuration is invalid',
   config_unreadable: 'the configuration file cannot be read or parsed',
@@ -28,6 +30,7 @@ export const CODES = {
   already_provisioned: 'the state directory is already provisioned',
   state_corrupt: 'a state file is corrupt',
   state_io: 'a state file could not be read or written',
+  state_repaired: 'a damaged state file was rebuilt from its other copy',
   key_invalid: 'a key file or key encoding is invalid',
   // ── keyring operations ─────────────────────────────────────────────────────
   op_malformed: 'a keyring operation is malformed',
@@ -79,6 +82,8 @@ export const CODES = {
   // ── audit ──────────────────────────────────────────────────────────────────
   audit_chain_broken: 'the audit hash chain is broken',
   audit_event_rejected: 'an audit event was refused (a forbidden or reserved field, or not JSON-safe)',
+  audit_retention_exceeded:
+    'audit records the cloud outbox had not sent were deleted: keeping them would pass the disk budget (audit.maxFiles)',
   record_too_large: 'a record exceeds the maximum size of its journal or log',
   // ── generic ────────────────────────────────────────────────────────────────
   busy: 'the resource is busy',
@@ -111,6 +116,7 @@ export type DenialCode = Extract<
   | 'malformed'
   | 'frame_too_large'
   | 'unsupported'
+  | 'credential_suspect'
   | 'reader_error'
   | 'state_io'
 >;

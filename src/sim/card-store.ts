@@ -33,6 +33,9 @@ export interface SimCardSummary {
 export class SimCardStore {
   readonly path: string;
   private readonly cards = new Map<string, PersistableCard>();
+  /** The background save under way, and whether the cards changed again since it began. */
+  private saving: Promise<void> | undefined;
+  private dirty = false;
 
   private constructor(path: string) {
     this.path = path;
@@ -84,6 +87,50 @@ export class SimCardStore {
   async save(): Promise<void> {
     const cards = [...this.cards.values()].map((c) => c.toState());
     await writeFileAtomic(this.path, `${JSON.stringify({ format: CARDS_FORMAT, cards }, null, 1)}\n`);
+  }
+
+  /**
+   * Saves without making the caller wait (a tap's answer must not wait for a disk that may be
+   * frozen): one write at a time; cards changed during a write are saved once it ends.
+   * A failure goes to `onError`; the next save tries again.
+   */
+  saveInBackground(onError: (err: unknown) => void): void {
+    if (this.saving !== undefined) {
+      this.dirty = true;
+      return;
+    }
+    this.dirty = false;
+    this.saving = this.save()
+      .catch(onError)
+      .finally(() => {
+        this.saving = undefined;
+        if (this.dirty) this.saveInBackground(onError);
+      });
+  }
+
+  /**
+   * Waits for background saves, at most `timeoutMs`; rejects with state_io when the disk has not
+   * taken them by then (the write goes on).
+   */
+  async flush(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.saving !== undefined) {
+      const left = deadline - Date.now();
+      let timer: NodeJS.Timeout | undefined;
+      const expired = await Promise.race([
+        this.saving.then(() => false),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(true), Math.max(0, left));
+        }),
+      ]);
+      clearTimeout(timer);
+      if (expired) {
+        throw new AgentError('state_io', `the simulated cards could not be saved within ${timeoutMs} ms`, {
+          file: this.path,
+          timeoutMs,
+        });
+      }
+    }
   }
 
   private put(card: PersistableCard): void {

@@ -1,6 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AgentError } from '../core/errors.js';
+import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { type LinkFactory, serialLinkFactory } from '../nfc/pn532/link.js';
 import type { NfcReader, TapOutcome } from '../nfc/reader.js';
@@ -51,6 +51,9 @@ function slowed(card: SimulatedCard, extraMs: number): SimulatedCard {
   };
 }
 
+/** How long `stop` waits for the cards' last save (a frozen disk must not hold the stop). */
+const STOP_SAVE_TIMEOUT_MS = 2000;
+
 export interface NfcSimOptions {
   readonly stateDir: string;
   readonly link: 'auto' | 'pty' | 'memory';
@@ -63,6 +66,7 @@ export class NfcSim {
   readonly emulator: Pn532Emulator;
   readonly cards: SimCardStore;
   private readonly pty: SocatPtyPair | undefined;
+  private readonly log: Logger;
   private tapping = false;
 
   private constructor(init: {
@@ -71,7 +75,9 @@ export class NfcSim {
     emulator: Pn532Emulator;
     cards: SimCardStore;
     pty: SocatPtyPair | undefined;
+    log: Logger;
   }) {
+    this.log = init.log;
     this.transport = init.transport;
     this.openLink = init.openLink;
     this.emulator = init.emulator;
@@ -92,7 +98,14 @@ export class NfcSim {
       try {
         const emulator = await Pn532Emulator.open(pty.device, { log: emulatorLog });
         log.info({ host: pty.host }, 'simulated PN532 on a socat pty pair');
-        return new NfcSim({ transport: 'pty', openLink: serialLinkFactory(pty.host), emulator, cards, pty });
+        return new NfcSim({
+          transport: 'pty',
+          openLink: serialLinkFactory(pty.host),
+          emulator,
+          cards,
+          pty,
+          log,
+        });
       } catch (err) {
         await pty.stop();
         throw err;
@@ -112,10 +125,17 @@ export class NfcSim {
       emulator,
       cards,
       pty: undefined,
+      log,
     });
   }
 
   /** Places a card in the field, waits for the reader's outcome, and removes the card. */
+  private saveCards(): void {
+    this.cards.saveInBackground((err) =>
+      this.log.warn({ code: 'state_io', err: String(err) }, 'could not save the simulated cards'),
+    );
+  }
+
   async tap(reader: NfcReader, options: SimTapOptions): Promise<TapOutcome> {
     if (this.tapping) throw new AgentError('busy', 'a simulated tap is in progress');
     const base = this.cards.get(options.card);
@@ -148,12 +168,17 @@ export class NfcSim {
       clearTimeout(removeTimer);
       this.emulator.removeCard();
       this.tapping = false;
-      await this.cards.save().catch(() => {});
+      // The card's new state (a FIDO counter) is saved behind the answer, never before it.
+      this.saveCards();
     }
   }
 
   async stop(): Promise<void> {
-    await this.cards.save().catch(() => {});
+    this.saveCards();
+    await this.cards.flush(STOP_SAVE_TIMEOUT_MS).catch((err: unknown) => {
+      const e = toAgentError(err);
+      this.log.warn({ code: e.code, err: e.message }, 'simulated cards not saved at stop');
+    });
     await this.emulator.close().catch(() => {});
     await this.pty?.stop();
   }

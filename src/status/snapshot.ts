@@ -529,6 +529,38 @@ function storageFamilies(storage: StorageFigures | undefined): MetricFamily[] {
       type: 'gauge',
       samples: audit === undefined ? [] : [{ value: audit.dropped }],
     },
+    ...auditRetentionFamilies(storage?.auditRetention),
+  ];
+}
+
+/** Audit rotation against the cloud outbox (docs/storage.md "Rotation and the cloud outbox"). */
+function auditRetentionFamilies(retention: StorageFigures['auditRetention']): MetricFamily[] {
+  const one = (value: number | undefined): Sample[] => (value === undefined ? [] : [{ value }]);
+  return [
+    {
+      name: 'vehicle_agent_audit_files_retained',
+      help: 'Audit files kept past audit.keepFiles because the cloud outbox has not sent their records.',
+      type: 'gauge',
+      samples: one(retention?.retainedFiles),
+    },
+    {
+      name: 'vehicle_agent_audit_max_files',
+      help: 'The audit file cap (audit.maxFiles): past it, unsent records are deleted.',
+      type: 'gauge',
+      samples: one(retention?.maxFiles),
+    },
+    {
+      name: 'vehicle_agent_audit_unsent_deleted_total',
+      help: 'Audit records deleted at the file cap before the cloud outbox sent them (audit_retention_exceeded).',
+      type: 'counter',
+      samples: one(retention?.unsentRecords),
+    },
+    {
+      name: 'vehicle_agent_audit_unsent_missing',
+      help: 'Records the cloud outbox still needs that rotation already deleted.',
+      type: 'gauge',
+      samples: one(retention?.unsentMissing),
+    },
   ];
 }
 

@@ -7,48 +7,79 @@
  *     {"seq":42,"ts":"2025-…Z","type":"decision",…event fields…,"prev":"<64 hex>","hash":"<64 hex>"}
  *
  * hash = hex(SHA-256(prev ‖ canonicalJson(record without prev and hash))), prev = the previous
- * record's hash (64 zeros before seq 1). `seq` continues across restarts and files.
+ * record's hash (64 zeros before seq 1). `seq` continues across restarts and files. The chain's
+ * head is anchored in `<dir>.head` and `<dir>.mirror.head` (see audit-chain.ts), so removing the
+ * last records, truncating, or removing files shows in `verifyAuditLog`.
  *
  * `append` resolves when the record is durable; concurrent appends are group-committed. A
  * record's time is taken at `append`, its seq and hash when it is written, so a write that fails
  * (a full disk) leaves no gap in the chain: the log restores its last durable state and the
  * next records continue from there (see group-commit.ts and `restoreDurableState`). Files
- * rotate at `maxFileBytes` and the oldest are deleted beyond `keepFiles`; the chain continues
- * across files. On open, a torn last record (crash mid-write) is cut off (complete bad lines
- * are first copied to `<file>.corrupt-<stamp>`); broken records further back are left as they
- * are (evidence) and logged, appending continues after the last valid record, and
- * `verifyAuditLog` reports the first broken link.
+ * rotate at `maxFileBytes`; beyond `keepFiles` the oldest are deleted, except files holding
+ * records a reader still needs (`retainFrom`, the cloud outbox's lowest unsent seq), which are
+ * kept up to the hard cap `maxFiles`, past which the oldest go anyway and are counted
+ * (`rotationStats().unsentRecords`). What rotation deleted is written into the anchors first.
+ *
+ * On open: a torn last record (an incomplete line: a crash mid-write) is cut off silently. A
+ * damaged record (a complete line that fails its hash), a head that does not match the anchor,
+ * files missing at the start, or a missing or damaged anchor is DAMAGE: the damaged bytes stay
+ * where they are (evidence), appending continues after them with an `audit.damage` record that
+ * says what was found (code audit_chain_broken; also in `findings`), and `verifyAuditLog` fails
+ * until `vehicle-agent state repair` acknowledges it. Damage further back is not looked for at
+ * open (that would read the whole log); `verifyAuditLog` finds it.
  *
  * One process appends at a time (`<dir>/audit.lock`, see owner-lock.ts); readers need no lock.
  *
  * Defence in depth: an event may not carry a field named like a raw card UID or a secret
  * (see `forbiddenFieldName`), nor the reserved `seq`, `ts`, `prev`, `hash`.
  */
-import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
-import { mkdir, open, readdir, readFile, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { silentLogger } from '../core/logger.js';
-import { canonicalJson } from '../crypto/canonical.js';
 import { writeFileAtomic } from './atomic.js';
-import { errnoOf, ioError, syncDirectory, uniqueStamp, writeAll } from './fs-util.js';
+import {
+  type Anchor,
+  type AnchorRotated,
+  AUDIT_ANCHORED_TYPE,
+  AUDIT_DAMAGE_TYPE,
+  type AuditFile,
+  type AuditRecord,
+  anchorPaths,
+  auditFileName,
+  decodeAuditLine,
+  encodeAnchor,
+  GENESIS_PREV,
+  hashAuditRecord,
+  listAuditFiles,
+  readAnchors,
+  readAuditFile,
+  salvageSeq,
+} from './audit-chain.js';
+import { errnoOf, ioError, syncDirectory, writeAll } from './fs-util.js';
 import { GroupCommitQueue, type WriteHealth } from './group-commit.js';
+import type { IntegrityFinding } from './integrity.js';
 import { planRecovery, scanLines } from './line-scan.js';
 import { acquireOwnerLock, type OwnerLock } from './owner-lock.js';
 
+export {
+  AUDIT_DAMAGE_TYPE,
+  AUDIT_REPAIR_TYPE,
+  type AuditBreak,
+  type AuditBreakReason,
+  type AuditRecord,
+  type AuditVerifyResult,
+  anchorPaths,
+  auditFileName,
+  GENESIS_PREV,
+  hashAuditRecord,
+  verifyAuditLog,
+} from './audit-chain.js';
+
 export interface AuditEvent {
   readonly type: string;
-  readonly [field: string]: unknown;
-}
-
-export interface AuditRecord {
-  readonly seq: number;
-  readonly ts: string;
-  readonly type: string;
-  readonly prev: string;
-  readonly hash: string;
   readonly [field: string]: unknown;
 }
 
@@ -57,30 +88,53 @@ export interface AuditLogOptions {
   readonly maxFileBytes?: number;
   /** Files kept, the current one included; default 10. */
   readonly keepFiles?: number;
+  /**
+   * The lowest seq a reader still needs (the cloud outbox: its first unsent record), or
+   * undefined when it needs nothing. Rotation keeps files holding it or later records beyond
+   * `keepFiles`, up to `maxFiles`.
+   */
+  readonly retainFrom?: () => number | undefined;
+  /** Hard cap on files kept, whatever `retainFrom` says; default 4 × keepFiles. */
+  readonly maxFiles?: number;
   /** Largest record line; default 64 KiB. */
   readonly maxRecordBytes?: number;
   /** Durable records kept in memory for `recent`; default 100. */
   readonly recentCapacity?: number;
   /** Wall time in ms for `ts` (pass the agent's trusted clock); default Date.now. */
   readonly now?: () => number;
+  /** The head anchor is rewritten at most this often while records arrive; default 200 ms. */
+  readonly anchorIntervalMs?: number;
+  /**
+   * The agent has run on this state directory before, so the log cannot be empty: an empty log
+   * without anchors means it was removed, and that is recorded (audit.damage) instead of
+   * starting a fresh chain that would hide it.
+   */
+  readonly expectHistory?: boolean;
   readonly logger?: Logger;
 }
 
-export const GENESIS_PREV = '0'.repeat(64);
-const FILE_PATTERN = /^audit-(\d{12,})\.jsonl$/;
-const HASH_PATTERN = /^[0-9a-f]{64}$/;
+export interface AuditRotationStats {
+  /** Files and records rotation deleted (since the log began, from the anchor). */
+  readonly deletedFiles: number;
+  readonly deletedRecords: number;
+  /** Of those, records `retainFrom` still needed (deleted because of `maxFiles`). */
+  readonly unsentRecords: number;
+  /** Files kept beyond `keepFiles` because `retainFrom` needs them. */
+  readonly retainedFiles: number;
+  /** The file caps in force: `keepFiles`, and `maxFiles` (the disk budget for retained files). */
+  readonly keepFiles: number;
+  readonly maxFiles: number;
+  /**
+   * Records `retainFrom` needs now that rotation has already deleted (0 once the reader has
+   * stepped over them): while above 0 the cloud is missing part of the log.
+   */
+  readonly unsentMissing: number;
+}
+
+/** The audit record rotation writes when it deleted records `retainFrom` still needed. */
+export const AUDIT_RETENTION_TYPE = 'audit.retention';
+
 const RESERVED = new Set(['seq', 'ts', 'prev', 'hash']);
-
-export function auditFileName(firstSeq: number): string {
-  return `audit-${String(firstSeq).padStart(12, '0')}.jsonl`;
-}
-
-/** hex(SHA-256(prev ‖ canonicalJson(body))); body is the record without prev and hash. */
-export function hashAuditRecord(prev: string, body: Readonly<Record<string, unknown>>): string {
-  return createHash('sha256')
-    .update(prev + canonicalJson(body), 'utf8')
-    .digest('hex');
-}
 
 /**
  * True for field names that must never reach the audit log: a raw card UID or a secret.
@@ -113,9 +167,19 @@ interface Chained {
 /** The longest a seq can print (Number.MAX_SAFE_INTEGER): for the size check at `append`. */
 const WIDEST_SEQ = Number.MAX_SAFE_INTEGER;
 
-interface AuditFile {
-  readonly name: string;
-  readonly firstSeq: number;
+type Settings = Required<Omit<AuditLogOptions, 'logger' | 'retainFrom' | 'expectHistory'>> & {
+  expectHistory: boolean;
+  logger: Logger;
+  retainFrom: (() => number | undefined) | undefined;
+};
+
+/** What open found wrong with the log, in the words of an `audit.damage` record. */
+interface DamageProblem {
+  readonly reason: string;
+  readonly message: string;
+  readonly file?: string;
+  readonly line?: number;
+  readonly lost?: { readonly fromSeq: number; readonly toSeq: number };
 }
 
 export class AuditLog {
@@ -126,24 +190,34 @@ export class AuditLog {
   private nextSeq: number;
   private prevHash: string;
   private durableSeq: number;
+  private durableHash: string | undefined;
+  private rotated: AnchorRotated | null;
+  private retainedFiles = 0;
   private readonly tail: AuditRecord[];
-  private readonly maxFileBytes: number;
-  private readonly keepFiles: number;
-  private readonly maxRecordBytes: number;
-  private readonly recentCapacity: number;
-  private readonly now: () => number;
+  private readonly settings: Settings;
   private readonly logger: Logger;
   private readonly queue: GroupCommitQueue<Pending>;
   private readonly lock: OwnerLock;
+  private readonly damageFindings: IntegrityFinding[] = [];
+  private anchorTimer: NodeJS.Timeout | undefined;
+  private anchorWrite: Promise<void> | undefined;
+  private anchorDirty = false;
+  private lastAnchorAt = 0;
+  private closed = false;
 
   private constructor(
     dir: string,
     handle: FileHandle,
     fileName: string,
     fileBytes: number,
-    last: AuditRecord | undefined,
+    chain: {
+      nextSeq: number;
+      prevHash: string;
+      last: AuditRecord | undefined;
+      rotated: AnchorRotated | null;
+    },
     tail: AuditRecord[],
-    settings: Required<Omit<AuditLogOptions, 'logger'>> & { logger: Logger },
+    settings: Settings,
     lock: OwnerLock,
   ) {
     this.dir = dir;
@@ -151,15 +225,13 @@ export class AuditLog {
     this.handle = handle;
     this.fileName = fileName;
     this.fileBytes = fileBytes;
-    this.nextSeq = (last?.seq ?? 0) + 1;
-    this.prevHash = last?.hash ?? GENESIS_PREV;
-    this.durableSeq = last?.seq ?? 0;
+    this.nextSeq = chain.nextSeq;
+    this.prevHash = chain.prevHash;
+    this.durableSeq = chain.last?.seq ?? 0;
+    this.durableHash = chain.last?.hash;
+    this.rotated = chain.rotated;
     this.tail = tail;
-    this.maxFileBytes = settings.maxFileBytes;
-    this.keepFiles = settings.keepFiles;
-    this.maxRecordBytes = settings.maxRecordBytes;
-    this.recentCapacity = settings.recentCapacity;
-    this.now = settings.now;
+    this.settings = settings;
     this.logger = settings.logger;
     this.queue = new GroupCommitQueue(join(dir, 'audit'), (items) => this.writeBatch(items), {
       restore: () => this.restoreDurableState(),
@@ -167,18 +239,25 @@ export class AuditLog {
   }
 
   static async open(dir: string, options: AuditLogOptions = {}): Promise<AuditLog> {
-    const settings = {
+    const keepFiles = options.keepFiles ?? 10;
+    const settings: Settings = {
       maxFileBytes: options.maxFileBytes ?? 4 * 1024 * 1024,
-      keepFiles: options.keepFiles ?? 10,
+      keepFiles,
+      maxFiles: options.maxFiles ?? keepFiles * 4,
       maxRecordBytes: options.maxRecordBytes ?? 64 * 1024,
       recentCapacity: options.recentCapacity ?? 100,
       now: options.now ?? Date.now,
+      anchorIntervalMs: options.anchorIntervalMs ?? 200,
       logger: options.logger ?? silentLogger,
+      retainFrom: options.retainFrom,
+      expectHistory: options.expectHistory ?? false,
     };
     checkSetting('maxFileBytes', settings.maxFileBytes, 4096);
     checkSetting('keepFiles', settings.keepFiles, 1);
+    checkSetting('maxFiles', settings.maxFiles, settings.keepFiles);
     checkSetting('maxRecordBytes', settings.maxRecordBytes, 256);
     checkSetting('recentCapacity', settings.recentCapacity, 0);
+    checkSetting('anchorIntervalMs', settings.anchorIntervalMs, 0);
     try {
       const created = await mkdir(dir, { recursive: true, mode: 0o700 });
       if (created !== undefined) await syncDirectory(dirname(dir));
@@ -186,25 +265,38 @@ export class AuditLog {
       throw ioError(err, dir, 'create');
     }
     const lock = await acquireOwnerLock(join(dir, 'audit'));
+    let log: AuditLog | undefined;
     try {
-      return await AuditLog.recover(dir, settings, lock);
+      const recovered = await AuditLog.recover(dir, settings, lock);
+      log = recovered.log;
+      if (recovered.problems.length > 0) await log.recordDamage(recovered.problems, recovered.anchorSeq);
+      else if (recovered.marker) await log.append({ type: AUDIT_ANCHORED_TYPE, headSeq: log.lastSeq });
+      await log.writeAnchors();
+      return log;
     } catch (err) {
-      await lock.release();
+      if (log !== undefined) await log.close().catch(() => {});
+      else await lock.release();
       throw err;
     }
   }
 
   private static async recover(
     dir: string,
-    settings: Required<Omit<AuditLogOptions, 'logger'>> & { logger: Logger },
+    settings: Settings,
     lock: OwnerLock,
-  ): Promise<AuditLog> {
+  ): Promise<{ log: AuditLog; problems: DamageProblem[]; anchorSeq: number | undefined; marker: boolean }> {
     const logger = settings.logger;
+    const anchors = await readAnchors(dir);
+    const anchor = anchors.anchor;
     const files = await listAuditFiles(dir);
+    const problems: DamageProblem[] = [];
+    /** Hashes of the records read here, by seq (to check the anchored head). */
+    const hashes = new Map<number, string>();
 
     let last: AuditRecord | undefined;
     let tail: AuditRecord[] = [];
     let newestBytes = 0;
+    let highestClaimed = 0;
     for (let i = files.length - 1; i >= 0 && last === undefined; i -= 1) {
       const file = files[i];
       if (file === undefined) continue;
@@ -212,28 +304,104 @@ export class AuditLog {
       const content = await readAuditFile(path);
       const plan = planRecovery(scanLines(content, decodeAuditLine), content.length);
       if (i === files.length - 1) {
-        if (plan.tailBytes > 0) await cutTail(path, content, plan.validEnd, plan.tailHasCompleteLine, logger);
-        newestBytes = plan.validEnd;
+        if (plan.tornBytes > 0) await cutTornTail(path, plan.completeEnd, plan.tornBytes, logger);
+        newestBytes = plan.completeEnd;
       }
-      const first = plan.corrupt[0];
-      if (first !== undefined) {
-        logger.error(
-          {
-            code: 'audit_chain_broken',
-            file: path,
-            line: first.line,
-            problem: first.problem,
-            badRecords: plan.corrupt.length,
-          },
-          'audit file holds broken records (run `vehicle-agent audit verify`); appending continues',
-        );
+      // Damage an earlier open already recorded (an audit.damage record after it) is not new.
+      const recorded = new Set<string>();
+      for (const scanned of plan.valid) {
+        const r = scanned.value;
+        if (r?.type !== AUDIT_DAMAGE_TYPE || !Array.isArray(r.problems)) continue;
+        for (const p of r.problems as { file?: unknown; line?: unknown }[])
+          recorded.add(`${p.file}:${p.line}`);
+      }
+      for (const bad of plan.corrupt) {
+        if (recorded.has(`${file.name}:${bad.line}`)) continue;
+        const raw = content.subarray(bad.offset, bad.end - 1);
+        const seq = salvageSeq(raw);
+        if (seq !== undefined) highestClaimed = Math.max(highestClaimed, seq);
+        problems.push({
+          reason: 'record_damaged',
+          file: file.name,
+          line: bad.line,
+          message: `${file.name} line ${bad.line}${seq === undefined ? '' : ` (seq ${seq})`}: ${bad.problem}`,
+        });
       }
       const valid = plan.valid.flatMap((scanned) => (scanned.value === undefined ? [] : [scanned.value]));
+      for (const r of valid) hashes.set(r.seq, r.hash);
       last = valid.at(-1);
       tail = valid.slice(Math.max(0, valid.length - settings.recentCapacity));
     }
+    const lastSeq = last?.seq ?? 0;
 
-    const nextSeq = (last?.seq ?? 0) + 1;
+    // The anchored head must still be there, unchanged.
+    for (const p of anchors.problems) {
+      problems.push({
+        reason: 'anchor_damaged',
+        file: p.file,
+        message: `head anchor ${p.file}: ${p.problem}`,
+      });
+    }
+    const head = anchor?.head ?? null;
+    if (head !== null) {
+      if (lastSeq < head.seq) {
+        problems.push({
+          reason: 'head_missing',
+          message: `the log ends at seq ${lastSeq}, but seq ${head.seq} was written: the records after it (or whole files) are missing`,
+          lost: { fromSeq: lastSeq + 1, toSeq: head.seq },
+        });
+      } else {
+        const hash = hashes.get(head.seq) ?? (await findRecordHash(dir, files, head.seq));
+        if (hash !== head.hash) {
+          problems.push({
+            reason: 'head_mismatch',
+            message: `record seq ${head.seq} is not the one that was written (replaced or damaged)`,
+          });
+        }
+      }
+    }
+    // The oldest record must follow what rotation deleted (or be seq 1).
+    let rotated = anchor?.rotated ?? null;
+    const oldest = files[0] === undefined ? undefined : await firstRecord(join(dir, files[0].name));
+    if (anchor !== undefined && oldest !== undefined && files[0] !== undefined) {
+      const expected = (rotated?.throughSeq ?? 0) + 1;
+      if (oldest.seq > expected) {
+        problems.push({
+          reason: 'records_missing_at_start',
+          file: files[0].name,
+          message: `the oldest record is seq ${oldest.seq}; rotation removed only up to seq ${expected - 1}`,
+          lost: { fromSeq: expected, toSeq: oldest.seq - 1 },
+        });
+        // Recorded in the log now (audit.damage): from here on the log starts where it starts.
+        rotated = {
+          throughSeq: oldest.seq - 1,
+          hash: oldest.prev,
+          files: rotated?.files ?? 0,
+          records: rotated?.records ?? 0,
+          unsentRecords: rotated?.unsentRecords ?? 0,
+        };
+      }
+    }
+    if (anchors.none && files.length === 0 && settings.expectHistory) {
+      problems.push({
+        reason: 'log_missing',
+        message: 'the agent has run here before, but the audit log and both its head anchors are gone',
+      });
+    }
+    // A log from before anchors: what rotation removed so far is taken as it is.
+    const marker = anchors.none && last !== undefined;
+    if (anchors.none && oldest !== undefined && oldest.seq > 1) {
+      rotated = {
+        throughSeq: oldest.seq - 1,
+        hash: oldest.prev,
+        files: 0,
+        records: oldest.seq - 1,
+        unsentRecords: 0,
+      };
+    }
+
+    const nextSeq = Math.max(lastSeq, head?.seq ?? 0, highestClaimed) + 1;
+    const prevHash = last?.hash ?? head?.hash ?? GENESIS_PREV;
     const newest = files.at(-1);
     let fileName: string;
     let handle: FileHandle;
@@ -254,7 +422,17 @@ export class AuditLog {
       fileName = auditFileName(nextSeq);
       handle = await openFile(join(dir, fileName), 'wx', true);
     }
-    return new AuditLog(dir, handle, fileName, newestBytes, last, tail, settings, lock);
+    const log = new AuditLog(
+      dir,
+      handle,
+      fileName,
+      newestBytes,
+      { nextSeq, prevHash, last, rotated },
+      tail,
+      settings,
+      lock,
+    );
+    return { log, problems, anchorSeq: head?.seq, marker };
   }
 
   /** Appends an event; resolves with the stored record once it is durable. */
@@ -281,6 +459,30 @@ export class AuditLog {
     return this.durableSeq;
   }
 
+  /** What open found wrong with the log (each also recorded in the chain as `audit.damage`). */
+  get findings(): readonly IntegrityFinding[] {
+    return this.damageFindings;
+  }
+
+  /** What rotation deleted so far, and what it keeps for `retainFrom`. */
+  rotationStats(): AuditRotationStats {
+    return {
+      deletedFiles: this.rotated?.files ?? 0,
+      deletedRecords: this.rotated?.records ?? 0,
+      unsentRecords: this.rotated?.unsentRecords ?? 0,
+      retainedFiles: this.retainedFiles,
+      keepFiles: this.settings.keepFiles,
+      maxFiles: this.settings.maxFiles,
+      unsentMissing: this.unsentMissing(),
+    };
+  }
+
+  private unsentMissing(): number {
+    const through = this.rotated?.throughSeq ?? 0;
+    const retain = this.settings.retainFrom?.();
+    return retain === undefined || retain > through ? 0 : through - retain + 1;
+  }
+
   /** Up to n most recent durable records, oldest first (for status). */
   recent(n: number): AuditRecord[] {
     return n <= 0 ? [] : this.tail.slice(-n);
@@ -295,12 +497,50 @@ export class AuditLog {
     return readAuditLog(this.dir, fromSeq, { untilSeq: this.durableSeq, logger: this.logger });
   }
 
-  /** Waits for pending appends, then closes; later appends are refused. */
+  /** Waits for pending appends, writes the head anchor, then closes; later appends are refused. */
   close(): Promise<void> {
     return this.queue.close(async () => {
+      this.closed = true;
+      clearTimeout(this.anchorTimer);
+      this.anchorTimer = undefined;
+      await this.anchorWrite?.catch(() => {});
+      await this.writeAnchors().catch((err: unknown) =>
+        this.logger.warn({ code: 'state_io', err: String(err) }, 'could not write the audit head anchor'),
+      );
       await this.handle.close().catch(() => {});
       await this.lock.release();
     });
+  }
+
+  private async recordDamage(
+    problems: readonly DamageProblem[],
+    anchorSeq: number | undefined,
+  ): Promise<void> {
+    const lost = problems.flatMap((p) => (p.lost === undefined ? [] : [p.lost]));
+    const record = await this.append({
+      type: AUDIT_DAMAGE_TYPE,
+      code: 'audit_chain_broken',
+      problems: problems.map((p) => ({ ...p })),
+      ...(anchorSeq === undefined ? {} : { anchoredSeq: anchorSeq }),
+    });
+    for (const p of problems) {
+      this.damageFindings.push({
+        file: p.file === undefined ? this.dir : join(this.dir, p.file),
+        code: 'audit_chain_broken',
+        problem: p.message,
+        action: `recorded in the log as ${AUDIT_DAMAGE_TYPE} seq ${record.seq}; \`vehicle-agent audit verify\` fails until \`vehicle-agent state repair\` acknowledges it`,
+      });
+    }
+    this.logger.error(
+      {
+        code: 'audit_chain_broken',
+        dir: this.dir,
+        seq: record.seq,
+        problems: problems.map((p) => p.message),
+        lost,
+      },
+      'audit log damaged: recorded in the log; run `vehicle-agent audit verify` and `vehicle-agent state repair`',
+    );
   }
 
   private prepare(event: AuditEvent): Pending {
@@ -339,18 +579,18 @@ export class AuditLog {
       );
     }
     const { type: _type, ...fields } = normalized;
-    const pending: Pending = { ts: new Date(this.now()).toISOString(), type: event.type, fields };
+    const pending: Pending = { ts: new Date(this.settings.now()).toISOString(), type: event.type, fields };
     // Checked now against the widest seq, so a record refused for its size is refused here and
     // not in the middle of a batch.
     const widest = chain(pending, WIDEST_SEQ, GENESIS_PREV).line.length;
-    if (widest > this.maxRecordBytes) {
+    if (widest > this.settings.maxRecordBytes) {
       throw new AgentError(
         'record_too_large',
-        `audit event "${event.type}" is ${widest} bytes; the limit is ${this.maxRecordBytes}`,
+        `audit event "${event.type}" is ${widest} bytes; the limit is ${this.settings.maxRecordBytes}`,
         {
           type: event.type,
           bytes: widest,
-          maxBytes: this.maxRecordBytes,
+          maxBytes: this.settings.maxRecordBytes,
         },
       );
     }
@@ -370,7 +610,7 @@ export class AuditLog {
     for (const pending of items) {
       const chained = chain(pending, seq, prev);
       const filled = this.fileBytes + chunkBytes;
-      if (filled > 0 && filled + chained.line.length > this.maxFileBytes) {
+      if (filled > 0 && filled + chained.line.length > this.settings.maxFileBytes) {
         await this.writeChunk(chunk, chunkBytes);
         chunk = [];
         chunkBytes = 0;
@@ -382,6 +622,7 @@ export class AuditLog {
       prev = chained.record.hash;
     }
     await this.writeChunk(chunk, chunkBytes);
+    this.scheduleAnchor();
   }
 
   private async writeChunk(chunk: readonly Chained[], bytes: number): Promise<void> {
@@ -403,11 +644,12 @@ export class AuditLog {
     this.nextSeq = last.record.seq + 1;
     this.prevHash = last.record.hash;
     this.durableSeq = last.record.seq;
+    this.durableHash = last.record.hash;
     for (const { pending, record } of chunk) {
       pending.record = record;
-      if (this.recentCapacity > 0) {
+      if (this.settings.recentCapacity > 0) {
         this.tail.push(record);
-        if (this.tail.length > this.recentCapacity) this.tail.shift();
+        if (this.tail.length > this.settings.recentCapacity) this.tail.shift();
       }
     }
   }
@@ -431,8 +673,10 @@ export class AuditLog {
       }
       if (size > this.fileBytes) await handle.truncate(this.fileBytes);
       await handle.sync();
+      // Open ends a damaged file with an audit.damage record (or fails), so the file always ends
+      // in the record the chain continues from.
       if (this.fileBytes > 0) {
-        const length = Math.min(this.fileBytes, this.maxRecordBytes + 1);
+        const length = Math.min(this.fileBytes, this.settings.maxRecordBytes + 1);
         const tail = Buffer.alloc(length);
         const { bytesRead } = await handle.read(tail, 0, length, this.fileBytes - length);
         const start = tail.lastIndexOf(0x0a, length - 2) + 1;
@@ -465,9 +709,36 @@ export class AuditLog {
     this.fileName = fileName;
     this.fileBytes = 0;
     const files = await listAuditFiles(this.dir);
-    const expired = files.slice(0, Math.max(0, files.length - this.keepFiles));
-    if (expired.length === 0) return;
-    for (const file of expired) {
+    const { keepFiles, maxFiles } = this.settings;
+    const retain = this.settings.retainFrom?.();
+    const expired: { file: AuditFile; lastSeq: number; unsent: number }[] = [];
+    for (let i = 0; i < files.length - 1; i += 1) {
+      const file = files[i] as AuditFile;
+      const kept = files.length - expired.length;
+      if (kept <= keepFiles) break;
+      const lastSeq = (files[i + 1] as AuditFile).firstSeq - 1;
+      const needed = retain !== undefined && lastSeq >= retain;
+      if (needed && kept <= maxFiles) break;
+      expired.push({ file, lastSeq, unsent: needed ? lastSeq - Math.max(file.firstSeq, retain) + 1 : 0 });
+    }
+    this.retainedFiles = Math.max(0, files.length - expired.length - keepFiles);
+    const lastExpired = expired.at(-1);
+    if (lastExpired === undefined) return;
+    // The anchors say what goes, before it goes: a crash in between leaves more than they say.
+    const oldestKept = files[expired.length];
+    const first = oldestKept === undefined ? undefined : await firstRecord(join(this.dir, oldestKept.name));
+    const previous = this.rotated;
+    const records = expired.reduce((sum, e) => sum + (e.lastSeq - e.file.firstSeq + 1), 0);
+    const unsent = expired.reduce((sum, e) => sum + e.unsent, 0);
+    this.rotated = {
+      throughSeq: lastExpired.lastSeq,
+      hash: first !== undefined && first.seq === lastExpired.lastSeq + 1 ? first.prev : null,
+      files: (previous?.files ?? 0) + expired.length,
+      records: (previous?.records ?? 0) + records,
+      unsentRecords: (previous?.unsentRecords ?? 0) + unsent,
+    };
+    await this.writeAnchors();
+    for (const { file } of expired) {
       await unlink(join(this.dir, file.name)).catch((err: unknown) => {
         this.logger.warn(
           { code: 'state_io', file: file.name, err: String(err) },
@@ -476,11 +747,106 @@ export class AuditLog {
       });
     }
     await syncDirectory(this.dir).catch(() => {});
-    this.logger.info(
-      { deleted: expired.map((file) => file.name) },
-      'audit log rotated; deleted the oldest files',
-    );
+    const fields = {
+      deleted: expired.map((e) => e.file.name),
+      throughSeq: lastExpired.lastSeq,
+      records,
+      ...(unsent > 0 ? { unsentRecords: unsent, maxFiles } : {}),
+    };
+    if (unsent > 0) {
+      this.logger.warn(
+        { code: 'audit_retention_exceeded', ...fields },
+        'audit log at its file cap (audit.maxFiles): deleted records the outbox had not sent yet',
+      );
+      // Said in the log itself too, so the cloud learns what it will never receive. Not awaited:
+      // this runs inside a write, and the record joins the next one.
+      const firstNeeded = expired.find((e) => e.unsent > 0)?.file.firstSeq ?? 1;
+      const firstUnsent = Math.max(firstNeeded, retain ?? 1);
+      this.append({
+        type: AUDIT_RETENTION_TYPE,
+        code: 'audit_retention_exceeded',
+        unsentRecords: unsent,
+        fromSeq: firstUnsent,
+        throughSeq: lastExpired.lastSeq,
+        maxFiles,
+      }).catch((err: unknown) =>
+        this.logger.warn({ code: 'state_io', err: String(err) }, 'could not record an audit retention loss'),
+      );
+    } else {
+      this.logger.info(fields, 'audit log rotated; deleted the oldest files');
+    }
   }
+
+  private anchor(): Anchor {
+    return {
+      head: this.durableHash === undefined ? null : { seq: this.durableSeq, hash: this.durableHash },
+      rotated: this.rotated,
+    };
+  }
+
+  /** Writes both anchors now (main copy first). Never ahead of what is durable. */
+  private async writeAnchors(): Promise<void> {
+    const bytes = encodeAnchor(this.anchor());
+    for (const path of anchorPaths(this.dir)) await writeFileAtomic(path, bytes);
+    this.lastAnchorAt = performance.now();
+  }
+
+  /** Rewrites the anchors soon, at most every anchorIntervalMs, one write at a time. */
+  private scheduleAnchor(): void {
+    this.anchorDirty = true;
+    if (this.closed || this.anchorTimer !== undefined || this.anchorWrite !== undefined) return;
+    const wait = Math.max(0, this.lastAnchorAt + this.settings.anchorIntervalMs - performance.now());
+    this.anchorTimer = setTimeout(() => {
+      this.anchorTimer = undefined;
+      this.anchorDirty = false;
+      this.anchorWrite = this.writeAnchors()
+        .catch((err: unknown) => {
+          this.logger.warn({ code: 'state_io', err: String(err) }, 'could not write the audit head anchor');
+        })
+        .finally(() => {
+          this.anchorWrite = undefined;
+          if (this.anchorDirty) this.scheduleAnchor();
+        });
+    }, wait);
+    this.anchorTimer.unref();
+  }
+}
+
+/** The first valid record of a file, if its first line is one. */
+async function firstRecord(path: string): Promise<AuditRecord | undefined> {
+  let content: Buffer;
+  try {
+    content = await readFile(path);
+  } catch {
+    return undefined;
+  }
+  const newline = content.indexOf(0x0a);
+  if (newline < 0) return undefined;
+  try {
+    return decodeAuditLine(content.subarray(0, newline));
+  } catch {
+    return undefined;
+  }
+}
+
+/** The hash of record `seq`, read from the file that holds it. */
+async function findRecordHash(
+  dir: string,
+  files: readonly AuditFile[],
+  seq: number,
+): Promise<string | undefined> {
+  const file = [...files].reverse().find((f) => f.firstSeq <= seq);
+  if (file === undefined) return undefined;
+  let content: Buffer;
+  try {
+    content = await readFile(join(dir, file.name));
+  } catch {
+    return undefined;
+  }
+  for (const scanned of scanLines(content, decodeAuditLine)) {
+    if (scanned.value?.seq === seq) return scanned.value.hash;
+  }
+  return undefined;
 }
 
 /**
@@ -527,215 +893,6 @@ export async function* readAuditLog(
   }
 }
 
-export type AuditBreakReason =
-  | 'bad_json'
-  | 'bad_record'
-  | 'bad_hash'
-  | 'prev_mismatch'
-  | 'seq_gap'
-  | 'file_name_mismatch'
-  | 'truncated_record';
-
-export interface AuditBreak {
-  readonly file: string;
-  /** 1-based line in that file. */
-  readonly line: number;
-  /** The seq the broken line claims, when it could be read. */
-  readonly seq?: number;
-  readonly reason: AuditBreakReason;
-  readonly message: string;
-}
-
-interface AuditVerifyCommon {
-  /** Records verified (before the break, when there is one). */
-  readonly records: number;
-  readonly files: number;
-  /** Files holding bytes cut off at recovery (`*.corrupt-*`), for a human to inspect. */
-  readonly quarantined: readonly string[];
-  /** Facts that are not errors (earlier files rotated away, a write in progress). */
-  readonly notes: readonly string[];
-}
-
-export type AuditVerifyResult =
-  | (AuditVerifyCommon & {
-      readonly ok: true;
-      readonly firstSeq?: number;
-      readonly lastSeq?: number;
-      /** False when the oldest remaining record follows rotated-away ones: its prev cannot be checked. */
-      readonly oldestPrevChecked: boolean;
-    })
-  | (AuditVerifyCommon & { readonly ok: false; readonly broken: AuditBreak });
-
-/** Walks every audit file in order and reports ok, or the first broken link. Reads only. */
-export async function verifyAuditLog(dir: string): Promise<AuditVerifyResult> {
-  const files = await listAuditFiles(dir);
-  const quarantined = (await readdir(dir)).filter(
-    (name) => name.startsWith('audit-') && name.includes('.corrupt-'),
-  );
-  const notes: string[] = [];
-  let records = 0;
-  let firstSeq: number | undefined;
-  let lastSeq: number | undefined;
-  let lastHash: string | undefined;
-  let oldestPrevChecked = true;
-  const fail = (broken: AuditBreak): AuditVerifyResult => ({
-    ok: false,
-    records,
-    files: files.length,
-    quarantined,
-    notes,
-    broken,
-  });
-
-  for (const [fileIndex, file] of files.entries()) {
-    const content = await readAuditFile(join(dir, file.name));
-    const isLastFile = fileIndex === files.length - 1;
-    if (content.length === 0) {
-      notes.push(`${file.name} is empty`);
-      continue;
-    }
-    let lineNo = 0;
-    let offset = 0;
-    let firstInFile = true;
-    while (offset < content.length) {
-      lineNo += 1;
-      const newline = content.indexOf(0x0a, offset);
-      const at = { file: file.name, line: lineNo };
-      if (newline === -1) {
-        if (isLastFile) {
-          notes.push(
-            `${file.name} ends in a partial record (a write in progress or a crash); the agent cuts it off when it opens the log`,
-          );
-          break;
-        }
-        return fail({
-          ...at,
-          reason: 'truncated_record',
-          message: 'the line has no end (the file was cut short)',
-        });
-      }
-      const text = content.toString('utf8', offset, newline);
-      offset = newline + 1;
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(text);
-      } catch {
-        return fail({ ...at, reason: 'bad_json', message: 'the line is not valid JSON' });
-      }
-      const shape = checkShape(parsed);
-      if (typeof shape === 'string') {
-        const seq = seqOf(parsed);
-        return fail({ ...at, ...(seq === undefined ? {} : { seq }), reason: 'bad_record', message: shape });
-      }
-      const { prev, hash, ...body } = shape;
-      const seq = shape.seq;
-      if (hashAuditRecord(prev, body) !== hash) {
-        return fail({
-          ...at,
-          seq,
-          reason: 'bad_hash',
-          message: 'the record does not match its hash (it was altered)',
-        });
-      }
-      if (lastSeq !== undefined && seq !== lastSeq + 1) {
-        return fail({
-          ...at,
-          seq,
-          reason: 'seq_gap',
-          message: `expected seq ${lastSeq + 1} after ${lastSeq}, found ${seq} (records removed or reordered)`,
-        });
-      }
-      if (lastHash !== undefined && prev !== lastHash) {
-        return fail({
-          ...at,
-          seq,
-          reason: 'prev_mismatch',
-          message: `prev does not match the hash of seq ${lastSeq}`,
-        });
-      }
-      if (lastHash === undefined) {
-        if (seq === 1 && prev !== GENESIS_PREV) {
-          return fail({ ...at, seq, reason: 'prev_mismatch', message: 'seq 1 must have the all-zero prev' });
-        }
-        if (seq !== 1) {
-          oldestPrevChecked = false;
-          notes.push(
-            `the oldest remaining record is seq ${seq}; records before it were rotated away, so its prev cannot be checked`,
-          );
-        }
-        firstSeq = seq;
-      }
-      if (firstInFile && seq !== file.firstSeq) {
-        return fail({
-          ...at,
-          seq,
-          reason: 'file_name_mismatch',
-          message: `the file is named for seq ${file.firstSeq} but starts at seq ${seq}`,
-        });
-      }
-      firstInFile = false;
-      records += 1;
-      lastSeq = seq;
-      lastHash = hash;
-    }
-  }
-  return {
-    ok: true,
-    records,
-    files: files.length,
-    quarantined,
-    notes,
-    ...(firstSeq === undefined ? {} : { firstSeq }),
-    ...(lastSeq === undefined ? {} : { lastSeq }),
-    oldestPrevChecked,
-  };
-}
-
-/** Decodes and self-checks one line; throws with the problem. Links are not checked here. */
-function decodeAuditLine(line: Buffer): AuditRecord {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(line.toString('utf8'));
-  } catch {
-    throw new Error('not valid JSON');
-  }
-  const shape = checkShape(parsed);
-  if (typeof shape === 'string') throw new Error(shape);
-  const { prev, hash, ...body } = shape;
-  if (hashAuditRecord(prev, body) !== hash) throw new Error('hash mismatch');
-  return shape;
-}
-
-/** The record typed, or what is wrong with its shape. */
-function checkShape(value: unknown): AuditRecord | string {
-  if (typeof value !== 'object' || value === null || Array.isArray(value))
-    return 'the record is not an object';
-  const record = value as Record<string, unknown>;
-  if (typeof record.seq !== 'number' || !Number.isSafeInteger(record.seq) || record.seq < 1)
-    return 'seq is not a positive integer';
-  if (typeof record.ts !== 'string') return 'ts is not a string';
-  if (typeof record.type !== 'string') return 'type is not a string';
-  if (typeof record.prev !== 'string' || !HASH_PATTERN.test(record.prev))
-    return 'prev is not a SHA-256 hex digest';
-  if (typeof record.hash !== 'string' || !HASH_PATTERN.test(record.hash))
-    return 'hash is not a SHA-256 hex digest';
-  return record as AuditRecord;
-}
-
-/** The record `pending` becomes as seq `seq` after the record hashed `prev`. */
-function chain(pending: Pending, seq: number, prev: string): Chained {
-  const body = { seq, ts: pending.ts, type: pending.type, ...pending.fields };
-  const hash = hashAuditRecord(prev, body);
-  const record: AuditRecord = { ...body, type: pending.type, prev, hash };
-  return { pending, record, line: Buffer.from(`${JSON.stringify(record)}\n`, 'utf8') };
-}
-
-function seqOf(value: unknown): number | undefined {
-  if (typeof value !== 'object' || value === null) return undefined;
-  const seq = (value as { seq?: unknown }).seq;
-  return typeof seq === 'number' ? seq : undefined;
-}
-
 function findForbiddenField(value: unknown): string | undefined {
   if (Array.isArray(value)) {
     for (const item of value) {
@@ -753,29 +910,6 @@ function findForbiddenField(value: unknown): string | undefined {
   return undefined;
 }
 
-async function listAuditFiles(dir: string): Promise<AuditFile[]> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (err) {
-    throw ioError(err, dir, 'list');
-  }
-  const files: AuditFile[] = [];
-  for (const name of names) {
-    const match = FILE_PATTERN.exec(name);
-    if (match?.[1] !== undefined) files.push({ name, firstSeq: Number(match[1]) });
-  }
-  return files.sort((a, b) => a.firstSeq - b.firstSeq);
-}
-
-async function readAuditFile(path: string): Promise<Buffer> {
-  try {
-    return await readFile(path);
-  } catch (err) {
-    throw ioError(err, path, 'read');
-  }
-}
-
 async function openFile(path: string, flags: 'r+' | 'wx', created = false): Promise<FileHandle> {
   try {
     const handle = await open(path, flags, 0o600);
@@ -786,31 +920,22 @@ async function openFile(path: string, flags: 'r+' | 'wx', created = false): Prom
   }
 }
 
-async function cutTail(
+async function cutTornTail(
   path: string,
-  content: Buffer,
-  validEnd: number,
-  keepAside: boolean,
+  completeEnd: number,
+  tornBytes: number,
   logger: Logger,
 ): Promise<void> {
-  let quarantinedTo: string | undefined;
-  if (keepAside) {
-    quarantinedTo = `${path}.corrupt-${uniqueStamp()}`;
-    await writeFileAtomic(quarantinedTo, content.subarray(validEnd));
-  }
   const handle = await openFile(path, 'r+');
   try {
-    await handle.truncate(validEnd);
+    await handle.truncate(completeEnd);
     await handle.sync();
   } catch (err) {
     throw ioError(err, path, 'truncate');
   } finally {
     await handle.close();
   }
-  const fields = { file: path, truncatedBytes: content.length - validEnd };
-  if (quarantinedTo === undefined) logger.info(fields, 'audit log: cut off a torn last record');
-  else
-    logger.warn({ ...fields, quarantinedTo }, 'audit log: cut off invalid tail records; copied them aside');
+  logger.info({ file: path, truncatedBytes: tornBytes }, 'audit log: cut off a torn last record');
 }
 
 function checkSetting(name: string, value: number, min: number): void {
@@ -825,4 +950,12 @@ function checkSetting(name: string, value: number, min: number): void {
       },
     );
   }
+}
+
+/** The record `pending` becomes as seq `seq` after the record hashed `prev`. */
+function chain(pending: Pending, seq: number, prev: string): Chained {
+  const body = { seq, ts: pending.ts, type: pending.type, ...pending.fields };
+  const hash = hashAuditRecord(prev, body);
+  const record: AuditRecord = { ...body, type: pending.type, prev, hash };
+  return { pending, record, line: Buffer.from(`${JSON.stringify(record)}\n`, 'utf8') };
 }

@@ -346,3 +346,39 @@ function errorCode(err: AgentError): string {
   const errno = err.details.errno;
   return typeof errno === 'string' ? errno : (errnoOf(err.cause) ?? err.code);
 }
+
+const HEALTH_RANK: Record<WriteHealth['state'], number> = { ok: 0, closed: 1, failing: 2, latched: 3 };
+
+/**
+ * One figure for a store kept in several files (a mirrored map writes each change to two
+ * journals): the worst state, named after the file in that state (or the one that failed last),
+ * with counts summed.
+ */
+export function combineWriteHealth(parts: readonly WriteHealth[]): WriteHealth {
+  const [first, ...rest] = parts;
+  if (first === undefined) throw new Error('combineWriteHealth needs at least one part');
+  // The worst state; between equals, the one that failed last (the file to look at).
+  const errorAt = (h: WriteHealth) => h.lastError?.at ?? Number.NEGATIVE_INFINITY;
+  let worst = first;
+  for (const part of rest) {
+    const rank = HEALTH_RANK[part.state] - HEALTH_RANK[worst.state];
+    if (rank > 0 || (rank === 0 && errorAt(part) > errorAt(worst))) worst = part;
+  }
+  const since = parts.flatMap((p) => (p.failingSince === undefined ? [] : [p.failingSince]));
+  const errors = parts.flatMap((p) => (p.lastError === undefined ? [] : [p.lastError]));
+  const lastError = errors.reduce<WriteHealth['lastError']>(
+    (latest, e) => (latest === undefined || e.at > latest.at ? e : latest),
+    undefined,
+  );
+  const busy = parts.flatMap((p) => (p.busyMs === undefined ? [] : [p.busyMs]));
+  return {
+    store: worst.store,
+    state: worst.state,
+    failures: parts.reduce((sum, p) => sum + p.failures, 0),
+    refused: parts.reduce((sum, p) => sum + p.refused, 0),
+    pending: Math.max(...parts.map((p) => p.pending)),
+    ...(since.length > 0 ? { failingSince: Math.min(...since) } : {}),
+    ...(lastError !== undefined ? { lastError: { ...lastError } } : {}),
+    ...(busy.length > 0 ? { busyMs: Math.max(...busy) } : {}),
+  };
+}

@@ -6,17 +6,18 @@
  * `append` resolves once the record is durable (written and fdatasynced); concurrent appends are
  * group-committed (one write and one fdatasync per batch).
  *
- * Recovery when opening (see line-scan.ts for why this is safe):
- * - A torn tail (an incomplete last line, or bad lines after the last valid record) is cut off.
- *   Those bytes never belonged to an acknowledged record. If the tail holds a complete line (as a
- *   power cut can leave: a page of zeros, then data), its bytes are first copied to
- *   `<path>.corrupt-<stamp>` so nothing is destroyed unseen.
- * - A bad record before the last valid one is corruption of data that was durable. Policy
- *   `onCorrupt: 'fail'` (default) refuses to open with 'state_corrupt' naming the file, the line
- *   and the byte offset, and leaves the file untouched: a store such as the keyring must not
- *   silently drop, say, a revoke. Policy `'quarantine'` copies the whole file to
- *   `<path>.corrupt-<stamp>`, rewrites the journal with the valid records only, logs an error and
- *   reports every dropped line in `recovery.corrupt`.
+ * Recovery when opening (see line-scan.ts for the rule and why it is safe):
+ * - A torn tail (an incomplete last line) is cut off silently (logged at info): those bytes never
+ *   belonged to an acknowledged record.
+ * - A complete line with a bad checksum, the last one included, is corruption of data that was
+ *   durable. Policy `onCorrupt: 'fail'` (default) refuses to open with 'state_corrupt' naming the
+ *   file, the line and the byte offset, and leaves the file untouched: a store such as the
+ *   keyring must not silently drop, say, a revoke. Policy `'report'` opens with the valid records,
+ *   leaves the damaged lines in place and returns them (with their bytes) in `recovery.corrupt`,
+ *   for a store that keeps a second copy and repairs from it. Policy `'quarantine'` copies the
+ *   whole file to `<path>.corrupt-<stamp>`, rewrites the journal with the valid records only,
+ *   logs an error and reports every dropped line in `recovery.corrupt`.
+ * `inspectJournal` reads a journal the same way without changing anything (`state check`).
  *
  * One process owns a journal at a time: `<path>.lock` (owner-lock.ts) makes a second open,
  * in this or another process, fail with 'busy' until the owner closes it or dies.
@@ -33,7 +34,7 @@ import { crc32 } from 'node:zlib';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { silentLogger } from '../core/logger.js';
-import { writeFileAtomic } from './atomic.js';
+import { readFileIfExists, writeFileAtomic } from './atomic.js';
 import { errnoOf, ioError, syncDirectory, uniqueStamp, writeAll } from './fs-util.js';
 import {
   type GroupCommitOptions,
@@ -41,17 +42,17 @@ import {
   type StagedItem,
   type WriteHealth,
 } from './group-commit.js';
-import { planRecovery, scanLines } from './line-scan.js';
+import { planRecovery, type RecoveryPlan, scanLines } from './line-scan.js';
 import { acquireOwnerLock, type OwnerLock } from './owner-lock.js';
 
-export type CorruptPolicy = 'fail' | 'quarantine';
+export type CorruptPolicy = 'fail' | 'quarantine' | 'report';
 
 export interface JournalOptions<T> {
   /** Validates each record read back; a throw makes that record invalid (torn or corrupt). */
   readonly parse?: (value: unknown) => T;
   /** Largest encoded line (checksum, JSON and newline) accepted by `append`; default 1 MiB. */
   readonly maxRecordBytes?: number;
-  /** What to do with invalid records before the last valid one; default 'fail'. */
+  /** What to do with damaged (complete but invalid) records; default 'fail'. */
   readonly onCorrupt?: CorruptPolicy;
   /** Mode of a newly created journal file; default 0o600. */
   readonly mode?: number;
@@ -69,6 +70,8 @@ export interface CorruptLine {
   readonly line: number;
   readonly offset: number;
   readonly problem: string;
+  /** The damaged line's bytes (without its '\n'), for a caller that can salvage what it names. */
+  readonly raw: Buffer;
 }
 
 export interface JournalRecovery {
@@ -76,7 +79,7 @@ export interface JournalRecovery {
   readonly created: boolean;
   /** Bytes of a torn tail that were cut off (0 when the file was clean). */
   readonly truncatedBytes: number;
-  /** Invalid records dropped under the 'quarantine' policy. */
+  /** Damaged records: dropped under 'quarantine', left in place under 'report'. */
   readonly corrupt: readonly CorruptLine[];
   /** Where removed bytes were copied, when any complete line was removed. */
   readonly quarantinedTo?: string;
@@ -101,6 +104,11 @@ export class Journal<T = unknown> {
   private readonly lock: OwnerLock;
   private readonly queue: GroupCommitQueue<Buffer>;
   private readonly openFile: OpenFile;
+  /**
+   * The last durable line is a damaged record kept in place under 'report' (the store repairs it
+   * from its other copy): a restore after a failed write must not take it for lost data.
+   */
+  private lastLineDamaged: boolean;
 
   private constructor(
     path: string,
@@ -112,8 +120,10 @@ export class Journal<T = unknown> {
     parse: ((value: unknown) => T) | undefined,
     lock: OwnerLock,
     options: JournalOptions<T>,
+    lastLineDamaged: boolean,
   ) {
     this.path = path;
+    this.lastLineDamaged = lastLineDamaged;
     this.openFile = options.openFile ?? open;
     this.lock = lock;
     this.parse = parse;
@@ -147,6 +157,7 @@ export class Journal<T = unknown> {
         options.parse,
         lock,
         options,
+        recovered.lastLineDamaged,
       );
       return { journal, records: recovered.records, recovery: recovered.recovery };
     } catch (err) {
@@ -227,6 +238,7 @@ export class Journal<T = unknown> {
         if (await this.replacedOnDisk()) {
           this.bytes = content.length;
           this.records = records.length;
+          this.lastLineDamaged = false;
         }
         throw err;
       }
@@ -234,6 +246,7 @@ export class Journal<T = unknown> {
       this.handle = await openExisting(this.path, this.openFile);
       this.bytes = content.length;
       this.records = records.length;
+      this.lastLineDamaged = false;
       await old.close().catch(() => {});
     });
   }
@@ -279,6 +292,7 @@ export class Journal<T = unknown> {
     }
     this.bytes += data.length;
     this.records += lines.length;
+    this.lastLineDamaged = false;
   }
 
   /**
@@ -333,7 +347,9 @@ export class Journal<T = unknown> {
     const start = tail.lastIndexOf(0x0a, end - 1) + 1;
     let problem: string | undefined;
     if (got < length || tail[end] !== 0x0a) problem = 'the last durable record is incomplete';
-    else if (start === 0 && length < this.bytes) problem = 'the last durable record has no start';
+    else if (this.lastLineDamaged) {
+      // A damaged record left in place under 'report': only its end is checked (it never decoded).
+    } else if (start === 0 && length < this.bytes) problem = 'the last durable record has no start';
     else {
       try {
         decodeLine(tail.subarray(start, end), this.parse);
@@ -364,7 +380,13 @@ async function recover<T>(
   created: boolean,
   options: JournalOptions<T>,
   mode: number,
-): Promise<{ handle: FileHandle; bytes: number; records: T[]; recovery: JournalRecovery }> {
+): Promise<{
+  handle: FileHandle;
+  bytes: number;
+  records: T[];
+  recovery: JournalRecovery;
+  lastLineDamaged: boolean;
+}> {
   const logger = options.logger ?? silentLogger;
   let content: Buffer;
   try {
@@ -372,32 +394,28 @@ async function recover<T>(
   } catch (err) {
     throw ioError(err, path, 'read');
   }
-  const plan = planRecovery(
-    scanLines(content, (line) => decodeLine(line, options.parse)),
-    content.length,
-  );
-  const records = plan.valid.map((scanned) => scanned.value as T);
-
-  const corrupt = plan.corrupt.map(({ line, offset, problem }) => ({ line, offset, problem: problem ?? '' }));
+  const scanned = scanJournal(content, options.parse);
+  const { plan, records, corrupt } = scanned;
+  const policy = options.onCorrupt ?? 'fail';
   const first = corrupt[0];
-  if (first !== undefined) {
-    if ((options.onCorrupt ?? 'fail') === 'fail') {
-      throw new AgentError(
-        'state_corrupt',
-        `${path} is corrupt at line ${first.line} (byte ${first.offset}): ${first.problem}; ` +
-          `${corrupt.length} bad record(s) precede valid ones; the file was left untouched`,
-        {
-          file: path,
-          line: first.line,
-          offset: first.offset,
-          problem: first.problem,
-          badRecords: corrupt.length,
-        },
-      );
-    }
+  if (first !== undefined && policy === 'fail') {
+    throw new AgentError(
+      'state_corrupt',
+      `${path} is corrupt at line ${first.line} (byte ${first.offset}): ${first.problem}; ` +
+        `${corrupt.length} damaged record(s); the file was left untouched`,
+      {
+        file: path,
+        line: first.line,
+        offset: first.offset,
+        problem: first.problem,
+        badRecords: corrupt.length,
+      },
+    );
+  }
+  if (first !== undefined && policy === 'quarantine') {
     const quarantinedTo = `${path}.corrupt-${uniqueStamp()}`;
     await writeFileAtomic(quarantinedTo, content, { mode });
-    const kept = Buffer.concat(plan.valid.map((scanned) => content.subarray(scanned.offset, scanned.end)));
+    const kept = Buffer.concat(plan.valid.map((line) => content.subarray(line.offset, line.end)));
     await writeFileAtomic(path, kept, { mode });
     await handle.close();
     logger.error(
@@ -411,35 +429,79 @@ async function recover<T>(
       'journal had corrupt records; kept the valid ones and copied the original aside',
     );
     return {
-      handle: await openExisting(path),
+      handle: await openExisting(path, options.openFile ?? open),
       bytes: kept.length,
       records,
-      recovery: { created, truncatedBytes: 0, corrupt, quarantinedTo },
+      recovery: { created, truncatedBytes: plan.tornBytes, corrupt, quarantinedTo },
+      lastLineDamaged: false,
     };
   }
+  // 'report' keeps damaged lines where they are (the caller repairs them from another copy).
+  if (plan.tornBytes > 0) {
+    try {
+      await handle.truncate(plan.completeEnd);
+      await handle.sync();
+    } catch (err) {
+      throw ioError(err, path, 'truncate');
+    }
+    logger.info(
+      { file: path, truncatedBytes: plan.tornBytes, validRecords: records.length },
+      'journal: cut off a torn last record',
+    );
+  }
+  return {
+    handle,
+    bytes: plan.completeEnd,
+    records,
+    recovery: { created, truncatedBytes: plan.tornBytes, corrupt },
+    lastLineDamaged: plan.validEnd < plan.completeEnd,
+  };
+}
 
-  if (plan.tailBytes === 0) {
-    return { handle, bytes: content.length, records, recovery: { created, truncatedBytes: 0, corrupt: [] } };
-  }
-  let quarantinedTo: string | undefined;
-  if (plan.tailHasCompleteLine) {
-    quarantinedTo = `${path}.corrupt-${uniqueStamp()}`;
-    await writeFileAtomic(quarantinedTo, content.subarray(plan.validEnd), { mode });
-  }
-  try {
-    await handle.truncate(plan.validEnd);
-    await handle.sync();
-  } catch (err) {
-    throw ioError(err, path, 'truncate');
-  }
-  const fields = { file: path, truncatedBytes: plan.tailBytes, validRecords: records.length };
-  if (quarantinedTo === undefined) logger.info(fields, 'journal: cut off a torn last record');
-  else logger.warn({ ...fields, quarantinedTo }, 'journal: cut off invalid tail records; copied them aside');
-  const recovery: JournalRecovery =
-    quarantinedTo === undefined
-      ? { created, truncatedBytes: plan.tailBytes, corrupt: [] }
-      : { created, truncatedBytes: plan.tailBytes, corrupt: [], quarantinedTo };
-  return { handle, bytes: plan.validEnd, records, recovery };
+interface ScannedJournal<T> {
+  readonly plan: RecoveryPlan<T>;
+  readonly records: T[];
+  readonly corrupt: CorruptLine[];
+}
+
+function scanJournal<T>(content: Buffer, parse: ((value: unknown) => T) | undefined): ScannedJournal<T> {
+  const plan = planRecovery(
+    scanLines(content, (line) => decodeLine(line, parse)),
+    content.length,
+  );
+  return {
+    plan,
+    records: plan.valid.map((scanned) => scanned.value as T),
+    corrupt: plan.corrupt.map(({ line, offset, end, problem }) => ({
+      line,
+      offset,
+      problem: problem ?? '',
+      raw: content.subarray(offset, end - 1),
+    })),
+  };
+}
+
+export interface JournalInspection<T> {
+  readonly path: string;
+  readonly exists: boolean;
+  readonly bytes: number;
+  /** Valid records in file order. */
+  readonly records: T[];
+  /** Damaged complete lines (see line-scan.ts). */
+  readonly corrupt: readonly CorruptLine[];
+  /** Bytes of a torn tail that opening would cut off. */
+  readonly tornBytes: number;
+}
+
+/** Reads a journal without opening it for writing: no lock, no truncation, nothing created. */
+export async function inspectJournal<T = unknown>(
+  path: string,
+  parse?: (value: unknown) => T,
+): Promise<JournalInspection<T>> {
+  const content = await readFileIfExists(path);
+  if (content === undefined) return { path, exists: false, bytes: 0, records: [], corrupt: [], tornBytes: 0 };
+  const { plan, records, corrupt } = scanJournal(content, parse);
+  return { path, exists: true, bytes: content.length, records, corrupt, tornBytes: plan.tornBytes };
 }
 
 const SPACE = 0x20;

@@ -1,11 +1,22 @@
 /**
- * Scanning of line-per-record files (journals, audit log) and the recovery rule they share.
+ * Scanning of line-per-record files (journals, audit log, keyring ops) and the recovery rule they
+ * share.
  *
- * Recovery rule: everything after the last valid record is the tail of a write that never
- * completed (a record is acknowledged only after it and everything before it was fsynced, and
- * records are only ever appended), so the tail is cut off. Invalid records BEFORE the last valid
- * one cannot come from a crash: that is corruption or tampering, and each store decides what to
- * do with it (refuse, quarantine, or keep and report).
+ * A record is complete once its '\n' is on disk; every record carries a checksum (or a hash) over
+ * its content. So:
+ * - Bytes after the last complete line (an incomplete last line: no '\n') are a TORN TAIL, what a
+ *   write cut short by kill -9 or a power cut leaves (a region of zeros the filesystem had
+ *   allocated but not written has no '\n' either). Such bytes never belonged to an acknowledged
+ *   record (a record is acknowledged only after it and everything before it was fsynced), so
+ *   they are cut off silently.
+ * - A COMPLETE line that does not check out (bad checksum, not JSON, a NUL byte) is CORRUPTION,
+ *   wherever it sits, the last line included: it was written whole and damaged afterwards (a
+ *   flipped bit, a bad sector, an edit). Each store decides what to do with it (refuse, repair
+ *   from its other copy, quarantine, keep as evidence); none drops it silently, because the last
+ *   record of a keyring journal may be the revoke that matters.
+ * A write of several pages torn by a power cut can leave a complete line with zeros inside (the
+ * page holding its end was written, an earlier one was not): that reads as corruption, so the
+ * store fails secure for it and `vehicle-agent state repair` rebuilds from what is left.
  */
 
 export interface ScannedLine<T> {
@@ -58,38 +69,44 @@ export function scanLines<T>(bytes: Buffer, decode: LineDecoder<T>): ScannedLine
 }
 
 export interface RecoveryPlan<T> {
-  /** The valid records, in file order (including those after a middle corruption). */
+  /** The valid records, in file order. */
   readonly valid: readonly ScannedLine<T>[];
-  /** Invalid lines before the last valid record: corruption, not a crash. */
+  /** Complete lines that are not valid records, anywhere in the file: corruption, not a crash. */
   readonly corrupt: readonly ScannedLine<T>[];
-  /** Byte offset just past the last valid record; the file is cut here. */
+  /** Corrupt lines after the last valid record (a subset of `corrupt`). */
+  readonly corruptTail: readonly ScannedLine<T>[];
+  /** Byte offset just past the last valid record. */
   readonly validEnd: number;
-  /** Bytes after validEnd. */
-  readonly tailBytes: number;
-  /** True when the tail holds at least one complete (newline-ended) line: worth keeping aside. */
-  readonly tailHasCompleteLine: boolean;
+  /** Byte offset just past the last complete line, valid or not; the torn tail starts here. */
+  readonly completeEnd: number;
+  /** Bytes of the torn tail (an incomplete last line), cut off silently. */
+  readonly tornBytes: number;
 }
 
 export function planRecovery<T>(lines: readonly ScannedLine<T>[], fileSize: number): RecoveryPlan<T> {
-  let lastValid = -1;
-  for (let i = lines.length - 1; i >= 0; i -= 1) {
-    if (lines[i]?.problem === undefined) {
-      lastValid = i;
-      break;
-    }
-  }
   const valid: ScannedLine<T>[] = [];
   const corrupt: ScannedLine<T>[] = [];
-  for (let i = 0; i <= lastValid; i += 1) {
-    const scanned = lines[i];
-    if (scanned === undefined) continue;
-    if (scanned.problem === undefined) valid.push(scanned);
-    else corrupt.push(scanned);
+  let validEnd = 0;
+  let completeEnd = 0;
+  let corruptAfterValid = 0;
+  for (const scanned of lines) {
+    if (!scanned.complete) continue;
+    completeEnd = scanned.end;
+    if (scanned.problem === undefined) {
+      valid.push(scanned);
+      validEnd = scanned.end;
+      corruptAfterValid = 0;
+    } else {
+      corrupt.push(scanned);
+      corruptAfterValid += 1;
+    }
   }
-  const validEnd = lastValid === -1 ? 0 : (lines[lastValid]?.end ?? 0);
-  let tailHasCompleteLine = false;
-  for (let i = lastValid + 1; i < lines.length; i += 1) {
-    if (lines[i]?.complete === true) tailHasCompleteLine = true;
-  }
-  return { valid, corrupt, validEnd, tailBytes: fileSize - validEnd, tailHasCompleteLine };
+  return {
+    valid,
+    corrupt,
+    corruptTail: corrupt.slice(corrupt.length - corruptAfterValid),
+    validEnd,
+    completeEnd,
+    tornBytes: fileSize - completeEnd,
+  };
 }

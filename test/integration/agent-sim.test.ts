@@ -188,17 +188,29 @@ describe('agent start-up failures', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('refuses to start on a corrupt keyring, naming the file, and leaves it as it was', async () => {
+  it('starts on a corrupt keyring.json, rebuilding it from the operations and reporting it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'va-corrupt-'));
     const first = await startAgentProcess(['--state-dir', dir]);
     expect(await first.stop()).toBe(0);
     const keyring = join(dir, 'keyring.json');
     writeFileSync(keyring, '{"format":1,"ops":[{"jws":');
-    const r = runCli(['start', '--state-dir', dir]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toContain('[state_corrupt]');
-    expect(r.stderr).toContain(keyring);
-    expect(readFileSync(keyring, 'utf8')).toBe('{"format":1,"ops":[{"jws":');
+    const second = await startAgentProcess(['--state-dir', dir]);
+    try {
+      const repaired = await second.waitForLog((l) => l.code === 'state_repaired' && l.file === keyring);
+      expect(repaired.msg).toContain('rebuilt from the operations');
+      expect(runCliJson(['sim', 'present', 'driver', '--state-dir', dir]).value).toMatchObject({
+        granted: true,
+      });
+      expect(runCliJson(['sim', 'present', 'revoked', '--state-dir', dir]).value).toMatchObject({
+        granted: false,
+        code: 'revoked',
+      });
+    } finally {
+      expect(await second.stop()).toBe(0);
+    }
+    // The damaged bytes were kept aside.
+    const aside = readdirSync(dir).find((n) => n.startsWith('keyring.json.corrupt-'));
+    expect(readFileSync(join(dir, aside ?? ''), 'utf8')).toBe('{"format":1,"ops":[{"jws":');
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -136,8 +136,8 @@ describe('a frozen state disk (fsfreeze) under the running agent', () => {
       );
       const grantDone = new Promise<number | null>((resolve) => grantChild?.once('exit', resolve));
 
-      // Hold the freeze until four of the agent's threads are stuck on the disk (the trusted
-      // clock writes its file once a minute), keeping the agent busy meanwhile.
+      // Hold the freeze until four of the agent's threads are stuck on the disk (the counters'
+      // two copies, the keyring's, the audit log, the trusted clock), keeping the agent busy.
       let stuck = 0;
       for (let i = 0; i < 160 && stuck < 4; i++) {
         stuck = threadsInDiskSleep(proc.pid);
@@ -157,13 +157,20 @@ describe('a frozen state disk (fsfreeze) under the running agent', () => {
       expect(during.decisions.granted).toBe(before + 3);
 
       // Said in /healthz (healthy: the watchdog keeps pinging; degraded: storage) and /metrics.
-      const health = (await (await fetch(`${base}/healthz`)).json()) as {
+      // A write counts as stalled after storageStallMs (5 s): wait for a health run past that.
+      type Health = {
         healthy: boolean;
         degraded: boolean;
         checks: Record<string, { ok: boolean; detail?: string }>;
       };
+      let health = (await (await fetch(`${base}/healthz`)).json()) as Health;
+      const stalled = /counters: a write has not finished for \d+ ms/;
+      for (let i = 0; i < 300 && !stalled.test(health.checks.storage?.detail ?? ''); i++) {
+        await sleep(100);
+        health = (await (await fetch(`${base}/healthz`)).json()) as Health;
+      }
       expect(health).toMatchObject({ healthy: true, degraded: true });
-      expect(health.checks.storage?.detail).toMatch(/counters: a write has not finished for \d+ ms/);
+      expect(health.checks.storage?.detail).toMatch(stalled);
       // The figures come from the last health run (every 5 s): wait for one after the taps.
       let metrics = '';
       for (let i = 0; i < 100 && !/vehicle_agent_audit_events_dropped_total [1-9]/.test(metrics); i++) {

@@ -193,8 +193,9 @@ describe('a full state disk (size-limited tmpfs) under the agent', () => {
     timeout: 60_000,
   }, async () => {
     await stop();
-    // Room for the two lock files the command takes, none for the journal record.
-    fill(2);
+    // Room for the three lock files the command takes (the state directory's, the keyring
+    // journal's and its mirror's), none for the journal record.
+    fill(3);
     const refused = grant('offline');
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toMatch(/\[state_io\] the keyring change could not be stored, so it was not made/);

@@ -1,18 +1,24 @@
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { STATE_FILES } from '../../agent/provision.js';
 import { AgentError } from '../../core/errors.js';
 import { readAuditLog, verifyAuditLog } from '../../store/audit-log.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 
-export const AUDIT_HELP = `vehicle-agent audit verify [--json]     walk the hash chain; report the first broken link (exit 1)
+export const AUDIT_HELP = `vehicle-agent audit verify [--json]     walk the hash chain and check its anchored head; report breaks (exit 1)
 vehicle-agent audit tail [-n N] [--json]  print the last N records (default 20)`;
 
 export async function audit(argv: readonly string[]): Promise<number> {
   const [sub, ...rest] = argv;
   const { values } = parse(rest, { ...COMMON_OPTIONS, lines: { type: 'string', short: 'n', default: '20' } });
-  const dir = join(loadFor(values).stateDir, STATE_FILES.audit);
+  const stateDir = loadFor(values).stateDir;
+  const dir = join(stateDir, STATE_FILES.audit);
   if (sub === 'verify') {
-    const result = await verifyAuditLog(dir);
+    // The agent has run here if its trusted-time floor exists: then the log cannot be empty.
+    const expectHistory = [STATE_FILES.clock, STATE_FILES.clockMirror].some((f) =>
+      existsSync(join(stateDir, f)),
+    );
+    const result = await verifyAuditLog(dir, { expectHistory });
     if (values.json) out(JSON.stringify(result));
     else if (result.ok) {
       out(
@@ -20,10 +26,19 @@ export async function audit(argv: readonly string[]): Promise<number> {
       );
       for (const n of result.notes) out(`  note: ${n}`);
     } else {
-      out(
-        `audit chain BROKEN [audit_chain_broken] at ${result.broken.file} line ${result.broken.line}${result.broken.seq !== undefined ? ` (seq ${result.broken.seq})` : ''}: ${result.broken.reason}: ${result.broken.message}`,
+      const b = result.broken;
+      const where =
+        b.line > 0 ? `${b.file} line ${b.line}${b.seq !== undefined ? ` (seq ${b.seq})` : ''}` : b.file;
+      out(`audit chain BROKEN [audit_chain_broken] at ${where}: ${b.reason}: ${b.message}`);
+      const more = result.breaks.filter(
+        (x) => x !== b && x.acknowledgedBy === undefined && x.recordedBy === undefined,
       );
-      out(`  ${result.records} records verified before the break`);
+      for (const x of more.slice(0, 20)) {
+        out(`  also: ${x.line > 0 ? `${x.file} line ${x.line}` : x.file}: ${x.reason}: ${x.message}`);
+      }
+      out(
+        `  ${result.records} valid records; \`vehicle-agent state repair --accept-loss\` acknowledges what cannot be rebuilt`,
+      );
     }
     return result.ok ? 0 : 1;
   }

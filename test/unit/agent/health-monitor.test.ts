@@ -8,6 +8,7 @@ import {
   lockVerdict,
   oneProbeAtATime,
   runHealthChecks,
+  type StorageFigures,
   stateDirCheck,
   stateDirVerdict,
   storageVerdict,
@@ -113,6 +114,36 @@ describe('health verdicts', () => {
   ] as const)('storage verdict for %j (audit %j): %s', (stores, audit, problem) => {
     const verdict = storageVerdict({ stores, ...(audit ? { audit } : {}) }, 5000);
     expect(verdict).toEqual(
+      problem === undefined ? { ok: true } : { ok: false, detail: problem, advisory: true },
+    );
+  });
+});
+
+describe('audit retention verdicts', () => {
+  const retention = (over: Partial<NonNullable<StorageFigures['auditRetention']>>) => ({
+    retainedFiles: 0,
+    keepFiles: 10,
+    maxFiles: 40,
+    unsentRecords: 0,
+    unsentMissing: 0,
+    ...over,
+  });
+  it.each([
+    ['nothing kept for the cloud', retention({}), undefined],
+    ['files kept below the cap', retention({ retainedFiles: 29 }), undefined],
+    ['an old loss the outbox stepped over', retention({ unsentRecords: 500 }), undefined],
+    [
+      'at the cap, nothing lost yet',
+      retention({ retainedFiles: 30 }),
+      'audit: at its file cap (audit.maxFiles 40) keeping records for the cloud; the next rotation deletes some it has not received',
+    ],
+    [
+      'records the outbox needs are gone',
+      retention({ retainedFiles: 30, unsentRecords: 500, unsentMissing: 120 }),
+      'audit: 120 record(s) the cloud has not received were deleted at the file cap (audit.maxFiles 40; audit_retention_exceeded)',
+    ],
+  ])('%s', (_name, auditRetention, problem) => {
+    expect(storageVerdict({ stores: [], auditRetention }, 5000)).toEqual(
       problem === undefined ? { ok: true } : { ok: false, detail: problem, advisory: true },
     );
   });

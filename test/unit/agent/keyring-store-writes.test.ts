@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -76,13 +76,20 @@ describe('keyring store writes', () => {
 
   it('after the ops could not be read, whenMaterialized tries again instead of going on without them', async () => {
     await snapshotWithSecondOwner();
-    const opsPath = join(dir, 'keyring.ops');
-    const ops = readFileSync(opsPath);
+    // Both copies unreadable (an I/O error, not damage: a directory where each file was).
+    const paths = [join(dir, 'keyring.ops'), join(dir, 'keyring.mirror.ops')];
+    const contents = paths.map((path) => readFileSync(path));
     const { ring, store } = await reopen();
-    unlinkSync(opsPath);
-    await expect(ring.whenMaterialized()).rejects.toMatchObject({ code: 'state_corrupt' });
-    await expect(ring.whenMaterialized()).rejects.toMatchObject({ code: 'state_corrupt' });
-    writeFileSync(opsPath, ops);
+    for (const path of paths) {
+      unlinkSync(path);
+      mkdirSync(path);
+    }
+    await expect(ring.whenMaterialized()).rejects.toMatchObject({ code: 'state_io' });
+    await expect(ring.whenMaterialized()).rejects.toMatchObject({ code: 'state_io' });
+    paths.forEach((path, i) => {
+      rmdirSync(path);
+      writeFileSync(path, contents[i] as Buffer);
+    });
     await ring.whenMaterialized();
     expect(ring.prepare([grantBy(owner2, makeKey('phone', 'driver').credential)]).rejected).toEqual([]);
     expect(ring.activeRole(driver.id)).toBe('driver');

@@ -110,12 +110,24 @@ describe('keyring store', () => {
   });
 
   it.each([
-    ['truncated JSON', '{"format":2,"ops":['],
+    ['truncated JSON', '{"format":3,"ops":['],
     ['wrong format', '{"format":9,"ops":[]}'],
-    ['bad credential entry', '{"format":2,"digest":"x","ops":[],"credentials":[["nope"]]}'],
-    ['damaged op', '{"format":1,"ops":[{"jws":"a.b.c","signer":"s"}]}'],
-  ])('refuses a %s snapshot with state_corrupt naming the file', async (_what, text) => {
+    ['bad credential entry', '{"format":2,"digest":"x","opCount":0,"credentials":[["nope"]]}'],
+  ])('rebuilds a %s keyring.json from the operations and reports it', async (_what, text) => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
     writeFileSync(join(dir, 'keyring.json'), text);
+    const { ring: loaded, store } = await reopen();
+    expect(view(loaded)).toBe(view(ring));
+    expect(store.findings).toMatchObject([{ file: join(dir, 'keyring.json'), code: 'state_repaired' }]);
+    await store.close();
+    const again = await reopen();
+    expect(again.store.findings).toEqual([]);
+    await again.store.close();
+  });
+
+  it('refuses a format 1 snapshot (no checksums, no copy) holding a damaged op', async () => {
+    writeFileSync(join(dir, 'keyring.json'), '{"format":1,"ops":[{"jws":"a.b.c","signer":"s"}]}');
     const err = await reopen().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AgentError);
     expect(err).toMatchObject({ code: 'state_corrupt' });
@@ -124,16 +136,20 @@ describe('keyring store', () => {
 });
 
 describe('keyring store ops file', () => {
-  it('reports a damaged ops file as state_corrupt when the ops are needed', async () => {
+  it('repairs a damaged ops file from its mirror when the ops are decoded', async () => {
     const { ring } = populated();
     await KeyringStore.writeSnapshot(dir, ring);
+    const good = readFileSync(join(dir, 'keyring.ops'));
     writeFileSync(join(dir, 'keyring.ops'), 'no-space-here\n');
     const { ring: loaded, store } = await reopen();
     // decisions work from the summary at once...
     expect(loaded.list().length).toBe(ring.list().length);
-    // ...and whatever needs the ops gets a coded error
-    expect(() => loaded.merge([])).toThrow(AgentError);
+    // ...and whatever needs the ops gets them from the good copy
+    expect(loaded.merge([]).rejected).toEqual([]);
+    expect(view(loaded)).toBe(view(ring));
+    expect(store.findings).toMatchObject([{ file: join(dir, 'keyring.ops'), code: 'state_repaired' }]);
     await store.close();
+    expect(readFileSync(join(dir, 'keyring.ops'))).toEqual(good);
   });
 
   it('lets the ops win when they hold more than the summary (a crash between the two writes)', async () => {

@@ -1,10 +1,11 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Outbox } from '../../../src/cloud/outbox.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import { AuditLog, type AuditRecord } from '../../../src/store/audit-log.js';
+import { openStores } from '../../../src/store/store-registry.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -177,6 +178,31 @@ describe('outbox over the audit log', () => {
     const seqs = link.published.map((r) => r.seq).filter((s) => s <= 200);
     expect(seqs).toEqual(Array.from({ length: 200 - firstSent + 1 }, (_, i) => firstSent + i));
     await outbox.close();
+    await log.close();
+  });
+});
+
+describe('outbox cursor writes in the health figures', () => {
+  it('is listed with the open stores, says when its cursor cannot be written, and recovers', async () => {
+    const dir = tempDir();
+    const log = await AuditLog.open(join(dir, 'audit'));
+    await fill(log, 5);
+    const { outbox } = await openOutbox(dir, log);
+    expect(openStores.under(dir).map((s) => s.path)).toEqual([join(dir, 'outbox')]);
+    // A directory where the cursor file goes: its atomic replace fails (EISDIR).
+    mkdirSync(join(dir, 'outbox.json'));
+    outbox.attach(fakeLink(true).publish, 10);
+    await until(() => outbox.writeHealth.failures > 0, 'a failed cursor write');
+    const failing = openStores.under(dir)[0]?.health;
+    expect(failing).toMatchObject({ state: 'failing', store: join(dir, 'outbox.json') });
+    expect(failing?.lastError?.code).toMatch(/^E[A-Z]+$/);
+    expect(failing?.failingSince).toBeGreaterThan(0);
+    rmdirSync(join(dir, 'outbox.json'));
+    await fill(log, 1);
+    await until(() => outbox.writeHealth.state === 'ok', 'a cursor write that succeeds');
+    expect(outbox.writeHealth.failingSince).toBeUndefined();
+    await outbox.close();
+    expect(openStores.under(dir)).toEqual([]);
     await log.close();
   });
 });

@@ -1,10 +1,22 @@
-import { appendFileSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AgentError } from '../../../src/core/errors.js';
 import {
+  AUDIT_DAMAGE_TYPE,
+  AUDIT_REPAIR_TYPE,
   AuditLog,
   type AuditRecord,
+  anchorPaths,
   auditFileName,
   forbiddenFieldName,
   GENESIS_PREV,
@@ -61,7 +73,7 @@ describe('audit record hash', () => {
 
 describe('AuditLog', () => {
   it('appends chained records with seq, ts, type, fields, prev and hash, 0600, and verifies', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     const records = await filledLog(dir, 3);
     expect(records.map((r) => r.seq)).toEqual([1, 2, 3]);
     expect(records[0]).toMatchObject({
@@ -89,7 +101,7 @@ describe('AuditLog', () => {
   });
 
   it('continues seq and chain across restarts', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     await filledLog(dir, 2);
     const log = await AuditLog.open(dir);
     expect(log.lastSeq).toBe(2);
@@ -101,7 +113,7 @@ describe('AuditLog', () => {
   });
 
   it('has one writer at a time: a second open of the directory is busy', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     const log = await AuditLog.open(dir);
     expect((await rejection(AuditLog.open(dir))).code).toBe('busy');
     await log.close();
@@ -110,7 +122,7 @@ describe('AuditLog', () => {
   });
 
   it('group-commits concurrent appends in call order', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     const log = await AuditLog.open(dir);
     const records = await Promise.all(Array.from({ length: 500 }, (_, i) => log.append({ type: 'tick', i })));
     expect(records.map((r) => r.seq)).toEqual(Array.from({ length: 500 }, (_, i) => i + 1));
@@ -132,7 +144,7 @@ describe('AuditLog', () => {
     ['private_key', { private_key: 'x' }],
     ['password', { password: 'x' }],
   ])('refuses an event with a field named %s and writes nothing', async (field, fields) => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     const log = await AuditLog.open(dir);
     const err = await rejection(log.append({ type: 'decision', ...fields }));
     expect(err.code).toBe('audit_event_rejected');
@@ -155,7 +167,7 @@ describe('AuditLog', () => {
   });
 
   it('refuses reserved fields, a missing type, values that are not JSON and records over the limit', async () => {
-    const log = await AuditLog.open(tempDir(), { maxRecordBytes: 512 });
+    const log = await AuditLog.open(join(tempDir(), 'audit'), { maxRecordBytes: 512 });
     for (const event of [
       { type: 'x', seq: 9 },
       { type: 'x', hash: 'h' },
@@ -170,7 +182,7 @@ describe('AuditLog', () => {
   });
 
   it('rotates by size, deletes the oldest files, and keeps the chain across files', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     await filledLog(dir, 300, { maxFileBytes: 4096, keepFiles: 3 });
     const files = readdirSync(dir).sort();
     expect(files).toHaveLength(3);
@@ -179,8 +191,10 @@ describe('AuditLog', () => {
     expect(result.ok).toBe(true);
     if (!result.ok) return;
     expect(result.lastSeq).toBe(300);
-    expect(result.oldestPrevChecked).toBe(false);
-    expect(result.notes.join(' ')).toContain('rotated away');
+    // The anchor names what rotation removed, so the oldest record's prev is checked too.
+    expect(result.oldestPrevChecked).toBe(true);
+    expect(result.rotated).toMatchObject({ throughSeq: (result.firstSeq ?? 0) - 1 });
+    expect(result.notes.join(' ')).toContain('rotation removed');
     expect(files[0]).toBe(auditFileName(result.firstSeq ?? 0));
     expect(result.records).toBe(300 - (result.firstSeq ?? 0) + 1);
 
@@ -191,7 +205,7 @@ describe('AuditLog', () => {
   });
 
   it('readFrom yields durable records from a seq across files, and from the oldest kept when asked for less', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     await filledLog(dir, 200, { maxFileBytes: 4096, keepFiles: 4 });
     const log = await AuditLog.open(dir, { maxFileBytes: 4096, keepFiles: 4 });
     const seqs = async (from: number): Promise<number[]> => {
@@ -210,7 +224,7 @@ describe('AuditLog', () => {
   });
 
   it('cuts a torn last record on open, continues the chain, and verify notes a partial record', async () => {
-    const dir = tempDir();
+    const dir = join(tempDir(), 'audit');
     await filledLog(dir, 5);
     const file = onlyFile(dir);
     const sixth = `{"seq":6,"ts":"2025-01-01T00:00:06.000Z","type":"decision","prev":"`;
@@ -247,7 +261,7 @@ describe('AuditLog', () => {
     async function tampered(
       edit: (lines: string[]) => string[],
     ): Promise<Awaited<ReturnType<typeof verifyAuditLog>>> {
-      const dir = tempDir();
+      const dir = join(tempDir(), 'audit');
       await filledLog(dir, 6);
       const file = onlyFile(dir);
       writeFileSync(file, `${edit(lines(file)).join('\n')}\n`);
@@ -260,7 +274,7 @@ describe('AuditLog', () => {
       );
       expect(result).toMatchObject({
         ok: false,
-        records: 2,
+        records: 5,
         broken: { line: 3, seq: 3, reason: 'bad_hash' },
       });
     });
@@ -279,28 +293,28 @@ describe('AuditLog', () => {
       );
       expect(result).toMatchObject({
         ok: false,
-        records: 3,
+        records: 6,
         broken: { line: 4, seq: 4, reason: 'prev_mismatch' },
       });
     });
 
     it('when a line was deleted', async () => {
       const result = await tampered((ls) => ls.filter((_, i) => i !== 3));
-      expect(result).toMatchObject({ ok: false, records: 3, broken: { line: 4, seq: 5, reason: 'seq_gap' } });
+      expect(result).toMatchObject({ ok: false, records: 5, broken: { line: 4, seq: 5, reason: 'seq_gap' } });
     });
 
     it('when two lines were swapped', async () => {
       const result = await tampered((ls) => [ls[0], ls[2], ls[1], ...ls.slice(3)].map(String));
-      expect(result).toMatchObject({ ok: false, records: 1, broken: { line: 2, seq: 3, reason: 'seq_gap' } });
+      expect(result).toMatchObject({ ok: false, records: 6, broken: { line: 2, seq: 3, reason: 'seq_gap' } });
     });
 
     it('when a line is not JSON', async () => {
       const result = await tampered((ls) => ls.map((l, i) => (i === 4 ? l.slice(0, 20) : l)));
-      expect(result).toMatchObject({ ok: false, records: 4, broken: { line: 5, reason: 'bad_json' } });
+      expect(result).toMatchObject({ ok: false, records: 5, broken: { line: 5, reason: 'bad_json' } });
     });
 
     it('when the first record does not start from the all-zero prev', async () => {
-      const dir = tempDir();
+      const dir = join(tempDir(), 'audit');
       const log = await AuditLog.open(dir);
       await log.append({ type: 'a' });
       await log.close();
@@ -318,7 +332,7 @@ describe('AuditLog', () => {
     });
 
     it('when a middle file is missing or renamed', async () => {
-      const dir = tempDir();
+      const dir = join(tempDir(), 'audit');
       await filledLog(dir, 120, { maxFileBytes: 4096, keepFiles: 100 });
       const files = readdirSync(dir).sort();
       expect(files.length).toBeGreaterThanOrEqual(3);
@@ -337,8 +351,8 @@ describe('AuditLog', () => {
       });
     });
 
-    it('keeps appending after tampering, and verify still reports the tampered record', async () => {
-      const dir = tempDir();
+    it('keeps appending after tampering, records the damage it sees, and verify still reports it', async () => {
+      const dir = join(tempDir(), 'audit');
       await filledLog(dir, 4);
       const file = onlyFile(dir);
       writeFileSync(
@@ -348,9 +362,225 @@ describe('AuditLog', () => {
           .join('\n')}\n`,
       );
       const log = await AuditLog.open(dir);
-      expect((await log.append({ type: 'boot' })).seq).toBe(5);
+      // The newest file is read at open: the damaged record is recorded (seq 5) before anything else.
+      expect(log.findings.map((f) => f.code)).toEqual(['audit_chain_broken']);
+      expect((await log.append({ type: 'boot' })).seq).toBe(6);
       await log.close();
       expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { seq: 2, reason: 'bad_hash' } });
     });
+  });
+});
+
+describe('audit head anchor', () => {
+  function newestFile(dir: string): string {
+    const files = readdirSync(dir)
+      .filter((n) => n.endsWith('.jsonl'))
+      .sort();
+    return join(dir, files.at(-1) ?? '');
+  }
+
+  it('shows a last record removed at rest, records the loss at the next open, and passes once acknowledged', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 5);
+    const file = onlyFile(dir);
+    writeFileSync(file, `${lines(file).slice(0, 4).join('\n')}\n`);
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { reason: 'head_missing' } });
+
+    const log = await AuditLog.open(dir);
+    expect(log.findings).toMatchObject([{ code: 'audit_chain_broken' }]);
+    expect(log.findings[0]?.problem).toContain('seq 5 was written');
+    await log.close();
+    const recorded = lines(file).map((l) => JSON.parse(l) as AuditRecord);
+    // The lost seq is never reused (the cloud may hold it): the damage record takes seq 6.
+    expect(recorded.at(-1)).toMatchObject({ seq: 6, type: AUDIT_DAMAGE_TYPE, prev: recorded[3]?.hash });
+    const result = await verifyAuditLog(dir);
+    expect(result).toMatchObject({ ok: false, broken: { reason: 'damage_recorded', seq: 6 } });
+
+    const repair = await AuditLog.open(dir);
+    await repair.append({ type: AUDIT_REPAIR_TYPE, acknowledged: result.breaks.map((b) => b.id) });
+    await repair.close();
+    const after = await verifyAuditLog(dir);
+    expect(after.ok).toBe(true);
+    expect(after.notes.join(' ')).toContain('acknowledged by repair');
+  });
+
+  it.each([
+    [
+      'the newest file cut at a line boundary',
+      (dir: string) => {
+        const file = newestFile(dir);
+        writeFileSync(file, `${lines(file).slice(0, 2).join('\n')}\n`);
+      },
+    ],
+    ['the newest file emptied', (dir: string) => writeFileSync(newestFile(dir), '')],
+    [
+      'every audit file removed',
+      (dir: string) => {
+        for (const n of readdirSync(dir)) if (n.endsWith('.jsonl')) unlinkSync(join(dir, n));
+      },
+    ],
+    ['the directory removed', (dir: string) => rmSync(dir, { recursive: true })],
+    [
+      'the oldest kept file removed',
+      (dir: string) => {
+        const files = readdirSync(dir)
+          .filter((n) => n.endsWith('.jsonl'))
+          .sort();
+        unlinkSync(join(dir, files[0] ?? ''));
+      },
+    ],
+  ])('fails verify when %s', async (_what, damage) => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 60, { maxFileBytes: 4096, keepFiles: 3 });
+    expect((await verifyAuditLog(dir)).ok).toBe(true);
+    damage(dir);
+    expect((await verifyAuditLog(dir)).ok).toBe(false);
+    // ...and the agent, opening it, records the damage instead of hiding it.
+    const log = await AuditLog.open(dir, { maxFileBytes: 4096, keepFiles: 3 });
+    expect(log.findings.length).toBeGreaterThan(0);
+    await log.close();
+    expect((await verifyAuditLog(dir)).ok).toBe(false);
+  });
+
+  it('fails verify when the whole log and both anchors are gone from a vehicle that has run', async () => {
+    const root = tempDir();
+    const dir = join(root, 'audit');
+    await filledLog(dir, 3);
+    rmSync(dir, { recursive: true });
+    for (const anchor of anchorPaths(dir)) unlinkSync(anchor);
+    expect((await verifyAuditLog(dir)).ok).toBe(true); // nothing says it ever existed...
+    expect(await verifyAuditLog(dir, { expectHistory: true })).toMatchObject({
+      ok: false,
+      broken: { reason: 'log_missing' },
+    });
+    const log = await AuditLog.open(dir, { expectHistory: true });
+    expect(log.findings).toHaveLength(1);
+    await log.close();
+    expect((await verifyAuditLog(dir)).ok).toBe(false);
+  });
+
+  it.each([
+    [
+      'flipped',
+      (path: string) => {
+        const bytes = readFileSync(path);
+        bytes[20] = (bytes[20] ?? 0) ^ 0x02;
+        writeFileSync(path, bytes);
+      },
+    ],
+    ['removed', (path: string) => unlinkSync(path)],
+  ])('fails verify when one anchor is %s, and the agent records it', async (_what, damage) => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 4);
+    damage(anchorPaths(dir)[1]);
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { reason: 'anchor_damaged' } });
+    const log = await AuditLog.open(dir);
+    expect(log.findings).toHaveLength(1);
+    await log.close();
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { reason: 'damage_recorded' } });
+  });
+
+  it('a damaged last record is kept as evidence and recorded, not cut off as a torn write', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 4);
+    const file = onlyFile(dir);
+    const text = readFileSync(file, 'utf8');
+    writeFileSync(file, `${text.slice(0, -40)}X${text.slice(-39)}`);
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false, broken: { line: 4 } });
+    const log = await AuditLog.open(dir);
+    expect((await log.append({ type: 'boot' })).seq).toBe(6); // 4 damaged, 5 = audit.damage
+    await log.close();
+    expect(lines(file)).toHaveLength(6);
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: false });
+  });
+
+  it('records damage once, however often the log is opened, and an acknowledgement holds', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 60, { maxFileBytes: 4096, keepFiles: 100 });
+    const files = readdirSync(dir)
+      .filter((n) => n.endsWith('.jsonl'))
+      .sort();
+    unlinkSync(join(dir, files[0] ?? '')); // not by rotation
+    const newest = newestFile(dir);
+    const text = readFileSync(newest, 'utf8');
+    writeFileSync(newest, `${text}${text.split('\n')[0]?.replace('"decision"', '"decisi0n"')}\n`); // a damaged copy
+    for (let i = 0; i < 3; i += 1) {
+      const log = await AuditLog.open(dir);
+      expect(log.findings.length, `open ${i}`).toBe(i === 0 ? 2 : 0);
+      await log.close();
+    }
+    const result = await verifyAuditLog(dir);
+    const open = result.breaks.filter((b) => b.acknowledgedBy === undefined && b.recordedBy === undefined);
+    expect(open.map((b) => b.reason)).toEqual(['damage_recorded']);
+    const repair = await AuditLog.open(dir);
+    await repair.append({ type: AUDIT_REPAIR_TYPE, acknowledged: open.map((b) => b.id) });
+    await repair.close();
+    for (let i = 0; i < 2; i += 1) {
+      const log = await AuditLog.open(dir);
+      expect(log.findings).toEqual([]);
+      await log.close();
+    }
+    expect((await verifyAuditLog(dir)).ok).toBe(true);
+  });
+
+  it('an anchor that lags the chain after a kill (the records after it are newer) verifies', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 3);
+    const anchors = anchorPaths(dir).map((p) => readFileSync(p));
+    await filledLog(dir, 2);
+    for (const [i, p] of anchorPaths(dir).entries()) writeFileSync(p, anchors[i] ?? '');
+    expect(await verifyAuditLog(dir)).toMatchObject({ ok: true, lastSeq: 5 });
+  });
+});
+
+describe('audit rotation for a reader that still needs records', () => {
+  it('keeps files holding records the outbox has not sent, up to maxFiles, then deletes and counts', async () => {
+    const dir = join(tempDir(), 'audit');
+    let unsentFrom: number | undefined = 1;
+    const log = await AuditLog.open(dir, {
+      maxFileBytes: 4096,
+      keepFiles: 2,
+      maxFiles: 5,
+      retainFrom: () => unsentFrom,
+    });
+    const files = () => readdirSync(dir).filter((n) => n.endsWith('.jsonl')).length;
+    for (let i = 0; i < 50; i += 1) await log.append({ type: 'tick', pad: 'x'.repeat(80) });
+    // 50 records of ~280 bytes fill four files: none deleted while the outbox needs them.
+    expect(files()).toBe(4);
+    expect(log.rotationStats().unsentRecords).toBe(0);
+    for (let i = 0; i < 200; i += 1) await log.append({ type: 'tick', pad: 'x'.repeat(80) });
+    // Past the cap the oldest go anyway, counted.
+    expect(files()).toBe(5);
+    const capped = log.rotationStats();
+    expect(capped.unsentRecords).toBeGreaterThan(0);
+    expect(capped.unsentRecords).toBe(capped.deletedRecords);
+    expect(capped.retainedFiles).toBe(3);
+    expect(capped).toMatchObject({ keepFiles: 2, maxFiles: 5, unsentMissing: capped.unsentRecords });
+    // Said in the log itself, with its code, for every rotation that deleted unsent records.
+    const losses = log.recent(100).filter((r) => r.type === 'audit.retention');
+    expect(losses.length).toBeGreaterThan(0);
+    const last = losses.at(-1);
+    expect(last).toMatchObject({ code: 'audit_retention_exceeded', maxFiles: 5 });
+    expect(last?.throughSeq).toBe(capped.deletedRecords);
+    expect(Number(last?.fromSeq)).toBeLessThanOrEqual(Number(last?.throughSeq));
+    // The reader stepped over what is gone: nothing is missing any more.
+    unsentFrom = capped.deletedRecords + 1;
+    expect(log.rotationStats().unsentMissing).toBe(0);
+    // Once sent, rotation is back to keepFiles.
+    unsentFrom = undefined;
+    for (let i = 0; i < 20; i += 1) await log.append({ type: 'tick', pad: 'x'.repeat(80) });
+    expect(files()).toBe(2);
+    expect(log.rotationStats().unsentRecords).toBe(capped.unsentRecords);
+    await log.close();
+    const result = await verifyAuditLog(dir);
+    expect(result.ok).toBe(true);
+    expect(result.rotated?.unsentRecords).toBe(capped.unsentRecords);
+    expect(result.notes.join(' ')).toContain('not yet sent to the cloud');
+  });
+
+  it('without retainFrom rotates to keepFiles as before', async () => {
+    const dir = join(tempDir(), 'audit');
+    await filledLog(dir, 200, { maxFileBytes: 4096, keepFiles: 2 });
+    expect(readdirSync(dir).filter((n) => n.endsWith('.jsonl'))).toHaveLength(2);
   });
 });

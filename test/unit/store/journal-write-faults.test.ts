@@ -143,6 +143,33 @@ describe('Journal write failures (injected)', () => {
     await journal.close();
   });
 
+  it("a damaged last record opened under 'report' (kept for the store's repair) does not latch a restore", async () => {
+    const path = join(tempDir(), 'j');
+    const first = await Journal.open<Rec>(path);
+    await first.journal.append({ id: 1 });
+    await first.journal.close();
+    const bytes = readFileSync(path);
+    bytes.writeUInt8((bytes.at(-3) ?? 0) ^ 0x01, bytes.length - 3); // damage, not a torn write
+    writeFileSync(path, bytes);
+    const files = faultyFiles();
+    const { journal, recovery } = await Journal.open<Rec>(path, {
+      openFile: files.open,
+      onCorrupt: 'report',
+    });
+    expect(recovery.corrupt).toHaveLength(1);
+    files.faults.push({ on: 'datasync', errno: 'EIO' });
+    await rejection(journal.append({ id: 2 }));
+    await settle();
+    expect(journal.writeHealth.state).toBe('ok');
+    await journal.append({ id: 3 });
+    await journal.close();
+    // The damaged line is still there for the store's repair, then the record written after.
+    const reopened = await Journal.open<Rec>(path, { onCorrupt: 'report' });
+    expect(reopened.records.map((r) => r.id)).toEqual([3]);
+    expect(reopened.recovery.corrupt).toHaveLength(1);
+    await reopened.journal.close();
+  });
+
   it('a failed rewrite (its snapshot could not be written) leaves the journal as it was and usable', async () => {
     const path = join(tempDir(), 'j');
     const { journal } = await Journal.open<Rec>(path);

@@ -92,16 +92,57 @@ describe('Journal', () => {
     expect(readdirSync(dir).some((name) => name.includes('.corrupt-'))).toBe(false);
   });
 
-  it('cuts complete bad lines after the last valid record but keeps their bytes aside', async () => {
+  it('treats a complete but damaged last record as corruption, not as a torn tail', async () => {
+    const dir = tempDir();
+    const good = line({ id: 1, text: 'one' });
+    const last = Buffer.from(line({ id: 2, text: 'two: the revoke that matters' }));
+    let refused = 0;
+    let torn = 0;
+    for (let at = 0; at < last.length; at += 1) {
+      for (const bit of [0x01, 0x20, 0x80]) {
+        const path = join(dir, `j${at}-${bit}`);
+        const flipped = Buffer.from(last);
+        flipped[at] = (flipped[at] ?? 0) ^ bit;
+        writeFileSync(path, Buffer.concat([Buffer.from(good), flipped]));
+        const opened = await Journal.open<Rec>(path, { parse: isRec }).catch((err: unknown) => err);
+        if (opened instanceof AgentError) {
+          expect(opened.code).toBe('state_corrupt');
+          expect(opened.details).toMatchObject({ file: path, line: 2 });
+          refused += 1;
+          continue;
+        }
+        // Only a flip of the final newline leaves an incomplete line, which is a torn write.
+        expect(at).toBe(last.length - 1);
+        const { journal, records, recovery } = opened as Awaited<ReturnType<typeof Journal.open<Rec>>>;
+        expect(records.map((r) => r.id)).toEqual([1]);
+        expect(recovery.truncatedBytes).toBe(last.length);
+        await journal.close();
+        torn += 1;
+      }
+    }
+    expect(refused).toBe(last.length * 3 - torn);
+    expect(torn).toBeLessThanOrEqual(3);
+  });
+
+  it("under the 'report' policy opens with the valid records and returns the damaged ones, bytes included", async () => {
     const path = join(tempDir(), 'j');
-    const garbage = `${'\0'.repeat(40)}\n${line({ id: 9, text: 'x' }).replace('x', 'y')}`;
-    writeFileSync(path, line({ id: 1, text: 'ok' }) + garbage);
-    const { journal, records, recovery } = await Journal.open<Rec>(path, { parse: isRec });
+    const damaged = line({ id: 2, text: 'two' }).replace('two', 'tw0');
+    const torn = line({ id: 3, text: 'three' }).slice(0, 10);
+    writeFileSync(path, line({ id: 1, text: 'one' }) + damaged + torn);
+    const { journal, records, recovery } = await Journal.open<Rec>(path, {
+      parse: isRec,
+      onCorrupt: 'report',
+    });
     expect(records.map((r) => r.id)).toEqual([1]);
-    expect(recovery.truncatedBytes).toBe(Buffer.byteLength(garbage));
-    expect(recovery.quarantinedTo).toBeDefined();
-    expect(readFileSync(recovery.quarantinedTo ?? '', 'utf8')).toBe(garbage);
+    expect(recovery.truncatedBytes).toBe(torn.length);
+    expect(recovery.corrupt).toMatchObject([{ line: 2, problem: 'checksum mismatch' }]);
+    expect(recovery.corrupt[0]?.raw.toString('utf8')).toBe(damaged.slice(0, -1));
+    // The damaged line stays (the caller repairs it from its other copy); appends go after it.
+    await journal.append({ id: 4, text: 'four' });
     await journal.close();
+    expect(readFileSync(path, 'utf8')).toBe(
+      line({ id: 1, text: 'one' }) + damaged + line({ id: 4, text: 'four' }),
+    );
   });
 
   it('refuses to open past a bad checksum in the middle and leaves the file untouched', async () => {
@@ -125,7 +166,7 @@ describe('Journal', () => {
     writeFileSync(path, content);
     const opened = await Journal.open<Rec>(path, { parse: isRec, onCorrupt: 'quarantine' });
     expect(opened.records.map((r) => r.id)).toEqual([1, 3]);
-    expect(opened.recovery.corrupt).toEqual([
+    expect(opened.recovery.corrupt).toMatchObject([
       { line: 2, offset: line({ id: 1, text: 'one' }).length, problem: 'checksum mismatch' },
     ]);
     expect(readFileSync(opened.recovery.quarantinedTo ?? '', 'utf8')).toBe(content);
