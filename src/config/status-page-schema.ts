@@ -1,4 +1,4 @@
-import { bool, int, optStr, section, str } from './fields.js';
+import { bool, int, optStr, secretStr, section, str } from './fields.js';
 
 /** The `statusPage` section: the local HTTP status page (src/status, README "Status page"). */
 export const STATUS_PAGE_SCHEMA = section(
@@ -25,9 +25,9 @@ export const STATUS_PAGE_SCHEMA = section(
         'with a random token when missing.',
       '/etc/vehicle-agent/status-admin-token',
     ),
-    adminToken: optStr(
+    adminToken: secretStr(
       'The admin token itself, at least 16 characters; prefer adminTokenFile, or set it only through ' +
-        'the environment.',
+        'the environment. Never printed (`config check` masks it).',
     ),
     simControls: bool(
       'In sim mode, show controls that tap simulated cards and bring simulated phones.',
