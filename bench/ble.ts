@@ -18,27 +18,35 @@ import { createRelay } from '../src/relay-factory.js';
 import { busSocket, type MessageBus } from '../src/sim/bluez/dbus.js';
 import type { LinkDelays } from '../src/sim/bluez/types.js';
 import { startPrivateDbus } from '../src/sim/dbus-daemon.js';
+import { STANDIN_V2 } from '../test/helpers/gpioset-standin.js';
 import type { ApproachReport, HostReply, HostRequest } from './ble-peer-host.js';
 import { atDeployedNice } from './deployed-nice.js';
-import { type LineEvent, msBetween, turnTime } from './line-timing.js';
+import { GpiosetRig, type LineEvent, msBetween, turnTime } from './line-timing.js';
 import { round, summarise } from './stats.js';
 
 /**
  * BLE unlock latency, from the advertisement being seen (the stand-in exports the device) to the
- * unlock relay energised, over real node-ble and a real private dbus-daemon. The agent side (link,
- * reader, agent loop, lock controller, simulated relay) runs here; the BlueZ stand-in and the
- * phone run in a child process, as bluetoothd and the phone would. Per unlock it also counts the
+ * unlock relay's line energised, over real node-ble and a real private dbus-daemon. The agent side
+ * (link, reader, agent loop, lock controller) runs here, its relays in the relay guard process
+ * with GPIO lines held by a stand-in gpioset (2.x, interactive) whose record says when the line
+ * changed: the clock stops there, seen from outside the agent. The BlueZ stand-in and the phone
+ * run in a child process, as bluetoothd and the phone would. Per unlock it also counts the
  * D-Bus method calls to org.bluez (the stand-in's per-device and adapter counts), and computes the
  * agent overhead: total minus the stand-in's modelled radio delays on the critical path minus the
- * phone's own compute time (decoding and signing with noble). That overhead holds three things:
+ * phone's own compute time (decoding and signing with noble). That overhead holds:
  *   agent_own          the agent's own work, timed at its D-Bus socket: from bytes arriving
  *                      (before dbus-next parses them) to its next bytes leaving (after marshalling),
- *                      and from the answer's notification to the relay. The agent overhead proper.
+ *                      and from the answer's notification to the lock controller being told. The
+ *                      agent overhead proper.
+ *   relay_step         from the lock controller being told to the line changing: the controller,
+ *                      the command to the relay guard, the guard, the `set` line to gpioset.
  *   bus_and_stand_in   the rest: dbus-daemon routing both ways, and the stand-in's own work
  *                      (dbus-next in JavaScript where bluetoothd is C) and its timers' lateness.
  * Figures only; no assertions.
  */
 
+/** The unlock line, as the bench configures the GPIO relays. */
+const UNLOCK_LINE = 17;
 /** Radio delays per call, roughly a fast BLE link (7.5–15 ms connection interval). */
 const MODELLED: LinkDelays = { connectMs: 20, startNotifyMs: 8, writeMs: 8, notifyMs: 8, disconnectMs: 8 };
 const ZERO: LinkDelays = { connectMs: 0, startNotifyMs: 0, writeMs: 0, notifyMs: 0, disconnectMs: 0 };
@@ -55,6 +63,8 @@ interface Sample {
   readonly overheadMs: number;
   /** The agent's own work on the path (see turnTime). */
   readonly ownMs: number;
+  /** From the lock controller told to the line changing (seen from outside). */
+  readonly relayStepMs: number;
   readonly bluezCalls: number;
 }
 
@@ -111,9 +121,17 @@ export async function benchBle(
     host.send(r);
   };
 
-  const env = { VEHICLE_AGENT_LOCK__PULSE_MS: '20', VEHICLE_AGENT_LOCK__AUTO_RELOCK_MS: '0' };
+  const gpioset = new GpiosetRig(STANDIN_V2);
+  const env = {
+    ...gpioset.configEnv,
+    VEHICLE_AGENT_LOCK__PULSE_MS: '20',
+    VEHICLE_AGENT_LOCK__AUTO_RELOCK_MS: '0',
+  };
   const { config } = loadConfig({ env });
-  const relay = await createRelay(config, silentLogger);
+  // Started at the agent's deployed niceness, which the relay guard inherits, as under systemd.
+  const { result: relay } = await atDeployedNice(() =>
+    createRelay(config, silentLogger, { env: gpioset.env }),
+  );
   let reader: BleReader | undefined;
   let agent: Agent | undefined;
   try {
@@ -139,15 +157,14 @@ export async function benchBle(
     const { d } = phonePair.privateKey.export({ format: 'jwk' });
     const secretKey = b64url(fromB64url(String(d)));
 
-    // "Relay energised": the lock controller resolves unlock() once the relay is switched on.
-    let energisedAt = 0n;
+    // The lock controller told to unlock; the line's change comes from the stand-in's record.
+    let toldAt = 0n;
     const controller = relay.lockController;
     const lock: LockControl = {
       state: () => controller.state(),
-      unlock: async (cause) => {
-        const state = await controller.unlock(cause);
-        energisedAt = process.hrtime.bigint();
-        return state;
+      unlock: (cause) => {
+        toldAt = process.hrtime.bigint();
+        return controller.unlock(cause);
       },
       lock: (cause) => controller.lock(cause),
       retract: (cause) => controller.retract(cause),
@@ -198,7 +215,8 @@ export async function benchBle(
       const bytes = randomBytes(6);
       bytes[0] = ((bytes[0] ?? 0) | 0xc0) & 0xff;
       const address = [...bytes].map((b) => b.toString(16).padStart(2, '0').toUpperCase()).join(':');
-      energisedAt = 0n;
+      toldAt = 0n;
+      const changesBefore = gpioset.changeCount(UNLOCK_LINE);
       const outcome = new Promise<BleOutcome>((resolve) => {
         const off = bleReader.onOutcome((o) => {
           if (o.address !== address || o.kind === 'failed') return;
@@ -216,14 +234,15 @@ export async function benchBle(
         delays,
       });
       const [o, r] = await Promise.all([outcome, report]);
-      if (o.kind !== 'decision' || !o.decision.granted || energisedAt === 0n) {
+      if (o.kind !== 'decision' || !o.decision.granted || toldAt === 0n) {
         throw new Error(`bench unlock was not granted: ${JSON.stringify(o)}`);
       }
+      const energisedAt = await gpioset.waitChange(UNLOCK_LINE, changesBefore, true);
       const seenAt = ns(r.seenAt);
       const totalMs = msBetween(seenAt, energisedAt);
       // Radio time on the path to the relay: the connect, the CCCD write, and every write and
-      // notification that completed before the relay was energised (result and disconnect come after).
-      const before = r.events.filter((e) => ns(e.at) <= energisedAt);
+      // notification that completed before the lock controller was told (result and disconnect come after).
+      const before = r.events.filter((e) => ns(e.at) <= toldAt);
       const modelledMs =
         delays.startNotifyMs +
         before.filter((e) => e.type === 'connected').length * delays.connectMs +
@@ -233,10 +252,11 @@ export async function benchBle(
       const bluezCalls =
         Object.values(r.deviceCalls).reduce((a, b) => a + b, 0) +
         Object.values(r.adapterCalls).reduce((a, b) => a + b, 0);
-      const ownMs = turnTime(busEvents, seenAt, energisedAt, 'in');
+      const ownMs = turnTime(busEvents, seenAt, toldAt, 'in');
       busEvents.length = 0;
       // Let the 20 ms unlock pulse end, so the next grant energises the relay again.
-      await new Promise((resolve) => setTimeout(resolve, 30));
+      await gpioset.waitChange(UNLOCK_LINE, changesBefore + 1, false);
+      await new Promise((resolve) => setTimeout(resolve, 10));
       return {
         totalMs,
         modelledMs,
@@ -245,6 +265,7 @@ export async function benchBle(
         overheadMs: totalMs - waitedMs - r.phoneMs,
         overheadNominalMs: totalMs - modelledMs - r.phoneMs,
         ownMs,
+        relayStepMs: msBetween(toldAt, energisedAt),
         bluezCalls,
       };
     };
@@ -265,7 +286,7 @@ export async function benchBle(
     const zeroTotal = pick(zero, 'totalMs');
     const zeroOverhead = pick(zero, 'overheadMs');
     const own = pick(modelled, 'ownMs');
-    const rig = summarise(modelled.map((m) => m.overheadMs - m.ownMs));
+    const rig = summarise(modelled.map((m) => m.overheadMs - m.ownMs - m.relayStepMs));
     return {
       ble_samples: samples,
       ble_unlock_p50_ms: round(total.p50, 1),
@@ -277,6 +298,8 @@ export async function benchBle(
       ble_agent_overhead_p99_ms: round(overhead.p99, 2),
       ble_agent_own_p50_ms: round(own.p50, 2),
       ble_agent_own_p99_ms: round(own.p99, 2),
+      ble_relay_step_p50_ms: round(pick(modelled, 'relayStepMs').p50, 2),
+      ble_relay_step_p99_ms: round(pick(modelled, 'relayStepMs').p99, 2),
       ble_bus_and_stand_in_p50_ms: round(rig.p50, 2),
       ble_bus_and_stand_in_p99_ms: round(rig.p99, 2),
       ble_agent_overhead_nominal_p50_ms: round(pick(modelled, 'overheadNominalMs').p50, 2),
@@ -294,6 +317,7 @@ export async function benchBle(
     await agent?.stop();
     if (agent === undefined) await reader?.stop();
     await relay.close();
+    gpioset.close();
     if (host.connected) {
       const exited = new Promise((resolve) => host.once('exit', resolve));
       request({ type: 'stop' });

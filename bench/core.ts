@@ -3,8 +3,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type DecisionPolicy, decide, EMPTY_HISTORY } from '../src/access/decision.js';
+import { type DecisionPolicy, decide } from '../src/access/decision.js';
 import { Keyring, signGrant } from '../src/access/keyring.js';
+import { EMPTY_LIMITS } from '../src/access/rate-limit.js';
 import { KeyringStore } from '../src/agent/keyring-store.js';
 import { silentLogger } from '../src/core/logger.js';
 import type { Credential, Presentation } from '../src/core/types.js';
@@ -66,7 +67,7 @@ export async function benchCore(options: { credentials?: number } = {}): Promise
       answerMs: 20,
     };
     const t0 = performance.now();
-    decide({ presentation: p, keyring, now, history: EMPTY_HISTORY, lastCounter: undefined, policy });
+    decide({ presentation: p, keyring, now, limits: EMPTY_LIMITS, lastCounter: undefined, policy });
     samples.push((performance.now() - t0) * 1000);
   }
   const decision = summarise(samples.slice(20_000)); // after warm-up

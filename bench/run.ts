@@ -13,13 +13,14 @@ const SUITES: Record<string, () => Promise<Suite>> = {
   ble: async () => () => import('./ble.js').then((m) => m.benchBle()),
   cloud: async () => () => import('./cloud.js').then((m) => m.benchCloud()),
   'status-page': async () => () => import('./status-page.js').then((m) => m.benchStatusPage()),
+  flood: async () => () => import('./flood.js').then((m) => m.benchFlood()),
 };
 
 /** NFC end-to-end figures that carry the rig's serial transit; the issue's target is on agent_own. */
 const RIG_INCLUDED = /^(fido|ntag424|uid)_overhead_p99_ms$/;
 
 function label(key: string): string {
-  const target = TARGETS[key];
+  const target = TARGETS[key] ?? floodTarget(key);
   if (target !== undefined) return `   (target ${target})`;
   return RIG_INCLUDED.test(key) ? '   (with the rig: socat, ptys)' : '';
 }
@@ -40,6 +41,14 @@ const TARGETS: Record<string, string> = {
   unlock_hung_p99_ratio: '≤ 1.05',
   unlock_flapping_p99_ratio: '≤ 1.05',
 };
+
+/** The flood suite's figures: every flood's p99 ratio, denials and RSS growth (issue 12). */
+function floodTarget(key: string): string | undefined {
+  if (key.endsWith('_p99_ratio') && !key.startsWith('unlock_')) return '≤ 1.5';
+  if (key.endsWith('_denied')) return '= 0';
+  if (key.endsWith('_rss_growth_mb')) return '< 30';
+  return undefined;
+}
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

@@ -56,7 +56,8 @@ export async function startAgent(options: {
     'vehicle-agent starting',
   );
 
-  // Relays first: whatever state a crash left them in, they are de-energised before anything else.
+  // Relays first: the relay guard starts before anything else and de-energises every relay while
+  // the state opens (whatever state a crash left them in); relay.start() below waits for it.
   const relay: RelayHandle = await createRelay(config, log.child({ module: 'relay' }));
   // Relays are released first on every way out (before readers, links and stores wind down, which
   // can take seconds on a loaded Pi) and again last, which is a no-op when the first succeeded.
@@ -201,6 +202,8 @@ export async function startAgent(options: {
           maxDenials: config.policy.maxDenials,
           windowMs: config.policy.windowMs,
           cooldownMs: config.policy.cooldownMs,
+          maxUnknownCards: config.policy.maxUnknownCards,
+          uidThrottleMs: config.policy.uidThrottleMs,
         },
         answerDeadlineMs: {
           phone: config.policy.bleAnswerDeadlineMs,
@@ -208,11 +211,26 @@ export async function startAgent(options: {
           ntag424: config.policy.nfcAnswerDeadlineMs,
         },
       },
+      denialSummaryMs: config.policy.denialSummaryMs,
       log: log.child({ module: 'agent' }),
       signAsVehicle: (message) => signP256(vehicleKey, message),
+      stateDeadlines: {
+        counterWriteMs: config.policy.counterWriteDeadlineMs,
+        counterSyncMs: config.policy.counterSyncDeadlineMs,
+      },
+      maxAuditInFlight: config.audit.maxPendingEvents,
     });
     relay.onLockChange((lockState, cause) => agent.audit({ type: 'lock', state: lockState, cause }));
-    relay.onWatchdog((channel) => agent.audit({ type: 'relay.watchdog', code: 'relay_watchdog', channel }));
+    relay.onWatchdog((channel, release) =>
+      agent.audit({
+        type: 'relay.watchdog',
+        code: release.code,
+        channel,
+        by: release.by,
+        cause: release.cause,
+        heldMs: release.heldMs,
+      }),
+    );
     await relay.start();
     await agent.start();
     cleanup.unshift(() => agent.stop());
@@ -296,6 +314,15 @@ export async function startAgent(options: {
       maxOnMs: config.lock.maxOnMs,
       notifyEnv,
       log: log.child({ module: 'supervision' }),
+      // Real write failures of the state stores (docs/storage.md), for /healthz and /metrics.
+      storage: () => ({
+        stores: [
+          { name: 'keyring', ...vehicleState.keyringStore.writeHealth },
+          { name: 'counters', ...counters.writeHealth },
+          { name: 'audit', ...audit.writeHealth },
+        ],
+        audit: agent.auditDrops(),
+      }),
     });
     cleanup.push(() => supervision.close()); // last: the notify helper outlives the relays' release
     if (config.statusPage.enabled) {

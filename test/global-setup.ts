@@ -21,4 +21,5 @@ export default function setup(): void {
     );
   }
   chmodSync(fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url)), 0o755);
+  chmodSync(fileURLToPath(new URL('../dist/src/cli/launch.cjs', import.meta.url)), 0o755);
 }

@@ -2,13 +2,9 @@ import type { CredentialLookup } from '../agent/reader.js';
 import type { DenialCode } from '../core/codes.js';
 import type { CredentialKind, Decision, Presentation, ProofVerdict } from '../core/types.js';
 import { roleAllows } from './policy.js';
+import { isUidThrottled, lockedOutUntil, type RateLimitPolicy, type RateLimitState } from './rate-limit.js';
 
-export interface RateLimitPolicy {
-  /** Denials within windowMs on one reader that start a cooldown. */
-  readonly maxDenials: number;
-  readonly windowMs: number;
-  readonly cooldownMs: number;
-}
+export type { RateLimitPolicy, RateLimitState } from './rate-limit.js';
 
 export interface DecisionPolicy {
   readonly rateLimit: RateLimitPolicy;
@@ -16,22 +12,13 @@ export interface DecisionPolicy {
   readonly answerDeadlineMs: Readonly<Partial<Record<CredentialKind, number>>>;
 }
 
-/** Per-reader memory of recent denials. Immutable: recordOutcome returns a new one. */
-export interface ReaderHistory {
-  /** Trusted times of denials inside the current window, oldest first. */
-  readonly denials: readonly number[];
-  /** While now < cooldownUntil every attempt is rate_limited. */
-  readonly cooldownUntil: number;
-}
-
-export const EMPTY_HISTORY: ReaderHistory = { denials: [], cooldownUntil: 0 };
-
 export interface DecisionInput {
   readonly presentation: Presentation;
   readonly keyring: CredentialLookup;
   /** Trusted time (MonotonicFloorClock.now()). */
   readonly now: number;
-  readonly history: ReaderHistory;
+  /** Rate-limit state (per-credential lockouts, the UID-guessing throttle): see rate-limit.ts. */
+  readonly limits: RateLimitState;
   /** Last signature counter accepted for this credential, if any. */
   readonly lastCounter: number | undefined;
   readonly policy: DecisionPolicy;
@@ -50,21 +37,18 @@ const VERDICT_CODES: Readonly<Record<Exclude<ProofVerdict, 'valid' | 'none'>, De
   reader_error: 'reader_error',
 };
 
-export function isRateLimited(history: ReaderHistory, now: number): boolean {
-  return now < history.cooldownUntil;
-}
-
 /**
- * The access decision: a pure function of the presentation, the keyring, trusted time and recent
- * history. The order of checks matters: rate limiting first (no work while cooling down); proof
- * before windows and roles, so someone without the key learns nothing about the credential.
+ * The access decision: a pure function of the presentation, the keyring, trusted time and the
+ * rate-limit state. The order of checks matters: a presentation that names no credential is
+ * denied for what it is and never rate limited (nothing unauthenticated can refuse a valid key);
+ * a locked-out credential is refused before its proof is looked at; proof before windows and
+ * roles, so someone without the key learns nothing about the credential.
  */
 export function decide(input: DecisionInput): Decision {
-  const { presentation: p, keyring, now, history, policy } = input;
+  const { presentation: p, keyring, now, limits, policy } = input;
   const deny = (code: DenialCode, status?: ReturnType<CredentialLookup['byId']>): Decision =>
     status ? { granted: false, code, credential: status.credential } : { granted: false, code };
 
-  if (isRateLimited(history, now)) return deny('rate_limited');
   const status = p.credentialId === undefined ? undefined : keyring.byId(p.credentialId);
   if (!status) {
     // A reader error or a malformed frame says more than "unknown" when nothing was identified.
@@ -73,11 +57,14 @@ export function decide(input: DecisionInput): Decision {
     return deny('unknown_credential');
   }
   const { credential } = status;
+  if (lockedOutUntil(limits, credential.id, now) !== undefined) return deny('rate_limited', status);
   if (status.revoked) return deny('revoked', status);
   if (credential.kind !== p.kind) return deny('bad_proof', status);
   if (credential.kind === 'uid') {
     if (!credential.options.insecureUid) return deny('insecure_uid_disabled', status);
     if (p.proof !== 'none' && p.proof !== 'valid') return deny(VERDICT_CODES[p.proof], status);
+    // Someone has been trying unknown cards: UIDs prove nothing, so UID-only grants wait.
+    if (isUidThrottled(limits, now)) return deny('rate_limited', status);
   } else if (p.proof !== 'valid') {
     return deny(p.proof === 'none' ? 'bad_proof' : VERDICT_CODES[p.proof], status);
   }
@@ -103,26 +90,4 @@ export function counterSuspicious(stored: number | undefined, presented: number)
   const last = stored ?? 0;
   if (last === 0 && presented === 0) return false;
   return presented <= last;
-}
-
-export interface OutcomeRecord {
-  readonly history: ReaderHistory;
-  /** True when this denial started a cooldown (audit it). */
-  readonly cooldownStarted: boolean;
-}
-
-/** Folds a decision into the reader's history. Every denial but rate_limited itself counts. */
-export function recordOutcome(
-  history: ReaderHistory,
-  decision: Decision,
-  now: number,
-  policy: RateLimitPolicy,
-): OutcomeRecord {
-  if (decision.granted || decision.code === 'rate_limited') return { history, cooldownStarted: false };
-  const recent = history.denials.filter((t) => now - t < policy.windowMs);
-  recent.push(now);
-  if (recent.length >= policy.maxDenials) {
-    return { history: { denials: [], cooldownUntil: now + policy.cooldownMs }, cooldownStarted: true };
-  }
-  return { history: { denials: recent, cooldownUntil: history.cooldownUntil }, cooldownStarted: false };
 }

@@ -20,6 +20,11 @@ import { type CredentialWire, credentialToWire, parseCredentialWire } from './cr
  *     revoke survives its own revocation (a revoke can only lock out, never open).
  * Signatures are verified when an operation is added; the stored set is our own state and is
  * loaded without re-verifying (100 000 signature checks would take seconds on a Pi).
+ *
+ * A change is made in two steps so it can be persisted in between: `prepare` verifies a set of
+ * operations against the keyring without changing it, the caller writes the verified ones to
+ * disk, and `apply` adds them. A change whose write fails is never applied: no key works that the
+ * disk does not hold, and a revoke that could not be stored is reported, not half-done.
  */
 
 export const KEYRING_OP_TYP = 'vehicle-agent.keyring-op';
@@ -87,6 +92,14 @@ export interface MergeResult {
   readonly added: readonly KeyringOp[];
   readonly duplicates: number;
   readonly rejected: readonly { readonly index: number; readonly code: string; readonly message: string }[];
+}
+
+/** Operations verified by `prepare`, not yet in the keyring: persist `added`, then `apply`. */
+export interface PreparedOps {
+  /** New verified operations, in the order they were accepted. */
+  readonly added: readonly StoredOp[];
+  readonly duplicates: number;
+  readonly rejected: MergeResult['rejected'];
 }
 
 interface Effective {
@@ -224,6 +237,9 @@ export class Keyring implements CredentialLookup {
   private pendingAt = 0;
   private pendingCount = 0;
   private snapshotDigest: string | undefined;
+  /** The source a background read took, until its ops are decoded (see materialize). */
+  private readingSource: PendingOpsSource | undefined;
+  private background: Promise<void> | undefined;
 
   constructor(options: KeyringOptions) {
     this.vehicleId = options.vehicleId;
@@ -317,9 +333,17 @@ export class Keyring implements CredentialLookup {
     return source;
   }
 
+  /**
+   * Decodes every pending op now, reading them synchronously if they are not read yet (start-up
+   * and CLI paths; the agent awaits `whenMaterialized` first, so it never reads synchronously).
+   */
   private materialize(): void {
-    const source = this.takePendingSource();
+    // A background read under way has taken the source: read it here too rather than go on
+    // with a partial op set (a merge would then recompute from part of the keyring).
+    const source =
+      this.takePendingSource() ?? (this.pendingRaw === undefined ? this.readingSource : undefined);
     if (source) {
+      this.readingSource = undefined;
       this.pendingRaw = source.readSync();
       this.pendingCount = this.pendingRaw.length;
     }
@@ -327,10 +351,34 @@ export class Keyring implements CredentialLookup {
   }
 
   /** Reads and decodes the pending snapshot ops in small slices between other work. */
-  async materializeInBackground(slice = 2000): Promise<void> {
+  materializeInBackground(slice = 2000): Promise<void> {
+    this.background ??= this.decodeInBackground(slice);
+    return this.background;
+  }
+
+  /** Resolves once every op is decoded, reading them asynchronously if they are not yet. */
+  whenMaterialized(): Promise<void> {
+    if (this.pendingSource === undefined && this.pendingRaw === undefined && this.readingSource === undefined)
+      return Promise.resolve();
+    return this.materializeInBackground();
+  }
+
+  private async decodeInBackground(slice: number): Promise<void> {
     const source = this.takePendingSource();
     if (source) {
-      const raw = await source.read();
+      this.readingSource = source;
+      let raw: Awaited<ReturnType<PendingOpsSource['read']>>;
+      try {
+        raw = await source.read();
+      } catch (err) {
+        // Put the source back, so the next caller tries again rather than go on without the ops
+        // (a change verified against a partial keyring would drop the rest when applied).
+        if (this.readingSource === source && this.pendingRaw === undefined) this.pendingSource = source;
+        this.background = undefined;
+        throw err;
+      } finally {
+        if (this.readingSource === source) this.readingSource = undefined;
+      }
       // materialize() may have run meanwhile (a merge arrived): then nothing is left to do.
       if (this.pendingRaw === undefined && this.snapshotDigest !== undefined) {
         this.pendingRaw = raw;
@@ -360,12 +408,76 @@ export class Keyring implements CredentialLookup {
   }
 
   /**
-   * Adds a set of operations in any order (a keyring snapshot from the cloud, say): passes repeat
-   * while they make progress, so a grant that arrives before its signer's own grant still lands.
+   * Adds a set of operations in any order at once, with no write in between (provisioning, tests).
+   * The agent uses prepare → persist → apply instead.
    */
   merge(jwsList: readonly string[]): MergeResult {
+    return this.apply(this.prepare(jwsList));
+  }
+
+  /**
+   * Verifies a set of operations in any order (a keyring snapshot from the cloud, say) without
+   * changing the keyring: passes repeat while they make progress, so a grant that arrives before
+   * its signer's own grant in the same set is still accepted.
+   */
+  prepare(jwsList: readonly string[]): PreparedOps {
+    this.materialize();
+    // Verified on the keyring itself, then rolled back: verification needs the state the set's
+    // earlier ops create (a new owner's key, its authority), and this runs synchronously, so no
+    // one sees the trial state.
+    const saved = {
+      effective: this.effective,
+      digestCache: this.digestCache,
+      everOwners: new Set(this.everOwners),
+      everRevokers: new Set(this.everRevokers),
+      keys: new Set(this.keys.keys()),
+    };
+    const added: StoredOp[] = [];
+    try {
+      const { duplicates, rejected } = this.verifyAll(jwsList, added);
+      return { added, duplicates, rejected };
+    } finally {
+      for (const stored of added) this.ops.delete(stored.op.id);
+      for (const id of [...this.keys.keys()]) if (!saved.keys.has(id)) this.keys.delete(id);
+      this.everOwners.clear();
+      for (const id of saved.everOwners) this.everOwners.add(id);
+      this.everRevokers.clear();
+      for (const id of saved.everRevokers) this.everRevokers.add(id);
+      this.effective = saved.effective;
+      this.digestCache = saved.digestCache;
+    }
+  }
+
+  /**
+   * Adds operations verified by `prepare` (once they are durable). An op that arrived meanwhile
+   * counts as a duplicate; the effective credentials are recomputed once.
+   */
+  apply(prepared: PreparedOps): MergeResult {
     this.materialize();
     const added: KeyringOp[] = [];
+    let duplicates = prepared.duplicates;
+    for (const stored of prepared.added) {
+      const existing = this.ops.get(stored.op.id);
+      if (existing) {
+        // Only the same op can hold its id: prepare refused another op under a taken id.
+        if (existing.jws === stored.jws) duplicates++;
+        continue;
+      }
+      this.accept(stored);
+      added.push(stored.op);
+    }
+    if (added.length > 0) {
+      this.settleAuthority();
+      this.recompute();
+    }
+    return { added, duplicates, rejected: prepared.rejected };
+  }
+
+  /** The verification passes of `prepare`; accepted ops are added to the keyring and to `added`. */
+  private verifyAll(
+    jwsList: readonly string[],
+    added: StoredOp[],
+  ): { duplicates: number; rejected: MergeResult['rejected'] } {
     let duplicates = 0;
     let pending = jwsList.map((jws, index) => ({ jws, index }));
     let lastErrors = new Map<number, AgentError>();
@@ -377,7 +489,8 @@ export class Keyring implements CredentialLookup {
         try {
           const r = this.verifyAndAccept(item.jws);
           if (r.status === 'added') {
-            added.push(r.op);
+            const stored = this.ops.get(r.op.id);
+            if (stored) added.push(stored);
             progress = true;
           } else duplicates++;
         } catch (err) {
@@ -399,7 +512,7 @@ export class Keyring implements CredentialLookup {
       pending = next;
     }
     const rejected = [...lastErrors].map(([index, e]) => ({ index, code: e.code, message: e.message }));
-    return { added, duplicates, rejected };
+    return { duplicates, rejected };
   }
 
   private verifyAndAccept(jws: string): AddResult {

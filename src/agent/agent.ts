@@ -1,17 +1,20 @@
-import {
-  type DecisionPolicy,
-  decide,
-  EMPTY_HISTORY,
-  isRateLimited,
-  type ReaderHistory,
-  recordOutcome,
-} from '../access/decision.js';
+import { type DecisionPolicy, decide } from '../access/decision.js';
 import type { Keyring, MergeResult } from '../access/keyring.js';
+import {
+  EMPTY_LIMITS,
+  isNoise,
+  isUidThrottled,
+  type LimitEvent,
+  lockedOutCount,
+  type RateLimitState,
+  recordOutcome,
+} from '../access/rate-limit.js';
 import type { MonotonicFloorClock } from '../core/clock.js';
-import { type AgentError, toAgentError } from '../core/errors.js';
+import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Decision, Health, LockState, Presentation } from '../core/types.js';
 import type { StagedItem } from '../store/group-commit.js';
+import { NoiseSummaries } from './noise-summary.js';
 import type { CredentialReader, ReaderContext } from './reader.js';
 
 /** What the agent needs from the lock controller. */
@@ -41,9 +44,37 @@ export interface CounterStore {
   stage(credentialId: string, value: number): Promise<StagedItem>;
 }
 
-/** Durable keyring operations: resolves when the ops are on disk. */
+/** Durable keyring operations. */
 export interface KeyringPersistence {
+  /** Resolves when the ops are on disk; rejects when they are not (and then none of them is). */
   persist(ops: readonly { readonly jws: string; readonly signer: string }[]): Promise<void>;
+  /** Compacts if due; called after persisted ops were applied. */
+  compactIfDue?(): Promise<void>;
+}
+
+/** How long the state disk may take on the unlock path before a grant is refused or withdrawn. */
+export interface StateDeadlines {
+  /** A signature counter not written within this is a denial (state_io); the relay is untouched. */
+  readonly counterWriteMs: number;
+  /** A written counter not fsynced within this (from its write) withdraws the grant (state_io). */
+  readonly counterSyncMs: number;
+}
+
+export const DEFAULT_STATE_DEADLINES: StateDeadlines = { counterWriteMs: 250, counterSyncMs: 2000 };
+
+/** Audit appends in flight beyond which new events are dropped (counted, and audited later). */
+export const DEFAULT_MAX_AUDIT_IN_FLIGHT = 2000;
+
+/** Audit events that could not be written: counted until a record of them can be. */
+export interface AuditDrops {
+  /** Events lost since the last `audit.dropped` record. */
+  readonly dropped: number;
+  /** Wall ms of the first of them. */
+  readonly since?: number;
+  /** Events lost since start, recorded or not. */
+  readonly total: number;
+  /** Appends waiting for the disk. */
+  readonly inFlight: number;
 }
 
 export interface AgentDeps {
@@ -56,29 +87,59 @@ export interface AgentDeps {
   readonly lock: LockControl;
   readonly readers: readonly CredentialReader[];
   readonly policy: DecisionPolicy;
+  /** Reader noise (denials that named no credential) is audited as one summary per reader, code and this interval. Default 60 s. */
+  readonly denialSummaryMs?: number;
   readonly log: Logger;
   readonly signAsVehicle: (message: Uint8Array) => Uint8Array;
+  readonly stateDeadlines?: StateDeadlines;
+  readonly maxAuditInFlight?: number;
+  /** Wall clock for the audit drop figures; default Date.now. */
+  readonly wallNow?: () => number;
 }
 
 export interface AgentStatus {
   readonly vehicleId: string;
   readonly lock: LockState;
-  readonly readers: Readonly<Record<string, Health & { readonly rateLimitedUntil?: string }>>;
+  readonly readers: Readonly<Record<string, Health>>;
   readonly keyring: { readonly operations: number; readonly credentials: number; readonly digest: string };
   readonly clock: { readonly now: string; readonly trust: 'trusted' | 'behind' };
   readonly decisions: { readonly granted: number; readonly denied: number };
+  /** Counts only: which credential is locked out is in the audit log, never in status. */
+  readonly rateLimits: RateLimitStatus;
+}
+
+export interface RateLimitStatus {
+  /** Credentials locked out now after repeated failed proofs. */
+  readonly lockedOutCredentials: number;
+  /** Lockouts started since the agent started. */
+  readonly credentialLockouts: number;
+  /** UID-only grants are refused until then (unknown cards were being tried). */
+  readonly uidThrottledUntil?: string;
+  /** UID throttles started since the agent started. */
+  readonly uidThrottles: number;
+  /** Reader denials that named no credential, or were refused by a rate limit. */
+  readonly noiseDenials: number;
+  /** ... of which counted into audit summaries rather than written one by one. */
+  readonly noiseSummarised: number;
 }
 
 /**
  * The loop: reader → decision → lock controller → audit. Nothing here waits on the network; the
- * only disk wait before the relay is the write(2) of a signature counter (so a clone cannot be
- * accepted twice across a crash of the agent). Its fdatasync (a power cut) and the audit record
- * are made durable while the relay switches: a relay takes 5–10 ms to close, an fdatasync about
- * 1 ms, and a grant whose counter cannot be made durable is retracted, cutting the pulse.
+ * only disk wait before the relay is the write of a signature counter (so a clone cannot be
+ * accepted twice across a crash of the agent), bounded by stateDeadlines.counterWriteMs: a disk
+ * that does not take it in time denies FIDO taps (state_io) and nothing else. Its fdatasync (a
+ * power cut) and the audit record are made durable while the relay switches: a relay takes
+ * 5–10 ms to close, an fdatasync about 1 ms, and a grant whose counter cannot be made durable (in
+ * counterSyncMs) is retracted, cutting the pulse. Credentials without a counter (NTAG 424, UID,
+ * phone keys) never wait on the disk. Audit appends the disk cannot take are bounded in memory,
+ * counted, and recorded as one `audit.dropped` event once the log takes writes again.
  */
 export class Agent {
   private readonly deps: AgentDeps;
-  private readonly histories = new Map<string, ReaderHistory>();
+  /** Per-credential lockouts and the UID-guessing throttle (rate-limit.ts); never per reader. */
+  private limits: RateLimitState = EMPTY_LIMITS;
+  private readonly noise: NoiseSummaries;
+  private readonly limitCounts = { credentialLockouts: 0, uidThrottles: 0, noiseDenials: 0 };
   /** Counters reserved by decisions in flight, so two concurrent taps cannot reuse one value. */
   private readonly liveCounters = new Map<string, number>();
   private readonly pendingAudit = new Set<Promise<unknown>>();
@@ -86,9 +147,43 @@ export class Agent {
   private readonly auditBacklog: AuditInput[] = [];
   private readonly counts = { granted: 0, denied: 0 };
   private started = false;
+  private readonly deadlines: StateDeadlines;
+  private readonly maxAuditInFlight: number;
+  private readonly wallNow: () => number;
+  private auditInFlight = 0;
+  private drops: { count: number; since?: number; types: Map<string, number> } = {
+    count: 0,
+    types: new Map(),
+  };
+  private dropsTotal = 0;
+  /** An audit.dropped record is being written (one at a time). */
+  private recordingDrops = false;
+  /** Keyring changes run one at a time: prepare, persist, apply (see addKeyringOps). */
+  private keyringChain: Promise<unknown> = Promise.resolve();
 
   constructor(deps: AgentDeps) {
     this.deps = deps;
+    this.deadlines = deps.stateDeadlines ?? DEFAULT_STATE_DEADLINES;
+    this.maxAuditInFlight = deps.maxAuditInFlight ?? DEFAULT_MAX_AUDIT_IN_FLIGHT;
+    this.wallNow = deps.wallNow ?? Date.now;
+    this.noise = new NoiseSummaries({
+      intervalMs: deps.denialSummaryMs ?? 60_000,
+      now: () => deps.clock.now(),
+      emit: (summary) => {
+        deps.log.info(summary, 'reader noise summarised');
+        this.audit(summary);
+      },
+    });
+  }
+
+  /** Audit events lost to the disk (health, /metrics). */
+  auditDrops(): AuditDrops {
+    return {
+      dropped: this.drops.count,
+      ...(this.drops.since !== undefined ? { since: this.drops.since } : {}),
+      total: this.dropsTotal,
+      inFlight: this.auditInFlight,
+    };
   }
 
   get keyring(): Keyring {
@@ -104,7 +199,6 @@ export class Agent {
       keyring,
       signAsVehicle,
       present: (p) => this.present(p),
-      isRateLimited: (readerId) => isRateLimited(this.histories.get(readerId) ?? EMPTY_HISTORY, clock.now()),
     };
   }
 
@@ -128,6 +222,7 @@ export class Agent {
     if (!this.started) return;
     this.started = false;
     await Promise.allSettled(this.deps.readers.map((r) => r.stop()));
+    this.noise.flush();
     this.audit({ type: 'agent.stop' });
     await this.flush();
   }
@@ -142,7 +237,6 @@ export class Agent {
   async present(p: Presentation): Promise<Decision> {
     const { clock, keyring, policy, log } = this.deps;
     const now = clock.now();
-    const history = this.histories.get(p.reader) ?? EMPTY_HISTORY;
     const counterKey = p.credentialId;
     // The higher of the counter reserved in memory and the durable one: other writers (an owner
     // FIDO key authorising an enrollment) advance the durable store directly.
@@ -150,16 +244,27 @@ export class Agent {
       counterKey === undefined
         ? undefined
         : maxDefined(this.liveCounters.get(counterKey), this.deps.counters.get(counterKey));
-    let decision = decide({ presentation: p, keyring, now, history, lastCounter, policy });
-    const outcome = recordOutcome(history, decision, now, policy.rateLimit);
-    this.histories.set(p.reader, outcome.history);
+    let decision = decide({ presentation: p, keyring, now, limits: this.limits, lastCounter, policy });
+    const limited = recordOutcome(this.limits, p, decision, now, policy.rateLimit);
+    this.limits = limited.state;
     /** Settles with the error, if any, once the counter of this grant is durable. */
     let counterDurable: Promise<AgentError | undefined> | undefined;
+    /** Why a state_io denial happened, for the audit record. */
+    let stateDetail: string | undefined;
     if (decision.granted && p.counter !== undefined && counterKey !== undefined) {
       this.liveCounters.set(counterKey, p.counter);
+      const { counterWriteMs, counterSyncMs } = this.deadlines;
       try {
-        const staged = await this.deps.counters.stage(counterKey, p.counter);
-        counterDurable = staged.durable.then(
+        const staged = await withinDeadline(
+          this.deps.counters.stage(counterKey, p.counter),
+          counterWriteMs,
+          () => `the signature counter was not written within ${counterWriteMs} ms (the disk is stalled)`,
+        );
+        counterDurable = withinDeadline(
+          staged.durable,
+          counterSyncMs,
+          () => `the signature counter was not fsynced within ${counterSyncMs} ms (the disk is stalled)`,
+        ).then(
           () => undefined,
           (err: unknown) => toAgentError(err, 'state_io'),
         );
@@ -168,6 +273,7 @@ export class Agent {
         const e = toAgentError(err, 'state_io');
         log.error({ code: e.code, err: e.message }, 'cannot record the signature counter');
         decision = { granted: false, code: 'state_io', credential: decision.credential };
+        stateDetail = e.message;
       }
     }
     let lockState: LockState | undefined;
@@ -185,23 +291,14 @@ export class Agent {
         : {}),
       ...(p.answerMs !== undefined ? { answerMs: Math.round(p.answerMs) } : {}),
       ...(p.counter !== undefined ? { counter: p.counter } : {}),
+      ...(stateDetail !== undefined ? { detail: stateDetail } : {}),
     };
-    this.audit(auditEvent);
-    if (outcome.cooldownStarted) {
-      log.warn(
-        {
-          code: 'rate_limited',
-          reader: p.reader,
-          until: new Date(outcome.history.cooldownUntil).toISOString(),
-        },
-        'reader rate limited',
-      );
-      this.audit({
-        type: 'rate_limited',
-        reader: p.reader,
-        until: new Date(outcome.history.cooldownUntil).toISOString(),
-      });
-    }
+    // Noise (nothing identified, or refused by a rate limit) is summarised, not written one by one.
+    const noise = isNoise(decision);
+    if (noise) this.limitCounts.noiseDenials++;
+    if (!noise || this.noise.note(p.reader, decision.granted ? '' : decision.code) === 'record')
+      this.audit(auditEvent);
+    if (limited.event !== undefined) this.auditLimit(p.reader, limited.event);
     let action: 'unlock' | 'lock' | undefined;
     if (decision.granted) {
       action = this.resolveIntent(decision.intent);
@@ -222,6 +319,7 @@ export class Agent {
           reader: p.reader,
           subject: p.subject,
           credentialId: decision.credential.id,
+          detail: notDurable.message,
         });
         if (action === 'unlock')
           await this.deps.lock.retract(`${cause}:retracted`).catch((err: unknown) => {
@@ -255,9 +353,36 @@ export class Agent {
       );
     } else {
       this.counts.denied++;
-      log.info({ reader: p.reader, subject: p.subject, code: decision.code }, 'access denied');
+      const line = { reader: p.reader, subject: p.subject, code: decision.code };
+      if (isNoise(decision)) log.debug(line, 'access denied');
+      else log.info(line, 'access denied');
     }
     return decision;
+  }
+
+  /** A rate limit started: logged and audited with what it is keyed on. */
+  private auditLimit(reader: string, event: LimitEvent): void {
+    const until = new Date(event.until).toISOString();
+    if (event.scope === 'credential') {
+      this.limitCounts.credentialLockouts++;
+      const record = {
+        reader,
+        scope: event.scope,
+        credentialId: event.credentialId,
+        failures: event.failures,
+        until,
+      };
+      this.deps.log.warn({ code: 'rate_limited', ...record }, 'credential locked out after failed proofs');
+      this.audit({ type: 'rate_limited', code: 'rate_limited', ...record });
+    } else {
+      this.limitCounts.uidThrottles++;
+      const record = { reader, scope: event.scope, unknownCards: event.unknownCards, until };
+      this.deps.log.warn(
+        { code: 'rate_limited', ...record },
+        'UID-only grants throttled after unknown cards',
+      );
+      this.audit({ type: 'rate_limited', code: 'rate_limited', ...record });
+    }
   }
 
   /**
@@ -281,7 +406,12 @@ export class Agent {
     return state === 'locked' || state === 'locking' ? 'unlock' : 'lock';
   }
 
-  /** Appends to the audit log without blocking the caller; failures are logged with their code. */
+  /**
+   * Appends to the audit log without blocking the caller; failures are logged with their code.
+   * With maxAuditInFlight appends already waiting for the disk, the event is dropped instead, so
+   * a frozen disk cannot grow memory without bound; drops and failed appends are counted and
+   * recorded as one `audit.dropped` event after the next append that succeeds.
+   */
   audit(event: AuditInput): void {
     // Appended on the next turn of the event loop, in call order: preparing a record (JSON,
     // hash chain) takes a few hundred µs, which then runs while the relay switches instead of
@@ -291,7 +421,10 @@ export class Agent {
     this.track(
       new Promise<void>((resolve) =>
         setImmediate(() => {
-          for (const e of this.auditBacklog.splice(0)) this.track(this.appendAudit(e));
+          for (const e of this.auditBacklog.splice(0)) {
+            if (this.auditInFlight >= this.maxAuditInFlight) this.dropAudit(e);
+            else this.track(this.appendAudit(e));
+          }
           resolve();
         }),
       ),
@@ -299,10 +432,71 @@ export class Agent {
   }
 
   private appendAudit(event: AuditInput): Promise<unknown> {
-    return this.deps.audit.append(event).catch((err: unknown) => {
-      const e = toAgentError(err, 'state_io');
-      this.deps.log.error({ code: e.code, err: e.message, event: event.type }, 'audit append failed');
-    });
+    this.auditInFlight += 1;
+    return this.deps.audit.append(event).then(
+      () => {
+        this.auditInFlight -= 1;
+        this.recordDrops();
+      },
+      (err: unknown) => {
+        this.auditInFlight -= 1;
+        const e = toAgentError(err, 'state_io');
+        // One line per failing streak, not per event: a full disk fails every append.
+        if (this.drops.count === 0)
+          this.deps.log.error({ code: e.code, err: e.message, event: event.type }, 'audit append failed');
+        this.dropAudit(event);
+      },
+    );
+  }
+
+  private dropAudit(event: AuditInput): void {
+    if (this.drops.count === 0) {
+      this.drops.since = this.wallNow();
+      this.deps.log.error(
+        { code: 'state_io', event: event.type, inFlight: this.auditInFlight },
+        'audit events are being lost (the disk does not take them); counting until it does',
+      );
+    }
+    this.drops.count += 1;
+    this.dropsTotal += 1;
+    this.drops.types.set(event.type, (this.drops.types.get(event.type) ?? 0) + 1);
+  }
+
+  /** After an append succeeded: records the events lost before it, if any. */
+  private recordDrops(): void {
+    const lost = this.drops;
+    if (lost.count === 0 || this.recordingDrops) return;
+    this.recordingDrops = true;
+    this.drops = { count: 0, types: new Map() };
+    const record = {
+      type: 'audit.dropped',
+      code: 'state_io',
+      count: lost.count,
+      ...(lost.since !== undefined ? { since: new Date(lost.since).toISOString() } : {}),
+      until: new Date(this.wallNow()).toISOString(),
+      types: Object.fromEntries(lost.types),
+    };
+    this.auditInFlight += 1;
+    this.track(
+      this.deps.audit.append(record).then(
+        () => {
+          this.auditInFlight -= 1;
+          this.recordingDrops = false;
+          this.deps.log.warn(record, 'audit events were lost while the disk failed; recorded how many');
+          this.recordDrops(); // those lost meanwhile
+        },
+        () => {
+          // Not recorded: the count stays for the next attempt (this record is not one more loss).
+          this.auditInFlight -= 1;
+          this.recordingDrops = false;
+          this.drops.count += lost.count;
+          if (lost.since !== undefined)
+            this.drops.since = Math.min(lost.since, this.drops.since ?? lost.since);
+          for (const [type, n] of lost.types)
+            this.drops.types.set(type, (this.drops.types.get(type) ?? 0) + n);
+        },
+      ),
+    );
   }
 
   private track(pending: Promise<unknown>): void {
@@ -310,45 +504,80 @@ export class Agent {
     void pending.finally(() => this.pendingAudit.delete(pending));
   }
 
-  /** Verifies, applies and persists keyring operations (from the CLI, the cloud, enrollment). */
-  async addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult> {
+  /**
+   * Verifies, persists and then applies keyring operations (from the CLI, the cloud, enrollment),
+   * one change at a time. When the ops cannot be written the keyring is left as it was and the
+   * caller gets state_io: a grant that is not on disk never opens, a revoke that is not on disk is
+   * reported as not done (the key keeps its old state, and says so).
+   */
+  addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult> {
+    const run = this.keyringChain.then(() => this.changeKeyring(jwsList, source));
+    this.keyringChain = run.catch(() => {});
+    return run;
+  }
+
+  private async changeKeyring(jwsList: readonly string[], source: string): Promise<MergeResult> {
     const { keyring, keyringStore, log } = this.deps;
-    const result = keyring.merge(jwsList);
-    if (result.added.length > 0) {
-      const added = new Set(result.added.map((op) => op.id));
-      const stored = [...keyring.storedOps()]
-        .filter((s) => added.has(s.op.id))
-        .map((s) => ({ jws: s.jws, signer: s.signer }));
-      await keyringStore.persist(stored);
-      for (const op of result.added) {
-        this.audit({
-          type: `keyring.${op.op}`,
-          source,
-          opId: op.id,
-          credentialId: op.op === 'grant' ? op.cred.id : op.credId,
-          ...(op.op === 'grant' ? { role: op.cred.role, kind: op.cred.kind } : {}),
-        });
-      }
-      log.info({ source, added: result.added.length, digest: keyring.digest() }, 'keyring updated');
-    }
-    for (const r of result.rejected) {
+    // A keyring loaded from its snapshot reads its ops asynchronously here, never with a
+    // synchronous read on the event loop.
+    await keyring.whenMaterialized();
+    const prepared = keyring.prepare(jwsList);
+    for (const r of prepared.rejected) {
       log.warn({ source, code: r.code, err: r.message }, 'keyring operation rejected');
       this.audit({ type: 'keyring.rejected', source, code: r.code });
     }
+    if (prepared.added.length === 0) return keyring.apply(prepared);
+    try {
+      await keyringStore.persist(prepared.added.map((s) => ({ jws: s.jws, signer: s.signer })));
+    } catch (err) {
+      const e = toAgentError(err, 'state_io');
+      const ops = prepared.added.map((s) => s.op);
+      log.error(
+        { source, code: e.code, err: e.message, ops: ops.map((op) => op.id) },
+        'keyring change not stored; the keyring is unchanged',
+      );
+      this.audit({
+        type: 'keyring.failed',
+        source,
+        code: 'state_io',
+        detail: e.message,
+        ops: ops.map((op) => ({
+          opId: op.id,
+          op: op.op,
+          credentialId: op.op === 'grant' ? op.cred.id : op.credId,
+        })),
+      });
+      throw new AgentError(
+        'state_io',
+        `the keyring change could not be stored, so it was not made (${e.message})`,
+        { source, opIds: ops.map((op) => op.id), ...(e.details.errno ? { errno: e.details.errno } : {}) },
+        { cause: e },
+      );
+    }
+    const result = keyring.apply(prepared);
+    for (const op of result.added) {
+      this.audit({
+        type: `keyring.${op.op}`,
+        source,
+        opId: op.id,
+        credentialId: op.op === 'grant' ? op.cred.id : op.credId,
+        ...(op.op === 'grant' ? { role: op.cred.role, kind: op.cred.kind } : {}),
+      });
+    }
+    if (result.added.length > 0)
+      log.info({ source, added: result.added.length, digest: keyring.digest() }, 'keyring updated');
+    await keyringStore.compactIfDue?.().catch((err: unknown) => {
+      const e = toAgentError(err, 'state_io');
+      log.warn({ code: e.code, err: e.message }, 'keyring compaction failed; the journal keeps the ops');
+    });
     return result;
   }
 
   status(): AgentStatus {
     const { clock, keyring, lock, readers, vehicleId } = this.deps;
     const now = clock.now();
-    const readerStatus: Record<string, Health & { rateLimitedUntil?: string }> = {};
-    for (const r of readers) {
-      const h = this.histories.get(r.id);
-      readerStatus[r.id] =
-        h && isRateLimited(h, now)
-          ? { ...r.health(), rateLimitedUntil: new Date(h.cooldownUntil).toISOString() }
-          : r.health();
-    }
+    const readerStatus: Record<string, Health> = {};
+    for (const r of readers) readerStatus[r.id] = r.health();
     return {
       vehicleId,
       lock: lock.state(),
@@ -356,6 +585,16 @@ export class Agent {
       keyring: { operations: keyring.size, credentials: keyring.list().length, digest: keyring.digest() },
       clock: { now: new Date(now).toISOString(), trust: clock.trust() },
       decisions: { ...this.counts },
+      rateLimits: {
+        lockedOutCredentials: lockedOutCount(this.limits, now),
+        credentialLockouts: this.limitCounts.credentialLockouts,
+        ...(isUidThrottled(this.limits, now)
+          ? { uidThrottledUntil: new Date(this.limits.uidThrottledUntil).toISOString() }
+          : {}),
+        uidThrottles: this.limitCounts.uidThrottles,
+        noiseDenials: this.limitCounts.noiseDenials,
+        noiseSummarised: this.noise.suppressed,
+      },
     };
   }
 }
@@ -364,4 +603,24 @@ function maxDefined(a: number | undefined, b: number | undefined): number | unde
   if (a === undefined) return b;
   if (b === undefined) return a;
   return Math.max(a, b);
+}
+
+/**
+ * Settles like `work`, or rejects with state_io once `ms` have passed. The work goes on (a write
+ * cannot be called back); a late rejection of it is left handled.
+ */
+function withinDeadline<T>(work: Promise<T>, ms: number, why: () => string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new AgentError('state_io', why(), { deadlineMs: ms })), ms);
+    work.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
 }

@@ -6,6 +6,7 @@ import { decodeTrustedOp, type Keyring, type PendingOpsSource, type StoredOp } f
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readFileIfExists, writeFileAtomic } from '../store/atomic.js';
+import type { WriteHealth } from '../store/group-commit.js';
 import { Journal } from '../store/journal.js';
 import type { KeyringPersistence } from './agent.js';
 import { STATE_FILES } from './provision.js';
@@ -23,6 +24,11 @@ import { STATE_FILES } from './provision.js';
  * start-up reads only keyring.json; the ops are read and decoded in the background after start (or
  * at once by whatever needs them), and if they disagree with the summary they win.
  * Format 1 (ops inside keyring.json) is still read, by the slower path that decodes everything.
+ *
+ * `persist` only appends; the caller applies the ops to the keyring once they are durable, and
+ * compaction (`compactIfDue`, after applying) writes the snapshot from the keyring inside the
+ * journal's rewrite, keeping any journal record the keyring does not hold yet. So a snapshot never
+ * holds an op whose own write failed, and a compaction never drops one that was written.
  */
 interface StoredRecord {
   readonly jws: string;
@@ -217,6 +223,8 @@ export class KeyringStore implements KeyringPersistence {
 
   /** Serialises persist and compact: an op appended during a compaction must not be wiped by it. */
   private chain: Promise<void> = Promise.resolve();
+  /** Records appended since the last compaction (a compaction keeps those not applied yet). */
+  private appended: StoredRecord[] = [];
 
   private serial(task: () => Promise<void>): Promise<void> {
     const run = this.chain.then(task);
@@ -224,9 +232,22 @@ export class KeyringStore implements KeyringPersistence {
     return run;
   }
 
+  /**
+   * Appends ops to the journal; resolves once they are durable, rejects (state_io) when they could
+   * not be written, in which case none of them is in the file (the journal cuts a failed batch
+   * off before it reports the failure). Does not touch the keyring: the caller applies them.
+   */
   persist(ops: readonly StoredRecord[]): Promise<void> {
     return this.serial(async () => {
-      await Promise.all(ops.map((o) => this.journal.append({ jws: o.jws, signer: o.signer })));
+      const records = ops.map((o) => ({ jws: o.jws, signer: o.signer }));
+      await Promise.all(records.map((r) => this.journal.append(r)));
+      this.appended.push(...records);
+    });
+  }
+
+  /** Compacts when the journal has grown past its limit (call after applying persisted ops). */
+  compactIfDue(): Promise<void> {
+    return this.serial(async () => {
       if (this.journal.recordCount > COMPACT_AFTER) await this.compactNow();
     });
   }
@@ -235,9 +256,18 @@ export class KeyringStore implements KeyringPersistence {
     return this.serial(() => this.compactNow());
   }
 
+  /** Write failures, refusals and stalls of the keyring journal (health, /metrics). */
+  get writeHealth(): WriteHealth {
+    return this.journal.writeHealth;
+  }
+
   private async compactNow(): Promise<void> {
-    await writeSnapshotFiles(this.stateDir, this.keyring);
-    await this.journal.rewrite([]);
+    // Durable but not yet applied (a caller between persist and apply): stays in the journal.
+    const keep = this.appended.filter((r) => !this.keyring.has(decodeTrustedOp(r.jws, r.signer).op.id));
+    // The snapshot is written inside the rewrite, after every earlier append is durable and
+    // before the journal is replaced: a crash leaves the old journal, or the snapshot plus `keep`.
+    await this.journal.rewrite(keep, () => writeSnapshotFiles(this.stateDir, this.keyring));
+    this.appended = keep;
     this.log.info({ ops: this.keyring.size }, 'keyring compacted');
   }
 

@@ -288,8 +288,15 @@ export class LockController {
           this.energiseWaiters.push(waiter);
           return;
         case 'on':
-          // Extends the hold from now; the watchdog still bounds the total on-time.
+          // Extends the hold from now, here and in the relay guard; the max-on limit still bounds
+          // the total on-time.
           this.armHold();
+          this.relay.set('unlock', true, { releaseAfterMs: this.onTimeMs() }).catch((err: unknown) => {
+            this.log.warn(
+              { code: 'relay_failed', err: relayError(err, 'unlock').message },
+              'could not extend the hold in the relay guard',
+            );
+          });
           waiter.resolve(this.current);
           return;
         case 'releasing':
@@ -372,7 +379,8 @@ export class LockController {
       // Interlock: the other channel must be off before this one comes on.
       const other: RelayChannel = channel === 'unlock' ? 'lock' : 'unlock';
       if (this.relay.energisedChannels().includes(other)) await this.relay.set(other, false);
-      await this.relay.set(channel, true);
+      // The on-time goes with the command: the relay guard ends it by itself if this loop cannot.
+      await this.relay.set(channel, true, { releaseAfterMs: this.onTimeMs() });
     })();
     this.inflight = command;
     try {
@@ -470,12 +478,20 @@ export class LockController {
     for (const w of pending.waiters) w.resolve(this.current);
   }
 
+  /** How long a pulse or a hold keeps its channel energised. */
+  private onTimeMs(): number {
+    return this.config.wiring === 'pulse' ? this.config.pulseMs : this.config.holdMs;
+  }
+
   private onWatchdogRelease(release: WatchdogRelease): void {
-    this.log.warn(
-      { code: 'relay_watchdog', channel: release.channel, heldMs: release.heldMs },
-      'lock controller resyncs after a watchdog release',
-    );
-    if (this.phase === 'on' && this.active === release.channel) {
+    if (release.current) {
+      this.log.warn(
+        { code: release.code, channel: release.channel, heldMs: release.heldMs, by: release.by },
+        'lock controller resyncs after a watchdog release',
+      );
+    }
+    // A report of an earlier energising, already ended here, must not cut the one running now.
+    if (release.current && this.phase === 'on' && this.active === release.channel) {
       if (this.config.wiring === 'pulse') {
         this.pulseTimer?.();
         this.pulseTimer = undefined;

@@ -29,8 +29,6 @@ export interface ReaderContext {
    * acted on a grant (relay energised) or the denial is recorded. Never rejects.
    */
   present(presentation: Presentation): Promise<Decision>;
-  /** Cheap pre-check so a reader can skip crypto and radio work while it is rate-limited. */
-  isRateLimited(readerId: string): boolean;
 }
 
 /**

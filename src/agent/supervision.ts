@@ -8,7 +8,9 @@ import {
   type HealthReport,
   lockCheck,
   runHealthChecks,
+  type StorageFigures,
   stateDirCheck,
+  storageCheck,
 } from './health-monitor.js';
 import {
   createNotifyTransport,
@@ -37,6 +39,10 @@ export interface SupervisionDeps {
   readonly pid?: number;
   /** Default: from $NOTIFY_SOCKET (none when not run by systemd). */
   readonly transport?: NotifyTransport | undefined;
+  /** Write figures of the state stores and the audit drops (main.ts); adds the storage check. */
+  readonly storage?: () => StorageFigures;
+  /** A store write running longer than this counts as stalled; default 5 s. */
+  readonly storageStallMs?: number;
   /** Extra checks (tests). */
   readonly extraChecks?: readonly HealthCheck[];
 }
@@ -64,6 +70,7 @@ const TRANSITION_SLACK_MS = 5000;
 /** Health checks run this often when systemd's watchdog is off (for /healthz and /metrics). */
 const DEFAULT_CHECK_INTERVAL_MS = 5000;
 const MAX_STALL_MS = 5000;
+const DEFAULT_STORAGE_STALL_MS = 5000;
 
 export function stallThresholdMs(pingMs: number | undefined): number {
   return pingMs === undefined ? MAX_STALL_MS : Math.min(MAX_STALL_MS, Math.max(50, Math.floor(pingMs / 2)));
@@ -87,6 +94,7 @@ export function startSupervision(deps: SupervisionDeps): Supervision {
       deps.maxOnMs + TRANSITION_SLACK_MS,
     ),
     stateDirCheck(deps.stateDir, MIN_FREE_STATE_BYTES),
+    ...(deps.storage ? [storageCheck(deps.storage, deps.storageStallMs ?? DEFAULT_STORAGE_STALL_MS)] : []),
     ...(deps.extraChecks ?? []),
   ];
   const intervalMs = pingMs ?? DEFAULT_CHECK_INTERVAL_MS;
@@ -96,13 +104,15 @@ export function startSupervision(deps: SupervisionDeps): Supervision {
   let inFlight: Promise<HealthReport> | undefined;
   let pinging = false;
   let wasHealthy = true;
+  let lastStatus = 'healthy';
   let closed = false;
 
   const check = (): Promise<HealthReport> => {
     inFlight ??= runHealthChecks(checks, { timeoutMs }).then((report) => {
-      last = report;
+      const withFigures = deps.storage ? { ...report, storage: deps.storage() } : report;
+      last = withFigures;
       inFlight = undefined;
-      return report;
+      return withFigures;
     });
     return inFlight;
   };
@@ -113,11 +123,23 @@ export function startSupervision(deps: SupervisionDeps): Supervision {
   const tick = async () => {
     const report = await check();
     if (closed) return;
+    const status = describeReport(report);
     if (report.healthy !== wasHealthy) {
       wasHealthy = report.healthy;
       if (report.healthy) log.info({ module: 'supervision' }, 'healthy again');
-      else log.warn({ module: 'supervision', code: 'busy', checks: report.checks }, describeReport(report));
-      if (pinging) send([['STATUS', describeReport(report)]]);
+      else log.warn({ module: 'supervision', code: 'busy', checks: report.checks }, status);
+    } else if (status !== lastStatus && report.healthy) {
+      // Degraded (storage): said once per change, with the figures; the pings go on.
+      if (report.degraded === true)
+        log.warn(
+          { module: 'supervision', code: 'state_io', checks: report.checks, storage: report.storage },
+          status,
+        );
+      else log.info({ module: 'supervision' }, 'storage healthy again');
+    }
+    if (status !== lastStatus) {
+      lastStatus = status;
+      if (pinging) send([['STATUS', status]]);
     }
     if (pinging && report.healthy) send([['WATCHDOG', '1']]);
   };

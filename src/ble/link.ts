@@ -74,8 +74,19 @@ export interface BleLinkOptions {
   readonly adapter?: string;
   /** Devices heard weaker than this (dBm) are not offered. Default -80. */
   readonly rssiThreshold?: number;
-  /** Concurrent sessions. Default 2. */
+  /** Concurrent sessions. Default 4. */
   readonly maxSessions?: number;
+  /**
+   * A session that has not shown a signature-checked answer (the reader marks it proven) keeps
+   * its slot this long from its start; after that a waiting device may take the slot. Default 1000 ms.
+   */
+  readonly unprovenTurnMs?: number;
+  /** ... and is dropped this long after its start whether or not anyone waits. Default 4000 ms. */
+  readonly unprovenDeadlineMs?: number;
+  /** Devices remembered as waiting for a slot (a random one is forgotten past it). Default 64. */
+  readonly maxWaiting?: number;
+  /** Random integer in [0, n), for picking among waiting devices. Default Math.random. */
+  readonly random?: (n: number) => number;
   /** After any session a device is not offered again for this long. Default 1000 ms. */
   readonly sessionSpacingMs?: number;
   /** Connect until Connected. Default 5000 ms. */
@@ -116,6 +127,10 @@ export type BleCloseReason =
   | 'bluez-lost'
   | 'bus-lost'
   | 'session-timeout'
+  /** Ended after its turn so that a waiting device could have the slot (it had proved nothing). */
+  | 'evicted'
+  /** Proved nothing within ble.unprovenDeadlineMs. */
+  | 'unproven-timeout'
   | 'stopped';
 
 /** A session with one device: protocol bytes out (writes with response), notifications in. */
@@ -132,6 +147,13 @@ export interface BleChannel {
   onClose(listener: (reason: BleCloseReason) => void): () => void;
   /** Ends the session: always disconnects. `cooldownMs` holds the device back (after a grant). */
   close(options?: { readonly cooldownMs?: number }): Promise<void>;
+  /** The peer showed a signature-checked answer: no more unproven deadline, never evicted. */
+  markProven(): void;
+  /**
+   * Gives this unproven session `ms` more (an owner approving an enrollment takes a human's time);
+   * false when another session has such a turn already.
+   */
+  extendTurn(ms: number): boolean;
 }
 
 export interface BleLinkStats {
@@ -142,6 +164,17 @@ export interface BleLinkStats {
   readonly initialisations: number;
   readonly busConnections: number;
   readonly activeSessions: number;
+  /** Sessions now without a signature-checked answer. */
+  readonly unprovenSessions: number;
+  /** Sightings that found every slot taken and had to wait for a turn. */
+  readonly sightingsDeferred: number;
+  /** Unproven sessions ended after their turn to let a waiting device in. */
+  readonly sessionsEvicted: number;
+  /** Unproven sessions dropped at ble.unprovenDeadlineMs. */
+  readonly unprovenTimeouts: number;
+  /** Devices waiting for a slot now, and those forgotten because too many waited. */
+  readonly waitingDevices: number;
+  readonly waitingDropped: number;
 }
 
 interface BusConnection {
@@ -164,10 +197,22 @@ interface AdapterState {
   readonly table: DeviceTable;
 }
 
-type Counters = { -readonly [K in keyof Omit<BleLinkStats, 'activeSessions'>]: number };
+type Counters = {
+  -readonly [K in keyof Omit<
+    BleLinkStats,
+    | 'activeSessions'
+    | 'unprovenSessions'
+    | 'sightingsDeferred'
+    | 'sessionsEvicted'
+    | 'waitingDevices'
+    | 'waitingDropped'
+  >]: number;
+};
 
 export class BleLink {
-  private readonly options: Required<Omit<BleLinkOptions, 'busAddress' | 'adapter' | 'clock' | 'logger'>>;
+  private readonly options: Required<
+    Omit<BleLinkOptions, 'busAddress' | 'adapter' | 'clock' | 'logger' | 'maxWaiting' | 'random'>
+  >;
   private readonly busAddress: string | undefined;
   private readonly adapterName: string | undefined;
   private readonly log: Logger;
@@ -186,6 +231,7 @@ export class BleLink {
     gattRetries: 0,
     initialisations: 0,
     busConnections: 0,
+    unprovenTimeouts: 0,
   };
   private running = false;
   private conn: BusConnection | undefined;
@@ -206,7 +252,9 @@ export class BleLink {
       writeUuid: options.writeUuid.toLowerCase(),
       notifyUuid: options.notifyUuid.toLowerCase(),
       rssiThreshold: options.rssiThreshold ?? -80,
-      maxSessions: options.maxSessions ?? 2,
+      maxSessions: options.maxSessions ?? 4,
+      unprovenTurnMs: options.unprovenTurnMs ?? 1000,
+      unprovenDeadlineMs: options.unprovenDeadlineMs ?? 4000,
       sessionSpacingMs: options.sessionSpacingMs ?? 1000,
       connectTimeoutMs: options.connectTimeoutMs ?? 5000,
       servicesTimeoutMs: options.servicesTimeoutMs ?? 5000,
@@ -225,6 +273,9 @@ export class BleLink {
     this.gate = new SessionGate({
       maxSessions: this.options.maxSessions,
       spacingMs: this.options.sessionSpacingMs,
+      unprovenTurnMs: this.options.unprovenTurnMs,
+      ...(options.maxWaiting === undefined ? {} : { maxWaiting: options.maxWaiting }),
+      ...(options.random === undefined ? {} : { random: options.random }),
     });
     this.backoff = new Backoff(this.options.retryInitialMs, this.options.retryMaxMs);
     this.state = { state: 'down', detail: 'not started', since: this.clock.now() };
@@ -263,7 +314,16 @@ export class BleLink {
   }
 
   stats(): BleLinkStats {
-    return { ...this.counters, activeSessions: this.sessions.size };
+    const gate = this.gate.stats();
+    return {
+      ...this.counters,
+      activeSessions: this.sessions.size,
+      unprovenSessions: gate.unproven,
+      sightingsDeferred: gate.deferred,
+      sessionsEvicted: gate.evicted,
+      waitingDevices: gate.waiting,
+      waitingDropped: gate.waitingDropped,
+    };
   }
 
   /**
@@ -299,8 +359,14 @@ export class BleLink {
     const session = new Session(addr, devicePath(adapter.path, addr), this.options.callTimeoutMs, {
       end: (s, reason, cooldownMs) => this.endSession(s, reason, cooldownMs),
       cooldown: (ms) => this.setCooldown(addr, ms),
+      proven: () => this.gate.markProven(addr),
+      extend: () => this.gate.extend(addr),
     });
     this.sessions.set(addr, session);
+    // Until the reader marks it proven, the whole session (connect included) has this long.
+    session.armUnproven(this.options.unprovenDeadlineMs, () => {
+      this.counters.unprovenTimeouts += 1;
+    });
     try {
       await this.establish(session, adapter, conn);
       this.counters.sessionsOpened += 1;
@@ -428,6 +494,9 @@ export class BleLink {
       if (session.notifyPath !== undefined && this.notifyPaths.get(session.notifyPath) === session) {
         this.notifyPaths.delete(session.notifyPath);
       }
+      // The slot is free from here (a slow Disconnect must not hold it); a waiting device gets it.
+      this.gate.beginClose(session.address);
+      this.serveWaiting();
       const conn = this.conn;
       if (session.connectSent && conn !== undefined) {
         // Always, even after a failed or aborted connect: it also cancels a pending Connect.
@@ -444,6 +513,7 @@ export class BleLink {
       this.gate.release(session.address, this.clock.monotonic(), cooldownMs);
       this.sessions.delete(session.address);
       this.log.debug({ address: session.address, reason }, 'BLE session ended');
+      this.serveWaiting();
       this.maybeRecycle();
     })();
     return session.ending;
@@ -792,10 +862,43 @@ export class BleLink {
   }
 
   private sighted(device: KnownDevice): void {
-    if (!this.ready || device.rssi === undefined) return;
-    if (!device.uuids.includes(this.options.serviceUuid)) return;
-    if (device.rssi < this.options.rssiThreshold) return;
-    if (this.gate.check(device.address, this.clock.monotonic()) !== undefined) return;
+    if (!this.offerable(device)) return;
+    const turn = this.gate.offer(device.address, this.clock.monotonic());
+    if (turn === undefined) return;
+    // The gate has freed the victim's slot already: the device admitted takes it first, so the
+    // victim's tear-down does not hand it to someone else.
+    if (turn.admit === device.address) this.emitCandidate(device);
+    else this.serveWaiting(turn.admit);
+    if (turn.evict !== undefined) {
+      this.log.debug({ address: turn.evict, for: turn.admit }, 'unproven BLE session evicted after its turn');
+      this.sessions.get(turn.evict)?.abort('evicted');
+    }
+  }
+
+  private offerable(device: KnownDevice | undefined): device is KnownDevice & { rssi: number } {
+    if (!this.ready || device === undefined || device.rssi === undefined) return false;
+    if (!device.uuids.includes(this.options.serviceUuid)) return false;
+    return device.rssi >= this.options.rssiThreshold;
+  }
+
+  /** Offers a free slot to a waiting device (`first`, else one the gate picks) that is still around. */
+  private serveWaiting(first?: string): void {
+    const adapter = this.adapter;
+    if (!this.running || !this.ready || adapter === undefined) return;
+    const now = this.clock.monotonic();
+    let address = first ?? this.gate.next(now);
+    // A few tries: a waiting device may have left since it was sighted.
+    for (let tries = 0; address !== undefined && tries < this.options.maxSessions; tries += 1) {
+      const device = adapter.table.get(devicePath(adapter.path, address));
+      if (this.offerable(device) && this.gate.check(address, now) === undefined) {
+        this.emitCandidate(device);
+        return;
+      }
+      address = this.gate.next(now);
+    }
+  }
+
+  private emitCandidate(device: KnownDevice & { rssi: number }): void {
     this.counters.candidates += 1;
     const candidate: BleCandidate = { address: device.address, name: device.name, rssi: device.rssi };
     for (const listener of this.candidateListeners) {
@@ -854,6 +957,8 @@ export class BleLink {
 interface SessionOwner {
   end(session: Session, reason: BleCloseReason, cooldownMs: number): Promise<void>;
   cooldown(ms: number): void;
+  proven(): void;
+  extend(): boolean;
 }
 
 /** One session's state; the channel the reader holds. */
@@ -876,6 +981,9 @@ class Session implements BleChannel {
   private readonly queued: Uint8Array[] = [];
   private reason: BleCloseReason | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private unprovenTimer: NodeJS.Timeout | undefined;
+  private proven = false;
+  private unprovenExpiry: (() => void) | undefined;
   private rejectClosed: ((err: AgentError) => void) | undefined;
   /** Rejects when the session ends: every pending step races it. */
   private readonly closedSignal: Promise<never>;
@@ -943,7 +1051,38 @@ class Session implements BleChannel {
   }
 
   armTimeout(ms: number): void {
+    clearTimeout(this.timer);
     this.timer = setTimeout(() => this.abort('session-timeout'), ms);
+  }
+
+  /** Drops the session `ms` from now unless it is marked proven first. */
+  armUnproven(ms: number, onExpiry: () => void): void {
+    clearTimeout(this.unprovenTimer);
+    if (this.proven || this.closed) return;
+    this.unprovenTimer = setTimeout(() => {
+      if (this.proven || this.closed) return;
+      onExpiry();
+      this.abort('unproven-timeout');
+    }, ms);
+    this.unprovenExpiry = onExpiry;
+  }
+
+  markProven(): void {
+    if (this.proven || this.closed) return;
+    this.proven = true;
+    clearTimeout(this.unprovenTimer);
+    this.owner.proven();
+  }
+
+  extendTurn(ms: number): boolean {
+    if (this.closed) return false;
+    if (this.proven) return true;
+    if (!this.owner.extend()) return false;
+    const onExpiry = this.unprovenExpiry ?? (() => {});
+    this.armUnproven(ms, onExpiry);
+    // The overall session bound must not cut it short either (room for the last writes).
+    this.armTimeout(ms + this.writeTimeoutMs);
+    return true;
   }
 
   onEnd(callback: () => void): void {
@@ -956,6 +1095,7 @@ class Session implements BleChannel {
     this.reason = reason;
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.unprovenTimer);
     this.rejectClosed?.(new AgentError('reader_error', `BLE session ended: ${reason}`, { reason }));
     for (const callback of this.endCallbacks) callback();
     this.endCallbacks.clear();

@@ -77,9 +77,7 @@ export type BleOutcome =
   /** The key refused the exchange (an abort: not its vehicle, a bad hello, the user declined). */
   | { readonly kind: 'refused'; readonly address: string; readonly code: string }
   /** The link could not open a session (no presentation was made). */
-  | { readonly kind: 'failed'; readonly address: string; readonly code: Code }
-  /** Not even tried: the reader is rate limited (the agent would deny anything). */
-  | { readonly kind: 'skipped'; readonly address: string; readonly code: 'rate_limited' };
+  | { readonly kind: 'failed'; readonly address: string; readonly code: Code };
 
 export interface BleReaderStats {
   readonly exchanges: number;
@@ -88,7 +86,8 @@ export interface BleReaderStats {
   readonly refused: number;
   readonly linkFailures: number;
   readonly enrollments: number;
-  readonly skippedRateLimited: number;
+  /** Sessions whose peer showed a signature-checked answer of an enrolled key. */
+  readonly proven: number;
   readonly link: BleLinkStats;
 }
 
@@ -103,6 +102,8 @@ type Reply = 'result' | 'abort' | 'none';
 
 /** Reasons that mean the key itself left (out of range, dropped the link) rather than our side failing. */
 const KEY_LEFT: ReadonlySet<BleCloseReason> = new Set(['disconnected', 'vanished']);
+/** The link ended a session that proved nothing in its turn: as for a key that never answered. */
+const UNPROVEN_ENDED: ReadonlySet<BleCloseReason> = new Set(['evicted', 'unproven-timeout']);
 
 const DEFAULT_LATE_GRACE_MS = 500;
 const DEFAULT_ENROLL_ANSWER_MS = 30_000;
@@ -175,7 +176,7 @@ export class BleReader implements CredentialReader {
     refused: 0,
     linkFailures: 0,
     enrollments: 0,
-    skippedRateLimited: 0,
+    proven: 0,
   };
 
   constructor(options: BleReaderOptions) {
@@ -223,12 +224,8 @@ export class BleReader implements CredentialReader {
   private onCandidate(candidate: BleCandidate): void {
     const ctx = this.context;
     if (!this.running || ctx === undefined || this.inFlight.has(candidate.address)) return;
-    // No radio work while the agent would deny everything on this reader anyway.
-    if (ctx.isRateLimited(this.id)) {
-      this.counters.skippedRateLimited += 1;
-      this.emit({ kind: 'skipped', address: candidate.address, code: 'rate_limited' });
-      return;
-    }
+    // No reader-wide state refuses a device: rate limits are per credential (the agent's
+    // decision), and the link bounds and shares the sessions among devices.
     const run = this.exchange(ctx, candidate.address).finally(() => this.inFlight.delete(candidate.address));
     this.inFlight.set(candidate.address, run);
   }
@@ -312,6 +309,7 @@ export class BleReader implements CredentialReader {
       case 'closed':
         session.close();
         if (event.reason === 'stopped') return undefined;
+        if (UNPROVEN_ENDED.has(event.reason)) return unidentified('timeout', 'none');
         return unidentified(KEY_LEFT.has(event.reason) ? 'removed' : 'reader_error', 'none');
       case 'frame':
         break;
@@ -333,13 +331,14 @@ export class BleReader implements CredentialReader {
       ctx,
       channel,
       chunkBytes,
-      this.presentation(ctx, session, receipt.answer, receipt.answerMs),
+      this.presentation(ctx, channel, session, receipt.answer, receipt.answerMs),
     );
   }
 
   /** Looks the key up and verifies its answer against the enrolled public key. */
   private presentation(
     ctx: ReaderContext,
+    channel: BleChannel,
     session: AgentSession,
     answer: KeyAnswer,
     answerMs: number,
@@ -349,6 +348,11 @@ export class BleReader implements CredentialReader {
     let proof: ProofVerdict = 'invalid';
     if (status !== undefined && status.credential.kind === 'phone' && publicKey !== undefined) {
       proof = session.verify(publicKey).proof;
+    }
+    if (proof === 'valid') {
+      // A signature by an enrolled key over our challenge: the session has earned its slot.
+      this.counters.proven += 1;
+      channel.markProven();
     }
     return {
       reader: this.id,
@@ -408,6 +412,10 @@ export class BleReader implements CredentialReader {
     if (request.type !== 'enroll_request') return refuse('malformed');
     const offer = this.options.enrollment?.offer(session.challenge);
     if (offer === undefined) return refuse('enrollment_closed');
+    // The owner approves by hand, which takes longer than an unproven turn: this one session
+    // gets that long; a second one at the same time is refused (it cannot hold the slots).
+    const answerMs = this.options.enrollAnswerMs ?? DEFAULT_ENROLL_ANSWER_MS;
+    if (!channel.extendTurn(answerMs)) return refuse('busy');
     if (
       !(await this.send(
         channel,
@@ -417,7 +425,7 @@ export class BleReader implements CredentialReader {
     ) {
       return undefined;
     }
-    const event = await inbox.next(this.options.enrollAnswerMs ?? DEFAULT_ENROLL_ANSWER_MS);
+    const event = await inbox.next(answerMs);
     if (event.kind === 'closed') return undefined;
     if (event.kind === 'deadline') return refuse('timeout');
     if (event.kind === 'framing') return refuse(event.proof);

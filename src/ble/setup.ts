@@ -101,6 +101,9 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
         ...(ble.adapter === undefined ? {} : { adapter: ble.adapter }),
         rssiThreshold: ble.rssiThreshold,
         maxSessions: ble.maxSessions,
+        unprovenTurnMs: ble.unprovenTurnMs,
+        unprovenDeadlineMs: ble.unprovenDeadlineMs,
+        maxWaiting: ble.maxWaiting,
         connectTimeoutMs: ble.connectTimeoutMs,
         servicesTimeoutMs: ble.servicesTimeoutMs,
         gattTimeoutMs: ble.gattTimeoutMs,
@@ -143,6 +146,8 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     };
   });
 
+  /** sim mode: at most one radio flood at a time (see src/sim/ble-flood.ts). */
+  let flood: { stop(): Record<string, number> } | undefined;
   if (mode === 'sim') {
     /** The simulated BlueZ, once up (a command that comes during start-up waits for it). */
     const sim = async (): Promise<{ env: BleSimEnvironment; phones: SimPhones }> => {
@@ -167,6 +172,26 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
       standIn.setPowered(args.powered);
       return { powered: standIn.powered };
     });
+    handlers.set('sim.ble.flood', async (args) => {
+      const { standIn } = (await sim()).env;
+      if (args.action === 'stop') {
+        const counts = flood?.stop();
+        flood = undefined;
+        return { running: false, ...(counts ?? {}) };
+      }
+      if (args.action !== 'start') throw new AgentError('bad_arguments', 'action must be start or stop');
+      const { BleFlood, FLOOD_MODES } = await import('../sim/ble-flood.js');
+      const mode = args.mode ?? 'garbage';
+      if (typeof mode !== 'string' || !(FLOOD_MODES as readonly string[]).includes(mode))
+        throw new AgentError('bad_arguments', `mode must be one of ${FLOOD_MODES.join(', ')}`);
+      const devices = args.devices ?? 16;
+      if (typeof devices !== 'number') throw new AgentError('bad_arguments', 'devices must be a number');
+      flood?.stop();
+      const started = new BleFlood(standIn, { devices, mode: mode as (typeof FLOOD_MODES)[number] });
+      started.start();
+      flood = { stop: () => ({ ...started.stop() }) };
+      return { running: true, devices, mode };
+    });
     handlers.set('sim.ble.bluez', async (args) => {
       if (typeof args.owned !== 'boolean') throw new AgentError('bad_arguments', 'owned must be a boolean');
       const { standIn } = (await sim()).env;
@@ -182,6 +207,7 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     mode,
     stop: async () => {
       desk.close();
+      flood?.stop();
       await (await reader.whenUp())?.env?.stop();
     },
   };

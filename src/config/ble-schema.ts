@@ -23,7 +23,28 @@ export const BLE_SCHEMA = section(
       -127,
       20,
     ),
-    maxSessions: int('Exchanges with different phones at the same time.', 2, 1, 8),
+    maxSessions: int('Exchanges with different phones at the same time.', 4, 1, 8),
+    unprovenTurnMs: int(
+      'A session that has not shown a signature-checked answer keeps its slot this long from its start; ' +
+        'then a device waiting for a slot (picked at random among those waiting) may take it.',
+      1000,
+      200,
+      60_000,
+    ),
+    unprovenDeadlineMs: int(
+      '... and it is dropped this long after its start even when nobody waits (an owner approving an ' +
+        'enrollment gets enrollAnswerMs instead, one at a time).',
+      4000,
+      500,
+      60_000,
+    ),
+    maxWaiting: int(
+      'Devices remembered as waiting for a slot; past it a random one is forgotten (it comes back at its ' +
+        'next advertisement).',
+      64,
+      1,
+      4096,
+    ),
     connectTimeoutMs: int('Give up connecting to a phone after this long.', 5000, 500, 60_000),
     servicesTimeoutMs: int(
       'Connected until its GATT services are resolved, at most this long.',

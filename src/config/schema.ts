@@ -110,13 +110,35 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
     }),
   }),
   policy: section('Access policy.', {
-    maxDenials: int('Rate limit: this many denials on one reader within windowMs ...', 5, 1, 1000),
-    windowMs: int('... (the window) ...', 60_000, 1000, 86_400_000),
+    maxDenials: int(
+      'Rate limits are per credential, never per reader (docs/cards.md, docs/ble.md): this many failed ' +
+        'proofs for one enrolled credential (bad signature, replay, clone, late answer) within windowMs ...',
+      5,
+      1,
+      1000,
+    ),
+    windowMs: int('... (the window, also for maxUnknownCards) ...', 60_000, 1000, 86_400_000),
     cooldownMs: int(
-      '... deny every attempt on that reader as rate_limited for this long.',
+      '... lock that credential out (rate_limited) for this long; every other key works on. Unknown ' +
+        'keys, garbage and malformed frames never count.',
       300_000,
       1000,
       86_400_000,
+    ),
+    maxUnknownCards: int(
+      'Unknown NFC cards within windowMs (someone trying UIDs) that throttle UID-only grants; FIDO keys, ' +
+        'NTAG 424 cards and phones are never throttled.',
+      10,
+      1,
+      100_000,
+    ),
+    uidThrottleMs: int('How long UID-only grants are refused once throttled.', 300_000, 1000, 86_400_000),
+    denialSummaryMs: int(
+      'Reader denials that name no enrolled credential (garbage, unknown keys and cards) are audited as ' +
+        'the first one in full, then one summary record per reader and code per this interval.',
+      60_000,
+      1000,
+      3_600_000,
     ),
     bleAnswerDeadlineMs: int(
       'A phone answer later than this after the challenge is denied (timeout).',
@@ -130,10 +152,30 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
       20,
       10_000,
     ),
+    counterWriteDeadlineMs: int(
+      'A FIDO signature counter not written to the state disk within this is a denial (state_io), ' +
+        'the relay untouched: a frozen or stalled disk (docs/storage.md). Other credentials never wait on the disk.',
+      250,
+      10,
+      10_000,
+    ),
+    counterSyncDeadlineMs: int(
+      'A written FIDO counter not fsynced within this withdraws the grant (state_io), cutting the pulse.',
+      2000,
+      50,
+      60_000,
+    ),
   }),
   audit: section('Hash-chained audit log under <stateDir>/audit.', {
     maxFileBytes: int('Rotate the current file past this size.', 1_048_576, 4096, 1_073_741_824),
     keepFiles: int('Rotated files kept (the oldest are deleted).', 10, 1, 1000),
+    maxPendingEvents: int(
+      'Events waiting for the disk beyond which new ones are dropped (a frozen or full disk); ' +
+        'drops are counted and recorded as one audit.dropped event once the log takes writes again.',
+      2000,
+      1,
+      100_000,
+    ),
   }),
   cloud: CLOUD_SCHEMA,
   ble: BLE_SCHEMA,

@@ -10,7 +10,8 @@ export const CODES = {
   expired: 'the credential expired (notAfter passed)',
   bad_proof: 'the cryptographic proof did not verify',
   replay: 'the answer was replayed from an earlier exchange',
-  rate_limited: 'too many denials on this reader; it is cooling down',
+  rate_limited:
+    'refused by a rate limit: this credential is locked out after failed proofs, or UID-only grants are throttled after unknown cards',
   clone_suspected: 'the signature counter did not rise: the credential may be cloned',
   timeout: 'the answer came after the deadline',
   role_not_allowed: 'the credential role does not allow this action',
@@ -66,6 +67,10 @@ export const CODES = {
   // ── hardware ───────────────────────────────────────────────────────────────
   relay_failed: 'a relay could not be switched',
   relay_watchdog: 'a relay was held past its maximum on-time and was released',
+  relay_guard_released:
+    'the relay guard released a relay by itself: the agent had not released it in time (its loop stalled, stopped or late), or the guard was signalled',
+  relay_guard_lost:
+    'the relay guard process exited or stopped answering: its relays were released and it is being restarted',
   reader_error: 'a reader failed',
   reader_timeout: 'a reader did not answer in time',
   frame_checksum: 'a frame failed its checksum',

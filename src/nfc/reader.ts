@@ -178,14 +178,9 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
   /** An ordinary tap: prove, present, report. */
   private async tap(ctx: ReaderContext, targetId: number, session: CardSession): Promise<TapOutcome> {
     this.counts.taps++;
-    let proof: TapProof;
-    if (ctx.isRateLimited(this.id)) {
-      // No radio or crypto work while cooling down; the agent records the rate_limited denial.
-      const subject = `uid:${uidHash(ctx.vehicleId, session.uid)}`;
-      proof = { kind: 'uid', credentialId: undefined, subject, proof: 'invalid', cause: 'rate_limited' };
-    } else {
-      proof = await proveTap(session, this.tapDeps(ctx));
-    }
+    // Always run the card's protocol: no reader-wide state can refuse a card (rate limits are per
+    // credential, and refuse UID-only grants only; the agent's decision applies them).
+    const proof = await proveTap(session, this.tapDeps(ctx));
     const presentation: Presentation = {
       reader: this.id,
       kind: proof.kind,

@@ -4,11 +4,16 @@ import type { Logger } from '../core/logger.js';
 import type { Health } from '../core/types.js';
 import {
   GPIOSET_V2_GUARD,
+  GPIOSET_V2_INTERACTIVE_GUARD,
   type GpioLine,
   type GpiosetMajor,
+  hasInteractiveMode,
   holderArgs,
+  interactiveHolderArgs,
   levelFor,
   parseGpiosetVersion,
+  setLevelCommand,
+  splitAtPrompts,
 } from './gpioset-syntax.js';
 import { HealthTracker } from './health.js';
 import { type CancelTimer, systemTimers, type Timers } from './timers.js';
@@ -33,6 +38,11 @@ export interface GpioRelayOptions {
   readonly stableMs?: number;
   /** Backoff between attempts to re-drive a line whose holder failed. */
   readonly retryBackoffMs?: { readonly initialMs: number; readonly maxMs: number };
+  /**
+   * Use gpioset 2.x's interactive mode when it has one (default): one holder per line for good, a
+   * level change is a line on its stdin. false: a holder per level, as with 1.x (for comparison).
+   */
+  readonly interactive?: boolean;
 }
 
 interface ExitInfo {
@@ -42,12 +52,21 @@ interface ExitInfo {
 
 interface Holder {
   readonly child: ChildProcess;
-  readonly level: 0 | 1;
+  /** The level it drives; an interactive holder changes it in place. */
+  level: 0 | 1;
+  /** gpioset 2.x in interactive mode: takes `set` commands on stdin, answers with its prompt. */
+  readonly interactive: boolean;
   readonly exited: Promise<ExitInfo>;
   /** The driver asked it to exit (a level change or close); any other exit is a failure. */
   expected: boolean;
   dead: boolean;
   stderr: string;
+  /** Interactive: what it printed since its last prompt. */
+  stdout: string;
+  /** It confirmed its line (1.x: it started; 2.x: its banner or first prompt). */
+  ready: boolean;
+  /** Interactive: callers waiting for the end of a command, oldest first (its output, or an error). */
+  readonly replies: ((reply: string | Error) => void)[];
 }
 
 interface Channel {
@@ -66,17 +85,22 @@ interface Channel {
 const STDERR_TAIL = 400;
 /** After this many consecutive failures on a line the driver reports itself down, not degraded. */
 const DOWN_AFTER = 3;
+/** An interactive holder's output is kept up to this much (it prints nothing but prompts when well). */
+const STDOUT_LIMIT = 4096;
 
 /**
  * Relays on GPIO lines through libgpiod's gpioset, 1.x or 2.x (detected by init()).
  *
  * A line is only driven while a process holds it, so every channel has a holder process at all
  * times, driving the energised level or, just as important, the inactive one: a released line of
- * an active-low board can float to the energising level. A level change ends the holder and
- * starts another. Holders die with the agent: their stdin is a pipe from the agent, and end of
- * file (which the kernel delivers when the agent dies, even by SIGKILL) ends them, so no orphan
- * keeps a relay energised. A holder that dies by itself is logged, health goes degraded (down
- * after repeated failures) and the line is driven again with backoff.
+ * an active-low board can float to the energising level. With a gpioset 2.x that has its
+ * interactive mode, each line has one holder for good and a level change is a `set` line on its
+ * stdin (about a millisecond); otherwise (1.x, or 2.x built without it) a level change ends the
+ * holder and starts another (kill, wait, spawn: several milliseconds). Holders die with their
+ * owner: a pipe from the owner whose end of file (which the kernel delivers when the owner dies,
+ * even by SIGKILL) ends them, so no orphan keeps a relay energised. A holder that dies by itself
+ * is logged, health goes degraded (down after repeated failures) and the line is driven again
+ * with backoff.
  */
 export class GpioRelay implements RelayDriver {
   readonly kind = 'gpio';
@@ -93,6 +117,8 @@ export class GpioRelay implements RelayDriver {
   private readonly backoff: { readonly initialMs: number; readonly maxMs: number };
   private readonly healthTracker: HealthTracker;
   private major: GpiosetMajor | undefined;
+  private readonly allowInteractive: boolean;
+  private interactiveMode = false;
   private closing = false;
 
   constructor(options: GpioRelayOptions) {
@@ -105,6 +131,7 @@ export class GpioRelay implements RelayDriver {
     this.settleMs = options.settleMs ?? 50;
     this.stableMs = options.stableMs ?? 2000;
     this.backoff = options.retryBackoffMs ?? { initialMs: 100, maxMs: 5000 };
+    this.allowInteractive = options.interactive ?? true;
     this.healthTracker = new HealthTracker('disabled', options.wallNow, 'not initialised');
     for (const [name, line] of Object.entries(options.channels) as [RelayChannel, GpioLine | undefined][]) {
       if (line === undefined) continue;
@@ -140,16 +167,28 @@ export class GpioRelay implements RelayDriver {
     return this.major;
   }
 
+  /** True when each line has one interactive holder (gpioset 2.x with --interactive). */
+  get interactive(): boolean {
+    return this.interactiveMode;
+  }
+
   async init(): Promise<void> {
     this.closing = false;
-    this.major ??= await this.detectVersion();
+    if (this.major === undefined) {
+      const major = await this.detectVersion();
+      this.interactiveMode = major === 2 && this.allowInteractive && (await this.detectInteractive());
+      this.major = major;
+    }
     const results = await Promise.allSettled([...this.lines.values()].map((ch) => this.command(ch, false)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw toAgentError(failed.reason, 'relay_failed');
     if (this.major === 1 && this.settleMs > 0) {
       // 1.x says nothing when it holds a line: give a failing request the time to exit.
       await new Promise<void>((resolve) => this.timers.schedule(this.settleMs, resolve));
-      const dead = [...this.lines.values()].find((ch) => ch.holder === undefined || ch.holder.dead);
+      // A holder that failed in that time may already have been restarted by the retry: count failures.
+      const dead = [...this.lines.values()].find(
+        (ch) => ch.failures > 0 || ch.holder === undefined || ch.holder.dead,
+      );
       if (dead) {
         throw new AgentError(
           'relay_failed',
@@ -163,6 +202,7 @@ export class GpioRelay implements RelayDriver {
     this.log.info(
       {
         gpioset: this.major,
+        interactive: this.interactiveMode,
         lines: [...this.lines.values()].map((ch) => ({ channel: ch.name, ...ch.line })),
       },
       'GPIO relays held de-energised',
@@ -257,7 +297,14 @@ export class GpioRelay implements RelayDriver {
     ch.retryTimer?.();
     ch.retryTimer = undefined;
     const level = levelFor(ch.line, ch.desired);
-    if (ch.holder !== undefined && !ch.holder.dead && ch.holder.level === level) return;
+    const current = ch.holder;
+    if (current !== undefined && !current.dead) {
+      if (current.level === level) return;
+      if (current.interactive) {
+        await this.setLevel(ch, current, level);
+        return;
+      }
+    }
     await this.endHolder(ch);
     try {
       ch.holder = await this.startHolder(ch, level);
@@ -282,30 +329,115 @@ export class GpioRelay implements RelayDriver {
     this.updateHealth();
   }
 
+  /** Drives an interactive holder to `level`: one `set` command, done when its next prompt comes. */
+  private async setLevel(ch: Channel, holder: Holder, level: 0 | 1): Promise<void> {
+    try {
+      const command = setLevelCommand(ch.line, level);
+      const reply = (await this.ask(holder, command)).trim();
+      // A set that works prints nothing but the next prompt (a line editor may echo the command);
+      // anything else ("unknown line", "invalid line value") is a refusal.
+      if (reply !== '' && reply !== command.trim())
+        throw new Error(`gpioset refused the level: ${reply.slice(0, 200)}`);
+      holder.level = level;
+    } catch (err) {
+      const e = new AgentError(
+        'relay_failed',
+        `gpioset could not drive ${ch.name}: ${err instanceof Error ? err.message : String(err)}`,
+        { channel: ch.name, chip: ch.line.chip, line: ch.line.line },
+      );
+      // Its level is now unknown: end it (its line falls to the bias) and drive the line afresh.
+      if (ch.holder === holder) ch.holder = undefined;
+      holder.expected = true;
+      killGroup(holder.child, 'SIGKILL');
+      ch.desired = false;
+      this.failure(ch, e.message);
+      throw e;
+    }
+    this.log.debug({ channel: ch.name, level, pid: holder.child.pid }, 'GPIO line set');
+  }
+
+  /** Writes one command to an interactive holder; resolves with what it printed before its next prompt. */
+  private ask(holder: Holder, command: string): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      if (holder.dead) {
+        reject(new Error('the holder exited'));
+        return;
+      }
+      let done = false;
+      const cancel = this.timers.schedule(this.readyTimeoutMs, () => {
+        if (done) return;
+        done = true;
+        const index = holder.replies.indexOf(answer);
+        if (index >= 0) holder.replies.splice(index, 1);
+        reject(new Error(`no answer within ${this.readyTimeoutMs} ms`));
+      });
+      const answer = (reply: string | Error) => {
+        if (done) return;
+        done = true;
+        cancel();
+        if (reply instanceof Error) reject(reply);
+        else resolve(reply);
+      };
+      holder.replies.push(answer);
+      holder.child.stdin?.write(command);
+    });
+  }
+
   private startHolder(ch: Channel, level: 0 | 1): Promise<Holder> {
     const major = this.major ?? 1;
-    const args = holderArgs(major, ch.line, level, this.consumer);
+    const interactive = major === 2 && this.interactiveMode;
+    const args = interactive
+      ? interactiveHolderArgs(ch.line, level, this.consumer)
+      : holderArgs(major, ch.line, level, this.consumer);
     const [file, argv] =
       major === 1
         ? [this.gpiosetPath, args]
-        : ['/bin/sh', ['-c', GPIOSET_V2_GUARD, 'vehicle-agent-gpioset-guard', this.gpiosetPath, ...args]];
+        : [
+            '/bin/sh',
+            [
+              '-c',
+              interactive ? GPIOSET_V2_INTERACTIVE_GUARD : GPIOSET_V2_GUARD,
+              'vehicle-agent-gpioset-guard',
+              this.gpiosetPath,
+              ...args,
+            ],
+          ];
     // A session of its own: a Ctrl-C on the agent's terminal must not release the lines before
-    // the agent has driven them inactive.
-    const child = spawn(file, argv, { stdio: ['pipe', 'pipe', 'pipe'], detached: true, env: this.env });
+    // the agent has driven them inactive. The interactive guard watches fd 3 for its owner's end.
+    const child = spawn(file, argv, {
+      stdio: interactive ? ['pipe', 'pipe', 'pipe', 'pipe'] : ['pipe', 'pipe', 'pipe'],
+      detached: true,
+      env: this.env,
+    });
     let resolveExit: (info: ExitInfo) => void = () => {};
     const holder: Holder = {
       child,
       level,
+      interactive,
       exited: new Promise<ExitInfo>((resolve) => {
         resolveExit = resolve;
       }),
       expected: false,
       dead: false,
       stderr: '',
+      stdout: '',
+      replies: [],
+      ready: false,
     };
     child.stdin?.on('error', () => {}); // EPIPE when the holder is already gone
+    const ownerPipe = child.stdio[3];
+    if (ownerPipe !== undefined && ownerPipe !== null && 'on' in ownerPipe) ownerPipe.on('error', () => {});
     child.stderr?.on('data', (chunk: Buffer) => {
       holder.stderr = (holder.stderr + chunk.toString('utf8')).slice(-STDERR_TAIL);
+      // A running interactive gpioset writes to stderr only when it could not set a level: the
+      // line's level is then unknown, so it is ended (the line falls to its bias) and driven anew.
+      if (holder.interactive && holder.ready && !holder.dead && !holder.expected) {
+        this.log.error(
+          { code: 'relay_failed', channel: ch.name, pid: child.pid, err: holder.stderr.trim() },
+          'gpioset reported an error: ending it',
+        );
+        killGroup(child, 'SIGKILL');
+      }
     });
     return new Promise<Holder>((resolve, reject) => {
       let settled = false;
@@ -327,6 +459,7 @@ export class GpioRelay implements RelayDriver {
       const ready = () => {
         if (settled) return;
         settled = true;
+        holder.ready = true;
         cancelTimeout();
         resolve(holder);
       };
@@ -344,6 +477,8 @@ export class GpioRelay implements RelayDriver {
       });
       child.on('exit', (code, signal) => {
         holder.dead = true;
+        for (const reply of holder.replies.splice(0))
+          reply(new Error(`the holder exited (${describeExit(code, signal)})`));
         if (holder.expected) {
           resolveExit({ code, signal });
           return;
@@ -363,7 +498,18 @@ export class GpioRelay implements RelayDriver {
         child.on('spawn', ready);
       }
       child.stdout?.on('data', (chunk: Buffer) => {
-        if (settled || major === 1) return;
+        if (major === 1) return;
+        if (interactive) {
+          // The first prompt: the line is held. Each later one: the command before it is done.
+          const { done, pending } = splitAtPrompts(holder.stdout + chunk.toString('utf8'));
+          holder.stdout = pending.slice(-STDOUT_LIMIT);
+          for (const [index, output] of done.entries()) {
+            if (!settled && index === 0) ready();
+            else holder.replies.shift()?.(output);
+          }
+          return;
+        }
+        if (settled) return;
         stdout = (stdout + chunk.toString('utf8')).slice(-STDERR_TAIL);
         if (stdout.includes('Setting line')) ready();
       });
@@ -376,6 +522,11 @@ export class GpioRelay implements RelayDriver {
     ch.holder = undefined;
     if (holder === undefined || holder.dead) return;
     holder.expected = true;
+    if (holder.interactive) {
+      holder.child.stdin?.write('exit\n');
+      const ownerPipe = holder.child.stdio[3];
+      if (ownerPipe !== undefined && ownerPipe !== null && 'destroy' in ownerPipe) ownerPipe.destroy();
+    }
     holder.child.stdin?.end();
     if (await exitsWithin(holder, this.timers, 1000)) return;
     this.log.warn({ channel: ch.name, pid: holder.child.pid }, 'gpioset holder ignored end of file: SIGTERM');
@@ -435,6 +586,21 @@ export class GpioRelay implements RelayDriver {
     ch.retryTimer = undefined;
     ch.stableTimer?.();
     ch.stableTimer = undefined;
+  }
+
+  /** gpioset 2.x: whether this build has the interactive mode (its --help says so). */
+  private detectInteractive(): Promise<boolean> {
+    return new Promise((resolve) => {
+      execFile(
+        this.gpiosetPath,
+        ['--help'],
+        { env: this.env, timeout: this.readyTimeoutMs },
+        (err, stdout) => {
+          // A help that fails to run is no reason to fail: the holder-per-level way works everywhere.
+          resolve(err === null && hasInteractiveMode(stdout));
+        },
+      );
+    });
   }
 
   private detectVersion(): Promise<GpiosetMajor> {

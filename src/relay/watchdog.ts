@@ -2,12 +2,14 @@ import { toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Health } from '../core/types.js';
 import { type CancelTimer, systemTimers, type Timers } from './timers.js';
-import type { RelayChannel, RelayDriver } from './types.js';
+import type { EnergiseOptions, RelayChannel, RelayDriver, SelfRelease } from './types.js';
 
-export interface WatchdogRelease {
-  readonly channel: RelayChannel;
-  /** How long the channel had been energised when it was forced off. */
-  readonly heldMs: number;
+/**
+ * A channel forced off without being asked: by this watchdog's own timer (by `agent`), or by what
+ * stands behind the driver, the relay guard (by `guard`), which reports it when it happens.
+ */
+export interface WatchdogRelease extends SelfRelease {
+  readonly by: 'agent' | 'guard';
 }
 
 export interface WatchdogOptions {
@@ -21,6 +23,8 @@ export interface WatchdogOptions {
  * Enforces a maximum on-time per channel around any driver, whatever the caller does: a stuck
  * timer, a bug or a lost stop can never hold a lock motor or a strike energised for good. The
  * limit runs from the first request to energise; asking again to energise does not extend it.
+ * This runs on the agent's event loop, so it is the second layer: the relay guard process times
+ * the same limit on its own loop (src/relay/guard.ts) and its releases come through here too.
  */
 export class WatchdogRelay implements RelayDriver {
   readonly kind: string;
@@ -47,6 +51,7 @@ export class WatchdogRelay implements RelayDriver {
         innerSync();
       };
     }
+    inner.onSelfRelease?.((release) => this.onInnerRelease(release));
   }
 
   /** Called after a channel was forced off. Returns an unsubscribe function. */
@@ -60,7 +65,7 @@ export class WatchdogRelay implements RelayDriver {
     return this.inner.init();
   }
 
-  async set(channel: RelayChannel, energised: boolean): Promise<void> {
+  async set(channel: RelayChannel, energised: boolean, options?: EnergiseOptions): Promise<void> {
     if (!energised) {
       this.disarm(channel);
       return this.inner.set(channel, false);
@@ -71,7 +76,7 @@ export class WatchdogRelay implements RelayDriver {
       const cancel = this.timers.schedule(this.maxOnMs, () => void this.release(channel));
       this.armed.set(channel, { since, cancel });
     }
-    return this.inner.set(channel, true);
+    return this.inner.set(channel, true, options);
   }
 
   allOff(): Promise<void> {
@@ -112,9 +117,25 @@ export class WatchdogRelay implements RelayDriver {
       );
       await this.inner.allOff();
     }
+    this.notify({ channel, heldMs, code: 'relay_watchdog', cause: 'max-on', current: true, by: 'agent' });
+  }
+
+  /** The guard released a channel by itself: the channel is off, so this watchdog stands down. */
+  private onInnerRelease(release: SelfRelease): void {
+    if (release.current) this.disarm(release.channel);
+    this.log[release.current ? 'error' : 'warn'](
+      { code: release.code, channel: release.channel, heldMs: release.heldMs, cause: release.cause },
+      release.current
+        ? 'the relay guard released a relay the agent still held'
+        : 'the relay guard had released a relay before the agent did',
+    );
+    this.notify({ ...release, by: 'guard' });
+  }
+
+  private notify(release: WatchdogRelease): void {
     for (const listener of this.listeners) {
       try {
-        listener({ channel, heldMs });
+        listener(release);
       } catch (err) {
         this.log.error({ code: 'internal', err: String(err) }, 'watchdog listener threw');
       }

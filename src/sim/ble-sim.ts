@@ -276,7 +276,6 @@ function summarise(
         : { ...base, outcome: 'enrollment', granted: false, code: outcome.outcome.code };
     case 'refused':
     case 'failed':
-    case 'skipped':
       return { ...base, outcome: outcome.kind, granted: false, code: outcome.code };
   }
 }

@@ -90,7 +90,6 @@ export class SimReader implements CredentialReader {
       explicitIntent: a.explicitIntent,
       ...(answerMs !== undefined ? { answerMs } : {}),
     };
-    if (ctx.isRateLimited(this.id)) return ctx.present({ ...base, proof: 'invalid' });
     let proof: Presentation['proof'] = 'invalid';
     if (!pending) {
       proof = 'replayed';

@@ -16,16 +16,21 @@ export interface AuditSource {
 
 export type AuditListener = (records: readonly AuditRecord[]) => void;
 
-/** Counts of `access` records: result → code ('' for grants) → n. */
+/**
+ * Counts of `access` records, and of the denials `access.summary` records stand for (reader
+ * noise is audited as summaries): result → code ('' for grants) → n.
+ */
 export type DecisionCounts = Map<string, Map<string, number>>;
 
 export function countDecisions(counts: DecisionCounts, records: readonly AuditRecord[]): void {
   for (const r of records) {
-    if (r.type !== 'access') continue;
+    const n =
+      r.type === 'access' ? 1 : r.type === 'access.summary' && typeof r.count === 'number' ? r.count : 0;
+    if (n <= 0) continue;
     const result = typeof r.result === 'string' ? r.result : 'unknown';
     const code = typeof r.code === 'string' ? r.code : '';
     const byCode = counts.get(result) ?? new Map<string, number>();
-    byCode.set(code, (byCode.get(code) ?? 0) + 1);
+    byCode.set(code, (byCode.get(code) ?? 0) + n);
     counts.set(result, byCode);
   }
 }

@@ -60,10 +60,11 @@ function renderReaders(s) {
   for (const [id, h] of rows) {
     const tr = el('tr'); tr.dataset.reader = id;
     tr.append(el('td', id), el('td', h.state, h.state));
-    tr.append(el('td', (h.detail || '') + (h.rateLimitedUntil ? ' rate limited until ' + h.rateLimitedUntil : '')));
+    tr.append(el('td', h.detail || ''));
     t.append(tr);
   }
   const subs = $('subsystems'); subs.replaceChildren();
+  if (s.rateLimits) subs.append(el('dt', 'rate limits'), el('dd', summarise(s.rateLimits)));
   for (const [name, v] of Object.entries(s.subsystems || {})) {
     if (name === 'cloud') continue;
     subs.append(el('dt', name), el('dd', summarise(v)));

@@ -1,4 +1,4 @@
-import type { HealthReport } from '../agent/health-monitor.js';
+import type { HealthReport, StorageFigures } from '../agent/health-monitor.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import { CREDENTIAL_KINDS, type HealthState, LOCK_STATES, ROLES } from '../core/types.js';
 import type { DecisionCounts } from './audit-feed.js';
@@ -21,7 +21,16 @@ export interface ReaderView {
   readonly state: string;
   readonly detail?: string;
   readonly since?: number;
-  readonly rateLimitedUntil?: string;
+}
+
+/** Rate limits (issue 12): counts only, never which credential (that is in the audit log). */
+export interface RateLimitView {
+  readonly lockedOutCredentials: number;
+  readonly credentialLockouts: number;
+  readonly uidThrottled: boolean;
+  readonly uidThrottles: number;
+  readonly noiseDenials: number;
+  readonly noiseSummarised: number;
 }
 
 export interface KeyringSummary {
@@ -47,6 +56,7 @@ export interface StateSnapshot {
   readonly keyring: KeyringSummary;
   readonly clock?: { readonly now: string; readonly trust: string };
   readonly decisions?: { readonly granted: number; readonly denied: number };
+  readonly rateLimits?: RateLimitView;
   readonly cloud?: Readonly<Record<string, unknown>>;
   readonly subsystems: Readonly<Record<string, unknown>>;
   readonly health?: HealthReport;
@@ -168,6 +178,7 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
   const health = deps.health();
   const clock = asRecord(status.clock);
   const decisions = asRecord(status.decisions);
+  const rateLimits = rateLimitView(asRecord(status.rateLimits));
   return {
     vehicleId: typeof status.vehicleId === 'string' ? status.vehicleId : 'unknown',
     lock: typeof status.lock === 'string' ? status.lock : 'unknown',
@@ -186,12 +197,28 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
     ...(typeof decisions.granted === 'number' && typeof decisions.denied === 'number'
       ? { decisions: { granted: decisions.granted, denied: decisions.denied } }
       : {}),
+    ...(rateLimits !== undefined ? { rateLimits } : {}),
     ...(cloud !== undefined ? { cloud: asRecord(cloud) } : {}),
     subsystems,
     ...(health !== undefined ? { health } : {}),
     auditSeq: deps.auditSeq(),
     uptimeS: Math.round(process.uptime()),
     sim: { enabled: actions.length > 0, actions },
+  };
+}
+
+/** Copies the counts of the agent's rate-limit status, and nothing else. */
+function rateLimitView(r: Record<string, unknown>): RateLimitView | undefined {
+  const n = (key: string): number | undefined => num(r[key]);
+  const locked = n('lockedOutCredentials');
+  if (locked === undefined) return undefined;
+  return {
+    lockedOutCredentials: locked,
+    credentialLockouts: n('credentialLockouts') ?? 0,
+    uidThrottled: typeof r.uidThrottledUntil === 'string',
+    uidThrottles: n('uidThrottles') ?? 0,
+    noiseDenials: n('noiseDenials') ?? 0,
+    noiseSummarised: n('noiseSummarised') ?? 0,
   };
 }
 
@@ -251,15 +278,6 @@ export function metricFamilies(
       ),
     },
     {
-      name: 'vehicle_agent_reader_rate_limited',
-      help: 'The reader is cooling down after too many denials.',
-      type: 'gauge',
-      samples: Object.entries(snapshot.readers).map(([reader, h]) => ({
-        labels: { reader },
-        value: h.rateLimitedUntil === undefined ? 0 : 1,
-      })),
-    },
-    {
       name: 'vehicle_agent_relay_health',
       help: 'Relay driver health: 1 for the current state.',
       type: 'gauge',
@@ -317,6 +335,7 @@ export function metricFamilies(
       },
     );
   }
+  families.push(...admissionFamilies(snapshot));
   const health = snapshot.health;
   families.push(
     {
@@ -333,6 +352,7 @@ export function metricFamilies(
         ? Object.entries(health.checks).map(([check, r]) => ({ labels: { check }, value: r.ok ? 1 : 0 }))
         : [],
     },
+    ...storageFamilies(health?.storage),
     {
       name: 'vehicle_agent_status_streams',
       help: 'Live event streams open on the status page.',
@@ -501,4 +521,156 @@ export function localInterfaceFamilies(
     );
   }
   return families;
+}
+
+/** Real write failures per state store (docs/storage.md), from the last health run. */
+function storageFamilies(storage: StorageFigures | undefined): MetricFamily[] {
+  const stores = storage?.stores ?? [];
+  const perStore = (value: (s: StorageFigures['stores'][number]) => number | undefined): Sample[] =>
+    stores.flatMap((s) => {
+      const v = value(s);
+      return v === undefined ? [] : [{ labels: { store: s.name }, value: v }];
+    });
+  const audit = storage?.audit;
+  return [
+    {
+      name: 'vehicle_agent_store_write_failures_total',
+      help: 'Writes (appends, compactions) to a state store that failed since start.',
+      type: 'counter',
+      samples: perStore((s) => s.failures),
+    },
+    {
+      name: 'vehicle_agent_store_writes_refused_total',
+      help: 'Writes refused without being tried (the store was restoring, or too many were waiting).',
+      type: 'counter',
+      samples: perStore((s) => s.refused),
+    },
+    {
+      name: 'vehicle_agent_store_write_failing',
+      help: 'The last write to the store failed and none has succeeded since (2: stopped until restart).',
+      type: 'gauge',
+      samples: perStore((s) => (s.state === 'latched' ? 2 : s.failingSince !== undefined ? 1 : 0)),
+    },
+    {
+      name: 'vehicle_agent_store_write_failing_since_seconds',
+      help: 'Unix time of the first failure of the current failing streak.',
+      type: 'gauge',
+      samples: perStore((s) => (s.failingSince === undefined ? undefined : s.failingSince / 1000)),
+    },
+    {
+      name: 'vehicle_agent_store_last_write_error',
+      help: 'The last write error of the store (errno or code), 1 per store; absent when none yet.',
+      type: 'gauge',
+      samples: stores.flatMap((s) =>
+        s.lastError === undefined ? [] : [{ labels: { store: s.name, code: s.lastError.code }, value: 1 }],
+      ),
+    },
+    {
+      name: 'vehicle_agent_store_write_pending',
+      help: 'Writes waiting for the disk.',
+      type: 'gauge',
+      samples: perStore((s) => s.pending),
+    },
+    {
+      name: 'vehicle_agent_store_write_busy_seconds',
+      help: 'How long the write in progress has been running (0 when idle); long means a stalled disk.',
+      type: 'gauge',
+      samples: perStore((s) => (s.busyMs ?? 0) / 1000),
+    },
+    {
+      name: 'vehicle_agent_audit_events_dropped_total',
+      help: 'Audit events the disk did not take since start (recorded later as audit.dropped).',
+      type: 'counter',
+      samples: audit === undefined ? [] : [{ value: audit.total }],
+    },
+    {
+      name: 'vehicle_agent_audit_events_unrecorded',
+      help: 'Audit events lost and not yet recorded by an audit.dropped record.',
+      type: 'gauge',
+      samples: audit === undefined ? [] : [{ value: audit.dropped }],
+    },
+  ];
+}
+
+/**
+ * Rate limits and radio admission (issue 12), a block of their own: per-credential lockouts and
+ * the UID throttle from the agent's status (counts only), BLE session admission from ble.status.
+ */
+function admissionFamilies(snapshot: StateSnapshot): MetricFamily[] {
+  const limits = snapshot.rateLimits;
+  const link = asRecord(asRecord(asRecord(snapshot.subsystems.ble).stats).link);
+  const counter = (name: string, help: string, value: number | undefined): MetricFamily => ({
+    name,
+    help,
+    type: 'counter',
+    samples: value === undefined ? [] : [{ value }],
+  });
+  const gauge = (name: string, help: string, value: number | undefined): MetricFamily => ({
+    name,
+    help,
+    type: 'gauge',
+    samples: value === undefined ? [] : [{ value }],
+  });
+  return [
+    gauge(
+      'vehicle_agent_credentials_locked_out',
+      'Credentials locked out now after repeated failed proofs.',
+      limits?.lockedOutCredentials,
+    ),
+    counter(
+      'vehicle_agent_credential_lockouts_total',
+      'Credential lockouts started since the agent started.',
+      limits?.credentialLockouts,
+    ),
+    gauge(
+      'vehicle_agent_uid_throttled',
+      'UID-only grants are refused now after unknown cards were tried.',
+      limits === undefined ? undefined : limits.uidThrottled ? 1 : 0,
+    ),
+    counter(
+      'vehicle_agent_uid_throttles_total',
+      'UID throttles started since the agent started.',
+      limits?.uidThrottles,
+    ),
+    counter(
+      'vehicle_agent_noise_denials_total',
+      'Reader denials that named no enrolled credential, or were refused by a rate limit.',
+      limits?.noiseDenials,
+    ),
+    counter(
+      'vehicle_agent_noise_denials_summarised_total',
+      'Noise denials counted into audit summaries instead of written one by one.',
+      limits?.noiseSummarised,
+    ),
+    {
+      name: 'vehicle_agent_ble_sessions_total',
+      help: 'BLE sessions by how they ended up: opened, failed, evicted after their unproven turn, dropped at the unproven deadline.',
+      type: 'counter',
+      samples: (
+        [
+          ['opened', link.sessionsOpened],
+          ['failed', link.sessionsFailed],
+          ['evicted', link.sessionsEvicted],
+          ['unproven_timeout', link.unprovenTimeouts],
+        ] as const
+      ).flatMap(([outcome, v]) =>
+        num(v) === undefined ? [] : [{ labels: { outcome }, value: num(v) ?? 0 }],
+      ),
+    },
+    counter(
+      'vehicle_agent_ble_sightings_deferred_total',
+      'BLE sightings that found every session slot taken and waited for a turn.',
+      num(link.sightingsDeferred),
+    ),
+    gauge(
+      'vehicle_agent_ble_sessions_unproven',
+      'BLE sessions now without a signature-checked answer.',
+      num(link.unprovenSessions),
+    ),
+    gauge(
+      'vehicle_agent_ble_devices_waiting',
+      'BLE devices waiting for a session slot now.',
+      num(link.waitingDevices),
+    ),
+  ];
 }

@@ -9,7 +9,10 @@
  * hash = hex(SHA-256(prev ‖ canonicalJson(record without prev and hash))), prev = the previous
  * record's hash (64 zeros before seq 1). `seq` continues across restarts and files.
  *
- * `append` resolves when the record is durable; concurrent appends are group-committed. Files
+ * `append` resolves when the record is durable; concurrent appends are group-committed. A
+ * record's time is taken at `append`, its seq and hash when it is written, so a write that fails
+ * (a full disk) leaves no gap in the chain: the log restores its last durable state and the
+ * next records continue from there (see group-commit.ts and `restoreDurableState`). Files
  * rotate at `maxFileBytes` and the oldest are deleted beyond `keepFiles`; the chain continues
  * across files. On open, a torn last record (crash mid-write) is cut off (complete bad lines
  * are first copied to `<file>.corrupt-<stamp>`); broken records further back are left as they
@@ -31,7 +34,7 @@ import { silentLogger } from '../core/logger.js';
 import { canonicalJson } from '../crypto/canonical.js';
 import { writeFileAtomic } from './atomic.js';
 import { errnoOf, ioError, syncDirectory, uniqueStamp, writeAll } from './fs-util.js';
-import { GroupCommitQueue } from './group-commit.js';
+import { GroupCommitQueue, type WriteHealth } from './group-commit.js';
 import { planRecovery, scanLines } from './line-scan.js';
 import { acquireOwnerLock, type OwnerLock } from './owner-lock.js';
 
@@ -91,10 +94,24 @@ export function forbiddenFieldName(name: string): boolean {
   return ['secret', 'secretkey', 'privatekey', 'password'].some((suffix) => n.endsWith(suffix));
 }
 
+/** An event accepted by `append`: checked, normalised and timed; chained when written. */
 interface Pending {
+  readonly ts: string;
+  readonly type: string;
+  readonly fields: Readonly<Record<string, unknown>>;
+  /** Set once written. */
+  record?: AuditRecord;
+}
+
+/** A record as written: the chain state it leaves behind. */
+interface Chained {
+  readonly pending: Pending;
   readonly record: AuditRecord;
   readonly line: Buffer;
 }
+
+/** The longest a seq can print (Number.MAX_SAFE_INTEGER): for the size check at `append`. */
+const WIDEST_SEQ = Number.MAX_SAFE_INTEGER;
 
 interface AuditFile {
   readonly name: string;
@@ -144,7 +161,9 @@ export class AuditLog {
     this.recentCapacity = settings.recentCapacity;
     this.now = settings.now;
     this.logger = settings.logger;
-    this.queue = new GroupCommitQueue(join(dir, 'audit'), (items) => this.writeBatch(items));
+    this.queue = new GroupCommitQueue(join(dir, 'audit'), (items) => this.writeBatch(items), {
+      restore: () => this.restoreDurableState(),
+    });
   }
 
   static async open(dir: string, options: AuditLogOptions = {}): Promise<AuditLog> {
@@ -246,7 +265,15 @@ export class AuditLog {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.queue.submit(pending).then(() => pending.record);
+    return this.queue.submit(pending).then(() => {
+      if (pending.record === undefined) throw new AgentError('internal', 'an audit record was not chained');
+      return pending.record;
+    });
+  }
+
+  /** Write failures, refusals and stalls of the log (health, /metrics). */
+  get writeHealth(): WriteHealth {
+    return this.queue.health();
   }
 
   /** Seq of the last durable record (0 when the log is empty). */
@@ -311,59 +338,61 @@ export class AuditLog {
         { field: forbidden, type: event.type },
       );
     }
-    const { type, ...fields } = normalized;
-    const body = { seq: this.nextSeq, ts: new Date(this.now()).toISOString(), type, ...fields };
-    const prev = this.prevHash;
-    const hash = hashAuditRecord(prev, body);
-    const record: AuditRecord = { ...body, type: event.type, prev, hash };
-    const line = Buffer.from(`${JSON.stringify(record)}\n`, 'utf8');
-    if (line.length > this.maxRecordBytes) {
+    const { type: _type, ...fields } = normalized;
+    const pending: Pending = { ts: new Date(this.now()).toISOString(), type: event.type, fields };
+    // Checked now against the widest seq, so a record refused for its size is refused here and
+    // not in the middle of a batch.
+    const widest = chain(pending, WIDEST_SEQ, GENESIS_PREV).line.length;
+    if (widest > this.maxRecordBytes) {
       throw new AgentError(
         'record_too_large',
-        `audit event "${event.type}" is ${line.length} bytes; the limit is ${this.maxRecordBytes}`,
+        `audit event "${event.type}" is ${widest} bytes; the limit is ${this.maxRecordBytes}`,
         {
           type: event.type,
-          bytes: line.length,
+          bytes: widest,
           maxBytes: this.maxRecordBytes,
         },
       );
     }
-    this.nextSeq += 1;
-    this.prevHash = hash;
-    return { record, line };
+    return pending;
   }
 
+  /**
+   * Chains and writes a batch. The chain state (next seq, previous hash) moves only past records
+   * that were written and fsynced, chunk by chunk (a batch can span a rotation), so a failed write
+   * leaves it where the file ends.
+   */
   private async writeBatch(items: readonly Pending[]): Promise<void> {
-    let chunk: Buffer[] = [];
+    let chunk: Chained[] = [];
     let chunkBytes = 0;
-    for (const item of items) {
+    let seq = this.nextSeq;
+    let prev = this.prevHash;
+    for (const pending of items) {
+      const chained = chain(pending, seq, prev);
       const filled = this.fileBytes + chunkBytes;
-      if (filled > 0 && filled + item.line.length > this.maxFileBytes) {
+      if (filled > 0 && filled + chained.line.length > this.maxFileBytes) {
         await this.writeChunk(chunk, chunkBytes);
         chunk = [];
         chunkBytes = 0;
-        await this.rotate(item.record.seq);
+        await this.rotate(seq);
       }
-      chunk.push(item.line);
-      chunkBytes += item.line.length;
+      chunk.push(chained);
+      chunkBytes += chained.line.length;
+      seq += 1;
+      prev = chained.record.hash;
     }
     await this.writeChunk(chunk, chunkBytes);
-    for (const item of items) {
-      this.durableSeq = item.record.seq;
-      if (this.recentCapacity > 0) {
-        this.tail.push(item.record);
-        if (this.tail.length > this.recentCapacity) this.tail.shift();
-      }
-    }
   }
 
-  private async writeChunk(chunk: readonly Buffer[], bytes: number): Promise<void> {
-    if (bytes === 0) return;
+  private async writeChunk(chunk: readonly Chained[], bytes: number): Promise<void> {
+    const last = chunk.at(-1);
+    if (bytes === 0 || last === undefined) return;
     const path = join(this.dir, this.fileName);
+    const first = chunk[0];
     try {
       await writeAll(
         this.handle,
-        chunk.length === 1 && chunk[0] !== undefined ? chunk[0] : Buffer.concat(chunk),
+        chunk.length === 1 && first !== undefined ? first.line : Buffer.concat(chunk.map((c) => c.line)),
         this.fileBytes,
       );
       await this.handle.datasync();
@@ -371,12 +400,69 @@ export class AuditLog {
       throw ioError(err, path, 'append to');
     }
     this.fileBytes += bytes;
+    this.nextSeq = last.record.seq + 1;
+    this.prevHash = last.record.hash;
+    this.durableSeq = last.record.seq;
+    for (const { pending, record } of chunk) {
+      pending.record = record;
+      if (this.recentCapacity > 0) {
+        this.tail.push(record);
+        if (this.tail.length > this.recentCapacity) this.tail.shift();
+      }
+    }
+  }
+
+  /**
+   * After a failed write: cuts the current file back to its durable length through a fresh
+   * handle, fsyncs the cut and checks that its last record is the one the chain continues from
+   * (why not simply retry the fsync: see Journal's restoreDurableState). A file shorter than that,
+   * or ending in another record, lost durable records: state_corrupt, and appending stops.
+   */
+  private async restoreDurableState(): Promise<void> {
+    const path = join(this.dir, this.fileName);
+    await this.handle.close().catch(() => {});
+    const handle = await openFile(path, 'r+');
+    try {
+      const { size } = await handle.stat();
+      if (size < this.fileBytes) {
+        throw new AgentError('state_corrupt', `${path} is shorter than its ${this.fileBytes} durable bytes`, {
+          file: path,
+        });
+      }
+      if (size > this.fileBytes) await handle.truncate(this.fileBytes);
+      await handle.sync();
+      if (this.fileBytes > 0) {
+        const length = Math.min(this.fileBytes, this.maxRecordBytes + 1);
+        const tail = Buffer.alloc(length);
+        const { bytesRead } = await handle.read(tail, 0, length, this.fileBytes - length);
+        const start = tail.lastIndexOf(0x0a, length - 2) + 1;
+        let lastHash: string | undefined;
+        try {
+          lastHash =
+            bytesRead === length ? decodeAuditLine(tail.subarray(start, length - 1)).hash : undefined;
+        } catch {
+          lastHash = undefined;
+        }
+        if (lastHash !== this.prevHash) {
+          throw new AgentError('state_corrupt', `${path} no longer ends in the last durable audit record`, {
+            file: path,
+          });
+        }
+      }
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw ioError(err, path, 'restore');
+    }
+    this.handle = handle;
   }
 
   private async rotate(firstSeq: number): Promise<void> {
+    // The new file first: if it cannot be made, the current one stays open and named.
+    const fileName = auditFileName(firstSeq);
+    const handle = await openFile(join(this.dir, fileName), 'wx', true);
     await this.handle.close().catch(() => {});
-    this.fileName = auditFileName(firstSeq);
-    this.handle = await openFile(join(this.dir, this.fileName), 'wx', true);
+    this.handle = handle;
+    this.fileName = fileName;
     this.fileBytes = 0;
     const files = await listAuditFiles(this.dir);
     const expired = files.slice(0, Math.max(0, files.length - this.keepFiles));
@@ -634,6 +720,14 @@ function checkShape(value: unknown): AuditRecord | string {
   if (typeof record.hash !== 'string' || !HASH_PATTERN.test(record.hash))
     return 'hash is not a SHA-256 hex digest';
   return record as AuditRecord;
+}
+
+/** The record `pending` becomes as seq `seq` after the record hashed `prev`. */
+function chain(pending: Pending, seq: number, prev: string): Chained {
+  const body = { seq, ts: pending.ts, type: pending.type, ...pending.fields };
+  const hash = hashAuditRecord(prev, body);
+  const record: AuditRecord = { ...body, type: pending.type, prev, hash };
+  return { pending, record, line: Buffer.from(`${JSON.stringify(record)}\n`, 'utf8') };
 }
 
 function seqOf(value: unknown): number | undefined {

@@ -58,20 +58,6 @@ export async function writeAll(handle: FileHandle, data: Uint8Array, position: n
   }
 }
 
-/**
- * Writes all of `data` at `position` with write(2) on this thread. For small appends on a hot
- * path: a write into the page cache takes microseconds, while a round trip through libuv's
- * thread pool costs about half a millisecond of latency here.
- */
-export function writeAllSync(handle: FileHandle, data: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < data.length) {
-    const bytesWritten = fs.writeSync(handle.fd, data, done, data.length - done, position + done);
-    if (bytesWritten <= 0) throw new Error('write made no progress');
-    done += bytesWritten;
-  }
-}
-
 /** A file name suffix that sorts by time and does not collide within one process. */
 export function uniqueStamp(): string {
   stampCounter = (stampCounter + 1) % 1_000_000;

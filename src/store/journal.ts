@@ -20,17 +20,27 @@
  *
  * One process owns a journal at a time: `<path>.lock` (owner-lock.ts) makes a second open,
  * in this or another process, fail with 'busy' until the owner closes it or dies.
+ *
+ * Writes never block the event loop: every write, fdatasync and truncate goes through libuv's
+ * thread pool, one at a time (group-commit.ts), so a frozen filesystem stalls this journal's
+ * appends, not the agent. After a failed append or rewrite the journal restores its last durable
+ * state by itself (restoreDurableState) and appends resume once the disk takes them again.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { silentLogger } from '../core/logger.js';
 import { writeFileAtomic } from './atomic.js';
-import { errnoOf, ioError, syncDirectory, uniqueStamp, writeAll, writeAllSync } from './fs-util.js';
-import { GroupCommitQueue, type StagedItem } from './group-commit.js';
+import { errnoOf, ioError, syncDirectory, uniqueStamp, writeAll } from './fs-util.js';
+import {
+  type GroupCommitOptions,
+  GroupCommitQueue,
+  type StagedItem,
+  type WriteHealth,
+} from './group-commit.js';
 import { planRecovery, scanLines } from './line-scan.js';
 import { acquireOwnerLock, type OwnerLock } from './owner-lock.js';
 
@@ -46,7 +56,14 @@ export interface JournalOptions<T> {
   /** Mode of a newly created journal file; default 0o600. */
   readonly mode?: number;
   readonly logger?: Logger;
+  /** Backlog bound and restore backoff of the write queue (see group-commit.ts). */
+  readonly writeQueue?: Omit<GroupCommitOptions, 'restore'>;
+  /** Opens the journal file for appending (tests inject file handles that fail). */
+  readonly openFile?: OpenFile;
 }
+
+/** fs/promises `open`, or a stand-in that returns handles with injected faults. */
+export type OpenFile = (path: string, flags: string, mode?: number) => Promise<FileHandle>;
 
 export interface CorruptLine {
   readonly line: number;
@@ -73,9 +90,6 @@ export interface OpenedJournal<T> {
 
 export const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
 
-/** Batches up to this size are written with a synchronous write(2) (see writeAllSync). */
-const SYNC_WRITE_MAX_BYTES = 16 * 1024;
-
 export class Journal<T = unknown> {
   readonly path: string;
   private handle: FileHandle;
@@ -86,6 +100,7 @@ export class Journal<T = unknown> {
   private readonly parse: ((value: unknown) => T) | undefined;
   private readonly lock: OwnerLock;
   private readonly queue: GroupCommitQueue<Buffer>;
+  private readonly openFile: OpenFile;
 
   private constructor(
     path: string,
@@ -96,8 +111,10 @@ export class Journal<T = unknown> {
     mode: number,
     parse: ((value: unknown) => T) | undefined,
     lock: OwnerLock,
+    options: JournalOptions<T>,
   ) {
     this.path = path;
+    this.openFile = options.openFile ?? open;
     this.lock = lock;
     this.parse = parse;
     this.handle = handle;
@@ -105,7 +122,10 @@ export class Journal<T = unknown> {
     this.records = records;
     this.maxRecordBytes = maxRecordBytes;
     this.mode = mode;
-    this.queue = new GroupCommitQueue(path, (lines, written) => this.writeBatch(lines, written));
+    this.queue = new GroupCommitQueue(path, (lines, written) => this.writeBatch(lines, written), {
+      ...options.writeQueue,
+      restore: () => this.restoreDurableState(),
+    });
   }
 
   static async open<T = unknown>(path: string, options: JournalOptions<T> = {}): Promise<OpenedJournal<T>> {
@@ -113,7 +133,7 @@ export class Journal<T = unknown> {
     const lock = await acquireOwnerLock(path);
     let handle: FileHandle | undefined;
     try {
-      const opened = await openOrCreate(path, mode);
+      const opened = await openOrCreate(path, mode, options.openFile ?? open);
       handle = opened.handle;
       const recovered = await recover(path, opened.handle, opened.created, options, mode);
       handle = recovered.handle;
@@ -126,6 +146,7 @@ export class Journal<T = unknown> {
         mode,
         options.parse,
         lock,
+        options,
       );
       return { journal, records: recovered.records, recovery: recovered.recovery };
     } catch (err) {
@@ -198,9 +219,19 @@ export class Journal<T = unknown> {
     }
     return this.queue.exclusive(async () => {
       if (beforeReplace !== undefined) await beforeReplace();
-      await writeFileAtomic(this.path, content, { mode: this.mode });
+      try {
+        await writeFileAtomic(this.path, content, { mode: this.mode });
+      } catch (err) {
+        // The rename may have happened with only the directory's fsync failing: then the path
+        // names the new content, and the restore that follows must keep it, not the old length.
+        if (await this.replacedOnDisk()) {
+          this.bytes = content.length;
+          this.records = records.length;
+        }
+        throw err;
+      }
       const old = this.handle;
-      this.handle = await openExisting(this.path);
+      this.handle = await openExisting(this.path, this.openFile);
       this.bytes = content.length;
       this.records = records.length;
       await old.close().catch(() => {});
@@ -215,9 +246,14 @@ export class Journal<T = unknown> {
     });
   }
 
-  /** Set once a write failed; the journal refuses everything but close until reopened. */
+  /** Set while a failed write is not yet restored (appends are refused meanwhile). */
   get failed(): AgentError | undefined {
     return this.queue.failed;
+  }
+
+  /** Write failures, refusals and stalls of this journal (health, /metrics). */
+  get writeHealth(): WriteHealth {
+    return this.queue.health();
   }
 
   /** Durable size of the file in bytes. */
@@ -233,9 +269,9 @@ export class Journal<T = unknown> {
   private async writeBatch(lines: readonly Buffer[], written: () => void): Promise<void> {
     const data = lines.length === 1 && lines[0] !== undefined ? lines[0] : Buffer.concat(lines);
     try {
-      // A small batch (a signature counter on the unlock path) is written on this thread.
-      if (data.length <= SYNC_WRITE_MAX_BYTES) writeAllSync(this.handle, data, this.bytes);
-      else await writeAll(this.handle, data, this.bytes);
+      // Through the thread pool even for a small batch: a write(2) on this thread froze the whole
+      // agent, relay watchdog included, when the filesystem was frozen.
+      await writeAll(this.handle, data, this.bytes);
       written();
       await this.handle.datasync();
     } catch (err) {
@@ -243,6 +279,81 @@ export class Journal<T = unknown> {
     }
     this.bytes += data.length;
     this.records += lines.length;
+  }
+
+  /**
+   * After a failed append or rewrite: puts the file back to its last durable content, so the
+   * next append lands right after the last acknowledged record. The failed batch is never
+   * retried: its callers were told it failed.
+   *
+   * Why reopen and re-read rather than retry the fdatasync: after a failed fsync the page cache
+   * cannot be trusted. Linux may already have dropped the dirty pages (or marked them clean) and
+   * reported the error once, so a second fsync can "succeed" with the batch half on disk
+   * (PostgreSQL's "fsyncgate", 2018). So the file is cut back to the length that was durable
+   * before the batch, through a fresh descriptor (the old one may still carry the error), the cut
+   * is fsynced, and the last durable record is read back and checked before appends resume.
+   * A file shorter than its durable length, or whose last record no longer reads back, lost
+   * acknowledged data: that is state_corrupt, and the journal stays failed until reopened.
+   */
+  private async restoreDurableState(): Promise<void> {
+    await this.handle.close().catch(() => {});
+    const handle = await openExisting(this.path, this.openFile);
+    try {
+      const { size } = await handle.stat();
+      if (size < this.bytes) {
+        throw new AgentError(
+          'state_corrupt',
+          `${this.path} is ${size} bytes, shorter than the ${this.bytes} bytes already durable`,
+          { file: this.path, size, durableBytes: this.bytes },
+        );
+      }
+      if (size > this.bytes) await handle.truncate(this.bytes);
+      await handle.sync();
+      await this.checkLastRecord(handle);
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw ioError(err, this.path, 'restore');
+    }
+    this.handle = handle;
+  }
+
+  /** Reads the last durable record back through `handle`; state_corrupt when it does not decode. */
+  private async checkLastRecord(handle: FileHandle): Promise<void> {
+    if (this.bytes === 0) return;
+    // A record is at most maxRecordBytes long: one more byte reaches the newline before it.
+    const length = Math.min(this.bytes, this.maxRecordBytes + 1);
+    const tail = Buffer.alloc(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await handle.read(tail, got, length - got, this.bytes - length + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    const end = got - 1;
+    const start = tail.lastIndexOf(0x0a, end - 1) + 1;
+    let problem: string | undefined;
+    if (got < length || tail[end] !== 0x0a) problem = 'the last durable record is incomplete';
+    else if (start === 0 && length < this.bytes) problem = 'the last durable record has no start';
+    else {
+      try {
+        decodeLine(tail.subarray(start, end), this.parse);
+      } catch (err) {
+        problem = `the last durable record does not read back: ${err instanceof Error ? err.message : String(err)}`;
+      }
+    }
+    if (problem !== undefined) {
+      throw new AgentError('state_corrupt', `${this.path}: ${problem}`, { file: this.path, problem });
+    }
+  }
+
+  /** True when the path now names another file than the one this journal has open. */
+  private async replacedOnDisk(): Promise<boolean> {
+    try {
+      const [current, named] = await Promise.all([this.handle.stat(), stat(this.path)]);
+      return current.ino !== named.ino || current.dev !== named.dev;
+    } catch {
+      return false;
+    }
   }
 }
 
@@ -394,22 +505,26 @@ function crcHex(bytes: Uint8Array): string {
   return crc32(bytes).toString(16).padStart(8, '0');
 }
 
-async function openExisting(path: string): Promise<FileHandle> {
+async function openExisting(path: string, openFile: OpenFile = open): Promise<FileHandle> {
   try {
-    return await open(path, 'r+');
+    return await openFile(path, 'r+');
   } catch (err) {
     throw ioError(err, path, 'open');
   }
 }
 
-async function openOrCreate(path: string, mode: number): Promise<{ handle: FileHandle; created: boolean }> {
+async function openOrCreate(
+  path: string,
+  mode: number,
+  openFile: OpenFile,
+): Promise<{ handle: FileHandle; created: boolean }> {
   try {
-    return { handle: await open(path, 'r+'), created: false };
+    return { handle: await openFile(path, 'r+'), created: false };
   } catch (err) {
     if (errnoOf(err) !== 'ENOENT') throw ioError(err, path, 'open');
   }
   try {
-    const handle = await open(path, 'wx+', mode);
+    const handle = await openFile(path, 'wx+', mode);
     await syncDirectory(dirname(path));
     return { handle, created: true };
   } catch (err) {

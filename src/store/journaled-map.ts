@@ -9,13 +9,17 @@
  * compacted: the snapshot is rewritten and the journal emptied, inside one journal operation so
  * no change is lost in between. A crash between the two leaves a journal whose changes the
  * snapshot already holds; replaying them again gives the same map (last write per key wins).
+ *
+ * A change whose write fails stays in memory (the caller was told it is not durable): for a
+ * signature counter that is the safe side, a value at least as high as the one on disk. After a
+ * failed write the journal restores itself and later changes are written again (journal.ts).
  */
 
 import type { Logger } from '../core/logger.js';
 import { silentLogger } from '../core/logger.js';
 import { parseJsonBytes, readFileIfExists, writeFileAtomic } from './atomic.js';
-import type { StagedItem } from './group-commit.js';
-import type { CorruptPolicy, JournalRecovery } from './journal.js';
+import type { GroupCommitOptions, StagedItem, WriteHealth } from './group-commit.js';
+import type { CorruptPolicy, JournalRecovery, OpenFile } from './journal.js';
 import { Journal } from './journal.js';
 
 export interface JournaledMapOptions<V> {
@@ -28,6 +32,10 @@ export interface JournaledMapOptions<V> {
   /** What the journal does with corrupt records before valid ones; default 'fail'. */
   readonly onCorrupt?: CorruptPolicy;
   readonly logger?: Logger;
+  /** Backlog bound and restore backoff of the journal's writes (see group-commit.ts). */
+  readonly writeQueue?: Omit<GroupCommitOptions, 'restore'>;
+  /** Opens the journal file (tests inject faults). */
+  readonly openFile?: OpenFile;
 }
 
 type Change<V> = { readonly k: string; readonly v: V } | { readonly k: string; readonly d: 1 };
@@ -85,6 +93,8 @@ export class JournaledMap<V> {
       maxRecordBytes: options.maxRecordBytes ?? 64 * 1024,
       onCorrupt: options.onCorrupt ?? 'fail',
       logger,
+      ...(options.writeQueue ? { writeQueue: options.writeQueue } : {}),
+      ...(options.openFile ? { openFile: options.openFile } : {}),
     });
     for (const change of records) {
       if ('d' in change) values.delete(change.k);
@@ -115,6 +125,11 @@ export class JournaledMap<V> {
 
   entries(): IterableIterator<[string, V]> {
     return this.values.entries();
+  }
+
+  /** Write failures, refusals and stalls of the journal (health, /metrics). */
+  get writeHealth(): WriteHealth {
+    return this.journal.writeHealth;
   }
 
   /** Sets the value now; resolves when durable. Rejects 'record_too_large' before changing anything. */
@@ -187,7 +202,7 @@ export class JournaledMap<V> {
     if (this.journalBytes < Math.max(this.compactAfterBytes, this.snapshotBytes)) return;
     this.compacting = this.compact()
       .catch((err: unknown) => {
-        // The journal is failed after this; the next set rejects with the cause.
+        // The journal restores itself (or stays failed, saying why); the map goes on.
         this.logger.error({ code: 'state_io', file: this.path, err: String(err) }, 'map compaction failed');
       })
       .finally(() => {

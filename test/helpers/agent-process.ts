@@ -1,7 +1,8 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-export const CLI = fileURLToPath(new URL('../../dist/src/cli/main.js', import.meta.url));
+/** The command's entry as installed (package.json bin): it sizes libuv's pool, then loads main.js. */
+export const CLI = fileURLToPath(new URL('../../dist/src/cli/launch.cjs', import.meta.url));
 
 export interface CliResult {
   readonly code: number | null;

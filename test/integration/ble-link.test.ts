@@ -9,8 +9,10 @@ import {
   BleLink,
   type BleLinkOptions,
 } from '../../src/ble/link.js';
+import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../../src/ble/protocol/constants.js';
 import { AgentError } from '../../src/core/errors.js';
 import { silentLogger } from '../../src/core/logger.js';
+import { BleFlood, type FloodMode } from '../../src/sim/ble-flood.js';
 import type { BluezStandIn, DeviceSpec, StandInDevice } from '../../src/sim/bluez/types.js';
 import {
   type BluezRig,
@@ -472,6 +474,71 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
 
     s.link.setCooldown(PHONE_B, 60_000);
     expect(await rejection(s.link.openSession(PHONE_B))).toMatchObject({ details: { reason: 'cooldown' } });
+  });
+
+  it.each(['hang', 'silent'] as FloodMode[])(
+    'gives a phone a session while rotating addresses that %s hold every slot (unproven turns)',
+    async (mode) => {
+      const uuids = {
+        serviceUuid: SERVICE_UUID,
+        writeUuid: VEHICLE_TO_KEY_UUID,
+        notifyUuid: KEY_TO_VEHICLE_UUID,
+      };
+      // No unproven deadline here: only eviction after the turn can free a slot.
+      const s = await setup({ ...uuids, maxSessions: 2, unprovenTurnMs: 200, unprovenDeadlineMs: 60_000 });
+      const ended: BleCloseReason[] = [];
+      let phoneChannel: BleChannel | undefined;
+      // A reader that opens a session with every device offered and never closes a fake's.
+      s.link.onCandidate((c) => {
+        s.link.openSession(c.address).then(
+          (channel) => {
+            channel.onClose((reason) => ended.push(reason));
+            if (c.address !== PHONE_A) return;
+            channel.markProven();
+            phoneChannel = channel;
+          },
+          () => {},
+        );
+      });
+      const flood = new BleFlood(s.standIn, { devices: 16, mode, lifetimeMs: 60_000 });
+      flood.start();
+      cleanups.push(async () => {
+        flood.stop();
+      });
+      await waitFor(() => s.link.stats().activeSessions === 2, 'fakes in every slot');
+      addPhone(s.standIn, PHONE_A, {
+        serviceUuids: [SERVICE_UUID],
+        writeUuid: VEHICLE_TO_KEY_UUID,
+        notifyUuid: KEY_TO_VEHICLE_UUID,
+      });
+      await waitFor(() => phoneChannel !== undefined, 'a session for the phone', 30_000);
+      const stats = s.link.stats();
+      expect(stats.sessionsEvicted).toBeGreaterThan(0);
+      expect(stats.sightingsDeferred).toBeGreaterThan(0);
+      if (mode === 'silent') expect(ended).toContain('evicted');
+      // Proven: the phone's session is never evicted for the fakes still waiting.
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      expect(phoneChannel?.closed).toBe(false);
+      await phoneChannel?.close();
+    },
+  );
+
+  it('drops a session that proves nothing by its unproven deadline, and not a proven one', async () => {
+    const s = await setup({ unprovenDeadlineMs: 300 });
+    addPhone(s.standIn, PHONE_A);
+    addPhone(s.standIn, PHONE_B);
+    await waitFor(
+      () =>
+        s.candidates.some((c) => c.address === PHONE_A) && s.candidates.some((c) => c.address === PHONE_B),
+      'both phones',
+    );
+    const unproven = await s.link.openSession(PHONE_A);
+    const proven = await s.link.openSession(PHONE_B);
+    proven.markProven();
+    expect(await closeReason(unproven)).toBe('unproven-timeout');
+    expect(proven.closed).toBe(false);
+    expect(s.link.stats().unprovenTimeouts).toBe(1);
+    await proven.close();
   });
 
   it('keeps the cooldown asked at close when the phone already dropped the link', async () => {

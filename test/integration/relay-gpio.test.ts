@@ -6,7 +6,15 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/core/logger.js';
 import { GpioRelay, type GpioRelayOptions } from '../../src/relay/gpio.js';
-import { live, type Run, readRuns, STANDIN_V1, STANDIN_V2 } from '../helpers/gpioset-standin.js';
+import {
+  lineChanges,
+  live,
+  type Run,
+  readRuns,
+  STANDIN_V1,
+  STANDIN_V2,
+  STANDIN_V2_PLAIN,
+} from '../helpers/gpioset-standin.js';
 import { requireTool, stopProcess } from '../helpers/processes.js';
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
@@ -200,12 +208,13 @@ describe('GPIO relay through gpioset 1.x', () => {
   });
 });
 
-describe('GPIO relay through gpioset 2.x', () => {
+describe('GPIO relay through gpioset 2.x without its interactive mode', () => {
   it('detects 2.x and uses its syntax, confirming each line by the banner', async () => {
-    installStandIn(STANDIN_V2);
+    installStandIn(STANDIN_V2_PLAIN);
     const relay = driver();
     await relay.init();
     expect(relay.dialect).toBe(2);
+    expect(relay.interactive).toBe(false);
     // The banner comes after the stand-in logged its start: no waiting needed with 2.x.
     expect(
       live(readRuns(logPath))
@@ -230,12 +239,118 @@ describe('GPIO relay through gpioset 2.x', () => {
   });
 
   it('holders die when the process driving them is killed with SIGKILL', async () => {
-    installStandIn(STANDIN_V2);
+    installStandIn(STANDIN_V2_PLAIN);
     await killedParentLeavesNoHolder(2);
   });
 });
 
-async function killedParentLeavesNoHolder(dialect: 1 | 2): Promise<void> {
+const INTERACTIVE_IDLE = [
+  '--interactive --consumer=vehicle-agent --bias=pull-up --chip=gpiochip0 27=1',
+  '--interactive --consumer=vehicle-agent --chip=gpiochip0 17=0',
+];
+
+describe('GPIO relay through gpioset 2.x in interactive mode', () => {
+  it('holds each line with one interactive holder, confirmed by its prompt', async () => {
+    installStandIn(STANDIN_V2);
+    const relay = driver();
+    await relay.init();
+    expect(relay.dialect).toBe(2);
+    expect(relay.interactive).toBe(true);
+    // The prompt comes after the stand-in logged its start: no waiting needed.
+    expect(
+      live(readRuns(logPath))
+        .map((r) => r.args)
+        .sort(),
+    ).toEqual(INTERACTIVE_IDLE);
+    expect(relay.health().state).toBe('ok');
+  });
+
+  it('changes a level with a set command to the same holder, starting no process', async () => {
+    installStandIn(STANDIN_V2);
+    const relay = driver();
+    await relay.init();
+    const pids = relay.holderPids();
+    await relay.set('unlock', true);
+    await relay.set('lock', true);
+    // set() resolves on the prompt after the command: the stand-in has applied it by then.
+    expect(lineChanges(logPath, 17).map((c) => c.level)).toEqual([0, 1]);
+    expect(lineChanges(logPath, 27).map((c) => c.level)).toEqual([1, 0]);
+    await relay.set('unlock', true); // already there: nothing sent
+    await relay.set('unlock', false);
+    await relay.allOff();
+    expect(lineChanges(logPath, 17).map((c) => c.level)).toEqual([0, 1, 0]);
+    expect(lineChanges(logPath, 27).map((c) => c.level)).toEqual([1, 0, 1]);
+    expect(readRuns(logPath)).toHaveLength(2);
+    expect(relay.holderPids()).toEqual(pids);
+  });
+
+  it('can be told not to use the interactive mode: a holder per level, as without it', async () => {
+    installStandIn(STANDIN_V2);
+    const relay = driver({ interactive: false });
+    await relay.init();
+    expect(relay.interactive).toBe(false);
+    await relay.set('unlock', true);
+    expect(readRuns(logPath).map((r) => r.args)).toContain(
+      '--banner --consumer=vehicle-agent --chip=gpiochip0 17=1',
+    );
+  });
+
+  it('ends every holder on close, after driving the lines inactive', async () => {
+    installStandIn(STANDIN_V2);
+    const relay = driver();
+    await relay.init();
+    await relay.set('unlock', true);
+    await relay.close();
+    expect(live(readRuns(logPath))).toEqual([]);
+    const changes = lineChanges(logPath, 17);
+    expect(changes.map((c) => c.level)).toEqual([0, 1, 0, null]);
+    expect(relay.health().state).toBe('disabled');
+  });
+
+  it('sees a holder that dies, reports degraded and holds the line again', async () => {
+    installStandIn(STANDIN_V2);
+    const relay = driver();
+    await relay.init();
+    await relay.set('unlock', true);
+    const victim = relay.holderPids().unlock;
+    expect(victim).toBeDefined();
+    process.kill(victim ?? 0, 'SIGKILL');
+    await waitFor(() => relay.health().state !== 'ok', 'health to leave ok');
+    expect(relay.health().state).toBe('degraded');
+    expect(relay.health().detail).toContain('unlock');
+    await waitFor(
+      () => live(readRuns(logPath)).some((r) => r.args.endsWith('17=1') && r.pid !== relay.holderPids().lock),
+      'the line to be held again',
+    );
+    await waitFor(() => relay.health().state === 'ok', 'health to recover once the new holder is stable');
+    // The new holder takes commands as the first did.
+    await relay.set('unlock', false);
+    expect(lineChanges(logPath, 17).at(-1)?.level).toBe(0);
+  });
+
+  it('ends a holder that reports an error on a set (its level is unknown) and holds the line afresh', async () => {
+    installStandIn(STANDIN_V2);
+    const relay = driver({ env: { ...env, GPIOSET_STANDIN_SET_FAIL: '1' } });
+    await relay.init();
+    const victim = relay.holderPids().unlock ?? 0;
+    await relay.set('unlock', true).catch(() => {}); // the prompt may come before the error
+    await waitFor(() => relay.health().state === 'degraded', 'health degraded');
+    expect(relay.health().detail).toContain('unlock');
+    await waitFor(() => processGone(victim), 'the failed holder to be ended');
+    // Driven afresh by a new holder that requests the line at the wanted level from the start.
+    await waitFor(
+      () => live(readRuns(logPath)).some((r) => r.pid !== victim && r.args.endsWith('17=1')),
+      'a new holder',
+    );
+  });
+
+  it('holders die when the process driving them is killed with SIGKILL', async () => {
+    installStandIn(STANDIN_V2);
+    await killedParentLeavesNoHolder(2, true);
+  });
+});
+
+async function killedParentLeavesNoHolder(dialect: 1 | 2, interactive = false): Promise<void> {
   const child = spawn(process.execPath, [join(root, 'test/fixtures/gpio-relay-child.mjs')], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -253,13 +368,19 @@ async function killedParentLeavesNoHolder(dialect: 1 | 2): Promise<void> {
   });
   expect(ready.dialect).toBe(dialect);
   const holding = await expectHolding(
-    dialect === 1
-      ? ['--mode=wait gpiochip0 17=1', '--mode=wait gpiochip0 27=1']
-      : [
-          '--banner --consumer=vehicle-agent --chip=gpiochip0 17=1',
-          '--banner --consumer=vehicle-agent --chip=gpiochip0 27=1',
-        ],
+    interactive
+      ? [
+          '--interactive --consumer=vehicle-agent --chip=gpiochip0 17=0',
+          '--interactive --consumer=vehicle-agent --chip=gpiochip0 27=1',
+        ]
+      : dialect === 1
+        ? ['--mode=wait gpiochip0 17=1', '--mode=wait gpiochip0 27=1']
+        : [
+            '--banner --consumer=vehicle-agent --chip=gpiochip0 17=1',
+            '--banner --consumer=vehicle-agent --chip=gpiochip0 27=1',
+          ],
   );
+  if (interactive) expect(lineChanges(logPath, 17).at(-1)?.level).toBe(1);
   await stopProcess(child, 'SIGKILL');
   await waitFor(() => live(readRuns(logPath)).length === 0, 'every stand-in gpioset to stop holding');
   const holderPids = [...Object.values(ready.pids), ...holding.map((r) => r.pid)];

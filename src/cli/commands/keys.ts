@@ -1,10 +1,14 @@
+import { join } from 'node:path';
 import { credentialToWire } from '../../access/credential-wire.js';
-import type { MergeResult } from '../../access/keyring.js';
+import type { KeyringOp, MergeResult } from '../../access/keyring.js';
 import { acquireInstanceLock } from '../../agent/instance-lock.js';
+import { STATE_FILES } from '../../agent/provision.js';
 import type { CredentialStatus } from '../../agent/reader.js';
 import { openVehicleState } from '../../agent/vehicle-state.js';
-import { AgentError } from '../../core/errors.js';
+import type { LoadedConfig } from '../../config/load.js';
+import { AgentError, toAgentError } from '../../core/errors.js';
 import { silentLogger } from '../../core/logger.js';
+import { AuditLog } from '../../store/audit-log.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
 import { controlRequest } from '../control-client.js';
 import { readSignerKey } from '../key-files.js';
@@ -19,7 +23,10 @@ vehicle-agent keys revoke --key OWNER.pem --id CREDENTIAL_ID [--reason TEXT]
 Grants and revokes are signed with the --key private key (the owner root key, an owner key, or for
 revoke a service key) and added to the keyring: through the running agent when it is up, else
 directly to the state directory. ROLE is owner, driver, guest (needs --not-after) or service.
-TIME is ISO 8601 (2026-12-24T18:00:00Z) or relative (+2h, +7d).`;
+TIME is ISO 8601 (2026-12-24T18:00:00Z) or relative (+2h, +7d).
+A change is stored before it takes effect: when it cannot be written (a full disk) it fails with
+[state_io] and the keyring is unchanged (a refused grant opens nothing, a refused revoke did not
+happen); try again once the disk takes writes.`;
 
 interface VehicleInfo {
   readonly vehicleId: string;
@@ -42,15 +49,80 @@ async function applyOps(
     const state = await openVehicleState(loaded.stateDir, silentLogger);
     try {
       const ops = build({ vehicleId: state.identity.vehicleId });
-      const result = state.keyring.merge(ops);
-      const added = new Set(result.added.map((o) => o.id));
-      await state.keyringStore.persist([...state.keyring.storedOps()].filter((s) => added.has(s.op.id)));
+      // As the agent does it: verified, stored, and only then applied (see Agent.addKeyringOps).
+      const prepared = state.keyring.prepare(ops);
+      if (prepared.added.length > 0) {
+        try {
+          await state.keyringStore.persist(prepared.added);
+        } catch (err) {
+          const e = toAgentError(err, 'state_io');
+          await auditOffline(loaded, [
+            {
+              type: 'keyring.failed',
+              source: 'cli',
+              code: 'state_io',
+              detail: e.message,
+              ops: prepared.added.map((s) => ({
+                opId: s.op.id,
+                op: s.op.op,
+                credentialId: credentialOf(s.op),
+              })),
+            },
+          ]);
+          throw new AgentError(
+            'state_io',
+            `the keyring change could not be stored, so it was not made (${e.message})`,
+            { opIds: prepared.added.map((s) => s.op.id) },
+            { cause: e },
+          );
+        }
+      }
+      const result = state.keyring.apply(prepared);
+      await auditOffline(
+        loaded,
+        result.added.map((op) => ({
+          type: `keyring.${op.op}`,
+          source: 'cli',
+          opId: op.id,
+          credentialId: credentialOf(op),
+        })),
+      );
       return result;
     } finally {
       await state.close();
     }
   } finally {
     await lock.release();
+  }
+}
+
+function credentialOf(op: KeyringOp): string {
+  return op.op === 'grant' ? op.cred.id : op.credId;
+}
+
+/**
+ * Records offline keyring changes in the agent's audit log (the agent is down: this command holds
+ * the instance lock). Best effort: a log that cannot be written does not undo a stored change;
+ * it is said on stderr.
+ */
+async function auditOffline(
+  loaded: LoadedConfig,
+  events: readonly { readonly type: string; readonly [field: string]: unknown }[],
+): Promise<void> {
+  if (events.length === 0) return;
+  try {
+    const log = await AuditLog.open(join(loaded.stateDir, STATE_FILES.audit), {
+      maxFileBytes: loaded.config.audit.maxFileBytes,
+      keepFiles: loaded.config.audit.keepFiles,
+    });
+    try {
+      for (const event of events) await log.append(event);
+    } finally {
+      await log.close();
+    }
+  } catch (err) {
+    const e = toAgentError(err, 'state_io');
+    process.stderr.write(`warning: the audit log could not record this [${e.code}]: ${e.message}\n`);
   }
 }
 

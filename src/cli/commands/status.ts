@@ -14,7 +14,7 @@ export const EXIT_BUSY = 75;
 interface StatusReply {
   readonly vehicleId: string;
   readonly lock: string;
-  readonly readers: Record<string, { state: string; detail?: string; rateLimitedUntil?: string }>;
+  readonly readers: Record<string, { state: string; detail?: string }>;
   readonly relay?: {
     driver: string;
     health: { state: string; detail?: string };
@@ -23,6 +23,12 @@ interface StatusReply {
   readonly keyring: { operations: number; credentials: number; digest: string };
   readonly clock: { now: string; trust: string };
   readonly decisions: { granted: number; denied: number };
+  readonly rateLimits?: {
+    lockedOutCredentials: number;
+    credentialLockouts: number;
+    uidThrottledUntil?: string;
+    noiseDenials: number;
+  };
   readonly [extra: string]: unknown;
 }
 
@@ -58,8 +64,14 @@ export async function status(argv: readonly string[]): Promise<number> {
   );
   out(`decisions ${reply.decisions.granted} granted, ${reply.decisions.denied} denied since start`);
   for (const [id, h] of Object.entries(reply.readers)) {
+    out(`reader   ${id.padEnd(6)} ${h.state}${h.detail ? ` (${h.detail})` : ''}`);
+  }
+  const limits = reply.rateLimits;
+  if (limits) {
     out(
-      `reader   ${id.padEnd(6)} ${h.state}${h.detail ? ` (${h.detail})` : ''}${h.rateLimitedUntil ? ` RATE LIMITED until ${h.rateLimitedUntil}` : ''}`,
+      `limits   ${limits.lockedOutCredentials} credential(s) locked out (${limits.credentialLockouts} since start)` +
+        `${limits.uidThrottledUntil ? `, UID-only grants THROTTLED until ${limits.uidThrottledUntil}` : ''}` +
+        `, ${limits.noiseDenials} noise denials`,
     );
   }
   if (reply.relay) {
@@ -70,7 +82,19 @@ export async function status(argv: readonly string[]): Promise<number> {
       out(`         ${t.at} ${t.channel} ${t.energised ? 'ON' : 'off'}`);
   }
   for (const [key, value] of Object.entries(reply)) {
-    if (['vehicleId', 'lock', 'readers', 'relay', 'keyring', 'clock', 'decisions', 'recent'].includes(key))
+    if (
+      [
+        'vehicleId',
+        'lock',
+        'readers',
+        'relay',
+        'keyring',
+        'clock',
+        'decisions',
+        'rateLimits',
+        'recent',
+      ].includes(key)
+    )
       continue;
     out(`${key.padEnd(8)} ${JSON.stringify(value)}`);
   }

@@ -47,7 +47,9 @@ function setup(options: { counterFails?: CounterFault; auditFails?: boolean; cou
   const root = makeRoot();
   const keyring = newKeyring(root);
   const fido = makeKey('phone', 'driver');
+  const other = makeKey('phone', 'driver');
   keyring.add(grantBy(root, fido.credential));
+  keyring.add(grantBy(root, other.credential));
   const events: Record<string, unknown>[] = [];
   const audit: AuditSink = {
     append: async (e) => {
@@ -99,7 +101,7 @@ function setup(options: { counterFails?: CounterFault; auditFails?: boolean; cou
     proof: 'valid',
     ...over,
   });
-  return { agent, lock, events, stored, present, sync };
+  return { agent, lock, events, stored, present, sync, fido, other };
 }
 
 describe('agent loop', () => {
@@ -217,14 +219,48 @@ describe('agent loop', () => {
     expect(lock.current).toBe('locked');
   });
 
-  it('rate-limits a reader after repeated denials, audits it, and reports it', async () => {
-    const { agent, events, present } = setup();
-    for (let i = 0; i < 3; i++) await agent.present(present({ credentialId: undefined }));
+  it('locks out the credential whose proofs fail, audits it keyed on that credential, and no other', async () => {
+    const { agent, events, present, other } = setup();
+    for (let i = 0; i < 3; i++)
+      expect(await agent.present(present({ proof: 'invalid' }))).toMatchObject({ code: 'bad_proof' });
     expect(await agent.present(present())).toMatchObject({ granted: false, code: 'rate_limited' });
+    expect(await agent.present(present({ reader: 'ble0', credentialId: other.id }))).toMatchObject({
+      granted: true,
+    });
     await agent.flush();
-    expect(events.some((e) => e.type === 'rate_limited' && e.reader === 'nfc0')).toBe(true);
-    expect(agent.readerContext(silentLogger).isRateLimited('nfc0')).toBe(true);
-    expect(agent.readerContext(silentLogger).isRateLimited('ble0')).toBe(false);
+    const limit = events.filter((e) => e.type === 'rate_limited');
+    expect(limit).toEqual([
+      expect.objectContaining({ scope: 'credential', credentialId: present().credentialId, failures: 3 }),
+    ]);
+    expect(agent.status().rateLimits).toMatchObject({ lockedOutCredentials: 1, credentialLockouts: 1 });
+  });
+
+  it('lets no amount of noise refuse a valid key, and audits noise as one summary per reader and code', async () => {
+    const { agent, events, present } = setup();
+    await agent.start();
+    for (let i = 0; i < 50; i++) {
+      await agent.present(present({ credentialId: undefined, subject: `phone:junk${i}` }));
+      await agent.present(present({ credentialId: undefined, proof: 'malformed' }));
+    }
+    expect(await agent.present(present())).toMatchObject({ granted: true });
+    await agent.stop();
+    const access = events.filter((e) => e.type === 'access');
+    // One full record per code, the first; the rest counted into one summary per code.
+    expect(access.filter((e) => e.result === 'denied').map((e) => e.code)).toEqual([
+      'unknown_credential',
+      'malformed',
+    ]);
+    const summaries = events.filter((e) => e.type === 'access.summary');
+    expect(summaries).toEqual([
+      expect.objectContaining({ reader: 'nfc0', code: 'unknown_credential', count: 49 }),
+      expect.objectContaining({ reader: 'nfc0', code: 'malformed', count: 49 }),
+    ]);
+    expect(events.some((e) => e.type === 'rate_limited')).toBe(false);
+    expect(agent.status().rateLimits).toMatchObject({
+      noiseDenials: 100,
+      noiseSummarised: 98,
+      lockedOutCredentials: 0,
+    });
   });
 });
 

@@ -6,11 +6,14 @@ import {
   describeReport,
   eventLoopVerdict,
   lockVerdict,
+  oneProbeAtATime,
   runHealthChecks,
   stateDirCheck,
   stateDirVerdict,
+  storageVerdict,
 } from '../../../src/agent/health-monitor.js';
 import { stallThresholdMs } from '../../../src/agent/supervision.js';
+import type { WriteHealth } from '../../../src/store/group-commit.js';
 
 describe('health verdicts', () => {
   it('calls the event loop stalled only past the threshold', () => {
@@ -45,16 +48,73 @@ describe('health verdicts', () => {
     });
   });
 
-  it('fails a state directory that cannot be written or is full', () => {
+  it('fails (advisory) a state directory that cannot be written or is full', () => {
     expect(stateDirVerdict({ freeBytes: 10_000_000, minFreeBytes: 1_048_576 })).toEqual({ ok: true });
     expect(stateDirVerdict({ accessError: 'EROFS', minFreeBytes: 1 })).toEqual({
       ok: false,
       detail: 'state directory not writable: EROFS',
+      advisory: true,
     });
     expect(stateDirVerdict({ freeBytes: 4096, minFreeBytes: 1_048_576 })).toEqual({
       ok: false,
       detail: 'state directory has 4096 bytes free (need 1048576)',
+      advisory: true,
     });
+  });
+
+  const store = (over: Partial<WriteHealth> = {}): WriteHealth & { name: string } => ({
+    name: 'counters',
+    store: '/state/counters.journal',
+    state: 'ok',
+    failures: 0,
+    refused: 0,
+    pending: 0,
+    ...over,
+  });
+
+  it.each([
+    [[store()], undefined, undefined],
+    [[store({ failures: 3, lastError: { code: 'ENOSPC', message: 'x', at: 1 } })], undefined, undefined],
+    [
+      [
+        store({
+          state: 'failing',
+          failingSince: Date.UTC(2025, 0, 1),
+          lastError: { code: 'ENOSPC', message: 'x', at: 1 },
+        }),
+      ],
+      undefined,
+      'counters: writes failing (ENOSPC) since 2025-01-01T00:00:00.000Z',
+    ],
+    [
+      [
+        store({
+          state: 'ok',
+          failingSince: Date.UTC(2025, 0, 1),
+          lastError: { code: 'EIO', message: 'x', at: 1 },
+        }),
+      ],
+      undefined,
+      'counters: writes failing (EIO) since 2025-01-01T00:00:00.000Z',
+    ],
+    [
+      [store({ state: 'latched', lastError: { code: 'state_corrupt', message: 'x', at: 1 } })],
+      undefined,
+      'counters: stopped after state_corrupt (restart to recover)',
+    ],
+    [[store({ busyMs: 4999 })], undefined, undefined],
+    [[store({ busyMs: 7000.4 })], undefined, 'counters: a write has not finished for 7000 ms'],
+    [[store()], { dropped: 0, total: 9, inFlight: 3 }, undefined],
+    [
+      [store()],
+      { dropped: 12, since: Date.UTC(2025, 0, 2), total: 12, inFlight: 0 },
+      'audit: 12 event(s) not recorded since 2025-01-02T00:00:00.000Z',
+    ],
+  ] as const)('storage verdict for %j (audit %j): %s', (stores, audit, problem) => {
+    const verdict = storageVerdict({ stores, ...(audit ? { audit } : {}) }, 5000);
+    expect(verdict).toEqual(
+      problem === undefined ? { ok: true } : { ok: false, detail: problem, advisory: true },
+    );
   });
 });
 
@@ -69,10 +129,66 @@ describe('runHealthChecks', () => {
     );
     expect(report).toEqual({
       healthy: false,
+      degraded: false,
       at: '2025-01-01T00:00:00.000Z',
       checks: { a: { ok: true }, b: { ok: false, detail: 'broken' } },
     });
     expect(describeReport(report)).toBe('unhealthy: b: broken');
+  });
+
+  it('stays healthy but degraded when only advisory checks fail, a hung one included', async () => {
+    const report = await runHealthChecks(
+      [
+        { name: 'a', run: () => ({ ok: true }) },
+        { name: 'disk', advisory: true, run: () => ({ ok: false, detail: 'full' }) },
+        { name: 'hung', advisory: true, run: () => new Promise(() => {}) },
+      ],
+      { timeoutMs: 30 },
+    );
+    expect(report).toMatchObject({ healthy: true, degraded: true });
+    expect(report.checks.hung).toEqual({ ok: false, detail: 'no answer within 30 ms', advisory: true });
+    expect(describeReport(report)).toBe('degraded: disk: full; hung: no answer within 30 ms');
+    const both = await runHealthChecks(
+      [
+        { name: 'loop', run: () => ({ ok: false, detail: 'stalled' }) },
+        { name: 'disk', advisory: true, run: () => ({ ok: false, detail: 'full' }) },
+      ],
+      { timeoutMs: 30 },
+    );
+    expect(both).toMatchObject({ healthy: false, degraded: true });
+    expect(describeReport(both)).toBe('unhealthy: loop: stalled');
+  });
+
+  it('runs a disk probe once at a time: while one hangs, the next run says so without a new probe', async () => {
+    let probes = 0;
+    let clock = 1000;
+    let finish: (r: { ok: true }) => void = () => {};
+    const check = oneProbeAtATime(
+      {
+        name: 'state',
+        advisory: true,
+        run: () => {
+          probes += 1;
+          return new Promise((resolve) => {
+            finish = resolve;
+          });
+        },
+      },
+      () => clock,
+    );
+    const first = check.run();
+    clock += 4000;
+    expect(await check.run()).toEqual({
+      ok: false,
+      detail: 'the last probe has not answered for 4000 ms',
+      advisory: true,
+    });
+    expect(probes).toBe(1);
+    finish({ ok: true });
+    expect(await first).toEqual({ ok: true });
+    void check.run(); // the first answered: a new probe starts
+    await Promise.resolve();
+    expect(probes).toBe(2);
   });
 
   it('fails a check that throws or never answers (a hung disk), without waiting for it', async () => {
@@ -106,6 +222,7 @@ describe('stateDirCheck on a real directory', () => {
     expect(await stateDirCheck(join(dir, 'missing'), 1).run()).toEqual({
       ok: false,
       detail: 'state directory not writable: ENOENT',
+      advisory: true,
     });
     const huge = await stateDirCheck(dir, Number.MAX_SAFE_INTEGER).run();
     expect(huge.ok).toBe(false);

@@ -113,6 +113,53 @@ describe('supervision notifications', () => {
     expect(t.lines.indexOf('STATUS=healthy')).toBeGreaterThan(from - 1);
   });
 
+  it('keeps pinging while only storage fails (degraded), says so once, and attaches the write figures', async () => {
+    const t = new RecordingTransport();
+    let failing = false;
+    const healthOf = () => ({
+      name: 'counters',
+      store: `${dir}/counters.journal`,
+      state: failing ? ('failing' as const) : ('ok' as const),
+      failures: failing ? 1 : 0,
+      refused: 0,
+      pending: 0,
+      ...(failing
+        ? { failingSince: Date.UTC(2025, 0, 1), lastError: { code: 'ENOSPC', message: 'full', at: 1 } }
+        : {}),
+    });
+    supervision = startSupervision({
+      stateDir: dir,
+      lock: { state: () => 'locked' },
+      onLockChange: () => {},
+      maxOnMs: 10_000,
+      notifyEnv: { NOTIFY_SOCKET: '/run/test/notify', WATCHDOG_USEC: '40000' },
+      log: silentLogger,
+      transport: t,
+      storage: () => ({ stores: [healthOf()], audit: { dropped: 0, total: 0, inFlight: 0 } }),
+    });
+    supervision.ready('ready');
+    await t.next((l) => l === 'WATCHDOG=1', 2);
+    const degraded = t.next((l) => l.startsWith('STATUS=degraded'));
+    failing = true;
+    await degraded;
+    const said = t.lines.findIndex((l) => l.startsWith('STATUS=degraded'));
+    await t.next((l) => l === 'WATCHDOG=1', 3); // the pings go on
+    expect(t.lines.slice(said + 1).filter((l) => l.startsWith('STATUS='))).toEqual([]); // said once
+    expect(t.lines[said]).toBe(
+      'STATUS=degraded: storage: counters: writes failing (ENOSPC) since 2025-01-01T00:00:00.000Z',
+    );
+    const report = await supervision.check();
+    expect(report).toMatchObject({ healthy: true, degraded: true });
+    expect(report.storage?.stores[0]).toMatchObject({
+      name: 'counters',
+      failures: 1,
+      lastError: { code: 'ENOSPC' },
+    });
+    const back = t.next((l) => l === 'STATUS=healthy');
+    failing = false;
+    await back;
+  });
+
   it('reports a lock controller stopped by shutdown as unhealthy', async () => {
     const { supervision: s } = start(new RecordingTransport(), () => ({ ok: true }));
     expect((await s.check()).healthy).toBe(true);

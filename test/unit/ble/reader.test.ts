@@ -1,6 +1,7 @@
 import { sign } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { decide, EMPTY_HISTORY } from '../../../src/access/decision.js';
+import { decide } from '../../../src/access/decision.js';
+import { EMPTY_LIMITS } from '../../../src/access/rate-limit.js';
 import type { ReaderContext } from '../../../src/agent/reader.js';
 import type { BleCandidate, BleChannel, BleCloseReason, BleLinkStats } from '../../../src/ble/link.js';
 import { PhoneKey } from '../../../src/ble/phone.js';
@@ -27,10 +28,17 @@ const STATS: BleLinkStats = {
   initialisations: 0,
   busConnections: 0,
   activeSessions: 0,
+  unprovenSessions: 0,
+  sightingsDeferred: 0,
+  sessionsEvicted: 0,
+  unprovenTimeouts: 0,
+  waitingDevices: 0,
+  waitingDropped: 0,
 };
 
 class FakeChannel implements BleChannel {
   closed = false;
+  proven = false;
   cooldownMs: number | undefined;
   readonly writes: Uint8Array[] = [];
   private readonly data = new Set<(chunk: Uint8Array) => void>();
@@ -70,6 +78,14 @@ class FakeChannel implements BleChannel {
   async close(options: { readonly cooldownMs?: number } = {}): Promise<void> {
     this.cooldownMs = options.cooldownMs;
     this.end('closed');
+  }
+
+  markProven(): void {
+    this.proven = true;
+  }
+
+  extendTurn(): boolean {
+    return true;
   }
 
   /** The key (or the radio) ends the link. */
@@ -127,14 +143,13 @@ function secretOf(key: TestKey): Uint8Array {
   return fromB64url(String(d));
 }
 
-async function setup(options: { window?: number; rateLimited?: boolean } = {}) {
+async function setup(options: { window?: number } = {}) {
   const root = makeRoot();
   const vehicle = makeKey('signer', 'owner');
   const driver = makeKey('phone', 'driver');
   const keyring = newKeyring(root);
   expect(keyring.merge([grantBy(root, driver.credential)]).rejected).toEqual([]);
   const presented: Presentation[] = [];
-  const state = { rateLimited: options.rateLimited ?? false };
   const clock = new MonotonicFloorClock(0);
   const context: ReaderContext = {
     vehicleId: VID,
@@ -149,7 +164,7 @@ async function setup(options: { window?: number; rateLimited?: boolean } = {}) {
         presentation: p,
         keyring,
         now: clock.now(),
-        history: EMPTY_HISTORY,
+        limits: EMPTY_LIMITS,
         lastCounter: undefined,
         policy: {
           rateLimit: { maxDenials: 100, windowMs: 1000, cooldownMs: 1000 },
@@ -157,7 +172,6 @@ async function setup(options: { window?: number; rateLimited?: boolean } = {}) {
         },
       });
     },
-    isRateLimited: () => state.rateLimited,
   };
   const link = new FakeLink();
   const reader = new BleReader({
@@ -193,7 +207,7 @@ async function setup(options: { window?: number; rateLimited?: boolean } = {}) {
         }
       }, 2);
     });
-  return { reader, link, presented, outcomes, state, driver, addPhone, next };
+  return { reader, link, presented, outcomes, driver, addPhone, next };
 }
 
 describe('BLE reader', () => {
@@ -248,15 +262,37 @@ describe('BLE reader', () => {
     expect(s.link.channels[0]?.cooldownMs).toBe(2000);
   });
 
-  it('does no radio work while rate limited', async () => {
-    const s = await setup({ rateLimited: true });
+  it('marks a session proven only on a signature-checked answer of an enrolled key', async () => {
+    const s = await setup();
     s.addPhone('AA:00:00:00:00:03', s.driver);
-    s.link.sight('AA:00:00:00:00:03');
-    await s.next();
-    expect(s.link.opened).toBe(0);
-    expect(s.outcomes[0]).toEqual({ kind: 'skipped', address: 'AA:00:00:00:00:03', code: 'rate_limited' });
-    expect(s.reader.stats().skippedRateLimited).toBe(1);
+    s.addPhone('AA:00:00:00:00:13', s.driver, { fault: 'bad_signature' });
+    s.addPhone('AA:00:00:00:00:23', undefined);
+    s.addPhone('AA:00:00:00:00:33', s.driver, { fault: 'garbage' });
+    for (const a of ['AA:00:00:00:00:03', 'AA:00:00:00:00:13', 'AA:00:00:00:00:23', 'AA:00:00:00:00:33'])
+      s.link.sight(a);
+    await s.next(4);
+    expect(s.link.channels.map((c) => [c.address, c.proven])).toEqual([
+      ['AA:00:00:00:00:03', true],
+      ['AA:00:00:00:00:13', false],
+      ['AA:00:00:00:00:23', false],
+      ['AA:00:00:00:00:33', false],
+    ]);
+    expect(s.reader.stats().proven).toBe(1);
   });
+
+  it.each([['evicted'], ['unproven-timeout']] as const)(
+    'presents a session the link ended as %s like a key that never answered',
+    async (reason) => {
+      const s = await setup();
+      s.addPhone('AA:00:00:00:00:07', s.driver, { fault: 'silent' });
+      s.link.sight('AA:00:00:00:00:07');
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      s.link.channels[0]?.end(reason);
+      await s.next();
+      expect(s.presented[0]).toMatchObject({ proof: 'timeout', credentialId: undefined });
+      expect(s.outcomes[0]).toMatchObject({ decision: { code: 'timeout' } });
+    },
+  );
 
   it('runs one exchange per device at a time', async () => {
     const s = await setup();

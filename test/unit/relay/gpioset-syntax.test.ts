@@ -3,9 +3,13 @@ import { silentLogger } from '../../../src/core/logger.js';
 import { GpioRelay } from '../../../src/relay/gpio.js';
 import {
   type GpioLine,
+  hasInteractiveMode,
   holderArgs,
+  interactiveHolderArgs,
   levelFor,
   parseGpiosetVersion,
+  setLevelCommand,
+  splitAtPrompts,
 } from '../../../src/relay/gpioset-syntax.js';
 
 describe('parseGpiosetVersion', () => {
@@ -67,6 +71,55 @@ describe('holderArgs', () => {
       '--chip=/dev/gpiochip4',
       '17=1',
     ]);
+  });
+});
+
+describe('gpioset 2.x interactive mode', () => {
+  const line: GpioLine = { chip: 'gpiochip0', line: 17, activeLow: false, bias: 'pull-down' };
+
+  it('is found in --help only when the build has it', () => {
+    // libgpiod 2.1's help, abridged, with and without --enable-gpioset-interactive.
+    const common =
+      'Usage: gpioset [OPTIONS] <line=value>...\n  -h, --help\t\tdisplay this help and exit\n' +
+      '  -l, --active-low\ttreat the line as active low\n';
+    expect(
+      hasInteractiveMode(
+        `${common}  -i, --interactive\tset the lines then wait for additional set commands\n`,
+      ),
+    ).toBe(true);
+    expect(hasInteractiveMode(common)).toBe(false);
+    expect(hasInteractiveMode('')).toBe(false);
+    expect(hasInteractiveMode('  --interactively-named-option')).toBe(false);
+  });
+
+  it('holds the line at its first level and drives it with set commands by offset', () => {
+    expect(interactiveHolderArgs(line, 0, 'vehicle-agent')).toEqual([
+      '--interactive',
+      '--consumer=vehicle-agent',
+      '--bias=pull-down',
+      '--chip=gpiochip0',
+      '17=0',
+    ]);
+    expect(interactiveHolderArgs({ chip: 'gpiochip0', line: 17, activeLow: true }, 1, 'va')).toEqual([
+      '--interactive',
+      '--consumer=va',
+      '--chip=gpiochip0',
+      '17=1',
+    ]);
+    expect(setLevelCommand(line, 1)).toBe('set 17=1\n');
+    expect(setLevelCommand(line, 0)).toBe('set 17=0\n');
+  });
+
+  it('splits its output at prompts: one piece per finished command, the rest pending', () => {
+    const table: [string, string[], string][] = [
+      ['', [], ''],
+      ['gpioset> ', [''], ''],
+      ['gpioset> gpioset> ', ['', ''], ''],
+      ["gpioset> unknown line: '18'\ngpioset> ", ['', "unknown line: '18'\n"], ''],
+      ['gpioset', [], 'gpioset'],
+      ['gpioset> "17"=active\n', [''], '"17"=active\n'],
+    ];
+    for (const [text, done, pending] of table) expect(splitAtPrompts(text)).toEqual({ done, pending });
   });
 });
 

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { type LockConfig, LockController } from '../../../src/agent/lock-controller.js';
 import { AgentError } from '../../../src/core/errors.js';
-import type { Logger } from '../../../src/core/logger.js';
+import { type Logger, silentLogger } from '../../../src/core/logger.js';
 import type { LockState } from '../../../src/core/types.js';
 import { SimRelay } from '../../../src/relay/sim.js';
-import type { RelayChannel } from '../../../src/relay/types.js';
+import type { EnergiseOptions, RelayChannel, SelfRelease } from '../../../src/relay/types.js';
 import type { WatchdogRelease } from '../../../src/relay/watchdog.js';
 import { ManualTimers, settle } from '../../helpers/manual-timers.js';
 
@@ -375,7 +375,9 @@ describe('LockController, pulse wiring', () => {
       ['unlock', true, 0],
       ['unlock', false, 200],
     ]);
-    expect(r.watchdog).toEqual([{ channel: 'unlock', heldMs: 200 }]);
+    expect(r.watchdog).toEqual([
+      { channel: 'unlock', heldMs: 200, code: 'relay_watchdog', cause: 'max-on', current: true, by: 'agent' },
+    ]);
     expect(r.lock.state()).toBe('unlocked');
     expect(r.logs.some((l) => l.level === 'error' && l.fields.code === 'relay_watchdog')).toBe(true);
   });
@@ -558,7 +560,16 @@ describe('LockController, hold wiring', () => {
     await r.timers.advanceTo(6000);
     expect(r.relay.energised('unlock')).toBe(false);
     expect(r.lock.state()).toBe('locked');
-    expect(r.watchdog).toEqual([{ channel: 'unlock', heldMs: 6000 }]);
+    expect(r.watchdog).toEqual([
+      {
+        channel: 'unlock',
+        heldMs: 6000,
+        code: 'relay_watchdog',
+        cause: 'max-on',
+        current: true,
+        by: 'agent',
+      },
+    ]);
     expect(r.changes.at(-1)).toEqual({ state: 'locked', cause: 'watchdog', at: 6000 });
     // The hold timer of the last extension must not switch anything later.
     await r.timers.advanceTo(60_000);
@@ -594,5 +605,103 @@ describe('LockController, hold wiring', () => {
     expect(() => new LockController({ relay, config: HOLD, logger: capturingLogger([]), timers })).toThrow(
       expect.objectContaining({ code: 'config_invalid' }),
     );
+  });
+});
+
+/**
+ * A simulated board that stands for the relay guard: it records the on-time passed with each
+ * energising, and can release a channel by itself and say so, as the guard does.
+ */
+class GuardLikeRelay extends SimRelay {
+  readonly energisings: { channel: RelayChannel; releaseAfterMs: number | undefined }[] = [];
+  private readonly releaseListeners = new Set<(release: SelfRelease) => void>();
+
+  override set(channel: RelayChannel, energised: boolean, options?: EnergiseOptions): Promise<void> {
+    if (energised) this.energisings.push({ channel, releaseAfterMs: options?.releaseAfterMs });
+    return super.set(channel, energised);
+  }
+
+  onSelfRelease(listener: (release: SelfRelease) => void): () => void {
+    this.releaseListeners.add(listener);
+    return () => this.releaseListeners.delete(listener);
+  }
+
+  /** The guard's deadline passed: the channel goes off, then the release is reported. */
+  async releaseByItself(channel: RelayChannel): Promise<void> {
+    await super.set(channel, false);
+    this.report(channel, true);
+  }
+
+  /** Reports a release, as the guard does; `current: false` names an earlier energising. */
+  report(channel: RelayChannel, current: boolean): void {
+    for (const listener of this.releaseListeners)
+      listener({ channel, heldMs: 600, code: 'relay_guard_released', cause: 'limit', current });
+  }
+}
+
+describe('LockController with a relay that times itself (the relay guard)', () => {
+  async function guardRig(config: LockConfig) {
+    const timers = new ManualTimers();
+    const relay = new GuardLikeRelay({ logger: silentLogger, timers, wallNow: () => timers.now() });
+    await relay.init();
+    const lock = new LockController({ relay, config, logger: silentLogger, timers });
+    const releases: WatchdogRelease[] = [];
+    lock.onWatchdog((r) => releases.push(r));
+    await lock.start();
+    return { timers, relay, lock, releases };
+  }
+
+  it('tells the relay the on-time with every energising, and again when a hold is extended', async () => {
+    const pulse = await guardRig(PULSE);
+    await pulse.lock.unlock('a');
+    await pulse.timers.advance(1000);
+    await pulse.lock.lock('b');
+    expect(pulse.relay.energisings).toEqual([
+      { channel: 'unlock', releaseAfterMs: 350 },
+      { channel: 'lock', releaseAfterMs: 350 },
+    ]);
+
+    const hold = await guardRig(HOLD);
+    await hold.lock.unlock('a');
+    await hold.timers.advance(3000);
+    await hold.lock.unlock('b'); // extends the hold from now
+    expect(hold.relay.energisings).toEqual([
+      { channel: 'unlock', releaseAfterMs: 5000 },
+      { channel: 'unlock', releaseAfterMs: 5000 },
+    ]);
+  });
+
+  it('a release by the guard of the pulse under way ends it here too, and is reported', async () => {
+    const r = await guardRig(PULSE);
+    await r.lock.unlock('a');
+    await r.relay.releaseByItself('unlock');
+    await r.timers.advance(0);
+    expect(r.lock.state()).toBe('unlocked');
+    expect(r.releases).toEqual([
+      {
+        channel: 'unlock',
+        heldMs: 600,
+        code: 'relay_guard_released',
+        cause: 'limit',
+        current: true,
+        by: 'guard',
+      },
+    ]);
+    // The controller is idle: the next grant pulses again.
+    await r.lock.unlock('b');
+    expect(r.relay.energised('unlock')).toBe(true);
+  });
+
+  it('a report of an earlier energising, already ended here, is reported but cuts nothing', async () => {
+    const r = await guardRig(PULSE);
+    await r.lock.unlock('a');
+    r.relay.report('unlock', false);
+    await r.timers.advance(0);
+    expect(r.releases).toEqual([expect.objectContaining({ current: false, by: 'guard' })]);
+    expect(r.relay.energised('unlock')).toBe(true);
+    expect(r.lock.state()).toBe('unlocking');
+    await r.timers.advance(350); // the pulse ends at its own time
+    expect(r.relay.energised('unlock')).toBe(false);
+    expect(r.lock.state()).toBe('unlocked');
   });
 });

@@ -42,10 +42,17 @@ describe('audit feed', () => {
       record(2, { type: 'access', result: 'denied', code: 'bad_proof' }),
       record(3, { type: 'access', result: 'denied', code: 'bad_proof' }),
       record(4, { type: 'lock', state: 'unlocked' }),
+      record(5, { type: 'access.summary', result: 'denied', code: 'malformed', count: 40 }),
     ]);
     expect([...counts].map(([r, m]) => [r, [...m]])).toEqual([
       ['granted', [['', 1]]],
-      ['denied', [['bad_proof', 2]]],
+      [
+        'denied',
+        [
+          ['bad_proof', 2],
+          ['malformed', 40],
+        ],
+      ],
     ]);
   });
 

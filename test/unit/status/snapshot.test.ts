@@ -52,12 +52,20 @@ function handlers(extra: [string, ControlHandler][] = []): Map<string, ControlHa
         lock: 'unlocked',
         readers: {
           nfc0: { state: 'ok', since: 1 },
-          ble0: { state: 'down', detail: 'adapter off', since: 2, rateLimitedUntil: '2025-06-01T00:05:00Z' },
+          ble0: { state: 'down', detail: 'adapter off', since: 2 },
         },
         relay: { driver: 'gpio', health: { state: 'degraded', detail: 'holder died', since: 3 } },
         keyring: { operations: 8, credentials: 8, digest: 'cd'.repeat(32) },
         clock: { now: '2025-06-01T00:00:00.000Z', trust: 'behind' },
         decisions: { granted: 4, denied: 2 },
+        rateLimits: {
+          lockedOutCredentials: 1,
+          credentialLockouts: 3,
+          uidThrottledUntil: '2025-06-01T00:05:00Z',
+          uidThrottles: 1,
+          noiseDenials: 500,
+          noiseSummarised: 480,
+        },
       }),
     ],
     ['keys.list', () => listed],
@@ -120,7 +128,25 @@ describe('collectSnapshot', () => {
 describe('metric families', () => {
   it('renders lock state, decisions by code, reader and relay health, cloud and process figures', async () => {
     const snapshot = await collectSnapshot({
-      handlers: handlers([['cloud.status', () => ({ connected: true, outbox: { pending: 3, dropped: 1 } })]]),
+      handlers: handlers([
+        ['cloud.status', () => ({ connected: true, outbox: { pending: 3, dropped: 1 } })],
+        [
+          'ble.status',
+          () => ({
+            stats: {
+              link: {
+                sessionsOpened: 40,
+                sessionsFailed: 2,
+                sessionsEvicted: 7,
+                unprovenTimeouts: 5,
+                sightingsDeferred: 90,
+                unprovenSessions: 3,
+                waitingDevices: 12,
+              },
+            },
+          }),
+        ],
+      ]),
       health: () => ({
         healthy: false,
         at: '2025-06-01T00:00:00.000Z',
@@ -166,7 +192,16 @@ describe('metric families', () => {
     expect(text).toContain('vehicle_agent_reader_up{reader="nfc0"} 1\n');
     expect(text).toContain('vehicle_agent_reader_up{reader="ble0"} 0\n');
     expect(text).toContain('vehicle_agent_reader_health{reader="ble0",state="down"} 1\n');
-    expect(text).toContain('vehicle_agent_reader_rate_limited{reader="ble0"} 1\n');
+    // Rate limits and BLE admission: counts only, no credential ids on the page.
+    expect(text).toContain('vehicle_agent_credentials_locked_out 1\n');
+    expect(text).toContain('vehicle_agent_credential_lockouts_total 3\n');
+    expect(text).toContain('vehicle_agent_uid_throttled 1\n');
+    expect(text).toContain('vehicle_agent_noise_denials_summarised_total 480\n');
+    expect(text).toContain('vehicle_agent_ble_sessions_total{outcome="evicted"} 7\n');
+    expect(text).toContain('vehicle_agent_ble_sessions_total{outcome="unproven_timeout"} 5\n');
+    expect(text).toContain('vehicle_agent_ble_sightings_deferred_total 90\n');
+    expect(text).toContain('vehicle_agent_ble_devices_waiting 12\n');
+    expect(JSON.stringify(snapshot.rateLimits)).not.toMatch(/phone:|fido:|credentialId/);
     expect(text).toContain('vehicle_agent_relay_health{driver="gpio",state="degraded"} 1\n');
     expect(text).toContain('vehicle_agent_audit_seq 41\n');
     expect(text).toContain('vehicle_agent_keyring_credentials{role="guest"} 3\n');
@@ -178,5 +213,67 @@ describe('metric families', () => {
     expect(text).toContain('process_cpu_seconds_total 2\n');
     expect(text).toContain('process_open_fds 21\n');
     expect(text).toContain('vehicle_agent_status_streams 2\n');
+  });
+
+  it('renders write failures per state store and audit events lost, from the health report', async () => {
+    const snapshot = await collectSnapshot({
+      handlers: handlers([]),
+      health: () => ({
+        healthy: true,
+        degraded: true,
+        at: '2025-06-01T00:00:00.000Z',
+        checks: { storage: { ok: false, detail: 'counters: writes failing (ENOSPC)', advisory: true } },
+        storage: {
+          stores: [
+            {
+              name: 'counters',
+              store: '/s/counters.journal',
+              state: 'failing',
+              failures: 4,
+              refused: 2,
+              pending: 1,
+              failingSince: 1_748_736_000_000,
+              lastError: { code: 'ENOSPC', message: 'full', at: 1_748_736_001_000 },
+              busyMs: 1500,
+            },
+            {
+              name: 'keyring',
+              store: '/s/keyring.journal',
+              state: 'ok',
+              failures: 0,
+              refused: 0,
+              pending: 0,
+            },
+          ],
+          audit: { dropped: 7, since: 1_748_736_000_000, total: 9, inFlight: 0 },
+        },
+      }),
+      auditSeq: () => 1,
+      demoDir: '/nonexistent',
+      simControls: false,
+      wallNow: () => NOW,
+    });
+    const text = renderMetrics(
+      metricFamilies(
+        snapshot,
+        new Map(),
+        { cpuUserS: 0, cpuSystemS: 0, rssBytes: 0, heapUsedBytes: 0, startTimeS: 0, openFds: 0 },
+        0,
+      ),
+    );
+    const families = parseExposition(text);
+    expect(families.get('vehicle_agent_store_write_failures_total')?.type).toBe('counter');
+    expect(text).toContain('vehicle_agent_store_write_failures_total{store="counters"} 4\n');
+    expect(text).toContain('vehicle_agent_store_write_failures_total{store="keyring"} 0\n');
+    expect(text).toContain('vehicle_agent_store_writes_refused_total{store="counters"} 2\n');
+    expect(text).toContain('vehicle_agent_store_write_failing{store="counters"} 1\n');
+    expect(text).toContain('vehicle_agent_store_write_failing{store="keyring"} 0\n');
+    expect(text).toContain('vehicle_agent_store_write_failing_since_seconds{store="counters"} 1748736000\n');
+    expect(text).not.toContain('vehicle_agent_store_write_failing_since_seconds{store="keyring"}');
+    expect(text).toContain('vehicle_agent_store_last_write_error{store="counters",code="ENOSPC"} 1\n');
+    expect(text).toContain('vehicle_agent_store_write_busy_seconds{store="counters"} 1.5\n');
+    expect(text).toContain('vehicle_agent_audit_events_dropped_total 9\n');
+    expect(text).toContain('vehicle_agent_audit_events_unrecorded 7\n');
+    expect(text).toContain('vehicle_agent_healthy 1\n');
   });
 });
