@@ -62,11 +62,10 @@ export interface ControlStats {
   /** Lines refused as not a valid request (answered control_bad_request or unknown_command). */
   readonly badRequests: number;
   /**
-   * Refused: with `busy`, a newcomer when every connection had a request in flight (full) and a
-   * request over its connection's budget (budget); closed unanswered, a newcomer while the work
-   * budget was spent (overload).
+   * Refused with `busy`: a newcomer when every connection had a request in flight (full), a
+   * request over its connection's budget (budget).
    */
-  readonly refused: { readonly full: number; readonly budget: number; readonly overload: number };
+  readonly refused: { readonly full: number; readonly budget: number };
   /** Connections closed by the server, by reason. */
   readonly closed: {
     readonly idle: number;
@@ -190,7 +189,7 @@ export async function startControlServer(
     accepted: 0,
     requests: 0,
     badRequests: 0,
-    refused: { full: 0, budget: 0, overload: 0 },
+    refused: { full: 0, budget: 0 },
     closed: { idle: 0, slowRequest: 0, slowReader: 0, garbage: 0, tooLong: 0, evicted: 0 },
     work: { usedMs: 0, deferrals: 0, waitedMs: 0 },
   };
@@ -404,6 +403,22 @@ export async function startControlServer(
   }
 
   // ── connections ───────────────────────────────────────────────────────────
+  /** Reads from an idle connection now, or (paused meanwhile) once the work budget allows. */
+  const resumeWhenBudget = (conn: Connection) => {
+    const wait = work.msUntil(MIN_TURN_MS);
+    if (wait <= 0) {
+      conn.socket.resume();
+      return;
+    }
+    conn.socket.pause();
+    counts.work.deferrals += 1;
+    const waitStart = performance.now();
+    setTimeout(() => {
+      counts.work.waitedMs += performance.now() - waitStart;
+      if (!conn.closed && conn.state === 'idle') resumeWhenBudget(conn);
+    }, Math.ceil(wait)).unref();
+  };
+
   const admit = (socket: Socket): boolean => {
     if (connections.size < limits.maxConnections) return true;
     // Full: make room by evicting the connection idle the longest (no request in flight).
@@ -428,14 +443,6 @@ export async function startControlServer(
   const server: Server = createServer({ pauseOnConnect: true }, (socket) => {
     const t0 = performance.now();
     counts.accepted += 1;
-    // Past the work budget, a newcomer is closed at once: a client reconnecting as fast as it can
-    // must not take the main thread (its CLI says busy, never "not running").
-    if (work.available() <= 0) {
-      counts.refused.overload += 1;
-      warn('refused connections: the work budget is spent');
-      socket.destroy();
-      return;
-    }
     if (!admit(socket)) {
       charge(performance.now() - t0);
       return;
@@ -467,19 +474,13 @@ export async function startControlServer(
         else conn.partialSince ??= t0;
       }
       charge(performance.now() - t0);
-      // Past the work budget, stop reading until the pump gets going again.
-      if (conn.state === 'idle' && work.available() <= 0) {
-        socket.pause();
-        setTimeout(
-          () => {
-            if (!conn.closed && conn.state === 'idle') socket.resume();
-          },
-          Math.ceil(work.msUntil(MIN_TURN_MS)),
-        ).unref();
-      }
+      // Past the work budget, stop reading until there is budget again.
+      if (conn.state === 'idle') resumeWhenBudget(conn);
     });
-    socket.resume();
     charge(performance.now() - t0);
+    // Past the work budget, a newcomer is held (paused, nothing read) until there is budget
+    // again: it waits its turn rather than being refused, so the CLI gets in after a flood.
+    resumeWhenBudget(conn);
   });
   // A hard ceiling on sockets beyond the managed ones (those lingering after a refusal or close).
   server.maxConnections = limits.maxConnections + MAX_LINGERING + 16;

@@ -79,6 +79,8 @@ describe('the unlock path while the local interfaces are flooded', () => {
       counts = [await idle.stop(), await garbage.stop()];
     }
     const [idleCounts, garbageCounts] = counts;
+    // Every presentation made during the floods was granted; none was denied.
+    expect(await controlRequest(socket, 'status')).toMatchObject({ decisions: { granted: 4, denied: 0 } });
     expect(idleCounts?.busy).toBeGreaterThan(0); // idle ones evicted to let the CLI in
     expect(garbageCounts?.refused).toBeGreaterThan(0);
     expect(garbageCounts?.closed).toBeGreaterThan(0);

@@ -245,6 +245,8 @@ describe('status server: bad input gets coded errors and changes nothing', () =>
       'evil.example:8080',
       `127.evil.example:${port}`, // a rebinding name that merely starts with 127.
       `127.0.0.1.nip.io:${port}`,
+      `127.0.0.1.evil.example:${port}`,
+      `127.0.0.1:${port + 1}`, // the right name on a wrong port
       `localhost:${port + 1}`,
       'localhost',
       `localhost.:${port}`,
@@ -257,7 +259,7 @@ describe('status server: bad input gets coded errors and changes nothing', () =>
     const noHost = await raw('GET /api/state HTTP/1.0\r\n\r\n');
     expect(noHost).toMatch(/^HTTP\/1\.1 403/);
     expect(noHost).toContain('"code":"host_not_allowed"');
-    expect(server.stats().refused.host).toBe(8);
+    expect(server.stats().refused.host).toBe(10);
   });
 
   it('answers malformed HTTP and oversized headers with coded JSON', async () => {
