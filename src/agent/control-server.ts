@@ -20,9 +20,10 @@ import { TokenBucket } from '../core/token-bucket.js';
  *   second (past it, requests wait; they are not refused);
  * - each connection has a request budget (beyond it: `busy`, without parsing); garbage is refused
  *   with a coded error before any handler runs, and a connection that keeps sending it is closed;
- * - idle connections are closed after idleTimeoutMs, and when every slot is taken a newcomer
- *   evicts the connection idle the longest, so the CLI gets in; only when every connection has a
- *   request in flight does a newcomer get `busy`.
+ * - idle connections are closed after idleTimeoutMs; when every slot is taken a newcomer evicts
+ *   an idle connection (never one connected in the last evictGraceMs, whose first request may be
+ *   on its way), and with none to evict still gets in up to twice maxConnections, so the CLI gets
+ *   in; past that a newcomer gets `busy` (a little later, so refused clients cannot spin).
  * Every refusal, close and wait is counted (stats(), the `control.status` command, /metrics).
  */
 export type ControlHandler = (args: Readonly<Record<string, unknown>>) => Promise<unknown> | unknown;
@@ -42,6 +43,11 @@ export interface ControlLimits {
   readonly maxBadRequests: number;
   /** Main-thread milliseconds a second spent reading, parsing and answering requests. */
   readonly workMsPerSecond: number;
+  /**
+   * A connection this young is never evicted (its first request may be on its way); not a config
+   * key, tests set it.
+   */
+  readonly evictGraceMs: number;
 }
 
 export const DEFAULT_CONTROL_LIMITS: ControlLimits = {
@@ -51,6 +57,7 @@ export const DEFAULT_CONTROL_LIMITS: ControlLimits = {
   requestsPerSecond: 50,
   maxBadRequests: 5,
   workMsPerSecond: 250,
+  evictGraceMs: 500,
 };
 
 export interface ControlStats {
@@ -62,7 +69,7 @@ export interface ControlStats {
   /** Lines refused as not a valid request (answered control_bad_request or unknown_command). */
   readonly badRequests: number;
   /**
-   * Refused with `busy`: a newcomer when every connection had a request in flight (full), a
+   * Refused with `busy`: a newcomer when every connection was taken and none could be evicted (full), a
    * request over its connection's budget (budget).
    */
   readonly refused: { readonly full: number; readonly budget: number };
@@ -93,6 +100,8 @@ const MIN_TURN_MS = 0.5;
 const LINGER_MS = 1000;
 const LINGER_BYTES = 4096;
 const MAX_LINGERING = 16;
+/** A newcomer refused for want of room gets its `busy` this much later (see linger). */
+const REFUSE_DELAY_MS = 100;
 /** A warning about refusals goes to the log at most this often (the counters hold the rest). */
 const WARN_EVERY_MS = 60_000;
 
@@ -117,6 +126,8 @@ class Connection {
   /** When the reply being written was handed to the socket. */
   writingSince: number | undefined;
   bad = 0;
+  /** Requests handed to a handler on this connection (a client that did something real). */
+  served = 0;
   closed = false;
   readonly budget: TokenBucket;
 
@@ -207,7 +218,7 @@ export async function startControlServer(
   const busyFullLine = errorLine(
     null,
     'busy',
-    `the agent is running but busy: all ${limits.maxConnections} control connections have a request in flight; try again`,
+    `the agent is running but busy: all ${limits.maxConnections * 2} control connections are taken; try again`,
   );
   const evictedLine = errorLine(null, 'busy', 'closed while idle to make room for another client');
   let lastWarn = Number.NEGATIVE_INFINITY;
@@ -244,7 +255,7 @@ export async function startControlServer(
    * closes its end (destroying at once could reset the connection before the client read the
    * line), for at most LINGER_MS; at most MAX_LINGERING sockets linger, the oldest go first.
    */
-  const linger = (socket: Socket, line: string) => {
+  const linger = (socket: Socket, line: string, delayMs = 0) => {
     refusing.add(socket);
     if (refusing.size > MAX_LINGERING) {
       const oldest = refusing.values().next().value as Socket;
@@ -263,8 +274,19 @@ export async function startControlServer(
       discarded += chunk.length;
       if (discarded > LINGER_BYTES) socket.destroy();
     });
-    socket.resume();
-    socket.end(line);
+    if (delayMs === 0) {
+      socket.resume();
+      socket.end(line);
+      return;
+    }
+    // A refused newcomer waits a little for its answer (unread), so clients that reconnect as
+    // soon as they are refused do not spin the agent's loop.
+    const answer = setTimeout(() => {
+      socket.resume();
+      socket.end(line);
+    }, delayMs);
+    answer.unref();
+    socket.once('close', () => clearTimeout(answer));
   };
 
   const closeAfter = (conn: Connection, line: string, reason: CloseReason) => {
@@ -377,6 +399,7 @@ export async function startControlServer(
       return;
     }
     counts.requests += 1;
+    conn.served += 1;
     const finish = (body: Record<string, unknown>) => {
       if (conn.closed) return;
       const t0 = performance.now();
@@ -421,20 +444,32 @@ export async function startControlServer(
 
   const admit = (socket: Socket): boolean => {
     if (connections.size < limits.maxConnections) return true;
-    // Full: make room by evicting the connection idle the longest (no request in flight).
+    // Full: make room by evicting an idle connection (no request in flight), one that never sent a
+    // request before one that did, the longest idle first; never one younger than evictGraceMs,
+    // which may be a client whose first line is on its way (evicting by age alone lets clients
+    // that reconnect when evicted evict each other in a ring, and the CLI with them).
+    const now = performance.now();
     let victim: Connection | undefined;
     for (const c of connections) {
-      if (c.state === 'idle' && c.writingSince === undefined && (!victim || c.since < victim.since))
+      if (c.state !== 'idle' || c.writingSince !== undefined || now - c.since < limits.evictGraceMs) continue;
+      if (
+        !victim ||
+        (c.served === 0 && victim.served > 0) ||
+        ((c.served === 0) === (victim.served === 0) && c.since < victim.since)
+      )
         victim = c;
     }
     if (victim) {
       closeAfter(victim, evictedLine, 'evicted');
       return true;
     }
+    // Nothing old enough to evict: a newcomer still gets in, up to twice the slots, so the CLI is
+    // not turned away by clients that just connected.
+    if (connections.size < limits.maxConnections * 2) return true;
     counts.refused.full += 1;
-    warn('refused a connection: every slot has a request in flight');
+    warn('refused a connection: every slot taken, none idle long enough to close');
     socket.on('error', () => socket.destroy());
-    linger(socket, busyFullLine);
+    linger(socket, busyFullLine, REFUSE_DELAY_MS);
     return false;
   };
 
@@ -483,7 +518,7 @@ export async function startControlServer(
     resumeWhenBudget(conn);
   });
   // A hard ceiling on sockets beyond the managed ones (those lingering after a refusal or close).
-  server.maxConnections = limits.maxConnections + MAX_LINGERING + 16;
+  server.maxConnections = limits.maxConnections * 2 + MAX_LINGERING + 16;
 
   const sweepMs = Math.max(10, Math.min(1000, Math.min(limits.idleTimeoutMs, limits.requestTimeoutMs) / 4));
   const sweep = setInterval(() => {

@@ -7,13 +7,37 @@ import { AgentError } from '../core/errors.js';
  * error. Only a missing socket, or one nobody listens on (left by a crash), means the agent is not
  * running (control_unavailable); an agent that answers `busy`, refuses or drops the connection, or
  * does not answer in time is running but busy (busy), so no caller mistakes it for a stopped agent
- * and writes the state directory behind its back.
+ * and writes the state directory behind its back. A connection the agent turned away before
+ * reading the request (`busy` with no request id: no room, or closed while idle to make room) is
+ * tried again a few times, within the timeout: the request was not run.
  */
 export async function controlRequest(
   socketPath: string,
   cmd: string,
   args: Record<string, unknown> = {},
   timeoutMs = 10_000,
+): Promise<unknown> {
+  const deadline = performance.now() + timeoutMs;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await requestOnce(socketPath, cmd, args, Math.max(1, deadline - performance.now()));
+    } catch (err) {
+      const backoff = RETRY_BACKOFF_MS[attempt];
+      const turnedAway = err instanceof AgentError && err.code === 'busy' && err.details.turnedAway === true;
+      if (!turnedAway || backoff === undefined || performance.now() + backoff >= deadline) throw err;
+      await new Promise((r) => setTimeout(r, backoff * (0.5 + Math.random())));
+    }
+  }
+}
+
+/** Waits before each further try after being turned away (jittered, so clients do not line up). */
+const RETRY_BACKOFF_MS = [50, 100, 200];
+
+async function requestOnce(
+  socketPath: string,
+  cmd: string,
+  args: Record<string, unknown>,
+  timeoutMs: number,
 ): Promise<unknown> {
   return await new Promise((resolve, reject) => {
     const socket = connect(socketPath);
@@ -64,7 +88,12 @@ export async function controlRequest(
       buffer += chunk;
       const nl = buffer.indexOf('\n');
       if (nl < 0) return;
-      let response: { ok: boolean; result?: unknown; error?: { code: string; message: string } };
+      let response: {
+        id?: unknown;
+        ok: boolean;
+        result?: unknown;
+        error?: { code: string; message: string };
+      };
       try {
         response = JSON.parse(buffer.slice(0, nl)) as typeof response;
       } catch {
@@ -77,8 +106,14 @@ export async function controlRequest(
         if (response.ok) resolve(response.result);
         else {
           const code = response.error?.code;
+          // No id: the agent answered before reading the request (it turned the connection away).
+          const turnedAway = code === 'busy' && response.id === null;
           reject(
-            new AgentError(isCode(code) ? code : 'internal', response.error?.message ?? 'request failed'),
+            new AgentError(
+              isCode(code) ? code : 'internal',
+              response.error?.message ?? 'request failed',
+              turnedAway ? { turnedAway } : {},
+            ),
           );
         }
       });

@@ -3,6 +3,7 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { startIdleFlood } from '../../../bench/floods/control-socket.js';
 import {
   type ControlHandler,
   type ControlLimits,
@@ -208,7 +209,7 @@ describe('control socket under floods and slow clients', () => {
   });
 
   it('lets the CLI in past 16 idle connections: the one idle longest makes room', async () => {
-    const s = await start({});
+    const s = await start({ evictGraceMs: 0 });
     const idle = [];
     for (let i = 0; i < 16; i++) idle.push(await client(s.path));
     expect(await controlRequest(s.path, 'status')).toMatchObject({ lock: 'locked' });
@@ -216,6 +217,30 @@ describe('control socket under floods and slow clients', () => {
     expect(code(idle[0]?.lines[0])).toBe('busy');
     expect(s.stats().closed.evicted).toBe(1);
     for (const c of idle) c.socket.destroy();
+  });
+
+  it('does not evict a client that has just connected while evicted clients reconnect in a ring', async () => {
+    const s = await start({ evictGraceMs: 200 });
+    // 24 silent clients, each reconnecting as soon as it is closed (more than the 16 slots).
+    const flood = await startIdleFlood({ socketPath: s.path, connections: 24 });
+    let late: Client | undefined;
+    try {
+      while (s.stats().connections < 24) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 250)); // every flood connection is old enough to evict
+      // A client slow to send its first line (a CLI the scheduler set aside for a moment).
+      late = await client(s.path);
+      await new Promise((r) => setTimeout(r, 50));
+      late.socket.write('{"id":7,"cmd":"status"}\n');
+      const [answer] = await late.waitLines(1);
+      expect(JSON.parse(answer ?? '{}')).toMatchObject({ id: 7, ok: true });
+      // The evicted ones reconnected and evicted others, until only young connections were left.
+      const evicted = s.stats().closed.evicted;
+      expect(evicted).toBeGreaterThan(0);
+      expect(evicted).toBeLessThanOrEqual(24);
+    } finally {
+      late?.socket.destroy();
+      await flood.stop();
+    }
   });
 
   it('closes idle connections and lines that never end', async () => {
@@ -230,16 +255,15 @@ describe('control socket under floods and slow clients', () => {
 
   it('answers busy, not silence, when every connection has a request in flight; the CLI says so', async () => {
     const s = await start({ maxConnections: 2 });
-    const a = controlRequest(s.path, 'hold');
-    const b = controlRequest(s.path, 'hold');
-    for (let i = 0; i < 100 && calls.hold < 2; i++) await new Promise((r) => setImmediate(r));
-    expect(calls.hold).toBe(2);
+    const holds = Array.from({ length: 4 }, () => controlRequest(s.path, 'hold'));
+    for (let i = 0; i < 100 && calls.hold < 4; i++) await new Promise((r) => setImmediate(r));
+    expect(calls.hold).toBe(4); // twice the slots: newcomers get in while nothing can be evicted
     const refused = await controlRequest(s.path, 'status').catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(AgentError);
     expect(refused).toMatchObject({ code: 'busy', message: expect.stringMatching(/running but busy/) });
-    expect(s.stats().refused.full).toBe(1);
+    expect(s.stats().refused.full).toBe(4); // turned away, the client tried 3 more times
     for (const release of held.splice(0)) release();
-    await Promise.all([a, b]);
+    await Promise.all(holds);
     expect(await controlRequest(s.path, 'status')).toMatchObject({ lock: 'locked' });
   });
 
