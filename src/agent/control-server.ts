@@ -255,7 +255,7 @@ export async function startControlServer(
    * closes its end (destroying at once could reset the connection before the client read the
    * line), for at most LINGER_MS; at most MAX_LINGERING sockets linger, the oldest go first.
    */
-  const linger = (socket: Socket, line: string, delayMs = 0) => {
+  const linger = (socket: Socket, line: string, delayMs = 0, hold = false) => {
     refusing.add(socket);
     if (refusing.size > MAX_LINGERING) {
       const oldest = refusing.values().next().value as Socket;
@@ -268,6 +268,13 @@ export async function startControlServer(
       refusing.delete(socket);
       clearTimeout(timer); // and with it the last reference to the socket
     });
+    if (hold) {
+      // A flooder: nothing more is read, and it keeps this connection (and cannot reconnect to
+      // start over) until LINGER_MS is up.
+      socket.pause();
+      socket.end(line);
+      return;
+    }
     // What it sends meanwhile is read and dropped, up to a point: a flood is cut off at once.
     let discarded = 0;
     socket.on('data', (chunk: Buffer) => {
@@ -295,7 +302,8 @@ export async function startControlServer(
     conn.buffer = EMPTY;
     counts.closed[reason] += 1;
     connections.delete(conn);
-    linger(conn.socket, line);
+    const flooder = reason === 'garbage' || reason === 'tooLong';
+    linger(conn.socket, line, 0, flooder);
     warn(`closed a connection (${reason})`);
   };
 

@@ -158,6 +158,8 @@ const MAX_PENDING_CONNECTIONS = 16;
 const HEADERS_TIMEOUT_MS = 5000;
 const REQUEST_TIMEOUT_MS = 10_000;
 const KEEP_ALIVE_TIMEOUT_MS = 5000;
+/** A request over its class budget is answered `busy` this much later (see handle). */
+const REFUSE_DELAY_MS = 1000;
 /** Requests one connection may have in flight at once (HTTP pipelining); beyond, it is closed. */
 const MAX_PIPELINED = 8;
 const HEARTBEAT_MS = 15_000;
@@ -439,6 +441,23 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     const kind: ClientClass = path === '/healthz' ? 'health' : hasToken(req) ? 'admin' : 'anonymous';
     if (!budgets[kind].take()) {
       counts.refused[kind] += 1;
+      // Answered a second later: a client requesting back to back then gets one refusal a second
+      // per connection instead of thousands (each costs the loop a parse and a response). While it
+      // waits, its connection counts as pending, so a newcomer can evict it.
+      const conn = conns.get(req.socket);
+      if (conn) {
+        conn.phase = 'pending';
+        conn.since = performance.now();
+      }
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          req.socket.off('close', done);
+          resolve();
+        };
+        const timer = setTimeout(done, REFUSE_DELAY_MS);
+        req.socket.on('close', done);
+      });
       res.setHeader('retry-after', '1');
       throw new AgentError('busy', 'too many requests; try again in a second');
     }

@@ -389,12 +389,13 @@ describe('status server: request budgets per client class', () => {
       // The anonymous burst (twice the rate), then refusals, before any handler runs.
       expect((await fetch(`${url}/api/state`)).status).toBe(200);
       expect((await fetch(`${url}/api/state`)).status).toBe(200);
-      const refused = await fetch(`${url}/api/sim/uid`, { method: 'POST', body: '{"uid":"04AABBCCDD"}' });
+      // Both arrive while the anonymous budget is empty (their answer comes a second later).
+      const [refused, wrongToken] = await Promise.all([
+        fetch(`${url}/api/sim/uid`, { method: 'POST', body: '{"uid":"04AABBCCDD"}' }),
+        fetch(`${url}/api/state`, { headers: { authorization: 'Bearer wrong-token-0123456789' } }),
+      ]);
       expect(refused.headers.get('retry-after')).toBe('1');
       expect(await errorOf(refused)).toEqual({ status: 503, code: 'busy' });
-      const wrongToken = await fetch(`${url}/api/state`, {
-        headers: { authorization: 'Bearer wrong-token-0123456789' },
-      });
       expect(await errorOf(wrongToken)).toEqual({ status: 503, code: 'busy' }); // a wrong token is anonymous
       // The admin's budget is its own: the anonymous flood did not touch it.
       expect((await fetch(`${url}/api/state`, { headers: auth })).status).toBe(200);
