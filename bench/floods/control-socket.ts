@@ -16,6 +16,11 @@ import { connect, type Socket } from 'node:net';
  *     (idle timeout, or evicted to make room for a real client) is reopened at once, so every
  *     slot stays taken. Counts: connections (opened), closed (by the agent), busy (busy lines
  *     received, e.g. "closed while idle to make room"), errors.
+ *
+ *   startChurnFlood({ socketPath, connections?: 4 }): Promise<{ stop(): Promise<Record<string, number>> }>
+ *     Each connection writes a few garbage lines and closes at once, without waiting for an
+ *     answer, and reconnects: a flood of connections rather than of lines.
+ *     Counts: connections (opened), sent (lines written), busy, errors.
  */
 
 export interface ControlFloodOptions {
@@ -119,6 +124,21 @@ export async function startIdleFlood(options: ControlFloodOptions): Promise<Floo
   return {
     stop: async () => {
       const { sent: _sent, refused: _refused, ...rest } = await flood.stop();
+      return rest;
+    },
+  };
+}
+
+export async function startChurnFlood(options: ControlFloodOptions): Promise<Flood> {
+  const counts: Counts = { connections: 0, sent: 0, refused: 0, busy: 0, closed: 0, errors: 0 };
+  const lines = GARBAGE_LINE.repeat(5);
+  const flood = keepOpen(options.socketPath, options.connections ?? 4, counts, (socket) => {
+    counts.sent += 5;
+    socket.end(lines);
+  });
+  return {
+    stop: async () => {
+      const { refused: _refused, closed: _closed, ...rest } = await flood.stop();
       return rest;
     },
   };

@@ -37,6 +37,11 @@ export interface ControlLimits {
   readonly idleTimeoutMs: number;
   /** A request line must arrive whole, and its reply be taken, within this long of starting. */
   readonly requestTimeoutMs: number;
+  /**
+   * Connections accepted a second (burst twice that); beyond, newcomers are dropped unread until
+   * the budget refills (a client that connects, writes and leaves flat out costs little).
+   */
+  readonly connectionsPerSecond: number;
   /** Requests one connection may make a second (burst twice that); beyond, `busy`. */
   readonly requestsPerSecond: number;
   /** Bad requests (not JSON, no cmd, unknown command) one connection may send before it is closed. */
@@ -54,6 +59,7 @@ export const DEFAULT_CONTROL_LIMITS: ControlLimits = {
   maxConnections: 16,
   idleTimeoutMs: 10_000,
   requestTimeoutMs: 5_000,
+  connectionsPerSecond: 100,
   requestsPerSecond: 50,
   maxBadRequests: 5,
   workMsPerSecond: 250,
@@ -70,9 +76,10 @@ export interface ControlStats {
   readonly badRequests: number;
   /**
    * Refused with `busy`: a newcomer when every connection was taken and none could be evicted (full), a
-   * request over its connection's budget (budget).
+   * request over its connection's budget (budget); dropped unread, a newcomer over the connection
+   * rate (rate).
    */
-  readonly refused: { readonly full: number; readonly budget: number };
+  readonly refused: { readonly full: number; readonly budget: number; readonly rate: number };
   /** Connections closed by the server, by reason. */
   readonly closed: {
     readonly idle: number;
@@ -200,7 +207,7 @@ export async function startControlServer(
     accepted: 0,
     requests: 0,
     badRequests: 0,
-    refused: { full: 0, budget: 0 },
+    refused: { full: 0, budget: 0, rate: 0 },
     closed: { idle: 0, slowRequest: 0, slowReader: 0, garbage: 0, tooLong: 0, evicted: 0 },
     work: { usedMs: 0, deferrals: 0, waitedMs: 0 },
   };
@@ -483,9 +490,34 @@ export async function startControlServer(
 
   // Paused on connect: nothing is read from a connection before it is admitted, so refusing one
   // costs no read of what it sent.
+  // Connections over the rate are dropped by node itself (server.maxConnections lowered to 1
+  // until the budget refills: no socket object, nothing read); the odd one that still gets here
+  // (nothing else was open) is destroyed unread.
+  const hardCap = limits.maxConnections * 2 + MAX_LINGERING + 16;
+  const arrivals = new TokenBucket(limits.connectionsPerSecond);
+  let shedding: NodeJS.Timeout | undefined;
+  const shed = () => {
+    counts.refused.rate += 1;
+    if (shedding !== undefined) return;
+    warn('dropping connections over the connection rate');
+    server.maxConnections = 1;
+    shedding = setTimeout(
+      () => {
+        shedding = undefined;
+        server.maxConnections = hardCap;
+      },
+      Math.ceil(arrivals.msUntil(1)),
+    );
+    shedding.unref();
+  };
   const server: Server = createServer({ pauseOnConnect: true }, (socket) => {
     const t0 = performance.now();
     counts.accepted += 1;
+    if (!arrivals.take()) {
+      socket.destroy();
+      shed();
+      return;
+    }
     if (!admit(socket)) {
       charge(performance.now() - t0);
       return;
@@ -526,7 +558,11 @@ export async function startControlServer(
     resumeWhenBudget(conn);
   });
   // A hard ceiling on sockets beyond the managed ones (those lingering after a refusal or close).
-  server.maxConnections = limits.maxConnections * 2 + MAX_LINGERING + 16;
+  server.maxConnections = hardCap;
+  server.on('drop', () => {
+    if (shedding !== undefined) counts.refused.rate += 1;
+    else counts.refused.full += 1; // past the hard cap
+  });
 
   const sweepMs = Math.max(10, Math.min(1000, Math.min(limits.idleTimeoutMs, limits.requestTimeoutMs) / 4));
   const sweep = setInterval(() => {
@@ -567,6 +603,7 @@ export async function startControlServer(
     }),
     close: async () => {
       clearInterval(sweep);
+      clearTimeout(shedding);
       clearTimeout(waitTimer);
       for (const c of connections) c.socket.destroy();
       for (const s of refusing) s.destroy();

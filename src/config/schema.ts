@@ -29,7 +29,8 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
     socketPath: optStr('Socket path. Default: <stateDir>/control.sock.', '/run/vehicle-agent/control.sock'),
     // Budgets (docs/local-interfaces.md): the socket shares the agent's event loop with the readers.
     maxConnections: int(
-      'Connections served at once; a newcomer beyond evicts the one idle longest, else gets busy.',
+      'Connections served at once; a newcomer beyond evicts an idle one (never one younger than ' +
+        '500 ms), else still gets in up to twice this, else gets busy.',
       16,
       2,
       1024,
@@ -45,6 +46,13 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
       5000,
       100,
       600_000,
+    ),
+    connectionsPerSecond: int(
+      'Connections accepted a second (burst twice that); beyond, newcomers are dropped unread ' +
+        'until the budget refills (the CLI then says busy).',
+      100,
+      1,
+      100_000,
     ),
     requestsPerSecond: int(
       'Requests one connection may make a second (burst twice that); beyond, busy.',

@@ -243,6 +243,28 @@ describe('control socket under floods and slow clients', () => {
     }
   });
 
+  it('drops connections over the connection rate unread, and serves again once it refills', async () => {
+    const s = await start({ connectionsPerSecond: 5 }); // burst 10
+    const held = [];
+    for (let i = 0; i < 10; i++) held.push(await client(s.path)); // the burst, kept open
+    // Clients connecting flat out (each writes a request and waits): none is read or answered.
+    const over = await Promise.all(
+      Array.from({ length: 20 }, () =>
+        controlRequest(s.path, 'status', {}, 2000).then(
+          () => 'answered',
+          (e: AgentError) => e.code,
+        ),
+      ),
+    );
+    expect(over.filter((r) => r === 'answered').length).toBeLessThanOrEqual(3); // refilled meanwhile
+    expect(over.filter((r) => r === 'busy').length).toBeGreaterThanOrEqual(17); // never "not running"
+    expect(s.stats().refused.rate).toBeGreaterThanOrEqual(17);
+    expect(calls.status).toBe(over.filter((r) => r === 'answered').length);
+    for (const c of held) c.socket.destroy();
+    await new Promise((r) => setTimeout(r, 400)); // two connections' worth of budget
+    expect(await controlRequest(s.path, 'status')).toMatchObject({ lock: 'locked' });
+  });
+
   it('closes idle connections and lines that never end', async () => {
     const s = await start({ idleTimeoutMs: 50, requestTimeoutMs: 50 });
     const idle = await client(s.path);
