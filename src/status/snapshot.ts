@@ -459,7 +459,7 @@ export function localInterfaceFamilies(
     },
     {
       name: 'vehicle_agent_control_refused_total',
-      help: 'Control socket requests refused with busy: full (every connection busy), budget (over a connection budget).',
+      help: 'Control socket newcomers and requests refused: full (no room), budget (over a connection budget), rate (over the connection rate).',
       type: 'counter',
       samples: byLabel('reason', control.refused),
     },
