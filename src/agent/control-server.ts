@@ -38,8 +38,8 @@ export interface ControlLimits {
   /** A request line must arrive whole, and its reply be taken, within this long of starting. */
   readonly requestTimeoutMs: number;
   /**
-   * Connections accepted a second (burst twice that); beyond, newcomers are dropped unread until
-   * the budget refills (a client that connects, writes and leaves flat out costs little).
+   * Connections accepted a second (burst twice that); beyond, newcomers get `busy` unread (a
+   * client that connects, writes and leaves flat out costs an accept and a line).
    */
   readonly connectionsPerSecond: number;
   /** Requests one connection may make a second (burst twice that); beyond, `busy`. */
@@ -59,7 +59,7 @@ export const DEFAULT_CONTROL_LIMITS: ControlLimits = {
   maxConnections: 16,
   idleTimeoutMs: 10_000,
   requestTimeoutMs: 5_000,
-  connectionsPerSecond: 100,
+  connectionsPerSecond: 200,
   requestsPerSecond: 50,
   maxBadRequests: 5,
   workMsPerSecond: 250,
@@ -76,8 +76,7 @@ export interface ControlStats {
   readonly badRequests: number;
   /**
    * Refused with `busy`: a newcomer when every connection was taken and none could be evicted (full), a
-   * request over its connection's budget (budget); dropped unread, a newcomer over the connection
-   * rate (rate).
+   * request over its connection's budget (budget), a newcomer over the connection rate (rate).
    */
   readonly refused: { readonly full: number; readonly budget: number; readonly rate: number };
   /** Connections closed by the server, by reason. */
@@ -490,32 +489,23 @@ export async function startControlServer(
 
   // Paused on connect: nothing is read from a connection before it is admitted, so refusing one
   // costs no read of what it sent.
-  // Connections over the rate are dropped by node itself (server.maxConnections lowered to 1
-  // until the budget refills: no socket object, nothing read); the odd one that still gets here
-  // (nothing else was open) is destroyed unread.
+  // Connections over the rate get `busy` unread (a client tries again a little later); past the
+  // hard cap node itself drops them.
   const hardCap = limits.maxConnections * 2 + MAX_LINGERING + 16;
   const arrivals = new TokenBucket(limits.connectionsPerSecond);
-  let shedding: NodeJS.Timeout | undefined;
-  const shed = () => {
-    counts.refused.rate += 1;
-    if (shedding !== undefined) return;
-    warn('dropping connections over the connection rate');
-    server.maxConnections = 1;
-    shedding = setTimeout(
-      () => {
-        shedding = undefined;
-        server.maxConnections = hardCap;
-      },
-      Math.ceil(arrivals.msUntil(1)),
-    );
-    shedding.unref();
-  };
+  const busyRateLine = errorLine(
+    null,
+    'busy',
+    `more than ${limits.connectionsPerSecond} control connections a second; try again shortly`,
+  );
   const server: Server = createServer({ pauseOnConnect: true }, (socket) => {
     const t0 = performance.now();
     counts.accepted += 1;
     if (!arrivals.take()) {
-      socket.destroy();
-      shed();
+      counts.refused.rate += 1;
+      warn('refused connections over the connection rate');
+      socket.on('error', () => socket.destroy());
+      linger(socket, busyRateLine, 0, true);
       return;
     }
     if (!admit(socket)) {
@@ -560,8 +550,7 @@ export async function startControlServer(
   // A hard ceiling on sockets beyond the managed ones (those lingering after a refusal or close).
   server.maxConnections = hardCap;
   server.on('drop', () => {
-    if (shedding !== undefined) counts.refused.rate += 1;
-    else counts.refused.full += 1; // past the hard cap
+    counts.refused.full += 1; // past the hard cap
   });
 
   const sweepMs = Math.max(10, Math.min(1000, Math.min(limits.idleTimeoutMs, limits.requestTimeoutMs) / 4));
@@ -603,7 +592,6 @@ export async function startControlServer(
     }),
     close: async () => {
       clearInterval(sweep);
-      clearTimeout(shedding);
       clearTimeout(waitTimer);
       for (const c of connections) c.socket.destroy();
       for (const s of refusing) s.destroy();

@@ -48,9 +48,9 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
       600_000,
     ),
     connectionsPerSecond: int(
-      'Connections accepted a second (burst twice that); beyond, newcomers are dropped unread ' +
-        'until the budget refills (the CLI then says busy).',
-      100,
+      'Connections accepted a second (burst twice that); beyond, newcomers get busy unread (the ' +
+        'CLI tries again a few times, then says busy).',
+      200,
       1,
       100_000,
     ),
