@@ -260,6 +260,7 @@ export async function startControlServer(
    * Sends a last line, ends the connection and discards whatever else the client sends until it
    * closes its end (destroying at once could reset the connection before the client read the
    * line), for at most LINGER_MS; at most MAX_LINGERING sockets linger, the oldest go first.
+   * `delayMs`: the line is sent that much later. `hold` (a flooder): nothing more is read at all.
    */
   const linger = (socket: Socket, line: string, delayMs = 0, hold = false) => {
     refusing.add(socket);
