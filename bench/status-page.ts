@@ -8,14 +8,17 @@ import { readSignerKey } from '../src/cli/key-files.js';
 import { signP256, simKeyMessage } from '../src/crypto/challenge.js';
 import { b64url, fromB64url } from '../src/crypto/encoding.js';
 import type { SimChallenge } from '../src/sim/sim-reader.js';
+import { startSlowloris } from './floods/status-page.js';
 import { round, summarise } from './stats.js';
 
 /**
  * The status page's figures: its own latency (/api/state, /metrics, the page), and what it costs
  * the unlock path, which shares its event loop: the sim-reader unlock round trip through the
  * control socket, quiet; with 8 live event streams and /metrics and /api/state polled 10 times a
- * second each; and under a request flood (which the server caps at 50 answers a second). The
- * client runs on the same machine, so its own CPU use is part of the loaded figures.
+ * second each; under an anonymous request flood (the server answers 50 of those a second, its
+ * anonymous budget), with the admin's own requests (the admin token's budget) timed meanwhile; and
+ * under 200 slowloris connections (docs/local-interfaces.md). The client runs on the same machine,
+ * so its own CPU use is part of the loaded figures.
  * `node dist/bench/status-page.js [--json]`.
  */
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
@@ -75,11 +78,16 @@ async function unlockRoundTrips(socket: string, keyPath: string, n: number): Pro
 }
 
 /** Latency of n requests spaced gapMs apart (within the server's request budget). */
-async function timed(url: string, n: number, gapMs = 40): Promise<number[]> {
+async function timed(
+  url: string,
+  n: number,
+  gapMs = 40,
+  headers: Record<string, string> = {},
+): Promise<number[]> {
   const samples: number[] = [];
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
-    const res = await fetch(url);
+    const res = await fetch(url, { headers });
     await res.arrayBuffer();
     if (res.status !== 200) throw new Error(`${url}: ${res.status}`);
     samples.push(performance.now() - t0);
@@ -143,13 +151,26 @@ export async function benchStatusPage(): Promise<Record<string, number>> {
     const loaded = summarise(await unlockRoundTrips(socket, key, 200));
     await fair.stop();
     for (const c of streams) c.abort();
-    // A flood: two clients requesting back to back; the server answers 50 a second, refuses the rest.
+    // A flood: two anonymous clients requesting back to back; the server answers 50 a second,
+    // refuses the rest; the admin's requests (with the token) are timed meanwhile.
     await new Promise((r) => setTimeout(r, 2000)); // let the request budget refill
     const flood = poller([`${url}/metrics`, `${url}/api/state`], 0);
     const t0 = performance.now();
     const flooded = summarise(await unlockRoundTrips(socket, key, 200));
     const floodSeconds = (performance.now() - t0) / 1000;
+    const floodCounts = { ...flood.counts };
+    const adminDuringFlood = summarise(
+      await timed(`${url}/api/state`, 50, 60, { authorization: `Bearer ${TOKEN}` }),
+    );
     await flood.stop();
+    // 200 slowloris connections: the unlock round trip and the admin's requests meanwhile.
+    const slowloris = await startSlowloris({ url, connections: 200 });
+    await new Promise((r) => setTimeout(r, 1000));
+    const underSlowloris = summarise(await unlockRoundTrips(socket, key, 200));
+    const adminUnderSlowloris = summarise(
+      await timed(`${url}/api/state`, 50, 60, { authorization: `Bearer ${TOKEN}` }),
+    );
+    const slowlorisCounts = await slowloris.stop();
     // Control: the same flood against another process, to tell this machine's CPU contention
     // (two shared cores, the client included) from the agent's own cost of refusing requests.
     const other = spawn(
@@ -177,8 +198,15 @@ export async function benchStatusPage(): Promise<Record<string, number>> {
       unlock_roundtrip_flood_p99_ms: round(flooded.p99),
       unlock_roundtrip_flood_elsewhere_p50_ms: round(control.p50),
       unlock_roundtrip_flood_elsewhere_p99_ms: round(control.p99),
-      flood_answered_per_s: round(flood.counts.ok / floodSeconds, 1),
-      flood_refused_per_s: round(flood.counts.refused / floodSeconds, 1),
+      flood_answered_per_s: round(floodCounts.ok / floodSeconds, 1),
+      flood_refused_per_s: round(floodCounts.refused / floodSeconds, 1),
+      admin_state_during_flood_p50_ms: round(adminDuringFlood.p50),
+      admin_state_during_flood_p99_ms: round(adminDuringFlood.p99),
+      unlock_roundtrip_slowloris_p50_ms: round(underSlowloris.p50),
+      unlock_roundtrip_slowloris_p99_ms: round(underSlowloris.p99),
+      admin_state_slowloris_p50_ms: round(adminUnderSlowloris.p50),
+      admin_state_slowloris_p99_ms: round(adminUnderSlowloris.p99),
+      slowloris_connections_opened: slowlorisCounts.connections ?? 0,
       api_state_p50_ms: round(state.p50),
       api_state_p99_ms: round(state.p99),
       metrics_p50_ms: round(metrics.p50),

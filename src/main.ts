@@ -305,8 +305,10 @@ export async function startAgent(options: {
       socketPath,
       handlers,
       log.child({ module: 'control' }),
+      config.control,
     );
     cleanup.unshift(() => control.close());
+    handlers.set('control.status', () => control.stats());
 
     // ── cloud link (src/cloud, docs/mqtt.md): beside the agent, never in front of it ──
     // Loaded only when enabled, so mqtt never loads otherwise. A link that cannot start (a
@@ -387,6 +389,7 @@ export async function startAgent(options: {
           page.setStopping();
           await page.close();
         });
+        handlers.set('status-page.status', () => page.stats());
       } catch (err) {
         const e = toAgentError(err);
         log.error(

@@ -9,7 +9,7 @@ import {
   type Role,
 } from '../core/types.js';
 import { fromB64url } from '../crypto/encoding.js';
-import { credentialIdFor, keyCredentialId, publicKeyFromJwk } from '../crypto/keys.js';
+import { credentialIdFor, keyCredentialId, publicKeyFromJwk, requireKeyForKind } from '../crypto/keys.js';
 
 /** A credential as it travels inside a signed grant: times as ISO 8601 strings. */
 export interface CredentialWire {
@@ -117,6 +117,7 @@ export function parseCredentialWire(value: unknown): Credential {
   if (notBefore !== undefined && notAfter !== undefined && notAfter <= notBefore)
     throw bad('must be after notBefore', 'notAfter');
   const publicKey = w.publicKey === undefined ? undefined : parseJwk(w.publicKey);
+  if (publicKey !== undefined) requireKeyForKind(kind, publicKey, 'credential publicKey');
   if (w.uidHash !== undefined && (typeof w.uidHash !== 'string' || !/^[0-9a-f]{32}$/.test(w.uidHash))) {
     throw bad('must be 32 lowercase hex characters', 'uidHash');
   }

@@ -2,59 +2,121 @@ import { connect } from 'node:net';
 import { isCode } from '../core/codes.js';
 import { AgentError } from '../core/errors.js';
 
-/** Sends one request to the agent's control socket and returns its result or throws its coded error. */
+/**
+ * Sends one request to the agent's control socket and returns its result or throws its coded
+ * error. Only a missing socket, or one nobody listens on (left by a crash), means the agent is not
+ * running (control_unavailable); an agent that answers `busy`, refuses or drops the connection, or
+ * does not answer in time is running but busy (busy), so no caller mistakes it for a stopped agent
+ * and writes the state directory behind its back. A connection the agent turned away before
+ * reading the request (`busy` with no request id: no room, or closed while idle to make room) is
+ * tried again a few times, within the timeout: the request was not run.
+ */
 export async function controlRequest(
   socketPath: string,
   cmd: string,
   args: Record<string, unknown> = {},
   timeoutMs = 10_000,
 ): Promise<unknown> {
+  const deadline = performance.now() + timeoutMs;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await requestOnce(socketPath, cmd, args, Math.max(1, deadline - performance.now()));
+    } catch (err) {
+      const backoff = RETRY_BACKOFF_MS[attempt];
+      const turnedAway = err instanceof AgentError && err.code === 'busy' && err.details.turnedAway === true;
+      if (!turnedAway || backoff === undefined || performance.now() + backoff >= deadline) throw err;
+      await new Promise((r) => setTimeout(r, backoff * (0.5 + Math.random())));
+    }
+  }
+}
+
+/** Waits before each further try after being turned away (jittered, so clients do not line up). */
+const RETRY_BACKOFF_MS = [50, 100, 200];
+
+async function requestOnce(
+  socketPath: string,
+  cmd: string,
+  args: Record<string, unknown>,
+  timeoutMs: number,
+): Promise<unknown> {
   return await new Promise((resolve, reject) => {
     const socket = connect(socketPath);
     let buffer = '';
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new AgentError('reader_timeout', `no answer from the agent within ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.setEncoding('utf8');
-    socket.on('connect', () => socket.write(`${JSON.stringify({ id: 1, cmd, args })}\n`));
-    socket.on('error', (err: NodeJS.ErrnoException) => {
+    let connected = false;
+    let settled = false;
+    const settle = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
-      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
-        reject(
-          new AgentError(
-            'control_unavailable',
-            `the agent is not running (no control socket at ${socketPath})`,
+      socket.destroy();
+      fn();
+    };
+    const busy = (why: string) =>
+      settle(() => reject(new AgentError('busy', `the agent is running but busy: ${why}`)));
+    const timer = setTimeout(() => busy(`no answer within ${timeoutMs} ms`), timeoutMs);
+    socket.setEncoding('utf8');
+    socket.on('connect', () => {
+      connected = true;
+      socket.write(`${JSON.stringify({ id: 1, cmd, args })}\n`);
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (connected) {
+        busy(`it closed the connection (${err.code ?? err.message})`);
+      } else if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
+        settle(() =>
+          reject(
+            new AgentError(
+              'control_unavailable',
+              `the agent is not running (no control socket at ${socketPath})`,
+            ),
           ),
         );
+      } else if (err.code === 'EAGAIN') {
+        busy('its control socket accepts no more connections right now');
       } else if (err.code === 'EACCES') {
-        reject(
-          new AgentError('unauthorized', `no permission to use ${socketPath} (run as the agent's user)`),
+        settle(() =>
+          reject(
+            new AgentError('unauthorized', `no permission to use ${socketPath} (run as the agent's user)`),
+          ),
         );
-      } else reject(new AgentError('control_unavailable', err.message));
+      } else settle(() => reject(new AgentError('control_unavailable', err.message)));
+    });
+    socket.on('close', () => {
+      if (connected) busy('it closed the connection without an answer');
     });
     socket.on('data', (chunk: string) => {
       buffer += chunk;
       const nl = buffer.indexOf('\n');
       if (nl < 0) return;
-      clearTimeout(timer);
-      socket.end();
+      let response: {
+        id?: unknown;
+        ok: boolean;
+        result?: unknown;
+        error?: { code: string; message: string };
+      };
       try {
-        const response = JSON.parse(buffer.slice(0, nl)) as {
-          ok: boolean;
-          result?: unknown;
-          error?: { code: string; message: string };
-        };
+        response = JSON.parse(buffer.slice(0, nl)) as typeof response;
+      } catch {
+        settle(() =>
+          reject(new AgentError('control_bad_request', 'the agent answered something that is not JSON')),
+        );
+        return;
+      }
+      settle(() => {
         if (response.ok) resolve(response.result);
         else {
           const code = response.error?.code;
+          // No id: the agent answered before reading the request (it turned the connection away).
+          const turnedAway = code === 'busy' && response.id === null;
           reject(
-            new AgentError(isCode(code) ? code : 'internal', response.error?.message ?? 'request failed'),
+            new AgentError(
+              isCode(code) ? code : 'internal',
+              response.error?.message ?? 'request failed',
+              turnedAway ? { turnedAway } : {},
+            ),
           );
         }
-      } catch {
-        reject(new AgentError('control_bad_request', 'the agent answered something that is not JSON'));
-      }
+      });
     });
   });
 }

@@ -2,7 +2,13 @@ import type { KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { AgentError } from '../core/errors.js';
 import type { PublicJwk } from '../core/types.js';
-import { type EncodedKeyPair, keyCredentialId, parseKeyText, publicJwkOf } from '../crypto/keys.js';
+import {
+  type EncodedKeyPair,
+  keyCredentialId,
+  parseKeyText,
+  publicJwkOf,
+  requireKeyForKind,
+} from '../crypto/keys.js';
 import { writeNewFile } from '../store/new-file.js';
 
 /** Writes PREFIX.pem and PREFIX.jwk (private, 0600) and PREFIX.pub.pem and PREFIX.pub.jwk (0644). */
@@ -49,5 +55,6 @@ export interface SignerKey {
 export function readSignerKey(path: string, kind: 'signer' | 'phone' = 'signer'): SignerKey {
   const key = readPrivateKeyFile(path);
   const publicKey = publicJwkOf(key);
+  requireKeyForKind(kind, publicKey, path);
   return { key, publicKey, id: keyCredentialId(kind, publicKey) };
 }

@@ -29,6 +29,8 @@ export interface OptionalStringField {
   readonly doc: string;
   readonly default: undefined;
   readonly example?: string;
+  /** A secret (a token, a password): never printed, by `config check` or in a config problem. */
+  readonly secret?: true;
 }
 export interface SectionField<F extends Fields = Fields> {
   readonly type: 'section';
@@ -66,6 +68,13 @@ export const optStr = (doc: string, example?: string): OptionalStringField =>
   example === undefined
     ? { type: 'optional-string', doc, default: undefined }
     : { type: 'optional-string', doc, default: undefined, example };
+/** An optional secret string: masked wherever the configuration is shown. */
+export const secretStr = (doc: string): OptionalStringField => ({
+  type: 'optional-string',
+  doc,
+  default: undefined,
+  secret: true,
+});
 export const int = (doc: string, def: number, min: number, max: number): IntField => ({
   type: 'int',
   doc,

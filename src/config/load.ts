@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { AgentError } from '../core/errors.js';
@@ -27,29 +27,74 @@ export function formatProblems(problems: readonly ConfigProblem[]): string {
   return problems.map((p) => `  ${p.source}: ${p.field} ${p.problem}; allowed: ${p.allowed}`).join('\n');
 }
 
-function readYaml(file: string): unknown {
-  let text: string;
+/** Largest config file read; the documented example is under 20 KiB. */
+export const MAX_CONFIG_BYTES = 256 * 1024;
+/**
+ * Aliases a config may expand (`<<: *defaults` and the like need a few); an alias bomb (a
+ * "billion laughs" document) needs far more and is refused before it grows.
+ */
+const MAX_ALIAS_COUNT = 100;
+
+/** Reads at most MAX_CONFIG_BYTES (a device or a runaway file must not fill the memory). */
+function readCapped(file: string): string {
+  let fd: number | undefined;
   try {
-    text = readFileSync(file, 'utf8');
+    fd = openSync(file, 'r');
+    const buffer = Buffer.alloc(MAX_CONFIG_BYTES + 1);
+    let size = 0;
+    for (;;) {
+      const n = readSync(fd, buffer, size, buffer.length - size, null);
+      if (n === 0) break;
+      size += n;
+      if (size > MAX_CONFIG_BYTES) {
+        throw new AgentError(
+          'config_unreadable',
+          `${file}: the config file is larger than ${MAX_CONFIG_BYTES} bytes`,
+          { file, limit: MAX_CONFIG_BYTES },
+        );
+      }
+    }
+    return buffer.subarray(0, size).toString('utf8');
   } catch (err) {
+    if (err instanceof AgentError) throw err;
     throw new AgentError(
       'config_unreadable',
       `${file}: cannot read the config file (${(err as Error).message})`,
-      {
-        file,
-      },
+      { file },
     );
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
+}
+
+function readYaml(file: string): unknown {
+  const text = readCapped(file);
   // Loaded only when there is a file to parse: the simulated default runs without it (faster start).
   const { parseDocument } = createRequire(import.meta.url)('yaml') as typeof import('yaml');
-  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
-  if (doc.errors.length > 0) {
-    const first = doc.errors[0];
-    throw new AgentError('config_unreadable', `${file}: not valid YAML: ${first?.message ?? 'parse error'}`, {
-      file,
-    });
+  try {
+    const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
+    if (doc.errors.length > 0) {
+      const first = doc.errors[0];
+      throw new AgentError(
+        'config_unreadable',
+        `${file}: not valid YAML: ${first?.message ?? 'parse error'}`,
+        { file },
+      );
+    }
+    return doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown;
+  } catch (err) {
+    if (err instanceof AgentError) throw err;
+    // The yaml package throws plain errors for an alias bomb ("Excessive alias count") and for
+    // documents nested too deep for the stack.
+    const excessive = /alias/i.test((err as Error).message);
+    throw new AgentError(
+      'config_unreadable',
+      excessive
+        ? `${file}: not accepted: YAML aliases expand to more than ${MAX_ALIAS_COUNT} nodes (an alias bomb?)`
+        : `${file}: not valid YAML: ${(err as Error).message}`,
+      { file },
+    );
   }
-  return doc.toJS({ maxAliasCount: 100 }) as unknown;
 }
 
 /** Writes `value` at `path` into a nested plain object, creating sections on the way. */

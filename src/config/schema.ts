@@ -27,6 +27,52 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
   }),
   control: section('Local control socket used by the CLI (a unix socket, mode 0600).', {
     socketPath: optStr('Socket path. Default: <stateDir>/control.sock.', '/run/vehicle-agent/control.sock'),
+    // Budgets (docs/local-interfaces.md): the socket shares the agent's event loop with the readers.
+    maxConnections: int(
+      'Connections served at once; a newcomer beyond evicts an idle one (never one younger than ' +
+        '500 ms), else still gets in up to twice this, else gets busy.',
+      16,
+      2,
+      1024,
+    ),
+    idleTimeoutMs: int(
+      'A connection with no request in flight is closed after this long.',
+      10_000,
+      100,
+      3_600_000,
+    ),
+    requestTimeoutMs: int(
+      'A request line must arrive whole, and its reply be taken, within this long.',
+      5000,
+      100,
+      600_000,
+    ),
+    connectionsPerSecond: int(
+      'Connections accepted a second (burst twice that); beyond, newcomers get busy unread (the ' +
+        'CLI tries again a few times, then says busy).',
+      200,
+      1,
+      100_000,
+    ),
+    requestsPerSecond: int(
+      'Requests one connection may make a second (burst twice that); beyond, busy.',
+      50,
+      1,
+      100_000,
+    ),
+    maxBadRequests: int(
+      'Bad requests (not JSON, unknown command) a connection may send before it is closed.',
+      5,
+      1,
+      1000,
+    ),
+    workMsPerSecond: int(
+      'Main-thread milliseconds a second spent reading, parsing and answering requests; past it, ' +
+        'requests wait their turn.',
+      250,
+      10,
+      1000,
+    ),
   }),
   lock: section('How the lock is driven.', {
     wiring: oneOf(

@@ -128,7 +128,8 @@ export function validateSection(
       out[key] = field.default;
       continue;
     }
-    const problem = checkLeaf(field, value);
+    const problem =
+      field.type === 'optional-string' && field.secret ? checkSecret(value) : checkLeaf(field, value);
     if (problem === undefined) {
       out[key] = value;
     } else {
@@ -143,6 +144,29 @@ export function validateSection(
   }
   return out;
 }
+
+/** Like checkLeaf for an optional string, without ever quoting the value. */
+function checkSecret(value: unknown): string | undefined {
+  return typeof value === 'string' && value.length > 0 ? undefined : 'is not a non-empty string';
+}
+
+/** A copy of a validated config with every secret field masked, for printing. */
+export function maskSecrets(schema: SectionField, value: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, v] of Object.entries(value)) {
+    const field = schema.fields[key] as Field | undefined;
+    if (field?.type === 'section' && typeof v === 'object' && v !== null) {
+      out[key] = maskSecrets(field, v as Record<string, unknown>);
+    } else if (field?.type === 'optional-string' && field.secret && v !== undefined) {
+      out[key] = SECRET_MASK;
+    } else {
+      out[key] = v;
+    }
+  }
+  return out;
+}
+
+export const SECRET_MASK = '(set; not shown)';
 
 function checkLeaf(field: Exclude<Field, SectionField>, value: unknown): string | undefined {
   switch (field.type) {

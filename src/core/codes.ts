@@ -68,6 +68,8 @@ export const CODES = {
   method_not_allowed: 'the resource does not support this method',
   request_too_large: 'the request body or headers exceed the size limit',
   unavailable: 'the agent is starting or stopping; try again shortly',
+  host_not_allowed: 'the request names a host this server does not answer for (DNS rebinding?)',
+  request_timeout: 'the request did not arrive whole in time',
   // ── hardware ───────────────────────────────────────────────────────────────
   relay_failed: 'a relay could not be switched',
   relay_watchdog: 'a relay was held past its maximum on-time and was released',

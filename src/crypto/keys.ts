@@ -77,6 +77,22 @@ export function publicKeyFromJwk(jwk: PublicJwk): KeyObject {
   }
 }
 
+/**
+ * The key algorithm a credential kind needs: phone keys and FIDO keys are P-256 (what phone
+ * secure elements and U2F authenticators hold, and all the BLE and NFC checks verify); signers
+ * may be P-256 or Ed25519. Throws key_invalid naming `source` (a file, a field) otherwise.
+ */
+export function requireKeyForKind(kind: CredentialKind, jwk: PublicJwk, source = 'public key'): void {
+  if ((kind === 'phone' || kind === 'fido') && !(jwk.kty === 'EC' && jwk.crv === 'P-256')) {
+    throw new AgentError(
+      'key_invalid',
+      `${source}: a ${kind} key must be P-256 (ECDSA); this is ${jwk.crv}. ` +
+        'Ed25519 keys can only be signer keys (--kind signer)',
+      { kind, curve: jwk.crv },
+    );
+  }
+}
+
 /** Raw public key bytes: 65-byte uncompressed point for P-256, 32 bytes for Ed25519. */
 export function rawPublicKey(jwk: PublicJwk): Uint8Array {
   if (jwk.kty === 'EC') {

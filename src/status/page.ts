@@ -180,9 +180,15 @@ function addAudit(r, fresh) {
   while (list.children.length > 200) list.lastChild.remove();
 }
 
+function authHeaders() {
+  const token = $('token').value.trim();
+  return token ? { authorization: 'Bearer ' + token } : {};
+}
+
 async function refresh() {
   try {
-    const res = await fetch('/api/state', { cache: 'no-store' });
+    // With the admin token, the page's reads use the admin's own request budget (docs/local-interfaces.md).
+    const res = await fetch('/api/state', { cache: 'no-store', headers: authHeaders() });
     const body = await res.json();
     if (!res.ok) { banner('agent: ' + body.error.code + ': ' + body.error.message); return; }
     banner(''); render(body);
@@ -192,7 +198,11 @@ async function refresh() {
 function connect() {
   const es = new EventSource('/api/events');
   es.addEventListener('open', () => { setConn('live', 'ok'); banner(''); refresh(); });
-  es.addEventListener('error', () => { setConn('reconnecting…', 'bad'); banner('agent unreachable (restarting?): retrying'); });
+  es.addEventListener('error', () => {
+    setConn('reconnecting…', 'bad'); banner('agent unreachable (restarting?): retrying');
+    // Refused (every live stream taken, or busy): EventSource gives up, so poll and try again later.
+    if (es.readyState === EventSource.CLOSED) { refresh(); setTimeout(connect, 5000); }
+  });
   es.addEventListener('audit', (e) => addAudit(JSON.parse(e.data), true));
   es.addEventListener('state', (e) => render(JSON.parse(e.data)));
   es.addEventListener('bye', () => { setConn('agent stopping', 'warn'); });
@@ -207,6 +217,7 @@ const BODY = `
 <header>
   <h1>vehicle-agent <span id="vehicle" class="muted"></span></h1>
   <span id="conn" class="pill muted">connecting…</span>
+  <label>Admin token <input id="token" type="password" autocomplete="off" spellcheck="false"></label>
 </header>
 <div id="banner" role="alert" hidden></div>
 <main>
@@ -216,7 +227,6 @@ const BODY = `
   <section><h2>Cloud link</h2><div id="cloud"></div></section>
   <section><h2>Keyring</h2><dl id="keyring"></dl></section>
   <section id="sim-card" class="wide" hidden><h2>Simulator</h2>
-    <label>Admin token <input id="token" type="password" autocomplete="off" spellcheck="false"></label>
     <div id="sim-forms"></div><div id="sim-result" role="status"></div></section>
   <section class="wide"><h2>Audit events (live)</h2><ol id="audit"></ol></section>
 </main>`;

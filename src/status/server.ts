@@ -1,16 +1,20 @@
 import { readdir } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import type { HealthReport } from '../agent/health-monitor.js';
 import type { Code } from '../core/codes.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import { TokenBucket } from '../core/token-bucket.js';
 import { bearerToken, tokenMatches } from './admin-token.js';
 import type { AuditFeed } from './audit-feed.js';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics.js';
 import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './page.js';
 import { buildSimActions, type HandlerMap, validateActionArgs } from './sim-actions.js';
-import { collectSnapshot, metricFamilies, type StateSnapshot } from './snapshot.js';
+import { collectSnapshot, localInterfaceFamilies, metricFamilies, type StateSnapshot } from './snapshot.js';
+
+export { TokenBucket } from '../core/token-bucket.js';
 
 /**
  * The status page's HTTP server (node:http). Read-only views need nothing; anything that changes
@@ -18,6 +22,15 @@ import { collectSnapshot, metricFamilies, type StateSnapshot } from './snapshot.
  * image cannot send. Every refusal is JSON `{"error":{"code","message"}}` with a stable code
  * from codes.ts, decided before any handler runs. Nothing on the unlock path waits on this
  * server; it only calls the control handlers, as the control socket does.
+ *
+ * It shares the agent's event loop, so what a client can make it do is bounded
+ * (docs/local-interfaces.md): the Host header must name this server exactly (DNS rebinding);
+ * requests are counted against one budget per client class, so an anonymous flood cannot drain
+ * the admin's budget (requests carrying the admin token) nor /healthz's; connections are capped,
+ * and a newcomer evicts the oldest connection that is still sending its headers or idle between
+ * requests (slowloris), with Node's headers, request and keep-alive timeouts behind that; live
+ * streams are capped and a stream that stops reading is dropped. Everything refused or closed is
+ * counted (stats(), /metrics, `status`).
  */
 
 export interface StatusServerOptions {
@@ -36,8 +49,57 @@ export interface StatusServerOptions {
   readonly maxBodyBytes?: number;
   /** State pushed to live streams this often; default 1000 ms. */
   readonly statePushMs?: number;
-  /** Requests answered per second, burst twice that; default 50. */
+  /** Requests without the admin token answered per second, burst twice that; default 50. */
   readonly requestsPerSecond?: number;
+  /** Requests carrying the admin token answered per second (their own budget); default 20. */
+  readonly adminRequestsPerSecond?: number;
+  /** /healthz requests answered per second (their own budget); default 20. */
+  readonly healthRequestsPerSecond?: number;
+  /** Connections open at once (live streams included); default 64. */
+  readonly maxConnections?: number;
+  /** Connections still sending their headers or idle between requests; default 16. */
+  readonly maxPendingConnections?: number;
+  /** Headers must arrive within this long of the connection or the previous request; default 5000. */
+  readonly headersTimeoutMs?: number;
+  /** A whole request must arrive within this long, and a response must be taken; default 10 000. */
+  readonly requestTimeoutMs?: number;
+  /** An idle keep-alive connection is closed after this long; default 5000. */
+  readonly keepAliveTimeoutMs?: number;
+  /**
+   * Further Host names the server answers to, `name` or `name:port` (the server's port when none
+   * is given), e.g. `vehicle.lan` or `localhost:9999` for an ssh tunnel on another local port.
+   */
+  readonly allowedHosts?: readonly string[];
+}
+
+export type ClientClass = 'anonymous' | 'admin' | 'health';
+
+export interface StatusServerStats {
+  /** Connections open now: total, still sending headers or idle, and live streams. */
+  readonly connections: number;
+  readonly pending: number;
+  readonly streams: number;
+  /** Requests that passed the Host check and their class budget, by class. */
+  readonly answered: Readonly<Record<ClientClass, number>>;
+  /** Refused: over a class budget (by class), a foreign Host, a connection past the cap, a stream past the cap. */
+  readonly refused: {
+    readonly anonymous: number;
+    readonly admin: number;
+    readonly health: number;
+    readonly host: number;
+    readonly connections: number;
+    readonly streams: number;
+  };
+  /**
+   * Closed by the server: evicted while sending headers or idle, a headers or request timeout, a
+   * client not reading what it was sent, a client pipelining more requests than allowed.
+   */
+  readonly closed: {
+    readonly evicted: number;
+    readonly timeout: number;
+    readonly slowReader: number;
+    readonly pipelined: number;
+  };
 }
 
 export interface StatusServer {
@@ -45,6 +107,8 @@ export interface StatusServer {
   readonly port: number;
   /** Live event streams open now. */
   streams(): number;
+  /** What the budgets answered, refused and closed (for /metrics, `status` and the page). */
+  stats(): StatusServerStats;
   /** Shutdown began: API requests get `unavailable`, streams are told and closed. */
   setStopping(): void;
   close(): Promise<void>;
@@ -57,7 +121,9 @@ const HTTP_STATUS: Partial<Record<Code, number>> = {
   not_found: 404,
   unknown_command: 404,
   method_not_allowed: 405,
+  host_not_allowed: 403,
   request_too_large: 413,
+  request_timeout: 408,
   busy: 503,
   unavailable: 503,
   internal: 500,
@@ -80,47 +146,65 @@ const INITIAL_EVENTS = 30;
 /** One state collection serves every request within this window (page, streams, scrapes). */
 const SNAPSHOT_TTL_MS = 250;
 /**
- * Requests the server answers per second (burst twice that). The agent's loop is shared with the
+ * Requests answered per second and class (burst twice that). The agent's loop is shared with the
  * unlock path: a local client hammering the page must not slow taps down. The page itself makes
  * one request plus a stream; a Prometheus scrape is one request per interval.
  */
 const REQUESTS_PER_SECOND = 50;
+const ADMIN_REQUESTS_PER_SECOND = 20;
+const HEALTH_REQUESTS_PER_SECOND = 20;
+const MAX_CONNECTIONS = 64;
+const MAX_PENDING_CONNECTIONS = 16;
+const HEADERS_TIMEOUT_MS = 5000;
+const REQUEST_TIMEOUT_MS = 10_000;
+const KEEP_ALIVE_TIMEOUT_MS = 5000;
+/** A request over its class budget is answered `busy` this much later (see handle). */
+const REFUSE_DELAY_MS = 1000;
+/** Requests one connection may have in flight at once (HTTP pipelining); beyond, it is closed. */
+const MAX_PIPELINED = 8;
 const HEARTBEAT_MS = 15_000;
 const MAX_STREAM_BUFFER = 1024 * 1024;
-const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '[::1]', '::1']);
+const WILDCARD_ADDRESSES = new Set(['0.0.0.0', '::', '']);
 
-function isLoopback(host: string): boolean {
-  return LOOPBACK_NAMES.has(host) || host.startsWith('127.');
+/** `name` as a Host header carries it: IPv6 literals in brackets, lower case. */
+function hostLiteral(name: string): string {
+  const bare = name.toLowerCase();
+  return bare.includes(':') && !bare.startsWith('[') ? `[${bare}]` : bare;
 }
 
-/** Hostname of a Host header, without the port; undefined when absent or malformed. */
-export function hostnameOf(header: string | undefined): string | undefined {
-  if (header === undefined) return undefined;
-  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/.exec(header.trim());
-  return m?.[1]?.toLowerCase();
+/**
+ * Every Host header value this server answers to, exactly: the loopback names and the address it
+ * listens on, each with its port (bare too on port 80), the machine's own addresses when it listens
+ * on all of them, and the configured extras. A DNS-rebinding page sends its own name, which is not
+ * here; IP literals are safe to allow, since a page served from one is already same-origin.
+ */
+export function allowedHostHeaders(
+  listenHost: string,
+  port: number,
+  extra: readonly string[] = [],
+  localAddresses: readonly string[] = [],
+): Set<string> {
+  const names = new Set(['127.0.0.1', 'localhost', '[::1]']);
+  if (WILDCARD_ADDRESSES.has(listenHost)) for (const a of localAddresses) names.add(hostLiteral(a));
+  else names.add(hostLiteral(listenHost));
+  const allowed = new Set<string>();
+  for (const name of names) {
+    allowed.add(`${name}:${port}`);
+    if (port === 80) allowed.add(name);
+  }
+  for (const entry of extra) {
+    const e = entry.trim().toLowerCase();
+    if (e === '') continue;
+    const ipv6 = (e.match(/:/g) ?? []).length > 1 && !e.startsWith('[');
+    allowed.add(!ipv6 && /:\d{1,5}$/.test(e) ? e : `${hostLiteral(e)}:${port}`);
+  }
+  return allowed;
 }
 
-/** A token bucket: `rate` tokens a second, holding at most twice that. */
-export class TokenBucket {
-  private tokens: number;
-  private last: number;
-
-  constructor(
-    private readonly rate: number,
-    private readonly now: () => number = () => performance.now(),
-  ) {
-    this.tokens = rate * 2;
-    this.last = now();
-  }
-
-  take(): boolean {
-    const t = this.now();
-    this.tokens = Math.min(this.rate * 2, this.tokens + ((t - this.last) / 1000) * this.rate);
-    this.last = t;
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
-    return true;
-  }
+function localAddresses(): string[] {
+  return Object.values(networkInterfaces()).flatMap((list) =>
+    (list ?? []).map((i) => (i.family === 'IPv6' ? i.address.replace(/%.*$/, '') : i.address)),
+  );
 }
 
 function send(
@@ -201,10 +285,54 @@ async function processFigures() {
 export async function startStatusServer(options: StatusServerOptions): Promise<StatusServer> {
   const { log, feed, handlers } = options;
   const maxBody = options.maxBodyBytes ?? 16 * 1024;
-  const checkHost = isLoopback(options.host);
+  const maxConnections = Math.max(options.maxConnections ?? MAX_CONNECTIONS, options.maxClients + 2);
+  const maxPending = options.maxPendingConnections ?? MAX_PENDING_CONNECTIONS;
+  const headersTimeoutMs = options.headersTimeoutMs ?? HEADERS_TIMEOUT_MS;
+  const requestTimeoutMs = Math.max(options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, headersTimeoutMs);
   const streams = new Set<ServerResponse>();
-  const sockets = new Set<Socket>();
   let stopping = false;
+  let allowedHosts = new Set<string>(); // filled once the port is known
+
+  const budgets: Record<ClientClass, TokenBucket> = {
+    anonymous: new TokenBucket(options.requestsPerSecond ?? REQUESTS_PER_SECOND),
+    admin: new TokenBucket(options.adminRequestsPerSecond ?? ADMIN_REQUESTS_PER_SECOND),
+    health: new TokenBucket(options.healthRequestsPerSecond ?? HEALTH_REQUESTS_PER_SECOND),
+  };
+  const counts = {
+    answered: { anonymous: 0, admin: 0, health: 0 },
+    refused: { anonymous: 0, admin: 0, health: 0, host: 0, connections: 0, streams: 0 },
+    closed: { evicted: 0, timeout: 0, slowReader: 0, pipelined: 0 },
+  };
+
+  /**
+   * Every open connection: `pending` while it sends headers or sits idle between requests (what
+   * a slowloris client does forever), `active` while a request is served, `stream` while it
+   * carries a live stream. `stuckSince`: since when it has had output the client does not take.
+   */
+  interface Conn {
+    phase: 'pending' | 'active' | 'stream';
+    since: number;
+    stuckSince: number | undefined;
+    /** Requests parsed and not yet answered (more than one when the client pipelines). */
+    inflight: number;
+  }
+  const conns = new Map<Socket, Conn>();
+  const pendingCount = () => {
+    let n = 0;
+    for (const c of conns.values()) if (c.phase === 'pending') n++;
+    return n;
+  };
+  const evictOldestPending = (): boolean => {
+    let oldest: [Socket, Conn] | undefined;
+    for (const entry of conns) {
+      if (entry[1].phase === 'pending' && (!oldest || entry[1].since < oldest[1].since)) oldest = entry;
+    }
+    if (!oldest) return false;
+    counts.closed.evicted += 1;
+    conns.delete(oldest[0]);
+    oldest[0].destroy();
+    return true;
+  };
 
   let cached: { at: number; value: Promise<StateSnapshot> } | undefined;
   const snapshot = (): Promise<StateSnapshot> => {
@@ -223,11 +351,11 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     });
     return value;
   };
-  const bucket = new TokenBucket(options.requestsPerSecond ?? REQUESTS_PER_SECOND);
 
   const writeEvent = (res: ServerResponse, event: string, data: unknown, id?: number) => {
     if (res.writableLength > MAX_STREAM_BUFFER) {
       // A reader that stopped reading: drop it rather than buffer without bound.
+      counts.closed.slowReader += 1;
       res.destroy();
       return;
     }
@@ -262,6 +390,7 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
 
   const openStream = (req: IncomingMessage, res: ServerResponse) => {
     if (streams.size >= options.maxClients) {
+      counts.refused.streams += 1;
       throw new AgentError('busy', `${options.maxClients} live streams are open already`);
     }
     res.writeHead(200, {
@@ -273,6 +402,8 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     });
     res.write('retry: 2000\n\n');
     streams.add(res);
+    const conn = conns.get(req.socket);
+    if (conn) conn.phase = 'stream';
     req.socket.setTimeout(0);
     res.on('close', () => streams.delete(res));
     const resumeText = req.headers['last-event-id'];
@@ -282,16 +413,23 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     for (const r of first) writeEvent(res, 'audit', r, r.seq);
   };
 
+  const hasToken = (req: IncomingMessage) =>
+    tokenMatches(options.token, bearerToken(req.headers.authorization));
   const authorise = (req: IncomingMessage) => {
-    if (!tokenMatches(options.token, bearerToken(req.headers.authorization))) {
+    if (!hasToken(req)) {
       throw new AgentError('unauthorized', 'this action needs the admin token (Authorization: Bearer …)');
     }
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (!bucket.take()) {
-      res.setHeader('retry-after', '1');
-      throw new AgentError('busy', 'too many requests; try again in a second');
+    // DNS rebinding: a hostile site resolving its own name to this address sends that name.
+    const host = req.headers.host?.trim().toLowerCase();
+    if (host === undefined || !allowedHosts.has(host)) {
+      counts.refused.host += 1;
+      throw new AgentError(
+        'host_not_allowed',
+        `this server answers only to ${[...allowedHosts].slice(0, 3).join(', ')} (statusPage.allowedHosts adds names)`,
+      );
     }
     const method = req.method ?? 'GET';
     let path: string;
@@ -300,13 +438,30 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     } catch {
       throw new AgentError('bad_arguments', 'malformed request target');
     }
-    if (checkHost) {
-      const host = hostnameOf(req.headers.host);
-      // DNS rebinding: a hostile site resolving its name to 127.0.0.1 sends its own Host header.
-      if (host === undefined || !isLoopback(host)) {
-        throw new AgentError('unauthorized', 'requests must name a loopback host (localhost, 127.0.0.1)');
+    const kind: ClientClass = path === '/healthz' ? 'health' : hasToken(req) ? 'admin' : 'anonymous';
+    if (!budgets[kind].take()) {
+      counts.refused[kind] += 1;
+      // Answered a second later: a client requesting back to back then gets one refusal a second
+      // per connection instead of thousands (each costs the loop a parse and a response). While it
+      // waits, its connection counts as pending, so a newcomer can evict it.
+      const conn = conns.get(req.socket);
+      if (conn) {
+        conn.phase = 'pending';
+        conn.since = performance.now();
       }
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          req.socket.off('close', done);
+          resolve();
+        };
+        const timer = setTimeout(done, REFUSE_DELAY_MS);
+        req.socket.on('close', done);
+      });
+      res.setHeader('retry-after', '1');
+      throw new AgentError('busy', 'too many requests; try again in a second');
     }
+    counts.answered[kind] += 1;
     const sim = SIM_ROUTE.exec(path);
     const allowed = sim ? ['POST'] : ROUTES[path];
     if (allowed === undefined) throw new AgentError('not_found', `no ${path.slice(0, 80)} here`);
@@ -343,7 +498,10 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
         send(
           res,
           200,
-          renderMetrics(metricFamilies(s, feed.decisions, proc, streams.size)),
+          renderMetrics([
+            ...metricFamilies(s, feed.decisions, proc, streams.size),
+            ...localInterfaceFamilies(s.subsystems, stats()),
+          ]),
           METRICS_CONTENT_TYPE,
         );
         return;
@@ -363,40 +521,120 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     sendJson(res, 200, { ok: true, result: result ?? null });
   };
 
-  const server: Server = createServer({ maxHeaderSize: 8 * 1024 }, (req, res) => {
-    handle(req, res).catch((err: unknown) => {
-      const e = toAgentError(err);
-      if (e.code === 'internal') log.error({ code: e.code, err: e.message }, 'status page request failed');
-      else log.debug({ code: e.code, err: e.message }, 'status page request refused');
-      // An unread request body would otherwise be parsed as the next request on this connection.
-      const unread = !req.complete;
-      const socket = req.socket as Socket | null;
-      sendError(res, e, unread ? { connection: 'close' } : {});
-      if (unread) res.on('finish', () => socket?.destroy());
-    });
-  });
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
-  server.keepAliveTimeout = 5_000;
-  server.maxConnections = options.maxClients + 16;
+  const server: Server = createServer(
+    // Node checks the headers and request timeouts on this interval (30 s by default).
+    { maxHeaderSize: 8 * 1024, connectionsCheckingInterval: Math.min(1000, headersTimeoutMs / 2) },
+    (req, res) => {
+      const conn = conns.get(req.socket);
+      if (conn) {
+        conn.phase = 'active';
+        conn.inflight += 1;
+        if (conn.inflight > MAX_PIPELINED) {
+          // Node parses a whole chunk of pipelined requests at once and buffers every response.
+          counts.closed.pipelined += 1;
+          conns.delete(req.socket);
+          req.socket.destroy();
+          return;
+        }
+      }
+      res.on('close', () => {
+        const c = conns.get(req.socket);
+        if (c === undefined) return;
+        c.inflight -= 1;
+        if (c.phase === 'active' && c.inflight === 0) {
+          c.phase = 'pending'; // idle between keep-alive requests: evictable again
+          c.since = performance.now();
+        }
+      });
+      handle(req, res).catch((err: unknown) => {
+        const e = toAgentError(err);
+        if (e.code === 'internal') log.error({ code: e.code, err: e.message }, 'status page request failed');
+        else log.debug({ code: e.code, err: e.message }, 'status page request refused');
+        // An unread request body would otherwise be parsed as the next request on this connection.
+        const unread = !req.complete;
+        const socket = req.socket as Socket | null;
+        sendError(res, e, unread ? { connection: 'close' } : {});
+        if (unread) res.on('finish', () => socket?.destroy());
+      });
+    },
+  );
+  server.headersTimeout = headersTimeoutMs;
+  server.requestTimeout = requestTimeoutMs;
+  server.keepAliveTimeout = options.keepAliveTimeoutMs ?? KEEP_ALIVE_TIMEOUT_MS;
+  // A hard ceiling behind the managed one (newcomers being refused still take a socket briefly).
+  server.maxConnections = maxConnections + 16;
   server.on('connection', (socket: Socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
+    // Room for the newcomer: connections still sending headers (or idle) give way, oldest first,
+    // so slow clients cannot hold every slot; past the cap with nothing to evict, a coded 503.
+    if (pendingCount() >= maxPending) evictOldestPending();
+    if (conns.size >= maxConnections && !evictOldestPending()) {
+      counts.refused.connections += 1;
+      const body = JSON.stringify({
+        error: { code: 'busy', message: `${maxConnections} connections are busy; try again shortly` },
+      });
+      socket.on('error', () => socket.destroy());
+      socket.end(
+        'HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n' +
+          `content-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+          `connection: close\r\n\r\n${body}`,
+        () => socket.destroy(),
+      );
+      return;
+    }
+    conns.set(socket, { phase: 'pending', since: performance.now(), stuckSince: undefined, inflight: 0 });
+    socket.on('close', () => conns.delete(socket));
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // Malformed request lines, oversized headers, timeouts: answered before any route runs.
-    if (!socket.writable) return;
+    const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+    if (timeout) counts.closed.timeout += 1;
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
     const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
-    const body = JSON.stringify({
-      error: tooLarge
-        ? { code: 'request_too_large', message: 'request headers too large' }
-        : { code: 'bad_arguments', message: 'malformed HTTP request' },
-    });
+    const [status, error] = timeout
+      ? ['408 Request Timeout', { code: 'request_timeout', message: 'the request did not arrive in time' }]
+      : tooLarge
+        ? [
+            '431 Request Header Fields Too Large',
+            { code: 'request_too_large', message: 'request headers too large' },
+          ]
+        : ['400 Bad Request', { code: 'bad_arguments', message: 'malformed HTTP request' }];
+    const body = JSON.stringify({ error });
     socket.end(
-      `HTTP/1.1 ${tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request'}\r\n` +
+      `HTTP/1.1 ${status}\r\n` +
         `content-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
         `connection: close\r\n\r\n${body}`,
+      () => socket.destroy(),
     );
+  });
+
+  // A client that stops taking what it is sent (a response, a stream) is closed after a while.
+  const sweep = setInterval(
+    () => {
+      const now = performance.now();
+      for (const [socket, c] of conns) {
+        if (socket.writableLength === 0) c.stuckSince = undefined;
+        else if (c.stuckSince === undefined) c.stuckSince = now;
+        else if (now - c.stuckSince > requestTimeoutMs) {
+          counts.closed.slowReader += 1;
+          conns.delete(socket);
+          socket.destroy();
+        }
+      }
+    },
+    Math.min(1000, requestTimeoutMs / 4),
+  );
+  sweep.unref();
+
+  const stats = (): StatusServerStats => ({
+    connections: conns.size,
+    pending: pendingCount(),
+    streams: streams.size,
+    answered: { ...counts.answered },
+    refused: { ...counts.refused },
+    closed: { ...counts.closed },
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -408,6 +646,12 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
   });
   server.on('error', (err) => log.error({ code: 'internal', err: String(err) }, 'status page server error'));
   const address = server.address() as AddressInfo;
+  allowedHosts = allowedHostHeaders(
+    options.host,
+    address.port,
+    options.allowedHosts,
+    WILDCARD_ADDRESSES.has(options.host) ? localAddresses() : [],
+  );
   const hostText = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   feed.start();
 
@@ -416,6 +660,7 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     url: `http://${hostText}:${address.port}/`,
     port: address.port,
     streams: () => streams.size,
+    stats,
     setStopping: () => {
       if (stopping) return;
       stopping = true;
@@ -429,11 +674,12 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
         stopping = true;
         clearInterval(stateTimer);
         clearInterval(heartbeat);
+        clearInterval(sweep);
         unsubscribe();
         feed.stop();
         for (const res of streams) res.end();
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        for (const socket of sockets) socket.destroy();
+        for (const socket of conns.keys()) socket.destroy();
         await closed;
       })();
       return closing;

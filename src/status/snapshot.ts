@@ -463,6 +463,124 @@ export function metricFamilies(
   return families;
 }
 
+// ── Local interfaces' budgets (control socket, status page): issue 12, findings 5 and 6 ──────
+
+/** What the status server counts (server.ts StatusServerStats), as far as the metrics need it. */
+export interface StatusPageCounts {
+  readonly connections: number;
+  readonly pending: number;
+  readonly streams: number;
+  readonly answered: Readonly<Record<string, number>>;
+  readonly refused: Readonly<Record<string, number>>;
+  readonly closed: Readonly<Record<string, number>>;
+}
+
+function byLabel(label: string, values: unknown): Sample[] {
+  return Object.entries(asRecord(values)).flatMap(([key, n]) =>
+    num(n) === undefined ? [] : [{ labels: { [label]: snake(key) }, value: num(n) ?? 0 }],
+  );
+}
+
+function snake(key: string): string {
+  return key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toLowerCase();
+}
+
+/**
+ * Pure: the control socket's counters (its `control.status` subsystem) and the status page's
+ * own, as metric families. Every budget and every drop has a series.
+ */
+export function localInterfaceFamilies(
+  subsystems: Readonly<Record<string, unknown>>,
+  page: StatusPageCounts | undefined,
+): MetricFamily[] {
+  const control = asRecord(subsystems.control);
+  const work = asRecord(control.work);
+  const one = (value: unknown): Sample[] => (num(value) === undefined ? [] : [{ value: num(value) ?? 0 }]);
+  const families: MetricFamily[] = [
+    {
+      name: 'vehicle_agent_control_connections',
+      help: 'Control socket connections open.',
+      type: 'gauge',
+      samples: one(control.connections),
+    },
+    {
+      name: 'vehicle_agent_control_requests_total',
+      help: 'Control socket requests handed to a handler.',
+      type: 'counter',
+      samples: one(control.requests),
+    },
+    {
+      name: 'vehicle_agent_control_bad_requests_total',
+      help: 'Control socket lines refused as not a valid request.',
+      type: 'counter',
+      samples: one(control.badRequests),
+    },
+    {
+      name: 'vehicle_agent_control_refused_total',
+      help: 'Control socket newcomers and requests refused: full (no room), budget (over a connection budget), rate (over the connection rate).',
+      type: 'counter',
+      samples: byLabel('reason', control.refused),
+    },
+    {
+      name: 'vehicle_agent_control_closed_total',
+      help: 'Control socket connections closed by the agent, by reason.',
+      type: 'counter',
+      samples: byLabel('reason', control.closed),
+    },
+    {
+      name: 'vehicle_agent_control_work_seconds_total',
+      help: 'Main-thread time the control socket spent reading, parsing and answering.',
+      type: 'counter',
+      samples: num(work.usedMs) === undefined ? [] : [{ value: (num(work.usedMs) ?? 0) / 1000 }],
+    },
+    {
+      name: 'vehicle_agent_control_work_deferrals_total',
+      help: 'Times control requests waited for the work budget.',
+      type: 'counter',
+      samples: one(work.deferrals),
+    },
+    {
+      name: 'vehicle_agent_control_work_wait_seconds_total',
+      help: 'Time control requests waited for the work budget.',
+      type: 'counter',
+      samples: num(work.waitedMs) === undefined ? [] : [{ value: (num(work.waitedMs) ?? 0) / 1000 }],
+    },
+  ];
+  if (page !== undefined) {
+    families.push(
+      {
+        name: 'vehicle_agent_status_page_connections',
+        help: 'Status page connections open: pending (sending headers or idle), streams, all.',
+        type: 'gauge',
+        samples: [
+          { labels: { state: 'all' }, value: page.connections },
+          { labels: { state: 'pending' }, value: page.pending },
+          { labels: { state: 'stream' }, value: page.streams },
+        ],
+      },
+      {
+        name: 'vehicle_agent_status_page_requests_total',
+        help: 'Status page requests within their class budget (anonymous, admin, health).',
+        type: 'counter',
+        samples: byLabel('class', page.answered),
+      },
+      {
+        name: 'vehicle_agent_status_page_refused_total',
+        help: 'Status page requests and connections refused: over a class budget, foreign Host, connection or stream cap.',
+        type: 'counter',
+        samples: byLabel('reason', page.refused),
+      },
+      {
+        name: 'vehicle_agent_status_page_closed_total',
+        help: 'Status page connections closed by the agent: evicted while pending, timed out, not reading.',
+        type: 'counter',
+        samples: byLabel('reason', page.closed),
+      },
+    );
+  }
+  return families;
+}
+
 /** Real write failures per state store (docs/storage.md), from the last health run. */
 function storageFamilies(storage: StorageFigures | undefined): MetricFamily[] {
   const stores = storage?.stores ?? [];

@@ -15,6 +15,15 @@ interface Owner {
   readonly pid: number;
   readonly boot: string;
   readonly start: string;
+  /** Who holds it, for the message a second process gets (e.g. `agent`, `vehicle-agent keys`). */
+  readonly holder?: string;
+}
+
+export interface OwnerLockOptions {
+  /** The lock file; default `<target>.lock`. */
+  readonly path?: string;
+  /** Named in the lock file and in the `busy` message another process gets. */
+  readonly holder?: string;
 }
 
 export interface OwnerLock {
@@ -22,9 +31,14 @@ export interface OwnerLock {
   release(): Promise<void>;
 }
 
-export async function acquireOwnerLock(target: string): Promise<OwnerLock> {
-  const path = `${target}.lock`;
-  const me: Owner = { pid: process.pid, boot: bootId(), start: startTime(process.pid) };
+export async function acquireOwnerLock(target: string, options: OwnerLockOptions = {}): Promise<OwnerLock> {
+  const path = options.path ?? `${target}.lock`;
+  const me: Owner = {
+    pid: process.pid,
+    boot: bootId(),
+    start: startTime(process.pid),
+    ...(options.holder === undefined ? {} : { holder: options.holder }),
+  };
   for (let attempt = 0; attempt < 3; attempt += 1) {
     try {
       const handle = await open(path, 'wx', 0o600);
@@ -39,10 +53,13 @@ export async function acquireOwnerLock(target: string): Promise<OwnerLock> {
     }
     const holder = await readOwner(path);
     if (holder !== undefined && alive(holder)) {
-      throw new AgentError('busy', `${target} is in use by process ${holder.pid}`, {
-        file: target,
-        pid: holder.pid,
-      });
+      throw new AgentError(
+        'busy',
+        holder.holder === undefined
+          ? `${target} is in use by process ${holder.pid}`
+          : `${target} is in use by ${holder.holder} (pid ${holder.pid})`,
+        { file: target, pid: holder.pid },
+      );
     }
     await unlink(path).catch(() => {}); // stale: its owner is gone
   }
@@ -61,9 +78,16 @@ async function readOwner(path: string): Promise<Owner | undefined> {
     const value = JSON.parse(await readFile(path, 'utf8')) as Partial<Owner>;
     if (typeof value.pid !== 'number' || typeof value.boot !== 'string' || typeof value.start !== 'string')
       return undefined;
-    return { pid: value.pid, boot: value.boot, start: value.start };
+    return {
+      pid: value.pid,
+      boot: value.boot,
+      start: value.start,
+      ...(typeof value.holder === 'string' ? { holder: value.holder.slice(0, 100) } : {}),
+    };
   } catch {
-    return undefined; // unreadable or half-written by a crashed owner: treat as stale
+    // Unreadable, half-written by a crashed owner, or an older format that named only a pid
+    // (which may belong to another process by now): treat as stale.
+    return undefined;
   }
 }
 

@@ -236,19 +236,39 @@ describe('status server: bad input gets coded errors and changes nothing', () =>
     expect(uidCalls).toBe(0);
   });
 
-  it('refuses a Host that is not loopback (DNS rebinding) and accepts an ssh-forwarded port', async () => {
-    const rebound = await withHost('evil.example:8080');
-    expect(rebound.status).toBe(401);
-    expect(JSON.parse(rebound.body)).toMatchObject({ error: { code: 'unauthorized' } });
-    expect((await withHost('localhost:9999')).status).toBe(200);
-    expect((await withHost('[::1]:8080')).status).toBe(200);
+  it('answers only to its exact host:port names; any other Host is host_not_allowed (DNS rebinding)', async () => {
+    const port = server.port;
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, `LocalHost:${port}`]) {
+      expect((await withHost(host)).status, host).toBe(200);
+    }
+    for (const host of [
+      'evil.example:8080',
+      `127.evil.example:${port}`, // a rebinding name that merely starts with 127.
+      `127.0.0.1.nip.io:${port}`,
+      `127.0.0.1.evil.example:${port}`,
+      `127.0.0.1:${port + 1}`, // the right name on a wrong port
+      `localhost:${port + 1}`,
+      'localhost',
+      `localhost.:${port}`,
+      `127.0.0.2:${port}`,
+    ]) {
+      const refused = await withHost(host);
+      expect(refused.status, host).toBe(403);
+      expect(JSON.parse(refused.body), host).toMatchObject({ error: { code: 'host_not_allowed' } });
+    }
+    const noHost = await raw('GET /api/state HTTP/1.0\r\n\r\n');
+    expect(noHost).toMatch(/^HTTP\/1\.1 403/);
+    expect(noHost).toContain('"code":"host_not_allowed"');
+    expect(server.stats().refused.host).toBe(10);
   });
 
   it('answers malformed HTTP and oversized headers with coded JSON', async () => {
     const garbage = await raw('NOT HTTP AT ALL\r\n\r\n');
     expect(garbage).toMatch(/^HTTP\/1\.1 400/);
     expect(garbage).toContain('"code":"bad_arguments"');
-    const huge = await raw(`GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+    const huge = await raw(
+      `GET / HTTP/1.1\r\nHost: localhost:${server.port}\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`,
+    );
     expect(huge).toMatch(/^HTTP\/1\.1 431/);
     expect(huge).toContain('"code":"request_too_large"');
   });
@@ -336,8 +356,8 @@ describe('status server: live events', () => {
   });
 });
 
-describe('status server: request budget', () => {
-  it('refuses requests beyond its budget with busy and Retry-After, before any handler runs', async () => {
+describe('status server: request budgets per client class', () => {
+  it('refuses anonymous requests past their budget with busy and Retry-After; the admin and /healthz keep theirs', async () => {
     const calls = { n: 0 };
     const limited = await startStatusServer({
       host: '127.0.0.1',
@@ -361,19 +381,37 @@ describe('status server: request budget', () => {
       demoDir: '/nonexistent',
       log: silentLogger,
       requestsPerSecond: 1,
+      adminRequestsPerSecond: 1,
+      healthRequestsPerSecond: 1,
     });
     try {
       const url = limited.url.replace(/\/$/, '');
-      expect((await fetch(`${url}/healthz`)).status).toBe(200);
-      expect((await fetch(`${url}/healthz`)).status).toBe(200); // the burst is twice the rate
-      const refused = await fetch(`${url}/api/sim/uid`, {
+      // The anonymous burst (twice the rate), then refusals, before any handler runs.
+      expect((await fetch(`${url}/api/state`)).status).toBe(200);
+      expect((await fetch(`${url}/api/state`)).status).toBe(200);
+      // Both arrive while the anonymous budget is empty (their answer comes a second later).
+      const [refused, wrongToken] = await Promise.all([
+        fetch(`${url}/api/sim/uid`, { method: 'POST', body: '{"uid":"04AABBCCDD"}' }),
+        fetch(`${url}/api/state`, { headers: { authorization: 'Bearer wrong-token-0123456789' } }),
+      ]);
+      expect(refused.headers.get('retry-after')).toBe('1');
+      expect(await errorOf(refused)).toEqual({ status: 503, code: 'busy' });
+      expect(await errorOf(wrongToken)).toEqual({ status: 503, code: 'busy' }); // a wrong token is anonymous
+      // The admin's budget is its own: the anonymous flood did not touch it.
+      expect((await fetch(`${url}/api/state`, { headers: auth })).status).toBe(200);
+      const action = await fetch(`${url}/api/sim/uid`, {
         method: 'POST',
         headers: auth,
         body: '{"uid":"04AABBCCDD"}',
       });
-      expect(refused.headers.get('retry-after')).toBe('1');
-      expect(await errorOf(refused)).toEqual({ status: 503, code: 'busy' });
-      expect(calls.n).toBe(0);
+      expect(action.status).toBe(200);
+      expect(calls.n).toBe(1);
+      // And so is /healthz's.
+      expect((await fetch(`${url}/healthz`)).status).toBe(200);
+      expect(limited.stats()).toMatchObject({
+        answered: { anonymous: 2, admin: 2, health: 1 },
+        refused: { anonymous: 2, admin: 0, health: 0 },
+      });
     } finally {
       await limited.close();
     }

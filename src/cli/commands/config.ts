@@ -1,9 +1,12 @@
 import { renderExampleConfig } from '../../config/example.js';
+import { CONFIG_SCHEMA } from '../../config/schema.js';
+import { maskSecrets } from '../../config/validate.js';
 import { AgentError } from '../../core/errors.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 
 export const CONFIG_HELP = `vehicle-agent config example   print the documented example config (every option at its default)
-vehicle-agent config check [--config FILE]   validate a config (and environment overrides) and print the result`;
+vehicle-agent config check [--config FILE]   validate a config (and environment overrides) and print the result
+                                             (secrets such as the admin token are masked)`;
 
 export async function config(argv: readonly string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -20,7 +23,8 @@ export async function config(argv: readonly string[]): Promise<number> {
           file: loaded.file ?? null,
           stateDir: loaded.stateDir,
           socketPath: loaded.socketPath,
-          config: loaded.config,
+          // Secrets (the admin token) are masked: this output ends up in terminals and tickets.
+          config: maskSecrets(CONFIG_SCHEMA, loaded.config as unknown as Record<string, unknown>),
         },
         null,
         2,

@@ -13,7 +13,7 @@ import { signKeyringSet } from '../../cloud/keyring-set.js';
 import { AgentError } from '../../core/errors.js';
 import { type Credential, type CredentialKind, ROLES, type Role } from '../../core/types.js';
 import { fromHex } from '../../crypto/encoding.js';
-import { publicJwkOf, uidHash } from '../../crypto/keys.js';
+import { publicJwkOf, requireKeyForKind, uidHash } from '../../crypto/keys.js';
 import { parseTime, requireString } from '../args.js';
 import { readKeyFile, readSignerKey } from '../key-files.js';
 
@@ -171,7 +171,9 @@ export function buildGrant(values: {
     const hash = uidHash(vid, uid);
     credential = { id: expectedCredentialId('uid', { uidHash: hash }), kind, uidHash: hash, ...common };
   } else {
-    const publicKey = publicJwkOf(readKeyFile(requireString(values.public, 'public')));
+    const publicPath = requireString(values.public, 'public');
+    const publicKey = publicJwkOf(readKeyFile(publicPath));
+    requireKeyForKind(kind, publicKey, publicPath);
     credential = { id: expectedCredentialId(kind, { publicKey }), kind, publicKey, ...common };
   }
   return signGrant(credential, vid, signer.key, signer.id, Math.floor(Date.now() / 1000));

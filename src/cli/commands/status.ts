@@ -4,8 +4,12 @@ import { controlRequest } from '../control-client.js';
 
 export const STATUS_HELP = `vehicle-agent status [--json]
 
-Shows the running agent's lock state, reader health, keyring summary, clock trust and recent audit
-events. Exits 3 when the agent is not running.`;
+Shows the running agent's lock state, reader health, keyring summary, clock trust, recent audit
+events and what its local interfaces (control socket, status page) refused or closed. Exits 3 when
+the agent is not running, 75 when it runs but is too busy to answer (try again).`;
+
+/** EX_TEMPFAIL: the agent is running but could not answer now. */
+export const EXIT_BUSY = 75;
 
 interface StatusReply {
   readonly vehicleId: string;
@@ -52,10 +56,17 @@ export async function status(argv: readonly string[]): Promise<number> {
       else out(`agent not running (no control socket at ${loaded.socketPath})`);
       return 3;
     }
+    if (err instanceof AgentError && err.code === 'busy') {
+      if (values.json) out(JSON.stringify({ running: true, busy: true, error: err.toJSON() }));
+      else
+        out(`agent running but busy [busy]: ${err.message.replace(/^the agent is running but busy: /, '')}`);
+      return EXIT_BUSY;
+    }
     throw err;
   }
+  const interfaces = await interfaceStats(loaded.socketPath);
   if (values.json) {
-    out(JSON.stringify({ running: true, ...reply }));
+    out(JSON.stringify({ running: true, ...reply, ...(interfaces ? { interfaces } : {}) }));
     return 0;
   }
   out(`vehicle ${reply.vehicleId}: lock ${reply.lock.toUpperCase()}`);
@@ -115,6 +126,8 @@ export async function status(argv: readonly string[]): Promise<number> {
       continue;
     out(`${key.padEnd(8)} ${JSON.stringify(value)}`);
   }
+  if (interfaces?.control) out(`control  ${describeControl(interfaces.control)}`);
+  if (interfaces?.statusPage) out(`page     ${describeStatusPage(interfaces.statusPage)}`);
   const recent = reply.recent as
     | { seq: number; ts: string; type: string; result?: string; code?: string; subject?: string }[]
     | undefined;
@@ -126,4 +139,46 @@ export async function status(argv: readonly string[]): Promise<number> {
       );
   }
   return 0;
+}
+
+interface InterfaceStats {
+  control?: Record<string, unknown>;
+  statusPage?: Record<string, unknown>;
+}
+
+/** The budgets' counters of the control socket and the status page; what is not there is left out. */
+async function interfaceStats(socketPath: string): Promise<InterfaceStats | undefined> {
+  const ask = async (cmd: string) => {
+    try {
+      return (await controlRequest(socketPath, cmd, {}, 2000)) as Record<string, unknown>;
+    } catch {
+      return undefined; // an older agent, the page not enabled, or busy: the status above stands
+    }
+  };
+  const [control, statusPage] = await Promise.all([ask('control.status'), ask('status-page.status')]);
+  if (!control && !statusPage) return undefined;
+  return { ...(control ? { control } : {}), ...(statusPage ? { statusPage } : {}) };
+}
+
+/** `3 garbage, 1 idle` from {garbage: 3, idle: 1, evicted: 0}; `none` when all are zero. */
+function counters(value: unknown): string {
+  if (typeof value !== 'object' || value === null) return 'none';
+  const parts = Object.entries(value as Record<string, unknown>)
+    .filter(([, n]) => typeof n === 'number' && n > 0)
+    .map(([k, n]) => `${n} ${k}`);
+  return parts.length > 0 ? parts.join(', ') : 'none';
+}
+
+function describeControl(c: Record<string, unknown>): string {
+  return (
+    `${c.connections} connected, ${c.requests} requests, ${c.badRequests} bad; ` +
+    `refused: ${counters(c.refused)}; closed: ${counters(c.closed)}`
+  );
+}
+
+function describeStatusPage(p: Record<string, unknown>): string {
+  return (
+    `${p.connections} connected; answered: ${counters(p.answered)}; refused: ${counters(p.refused)}; ` +
+    `closed: ${counters(p.closed)}`
+  );
 }
