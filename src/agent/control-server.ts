@@ -213,8 +213,11 @@ export async function startControlServer(
   const connections = new Set<Connection>();
   const refusing = new Set<Socket>();
   const ready: Connection[] = [];
+  // One request that held the loop long (a stall, a slow disk) closes the socket for at most
+  // about a second after it, not for its duration divided by the budget.
   const work = new TokenBucket(limits.workMsPerSecond, {
     burst: Math.max(limits.workMsPerSecond / 5, SLICE_MS * 4),
+    maxDebt: limits.workMsPerSecond,
   });
   const busyBudgetLine = errorLine(
     null,

@@ -1,18 +1,22 @@
 /**
  * A token bucket: `rate` tokens a second, holding at most `burst` (default twice the rate).
  * `take` is all or nothing (a request budget); `spend` may overdraw (work that was already done,
- * measured afterwards), and `msUntil` says when the bucket is usable again.
+ * measured afterwards) down to `-maxDebt`, and `msUntil` says when the bucket is usable again.
+ * The debt is capped so that one long piece of work (a legitimate slow command, a stalled loop)
+ * closes the bucket for a bounded time, not for as long as it took divided by the rate.
  */
 export class TokenBucket {
   readonly rate: number;
   readonly burst: number;
+  readonly maxDebt: number;
   private tokens: number;
   private last: number;
   private readonly now: () => number;
 
-  constructor(rate: number, options: { burst?: number; now?: () => number } = {}) {
+  constructor(rate: number, options: { burst?: number; maxDebt?: number; now?: () => number } = {}) {
     this.rate = rate;
     this.burst = options.burst ?? rate * 2;
+    this.maxDebt = options.maxDebt ?? Number.POSITIVE_INFINITY;
     this.now = options.now ?? (() => performance.now());
     this.tokens = this.burst;
     this.last = this.now();
@@ -32,10 +36,10 @@ export class TokenBucket {
     return true;
   }
 
-  /** Takes `cost` tokens even if that overdraws the bucket. */
+  /** Takes `cost` tokens even if that overdraws the bucket (never below `-maxDebt`). */
   spend(cost: number): void {
     this.refill();
-    this.tokens -= cost;
+    this.tokens = Math.max(-this.maxDebt, this.tokens - cost);
   }
 
   /** Tokens there now (negative when overdrawn). */

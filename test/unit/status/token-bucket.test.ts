@@ -13,4 +13,17 @@ describe('TokenBucket', () => {
     now += 60_000; // refills to the burst size, no further
     expect(Array.from({ length: 12 }, () => bucket.take()).filter(Boolean)).toHaveLength(10);
   });
+
+  it('work already done overdraws it, down to maxDebt at most', () => {
+    let now = 0;
+    const capped = new TokenBucket(250, { burst: 50, maxDebt: 250, now: () => now });
+    const uncapped = new TokenBucket(250, { burst: 50, now: () => now });
+    for (const b of [capped, uncapped]) b.spend(6000); // one request held the loop for 6 s
+    expect(capped.available()).toBe(-250);
+    expect(capped.msUntil(5)).toBe(1020);
+    expect(uncapped.msUntil(5)).toBe(23_820);
+    now += 1020;
+    expect(capped.take(5)).toBe(true);
+    expect(uncapped.take(5)).toBe(false);
+  });
 });
