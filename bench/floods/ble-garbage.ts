@@ -184,6 +184,8 @@ export async function benchBleFlood(): Promise<Record<string, number>> {
       unprovenTurnMs: ble.unprovenTurnMs,
       unprovenDeadlineMs: ble.unprovenDeadlineMs,
       maxWaiting: ble.maxWaiting,
+      maxConnectsPerSecond: ble.maxConnectsPerSecond,
+      maxTrackedDevices: ble.maxTrackedDevices,
       connectTimeoutMs: ble.connectTimeoutMs,
       servicesTimeoutMs: ble.servicesTimeoutMs,
       sessionSpacingMs: Math.min(ble.denialCooldownMs, 1000),

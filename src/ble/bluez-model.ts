@@ -108,6 +108,28 @@ export class DeviceTable {
     return this.byPath.size;
   }
 
+  /** GATT services and characteristics known. */
+  get attributes(): number {
+    return this.services.size + this.characteristics.size;
+  }
+
+  /** Devices from the least to the most recently added or heard. */
+  stalestFirst(): IterableIterator<KnownDevice> {
+    return this.byPath.values();
+  }
+
+  /**
+   * Forgets a device and its GATT objects (the table was full; BlueZ still has it). Returns it,
+   * or undefined when it was not tracked.
+   */
+  forget(path: string): KnownDevice | undefined {
+    const device = this.byPath.get(path);
+    if (device === undefined) return undefined;
+    this.byPath.delete(path);
+    this.forgetAttributes(path);
+    return device;
+  }
+
   get(path: string): KnownDevice | undefined {
     return this.byPath.get(path);
   }
@@ -145,6 +167,7 @@ export class DeviceTable {
       connected: asBoolean(props.Connected) ?? false,
       servicesResolved: asBoolean(props.ServicesResolved) ?? false,
     };
+    this.byPath.delete(path);
     this.byPath.set(path, device);
     return device;
   }
@@ -156,6 +179,8 @@ export class DeviceTable {
     if (!interfaces.includes(DEVICE_IFACE)) return undefined;
     const device = this.byPath.get(path);
     this.byPath.delete(path);
+    // Its GATT objects went with it, whether or not BlueZ said so one by one.
+    this.forgetAttributes(path);
     return device;
   }
 
@@ -170,7 +195,12 @@ export class DeviceTable {
     const device = this.byPath.get(path);
     if (device === undefined) return undefined;
     const rssi = asNumber(changed.RSSI);
-    if (rssi !== undefined) device.rssi = rssi;
+    if (rssi !== undefined) {
+      device.rssi = rssi;
+      // Heard now: the most recent device (the table is kept in the order devices were last heard).
+      this.byPath.delete(path);
+      this.byPath.set(path, device);
+    }
     if (invalidated.includes('RSSI')) device.rssi = undefined;
     const name = asString(changed.Name);
     if (name !== undefined) device.name = name;
@@ -211,6 +241,13 @@ export class DeviceTable {
     return undefined;
   }
 
+  private forgetAttributes(devicePath: string): void {
+    const prefix = `${devicePath}/`;
+    for (const key of this.services.keys()) if (key.startsWith(prefix)) this.services.delete(key);
+    for (const key of this.characteristics.keys())
+      if (key.startsWith(prefix)) this.characteristics.delete(key);
+  }
+
   private addedAttribute(path: string, interfaces: VariantDict): void {
     const service = interfaces[GATT_SERVICE_IFACE];
     if (isDict(service)) {
@@ -236,6 +273,11 @@ function parentOf(path: string): string {
 /** Reads one boolean out of a PropertiesChanged dict (e.g. Adapter1.Powered). */
 export function changedBoolean(changed: unknown, name: string): boolean | undefined {
   return isDict(changed) ? asBoolean(changed[name]) : undefined;
+}
+
+/** Reads one number out of a PropertiesChanged dict (e.g. Device1.RSSI). */
+export function changedNumber(changed: unknown, name: string): number | undefined {
+  return isDict(changed) ? asNumber(changed[name]) : undefined;
 }
 
 /** Whether an InterfacesAdded/GetManagedObjects entry carries Adapter1. */

@@ -15,9 +15,83 @@
  *   a phone that advertises once a second.
  * - Sessions being torn down (Disconnect in flight) no longer hold a slot but are bounded too, so
  *   a peer that is slow to let go cannot pile up connections.
+ * - Connects are budgeted (a token bucket, `connectBudget`): a real adapter makes one LE connection
+ *   at a time and a connect with GATT discovery takes tens to hundreds of ms, so a vehicle never
+ *   needs more than a few a second. Without a budget, fakes that answer garbage at once turn a slot
+ *   over as fast as the agent's CPU allows (each session signs a hello and decides a denial) and
+ *   take that CPU from every other reader. Out of budget, sighted devices wait like for a slot and
+ *   the next token goes to a random waiting device.
+ * - Every per-address table is bounded: holds are pruned as they expire (and never outnumber the
+ *   connects of their duration), the waiting set has `maxWaiting`.
  */
 
-export type GateRefusal = 'device-busy' | 'too-many-sessions' | 'cooldown' | 'spacing';
+export type GateRefusal = 'device-busy' | 'too-many-sessions' | 'cooldown' | 'spacing' | 'connect-budget';
+
+/** Refusals that are about the reader as a whole, not the device: the device waits for a turn. */
+const WAIT_FOR_TURN: ReadonlySet<GateRefusal> = new Set<GateRefusal>(['too-many-sessions', 'connect-budget']);
+
+export interface ConnectBudgetOptions {
+  /** Connects per second on average (refill rate of the bucket). */
+  readonly perSecond: number;
+  /** Connects allowed back to back after a quiet spell (size of the bucket). Default 1. */
+  readonly burst?: number;
+}
+
+/**
+ * A token bucket of connects. Pure: time (ms, monotonic) is passed in. Starts full.
+ */
+export class ConnectBudget {
+  private readonly intervalMs: number;
+  private readonly burst: number;
+  private tokens: number;
+  private updatedAt: number | undefined;
+  private takenTotal = 0;
+
+  constructor(options: ConnectBudgetOptions) {
+    if (!(Number.isFinite(options.perSecond) && options.perSecond > 0)) {
+      throw new RangeError('connects per second must be a positive number');
+    }
+    const burst = options.burst ?? 1;
+    if (!Number.isInteger(burst) || burst < 1) throw new RangeError('burst must be a positive integer');
+    this.intervalMs = 1000 / options.perSecond;
+    this.burst = burst;
+    this.tokens = burst;
+  }
+
+  /** Connects made so far. */
+  get taken(): number {
+    return this.takenTotal;
+  }
+
+  /** Whether a connect may be made at `now`. */
+  available(now: number): boolean {
+    this.refill(now);
+    return this.tokens >= 1;
+  }
+
+  /** Takes a connect; false (nothing taken) when the budget is spent. */
+  take(now: number): boolean {
+    if (!this.available(now)) return false;
+    this.tokens -= 1;
+    this.takenTotal += 1;
+    return true;
+  }
+
+  /** Ms from `now` until a connect may be made (0 when it may now). */
+  waitMs(now: number): number {
+    this.refill(now);
+    return this.tokens >= 1 ? 0 : Math.ceil((1 - this.tokens) * this.intervalMs);
+  }
+
+  private refill(now: number): void {
+    if (this.updatedAt === undefined || now < this.updatedAt) {
+      this.updatedAt = now;
+      return;
+    }
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.updatedAt) / this.intervalMs);
+    this.updatedAt = now;
+  }
+}
 
 export interface SessionGateOptions {
   readonly maxSessions: number;
@@ -33,6 +107,8 @@ export interface SessionGateOptions {
   readonly maxExtended?: number;
   /** A random integer in [0, n). Default Math.random. */
   readonly random?: (n: number) => number;
+  /** Connects allowed; default none (unbounded, as before the budget existed). */
+  readonly connectBudget?: ConnectBudgetOptions;
 }
 
 /** Who gets a session now; `evict` is the unproven session to end for it. */
@@ -48,10 +124,16 @@ export interface GateStats {
   readonly evicted: number;
   /** Waiting devices forgotten because the waiting set was full. */
   readonly waitingDropped: number;
+  /** Sightings that found the connect budget spent (counted once per device while it waits). */
+  readonly budgetDeferred: number;
+  /** Connects the budget allowed so far. */
+  readonly connects: number;
   readonly waiting: number;
   readonly active: number;
   readonly unproven: number;
   readonly closing: number;
+  /** Devices held back after a session (cooldown or spacing) still remembered. */
+  readonly holds: number;
 }
 
 interface Hold {
@@ -76,7 +158,11 @@ export class SessionGate {
   private readonly holds = new Map<string, Hold>();
   /** Address → when it was last sighted while it could not be served. */
   private readonly waiting = new Map<string, number>();
-  private readonly counts = { deferred: 0, evicted: 0, waitingDropped: 0 };
+  private readonly counts = { deferred: 0, evicted: 0, waitingDropped: 0, budgetDeferred: 0 };
+  private readonly budget: ConnectBudget | undefined;
+  private connects = 0;
+  /** When expired holds were last pruned. */
+  private prunedAt = Number.NEGATIVE_INFINITY;
 
   constructor(options: SessionGateOptions) {
     if (!Number.isInteger(options.maxSessions) || options.maxSessions < 1) {
@@ -84,6 +170,7 @@ export class SessionGate {
     }
     this.options = options;
     this.random = options.random ?? ((n) => Math.floor(Math.random() * n));
+    this.budget = options.connectBudget === undefined ? undefined : new ConnectBudget(options.connectBudget);
   }
 
   get active(): number {
@@ -99,11 +186,23 @@ export class SessionGate {
     for (const slot of this.slots.values()) if (!slot.proven) unproven++;
     return {
       ...this.counts,
+      connects: this.connects,
       waiting: this.waiting.size,
       active: this.slots.size,
       unproven,
       closing: this.closing.size,
+      holds: this.holds.size,
     };
+  }
+
+  /** Ms from `now` until the connect budget allows a connect (0 when it does, or has no budget). */
+  budgetWaitMs(now: number): number {
+    return this.budget?.waitMs(now) ?? 0;
+  }
+
+  /** Devices waiting for a turn now. */
+  get waitingCount(): number {
+    return this.waiting.size;
   }
 
   isBusy(address: string): boolean {
@@ -119,13 +218,16 @@ export class SessionGate {
       this.holds.delete(address);
     }
     if (this.full) return 'too-many-sessions';
+    if (this.budget !== undefined && !this.budget.available(now)) return 'connect-budget';
     return undefined;
   }
 
-  /** Takes the device's slot; returns the refusal instead when it may not start. */
+  /** Takes the device's slot and a connect; returns the refusal instead when it may not start. */
   acquire(address: string, now: number): GateRefusal | undefined {
     const refusal = this.check(address, now);
     if (refusal !== undefined) return refusal;
+    this.budget?.take(now);
+    this.connects++;
     this.prune(now);
     this.waiting.delete(address);
     this.slots.set(address, { startedAt: now, proven: false, extended: false });
@@ -139,14 +241,20 @@ export class SessionGate {
    */
   offer(address: string, now: number): Turn | undefined {
     const refusal = this.check(address, now);
-    if (refusal !== undefined && refusal !== 'too-many-sessions') {
+    if (refusal !== undefined && !WAIT_FOR_TURN.has(refusal)) {
       this.waiting.delete(address);
       return undefined;
     }
+    this.prune(now);
     this.expireWaiting(now);
     if (refusal === undefined && this.waiting.size === 0) return { admit: address };
-    if (refusal === 'too-many-sessions' && !this.waiting.has(address)) this.counts.deferred++;
+    if (refusal !== undefined && !this.waiting.has(address)) {
+      this.counts.deferred++;
+      if (refusal === 'connect-budget') this.counts.budgetDeferred++;
+    }
     this.remember(address, now);
+    // Out of connects: evicting now would free a slot nobody may use yet.
+    if (this.budget !== undefined && !this.budget.available(now)) return undefined;
     let evict: string | undefined;
     if (this.full) {
       // Evicting frees a slot only when the tear-down bound has room for one more.
@@ -164,6 +272,7 @@ export class SessionGate {
   /** A slot is free: a random waiting device to serve, or undefined. */
   next(now: number): string | undefined {
     if (this.full) return undefined;
+    if (this.budget !== undefined && !this.budget.available(now)) return undefined;
     this.expireWaiting(now);
     return this.pick(now);
   }
@@ -249,10 +358,10 @@ export class SessionGate {
     return undefined;
   }
 
-  /** Busy or held, whatever the free slots. */
+  /** Busy or held, whatever the free slots and the budget. */
   private heldBack(address: string, now: number): GateRefusal | undefined {
     const refusal = this.check(address, now);
-    return refusal === 'too-many-sessions' ? undefined : refusal;
+    return refusal !== undefined && WAIT_FOR_TURN.has(refusal) ? undefined : refusal;
   }
 
   private remember(address: string, now: number): void {
@@ -286,8 +395,13 @@ export class SessionGate {
     if (current === undefined || next.until > current.until) this.holds.set(address, next);
   }
 
-  /** Forgets expired holds so the table stays bounded by recent devices. */
+  /**
+   * Forgets expired holds so the table stays bounded by the devices of recent sessions; at most
+   * every 100 ms, so a storm of sightings does not walk the table each time.
+   */
   private prune(now: number): void {
+    if (now - this.prunedAt < 100) return;
+    this.prunedAt = now;
     for (const [address, hold] of this.holds) if (hold.until <= now) this.holds.delete(address);
   }
 }

@@ -33,7 +33,9 @@ import type { Logger } from '../core/logger.js';
 import type { Health, HealthState } from '../core/types.js';
 import {
   ADAPTER_IFACE,
+  addressFromPath,
   changedBoolean,
+  changedNumber,
   DEVICE_IFACE,
   DeviceTable,
   devicePath,
@@ -42,7 +44,7 @@ import {
   type KnownDevice,
   type ResolvedGatt,
 } from './bluez-model.js';
-import { Backoff, SessionGate } from './link-policy.js';
+import { Backoff, ConnectBudget, SessionGate } from './link-policy.js';
 
 const BLUEZ = 'org.bluez';
 const DAEMON = 'org.freedesktop.DBus';
@@ -58,6 +60,8 @@ export const MAX_WRITE_BYTES = 512;
 const ADDRESS = /^([0-9A-F]{2}:){5}[0-9A-F]{2}$/;
 /** Notifications held for a channel nobody listens to yet. */
 const MAX_QUEUED_CHUNKS = 64;
+export const DEFAULT_CONNECTS_PER_SECOND = 8;
+const LOOKUPS_PER_CONNECT = 4;
 
 export interface BleLinkOptions {
   /** The vehicle-key GATT service the devices advertise (128-bit UUID). */
@@ -85,6 +89,17 @@ export interface BleLinkOptions {
   readonly unprovenDeadlineMs?: number;
   /** Devices remembered as waiting for a slot (a random one is forgotten past it). Default 64. */
   readonly maxWaiting?: number;
+  /**
+   * Connects per second, on average, with bursts of up to `maxSessions`; sighted devices wait for a
+   * turn beyond it. Default 8 (a real adapter makes one LE connection at a time, each with GATT
+   * discovery taking tens to hundreds of ms).
+   */
+  readonly maxConnectsPerSecond?: number;
+  /**
+   * Remote devices the link keeps track of; past it the least recently heard one without a session
+   * is forgotten (it is looked up again when next heard). Default 256.
+   */
+  readonly maxTrackedDevices?: number;
   /** Random integer in [0, n), for picking among waiting devices. Default Math.random. */
   readonly random?: (n: number) => number;
   /** After any session a device is not offered again for this long. Default 1000 ms. */
@@ -175,6 +190,23 @@ export interface BleLinkStats {
   /** Devices waiting for a slot now, and those forgotten because too many waited. */
   readonly waitingDevices: number;
   readonly waitingDropped: number;
+  /** Connects made (Connect calls sent). */
+  readonly connects: number;
+  /** Sightings that found the connect budget spent and waited for a turn. */
+  readonly connectsDeferred: number;
+  /** Remote devices tracked now, and those forgotten because too many were tracked. */
+  readonly trackedDevices: number;
+  readonly trackedDevicesEvicted: number;
+  /** Forgotten devices heard again and looked up (Device1 properties) to be tracked anew. */
+  readonly devicesLookedUp: number;
+  /** Sizes of the link's other per-address and per-path tables (bounded; for tests and status). */
+  readonly tables: {
+    readonly gattObjects: number;
+    readonly holds: number;
+    readonly pathWaiters: number;
+    readonly notifyPaths: number;
+    readonly lookups: number;
+  };
 }
 
 interface BusConnection {
@@ -206,12 +238,19 @@ type Counters = {
     | 'sessionsEvicted'
     | 'waitingDevices'
     | 'waitingDropped'
+    | 'connects'
+    | 'connectsDeferred'
+    | 'trackedDevices'
+    | 'tables'
   >]: number;
 };
 
 export class BleLink {
   private readonly options: Required<
-    Omit<BleLinkOptions, 'busAddress' | 'adapter' | 'clock' | 'logger' | 'maxWaiting' | 'random'>
+    Omit<
+      BleLinkOptions,
+      'busAddress' | 'adapter' | 'clock' | 'logger' | 'maxWaiting' | 'random' | 'maxConnectsPerSecond'
+    >
   >;
   private readonly busAddress: string | undefined;
   private readonly adapterName: string | undefined;
@@ -232,7 +271,15 @@ export class BleLink {
     initialisations: 0,
     busConnections: 0,
     unprovenTimeouts: 0,
+    trackedDevicesEvicted: 0,
+    devicesLookedUp: 0,
   };
+  /** Device paths heard while untracked, being looked up (bounded by maxSessions). */
+  private readonly lookups = new Set<string>();
+  /** Lookups of forgotten devices: a few per connect the budget allows, so a spray cannot busy the bus. */
+  private readonly lookupBudget: ConnectBudget;
+  /** Serves a waiting device when the connect budget allows the next connect. */
+  private budgetTimer: NodeJS.Timeout | undefined;
   private running = false;
   private conn: BusConnection | undefined;
   private bluezOwner: string | undefined;
@@ -265,6 +312,7 @@ export class BleLink {
       retryInitialMs: options.retryInitialMs ?? 200,
       retryMaxMs: options.retryMaxMs ?? 5000,
       recycleAfterSessions: Math.max(1, options.recycleAfterSessions ?? 10),
+      maxTrackedDevices: Math.max(1, options.maxTrackedDevices ?? 256),
     };
     this.busAddress = options.busAddress;
     this.adapterName = options.adapter;
@@ -276,6 +324,14 @@ export class BleLink {
       unprovenTurnMs: this.options.unprovenTurnMs,
       ...(options.maxWaiting === undefined ? {} : { maxWaiting: options.maxWaiting }),
       ...(options.random === undefined ? {} : { random: options.random }),
+      connectBudget: {
+        perSecond: options.maxConnectsPerSecond ?? DEFAULT_CONNECTS_PER_SECOND,
+        burst: this.options.maxSessions,
+      },
+    });
+    this.lookupBudget = new ConnectBudget({
+      perSecond: LOOKUPS_PER_CONNECT * (options.maxConnectsPerSecond ?? DEFAULT_CONNECTS_PER_SECOND),
+      burst: this.options.maxSessions,
     });
     this.backoff = new Backoff(this.options.retryInitialMs, this.options.retryMaxMs);
     this.state = { state: 'down', detail: 'not started', since: this.clock.now() };
@@ -298,6 +354,8 @@ export class BleLink {
     if (!this.running) return;
     this.running = false;
     clearTimeout(this.initTimer);
+    clearTimeout(this.budgetTimer);
+    this.budgetTimer = undefined;
     this.epoch += 1;
     await Promise.all([...this.sessions.values()].map((s) => this.endSession(s, 'stopped', 0)));
     const adapter = this.adapter;
@@ -315,6 +373,7 @@ export class BleLink {
 
   stats(): BleLinkStats {
     const gate = this.gate.stats();
+    const table = this.adapter?.table;
     return {
       ...this.counters,
       activeSessions: this.sessions.size,
@@ -323,6 +382,16 @@ export class BleLink {
       sessionsEvicted: gate.evicted,
       waitingDevices: gate.waiting,
       waitingDropped: gate.waitingDropped,
+      connects: gate.connects,
+      connectsDeferred: gate.budgetDeferred,
+      trackedDevices: table?.size ?? 0,
+      tables: {
+        gattObjects: table?.attributes ?? 0,
+        holds: gate.holds,
+        pathWaiters: this.pathWaiters.size,
+        notifyPaths: this.notifyPaths.size,
+        lookups: this.lookups.size,
+      },
     };
   }
 
@@ -456,7 +525,9 @@ export class BleLink {
         }
       };
       const done = (): void => {
-        this.pathWaiters.get(session.path)?.delete(check);
+        const waiters = this.pathWaiters.get(session.path);
+        waiters?.delete(check);
+        if (waiters?.size === 0) this.pathWaiters.delete(session.path);
       };
       const waiters = this.pathWaiters.get(session.path) ?? new Set<() => void>();
       waiters.add(check);
@@ -772,7 +843,11 @@ export class BleLink {
         changed,
         Array.isArray(invalidated) ? invalidated : [],
       );
-      if (change === undefined) return;
+      if (change === undefined) {
+        const rssi = iface === DEVICE_IFACE ? changedNumber(changed, 'RSSI') : undefined;
+        if (rssi !== undefined && rssi >= this.options.rssiThreshold) this.lookUp(adapter, msg.path);
+        return;
+      }
       if (change.connected === false) this.sessions.get(change.device.address)?.abort('disconnected');
       this.wakePath(msg.path);
       if (change.sighted) this.sighted(change.device);
@@ -806,8 +881,62 @@ export class BleLink {
     if (adapter === undefined) return;
     const device = adapter.table.added(path, interfaces);
     if (device === undefined) return;
+    this.trimDevices(adapter);
     this.wakePath(path);
     if (device.rssi !== undefined) this.sighted(device);
+  }
+
+  /**
+   * Keeps the device table within maxTrackedDevices: BlueZ keeps every address it heard for a
+   * while (30 s for a temporary device), and addresses cost an attacker nothing. The least
+   * recently heard devices without a session go first; one heard again is looked up anew.
+   */
+  private trimDevices(adapter: AdapterState): void {
+    const table = adapter.table;
+    if (table.size <= this.options.maxTrackedDevices) return;
+    const victims: KnownDevice[] = [];
+    for (const device of table.stalestFirst()) {
+      if (table.size - victims.length <= this.options.maxTrackedDevices) break;
+      if (this.gate.isBusy(device.address) || this.sessions.has(device.address)) continue;
+      victims.push(device);
+    }
+    for (const device of victims) {
+      table.forget(device.path);
+      this.gate.forget(device.address);
+      this.counters.trackedDevicesEvicted += 1;
+    }
+  }
+
+  /**
+   * A device the link does not track was heard (it was forgotten when the table was full): its
+   * properties are fetched once, a few lookups at a time; one heard while those run is dropped
+   * until its next advertisement.
+   */
+  private lookUp(adapter: AdapterState, path: string): void {
+    const conn = this.conn;
+    if (conn === undefined || this.lookups.has(path) || this.lookups.size >= this.options.maxSessions) return;
+    if (addressFromPath(adapter.path, path) === undefined) return;
+    if (!this.lookupBudget.take(this.clock.monotonic())) return;
+    this.lookups.add(path);
+    this.counters.devicesLookedUp += 1;
+    withTimeout(
+      this.bluez(conn, path, PROPERTIES, 'GetAll', 's', [DEVICE_IFACE]),
+      this.options.callTimeoutMs,
+      'GetAll',
+    ).then(
+      ([props]) => {
+        this.lookups.delete(path);
+        if (this.adapter !== adapter || this.conn !== conn || adapter.table.get(path) !== undefined) return;
+        const device = adapter.table.added(path, { [DEVICE_IFACE]: props });
+        if (device === undefined) return;
+        this.trimDevices(adapter);
+        if (device.rssi !== undefined) this.sighted(device);
+      },
+      (err: unknown) => {
+        this.lookups.delete(path);
+        this.log.debug({ path, err: errorText(err) }, 'device lookup failed');
+      },
+    );
   }
 
   private onInterfacesRemoved(path: string, interfaces: readonly unknown[]): void {
@@ -822,7 +951,9 @@ export class BleLink {
     const device = adapter.table.removed(path, interfaces);
     if (device === undefined) return;
     this.sessions.get(device.address)?.abort('vanished');
+    this.gate.forget(device.address);
     this.wakePath(path);
+    this.pathWaiters.delete(path);
   }
 
   private onAdapterChanged(adapter: AdapterState, changed: unknown): void {
@@ -864,7 +995,10 @@ export class BleLink {
   private sighted(device: KnownDevice): void {
     if (!this.offerable(device)) return;
     const turn = this.gate.offer(device.address, this.clock.monotonic());
-    if (turn === undefined) return;
+    if (turn === undefined) {
+      this.armBudgetTimer();
+      return;
+    }
     // The gate has freed the victim's slot already: the device admitted takes it first, so the
     // victim's tear-down does not hand it to someone else.
     if (turn.admit === device.address) this.emitCandidate(device);
@@ -887,6 +1021,7 @@ export class BleLink {
     if (!this.running || !this.ready || adapter === undefined) return;
     const now = this.clock.monotonic();
     let address = first ?? this.gate.next(now);
+    if (address === undefined) this.armBudgetTimer();
     // A few tries: a waiting device may have left since it was sighted.
     for (let tries = 0; address !== undefined && tries < this.options.maxSessions; tries += 1) {
       const device = adapter.table.get(devicePath(adapter.path, address));
@@ -896,6 +1031,17 @@ export class BleLink {
       }
       address = this.gate.next(now);
     }
+  }
+
+  /** When devices wait only for the connect budget, serves one as soon as it allows a connect. */
+  private armBudgetTimer(): void {
+    if (this.budgetTimer !== undefined || !this.running || this.gate.waitingCount === 0) return;
+    const wait = this.gate.budgetWaitMs(this.clock.monotonic());
+    if (wait <= 0) return;
+    this.budgetTimer = setTimeout(() => {
+      this.budgetTimer = undefined;
+      this.serveWaiting();
+    }, wait);
   }
 
   private emitCandidate(device: KnownDevice & { rssi: number }): void {

@@ -104,6 +104,8 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
         unprovenTurnMs: ble.unprovenTurnMs,
         unprovenDeadlineMs: ble.unprovenDeadlineMs,
         maxWaiting: ble.maxWaiting,
+        maxConnectsPerSecond: ble.maxConnectsPerSecond,
+        maxTrackedDevices: ble.maxTrackedDevices,
         connectTimeoutMs: ble.connectTimeoutMs,
         servicesTimeoutMs: ble.servicesTimeoutMs,
         gattTimeoutMs: ble.gattTimeoutMs,

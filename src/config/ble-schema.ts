@@ -45,6 +45,21 @@ export const BLE_SCHEMA = section(
       1,
       4096,
     ),
+    maxConnectsPerSecond: int(
+      'Connects to devices per second, on average (bursts of up to maxSessions); devices sighted beyond ' +
+        'it wait for a turn, picked at random. A real adapter makes one LE connection at a time, so this ' +
+        'bounds only what radio noise costs the agent.',
+      8,
+      1,
+      100,
+    ),
+    maxTrackedDevices: int(
+      'Remote devices the agent keeps track of; past it the least recently heard one without a session ' +
+        'is forgotten (it is looked up again when next heard).',
+      256,
+      16,
+      65_536,
+    ),
     connectTimeoutMs: int('Give up connecting to a phone after this long.', 5000, 500, 60_000),
     servicesTimeoutMs: int(
       'Connected until its GATT services are resolved, at most this long.',

@@ -762,5 +762,25 @@ function admissionFamilies(snapshot: StateSnapshot): MetricFamily[] {
       'BLE devices waiting for a session slot now.',
       num(link.waitingDevices),
     ),
+    counter(
+      'vehicle_agent_ble_connects_total',
+      'Connects the BLE link made (bounded by ble.maxConnectsPerSecond).',
+      num(link.connects),
+    ),
+    counter(
+      'vehicle_agent_ble_connects_deferred_total',
+      'BLE sightings that found the connect budget spent and waited for a turn.',
+      num(link.connectsDeferred),
+    ),
+    gauge(
+      'vehicle_agent_ble_devices_tracked',
+      'Remote BLE devices the link keeps track of now (at most ble.maxTrackedDevices).',
+      num(link.trackedDevices),
+    ),
+    counter(
+      'vehicle_agent_ble_devices_forgotten_total',
+      'Remote BLE devices forgotten because ble.maxTrackedDevices were tracked.',
+      num(link.trackedDevicesEvicted),
+    ),
   ];
 }

@@ -26,6 +26,12 @@ import { requireTool, stopProcess } from '../helpers/processes.js';
 
 const PHONE_A = 'AA:BB:CC:DD:EE:01';
 const PHONE_B = 'AA:BB:CC:DD:EE:02';
+/** The vehicle-key service and characteristics (the flood's fakes advertise those). */
+const SPEC_UUIDS = {
+  serviceUuids: [SERVICE_UUID],
+  writeUuid: VEHICLE_TO_KEY_UUID,
+  notifyUuid: KEY_TO_VEHICLE_UUID,
+} as const;
 
 /** The stock Debian system.conf default context, in essence: method calls denied unless allowed. */
 const SYSTEM_DEFAULTS = `<policy context="default">
@@ -522,6 +528,107 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
       await phoneChannel?.close();
     },
   );
+
+  it('under a rotating garbage flood and an address spray keeps its connect rate and every table bounded, and a phone still gets its session', async () => {
+    const uuids = {
+      serviceUuid: SERVICE_UUID,
+      writeUuid: VEHICLE_TO_KEY_UUID,
+      notifyUuid: KEY_TO_VEHICLE_UUID,
+    };
+    const maxConnectsPerSecond = 10;
+    const maxSessions = 2;
+    const maxTrackedDevices = 24;
+    const maxWaiting = 16;
+    const s = await setup({
+      ...uuids,
+      maxSessions,
+      maxConnectsPerSecond,
+      maxTrackedDevices,
+      maxWaiting,
+      unprovenTurnMs: 200,
+    });
+    let phoneGranted = false;
+    // A reader in miniature: every fake's answer is garbage, so its session ends at once with a
+    // denial cooldown (as the real reader does); the phone proves itself.
+    s.link.onCandidate((c) => {
+      s.link.openSession(c.address).then(
+        (channel) => {
+          if (c.address === PHONE_A) {
+            channel.markProven();
+            phoneGranted = true;
+          }
+          void channel.close({ cooldownMs: 2000 });
+        },
+        () => {},
+      );
+    });
+    // Far-away addresses BlueZ reports but the link never offers: they only fill its table.
+    for (let i = 0; i < 60; i++) {
+      const address = `D0:00:00:00:00:${i.toString(16).padStart(2, '0').toUpperCase()}`;
+      addPhone(s.standIn, address, { ...SPEC_UUIDS, rssi: -100, advertisingIntervalMs: 50 });
+    }
+    const flood = new BleFlood(s.standIn, { devices: 16, mode: 'garbage', advertisingIntervalMs: 20 });
+    const startedAt = performance.now();
+    const connectsBefore = s.link.stats().connects;
+    flood.start();
+    cleanups.push(async () => {
+      flood.stop();
+    });
+    const samples: ReturnType<BleLink['stats']>[] = [];
+    const sampler = setInterval(() => samples.push(s.link.stats()), 20);
+    cleanups.push(async () => clearInterval(sampler));
+    await waitFor(() => s.link.stats().connects - connectsBefore >= 20, 'the flood under way', 20_000);
+    addPhone(s.standIn, PHONE_A, SPEC_UUIDS);
+    await waitFor(() => phoneGranted, 'a session for the phone among the fakes', 60_000);
+    // Let the flood run on a while after the phone's turn.
+    const more = s.link.stats().connects + 20;
+    await waitFor(() => s.link.stats().connects >= more, 'more of the flood', 20_000);
+    clearInterval(sampler);
+    const elapsedS = (performance.now() - startedAt) / 1000;
+    const stats = s.link.stats();
+    const fakes = flood.stats();
+    // Connects within the budget: a burst of maxSessions and then maxConnectsPerSecond on average
+    // (an upper bound on a count; a slow machine only makes fewer).
+    expect(stats.connects - connectsBefore).toBeLessThanOrEqual(
+      maxSessions + Math.ceil(elapsedS * maxConnectsPerSecond),
+    );
+    expect(stats.connectsDeferred).toBeGreaterThan(0);
+    expect(fakes.addresses).toBeGreaterThan(16);
+    // Every per-address table stayed bounded while hundreds of addresses came and went.
+    for (const sample of [...samples, stats]) {
+      expect(sample.trackedDevices).toBeLessThanOrEqual(maxTrackedDevices);
+      expect(sample.waitingDevices).toBeLessThanOrEqual(maxWaiting);
+      expect(sample.activeSessions).toBeLessThanOrEqual(2 * maxSessions);
+      expect(sample.tables.pathWaiters).toBeLessThanOrEqual(2 * maxSessions);
+      expect(sample.tables.notifyPaths).toBeLessThanOrEqual(2 * maxSessions);
+      expect(sample.tables.lookups).toBeLessThanOrEqual(maxSessions);
+      // GATT objects of connected devices only: a service and two characteristics each.
+      expect(sample.tables.gattObjects).toBeLessThanOrEqual(3 * 2 * maxSessions);
+      // Holds last 2 s: no more than the connects of 2 s (plus a burst) are remembered.
+      expect(sample.tables.holds).toBeLessThanOrEqual(maxSessions + 3 * maxConnectsPerSecond + maxSessions);
+    }
+    expect(stats.trackedDevicesEvicted).toBeGreaterThan(0);
+  }, 120_000);
+
+  it('looks a forgotten device up again when it is heard, so a full table never hides a phone', async () => {
+    const s = await setup({ maxTrackedDevices: 4 });
+    addPhone(s.standIn, PHONE_A, { advertisingIntervalMs: 1000 });
+    await candidateFor(s, PHONE_A);
+    // Twenty devices heard after the phone push it out of a table of four (weak ones: they are
+    // never looked up again, so a lookup below is the phone's).
+    for (let i = 0; i < 20; i++) {
+      const address = `D0:00:00:00:00:${i.toString(16).padStart(2, '0').toUpperCase()}`;
+      addPhone(s.standIn, address, { rssi: -100, advertisingIntervalMs: 20 });
+    }
+    await waitFor(() => s.link.stats().trackedDevicesEvicted >= 17, 'the table full');
+    s.candidates.length = 0;
+    await waitFor(() => s.candidates.some((c) => c.address === PHONE_A), 'the phone offered again', 10_000);
+    const stats = s.link.stats();
+    expect(stats.devicesLookedUp).toBeGreaterThan(0);
+    expect(stats.trackedDevices).toBeLessThanOrEqual(4);
+    const payload = Uint8Array.from([0x7]);
+    expect(await roundTrip(s.link, PHONE_A, payload)).toEqual(payload);
+  });
 
   it('drops a session that proves nothing by its unproven deadline, and not a proven one', async () => {
     const s = await setup({ unprovenDeadlineMs: 300 });

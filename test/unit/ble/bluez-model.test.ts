@@ -182,3 +182,47 @@ describe('GATT objects of a connected device', () => {
     expect(table.gatt(PATH, SERVICE, WRITE, NOTIFY)).toBeUndefined();
   });
 });
+
+describe('DeviceTable bounds', () => {
+  const WRITE = '8f1e0002-5c1b-4c2a-9d4e-6a1f0e7b2c01';
+  const path = (i: number) =>
+    `${ADAPTER}/dev_C0_00_00_00_00_${i.toString(16).padStart(2, '0').toUpperCase()}`;
+  const withGatt = (table: DeviceTable, device: string) => {
+    table.added(`${device}/service000a`, { 'org.bluez.GattService1': { UUID: v('s', SERVICE) } });
+    table.added(`${device}/service000a/char000b`, {
+      'org.bluez.GattCharacteristic1': { UUID: v('s', WRITE) },
+    });
+  };
+
+  it('lists devices from the least to the most recently heard', () => {
+    const table = new DeviceTable(ADAPTER);
+    for (const i of [1, 2, 3]) table.added(path(i), deviceInterfaces());
+    table.changed(path(1), 'org.bluez.Device1', { RSSI: v('n', -40) });
+    // A change without an advertisement (a name) does not make a device recent.
+    table.changed(path(2), 'org.bluez.Device1', { Name: v('s', 'x') });
+    expect([...table.stalestFirst()].map((d) => d.path)).toEqual([path(2), path(3), path(1)]);
+    // Announced again: recent too.
+    table.added(path(2), deviceInterfaces());
+    expect([...table.stalestFirst()].map((d) => d.path)).toEqual([path(3), path(1), path(2)]);
+  });
+
+  it.each([
+    ['forgotten (the table was full)', (t: DeviceTable) => t.forget(path(1))],
+    [
+      'removed by BlueZ without a word about its GATT objects',
+      (t: DeviceTable) => t.removed(path(1), ['org.bluez.Device1']),
+    ],
+  ])('drops a device and its GATT objects when %s', (_, drop) => {
+    const table = new DeviceTable(ADAPTER);
+    table.added(path(1), deviceInterfaces({ Connected: v('b', true) }));
+    table.added(path(2), deviceInterfaces({ Connected: v('b', true) }));
+    withGatt(table, path(1));
+    withGatt(table, path(2));
+    expect(table.attributes).toBe(4);
+    expect(drop(table)?.path).toBe(path(1));
+    expect(table.size).toBe(1);
+    expect(table.attributes).toBe(2);
+    expect(table.get(path(1))).toBeUndefined();
+    expect(table.forget(path(1))).toBeUndefined();
+  });
+});

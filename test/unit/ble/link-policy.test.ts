@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Backoff, SessionGate } from '../../../src/ble/link-policy.js';
+import { Backoff, ConnectBudget, SessionGate } from '../../../src/ble/link-policy.js';
 
 const A = 'AA:BB:CC:DD:EE:01';
 const B = 'AA:BB:CC:DD:EE:02';
@@ -163,6 +163,156 @@ describe('SessionGate under contention', () => {
     const g = new SessionGate({ maxSessions: 1, spacingMs: 0 });
     g.acquire(fake(1), 0);
     expect(g.offer(P, 1e9)).toBeUndefined();
+  });
+});
+
+describe('ConnectBudget', () => {
+  it.each([
+    // perSecond, burst, times at which a connect is asked, which of them are allowed
+    {
+      perSecond: 8,
+      burst: 1,
+      at: [0, 1, 124, 125, 126, 250],
+      allowed: [true, false, false, true, false, true],
+    },
+    {
+      perSecond: 8,
+      burst: 4,
+      at: [0, 0, 0, 0, 0, 100, 125],
+      allowed: [true, true, true, true, false, false, true],
+    },
+    {
+      perSecond: 2,
+      burst: 2,
+      at: [0, 0, 499, 500, 10_000, 10_000, 10_000],
+      allowed: [true, true, false, true, true, true, false],
+    },
+    { perSecond: 1000, burst: 1, at: [0, 0, 1, 1, 2], allowed: [true, false, true, false, true] },
+  ])('$perSecond/s with bursts of $burst', ({ perSecond, burst, at, allowed }) => {
+    const budget = new ConnectBudget({ perSecond, burst });
+    expect(at.map((t) => budget.take(t))).toEqual(allowed);
+    expect(budget.taken).toBe(allowed.filter(Boolean).length);
+  });
+
+  it('says how long until the next connect, and never saves up more than the burst', () => {
+    const budget = new ConnectBudget({ perSecond: 4, burst: 2 });
+    expect(budget.waitMs(0)).toBe(0);
+    budget.take(0);
+    budget.take(0);
+    expect(budget.waitMs(0)).toBe(250);
+    expect(budget.waitMs(200)).toBe(50);
+    expect(budget.available(249)).toBe(false);
+    expect(budget.available(250)).toBe(true);
+    // An hour of quiet buys two connects, not 14 400.
+    expect([0, 1, 2].map(() => budget.take(3_600_000))).toEqual([true, true, false]);
+    // A clock that steps back is not a refill.
+    expect(budget.take(1000)).toBe(false);
+  });
+
+  it('over any second allows at most perSecond + burst connects, whatever is asked', () => {
+    const budget = new ConnectBudget({ perSecond: 8, burst: 4 });
+    const granted: number[] = [];
+    for (let t = 0; t < 10_000; t += 1) if (budget.take(t)) granted.push(t);
+    for (let start = 0; start <= 9000; start += 250) {
+      const inSecond = granted.filter((t) => t >= start && t < start + 1000).length;
+      expect(inSecond).toBeLessThanOrEqual(8 + 4);
+    }
+    expect(granted.length).toBeLessThanOrEqual(4 + 80);
+    expect(granted.length).toBeGreaterThanOrEqual(80);
+  });
+
+  it('rejects nonsense', () => {
+    expect(() => new ConnectBudget({ perSecond: 0 })).toThrow(RangeError);
+    expect(() => new ConnectBudget({ perSecond: Number.NaN })).toThrow(RangeError);
+    expect(() => new ConnectBudget({ perSecond: 1, burst: 0 })).toThrow(RangeError);
+  });
+});
+
+describe('SessionGate with a connect budget', () => {
+  const P = 'AA:BB:CC:DD:EE:50';
+  const fake = (i: number) =>
+    `C0:00:00:00:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`.toUpperCase();
+  const gate = (over: Partial<ConstructorParameters<typeof SessionGate>[0]> = {}) =>
+    new SessionGate({
+      maxSessions: 4,
+      spacingMs: 0,
+      unprovenTurnMs: 1000,
+      random: () => 0,
+      connectBudget: { perSecond: 4, burst: 1 },
+      ...over,
+    });
+
+  it('refuses a connect past the budget and counts the sighting as deferred', () => {
+    const g = gate();
+    expect(g.offer(fake(1), 0)).toEqual({ admit: fake(1) });
+    expect(g.acquire(fake(1), 0)).toBeUndefined();
+    expect(g.check(fake(2), 10)).toBe('connect-budget');
+    expect(g.acquire(fake(2), 10)).toBe('connect-budget');
+    expect(g.offer(fake(2), 10)).toBeUndefined();
+    expect(g.offer(fake(2), 20)).toBeUndefined(); // counted once while it waits
+    expect(g.stats()).toMatchObject({ budgetDeferred: 1, deferred: 1, waiting: 1, connects: 1 });
+    expect(g.budgetWaitMs(20)).toBe(230);
+    expect(g.next(100)).toBeUndefined();
+    // The next connect goes to a waiting device, not to whoever advertises at that moment.
+    expect(g.offer(P, 250)).toEqual({ admit: fake(2) });
+    expect(g.acquire(fake(2), 250)).toBeUndefined();
+    expect(g.stats()).toMatchObject({ waiting: 1, connects: 2 });
+  });
+
+  it('evicts nobody while the budget is spent (the slot could not be used)', () => {
+    const g = gate({ maxSessions: 1, connectBudget: { perSecond: 0.5, burst: 1 } });
+    g.acquire(fake(1), 0);
+    // fake(1) has had its turn at 1000, but the next connect is allowed only at 2000.
+    expect(g.offer(P, 1500)).toBeUndefined();
+    expect(g.stats()).toMatchObject({ evicted: 0, active: 1, waiting: 1, closing: 0 });
+    expect(g.offer(P, 2000)).toEqual({ admit: P, evict: fake(1) });
+    expect(g.stats()).toMatchObject({ evicted: 1, closing: 1 });
+  });
+
+  it('serves a genuine phone among rotating fakes in proportion to the devices waiting', () => {
+    // 32 fakes, each on a fresh address for one session; the phone advertises every 100 ms.
+    let seed = 7;
+    const random = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const g = gate({ random, connectBudget: { perSecond: 8, burst: 4 }, maxWaiting: 64 });
+    let next = 0;
+    const present = new Set<string>();
+    for (let i = 0; i < 32; i++) present.add(fake(next++));
+    let connects = 0;
+    let phoneAt: number | undefined;
+    for (let t = 0; t < 60_000 && phoneAt === undefined; t += 10) {
+      for (const address of [...present, ...(t % 100 === 0 ? [P] : [])]) {
+        const turn = g.offer(address, t);
+        if (turn === undefined) continue;
+        if (turn.evict !== undefined) g.release(turn.evict, t);
+        if (g.acquire(turn.admit, t) !== undefined) continue;
+        connects++;
+        if (turn.admit === P) phoneAt = t;
+        else {
+          // garbage: the session ends at once and the address is used up
+          g.release(turn.admit, t, 2000);
+          present.delete(turn.admit);
+          present.add(fake(next++));
+        }
+      }
+    }
+    expect(phoneAt).toBeDefined();
+    // Never more connects than the budget lets through.
+    expect(connects).toBeLessThanOrEqual(4 + Math.ceil(((phoneAt ?? 0) / 1000) * 8) + 1);
+    expect(g.stats().holds).toBeLessThanOrEqual(4 + 8 * 2 + 1);
+  });
+
+  it('forgets expired holds, so rotating addresses do not pile up', () => {
+    const g = gate({ connectBudget: { perSecond: 1000, burst: 4 }, spacingMs: 1000 });
+    for (let i = 0; i < 5000; i++) {
+      const t = i * 2;
+      expect(g.acquire(fake(i), t)).toBeUndefined();
+      g.release(fake(i), t, 2000);
+    }
+    // A hold lasts 2 s and one device ends every 2 ms: about 1000 are live at any time.
+    expect(g.stats().holds).toBeLessThanOrEqual(1000 + 100);
   });
 });
 

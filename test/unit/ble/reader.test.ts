@@ -34,6 +34,12 @@ const STATS: BleLinkStats = {
   unprovenTimeouts: 0,
   waitingDevices: 0,
   waitingDropped: 0,
+  connects: 0,
+  connectsDeferred: 0,
+  trackedDevices: 0,
+  trackedDevicesEvicted: 0,
+  devicesLookedUp: 0,
+  tables: { gattObjects: 0, holds: 0, pathWaiters: 0, notifyPaths: 0, lookups: 0 },
 };
 
 class FakeChannel implements BleChannel {

@@ -142,6 +142,10 @@ describe('metric families', () => {
                 sightingsDeferred: 90,
                 unprovenSessions: 3,
                 waitingDevices: 12,
+                connects: 300,
+                connectsDeferred: 250,
+                trackedDevices: 256,
+                trackedDevicesEvicted: 4000,
               },
             },
           }),
@@ -201,6 +205,10 @@ describe('metric families', () => {
     expect(text).toContain('vehicle_agent_ble_sessions_total{outcome="unproven_timeout"} 5\n');
     expect(text).toContain('vehicle_agent_ble_sightings_deferred_total 90\n');
     expect(text).toContain('vehicle_agent_ble_devices_waiting 12\n');
+    expect(text).toContain('vehicle_agent_ble_connects_total 300\n');
+    expect(text).toContain('vehicle_agent_ble_connects_deferred_total 250\n');
+    expect(text).toContain('vehicle_agent_ble_devices_tracked 256\n');
+    expect(text).toContain('vehicle_agent_ble_devices_forgotten_total 4000\n');
     expect(JSON.stringify(snapshot.rateLimits)).not.toMatch(/phone:|fido:|credentialId/);
     expect(text).toContain('vehicle_agent_relay_health{driver="gpio",state="degraded"} 1\n');
     expect(text).toContain('vehicle_agent_audit_seq 41\n');
