@@ -33,18 +33,30 @@ const OUTPUT_LIMIT_BYTES = 256 * 1024;
 const out = new Socket({ fd: 1, readable: false, writable: true });
 out.on('error', () => {}); // the agent gone: end of file on stdin follows
 let droppedEvents = 0;
+let reportArmed = false;
+
+function reportDropped(): void {
+  if (droppedEvents === 0 || out.destroyed) return;
+  const dropped = droppedEvents;
+  droppedEvents = 0;
+  out.write(encodeEvent({ type: 'log', level: 'warn', message: 'events dropped', fields: { dropped } }));
+}
 
 function send(event: GuardEvent): void {
   if (out.destroyed) return;
   if (out.writableLength > OUTPUT_LIMIT_BYTES) {
+    // Said once the agent reads again, even if no other event follows to carry it.
+    if (!reportArmed) {
+      reportArmed = true;
+      out.once('drain', () => {
+        reportArmed = false;
+        reportDropped();
+      });
+    }
     droppedEvents += 1;
     return;
   }
-  if (droppedEvents > 0) {
-    const dropped = droppedEvents;
-    droppedEvents = 0;
-    out.write(encodeEvent({ type: 'log', level: 'warn', message: 'events dropped', fields: { dropped } }));
-  }
+  reportDropped();
   out.write(encodeEvent(event));
 }
 
