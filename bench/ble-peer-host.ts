@@ -1,8 +1,8 @@
-import { PhoneKey, type PinnedVehicle } from '../src/ble/phone.js';
-import { PhonePeer } from '../src/ble/phone-peer.js';
 import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../src/ble/protocol/constants.js';
 import { silentLogger } from '../src/core/logger.js';
 import { fromB64url } from '../src/crypto/encoding.js';
+import { PhoneKey, type PinnedVehicle } from '../src/sim/ble/phone.js';
+import { PhonePeer } from '../src/sim/ble/phone-peer.js';
 import { startBluezStandIn } from '../src/sim/bluez/index.js';
 import type { BluezStandIn, LinkDelays, StandInEvent } from '../src/sim/bluez/types.js';
 

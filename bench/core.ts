@@ -6,10 +6,10 @@ import { fileURLToPath } from 'node:url';
 import { type DecisionPolicy, decide } from '../src/access/decision.js';
 import { Keyring, signGrant } from '../src/access/keyring.js';
 import { EMPTY_LIMITS } from '../src/access/rate-limit.js';
-import { KeyringStore } from '../src/agent/keyring-store.js';
 import { silentLogger } from '../src/core/logger.js';
 import type { Credential, Presentation } from '../src/core/types.js';
 import { credentialIdFor, generateKeyPair, keyCredentialId, publicJwkOf } from '../src/crypto/keys.js';
+import { KeyringStore } from '../src/store/keyring-store.js';
 import { round, summarise } from './stats.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));

@@ -82,7 +82,7 @@ export type StartFlood = (target: FloodTarget) => Promise<RunningFlood>;
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const SELF = fileURLToPath(import.meta.url);
-const FLOODS_DIR = fileURLToPath(new URL('./floods/', import.meta.url));
+const FLOODS_DIR = fileURLToPath(new URL('./floods', import.meta.url));
 const RELAY_TIMEOUT_MS = 3000;
 const GAP_MS = 60;
 const WARMUP = 10;

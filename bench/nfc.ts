@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { expectedCredentialId } from '../src/access/credential-wire.js';
 import { Keyring, signGrant } from '../src/access/keyring.js';
 import { Agent, type LockControl } from '../src/agent/agent.js';
+import { createRelay } from '../src/app/relays.js';
 import { loadConfig } from '../src/config/load.js';
 import { MonotonicFloorClock } from '../src/core/clock.js';
 import { silentLogger } from '../src/core/logger.js';
@@ -22,7 +23,6 @@ import {
 import { Pn532Driver } from '../src/nfc/pn532/driver.js';
 import { serialLinkFactory } from '../src/nfc/pn532/link.js';
 import { NfcReader, type TapOutcome } from '../src/nfc/reader.js';
-import { createRelay } from '../src/relay-factory.js';
 import { startSocatPtyPair } from '../src/sim/socat-pty.js';
 import { AuditLog } from '../src/store/audit-log.js';
 import { JournaledMap } from '../src/store/journaled-map.js';

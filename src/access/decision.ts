@@ -1,6 +1,6 @@
-import type { CredentialLookup } from '../agent/reader.js';
 import type { DenialCode } from '../core/codes.js';
 import type { CredentialKind, Decision, Presentation, ProofVerdict } from '../core/types.js';
+import type { CredentialLookup } from './credential-lookup.js';
 import { roleAllows } from './policy.js';
 import { isUidThrottled, lockedOutUntil, type RateLimitPolicy, type RateLimitState } from './rate-limit.js';
 

@@ -1,11 +1,11 @@
 import { createHash, type KeyObject, randomBytes } from 'node:crypto';
-import type { CredentialLookup, CredentialStatus } from '../agent/reader.js';
 import { AgentError } from '../core/errors.js';
 import type { Credential, PublicJwk, Role } from '../core/types.js';
 import { canonicalJson } from '../crypto/canonical.js';
 import { b64url } from '../crypto/encoding.js';
 import { type ParsedJws, parseJws, signJws, verifyJws } from '../crypto/jws.js';
 import { keyCredentialId, publicKeyFromJwk, sha256 } from '../crypto/keys.js';
+import type { CredentialLookup, CredentialStatus } from './credential-lookup.js';
 import { type CredentialWire, credentialToWire, parseCredentialWire } from './credential-wire.js';
 
 /**

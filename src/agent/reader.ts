@@ -1,22 +1,8 @@
+import type { CredentialLookup } from '../access/credential-lookup.js';
 import type { GrantOp, MergeResult } from '../access/keyring.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
-import type { Credential, Decision, Health, Presentation } from '../core/types.js';
-
-/** What a reader may know about a credential it found. */
-export interface CredentialStatus {
-  readonly credential: Credential;
-  readonly revoked: boolean;
-  /** Why the credential is denied as suspect (its stored state is damaged; see Keyring.markSuspect). */
-  readonly suspect?: string;
-}
-
-/** Read-only keyring view for readers: key material to run their protocol against. */
-export interface CredentialLookup {
-  byId(id: string): CredentialStatus | undefined;
-  /** Credentials of NFC kinds registered under a salted UID hash (see crypto/keys.ts uidHash). */
-  byUidHash(hash: string): readonly CredentialStatus[];
-}
+import type { Decision, Health, Presentation } from '../core/types.js';
 
 /** Everything a reader gets from the agent. Readers never touch the relay or the keyring store. */
 export interface ReaderContext {
@@ -46,7 +32,7 @@ export interface CredentialReader {
 }
 
 /**
- * What a reader's setup (src/ble/setup.ts, src/nfc/setup.ts) needs from the agent beyond the
+ * What a reader's setup (src/app/ble.ts, src/app/nfc.ts) needs from the agent beyond the
  * ReaderContext: enrollment adds vehicle-signed grants and audits its steps.
  */
 export interface EnrollmentHost {

@@ -1,7 +1,7 @@
+import type { CredentialLookup } from '../access/credential-lookup.js';
 import { credentialToWire, parseCredentialWire } from '../access/credential-wire.js';
 import { authRequestHash, type GrantOp, type MergeResult, newOpId } from '../access/keyring.js';
 import { roleAllows } from '../access/policy.js';
-import type { CredentialLookup } from '../agent/reader.js';
 import type { Clock } from '../core/clock.js';
 import { type Code, isCode } from '../core/codes.js';
 import { AgentError, toAgentError } from '../core/errors.js';

@@ -1,6 +1,6 @@
 import { type KeyObject, randomBytes } from 'node:crypto';
+import type { CredentialStatus } from '../access/credential-lookup.js';
 import { type Action, roleAllows } from '../access/policy.js';
-import type { CredentialStatus } from '../agent/reader.js';
 import { CODES, type Code } from '../core/codes.js';
 import { AgentError } from '../core/errors.js';
 import type { Role } from '../core/types.js';

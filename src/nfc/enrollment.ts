@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import type { CredentialLookup, CredentialStatus } from '../access/credential-lookup.js';
 import type { AuthProof, GrantOp, MergeResult } from '../access/keyring.js';
 import { roleAllows } from '../access/policy.js';
-import type { CredentialLookup, CredentialStatus } from '../agent/reader.js';
 import type { Clock } from '../core/clock.js';
 import { type Code, isCode } from '../core/codes.js';
 import { AgentError, toAgentError } from '../core/errors.js';

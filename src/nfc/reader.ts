@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import type { CredentialReader, CredentialStatus, ReaderContext } from '../agent/reader.js';
+import type { CredentialStatus } from '../access/credential-lookup.js';
+import type { CredentialReader, ReaderContext } from '../agent/reader.js';
 import type { Code } from '../core/codes.js';
 import { toAgentError } from '../core/errors.js';
 import type { Decision, Health, Presentation } from '../core/types.js';

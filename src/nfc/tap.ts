@@ -1,4 +1,4 @@
-import type { CredentialLookup, CredentialStatus } from '../agent/reader.js';
+import type { CredentialLookup, CredentialStatus } from '../access/credential-lookup.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { CredentialKind, ProofVerdict } from '../core/types.js';
 import { fromB64url } from '../crypto/encoding.js';

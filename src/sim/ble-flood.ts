@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import type { GattPeer } from '../ble/gatt-peer.js';
 import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../ble/protocol/constants.js';
 import { chunkFrame } from '../ble/protocol/framing.js';
 import { AgentError } from '../core/errors.js';
+import type { GattPeer } from './ble/gatt-peer.js';
 import type { BluezStandIn, StandInEvent } from './bluez/types.js';
 
 /**

@@ -2,19 +2,13 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { basename, dirname } from 'node:path';
-import {
-  PHONE_FAULTS,
-  type PhoneEvent,
-  type PhoneFault,
-  PhoneKey,
-  type PinnedVehicle,
-} from '../ble/phone.js';
-import { PhonePeer } from '../ble/phone-peer.js';
 import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../ble/protocol/constants.js';
 import type { BleOutcome } from '../ble/reader.js';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Intent } from '../core/types.js';
+import { PHONE_FAULTS, type PhoneEvent, type PhoneFault, PhoneKey, type PinnedVehicle } from './ble/phone.js';
+import { PhonePeer } from './ble/phone-peer.js';
 import { startBluezStandIn } from './bluez/index.js';
 import type { BluezStandIn, DeviceFaults } from './bluez/types.js';
 import { type PrivateDbus, startPrivateDbus } from './dbus-daemon.js';

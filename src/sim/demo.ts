@@ -1,8 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Keyring, signGrant, signRevoke } from '../access/keyring.js';
-import { KeyringStore } from '../agent/keyring-store.js';
-import { STATE_FILES, type VehicleIdentity } from '../agent/provision.js';
 import type { Credential } from '../core/types.js';
 import { fromHex } from '../crypto/encoding.js';
 import {
@@ -15,7 +13,9 @@ import {
   publicJwkOf,
   uidHash,
 } from '../crypto/keys.js';
+import { KeyringStore } from '../store/keyring-store.js';
 import { writeNewFile } from '../store/new-file.js';
+import { STATE_FILES, type VehicleIdentity } from '../store/provision.js';
 
 /**
  * A demo vehicle for `npm start`: keys in <stateDir>/demo (0600) and a keyring that shows every

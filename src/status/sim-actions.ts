@@ -1,11 +1,11 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ControlHandler } from '../agent/control-server.js';
 import { readPrivateKeyFile, readSignerKey } from '../cli/key-files.js';
 import { AgentError } from '../core/errors.js';
 import { INTENTS } from '../core/types.js';
 import { signP256, simKeyMessage } from '../crypto/challenge.js';
 import { b64url, fromB64url } from '../crypto/encoding.js';
+import type { ControlHandler } from '../host/control-server.js';
 import { DEMO_KEYS, DEMO_TAGS } from '../sim/demo.js';
 
 /**

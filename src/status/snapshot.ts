@@ -1,6 +1,6 @@
-import type { HealthReport, StorageFigures } from '../agent/health-monitor.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import { CREDENTIAL_KINDS, type HealthState, LOCK_STATES, ROLES } from '../core/types.js';
+import type { HealthReport, StorageFigures } from '../host/health-monitor.js';
 import type { DecisionCounts } from './audit-feed.js';
 import { type MetricFamily, oneHot, type Sample } from './metrics.js';
 import { buildSimActions, describeActions, type HandlerMap, type SimActionInfo } from './sim-actions.js';

@@ -1,5 +1,5 @@
-import type { GattPeer } from '../../src/ble/gatt-peer.js';
 import { silentLogger } from '../../src/core/logger.js';
+import type { GattPeer } from '../../src/sim/ble/gatt-peer.js';
 import { startBluezStandIn } from '../../src/sim/bluez/index.js';
 import type { AdapterSpec, BluezStandIn } from '../../src/sim/bluez/types.js';
 import { type PrivateDbus, type PrivateDbusOptions, startPrivateDbus } from '../../src/sim/dbus-daemon.js';

@@ -2,10 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { Keyring, signGrant, signRevoke } from '../../src/access/keyring.js';
-import { openTrustedClock } from '../../src/agent/clock-store.js';
-import { KeyringStore } from '../../src/agent/keyring-store.js';
-import { loadIdentity, provision, STATE_FILES } from '../../src/agent/provision.js';
-import { denyCounterSuspects } from '../../src/agent/state-integrity.js';
 import { silentLogger } from '../../src/core/logger.js';
 import type { Credential } from '../../src/core/types.js';
 import { b64url } from '../../src/crypto/encoding.js';
@@ -17,12 +13,16 @@ import {
   publicJwkOf,
 } from '../../src/crypto/keys.js';
 import { AuditLog, verifyAuditLog } from '../../src/store/audit-log.js';
+import { openTrustedClock } from '../../src/store/clock-store.js';
 import type { IntegrityFinding } from '../../src/store/integrity.js';
 import { COUNTER_MAP_OPTIONS, JournaledMap } from '../../src/store/journaled-map.js';
+import { KeyringStore } from '../../src/store/keyring-store.js';
+import { loadIdentity, provision, STATE_FILES } from '../../src/store/provision.js';
+import { denyCounterSuspects } from '../../src/store/state-integrity.js';
 
 /**
  * A state directory as a running agent leaves it, with something to lose in every file, and a
- * way to open it exactly as the agent does (src/main.ts: identity, keyring, counters, clock,
+ * way to open it exactly as the agent does (src/app/start.ts: identity, keyring, counters, clock,
  * audit; src/cloud/cloud-link.ts: the command counters and results), for the corruption tests.
  *
  * What must hold whatever happens to one file:

@@ -4,11 +4,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Keyring } from '../../src/access/keyring.js';
-import { openVehicleState } from '../../src/agent/vehicle-state.js';
 import { BLE_AUTH_VERIFIERS } from '../../src/ble/protocol/enroll.js';
 import { controlRequest } from '../../src/cli/control-client.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { generateKeyPair, publicJwkOf } from '../../src/crypto/keys.js';
+import { openVehicleState } from '../../src/store/vehicle-state.js';
 import {
   type AgentProcess,
   CLI,

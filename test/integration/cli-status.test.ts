@@ -4,12 +4,12 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/core/logger.js';
 import {
   type ControlHandler,
   type ControlServer,
   startControlServer,
-} from '../../src/agent/control-server.js';
-import { silentLogger } from '../../src/core/logger.js';
+} from '../../src/host/control-server.js';
 import { runCliAsync } from '../helpers/cli-async.js';
 
 /**

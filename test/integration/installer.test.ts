@@ -130,7 +130,7 @@ describe('installer in a throwaway root', () => {
     expect(meta('etc/udev/rules.d/99-vehicle-agent-gpio.rules')).toBe('file 644 0:0');
     expect(meta('usr/local/bin/vehicle-agent')).toBe('file 755 0:0');
     expect(meta('opt/vehicle-agent/dist/src/cli/main.js')).toBe('file 755 0:0');
-    expect(meta('opt/vehicle-agent/dist/src/main.js')).toBe('file 644 0:0');
+    expect(meta('opt/vehicle-agent/dist/src/app/start.js')).toBe('file 644 0:0');
     expect(installed.get('etc/systemd/system/multi-user.target.wants/vehicle-agent.service')).toBe(
       'link /etc/systemd/system/vehicle-agent.service',
     );

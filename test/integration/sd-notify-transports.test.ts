@@ -2,12 +2,12 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/core/logger.js';
 import {
   createNotifyTransport,
   SocatNotifyTransport,
   SystemdNotifyTransport,
-} from '../../src/agent/sd-notify.js';
-import { silentLogger } from '../../src/core/logger.js';
+} from '../../src/host/sd-notify.js';
 import { startNotifyReceiver } from '../helpers/notify-receiver.js';
 import { requireTool } from '../helpers/processes.js';
 

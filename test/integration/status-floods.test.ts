@@ -2,9 +2,9 @@ import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startRequestFlood, startSlowloris } from '../../bench/floods/status-page.js';
-import type { ControlHandler } from '../../src/agent/control-server.js';
-import type { HealthReport } from '../../src/agent/health-monitor.js';
 import { silentLogger } from '../../src/core/logger.js';
+import type { ControlHandler } from '../../src/host/control-server.js';
+import type { HealthReport } from '../../src/host/health-monitor.js';
 import { AuditFeed } from '../../src/status/audit-feed.js';
 import { type StatusServer, type StatusServerOptions, startStatusServer } from '../../src/status/server.js';
 

@@ -1,9 +1,9 @@
 import { request } from 'node:http';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ControlHandler } from '../../src/agent/control-server.js';
-import type { HealthReport } from '../../src/agent/health-monitor.js';
 import { silentLogger } from '../../src/core/logger.js';
+import type { ControlHandler } from '../../src/host/control-server.js';
+import type { HealthReport } from '../../src/host/health-monitor.js';
 import { AuditFeed } from '../../src/status/audit-feed.js';
 import { type StatusServer, startStatusServer } from '../../src/status/server.js';
 import type { AuditRecord } from '../../src/store/audit-log.js';

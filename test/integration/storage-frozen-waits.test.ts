@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { openTrustedClock } from '../../src/agent/clock-store.js';
 import { silentLogger } from '../../src/core/logger.js';
+import { openTrustedClock } from '../../src/store/clock-store.js';
 import { type AgentProcess, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
 import { requireTool } from '../helpers/processes.js';
 import { type FreezableFs, mountExt4, threadsInDiskSleep } from '../helpers/scratch-fs.js';

@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { STATE_FILES } from '../../agent/provision.js';
 import { AgentError } from '../../core/errors.js';
 import { readAuditLog, verifyAuditLog } from '../../store/audit-log.js';
+import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 
 export const AUDIT_HELP = `vehicle-agent audit verify [--json]     walk the hash chain and check its anchored head; report breaks (exit 1)

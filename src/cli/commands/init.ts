@@ -1,11 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Keyring } from '../../access/keyring.js';
-import { acquireInstanceLock } from '../../agent/instance-lock.js';
-import { KeyringStore } from '../../agent/keyring-store.js';
-import { ensureStateDir, type ProvisionResult, provision, STATE_FILES } from '../../agent/provision.js';
 import { AgentError } from '../../core/errors.js';
+import { acquireInstanceLock } from '../../host/instance-lock.js';
 import { seedDemo } from '../../sim/demo.js';
+import { KeyringStore } from '../../store/keyring-store.js';
+import { ensureStateDir, type ProvisionResult, provision, STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 
 export const INIT_HELP = `vehicle-agent init (--owner-key FILE | --demo) [--vehicle-id ID] [--state-dir DIR] [--config FILE]

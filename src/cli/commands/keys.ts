@@ -1,14 +1,14 @@
 import { join } from 'node:path';
+import type { CredentialStatus } from '../../access/credential-lookup.js';
 import { credentialToWire } from '../../access/credential-wire.js';
 import type { KeyringOp, MergeResult } from '../../access/keyring.js';
-import { acquireInstanceLock } from '../../agent/instance-lock.js';
-import { STATE_FILES } from '../../agent/provision.js';
-import type { CredentialStatus } from '../../agent/reader.js';
-import { openVehicleState } from '../../agent/vehicle-state.js';
 import type { LoadedConfig } from '../../config/load.js';
 import { AgentError, toAgentError } from '../../core/errors.js';
 import { silentLogger } from '../../core/logger.js';
+import { acquireInstanceLock } from '../../host/instance-lock.js';
 import { AuditLog } from '../../store/audit-log.js';
+import { STATE_FILES } from '../../store/provision.js';
+import { openVehicleState } from '../../store/vehicle-state.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
 import { controlRequest } from '../control-client.js';
 import { readSignerKey } from '../key-files.js';

@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { STATE_FILES } from '../../agent/provision.js';
 import { AgentError } from '../../core/errors.js';
 import { INTENTS, type PublicJwk } from '../../core/types.js';
 import { b64url, fromB64url } from '../../crypto/encoding.js';
@@ -11,6 +10,7 @@ import {
   keyCredentialId,
   publicJwkOf,
 } from '../../crypto/keys.js';
+import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
 import { controlRequest } from '../control-client.js';
 import { readPrivateKeyFile, writeKeyFiles } from '../key-files.js';

@@ -1,11 +1,11 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { STATE_FILES } from '../../agent/provision.js';
 import { AgentError } from '../../core/errors.js';
 import { INTENTS, type Intent } from '../../core/types.js';
 import { signP256, simKeyMessage } from '../../crypto/challenge.js';
 import { b64url, fromB64url } from '../../crypto/encoding.js';
 import type { SimChallenge } from '../../sim/sim-reader.js';
+import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 import { controlRequest } from '../control-client.js';
 import { readSignerKey } from '../key-files.js';

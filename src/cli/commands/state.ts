@@ -1,7 +1,7 @@
-import type { IntegrityStatus } from '../../agent/state-integrity.js';
 import { AgentError } from '../../core/errors.js';
 import { createLogger } from '../../logging.js';
 import { describeFinding } from '../../store/integrity.js';
+import type { IntegrityStatus } from '../../store/state-integrity.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 import { controlRequest } from '../control-client.js';
 
@@ -29,7 +29,7 @@ export async function state(argv: readonly string[]): Promise<number> {
     'accept-loss': { type: 'boolean' },
   });
   const loaded = loadFor(values);
-  const { checkState, repairState } = await import('../../agent/state-check.js');
+  const { checkState, repairState } = await import('../../store/state-check.js');
   if (sub === 'check') {
     if (values.ops !== undefined || values['accept-loss'])
       throw new AgentError('bad_arguments', '--ops and --accept-loss belong to state repair');
@@ -78,7 +78,7 @@ export async function state(argv: readonly string[]): Promise<number> {
 }
 
 function printCheck(
-  result: Awaited<ReturnType<typeof import('../../agent/state-check.js').checkState>>,
+  result: Awaited<ReturnType<typeof import('../../store/state-check.js').checkState>>,
 ): void {
   if (result.ok) out('state ok: every file reads clean');
   else out(`found ${result.findings.length} problem(s), each with what the agent does about it:`);

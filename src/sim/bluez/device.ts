@@ -1,5 +1,5 @@
-import type { GattPeer } from '../../ble/gatt-peer.js';
 import type { Logger } from '../../core/logger.js';
+import type { GattPeer } from '../ble/gatt-peer.js';
 import { bluezError, type Variant } from './dbus.js';
 import { BluezInterface, configure } from './interfaces.js';
 import type { ObjectTree } from './object-tree.js';

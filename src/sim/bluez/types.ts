@@ -1,5 +1,5 @@
-import type { GattPeer } from '../../ble/gatt-peer.js';
 import type { Logger } from '../../core/logger.js';
+import type { GattPeer } from '../ble/gatt-peer.js';
 
 /** The stand-in adapter (org.bluez.Adapter1 at /org/bluez/<id>). */
 export interface AdapterSpec {

@@ -6,11 +6,11 @@ import {
   type KeyringPersistence,
   type LockControl,
 } from '../../../src/agent/agent.js';
-import { KeyringStore } from '../../../src/agent/keyring-store.js';
 import { MonotonicFloorClock } from '../../../src/core/clock.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import type { LockState, Presentation } from '../../../src/core/types.js';
+import { KeyringStore } from '../../../src/store/keyring-store.js';
 import {
   grantBy,
   makeKey,

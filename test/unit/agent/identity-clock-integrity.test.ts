@@ -2,11 +2,11 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { inspectTrustedClock, openTrustedClock } from '../../../src/agent/clock-store.js';
-import { loadIdentity, provision } from '../../../src/agent/provision.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { silentLogger } from '../../../src/core/logger.js';
+import { inspectTrustedClock, openTrustedClock } from '../../../src/store/clock-store.js';
 import type { IntegrityFinding } from '../../../src/store/integrity.js';
+import { loadIdentity, provision } from '../../../src/store/provision.js';
 
 let dir: string;
 beforeEach(() => {

@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { p256 } from '@noble/curves/nist.js';
 import { describe, expect, it } from 'vitest';
-import { PhoneKey, toHighS } from '../../../src/ble/phone.js';
 import {
   ANSWER_DOMAIN,
   HELLO_DOMAIN,
@@ -26,6 +25,7 @@ import {
 import { verifyHelloSignature, verifyKeyAnswer } from '../../../src/ble/protocol/verify.js';
 import { fromHex, toHex } from '../../../src/crypto/encoding.js';
 import { keyCredentialId, p256JwkFromRaw } from '../../../src/crypto/keys.js';
+import { PhoneKey, toHighS } from '../../../src/sim/ble/phone.js';
 
 /**
  * The test vectors of docs/ble-protocol.md §9, computed from the fixed inputs with the code, and

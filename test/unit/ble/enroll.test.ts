@@ -3,7 +3,6 @@ import { readFileSync } from 'node:fs';
 import { p256 } from '@noble/curves/nist.js';
 import { describe, expect, it } from 'vitest';
 import { authRequestHash, type GrantOp } from '../../../src/access/keyring.js';
-import { PhoneKey, toHighS } from '../../../src/ble/phone.js';
 import {
   authProofFor,
   buildEnrollOffer,
@@ -24,6 +23,7 @@ import type { Credential } from '../../../src/core/types.js';
 import { canonicalJson } from '../../../src/crypto/canonical.js';
 import { fromHex, toHex } from '../../../src/crypto/encoding.js';
 import { keyCredentialId, p256JwkFromRaw } from '../../../src/crypto/keys.js';
+import { PhoneKey, toHighS } from '../../../src/sim/ble/phone.js';
 
 /**
  * Extension E1 (docs/ble-protocol.md §12): messages, signatures and the keyring's verifier, and

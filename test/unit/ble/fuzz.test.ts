@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { PhoneKey } from '../../../src/ble/phone.js';
 import { chunkFrame, FrameReassembler } from '../../../src/ble/protocol/framing.js';
 import { decodeMessage, encodeAbort, encodeResult } from '../../../src/ble/protocol/messages.js';
 import { AgentSession } from '../../../src/ble/protocol/session.js';
 import { verifyKeyAnswer } from '../../../src/ble/protocol/verify.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { bytesEqual } from '../../../src/crypto/encoding.js';
+import { PhoneKey } from '../../../src/sim/ble/phone.js';
 import { makeVehicle, seededRandom } from './fixtures.js';
 
 /**

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { type PhoneEvent, PhoneKey } from '../../../src/ble/phone.js';
-import { PhonePeer, type ScheduleFn } from '../../../src/ble/phone-peer.js';
 import { MAX_FRAME_BYTES } from '../../../src/ble/protocol/constants.js';
 import { chunkBytesForMtu, chunkFrame, FrameReassembler } from '../../../src/ble/protocol/framing.js';
 import { decodeMessage, encodeResult } from '../../../src/ble/protocol/messages.js';
 import { AgentSession, RecentChallenges, type SessionVerdict } from '../../../src/ble/protocol/session.js';
 import { AgentError } from '../../../src/core/errors.js';
+import { type PhoneEvent, PhoneKey } from '../../../src/sim/ble/phone.js';
+import { PhonePeer, type ScheduleFn } from '../../../src/sim/ble/phone-peer.js';
 import { countingRandom, makeVehicle } from './fixtures.js';
 
 /** Virtual time: timers run only when the test advances the clock. */

@@ -1,10 +1,10 @@
 import { p256 } from '@noble/curves/nist.js';
 import { describe, expect, it } from 'vitest';
-import { type PHONE_FAULTS, type PhoneEvent, PhoneKey } from '../../../src/ble/phone.js';
 import { buildHello, decodeMessage, encodeAbort, encodeResult } from '../../../src/ble/protocol/messages.js';
 import { verifyKeyAnswer } from '../../../src/ble/protocol/verify.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { keyCredentialId, p256JwkFromRaw, parseKeyText, publicJwkOf } from '../../../src/crypto/keys.js';
+import { type PHONE_FAULTS, type PhoneEvent, PhoneKey } from '../../../src/sim/ble/phone.js';
 import { makeVehicle, seededRandom } from './fixtures.js';
 
 const vehicle = makeVehicle('VIN-9');

@@ -4,14 +4,14 @@ import { decide } from '../../../src/access/decision.js';
 import { EMPTY_LIMITS } from '../../../src/access/rate-limit.js';
 import type { ReaderContext } from '../../../src/agent/reader.js';
 import type { BleCandidate, BleChannel, BleCloseReason, BleLinkStats } from '../../../src/ble/link.js';
-import { PhoneKey } from '../../../src/ble/phone.js';
-import { PhonePeer } from '../../../src/ble/phone-peer.js';
 import { type BleLinkPort, type BleOutcome, BleReader } from '../../../src/ble/reader.js';
 import { MonotonicFloorClock } from '../../../src/core/clock.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import type { Decision, Health, Presentation } from '../../../src/core/types.js';
 import { fromB64url } from '../../../src/crypto/encoding.js';
+import { PhoneKey } from '../../../src/sim/ble/phone.js';
+import { PhonePeer } from '../../../src/sim/ble/phone-peer.js';
 import { grantBy, makeKey, makeRoot, newKeyring, type TestKey, VID } from '../../helpers/keyring-fixtures.js';
 
 /**

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { PhoneKey } from '../../../src/ble/phone.js';
 import { decodeExpecting, encodeAbort } from '../../../src/ble/protocol/messages.js';
 import { AgentSession, RecentChallenges } from '../../../src/ble/protocol/session.js';
 import { AgentError } from '../../../src/core/errors.js';
+import { PhoneKey } from '../../../src/sim/ble/phone.js';
 import { countingRandom, makeVehicle } from './fixtures.js';
 
 const vehicle = makeVehicle('VIN-7');

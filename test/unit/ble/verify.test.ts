@@ -1,7 +1,6 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { p256 } from '@noble/curves/nist.js';
 import { describe, expect, it } from 'vitest';
-import { toHighS } from '../../../src/ble/phone.js';
 import {
   type AnswerFields,
   answerSignedMessage,
@@ -12,6 +11,7 @@ import {
 import { RecentChallenges } from '../../../src/ble/protocol/session.js';
 import { verifyHelloSignature, verifyKeyAnswer } from '../../../src/ble/protocol/verify.js';
 import { keyCredentialId, p256JwkFromRaw, publicJwkOf, publicKeyFromJwk } from '../../../src/crypto/keys.js';
+import { toHighS } from '../../../src/sim/ble/phone.js';
 import { makeVehicle, seededRandom } from './fixtures.js';
 
 const rnd = seededRandom(3);

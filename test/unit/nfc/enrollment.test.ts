@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
+import type { CredentialStatus } from '../../../src/access/credential-lookup.js';
 import { KEYRING_OP_TYP, Keyring } from '../../../src/access/keyring.js';
-import type { CredentialStatus } from '../../../src/agent/reader.js';
 import type { Clock } from '../../../src/core/clock.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import { fromB64url, fromHex } from '../../../src/crypto/encoding.js';

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
+import type { CredentialStatus } from '../../../src/access/credential-lookup.js';
 import type { Keyring } from '../../../src/access/keyring.js';
-import type { CredentialStatus } from '../../../src/agent/reader.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { fromHex } from '../../../src/crypto/encoding.js';
 import { uidHash } from '../../../src/crypto/keys.js';

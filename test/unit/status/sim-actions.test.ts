@@ -3,10 +3,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { ControlHandler } from '../../../src/agent/control-server.js';
 import { simKeyMessage, verifyP256 } from '../../../src/crypto/challenge.js';
 import { b64url, fromB64url } from '../../../src/crypto/encoding.js';
 import { keyCredentialId, publicJwkOf } from '../../../src/crypto/keys.js';
+import type { ControlHandler } from '../../../src/host/control-server.js';
 import { buildSimActions, validateActionArgs } from '../../../src/status/sim-actions.js';
 
 const demoDir = mkdtempSync(join(tmpdir(), 'va-simactions-'));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { ControlHandler } from '../../../src/agent/control-server.js';
+import type { ControlHandler } from '../../../src/host/control-server.js';
 import { renderMetrics } from '../../../src/status/metrics.js';
 import { collectSnapshot, metricFamilies, summariseKeyring } from '../../../src/status/snapshot.js';
 import { parseExposition } from '../../helpers/prometheus.js';

@@ -1,11 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { isAgentError } from '../core/errors.js';
-import { type Logger, silentLogger } from '../core/logger.js';
+import { DEFAULT_CHUNK_BYTES, MAX_FRAME_BYTES, REASSEMBLY_TIMEOUT_MS } from '../../ble/protocol/constants.js';
+import {
+  CHUNK_SEQ_MASK,
+  chunkBytesForMtu,
+  chunkFrame,
+  FrameReassembler,
+} from '../../ble/protocol/framing.js';
+import { encodeAbort } from '../../ble/protocol/messages.js';
+import { isAgentError } from '../../core/errors.js';
+import { type Logger, silentLogger } from '../../core/logger.js';
 import type { GattPeer } from './gatt-peer.js';
 import type { PhoneKey, PhoneReply } from './phone.js';
-import { DEFAULT_CHUNK_BYTES, MAX_FRAME_BYTES, REASSEMBLY_TIMEOUT_MS } from './protocol/constants.js';
-import { CHUNK_SEQ_MASK, chunkBytesForMtu, chunkFrame, FrameReassembler } from './protocol/framing.js';
-import { encodeAbort } from './protocol/messages.js';
 
 /**
  * The simulated phone behind a GATT server (the BlueZ stand-in's device): reassembles what the

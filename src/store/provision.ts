@@ -12,10 +12,10 @@ import {
   publicJwkOf,
   publicKeyFromJwk,
 } from '../crypto/keys.js';
-import { parseJsonBytes, readFileIfExists, writeFileAtomic } from '../store/atomic.js';
-import { decodeChecksummedJson, encodeChecksummedJson } from '../store/checksummed.js';
-import { uniqueStamp } from '../store/fs-util.js';
-import type { IntegrityFinding } from '../store/integrity.js';
+import { parseJsonBytes, readFileIfExists, writeFileAtomic } from './atomic.js';
+import { decodeChecksummedJson, encodeChecksummedJson } from './checksummed.js';
+import { uniqueStamp } from './fs-util.js';
+import type { IntegrityFinding } from './integrity.js';
 
 /**
  * The vehicle's identity in its state directory, each file with a copy beside it so that one

@@ -14,8 +14,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { decide } from '../../../src/access/decision.js';
 import { digestOfOps, type Keyring } from '../../../src/access/keyring.js';
 import { EMPTY_LIMITS } from '../../../src/access/rate-limit.js';
-import { KeyringStore } from '../../../src/agent/keyring-store.js';
 import { silentLogger } from '../../../src/core/logger.js';
+import { KeyringStore } from '../../../src/store/keyring-store.js';
 import {
   grantBy,
   makeKey,

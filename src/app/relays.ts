@@ -1,10 +1,10 @@
-import type { LockControl } from './agent/agent.js';
-import { LockController } from './agent/lock-controller.js';
-import type { Config } from './config/schema.js';
-import type { Logger } from './core/logger.js';
-import type { Health, LockState } from './core/types.js';
-import type { GuardSpec } from './relay/guard-protocol.js';
-import type { WatchdogRelease } from './relay/watchdog.js';
+import type { LockControl } from '../agent/agent.js';
+import { LockController } from '../agent/lock-controller.js';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../core/logger.js';
+import type { Health, LockState } from '../core/types.js';
+import type { GuardSpec } from '../relay/guard-protocol.js';
+import type { WatchdogRelease } from '../relay/watchdog.js';
 
 /**
  * Starts the relay guard, a process of its own that owns the configured outputs and times them
@@ -92,7 +92,7 @@ export async function createRelay(
   log: Logger,
   options: CreateRelayOptions = {},
 ): Promise<RelayHandle> {
-  const { GuardedRelay } = await import('./relay/guarded.js');
+  const { GuardedRelay } = await import('../relay/guarded.js');
   const driver = new GuardedRelay({
     spec: guardSpec(config),
     logger: log,

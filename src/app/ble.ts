@@ -1,19 +1,20 @@
+import type { CredentialLookup } from '../access/credential-lookup.js';
 import { expectedCredentialId, parseCredentialWire } from '../access/credential-wire.js';
-import type { ControlHandler } from '../agent/control-server.js';
-import type { CredentialLookup, CredentialReader, EnrollmentHost, ReaderContext } from '../agent/reader.js';
+import type { CredentialReader, EnrollmentHost, ReaderContext } from '../agent/reader.js';
+import { EnrollmentDesk } from '../ble/enrollment.js';
+import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../ble/protocol/constants.js';
+import { BleReader } from '../ble/reader.js';
 import type { Config } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { type Health, INTENTS, type Intent, type PublicJwk, ROLES } from '../core/types.js';
 import { fromB64url } from '../crypto/encoding.js';
+import type { ControlHandler } from '../host/control-server.js';
 import type { BleSimEnvironment, SimPhones } from '../sim/ble-sim.js';
-import { EnrollmentDesk } from './enrollment.js';
-import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from './protocol/constants.js';
-import { BleReader } from './reader.js';
 
 /**
- * Builds the BLE phone-key reader for the composition root (src/main.ts), by dynamic import so
+ * Builds the BLE phone-key reader for the composition root (src/app/start.ts), by dynamic import so
  * node-ble loads only here: the link (node-ble on the system bus, or in sim mode on a private
  * dbus-daemon with the BlueZ stand-in), the reader, the enrollment desk, and their control
  * commands. When sim mode cannot start (no dbus-daemon), the reader reports itself down and the
@@ -75,7 +76,7 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
   // other readers do not wait for them (nor for a dbus-daemon and BlueZ round trips).
   const reader = new BackgroundBleReader('ble0', mode, async () => {
     const [{ BleLink }, sim] = await Promise.all([
-      import('./link.js'),
+      import('../ble/link.js'),
       mode === 'sim' ? import('../sim/ble-sim.js') : Promise.resolve(undefined),
     ]);
     let env: BleSimEnvironment | undefined;

@@ -1,11 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { p256 } from '@noble/curves/nist.js';
-import { AgentError, isAgentError } from '../core/errors.js';
-import { type Logger, silentLogger } from '../core/logger.js';
-import type { Intent, PublicJwk } from '../core/types.js';
-import { b64url, fromB64url } from '../crypto/encoding.js';
-import { keyCredentialId, p256JwkFromRaw, rawPublicKey } from '../crypto/keys.js';
-import { PROTOCOL_VERSION } from './protocol/constants.js';
+import { PROTOCOL_VERSION } from '../../ble/protocol/constants.js';
 import {
   decodeEnrollMessage,
   type EnrollOffer,
@@ -13,7 +8,7 @@ import {
   encodeEnrollRequest,
   enrollApprovalSignedMessage,
   isEnrollMessage,
-} from './protocol/enroll.js';
+} from '../../ble/protocol/enroll.js';
 import {
   type AnswerFields,
   answerSignedMessage,
@@ -21,7 +16,12 @@ import {
   encodeAbort,
   encodeAnswer,
   type VehicleHello,
-} from './protocol/messages.js';
+} from '../../ble/protocol/messages.js';
+import { AgentError, isAgentError } from '../../core/errors.js';
+import { type Logger, silentLogger } from '../../core/logger.js';
+import type { Intent, PublicJwk } from '../../core/types.js';
+import { b64url, fromB64url } from '../../crypto/encoding.js';
+import { keyCredentialId, p256JwkFromRaw, rawPublicKey } from '../../crypto/keys.js';
 
 /**
  * The reference key side of the vehicle-key protocol: what a phone app or a BLE key fob does,

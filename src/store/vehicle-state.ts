@@ -1,6 +1,6 @@
 import { type AuthVerifier, Keyring } from '../access/keyring.js';
 import type { Logger } from '../core/logger.js';
-import type { IntegrityFinding } from '../store/integrity.js';
+import type { IntegrityFinding } from './integrity.js';
 import { KeyringStore } from './keyring-store.js';
 import { loadIdentity, type VehicleIdentity } from './provision.js';
 

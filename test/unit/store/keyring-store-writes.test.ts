@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Keyring } from '../../../src/access/keyring.js';
-import { KeyringStore } from '../../../src/agent/keyring-store.js';
 import { silentLogger } from '../../../src/core/logger.js';
+import { KeyringStore } from '../../../src/store/keyring-store.js';
 import { grantBy, makeKey, makeRoot, newKeyring, type TestKey } from '../../helpers/keyring-fixtures.js';
 
 /**

@@ -12,8 +12,8 @@ import {
   stateDirCheck,
   stateDirVerdict,
   storageVerdict,
-} from '../../../src/agent/health-monitor.js';
-import { stallThresholdMs } from '../../../src/agent/supervision.js';
+} from '../../../src/host/health-monitor.js';
+import { stallThresholdMs } from '../../../src/host/supervision.js';
 import type { WriteHealth } from '../../../src/store/group-commit.js';
 
 describe('health verdicts', () => {

@@ -1,28 +1,28 @@
 import { createPrivateKey } from 'node:crypto';
 import { basename, join } from 'node:path';
-import { Agent } from './agent/agent.js';
-import { openTrustedClock } from './agent/clock-store.js';
-import { coreControlHandlers, simReaderHandlers, testHookHandlers } from './agent/control-handlers.js';
-import { type ControlHandler, type ControlServer, startControlServer } from './agent/control-server.js';
-import { acquireInstanceLock, type InstanceLock } from './agent/instance-lock.js';
-import { ensureStateDir, isProvisioned, provision, STATE_FILES } from './agent/provision.js';
-import type { CredentialReader } from './agent/reader.js';
-import { takeNotifyEnvironment } from './agent/sd-notify.js';
-import { denyCounterSuspects, StateIntegrity } from './agent/state-integrity.js';
-import { startSupervision } from './agent/supervision.js';
-import { openVehicleState, type VehicleState } from './agent/vehicle-state.js';
-import { COMMON_OPTIONS, loadFor, parse } from './cli/args.js';
-import type { Config } from './config/schema.js';
-import { AgentError, toAgentError } from './core/errors.js';
-import type { Logger } from './core/logger.js';
-import { signP256 } from './crypto/challenge.js';
-import { createLogger } from './logging.js';
-import { createRelay, type RelayHandle } from './relay-factory.js';
-import { demoHints, seedDemo } from './sim/demo.js';
-import { AuditLog } from './store/audit-log.js';
-import type { IntegrityFinding } from './store/integrity.js';
-import { COUNTER_MAP_OPTIONS, JournaledMap } from './store/journaled-map.js';
-import { openStores } from './store/store-registry.js';
+import { Agent } from '../agent/agent.js';
+import type { CredentialReader } from '../agent/reader.js';
+import { COMMON_OPTIONS, loadFor, parse } from '../cli/args.js';
+import type { Config } from '../config/schema.js';
+import { AgentError, toAgentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import { signP256 } from '../crypto/challenge.js';
+import { coreControlHandlers, simReaderHandlers, testHookHandlers } from '../host/control-handlers.js';
+import { type ControlHandler, type ControlServer, startControlServer } from '../host/control-server.js';
+import { acquireInstanceLock, type InstanceLock } from '../host/instance-lock.js';
+import { takeNotifyEnvironment } from '../host/sd-notify.js';
+import { startSupervision } from '../host/supervision.js';
+import { createLogger } from '../logging.js';
+import { demoHints, seedDemo } from '../sim/demo.js';
+import { AuditLog } from '../store/audit-log.js';
+import { openTrustedClock } from '../store/clock-store.js';
+import type { IntegrityFinding } from '../store/integrity.js';
+import { COUNTER_MAP_OPTIONS, JournaledMap } from '../store/journaled-map.js';
+import { ensureStateDir, isProvisioned, provision, STATE_FILES } from '../store/provision.js';
+import { denyCounterSuspects, StateIntegrity } from '../store/state-integrity.js';
+import { openStores } from '../store/store-registry.js';
+import { openVehicleState, type VehicleState } from '../store/vehicle-state.js';
+import { createRelay, type RelayHandle } from './relays.js';
 
 /**
  * The composition root: config → logger → relays (de-energised first) → state → lock controller →
@@ -51,7 +51,7 @@ export async function startAgent(options: {
   const loaded = loadFor({ config: options.config, 'state-dir': options.stateDir });
   const { config, stateDir, socketPath } = loaded;
   const log = createLogger({ level: config.log.level, format: config.log.format });
-  // Before any child starts, so none inherits $NOTIFY_SOCKET (see src/agent/sd-notify.ts).
+  // Before any child starts, so none inherits $NOTIFY_SOCKET (see src/host/sd-notify.ts).
   const notifyEnv = takeNotifyEnvironment(process.env);
   const startedAt = performance.now();
   log.info(
@@ -90,8 +90,8 @@ export async function startAgent(options: {
     // Pure verifiers of owner approvals carried by vehicle-signed grants (BLE enrollment, E1;
     // card enrollment at the reader, src/nfc/enroll-auth.ts).
     const [{ BLE_AUTH_VERIFIERS }, { NFC_AUTH_VERIFIERS }] = await Promise.all([
-      import('./ble/protocol/enroll.js'),
-      import('./nfc/enroll-auth.js'),
+      import('../ble/protocol/enroll.js'),
+      import('../nfc/enroll-auth.js'),
     ]);
     state = await openVehicleState(stateDir, log, new Map([...BLE_AUTH_VERIFIERS, ...NFC_AUTH_VERIFIERS]));
     const vehicleState = state;
@@ -136,7 +136,7 @@ export async function startAgent(options: {
 
     const lock = relay.lockController;
     const readers: CredentialReader[] = [];
-    const { SimReader } = await import('./sim/sim-reader.js');
+    const { SimReader } = await import('../sim/sim-reader.js');
     const simReader = simReaderEnabled(config) ? new SimReader('sim') : undefined;
     if (simReader) readers.push(simReader);
 
@@ -146,9 +146,9 @@ export async function startAgent(options: {
     let bleHandlers: ReadonlyMap<string, ControlHandler> = new Map();
     if (config.ble.enabled) {
       const [{ setupBle }, { signJws }, { KEYRING_OP_TYP }] = await Promise.all([
-        import('./ble/setup.js'),
-        import('./crypto/jws.js'),
-        import('./access/keyring.js'),
+        import('./ble.js'),
+        import('../crypto/jws.js'),
+        import('../access/keyring.js'),
       ]);
       const ble = await setupBle({
         config,
@@ -175,9 +175,9 @@ export async function startAgent(options: {
     if (config.nfc.enabled) {
       try {
         const [{ setupNfc }, { signJws }, { KEYRING_OP_TYP }] = await Promise.all([
-          import('./nfc/setup.js'),
-          import('./crypto/jws.js'),
-          import('./access/keyring.js'),
+          import('./nfc.js'),
+          import('../crypto/jws.js'),
+          import('../access/keyring.js'),
         ]);
         const nfc = await setupNfc({
           config,
@@ -315,7 +315,7 @@ export async function startAgent(options: {
     // missing certificate, say) is logged and the vehicle runs on without it.
     if (config.cloud.enabled) {
       try {
-        const { startCloudLink } = await import('./cloud/cloud-link.js');
+        const { startCloudLink } = await import('../cloud/cloud-link.js');
         const cloud = await startCloudLink({
           config: config.cloud,
           vehicleId: identity.vehicleId,
@@ -347,7 +347,7 @@ export async function startAgent(options: {
     }
     // ── end cloud link ──
 
-    // ── supervision and status page (src/agent/supervision.ts, src/status, systemd/) ──
+    // ── supervision and status page (src/host/supervision.ts, src/status, systemd/) ──
     // Beside the agent, never in front of it: health checks, sd_notify (READY/WATCHDOG/STOPPING
     // when run by systemd) and the local HTTP status page, which calls the handlers above.
     const supervision = startSupervision({
@@ -376,7 +376,7 @@ export async function startAgent(options: {
     cleanup.push(() => supervision.close()); // last: the notify helper outlives the relays' release
     if (config.statusPage.enabled) {
       try {
-        const { startStatusPage } = await import('./status/setup.js');
+        const { startStatusPage } = await import('./status-page.js');
         const page = await startStatusPage({
           config: config.statusPage,
           stateDir,
@@ -511,7 +511,7 @@ async function outboxRetention(
   stateDir: string,
   log: Logger,
 ): Promise<{ retainFrom: () => number; follow: (ackedSeq: () => number) => void }> {
-  const { readOutboxCursor } = await import('./cloud/outbox.js');
+  const { readOutboxCursor } = await import('../cloud/outbox.js');
   let persisted = 0;
   try {
     persisted = (await readOutboxCursor(join(stateDir, 'cloud'))) ?? 0;

@@ -2,11 +2,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { CheckResult } from '../../../src/agent/health-monitor.js';
-import type { NotifyTransport } from '../../../src/agent/sd-notify.js';
-import { type Supervision, startSupervision } from '../../../src/agent/supervision.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import type { LockState } from '../../../src/core/types.js';
+import type { CheckResult } from '../../../src/host/health-monitor.js';
+import type { NotifyTransport } from '../../../src/host/sd-notify.js';
+import { type Supervision, startSupervision } from '../../../src/host/supervision.js';
 
 /** Collects notifications and lets a test wait for one. */
 class RecordingTransport implements NotifyTransport {

@@ -1,14 +1,14 @@
 import { join } from 'node:path';
-import type { HealthReport } from '../agent/health-monitor.js';
-import { STATE_FILES } from '../agent/provision.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../core/logger.js';
-import { loadAdminToken } from './admin-token.js';
-import { AuditFeed, type AuditSource } from './audit-feed.js';
-import { type StatusServer, startStatusServer } from './server.js';
-import type { HandlerMap } from './sim-actions.js';
+import type { HealthReport } from '../host/health-monitor.js';
+import { loadAdminToken } from '../status/admin-token.js';
+import { AuditFeed, type AuditSource } from '../status/audit-feed.js';
+import { type StatusServer, startStatusServer } from '../status/server.js';
+import type { HandlerMap } from '../status/sim-actions.js';
+import { STATE_FILES } from '../store/provision.js';
 
-/** Builds the status page for the composition root (src/main.ts): token, audit feed, server. */
+/** Builds the status page for the composition root (src/app/start.ts): token, audit feed, server. */
 
 export interface StatusPageDeps {
   readonly config: Config['statusPage'];

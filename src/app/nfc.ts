@@ -1,24 +1,25 @@
 import { join } from 'node:path';
-import type { ControlHandler } from '../agent/control-server.js';
-import type { CredentialLookup, CredentialStatus, EnrollmentHost } from '../agent/reader.js';
+import type { CredentialLookup, CredentialStatus } from '../access/credential-lookup.js';
+import type { EnrollmentHost } from '../agent/reader.js';
 import type { Config } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { ROLES, type Role } from '../core/types.js';
+import type { ControlHandler } from '../host/control-server.js';
+import { DeferredDriver } from '../nfc/deferred-driver.js';
+import { CARD_KINDS, type CardKind } from '../nfc/enroll-auth.js';
+import { type AuthorisationMethod, CardEnrollmentDesk, type CounterAccess } from '../nfc/enrollment.js';
+import { formatFirmware } from '../nfc/pn532/commands.js';
+import type { LinkFactory } from '../nfc/pn532/link.js';
+import { NfcReader, type TapOutcome } from '../nfc/reader.js';
+import { readSiteKey, SITE_KEY_FILE, SiteKeySource } from '../nfc/site-key.js';
 import type { SimCardKind } from '../sim/card-store.js';
 import type { NfcSim } from '../sim/nfc-sim.js';
 import { EMULATOR_FAULTS, nfcDemoHints, type SimTapOptions } from '../sim/nfc-sim-options.js';
-import { DeferredDriver } from './deferred-driver.js';
-import { CARD_KINDS, type CardKind } from './enroll-auth.js';
-import { type AuthorisationMethod, CardEnrollmentDesk, type CounterAccess } from './enrollment.js';
-import { formatFirmware } from './pn532/commands.js';
-import type { LinkFactory } from './pn532/link.js';
-import { NfcReader, type TapOutcome } from './reader.js';
-import { readSiteKey, SITE_KEY_FILE, SiteKeySource } from './site-key.js';
 
 /**
- * Builds the NFC reader for the composition root (src/main.ts), which imports this module only
+ * Builds the NFC reader for the composition root (src/app/start.ts), which imports this module only
  * when nfc.enabled, so serialport loads only then: the PN532 driver on the configured UART, or in
  * sim mode on the PN532 emulator behind a socat pty pair (in-memory line without socat); the
  * reader; card enrollment at the vehicle; and their control commands.
@@ -84,8 +85,8 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
   let sim: NfcSim | undefined;
   const bringUp = (async (): Promise<NfcSim | undefined> => {
     const [{ Pn532Driver }, { serialLinkFactory }] = await Promise.all([
-      import('./pn532/driver.js'),
-      import('./pn532/link.js'),
+      import('../nfc/pn532/driver.js'),
+      import('../nfc/pn532/link.js'),
     ]);
     let openLink: LinkFactory;
     if (mode === 'sim') {

@@ -1,10 +1,10 @@
 import type { Keyring } from '../access/keyring.js';
+import type { Agent, LockControl } from '../agent/agent.js';
 import { AgentError } from '../core/errors.js';
 import type { Decision, Intent } from '../core/types.js';
 import type { SimAnswer, SimReader } from '../sim/sim-reader.js';
-import type { Agent, LockControl } from './agent.js';
+import type { VehicleIdentity } from '../store/provision.js';
 import type { ControlHandler } from './control-server.js';
-import type { VehicleIdentity } from './provision.js';
 
 /**
  * The control socket's core commands (status, vehicle, keys, audit) and, when the simulated reader

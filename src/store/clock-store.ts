@@ -2,9 +2,9 @@ import { join } from 'node:path';
 import { MonotonicFloorClock } from '../core/clock.js';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { readFileIfExists, writeFileAtomic } from '../store/atomic.js';
-import { decodeChecksummedJson, encodeChecksummedJson, looksChecksummed } from '../store/checksummed.js';
-import type { IntegrityFinding } from '../store/integrity.js';
+import { readFileIfExists, writeFileAtomic } from './atomic.js';
+import { decodeChecksummedJson, encodeChecksummedJson, looksChecksummed } from './checksummed.js';
+import type { IntegrityFinding } from './integrity.js';
 import { STATE_FILES } from './provision.js';
 
 /**

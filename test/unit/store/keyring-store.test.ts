@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Keyring } from '../../../src/access/keyring.js';
-import { KeyringStore } from '../../../src/agent/keyring-store.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { silentLogger } from '../../../src/core/logger.js';
+import { KeyringStore } from '../../../src/store/keyring-store.js';
 import {
   grantBy,
   makeKey,

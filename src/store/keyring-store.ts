@@ -10,31 +10,25 @@ import {
   type PendingOpsSource,
   type StoredOp,
 } from '../access/keyring.js';
+import type { KeyringPersistence } from '../agent/agent.js';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { readFileIfExists, writeFileAtomic } from '../store/atomic.js';
+import { readFileIfExists, writeFileAtomic } from './atomic.js';
 import {
   checksummedBody,
   crcHex,
   decodeChecksummedJson,
   encodeChecksummedJson,
   looksChecksummed,
-} from '../store/checksummed.js';
-import { uniqueStamp } from '../store/fs-util.js';
-import type { WriteHealth } from '../store/group-commit.js';
-import { type IntegrityFinding, lineProblem } from '../store/integrity.js';
-import {
-  type CorruptLine,
-  decodeLine,
-  inspectJournal,
-  Journal,
-  type JournalInspection,
-} from '../store/journal.js';
-import { JournalPair } from '../store/journal-pair.js';
-import { planRecovery, scanLines } from '../store/line-scan.js';
-import { rebuildFromBoth } from '../store/salvage.js';
-import type { KeyringPersistence } from './agent.js';
+} from './checksummed.js';
+import { uniqueStamp } from './fs-util.js';
+import type { WriteHealth } from './group-commit.js';
+import { type IntegrityFinding, lineProblem } from './integrity.js';
+import { type CorruptLine, decodeLine, inspectJournal, Journal, type JournalInspection } from './journal.js';
+import { JournalPair } from './journal-pair.js';
+import { planRecovery, scanLines } from './line-scan.js';
 import { STATE_FILES } from './provision.js';
+import { rebuildFromBoth } from './salvage.js';
 
 /**
  * The keyring on disk (docs/keyring.md "On disk", docs/storage.md "Corruption, detection and

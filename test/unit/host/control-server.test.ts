@@ -4,16 +4,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startIdleFlood } from '../../../bench/floods/control-socket.js';
+import { controlRequest } from '../../../src/cli/control-client.js';
+import { AgentError } from '../../../src/core/errors.js';
+import { silentLogger } from '../../../src/core/logger.js';
 import {
   type ControlHandler,
   type ControlLimits,
   type ControlServer,
   MAX_CONTROL_LINE,
   startControlServer,
-} from '../../../src/agent/control-server.js';
-import { controlRequest } from '../../../src/cli/control-client.js';
-import { AgentError } from '../../../src/core/errors.js';
-import { silentLogger } from '../../../src/core/logger.js';
+} from '../../../src/host/control-server.js';
 
 let dir: string;
 let server: ControlServer;

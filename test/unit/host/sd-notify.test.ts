@@ -9,7 +9,7 @@ import {
   socatAddressFor,
   takeNotifyEnvironment,
   watchdogPingIntervalMs,
-} from '../../../src/agent/sd-notify.js';
+} from '../../../src/host/sd-notify.js';
 
 describe('sd_notify environment', () => {
   it.each([
