@@ -6,14 +6,14 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect as mqttConnect } from 'mqtt';
 import { controlRequest } from '../src/cli/control-client.js';
-import { readSignerKey } from '../src/cli/key-files.js';
 import { MqttConnection } from '../src/cloud/mqtt-connection.js';
 import { Outbox } from '../src/cloud/outbox.js';
 import { silentLogger } from '../src/core/logger.js';
 import { signP256, simKeyMessage } from '../src/crypto/challenge.js';
 import { b64url, fromB64url } from '../src/crypto/encoding.js';
-import type { SimChallenge } from '../src/sim/sim-reader.js';
+import type { SimChallenge } from '../src/host/control-api.js';
 import { AuditLog } from '../src/store/audit-log.js';
+import { readSignerKey } from '../src/store/key-files.js';
 import {
   type Broker,
   freePort,

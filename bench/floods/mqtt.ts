@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, type MqttClient } from 'mqtt';
-import { readSignerKey } from '../../src/cli/key-files.js';
 import { b64url } from '../../src/crypto/encoding.js';
+import { readSignerKey } from '../../src/store/key-files.js';
 import type { FloodTarget } from '../flood.js';
 
 /**

@@ -1,47 +1,36 @@
 import { createPrivateKey } from 'node:crypto';
-import { basename, join } from 'node:path';
-import { Agent } from '../agent/agent.js';
-import type { CredentialReader } from '../agent/reader.js';
+import type { Agent } from '../agent/agent.js';
 import { COMMON_OPTIONS, loadFor, parse } from '../cli/args.js';
-import type { Config } from '../config/schema.js';
-import { AgentError, toAgentError } from '../core/errors.js';
-import type { Logger } from '../core/logger.js';
-import { signP256 } from '../crypto/challenge.js';
-import { coreControlHandlers, simReaderHandlers, testHookHandlers } from '../host/control-handlers.js';
-import { type ControlHandler, type ControlServer, startControlServer } from '../host/control-server.js';
-import { acquireInstanceLock, type InstanceLock } from '../host/instance-lock.js';
+import { toAgentError } from '../core/errors.js';
+import { coreControlHandlers, testHookHandlers } from '../host/control-handlers.js';
+import { startControlServer } from '../host/control-server.js';
+import { acquireInstanceLock } from '../host/instance-lock.js';
 import { takeNotifyEnvironment } from '../host/sd-notify.js';
-import { startSupervision } from '../host/supervision.js';
 import { createLogger } from '../logging.js';
-import { demoHints, seedDemo } from '../sim/demo.js';
-import { AuditLog } from '../store/audit-log.js';
-import { openTrustedClock } from '../store/clock-store.js';
-import type { IntegrityFinding } from '../store/integrity.js';
-import { COUNTER_MAP_OPTIONS, JournaledMap } from '../store/journaled-map.js';
-import { ensureStateDir, isProvisioned, provision, STATE_FILES } from '../store/provision.js';
-import { denyCounterSuspects, StateIntegrity } from '../store/state-integrity.js';
-import { openStores } from '../store/store-registry.js';
-import { openVehicleState, type VehicleState } from '../store/vehicle-state.js';
-import { createRelay, type RelayHandle } from './relays.js';
+import { ensureStateDir } from '../store/provision.js';
+import { auditStateDamage, createAgent, warnInsecureCredentials } from './agent.js';
+import { CleanupStack } from './cleanup-stack.js';
+import { startCloud } from './cloud.js';
+import { buildReaders } from './readers.js';
+import { createRelay } from './relays.js';
+import { demoProvisioner, logDemoHints, simReaderEnabled } from './sim.js';
+import { ensureProvisioned, openState } from './state.js';
+import { startStatusPageIfEnabled } from './status-page.js';
+import { startSupervisor } from './supervision.js';
 
 /**
- * The composition root: config → logger → relays (de-energised first) → state → lock controller →
- * readers → agent → control socket. Only this file picks concrete drivers, by dynamic import, so
- * node-ble, serialport or gpioset never load unless configured.
+ * The composition root: where the agent is put together, in this order (docs/architecture.md):
+ * config and logger → relays (de-energised first) → state → readers → agent → control socket →
+ * cloud link → supervision and status page. Each part is made by one module of src/app/, which
+ * picks the real or the simulated kind; concrete drivers load by dynamic import, so node-ble,
+ * serialport, mqtt or gpioset never load unless configured. Everything started is undone by one
+ * cleanup stack, in reverse order.
  */
 
 export interface RunningAgent {
   readonly agent: Agent;
   readonly socketPath: string;
   stop(reason: string): Promise<void>;
-}
-
-function simReaderEnabled(config: Config): boolean {
-  return config.sim.reader === 'on' || (config.sim.reader === 'auto' && config.relay.driver === 'sim');
-}
-
-function allSimulated(config: Config): boolean {
-  return config.relay.driver === 'sim';
 }
 
 export async function startAgent(options: {
@@ -61,366 +50,94 @@ export async function startAgent(options: {
 
   // Relays first: the relay guard starts before anything else and de-energises every relay while
   // the state opens (whatever state a crash left them in); relay.start() below waits for it.
-  const relay: RelayHandle = await createRelay(config, log.child({ module: 'relay' }));
-  // Relays are released first on every way out (before readers, links and stores wind down, which
-  // can take seconds on a loaded Pi) and again last, which is a no-op when the first succeeded.
-  const releaseRelays = async () => relay.close();
-  const cleanup: (() => Promise<void>)[] = [releaseRelays];
-  let instance: InstanceLock | undefined;
-  let state: VehicleState | undefined;
+  // They are released first on every way out (before readers, links and stores wind down, which
+  // can take seconds on a loaded Pi) and again last, a no-op when the first succeeded.
+  const relay = await createRelay(config, log.child({ module: 'relay' }));
+  const cleanup = new CleanupStack();
+  cleanup.defer('relays', () => relay.close());
   try {
     await ensureStateDir(stateDir);
-    instance = await acquireInstanceLock(stateDir, 'agent');
-    const heldLock = instance;
-    cleanup.unshift(() => heldLock.release());
-    if (!(await isProvisioned(stateDir))) {
-      if (!(allSimulated(config) && config.sim.demo)) {
-        throw new AgentError(
-          'not_provisioned',
-          `${stateDir} holds no provisioned vehicle: run \`vehicle-agent init --owner-key OWNER.pub.pem\``,
-        );
-      }
-      const { identity, ownerKey } = await provision({ stateDir, demoOwner: true });
-      if (ownerKey) await seedDemo(stateDir, identity, ownerKey);
-      log.info(
-        { module: 'main', vehicleId: identity.vehicleId, demo: join(stateDir, STATE_FILES.demo) },
-        'provisioned a demo vehicle',
-      );
-    }
-    // Pure verifiers of owner approvals carried by vehicle-signed grants (BLE enrollment, E1;
-    // card enrollment at the reader, src/nfc/enroll-auth.ts).
-    const [{ BLE_AUTH_VERIFIERS }, { NFC_AUTH_VERIFIERS }] = await Promise.all([
-      import('../ble/protocol/enroll.js'),
-      import('../nfc/enroll-auth.js'),
-    ]);
-    state = await openVehicleState(stateDir, log, new Map([...BLE_AUTH_VERIFIERS, ...NFC_AUTH_VERIFIERS]));
-    const vehicleState = state;
-    cleanup.unshift(() => vehicleState.close());
-    const { identity, keyring } = state;
-
-    const trustedClock = await openTrustedClock(stateDir, log.child({ module: 'clock' }));
-    const { clock } = trustedClock;
-    cleanup.unshift(() => trustedClock.close());
-
-    const counters = await JournaledMap.open<number>(join(stateDir, STATE_FILES.counters), {
-      ...COUNTER_MAP_OPTIONS,
-      parseValue: (v) => {
-        if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
-          throw new Error('counter must be a non-negative integer');
-        return v;
-      },
-      logger: log.child({ module: 'counters' }),
-    });
-    cleanup.unshift(() => counters.close());
-    // Rotation keeps what the cloud outbox has not sent (docs/storage.md "Rotation and the cloud
-    // outbox"): its live cursor once the link runs, the persisted one until then.
-    const outbox = config.cloud.enabled ? await outboxRetention(stateDir, log) : undefined;
-    const audit = await AuditLog.open(join(stateDir, STATE_FILES.audit), {
-      maxFileBytes: config.audit.maxFileBytes,
-      keepFiles: config.audit.keepFiles,
-      maxFiles: Math.max(config.audit.maxFiles, config.audit.keepFiles),
-      ...(outbox ? { retainFrom: outbox.retainFrom } : {}),
-      now: () => clock.now(),
-      expectHistory: trustedClock.existedBefore,
-      logger: log.child({ module: 'audit' }),
-    });
-    cleanup.unshift(() => audit.close());
-    // Damaged state files (docs/storage.md): counters lost in every copy deny their credentials.
-    denyCounterSuspects(keyring, counters.suspects());
-    const integrity = new StateIntegrity(stateDir, [
-      () => vehicleState.findings(),
-      () => trustedClock.findings,
-      () => counters.findings,
-      () => audit.findings,
-    ]);
-
-    const lock = relay.lockController;
-    const readers: CredentialReader[] = [];
-    const { SimReader } = await import('../sim/sim-reader.js');
-    const simReader = simReaderEnabled(config) ? new SimReader('sim') : undefined;
-    if (simReader) readers.push(simReader);
-
+    const instance = await acquireInstanceLock(stateDir, 'agent');
+    cleanup.defer('instance lock', () => instance.release());
+    await ensureProvisioned(stateDir, demoProvisioner(config, stateDir, log));
+    const state = await openState(config, stateDir, log, cleanup);
+    const { identity, keyring } = state.vehicle;
     const vehicleKey = createPrivateKey(identity.vehicleKeyPem);
+    const lock = relay.lockController;
 
-    // ── BLE phone keys (src/ble, docs/ble.md): node-ble loads only when enabled ──
-    let bleHandlers: ReadonlyMap<string, ControlHandler> = new Map();
-    if (config.ble.enabled) {
-      const [{ setupBle }, { signJws }, { KEYRING_OP_TYP }] = await Promise.all([
-        import('./ble.js'),
-        import('../crypto/jws.js'),
-        import('../access/keyring.js'),
-      ]);
-      const ble = await setupBle({
-        config,
-        vehicleId: identity.vehicleId,
-        keyring,
-        clock,
-        log,
-        signOp: (op) => signJws(op, vehicleKey, identity.vehicleKeyId, KEYRING_OP_TYP),
-        agent: () => agent,
-        lockState: () => lock.state(),
-      });
-      readers.push(ble.reader);
-      bleHandlers = ble.handlers;
-      // Registered before agent.stop(), so it runs after it (the reader stops first).
-      cleanup.unshift(() => ble.stop());
-    }
-    // ── end BLE ──
-
-    // ── NFC keycards (src/nfc, docs/cards.md): serialport loads only when enabled ──
-    // A reader that cannot be set up (sim mode failing to start its emulator, say) is logged and
-    // the vehicle runs on without it; a PN532 that is absent or fails later recovers by itself.
-    let nfcHandlers: ReadonlyMap<string, ControlHandler> = new Map();
-    let nfcHints: readonly string[] = [];
-    if (config.nfc.enabled) {
-      try {
-        const [{ setupNfc }, { signJws }, { KEYRING_OP_TYP }] = await Promise.all([
-          import('./nfc.js'),
-          import('../crypto/jws.js'),
-          import('../access/keyring.js'),
-        ]);
-        const nfc = await setupNfc({
-          config,
-          stateDir,
-          vehicleId: identity.vehicleId,
-          keyring,
-          counters,
-          clock,
-          log,
-          signOp: (op) => signJws(op, vehicleKey, identity.vehicleKeyId, KEYRING_OP_TYP),
-          agent: () => agent,
-          lockState: () => lock.state(),
-        });
-        readers.push(nfc.reader);
-        nfcHandlers = nfc.handlers;
-        nfcHints = nfc.hints;
-        // Registered before agent.stop(), so it runs after it (the reader stops first).
-        cleanup.unshift(() => nfc.stop());
-      } catch (err) {
-        const e = toAgentError(err, 'reader_error');
-        log.error(
-          { module: 'nfc', code: e.code, err: e.message },
-          'NFC reader not started; running without it',
-        );
-      }
-    }
-    // ── end NFC ──
-
-    const agent = new Agent({
-      vehicleId: identity.vehicleId,
-      keyring,
-      keyringStore: state.keyringStore,
-      counters,
-      clock,
-      audit,
+    let agent: Agent | undefined;
+    const readers = await buildReaders({
+      config,
+      stateDir,
+      vehicle: state.vehicle,
+      vehicleKey,
+      counters: state.counters,
+      clock: state.trustedClock.clock,
       lock,
-      readers,
-      policy: {
-        rateLimit: {
-          maxDenials: config.policy.maxDenials,
-          windowMs: config.policy.windowMs,
-          cooldownMs: config.policy.cooldownMs,
-          maxUnknownCards: config.policy.maxUnknownCards,
-          uidThrottleMs: config.policy.uidThrottleMs,
-        },
-        answerDeadlineMs: {
-          phone: config.policy.bleAnswerDeadlineMs,
-          fido: config.policy.nfcAnswerDeadlineMs,
-          ntag424: config.policy.nfcAnswerDeadlineMs,
-        },
+      agent: () => {
+        if (!agent) throw new Error('the agent is not built yet');
+        return agent;
       },
-      denialSummaryMs: config.policy.denialSummaryMs,
-      log: log.child({ module: 'agent' }),
-      signAsVehicle: (message) => signP256(vehicleKey, message),
-      stateDeadlines: {
-        counterWriteMs: config.policy.counterWriteDeadlineMs,
-        counterSyncMs: config.policy.counterSyncDeadlineMs,
-      },
-      maxAuditInFlight: config.audit.maxPendingEvents,
+      log,
+      cleanup,
     });
-    relay.onLockChange((lockState, cause) => agent.audit({ type: 'lock', state: lockState, cause }));
-    relay.onWatchdog((channel, release) =>
-      agent.audit({
-        type: 'relay.watchdog',
-        code: release.code,
-        channel,
-        by: release.by,
-        cause: release.cause,
-        heldMs: release.heldMs,
-      }),
-    );
+    agent = createAgent({ config, state, relay, readers: readers.readers, vehicleKey, log });
     await relay.start();
     await agent.start();
-    cleanup.unshift(() => agent.stop());
-    const auditFinding = (f: IntegrityFinding) => {
-      const { file, code, problem, action, denied } = integrity.relative(f);
-      agent.audit({
-        type: 'state.damage',
-        code,
-        file,
-        problem,
-        action,
-        ...(denied ? { denied: denied.length } : {}),
-      });
-    };
-    // The audit log records its own damage in the chain (audit.damage).
-    for (const f of integrity.findings()) if (f.code !== 'audit_chain_broken') auditFinding(f);
-    vehicleState.keyringStore.onFinding(auditFinding);
+    const started = agent;
+    cleanup.defer('agent', () => started.stop());
+    auditStateDamage(agent, state);
+    warnInsecureCredentials(state, log);
 
-    const insecure = keyring.list().filter((s) => !s.revoked && s.credential.options.insecureUid);
-    if (insecure.length > 0) {
-      const insecureNames = insecure
-        .map((s) => `${s.credential.name ?? s.credential.id} (${s.credential.role})`)
-        .join(', ');
-      log.warn(
-        {
-          module: 'main',
-          credentials: insecure.map((s) => ({
-            id: s.credential.id,
-            name: s.credential.name ?? '(unnamed)',
-            role: s.credential.role,
-          })),
-        },
-        `${insecure.length} UID-only credential(s) enabled (insecureUid): ${insecureNames}. ` +
-          'A UID can be cloned in minutes: replace them with FIDO keys or NTAG 424 DNA cards (docs/cards.md)',
-      );
-    }
-
+    // The control socket (src/host/control-server.ts): the core commands, the readers' own, and
+    // the parts' status, added as they start. The status page serves the same map.
     const handlers = coreControlHandlers({
       agent,
       keyring,
       identity,
-      audit,
+      audit: state.audit,
       relayStatus: () => relay.status(),
     });
-    if (simReader)
-      for (const [name, handler] of simReaderHandlers(simReader, lock)) handlers.set(name, handler);
-    for (const [name, handler] of bleHandlers) handlers.set(name, handler);
-    for (const [name, handler] of nfcHandlers) handlers.set(name, handler);
-    for (const [name, handler] of testHookHandlers(process.env, { appendAudit: (e) => audit.append(e) }))
+    for (const [name, handler] of readers.handlers) handlers.set(name, handler);
+    for (const [name, handler] of testHookHandlers(process.env, {
+      appendAudit: (e) => state.audit.append(e),
+    }))
       handlers.set(name, handler);
-    handlers.set('state.status', () => integrity.summary());
-    handlers.set('state.findings', () => integrity.status());
-    const control: ControlServer = await startControlServer(
+    handlers.set('state.status', () => state.integrity.summary());
+    handlers.set('state.findings', () => state.integrity.status());
+    const control = await startControlServer(
       socketPath,
       handlers,
       log.child({ module: 'control' }),
       config.control,
     );
-    cleanup.unshift(() => control.close());
+    cleanup.defer('control socket', () => control.close());
     handlers.set('control.status', () => control.stats());
 
-    // ── cloud link (src/cloud, docs/mqtt.md): beside the agent, never in front of it ──
-    // Loaded only when enabled, so mqtt never loads otherwise. A link that cannot start (a
-    // missing certificate, say) is logged and the vehicle runs on without it.
-    if (config.cloud.enabled) {
-      try {
-        const { startCloudLink } = await import('../cloud/cloud-link.js');
-        const cloud = await startCloudLink({
-          config: config.cloud,
-          vehicleId: identity.vehicleId,
-          stateDir,
-          agent,
-          audit,
-          clock,
-          vehicleSigner: { key: vehicleKey, kid: identity.vehicleKeyId },
-          log: log.child({ module: 'cloud' }),
-        });
-        cleanup.unshift(() => cloud.stop());
-        outbox?.follow(() => cloud.status().outbox.ackedSeq);
-        // Connection, protocol and outbox depth for `status` readers (the status page, /metrics).
-        handlers.set('cloud.status', () => cloud.status());
-        // `vehicle-agent status` shows the link too: its intake budgets and drops (issue 12).
-        const coreStatus = handlers.get('status');
-        if (coreStatus)
-          handlers.set('status', async (args) => ({
-            ...((await coreStatus(args)) as Record<string, unknown>),
-            cloud: cloud.status(),
-          }));
-      } catch (err) {
-        const e = toAgentError(err);
-        log.error(
-          { module: 'cloud', code: e.code, err: e.message },
-          'cloud link not started; running without it',
-        );
-      }
-    }
-    // ── end cloud link ──
-
-    // ── supervision and status page (src/host/supervision.ts, src/status, systemd/) ──
-    // Beside the agent, never in front of it: health checks, sd_notify (READY/WATCHDOG/STOPPING
-    // when run by systemd) and the local HTTP status page, which calls the handlers above.
-    const supervision = startSupervision({
+    await startCloud({ config, stateDir, identity, vehicleKey, agent, state, handlers, log, cleanup });
+    const supervision = startSupervisor({ config, stateDir, relay, agent, state, notifyEnv, log, cleanup });
+    await startStatusPageIfEnabled({
+      config,
       stateDir,
-      lock,
-      onLockChange: (listener) => relay.onLockChange(listener),
-      maxOnMs: config.lock.maxOnMs,
-      notifyEnv,
-      log: log.child({ module: 'supervision' }),
-      // Real write failures of the state stores (docs/storage.md), for /healthz and /metrics.
-      storage: () => ({
-        stores: [
-          { name: 'keyring', ...vehicleState.keyringStore.writeHealth },
-          { name: 'counters', ...counters.writeHealth },
-          { name: 'audit', ...audit.writeHealth },
-          // The cloud link's stores (command counters and results, the outbox cursor), as they open.
-          ...openStores
-            .under(join(stateDir, 'cloud'))
-            .map(({ path, health }) => ({ name: `cloud.${basename(path)}`, ...health })),
-        ],
-        audit: agent.auditDrops(),
-        auditRetention: audit.rotationStats(),
-      }),
-      extraChecks: [integrity.healthCheck()],
+      handlers,
+      audit: state.audit,
+      supervision,
+      log,
+      cleanup,
     });
-    cleanup.push(() => supervision.close()); // last: the notify helper outlives the relays' release
-    if (config.statusPage.enabled) {
-      try {
-        const { startStatusPage } = await import('./status-page.js');
-        const page = await startStatusPage({
-          config: config.statusPage,
-          stateDir,
-          handlers,
-          audit,
-          health: supervision,
-          log: log.child({ module: 'status-page' }),
-        });
-        cleanup.unshift(async () => {
-          page.setStopping();
-          await page.close();
-        });
-        handlers.set('status-page.status', () => page.stats());
-      } catch (err) {
-        const e = toAgentError(err);
-        log.error(
-          { module: 'status-page', code: e.code, err: e.message },
-          'status page not started; running without it',
-        );
-      }
-    }
-    // ── end supervision ──
 
-    if (simReader) {
-      for (const hint of [...demoHints(), ...nfcHints]) log.info({ module: 'main' }, `try: ${hint}`);
-      log.info(
-        { module: 'main' },
-        'then: vehicle-agent status   (npx vehicle-agent ... from the project directory)',
-      );
-    }
-
+    if (simReaderEnabled(config)) logDemoHints(log, readers.hints);
     // READY=1 once readers and relays are up; STOPPING=1 as the orderly stop begins.
-    supervision.ready(
-      `ready: lock ${lock.state()}; readers ${readers.map((r) => `${r.id} ${r.health().state}`).join(', ') || 'none'}`,
-    );
-    cleanup.unshift(async () => supervision.stopping());
-
+    const readerStates = readers.readers.map((r) => `${r.id} ${r.health().state}`).join(', ');
+    supervision.ready(`ready: lock ${lock.state()}; readers ${readerStates || 'none'}`);
+    cleanup.defer('notify stopping', () => supervision.stopping());
     log.info(
       {
         module: 'main',
         vehicleId: identity.vehicleId,
         lock: lock.state(),
         relay: config.relay.driver,
-        readers: readers.map((r) => r.id),
+        readers: readers.readers.map((r) => r.id),
         socket: socketPath,
         startMs: Math.round(performance.now() - startedAt),
       },
@@ -440,21 +157,16 @@ export async function startAgent(options: {
     const stop = (reason: string): Promise<void> => {
       stopping ??= (async () => {
         log.info({ module: 'main', reason }, 'stopping');
-        for (const step of [releaseRelays, ...cleanup]) {
-          try {
-            await step();
-          } catch (err) {
-            const e = toAgentError(err);
-            log.error({ module: 'main', code: e.code, err: e.message }, 'error while stopping');
-          }
-        }
+        // The relays before anything else, whatever the stack holds (see above).
+        await relay.close().catch(() => {});
+        await cleanup.unwind(log);
         log.info({ module: 'main', relays: 'de-energised' }, 'stopped');
       })();
       return stopping;
     };
     return { agent, socketPath, stop };
   } catch (err) {
-    for (const step of cleanup) await step().catch(() => {});
+    await cleanup.unwind();
     throw err;
   }
 }
@@ -498,35 +210,4 @@ export async function runAgentCli(argv: readonly string[]): Promise<number> {
   }
   if (stopRequested !== undefined) stopWith(stopRequested, 0);
   return await finished;
-}
-
-export type { Logger };
-
-/**
- * The first audit seq the cloud outbox still needs (AuditLogOptions.retainFrom): from its
- * persisted cursor until the link starts, then from the live one (`follow`). An unreadable
- * cursor keeps everything (up to audit.maxFiles) rather than stop the agent.
- */
-async function outboxRetention(
-  stateDir: string,
-  log: Logger,
-): Promise<{ retainFrom: () => number; follow: (ackedSeq: () => number) => void }> {
-  const { readOutboxCursor } = await import('../cloud/outbox.js');
-  let persisted = 0;
-  try {
-    persisted = (await readOutboxCursor(join(stateDir, 'cloud'))) ?? 0;
-  } catch (err) {
-    const e = toAgentError(err);
-    log.warn(
-      { module: 'audit', code: e.code, err: e.message },
-      'cloud outbox cursor unreadable; audit rotation keeps every unsent record it can',
-    );
-  }
-  let live: (() => number) | undefined;
-  return {
-    retainFrom: () => (live?.() ?? persisted) + 1,
-    follow: (ackedSeq) => {
-      live = ackedSeq;
-    },
-  };
 }

@@ -1,12 +1,16 @@
 import { join } from 'node:path';
 import type { Config } from '../config/schema.js';
+import { toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import type { ControlHandler } from '../host/control-server.js';
 import type { HealthReport } from '../host/health-monitor.js';
+import { DEMO_KEYS, DEMO_TAGS } from '../sim/demo.js';
 import { loadAdminToken } from '../status/admin-token.js';
 import { AuditFeed, type AuditSource } from '../status/audit-feed.js';
 import { type StatusServer, startStatusServer } from '../status/server.js';
 import type { HandlerMap } from '../status/sim-actions.js';
 import { STATE_FILES } from '../store/provision.js';
+import type { CleanupStack } from './cleanup-stack.js';
 
 /** Builds the status page for the composition root (src/app/start.ts): token, audit feed, server. */
 
@@ -49,7 +53,7 @@ export async function startStatusPage(deps: StatusPageDeps): Promise<StatusServe
     health: () => deps.health.lastReport(),
     checkHealth: () => deps.health.check(),
     feed,
-    demoDir: join(deps.stateDir, STATE_FILES.demo),
+    demo: { dir: join(deps.stateDir, STATE_FILES.demo), keys: DEMO_KEYS, tags: DEMO_TAGS },
     log,
   });
   log.info(
@@ -60,4 +64,42 @@ export async function startStatusPage(deps: StatusPageDeps): Promise<StatusServe
     'status page listening',
   );
   return server;
+}
+
+/**
+ * The local status page (src/status), when enabled: beside the agent, never in front of it. One
+ * that cannot start (its port taken, say) is logged and the vehicle runs on without it.
+ */
+export async function startStatusPageIfEnabled(deps: {
+  readonly config: Config;
+  readonly stateDir: string;
+  readonly handlers: Map<string, ControlHandler>;
+  readonly audit: AuditSource;
+  readonly supervision: StatusPageDeps['health'];
+  readonly log: Logger;
+  readonly cleanup: CleanupStack;
+}): Promise<void> {
+  const { config, log } = deps;
+  if (!config.statusPage.enabled) return;
+  try {
+    const page = await startStatusPage({
+      config: config.statusPage,
+      stateDir: deps.stateDir,
+      handlers: deps.handlers,
+      audit: deps.audit,
+      health: deps.supervision,
+      log: log.child({ module: 'status-page' }),
+    });
+    deps.cleanup.defer('status page', async () => {
+      page.setStopping();
+      await page.close();
+    });
+    deps.handlers.set('status-page.status', () => page.stats());
+  } catch (err) {
+    const e = toAgentError(err);
+    log.error(
+      { module: 'status-page', code: e.code, err: e.message },
+      'status page not started; running without it',
+    );
+  }
 }

@@ -2,14 +2,13 @@ import type { Keyring } from '../access/keyring.js';
 import type { Agent, LockControl } from '../agent/agent.js';
 import { AgentError } from '../core/errors.js';
 import type { Decision, Intent } from '../core/types.js';
-import type { SimAnswer, SimReader } from '../sim/sim-reader.js';
 import type { VehicleIdentity } from '../store/provision.js';
 import type { ControlHandler } from './control-server.js';
 
 /**
- * The control socket's core commands (status, vehicle, keys, audit) and, when the simulated reader
- * is on, its sim.* commands. Argument parsing here is strict: a bad request gets bad_arguments and
- * never reaches the agent.
+ * The control socket's core commands (status, vehicle, keys, audit); the simulated reader's sim.*
+ * commands are added by the composition root (src/app/sim.ts). Argument parsing here is strict: a
+ * bad request gets bad_arguments and never reaches the agent.
  */
 export interface CoreHandlerDeps {
   readonly agent: Agent;
@@ -83,41 +82,6 @@ export function parseIntent(value: unknown): Intent {
   if (value === undefined) return 'unlock';
   if (value === 'unlock' || value === 'lock' || value === 'toggle') return value;
   throw new AgentError('bad_arguments', 'intent must be unlock, lock or toggle');
-}
-
-function parseSimAnswer(args: Readonly<Record<string, unknown>>): SimAnswer {
-  const { challengeId, credentialId, explicitIntent, signature, delayMs } = args;
-  if (typeof challengeId !== 'string' || typeof credentialId !== 'string' || typeof signature !== 'string') {
-    throw new AgentError('bad_arguments', 'challengeId, credentialId and signature must be strings');
-  }
-  if (typeof explicitIntent !== 'boolean')
-    throw new AgentError('bad_arguments', 'explicitIntent must be a boolean');
-  if (delayMs !== undefined && (typeof delayMs !== 'number' || !Number.isInteger(delayMs) || delayMs < 0)) {
-    throw new AgentError('bad_arguments', 'delayMs must be a non-negative integer');
-  }
-  return {
-    challengeId,
-    credentialId,
-    intent: parseIntent(args.intent),
-    explicitIntent,
-    signature,
-    ...(delayMs !== undefined ? { delayMs } : {}),
-  };
-}
-
-/** sim.challenge, sim.answer and sim.uid: `vehicle-agent sim present` plays a key through these. */
-export function simReaderHandlers(simReader: SimReader, lock: LockControl): Map<string, ControlHandler> {
-  return new Map<string, ControlHandler>([
-    ['sim.challenge', () => simReader.issueChallenge()],
-    ['sim.answer', async (args) => decisionReply(await simReader.answer(parseSimAnswer(args)), lock)],
-    [
-      'sim.uid',
-      async (args) => {
-        if (typeof args.uid !== 'string') throw new AgentError('bad_arguments', 'uid must be a hex string');
-        return decisionReply(await simReader.presentUid(args.uid, parseIntent(args.intent)), lock);
-      },
-    ],
-  ]);
 }
 
 /**

@@ -1,12 +1,11 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { readPrivateKeyFile, readSignerKey } from '../cli/key-files.js';
 import { AgentError } from '../core/errors.js';
 import { INTENTS } from '../core/types.js';
 import { signP256, simKeyMessage } from '../crypto/challenge.js';
 import { b64url, fromB64url } from '../crypto/encoding.js';
 import type { ControlHandler } from '../host/control-server.js';
-import { DEMO_KEYS, DEMO_TAGS } from '../sim/demo.js';
+import { readPrivateKeyFile, readSignerKey } from '../store/key-files.js';
 
 /**
  * The status page's sim controls. Each action calls the same control handlers the CLI reaches
@@ -72,11 +71,24 @@ async function call(handlers: HandlerMap, name: string, args: Record<string, unk
   return await handler(args);
 }
 
-function demoKeyChoices(demoDir: string): Choice[] {
-  return DEMO_KEYS.filter((k) => existsSync(join(demoDir, `${k.name}.pem`))).map((k) => ({
-    value: k.name,
-    label: `${k.name}: ${k.note}`,
-  }));
+/**
+ * The demo vehicle's keys and tags the page offers, handed in by whoever builds the page (the
+ * composition root, from the simulator's demo), so the page itself knows nothing of simulators.
+ */
+export interface DemoCatalogue {
+  /** Where the demo's private keys are (<stateDir>/demo). */
+  readonly dir: string;
+  readonly keys: readonly { readonly name: string; readonly note: string }[];
+  readonly tags: readonly { readonly uid: string; readonly note: string }[];
+}
+
+function demoKeyChoices(demo: DemoCatalogue): Choice[] {
+  return demo.keys
+    .filter((k) => existsSync(join(demo.dir, `${k.name}.pem`)))
+    .map((k) => ({
+      value: k.name,
+      label: `${k.name}: ${k.note}`,
+    }));
 }
 
 /** Checks args against the action's params (choices or pattern) and fills defaults. */
@@ -125,9 +137,9 @@ async function simCardChoices(handlers: HandlerMap): Promise<Choice[]> {
   }
 }
 
-export async function buildSimActions(handlers: HandlerMap, demoDir: string): Promise<SimAction[]> {
+export async function buildSimActions(handlers: HandlerMap, demo: DemoCatalogue): Promise<SimAction[]> {
   const actions: SimAction[] = [];
-  const keys = demoKeyChoices(demoDir);
+  const keys = demoKeyChoices(demo);
 
   if (handlers.has('sim.challenge') && handlers.has('sim.answer') && keys.length > 0) {
     actions.push({
@@ -150,7 +162,7 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
         },
       ],
       run: async (args) => {
-        const key = readSignerKey(join(demoDir, `${args.key}.pem`), 'phone');
+        const key = readSignerKey(join(demo.dir, `${args.key}.pem`), 'phone');
         const challenge = (await call(handlers, 'sim.challenge', {})) as {
           challengeId: string;
           challenge: string;
@@ -189,9 +201,9 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
         {
           name: 'uid',
           label: 'tag UID (hex)',
-          choices: DEMO_TAGS.map((t) => ({ value: t.uid, label: `${t.uid}: ${t.note}` })),
+          choices: demo.tags.map((t) => ({ value: t.uid, label: `${t.uid}: ${t.note}` })),
           pattern: '[0-9A-Fa-f]{8,20}',
-          default: DEMO_TAGS[0].uid,
+          ...(demo.tags[0] ? { default: demo.tags[0].uid } : {}),
         },
         INTENT_PARAM,
       ],
@@ -219,7 +231,7 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
         },
       ],
       run: async (args) => {
-        const privateKey = readPrivateKeyFile(join(demoDir, `${args.key}.pem`));
+        const privateKey = readPrivateKeyFile(join(demo.dir, `${args.key}.pem`));
         const { d } = privateKey.export({ format: 'jwk' });
         if (typeof d !== 'string')
           throw new AgentError('key_invalid', 'demo phone key has no private scalar');

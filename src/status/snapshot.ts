@@ -3,7 +3,13 @@ import { CREDENTIAL_KINDS, type HealthState, LOCK_STATES, ROLES } from '../core/
 import type { HealthReport, StorageFigures } from '../host/health-monitor.js';
 import type { DecisionCounts } from './audit-feed.js';
 import { type MetricFamily, oneHot, type Sample } from './metrics.js';
-import { buildSimActions, describeActions, type HandlerMap, type SimActionInfo } from './sim-actions.js';
+import {
+  buildSimActions,
+  type DemoCatalogue,
+  describeActions,
+  type HandlerMap,
+  type SimActionInfo,
+} from './sim-actions.js';
 
 /**
  * What the status page shows, collected from the control handlers (the same ones the control
@@ -150,7 +156,8 @@ export interface SnapshotDeps {
   readonly handlers: HandlerMap;
   readonly health: () => HealthReport | undefined;
   readonly auditSeq: () => number;
-  readonly demoDir: string;
+  /** The demo keys and tags offered as sim controls. */
+  readonly demo: DemoCatalogue;
   readonly simControls: boolean;
   readonly wallNow?: () => number;
 }
@@ -174,7 +181,7 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
   const cloud = subsystems.cloud ?? status.cloud;
   const relay = asRecord(status.relay);
   const relayHealth = asRecord(relay.health);
-  const actions = deps.simControls ? describeActions(await buildSimActions(handlers, deps.demoDir)) : [];
+  const actions = deps.simControls ? describeActions(await buildSimActions(handlers, deps.demo)) : [];
   const health = deps.health();
   const clock = asRecord(status.clock);
   const decisions = asRecord(status.decisions);

@@ -32,7 +32,7 @@ async function start(options: Partial<StatusServerOptions>): Promise<StatusServe
     health: report,
     checkHealth: async () => report(),
     feed: new AuditFeed({ lastSeq: 0, recent: () => [] }, silentLogger),
-    demoDir: '/nonexistent',
+    demo: { dir: '/nonexistent', keys: [], tags: [] },
     log: silentLogger,
     ...options,
   });

@@ -3,9 +3,9 @@ import { ROLES, type Role } from '../../core/types.js';
 import { signJws } from '../../crypto/jws.js';
 import { CARD_ENROLL_TYP, CARD_KINDS, type CardKind, canonicalRequest } from '../../nfc/enroll-auth.js';
 import type { CardEnrollmentView } from '../../nfc/enrollment.js';
+import { readSignerKey } from '../../store/key-files.js';
 import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
 import { controlRequest } from '../control-client.js';
-import { readSignerKey } from '../key-files.js';
 
 export const ENROLL_CARD_HELP = `vehicle-agent enroll card --kind fido|ntag424|uid --role ROLE [--name TEXT]
                           [--not-before TIME] [--not-after TIME]

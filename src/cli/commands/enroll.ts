@@ -1,9 +1,9 @@
 import { AgentError } from '../../core/errors.js';
 import { ROLES, type Role } from '../../core/types.js';
 import { publicJwkOf } from '../../crypto/keys.js';
+import { readKeyFile } from '../../store/key-files.js';
 import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
 import { controlRequest } from '../control-client.js';
-import { readKeyFile } from '../key-files.js';
 
 export const ENROLL_HELP = `vehicle-agent enroll phone --public NEW.pub.pem --role ROLE [--name TEXT]
                           [--not-before TIME] [--not-after TIME] [--passive] [--window MS] [--no-wait] [--json]

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Keyring } from '../../access/keyring.js';
+import { provisionDemo } from '../../app/sim.js';
 import { AgentError } from '../../core/errors.js';
 import { acquireInstanceLock } from '../../host/instance-lock.js';
-import { seedDemo } from '../../sim/demo.js';
 import { KeyringStore } from '../../store/keyring-store.js';
 import { ensureStateDir, type ProvisionResult, provision, STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
@@ -37,14 +37,15 @@ export async function init(argv: readonly string[]): Promise<number> {
   const lock = await acquireInstanceLock(loaded.stateDir, 'init');
   let result: ProvisionResult;
   try {
-    result = await provision({
-      stateDir: loaded.stateDir,
-      ...(values['vehicle-id'] !== undefined ? { vehicleId: values['vehicle-id'] } : {}),
-      ...(ownerKeyText !== undefined ? { ownerKeyText } : {}),
-      demoOwner: values.demo === true,
-    });
-    if (result.ownerKey) await seedDemo(loaded.stateDir, result.identity, result.ownerKey);
+    const vehicleId = values['vehicle-id'] !== undefined ? { vehicleId: values['vehicle-id'] } : {};
+    if (values.demo === true) result = await provisionDemo({ stateDir: loaded.stateDir, ...vehicleId });
     else {
+      result = await provision({
+        stateDir: loaded.stateDir,
+        ...vehicleId,
+        ...(ownerKeyText !== undefined ? { ownerKeyText } : {}),
+        demoOwner: false,
+      });
       const { identity } = result;
       const empty = new Keyring({
         vehicleId: identity.vehicleId,

@@ -1,7 +1,7 @@
 import { AgentError } from '../../core/errors.js';
 import { encodeKeyPair, generateKeyPair, keyCredentialId, publicJwkOf } from '../../crypto/keys.js';
+import { writeKeyFiles } from '../../store/key-files.js';
 import { out, parse, requireString } from '../args.js';
-import { writeKeyFiles } from '../key-files.js';
 
 export const KEYGEN_HELP = `vehicle-agent keygen --out PREFIX [--alg p256|ed25519] [--kind signer|phone]
 

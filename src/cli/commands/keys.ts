@@ -7,11 +7,11 @@ import { AgentError, toAgentError } from '../../core/errors.js';
 import { silentLogger } from '../../core/logger.js';
 import { acquireInstanceLock } from '../../host/instance-lock.js';
 import { AuditLog } from '../../store/audit-log.js';
+import { readSignerKey } from '../../store/key-files.js';
 import { STATE_FILES } from '../../store/provision.js';
 import { openVehicleState } from '../../store/vehicle-state.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
 import { controlRequest } from '../control-client.js';
-import { readSignerKey } from '../key-files.js';
 import { buildGrant, buildRevoke, GRANT_OPTIONS } from './signing.js';
 
 export const KEYS_HELP = `vehicle-agent keys list [--json]

@@ -10,10 +10,10 @@ import {
   keyCredentialId,
   publicJwkOf,
 } from '../../crypto/keys.js';
+import { readPrivateKeyFile, writeKeyFiles } from '../../store/key-files.js';
 import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
 import { controlRequest } from '../control-client.js';
-import { readPrivateKeyFile, writeKeyFiles } from '../key-files.js';
 
 export const PHONE_HELP = `vehicle-agent phone keygen --out PREFIX [--json]
 vehicle-agent phone approach NAME|--key KEY.pem [--intent unlock|lock|toggle] [--passive]

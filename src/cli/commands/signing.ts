@@ -14,8 +14,8 @@ import { AgentError } from '../../core/errors.js';
 import { type Credential, type CredentialKind, ROLES, type Role } from '../../core/types.js';
 import { fromHex } from '../../crypto/encoding.js';
 import { publicJwkOf, requireKeyForKind, uidHash } from '../../crypto/keys.js';
+import { readKeyFile, readSignerKey } from '../../store/key-files.js';
 import { parseTime, requireString } from '../args.js';
-import { readKeyFile, readSignerKey } from '../key-files.js';
 
 /**
  * Building and signing what goes to the vehicle from the cloud side: commands, keyring operations

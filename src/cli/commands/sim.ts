@@ -4,11 +4,11 @@ import { AgentError } from '../../core/errors.js';
 import { INTENTS, type Intent } from '../../core/types.js';
 import { signP256, simKeyMessage } from '../../crypto/challenge.js';
 import { b64url, fromB64url } from '../../crypto/encoding.js';
-import type { SimChallenge } from '../../sim/sim-reader.js';
+import type { SimChallenge } from '../../host/control-api.js';
+import { readSignerKey } from '../../store/key-files.js';
 import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 import { controlRequest } from '../control-client.js';
-import { readSignerKey } from '../key-files.js';
 import { SIM_NFC_HELP, simNfc } from './sim-nfc.js';
 
 export const SIM_HELP = `vehicle-agent sim present NAME|--key KEY.pem [--intent unlock|lock|toggle] [--passive] [--delay MS] [--tamper]

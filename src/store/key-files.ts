@@ -9,7 +9,7 @@ import {
   publicJwkOf,
   requireKeyForKind,
 } from '../crypto/keys.js';
-import { writeNewFile } from '../store/new-file.js';
+import { writeNewFile } from './new-file.js';
 
 /** Writes PREFIX.pem and PREFIX.jwk (private, 0600) and PREFIX.pub.pem and PREFIX.pub.jwk (0644). */
 export async function writeKeyFiles(prefix: string, encoded: EncodedKeyPair): Promise<string[]> {
