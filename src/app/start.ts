@@ -1,12 +1,12 @@
 import { createPrivateKey } from 'node:crypto';
 import type { Agent } from '../agent/agent.js';
-import { COMMON_OPTIONS, loadFor, parse } from '../cli/args.js';
+import { loadConfigFor } from '../config/load.js';
 import { toAgentError } from '../core/errors.js';
 import { coreControlHandlers, testHookHandlers } from '../host/control-handlers.js';
 import { startControlServer } from '../host/control-server.js';
-import { acquireInstanceLock } from '../host/instance-lock.js';
 import { takeNotifyEnvironment } from '../host/sd-notify.js';
 import { createLogger } from '../logging.js';
+import { acquireInstanceLock } from '../store/instance-lock.js';
 import { ensureStateDir } from '../store/provision.js';
 import { auditStateDamage, createAgent, warnInsecureCredentials } from './agent.js';
 import { CleanupStack } from './cleanup-stack.js';
@@ -37,7 +37,7 @@ export async function startAgent(options: {
   config?: string | undefined;
   stateDir?: string | undefined;
 }): Promise<RunningAgent> {
-  const loaded = loadFor({ config: options.config, 'state-dir': options.stateDir });
+  const loaded = loadConfigFor({ file: options.config, stateDir: options.stateDir });
   const { config, stateDir, socketPath } = loaded;
   const log = createLogger({ level: config.log.level, format: config.log.format });
   // Before any child starts, so none inherits $NOTIFY_SOCKET (see src/host/sd-notify.ts).
@@ -169,45 +169,4 @@ export async function startAgent(options: {
     await cleanup.unwind();
     throw err;
   }
-}
-
-/** `vehicle-agent start`: runs until SIGINT/SIGTERM; relays are released on every way out. */
-export async function runAgentCli(argv: readonly string[]): Promise<number> {
-  const { values } = parse(argv, COMMON_OPTIONS);
-  // Handlers go in before start-up, so a signal that arrives while the agent starts (or right
-  // after `ready`) still ends in an orderly stop with the relays released, never a default kill.
-  let running: RunningAgent | undefined;
-  let stopRequested: string | undefined;
-  let finish: (code: number) => void = () => {};
-  const finished = new Promise<number>((resolve) => {
-    finish = resolve;
-  });
-  const stopWith = (reason: string, code: number) => {
-    if (!running) {
-      stopRequested ??= reason;
-      return;
-    }
-    void running.stop(reason).then(() => finish(code));
-  };
-  const onSignal = (signal: NodeJS.Signals) => stopWith(signal, 0);
-  const onFatal = (err: unknown) => {
-    const e = toAgentError(err);
-    process.stderr.write(`vehicle-agent: fatal [${e.code}] ${e.stack ?? e.message}\n`);
-    setTimeout(() => process.exit(1), 5000).unref();
-    if (!running) process.exit(1);
-    void running.stop('fatal error').finally(() => process.exit(1));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  process.once('uncaughtException', onFatal);
-  process.once('unhandledRejection', onFatal);
-  try {
-    running = await startAgent({ config: values.config, stateDir: values['state-dir'] });
-  } catch (err) {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    throw err;
-  }
-  if (stopRequested !== undefined) stopWith(stopRequested, 0);
-  return await finished;
 }

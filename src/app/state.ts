@@ -2,11 +2,11 @@ import { join } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import { denyCounterSuspects, StateIntegrity } from '../host/state-integrity.js';
 import { AuditLog } from '../store/audit-log.js';
 import { openTrustedClock, type TrustedClockStore } from '../store/clock-store.js';
 import { COUNTER_MAP_OPTIONS, JournaledMap } from '../store/journaled-map.js';
 import { isProvisioned, STATE_FILES } from '../store/provision.js';
-import { denyCounterSuspects, StateIntegrity } from '../store/state-integrity.js';
 import { openVehicleState, type VehicleState } from '../store/vehicle-state.js';
 import type { CleanupStack } from './cleanup-stack.js';
 

@@ -1,5 +1,5 @@
 import { type ParseArgsConfig, parseArgs } from 'node:util';
-import { type LoadedConfig, loadConfig } from '../config/load.js';
+import { type LoadedConfig, loadConfigFor } from '../config/load.js';
 import { AgentError } from '../core/errors.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -30,10 +30,7 @@ export function loadFor(values: {
   config?: string | undefined;
   'state-dir'?: string | undefined;
 }): LoadedConfig {
-  const loaded = loadConfig({ file: values.config });
-  if (values['state-dir'] === undefined) return loaded;
-  const env = { ...process.env, VEHICLE_AGENT_STATE_DIR: values['state-dir'] };
-  return loadConfig({ file: values.config, env });
+  return loadConfigFor({ file: values.config, stateDir: values['state-dir'] });
 }
 
 export function requireString(value: string | undefined, name: string): string {

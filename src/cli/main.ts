@@ -22,7 +22,7 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
   start: {
     summary: 'run the agent (simulated hardware unless configured)',
     load: async () => ({
-      run: async (argv) => (await import('../app/start.js')).runAgentCli(argv),
+      run: async (argv) => (await import('./commands/start.js')).runAgentCli(argv),
       help: START_HELP,
     }),
   },

@@ -119,6 +119,18 @@ function setPath(target: Record<string, unknown>, path: readonly string[], value
  * VEHICLE_AGENT_LOCK__PULSE_MS=400) and validates. Throws one AgentError 'config_invalid' listing
  * every problem with the file or variable, the field, what was wrong and what is allowed.
  */
+/** The configuration for a command line's --config and --state-dir (which beats the file and the environment). */
+export function loadConfigFor(options: {
+  readonly file?: string | undefined;
+  readonly stateDir?: string | undefined;
+}): LoadedConfig {
+  if (options.stateDir === undefined) return loadConfig({ file: options.file });
+  return loadConfig({
+    file: options.file,
+    env: { ...process.env, VEHICLE_AGENT_STATE_DIR: options.stateDir },
+  });
+}
+
 export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   const env = options.env ?? process.env;
   const cwd = options.cwd ?? process.cwd();

@@ -10,7 +10,6 @@ import {
   type PendingOpsSource,
   type StoredOp,
 } from '../access/keyring.js';
-import type { KeyringPersistence } from '../agent/agent.js';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readFileIfExists, writeFileAtomic } from './atomic.js';
@@ -620,7 +619,7 @@ function revocationsOnlyInSummary(summary: SnapshotV3 | undefined, ops: readonly
   return summary.credentials.filter(([w, revoked]) => revoked && !revokedByOps.has(w.id)).map(([w]) => w.id);
 }
 
-export class KeyringStore implements KeyringPersistence {
+export class KeyringStore {
   private readonly found: IntegrityFinding[];
   /** Credentials this store denies because keyring state about them was lost (persisted). */
   private readonly lost = new Map<string, string>();

@@ -12,13 +12,13 @@ import {
   parseKeyText,
   publicJwkOf,
 } from '../../src/crypto/keys.js';
+import { denyCounterSuspects } from '../../src/host/state-integrity.js';
 import { AuditLog, verifyAuditLog } from '../../src/store/audit-log.js';
 import { openTrustedClock } from '../../src/store/clock-store.js';
 import type { IntegrityFinding } from '../../src/store/integrity.js';
 import { COUNTER_MAP_OPTIONS, JournaledMap } from '../../src/store/journaled-map.js';
 import { KeyringStore } from '../../src/store/keyring-store.js';
 import { loadIdentity, provision, STATE_FILES } from '../../src/store/provision.js';
-import { denyCounterSuspects } from '../../src/store/state-integrity.js';
 
 /**
  * A state directory as a running agent leaves it, with something to lose in every file, and a

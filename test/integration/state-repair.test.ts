@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { signRevoke } from '../../src/access/keyring.js';
 import { parseKeyText } from '../../src/crypto/keys.js';
-import { acquireInstanceLock } from '../../src/host/instance-lock.js';
+import { acquireInstanceLock } from '../../src/store/instance-lock.js';
 import { loadIdentity } from '../../src/store/provision.js';
 import { runCli, runCliJson } from '../helpers/agent-process.js';
 import { type BuiltState, buildState, openAsAgent } from '../helpers/state-sweep.js';

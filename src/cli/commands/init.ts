@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Keyring } from '../../access/keyring.js';
 import { provisionDemo } from '../../app/sim.js';
 import { AgentError } from '../../core/errors.js';
-import { acquireInstanceLock } from '../../host/instance-lock.js';
+import { acquireInstanceLock } from '../../store/instance-lock.js';
 import { KeyringStore } from '../../store/keyring-store.js';
 import { ensureStateDir, type ProvisionResult, provision, STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';

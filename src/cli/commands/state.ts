@@ -1,7 +1,7 @@
 import { AgentError } from '../../core/errors.js';
+import type { IntegrityStatus } from '../../host/state-integrity.js';
 import { createLogger } from '../../logging.js';
 import { describeFinding } from '../../store/integrity.js';
-import type { IntegrityStatus } from '../../store/state-integrity.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 import { controlRequest } from '../control-client.js';
 

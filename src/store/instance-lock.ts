@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { acquireOwnerLock } from '../store/owner-lock.js';
+import { acquireOwnerLock } from './owner-lock.js';
 
 /**
  * One writer per state directory: the running agent, or a CLI command editing state while the

@@ -1,7 +1,7 @@
 import { relative } from 'node:path';
 import type { Keyring } from '../access/keyring.js';
-import type { CheckResult, HealthCheck } from '../host/health-monitor.js';
-import type { IntegrityFinding } from './integrity.js';
+import type { IntegrityFinding } from '../store/integrity.js';
+import type { CheckResult, HealthCheck } from './health-monitor.js';
 
 /**
  * What the agent's stores found wrong with their files (docs/storage.md "Corruption, detection
