@@ -9,7 +9,7 @@ import type { CredentialLookup, CredentialStatus } from './credential-lookup.js'
 import { type CredentialWire, credentialToWire, parseCredentialWire } from './credential-wire.js';
 
 /**
- * The keyring: a set of signed grant and revoke operations (DESIGN.md "Trust and the keyring").
+ * The keyring: a set of signed grant and revoke operations (docs/keyring.md).
  * Merge is a set union keyed by operation id, so local enrollment and cloud edits never conflict.
  * The effective state is a pure function of the set, whatever order operations arrived in:
  *   - a revoke is final: a credential with any accepted revoke is revoked, and no replayed grant
@@ -484,6 +484,8 @@ export class Keyring implements CredentialLookup {
   ): { duplicates: number; rejected: MergeResult['rejected'] } {
     let duplicates = 0;
     let pending = jwsList.map((jws, index) => ({ jws, index }));
+    // Errors no later op can cure, and those of the last pass over the ones that might have been.
+    const finalErrors = new Map<number, AgentError>();
     let lastErrors = new Map<number, AgentError>();
     for (;;) {
       const next: typeof pending = [];
@@ -499,23 +501,24 @@ export class Keyring implements CredentialLookup {
           } else duplicates++;
         } catch (err) {
           const e = err instanceof AgentError ? err : new AgentError('op_malformed', String(err));
-          errors.set(item.index, e);
           // Only signer problems can be cured by a later op in the same set.
-          if (e.code === 'op_unknown_signer' || e.code === 'op_signer_not_allowed') next.push(item);
+          if (e.code === 'op_unknown_signer' || e.code === 'op_signer_not_allowed') {
+            errors.set(item.index, e);
+            next.push(item);
+          } else finalErrors.set(item.index, e);
         }
       }
-      for (const [k, v] of errors) lastErrors.set(k, v);
+      lastErrors = errors;
       if (progress) {
         this.settleAuthority();
         this.recompute();
       }
-      if (!progress || next.length === 0) {
-        lastErrors = new Map([...lastErrors].filter(([index]) => errors.has(index)));
-        break;
-      }
+      if (!progress || next.length === 0) break;
       pending = next;
     }
-    const rejected = [...lastErrors].map(([index, e]) => ({ index, code: e.code, message: e.message }));
+    const rejected = [...finalErrors, ...lastErrors]
+      .sort(([a], [b]) => a - b)
+      .map(([index, e]) => ({ index, code: e.code, message: e.message }));
     return { duplicates, rejected };
   }
 

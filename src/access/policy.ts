@@ -3,7 +3,7 @@ import type { Role } from '../core/types.js';
 export type Action = 'unlock' | 'lock' | 'keys.grant' | 'keys.revoke' | 'keys.list' | 'state.refresh';
 
 /**
- * Role → allowed actions (DESIGN.md). Guests are further bounded by their validity window, which
+ * Role → allowed actions (docs/keyring.md). Guests are further bounded by their validity window, which
  * the decision checks for every role. A service key never adds keys.
  */
 const ALLOWED: Readonly<Record<Role, ReadonlySet<Action>>> = {

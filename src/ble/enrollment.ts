@@ -18,7 +18,7 @@ import {
 } from './protocol/enroll.js';
 
 /**
- * Enrollment at the vehicle, authorised by an owner key (DESIGN.md "Trust and the keyring").
+ * Enrollment at the vehicle, authorised by an owner key (docs/keyring.md).
  * Someone with access to the vehicle's control socket opens a request naming the new credential;
  * it stays open for a bounded window and closes when an owner's phone key approves it over BLE by
  * signing its request hash (protocol extension E1), when it expires, or when it is cancelled.

@@ -1,7 +1,7 @@
 import { AgentError } from '../core/errors.js';
 
 /**
- * The topic contract (docs/mqtt.md, DESIGN.md "Cloud over MQTT"): everything for one vehicle
+ * The topic contract (docs/mqtt.md): everything for one vehicle
  * lives under `<prefix>/<vehicleId>`.
  */
 export interface VehicleTopics {

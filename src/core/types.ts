@@ -43,7 +43,7 @@ export interface Credential {
   readonly notBefore?: number;
   readonly notAfter?: number;
   readonly publicKey?: PublicJwk;
-  /** Salted hash of the card UID (see crypto/ids.ts), for NFC kinds. Never the raw UID. */
+  /** Salted hash of the card UID (crypto/keys.ts uidHash), for NFC kinds. Never the raw UID. */
   readonly uidHash?: string;
   /** FIDO U2F key handle, base64url. */
   readonly keyHandle?: string;

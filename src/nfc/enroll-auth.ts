@@ -10,7 +10,7 @@ import { publicKeyFromJwk } from '../crypto/keys.js';
 import { enrollmentChallenge, U2F_FLAG_USER_PRESENT, vehicleAppParam, verifyAssertion } from './u2f.js';
 
 /**
- * Card enrollment at the vehicle, authorised by the owner (DESIGN.md "Trust and the keyring").
+ * Card enrollment at the vehicle, authorised by the owner (docs/keyring.md).
  * Pure: the request, the grant it leads to, and the keyring's verifiers of the owner's proof.
  *
  * The owner authorises a *request* before any card is tapped: which kind of card, which role,
