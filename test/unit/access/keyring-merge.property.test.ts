@@ -21,21 +21,26 @@ const owner2 = makeKey('signer', 'owner');
 const phones: TestKey[] = Array.from({ length: 6 }, (_, i) =>
   makeKey('phone', i % 2 === 0 ? 'driver' : 'guest', i % 2 === 0 ? {} : { notAfter: Date.UTC(2031, 0, 1) }),
 );
-const revoked = new Set([phones[1]?.id, phones[4]?.id]);
+function phone(i: number): TestKey {
+  const key = phones[i];
+  if (!key) throw new Error(`no phone ${i}`);
+  return key;
+}
+const revoked = new Set([phone(1).id, phone(4).id]);
 
 /** Ops the root signs: independent of each other, so any split into batches is valid. */
 const rootOps: readonly string[] = [
   ...phones.slice(0, 4).map((p) => grantBy(root, p.credential)),
-  revokeBy(root, phones[1]?.id ?? '', NOW_S + 5),
+  revokeBy(root, phone(1).id, NOW_S + 5),
   // A grant signed after the revoke: a revocation is final, it must not bring the key back.
-  grantBy(root, phones[1]?.credential ?? phones[0]!.credential, NOW_S + 9),
-  revokeBy(root, phones[4]?.id ?? '', NOW_S + 3),
+  grantBy(root, phone(1).credential, NOW_S + 9),
+  revokeBy(root, phone(4).id, NOW_S + 3),
 ];
 /** A chain: owner2's grant and what owner2 signs, which depends on it within one merge. */
 const chainOps: readonly string[] = [
   grantBy(root, owner2.credential),
-  grantBy(owner2, phones[4]?.credential ?? phones[0]!.credential),
-  grantBy(owner2, phones[5]?.credential ?? phones[0]!.credential),
+  grantBy(owner2, phone(4).credential),
+  grantBy(owner2, phone(5).credential),
 ];
 const allOps = [...rootOps, ...chainOps];
 
@@ -133,7 +138,7 @@ describe('keyring merge: properties over orders and batches', () => {
       // signed by a key the keyring does not know
       grantBy(stranger, victim.credential),
       // a revoke of a real key by the stranger: must not deny the owner
-      revokeBy(stranger, phones[0]?.id ?? ''),
+      revokeBy(stranger, phone(0).id),
     ];
     // one bit of a real grant's signature flipped
     const real = grantBy(root, victim.credential);
@@ -148,7 +153,7 @@ describe('keyring merge: properties over orders and batches', () => {
         for (const r of result.rejected) expect(r.code).toMatch(/^[a-z_]+$/);
         expect(ring.digest()).toBe(expected.digest);
         expect(ring.byId(victim.id)).toBeUndefined();
-        expect(ring.activeRole(phones[0]?.id ?? '')).toBe('driver');
+        expect(ring.activeRole(phone(0).id)).toBe('driver');
       }),
       { numRuns: 40 },
     );
