@@ -4,6 +4,7 @@ import { startBluezStandIn } from '../../src/sim/bluez/index.js';
 import type { AdapterSpec, BluezStandIn } from '../../src/sim/bluez/types.js';
 import { type PrivateDbus, type PrivateDbusOptions, startPrivateDbus } from '../../src/sim/dbus-daemon.js';
 import { requireTool } from './processes.js';
+import { waitFor } from './wait.js';
 
 /** UUIDs for link tests (any 128-bit UUIDs will do; the protocol defines the real ones). */
 export const TEST_UUIDS = {
@@ -73,11 +74,4 @@ export function echoPeer(): EchoPeer {
   return peer;
 }
 
-/** Polls `predicate` until true; fails with `what` after `timeoutMs` (a bound, not a speed test). */
-export async function waitFor(predicate: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
+export { waitFor };

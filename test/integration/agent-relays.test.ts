@@ -15,6 +15,7 @@ import {
   wallMicros,
 } from '../helpers/gpioset-standin.js';
 import { requireTool, spawn, stopProcess } from '../helpers/processes.js';
+import { waitFor, waitForRead } from '../helpers/wait.js';
 
 /**
  * The real agent driving GPIO relays through its relay guard and a stand-in gpioset (first on
@@ -31,15 +32,6 @@ const holding = () =>
   live(readRuns(logPath))
     .map((r) => r.args)
     .sort();
-
-async function waitUntil(condition: () => boolean, what: string, timeoutMs = 8000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}; holding ${JSON.stringify(holding())}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 beforeEach(() => {
   requireTool('sh', 'a POSIX shell runs the stand-in gpioset');
@@ -105,12 +97,15 @@ describe('agent with GPIO relays', () => {
     expect(runCliJson(['init', '--demo', '--state-dir', state]).code).toBe(0);
     const agent = await startAgentProcess(['--state-dir', state], env);
     try {
-      await waitUntil(() => JSON.stringify(holding()) === JSON.stringify(IDLE), 'idle holders');
+      await waitFor(() => JSON.stringify(holding()) === JSON.stringify(IDLE), 'idle holders', {
+        detail: holding,
+      });
       const r = runCliJson(['sim', 'present', 'driver', '--state-dir', state], env);
       expect(r.value).toMatchObject({ granted: true });
-      await waitUntil(
+      await waitFor(
         () => JSON.stringify(holding()) === JSON.stringify(UNLOCKING),
         'the unlock line energised',
+        { detail: holding },
       );
     } finally {
       expect(await agent.stop('SIGTERM')).toBe(0);
@@ -130,9 +125,10 @@ describe('agent with GPIO relays', () => {
     expect(runCliJson(['sim', 'present', 'driver', '--state-dir', state], env).value).toMatchObject({
       granted: true,
     });
-    await waitUntil(
+    await waitFor(
       () => JSON.stringify(holding()) === JSON.stringify(UNLOCKING),
       'the unlock line energised',
+      { detail: holding },
     );
     const exited = new Promise<number | null>((resolve) => agent.child.once('exit', (code) => resolve(code)));
     // an error nothing catches, thrown inside the agent (a test-only hook, on with VEHICLE_AGENT_TEST_HOOKS=1)
@@ -141,7 +137,7 @@ describe('agent with GPIO relays', () => {
     expect(await exited).toBe(1);
     expect(agent.stderr()).toContain('fatal');
     // holders exit on end of file once the agent is gone; give the stand-in a moment to log it
-    await waitUntil(() => holding().length === 0, 'every holder gone');
+    await waitFor(() => holding().length === 0, 'every holder gone', { detail: holding });
     const runs = readRuns(logPath);
     expect(runs.filter((x) => x.args.includes('17=')).at(-1)?.args).toContain('17=0');
   });
@@ -162,14 +158,6 @@ const HOLD_MS = 2000;
 const MAX_ON_MS = 4000;
 /** The longest pulse the configuration takes, for tests where the pulse must outlast the event. */
 const LONG_PULSE = { VEHICLE_AGENT_LOCK__PULSE_MS: '5000', VEHICLE_AGENT_LOCK__MAX_ON_MS: '6000' };
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** Periods the unlock line (17, active-high) was energised, from the stand-in's record, in ms. */
 function unlockPeriods(): { fromMs: number; ms: number | undefined }[] {
@@ -241,7 +229,9 @@ async function grantAndSeeLineOn(
     });
   });
   answer.catch(() => {}); // awaited by the caller
-  await waitFor(() => unlockPeriods().length > periodsBefore, 'the unlock line energised');
+  await waitFor(() => unlockPeriods().length > periodsBefore, 'the unlock line energised', {
+    detail: holding,
+  });
   return { answer };
 }
 
@@ -255,18 +245,6 @@ const statusOf = async (socket: string) => {
   if (pid !== undefined && !guards.includes(pid)) guards.push(pid);
   return status;
 };
-
-/** Reads until `ok` holds (the agent catches up after SIGCONT in its own time). */
-async function until<T>(read: () => Promise<T>, ok: (value: T) => boolean, what: string): Promise<T> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return value;
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}: ${JSON.stringify(value).slice(0, 800)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 const watchdogRecords = (records: Record<string, unknown>[]) =>
   records.filter((r) => r.type === 'relay.watchdog');
@@ -298,7 +276,7 @@ describe.each([
 
     // The agent carries on: its overdue timer ends the pulse in its own state, the guard's
     // release is audited, and the next grant pulses again.
-    const records = await until(
+    const records = await waitForRead(
       () => auditRecords(socket),
       (r) => watchdogRecords(r).length > 0,
       'the release in the audit log',
@@ -311,7 +289,7 @@ describe.each([
         channel: 'unlock',
       }),
     ]);
-    const status = await until(
+    const status = await waitForRead(
       () => statusOf(socket),
       (s) => s.lock === 'unlocked',
       'the lock state',
@@ -358,13 +336,13 @@ describe('agent with GPIO relays: the line is timed outside the agent', () => {
     expect((period?.fromMs ?? 0) + (period?.ms ?? 0)).toBeGreaterThan(stoppedUs / 1000);
     expect(period?.ms).toBeGreaterThanOrEqual(HOLD_MS - 50);
     expect(period?.ms).toBeLessThanOrEqual(MAX_ON_MS + 100);
-    const status = await until(
+    const status = await waitForRead(
       () => statusOf(socket),
       (s) => s.lock === 'locked',
       'the strike locked again',
     );
     expect(status.lock).toBe('locked');
-    const records = await until(
+    const records = await waitForRead(
       () => auditRecords(socket),
       (r) => watchdogRecords(r).length > 0,
       'the release in the audit log',
@@ -387,7 +365,7 @@ describe('agent with GPIO relays: the line is timed outside the agent', () => {
     expect(period?.ms).toBeGreaterThanOrEqual(PULSE_MS - 50);
     // The loop was stuck for 6 s from (about) the moment the line came on; max-on is 4 s.
     expect(period?.ms).toBeLessThanOrEqual(MAX_ON_MS + 100);
-    const records = await until(
+    const records = await waitForRead(
       () => auditRecords(socket),
       (r) => watchdogRecords(r).length > 0,
       'the release in the audit log',
@@ -403,14 +381,14 @@ describe('agent with GPIO relays: the line is timed outside the agent', () => {
     const first = (await statusOf(socket)).relay.guard.pid ?? 0;
     await grantAndSeeLineOn(state, 0);
     // The agent has heard that the strike is on (else the loss is a failed energising instead).
-    await until(
+    await waitForRead(
       () => statusOf(socket),
       (s) => s.lock === 'unlocking',
       'the pulse under way',
     );
     process.kill(first, 'SIGKILL');
     await waitFor(() => unlockPeriods()[0]?.ms !== undefined, 'the unlock line released');
-    const status = await until(
+    const status = await waitForRead(
       () => statusOf(socket),
       (s) => s.relay.guard.restarts >= 1,
       'a new guard',
@@ -424,7 +402,7 @@ describe('agent with GPIO relays: the line is timed outside the agent', () => {
     // answer, 'locked' (a failed energising) when the loss overtook that answer (a loaded machine);
     // never left 'unlocking'.
     expect(['unlocked', 'locked']).toContain(status.lock);
-    const records = await until(
+    const records = await waitForRead(
       () => auditRecords(socket),
       (r) => watchdogRecords(r).length > 0,
       'the loss in the audit log',
@@ -512,7 +490,7 @@ describe('agent with GPIO relays on a frozen state disk', () => {
         if (keyGrant !== undefined) await stopProcess(keyGrant);
       }
       // With the disk back, the agent catches up: the strike locked, the release audited.
-      await until(
+      await waitForRead(
         () => statusOf(socket),
         (s) => s.lock === 'locked',
         'the strike locked again',

@@ -18,6 +18,7 @@ import {
   startAgentProcess,
 } from '../helpers/agent-process.js';
 import { requireTool } from '../helpers/processes.js';
+import { waitForRead } from '../helpers/wait.js';
 
 /**
  * The real agent process in BLE sim mode: its BLE reader runs the vehicle-key protocol through
@@ -86,16 +87,15 @@ function auditText(dir: string): string {
 }
 
 async function until(dir: string, what: string, predicate: (s: BleStatus) => boolean): Promise<BleStatus> {
-  let last: BleStatus | undefined;
   const socket = join(dir, 'control.sock');
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    last = (await controlRequest(socket, 'ble.status', {})) as BleStatus;
-    if (predicate(last)) return last;
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last.health)}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  return await waitForRead(
+    async () => (await controlRequest(socket, 'ble.status', {})) as BleStatus,
+    predicate,
+    what,
+    {
+      intervalMs: 20,
+    },
+  );
 }
 
 describe('BLE phone keys through the real agent, node-ble and a private D-Bus', () => {

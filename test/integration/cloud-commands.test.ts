@@ -20,6 +20,7 @@ import {
   type TestPki,
 } from '../helpers/mosquitto.js';
 import { requireTool } from '../helpers/processes.js';
+import { waitFor } from '../helpers/wait.js';
 
 /**
  * The real agent from dist/ against a real Mosquitto (the shipped config, TLS client certificates),
@@ -374,7 +375,7 @@ describe('cloud commands over MQTT', () => {
       },
     );
     expect(pubSet.status, pubSet.stderr).toBe(0);
-    await until(
+    await waitFor(
       () =>
         runCliJson<{ id: string }[]>(['keys', 'list', ...sd()]).value.some((c) => c.id === carolKey.value.id),
       'carol in the keyring',
@@ -441,7 +442,7 @@ describe('cloud commands over MQTT', () => {
     const presentBob = () =>
       runCliJson<{ granted: boolean; code?: string }>(['sim', 'present', '--key', `${bob}.pem`, ...sd()])
         .value;
-    await until(() => presentBob().granted, 'bob granted by the pushed keyring');
+    await waitFor(() => presentBob().granted, 'bob granted by the pushed keyring');
     // The vehicle publishes its operations, local enrollments included, for the cloud to merge.
     const bobOp = grant.stdout.trim();
     await cloud.waitFor(
@@ -463,18 +464,9 @@ describe('cloud commands over MQTT', () => {
     const revokeFile = join(root, 'bob.revoke');
     writeFileSync(revokeFile, revoke.stdout);
     expect(push([revokeFile]).code).toBe(0);
-    await until(() => presentBob().code === 'revoked', 'bob revoked');
+    await waitFor(() => presentBob().code === 'revoked', 'bob revoked');
     expect(push([grantFile], true).code).toBe(0);
     await new Promise((r) => setTimeout(r, 500));
     expect(presentBob()).toMatchObject({ granted: false, code: 'revoked' });
   });
 });
-
-async function until(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (condition()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out: ${what}`);
-}

@@ -23,6 +23,7 @@ import {
   startBroker,
   type TestPki,
 } from '../helpers/mosquitto.js';
+import { waitForValue } from '../helpers/wait.js';
 
 /**
  * Issue 12, findings 1-4, against the real agent (dist/) and a real Mosquitto: floods on the
@@ -169,16 +170,6 @@ async function auditRecords(dir: string): Promise<Record<string, unknown>[]> {
   return out;
 }
 
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 describe('MQTT floods (issue 12)', () => {
   it('grants every presentation during a burst of forged commands and keyring junk, and counts the drops', async () => {
     const rig = await startRig();
@@ -219,10 +210,10 @@ describe('MQTT floods (issue 12)', () => {
     expect(s.intake.refused['command:cloud_budget_exceeded']).toBe(s.intake.topics.command.overBudget);
     expect(s.intake.topics.command.accepted + s.intake.topics.command.overBudget).toBe(3001);
     expect(s.intake.topics.keyring.overBudget).toBeGreaterThan(0);
-    const records = await until('the unlock audited', async () => {
+    const records = await waitForValue(async () => {
       const all = await auditRecords(rig.dir);
       return all.some((r) => r.type === 'command' && r.jti === p.jti) ? all : undefined;
-    });
+    }, 'the unlock audited');
     expect(
       records.filter((r) => r.type === 'command' && r.source === 'cloud' && r.jti === p.jti),
     ).toHaveLength(1);
@@ -235,22 +226,22 @@ describe('MQTT floods (issue 12)', () => {
     });
     await rig.cloud.publish(`${rig.base}/keyring`, 'x'.repeat(300 * 1024));
     await rig.cloud.publish(`${rig.base}/command`, 'A'.repeat(100 * 1024));
-    const s = await until('the refusals counted', async () => {
+    const s = await waitForValue(async () => {
       const st = await cloudStatus(rig.dir);
       return st.intake.topics.command.tooLarge >= 1 && st.intake.topics.keyring.tooLarge >= 1
         ? st
         : undefined;
-    });
+    }, 'the refusals counted');
     expect(s.intake.refused['keyring:message_too_large']).toBe(1);
     expect(s.intake.refused['command:message_too_large']).toBe(1);
     // `vehicle-agent status` shows the same counts.
     const shown = runCli(['status', '--state-dir', rig.dir]);
     expect(shown.stdout).toContain('intake   command 0 accepted, 0 over budget, 1 too large;');
     expect(shown.stdout).toContain('keyring 0 accepted, 0 over budget, 1 too large;');
-    const records = await until('the refusals audited', async () => {
+    const records = await waitForValue(async () => {
       const all = await auditRecords(rig.dir);
       return all.filter((r) => r.code === 'message_too_large').length >= 2 ? all : undefined;
-    });
+    }, 'the refusals audited');
     expect(
       records
         .filter((r) => r.code === 'message_too_large')
@@ -281,22 +272,22 @@ describe('MQTT floods (issue 12)', () => {
       VEHICLE_AGENT_CLOUD__INTAKE__KEYRING_SETS_PER_S: '1000',
     });
     await publishMany(rig.cloud.client, `${rig.base}/keyring`, 300, () => randomBytes(100), 50);
-    const s = await until('300 junk sets refused', async () => {
+    const s = await waitForValue(async () => {
       const st = await cloudStatus(rig.dir);
       const n = Object.entries(st.intake.refused)
         .filter(([k]) => k.startsWith('keyring:'))
         .reduce((a, [, v]) => a + v, 0);
       return n >= 300 ? st : undefined;
-    });
+    }, '300 junk sets refused');
     // The last interval's summary is written when it ends.
-    const records = await until('the summaries', async () => {
+    const records = await waitForValue(async () => {
       const all = await auditRecords(rig.dir);
       const rejected = all.filter((r) => r.type === 'keyring.set.rejected').length;
       const summarised = all
         .filter((r) => r.type === 'cloud.summary' && r.topic === 'keyring')
         .reduce((a, r) => a + (r.count as number), 0);
       return rejected + summarised >= 300 ? all : undefined;
-    });
+    }, 'the summaries');
     const rejected = records.filter((r) => r.type === 'keyring.set.rejected');
     const summaries = records.filter((r) => r.type === 'cloud.summary' && r.topic === 'keyring');
     // At most one record in full and one summary per code and second of flood, never one each.
@@ -333,7 +324,7 @@ describe('MQTT floods (issue 12)', () => {
       () => messages[i++] ?? '',
       40,
     );
-    await until('a few results', async () => (results().length >= 3 ? true : undefined));
+    await waitForValue(async () => (results().length >= 3 ? true : undefined), 'a few results');
     // Killed by its PID mid-stream.
     expect(process.kill(first.agent.child.pid ?? 0, 'SIGKILL')).toBe(true);
     await first.agent.stop('SIGKILL');
@@ -344,12 +335,12 @@ describe('MQTT floods (issue 12)', () => {
       agentCloudEnv(broker.url, pki, agentCert, env),
     );
     rigs.push({ agent: again });
-    const got = await until(
-      'a result for every command',
+    const got = await waitForValue(
       async () => {
         const seen = new Set(results().map((r) => r.jti));
         return jtis.every((j) => seen.has(j)) ? results() : undefined;
       },
+      'a result for every command',
       60_000,
     );
     const records = await auditRecords(first.dir);
@@ -375,13 +366,13 @@ describe('MQTT floods (issue 12)', () => {
     // Live: published retained while the vehicle is subscribed.
     await rig.cloud.publish(`${rig.base}/ha/command`, 'UNLOCK', { retain: true });
     await rig.cloud.publish(`${rig.base}/command`, rig.owner.sign(p), { retain: true });
-    await until('both refused live', async () => {
+    await waitForValue(async () => {
       const st = await cloudStatus(rig.dir);
       return (st.intake.refused['home-assistant:retained_command'] ?? 0) >= 1 &&
         (st.intake.refused['command:retained_command'] ?? 0) >= 1
         ? st
         : undefined;
-    });
+    }, 'both refused live');
     // On reconnect the broker sends both again as retained messages.
     await rig.agent.stop('SIGTERM');
     const again = await startAgentProcess(
@@ -389,20 +380,20 @@ describe('MQTT floods (issue 12)', () => {
       agentCloudEnv(broker.url, pki, agentCert, env),
     );
     rigs.push({ agent: again });
-    await until('both refused on reconnect', async () => {
+    await waitForValue(async () => {
       const st = await cloudStatus(rig.dir).catch(() => undefined);
       return st &&
         (st.intake.refused['home-assistant:retained_command'] ?? 0) >= 1 &&
         (st.intake.refused['command:retained_command'] ?? 0) >= 1
         ? st
         : undefined;
-    });
+    }, 'both refused on reconnect');
     // A plain (not retained) HA command still works: the refusal is the retain flag's.
     await rig.cloud.publish(`${rig.base}/ha/command`, 'LOCK');
-    const records = await until('the HA lock audited', async () => {
+    const records = await waitForValue(async () => {
       const all = await auditRecords(rig.dir);
       return all.some((r) => r.type === 'command' && r.source === 'home-assistant') ? all : undefined;
-    });
+    }, 'the HA lock audited');
     const acts = records.filter(
       (r) => r.type === 'command' && (r.source === 'cloud' || r.source === 'home-assistant'),
     );
@@ -427,10 +418,10 @@ describe('MQTT floods (issue 12)', () => {
       15_000,
       'the signed command result',
     );
-    const records = await until('the signed lock audited', async () => {
+    const records = await waitForValue(async () => {
       const all = await auditRecords(rig.dir);
       return all.some((r) => r.type === 'command' && r.jti === p.jti) ? all : undefined;
-    });
+    }, 'the signed lock audited');
     expect(records.filter((r) => r.type === 'command' && r.source === 'home-assistant')).toEqual([]);
     await rig.cloud.publish(`${rig.base}/ha/command`, '', { retain: true });
   }, 60_000);

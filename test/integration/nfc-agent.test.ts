@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
 import { requireTool } from '../helpers/processes.js';
+import { waitFor } from '../helpers/wait.js';
 
 /**
  * NFC cards end to end: the real agent process in sim mode runs the PN532 emulator behind a socat
@@ -33,19 +34,6 @@ const BASE_ENV = {
   VEHICLE_AGENT_NFC__LIVENESS_INTERVAL_MS: '200',
   VEHICLE_AGENT_NFC__MAX_BACKOFF_MS: '400',
 };
-
-async function sleep(ms: number): Promise<void> {
-  await new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Polls `probe` until it returns true (bounded: a hang fails the test, a slow machine does not). */
-async function until(probe: () => boolean, what: string, attempts = 150): Promise<void> {
-  for (let i = 0; i < attempts; i++) {
-    if (probe()) return;
-    await sleep(100);
-  }
-  throw new Error(`gave up waiting for ${what}`);
-}
 
 describe('NFC cards on the real agent (PN532 emulator on a socat pty)', () => {
   let dir: string;
@@ -149,9 +137,9 @@ describe('NFC cards on the real agent (PN532 emulator on a socat pty)', () => {
 
     // A chip that stays wedged goes down in status, and comes back when it answers again.
     expect(runCli(['sim', 'nfc', 'wedge', '--manual', ...sd()]).code).toBe(0);
-    await until(() => status().readers.nfc0?.state === 'down', 'the reader to be reported down');
+    await waitFor(() => status().readers.nfc0?.state === 'down', 'the reader to be reported down', 15_000);
     expect(runCli(['sim', 'nfc', 'unwedge', ...sd()]).code).toBe(0);
-    await until(() => status().readers.nfc0?.state === 'ok', 'the reader to recover');
+    await waitFor(() => status().readers.nfc0?.state === 'ok', 'the reader to recover', 15_000);
     expect(tap('fido-owner').value.granted).toBe(true);
   });
 
@@ -344,14 +332,14 @@ describe('NFC enrollment windows expire', () => {
       ...sd(),
     ]);
     expect(open.value.state).toBe('awaiting_card');
-    await until(() => state() === 'expired', 'the card window to expire');
+    await waitFor(() => state() === 'expired', 'the card window to expire', 15_000);
     const r = runCliJson<TapReply>(['sim', 'tap', 'tag-new', ...sd()]);
     expect(r.value).toMatchObject({ granted: false, code: 'unknown_credential' });
   });
 
   it('takes no owner tap once the authorisation has expired: the tap is an ordinary one', async () => {
     runCliJson(['enroll', 'card', '--kind', 'fido', '--role', 'owner', '--owner-fido', '--no-wait', ...sd()]);
-    await until(() => state() === 'expired', 'the request to expire');
+    await waitFor(() => state() === 'expired', 'the request to expire', 15_000);
     const r = runCliJson<TapReply>(['sim', 'tap', 'fido-owner', ...sd()]);
     expect(r.value).toMatchObject({ granted: true });
     expect(r.value.enrollment).toBeUndefined();

@@ -13,6 +13,7 @@ import type { ApduAnswer, SimulatedCard } from '../../src/sim/cards/types.js';
 import { Pn532Emulator } from '../../src/sim/pn532-emulator.js';
 import { requireTool, stopProcess } from '../helpers/processes.js';
 import { type PtyPair, startPtyPair } from '../helpers/pty-pair.js';
+import { waitFor } from '../helpers/wait.js';
 
 function hex(s: string): Uint8Array {
   const clean = s.replace(/\s+/g, '');
@@ -134,14 +135,6 @@ async function startRig(timing: Partial<Pn532Timing> = {}): Promise<Rig> {
   return rig;
 }
 
-async function waitFor(what: string, predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const started = Date.now();
-  while (!predicate()) {
-    if (Date.now() - started > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 function nextTarget(driver: Pn532Driver, timeoutMs = 10_000): Promise<Pn532Target> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -168,10 +161,10 @@ async function rejection(promise: Promise<unknown>): Promise<AgentError> {
 
 /** Waits until the driver has the chip listening again (the emulator's last command). */
 async function listening(rig: Rig): Promise<void> {
-  await waitFor('the driver to listen', () => {
+  await waitFor(() => {
     const cmds = rig.emulator.commands();
     return rig.driver.health().state === 'ok' && cmds[cmds.length - 1] === CMD.InListPassiveTarget;
-  });
+  }, 'the driver to listen');
 }
 
 async function tap(rig: Rig, card: SimulatedCard): Promise<Pn532Target> {
@@ -254,7 +247,7 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     await listening(rig);
     // A few liveness rounds pass with the halted card still there.
     const commands = rig.emulator.commands().length;
-    await waitFor('liveness rounds', () => rig.emulator.commands().length >= commands + 4);
+    await waitFor(() => rig.emulator.commands().length >= commands + 4, 'liveness rounds', 30_000);
     expect(reported).toBe(0);
     rig.emulator.removeCard();
     const second = await tap(rig, card);
@@ -287,7 +280,7 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     // The driver keeps checking (bounded InListPassiveTarget + InRelease) instead of listening.
     const releases = () => emulator.commands().filter((c) => c === CMD.InRelease).length;
     const start = releases();
-    await waitFor('removal checks', () => releases() >= start + 3);
+    await waitFor(() => releases() >= start + 3, 'removal checks', 30_000);
     expect(reported).toBe(0);
     emulator.removeCard();
     await listening(rig);
@@ -353,8 +346,8 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     await listening(rig);
     const samBefore = rig.emulator.commands().filter((c) => c === CMD.SAMConfiguration).length;
     rig.emulator.injectFault({ kind: 'wedge', recoverOn: 'wakeup' });
-    await waitFor('degraded health', () => rig.healthLog.some((h) => h.state === 'degraded'));
-    await waitFor('recovery', () => rig.driver.health().state === 'ok' && !rig.emulator.isWedged);
+    await waitFor(() => rig.healthLog.some((h) => h.state === 'degraded'), 'degraded health');
+    await waitFor(() => rig.driver.health().state === 'ok' && !rig.emulator.isWedged, 'recovery');
     expect(rig.emulator.commands().filter((c) => c === CMD.SAMConfiguration).length).toBe(samBefore + 1);
     expect(rig.healthLog.map((h) => h.state)).toEqual(['degraded', 'ok']);
     const target = await tap(rig, new EchoCard());
@@ -366,10 +359,10 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     const rig = await startRig();
     await listening(rig);
     rig.emulator.injectFault({ kind: 'wedge', recoverOn: 'manual' });
-    await waitFor('down health', () => rig.driver.health().state === 'down', 15_000);
+    await waitFor(() => rig.driver.health().state === 'down', 'down health', 15_000);
     expect(rig.driver.health().detail).toMatch(/ACK|answer/);
     rig.emulator.unwedge();
-    await waitFor('recovery', () => rig.driver.health().state === 'ok', 15_000);
+    await waitFor(() => rig.driver.health().state === 'ok', 'recovery', 15_000);
     const target = await tap(rig, uidTag());
     expect(target.kind).toBe('ntag21x');
     await target.release();
@@ -383,8 +376,8 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     expect(['reader_timeout', 'reader_error']).toContain(error.code);
     expect(target.active).toBe(false);
     await waitFor(
-      'recovery',
       () => rig.healthLog.some((h) => h.state === 'degraded') && rig.driver.health().state === 'ok',
+      'recovery',
     );
   });
 
@@ -396,10 +389,10 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     for (let i = 0; i < 6 && target.active; i++) {
       await target.exchangeApdu(hex('00 01 00 00 01 AA')).catch(() => {});
     }
-    await waitFor('re-initialisation', () => {
+    await waitFor(() => {
       const sams = rig.emulator.commands().filter((c) => c === CMD.SAMConfiguration).length;
       return sams > samBefore && rig.driver.health().state === 'ok';
-    });
+    }, 're-initialisation');
     expect(rig.healthLog.map((h) => h.state)).toContain('degraded');
     expect(target.active).toBe(false);
   });
@@ -410,11 +403,11 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     // Unplug: the pty pair disappears (like a USB-serial adapter pulled out).
     await rig.pty.stop();
     await rig.emulator.close().catch(() => {});
-    await waitFor('down health', () => rig.driver.health().state === 'down', 15_000);
+    await waitFor(() => rig.driver.health().state === 'down', 'down health', 15_000);
     // Plug back in: same device names, a fresh chip.
     rig.pty = await startPtyPair(rig.dir);
     rig.emulator = await Pn532Emulator.open(rig.pty.device);
-    await waitFor('recovery', () => rig.driver.health().state === 'ok', 15_000);
+    await waitFor(() => rig.driver.health().state === 'ok', 'recovery', 15_000);
     const target = await tap(rig, new EchoCard());
     expect(await target.exchangeApdu(hex('00 01 00 00 01 07'))).toEqual(hex('07 90 00'));
     await target.release();

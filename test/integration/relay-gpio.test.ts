@@ -16,14 +16,7 @@ import {
   STANDIN_V2_PLAIN,
 } from '../helpers/gpioset-standin.js';
 import { requireTool, stopProcess } from '../helpers/processes.js';
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+import { waitFor } from '../helpers/wait.js';
 
 /**
  * set() resolves once gpioset was started; the stand-in logs a moment later. Waits until the

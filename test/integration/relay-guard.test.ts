@@ -17,6 +17,7 @@ import {
   STANDIN_V2,
 } from '../helpers/gpioset-standin.js';
 import { requireTool, spawn, stopProcess } from '../helpers/processes.js';
+import { waitFor } from '../helpers/wait.js';
 
 /**
  * The relay guard as a real process (dist/src/relay/guard-main.js) driving the stand-in gpioset,
@@ -32,14 +33,6 @@ let logPath: string;
 let env: NodeJS.ProcessEnv;
 const relays: GuardedRelay[] = [];
 const children: ChildProcess[] = [];
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 8000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 function installStandIn(script: string): void {
   writeFileSync(join(dir, 'gpioset'), script);

@@ -8,6 +8,7 @@ import { LcusRelay } from '../../src/relay/lcus.js';
 import { openSerialLink, type SerialLink } from '../../src/relay/serial-link.js';
 import { LcusBoardEmulator } from '../../src/sim/lcus-board.js';
 import { requireTool, stopProcess } from '../helpers/processes.js';
+import { waitFor } from '../helpers/wait.js';
 
 /** The far end of the line: an emulated board and every byte it received. */
 interface Board {
@@ -24,14 +25,6 @@ let board: Board | undefined;
 let relay: LcusRelay | undefined;
 /** Links the driver opened, so a test can put garbage on the line the driver uses. */
 let driverLinks: SerialLink[] = [];
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 async function startSocat(): Promise<void> {
   socat = spawn('socat', [`pty,raw,echo=0,link=${agentSide}`, `pty,raw,echo=0,link=${boardSide}`], {

@@ -7,6 +7,7 @@ import type { ControlHandler } from '../../src/host/control-server.js';
 import type { HealthReport } from '../../src/host/health-monitor.js';
 import { AuditFeed } from '../../src/status/audit-feed.js';
 import { type StatusServer, type StatusServerOptions, startStatusServer } from '../../src/status/server.js';
+import { waitFor } from '../helpers/wait.js';
 
 /**
  * Issue 12, finding 6, against the real HTTP server on loopback: slow clients cannot hold every
@@ -76,10 +77,6 @@ function rawConnection(s: StatusServer, text: string): { socket: Socket; answer:
   return { socket, answer: new Promise((resolve) => socket.on('close', () => resolve(out))) };
 }
 
-async function until(check: () => boolean): Promise<void> {
-  while (!check()) await new Promise((r) => setTimeout(r, 10));
-}
-
 const admin = { authorization: `Bearer ${TOKEN}` };
 
 describe('status page under floods and slow clients', () => {
@@ -88,7 +85,10 @@ describe('status page under floods and slow clients', () => {
     const flood = await startSlowloris({ url: s.url, connections: 200, intervalMs: 200 });
     try {
       // Every flood connection was accepted: it is pending now, or was evicted to make room.
-      await until(() => s.stats().pending + s.stats().closed.evicted >= 200);
+      await waitFor(
+        () => s.stats().pending + s.stats().closed.evicted >= 200,
+        's.stats().pending + s.stats().closed.evicted >= 200',
+      );
       expect((await get(s, '/healthz')).status).toBe(200);
       expect(JSON.parse((await get(s, '/api/state', admin)).body)).toMatchObject({ lock: 'locked' });
       expect((await get(s, '/')).status).toBe(200);
@@ -121,13 +121,16 @@ describe('status page under floods and slow clients', () => {
         `POST /api/auth HTTP/1.1\r\n${host}Authorization: Bearer ${TOKEN}\r\n` +
           'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{',
       );
-    await until(() => s.stats().connections === 4 && s.stats().pending === 0);
+    await waitFor(
+      () => s.stats().connections === 4 && s.stats().pending === 0,
+      's.stats().connections === 4 && s.stats().pending === 0',
+    );
     const newcomer = await rawConnection(s, `GET /healthz HTTP/1.1\r\n${host}\r\n`).answer;
     expect(newcomer).toMatch(/^HTTP\/1\.1 503/);
     expect(newcomer).toContain('"code":"busy"');
     expect(s.stats().refused.connections).toBe(1);
     for (const socket of sockets) socket.destroy();
-    await until(() => s.stats().connections === 0);
+    await waitFor(() => s.stats().connections === 0, 's.stats().connections === 0', 30_000);
     expect((await get(s, '/healthz')).status).toBe(200);
   });
 
@@ -159,7 +162,7 @@ describe('status page under floods and slow clients', () => {
     });
     const reader = rawConnection(s, `GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:${s.port}\r\n\r\n`);
     reader.socket.pause();
-    await until(() => s.stats().closed.slowReader > 0);
+    await waitFor(() => s.stats().closed.slowReader > 0, 's.stats().closed.slowReader > 0', 30_000);
     expect(s.stats().connections).toBe(0);
   });
 
@@ -167,7 +170,7 @@ describe('status page under floods and slow clients', () => {
     const s = await start({ requestsPerSecond: 5 });
     const flood = await startRequestFlood({ url: s.url, concurrency: 8 });
     try {
-      await until(() => s.stats().refused.anonymous > 20);
+      await waitFor(() => s.stats().refused.anonymous > 20, 's.stats().refused.anonymous > 20', 30_000);
       for (let i = 0; i < 10; i++) {
         expect((await get(s, '/api/state', admin)).status).toBe(200);
         expect((await get(s, '/healthz')).status).toBe(200);

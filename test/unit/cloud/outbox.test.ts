@@ -6,6 +6,7 @@ import { Outbox } from '../../../src/cloud/outbox.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import { AuditLog, type AuditRecord } from '../../../src/store/audit-log.js';
 import { openStores } from '../../../src/store/store-registry.js';
+import { waitFor } from '../../helpers/wait.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -35,14 +36,6 @@ function fakeLink(autoAck = true) {
   return { published, waiting, publish };
 }
 
-async function until(condition: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    if (condition()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`never: ${what}`);
-}
-
 async function openOutbox(dir: string, log: AuditLog, maxEvents = 10_000) {
   const markers: Record<string, unknown>[] = [];
   const outbox = await Outbox.open({
@@ -68,21 +61,21 @@ describe('outbox over the audit log', () => {
     const { outbox } = await openOutbox(dir, log);
     const link = fakeLink(false);
     outbox.attach(link.publish, 20);
-    await until(() => link.waiting.length === 20, 'a full window');
+    await waitFor(() => link.waiting.length === 20, 'a full window');
     await new Promise((r) => setTimeout(r, 50));
     expect(link.published).toHaveLength(20); // the window holds
     expect(outbox.stats().ackedSeq).toBe(0);
     // Acks out of order: the cursor covers only the acknowledged prefix.
     link.waiting[3]?.ack();
     link.waiting[0]?.ack();
-    await until(() => outbox.stats().ackedSeq === 1, 'cursor at 1');
+    await waitFor(() => outbox.stats().ackedSeq === 1, 'cursor at 1');
     for (const w of link.waiting.splice(0)) w.ack();
-    await until(() => outbox.stats().ackedSeq >= 20, 'cursor past the window');
+    await waitFor(() => outbox.stats().ackedSeq >= 20, 'cursor past the window');
     // Ack the rest as they come.
     const timer = setInterval(() => {
       for (const w of link.waiting.splice(0)) w.ack();
     }, 2);
-    await until(() => outbox.stats().ackedSeq === 250, 'all acknowledged');
+    await waitFor(() => outbox.stats().ackedSeq === 250, 'all acknowledged');
     clearInterval(timer);
     expect(link.published.map((r) => r.seq)).toEqual(Array.from({ length: 250 }, (_, i) => i + 1));
     await outbox.close();
@@ -96,16 +89,16 @@ describe('outbox over the audit log', () => {
     const { outbox } = await openOutbox(dir, log);
     const first = fakeLink(false);
     outbox.attach(first.publish, 10);
-    await until(() => first.waiting.length === 10, 'window');
+    await waitFor(() => first.waiting.length === 10, 'window');
     first.waiting[0]?.ack();
     first.waiting[1]?.ack();
     first.waiting[5]?.ack(); // acknowledged, but above a gap
-    await until(() => outbox.stats().ackedSeq === 2, 'cursor at 2');
+    await waitFor(() => outbox.stats().ackedSeq === 2, 'cursor at 2');
     outbox.detach();
     for (const w of first.waiting.splice(0)) w.fail();
     const second = fakeLink(true);
     outbox.attach(second.publish, 10);
-    await until(() => outbox.stats().ackedSeq === 30, 'all delivered');
+    await waitFor(() => outbox.stats().ackedSeq === 30, 'all delivered');
     expect(second.published.map((r) => r.seq)).toEqual([
       3,
       4,
@@ -123,7 +116,7 @@ describe('outbox over the audit log', () => {
     let { outbox } = await openOutbox(dir, log);
     const a = fakeLink();
     outbox.attach(a.publish, 8);
-    await until(() => outbox.stats().ackedSeq === 40, 'first flush');
+    await waitFor(() => outbox.stats().ackedSeq === 40, 'first flush');
     await outbox.close();
     await log.close();
 
@@ -132,9 +125,9 @@ describe('outbox over the audit log', () => {
     ({ outbox } = await openOutbox(dir, log));
     const b = fakeLink();
     outbox.attach(b.publish, 8);
-    await until(() => outbox.stats().ackedSeq === 45, 'second flush');
+    await waitFor(() => outbox.stats().ackedSeq === 45, 'second flush');
     await log.append({ type: 'later' });
-    await until(() => outbox.stats().ackedSeq === 46, 'a live record');
+    await waitFor(() => outbox.stats().ackedSeq === 46, 'a live record');
     expect(b.published.map((r) => r.seq)).toEqual([41, 42, 43, 44, 45, 46]);
     await outbox.close();
     await log.close();
@@ -148,7 +141,7 @@ describe('outbox over the audit log', () => {
     expect(markers).toEqual([{ type: 'outbox.dropped', reason: 'full', count: 60, fromSeq: 1, toSeq: 60 }]);
     const link = fakeLink();
     outbox.attach(link.publish, 16);
-    await until(() => outbox.stats().ackedSeq === 151, 'flushed with the marker');
+    await waitFor(() => outbox.stats().ackedSeq === 151, 'flushed with the marker');
     const seqs = link.published.map((r) => r.seq);
     expect(seqs[0]).toBe(61);
     expect(seqs).toHaveLength(91);
@@ -169,7 +162,7 @@ describe('outbox over the audit log', () => {
     const { outbox, markers } = await openOutbox(dir, log);
     const link = fakeLink();
     outbox.attach(link.publish, 50);
-    await until(() => outbox.stats().ackedSeq >= 200, 'flushed');
+    await waitFor(() => outbox.stats().ackedSeq >= 200, 'flushed');
     const marker = markers.find((m) => m.reason === 'missing');
     expect(marker).toMatchObject({ type: 'outbox.dropped', fromSeq: 1 });
     const firstSent = link.published[0]?.seq ?? 0;
@@ -192,14 +185,14 @@ describe('outbox cursor writes in the health figures', () => {
     // A directory where the cursor file goes: its atomic replace fails (EISDIR).
     mkdirSync(join(dir, 'outbox.json'));
     outbox.attach(fakeLink(true).publish, 10);
-    await until(() => outbox.writeHealth.failures > 0, 'a failed cursor write');
+    await waitFor(() => outbox.writeHealth.failures > 0, 'a failed cursor write');
     const failing = openStores.under(dir)[0]?.health;
     expect(failing).toMatchObject({ state: 'failing', store: join(dir, 'outbox.json') });
     expect(failing?.lastError?.code).toMatch(/^E[A-Z]+$/);
     expect(failing?.failingSince).toBeGreaterThan(0);
     rmdirSync(join(dir, 'outbox.json'));
     await fill(log, 1);
-    await until(() => outbox.writeHealth.state === 'ok', 'a cursor write that succeeds');
+    await waitFor(() => outbox.writeHealth.state === 'ok', 'a cursor write that succeeds');
     expect(outbox.writeHealth.failingSince).toBeUndefined();
     await outbox.close();
     expect(openStores.under(dir)).toEqual([]);
