@@ -4,7 +4,6 @@
  */
 
 export const PROTOCOL_VERSION = 1;
-export const PROTOCOL_NAME = 'vehicle-key protocol v1';
 
 /**
  * GATT service of the vehicle key. The side that is the GATT server (today the key: phone or fob)
@@ -27,9 +26,6 @@ export const DEFAULT_CHUNK_BYTES = 20;
 export const MIN_CHUNK_BYTES = 4;
 /** An ATT attribute value is at most 512 bytes (Core spec Vol 3 Part F 3.2.9). */
 export const MAX_CHUNK_BYTES = 512;
-
-/** Default time from issuing the hello to the complete answer; the config can change it. */
-export const DEFAULT_ANSWER_WINDOW_MS = 1500;
 
 export const CHALLENGE_BYTES = 32;
 export const SIGNATURE_BYTES = 64;

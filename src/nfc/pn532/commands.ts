@@ -55,7 +55,6 @@ export const MAX_EXCHANGE_DATA = 262;
 
 /** Status byte bits of InDataExchange / InCommunicateThru answers. */
 export const STATUS_MI = 0x40;
-export const STATUS_NAD = 0x80;
 export const STATUS_ERROR_MASK = 0x3f;
 
 function bytes(...values: number[]): Uint8Array {
@@ -73,17 +72,8 @@ export function getFirmwareVersion(): Uint8Array {
   return bytes(CMD.GetFirmwareVersion);
 }
 
-/** Diagnose NumTst 0x00: the chip echoes the parameters back. */
-export function diagnoseEcho(payload: Uint8Array): Uint8Array {
-  return Uint8Array.of(CMD.Diagnose, 0x00, ...payload);
-}
-
 export function setParameters(flags: number): Uint8Array {
   return bytes(CMD.SetParameters, flags);
-}
-
-export function rfField(on: boolean): Uint8Array {
-  return bytes(CMD.RFConfiguration, RF_ITEM.field, on ? 0x01 : 0x00);
 }
 
 /**
@@ -118,10 +108,6 @@ export function inDataExchange(tg: number, data: Uint8Array, more = false): Uint
 
 export function inRelease(tg = 0): Uint8Array {
   return bytes(CMD.InRelease, tg);
-}
-
-export function inDeselect(tg = 0): Uint8Array {
-  return bytes(CMD.InDeselect, tg);
 }
 
 // ── parsers ─────────────────────────────────────────────────────────────────

@@ -23,21 +23,6 @@ export type PropertyOptions = dbusInterface.PropertyOptions;
 export type MethodOptions = dbusInterface.MethodOptions;
 export type SignalOptions = dbusInterface.SignalOptions;
 
-/** A property value as dbus-next marshals it from a plain JS value and a signature. */
-export type PropertyValue =
-  | string
-  | number
-  | boolean
-  | readonly string[]
-  | Uint8Array
-  | Record<string, unknown>;
-
-/** Property table of one interface: name → signature, access, and a getter of its current value. */
-export interface PropertySpec {
-  readonly signature: string;
-  readonly access: 'read' | 'readwrite';
-}
-
 /** BlueZ's error names (doc/*-api.txt "Possible errors"). */
 export function bluezError(name: BluezErrorName, text: string): DBusError {
   return new DBusError(`org.bluez.Error.${name}`, text);
