@@ -12,7 +12,7 @@ import { Outbox } from '../src/cloud/outbox.js';
 import { silentLogger } from '../src/core/logger.js';
 import { signP256, simKeyMessage } from '../src/crypto/challenge.js';
 import { b64url, fromB64url } from '../src/crypto/encoding.js';
-import type { SimChallenge } from '../src/sim/sim-reader.js';
+import type { SimChallenge } from '../src/host/control-api.js';
 import { AuditLog } from '../src/store/audit-log.js';
 import {
   type Broker,

@@ -7,7 +7,7 @@ import { controlRequest } from '../src/cli/control-client.js';
 import { readSignerKey } from '../src/cli/key-files.js';
 import { signP256, simKeyMessage } from '../src/crypto/challenge.js';
 import { b64url, fromB64url } from '../src/crypto/encoding.js';
-import type { SimChallenge } from '../src/sim/sim-reader.js';
+import type { SimChallenge } from '../src/host/control-api.js';
 import { startSlowloris } from './floods/status-page.js';
 import { round, summarise } from './stats.js';
 

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../core/logger.js';
 import type { HealthReport } from '../host/health-monitor.js';
+import { DEMO_KEYS, DEMO_TAGS } from '../sim/demo.js';
 import { loadAdminToken } from '../status/admin-token.js';
 import { AuditFeed, type AuditSource } from '../status/audit-feed.js';
 import { type StatusServer, startStatusServer } from '../status/server.js';
@@ -50,6 +51,7 @@ export async function startStatusPage(deps: StatusPageDeps): Promise<StatusServe
     checkHealth: () => deps.health.check(),
     feed,
     demoDir: join(deps.stateDir, STATE_FILES.demo),
+    demoCredentials: { keys: DEMO_KEYS, tags: DEMO_TAGS },
     log,
   });
   log.info(

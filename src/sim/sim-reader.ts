@@ -5,33 +5,18 @@ import type { Decision, Health, Intent, Presentation } from '../core/types.js';
 import { simKeyMessage, verifyP256 } from '../crypto/challenge.js';
 import { b64url, fromB64url, fromHex } from '../crypto/encoding.js';
 import { publicKeyFromJwk, uidHash } from '../crypto/keys.js';
+import type { SimAnswer, SimChallenge } from '../host/control-api.js';
+import type { SimReaderControl } from '../host/control-handlers.js';
+
+const CHALLENGE_TTL_MS = 30_000;
+const MAX_OUTSTANDING = 64;
 
 /**
  * A reader driven through the local control socket (`vehicle-agent sim present`): the CLI plays a
  * phone key (a real P-256 challenge-response against the keyring) or a UID tag. It exercises the
  * same decision, lock and audit path as the hardware readers.
  */
-export interface SimChallenge {
-  readonly challengeId: string;
-  readonly challenge: string;
-  readonly vehicleId: string;
-}
-
-export interface SimAnswer {
-  readonly challengeId: string;
-  readonly credentialId: string;
-  readonly intent: Intent;
-  readonly explicitIntent: boolean;
-  /** base64url 64-byte r‖s over simKeyMessage(...). */
-  readonly signature: string;
-  /** Extra delay the simulated key claims before answering (to exercise the deadline). */
-  readonly delayMs?: number;
-}
-
-const CHALLENGE_TTL_MS = 30_000;
-const MAX_OUTSTANDING = 64;
-
-export class SimReader implements CredentialReader {
+export class SimReader implements CredentialReader, SimReaderControl {
   readonly id: string;
   private context: ReaderContext | undefined;
   private readonly outstanding = new Map<string, { challenge: Uint8Array; issuedAt: number }>();

@@ -11,7 +11,13 @@ import { bearerToken, tokenMatches } from './admin-token.js';
 import type { AuditFeed } from './audit-feed.js';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics.js';
 import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './page.js';
-import { buildSimActions, type HandlerMap, validateActionArgs } from './sim-actions.js';
+import {
+  buildSimActions,
+  type HandlerMap,
+  type SimDemo,
+  simDemo,
+  validateActionArgs,
+} from './sim-actions.js';
 import { collectSnapshot, localInterfaceFamilies, metricFamilies, type StateSnapshot } from './snapshot.js';
 
 export { TokenBucket } from '../core/token-bucket.js';
@@ -44,6 +50,8 @@ export interface StatusServerOptions {
   readonly checkHealth: () => Promise<HealthReport>;
   readonly feed: AuditFeed;
   readonly demoDir: string;
+  /** The demo keys (files in demoDir) and tags the sim controls offer; default none. */
+  readonly demoCredentials?: Omit<SimDemo, 'dir'>;
   readonly log: Logger;
   /** Largest request body; default 16 KiB. */
   readonly maxBodyBytes?: number;
@@ -343,6 +351,7 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
       health: options.health,
       auditSeq: () => feed.lastSeq,
       demoDir: options.demoDir,
+      ...(options.demoCredentials ? { demoCredentials: options.demoCredentials } : {}),
       simControls: options.simControls,
     });
     cached = { at: now, value };
@@ -512,7 +521,9 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     const body = await readJsonBody(req, maxBody);
     const id = sim?.[1] ?? '';
     const action = options.simControls
-      ? (await buildSimActions(handlers, options.demoDir)).find((a) => a.id === id)
+      ? (await buildSimActions(handlers, simDemo(options.demoDir, options.demoCredentials))).find(
+          (a) => a.id === id,
+        )
       : undefined;
     if (!action) throw new AgentError('not_found', `no sim action ${id} (is the agent in sim mode?)`);
     const args = validateActionArgs(action, body);

@@ -1,12 +1,14 @@
+import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { readPrivateKeyFile, readSignerKey } from '../cli/key-files.js';
 import { AgentError } from '../core/errors.js';
-import { INTENTS } from '../core/types.js';
+import { INTENTS, type Intent } from '../core/types.js';
 import { signP256, simKeyMessage } from '../crypto/challenge.js';
 import { b64url, fromB64url } from '../crypto/encoding.js';
+import { keyCredentialId, publicJwkOf, requireKeyForKind } from '../crypto/keys.js';
+import { type CommandName, isCommandName, parseArgs } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
-import { DEMO_KEYS, DEMO_TAGS } from '../sim/demo.js';
 
 /**
  * The status page's sim controls. Each action calls the same control handlers the CLI reaches
@@ -47,8 +49,18 @@ export interface SimAction extends SimActionInfo {
 
 export type HandlerMap = ReadonlyMap<string, ControlHandler>;
 
+/**
+ * The demo credentials the page offers, passed in by whoever builds the page (src/app/): keys are
+ * private-key files `<dir>/<name>.pem` (offered only when the file exists), tags are UIDs.
+ */
+export interface SimDemo {
+  readonly dir: string;
+  readonly keys: readonly { readonly name: string; readonly note: string }[];
+  readonly tags: readonly { readonly uid: string; readonly note: string }[];
+}
+
 /** Handlers with a dedicated form; every other `sim.*` handler goes through `call`. */
-const FORMED = new Set([
+const FORMED = new Set<string>([
   'sim.challenge',
   'sim.answer',
   'sim.uid',
@@ -65,18 +77,38 @@ const INTENT_PARAM: SimParam = {
   default: 'unlock',
 };
 
-async function call(handlers: HandlerMap, name: string, args: Record<string, unknown>): Promise<unknown> {
+async function call(
+  handlers: HandlerMap,
+  name: CommandName,
+  args: Record<string, unknown>,
+): Promise<unknown> {
   const handler = handlers.get(name);
   // The agent may have stopped the simulator since the catalogue was built.
   if (!handler) throw new AgentError('unknown_command', `the agent has no ${name} handler now`);
   return await handler(args);
 }
 
-function demoKeyChoices(demoDir: string): Choice[] {
-  return DEMO_KEYS.filter((k) => existsSync(join(demoDir, `${k.name}.pem`))).map((k) => ({
-    value: k.name,
-    label: `${k.name}: ${k.note}`,
-  }));
+/** The page's demo credentials: none unless its builder passes them. */
+export function simDemo(dir: string, credentials: Omit<SimDemo, 'dir'> = { keys: [], tags: [] }): SimDemo {
+  return { dir, keys: credentials.keys, tags: credentials.tags };
+}
+
+function demoKeyChoices(demo: SimDemo): Choice[] {
+  return demo.keys
+    .filter((k) => existsSync(join(demo.dir, `${k.name}.pem`)))
+    .map((k) => ({ value: k.name, label: `${k.name}: ${k.note}` }));
+}
+
+async function readDemoKey(demo: SimDemo, name: string): Promise<KeyObject> {
+  const file = join(demo.dir, `${name}.pem`);
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw new AgentError('key_invalid', `cannot read the demo key ${name}`, { file }, { cause: err });
+  }
+  requireKeyForKind('phone', publicJwkOf(key), file);
+  return key;
 }
 
 /** Checks args against the action's params (choices or pattern) and fills defaults. */
@@ -125,9 +157,9 @@ async function simCardChoices(handlers: HandlerMap): Promise<Choice[]> {
   }
 }
 
-export async function buildSimActions(handlers: HandlerMap, demoDir: string): Promise<SimAction[]> {
+export async function buildSimActions(handlers: HandlerMap, demo: SimDemo): Promise<SimAction[]> {
   const actions: SimAction[] = [];
-  const keys = demoKeyChoices(demoDir);
+  const keys = demoKeyChoices(demo);
 
   if (handlers.has('sim.challenge') && handlers.has('sim.answer') && keys.length > 0) {
     actions.push({
@@ -150,26 +182,23 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
         },
       ],
       run: async (args) => {
-        const key = readSignerKey(join(demoDir, `${args.key}.pem`), 'phone');
-        const challenge = (await call(handlers, 'sim.challenge', {})) as {
-          challengeId: string;
-          challenge: string;
-          vehicleId: string;
-        };
-        const intent = args.intent ?? 'unlock';
+        const key = await readDemoKey(demo, args.key ?? '');
+        const keyId = keyCredentialId('phone', publicJwkOf(key));
+        const challenge = challengeOf(await call(handlers, 'sim.challenge', {}));
+        const intent: Intent = parseArgs('sim.uid', { uid: '', intent: args.intent }).intent;
         const explicitIntent = args.proof !== 'passive';
         const message = simKeyMessage(
           fromB64url(challenge.challenge),
           challenge.vehicleId,
-          intent as (typeof INTENTS)[number],
+          intent,
           explicitIntent,
-          key.id,
+          keyId,
         );
-        const signature = signP256(key.key, message);
+        const signature = signP256(key, message);
         if (args.proof === 'tampered') signature[10] = (signature[10] ?? 0) ^ 0x40;
         return await call(handlers, 'sim.answer', {
           challengeId: challenge.challengeId,
-          credentialId: key.id,
+          credentialId: keyId,
           intent,
           explicitIntent,
           signature: b64url(signature),
@@ -189,9 +218,9 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
         {
           name: 'uid',
           label: 'tag UID (hex)',
-          choices: DEMO_TAGS.map((t) => ({ value: t.uid, label: `${t.uid}: ${t.note}` })),
+          choices: demo.tags.map((t) => ({ value: t.uid, label: `${t.uid}: ${t.note}` })),
           pattern: '[0-9A-Fa-f]{8,20}',
-          default: DEMO_TAGS[0].uid,
+          ...(demo.tags[0] ? { default: demo.tags[0].uid } : {}),
         },
         INTENT_PARAM,
       ],
@@ -219,11 +248,11 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
         },
       ],
       run: async (args) => {
-        const privateKey = readPrivateKeyFile(join(demoDir, `${args.key}.pem`));
+        const privateKey = await readDemoKey(demo, args.key ?? '');
         const { d } = privateKey.export({ format: 'jwk' });
         if (typeof d !== 'string')
           throw new AgentError('key_invalid', 'demo phone key has no private scalar');
-        const vehicle = (await call(handlers, 'vehicle', {})) as { vehicleId: string; vehicleKey: unknown };
+        const vehicle = vehicleOf(await call(handlers, 'vehicle', {}));
         return await call(handlers, 'sim.phone.approach', {
           secretKey: b64url(fromB64url(d)),
           pin: { vehicleId: vehicle.vehicleId, publicKey: vehicle.vehicleKey },
@@ -247,7 +276,11 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
     });
   }
 
-  const others = [...handlers.keys()].filter((name) => name.startsWith('sim.') && !FORMED.has(name)).sort();
+  const others = [...handlers.keys()]
+    .filter(
+      (name): name is CommandName => isCommandName(name) && name.startsWith('sim.') && !FORMED.has(name),
+    )
+    .sort();
   if (others.length > 0) {
     actions.push({
       id: 'call',
@@ -270,7 +303,10 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
         if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
           throw new AgentError('bad_arguments', 'arguments must be a JSON object');
         }
-        return await call(handlers, args.handler ?? '', parsed as Record<string, unknown>);
+        const name = others.find((h) => h === args.handler);
+        if (name === undefined)
+          throw new AgentError('bad_arguments', 'handler must be one of the listed commands');
+        return await call(handlers, name, { ...parsed });
       },
     });
   }
@@ -279,4 +315,25 @@ export async function buildSimActions(handlers: HandlerMap, demoDir: string): Pr
 
 export function describeActions(actions: readonly SimAction[]): SimActionInfo[] {
   return actions.map(({ id, label, button, handlers, params }) => ({ id, label, button, handlers, params }));
+}
+
+/** The handler's reply read as the table's SimChallenge (a bad one is refused, not trusted). */
+function challengeOf(reply: unknown): { challengeId: string; challenge: string; vehicleId: string } {
+  if (typeof reply === 'object' && reply !== null) {
+    const { challengeId, challenge, vehicleId } = {
+      challengeId: undefined,
+      challenge: undefined,
+      vehicleId: undefined,
+      ...reply,
+    };
+    if (typeof challengeId === 'string' && typeof challenge === 'string' && typeof vehicleId === 'string')
+      return { challengeId, challenge, vehicleId };
+  }
+  throw new AgentError('internal', 'sim.challenge answered something that is not a challenge');
+}
+
+function vehicleOf(reply: unknown): { vehicleId: unknown; vehicleKey: unknown } {
+  if (typeof reply !== 'object' || reply === null) return { vehicleId: undefined, vehicleKey: undefined };
+  const { vehicleId, vehicleKey } = { vehicleId: undefined, vehicleKey: undefined, ...reply };
+  return { vehicleId, vehicleKey };
 }

@@ -3,7 +3,14 @@ import { CREDENTIAL_KINDS, type HealthState, LOCK_STATES, ROLES } from '../core/
 import type { HealthReport, StorageFigures } from '../host/health-monitor.js';
 import type { DecisionCounts } from './audit-feed.js';
 import { type MetricFamily, oneHot, type Sample } from './metrics.js';
-import { buildSimActions, describeActions, type HandlerMap, type SimActionInfo } from './sim-actions.js';
+import {
+  buildSimActions,
+  describeActions,
+  type HandlerMap,
+  type SimActionInfo,
+  type SimDemo,
+  simDemo,
+} from './sim-actions.js';
 
 /**
  * What the status page shows, collected from the control handlers (the same ones the control
@@ -151,6 +158,7 @@ export interface SnapshotDeps {
   readonly health: () => HealthReport | undefined;
   readonly auditSeq: () => number;
   readonly demoDir: string;
+  readonly demoCredentials?: Omit<SimDemo, 'dir'>;
   readonly simControls: boolean;
   readonly wallNow?: () => number;
 }
@@ -174,7 +182,9 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
   const cloud = subsystems.cloud ?? status.cloud;
   const relay = asRecord(status.relay);
   const relayHealth = asRecord(relay.health);
-  const actions = deps.simControls ? describeActions(await buildSimActions(handlers, deps.demoDir)) : [];
+  const actions = deps.simControls
+    ? describeActions(await buildSimActions(handlers, simDemo(deps.demoDir, deps.demoCredentials)))
+    : [];
   const health = deps.health();
   const clock = asRecord(status.clock);
   const decisions = asRecord(status.decisions);

@@ -7,12 +7,14 @@ import { simKeyMessage, verifyP256 } from '../../../src/crypto/challenge.js';
 import { b64url, fromB64url } from '../../../src/crypto/encoding.js';
 import { keyCredentialId, publicJwkOf } from '../../../src/crypto/keys.js';
 import type { ControlHandler } from '../../../src/host/control-server.js';
+import { DEMO_KEYS, DEMO_TAGS } from '../../../src/sim/demo.js';
 import { buildSimActions, validateActionArgs } from '../../../src/status/sim-actions.js';
 
-const demoDir = mkdtempSync(join(tmpdir(), 'va-simactions-'));
-afterAll(() => rmSync(demoDir, { recursive: true, force: true }));
+const dir = mkdtempSync(join(tmpdir(), 'va-simactions-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const demoDir = { dir, keys: DEMO_KEYS, tags: DEMO_TAGS };
 const driver = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-writeFileSync(join(demoDir, 'driver.pem'), driver.privateKey.export({ format: 'pem', type: 'pkcs8' }));
+writeFileSync(join(dir, 'driver.pem'), driver.privateKey.export({ format: 'pem', type: 'pkcs8' }));
 
 function recorder() {
   const calls: [string, Readonly<Record<string, unknown>>][] = [];
