@@ -163,6 +163,7 @@ export interface ControlApi {
   'state.findings': { args: NoArgs; result: unknown };
   'control.status': { args: NoArgs; result: unknown };
   'cloud.status': { args: NoArgs; result: unknown };
+  'status-page.status': { args: NoArgs; result: unknown };
   'sim.challenge': { args: NoArgs; result: SimChallenge };
   'sim.answer': { args: SimAnswer; result: DecisionReply };
   'sim.uid': { args: SimUidArgs; result: DecisionReply };
@@ -208,6 +209,7 @@ export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => Arg
   'state.findings': noArgs,
   'control.status': noArgs,
   'cloud.status': noArgs,
+  'status-page.status': noArgs,
   'sim.challenge': noArgs,
   'sim.answer': parseSimAnswer,
   'sim.uid': parseSimUid,
