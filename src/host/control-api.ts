@@ -1,5 +1,11 @@
+// Type-only imports: the shapes some results take, described by the parts that produce them.
+import type { CredentialStatus } from '../access/credential-lookup.js';
+import type { MergeResult } from '../access/keyring.js';
+import type { EnrollmentView } from '../ble/enrollment.js';
 import { AgentError } from '../core/errors.js';
-import type { Intent } from '../core/types.js';
+import type { Intent, PublicJwk } from '../core/types.js';
+import type { CardEnrollmentView } from '../nfc/enrollment.js';
+import type { IntegrityStatus } from '../store/state-integrity.js';
 
 /**
  * The control socket's commands in one table: for each, its argument type, its result type and a
@@ -50,8 +56,12 @@ export interface VehicleInfo {
   readonly vehicleId: string;
   readonly rootId: string;
   readonly vehicleKeyId: string;
-  readonly vehicleKey: unknown;
+  readonly vehicleKey: PublicJwk;
 }
+
+/** An enrollment desk's answer: its open enrollment, or none. */
+export type PhoneEnrollmentReply = EnrollmentView | { readonly state: 'none' };
+export type CardEnrollmentReply = CardEnrollmentView | { readonly state: 'none' };
 
 export interface KeysAddArgs {
   readonly ops: readonly string[];
@@ -153,14 +163,11 @@ function parseTestStall(args: WireArgs): TestStallArgs {
 export interface ControlApi {
   status: { args: NoArgs; result: Readonly<Record<string, unknown>> };
   vehicle: { args: NoArgs; result: VehicleInfo };
-  'keys.list': {
-    args: NoArgs;
-    result: readonly { readonly credential: unknown; readonly revoked: boolean }[];
-  };
-  'keys.add': { args: KeysAddArgs; result: unknown };
+  'keys.list': { args: NoArgs; result: readonly CredentialStatus[] };
+  'keys.add': { args: KeysAddArgs; result: MergeResult };
   'audit.tail': { args: AuditTailArgs; result: readonly unknown[] };
   'state.status': { args: NoArgs; result: unknown };
-  'state.findings': { args: NoArgs; result: unknown };
+  'state.findings': { args: NoArgs; result: IntegrityStatus };
   'control.status': { args: NoArgs; result: unknown };
   'cloud.status': { args: NoArgs; result: unknown };
   'status-page.status': { args: NoArgs; result: unknown };
@@ -168,18 +175,18 @@ export interface ControlApi {
   'sim.answer': { args: SimAnswer; result: DecisionReply };
   'sim.uid': { args: SimUidArgs; result: DecisionReply };
   'ble.status': { args: NoArgs; result: unknown };
-  'enroll.open': { args: WireArgs; result: unknown };
-  'enroll.status': { args: NoArgs; result: unknown };
-  'enroll.cancel': { args: NoArgs; result: unknown };
+  'enroll.open': { args: WireArgs; result: PhoneEnrollmentReply };
+  'enroll.status': { args: NoArgs; result: PhoneEnrollmentReply };
+  'enroll.cancel': { args: NoArgs; result: PhoneEnrollmentReply };
   'sim.phone.approach': { args: WireArgs; result: unknown };
   'sim.ble.adapter': { args: WireArgs; result: unknown };
   'sim.ble.flood': { args: WireArgs; result: unknown };
   'sim.ble.bluez': { args: WireArgs; result: unknown };
   'nfc.status': { args: NoArgs; result: unknown };
-  'enroll.card.request': { args: WireArgs; result: unknown };
-  'enroll.card.authorise': { args: WireArgs; result: unknown };
-  'enroll.card.status': { args: NoArgs; result: unknown };
-  'enroll.card.cancel': { args: NoArgs; result: unknown };
+  'enroll.card.request': { args: WireArgs; result: CardEnrollmentReply };
+  'enroll.card.authorise': { args: WireArgs; result: CardEnrollmentReply };
+  'enroll.card.status': { args: NoArgs; result: CardEnrollmentReply };
+  'enroll.card.cancel': { args: NoArgs; result: CardEnrollmentReply };
   'sim.card.list': { args: NoArgs; result: unknown };
   'sim.card.add': { args: WireArgs; result: unknown };
   'sim.card.tap': { args: WireArgs; result: unknown };
