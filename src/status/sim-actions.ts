@@ -142,14 +142,10 @@ async function simCardChoices(handlers: HandlerMap): Promise<Choice[]> {
     const list = await call(handlers, 'sim.card.list', {});
     if (!Array.isArray(list)) return [];
     return list.flatMap((c: unknown) => {
-      const card = c as { label?: unknown; kind?: unknown };
-      return typeof card.label === 'string'
-        ? [
-            {
-              value: card.label,
-              label: `${card.label} (${typeof card.kind === 'string' ? card.kind : 'card'})`,
-            },
-          ]
+      if (typeof c !== 'object' || c === null) return [];
+      const { label, kind } = { label: undefined, kind: undefined, ...c };
+      return typeof label === 'string'
+        ? [{ value: label, label: `${label} (${typeof kind === 'string' ? kind : 'card'})` }]
         : [];
     });
   } catch {
