@@ -59,6 +59,40 @@ export interface VehicleInfo {
   readonly vehicleKey: PublicJwk;
 }
 
+/** A simulated phone's approach (`sim.phone.approach`), as the BLE simulator reports it. */
+export interface ApproachReply {
+  readonly outcome: 'decision' | 'enrollment' | 'refused' | 'failed' | 'skipped' | 'timeout';
+  readonly granted: boolean;
+  readonly code?: string;
+  readonly role?: string;
+  readonly lock?: string;
+  readonly answerMs?: number;
+  readonly enrolled?: string;
+  readonly credentialId: string;
+}
+
+/** A simulated card's tap on the PN532 (`sim.card.tap`): a decision, or an enrollment step. */
+export interface TapReply {
+  readonly granted?: boolean;
+  readonly code?: string;
+  readonly role?: string;
+  readonly lock?: string;
+  readonly credentialId?: string;
+  readonly answerMs?: number;
+  readonly enrollment?: 'authorise' | 'enroll';
+  readonly ok?: boolean;
+  readonly message?: string;
+  readonly state?: string;
+}
+
+/** One card of the simulated wallet (`sim.card.list`). */
+export interface SimCardSummary {
+  readonly label: string;
+  readonly kind: string;
+  readonly uid: string;
+  readonly counter?: number;
+}
+
 /** An enrollment desk's answer: its open enrollment, or none. */
 export type PhoneEnrollmentReply = EnrollmentView | { readonly state: 'none' };
 export type CardEnrollmentReply = CardEnrollmentView | { readonly state: 'none' };
@@ -178,7 +212,7 @@ export interface ControlApi {
   'enroll.open': { args: WireArgs; result: PhoneEnrollmentReply };
   'enroll.status': { args: NoArgs; result: PhoneEnrollmentReply };
   'enroll.cancel': { args: NoArgs; result: PhoneEnrollmentReply };
-  'sim.phone.approach': { args: WireArgs; result: unknown };
+  'sim.phone.approach': { args: WireArgs; result: ApproachReply };
   'sim.ble.adapter': { args: WireArgs; result: unknown };
   'sim.ble.flood': { args: WireArgs; result: unknown };
   'sim.ble.bluez': { args: WireArgs; result: unknown };
@@ -187,9 +221,9 @@ export interface ControlApi {
   'enroll.card.authorise': { args: WireArgs; result: CardEnrollmentReply };
   'enroll.card.status': { args: NoArgs; result: CardEnrollmentReply };
   'enroll.card.cancel': { args: NoArgs; result: CardEnrollmentReply };
-  'sim.card.list': { args: NoArgs; result: unknown };
+  'sim.card.list': { args: NoArgs; result: readonly SimCardSummary[] };
   'sim.card.add': { args: WireArgs; result: unknown };
-  'sim.card.tap': { args: WireArgs; result: unknown };
+  'sim.card.tap': { args: WireArgs; result: TapReply };
   'sim.nfc.fault': { args: WireArgs; result: unknown };
   'test.audit': { args: TestAuditArgs; result: { readonly count: number; readonly lastSeq: number } };
   'test.crash': { args: NoArgs; result: { readonly crashing: boolean } };

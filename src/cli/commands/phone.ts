@@ -10,9 +10,10 @@ import {
   keyCredentialId,
   publicJwkOf,
 } from '../../crypto/keys.js';
+import type { ApproachReply } from '../../host/control-api.js';
 import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
-import { controlCall, controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 import { readPrivateKeyFile, writeKeyFiles } from '../key-files.js';
 
 export const PHONE_HELP = `vehicle-agent phone keygen --out PREFIX [--json]
@@ -35,17 +36,6 @@ garbage_chunks, oversized, drop_notification, silent, ignore_pinning, vanish.
 --approve-enrollment approves the vehicle's open enrollment request (vehicle-agent enroll phone)
 with this key, which must be an owner's phone key.
 Prints the decision; exits 0 when granted (or the enrollment approved), 2 when not.`;
-
-interface ApproachReply {
-  readonly outcome: 'decision' | 'enrollment' | 'refused' | 'failed' | 'skipped' | 'timeout';
-  readonly granted: boolean;
-  readonly code?: string;
-  readonly role?: string;
-  readonly lock?: string;
-  readonly answerMs?: number;
-  readonly enrolled?: string;
-  readonly credentialId: string;
-}
 
 export async function phone(argv: readonly string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -127,7 +117,7 @@ async function approach(argv: readonly string[]): Promise<number> {
   const vehicle = await controlCall(loaded.socketPath, 'vehicle', {});
   let reply: ApproachReply;
   try {
-    reply = (await controlRequest(
+    reply = await controlCall(
       loaded.socketPath,
       'sim.phone.approach',
       {
@@ -142,7 +132,7 @@ async function approach(argv: readonly string[]): Promise<number> {
         timeoutMs,
       },
       timeoutMs + 10_000,
-    )) as ApproachReply;
+    );
   } catch (err) {
     if (err instanceof AgentError && err.code === 'unknown_command') {
       throw new AgentError(
