@@ -1,10 +1,8 @@
 import { join } from 'node:path';
 import type { LockControl } from '../agent/agent.js';
 import type { Config } from '../config/schema.js';
-import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import type { SimAnswer } from '../host/control-api.js';
-import { decisionReply, parseIntent } from '../host/control-handlers.js';
+import { simReaderHandlers } from '../host/control-handlers.js';
 import type { ControlHandler } from '../host/control-server.js';
 import { demoHints, seedDemo } from '../sim/demo.js';
 import { SimReader } from '../sim/sim-reader.js';
@@ -76,39 +74,4 @@ export function logDemoHints(log: Logger, readerHints: readonly string[]): void 
     { module: 'main' },
     'then: vehicle-agent status   (npx vehicle-agent ... from the project directory)',
   );
-}
-
-function parseSimAnswer(args: Readonly<Record<string, unknown>>): SimAnswer {
-  const { challengeId, credentialId, explicitIntent, signature, delayMs } = args;
-  if (typeof challengeId !== 'string' || typeof credentialId !== 'string' || typeof signature !== 'string') {
-    throw new AgentError('bad_arguments', 'challengeId, credentialId and signature must be strings');
-  }
-  if (typeof explicitIntent !== 'boolean')
-    throw new AgentError('bad_arguments', 'explicitIntent must be a boolean');
-  if (delayMs !== undefined && (typeof delayMs !== 'number' || !Number.isInteger(delayMs) || delayMs < 0)) {
-    throw new AgentError('bad_arguments', 'delayMs must be a non-negative integer');
-  }
-  return {
-    challengeId,
-    credentialId,
-    intent: parseIntent(args.intent),
-    explicitIntent,
-    signature,
-    ...(delayMs !== undefined ? { delayMs } : {}),
-  };
-}
-
-/** sim.challenge, sim.answer and sim.uid: `vehicle-agent sim present` plays a key through these. */
-export function simReaderHandlers(simReader: SimReader, lock: LockControl): Map<string, ControlHandler> {
-  return new Map<string, ControlHandler>([
-    ['sim.challenge', () => simReader.issueChallenge()],
-    ['sim.answer', async (args) => decisionReply(await simReader.answer(parseSimAnswer(args)), lock)],
-    [
-      'sim.uid',
-      async (args) => {
-        if (typeof args.uid !== 'string') throw new AgentError('bad_arguments', 'uid must be a hex string');
-        return decisionReply(await simReader.presentUid(args.uid, parseIntent(args.intent)), lock);
-      },
-    ],
-  ]);
 }

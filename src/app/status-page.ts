@@ -53,7 +53,8 @@ export async function startStatusPage(deps: StatusPageDeps): Promise<StatusServe
     health: () => deps.health.lastReport(),
     checkHealth: () => deps.health.check(),
     feed,
-    demo: { dir: join(deps.stateDir, STATE_FILES.demo), keys: DEMO_KEYS, tags: DEMO_TAGS },
+    demoDir: join(deps.stateDir, STATE_FILES.demo),
+    demoCredentials: { keys: DEMO_KEYS, tags: DEMO_TAGS },
     log,
   });
   log.info(

@@ -1,6 +1,7 @@
 import { connect } from 'node:net';
 import { isCode } from '../core/codes.js';
 import { AgentError } from '../core/errors.js';
+import type { ArgsOf, CommandName, ResultOf } from '../host/control-api.js';
 
 /**
  * Sends one request to the agent's control socket and returns its result or throws its coded
@@ -28,6 +29,21 @@ export async function controlRequest(
       await new Promise((r) => setTimeout(r, backoff * (0.5 + Math.random())));
     }
   }
+}
+
+/**
+ * controlRequest typed by the command table (src/host/control-api.ts): the arguments the command
+ * takes, the result it gives.
+ */
+export async function controlCall<C extends CommandName>(
+  socketPath: string,
+  cmd: C,
+  args: ArgsOf<C>,
+  timeoutMs?: number,
+): Promise<ResultOf<C>> {
+  const result = await controlRequest(socketPath, cmd, { ...args }, timeoutMs);
+  // The one cast of the control API: the reply is JSON from an agent built from the same table.
+  return result as ResultOf<C>;
 }
 
 /** Waits before each further try after being turned away (jittered, so clients do not line up). */

@@ -179,17 +179,20 @@ function parseRequest(line: string): ParsedRequest {
   } catch {
     throw new AgentError('control_bad_request', 'request is not JSON');
   }
-  if (typeof request !== 'object' || request === null || Array.isArray(request)) {
+  if (!isJsonObject(request)) {
     throw new AgentError('control_bad_request', 'request must be a JSON object');
   }
-  const r = request as Record<string, unknown>;
+  const r = request;
   const id = typeof r.id === 'number' || typeof r.id === 'string' ? r.id : null;
   if (typeof r.cmd !== 'string')
     throw new AgentError('control_bad_request', 'request needs a string cmd', { id });
   const args = r.args ?? {};
-  if (typeof args !== 'object' || args === null || Array.isArray(args))
-    throw new AgentError('control_bad_request', 'args must be an object', { id });
-  return { id, cmd: r.cmd, args: args as Record<string, unknown> };
+  if (!isJsonObject(args)) throw new AgentError('control_bad_request', 'args must be an object', { id });
+  return { id, cmd: r.cmd, args };
+}
+
+function isJsonObject(value: unknown): value is Readonly<Record<string, unknown>> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 export async function startControlServer(

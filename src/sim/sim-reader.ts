@@ -6,6 +6,7 @@ import { simKeyMessage, verifyP256 } from '../crypto/challenge.js';
 import { b64url, fromB64url, fromHex } from '../crypto/encoding.js';
 import { publicKeyFromJwk, uidHash } from '../crypto/keys.js';
 import type { SimAnswer, SimChallenge } from '../host/control-api.js';
+import type { SimReaderControl } from '../host/control-handlers.js';
 
 const CHALLENGE_TTL_MS = 30_000;
 const MAX_OUTSTANDING = 64;
@@ -15,7 +16,7 @@ const MAX_OUTSTANDING = 64;
  * phone key (a real P-256 challenge-response against the keyring) or a UID tag. It exercises the
  * same decision, lock and audit path as the hardware readers.
  */
-export class SimReader implements CredentialReader {
+export class SimReader implements CredentialReader, SimReaderControl {
   readonly id: string;
   private context: ReaderContext | undefined;
   private readonly outstanding = new Map<string, { challenge: Uint8Array; issuedAt: number }>();

@@ -11,7 +11,13 @@ import { bearerToken, tokenMatches } from './admin-token.js';
 import type { AuditFeed } from './audit-feed.js';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics.js';
 import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './page.js';
-import { buildSimActions, type DemoCatalogue, type HandlerMap, validateActionArgs } from './sim-actions.js';
+import {
+  buildSimActions,
+  type HandlerMap,
+  type SimDemo,
+  simDemo,
+  validateActionArgs,
+} from './sim-actions.js';
 import { collectSnapshot, localInterfaceFamilies, metricFamilies, type StateSnapshot } from './snapshot.js';
 
 export { TokenBucket } from '../core/token-bucket.js';
@@ -43,8 +49,9 @@ export interface StatusServerOptions {
   readonly health: () => HealthReport | undefined;
   readonly checkHealth: () => Promise<HealthReport>;
   readonly feed: AuditFeed;
-  /** The demo keys and tags offered as sim controls. */
-  readonly demo: DemoCatalogue;
+  readonly demoDir: string;
+  /** The demo keys (files in demoDir) and tags the sim controls offer; default none. */
+  readonly demoCredentials?: Omit<SimDemo, 'dir'>;
   readonly log: Logger;
   /** Largest request body; default 16 KiB. */
   readonly maxBodyBytes?: number;
@@ -343,7 +350,8 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
       handlers,
       health: options.health,
       auditSeq: () => feed.lastSeq,
-      demo: options.demo,
+      demoDir: options.demoDir,
+      ...(options.demoCredentials ? { demoCredentials: options.demoCredentials } : {}),
       simControls: options.simControls,
     });
     cached = { at: now, value };
@@ -513,7 +521,9 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     const body = await readJsonBody(req, maxBody);
     const id = sim?.[1] ?? '';
     const action = options.simControls
-      ? (await buildSimActions(handlers, options.demo)).find((a) => a.id === id)
+      ? (await buildSimActions(handlers, simDemo(options.demoDir, options.demoCredentials))).find(
+          (a) => a.id === id,
+        )
       : undefined;
     if (!action) throw new AgentError('not_found', `no sim action ${id} (is the agent in sim mode?)`);
     const args = validateActionArgs(action, body);

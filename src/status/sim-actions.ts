@@ -1,11 +1,14 @@
+import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentError } from '../core/errors.js';
-import { INTENTS } from '../core/types.js';
+import { INTENTS, type Intent } from '../core/types.js';
 import { signP256, simKeyMessage } from '../crypto/challenge.js';
 import { b64url, fromB64url } from '../crypto/encoding.js';
+import { keyCredentialId, publicJwkOf, requireKeyForKind } from '../crypto/keys.js';
+import { type CommandName, isCommandName, parseArgs } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
-import { readPrivateKeyFile, readSignerKey } from '../store/key-files.js';
 
 /**
  * The status page's sim controls. Each action calls the same control handlers the CLI reaches
@@ -46,8 +49,18 @@ export interface SimAction extends SimActionInfo {
 
 export type HandlerMap = ReadonlyMap<string, ControlHandler>;
 
+/**
+ * The demo credentials the page offers, passed in by whoever builds the page (src/app/): keys are
+ * private-key files `<dir>/<name>.pem` (offered only when the file exists), tags are UIDs.
+ */
+export interface SimDemo {
+  readonly dir: string;
+  readonly keys: readonly { readonly name: string; readonly note: string }[];
+  readonly tags: readonly { readonly uid: string; readonly note: string }[];
+}
+
 /** Handlers with a dedicated form; every other `sim.*` handler goes through `call`. */
-const FORMED = new Set([
+const FORMED = new Set<string>([
   'sim.challenge',
   'sim.answer',
   'sim.uid',
@@ -64,31 +77,38 @@ const INTENT_PARAM: SimParam = {
   default: 'unlock',
 };
 
-async function call(handlers: HandlerMap, name: string, args: Record<string, unknown>): Promise<unknown> {
+async function call(
+  handlers: HandlerMap,
+  name: CommandName,
+  args: Record<string, unknown>,
+): Promise<unknown> {
   const handler = handlers.get(name);
   // The agent may have stopped the simulator since the catalogue was built.
   if (!handler) throw new AgentError('unknown_command', `the agent has no ${name} handler now`);
   return await handler(args);
 }
 
-/**
- * The demo vehicle's keys and tags the page offers, handed in by whoever builds the page (the
- * composition root, from the simulator's demo), so the page itself knows nothing of simulators.
- */
-export interface DemoCatalogue {
-  /** Where the demo's private keys are (<stateDir>/demo). */
-  readonly dir: string;
-  readonly keys: readonly { readonly name: string; readonly note: string }[];
-  readonly tags: readonly { readonly uid: string; readonly note: string }[];
+/** The page's demo credentials: none unless its builder passes them. */
+export function simDemo(dir: string, credentials: Omit<SimDemo, 'dir'> = { keys: [], tags: [] }): SimDemo {
+  return { dir, keys: credentials.keys, tags: credentials.tags };
 }
 
-function demoKeyChoices(demo: DemoCatalogue): Choice[] {
+function demoKeyChoices(demo: SimDemo): Choice[] {
   return demo.keys
     .filter((k) => existsSync(join(demo.dir, `${k.name}.pem`)))
-    .map((k) => ({
-      value: k.name,
-      label: `${k.name}: ${k.note}`,
-    }));
+    .map((k) => ({ value: k.name, label: `${k.name}: ${k.note}` }));
+}
+
+async function readDemoKey(demo: SimDemo, name: string): Promise<KeyObject> {
+  const file = join(demo.dir, `${name}.pem`);
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw new AgentError('key_invalid', `cannot read the demo key ${name}`, { file }, { cause: err });
+  }
+  requireKeyForKind('phone', publicJwkOf(key), file);
+  return key;
 }
 
 /** Checks args against the action's params (choices or pattern) and fills defaults. */
@@ -122,14 +142,10 @@ async function simCardChoices(handlers: HandlerMap): Promise<Choice[]> {
     const list = await call(handlers, 'sim.card.list', {});
     if (!Array.isArray(list)) return [];
     return list.flatMap((c: unknown) => {
-      const card = c as { label?: unknown; kind?: unknown };
-      return typeof card.label === 'string'
-        ? [
-            {
-              value: card.label,
-              label: `${card.label} (${typeof card.kind === 'string' ? card.kind : 'card'})`,
-            },
-          ]
+      if (typeof c !== 'object' || c === null) return [];
+      const { label, kind } = { label: undefined, kind: undefined, ...c };
+      return typeof label === 'string'
+        ? [{ value: label, label: `${label} (${typeof kind === 'string' ? kind : 'card'})` }]
         : [];
     });
   } catch {
@@ -137,7 +153,7 @@ async function simCardChoices(handlers: HandlerMap): Promise<Choice[]> {
   }
 }
 
-export async function buildSimActions(handlers: HandlerMap, demo: DemoCatalogue): Promise<SimAction[]> {
+export async function buildSimActions(handlers: HandlerMap, demo: SimDemo): Promise<SimAction[]> {
   const actions: SimAction[] = [];
   const keys = demoKeyChoices(demo);
 
@@ -162,26 +178,23 @@ export async function buildSimActions(handlers: HandlerMap, demo: DemoCatalogue)
         },
       ],
       run: async (args) => {
-        const key = readSignerKey(join(demo.dir, `${args.key}.pem`), 'phone');
-        const challenge = (await call(handlers, 'sim.challenge', {})) as {
-          challengeId: string;
-          challenge: string;
-          vehicleId: string;
-        };
-        const intent = args.intent ?? 'unlock';
+        const key = await readDemoKey(demo, args.key ?? '');
+        const keyId = keyCredentialId('phone', publicJwkOf(key));
+        const challenge = challengeOf(await call(handlers, 'sim.challenge', {}));
+        const intent: Intent = parseArgs('sim.uid', { uid: '', intent: args.intent }).intent;
         const explicitIntent = args.proof !== 'passive';
         const message = simKeyMessage(
           fromB64url(challenge.challenge),
           challenge.vehicleId,
-          intent as (typeof INTENTS)[number],
+          intent,
           explicitIntent,
-          key.id,
+          keyId,
         );
-        const signature = signP256(key.key, message);
+        const signature = signP256(key, message);
         if (args.proof === 'tampered') signature[10] = (signature[10] ?? 0) ^ 0x40;
         return await call(handlers, 'sim.answer', {
           challengeId: challenge.challengeId,
-          credentialId: key.id,
+          credentialId: keyId,
           intent,
           explicitIntent,
           signature: b64url(signature),
@@ -231,11 +244,11 @@ export async function buildSimActions(handlers: HandlerMap, demo: DemoCatalogue)
         },
       ],
       run: async (args) => {
-        const privateKey = readPrivateKeyFile(join(demo.dir, `${args.key}.pem`));
+        const privateKey = await readDemoKey(demo, args.key ?? '');
         const { d } = privateKey.export({ format: 'jwk' });
         if (typeof d !== 'string')
           throw new AgentError('key_invalid', 'demo phone key has no private scalar');
-        const vehicle = (await call(handlers, 'vehicle', {})) as { vehicleId: string; vehicleKey: unknown };
+        const vehicle = vehicleOf(await call(handlers, 'vehicle', {}));
         return await call(handlers, 'sim.phone.approach', {
           secretKey: b64url(fromB64url(d)),
           pin: { vehicleId: vehicle.vehicleId, publicKey: vehicle.vehicleKey },
@@ -259,7 +272,11 @@ export async function buildSimActions(handlers: HandlerMap, demo: DemoCatalogue)
     });
   }
 
-  const others = [...handlers.keys()].filter((name) => name.startsWith('sim.') && !FORMED.has(name)).sort();
+  const others = [...handlers.keys()]
+    .filter(
+      (name): name is CommandName => isCommandName(name) && name.startsWith('sim.') && !FORMED.has(name),
+    )
+    .sort();
   if (others.length > 0) {
     actions.push({
       id: 'call',
@@ -282,7 +299,10 @@ export async function buildSimActions(handlers: HandlerMap, demo: DemoCatalogue)
         if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
           throw new AgentError('bad_arguments', 'arguments must be a JSON object');
         }
-        return await call(handlers, args.handler ?? '', parsed as Record<string, unknown>);
+        const name = others.find((h) => h === args.handler);
+        if (name === undefined)
+          throw new AgentError('bad_arguments', 'handler must be one of the listed commands');
+        return await call(handlers, name, { ...parsed });
       },
     });
   }
@@ -291,4 +311,25 @@ export async function buildSimActions(handlers: HandlerMap, demo: DemoCatalogue)
 
 export function describeActions(actions: readonly SimAction[]): SimActionInfo[] {
   return actions.map(({ id, label, button, handlers, params }) => ({ id, label, button, handlers, params }));
+}
+
+/** The handler's reply read as the table's SimChallenge (a bad one is refused, not trusted). */
+function challengeOf(reply: unknown): { challengeId: string; challenge: string; vehicleId: string } {
+  if (typeof reply === 'object' && reply !== null) {
+    const { challengeId, challenge, vehicleId } = {
+      challengeId: undefined,
+      challenge: undefined,
+      vehicleId: undefined,
+      ...reply,
+    };
+    if (typeof challengeId === 'string' && typeof challenge === 'string' && typeof vehicleId === 'string')
+      return { challengeId, challenge, vehicleId };
+  }
+  throw new AgentError('internal', 'sim.challenge answered something that is not a challenge');
+}
+
+function vehicleOf(reply: unknown): { vehicleId: unknown; vehicleKey: unknown } {
+  if (typeof reply !== 'object' || reply === null) return { vehicleId: undefined, vehicleKey: undefined };
+  const { vehicleId, vehicleKey } = { vehicleId: undefined, vehicleKey: undefined, ...reply };
+  return { vehicleId, vehicleKey };
 }

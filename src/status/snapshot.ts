@@ -5,10 +5,11 @@ import type { DecisionCounts } from './audit-feed.js';
 import { type MetricFamily, oneHot, type Sample } from './metrics.js';
 import {
   buildSimActions,
-  type DemoCatalogue,
   describeActions,
   type HandlerMap,
   type SimActionInfo,
+  type SimDemo,
+  simDemo,
 } from './sim-actions.js';
 
 /**
@@ -156,8 +157,8 @@ export interface SnapshotDeps {
   readonly handlers: HandlerMap;
   readonly health: () => HealthReport | undefined;
   readonly auditSeq: () => number;
-  /** The demo keys and tags offered as sim controls. */
-  readonly demo: DemoCatalogue;
+  readonly demoDir: string;
+  readonly demoCredentials?: Omit<SimDemo, 'dir'>;
   readonly simControls: boolean;
   readonly wallNow?: () => number;
 }
@@ -181,7 +182,9 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
   const cloud = subsystems.cloud ?? status.cloud;
   const relay = asRecord(status.relay);
   const relayHealth = asRecord(relay.health);
-  const actions = deps.simControls ? describeActions(await buildSimActions(handlers, deps.demo)) : [];
+  const actions = deps.simControls
+    ? describeActions(await buildSimActions(handlers, simDemo(deps.demoDir, deps.demoCredentials)))
+    : [];
   const health = deps.health();
   const clock = asRecord(status.clock);
   const decisions = asRecord(status.decisions);

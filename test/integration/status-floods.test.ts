@@ -33,7 +33,7 @@ async function start(options: Partial<StatusServerOptions>): Promise<StatusServe
     health: report,
     checkHealth: async () => report(),
     feed: new AuditFeed({ lastSeq: 0, recent: () => [] }, silentLogger),
-    demo: { dir: '/nonexistent', keys: [], tags: [] },
+    demoDir: '/nonexistent',
     log: silentLogger,
     ...options,
   });

@@ -1,11 +1,11 @@
 import { AgentError } from '../../core/errors.js';
 import { ROLES, type Role } from '../../core/types.js';
 import { signJws } from '../../crypto/jws.js';
+import type { ArgsOf, CardEnrollmentReply } from '../../host/control-api.js';
 import { CARD_ENROLL_TYP, CARD_KINDS, type CardKind, canonicalRequest } from '../../nfc/enroll-auth.js';
-import type { CardEnrollmentView } from '../../nfc/enrollment.js';
 import { readSignerKey } from '../../store/key-files.js';
 import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
-import { controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 
 export const ENROLL_CARD_HELP = `vehicle-agent enroll card --kind fido|ntag424|uid --role ROLE [--name TEXT]
                           [--not-before TIME] [--not-after TIME]
@@ -23,7 +23,7 @@ a grant signed by its own key that carries the owner's signature. The command wa
 (exit 0 enrolled, 2 expired, cancelled or refused) unless --no-wait.
 ROLE is owner, driver, guest (needs --not-after) or service. TIME is ISO 8601 or +N[smhd].`;
 
-type View = CardEnrollmentView | { readonly state: 'none' };
+type View = CardEnrollmentReply;
 
 const POLL_MS = 200;
 
@@ -50,9 +50,15 @@ function describe(view: View): string {
   }
 }
 
-async function request(socketPath: string, cmd: string, args: Record<string, unknown> = {}): Promise<View> {
+type CardCommand =
+  | 'enroll.card.request'
+  | 'enroll.card.authorise'
+  | 'enroll.card.status'
+  | 'enroll.card.cancel';
+
+async function request(socketPath: string, cmd: CardCommand, args: ArgsOf<CardCommand> = {}): Promise<View> {
   try {
-    return (await controlRequest(socketPath, cmd, args)) as View;
+    return await controlCall(socketPath, cmd, args);
   } catch (err) {
     if (err instanceof AgentError && err.code === 'unknown_command')
       throw new AgentError('unknown_command', 'card enrollment needs the NFC reader (nfc.enabled true)');

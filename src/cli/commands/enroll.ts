@@ -3,7 +3,7 @@ import { ROLES, type Role } from '../../core/types.js';
 import { publicJwkOf } from '../../crypto/keys.js';
 import { readKeyFile } from '../../store/key-files.js';
 import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
-import { controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 
 export const ENROLL_HELP = `vehicle-agent enroll phone --public NEW.pub.pem --role ROLE [--name TEXT]
                           [--not-before TIME] [--not-after TIME] [--passive] [--window MS] [--no-wait] [--json]
@@ -59,10 +59,10 @@ function describe(view: EnrollmentView): string {
   }
 }
 
-async function simple(argv: readonly string[], cmd: string): Promise<number> {
+async function simple(argv: readonly string[], cmd: 'enroll.status' | 'enroll.cancel'): Promise<number> {
   const { values } = parse(argv, COMMON_OPTIONS, false);
   const loaded = loadFor(values);
-  const view = (await controlRequest(loaded.socketPath, cmd, {})) as EnrollmentView;
+  const view = await controlCall(loaded.socketPath, cmd, {});
   out(values.json ? JSON.stringify(view) : describe(view));
   return 0;
 }
@@ -100,7 +100,7 @@ async function open(argv: readonly string[]): Promise<number> {
   const loaded = loadFor(values);
   let view: EnrollmentView;
   try {
-    view = (await controlRequest(loaded.socketPath, 'enroll.open', {
+    view = await controlCall(loaded.socketPath, 'enroll.open', {
       kind: 'phone',
       publicKey,
       role,
@@ -109,7 +109,7 @@ async function open(argv: readonly string[]): Promise<number> {
       ...(notAfter === undefined ? {} : { notAfter }),
       ...(values.passive ? { passive: true } : {}),
       ...(windowMs === undefined ? {} : { windowMs }),
-    })) as EnrollmentView;
+    });
   } catch (err) {
     if (err instanceof AgentError && err.code === 'unknown_command') {
       throw new AgentError(
@@ -126,7 +126,7 @@ async function open(argv: readonly string[]): Promise<number> {
   }
   while (view.state === 'pending') {
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    view = (await controlRequest(loaded.socketPath, 'enroll.status', {})) as EnrollmentView;
+    view = await controlCall(loaded.socketPath, 'enroll.status', {});
   }
   out(values.json ? JSON.stringify(view) : describe(view));
   return view.state === 'completed' ? 0 : 2;

@@ -11,7 +11,7 @@ import { readSignerKey } from '../../store/key-files.js';
 import { STATE_FILES } from '../../store/provision.js';
 import { openVehicleState } from '../../store/vehicle-state.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
-import { controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 import { buildGrant, buildRevoke, GRANT_OPTIONS } from './signing.js';
 
 export const KEYS_HELP = `vehicle-agent keys list [--json]
@@ -28,6 +28,7 @@ A change is stored before it takes effect: when it cannot be written (a full dis
 [state_io] and the keyring is unchanged (a refused grant opens nothing, a refused revoke did not
 happen); try again once the disk takes writes.`;
 
+/** What building ops needs of the vehicle (the running agent's `vehicle` answer, or the state directory). */
 interface VehicleInfo {
   readonly vehicleId: string;
 }
@@ -39,8 +40,8 @@ async function applyOps(
 ): Promise<MergeResult> {
   const loaded = loadFor(values);
   try {
-    const info = (await controlRequest(loaded.socketPath, 'vehicle', {})) as VehicleInfo;
-    return (await controlRequest(loaded.socketPath, 'keys.add', { ops: build(info) })) as MergeResult;
+    const info = await controlCall(loaded.socketPath, 'vehicle', {});
+    return await controlCall(loaded.socketPath, 'keys.add', { ops: build(info) });
   } catch (err) {
     if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
   }
@@ -153,9 +154,9 @@ export async function keys(argv: readonly string[]): Promise<number> {
 async function list(argv: readonly string[]): Promise<number> {
   const { values } = parse(argv, COMMON_OPTIONS);
   const loaded = loadFor(values);
-  let credentials: CredentialStatus[];
+  let credentials: readonly CredentialStatus[];
   try {
-    credentials = (await controlRequest(loaded.socketPath, 'keys.list', {})) as CredentialStatus[];
+    credentials = await controlCall(loaded.socketPath, 'keys.list', {});
   } catch (err) {
     if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
     const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys');

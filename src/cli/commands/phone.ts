@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentError } from '../../core/errors.js';
-import { INTENTS, type PublicJwk } from '../../core/types.js';
+import { INTENTS } from '../../core/types.js';
 import { b64url, fromB64url } from '../../crypto/encoding.js';
 import {
   algorithmOf,
@@ -10,10 +10,11 @@ import {
   keyCredentialId,
   publicJwkOf,
 } from '../../crypto/keys.js';
+import type { ApproachReply } from '../../host/control-api.js';
 import { readPrivateKeyFile, writeKeyFiles } from '../../store/key-files.js';
 import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
-import { controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 
 export const PHONE_HELP = `vehicle-agent phone keygen --out PREFIX [--json]
 vehicle-agent phone approach NAME|--key KEY.pem [--intent unlock|lock|toggle] [--passive]
@@ -35,22 +36,6 @@ garbage_chunks, oversized, drop_notification, silent, ignore_pinning, vanish.
 --approve-enrollment approves the vehicle's open enrollment request (vehicle-agent enroll phone)
 with this key, which must be an owner's phone key.
 Prints the decision; exits 0 when granted (or the enrollment approved), 2 when not.`;
-
-interface VehicleInfo {
-  readonly vehicleId: string;
-  readonly vehicleKey: PublicJwk;
-}
-
-interface ApproachReply {
-  readonly outcome: 'decision' | 'enrollment' | 'refused' | 'failed' | 'skipped' | 'timeout';
-  readonly granted: boolean;
-  readonly code?: string;
-  readonly role?: string;
-  readonly lock?: string;
-  readonly answerMs?: number;
-  readonly enrolled?: string;
-  readonly credentialId: string;
-}
 
 export async function phone(argv: readonly string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -129,10 +114,10 @@ async function approach(argv: readonly string[]): Promise<number> {
   const secret = phoneSecret(keyPath);
   const timeoutMs = integer(values.timeout, 'timeout', 10_000);
   // The phone pins this vehicle (as it would at enrollment): its id and public key.
-  const vehicle = (await controlRequest(loaded.socketPath, 'vehicle', {})) as VehicleInfo;
+  const vehicle = await controlCall(loaded.socketPath, 'vehicle', {});
   let reply: ApproachReply;
   try {
-    reply = (await controlRequest(
+    reply = await controlCall(
       loaded.socketPath,
       'sim.phone.approach',
       {
@@ -147,7 +132,7 @@ async function approach(argv: readonly string[]): Promise<number> {
         timeoutMs,
       },
       timeoutMs + 10_000,
-    )) as ApproachReply;
+    );
   } catch (err) {
     if (err instanceof AgentError && err.code === 'unknown_command') {
       throw new AgentError(

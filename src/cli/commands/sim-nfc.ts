@@ -1,6 +1,7 @@
 import { AgentError } from '../../core/errors.js';
+import type { TapReply } from '../../host/control-api.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
-import { controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 
 export const SIM_NFC_HELP = `vehicle-agent sim tap CARD [--remove-after MS] [--slow MS] [--clone-of CARD] [--counter N]
                          [--fault garbage|lose-ack|nack|error-frame|corrupt-response|remove-during-exchange]
@@ -16,19 +17,6 @@ enrollment step (exit 0 done, 2 refused). --slow makes every APDU that much slow
 clone), --counter taps an extracted copy of a FIDO key whose counter is N. \`sim cards\` lists the
 wallet (<stateDir>/sim/cards.json); \`sim nfc\` injects reader faults (wedge: the chip stops
 answering until the driver's wake-up, or until unwedge with --manual).`;
-
-interface TapReply {
-  readonly granted?: boolean;
-  readonly code?: string;
-  readonly role?: string;
-  readonly lock?: string;
-  readonly credentialId?: string;
-  readonly answerMs?: number;
-  readonly enrollment?: 'authorise' | 'enroll';
-  readonly ok?: boolean;
-  readonly message?: string;
-  readonly state?: string;
-}
 
 function whole(text: string | undefined, name: string): number | undefined {
   if (text === undefined) return undefined;
@@ -79,7 +67,7 @@ async function tap(argv: readonly string[]): Promise<number> {
   const slowMs = whole(values.slow, 'slow');
   const counter = whole(values.counter, 'counter');
   const loaded = loadFor(values);
-  const reply = (await controlRequest(
+  const reply = await controlCall(
     loaded.socketPath,
     'sim.card.tap',
     {
@@ -91,7 +79,7 @@ async function tap(argv: readonly string[]): Promise<number> {
       ...(values.fault === undefined ? {} : { fault: values.fault }),
     },
     20_000,
-  )) as TapReply;
+  );
   out(values.json ? JSON.stringify(reply) : describeTap(reply));
   const ok = reply.enrollment === undefined ? reply.granted === true : reply.ok === true;
   return ok ? 0 : 2;
@@ -99,12 +87,7 @@ async function tap(argv: readonly string[]): Promise<number> {
 
 async function cards(argv: readonly string[]): Promise<number> {
   const { values } = parse(argv, COMMON_OPTIONS, false);
-  const list = (await controlRequest(loadFor(values).socketPath, 'sim.card.list')) as {
-    label: string;
-    kind: string;
-    uid: string;
-    counter?: number;
-  }[];
+  const list = await controlCall(loadFor(values).socketPath, 'sim.card.list', {});
   if (values.json) out(JSON.stringify(list));
   else
     for (const c of list)
@@ -119,7 +102,7 @@ async function card(argv: readonly string[]): Promise<number> {
   const [verb, kind, label] = positionals;
   if (verb !== 'add' || kind === undefined || label === undefined)
     throw new AgentError('bad_arguments', `usage: sim card add fido|ntag424|uid LABEL\n\n${SIM_NFC_HELP}`);
-  const added = await controlRequest(loadFor(values).socketPath, 'sim.card.add', {
+  const added = await controlCall(loadFor(values).socketPath, 'sim.card.add', {
     kind,
     label,
     ...(values.model === undefined ? {} : { model: values.model }),
@@ -132,7 +115,7 @@ async function fault(argv: readonly string[]): Promise<number> {
   const { values, positionals } = parse(argv, { ...COMMON_OPTIONS, manual: { type: 'boolean' } });
   const kind = positionals[0];
   if (kind === undefined) throw new AgentError('bad_arguments', `name a fault\n\n${SIM_NFC_HELP}`);
-  const result = await controlRequest(loadFor(values).socketPath, 'sim.nfc.fault', {
+  const result = await controlCall(loadFor(values).socketPath, 'sim.nfc.fault', {
     kind,
     ...(values.manual ? { recoverOn: 'manual' } : {}),
   });

@@ -4,11 +4,11 @@ import { AgentError } from '../../core/errors.js';
 import { INTENTS, type Intent } from '../../core/types.js';
 import { signP256, simKeyMessage } from '../../crypto/challenge.js';
 import { b64url, fromB64url } from '../../crypto/encoding.js';
-import type { SimChallenge } from '../../host/control-api.js';
+import type { DecisionReply } from '../../host/control-api.js';
 import { readSignerKey } from '../../store/key-files.js';
 import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
-import { controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 import { SIM_NFC_HELP, simNfc } from './sim-nfc.js';
 
 export const SIM_HELP = `vehicle-agent sim present NAME|--key KEY.pem [--intent unlock|lock|toggle] [--passive] [--delay MS] [--tamper]
@@ -21,15 +21,6 @@ claims a slow answer (relay-attack deadline), --passive answers without explicit
 --uid presents a UID-only tag. Prints the decision; exits 0 when granted, 2 when denied.
 
 ${SIM_NFC_HELP}`;
-
-interface DecisionReply {
-  readonly granted: boolean;
-  readonly code?: string;
-  readonly intent?: string;
-  readonly lock?: string;
-  readonly credentialId?: string;
-  readonly role?: string;
-}
 
 export async function sim(argv: readonly string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -50,10 +41,7 @@ export async function sim(argv: readonly string[]): Promise<number> {
   const loaded = loadFor(values);
   let reply: DecisionReply;
   if (values.uid !== undefined) {
-    reply = (await controlRequest(loaded.socketPath, 'sim.uid', {
-      uid: values.uid,
-      intent,
-    })) as DecisionReply;
+    reply = await controlCall(loaded.socketPath, 'sim.uid', { uid: values.uid, intent });
   } else {
     const name = positionals[0];
     const keyPath = values.key ?? (name ? join(loaded.stateDir, STATE_FILES.demo, `${name}.pem`) : undefined);
@@ -63,7 +51,7 @@ export async function sim(argv: readonly string[]): Promise<number> {
     const delayMs = values.delay === undefined ? 0 : Number(values.delay);
     if (!Number.isInteger(delayMs) || delayMs < 0)
       throw new AgentError('bad_arguments', '--delay must be milliseconds');
-    const challenge = (await controlRequest(loaded.socketPath, 'sim.challenge', {})) as SimChallenge;
+    const challenge = await controlCall(loaded.socketPath, 'sim.challenge', {});
     const explicitIntent = values.passive !== true;
     const message = simKeyMessage(
       fromB64url(challenge.challenge),
@@ -74,17 +62,17 @@ export async function sim(argv: readonly string[]): Promise<number> {
     );
     const signature = signP256(key.key, message);
     if (values.tamper) signature[10] = (signature[10] ?? 0) ^ 0x40;
-    reply = (await controlRequest(loaded.socketPath, 'sim.answer', {
+    reply = await controlCall(loaded.socketPath, 'sim.answer', {
       challengeId: challenge.challengeId,
       credentialId: key.id,
       intent,
       explicitIntent,
       signature: b64url(signature),
       delayMs,
-    })) as DecisionReply;
+    });
   }
   if (values.json) out(JSON.stringify(reply));
-  else if (reply.granted) out(`granted (${reply.role ?? '?'}): lock is ${reply.lock ?? 'unknown'}`);
-  else out(`denied: ${reply.code ?? 'unknown'}`);
+  else if (reply.granted) out(`granted (${reply.role}): lock is ${reply.lock}`);
+  else out(`denied: ${reply.code}`);
   return reply.granted ? 0 : 2;
 }

@@ -3,7 +3,7 @@ import type { IntegrityStatus } from '../../host/state-integrity.js';
 import { createLogger } from '../../logging.js';
 import { describeFinding } from '../../store/integrity.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
-import { controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 
 export const STATE_HELP = `vehicle-agent state check [--json]
 vehicle-agent state repair [--ops FILE] [--accept-loss] [--json]
@@ -36,7 +36,7 @@ export async function state(argv: readonly string[]): Promise<number> {
     const result = await checkState(loaded.stateDir);
     let agent: IntegrityStatus | undefined;
     try {
-      agent = (await controlRequest(loaded.socketPath, 'state.findings', {})) as IntegrityStatus;
+      agent = await controlCall(loaded.socketPath, 'state.findings', {});
     } catch (err) {
       if (
         !(err instanceof AgentError) ||

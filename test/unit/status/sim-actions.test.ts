@@ -10,11 +10,11 @@ import type { ControlHandler } from '../../../src/host/control-server.js';
 import { DEMO_KEYS, DEMO_TAGS } from '../../../src/sim/demo.js';
 import { buildSimActions, validateActionArgs } from '../../../src/status/sim-actions.js';
 
-const demoDir = mkdtempSync(join(tmpdir(), 'va-simactions-'));
-const demo = { dir: demoDir, keys: DEMO_KEYS, tags: DEMO_TAGS };
-afterAll(() => rmSync(demoDir, { recursive: true, force: true }));
+const dir = mkdtempSync(join(tmpdir(), 'va-simactions-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const demoDir = { dir, keys: DEMO_KEYS, tags: DEMO_TAGS };
 const driver = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-writeFileSync(join(demoDir, 'driver.pem'), driver.privateKey.export({ format: 'pem', type: 'pkcs8' }));
+writeFileSync(join(dir, 'driver.pem'), driver.privateKey.export({ format: 'pem', type: 'pkcs8' }));
 
 function recorder() {
   const calls: [string, Readonly<Record<string, unknown>>][] = [];
@@ -33,9 +33,9 @@ function recorder() {
 
 describe('sim action catalogue', () => {
   it('offers only the actions whose handlers exist', async () => {
-    expect(await buildSimActions(new Map(), demo)).toEqual([]);
+    expect(await buildSimActions(new Map(), demoDir)).toEqual([]);
     const { h } = recorder();
-    const ids = (await buildSimActions(new Map([h('sim.uid', () => ({}))]), demo)).map((a) => a.id);
+    const ids = (await buildSimActions(new Map([h('sim.uid', () => ({}))]), demoDir)).map((a) => a.id);
     expect(ids).toEqual(['uid']);
     const all = await buildSimActions(
       new Map([
@@ -49,7 +49,7 @@ describe('sim action catalogue', () => {
         h('sim.nfc.fault', () => ({})),
         h('status', () => ({})),
       ]),
-      demo,
+      demoDir,
     );
     expect(all.map((a) => a.id)).toEqual(['present', 'uid', 'phone', 'tap', 'call']);
     const present = all.find((a) => a.id === 'present');
@@ -62,7 +62,7 @@ describe('sim action catalogue', () => {
 
   it('validates arguments against choices and patterns before anything runs', async () => {
     const { h } = recorder();
-    const [uid] = await buildSimActions(new Map([h('sim.uid', () => ({}))]), demo);
+    const [uid] = await buildSimActions(new Map([h('sim.uid', () => ({}))]), demoDir);
     if (!uid) throw new Error('no uid action');
     expect(validateActionArgs(uid, {})).toEqual({ uid: '04A2B3C4D5E6F7', intent: 'unlock' });
     expect(validateActionArgs(uid, { uid: '04aabbccdd', intent: 'lock' })).toEqual({
@@ -88,7 +88,7 @@ describe('sim action catalogue', () => {
         h('sim.challenge', () => ({ challengeId: 'c1', challenge: b64url(challenge), vehicleId: 'VA-1' })),
         h('sim.answer', () => ({ granted: true })),
       ]),
-      demo,
+      demoDir,
     );
     const present = actions.find((a) => a.id === 'present');
     if (!present) throw new Error('no present action');
@@ -114,7 +114,7 @@ describe('sim action catalogue', () => {
 
   it('call: passes a JSON object to the named sim handler and refuses anything else', async () => {
     const { calls, h } = recorder();
-    const [call] = await buildSimActions(new Map([h('sim.ble.adapter', (a) => ({ echoed: a }))]), demo);
+    const [call] = await buildSimActions(new Map([h('sim.ble.adapter', (a) => ({ echoed: a }))]), demoDir);
     if (!call) throw new Error('no call action');
     expect(
       await call.run(validateActionArgs(call, { handler: 'sim.ble.adapter', args: '{"powered":false}' })),

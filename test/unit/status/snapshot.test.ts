@@ -90,7 +90,7 @@ describe('collectSnapshot', () => {
       ]),
       health: () => undefined,
       auditSeq: () => 41,
-      demo: { dir: '/nonexistent', keys: [], tags: [] },
+      demoDir: '/nonexistent',
       simControls: true,
       wallNow: () => NOW,
     });
@@ -118,7 +118,7 @@ describe('collectSnapshot', () => {
         handlers: new Map(),
         health: () => undefined,
         auditSeq: () => 0,
-        demo: { dir: '/nonexistent', keys: [], tags: [] },
+        demoDir: '/nonexistent',
         simControls: true,
       }),
     ).rejects.toMatchObject({ code: 'unknown_command' });
@@ -157,7 +157,7 @@ describe('metric families', () => {
         checks: { eventLoop: { ok: true }, state: { ok: false, detail: 'EROFS' } },
       }),
       auditSeq: () => 41,
-      demo: { dir: '/nonexistent', keys: [], tags: [] },
+      demoDir: '/nonexistent',
       simControls: false,
       wallNow: () => NOW,
     });
@@ -257,7 +257,7 @@ describe('metric families', () => {
         },
       }),
       auditSeq: () => 1,
-      demo: { dir: '/nonexistent', keys: [], tags: [] },
+      demoDir: '/nonexistent',
       simControls: false,
       wallNow: () => NOW,
     });
