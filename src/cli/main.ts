@@ -109,6 +109,14 @@ function exitCodeFor(err: AgentError): number {
 
 export async function main(argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
+  // A reader that has gone (`vehicle-agent status | head`) has what it wanted: end quietly. Not
+  // for `start`, whose stdout is its log and which must outlive any reader.
+  if (name !== 'start') {
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(0);
+      throw err;
+    });
+  }
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(usage());
     return name === undefined ? 64 : 0;

@@ -110,12 +110,9 @@ describe('NFC cards on the real agent (PN532 emulator on a socat pty)', () => {
   });
 
   it('audits denials with their codes and never a raw UID', () => {
-    const tail = runCli(['audit', 'tail', '-n', '300', ...sd()]);
+    const tail = runCli(['audit', 'tail', '-n', '300', '--json', ...sd()]);
     expect(tail.code, tail.stderr).toBe(0);
-    const records = tail.stdout
-      .trim()
-      .split('\n')
-      .map((line) => JSON.parse(line) as { type: string; reader?: string; code?: string });
+    const records = JSON.parse(tail.stdout) as { type: string; reader?: string; code?: string }[];
     const codes = records.filter((e) => e.type === 'access' && e.reader === 'nfc0').map((e) => e.code);
     expect(codes).toEqual(
       expect.arrayContaining([

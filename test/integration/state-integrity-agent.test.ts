@@ -76,8 +76,8 @@ describe('the agent with damaged state files', () => {
     // The running agent repaired it at start and says so; the files now read clean.
     expect(check.value.agent?.state).toBe('repaired');
     expect(check.value.agent?.findings).toMatchObject([{ file: 'keyring.journal', code: 'state_repaired' }]);
-    const tail = runCli(['audit', 'tail', '-n', '50', ...sd()]);
-    expect(tail.stdout).toContain('"type":"state.damage"');
+    const tail = runCli(['audit', 'tail', '-n', '50', '--json', ...sd()]);
+    expect(JSON.parse(tail.stdout)).toContainEqual(expect.objectContaining({ type: 'state.damage' }));
     expect(await agent.stop()).toBe(0);
     agent = undefined;
   });

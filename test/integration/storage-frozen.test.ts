@@ -205,11 +205,8 @@ describe('a frozen state disk (fsfreeze) under the running agent', () => {
   }, 180_000);
 
   function auditRecords(): Record<string, unknown>[] {
-    const r = runCli(['audit', 'tail', '-n', '500', ...sd()]);
-    return r.stdout
-      .split('\n')
-      .filter((line) => line !== '')
-      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    const r = runCli(['audit', 'tail', '-n', '500', '--json', ...sd()]);
+    return JSON.parse(r.stdout) as Record<string, unknown>[];
   }
 
   function phoneKey(keyFile: string) {

@@ -209,10 +209,7 @@ describe('a full state disk (size-limited tmpfs) under the agent', () => {
   });
 
   function auditRecords(): Record<string, unknown>[] {
-    const r = runCli(['audit', 'tail', '-n', '1000', ...sd()]);
-    return r.stdout
-      .split('\n')
-      .filter((line) => line !== '')
-      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    const r = runCli(['audit', 'tail', '-n', '1000', '--json', ...sd()]);
+    return JSON.parse(r.stdout) as Record<string, unknown>[];
   }
 });

@@ -6,7 +6,7 @@ import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 
 export const AUDIT_HELP = `vehicle-agent audit verify [--json]     walk the hash chain and check its anchored head; report breaks (exit 1)
-vehicle-agent audit tail [-n N] [--json]  print the last N records (default 20)`;
+vehicle-agent audit tail [-n N] [--json]  print the last N records (default 20), one line each; --json: a JSON array`;
 
 export async function audit(argv: readonly string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -50,8 +50,19 @@ export async function audit(argv: readonly string[]): Promise<number> {
       records.push(r);
       if (records.length > n) records.shift();
     }
-    for (const r of records) out(JSON.stringify(r));
+    if (values.json) out(JSON.stringify(records));
+    else for (const r of records) out(describeRecord(r));
     return 0;
   }
   throw new AgentError('bad_arguments', `audit needs verify or tail\n\n${AUDIT_HELP}`);
+}
+
+/** One line per record for a terminal: sequence, time, type, then its other fields as key=value. */
+function describeRecord(record: unknown): string {
+  if (typeof record !== 'object' || record === null) return String(record);
+  const { seq, ts, type, prev: _prev, hash: _hash, ...rest } = record as Record<string, unknown>;
+  const fields = Object.entries(rest).map(
+    ([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`,
+  );
+  return [`#${String(seq)}`, String(ts), String(type), ...fields].join('  ');
 }
