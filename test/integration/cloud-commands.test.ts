@@ -317,15 +317,21 @@ describe('cloud commands over MQTT', () => {
       '30',
     ]);
     expect(signed.code, signed.stderr).toBe(0);
-    const sub = spawn('mosquitto_sub', [...tls, '-t', `${base}/command/result`, '-C', '1', '-W', '15'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    // -d: mosquitto_sub says when the broker has confirmed the subscription (SUBACK), so the
+    // command goes out only once its result cannot be missed (stdbuf: line by line into a pipe).
+    const sub = spawn(
+      'stdbuf',
+      ['-oL', 'mosquitto_sub', ...tls, '-d', '-t', `${base}/command/result`, '-C', '1', '-W', '30'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let got = '';
     sub.stdout.setEncoding('utf8').on('data', (c: string) => {
       got += c;
     });
     const exited = new Promise((resolve) => sub.once('exit', resolve));
-    await new Promise((r) => setTimeout(r, 300)); // let it subscribe
+    await waitFor(() => got.includes('SUBACK'), 'mosquitto_sub to be subscribed', 15_000);
     const pub = spawnSync(
       'mosquitto_pub',
       [...tls, '-t', `${base}/command`, '-q', '1', '-m', signed.value.jws],
@@ -335,7 +341,8 @@ describe('cloud commands over MQTT', () => {
     );
     expect(pub.status, pub.stderr).toBe(0);
     await exited;
-    expect(JSON.parse(got)).toMatchObject({ jti: signed.value.payload.jti, status: 'ok', code: 'ok' });
+    const payload = got.split('\n').find((line) => line.startsWith('{')) ?? '';
+    expect(JSON.parse(payload)).toMatchObject({ jti: signed.value.payload.jti, status: 'ok', code: 'ok' });
 
     // A keyring set made with `sign keyring`, published retained by hand.
     const carol = join(root, 'carol');
