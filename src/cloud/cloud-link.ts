@@ -471,9 +471,12 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         { code: 'retained_command', topic: topics.haCommand },
         'Home Assistant unsigned commands need MQTT 5 (retain as published); not taken over MQTT 3.1.1',
       );
-    connection.subscribe(subscriptions).catch((err: unknown) => {
-      log.error({ code: 'broker_unavailable', err: String(err) }, 'subscribe failed');
-    });
+    connection.subscribe(subscriptions).then(
+      () => log.debug({ topics: subscriptions.length }, 'cloud link subscribed'),
+      (err: unknown) => {
+        log.error({ code: 'broker_unavailable', err: String(err) }, 'subscribe failed');
+      },
+    );
     const window = Math.max(1, Math.min(config.outbox.inFlight, session.receiveMaximum));
     outbox.attach(
       (record: AuditRecord) =>

@@ -226,7 +226,7 @@ describe('the cloud link stays out of the way, and the broker keeps strangers ou
     ).toBe(true);
     const vid = vehicleOf('ha');
     await cloud.subscribe(`vehicle-agent/${vid}/state`);
-    await new Promise((r) => setTimeout(r, 300)); // the agent subscribes right after CONNACK
+    await a.waitForLog((r) => r.msg === 'cloud link subscribed');
     await cloud.publish(`vehicle-agent/${vid}/ha/command`, 'UNLOCK');
     await cloud.waitFor(
       (m) => m.topic === `vehicle-agent/${vid}/state` && /"lock":"unlock(ing|ed)"/.test(m.payload),
