@@ -10,8 +10,12 @@ import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { type Health, INTENTS, type Intent, type PublicJwk, ROLES } from '../core/types.js';
 import { fromB64url } from '../crypto/encoding.js';
+import { bindHandler } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import type { BleSimEnvironment, SimPhones } from '../sim/ble-sim.js';
+
+/** The answer of a desk's status or cancel when no enrollment is open. */
+const NO_ENROLLMENT = { state: 'none' } as const;
 
 /**
  * Builds the BLE phone-key reader for the composition root (src/app/start.ts), by dynamic import so
@@ -65,11 +69,13 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     windowMs: Math.min(ble.enrollWindowMs, MAX_ENROLL_WINDOW_MS),
     maxWindowMs: MAX_ENROLL_WINDOW_MS,
   });
-  handlers.set('enroll.open', (args) =>
-    desk.open(parseEnrollArgs(args), parseWindow(args.windowMs, ble.enrollWindowMs)),
+  handlers.set(
+    ...bindHandler('enroll.open', (args) =>
+      desk.open(parseEnrollArgs(args), parseWindow(args.windowMs, ble.enrollWindowMs)),
+    ),
   );
-  handlers.set('enroll.status', () => desk.status() ?? { state: 'none' });
-  handlers.set('enroll.cancel', () => desk.cancel() ?? { state: 'none' });
+  handlers.set(...bindHandler('enroll.status', () => desk.status() ?? NO_ENROLLMENT));
+  handlers.set(...bindHandler('enroll.cancel', () => desk.cancel() ?? NO_ENROLLMENT));
 
   // Everything below runs in the background once the agent starts the reader: node-ble, dbus-next,
   // the stand-in and noble take a few hundred ms to load on a Pi, and the agent's `ready` and its
@@ -138,16 +144,18 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     log.error({ module: 'ble', code: err.code, err: err.message }, 'BLE reader not started; BLE is down'),
   );
 
-  handlers.set('ble.status', () => {
-    const up = reader.current();
-    return {
-      mode,
-      health: reader.health(),
-      ...(up === undefined ? {} : { stats: up.reader.stats() }),
-      enrollment: desk.status() ?? { state: 'none' },
-      ...(up?.env === undefined ? {} : { sim: { busAddress: up.env.busAddress, dbusPid: up.env.dbusPid } }),
-    };
-  });
+  handlers.set(
+    ...bindHandler('ble.status', () => {
+      const up = reader.current();
+      return {
+        mode,
+        health: reader.health(),
+        ...(up === undefined ? {} : { stats: up.reader.stats() }),
+        enrollment: desk.status() ?? { state: 'none' },
+        ...(up?.env === undefined ? {} : { sim: { busAddress: up.env.busAddress, dbusPid: up.env.dbusPid } }),
+      };
+    }),
+  );
 
   /** sim mode: at most one radio flood at a time (see src/sim/ble-flood.ts). */
   let flood: { stop(): Record<string, number> } | undefined;
@@ -163,45 +171,55 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
       }
       return { env: up.env, phones: up.phones };
     };
-    handlers.set('sim.phone.approach', async (args) => {
-      const { phones } = await sim();
-      const result = await phones.approach(await parseApproach(args));
-      return result.granted && result.outcome === 'decision' ? { ...result, lock: deps.lockState() } : result;
-    });
-    handlers.set('sim.ble.adapter', async (args) => {
-      if (typeof args.powered !== 'boolean')
-        throw new AgentError('bad_arguments', 'powered must be a boolean');
-      const { standIn } = (await sim()).env;
-      standIn.setPowered(args.powered);
-      return { powered: standIn.powered };
-    });
-    handlers.set('sim.ble.flood', async (args) => {
-      const { standIn } = (await sim()).env;
-      if (args.action === 'stop') {
-        const counts = flood?.stop();
-        flood = undefined;
-        return { running: false, ...(counts ?? {}) };
-      }
-      if (args.action !== 'start') throw new AgentError('bad_arguments', 'action must be start or stop');
-      const { BleFlood, FLOOD_MODES } = await import('../sim/ble-flood.js');
-      const mode = args.mode ?? 'garbage';
-      if (typeof mode !== 'string' || !(FLOOD_MODES as readonly string[]).includes(mode))
-        throw new AgentError('bad_arguments', `mode must be one of ${FLOOD_MODES.join(', ')}`);
-      const devices = args.devices ?? 16;
-      if (typeof devices !== 'number') throw new AgentError('bad_arguments', 'devices must be a number');
-      flood?.stop();
-      const started = new BleFlood(standIn, { devices, mode: mode as (typeof FLOOD_MODES)[number] });
-      started.start();
-      flood = { stop: () => ({ ...started.stop() }) };
-      return { running: true, devices, mode };
-    });
-    handlers.set('sim.ble.bluez', async (args) => {
-      if (typeof args.owned !== 'boolean') throw new AgentError('bad_arguments', 'owned must be a boolean');
-      const { standIn } = (await sim()).env;
-      if (args.owned) await standIn.reacquireName();
-      else await standIn.releaseName();
-      return { owned: standIn.nameOwned };
-    });
+    handlers.set(
+      ...bindHandler('sim.phone.approach', async (args) => {
+        const { phones } = await sim();
+        const result = await phones.approach(await parseApproach(args));
+        return result.granted && result.outcome === 'decision'
+          ? { ...result, lock: deps.lockState() }
+          : result;
+      }),
+    );
+    handlers.set(
+      ...bindHandler('sim.ble.adapter', async (args) => {
+        if (typeof args.powered !== 'boolean')
+          throw new AgentError('bad_arguments', 'powered must be a boolean');
+        const { standIn } = (await sim()).env;
+        standIn.setPowered(args.powered);
+        return { powered: standIn.powered };
+      }),
+    );
+    handlers.set(
+      ...bindHandler('sim.ble.flood', async (args) => {
+        const { standIn } = (await sim()).env;
+        if (args.action === 'stop') {
+          const counts = flood?.stop();
+          flood = undefined;
+          return { running: false, ...(counts ?? {}) };
+        }
+        if (args.action !== 'start') throw new AgentError('bad_arguments', 'action must be start or stop');
+        const { BleFlood, FLOOD_MODES } = await import('../sim/ble-flood.js');
+        const mode = args.mode ?? 'garbage';
+        if (typeof mode !== 'string' || !(FLOOD_MODES as readonly string[]).includes(mode))
+          throw new AgentError('bad_arguments', `mode must be one of ${FLOOD_MODES.join(', ')}`);
+        const devices = args.devices ?? 16;
+        if (typeof devices !== 'number') throw new AgentError('bad_arguments', 'devices must be a number');
+        flood?.stop();
+        const started = new BleFlood(standIn, { devices, mode: mode as (typeof FLOOD_MODES)[number] });
+        started.start();
+        flood = { stop: () => ({ ...started.stop() }) };
+        return { running: true, devices, mode };
+      }),
+    );
+    handlers.set(
+      ...bindHandler('sim.ble.bluez', async (args) => {
+        if (typeof args.owned !== 'boolean') throw new AgentError('bad_arguments', 'owned must be a boolean');
+        const { standIn } = (await sim()).env;
+        if (args.owned) await standIn.reacquireName();
+        else await standIn.releaseName();
+        return { owned: standIn.nameOwned };
+      }),
+    );
   }
 
   return {

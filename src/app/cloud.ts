@@ -3,6 +3,7 @@ import type { Agent } from '../agent/agent.js';
 import type { Config } from '../config/schema.js';
 import { toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import { bindHandler, type TypedHandler } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import type { VehicleIdentity } from '../store/provision.js';
 import type { CleanupStack } from './cleanup-stack.js';
@@ -21,6 +22,8 @@ export async function startCloud(deps: {
   readonly agent: Agent;
   readonly state: OpenState;
   readonly handlers: Map<string, ControlHandler>;
+  /** The core `status` command, which the link's own status joins. */
+  readonly coreStatus: TypedHandler<'status'>;
   readonly log: Logger;
   readonly cleanup: CleanupStack;
 }): Promise<void> {
@@ -41,14 +44,12 @@ export async function startCloud(deps: {
     deps.cleanup.defer('cloud', () => cloud.stop());
     deps.state.outbox?.follow(() => cloud.status().outbox.ackedSeq);
     // Connection, protocol and outbox depth for `status` readers (the status page, /metrics).
-    handlers.set('cloud.status', () => cloud.status());
+    handlers.set(...bindHandler('cloud.status', () => cloud.status()));
     // `vehicle-agent status` shows the link too: its intake budgets and drops.
-    const coreStatus = handlers.get('status');
-    if (coreStatus)
-      handlers.set('status', async (args) => ({
-        ...((await coreStatus(args)) as Record<string, unknown>),
-        cloud: cloud.status(),
-      }));
+    const coreStatus = deps.coreStatus;
+    handlers.set(
+      ...bindHandler('status', async (args) => ({ ...(await coreStatus(args)), cloud: cloud.status() })),
+    );
   } catch (err) {
     const e = toAgentError(err);
     log.error(

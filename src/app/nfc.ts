@@ -6,6 +6,7 @@ import type { Clock } from '../core/clock.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { ROLES, type Role } from '../core/types.js';
+import { bindHandler } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import { DeferredDriver } from '../nfc/deferred-driver.js';
 import { CARD_KINDS, type CardKind } from '../nfc/enroll-auth.js';
@@ -17,6 +18,9 @@ import { readSiteKey, SITE_KEY_FILE, SiteKeySource } from '../nfc/site-key.js';
 import type { SimCardKind } from '../sim/card-store.js';
 import type { NfcSim } from '../sim/nfc-sim.js';
 import { EMULATOR_FAULTS, nfcDemoHints, type SimTapOptions } from '../sim/nfc-sim-options.js';
+
+/** The answer of a desk's status or cancel when no enrollment is open. */
+const NO_ENROLLMENT = { state: 'none' } as const;
 
 /**
  * Builds the NFC reader for the composition root (src/app/start.ts), which imports this module only
@@ -177,68 +181,78 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
     enrollment: desk,
   });
 
-  handlers.set('nfc.status', () => {
-    const fw = driver.firmware();
-    return {
-      mode,
-      ...(sim ? { transport: sim.transport } : mode === 'pn532' ? { path: nfc.path } : {}),
-      health: reader.health(),
-      ...(fw ? { firmware: formatFirmware(fw) } : {}),
-      stats: reader.stats(),
-      enrollment: desk.status() ?? { state: 'none' },
-      siteKeyFile: siteKeys.file,
-    };
-  });
-  handlers.set('enroll.card.request', (args) => desk.request(parseEnrollRequest(args)));
-  handlers.set('enroll.card.authorise', (args) => {
-    if (typeof args.jws !== 'string') throw new AgentError('bad_arguments', 'jws must be a compact JWS');
-    return desk.authoriseWithKey(args.jws);
-  });
-  handlers.set('enroll.card.status', () => desk.status() ?? { state: 'none' });
-  handlers.set('enroll.card.cancel', () => desk.cancel() ?? { state: 'none' });
+  handlers.set(
+    ...bindHandler('nfc.status', () => {
+      const fw = driver.firmware();
+      return {
+        mode,
+        ...(sim ? { transport: sim.transport } : mode === 'pn532' ? { path: nfc.path } : {}),
+        health: reader.health(),
+        ...(fw ? { firmware: formatFirmware(fw) } : {}),
+        stats: reader.stats(),
+        enrollment: desk.status() ?? { state: 'none' },
+        siteKeyFile: siteKeys.file,
+      };
+    }),
+  );
+  handlers.set(...bindHandler('enroll.card.request', (args) => desk.request(parseEnrollRequest(args))));
+  handlers.set(
+    ...bindHandler('enroll.card.authorise', (args) => {
+      if (typeof args.jws !== 'string') throw new AgentError('bad_arguments', 'jws must be a compact JWS');
+      return desk.authoriseWithKey(args.jws);
+    }),
+  );
+  handlers.set(...bindHandler('enroll.card.status', () => desk.status() ?? NO_ENROLLMENT));
+  handlers.set(...bindHandler('enroll.card.cancel', () => desk.cancel() ?? NO_ENROLLMENT));
 
   if (mode === 'sim') {
-    handlers.set('sim.card.list', async () => (await simulator()).cards.list());
-    handlers.set('sim.card.add', async (args) => {
-      const { kind, label, model } = args;
-      if (kind !== 'fido' && kind !== 'ntag424' && kind !== 'uid')
-        throw new AgentError('bad_arguments', 'kind must be fido, ntag424 or uid');
-      if (typeof label !== 'string') throw new AgentError('bad_arguments', 'label must be a string');
-      if (model !== undefined && model !== 'ntag213' && model !== 'mifare-classic-1k')
-        throw new AgentError('bad_arguments', 'model must be ntag213 or mifare-classic-1k');
-      const env = await simulator();
-      const { newSimCard } = await import('../sim/card-store.js');
-      const card = newSimCard(kind as SimCardKind, label, model);
-      env.cards.add(card);
-      await env.cards.save();
-      return env.cards.list().find((c) => c.label === label);
-    });
-    handlers.set('sim.card.tap', async (args) => {
-      const options = parseTapArgs(args);
-      const env = await simulator();
-      await withTimeout(driver.started(), SIM_START_TIMEOUT_MS, 'the PN532 driver did not start in time');
-      return tapReply(await env.tap(reader, options), deps.lockState);
-    });
-    handlers.set('sim.nfc.fault', async (args) => {
-      const { kind } = args;
-      const env = await simulator();
-      if (kind === 'wedge') {
-        const recoverOn = args.recoverOn === 'manual' ? 'manual' : 'wakeup';
-        env.emulator.injectFault({ kind: 'wedge', recoverOn });
-        return { wedged: env.emulator.isWedged, recoverOn };
-      }
-      if (kind === 'unwedge') {
-        env.emulator.unwedge();
-        return { wedged: env.emulator.isWedged };
-      }
-      if (typeof kind !== 'string' || !(EMULATOR_FAULTS as readonly string[]).includes(kind))
-        throw new AgentError(
-          'bad_arguments',
-          `kind must be wedge, unwedge or one of ${EMULATOR_FAULTS.join(', ')}`,
-        );
-      env.emulator.injectFault({ kind: kind as (typeof EMULATOR_FAULTS)[number] });
-      return { injected: kind };
-    });
+    handlers.set(...bindHandler('sim.card.list', async () => (await simulator()).cards.list()));
+    handlers.set(
+      ...bindHandler('sim.card.add', async (args) => {
+        const { kind, label, model } = args;
+        if (kind !== 'fido' && kind !== 'ntag424' && kind !== 'uid')
+          throw new AgentError('bad_arguments', 'kind must be fido, ntag424 or uid');
+        if (typeof label !== 'string') throw new AgentError('bad_arguments', 'label must be a string');
+        if (model !== undefined && model !== 'ntag213' && model !== 'mifare-classic-1k')
+          throw new AgentError('bad_arguments', 'model must be ntag213 or mifare-classic-1k');
+        const env = await simulator();
+        const { newSimCard } = await import('../sim/card-store.js');
+        const card = newSimCard(kind as SimCardKind, label, model);
+        env.cards.add(card);
+        await env.cards.save();
+        return env.cards.list().find((c) => c.label === label);
+      }),
+    );
+    handlers.set(
+      ...bindHandler('sim.card.tap', async (args) => {
+        const options = parseTapArgs(args);
+        const env = await simulator();
+        await withTimeout(driver.started(), SIM_START_TIMEOUT_MS, 'the PN532 driver did not start in time');
+        return tapReply(await env.tap(reader, options), deps.lockState);
+      }),
+    );
+    handlers.set(
+      ...bindHandler('sim.nfc.fault', async (args) => {
+        const { kind } = args;
+        const env = await simulator();
+        if (kind === 'wedge') {
+          const recoverOn = args.recoverOn === 'manual' ? 'manual' : 'wakeup';
+          env.emulator.injectFault({ kind: 'wedge', recoverOn });
+          return { wedged: env.emulator.isWedged, recoverOn };
+        }
+        if (kind === 'unwedge') {
+          env.emulator.unwedge();
+          return { wedged: env.emulator.isWedged };
+        }
+        if (typeof kind !== 'string' || !(EMULATOR_FAULTS as readonly string[]).includes(kind))
+          throw new AgentError(
+            'bad_arguments',
+            `kind must be wedge, unwedge or one of ${EMULATOR_FAULTS.join(', ')}`,
+          );
+        env.emulator.injectFault({ kind: kind as (typeof EMULATOR_FAULTS)[number] });
+        return { injected: kind };
+      }),
+    );
   }
 
   return {

@@ -2,7 +2,8 @@ import { createPrivateKey } from 'node:crypto';
 import type { Agent } from '../agent/agent.js';
 import { loadConfigFor } from '../config/load.js';
 import { toAgentError } from '../core/errors.js';
-import { coreControlHandlers, testHookHandlers } from '../host/control-handlers.js';
+import { bindHandler } from '../host/control-api.js';
+import { coreControlHandlers, coreStatus, testHookHandlers } from '../host/control-handlers.js';
 import { startControlServer } from '../host/control-server.js';
 import { takeNotifyEnvironment } from '../host/sd-notify.js';
 import { createLogger } from '../logging.js';
@@ -91,20 +92,15 @@ export async function startAgent(options: {
 
     // The control socket (src/host/control-server.ts): the core commands, the readers' own, and
     // the parts' status, added as they start. The status page serves the same map.
-    const handlers = coreControlHandlers({
-      agent,
-      keyring,
-      identity,
-      audit: state.audit,
-      relayStatus: () => relay.status(),
-    });
+    const core = { agent, keyring, identity, audit: state.audit, relayStatus: () => relay.status() };
+    const handlers = coreControlHandlers(core);
     for (const [name, handler] of readers.handlers) handlers.set(name, handler);
     for (const [name, handler] of testHookHandlers(process.env, {
       appendAudit: (e) => state.audit.append(e),
     }))
       handlers.set(name, handler);
-    handlers.set('state.status', () => state.integrity.summary());
-    handlers.set('state.findings', () => state.integrity.status());
+    handlers.set(...bindHandler('state.status', () => state.integrity.summary()));
+    handlers.set(...bindHandler('state.findings', () => state.integrity.status()));
     const control = await startControlServer(
       socketPath,
       handlers,
@@ -112,9 +108,10 @@ export async function startAgent(options: {
       config.control,
     );
     cleanup.defer('control socket', () => control.close());
-    handlers.set('control.status', () => control.stats());
+    handlers.set(...bindHandler('control.status', () => control.stats()));
 
-    await startCloud({ config, stateDir, identity, vehicleKey, agent, state, handlers, log, cleanup });
+    const cloudDeps = { config, stateDir, identity, vehicleKey, agent, state, handlers, log, cleanup };
+    await startCloud({ ...cloudDeps, coreStatus: coreStatus(core) });
     const supervision = startSupervisor({ config, stateDir, relay, agent, state, notifyEnv, log, cleanup });
     await startStatusPageIfEnabled({
       config,

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import { bindHandler } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import type { HealthReport } from '../host/health-monitor.js';
 import { DEMO_KEYS, DEMO_TAGS } from '../sim/demo.js';
@@ -95,7 +96,7 @@ export async function startStatusPageIfEnabled(deps: {
       page.setStopping();
       await page.close();
     });
-    deps.handlers.set('status-page.status', () => page.stats());
+    deps.handlers.set(...bindHandler('status-page.status', () => page.stats()));
   } catch (err) {
     const e = toAgentError(err);
     log.error(

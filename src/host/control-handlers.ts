@@ -3,7 +3,13 @@ import type { Agent, LockControl } from '../agent/agent.js';
 import { AgentError } from '../core/errors.js';
 import type { Decision, Intent } from '../core/types.js';
 import type { VehicleIdentity } from '../store/provision.js';
-import { bindHandler, type DecisionReply, type SimAnswer, type SimChallenge } from './control-api.js';
+import {
+  bindHandler,
+  type DecisionReply,
+  type SimAnswer,
+  type SimChallenge,
+  type TypedHandler,
+} from './control-api.js';
 import type { ControlHandler } from './control-server.js';
 
 /**
@@ -19,15 +25,20 @@ export interface CoreHandlerDeps {
   readonly relayStatus: () => unknown;
 }
 
+/** `status`: the agent, its relays, the last audit records. Parts that start later join it. */
+export function coreStatus(deps: CoreHandlerDeps): TypedHandler<'status'> {
+  return () => ({
+    ...deps.agent.status(),
+    relay: deps.relayStatus(),
+    recent: deps.audit.recent(10),
+    uptimeS: Math.round(process.uptime()),
+  });
+}
+
 export function coreControlHandlers(deps: CoreHandlerDeps): Map<string, ControlHandler> {
   const { agent, keyring, identity, audit } = deps;
   return new Map<string, ControlHandler>([
-    bindHandler('status', () => ({
-      ...agent.status(),
-      relay: deps.relayStatus(),
-      recent: audit.recent(10),
-      uptimeS: Math.round(process.uptime()),
-    })),
+    bindHandler('status', coreStatus(deps)),
     bindHandler('vehicle', () => ({
       vehicleId: identity.vehicleId,
       rootId: identity.rootId,
