@@ -7,7 +7,7 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { AgentError } from '../core/errors.js';
-import type { CredentialKind, PublicJwk } from '../core/types.js';
+import { CREDENTIAL_KINDS, type CredentialKind, type PublicJwk } from '../core/types.js';
 import { b64url, fromB64url } from './encoding.js';
 
 export type KeyAlgorithm = 'P-256' | 'Ed25519';
@@ -188,6 +188,13 @@ function digest(bytes: Uint8Array | string): Buffer {
 export function credentialIdFor(kind: CredentialKind, identity: Uint8Array): string {
   const h = createHash('sha256').update(`vehicle-agent/credential/v1/${kind}/`).update(identity).digest();
   return `${kind}:${b64url(h.subarray(0, 16)).slice(0, 22)}`;
+}
+
+const CREDENTIAL_ID = new RegExp(`^(${CREDENTIAL_KINDS.join('|')}):[A-Za-z0-9_-]{22}$`);
+
+/** Whether `id` has the shape credentialIdFor gives (kind, colon, 22 base64url characters). */
+export function isCredentialId(id: string): boolean {
+  return CREDENTIAL_ID.test(id);
 }
 
 export function keyCredentialId(kind: 'phone' | 'signer', jwk: PublicJwk): string {

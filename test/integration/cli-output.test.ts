@@ -71,3 +71,62 @@ describe('CLI output', () => {
     });
   });
 });
+
+describe('keys revoke and grant say what happened', () => {
+  const kdir = mkdtempSync(join(tmpdir(), 'va-cli-keys-'));
+  afterAll(() => rmSync(kdir, { recursive: true, force: true }));
+  const sd = ['--state-dir', join(kdir, 'state')];
+  const owner = join(kdir, 'state', 'demo', 'owner.pem');
+
+  it('refuses an id that is not a credential id, and stores nothing', () => {
+    expect(runCli(['init', '--demo', ...sd]).code).toBe(0);
+    const before = runCli(['keys', 'list', '--json', ...sd]).stdout;
+    for (const id of ['garbage', 'phone:...', 'phone:short', `nokind:${'A'.repeat(22)}`]) {
+      const r = runCli(['keys', 'revoke', '--key', owner, '--id', id, ...sd]);
+      expect(r.code, id).toBe(64);
+      expect(r.stderr).toContain('[bad_arguments]');
+      expect(r.stderr).toContain('is not a credential id');
+      const signed = runCli(['sign', 'revoke', '--key', owner, '--vehicle', 'VIN-X', '--id', id]);
+      expect(signed.code, id).toBe(64);
+    }
+    expect(runCli(['keys', 'list', '--json', ...sd]).stdout).toBe(before);
+  });
+
+  it('revokes once; revoking again changes nothing and says so; granting it again says revocation is final', () => {
+    const key = join(kdir, 'carol');
+    const made = runCli(['keygen', '--kind', 'phone', '--out', key, '--json']);
+    expect(made.code, made.stderr).toBe(0);
+    const { id } = JSON.parse(made.stdout) as { id: string };
+    const grantArgs = [
+      'keys',
+      'grant',
+      '--key',
+      owner,
+      '--kind',
+      'phone',
+      '--public',
+      `${key}.pub.pem`,
+      '--role',
+      'driver',
+      ...sd,
+    ];
+    expect(runCli(grantArgs).code).toBe(0);
+    const first = runCli(['keys', 'revoke', '--key', owner, '--id', id, ...sd]);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toContain(`revoked ${id}`);
+    const opsAfterFirst = runCli(['keys', 'list', '--json', ...sd]).stdout;
+    const again = runCli(['keys', 'revoke', '--key', owner, '--id', id, ...sd]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain('already revoked; nothing changed');
+    expect(runCli(['keys', 'list', '--json', ...sd]).stdout).toBe(opsAfterFirst);
+    const regrant = runCli(grantArgs);
+    expect(regrant.code).toBe(1);
+    expect(regrant.stderr).toContain('[revoked]');
+    expect(regrant.stderr).toContain('a revocation is final');
+    const listed = JSON.parse(runCli(['keys', 'list', '--json', ...sd]).stdout) as {
+      id: string;
+      revoked: boolean;
+    }[];
+    expect(listed.find((c) => c.id === id)?.revoked).toBe(true);
+  });
+});

@@ -5,6 +5,7 @@ import type { KeyringOp, MergeResult } from '../../access/keyring.js';
 import type { LoadedConfig } from '../../config/load.js';
 import { AgentError, toAgentError } from '../../core/errors.js';
 import { silentLogger } from '../../core/logger.js';
+import { isCredentialId } from '../../crypto/keys.js';
 import { AuditLog } from '../../store/audit-log.js';
 import { acquireInstanceLock } from '../../store/instance-lock.js';
 import { readSignerKey } from '../../store/key-files.js';
@@ -12,7 +13,7 @@ import { STATE_FILES } from '../../store/provision.js';
 import { openVehicleState } from '../../store/vehicle-state.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
 import { controlCall } from '../control-client.js';
-import { buildGrant, buildRevoke, GRANT_OPTIONS } from './signing.js';
+import { buildGrant, buildRevoke, GRANT_OPTIONS, notCredentialId } from './signing.js';
 
 export const KEYS_HELP = `vehicle-agent keys list [--json]
 vehicle-agent keys grant --key OWNER.pem --kind phone|signer --public KEY.pub.pem --role ROLE
@@ -151,23 +152,31 @@ export async function keys(argv: readonly string[]): Promise<number> {
   }
 }
 
-async function list(argv: readonly string[]): Promise<number> {
-  const { values } = parse(argv, COMMON_OPTIONS);
+/** The keyring's credentials: from the running agent, else from the state folder. */
+async function readCredentials(values: {
+  config?: string | undefined;
+  'state-dir'?: string | undefined;
+}): Promise<readonly CredentialStatus[]> {
   const loaded = loadFor(values);
-  let credentials: readonly CredentialStatus[];
   try {
-    credentials = await controlCall(loaded.socketPath, 'keys.list', {});
+    return await controlCall(loaded.socketPath, 'keys.list', {});
   } catch (err) {
     if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
-    const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys');
-    try {
-      const state = await openVehicleState(loaded.stateDir, silentLogger);
-      credentials = state.keyring.list();
-      await state.close();
-    } finally {
-      await lock.release();
-    }
   }
+  const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys');
+  try {
+    const state = await openVehicleState(loaded.stateDir, silentLogger);
+    const credentials = state.keyring.list();
+    await state.close();
+    return credentials;
+  } finally {
+    await lock.release();
+  }
+}
+
+async function list(argv: readonly string[]): Promise<number> {
+  const { values } = parse(argv, COMMON_OPTIONS);
+  const credentials = await readCredentials(values);
   if (values.json) {
     out(JSON.stringify(credentials.map((s) => ({ ...credentialToWire(s.credential), revoked: s.revoked }))));
     return 0;
@@ -198,11 +207,20 @@ async function grant(argv: readonly string[]): Promise<number> {
   // Read the signer and the public key before contacting the agent, so a bad file fails fast.
   readSignerKey(requireString(values.key, 'key'));
   const result = await applyOps(values, (vehicle) => [buildGrant({ ...values, vehicle: vehicle.vehicleId })]);
-  return report(
-    result,
-    values.json,
-    `granted ${result.added[0]?.op === 'grant' ? result.added[0].cred.id : ''}`.trim(),
-  );
+  const granted = result.added[0]?.op === 'grant' ? result.added[0].cred.id : undefined;
+  // A revocation is final: a later grant of the same key is kept, but changes nothing.
+  if (
+    granted !== undefined &&
+    (await readCredentials(values)).some((c) => c.credential.id === granted && c.revoked)
+  ) {
+    throw new AgentError(
+      'revoked',
+      `${granted} was revoked, and a revocation is final: this grant does not bring it back. ` +
+        'Make a new key (vehicle-agent keygen) and grant that one',
+      { credentialId: granted },
+    );
+  }
+  return report(result, values.json, `granted ${granted ?? ''}`.trim());
 }
 
 async function revoke(argv: readonly string[]): Promise<number> {
@@ -214,6 +232,15 @@ async function revoke(argv: readonly string[]): Promise<number> {
   });
   readSignerKey(requireString(values.key, 'key'));
   const credId = requireString(values.id, 'id');
+  if (!isCredentialId(credId)) {
+    throw new AgentError('bad_arguments', notCredentialId(credId));
+  }
+  // Revoking twice stores nothing new: say so instead of signing a second revocation.
+  if ((await readCredentials(values)).some((c) => c.credential.id === credId && c.revoked)) {
+    if (values.json) out(JSON.stringify({ added: [], duplicates: 0, rejected: [], alreadyRevoked: true }));
+    else out(`${credId} is already revoked; nothing changed`);
+    return 0;
+  }
   const result = await applyOps(values, (vehicle) => [
     buildRevoke({ ...values, vehicle: vehicle.vehicleId }),
   ]);

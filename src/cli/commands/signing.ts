@@ -13,7 +13,7 @@ import { signKeyringSet } from '../../cloud/keyring-set.js';
 import { AgentError } from '../../core/errors.js';
 import { type Credential, type CredentialKind, ROLES, type Role } from '../../core/types.js';
 import { fromHex } from '../../crypto/encoding.js';
-import { publicJwkOf, requireKeyForKind, uidHash } from '../../crypto/keys.js';
+import { isCredentialId, publicJwkOf, requireKeyForKind, uidHash } from '../../crypto/keys.js';
 import { readKeyFile, readSignerKey } from '../../store/key-files.js';
 import { parseTime, requireString } from '../args.js';
 
@@ -186,8 +186,11 @@ export function buildRevoke(values: {
   readonly reason?: string | undefined;
 }): string {
   const signer = readSignerKey(requireString(values.key, 'key'));
+  const id = requireString(values.id, 'id');
+  // A revocation is permanent: sign one only for something that can be a credential.
+  if (!isCredentialId(id)) throw new AgentError('bad_arguments', notCredentialId(id));
   return signRevoke(
-    requireString(values.id, 'id'),
+    id,
     requireString(values.vehicle, 'vehicle'),
     signer.key,
     signer.id,
@@ -209,4 +212,9 @@ export function buildKeyringSet(
     signer.id,
     Math.floor(Date.now() / 1000),
   );
+}
+
+/** Why an id given to revoke is refused (keys revoke, sign revoke). */
+export function notCredentialId(id: string): string {
+  return `${id.slice(0, 80)} is not a credential id: ids look like phone:… or fido:… followed by 22 characters, as \`vehicle-agent keys list\` shows them`;
 }
