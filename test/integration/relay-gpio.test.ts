@@ -326,14 +326,22 @@ describe('GPIO relay through gpioset 2.x in interactive mode', () => {
     const relay = driver({ env: { ...env, GPIOSET_STANDIN_SET_FAIL: '1' } });
     await relay.init();
     const victim = relay.holderPids().unlock ?? 0;
-    await relay.set('unlock', true).catch(() => {}); // the prompt may come before the error
+    // The prompt may come before the error (the set resolves, and the line is wanted on) or after
+    // it (the set is refused, and the line is wanted off): either way, the new holder holds it so.
+    const wanted = await relay.set('unlock', true).then(
+      () => 1,
+      () => 0,
+    );
     await waitFor(() => relay.health().state === 'degraded', 'health degraded');
     expect(relay.health().detail).toContain('unlock');
     await waitFor(() => processGone(victim), 'the failed holder to be ended');
     // Driven afresh by a new holder that requests the line at the wanted level from the start.
     await waitFor(
-      () => live(readRuns(logPath)).some((r) => r.pid !== victim && r.args.endsWith('17=1')),
+      () => live(readRuns(logPath)).some((r) => r.pid !== victim && r.args.endsWith(`17=${wanted}`)),
       'a new holder',
+      {
+        detail: () => readRuns(logPath).map((r) => [r.pid, r.args, r.endMs === undefined ? 'live' : 'ended']),
+      },
     );
   });
 
