@@ -236,7 +236,12 @@ async function revoke(argv: readonly string[]): Promise<number> {
     throw new AgentError('bad_arguments', notCredentialId(credId));
   }
   // Revoking twice stores nothing new: say so instead of signing a second revocation.
-  if ((await readCredentials(values)).some((c) => c.credential.id === credId && c.revoked)) {
+  // A suspect credential (its state was damaged) is revoked again on purpose: that explains the loss.
+  if (
+    (await readCredentials(values)).some(
+      (c) => c.credential.id === credId && c.revoked && c.suspect === undefined,
+    )
+  ) {
     if (values.json) out(JSON.stringify({ added: [], duplicates: 0, rejected: [], alreadyRevoked: true }));
     else out(`${credId} is already revoked; nothing changed`);
     return 0;
