@@ -164,11 +164,13 @@ async function runTool(host: string, command: string, args: readonly string[] = 
   return { code, out: tool.output() };
 }
 
-/** Resolves once the emulator has received `count` more commands (bounded). */
-async function commandsReceived(emulator: Pn532Emulator, count: number): Promise<void> {
+/** Resolves once the emulator has received `count` more commands from `tool` (bounded). */
+async function commandsReceived(emulator: Pn532Emulator, tool: Tool, count: number): Promise<void> {
   const target = emulator.stats().framesIn + count;
   const started = Date.now();
   while (emulator.stats().framesIn < target) {
+    if (tool.child.exitCode !== null)
+      throw new Error(`${tool.child.spawnfile} ended early:\n${tool.output()}`);
     if (Date.now() - started > 20_000)
       throw new Error(`the emulator got fewer than ${count} commands in 20 s`);
     await new Promise((r) => setTimeout(r, 20));
@@ -215,7 +217,7 @@ describe("libnfc's nfc-list and nfc-poll against the PN532 emulator", () => {
     expect(poll.output()).toMatch(new RegExp(`UID \\(NFCID1\\): ${printed(kind.uid).source}`));
     expect(emulator.commands()).toContain(CMD.InAutoPoll);
     // Many presence checks go by with the card in the field: nfc-poll still waits.
-    await commandsReceived(emulator, 60);
+    await commandsReceived(emulator, poll, 60);
     const recent = emulator.commands().slice(-60);
     expect(recent.filter((c) => c === kind.presenceCheck).length).toBeGreaterThanOrEqual(10);
     expect(poll.child.exitCode).toBeNull();
