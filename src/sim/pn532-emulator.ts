@@ -27,22 +27,24 @@ import type { FrameAnswer, SimulatedCard } from './cards/types.js';
  * A PN532 (firmware 1.6) on the far end of a serial line, hosting simulated cards. It speaks the
  * real host protocol — frames, ACK, NACK (resends its last answer), error frames, ACK-to-abort,
  * HSU wake-up from Low-VBat / power-down — and enough of the command set for this project's
- * driver and for libnfc's tools (nfc-list): Diagnose, GetFirmwareVersion, GetGeneralStatus,
- * Read/WriteRegister, Read/WriteGPIO, SetParameters, SAMConfiguration, PowerDown,
- * RFConfiguration, InListPassiveTarget (106 kbps type A; other modulations find nothing),
- * InDataExchange (with MI chaining both ways), InCommunicateThru, InDeselect, InRelease, InAutoPoll.
+ * driver and for libnfc's tools (nfc-list, nfc-poll, nfc-mfultralight): Diagnose,
+ * GetFirmwareVersion, GetGeneralStatus, Read/WriteRegister, Read/WriteGPIO, SetParameters,
+ * SAMConfiguration, PowerDown, RFConfiguration, InListPassiveTarget (106 kbps type A; other
+ * modulations find nothing), InDataExchange (with MI chaining both ways), InCommunicateThru,
+ * InDeselect, InRelease, InAutoPoll.
  *
  * What a selected card is sent (UM0701-02 §7.3.8, §7.3.9): InDataExchange carries APDUs to an
- * ISO-DEP card (the chip does the ISO 14443-4 blocks) and MIFARE commands to any other card (READ,
- * WRITE, COMPATIBILITY WRITE, value commands; an authentication fails with 0x14, as no simulated
- * card holds Crypto-1 keys; other codes, such as an NTAG's GET_VERSION or PWD_AUTH, get the error
- * frame: the host sends those with InCommunicateThru). InCommunicateThru
- * sends a raw frame: to an ISO-DEP card as an ISO 14443-4 block (iso-dep.ts), to any other card
- * as its ISO 14443-3 command (a Type 2 tag's READ or GET_VERSION), and RATS to a card that has not
- * had it. CRC_A is added and checked by the chip unless the host turned that off in CIU_TxMode /
- * CIU_RxMode; a 4-bit ACK/NAK comes back as the CRC error 0x02 with CRC checking on, as its value
- * with it off. A card that does not answer, or is gone, gives the timeout status 0x01 after
- * `cardLossMs`. Short frames (REQA, anticollision by bits) are not modelled: they time out.
+ * ISO-DEP card (the chip does the ISO 14443-4 blocks) and MIFARE commands to any other card: READ,
+ * WRITE (4 and 16 bytes), value commands, and authentication, which fails with 0x14 and halts the
+ * card as no simulated card holds Crypto-1 keys (an NTAG's GET_VERSION, 0x60, is taken for one);
+ * any other code gets the error frame (PWD_AUTH, for one, must go by InCommunicateThru).
+ * InCommunicateThru sends a raw frame: to an ISO-DEP card as an ISO 14443-4 block (iso-dep.ts),
+ * to any other card as its ISO 14443-3 command (a Type 2 tag's READ or GET_VERSION), and RATS to
+ * a card that has not had it. CRC_A is added and checked by the chip unless the host turned that
+ * off in CIU_TxMode / CIU_RxMode; a 4-bit ACK/NAK comes back as the CRC error 0x02 with CRC
+ * checking on, as its value with it off; a NAK to InDataExchange is 0x13. A card that does not
+ * answer, is halted or is gone gives the timeout status 0x01 after `cardLossMs`. Short frames
+ * (REQA, bitwise anticollision) are not modelled: they time out.
  *
  * Timing model: every byte takes 86.8 µs on the wire in each direction (115200 baud, 8N1), and an
  * APDU answer comes after the compute time the card reports. RF time is not modelled unless
