@@ -288,7 +288,16 @@ describe('PN532 driver against the emulator over a socat pty pair', () => {
     await waitFor('removal checks', () => releases() >= start + 3);
     expect(reported).toBe(0);
     emulator.removeCard();
-    await listening(rig);
+    // The driver listens again once a removal check found the field empty: infinite retries back
+    // (RFConfiguration), then InListPassiveTarget. Placing the card before that is the released
+    // card coming back, which the driver rightly keeps waiting on.
+    await waitFor('the driver to listen again', () => {
+      const cmds = emulator.commands();
+      return (
+        cmds.lastIndexOf(CMD.RFConfiguration) > cmds.lastIndexOf(CMD.InRelease) &&
+        cmds[cmds.length - 1] === CMD.InListPassiveTarget
+      );
+    });
     const second = await tap(rig, card);
     expect(second.id).toBe(first.id + 1);
     await second.release();
