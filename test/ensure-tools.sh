@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs before `npm test`: the integration tests drive real tools (a Mosquitto broker, socat pty
-# pairs, a private dbus-daemon with bluetoothctl, libnfc's nfc-list). Installs the missing Debian
-# packages when it can (root or passwordless sudo); otherwise says exactly what to install.
+# pairs, a private dbus-daemon with bluetoothctl, libnfc's nfc-list, nfc-poll and nfc-mfultralight).
+# Installs the missing Debian packages when it can (root or passwordless sudo); otherwise says
+# exactly what to install.
 set -euo pipefail
 declare -A package_of=(
   [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [socat]=socat [dbus-daemon]=dbus
-  [nfc-list]=libnfc-bin [nfc-poll]=libnfc-examples [bluetoothctl]=bluez [openssl]=openssl [chromium]=chromium
+  [nfc-list]=libnfc-bin [nfc-poll]=libnfc-examples [nfc-mfultralight]=libnfc-examples
+  [bluetoothctl]=bluez [openssl]=openssl [chromium]=chromium
   [systemd-analyze]=systemd [systemd-notify]=systemd
 )
 missing=()

@@ -41,7 +41,8 @@ import { counterVerdict, tapChallenge, type U2fAssertion, u2fRegister, vehicleAp
  *                   application parameter) or personalised (NTAG 424 ChangeKey to its diversified
  *                   keys) or recorded (UID tag), and a grant signed by the vehicle key carrying
  *                   the owner's proof is added to the keyring. A card already enrolled is refused
- *                   and the window stays open until it expires.
+ *                   (a UID tag or NTAG 424 by its UID, a FIDO key by its key handle: FIDO keys
+ *                   often share a UID) and the window stays open until it expires.
  *   completed | expired | cancelled
  *
  * A plain unlock opens nothing: only these calls move the state, and each needs the owner's
@@ -110,6 +111,11 @@ export interface CardEnrollmentOptions {
 
 /** Known FIDO key handles tried on a new FIDO key, to refuse registering an enrolled key twice. */
 const MAX_ENROLL_PROBES = 64;
+
+function alreadyEnrolledUid(sameUid: readonly CredentialStatus[]): AgentError {
+  const ids = sameUid.map((s) => s.credential.id).join(', ');
+  return new AgentError('already_enrolled', `a card with this UID is already in the keyring (${ids})`);
+}
 
 interface Authorisation {
   readonly by: string;
@@ -372,17 +378,20 @@ export class CardEnrollmentDesk {
     const { vehicleId, keyring, apduTimeoutMs } = this.options;
     const random = isRandomUid(session.uid);
     const hash = random ? undefined : uidHash(vehicleId, session.uid);
-    if (hash !== undefined && keyring.byUidHash(hash).length > 0)
-      throw new AgentError('already_enrolled', 'a card with this UID is already in the keyring');
+    const sameUid = hash === undefined ? [] : keyring.byUidHash(hash);
     const transceive: Transceive = (apdu) => session.transceive(apdu, apduTimeoutMs);
     switch (request.kind) {
       case 'uid':
         if (hash === undefined)
           throw new AgentError('unsupported', 'this card shows a random UID: it cannot be enrolled by UID');
+        // A UID-only card is its UID: a second one with the same UID is the same card (or its clone).
+        if (sameUid.length > 0) throw alreadyEnrolledUid(sameUid);
         return { uidHash: hash };
       case 'ntag424': {
         if (hash === undefined || session.kind !== 'iso14443-4')
           throw new AgentError('unsupported', 'this is not an NTAG 424 DNA with a fixed UID');
+        // Its keys are diversified from the UID, so the UID is what names it too.
+        if (sameUid.length > 0) throw alreadyEnrolledUid(sameUid);
         const siteKey = await this.options.siteKey();
         const result = await personaliseForSite(transceive, siteKey, session.uid);
         if (!result.ok) {
@@ -395,25 +404,51 @@ export class CardEnrollmentDesk {
         }
         return { uidHash: hash };
       }
-      case 'fido': {
-        if (session.kind !== 'iso14443-4') throw new AgentError('unsupported', 'this card is not a FIDO key');
-        const known = this.options.fidoCredentials().slice(0, MAX_ENROLL_PROBES);
-        const owner = await probeKeyHandles(session, { vehicleId, apduTimeoutMs }, known);
-        if (owner !== undefined)
-          throw new AgentError('already_enrolled', `this key is already enrolled as ${owner.credential.id}`);
-        const registered = await u2fRegister(transceive, {
-          appParam: vehicleAppParam(vehicleId),
-          challenge: tapChallenge(),
-          select: false,
-        });
-        if (!registered.ok) throw registered.error;
-        return {
-          publicKey: p256JwkFromRaw(registered.value.publicKey),
-          keyHandle: b64url(registered.value.keyHandle),
-          ...(hash === undefined ? {} : { uidHash: hash }),
-        };
-      }
+      case 'fido':
+        return await this.readFidoKey(session, hash, sameUid, transceive);
     }
+  }
+
+  /**
+   * A FIDO key is named by its key handle and public key, never by its UID: many keys show a
+   * fixed UID shared by a whole model, or a random one. It is the same key as an enrolled one only
+   * when it owns an enrolled key handle (check-only AUTHENTICATE), and those that share its UID
+   * are asked first so the probe bound never hides them. Its UID is recorded (a quick lookup at
+   * the tap, which tries every FIDO key claiming that UID) unless a card without a key pair
+   * claims it: that card is its UID, so a tap showing it could no longer tell the two apart.
+   */
+  private async readFidoKey(
+    session: CardSession,
+    hash: string | undefined,
+    sameUid: readonly CredentialStatus[],
+    transceive: Transceive,
+  ): Promise<CardIdentity> {
+    const { vehicleId, apduTimeoutMs } = this.options;
+    if (session.kind !== 'iso14443-4') throw new AgentError('unsupported', 'this card is not a FIDO key');
+    const uidCard = sameUid.find((s) => s.credential.kind !== 'fido');
+    if (uidCard !== undefined)
+      throw new AgentError(
+        'already_enrolled',
+        `this key shows the UID of ${uidCard.credential.id}, a card identified by its UID alone: revoke that card first, or enroll a key with another UID`,
+      );
+    const sharing = sameUid.filter((s) => s.credential.kind === 'fido');
+    const sharingIds = new Set(sharing.map((s) => s.credential.id));
+    const others = this.options.fidoCredentials().filter((s) => !sharingIds.has(s.credential.id));
+    const known = [...sharing, ...others].slice(0, MAX_ENROLL_PROBES);
+    const owner = await probeKeyHandles(session, { vehicleId, apduTimeoutMs }, known);
+    if (owner !== undefined)
+      throw new AgentError('already_enrolled', `this key is already enrolled as ${owner.credential.id}`);
+    const registered = await u2fRegister(transceive, {
+      appParam: vehicleAppParam(vehicleId),
+      challenge: tapChallenge(),
+      select: false,
+    });
+    if (!registered.ok) throw registered.error;
+    return {
+      publicKey: p256JwkFromRaw(registered.value.publicKey),
+      keyHandle: b64url(registered.value.keyHandle),
+      ...(hash === undefined ? {} : { uidHash: hash }),
+    };
   }
 
   // ── state ──────────────────────────────────────────────────────────────────

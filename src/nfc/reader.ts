@@ -11,7 +11,7 @@ import type { Pn532Target } from './pn532/driver.js';
 import {
   type CardSession,
   fidoAssert,
-  probeCandidates,
+  isRandomUid,
   probeKeyHandles,
   proveTap,
   type TapDeps,
@@ -215,16 +215,24 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
     let found: CredentialStatus | undefined;
     let selected = false;
     try {
-      const hash = uidHash(ctx.vehicleId, session.uid);
-      found = ctx.keyring.byUidHash(hash).find((s) => s.credential.kind === 'fido');
-      if (!found && session.kind === 'iso14443-4') {
-        found = await probeKeyHandles(
-          session,
-          deps,
-          probeCandidates(session.uid, deps.fidoCredentials(), deps.maxProbes),
-        );
+      const claimed = isRandomUid(session.uid)
+        ? []
+        : ctx.keyring
+            .byUidHash(uidHash(ctx.vehicleId, session.uid))
+            .filter((s) => s.credential.kind === 'fido');
+      if (session.kind === 'iso14443-4') {
+        // The key handle decides, not the UID (FIDO keys often share one, and a key may show
+        // another UID than the one recorded): the keys claiming this UID are asked first, then
+        // the others, active ones before revoked ones.
+        const claimedIds = new Set(claimed.map((s) => s.credential.id));
+        const others = deps
+          .fidoCredentials()
+          .filter((s) => s.credential.keyHandle !== undefined && !claimedIds.has(s.credential.id))
+          .sort((a, b) => Number(a.revoked) - Number(b.revoked))
+          .slice(0, deps.maxProbes);
+        found = await probeKeyHandles(session, deps, [...claimed, ...others]);
         selected = true;
-      }
+      } else found = claimed[0];
     } catch (err) {
       const e = toAgentError(err, 'reader_error');
       return refuse(e.code === 'unsupported' ? 'unknown_credential' : e.code, e.message);

@@ -47,6 +47,7 @@ function slowed(card: SimulatedCard, extraMs: number): SimulatedCard {
       const answer = card.transceive(apdu);
       return { response: answer.response, computeMs: answer.computeMs + extraMs };
     },
+    ...(card.transceiveFrame ? { transceiveFrame: card.transceiveFrame.bind(card) } : {}),
     reset: () => card.reset(),
   };
 }

@@ -20,16 +20,31 @@ import {
   TFI_HOST,
 } from '../nfc/pn532/frame.js';
 import { type ByteLink, openSerialLink } from '../nfc/pn532/link.js';
-import type { SimulatedCard } from './cards/types.js';
+import { IsoDepCard } from './cards/iso-dep.js';
+import type { FrameAnswer, SimulatedCard } from './cards/types.js';
 
 /**
  * A PN532 (firmware 1.6) on the far end of a serial line, hosting simulated cards. It speaks the
  * real host protocol — frames, ACK, NACK (resends its last answer), error frames, ACK-to-abort,
  * HSU wake-up from Low-VBat / power-down — and enough of the command set for this project's
- * driver and for libnfc's tools (nfc-list): Diagnose, GetFirmwareVersion, GetGeneralStatus,
- * Read/WriteRegister, Read/WriteGPIO, SetParameters, SAMConfiguration, PowerDown,
- * RFConfiguration, InListPassiveTarget (106 kbps type A; other modulations find nothing),
- * InDataExchange (with MI chaining both ways), InCommunicateThru, InDeselect, InRelease, InAutoPoll.
+ * driver and for libnfc's tools (nfc-list, nfc-poll, nfc-mfultralight): Diagnose,
+ * GetFirmwareVersion, GetGeneralStatus, Read/WriteRegister, Read/WriteGPIO, SetParameters,
+ * SAMConfiguration, PowerDown, RFConfiguration, InListPassiveTarget (106 kbps type A; other
+ * modulations find nothing), InDataExchange (with MI chaining both ways), InCommunicateThru,
+ * InDeselect, InRelease, InAutoPoll.
+ *
+ * What a selected card is sent (UM0701-02 §7.3.8, §7.3.9): InDataExchange carries APDUs to an
+ * ISO-DEP card (the chip does the ISO 14443-4 blocks) and MIFARE commands to any other card: READ,
+ * WRITE (4 and 16 bytes), value commands, and authentication, which fails with 0x14 and halts the
+ * card as no simulated card holds Crypto-1 keys (an NTAG's GET_VERSION, 0x60, is taken for one);
+ * any other code gets the error frame (PWD_AUTH, for one, must go by InCommunicateThru).
+ * InCommunicateThru sends a raw frame: to an ISO-DEP card as an ISO 14443-4 block (iso-dep.ts),
+ * to any other card as its ISO 14443-3 command (a Type 2 tag's READ or GET_VERSION), and RATS to
+ * a card that has not had it. CRC_A is added and checked by the chip unless the host turned that
+ * off in CIU_TxMode / CIU_RxMode; a 4-bit ACK/NAK comes back as the CRC error 0x02 with CRC
+ * checking on, as its value with it off; a NAK to InDataExchange is 0x13. A card that does not
+ * answer, is halted or is gone gives the timeout status 0x01 after `cardLossMs`. Short frames
+ * (REQA, bitwise anticollision) are not modelled: they time out.
  *
  * Timing model: every byte takes 86.8 µs on the wire in each direction (115200 baud, 8N1), and an
  * APDU answer comes after the compute time the card reports. RF time is not modelled unless
@@ -90,6 +105,56 @@ type PowerMode = 'low-vbat' | 'normal' | 'power-down';
 
 interface Job {
   cancelled: boolean;
+}
+
+/** CIU registers the emulator acts on (PN532 datasheet §8.6.23). */
+const REG_TX_MODE = 0x6302;
+const REG_RX_MODE = 0x6303;
+const REG_BIT_FRAMING = 0x633d;
+const CRC_ENABLE = 0x80;
+
+/** InDataExchange / InCommunicateThru status bytes (UM0701-02 §7.1). */
+const ST = {
+  ok: 0x00,
+  timeout: 0x01,
+  crc: 0x02,
+  invalidParameter: 0x10,
+  invalidFrame: 0x13,
+  mifareAuth: 0x14,
+  notAcceptable: 0x27,
+} as const;
+
+/** MIFARE commands the chip passes on in InDataExchange (UM0701-02 §7.3.8). */
+const MIFARE = {
+  authA: 0x60,
+  authB: 0x61,
+  read: 0x30,
+  write16: 0xa0,
+  write4: 0xa2,
+  decrement: 0xc0,
+  increment: 0xc1,
+  restore: 0xc2,
+  transfer: 0xb0,
+} as const;
+const MIFARE_PASSED_ON = new Set<number>([
+  MIFARE.read,
+  MIFARE.write4,
+  MIFARE.decrement,
+  MIFARE.increment,
+  MIFARE.restore,
+  MIFARE.transfer,
+]);
+const RATS = 0xe0;
+
+/** CRC_A of ISO/IEC 14443-3 (initial 0x6363, reflected polynomial 0x8408), low byte first. */
+export function crcA(data: Uint8Array): Uint8Array {
+  let crc = 0x6363;
+  for (const byte of data) {
+    let b = (byte ^ crc) & 0xff;
+    b = (b ^ (b << 4)) & 0xff;
+    crc = ((crc >> 8) ^ (b << 8) ^ (b << 3) ^ (b >> 4)) & 0xffff;
+  }
+  return Uint8Array.of(crc & 0xff, crc >> 8);
 }
 
 const DEFAULT_GARBAGE = Uint8Array.of(0x13, 0x37, 0x00, 0xff, 0x05, 0xfb, 0x42, 0x7e, 0x00, 0xff, 0x10, 0xa5);
@@ -171,6 +236,9 @@ export class Pn532Emulator {
   private cardState: CardState = 'idle';
   /** The card the chip holds as target 1 (it may have left the field since). */
   private target: SimulatedCard | undefined;
+  /** The target took RATS: frames to it are ISO 14443-4 blocks. */
+  private isoDepActive = false;
+  private readonly isoDep = new IsoDepCard();
   private hostChain: Uint8Array[] = [];
   private hostChainBytes = 0;
   private pendingOut: Uint8Array | undefined;
@@ -196,6 +264,8 @@ export class Pn532Emulator {
     this.cardLossMs = options.cardLossMs ?? 20;
     this.activationTryMs = options.activationTryMs ?? 1;
     this.wakeHaltedCards = options.wakeHaltedCards ?? false;
+    this.registers.set(REG_TX_MODE, CRC_ENABLE);
+    this.registers.set(REG_RX_MODE, CRC_ENABLE);
     link.onData((chunk) => this.onData(chunk));
     link.onClose(() => this.timeline.close());
   }
@@ -481,6 +551,11 @@ export class Pn532Emulator {
     this.cardState = 'active';
     this.target = card;
     this.fieldOn = true;
+    this.isoDepActive = (card.sak & 0x20) !== 0 && (this.parameters & PARAM.automaticRats) !== 0;
+    this.isoDep.reset();
+    // The chip leaves type A at 106 kbps with CRC_A on both ways after an activation.
+    this.registers.set(REG_TX_MODE, (this.registers.get(REG_TX_MODE) ?? 0) | CRC_ENABLE);
+    this.registers.set(REG_RX_MODE, (this.registers.get(REG_RX_MODE) ?? 0) | CRC_ENABLE);
     this.hostChain = [];
     this.hostChainBytes = 0;
     this.pendingOut = undefined;
@@ -545,9 +620,7 @@ export class Pn532Emulator {
       case CMD.InDataExchange:
         return this.inDataExchange(job, p);
       case CMD.InCommunicateThru:
-        // No card here answers raw frames (type B, FeliCa, Jewel, barcode discovery).
-        await this.sleep(job, this.activationTryMs);
-        return Uint8Array.of(0x01);
+        return this.inCommunicateThru(job, p);
       case CMD.InDeselect:
       case CMD.InRelease: {
         const tg = p[0] ?? 0;
@@ -564,7 +637,7 @@ export class Pn532Emulator {
   private diagnose(p: Uint8Array): Uint8Array {
     const test = p[0] ?? 0;
     if (test === 0x00) return p.slice(); // communication line test: echo
-    if (test === 0x06) return Uint8Array.of(this.target && this.target === this.card ? 0x00 : 0x01);
+    if (test === 0x06) return Uint8Array.of(this.answering(this.target) ? 0x00 : 0x01);
     return Uint8Array.of(0x00);
   }
 
@@ -663,17 +736,11 @@ export class Pn532Emulator {
     const data = p.subarray(1);
     if (data.length > MAX_EXCHANGE_DATA) return 'syntax-error';
     const target = this.target;
-    if (tg !== 1 || !target) return Uint8Array.of(0x27);
-    if (target !== this.card) {
-      // The chip still holds the target but the card is gone: it times out.
-      await this.sleep(job, this.cardLossMs);
-      return Uint8Array.of(0x01);
-    }
+    if (tg !== 1 || !target) return Uint8Array.of(ST.notAcceptable);
+    // The chip still holds the target but the card is gone or halted: it times out.
+    if (!this.answering(target)) return await this.noAnswer(job);
     if (this.pendingOut && data.length === 0 && !more) return this.nextOut();
-    if (target.type !== 'iso14443-4') {
-      await this.sleep(job, this.cardLossMs);
-      return Uint8Array.of(0x01);
-    }
+    if (!this.isoDepActive) return await this.mifareExchange(job, target, data);
     this.hostChainBytes += data.length;
     if (this.hostChainBytes > 65544) {
       this.hostChain = [];
@@ -686,7 +753,18 @@ export class Pn532Emulator {
     this.hostChain = [];
     this.hostChainBytes = 0;
     this.pendingOut = undefined;
+    const response = await this.runApdu(job, target, apdu);
+    if (typeof response === 'number') return Uint8Array.of(response);
+    this.isoDep.chipExchanged(response);
+    this.pendingOut = response;
+    return this.nextOut();
+  }
 
+  /**
+   * One APDU on the card, in the card's modelled compute time: its answer, or a status when the
+   * card leaves the field (or throws) before it.
+   */
+  private async runApdu(job: Job, target: SimulatedCard, apdu: Uint8Array): Promise<Uint8Array | number> {
     let response: Uint8Array;
     let computeMs: number;
     // The card's modelled compute time starts when the APDU reaches it; the simulator's own work
@@ -700,7 +778,7 @@ export class Pn532Emulator {
     } catch (err) {
       this.log.warn({ err: err instanceof AgentError ? err.code : String(err) }, 'simulated card threw');
       await this.sleep(job, this.cardLossMs);
-      return Uint8Array.of(0x01);
+      return ST.timeout;
     }
     this.counters.apdus++;
     computeMs += this.takeFault('slow-card')?.extraMs ?? 0;
@@ -713,14 +791,127 @@ export class Pn532Emulator {
     while (!job.cancelled && performance.now() < end && this.card === target) {
       await this.wait(job, end - performance.now());
     }
-    if (job.cancelled) return new Uint8Array(0);
+    if (job.cancelled) return ST.timeout; // nobody hears it
     if (this.card !== target) {
       await this.sleep(job, this.cardLossMs);
-      return Uint8Array.of(0x01);
+      return ST.timeout;
     }
     this.counters.computeMs += computeMs;
-    this.pendingOut = response;
-    return this.nextOut();
+    return response;
+  }
+
+  /** The selected card is in the field and answers (not halted or deselected since). */
+  private answering(target: SimulatedCard | undefined): target is SimulatedCard {
+    return target !== undefined && target === this.card && this.cardState === 'active';
+  }
+
+  /** Nobody answered: the chip gives up after its timeout. */
+  private async noAnswer(job: Job): Promise<Uint8Array> {
+    await this.sleep(job, this.cardLossMs);
+    return Uint8Array.of(ST.timeout);
+  }
+
+  private crcOn(register: number): boolean {
+    return ((this.registers.get(register) ?? 0) & CRC_ENABLE) !== 0;
+  }
+
+  /** A card's silence, and the state it leaves the card in. */
+  private silence(after: 'active' | 'idle' | 'halt'): void {
+    if (after === 'idle') this.cardState = 'idle';
+    else if (after === 'halt') this.cardState = 'halted';
+  }
+
+  /** InDataExchange to a card without ISO-DEP: the chip's MIFARE mode. */
+  private async mifareExchange(
+    job: Job,
+    target: SimulatedCard,
+    data: Uint8Array,
+  ): Promise<Uint8Array | 'syntax-error'> {
+    const code = data[0];
+    if (code === undefined) return Uint8Array.of(ST.invalidParameter);
+    if (code === MIFARE.authA || code === MIFARE.authB) {
+      if (data.length !== 12) return Uint8Array.of(ST.invalidParameter);
+      // Crypto-1 is not modelled and no simulated card holds MIFARE keys: the authentication
+      // fails, and a card that failed one is halted.
+      this.cardState = 'halted';
+      return Uint8Array.of(ST.mifareAuth);
+    }
+    let answer: FrameAnswer;
+    if (code === MIFARE.write16) {
+      // The chip sends COMPATIBILITY WRITE in its two parts: the address, then 16 bytes.
+      if (data.length !== 18) return Uint8Array.of(ST.invalidParameter);
+      answer = this.toCard(target, data.subarray(0, 2));
+      if (answer.kind === 'nibble' && answer.value === 0x0a) answer = this.toCard(target, data.subarray(2));
+    } else if (MIFARE_PASSED_ON.has(code)) {
+      answer = this.toCard(target, data);
+    } else {
+      return 'syntax-error';
+    }
+    switch (answer.kind) {
+      case 'data':
+        return Uint8Array.of(ST.ok, ...answer.data);
+      case 'nibble':
+        // An ACK ends a write; a NAK is a frame the chip's MIFARE mode does not take.
+        return Uint8Array.of(answer.value === 0x0a ? ST.ok : ST.invalidFrame);
+      case 'silent':
+        this.silence(answer.after);
+        return await this.noAnswer(job);
+    }
+  }
+
+  private toCard(target: SimulatedCard, frame: Uint8Array): FrameAnswer {
+    return target.transceiveFrame?.(frame) ?? { kind: 'silent', after: 'active' };
+  }
+
+  /** InCommunicateThru: one raw frame into the field, the selected card's answer back. */
+  private async inCommunicateThru(job: Job, p: Uint8Array): Promise<Uint8Array | 'syntax-error'> {
+    if (p.length === 0 || p.length > MAX_EXCHANGE_DATA) return 'syntax-error';
+    const target = this.target;
+    if (!this.fieldOn || !this.answering(target)) return await this.noAnswer(job);
+    if (((this.registers.get(REG_BIT_FRAMING) ?? 0) & 0x07) !== 0) return await this.noAnswer(job);
+    let frame = p;
+    if (!this.crcOn(REG_TX_MODE)) {
+      // The host sends the CRC itself: a frame with a wrong one is noise to the card.
+      const body = p.subarray(0, -2);
+      const crc = crcA(body);
+      if (p.length < 3 || crc[0] !== p[p.length - 2] || crc[1] !== p[p.length - 1])
+        return await this.noAnswer(job);
+      frame = body;
+    }
+    const thru = (data: Uint8Array): Uint8Array =>
+      this.crcOn(REG_RX_MODE) ? Uint8Array.of(ST.ok, ...data) : Uint8Array.of(ST.ok, ...data, ...crcA(data));
+    if (this.isoDepActive) {
+      const step = this.isoDep.receive(frame);
+      switch (step.kind) {
+        case 'silent':
+          return await this.noAnswer(job);
+        case 'reply':
+          return thru(step.block);
+        case 'deselect':
+          this.cardState = 'halted';
+          return thru(step.block);
+        case 'apdu': {
+          const response = await this.runApdu(job, target, step.apdu);
+          return typeof response === 'number' ? Uint8Array.of(response) : thru(step.reply(response));
+        }
+      }
+    }
+    if (frame[0] === RATS && frame.length === 2 && (target.sak & 0x20) !== 0) {
+      this.isoDepActive = true;
+      this.isoDep.reset();
+      return thru(target.ats ?? Uint8Array.of(0x01));
+    }
+    const answer = this.toCard(target, frame);
+    switch (answer.kind) {
+      case 'data':
+        return thru(answer.data);
+      case 'nibble':
+        // Four bits cannot carry a CRC: with CRC checking on, the chip reports a CRC error.
+        return this.crcOn(REG_RX_MODE) ? Uint8Array.of(ST.crc) : Uint8Array.of(ST.ok, answer.value & 0x0f);
+      case 'silent':
+        this.silence(answer.after);
+        return await this.noAnswer(job);
+    }
   }
 
   /** The next part of the card's answer: 262 bytes at most, MI set while more remains. */

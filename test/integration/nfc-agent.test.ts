@@ -230,6 +230,46 @@ describe('NFC cards on the real agent (PN532 emulator on a socat pty)', () => {
     expect(tap('ntag-blank').value).toMatchObject({ granted: true, role: 'guest' });
   });
 
+  it("tells FIDO keys apart by key handle, not UID: a key showing an enrolled key's UID enrolls and authorises as itself", () => {
+    expect(runCli(['sim', 'card', 'add', 'fido', 'fido-twin', ...sd()]).code).toBe(0);
+    runCliJson([
+      'enroll',
+      'card',
+      '--kind',
+      'fido',
+      '--role',
+      'driver',
+      '--owner-fido',
+      '--no-wait',
+      ...sd(),
+    ]);
+    // The driver's key showing the owner's UID is the driver's key; the owner's showing the driver's is the owner's.
+    expect(tap('fido-driver', '--clone-of', 'fido-owner').value).toMatchObject({
+      enrollment: 'authorise',
+      ok: false,
+      code: 'role_not_allowed',
+    });
+    expect(tap('fido-owner', '--clone-of', 'fido-driver').value).toMatchObject({
+      enrollment: 'authorise',
+      ok: true,
+      state: 'awaiting_card',
+    });
+    // An enrolled key is refused whatever UID it shows; a new key with an enrolled key's UID is taken.
+    expect(tap('fido-driver', '--clone-of', 'fido-twin').value).toMatchObject({
+      enrollment: 'enroll',
+      ok: false,
+      code: 'already_enrolled',
+    });
+    const enrolled = tap('fido-twin', '--clone-of', 'fido-owner');
+    expect(enrolled.value).toMatchObject({ enrollment: 'enroll', ok: true, state: 'completed' });
+    expect(tap('fido-twin', '--clone-of', 'fido-owner').value).toMatchObject({
+      granted: true,
+      role: 'driver',
+      credentialId: enrolled.value.credentialId,
+    });
+    expect(tap('fido-owner').value).toMatchObject({ granted: true, role: 'owner' });
+  });
+
   it('opens no window for a plain unlock, and none for a key that is not an owner', () => {
     expect(tap('fido-owner').value.granted).toBe(true);
     expect(runCliJson<{ state: string }>(['enroll', 'card', 'status', ...sd()]).value.state).toBe(

@@ -6,9 +6,11 @@ import type { Clock } from '../../../src/core/clock.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import { fromB64url, fromHex } from '../../../src/crypto/encoding.js';
 import { signJws } from '../../../src/crypto/jws.js';
+import { uidHash } from '../../../src/crypto/keys.js';
 import {
   CARD_ENROLL_TYP,
   type CardEnrollRequest,
+  type CardKind,
   grantFor,
   keyAuthProof,
   NFC_AUTH_VERIFIERS,
@@ -18,8 +20,17 @@ import { fidoAssert, proveTap, type TapDeps } from '../../../src/nfc/tap.js';
 import { tapChallenge, vehicleAppParam } from '../../../src/nfc/u2f.js';
 import { SimulatedFidoU2fKey } from '../../../src/sim/cards/fido-u2f.js';
 import { SimulatedNtag424 } from '../../../src/sim/cards/ntag424.js';
+import type { SimulatedCard } from '../../../src/sim/cards/types.js';
 import { SimulatedUidTag } from '../../../src/sim/cards/uid-tag.js';
-import { grantBy, makeKey, makeRoot, NOW_S, type TestKey, VID } from '../../helpers/keyring-fixtures.js';
+import {
+  grantBy,
+  makeKey,
+  makeRoot,
+  makeUidCredential,
+  NOW_S,
+  type TestKey,
+  VID,
+} from '../../helpers/keyring-fixtures.js';
 import { enrolFido, sessionOver } from './nfc-fixtures.js';
 
 const AUTHORISE_MS = 60_000;
@@ -315,5 +326,132 @@ describe('card enrollment', () => {
       auth: keyAuthProof(driverSigner.id, signRequest(r2, driverSigner), cardC),
     });
     expect(keyring.merge([viaDriver]).rejected[0]?.code).toBe('op_signer_not_allowed');
+  });
+
+  /** Opens an owner-signed request for `kind` and returns what the desk makes of `card`. */
+  async function enrollOne(kind: CardKind, card: SimulatedCard) {
+    const view = desk.request({ kind, role: 'driver', method: 'owner-key' });
+    desk.authoriseWithKey(signRequest(awaiting(view)));
+    return await desk.enrollCard(sessionOver(card));
+  }
+
+  describe('a new card is told from an enrolled one by what names it', () => {
+    // A UID-only tag, and an NTAG 424 whose keys derive from its UID, are their UID; a FIDO key is
+    // its key handle and public key, whatever UID it shows (many keys share one, or show random ones).
+    const tagUid = fromHex('04c0ffee123456');
+    const cases: readonly {
+      readonly name: string;
+      readonly kind: CardKind;
+      readonly card: () => SimulatedCard;
+      readonly outcome: 'enrolled' | 'already_enrolled';
+    }[] = [
+      {
+        name: 'another FIDO key showing the UID of an enrolled FIDO key',
+        kind: 'fido',
+        card: () => new SimulatedFidoU2fKey({ label: 'twin', uid: ownerKey.uid }),
+        outcome: 'enrolled',
+      },
+      {
+        name: 'an enrolled FIDO key',
+        kind: 'fido',
+        card: () => ownerKey,
+        outcome: 'already_enrolled',
+      },
+      {
+        name: 'an enrolled FIDO key showing a random UID',
+        kind: 'fido',
+        card: () =>
+          ownerKey.clone({ label: 'random-uid', uid: fromHex('08a1b2c3'), counter: ownerKey.counter }),
+        outcome: 'already_enrolled',
+      },
+      {
+        name: 'an enrolled FIDO key showing another fixed UID',
+        kind: 'fido',
+        card: () => driverKey.clone({ label: 'new-uid', uid: fromHex('04998877665544'), counter: 0 }),
+        outcome: 'already_enrolled',
+      },
+      {
+        name: 'a FIDO key showing the UID of an enrolled UID-only tag',
+        kind: 'fido',
+        card: () => new SimulatedFidoU2fKey({ label: 'tag-uid', uid: tagUid }),
+        outcome: 'already_enrolled',
+      },
+      {
+        name: 'a new FIDO key with a UID of its own',
+        kind: 'fido',
+        card: () => new SimulatedFidoU2fKey({ label: 'fresh' }),
+        outcome: 'enrolled',
+      },
+      {
+        name: 'a UID tag with the UID of an enrolled UID tag',
+        kind: 'uid',
+        card: () => new SimulatedUidTag({ label: 'copy', model: 'ntag213', uid: tagUid }),
+        outcome: 'already_enrolled',
+      },
+      {
+        name: 'a UID tag with the UID of an enrolled FIDO key',
+        kind: 'uid',
+        card: () => new SimulatedUidTag({ label: 'magic', model: 'ntag213', uid: ownerKey.uid }),
+        outcome: 'already_enrolled',
+      },
+      {
+        name: 'a UID tag with a UID of its own',
+        kind: 'uid',
+        card: () => new SimulatedUidTag({ label: 'new', model: 'ntag213' }),
+        outcome: 'enrolled',
+      },
+      {
+        name: 'an NTAG 424 with the UID of an enrolled UID tag',
+        kind: 'ntag424',
+        card: () => new SimulatedNtag424({ label: 'dna', uid: tagUid }),
+        outcome: 'already_enrolled',
+      },
+    ];
+
+    beforeEach(() => {
+      const tag = makeUidCredential('uid', uidHash(VID, tagUid), 'driver', {
+        options: { insecureUid: true },
+      });
+      expect(keyring.merge([grantBy(root, tag)]).rejected).toEqual([]);
+    });
+
+    it.each(cases)('$name: $outcome', async ({ kind, card, outcome }) => {
+      const before = keyring.size;
+      const presented = card();
+      const result = await enrollOne(kind, presented);
+      if (outcome === 'already_enrolled') {
+        expect(result).toMatchObject({ ok: false, code: 'already_enrolled' });
+        expect(keyring.size).toBe(before);
+        return;
+      }
+      expect(result).toMatchObject({ ok: true, view: { state: 'completed' } });
+      expect(keyring.size).toBe(before + 1);
+      // The new card proves itself on an ordinary tap, and so do the enrolled keys sharing its UID.
+      const id = result.ok ? result.view.credentialId : undefined;
+      expect(await proveTap(sessionOver(presented), tapDeps())).toMatchObject({
+        proof: kind === 'uid' ? 'none' : 'valid',
+        credentialId: id,
+      });
+      if (kind === 'fido') {
+        expect(await proveTap(sessionOver(ownerKey), tapDeps())).toMatchObject({
+          proof: 'valid',
+          credentialId: ownerFidoId,
+        });
+      }
+    });
+
+    it('asks the keys sharing the UID first, so an enrolled key is found behind any number of others', async () => {
+      const others = await Promise.all(
+        Array.from({ length: 70 }, (_, i) =>
+          enrolFido(new SimulatedFidoU2fKey({ label: `k${i}` }), VID, 'driver'),
+        ),
+      );
+      const late = new SimulatedFidoU2fKey({ label: 'late', uid: fromHex('04112233445566') });
+      const lateCredential = await enrolFido(late, VID, 'driver');
+      expect(keyring.merge([...others, lateCredential].map((c) => grantBy(root, c))).rejected).toEqual([]);
+      const result = await enrollOne('fido', late);
+      expect(result).toMatchObject({ ok: false, code: 'already_enrolled' });
+      expect(result.ok ? '' : result.message).toContain(lateCredential.id);
+    });
   });
 });

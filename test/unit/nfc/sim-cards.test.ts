@@ -59,6 +59,98 @@ describe('simulated UID-only tags', () => {
   });
 });
 
+/** A frame answer as text: hex data, `ack`/`nak N`, or `silent → state`. */
+function frameAnswer(tag: SimulatedUidTag, frame: string): string {
+  const a = tag.transceiveFrame(h(frame.replace(/\s+/g, '')));
+  if (a.kind === 'data') return toHex(a.data);
+  if (a.kind === 'nibble') return a.value === 0x0a ? 'ack' : `nak ${a.value}`;
+  return `silent → ${a.after}`;
+}
+
+describe('simulated NTAG213: a Type 2 tag (NTAG213/215/216 datasheet command set)', () => {
+  const uid = '04a1b2c3d4e5f6';
+  const page0to3 = '04a1b29f c3d4e5f6 04480000 e1101200'.replace(/\s+/g, '');
+  const rows: readonly { name: string; exchange: readonly [string, string][] }[] = [
+    {
+      name: 'READ gives four pages: UID with BCC0 (88^04^a1^b2) and BCC1, lock bytes, the NDEF CC',
+      exchange: [
+        ['30 00', page0to3],
+        ['30 04', `0300fe00${'00'.repeat(12)}`],
+      ],
+    },
+    {
+      name: 'READ rolls over past the last page; PWD and PACK read as zeros; past the end is a NAK',
+      exchange: [
+        ['30 2a', `00050000${'00'.repeat(8)}04a1b29f`],
+        ['30 2d', 'nak 0'],
+        ['30 ff', 'nak 0'],
+      ],
+    },
+    {
+      name: 'FAST_READ gives pages start..end; a reversed or too long range is a NAK',
+      exchange: [
+        ['3a 00 01', '04a1b29fc3d4e5f6'],
+        ['3a 29 29', '040000ff'],
+        ['3a 05 04', 'nak 0'],
+        ['3a 00 2d', 'nak 0'],
+      ],
+    },
+    {
+      name: 'GET_VERSION names an NTAG213',
+      exchange: [['60', '0004040201000f03']],
+    },
+    {
+      name: 'WRITE takes user pages (ACK), not the UID, CC or configuration pages (NAK)',
+      exchange: [
+        ['a2 04 d1010254', 'ack'],
+        ['30 04', `d1010254${'00'.repeat(12)}`],
+        ['a2 27 01020304', 'ack'],
+        ['a2 03 ffffffff', 'nak 0'],
+        ['a2 00 00000000', 'nak 0'],
+        ['a2 29 000000 00', 'nak 0'],
+        ['30 00', page0to3],
+      ],
+    },
+    {
+      name: 'COMPATIBILITY_WRITE: the address (ACK), then 16 bytes of which 4 are written (ACK)',
+      exchange: [
+        ['a0 05', 'ack'],
+        [`0a0b0c0d${'ee'.repeat(12)}`, 'ack'],
+        ['30 05', `0a0b0c0d${'00'.repeat(12)}`],
+        ['a0 02', 'nak 0'],
+        ['a0 06', 'ack'],
+        ['0102', 'nak 0'],
+      ],
+    },
+    {
+      name: 'HLTA halts it; malformed and unknown frames send it back to IDLE without an answer',
+      exchange: [
+        ['50 00', 'silent → halt'],
+        ['30', 'silent → idle'],
+        ['30 00 00', 'silent → idle'],
+        ['1b ffffffff', 'silent → idle'],
+        ['60 00', 'silent → idle'],
+      ],
+    },
+  ];
+
+  it.each(rows)('$name', ({ exchange }) => {
+    const tag = new SimulatedUidTag({ label: 'sticker', model: 'ntag213', uid: h(uid) });
+    for (const [sent, expected] of exchange) expect(frameAnswer(tag, sent), sent).toBe(expected);
+  });
+
+  it('a MIFARE Classic answers HLTA and an authentication nonce, and halts on what follows it', () => {
+    const tag = new SimulatedUidTag({ label: 'gym', model: 'mifare-classic-1k', uid: h('deadbeef') });
+    expect(frameAnswer(tag, '50 00')).toBe('silent → halt');
+    expect(frameAnswer(tag, '30 00')).toBe('silent → idle');
+    expect(frameAnswer(tag, '60 04')).toMatch(/^[0-9a-f]{8}$/);
+    expect(frameAnswer(tag, '0102030405060708')).toBe('silent → halt');
+    expect(frameAnswer(tag, '61 04')).toMatch(/^[0-9a-f]{8}$/);
+    tag.reset();
+    expect(frameAnswer(tag, '50 00')).toBe('silent → halt');
+  });
+});
+
 describe('simulated FIDO U2F key, ISO 7816 behaviour', () => {
   it('answers only after SELECT, and only to its own AID', () => {
     const card = new SimulatedFidoU2fKey({ label: 'k' });
