@@ -3,6 +3,7 @@ import type { Agent } from '../agent/agent.js';
 import type { Config } from '../config/schema.js';
 import { toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import type { Health } from '../core/types.js';
 import { bindHandler, type TypedHandler } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import type { VehicleIdentity } from '../store/provision.js';
@@ -26,9 +27,9 @@ export async function startCloud(deps: {
   readonly coreStatus: TypedHandler<'status'>;
   readonly log: Logger;
   readonly cleanup: CleanupStack;
-}): Promise<void> {
+}): Promise<Pick<Health, 'state' | 'detail'>> {
   const { config, identity, handlers, log } = deps;
-  if (!config.cloud.enabled) return;
+  if (!config.cloud.enabled) return { state: 'disabled' };
   try {
     const { startCloudLink } = await import('../cloud/cloud-link.js');
     const cloud = await startCloudLink({
@@ -50,11 +51,14 @@ export async function startCloud(deps: {
     handlers.set(
       ...bindHandler('status', async (args) => ({ ...(await coreStatus(args)), cloud: cloud.status() })),
     );
+    // Started: it connects in the background and never holds the unlock path.
+    return { state: 'ok' };
   } catch (err) {
     const e = toAgentError(err);
     log.error(
       { module: 'cloud', code: e.code, err: e.message },
       'cloud link not started; running without it',
     );
+    return { state: 'down', detail: `${e.code}: ${e.message}` };
   }
 }

@@ -2,10 +2,12 @@ import { createPrivateKey } from 'node:crypto';
 import type { Agent } from '../agent/agent.js';
 import { loadConfigFor } from '../config/load.js';
 import { toAgentError } from '../core/errors.js';
+import type { Health } from '../core/types.js';
 import { bindHandler } from '../host/control-api.js';
 import { coreControlHandlers, coreStatus, testHookHandlers } from '../host/control-handlers.js';
 import { startControlServer } from '../host/control-server.js';
 import { takeNotifyEnvironment } from '../host/sd-notify.js';
+import type { IntegrityState } from '../host/state-integrity.js';
 import { createLogger } from '../logging.js';
 import { acquireInstanceLock } from '../store/instance-lock.js';
 import { ensureStateDir } from '../store/provision.js';
@@ -13,6 +15,7 @@ import { auditStateDamage, createAgent, warnInsecureCredentials } from './agent.
 import { CleanupStack } from './cleanup-stack.js';
 import { startCloud } from './cloud.js';
 import { buildReaders } from './readers.js';
+import { announceReady } from './readiness.js';
 import { createRelay } from './relays.js';
 import { demoProvisioner, logDemoHints, simReaderEnabled } from './sim.js';
 import { ensureProvisioned, openState } from './state.js';
@@ -111,9 +114,9 @@ export async function startAgent(options: {
     handlers.set(...bindHandler('control.status', () => control.stats()));
 
     const cloudDeps = { config, stateDir, identity, vehicleKey, agent, state, handlers, log, cleanup };
-    await startCloud({ ...cloudDeps, coreStatus: coreStatus(core) });
+    const cloudHealth = await startCloud({ ...cloudDeps, coreStatus: coreStatus(core) });
     const supervision = startSupervisor({ config, stateDir, relay, agent, state, notifyEnv, log, cleanup });
-    await startStatusPageIfEnabled({
+    const statusPageHealth = await startStatusPageIfEnabled({
       config,
       stateDir,
       handlers,
@@ -124,13 +127,19 @@ export async function startAgent(options: {
     });
 
     if (simReaderEnabled(config)) logDemoHints(log, readers.hints);
-    // READY=1 once readers and relays are up; STOPPING=1 as the orderly stop begins.
-    const readerStates = readers.readers.map((r) => `${r.id} ${r.health().state}`).join(', ');
-    supervision.ready(`ready: lock ${lock.state()}; readers ${readerStates || 'none'}`);
-    cleanup.defer('notify stopping', () => supervision.stopping());
-    log.info(
-      {
-        module: 'main',
+    // READY=1 once readers and relays are started, even with a reader down (the others must
+    // work); `ready` says which parts are up. STOPPING=1 as the orderly stop begins.
+    announceReady({
+      parts: [
+        { part: 'relay', health: () => relay.status().health },
+        ...readers.readers.map((r) => ({ part: r.id, health: () => r.health() })),
+        { part: 'state', health: () => integrityHealth(state.integrity.summary().state) },
+        { part: 'cloud', health: () => cloudHealth },
+        { part: 'status page', health: () => statusPageHealth },
+      ],
+      lockState: () => lock.state(),
+      supervision,
+      fields: {
         vehicleId: identity.vehicleId,
         lock: lock.state(),
         relay: config.relay.driver,
@@ -138,8 +147,10 @@ export async function startAgent(options: {
         socket: socketPath,
         startMs: Math.round(performance.now() - startedAt),
       },
-      'ready',
-    );
+      log,
+      cleanup,
+    });
+    cleanup.defer('notify stopping', () => supervision.stopping());
 
     // A keyring loaded from its snapshot decodes its ops now, in slices between other work.
     keyring.materializeInBackground().catch((err: unknown) => {
@@ -166,4 +177,10 @@ export async function startAgent(options: {
     await cleanup.unwind();
     throw err;
   }
+}
+
+function integrityHealth(state: IntegrityState): Pick<Health, 'state' | 'detail'> {
+  return state === 'degraded'
+    ? { state: 'degraded', detail: 'damaged state files: vehicle-agent state check' }
+    : { state: 'ok' };
 }

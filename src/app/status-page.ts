@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import type { Health } from '../core/types.js';
 import { bindHandler } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import type { HealthReport } from '../host/health-monitor.js';
@@ -80,9 +81,9 @@ export async function startStatusPageIfEnabled(deps: {
   readonly supervision: StatusPageDeps['health'];
   readonly log: Logger;
   readonly cleanup: CleanupStack;
-}): Promise<void> {
+}): Promise<Pick<Health, 'state' | 'detail'>> {
   const { config, log } = deps;
-  if (!config.statusPage.enabled) return;
+  if (!config.statusPage.enabled) return { state: 'disabled' };
   try {
     const page = await startStatusPage({
       config: config.statusPage,
@@ -97,11 +98,13 @@ export async function startStatusPageIfEnabled(deps: {
       await page.close();
     });
     deps.handlers.set(...bindHandler('status-page.status', () => page.stats()));
+    return { state: 'ok', detail: page.url };
   } catch (err) {
     const e = toAgentError(err);
     log.error(
       { module: 'status-page', code: e.code, err: e.message },
       'status page not started; running without it',
     );
+    return { state: 'down', detail: `${e.code}: ${e.message}` };
   }
 }

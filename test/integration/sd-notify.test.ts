@@ -41,11 +41,11 @@ describe('sd_notify with the real agent', () => {
     const ready = await receiver.waitFor((l) => l === 'READY=1');
     expect(ready).toBe(0); // nothing before it: no child spoke for the unit
     const status = receiver.lines[1] ?? '';
-    expect(status).toMatch(/^STATUS=ready: lock locked; readers /);
+    expect(status).toMatch(/^STATUS=ready(, but .+ not up)?: relay ok, .*; lock locked$/);
     // Every reader had started (and reported its health) when READY went out.
     const readers = (agent.logs.find((r) => r.msg === 'ready')?.readers as string[] | undefined) ?? [];
     expect(readers).toEqual(expect.arrayContaining(['sim', 'ble0']));
-    for (const reader of readers) expect(status).toMatch(new RegExp(`${reader} (ok|degraded|down)`));
+    for (const reader of readers) expect(status).toMatch(new RegExp(`${reader} (ok|starting|degraded|down)`));
   });
 
   it('pings WATCHDOG=1 while healthy', async () => {
