@@ -209,6 +209,9 @@ function connect() {
 }
 
 $('token').value = sessionStorage.getItem('va-token') || '';
+// The state the server put in the page, so the first paint shows it rather than empty cards.
+const initial = $('initial-state');
+if (initial) { try { render(JSON.parse(initial.textContent)); } catch { /* fetched next anyway */ } }
 refresh();
 connect();
 `;
@@ -235,13 +238,39 @@ function sha256(text: string): string {
   return `'sha256-${createHash('sha256').update(text, 'utf8').digest('base64')}'`;
 }
 
-export const STATUS_PAGE_HTML = `<!doctype html>
+/**
+ * JSON for an inert `<script type="application/json">` data block: `<`, `>` and `&` escaped, so
+ * no string in the state (a credential's name, a reader's detail) can close the block or open a
+ * comment, and JSON.parse of the block's text gives the value back unchanged.
+ */
+export function jsonDataBlock(value: unknown): string {
+  return JSON.stringify(value)
+    .replace(/</g, '\\u003c')
+    .replace(/>/g, '\\u003e')
+    .replace(/&/g, '\\u0026')
+    .replace(/\u2028/g, '\\u2028')
+    .replace(/\u2029/g, '\\u2029');
+}
+
+/**
+ * The page, with the state at the time of the request when there is one (a data block, which the
+ * Content-Security-Policy lets through because it is never run, only parsed by the script).
+ */
+export function statusPageHtml(initialState?: unknown): string {
+  const data =
+    initialState === undefined
+      ? ''
+      : `<script type="application/json" id="initial-state">${jsonDataBlock(initialState)}</script>\n`;
+  return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>vehicle-agent status</title><style>${STYLE}</style></head>
 <body>${BODY}
-<script>${SCRIPT}</script>
+${data}<script>${SCRIPT}</script>
 </body></html>
 `;
+}
+
+export const STATUS_PAGE_HTML = statusPageHtml();
 
 export const STATUS_PAGE_CSP = [
   "default-src 'none'",

@@ -10,7 +10,7 @@ import type { HealthReport } from '../host/health-monitor.js';
 import { bearerToken, tokenMatches } from './admin-token.js';
 import type { AuditFeed } from './audit-feed.js';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics.js';
-import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './page.js';
+import { STATUS_PAGE_CSP, statusPageHtml } from './page.js';
 import {
   buildSimActions,
   type HandlerMap,
@@ -121,6 +121,9 @@ export interface StatusServer {
   setStopping(): void;
   close(): Promise<void>;
 }
+
+/** How long the page waits for the state to put in it before it is sent without. */
+const FIRST_PAINT_WAIT_MS = 250;
 
 const HTTP_STATUS: Partial<Record<Code, number>> = {
   bad_arguments: 400,
@@ -361,6 +364,22 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     return value;
   };
 
+  /**
+   * The state for the page's first paint: the cached snapshot, or nothing if it is not there soon
+   * (the page then fetches it, as it always does next): the page never waits on a slow handler.
+   */
+  const firstPaintState = async (): Promise<StateSnapshot | undefined> => {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<undefined>((resolve) => {
+      timer = setTimeout(resolve, FIRST_PAINT_WAIT_MS, undefined);
+    });
+    try {
+      return await Promise.race([snapshot().catch(() => undefined), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
   const writeEvent = (res: ServerResponse, event: string, data: unknown, id?: number) => {
     if (res.writableLength > MAX_STREAM_BUFFER) {
       // A reader that stopped reading: drop it rather than buffer without bound.
@@ -481,10 +500,16 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     if (stopping && path !== '/') throw new AgentError('unavailable', 'the agent is stopping');
     switch (path) {
       case '/':
-        send(res, 200, STATUS_PAGE_HTML, 'text/html; charset=utf-8', {
-          'content-security-policy': STATUS_PAGE_CSP,
-          'x-frame-options': 'DENY',
-        });
+        send(
+          res,
+          200,
+          statusPageHtml(stopping ? undefined : await firstPaintState()),
+          'text/html; charset=utf-8',
+          {
+            'content-security-policy': STATUS_PAGE_CSP,
+            'x-frame-options': 'DENY',
+          },
+        );
         return;
       case '/api/state':
         sendJson(res, 200, await snapshot());

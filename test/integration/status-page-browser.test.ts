@@ -76,6 +76,18 @@ describe('status page in headless Chromium', () => {
     expect(await page.locator('#sim-card').isVisible()).toBe(true);
   });
 
+  it('paints the state at first paint: with every later request refused, the cards are filled', async () => {
+    const cold = await context.newPage();
+    // Only the document itself gets through: no /api/state, no event stream.
+    await cold.route(/\/api\//, (route) => route.abort());
+    await cold.goto(`http://127.0.0.1:${port}/`, { waitUntil: 'domcontentloaded' });
+    expect(await cold.textContent('#lock')).toBe('locked');
+    expect(await cold.textContent('#vehicle')).toMatch(/^VA-/);
+    expect(await cold.locator('#readers tr[data-reader]').count()).toBeGreaterThan(0);
+    expect(await cold.textContent('#keyring')).toMatch(/active\d+/);
+    await cold.close();
+  });
+
   it('refuses a sim action without the admin token; nothing happens', async () => {
     const accessEvents = await page.locator('#audit li[data-type="access"]').count();
     await page.fill('#token', '');
