@@ -110,7 +110,8 @@ export function validateSection(
     if (!known.includes(key)) {
       const hint = closest(key, known);
       problems.push({
-        field: [...path, key].join('.'),
+        // An empty or blank key is shown quoted, so the problem still names something.
+        field: [...path, key.trim() === '' ? JSON.stringify(key) : key].join('.'),
         source: sourceOf([...path, key]),
         problem: `is not a known option${hint ? ` (did you mean ${[...path, hint].join('.')}?)` : ''}`,
         allowed: `keys of ${here}: ${known.join(', ')}`,

@@ -19,6 +19,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
+import { AgentError } from '../core/errors.js';
 import { canonicalJson } from '../crypto/canonical.js';
 import { readFileIfExists } from './atomic.js';
 import { decodeChecksummedJson, encodeChecksummedJson } from './checksummed.js';
@@ -88,12 +89,12 @@ export function decodeAuditLine(line: Buffer): AuditRecord {
   try {
     parsed = JSON.parse(line.toString('utf8'));
   } catch {
-    throw new Error('not valid JSON');
+    throw new AgentError('state_corrupt', 'not valid JSON');
   }
   const shape = checkShape(parsed);
-  if (typeof shape === 'string') throw new Error(shape);
+  if (typeof shape === 'string') throw new AgentError('state_corrupt', shape);
   const { prev, hash, ...body } = shape;
-  if (hashAuditRecord(prev, body) !== hash) throw new Error('hash mismatch');
+  if (hashAuditRecord(prev, body) !== hash) throw new AgentError('state_corrupt', 'hash mismatch');
   return shape;
 }
 

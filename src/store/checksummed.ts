@@ -1,4 +1,5 @@
 import { crc32 } from 'node:zlib';
+import { AgentError } from '../core/errors.js';
 
 /**
  * A small state file as one checksummed line, `<crc32 of the JSON, 8 lowercase hex> <JSON>\n`,
@@ -29,10 +30,11 @@ export function looksChecksummed(bytes: Uint8Array): boolean {
 /** The JSON bytes of a checksummed line; throws with the problem when it does not check out. */
 export function checksummedBody(bytes: Uint8Array): Buffer {
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-  if (!looksChecksummed(buf)) throw new Error('not a checksummed line');
-  if (buf[buf.length - 1] !== 0x0a) throw new Error('incomplete (no final newline)');
+  if (!looksChecksummed(buf)) throw new AgentError('state_corrupt', 'not a checksummed line');
+  if (buf[buf.length - 1] !== 0x0a) throw new AgentError('state_corrupt', 'incomplete (no final newline)');
   const json = buf.subarray(9, buf.length - 1);
-  if (crcHex(json) !== buf.toString('latin1', 0, 8)) throw new Error('checksum mismatch');
+  if (crcHex(json) !== buf.toString('latin1', 0, 8))
+    throw new AgentError('state_corrupt', 'checksum mismatch');
   return json;
 }
 
@@ -42,6 +44,6 @@ export function decodeChecksummedJson(bytes: Uint8Array, legacyPlainJson = false
   try {
     return JSON.parse(json.toString('utf8'));
   } catch {
-    throw new Error('not valid JSON');
+    throw new AgentError('state_corrupt', 'not valid JSON');
   }
 }

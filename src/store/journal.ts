@@ -544,22 +544,25 @@ export function encodeLine(record: unknown, path: string, maxRecordBytes: number
 }
 
 export function decodeLine<T>(line: Buffer, parse?: (value: unknown) => T): T {
-  if (line.length < 10 || line[8] !== SPACE) throw new Error('not a journal line');
+  if (line.length < 10 || line[8] !== SPACE) throw new AgentError('state_corrupt', 'not a journal line');
   const expected = line.toString('latin1', 0, 8);
-  if (!HEX8.test(expected)) throw new Error('not a journal line');
+  if (!HEX8.test(expected)) throw new AgentError('state_corrupt', 'not a journal line');
   const body = line.subarray(9);
-  if (crcHex(body) !== expected) throw new Error('checksum mismatch');
+  if (crcHex(body) !== expected) throw new AgentError('state_corrupt', 'checksum mismatch');
   let value: unknown;
   try {
     value = JSON.parse(body.toString('utf8'));
   } catch {
-    throw new Error('checksum matches but JSON is invalid');
+    throw new AgentError('state_corrupt', 'checksum matches but JSON is invalid');
   }
   if (parse === undefined) return value as T;
   try {
     return parse(value);
   } catch (err) {
-    throw new Error(`record rejected by its parser: ${err instanceof Error ? err.message : String(err)}`);
+    throw new AgentError(
+      'state_corrupt',
+      `record rejected by its parser: ${err instanceof Error ? err.message : String(err)}`,
+    );
   }
 }
 

@@ -183,12 +183,14 @@ function encodeOpLine(o: StoredRecord): string {
 }
 
 function decodeOpLine(line: Buffer): StoredRecord {
-  if (line.length < 12 || line[8] !== 0x20) throw new Error('not "<crc32> <signer> <jws>"');
+  if (line.length < 12 || line[8] !== 0x20)
+    throw new AgentError('state_corrupt', 'not "<crc32> <signer> <jws>"');
   const body = line.subarray(9);
-  if (crcHex(body) !== line.toString('latin1', 0, 8)) throw new Error('checksum mismatch');
+  if (crcHex(body) !== line.toString('latin1', 0, 8))
+    throw new AgentError('state_corrupt', 'checksum mismatch');
   const text = body.toString('utf8');
   const space = text.indexOf(' ');
-  if (space <= 0) throw new Error('not "<crc32> <signer> <jws>"');
+  if (space <= 0) throw new AgentError('state_corrupt', 'not "<crc32> <signer> <jws>"');
   return { signer: text.slice(0, space), jws: text.slice(space + 1) };
 }
 
