@@ -79,8 +79,31 @@ export interface LoggerOptions {
   readonly stream?: NodeJS.WritableStream & { isTTY?: boolean };
 }
 
+/**
+ * A log whose reader went away (`npm start | head`, a log shipper that died: EPIPE) must not stop
+ * the agent: the door matters more than the log. The first write error is said once on stderr,
+ * and later lines are dropped by the closed stream.
+ */
+function surviveWriteErrors(out: NodeJS.WritableStream): void {
+  if ((out as { vaGuarded?: boolean }).vaGuarded) return;
+  (out as { vaGuarded?: boolean }).vaGuarded = true;
+  let said = false;
+  out.on('error', (err: NodeJS.ErrnoException) => {
+    if (said) return;
+    said = true;
+    try {
+      process.stderr.write(
+        `vehicle-agent: the log output failed [${err.code ?? 'error'}]: logging there stops; the agent goes on\n`,
+      );
+    } catch {
+      // stderr gone too: nothing left to tell
+    }
+  });
+}
+
 export function createLogger(options: LoggerOptions): Logger {
   const out = options.stream ?? process.stdout;
+  surviveWriteErrors(out);
   const pretty = options.format === 'pretty' || (options.format === 'auto' && out.isTTY === true);
   const destination = pretty ? new PrettyStream(out, out.isTTY === true) : out;
   return pino(
