@@ -72,6 +72,14 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
     summary: 'check the state files for damage; repair them',
     load: async () => import('./commands/state.js').then((m) => ({ run: m.state, help: m.STATE_HELP })),
   },
+  backup: {
+    summary: 'write identity, keyring, counters and config to an encrypted file',
+    load: async () => import('./commands/backup.js').then((m) => ({ run: m.backup, help: m.BACKUP_HELP })),
+  },
+  restore: {
+    summary: 'bring a backed-up vehicle back (merges: never undoes a revocation)',
+    load: async () => import('./commands/backup.js').then((m) => ({ run: m.restore, help: m.RESTORE_HELP })),
+  },
   config: {
     summary: 'print the example config or check one',
     load: async () => import('./commands/config.js').then((m) => ({ run: m.config, help: m.CONFIG_HELP })),
