@@ -35,7 +35,7 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
     load: async () => import('./commands/keygen.js').then((m) => ({ run: m.keygen, help: m.KEYGEN_HELP })),
   },
   keys: {
-    summary: 'list, grant and revoke credentials',
+    summary: 'list, grant, revoke, export and import credentials',
     load: async () => import('./commands/keys.js').then((m) => ({ run: m.keys, help: m.KEYS_HELP })),
   },
   sim: {

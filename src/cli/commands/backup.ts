@@ -174,7 +174,8 @@ async function readCapped(path: string, limit: number): Promise<string> {
   }
 }
 
-async function authVerifiers(): Promise<ReadonlyMap<string, AuthVerifier>> {
+/** Verifiers of owner approvals carried by ops approved at the vehicle (as src/app/state.ts). */
+export async function authVerifiers(): Promise<ReadonlyMap<string, AuthVerifier>> {
   // Operations approved at the vehicle (BLE and card enrollment) carry proofs these verify.
   const [{ BLE_AUTH_VERIFIERS }, { NFC_AUTH_VERIFIERS }] = await Promise.all([
     import('../../ble/protocol/enroll.js'),
