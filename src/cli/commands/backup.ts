@@ -242,13 +242,21 @@ export async function restore(argv: readonly string[]): Promise<number> {
   let config = 'none in the backup';
   if (content.config !== undefined) {
     const path = values['config-to'] ?? content.config.path;
-    const done = await putBack(path, content.config.text);
-    config =
-      done === 'written'
-        ? `restored to ${path}`
-        : done === 'same'
-          ? `already at ${path}`
-          : `${path} differs: kept, the backup's written to ${path}.from-backup`;
+    try {
+      const done = await putBack(path, content.config.text);
+      config =
+        done === 'written'
+          ? `restored to ${path}`
+          : done === 'same'
+            ? `already at ${path}`
+            : `${path} differs: kept, the backup's written to ${path}.from-backup`;
+    } catch (err) {
+      // The state is restored; a config directory this user may not write (/etc) does not undo that.
+      config = 'not written';
+      notes.push(
+        `the backup's config could not be written to ${path} (${(err as Error).message}): restore again with --config-to PATH somewhere writable`,
+      );
+    }
   }
   if (values.json) out(JSON.stringify({ ...report, stateDir: loaded.stateDir, siteKey, config, notes }));
   else {
