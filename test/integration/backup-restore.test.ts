@@ -217,6 +217,26 @@ describe('vehicle-agent backup / restore', () => {
     expect(runCli(['audit', 'verify', '--state-dir', built.dir]).code).toBe(0);
   });
 
+  it('refuses to back up a state that denies a credential whose revoke was lost (a restore would let it in)', async () => {
+    // The late revoke, damaged at the same byte of both journals (as in state-repair.test.ts).
+    const text = readFileSync(join(built.dir, 'keyring.journal'), 'latin1');
+    const inSignature = text.lastIndexOf('","signer"') - 10;
+    for (const file of ['keyring.journal', 'keyring.mirror.journal']) {
+      const bytes = readFileSync(join(built.dir, file));
+      bytes[inSignature] = (bytes[inSignature] ?? 0) ^ 0x01;
+      writeFileSync(join(built.dir, file), bytes);
+    }
+    for (let round = 0; round < 2; round++) {
+      // Before the agent opened the folder (the journals say it), and after (keyring.suspects does).
+      const r = runCli(['backup', at('b'), '--state-dir', built.dir], PASS);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('[state_corrupt]');
+      expect(r.stderr).toContain('state repair');
+      expect(readdirSync(root)).not.toContain('b');
+      expect((await openAsAgent(built, built.dir)).fate(built.revokedLate)).toBe('suspect');
+    }
+  });
+
   it('refuses to overwrite another vehicle unless forced, and then keeps it aside', async () => {
     const file = backup();
     const other = at('other');
