@@ -35,7 +35,7 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
     load: async () => import('./commands/keygen.js').then((m) => ({ run: m.keygen, help: m.KEYGEN_HELP })),
   },
   keys: {
-    summary: 'list, grant and revoke credentials',
+    summary: 'list, grant, revoke, export and import credentials',
     load: async () => import('./commands/keys.js').then((m) => ({ run: m.keys, help: m.KEYS_HELP })),
   },
   sim: {
@@ -71,6 +71,14 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
   state: {
     summary: 'check the state files for damage; repair them',
     load: async () => import('./commands/state.js').then((m) => ({ run: m.state, help: m.STATE_HELP })),
+  },
+  backup: {
+    summary: 'write identity, keyring, counters and config to an encrypted file',
+    load: async () => import('./commands/backup.js').then((m) => ({ run: m.backup, help: m.BACKUP_HELP })),
+  },
+  restore: {
+    summary: 'bring a backed-up vehicle back (merges: never undoes a revocation)',
+    load: async () => import('./commands/backup.js').then((m) => ({ run: m.restore, help: m.RESTORE_HELP })),
   },
   config: {
     summary: 'print the example config or check one',

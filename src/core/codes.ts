@@ -32,6 +32,14 @@ export const CODES = {
   state_io: 'a state file could not be read or written',
   state_repaired: 'a damaged state file was rebuilt from its other copy',
   key_invalid: 'a key file or key encoding is invalid',
+  backup_invalid:
+    'the file is not a backup this agent can read: not a backup, an unsupported format or parameters, or content that does not check out',
+  backup_truncated: 'the backup file is cut short',
+  backup_auth_failed:
+    'the backup does not open: wrong passphrase, or the file was changed after it was written',
+  restore_conflict:
+    'the state directory holds another vehicle, or state without an identity, that a restore would overwrite (--force moves it aside)',
+  import_invalid: 'a row or operation of an import file is invalid; nothing was imported',
   // ── keyring operations ─────────────────────────────────────────────────────
   op_malformed: 'a keyring operation is malformed',
   op_bad_signature: 'a keyring operation signature did not verify',

@@ -1118,3 +1118,23 @@ export async function inspectKeyringFiles(stateDir: string): Promise<KeyringInsp
   }
   return { findings, operations: base.length + journals.records.length };
 }
+
+/**
+ * Every keyring operation on disk, read without changing anything, safe beside the running agent
+ * (`vehicle-agent backup`, `keys export`): both journals first, then both ops files, united by op
+ * id. Ops are only ever added, and compaction moves them from the journals into the ops files, so
+ * in this order an op is read from one or the other. Damaged lines are left out (`state check`
+ * reports them); formats 1 and 2 are not read (the agent rewrites them at its first start).
+ */
+export async function readKeyringOps(stateDir: string): Promise<{ jws: string; signer: string }[]> {
+  const p = keyringPaths(stateDir);
+  const journalA = await inspectJournal(p.journal, parseRecord);
+  const journalB = await inspectJournal(p.journalMirror, parseRecord);
+  const [opsA, opsB] = await readOpsPair(stateDir);
+  const byId = new Map<string, StoredRecord>();
+  for (const r of [...opsA.ops, ...opsB.ops, ...journalA.records, ...journalB.records]) {
+    const id = opIdOf(r);
+    if (id !== undefined && !byId.has(id)) byId.set(id, { jws: r.jws, signer: r.signer });
+  }
+  return [...byId.values()];
+}

@@ -321,17 +321,7 @@ export async function provision(options: ProvisionOptions): Promise<ProvisionRes
     rootKey,
     vehicleKey: publicJwkOf(vehiclePair.publicKey),
   };
-  // Keys first, identity last: vehicle.json (or its mirror) is what marks the directory provisioned.
-  await writeFileAtomic(join(stateDir, STATE_FILES.vehicleKey), vehicleEncoded.privatePem, { mode: 0o600 });
-  await writeFileAtomic(join(stateDir, STATE_FILES.vehicleKeyMirror), vehicleEncoded.privatePem, {
-    mode: 0o600,
-  });
-  await writeFileAtomic(join(stateDir, STATE_FILES.vehicleMirror), encodeChecksummedJson(file), {
-    mode: 0o600,
-  });
-  await writeFileAtomic(join(stateDir, STATE_FILES.vehicle), `${JSON.stringify(file, null, 2)}\n`, {
-    mode: 0o600,
-  });
+  await writeIdentityFiles(stateDir, file, vehicleEncoded.privatePem);
   const identity: VehicleIdentity = {
     ...file,
     rootId: keyCredentialId('signer', rootKey),
@@ -339,4 +329,23 @@ export async function provision(options: ProvisionOptions): Promise<ProvisionRes
     vehicleKeyPem: vehicleEncoded.privatePem,
   };
   return ownerKey ? { identity, ownerKey } : { identity };
+}
+
+/**
+ * Writes an identity's four files (provisioning; `vehicle-agent restore` from a backup). Keys
+ * first, identity last: vehicle.json (or its mirror) is what marks the directory provisioned.
+ */
+export async function writeIdentityFiles(
+  stateDir: string,
+  file: VehicleFile,
+  privatePem: string,
+): Promise<void> {
+  await writeFileAtomic(join(stateDir, STATE_FILES.vehicleKey), privatePem, { mode: 0o600 });
+  await writeFileAtomic(join(stateDir, STATE_FILES.vehicleKeyMirror), privatePem, { mode: 0o600 });
+  await writeFileAtomic(join(stateDir, STATE_FILES.vehicleMirror), encodeChecksummedJson(file), {
+    mode: 0o600,
+  });
+  await writeFileAtomic(join(stateDir, STATE_FILES.vehicle), `${JSON.stringify(file, null, 2)}\n`, {
+    mode: 0o600,
+  });
 }

@@ -20,6 +20,8 @@ vehicle-agent keys grant --key OWNER.pem --kind phone|signer --public KEY.pub.pe
                          [--name TEXT] [--not-before TIME] [--not-after TIME] [--passive]
 vehicle-agent keys grant --key OWNER.pem --kind uid --uid HEX --role ROLE --insecure-uid [...]
 vehicle-agent keys revoke --key OWNER.pem --id CREDENTIAL_ID [--reason TEXT]
+vehicle-agent keys export [--json] [--out FILE]
+vehicle-agent keys import FILE [--key OWNER.pem --insecure-uid] [--json]
 
 Grants and revokes are signed with the --key private key (the owner root key, an owner key, or for
 revoke a service key) and added to the keyring: through the running agent when it is up, else
@@ -27,7 +29,14 @@ directly to the state directory. ROLE is owner, driver, guest (needs --not-after
 TIME is ISO 8601 (2026-12-24T18:00:00Z) or relative (+2h, +7d).
 A change is stored before it takes effect: when it cannot be written (a full disk) it fails with
 [state_io] and the keyring is unchanged (a refused grant opens nothing, a refused revoke did not
-happen); try again once the disk takes writes.`;
+happen); try again once the disk takes writes.
+
+export writes every signed keyring operation (one JWS per line, or JSON with --json); they stay
+verifiable, so an export holds no secret. import reads such a file (or a keyring set) and, for UID
+cards from another system, a CSV with a header row (uid,role,name,not_before,not_after) or a JSON
+list of such objects, signed here with --key and allowed only with --insecure-uid: UID-only cards
+can be cloned. Every row and operation is checked before the first write ([import_invalid] names
+the bad one; nothing is imported); they are then stored in batches. See docs/backup.md.`;
 
 /** What building ops needs of the vehicle (the running agent's `vehicle` answer, or the state directory). */
 interface VehicleInfo {
@@ -107,7 +116,7 @@ function credentialOf(op: KeyringOp): string {
  * the instance lock). Best effort: a log that cannot be written does not undo a stored change;
  * it is said on stderr.
  */
-async function auditOffline(
+export async function auditOffline(
   loaded: LoadedConfig,
   events: readonly { readonly type: string; readonly [field: string]: unknown }[],
 ): Promise<void> {
@@ -147,8 +156,15 @@ export async function keys(argv: readonly string[]): Promise<number> {
       return await grant(rest);
     case 'revoke':
       return await revoke(rest);
+    case 'export':
+      return await (await import('./keys-transfer.js')).keysExport(rest);
+    case 'import':
+      return await (await import('./keys-transfer.js')).keysImport(rest);
     default:
-      throw new AgentError('bad_arguments', `keys needs list, grant or revoke\n\n${KEYS_HELP}`);
+      throw new AgentError(
+        'bad_arguments',
+        `keys needs list, grant, revoke, export or import\n\n${KEYS_HELP}`,
+      );
   }
 }
 
