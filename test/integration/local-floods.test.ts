@@ -7,6 +7,7 @@ import { startRequestFlood, startSlowloris } from '../../bench/floods/status-pag
 import { controlRequest } from '../../src/cli/control-client.js';
 import { type AgentProcess, startAgentProcess } from '../helpers/agent-process.js';
 import { runCliAsync } from '../helpers/cli-async.js';
+import { letTimePass, waitForRead } from '../helpers/wait.js';
 
 /**
  * Issue 12, findings 5 and 6, on the real agent (simulated readers, the real control socket and
@@ -62,13 +63,14 @@ describe('the unlock path while the local interfaces are flooded', () => {
     let counts: Record<string, number>[] = [];
     try {
       // The floods are running: the agent has closed garbage connections and holds idle ones.
-      for (;;) {
-        const stats = await controlStats();
-        if ((stats.closed.garbage ?? 0) >= 4 && stats.connections >= 12) break;
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitForRead(
+        controlStats,
+        (stats) => (stats.closed.garbage ?? 0) >= 4 && stats.connections >= 12,
+        'garbage connections closed and idle ones held',
+        { timeoutMs: 60_000, intervalMs: 10 },
+      );
       // Past the eviction grace (500 ms), the idle ones are fair game: the CLI evicts them.
-      await new Promise((r) => setTimeout(r, 600));
+      await letTimePass(600, 'the idle connections outlive the eviction grace of 500 ms');
       for (let i = 0; i < 3; i++) expect(await present('driver')).toMatchObject({ granted: true });
       const tap = await runCliAsync(['sim', 'tap', 'fido-driver', '--json', ...sd()]);
       expect(tap.code, tap.stderr).toBe(0);
@@ -100,14 +102,16 @@ describe('the unlock path while the local interfaces are flooded', () => {
     const admin = { authorization: `Bearer ${TOKEN}` };
     let counts: Record<string, number>[] = [];
     try {
-      for (;;) {
-        const page = (await controlRequest(socket, 'status-page.status')) as {
-          closed: { evicted: number };
-          refused: { anonymous: number };
-        };
-        if (page.closed.evicted >= 150 && page.refused.anonymous > 0) break;
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitForRead(
+        () =>
+          controlRequest(socket, 'status-page.status') as Promise<{
+            closed: { evicted: number };
+            refused: { anonymous: number };
+          }>,
+        (page) => page.closed.evicted >= 150 && page.refused.anonymous > 0,
+        'slowloris connections evicted and anonymous requests refused',
+        { timeoutMs: 60_000, intervalMs: 10 },
+      );
       expect((await fetch(`${url}/healthz`)).status).toBe(200);
       const state = await fetch(`${url}/api/state`, { headers: admin });
       expect(state.status).toBe(200);
