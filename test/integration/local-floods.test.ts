@@ -1,11 +1,10 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { startGarbageFlood, startIdleFlood } from '../../bench/floods/control-socket.js';
 import { startRequestFlood, startSlowloris } from '../../bench/floods/status-page.js';
 import { controlRequest } from '../../src/cli/control-client.js';
-import { type AgentProcess, startAgentProcess } from '../helpers/agent-process.js';
+import type { AgentProcess } from '../helpers/agent-process.js';
+import { useAgentRig } from '../helpers/agent-rig.js';
 import { runCliAsync } from '../helpers/cli-async.js';
 import { letTimePass, waitForRead } from '../helpers/wait.js';
 
@@ -18,7 +17,7 @@ import { letTimePass, waitForRead } from '../helpers/wait.js';
 const TOKEN = 'local-floods-admin-token-0123';
 
 describe('the unlock path while the local interfaces are flooded', () => {
-  let root: string;
+  const rig = useAgentRig('va-local-floods-');
   let dir: string;
   let socket: string;
   let url: string;
@@ -26,10 +25,9 @@ describe('the unlock path while the local interfaces are flooded', () => {
   const sd = () => ['--state-dir', dir];
 
   beforeAll(async () => {
-    root = mkdtempSync(join(tmpdir(), 'va-local-floods-'));
-    dir = join(root, 'state');
+    dir = rig.stateDir();
     socket = join(dir, 'control.sock');
-    agent = await startAgentProcess(sd(), {
+    agent = await rig.startAgent('state', {
       VEHICLE_AGENT_STATUS_PAGE__ENABLED: 'true',
       VEHICLE_AGENT_STATUS_PAGE__PORT: '0',
       VEHICLE_AGENT_STATUS_PAGE__ADMIN_TOKEN: TOKEN,
@@ -37,11 +35,6 @@ describe('the unlock path while the local interfaces are flooded', () => {
     });
     url = String((await agent.waitForLog((r) => r.msg === 'status page listening')).url).replace(/\/$/, '');
     await agent.waitForLog((r) => r.msg === 'PN532 ready');
-  });
-
-  afterAll(async () => {
-    await agent?.stop();
-    if (root) rmSync(root, { recursive: true, force: true });
   });
 
   async function present(name: string): Promise<Record<string, unknown>> {
