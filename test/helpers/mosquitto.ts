@@ -4,6 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { requireTool, stopProcess } from './processes.js';
+import { waitFor } from './wait.js';
 
 /** The broker config the docs ship; tests start Mosquitto with it, changing only ports and paths. */
 export const SHIPPED_BROKER_CONFIG = findShippedConfig();
@@ -155,6 +156,8 @@ export interface BrokerOptions {
   readonly persistence?: boolean;
   /** An extra plain (no TLS) loopback listener, for protocol tests behind a proxy. */
   readonly plainPort?: number;
+  /** Log each subscription to output() (`<client> <qos> <topic>`), for tests that wait for one. */
+  readonly logSubscriptions?: boolean;
 }
 
 export interface Broker {
@@ -209,7 +212,9 @@ export function brokerConfigFor(
     options.plainPort === undefined
       ? []
       : [`listener ${options.plainPort} 127.0.0.1`, 'allow_anonymous true'];
-  return `${[...head, ...lines, ...tail].join('\n')}\n`;
+  // stderr, not the shipped stdout: a pipe buffers stdout, so a line would come only at exit.
+  const logging = options.logSubscriptions ? ['log_type subscribe', 'log_dest stderr'] : [];
+  return `${[...head, ...lines, ...tail, ...logging].join('\n')}\n`;
 }
 
 /** Starts Mosquitto with the shipped config on a free loopback port and waits until it listens. */
@@ -233,13 +238,14 @@ export async function startBroker(pki: TestPki, dir: string, options: BrokerOpti
     proc.stderr?.setEncoding('utf8').on('data', (c: string) => {
       output += c;
     });
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      if (proc.exitCode !== null) throw new Error(`mosquitto exited: ${output}`);
-      if (await canConnect(port)) break;
-      if (Date.now() > deadline) throw new Error(`mosquitto did not listen on ${port}: ${output}`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    await waitFor(
+      async () => {
+        if (proc.exitCode !== null) throw new Error(`mosquitto exited: ${output}`);
+        return canConnect(port);
+      },
+      `mosquitto to listen on ${port}`,
+      { timeoutMs: 10_000, intervalMs: 25, detail: () => output },
+    );
   };
   const stop = async (): Promise<void> => {
     if (child) await stopProcess(child, 'SIGTERM', 5000);

@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { requireTool, stopProcess } from './processes.js';
+import { waitFor } from './wait.js';
 
 /**
  * A stand-in for systemd's notify socket: `socat -u UNIX-RECV:<path> -` receives the datagrams
@@ -38,10 +39,15 @@ export async function startNotifyReceiver(path: string): Promise<NotifyReceiver>
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
     stderr += chunk;
   });
-  for (let i = 0; i < 200 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 10));
-  if (!existsSync(path)) {
+  try {
+    await waitFor(() => existsSync(path), `socat to create the notify socket ${path}`, {
+      timeoutMs: 5000,
+      intervalMs: 10,
+      detail: () => stderr,
+    });
+  } catch (error) {
     await stopProcess(child);
-    throw new Error(`socat did not create the notify socket ${path}: ${stderr}`);
+    throw error;
   }
   return {
     path,

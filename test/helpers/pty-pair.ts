@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireTool, stopProcess } from './processes.js';
+import { waitFor } from './wait.js';
 
 /** Two linked ptys from socat: bytes written to one end come out of the other. */
 export interface PtyPair {
@@ -21,14 +22,18 @@ export async function startPtyPair(dir: string, name = 'pn532'): Promise<PtyPair
   const socat = spawn('socat', [`pty,raw,echo=0,link=${host}`, `pty,raw,echo=0,link=${device}`], {
     stdio: 'ignore',
   });
-  const started = Date.now();
-  while (!(existsSync(host) && existsSync(device))) {
-    if (socat.exitCode !== null) throw new Error(`socat exited with ${socat.exitCode}`);
-    if (Date.now() - started > 5000) {
-      await stopProcess(socat);
-      throw new Error('socat did not create its ptys within 5 s');
-    }
-    await new Promise((r) => setTimeout(r, 10));
+  try {
+    await waitFor(
+      () => {
+        if (socat.exitCode !== null) throw new Error(`socat exited with ${socat.exitCode}`);
+        return existsSync(host) && existsSync(device);
+      },
+      'socat to create its ptys',
+      { timeoutMs: 5000, intervalMs: 10 },
+    );
+  } catch (error) {
+    await stopProcess(socat);
+    throw error;
   }
   return { host, device, socat, stop: () => stopProcess(socat) };
 }

@@ -1,7 +1,12 @@
+import type { EventEmitter } from 'node:events';
+import { once } from 'node:events';
+
 /**
  * The one way tests wait for something to happen: poll a condition (or a probe) until it holds,
- * with a generous deadline (these machines are often loaded; a deadline is a failure report, not
- * a timing assertion) and a message naming what never came, with the last value seen.
+ * or await an emitter's event, with a generous deadline (these machines are often loaded; a
+ * deadline is a failure report, not a timing assertion) and a message naming what never came,
+ * with the last value seen. The only fixed waits are `quietFor` (an absence is asserted) and
+ * `letTimePass` (elapsed time is the input), and each says why.
  */
 export interface WaitOptions {
   /** Default 10 s. */
@@ -51,7 +56,7 @@ export async function waitForValue<T>(
 
 /** Until `read()` gives a value `ok` accepts, and returns it; the timeout names the last one read. */
 export async function waitForRead<T>(
-  read: () => Promise<T>,
+  read: () => T | Promise<T>,
   ok: (value: T) => boolean,
   what: string,
   options: Omit<WaitOptions, 'detail'> | number = {},
@@ -66,4 +71,40 @@ export async function waitForRead<T>(
     what,
     { ...opts, detail: () => last },
   );
+}
+
+/** The arguments of the next `name` event of `emitter`; the timeout names `what`. */
+export async function waitForEvent(
+  emitter: EventEmitter,
+  name: string,
+  what: string,
+  options: Pick<WaitOptions, 'timeoutMs'> | number = {},
+): Promise<unknown[]> {
+  const { timeoutMs = 10_000 } = typeof options === 'number' ? { timeoutMs: options } : options;
+  try {
+    return await once(emitter, name, { signal: AbortSignal.timeout(timeoutMs) });
+  } catch (error) {
+    if (error instanceof Error && error.name === 'AbortError')
+      throw new Error(`timed out waiting for ${what}`);
+    throw error;
+  }
+}
+
+/**
+ * Lets `ms` pass where the test asserts that something does NOT happen in that time: an absence
+ * cannot be waited for. `absent` names what must not happen, for the reader.
+ */
+export async function quietFor(ms: number, absent: string): Promise<void> {
+  void absent;
+  await pause(ms);
+}
+
+/**
+ * Lets `ms` of real time pass where elapsed time is itself the input under test (a budget that
+ * refills, an age that makes a connection evictable, a command that expires). `why` says what
+ * the time is for.
+ */
+export async function letTimePass(ms: number, why: string): Promise<void> {
+  void why;
+  await pause(ms);
 }

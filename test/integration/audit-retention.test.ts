@@ -1,19 +1,14 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { controlRequest } from '../../src/cli/control-client.js';
 import { readAuditLog } from '../../src/store/audit-log.js';
-import { type AgentProcess, startAgentProcess } from '../helpers/agent-process.js';
-import { agentCloudEnv, connectTestCloud, type TestCloud } from '../helpers/cloud-side.js';
-import {
-  type Broker,
-  type ClientCert,
-  makeTestPki,
-  startBroker,
-  type TestPki,
-} from '../helpers/mosquitto.js';
+import type { AgentProcess } from '../helpers/agent-process.js';
+import { useAgentRig } from '../helpers/agent-rig.js';
+import type { TestCloud } from '../helpers/cloud-side.js';
+import type { Broker } from '../helpers/mosquitto.js';
 import { parseExposition } from '../helpers/prometheus.js';
+import { waitFor, waitForValue } from '../helpers/wait.js';
 
 /**
  * Audit rotation and the cloud outbox, through the real agent and a real Mosquitto: while the
@@ -23,9 +18,7 @@ import { parseExposition } from '../helpers/prometheus.js';
  * rotation returns to keepFiles. The cloud link's stores show in the per-store figures too.
  */
 describe('audit rotation keeps what the cloud outbox has not sent', () => {
-  let root: string;
-  let pki: TestPki;
-  let agentCert: ClientCert;
+  const rig = useAgentRig('va-audit-retention-');
   let broker: Broker;
   let agent: AgentProcess;
   let cloud: TestCloud;
@@ -52,20 +45,14 @@ describe('audit rotation keeps what the cloud outbox has not sent', () => {
   }
 
   beforeAll(async () => {
-    root = mkdtempSync(join(tmpdir(), 'va-audit-retention-'));
-    pki = makeTestPki(join(root, 'pki'));
-    agentCert = pki.client('vehicle');
-    broker = await startBroker(pki, join(root, 'broker'));
-    cloud = await connectTestCloud(broker, pki, pki.client('cloud'), {
-      clientId: 'retention-cloud',
-      clean: false,
-      properties: { sessionExpiryInterval: 3600 },
-    });
-    await cloud.subscribe('vehicle-agent/+/events');
-    dir = join(root, 'state');
-    agent = await startAgentProcess(
-      ['--state-dir', dir],
-      agentCloudEnv(broker.url, pki, agentCert, {
+    ({ broker, cloud } = await rig.startCloud({
+      client: { clientId: 'retention-cloud', clean: false, properties: { sessionExpiryInterval: 3600 } },
+      subscribe: ['vehicle-agent/+/events'],
+    }));
+    dir = rig.stateDir();
+    agent = await rig.startAgent(
+      'state',
+      rig.cloudEnv({
         VEHICLE_AGENT_AUDIT__MAX_FILE_BYTES: '4096',
         VEHICLE_AGENT_AUDIT__KEEP_FILES: '1',
         VEHICLE_AGENT_AUDIT__MAX_FILES: '6',
@@ -77,17 +64,8 @@ describe('audit rotation keeps what the cloud outbox has not sent', () => {
     );
     page = String((await agent.waitForLog((r) => r.msg === 'status page listening')).url).replace(/\/$/, '');
     await agent.waitForLog((r) => r.msg === 'cloud link up');
-    const vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string })
-      .vehicleId;
-    base = `vehicle-agent/${vid}`;
+    base = `vehicle-agent/${rig.vehicleId()}`;
   }, 60_000);
-
-  afterAll(async () => {
-    await cloud?.close();
-    await agent?.stop();
-    await broker?.stop();
-    if (root) rmSync(root, { recursive: true, force: true });
-  });
 
   it('keeps unsent records up to audit.maxFiles, says what it had to delete, and sends what it kept', async () => {
     await broker.stop();
@@ -114,10 +92,14 @@ describe('audit rotation keeps what the cloud outbox has not sent', () => {
     expect(oldest).toBeGreaterThan(acked + 1);
     // /metrics and /healthz come from the last health run: wait for one after the loss.
     let health: { degraded?: boolean; checks?: Record<string, { detail?: string }> } = {};
-    for (let i = 0; i < 300 && !/audit_retention_exceeded/.test(health.checks?.storage?.detail ?? ''); i++) {
-      if (i > 0) await new Promise((r) => setTimeout(r, 100));
-      health = (await (await fetch(`${page}/healthz`)).json()) as typeof health;
-    }
+    await waitFor(
+      async () => {
+        health = (await (await fetch(`${page}/healthz`)).json()) as typeof health;
+        return /audit_retention_exceeded/.test(health.checks?.storage?.detail ?? '');
+      },
+      'the retention loss in /healthz',
+      { timeoutMs: 30_000, intervalMs: 100 },
+    ).catch(() => {}); // the assertions below show what it said
     expect(health.degraded).toBe(true);
     expect(health.checks?.storage?.detail).toMatch(/record\(s\) the cloud has not received were deleted/);
     expect(await metric('vehicle_agent_audit_unsent_deleted_total')).toBeGreaterThan(0);
@@ -150,12 +132,11 @@ describe('audit rotation keeps what the cloud outbox has not sent', () => {
           .filter((m) => m.topic === `${base}/events`)
           .map((m) => (JSON.parse(m.payload) as { seq: number }).seq),
       );
-    for (
-      let i = 0;
-      i < 300 && ![...Array(lastSeq - oldest + 1).keys()].every((k) => sent().has(oldest + k));
-      i++
-    )
-      await new Promise((r) => setTimeout(r, 100));
+    await waitFor(
+      () => [...Array(lastSeq - oldest + 1).keys()].every((k) => sent().has(oldest + k)),
+      'every kept record at the cloud',
+      { timeoutMs: 30_000, intervalMs: 100 },
+    ).catch(() => {}); // the assertion below lists the missing ones
     const missingAtCloud = [...Array(lastSeq - oldest + 1).keys()]
       .map((k) => oldest + k)
       .filter((seq) => !sent().has(seq));
@@ -166,21 +147,30 @@ describe('audit rotation keeps what the cloud outbox has not sent', () => {
         .filter((m) => m.topic === `${base}/events`)
         .map((m) => JSON.parse(m.payload) as { type: string; reason?: string; fromSeq?: number })
         .find((r) => r.type === 'outbox.dropped');
-    for (let i = 0; i < 300 && droppedEvent() === undefined; i++)
-      await new Promise((r) => setTimeout(r, 100));
-    const dropped = droppedEvent();
+    const dropped = await waitForValue(droppedEvent, 'the outbox.dropped event', {
+      timeoutMs: 30_000,
+      intervalMs: 100,
+    });
     expect(dropped).toMatchObject({ reason: 'missing', fromSeq: acked + 1 });
-    for (let i = 0; i < 100 && (await ackedSeq()) < lastSeq; i++)
-      await new Promise((r) => setTimeout(r, 100));
+    await waitFor(async () => (await ackedSeq()) >= lastSeq, 'the cloud to acknowledge every record', {
+      timeoutMs: 10_000,
+      intervalMs: 100,
+    }).catch(() => {}); // as before: the next step waits for more anyway
     // Once the cloud has every record, the next rotation keeps only what it has not received:
     // the file being written and at most the one before it.
     const { lastSeq: filled } = await fill(20);
-    for (let i = 0; i < 300 && (await ackedSeq()) < filled; i++) await new Promise((r) => setTimeout(r, 100));
+    await waitFor(async () => (await ackedSeq()) >= filled, 'the cloud to acknowledge the fill', {
+      timeoutMs: 30_000,
+      intervalMs: 100,
+    }).catch(() => {});
     expect(await ackedSeq()).toBeGreaterThanOrEqual(filled);
     // Batches of 5 records (less than a file) with the cloud caught up before each: the first
     // batch that rotates may keep only the file it started in (its first records are unsent).
     const caughtUp = async (seq: number) => {
-      for (let i = 0; i < 300 && (await ackedSeq()) < seq; i++) await new Promise((r) => setTimeout(r, 100));
+      await waitFor(async () => (await ackedSeq()) >= seq, `the cloud to acknowledge ${seq}`, {
+        timeoutMs: 30_000,
+        intervalMs: 100,
+      }).catch(() => {});
     };
     let files = auditFiles();
     for (let i = 0; i < 10; i++) {

@@ -1,20 +1,13 @@
 import { createPrivateKey } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signGrant } from '../../src/access/keyring.js';
 import { controlRequest } from '../../src/cli/control-client.js';
 import { keyCredentialId, publicJwkOf } from '../../src/crypto/keys.js';
-import { type AgentProcess, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
-import { agentCloudEnv } from '../helpers/cloud-side.js';
-import {
-  type Broker,
-  type ClientCert,
-  makeTestPki,
-  startBroker,
-  type TestPki,
-} from '../helpers/mosquitto.js';
+import { type AgentProcess, runCli, runCliJson } from '../helpers/agent-process.js';
+import { useAgentRig } from '../helpers/agent-rig.js';
+import type { Broker, ClientCert, TestPki } from '../helpers/mosquitto.js';
 
 /**
  * Issue 13, finding 7: input that used to end in `[internal]` (or worse, be accepted) gets a
@@ -23,6 +16,7 @@ import {
  */
 const ADMIN_TOKEN = 'do-not-print-this-admin-token-42';
 
+const rig = useAgentRig('va-bad-input-');
 let root: string;
 let dir: string;
 const sd = () => ['--state-dir', dir];
@@ -47,14 +41,10 @@ function credentialIds(): string[] {
 }
 
 beforeAll(() => {
-  root = mkdtempSync(join(tmpdir(), 'va-bad-input-'));
-  dir = join(root, 'state');
+  root = rig.root;
+  dir = rig.stateDir();
   expect(runCli(['init', '--demo', ...sd()]).code).toBe(0);
   expect(runCli(['keygen', '--alg', 'ed25519', '--out', join(root, 'ed')]).code).toBe(0);
-});
-
-afterAll(() => {
-  if (root) rmSync(root, { recursive: true, force: true });
 });
 
 describe('an Ed25519 key offered as a phone key', () => {
@@ -84,7 +74,7 @@ describe('an Ed25519 key offered as a phone key', () => {
   describe('with the agent running', () => {
     let agent: AgentProcess;
     beforeAll(async () => {
-      agent = await startAgentProcess(sd());
+      agent = await rig.startAgent();
     });
     afterAll(async () => {
       await agent?.stop();
@@ -119,12 +109,8 @@ describe('an Ed25519 key offered as a phone key', () => {
     let broker: Broker;
     let agent: AgentProcess;
     beforeAll(async () => {
-      pki = makeTestPki(join(root, 'pki'));
-      const agentCert = pki.client('vehicle');
-      cloudCert = pki.client('cloud');
-      broker = await startBroker(pki, join(root, 'broker'));
-      agent = await startAgentProcess(sd(), agentCloudEnv(broker.url, pki, agentCert));
-      await agent.waitForLog((r) => r.msg === 'cloud link up');
+      ({ pki, cloudCert, broker } = await rig.startCloud());
+      agent = await rig.startAgent('state', rig.cloudEnv(), { waitForLog: ['cloud link up'] });
     });
     afterAll(async () => {
       await agent?.stop();
@@ -133,8 +119,7 @@ describe('an Ed25519 key offered as a phone key', () => {
 
     it('gets a coded key_invalid result and adds nothing', () => {
       const before = credentialIds();
-      const vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string })
-        .vehicleId;
+      const vid = rig.vehicleId();
       const opsFile = join(root, 'ed-phone.grant');
       writeFileSync(opsFile, edPhoneGrant(vid));
       const r = runCliJson<{ status: string; code: string; message: string }>([

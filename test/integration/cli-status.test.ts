@@ -11,6 +11,7 @@ import {
   startControlServer,
 } from '../../src/host/control-server.js';
 import { runCliAsync } from '../helpers/cli-async.js';
+import { waitFor } from '../helpers/wait.js';
 
 /**
  * `vehicle-agent status` (the real CLI) against a real control socket served by this test: an
@@ -80,7 +81,7 @@ describe('vehicle-agent status against a busy control socket', () => {
       idle.push(c);
       return c;
     });
-    while (held.length < inFlight.length) await new Promise((r) => setTimeout(r, 10));
+    await waitFor(() => held.length >= inFlight.length, 'every request in flight', { timeoutMs: 30_000 });
     const r = await status();
     expect(r.code).toBe(75);
     expect(r.stdout).toMatch(/^agent running but busy \[busy\]: all 4 control connections are taken/);

@@ -1,35 +1,23 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { readAuditLog } from '../../src/store/audit-log.js';
-import { type AgentProcess, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
-import {
-  agentCloudEnv,
-  connectTestCloud,
-  type NobleSigner,
-  nobleSigner,
-  type TestCloud,
-} from '../helpers/cloud-side.js';
-import {
-  type Broker,
-  type ClientCert,
-  makeTestPki,
-  startBroker,
-  type TestPki,
-} from '../helpers/mosquitto.js';
+import { type AgentProcess, runCli, runCliJson } from '../helpers/agent-process.js';
+import { useAgentRig } from '../helpers/agent-rig.js';
+import { type NobleSigner, nobleSigner, type TestCloud } from '../helpers/cloud-side.js';
+import type { Broker, ClientCert, TestPki } from '../helpers/mosquitto.js';
 import { requireTool } from '../helpers/processes.js';
-import { waitFor } from '../helpers/wait.js';
+import { waitFor, waitForEvent } from '../helpers/wait.js';
 
 /**
  * The real agent from dist/ against a real Mosquitto (the shipped config, TLS client certificates),
  * driven from the cloud side: the CLI, and an independent client signing with @noble/curves.
  */
 describe('cloud commands over MQTT', () => {
+  const rig = useAgentRig('va-cloud-cmd-');
   let root: string;
   let pki: TestPki;
-  let agentCert: ClientCert;
   let cloudCert: ClientCert;
   let broker: Broker;
   let agent: AgentProcess;
@@ -42,8 +30,7 @@ describe('cloud commands over MQTT', () => {
   let driver: NobleSigner;
   let counter = Date.now();
   let jtiSeq = 0;
-  const sd = () => ['--state-dir', dir];
-  const env = () => agentCloudEnv(broker.url, pki, agentCert);
+  const sd = () => rig.sd();
   const brokerArgs = () => [
     '--broker',
     broker.url,
@@ -100,17 +87,12 @@ describe('cloud commands over MQTT', () => {
   }
 
   beforeAll(async () => {
-    root = mkdtempSync(join(tmpdir(), 'va-cloud-cmd-'));
-    pki = makeTestPki(join(root, 'pki'));
-    agentCert = pki.client('vehicle');
-    cloudCert = pki.client('cloud');
-    broker = await startBroker(pki, join(root, 'broker'));
-    dir = join(root, 'state');
-    agent = await startAgentProcess(sd(), env());
-    await agent.waitForLog((r) => r.msg === 'cloud link up');
-    vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string }).vehicleId;
+    root = rig.root;
+    ({ pki, cloudCert, broker, cloud } = await rig.startCloud());
+    dir = rig.stateDir();
+    agent = await rig.startAgent('state', rig.cloudEnv(), { waitForLog: ['cloud link up'] });
+    vid = rig.vehicleId();
     base = `vehicle-agent/${vid}`;
-    cloud = await connectTestCloud(broker, pki, cloudCert);
     await cloud.subscribe(`${base}/command/result`);
     await cloud.subscribe(`${base}/state`);
     await cloud.subscribe(`${base}/keyring/vehicle`);
@@ -133,13 +115,6 @@ describe('cloud commands over MQTT', () => {
     ]);
     expect(g.code, g.stderr).toBe(0);
     service = nobleSigner(`${servicePrefix}.pem`);
-  });
-
-  afterAll(async () => {
-    await cloud?.close();
-    await agent?.stop();
-    await broker?.stop();
-    if (root) rmSync(root, { recursive: true, force: true });
   });
 
   it('unlocks with `vehicle-agent cloud send` and prints the coded result', async () => {
@@ -330,8 +305,12 @@ describe('cloud commands over MQTT', () => {
     sub.stdout.setEncoding('utf8').on('data', (c: string) => {
       got += c;
     });
-    const exited = new Promise((resolve) => sub.once('exit', resolve));
-    await waitFor(() => got.includes('SUBACK'), 'mosquitto_sub to be subscribed', 15_000);
+    const exited = waitForEvent(sub, 'exit', 'mosquitto_sub to exit with the result', { timeoutMs: 35_000 });
+    exited.catch(() => {}); // awaited below
+    await waitFor(() => got.includes('SUBACK'), 'mosquitto_sub to be subscribed', {
+      timeoutMs: 15_000,
+      detail: () => got,
+    });
     const pub = spawnSync(
       'mosquitto_pub',
       [...tls, '-t', `${base}/command`, '-q', '1', '-m', signed.value.jws],
@@ -472,8 +451,11 @@ describe('cloud commands over MQTT', () => {
     writeFileSync(revokeFile, revoke.stdout);
     expect(push([revokeFile]).code).toBe(0);
     await waitFor(() => presentBob().code === 'revoked', 'bob revoked');
+    const setsHandled = () =>
+      agent.logs.filter((r) => String(r.msg).startsWith('keyring set from the cloud')).length;
+    const handledBefore = setsHandled();
     expect(push([grantFile], true).code).toBe(0);
-    await new Promise((r) => setTimeout(r, 500));
+    await waitFor(() => setsHandled() > handledBefore, 'the agent to handle the replayed set');
     expect(presentBob()).toMatchObject({ granted: false, code: 'revoked' });
-  });
+  }, 60_000); // a dozen CLI runs, each its own process: slow on a loaded machine
 });

@@ -1,23 +1,12 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { readAuditLog } from '../../src/store/audit-log.js';
-import { type AgentProcess, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
-import {
-  agentCloudEnv,
-  connectTestCloud,
-  type NobleSigner,
-  nobleSigner,
-  type TestCloud,
-} from '../helpers/cloud-side.js';
-import {
-  type Broker,
-  type ClientCert,
-  makeTestPki,
-  startBroker,
-  type TestPki,
-} from '../helpers/mosquitto.js';
+import { type AgentProcess, runCliJson } from '../helpers/agent-process.js';
+import { useAgentRig } from '../helpers/agent-rig.js';
+import { type NobleSigner, nobleSigner, type TestCloud } from '../helpers/cloud-side.js';
+import type { Broker } from '../helpers/mosquitto.js';
+import { tcpBytesUnread } from '../helpers/processes.js';
+import { letTimePass, waitFor } from '../helpers/wait.js';
 
 /**
  * Delivery across outages: queued commands, QoS 1 redelivery, the event outbox across broker
@@ -25,9 +14,7 @@ import {
  * sessions and queued messages survive its restarts, as in production.
  */
 describe('cloud delivery across outages', () => {
-  let root: string;
-  let pki: TestPki;
-  let agentCert: ClientCert;
+  const rig = useAgentRig('va-cloud-dlv-');
   let broker: Broker;
   let agent: AgentProcess;
   let cloud: TestCloud;
@@ -36,10 +23,11 @@ describe('cloud delivery across outages', () => {
   let base: string;
   let owner: NobleSigner;
   let counter = Date.now();
-  const sd = () => ['--state-dir', dir];
+  const sd = () => rig.sd();
   const start = async () => {
-    agent = await startAgentProcess(sd(), agentCloudEnv(broker.url, pki, agentCert));
-    await agent.waitForLog((r) => r.msg === 'cloud link up' || r.msg === 'cloud link up again');
+    agent = await rig.startAgent('state', rig.cloudEnv(), {
+      waitForLog: ['cloud link up', 'cloud link up again'],
+    });
   };
 
   function command(over: Record<string, unknown> = {}): { jws: string; jti: string } {
@@ -77,30 +65,17 @@ describe('cloud delivery across outages', () => {
   }
 
   beforeAll(async () => {
-    root = mkdtempSync(join(tmpdir(), 'va-cloud-dlv-'));
-    pki = makeTestPki(join(root, 'pki'));
-    agentCert = pki.client('vehicle');
-    broker = await startBroker(pki, join(root, 'broker'));
     // The cloud subscribes with a persistent session before the vehicle ever connects, so what
     // it receives is limited only by what the vehicle delivers.
-    cloud = await connectTestCloud(broker, pki, pki.client('cloud'), {
-      clientId: 'test-cloud',
-      clean: false,
-      properties: { sessionExpiryInterval: 3600 },
-    });
-    for (const t of ['events', 'status', 'command/result']) await cloud.subscribe(`vehicle-agent/+/${t}`);
-    dir = join(root, 'state');
+    ({ broker, cloud } = await rig.startCloud({
+      client: { clientId: 'test-cloud', clean: false, properties: { sessionExpiryInterval: 3600 } },
+      subscribe: ['events', 'status', 'command/result'].map((t) => `vehicle-agent/+/${t}`),
+    }));
+    dir = rig.stateDir();
     await start();
-    vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string }).vehicleId;
+    vid = rig.vehicleId();
     base = `vehicle-agent/${vid}`;
     owner = nobleSigner(join(dir, 'demo', 'owner.pem'));
-  });
-
-  afterAll(async () => {
-    await cloud?.close();
-    await agent?.stop();
-    await broker?.stop();
-    if (root) rmSync(root, { recursive: true, force: true });
   });
 
   it('refuses a command that waited at the broker past its exp, and runs a fresh one queued with it', async () => {
@@ -109,7 +84,7 @@ describe('cloud delivery across outages', () => {
     const fresh = command({ cmd: 'lock' });
     await cloud.publish(`${base}/command`, stale.jws);
     await cloud.publish(`${base}/command`, fresh.jws);
-    await new Promise((r) => setTimeout(r, 3000));
+    await letTimePass(3000, "the stale command's exp (2 s) passes while it waits at the broker");
     await start();
     expect(await resultFor(stale.jti)).toMatchObject({ status: 'error', code: 'command_expired' });
     expect(await resultFor(fresh.jti)).toMatchObject({ status: 'ok', code: 'ok' });
@@ -120,13 +95,14 @@ describe('cloud delivery across outages', () => {
       (r) => r.type === 'command' && r.action === 'unlock',
     ).length;
     const pid = agent.child.pid ?? 0;
-    // Freeze the vehicle, let the broker write the command into its socket, then restart the
-    // broker: the PUBACK can never arrive, so the broker keeps the message for the session.
+    // Freeze the vehicle, wait until the broker has written the command into its socket, then
+    // restart the broker: the PUBACK can never arrive, so the broker keeps the message for the session.
     process.kill(pid, 'SIGSTOP');
     const c = command();
     try {
+      const unreadBefore = tcpBytesUnread(pid);
       await cloud.publish(`${base}/command`, c.jws);
-      await new Promise((r) => setTimeout(r, 300));
+      await waitFor(() => tcpBytesUnread(pid) > unreadBefore, "the command in the stopped agent's socket");
       await broker.restart();
     } finally {
       process.kill(pid, 'SIGCONT');
@@ -179,9 +155,12 @@ describe('cloud delivery across outages', () => {
       }
       return seqs;
     };
-    const deadline = Date.now() + 20_000;
-    while (Date.now() < deadline && [...Array(lastSeq).keys()].some((i) => !seen().has(i + 1)))
-      await new Promise((r) => setTimeout(r, 100));
+    // On a timeout the assertion below shows the gaps.
+    await waitFor(
+      () => [...Array(lastSeq).keys()].every((i) => seen().has(i + 1)),
+      'every record delivered',
+      { timeoutMs: 20_000, intervalMs: 100 },
+    ).catch(() => {});
     const seqs = seen();
     const gaps = [...Array(lastSeq).keys()].map((i) => i + 1).filter((s) => !seqs.has(s));
     expect(gaps).toEqual([]);
@@ -194,5 +173,5 @@ describe('cloud delivery across outages', () => {
       }
     for (const r of local) expect(byCloud.get(r.seq)?.hash).toBe((r as unknown as { hash: string }).hash);
     expect(local.some((r) => r.type === 'outbox.dropped')).toBe(false);
-  });
+  }, 90_000); // some twenty CLI runs and three broker starts: slow on a loaded machine
 });

@@ -1,23 +1,22 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'mqtt';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { readAuditLog } from '../../src/store/audit-log.js';
-import { type AgentProcess, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
-import { agentCloudEnv, connectTestCloud, type TestCloud } from '../helpers/cloud-side.js';
+import { type AgentProcess, runCliJson } from '../helpers/agent-process.js';
+import { useAgentRig } from '../helpers/agent-rig.js';
+import { agentCloudEnv, type TestCloud } from '../helpers/cloud-side.js';
 import {
   type Broker,
   type ClientCert,
   freePort,
-  makeTestPki,
-  startBroker,
   startHungListener,
   type TestPki,
 } from '../helpers/mosquitto.js';
 import { requireTool } from '../helpers/processes.js';
+import { quietFor, waitFor } from '../helpers/wait.js';
 
 /** A broker that speaks only MQTT 3.1.1: refuses a v5 CONNECT, pipes anything else to `port`. */
 async function startV311Proxy(port: number): Promise<{ port: number; close(): Promise<void> }> {
@@ -52,45 +51,27 @@ async function startV311Proxy(port: number): Promise<{ port: number; close(): Pr
 }
 
 describe('the cloud link stays out of the way, and the broker keeps strangers out', () => {
+  const rig = useAgentRig('va-cloud-out-');
   let root: string;
   let pki: TestPki;
   let agentCert: ClientCert;
   let cloudCert: ClientCert;
   let broker: Broker;
   let cloud: TestCloud;
-  const agents: AgentProcess[] = [];
 
-  async function startWith(
-    name: string,
-    env: Record<string, string>,
-    waitFor?: string,
-  ): Promise<AgentProcess> {
-    const a = await startAgentProcess(['--state-dir', join(root, name)], env);
-    agents.push(a);
-    if (waitFor !== undefined) await a.waitForLog((r) => r.msg === waitFor);
-    return a;
-  }
+  const startWith = (name: string, env: Record<string, string>, waitFor?: string): Promise<AgentProcess> =>
+    rig.startAgent(name, env, waitFor === undefined ? {} : { waitForLog: [waitFor] });
 
-  const vehicleOf = (name: string) =>
-    (JSON.parse(readFileSync(join(root, name, 'vehicle.json'), 'utf8')) as { vehicleId: string }).vehicleId;
+  const vehicleOf = (name: string) => rig.vehicleId(name);
 
   const presentDriver = (name: string) =>
     runCliJson<{ granted: boolean }>(['sim', 'present', 'driver', '--state-dir', join(root, name)]);
 
   beforeAll(async () => {
-    root = mkdtempSync(join(tmpdir(), 'va-cloud-out-'));
-    pki = makeTestPki(join(root, 'pki'));
-    agentCert = pki.client('vehicle');
-    cloudCert = pki.client('cloud');
-    broker = await startBroker(pki, join(root, 'broker'), { plainPort: await freePort() });
-    cloud = await connectTestCloud(broker, pki, cloudCert);
-  });
-
-  afterAll(async () => {
-    await cloud?.close();
-    for (const a of agents) await a.stop();
-    await broker?.stop();
-    if (root) rmSync(root, { recursive: true, force: true });
+    root = rig.root;
+    ({ pki, agentCert, cloudCert, broker, cloud } = await rig.startCloud({
+      broker: { plainPort: await freePort(), logSubscriptions: true },
+    }));
   });
 
   it('unlocks while the broker accepts TCP and never answers', async () => {
@@ -98,13 +79,13 @@ describe('the cloud link stays out of the way, and the broker keeps strangers ou
     try {
       const a = await startWith('hung', agentCloudEnv(`mqtts://localhost:${hung.port}`, pki, agentCert));
       for (let i = 0; i < 3; i++) expect(presentDriver('hung').value.granted).toBe(true);
-      await a.waitForLog((r) => r.code === 'broker_unavailable', 10_000);
+      await a.waitForLog((r) => r.code === 'broker_unavailable', 20_000);
       expect(presentDriver('hung').value.granted).toBe(true);
       await a.stop();
     } finally {
       await hung.close();
     }
-  });
+  }, 60_000); // bounds, not speed: the agent's start and its connect timeout stretch under load
 
   it('unlocks while the broker refuses connections and while its name does not resolve', async () => {
     const closed = await freePort();
@@ -114,11 +95,11 @@ describe('the cloud link stays out of the way, and the broker keeps strangers ou
     ] as const) {
       const a = await startWith(name, agentCloudEnv(url, pki, agentCert));
       for (let i = 0; i < 3; i++) expect(presentDriver(name).value.granted).toBe(true);
-      await a.waitForLog((r) => r.code === 'broker_unavailable', 10_000);
+      await a.waitForLog((r) => r.code === 'broker_unavailable', 20_000);
       expect(presentDriver(name).value.granted).toBe(true);
       await a.stop();
     }
-  });
+  }, 60_000); // two agents and eight CLI runs: slow on a loaded machine
 
   it('refuses a client without a certificate, or with one from another CA (shipped broker config)', async () => {
     const attempt = (options: Record<string, unknown>) =>
@@ -201,7 +182,7 @@ describe('the cloud link stays out of the way, and the broker keeps strangers ou
       });
       // Unsigned commands are off: an UNLOCK from "Home Assistant" changes nothing.
       await cloud.publish(`vehicle-agent/${vid}/ha/command`, 'UNLOCK');
-      await new Promise((r) => setTimeout(r, 1000));
+      await quietFor(1000, 'a command from the unsigned UNLOCK (unsigned commands are off)');
       const records: { type: string; source?: unknown }[] = [];
       for await (const r of readAuditLog(join(root, 'v311', 'audit'), 1)) records.push(r);
       expect(records.some((r) => r.type === 'command')).toBe(false);
@@ -226,7 +207,12 @@ describe('the cloud link stays out of the way, and the broker keeps strangers ou
     ).toBe(true);
     const vid = vehicleOf('ha');
     await cloud.subscribe(`vehicle-agent/${vid}/state`);
-    await a.waitForLog((r) => r.msg === 'cloud link subscribed');
+    // The broker's own log: the subscription stands where the command will be routed.
+    await waitFor(
+      () => broker.output().includes(` vehicle-agent/${vid}/ha/command`),
+      "the broker to hold the agent's subscription to Home Assistant commands",
+      { detail: () => broker.output().slice(-800) },
+    );
     await cloud.publish(`vehicle-agent/${vid}/ha/command`, 'UNLOCK');
     await cloud.waitFor(
       (m) => m.topic === `vehicle-agent/${vid}/state` && /"lock":"unlock(ing|ed)"/.test(m.payload),

@@ -1,12 +1,12 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { startGarbageFlood, startIdleFlood } from '../../bench/floods/control-socket.js';
 import { startRequestFlood, startSlowloris } from '../../bench/floods/status-page.js';
 import { controlRequest } from '../../src/cli/control-client.js';
-import { type AgentProcess, startAgentProcess } from '../helpers/agent-process.js';
+import type { AgentProcess } from '../helpers/agent-process.js';
+import { useAgentRig } from '../helpers/agent-rig.js';
 import { runCliAsync } from '../helpers/cli-async.js';
+import { letTimePass, waitForRead } from '../helpers/wait.js';
 
 /**
  * Issue 12, findings 5 and 6, on the real agent (simulated readers, the real control socket and
@@ -17,7 +17,7 @@ import { runCliAsync } from '../helpers/cli-async.js';
 const TOKEN = 'local-floods-admin-token-0123';
 
 describe('the unlock path while the local interfaces are flooded', () => {
-  let root: string;
+  const rig = useAgentRig('va-local-floods-');
   let dir: string;
   let socket: string;
   let url: string;
@@ -25,10 +25,9 @@ describe('the unlock path while the local interfaces are flooded', () => {
   const sd = () => ['--state-dir', dir];
 
   beforeAll(async () => {
-    root = mkdtempSync(join(tmpdir(), 'va-local-floods-'));
-    dir = join(root, 'state');
+    dir = rig.stateDir();
     socket = join(dir, 'control.sock');
-    agent = await startAgentProcess(sd(), {
+    agent = await rig.startAgent('state', {
       VEHICLE_AGENT_STATUS_PAGE__ENABLED: 'true',
       VEHICLE_AGENT_STATUS_PAGE__PORT: '0',
       VEHICLE_AGENT_STATUS_PAGE__ADMIN_TOKEN: TOKEN,
@@ -36,11 +35,6 @@ describe('the unlock path while the local interfaces are flooded', () => {
     });
     url = String((await agent.waitForLog((r) => r.msg === 'status page listening')).url).replace(/\/$/, '');
     await agent.waitForLog((r) => r.msg === 'PN532 ready');
-  });
-
-  afterAll(async () => {
-    await agent?.stop();
-    if (root) rmSync(root, { recursive: true, force: true });
   });
 
   async function present(name: string): Promise<Record<string, unknown>> {
@@ -62,13 +56,14 @@ describe('the unlock path while the local interfaces are flooded', () => {
     let counts: Record<string, number>[] = [];
     try {
       // The floods are running: the agent has closed garbage connections and holds idle ones.
-      for (;;) {
-        const stats = await controlStats();
-        if ((stats.closed.garbage ?? 0) >= 4 && stats.connections >= 12) break;
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitForRead(
+        controlStats,
+        (stats) => (stats.closed.garbage ?? 0) >= 4 && stats.connections >= 12,
+        'garbage connections closed and idle ones held',
+        { timeoutMs: 60_000, intervalMs: 10 },
+      );
       // Past the eviction grace (500 ms), the idle ones are fair game: the CLI evicts them.
-      await new Promise((r) => setTimeout(r, 600));
+      await letTimePass(600, 'the idle connections outlive the eviction grace of 500 ms');
       for (let i = 0; i < 3; i++) expect(await present('driver')).toMatchObject({ granted: true });
       const tap = await runCliAsync(['sim', 'tap', 'fido-driver', '--json', ...sd()]);
       expect(tap.code, tap.stderr).toBe(0);
@@ -100,14 +95,16 @@ describe('the unlock path while the local interfaces are flooded', () => {
     const admin = { authorization: `Bearer ${TOKEN}` };
     let counts: Record<string, number>[] = [];
     try {
-      for (;;) {
-        const page = (await controlRequest(socket, 'status-page.status')) as {
-          closed: { evicted: number };
-          refused: { anonymous: number };
-        };
-        if (page.closed.evicted >= 150 && page.refused.anonymous > 0) break;
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitForRead(
+        () =>
+          controlRequest(socket, 'status-page.status') as Promise<{
+            closed: { evicted: number };
+            refused: { anonymous: number };
+          }>,
+        (page) => page.closed.evicted >= 150 && page.refused.anonymous > 0,
+        'slowloris connections evicted and anonymous requests refused',
+        { timeoutMs: 60_000, intervalMs: 10 },
+      );
       expect((await fetch(`${url}/healthz`)).status).toBe(200);
       const state = await fetch(`${url}/api/state`, { headers: admin });
       expect(state.status).toBe(200);

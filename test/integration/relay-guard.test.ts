@@ -107,7 +107,7 @@ async function waitForIdle(pid: number): Promise<void> {
       return Date.now() - quietSince >= 200;
     },
     'the process to be idle',
-    30_000,
+    { timeoutMs: 30_000 },
   );
 }
 
@@ -295,15 +295,17 @@ describe('relay guard process', () => {
     for (let id = 2; id < 300_000; id++) flood.push(`ping ${id}`);
     flood.push('on 300000 lock 50');
     guard.stdin?.write(`${flood.join('\n')}\n`);
-    await waitFor(() => unlockPeriods()[0]?.ms !== undefined, 'the guard to release the channel', 10_000);
+    await waitFor(() => unlockPeriods()[0]?.ms !== undefined, 'the guard to release the channel');
     expect(unlockPeriods()[0]?.ms).toBeLessThan(2000);
     // On a loaded machine working through 300 000 commands takes a while.
-    await waitFor(() => lockPeriods()[0]?.ms !== undefined, 'the last command to be done', 60_000);
+    await waitFor(() => lockPeriods()[0]?.ms !== undefined, 'the last command to be done', {
+      timeoutMs: 60_000,
+    });
     await waitForIdle(guard.pid ?? 0);
     expect(out).not.toContain('"msg":"events dropped"');
     // What it could not write was dropped, not queued without bound, and it says so when read.
     guard.stdout?.resume();
-    await waitFor(() => out.includes('"msg":"events dropped"'), 'the report of dropped events', 10_000);
+    await waitFor(() => out.includes('"msg":"events dropped"'), 'the report of dropped events');
     expect(out.length).toBeLessThan(2_000_000);
   }, 90_000);
 

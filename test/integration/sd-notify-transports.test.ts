@@ -10,6 +10,7 @@ import {
 } from '../../src/host/sd-notify.js';
 import { startNotifyReceiver } from '../helpers/notify-receiver.js';
 import { requireTool } from '../helpers/processes.js';
+import { waitFor } from '../helpers/wait.js';
 
 /** The two sd_notify helpers on their own: the socat relay and the systemd-notify fallback. */
 const dir = mkdtempSync(join(tmpdir(), 'va-notify-t-'));
@@ -29,10 +30,15 @@ describe('sd_notify transports', () => {
     transport.send('WATCHDOG=1\n');
     const second = await startNotifyReceiver(path);
     // The helper is restarted at most once a second; keep pinging until one gets through.
-    for (let i = 0; i < 40 && second.lines.length === 0; i++) {
-      transport.send('WATCHDOG=1\n');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitFor(
+      () => {
+        if (second.lines.length > 0) return true;
+        transport.send('WATCHDOG=1\n');
+        return false;
+      },
+      'a ping through the restarted helper',
+      { timeoutMs: 15_000, intervalMs: 100 },
+    );
     await second.waitFor((l) => l === 'WATCHDOG=1');
     transport.send('STOPPING=1\n');
     await second.waitFor((l) => l === 'STOPPING=1');

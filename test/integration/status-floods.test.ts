@@ -87,7 +87,8 @@ describe('status page under floods and slow clients', () => {
       // Every flood connection was accepted: it is pending now, or was evicted to make room.
       await waitFor(
         () => s.stats().pending + s.stats().closed.evicted >= 200,
-        's.stats().pending + s.stats().closed.evicted >= 200',
+        'all 200 flood connections accepted',
+        { timeoutMs: 30_000 },
       );
       expect((await get(s, '/healthz')).status).toBe(200);
       expect(JSON.parse((await get(s, '/api/state', admin)).body)).toMatchObject({ lock: 'locked' });
@@ -121,16 +122,15 @@ describe('status page under floods and slow clients', () => {
         `POST /api/auth HTTP/1.1\r\n${host}Authorization: Bearer ${TOKEN}\r\n` +
           'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{',
       );
-    await waitFor(
-      () => s.stats().connections === 4 && s.stats().pending === 0,
-      's.stats().connections === 4 && s.stats().pending === 0',
-    );
+    await waitFor(() => s.stats().connections === 4 && s.stats().pending === 0, 'four busy connections', {
+      timeoutMs: 30_000,
+    });
     const newcomer = await rawConnection(s, `GET /healthz HTTP/1.1\r\n${host}\r\n`).answer;
     expect(newcomer).toMatch(/^HTTP\/1\.1 503/);
     expect(newcomer).toContain('"code":"busy"');
     expect(s.stats().refused.connections).toBe(1);
     for (const socket of sockets) socket.destroy();
-    await waitFor(() => s.stats().connections === 0, 's.stats().connections === 0', 30_000);
+    await waitFor(() => s.stats().connections === 0, 'every connection closed', { timeoutMs: 30_000 });
     expect((await get(s, '/healthz')).status).toBe(200);
   });
 
@@ -162,7 +162,9 @@ describe('status page under floods and slow clients', () => {
     });
     const reader = rawConnection(s, `GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:${s.port}\r\n\r\n`);
     reader.socket.pause();
-    await waitFor(() => s.stats().closed.slowReader > 0, 's.stats().closed.slowReader > 0', 30_000);
+    await waitFor(() => s.stats().closed.slowReader > 0, 'the slow reader closed', {
+      timeoutMs: 30_000,
+    });
     expect(s.stats().connections).toBe(0);
   });
 
@@ -170,7 +172,9 @@ describe('status page under floods and slow clients', () => {
     const s = await start({ requestsPerSecond: 5 });
     const flood = await startRequestFlood({ url: s.url, concurrency: 8 });
     try {
-      await waitFor(() => s.stats().refused.anonymous > 20, 's.stats().refused.anonymous > 20', 30_000);
+      await waitFor(() => s.stats().refused.anonymous > 20, 'anonymous requests refused', {
+        timeoutMs: 30_000,
+      });
       for (let i = 0; i < 10; i++) {
         expect((await get(s, '/api/state', admin)).status).toBe(200);
         expect((await get(s, '/healthz')).status).toBe(200);

@@ -8,6 +8,7 @@ import { AuditFeed } from '../../src/status/audit-feed.js';
 import { type StatusServer, startStatusServer } from '../../src/status/server.js';
 import type { AuditRecord } from '../../src/store/audit-log.js';
 import { parseExposition } from '../helpers/prometheus.js';
+import { waitFor } from '../helpers/wait.js';
 
 /**
  * The status page server on loopback with stand-in handlers: every kind of bad request gets its
@@ -341,7 +342,7 @@ describe('status server: live events', () => {
   });
 
   it('tells streams the agent stops and answers unavailable from then on', async () => {
-    for (let i = 0; i < 50 && server.streams() > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    await waitFor(() => server.streams() === 0, "the earlier tests' streams to end");
     const stream = await openStream();
     await stream.next((e) => e === 'audit');
     server.setStopping();

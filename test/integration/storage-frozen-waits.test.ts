@@ -6,17 +6,7 @@ import { openTrustedClock } from '../../src/store/clock-store.js';
 import { type AgentProcess, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
 import { requireTool } from '../helpers/processes.js';
 import { type FreezableFs, mountExt4, threadsInDiskSleep } from '../helpers/scratch-fs.js';
-
-/**
- * What must not wait for a frozen state disk (an ext4 image on a loop device, `fsfreeze -f`):
- * the trusted clock's writes do not pile up behind a stuck one and its close gives up with a
- * coded error; in sim mode, a tap is answered while the simulated cards' wallet (kept in the state
- * directory) cannot be saved. The disk is always thawed in a finally and unmounted after each test.
- */
-
-async function sleep(ms: number): Promise<void> {
-  await new Promise((resolve) => setTimeout(resolve, ms));
-}
+import { waitFor } from '../helpers/wait.js';
 
 describe('waits on a frozen state disk are bounded', () => {
   let disk: FreezableFs | undefined;
@@ -45,7 +35,10 @@ describe('waits on a frozen state disk are bounded', () => {
     try {
       writes = [store.persist(), store.persist(), store.persist()];
       for (const w of writes) w.catch(() => {});
-      for (let i = 0; i < 100 && threadsInDiskSleep(process.pid) <= before; i++) await sleep(50);
+      await waitFor(() => threadsInDiskSleep(process.pid) > before, 'a write stuck on the frozen disk', {
+        timeoutMs: 5000,
+        intervalMs: 50,
+      }).catch(() => {}); // as before: the close is tried either way
       await expect(store.close()).rejects.toMatchObject({
         code: 'state_io',
         details: { timeoutMs: 300 },

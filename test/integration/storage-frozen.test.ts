@@ -12,6 +12,7 @@ import {
   type ScratchFs,
   threadsInDiskSleep,
 } from '../helpers/scratch-fs.js';
+import { waitFor, waitForValue } from '../helpers/wait.js';
 
 /**
  * A frozen state disk under the real agent (finding 1, storage half): the state directory is an
@@ -45,10 +46,6 @@ interface Reply {
   readonly granted?: boolean;
   readonly code?: string;
   readonly role?: string;
-}
-
-async function sleep(ms: number): Promise<void> {
-  await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 describe('a frozen state disk (fsfreeze) under the running agent', () => {
@@ -139,10 +136,15 @@ describe('a frozen state disk (fsfreeze) under the running agent', () => {
       // Hold the freeze until four of the agent's threads are stuck on the disk (the counters'
       // two copies, the keyring's, the audit log, the trusted clock), keeping the agent busy.
       let stuck = 0;
-      for (let i = 0; i < 160 && stuck < 4; i++) {
-        stuck = threadsInDiskSleep(proc.pid);
-        if (stuck < 4) await sleep(500);
-      }
+      const agentPid = proc.pid;
+      await waitFor(
+        () => {
+          stuck = threadsInDiskSleep(agentPid);
+          return stuck >= 4;
+        },
+        'four threads stuck on the disk',
+        { timeoutMs: 80_000, intervalMs: 500 },
+      ).catch(() => {}); // the assertion below says how many
       figures.push(`threads stuck on the frozen disk: ${stuck}`);
       expect(stuck).toBeGreaterThanOrEqual(4);
 
@@ -165,18 +167,26 @@ describe('a frozen state disk (fsfreeze) under the running agent', () => {
       };
       let health = (await (await fetch(`${base}/healthz`)).json()) as Health;
       const stalled = /counters: a write has not finished for \d+ ms/;
-      for (let i = 0; i < 300 && !stalled.test(health.checks.storage?.detail ?? ''); i++) {
-        await sleep(100);
-        health = (await (await fetch(`${base}/healthz`)).json()) as Health;
-      }
+      await waitFor(
+        async () => {
+          health = (await (await fetch(`${base}/healthz`)).json()) as Health;
+          return stalled.test(health.checks.storage?.detail ?? '');
+        },
+        'a stalled write in /healthz',
+        { timeoutMs: 30_000, intervalMs: 100 },
+      ).catch(() => {});
       expect(health).toMatchObject({ healthy: true, degraded: true });
       expect(health.checks.storage?.detail).toMatch(stalled);
       // The figures come from the last health run (every 5 s): wait for one after the taps.
       let metrics = '';
-      for (let i = 0; i < 100 && !/vehicle_agent_audit_events_dropped_total [1-9]/.test(metrics); i++) {
-        if (i > 0) await sleep(100);
-        metrics = await (await fetch(`${base}/metrics`)).text();
-      }
+      await waitFor(
+        async () => {
+          metrics = await (await fetch(`${base}/metrics`)).text();
+          return /vehicle_agent_audit_events_dropped_total [1-9]/.test(metrics);
+        },
+        'dropped audit events in /metrics',
+        { timeoutMs: 10_000, intervalMs: 100 },
+      ).catch(() => {});
       expect(metrics).toMatch(/vehicle_agent_audit_events_dropped_total [1-9]/);
       const busy = /vehicle_agent_store_write_busy_seconds\{store="counters"\} ([\d.]+)/.exec(metrics);
       expect(Number(busy?.[1])).toBeGreaterThan(5);
@@ -192,11 +202,11 @@ describe('a frozen state disk (fsfreeze) under the running agent', () => {
     // The grant that waited for the disk took effect once it was written.
     const newcomer = phoneKey(join(work, 'newcomer.pem'));
     expect(newcomer.value).toMatchObject({ granted: true, role: 'driver' });
-    let dropped: Record<string, unknown> | undefined;
-    for (let i = 0; i < 50 && dropped === undefined; i++) {
-      dropped = auditRecords().find((r) => r.type === 'audit.dropped');
-      if (dropped === undefined) await sleep(100);
-    }
+    const dropped = await waitForValue(
+      () => auditRecords().find((r) => r.type === 'audit.dropped'),
+      'the audit.dropped record',
+      { timeoutMs: 10_000, intervalMs: 100 },
+    );
     expect(dropped).toMatchObject({ code: 'state_io', count: expect.any(Number) });
     const verify = runCli(['audit', 'verify', ...sd()]);
     expect(verify.code, verify.stdout + verify.stderr).toBe(0);

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
 import { fillUp, freeUp, mountTmpfs, type ScratchFs } from '../helpers/scratch-fs.js';
+import { waitFor } from '../helpers/wait.js';
 
 /**
  * A full state disk under the real agent (findings 3 and 4): the state directory is a tmpfs with
@@ -27,10 +28,6 @@ const ENV = {
 interface Reply {
   readonly granted?: boolean;
   readonly code?: string;
-}
-
-async function sleep(ms: number): Promise<void> {
-  await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 describe('a full state disk (size-limited tmpfs) under the agent', () => {
@@ -128,14 +125,14 @@ describe('a full state disk (size-limited tmpfs) under the agent', () => {
     let health:
       | { healthy: boolean; degraded?: boolean; checks: Record<string, { detail?: string }> }
       | undefined;
-    for (
-      let i = 0;
-      i < 100 && !/keyring: writes failing \(ENOSPC\)/.test(health?.checks.storage?.detail ?? '');
-      i++
-    ) {
-      if (i > 0) await sleep(100);
-      health = (await (await fetch(`${base}/healthz`)).json()) as typeof health;
-    }
+    await waitFor(
+      async () => {
+        health = (await (await fetch(`${base}/healthz`)).json()) as typeof health;
+        return /keyring: writes failing \(ENOSPC\)/.test(health?.checks.storage?.detail ?? '');
+      },
+      'the failing writes in /healthz',
+      { timeoutMs: 10_000, intervalMs: 100 },
+    ).catch(() => {}); // the assertions below show what it said
     expect(health).toMatchObject({ healthy: true, degraded: true });
     expect(health?.checks.storage?.detail).toMatch(/keyring: writes failing \(ENOSPC\) since \d{4}-/);
     const metrics = await (await fetch(`${base}/metrics`)).text();

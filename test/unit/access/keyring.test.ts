@@ -20,6 +20,7 @@ import {
   revokeBy,
   VID,
 } from '../../helpers/keyring-fixtures.js';
+import { seededRandom } from '../../helpers/seeded-random.js';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -90,14 +91,9 @@ describe('keyring', () => {
     ];
     const digests = new Set<string>();
     const states = new Set<string>();
-    // Seeded, so a failing order can be replayed; keyring-merge.property.test.ts goes further.
-    let seed = 0x2f6e2b1;
-    const next = () => {
-      seed = (Math.imul(seed, 1_103_515_245) + 12_345) >>> 0;
-      return seed / 2 ** 32;
-    };
+    const random = seededRandom();
     for (let i = 0; i < 20; i++) {
-      const shuffled = [...ops].sort(() => next() - 0.5);
+      const shuffled = random.shuffle(ops);
       const ring = newKeyring(root);
       const result = ring.merge(shuffled);
       expect(result.rejected).toEqual([]);

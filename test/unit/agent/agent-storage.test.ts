@@ -19,7 +19,9 @@ import {
   revokeBy,
   type TestKey,
 } from '../../helpers/keyring-fixtures.js';
+import { settle } from '../../helpers/manual-timers.js';
 import { fillUp, freeUp, mountTmpfs, type ScratchFs } from '../../helpers/scratch-fs.js';
+import { waitFor } from '../../helpers/wait.js';
 
 /**
  * The agent when the state disk fails: a counter write that does not finish in time, audit
@@ -252,7 +254,10 @@ describe('agent: keyring changes are stored first, applied second', () => {
       failing: false,
       gate: undefined as Promise<void> | undefined,
       persisted: [] as string[],
+      /** Writes begun, finished or not. */
+      started: 0,
       persist: async (ops: readonly { readonly jws: string }[]) => {
+        store.started += 1;
         if (store.gate) await store.gate;
         if (store.failing)
           throw new AgentError('state_io', 'cannot append to keyring.journal: ENOSPC', { errno: 'ENOSPC' });
@@ -315,8 +320,10 @@ describe('agent: keyring changes are stored first, applied second', () => {
     });
     const first = agent.addKeyringOps([grantBy(root, owner2.credential)], 'control');
     const second = agent.addKeyringOps([grantBy(owner2, guest.credential)], 'cloud');
-    await new Promise((r) => setTimeout(r, 10));
-    // Nothing applied while the first write is out.
+    await waitFor(() => store.started === 1, 'the first write to begin');
+    await settle();
+    // Nothing applied, and the second change not begun, while the first write is out.
+    expect(store.started).toBe(1);
     expect(keyring.byId(owner2.id)).toBeUndefined();
     store.gate = undefined;
     open();

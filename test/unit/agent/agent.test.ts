@@ -7,6 +7,7 @@ import { silentLogger } from '../../../src/core/logger.js';
 import type { LockState, Presentation } from '../../../src/core/types.js';
 import { JournaledMap } from '../../../src/store/journaled-map.js';
 import { grantBy, makeKey, makeRoot, newKeyring } from '../../helpers/keyring-fixtures.js';
+import { settle } from '../../helpers/manual-timers.js';
 import { useTempDir } from '../store/temp-dir.js';
 
 class FakeLock implements LockControl {
@@ -64,7 +65,7 @@ function setup(options: { counterFails?: CounterFault; auditFails?: boolean; cou
   const counters: CounterStore = {
     get: (id) => stored.get(id),
     stage: async (id, v) => {
-      await new Promise((r) => setTimeout(r, 5));
+      await settle(); // a write that takes a few turns of the loop, as a file's does
       if (options.counterFails === 'write') throw new Error('disk gone');
       stored.set(id, v);
       if (options.counterFails === 'sync') return { durable: Promise.reject(new Error('EIO on fdatasync')) };
@@ -74,7 +75,7 @@ function setup(options: { counterFails?: CounterFault; auditFails?: boolean; cou
             sync.settle = (error) => (error ? reject(error) : resolve());
           }),
         };
-      return { durable: new Promise<void>((r) => setTimeout(r, 5)) };
+      return { durable: settle() };
     },
   };
   const lock = new FakeLock();
@@ -124,7 +125,7 @@ describe('agent loop', () => {
     let appendedAtUnlock = -1;
     lock.onUnlock = () => {
       appendedAtUnlock = events.length;
-      // As main.ts wires it: the lock controller's state change is audited from inside unlock().
+      // As src/app/start.ts wires it: the lock controller's state change is audited from inside unlock().
       agent.audit({ type: 'lock', state: 'unlocking' });
     };
     expect((await agent.present(present())).granted).toBe(true);
@@ -181,7 +182,7 @@ describe('agent loop', () => {
     await vi.waitFor(() => expect(lock.actions).toHaveLength(1));
     // The counter was written before the relay was told; the fdatasync is still running.
     expect(stored.get(present().subject)).toBe(9);
-    await new Promise((r) => setTimeout(r, 20));
+    await settle(); // everything that can run without the fdatasync has run
     expect(settled).toBe(false);
     sync.settle?.();
     expect(await decision).toMatchObject({ granted: true });
@@ -204,7 +205,7 @@ describe('agent loop', () => {
     const decision = agent.present(present({ counter: 12 }));
     await vi.waitFor(() => expect(sync.settle).toBeDefined());
     // The relay's rejection is now waiting while the fsync runs past a few turns of the loop.
-    await new Promise((r) => setTimeout(r, 20));
+    await settle();
     sync.settle?.();
     expect(await decision).toMatchObject({ granted: true });
     await agent.flush();

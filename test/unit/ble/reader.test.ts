@@ -13,6 +13,7 @@ import { fromB64url } from '../../../src/crypto/encoding.js';
 import { PhoneKey } from '../../../src/sim/ble/phone.js';
 import { PhonePeer } from '../../../src/sim/ble/phone-peer.js';
 import { grantBy, makeKey, makeRoot, newKeyring, type TestKey, VID } from '../../helpers/keyring-fixtures.js';
+import { waitFor } from '../../helpers/wait.js';
 
 /**
  * The reader's own logic over an in-memory link (the real node-ble path is covered by
@@ -292,7 +293,7 @@ describe('BLE reader', () => {
       const s = await setup();
       s.addPhone('AA:00:00:00:00:07', s.driver, { fault: 'silent' });
       s.link.sight('AA:00:00:00:00:07');
-      await new Promise((resolve) => setTimeout(resolve, 10));
+      await waitFor(() => (s.link.channels[0]?.writes.length ?? 0) > 0, 'the exchange to begin');
       s.link.channels[0]?.end(reason);
       await s.next();
       expect(s.presented[0]).toMatchObject({ proof: 'timeout', credentialId: undefined });
@@ -315,7 +316,7 @@ describe('BLE reader', () => {
     const s = await setup();
     s.addPhone('AA:00:00:00:00:05', s.driver, { fault: 'silent' });
     s.link.sight('AA:00:00:00:00:05');
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    await waitFor(() => (s.link.channels[0]?.writes.length ?? 0) > 0, 'the exchange to begin');
     const channel = s.link.channels[0];
     const writesBefore = channel?.writes.length ?? 0;
     channel?.end('disconnected');
@@ -346,7 +347,7 @@ describe('BLE reader', () => {
     expect(s.outcomes[0]).toEqual({ kind: 'refused', address: 'AA:00:00:00:00:07', code: 'wrong_vehicle' });
     s.addPhone('AA:00:00:00:00:08', s.driver, { fault: 'silent' });
     s.link.sight('AA:00:00:00:00:08');
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    await waitFor(() => (s.link.channels[1]?.writes.length ?? 0) > 0, 'the second exchange to begin');
     await s.reader.stop();
     expect(s.presented).toHaveLength(0);
   });

@@ -6,7 +6,7 @@ import { Outbox } from '../../../src/cloud/outbox.js';
 import { silentLogger } from '../../../src/core/logger.js';
 import { AuditLog, type AuditRecord } from '../../../src/store/audit-log.js';
 import { openStores } from '../../../src/store/store-registry.js';
-import { waitFor } from '../../helpers/wait.js';
+import { quietFor, waitFor } from '../../helpers/wait.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -62,7 +62,7 @@ describe('outbox over the audit log', () => {
     const link = fakeLink(false);
     outbox.attach(link.publish, 20);
     await waitFor(() => link.waiting.length === 20, 'a full window');
-    await new Promise((r) => setTimeout(r, 50));
+    await quietFor(50, 'a publish past the window of 20');
     expect(link.published).toHaveLength(20); // the window holds
     expect(outbox.stats().ackedSeq).toBe(0);
     // Acks out of order: the cursor covers only the acknowledged prefix.

@@ -14,6 +14,7 @@ import {
   MAX_CONTROL_LINE,
   startControlServer,
 } from '../../../src/host/control-server.js';
+import { letTimePass, waitFor } from '../../helpers/wait.js';
 
 let dir: string;
 let server: ControlServer;
@@ -225,11 +226,11 @@ describe('control socket under floods and slow clients', () => {
     const flood = await startIdleFlood({ socketPath: s.path, connections: 24 });
     let late: Client | undefined;
     try {
-      while (s.stats().connections < 24) await new Promise((r) => setTimeout(r, 5));
-      await new Promise((r) => setTimeout(r, 250)); // every flood connection is old enough to evict
+      await waitFor(() => s.stats().connections >= 24, 'the flood connected', { intervalMs: 5 });
+      await letTimePass(250, 'every flood connection grows old enough to evict (grace 200 ms)');
       // A client slow to send its first line (a CLI the scheduler set aside for a moment).
       late = await client(s.path);
-      await new Promise((r) => setTimeout(r, 50));
+      await letTimePass(50, 'the late client is slow to send its first line');
       late.socket.write('{"id":7,"cmd":"status"}\n');
       const [answer] = await late.waitLines(1);
       expect(JSON.parse(answer ?? '{}')).toMatchObject({ id: 7, ok: true });
@@ -262,7 +263,7 @@ describe('control socket under floods and slow clients', () => {
     expect(s.stats().refused.rate).toBeGreaterThanOrEqual(60);
     expect(calls.status).toBe(over.filter((r) => r === 'answered').length);
     for (const c of held) c.socket.destroy();
-    await new Promise((r) => setTimeout(r, 400)); // two connections' worth of budget
+    await letTimePass(400, "the rate budget refills by two connections' worth");
     expect(await controlRequest(s.path, 'status')).toMatchObject({ lock: 'locked' });
   });
 
@@ -315,7 +316,9 @@ describe('control socket under floods and slow clients', () => {
     c.socket.pause(); // never reads: replies back up into the kernel, then into the server
     c.socket.write('{"id":1,"cmd":"big"}\n'.repeat(100));
     // A paused client sees the close only after reading what is queued: watch the server's count.
-    while (s.stats().closed.slowReader === 0) await new Promise((r) => setTimeout(r, 10));
+    await waitFor(() => s.stats().closed.slowReader > 0, 'the slow reader to be closed', {
+      timeoutMs: 30_000,
+    });
     expect(s.stats().connections).toBe(0);
     // 512 KiB a reply: the kernel's socket buffers take part of one, the server holds the rest.
     expect(calls.big).toBe(1);

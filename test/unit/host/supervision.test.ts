@@ -7,6 +7,7 @@ import type { LockState } from '../../../src/core/types.js';
 import type { CheckResult } from '../../../src/host/health-monitor.js';
 import type { NotifyTransport } from '../../../src/host/sd-notify.js';
 import { type Supervision, startSupervision } from '../../../src/host/supervision.js';
+import { quietFor } from '../../helpers/wait.js';
 
 /** Collects notifications and lets a test wait for one. */
 class RecordingTransport implements NotifyTransport {
@@ -75,7 +76,7 @@ describe('supervision notifications', () => {
     const { supervision: s } = start(t, () => ({ ok: true }));
     expect(s.watchdogPingMs).toBe(20);
     expect(s.notifier).toBe('recording');
-    await new Promise((r) => setTimeout(r, 60));
+    await quietFor(60, 'a watchdog ping (every 20 ms) before READY');
     expect(t.lines).toEqual([]); // no ping before READY: start-up is TimeoutStartSec's business
     const pings = t.next((l) => l === 'WATCHDOG=1', 3);
     s.ready('ready: lock locked');
@@ -84,7 +85,7 @@ describe('supervision notifications', () => {
     s.stopping();
     const at = t.lines.length;
     expect(t.lines.slice(at - 2)).toEqual(['STOPPING=1', 'STATUS=stopping: relays de-energising']);
-    await new Promise((r) => setTimeout(r, 60));
+    await quietFor(60, 'a watchdog ping (every 20 ms) after STOPPING');
     expect(t.lines.slice(at)).toEqual([]); // no ping after STOPPING
     await s.close();
     expect(t.closed).toBe(true);
@@ -101,7 +102,7 @@ describe('supervision notifications', () => {
     await unhealthy;
     const from = t.lines.length;
     // Several check periods pass while unhealthy …
-    await new Promise((r) => setTimeout(r, 100));
+    await quietFor(100, 'a watchdog ping while a check fails');
     expect(s.lastReport()?.healthy).toBe(false);
     expect(s.lastReport()?.checks.extra).toEqual({ ok: false, detail: 'disk gone' });
     expect(t.lines.slice(from)).not.toContain('WATCHDOG=1');

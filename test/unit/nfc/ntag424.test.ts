@@ -25,6 +25,7 @@ import {
 } from '../../../src/nfc/ntag424.js';
 import { SimulatedNtag424 } from '../../../src/sim/cards/ntag424.js';
 import { restoreSimulatedCard } from '../../../src/sim/cards/state.js';
+import { seededRandom } from '../../helpers/seeded-random.js';
 
 const h = fromHex;
 const hex = (b: Uint8Array) => toHex(b).toUpperCase();
@@ -399,6 +400,7 @@ describe('coded failures on bad answers', () => {
 
   it('never accepts an exchange in which one answer byte was changed', async () => {
     const key = ntag424CardKey(SITE_KEY, UID, 1);
+    const random = seededRandom();
     for (let i = 0; i < 300; i++) {
       const card = new SimulatedNtag424({
         label: 'f',
@@ -411,8 +413,8 @@ describe('coded failures on bad answers', () => {
       const transceive: Transceive = async (apdu) => {
         const response = card.transceive(apdu).response.slice();
         if (index++ === target) {
-          const at = Math.floor(Math.random() * response.length);
-          response[at] = (response[at] ?? 0) ^ (1 + Math.floor(Math.random() * 255));
+          const at = random.int(response.length);
+          response[at] = (response[at] ?? 0) ^ (1 + random.int(255));
         }
         return response;
       };
@@ -423,13 +425,9 @@ describe('coded failures on bad answers', () => {
   });
 
   it('never accepts random answers', async () => {
+    const random = seededRandom();
     for (let i = 0; i < 300; i++) {
-      const result = await authenticateCard(
-        async () => new Uint8Array(randomBytes(Math.floor(Math.random() * 40))),
-        SITE_KEY,
-        UID,
-        1,
-      );
+      const result = await authenticateCard(async () => random.bytes(random.int(40)), SITE_KEY, UID, 1);
       expect(result.ok).toBe(false);
       if (!result.ok) expect(result.error).toBeInstanceOf(AgentError);
     }

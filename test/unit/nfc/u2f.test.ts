@@ -27,6 +27,7 @@ import {
 } from '../../../src/nfc/u2f.js';
 import { SimulatedFidoU2fKey } from '../../../src/sim/cards/fido-u2f.js';
 import { restoreSimulatedCard } from '../../../src/sim/cards/state.js';
+import { seededRandom } from '../../helpers/seeded-random.js';
 
 const h = fromHex;
 const hex = (b: Uint8Array) => toHex(b);
@@ -164,13 +165,14 @@ describe('U2F raw message format examples', () => {
 
 describe('P-256 DER signatures: node:crypto path against @noble/curves', () => {
   it('verifies noble signatures (low and high S) and rejects mutations, 300 random vectors', () => {
+    const random = seededRandom();
     let highS = 0;
     for (let i = 0; i < 300; i++) {
-      const secret = p256.utils.randomSecretKey();
+      const secret = p256.utils.randomSecretKey(random.bytes(48));
       const pub = p256.getPublicKey(secret, false);
       const key = p256PublicKeyFromRaw(pub);
-      const message = new Uint8Array(randomBytes(1 + (i % 120)));
-      const der = p256.sign(message, secret, { lowS: false, format: 'der', extraEntropy: true });
+      const message = random.bytes(1 + (i % 120));
+      const der = p256.sign(message, secret, { lowS: false, format: 'der', extraEntropy: random.bytes(32) });
       const parsed = p256.Signature.fromBytes(der, 'der');
       // the same signature in both S halves: authenticators do not normalise, so both must pass
       const flipped = new p256.Signature(parsed.r, N - parsed.s).toBytes('der');
@@ -205,7 +207,7 @@ describe('P-256 DER signatures: node:crypto path against @noble/curves', () => {
       expect(verifyP256Der(publicKey, message, der)).toBe(true);
       expect(verifyAssertion(raw, message.subarray(0, 32), message.subarray(32), assertion)).toBe(false);
     }
-    // the trap noted in RECIPES.md: noble's default lowS=true refuses about half of them
+    // the trap: noble's default lowS=true refuses about half of them
     expect(rejectedByStrictNoble).toBeGreaterThan(90);
   });
 
@@ -434,6 +436,7 @@ describe('coded failures on bad U2F answers', () => {
     const card = new SimulatedFidoU2fKey({ label: 'm', timing: { signMs: 0 } });
     const reg = await u2fRegister(over(card), { appParam, challenge: tapChallenge() });
     if (!reg.ok) throw reg.error;
+    const random = seededRandom();
     for (let i = 0; i < 300; i++) {
       let calls = 0;
       const target = i % 2; // the SELECT answer or the AUTHENTICATE answer
@@ -442,8 +445,8 @@ describe('coded failures on bad U2F answers', () => {
         // Data bytes only: a status word turned into 61XX or 6CXX is a legitimate "ask again",
         // after which the card's real answer verifies (that is not an acceptance of a forgery).
         if (calls++ === target && response.length > 2) {
-          const at = Math.floor(Math.random() * (response.length - 2));
-          response[at] = (response[at] ?? 0) ^ (1 + Math.floor(Math.random() * 255));
+          const at = random.int(response.length - 2);
+          response[at] = (response[at] ?? 0) ^ (1 + random.int(255));
         }
         return response;
       };
@@ -459,10 +462,11 @@ describe('coded failures on bad U2F answers', () => {
   });
 
   it('never accepts random answers', async () => {
+    const random = seededRandom();
     for (let i = 0; i < 300; i++) {
       const result = await u2fAuthenticate(async (apdu) => {
         if (apdu[1] === 0xa4 && i % 2 === 0) return ok;
-        return new Uint8Array(randomBytes(Math.floor(Math.random() * 90)));
+        return random.bytes(random.int(90));
       }, request);
       expect(result.ok).toBe(false);
       if (!result.ok) expect(result.error).toBeInstanceOf(AgentError);

@@ -12,18 +12,7 @@ import {
   parseGuardSpec,
   releaseDeadline,
 } from '../../../src/relay/guard-protocol.js';
-
-/** A small seeded generator (mulberry32), so a failing garbage case can be replayed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from '../../helpers/seeded-random.js';
 
 describe('guard commands', () => {
   const table: [GuardCommand, string][] = [
@@ -156,7 +145,7 @@ describe('guard events', () => {
   });
 
   it('never throw on garbage, from either side', () => {
-    const next = random(13);
+    const next = seededRandom(13).next;
     const alphabet = ' \n\t01-9aeiklnopr=.{}"[]\u00e9\u0000';
     for (let i = 0; i < 5000; i++) {
       const length = Math.floor(next() * 40);
@@ -212,7 +201,7 @@ describe('releaseDeadline', () => {
   });
 
   it('never lets a channel stay on past max-on from its first energising, for any limits', () => {
-    const next = random(7);
+    const next = seededRandom(7).next;
     for (let i = 0; i < 2000; i++) {
       const since = Math.floor(next() * 1e6);
       const now = since + Math.floor(next() * 20_000);
