@@ -7,7 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, CLI, startAgentProcess } from '../helpers/agent-process.js';
 
 /**
- * The README's shell blocks run as written, each in a fresh temporary folder that stands for the
+ * The shell blocks of the README and docs/ run as written, each in a fresh temporary folder that stands for the
  * project directory: `npx vehicle-agent` finds the built CLI there (node_modules/.bin, as in a
  * checkout), and the state lands in that folder's ./.state. A comment before a block says how to
  * run it:
@@ -16,19 +16,20 @@ import { type AgentProcess, CLI, startAgentProcess } from '../helpers/agent-proc
  *                                                then run the block line by line: a line whose comment
  *                                                says `denied: CODE` must exit 2 and print it, any other
  *                                                must exit 0 (and print `granted` if its comment says so)
+ *   <!-- readme-test: with-demo -->              provision a demo vehicle there first (`init --demo`)
  *   <!-- readme-test: skip reason="..." -->      not run, for the reason given (counted below)
  *
  * Other blocks run whole with `bash -e -o pipefail`. Only sh/bash/shell blocks are commands; a
  * block without a language is output (the config error example).
  */
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const FILES = ['README.md'];
+const FILES = ['README.md', 'docs/ble.md', 'docs/storage.md', 'docs/mqtt.md'];
 
 interface Block {
   readonly file: string;
   readonly line: number;
   readonly body: string;
-  readonly mode: 'run' | 'with-agent' | 'skip';
+  readonly mode: 'run' | 'with-agent' | 'with-demo' | 'skip';
   readonly reason?: string;
 }
 
@@ -36,19 +37,22 @@ function blocksOf(file: string): Block[] {
   const lines = readFileSync(join(root, file), 'utf8').split('\n');
   const blocks: Block[] = [];
   for (let i = 0; i < lines.length; i++) {
-    const open = /^```(\w*)\s*$/.exec(lines[i] ?? '');
+    // Fences may be indented (a block inside a list item); the body loses that indent.
+    const open = /^( *)```(\w*)\s*$/.exec(lines[i] ?? '');
     if (!open) continue;
+    const indent = open[1]?.length ?? 0;
     const start = i;
     const body: string[] = [];
-    for (i++; i < lines.length && !/^```\s*$/.test(lines[i] ?? ''); i++) body.push(lines[i] ?? '');
-    if (!['sh', 'bash', 'shell'].includes(open[1] ?? '')) continue;
+    for (i++; i < lines.length && !/^ *```\s*$/.test(lines[i] ?? ''); i++)
+      body.push((lines[i] ?? '').slice(indent));
+    if (!['sh', 'bash', 'shell'].includes(open[2] ?? '')) continue;
     // The marker, if any, is the last non-blank line before the fence.
     let j = start - 1;
     while (j >= 0 && (lines[j] ?? '').trim() === '') j--;
-    const marker = /^<!-- readme-test: (.*) -->$/.exec(lines[j] ?? '')?.[1];
+    const marker = /^ *<!-- readme-test: (.*) -->$/.exec(lines[j] ?? '')?.[1];
     const block = { file, line: start + 1, body: body.join('\n') };
     if (marker === undefined) blocks.push({ ...block, mode: 'run' });
-    else if (marker === 'with-agent') blocks.push({ ...block, mode: 'with-agent' });
+    else if (marker === 'with-agent' || marker === 'with-demo') blocks.push({ ...block, mode: marker });
     else {
       const reason = /^skip reason="([^"]+)"$/.exec(marker)?.[1];
       if (reason === undefined) throw new Error(`${file}:${j + 1}: unknown readme-test marker: ${marker}`);
@@ -105,23 +109,28 @@ function sh(script: string, cwd: string): Promise<{ code: number | null; stdout:
 }
 
 /** Skips acknowledged here: a new one fails this test until it is added with its reason. */
-const EXPECTED_SKIPS = 3;
+const EXPECTED_SKIPS = 15;
 
-describe('README command blocks', () => {
+describe('README and docs/ command blocks', () => {
   it('finds the blocks, and every skip names its reason', () => {
     const skipped = blocks.filter((b) => b.mode === 'skip');
     const summary = blocks.map((b) => `${b.file}:${b.line} ${b.mode}${b.reason ? `: ${b.reason}` : ''}`);
     console.log(
-      `README blocks: ${blocks.length - skipped.length} run, ${skipped.length} skipped\n  ${summary.join('\n  ')}`,
+      `command blocks: ${blocks.length - skipped.length} run, ${skipped.length} skipped\n  ${summary.join('\n  ')}`,
     );
     expect(blocks.filter((b) => b.mode !== 'skip').length).toBeGreaterThanOrEqual(2);
     expect(skipped.length).toBe(EXPECTED_SKIPS);
     for (const b of skipped) expect(b.reason?.length ?? 0, `${b.file}:${b.line}`).toBeGreaterThan(10);
   });
 
-  for (const block of blocks.filter((b) => b.mode === 'run')) {
+  for (const block of blocks.filter((b) => b.mode === 'run' || b.mode === 'with-demo')) {
     it(`${block.file}:${block.line} runs as written`, async () => {
-      const r = await sh(block.body, projectFolder(block));
+      const dir = projectFolder(block);
+      if (block.mode === 'with-demo') {
+        const demo = await sh('npx vehicle-agent init --demo', dir);
+        expect(demo.code, demo.stderr).toBe(0);
+      }
+      const r = await sh(block.body, dir);
       expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
       expect(r.stderr).not.toMatch(/\[internal\]|npm error/);
     }, 120_000);
