@@ -90,6 +90,8 @@ function sh(script: string, cwd: string): Promise<{ code: number | null; stdout:
       cwd,
       env: blockEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],
+      // A group of its own, so a block that hangs is ended with everything it started.
+      detached: true,
     });
     let stdout = '';
     let stderr = '';
@@ -99,7 +101,9 @@ function sh(script: string, cwd: string): Promise<{ code: number | null; stdout:
     child.stderr.setEncoding('utf8').on('data', (c: string) => {
       stderr += c;
     });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
+    const timer = setTimeout(() => {
+      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+    }, 240_000);
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
@@ -133,7 +137,7 @@ describe('README and docs/ command blocks', () => {
       const r = await sh(block.body, dir);
       expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
       expect(r.stderr).not.toMatch(/\[internal\]|npm error/);
-    }, 120_000);
+    }, 300_000);
   }
 
   for (const block of blocks.filter((b) => b.mode === 'with-agent')) {
@@ -161,7 +165,7 @@ describe('README and docs/ command blocks', () => {
             if (/\bgranted\b/.test(comment)) expect(r.stdout, what).toMatch(/^granted/);
           }
         }
-      }, 180_000);
+      }, 400_000);
     });
   }
 });
