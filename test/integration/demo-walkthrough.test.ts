@@ -98,7 +98,7 @@ describe('the demo, followed as logged', () => {
       ...sd(),
     ]);
     expect(status.value.rateLimits).toMatchObject({ credentialLockouts: 0, uidThrottles: 0 });
-  }, 180_000);
+  }, 300_000);
 
   it('the lockout hint shows the limit, says what it is and until when, and sim clear-limits lifts it', async () => {
     const [hint] = hints().filter((h) => h.command.includes('--tamper'));
@@ -129,5 +129,5 @@ describe('the demo, followed as logged', () => {
     expect(audit.value.filter((e) => e.type === 'rate_limits.cleared')).toEqual([
       expect.objectContaining({ credentials: 1, uidThrottle: false }),
     ]);
-  }, 60_000);
+  }, 120_000);
 });
