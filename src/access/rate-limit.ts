@@ -103,6 +103,26 @@ export function lockedOutCount(state: RateLimitState, now: number): number {
   return n;
 }
 
+/** The limits in force at `now`: locked-out credentials (soonest end first, at most `max`) and the UID throttle. */
+export interface ActiveLimits {
+  readonly credentials: readonly { readonly credentialId: string; readonly until: number }[];
+  /** Locked-out credentials beyond `max`, not listed. */
+  readonly more: number;
+  readonly uidThrottledUntil?: number;
+}
+
+export function activeLimits(state: RateLimitState, now: number, max: number): ActiveLimits {
+  const locked: { credentialId: string; until: number }[] = [];
+  for (const [credentialId, entry] of state.credentials)
+    if (now < entry.lockedUntil) locked.push({ credentialId, until: entry.lockedUntil });
+  locked.sort((a, b) => a.until - b.until || (a.credentialId < b.credentialId ? -1 : 1));
+  return {
+    credentials: locked.slice(0, max),
+    more: Math.max(0, locked.length - max),
+    ...(isUidThrottled(state, now) ? { uidThrottledUntil: state.uidThrottledUntil } : {}),
+  };
+}
+
 /**
  * A denial that identified no credential in the keyring (garbage, unknown keys and cards,
  * malformed frames, silent peers), or one refused by a rate limit: radio and reader noise that

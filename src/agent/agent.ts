@@ -1,6 +1,10 @@
 import { type DecisionPolicy, decide } from '../access/decision.js';
 import type { Keyring, MergeResult } from '../access/keyring.js';
 import {
+  type ActiveLimits,
+  activeLimits,
+  DEFAULT_MAX_UNKNOWN_CARDS,
+  DEFAULT_UID_THROTTLE_MS,
   EMPTY_LIMITS,
   isNoise,
   isUidThrottled,
@@ -107,6 +111,22 @@ export interface AgentStatus {
   /** Counts only: which credential is locked out is in the audit log, never in status. */
   readonly rateLimits: RateLimitStatus;
 }
+
+/** The rate limits in force, with the policy that set them (the `limits` control command). */
+export interface RateLimitsView {
+  readonly now: number;
+  readonly policy: {
+    readonly maxDenials: number;
+    readonly windowMs: number;
+    readonly cooldownMs: number;
+    readonly maxUnknownCards: number;
+    readonly uidThrottleMs: number;
+  };
+  readonly active: ActiveLimits;
+}
+
+/** At most this many locked-out credentials are listed by `limits` (the rest are counted). */
+const MAX_LISTED_LOCKOUTS = 50;
 
 export interface RateLimitStatus {
   /** Credentials locked out now after repeated failed proofs. */
@@ -576,6 +596,43 @@ export class Agent {
       log.warn({ code: e.code, err: e.message }, 'keyring compaction failed; the journal keeps the ops');
     });
     return result;
+  }
+
+  /**
+   * The rate limits in force. It names locked-out credentials, so it is for the owner's control
+   * socket only, never for the status page (whose status carries counts).
+   */
+  rateLimits(): RateLimitsView {
+    const now = this.deps.clock.now();
+    const p = this.deps.policy.rateLimit;
+    return {
+      now,
+      policy: {
+        maxDenials: p.maxDenials,
+        windowMs: p.windowMs,
+        cooldownMs: p.cooldownMs,
+        maxUnknownCards: p.maxUnknownCards ?? DEFAULT_MAX_UNKNOWN_CARDS,
+        uidThrottleMs: p.uidThrottleMs ?? DEFAULT_UID_THROTTLE_MS,
+      },
+      active: activeLimits(this.limits, now, MAX_LISTED_LOCKOUTS),
+    };
+  }
+
+  /**
+   * Lifts every lockout and the UID throttle, and forgets counted failures. Only a simulated
+   * vehicle offers it (`vehicle-agent sim clear-limits`, src/app/sim.ts): on a real one a lockout
+   * ends on time. Audited, so a cleared limit is never invisible.
+   */
+  clearRateLimits(cause: string): { readonly credentials: number; readonly uidThrottle: boolean } {
+    const now = this.deps.clock.now();
+    const cleared = {
+      credentials: lockedOutCount(this.limits, now),
+      uidThrottle: isUidThrottled(this.limits, now),
+    };
+    this.limits = EMPTY_LIMITS;
+    this.deps.log.info({ cause, ...cleared }, 'rate limits cleared');
+    this.audit({ type: 'rate_limits.cleared', cause, ...cleared });
+    return cleared;
   }
 
   status(): AgentStatus {

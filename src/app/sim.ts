@@ -1,8 +1,8 @@
 import { join } from 'node:path';
-import type { LockControl } from '../agent/agent.js';
+import type { Agent, LockControl } from '../agent/agent.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../core/logger.js';
-import { simReaderHandlers } from '../host/control-handlers.js';
+import { simLimitHandlers, simReaderHandlers } from '../host/control-handlers.js';
 import type { ControlHandler } from '../host/control-server.js';
 import { demoHints, seedDemo } from '../sim/demo.js';
 import { SimReader } from '../sim/sim-reader.js';
@@ -67,9 +67,24 @@ export function createSimReader(
   return { reader, handlers: simReaderHandlers(reader, lock) };
 }
 
-/** What to try first, printed once the demo runs. */
-export function logDemoHints(log: Logger, readerHints: readonly string[]): void {
+/**
+ * `sim.limits.clear`, on a fully simulated vehicle only: a demo lockout can be lifted at once. A
+ * vehicle with real relays never offers it (a lockout there ends on time).
+ */
+export function simLimitControl(config: Config, agent: Agent): ReadonlyMap<string, ControlHandler> {
+  return allSimulated(config) ? simLimitHandlers(agent) : new Map();
+}
+
+/** What to try first, printed once the demo runs, and how the rate limit shows itself. */
+export function logDemoHints(log: Logger, readerHints: readonly string[], policy: Config['policy']): void {
   for (const hint of [...demoHints(), ...readerHints]) log.info({ module: 'main' }, `try: ${hint}`);
+  const minutes = (ms: number) => (ms % 60_000 === 0 ? `${ms / 60_000} min` : `${ms / 1000} s`);
+  log.info(
+    { module: 'main' },
+    `try: vehicle-agent sim present driver --tamper   (${policy.maxDenials} times within ` +
+      `${minutes(policy.windowMs)}: failed proofs lock that one key out for ${minutes(policy.cooldownMs)}, ` +
+      'and the next try says rate_limited, until when and why; then: vehicle-agent sim clear-limits)',
+  );
   log.info(
     { module: 'main' },
     'then: vehicle-agent status   (npx vehicle-agent ... from the project directory)',

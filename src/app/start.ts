@@ -17,7 +17,7 @@ import { startCloud } from './cloud.js';
 import { buildReaders } from './readers.js';
 import { announceReady } from './readiness.js';
 import { createRelay } from './relays.js';
-import { demoProvisioner, logDemoHints, simReaderEnabled } from './sim.js';
+import { demoProvisioner, logDemoHints, simLimitControl, simReaderEnabled } from './sim.js';
 import { ensureProvisioned, openState } from './state.js';
 import { startStatusPageIfEnabled } from './status-page.js';
 import { startSupervisor } from './supervision.js';
@@ -95,8 +95,17 @@ export async function startAgent(options: {
 
     // The control socket (src/host/control-server.ts): the core commands, the readers' own, and
     // the parts' status, added as they start. The status page serves the same map.
-    const core = { agent, keyring, identity, audit: state.audit, relayStatus: () => relay.status() };
+    const simLimits = simLimitControl(config, agent);
+    const core = {
+      agent,
+      keyring,
+      identity,
+      audit: state.audit,
+      relayStatus: () => relay.status(),
+      limitsClearable: simLimits.size > 0,
+    };
     const handlers = coreControlHandlers(core);
+    for (const [name, handler] of simLimits) handlers.set(name, handler);
     for (const [name, handler] of readers.handlers) handlers.set(name, handler);
     for (const [name, handler] of testHookHandlers(process.env, {
       appendAudit: (e) => state.audit.append(e),
@@ -126,7 +135,7 @@ export async function startAgent(options: {
       cleanup,
     });
 
-    if (simReaderEnabled(config)) logDemoHints(log, readers.hints);
+    if (simReaderEnabled(config)) logDemoHints(log, readers.hints, config.policy);
     // READY=1 once readers and relays are started, even with a reader down (the others must
     // work); `ready` says which parts are up. STOPPING=1 as the orderly stop begins.
     announceReady({

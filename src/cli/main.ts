@@ -30,6 +30,11 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
     summary: 'provision the state directory, vehicle key and owner root',
     load: async () => import('./commands/init.js').then((m) => ({ run: m.init, help: m.INIT_HELP })),
   },
+  identity: {
+    summary: 'show the vehicle id, public key and fingerprint a phone pins',
+    load: async () =>
+      import('./commands/identity.js').then((m) => ({ run: m.identity, help: m.IDENTITY_HELP })),
+  },
   keygen: {
     summary: 'write a P-256 or Ed25519 key pair (PEM and JWK)',
     load: async () => import('./commands/keygen.js').then((m) => ({ run: m.keygen, help: m.KEYGEN_HELP })),

@@ -52,6 +52,32 @@ export type DecisionReply =
     }
   | { readonly granted: false; readonly code: string; readonly credentialId?: string };
 
+/** The rate limits in force (`limits`): the CLI explains a rate_limited denial with it. */
+export interface LimitsReply {
+  /** The agent's trusted time, against which `until` is to be read. */
+  readonly now: string;
+  readonly policy: {
+    readonly maxDenials: number;
+    readonly windowMs: number;
+    readonly cooldownMs: number;
+    readonly maxUnknownCards: number;
+    readonly uidThrottleMs: number;
+  };
+  /** Locked-out credentials, soonest end first (at most 50; `more` counts the rest). */
+  readonly lockedOut: readonly { readonly credentialId: string; readonly until: string }[];
+  readonly more: number;
+  /** UID-only grants are refused until then. */
+  readonly uidThrottledUntil?: string;
+  /** Whether `sim.limits.clear` is offered (a simulated vehicle). */
+  readonly clearable: boolean;
+}
+
+/** What `sim.limits.clear` lifted. */
+export interface LimitsCleared {
+  readonly credentials: number;
+  readonly uidThrottle: boolean;
+}
+
 export interface VehicleInfo {
   readonly vehicleId: string;
   readonly rootId: string;
@@ -200,6 +226,8 @@ export interface ControlApi {
   'keys.list': { args: NoArgs; result: readonly CredentialStatus[] };
   'keys.add': { args: KeysAddArgs; result: MergeResult };
   'audit.tail': { args: AuditTailArgs; result: readonly unknown[] };
+  limits: { args: NoArgs; result: LimitsReply };
+  'sim.limits.clear': { args: NoArgs; result: LimitsCleared };
   'state.status': { args: NoArgs; result: unknown };
   'state.findings': { args: NoArgs; result: IntegrityStatus };
   'control.status': { args: NoArgs; result: unknown };
@@ -246,6 +274,8 @@ export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => Arg
   'keys.list': noArgs,
   'keys.add': parseKeysAdd,
   'audit.tail': parseAuditTail,
+  limits: noArgs,
+  'sim.limits.clear': noArgs,
   'state.status': noArgs,
   'state.findings': noArgs,
   'control.status': noArgs,

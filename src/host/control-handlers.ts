@@ -6,6 +6,7 @@ import type { VehicleIdentity } from '../store/provision.js';
 import {
   bindHandler,
   type DecisionReply,
+  type LimitsReply,
   type SimAnswer,
   type SimChallenge,
   type TypedHandler,
@@ -23,6 +24,8 @@ export interface CoreHandlerDeps {
   readonly identity: VehicleIdentity;
   readonly audit: { recent(n: number): readonly unknown[] };
   readonly relayStatus: () => unknown;
+  /** Whether sim.limits.clear is registered (a simulated vehicle), which `limits` tells clients. */
+  readonly limitsClearable?: boolean;
 }
 
 /** `status`: the agent, its relays, the last audit records. Parts that start later join it. */
@@ -50,6 +53,30 @@ export function coreControlHandlers(deps: CoreHandlerDeps): Map<string, ControlH
     ),
     bindHandler('keys.add', async ({ ops }) => await agent.addKeyringOps(ops, 'control')),
     bindHandler('audit.tail', ({ n }) => audit.recent(n)),
+    bindHandler('limits', () => limitsReply(agent, deps.limitsClearable ?? false)),
+  ]);
+}
+
+function limitsReply(agent: Agent, clearable: boolean): LimitsReply {
+  const { now, policy, active } = agent.rateLimits();
+  const iso = (ms: number) => new Date(ms).toISOString();
+  return {
+    now: iso(now),
+    policy,
+    lockedOut: active.credentials.map((c) => ({ credentialId: c.credentialId, until: iso(c.until) })),
+    more: active.more,
+    ...(active.uidThrottledUntil === undefined ? {} : { uidThrottledUntil: iso(active.uidThrottledUntil) }),
+    clearable,
+  };
+}
+
+/**
+ * `sim.limits.clear` (`vehicle-agent sim clear-limits`): lifts every rate limit, so the demo can
+ * show a lockout and go on. Registered for a simulated vehicle only (src/app/sim.ts).
+ */
+export function simLimitHandlers(agent: Agent): Map<string, ControlHandler> {
+  return new Map<string, ControlHandler>([
+    bindHandler('sim.limits.clear', () => agent.clearRateLimits('control')),
   ]);
 }
 

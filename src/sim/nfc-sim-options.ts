@@ -36,7 +36,12 @@ export interface SimTapOptions {
   readonly timeoutMs?: number;
 }
 
-/** What to try in the demo, for the agent's "try:" log and the demo README. */
+/**
+ * What to try in the demo, for the agent's "try:" log and the demo README. Failed proofs count
+ * against the credential they name (policy.maxDenials within policy.windowMs lock it out), so the
+ * failures are spread over the owner's key, the driver's and the NTAG card, at most two each:
+ * followed in order, twice over, the list shows every outcome and locks nothing out.
+ */
 const DEMO_TAPS: readonly { readonly args: string; readonly note: string }[] = [
   { args: 'fido-owner', note: "the owner's FIDO security key: granted (each tap toggles the lock)" },
   { args: 'fido-driver', note: "a driver's FIDO key: granted" },
@@ -47,14 +52,14 @@ const DEMO_TAPS: readonly { readonly args: string; readonly note: string }[] = [
     args: 'fido-owner --counter 0',
     note: 'an extracted copy of the owner key with an old counter: clone_suspected',
   },
-  { args: 'magic-tag --clone-of fido-owner', note: "a tag showing the owner key's UID: clone_suspected" },
+  { args: 'magic-tag --clone-of fido-driver', note: "a tag showing the driver key's UID: clone_suspected" },
   {
     args: 'ntag-blank --clone-of ntag-driver',
     note: 'an NTAG 424 with the enrolled UID but not its key: bad_proof',
   },
   { args: 'ntag-blank', note: 'a factory NTAG 424 nobody enrolled: unknown_credential' },
   { args: 'fido-stranger', note: 'a FIDO key never enrolled: unknown_credential' },
-  { args: 'fido-owner --slow 800', note: 'a card answering late (as through a relay): timeout' },
+  { args: 'fido-driver --slow 800', note: 'a card answering late (as through a relay): timeout' },
   { args: 'fido-owner --remove-after 20', note: 'the card leaves during the exchange: card_removed' },
   {
     args: 'fido-new',

@@ -15,6 +15,7 @@ import { readPrivateKeyFile, writeKeyFiles } from '../../store/key-files.js';
 import { STATE_FILES } from '../../store/provision.js';
 import { COMMON_OPTIONS, loadFor, out, parse, requireString } from '../args.js';
 import { controlCall } from '../control-client.js';
+import { denialLine } from '../denial.js';
 
 export const PHONE_HELP = `vehicle-agent phone keygen --out PREFIX [--json]
 vehicle-agent phone approach NAME|--key KEY.pem [--intent unlock|lock|toggle] [--passive]
@@ -143,6 +144,8 @@ async function approach(argv: readonly string[]): Promise<number> {
     throw err;
   }
   if (values.json) out(JSON.stringify(reply));
+  else if (reply.outcome === 'decision' && !reply.granted && reply.code === 'rate_limited')
+    out(await denialLine(loaded.socketPath, reply.code, reply.credentialId));
   else out(describe(reply, timeoutMs));
   return reply.granted ? 0 : 2;
 }

@@ -2,6 +2,7 @@ import { AgentError } from '../../core/errors.js';
 import type { TapReply } from '../../host/control-api.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
 import { controlCall } from '../control-client.js';
+import { denialLine } from '../denial.js';
 
 export const SIM_NFC_HELP = `vehicle-agent sim tap CARD [--remove-after MS] [--slow MS] [--clone-of CARD] [--counter N]
                          [--fault garbage|lose-ack|nack|error-frame|corrupt-response|remove-during-exchange]
@@ -80,7 +81,10 @@ async function tap(argv: readonly string[]): Promise<number> {
     },
     20_000,
   );
-  out(values.json ? JSON.stringify(reply) : describeTap(reply));
+  const deniedPlainly = reply.enrollment === undefined && reply.granted !== true && reply.code !== undefined;
+  if (values.json) out(JSON.stringify(reply));
+  else if (deniedPlainly) out(await denialLine(loaded.socketPath, reply.code ?? '', reply.credentialId));
+  else out(describeTap(reply));
   const ok = reply.enrollment === undefined ? reply.granted === true : reply.ok === true;
   return ok ? 0 : 2;
 }

@@ -236,6 +236,33 @@ describe('agent loop', () => {
     expect(agent.status().rateLimits).toMatchObject({ lockedOutCredentials: 1, credentialLockouts: 1 });
   });
 
+  it('shows the lockout with its end, and lifts every limit on clearRateLimits, audited', async () => {
+    const { agent, events, present } = setup();
+    for (let i = 0; i < 3; i++) await agent.present(present({ proof: 'invalid' }));
+    const view = agent.rateLimits();
+    expect(view.policy).toEqual({
+      maxDenials: 3,
+      windowMs: 60_000,
+      cooldownMs: 60_000,
+      maxUnknownCards: 10,
+      uidThrottleMs: 300_000,
+    });
+    expect(view.active.credentials.map((c) => c.credentialId)).toEqual([present().credentialId]);
+    // Locked out for the cooldown from the third failure, a moment before `now`.
+    const left = (view.active.credentials[0]?.until ?? 0) - view.now;
+    expect(left).toBeGreaterThan(50_000);
+    expect(left).toBeLessThanOrEqual(60_000);
+    expect(await agent.present(present())).toMatchObject({ code: 'rate_limited' });
+
+    expect(agent.clearRateLimits('test')).toEqual({ credentials: 1, uidThrottle: false });
+    expect(agent.rateLimits().active).toEqual({ credentials: [], more: 0 });
+    expect(await agent.present(present())).toMatchObject({ granted: true });
+    await agent.flush();
+    expect(events.filter((e) => e.type === 'rate_limits.cleared')).toEqual([
+      expect.objectContaining({ cause: 'test', credentials: 1, uidThrottle: false }),
+    ]);
+  });
+
   it('lets no amount of noise refuse a valid key, and audits noise as one summary per reader and code', async () => {
     const { agent, events, present } = setup();
     await agent.start();

@@ -12,6 +12,7 @@ import {
 } from '../../../src/host/control-api.js';
 import {
   coreControlHandlers,
+  simLimitHandlers,
   simReaderHandlers,
   testHookHandlers,
 } from '../../../src/host/control-handlers.js';
@@ -153,11 +154,15 @@ describe('handlers resolve through the table', () => {
       lock as never,
     );
     const hooks = testHookHandlers({ VEHICLE_AGENT_TEST_HOOKS: '1' });
-    const names = [...core.keys(), ...sim.keys(), ...hooks.keys()];
+    const limits = simLimitHandlers(agent as never);
+    const names = [...core.keys(), ...sim.keys(), ...hooks.keys(), ...limits.keys()];
     expect(names.filter((n) => !isCommandName(n))).toEqual([]);
     expect(names.sort()).toEqual(
-      ['status', 'vehicle', 'keys.list', 'keys.add', 'audit.tail']
-        .concat(['sim.challenge', 'sim.answer', 'sim.uid'], ['test.audit', 'test.crash', 'test.stall'])
+      ['status', 'vehicle', 'keys.list', 'keys.add', 'audit.tail', 'limits']
+        .concat(
+          ['sim.challenge', 'sim.answer', 'sim.uid', 'sim.limits.clear'],
+          ['test.audit', 'test.crash', 'test.stall'],
+        )
         .sort(),
     );
     await expect(async () => await core.get('keys.add')?.({ ops: [1] })).rejects.toMatchObject({
