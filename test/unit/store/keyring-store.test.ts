@@ -167,3 +167,27 @@ describe('keyring store ops file', () => {
     await store.close();
   });
 });
+
+describe('keyring store bulk import', () => {
+  it('imports more ops than the journal takes at once, in chunks, and keeps them across a restart', async () => {
+    const ring = newKeyring(root);
+    const store = await KeyringStore.open(dir, ring, silentLogger);
+    const cards = Array.from({ length: 4500 }, (_, i) =>
+      makeUidCredential('ntag424', i.toString(16).padStart(32, '0'), 'driver'),
+    );
+    const ops = cards.map((c) => grantBy(root, c));
+    const bad = grantBy(makeKey('signer', 'owner'), makeUidCredential('ntag424', 'f'.repeat(32), 'driver'));
+    const chunks: number[] = [];
+    const result = await store.importOps([...ops, ops[0] ?? '', bad], (added) => chunks.push(added.length));
+    expect(result.added).toHaveLength(4500);
+    expect(result.duplicates).toBe(1);
+    expect(result.rejected.map((r) => [r.index, r.code])).toEqual([[4501, 'op_unknown_signer']]);
+    expect(chunks).toEqual([4096, 404]);
+    expect(ring.byUidHash(cards[4499]?.uidHash ?? '')[0]?.revoked).toBe(false);
+    await store.close();
+    const again = await reopen();
+    await again.ring.whenMaterialized();
+    expect(view(again.ring)).toBe(view(ring));
+    await again.store.close();
+  });
+});
