@@ -2,10 +2,11 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Keyring } from '../../../src/access/keyring.js';
+import { digestOfOpsV1, type Keyring } from '../../../src/access/keyring.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { silentLogger } from '../../../src/core/logger.js';
-import { KeyringStore } from '../../../src/store/keyring-store.js';
+import { crcHex } from '../../../src/store/checksummed.js';
+import { inspectKeyringFiles, KeyringStore } from '../../../src/store/keyring-store.js';
 import {
   grantBy,
   makeKey,
@@ -189,5 +190,27 @@ describe('keyring store bulk import', () => {
     await again.ring.whenMaterialized();
     expect(view(again.ring)).toBe(view(ring));
     await again.store.close();
+  });
+});
+
+describe('keyring summary digest versions', () => {
+  /** Rewrites keyring.json with another digest (and a checksum that matches it). */
+  function withDigest(digest: string): void {
+    const path = join(dir, 'keyring.json');
+    const text = readFileSync(path, 'utf8');
+    const summary = JSON.parse(text.slice(text.indexOf(' ') + 1)) as Record<string, unknown>;
+    const json = JSON.stringify({ ...summary, digest });
+    writeFileSync(path, `${crcHex(json)} ${json}\n`);
+  }
+
+  it('state check accepts a summary holding the digest before v2, and refuses one from other ops', async () => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    const ops = [...ring.storedOps()].map((s) => ({ id: s.op.id, jws: s.jws }));
+    expect((await inspectKeyringFiles(dir)).findings).toEqual([]);
+    withDigest(digestOfOpsV1(ops));
+    expect((await inspectKeyringFiles(dir)).findings).toEqual([]);
+    withDigest(digestOfOpsV1(ops.slice(1)));
+    expect((await inspectKeyringFiles(dir)).findings.map((f) => f.code)).toEqual(['state_corrupt']);
   });
 });
