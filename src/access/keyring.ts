@@ -107,6 +107,20 @@ interface Effective {
   readonly byUid: Map<string, CredentialStatus[]>;
 }
 
+/**
+ * The effective state with what it was derived from, so that one op can be folded in without
+ * going over the whole keyring (see `fold`). Absent (`undefined` fields) while the keyring runs on
+ * a snapshot whose ops are not decoded yet.
+ */
+interface Derived extends Effective {
+  /** Credential id → the grant that decides it (a live one over a dead one, then the newest). */
+  readonly latest: Map<string, { readonly op: GrantOp; readonly live: boolean }>;
+  /** Credentials with a revoke op, and suspects; never the root. */
+  readonly revoked: Set<string>;
+  /** Owners whose chain to the root has no revoked link. */
+  readonly liveOwners: Set<string>;
+}
+
 export interface KeyringOptions {
   readonly vehicleId: string;
   readonly rootKey: PublicJwk;
@@ -220,15 +234,27 @@ export class Keyring implements CredentialLookup {
   private readonly authVerifiers: ReadonlyMap<string, AuthVerifier>;
   private readonly ops = new Map<string, StoredOp>();
   /** Credential id → public key, from any grant ever accepted (authenticity, not authority). */
-  private readonly keys = new Map<string, KeyObject>();
+  private readonly keyJwks = new Map<string, PublicJwk>();
+  /** Key objects made from keyJwks when first asked for (a key object costs far more memory). */
+  private readonly keyObjects = new Map<string, KeyObject>();
   /** Owners reachable from the root ignoring revocations; may sign grants. Grows only. */
   private readonly everOwners = new Set<string>();
   /** Everyone who may sign revokes (ever owners and ever service keys). Grows only. */
   private readonly everRevokers = new Set<string>();
+  /** Grants whose signer was not an owner when they came, by signer (it may become one later). */
+  private readonly waitingGrants = new Map<string, GrantOp[]>();
   private effective: Effective = { byId: new Map(), byUid: new Map() };
+  /** What `effective` was derived from; undefined while it comes from a snapshot. */
+  private derived: Derived | undefined;
+  /** The set digest's running sum over the ops (see digest()). */
+  private readonly digestSum = new DigestSum();
   private digestCache: string | undefined;
-  /** Op id → base64url SHA-256 of its JWS, for the digest (ops never change once stored). */
-  private readonly opHashes = new Map<string, string>();
+  /**
+   * While `prepare` tries ops on the keyring itself: how to undo each change, newest last. Every
+   * change a new op makes goes through `changed`, so a trial costs the size of the set, not of
+   * the keyring.
+   */
+  private undo: (() => void)[] | undefined;
   /** Credential id → why it is denied as suspect (see markSuspect). */
   private readonly suspects = new Map<string, string>();
   /**
@@ -256,7 +282,8 @@ export class Keyring implements CredentialLookup {
       publicKey: options.rootKey,
       options: {},
     };
-    this.keys.set(this.rootId, publicKeyFromJwk(options.rootKey));
+    this.keyJwks.set(this.rootId, options.rootKey);
+    this.keyObjects.set(this.rootId, publicKeyFromJwk(options.rootKey));
     this.vehicleKeyId = options.vehicleKey ? keyCredentialId('signer', options.vehicleKey) : undefined;
     this.vehicleKeyObject = options.vehicleKey ? publicKeyFromJwk(options.vehicleKey) : undefined;
     this.authVerifiers = options.authVerifiers ?? new Map();
@@ -321,13 +348,12 @@ export class Keyring implements CredentialLookup {
       if (r) this.accept(decodeTrustedOp(r.jws, r.signer));
     }
     if (this.pendingAt < raw.length) return false;
-    const expected = this.snapshotDigest;
     this.pendingRaw = undefined;
     this.pendingAt = 0;
     this.snapshotDigest = undefined;
-    this.settleAuthority();
-    // The ops are the truth: if they do not match the snapshot's summary, recompute from them.
-    if (expected !== this.digest()) this.recompute();
+    // The ops are the truth: the effective state is derived from them again (once, in the
+    // background), which also gives later changes what they are folded into.
+    this.recompute();
     return true;
   }
 
@@ -396,7 +422,6 @@ export class Keyring implements CredentialLookup {
   loadTrusted(stored: Iterable<StoredOp>): void {
     this.materialize();
     for (const s of stored) this.accept(s);
-    this.settleAuthority();
     this.recompute();
   }
 
@@ -405,8 +430,8 @@ export class Keyring implements CredentialLookup {
     this.materialize();
     const result = this.verifyAndAccept(jws);
     if (result.status === 'added') {
-      this.settleAuthority();
-      this.recompute();
+      const stored = this.ops.get(result.op.id);
+      if (stored) this.foldAll([stored]);
     }
     return result;
   }
@@ -428,27 +453,20 @@ export class Keyring implements CredentialLookup {
     this.materialize();
     // Verified on the keyring itself, then rolled back: verification needs the state the set's
     // earlier ops create (a new owner's key, its authority), and this runs synchronously, so no
-    // one sees the trial state.
-    const saved = {
-      effective: this.effective,
-      digestCache: this.digestCache,
-      everOwners: new Set(this.everOwners),
-      everRevokers: new Set(this.everRevokers),
-      keys: new Set(this.keys.keys()),
-    };
+    // one sees the trial state. The undo log makes the rollback as cheap as the trial.
+    const undo: (() => void)[] = [];
+    const sum = this.digestSum.copy();
+    const digestCache = this.digestCache;
+    this.undo = undo;
     const added: StoredOp[] = [];
     try {
       const { duplicates, rejected } = this.verifyAll(jwsList, added);
       return { added, duplicates, rejected };
     } finally {
-      for (const stored of added) this.ops.delete(stored.op.id);
-      for (const id of [...this.keys.keys()]) if (!saved.keys.has(id)) this.keys.delete(id);
-      this.everOwners.clear();
-      for (const id of saved.everOwners) this.everOwners.add(id);
-      this.everRevokers.clear();
-      for (const id of saved.everRevokers) this.everRevokers.add(id);
-      this.effective = saved.effective;
-      this.digestCache = saved.digestCache;
+      this.undo = undefined;
+      for (let i = undo.length - 1; i >= 0; i--) undo[i]?.();
+      this.digestSum.set(sum);
+      this.digestCache = digestCache;
     }
   }
 
@@ -459,6 +477,7 @@ export class Keyring implements CredentialLookup {
   apply(prepared: PreparedOps): MergeResult {
     this.materialize();
     const added: KeyringOp[] = [];
+    const accepted: StoredOp[] = [];
     let duplicates = prepared.duplicates;
     for (const stored of prepared.added) {
       const existing = this.ops.get(stored.op.id);
@@ -468,12 +487,10 @@ export class Keyring implements CredentialLookup {
         continue;
       }
       this.accept(stored);
+      accepted.push(stored);
       added.push(stored.op);
     }
-    if (added.length > 0) {
-      this.settleAuthority();
-      this.recompute();
-    }
+    if (accepted.length > 0) this.foldAll(accepted);
     return { added, duplicates, rejected: prepared.rejected };
   }
 
@@ -490,14 +507,13 @@ export class Keyring implements CredentialLookup {
     for (;;) {
       const next: typeof pending = [];
       const errors = new Map<number, AgentError>();
-      let progress = false;
+      const pass: StoredOp[] = [];
       for (const item of pending) {
         try {
           const r = this.verifyAndAccept(item.jws);
           if (r.status === 'added') {
             const stored = this.ops.get(r.op.id);
-            if (stored) added.push(stored);
-            progress = true;
+            if (stored) pass.push(stored);
           } else duplicates++;
         } catch (err) {
           const e = err instanceof AgentError ? err : new AgentError('op_malformed', String(err));
@@ -509,9 +525,10 @@ export class Keyring implements CredentialLookup {
         }
       }
       lastErrors = errors;
+      const progress = pass.length > 0;
       if (progress) {
-        this.settleAuthority();
-        this.recompute();
+        this.foldAll(pass);
+        for (const stored of pass) added.push(stored);
       }
       if (!progress || next.length === 0) break;
       pending = next;
@@ -578,7 +595,7 @@ export class Keyring implements CredentialLookup {
       }
       return op.auth.by;
     }
-    const key = this.keys.get(kid);
+    const key = this.keyObjectOf(kid);
     if (!key)
       throw new AgentError('op_unknown_signer', `keyring op ${op.id}: unknown signer ${kid}`, { kid });
     if (!verifyJws(parsed, key))
@@ -592,38 +609,133 @@ export class Keyring implements CredentialLookup {
     return status?.credential;
   }
 
+  /** Records how to undo a change while `prepare` tries ops (see `undo`). */
+  private changed(undo: () => void): void {
+    this.undo?.push(undo);
+  }
+
+  /**
+   * Adds an op to the set with the key and authority it brings and its share of the digest, in
+   * time independent of the keyring's size (`foldAll` then updates the effective credentials).
+   */
   private accept(stored: StoredOp): void {
-    this.ops.set(stored.op.id, stored);
+    const { op, signer } = stored;
+    this.ops.set(op.id, stored);
+    this.changed(() => this.ops.delete(op.id));
+    this.digestSum.add(opHash(stored.jws));
     this.digestCache = undefined;
-    if (stored.op.op === 'grant') {
-      const cred = stored.op.cred;
-      if (cred.publicKey && (cred.kind === 'signer' || cred.kind === 'phone') && !this.keys.has(cred.id)) {
-        this.keys.set(cred.id, publicKeyFromJwk(cred.publicKey));
+    if (op.op !== 'grant') return;
+    const cred = op.cred;
+    if (cred.publicKey && (cred.kind === 'signer' || cred.kind === 'phone') && !this.keyJwks.has(cred.id)) {
+      this.keyJwks.set(cred.id, cred.publicKey);
+      this.changed(() => {
+        this.keyJwks.delete(cred.id);
+        this.keyObjects.delete(cred.id);
+      });
+    }
+    if (this.everOwners.has(signer)) {
+      this.grantAuthority(op);
+      return;
+    }
+    const waiting = this.waitingGrants.get(signer);
+    if (waiting) {
+      waiting.push(op);
+      this.changed(() => waiting.pop());
+    } else {
+      this.waitingGrants.set(signer, [op]);
+      this.changed(() => this.waitingGrants.delete(signer));
+    }
+  }
+
+  /**
+   * A grant by an owner: its credential may now grant (owner) or revoke (owner, service), and the
+   * grants that were waiting for a new owner count. Grows everOwners / everRevokers to the same
+   * fixpoint as going over every stored grant would.
+   */
+  private grantAuthority(first: GrantOp): void {
+    const queue: GrantOp[] = [first];
+    for (let op = queue.pop(); op !== undefined; op = queue.pop()) {
+      const { id, role } = op.cred;
+      if ((role === 'owner' || role === 'service') && !this.everRevokers.has(id)) {
+        this.everRevokers.add(id);
+        this.changed(() => this.everRevokers.delete(id));
+      }
+      if (role === 'owner' && !this.everOwners.has(id)) {
+        this.everOwners.add(id);
+        this.changed(() => this.everOwners.delete(id));
+        const waiting = this.waitingGrants.get(id);
+        if (waiting) queue.push(...waiting);
       }
     }
   }
 
-  /** Grows everOwners / everRevokers to their fixpoint over the stored grants. */
-  private settleAuthority(): void {
-    let changed = true;
-    while (changed) {
-      changed = false;
-      for (const { op, signer } of this.ops.values()) {
-        if (op.op !== 'grant' || !this.everOwners.has(signer)) continue;
-        const { id, role } = op.cred;
-        if (role === 'owner' && !this.everOwners.has(id)) {
-          this.everOwners.add(id);
-          changed = true;
-        }
-        if ((role === 'owner' || role === 'service') && !this.everRevokers.has(id)) {
-          this.everRevokers.add(id);
-          changed = true;
-        }
-      }
+  /**
+   * Folds accepted ops into the effective credentials: each touches only its own credential,
+   * unless it changes who is a live owner (an owner grant, the revoke of a live owner: rare),
+   * which recomputes once.
+   */
+  private foldAll(added: readonly StoredOp[]): void {
+    const d = this.derived;
+    const movesOwners = (op: KeyringOp) =>
+      op.op === 'grant' ? op.cred.role === 'owner' : (d?.liveOwners.has(op.credId) ?? true);
+    if (d === undefined || added.some((s) => movesOwners(s.op))) {
+      this.recompute();
+      return;
     }
+    for (const stored of added) this.fold(stored, d);
   }
 
-  /** Recomputes the effective credentials from the op set. O(ops). */
+  private fold({ op, signer }: StoredOp, d: Derived): void {
+    if (op.op === 'revoke') {
+      const id = op.credId;
+      if (id === this.rootId || d.revoked.has(id)) return;
+      d.revoked.add(id);
+      this.changed(() => d.revoked.delete(id));
+      this.refresh(id, d);
+      return;
+    }
+    const id = op.cred.id;
+    const live = d.liveOwners.has(signer);
+    const prev = d.latest.get(id);
+    if (!decides(op, live, prev)) return;
+    d.latest.set(id, { op, live });
+    this.changed(() => (prev ? d.latest.set(id, prev) : d.latest.delete(id)));
+    this.refresh(id, d);
+  }
+
+  /** Sets a credential's effective status from `d.latest` and `d.revoked`. */
+  private refresh(id: string, d: Derived): void {
+    const best = d.latest.get(id);
+    if (best === undefined) return;
+    const suspect = this.suspects.get(id);
+    const status: CredentialStatus = {
+      credential: credentialFromTrustedWire(best.op.cred),
+      revoked: !best.live || d.revoked.has(id),
+      ...(suspect === undefined ? {} : { suspect }),
+    };
+    const prev = d.byId.get(id);
+    d.byId.set(id, status);
+    this.changed(() => (prev ? d.byId.set(id, prev) : d.byId.delete(id)));
+    const oldUid = prev?.credential.uidHash;
+    if (oldUid !== undefined)
+      this.setUidList(
+        d,
+        oldUid,
+        (d.byUid.get(oldUid) ?? []).filter((s) => s !== prev),
+      );
+    const uid = status.credential.uidHash;
+    if (uid !== undefined) this.setUidList(d, uid, [...(d.byUid.get(uid) ?? []), status]);
+  }
+
+  /** Replaces a UID hash's list (a new array, so an undo can put the old one back). */
+  private setUidList(d: Derived, uid: string, list: CredentialStatus[]): void {
+    const old = d.byUid.get(uid);
+    if (list.length > 0) d.byUid.set(uid, list);
+    else d.byUid.delete(uid);
+    this.changed(() => (old ? d.byUid.set(uid, old) : d.byUid.delete(uid)));
+  }
+
+  /** Recomputes the effective credentials from the op set. O(ops): loading, owner changes, suspects. */
   private recompute(): void {
     const revoked = new Set<string>();
     const ownerGrants: { id: string; signer: string }[] = [];
@@ -649,15 +761,7 @@ export class Keyring implements CredentialLookup {
     for (const { op, signer } of this.ops.values()) {
       if (op.op !== 'grant') continue;
       const live = liveOwners.has(signer);
-      const prev = latest.get(op.cred.id);
-      // A live grant beats a dead one; among equals the newest (iat, then id) wins.
-      if (
-        prev === undefined ||
-        (live && !prev.live) ||
-        (live === prev.live && (op.iat > prev.op.iat || (op.iat === prev.op.iat && op.id > prev.op.id)))
-      ) {
-        latest.set(op.cred.id, { op, live });
-      }
+      if (decides(op, live, latest.get(op.cred.id))) latest.set(op.cred.id, { op, live });
     }
     const byId = new Map<string, CredentialStatus>();
     const byUid = new Map<string, CredentialStatus[]>();
@@ -677,7 +781,14 @@ export class Keyring implements CredentialLookup {
         else byUid.set(uid, [status]);
       }
     }
-    this.effective = { byId, byUid };
+    const old = { effective: this.effective, derived: this.derived };
+    this.changed(() => {
+      this.effective = old.effective;
+      this.derived = old.derived;
+    });
+    const derived: Derived = { byId, byUid, latest, revoked, liveOwners };
+    this.derived = derived;
+    this.effective = derived;
   }
 
   byId(id: string): CredentialStatus | undefined {
@@ -686,6 +797,11 @@ export class Keyring implements CredentialLookup {
 
   byUidHash(hash: string): readonly CredentialStatus[] {
     return this.effective.byUid.get(hash) ?? [];
+  }
+
+  /** How many credentials `list` would return, without building the list. */
+  get credentialCount(): number {
+    return this.effective.byId.size;
   }
 
   /** Every credential with a grant, revoked ones included, the root first. */
@@ -701,35 +817,39 @@ export class Keyring implements CredentialLookup {
 
   /** Public key of a signing credential, for command verification. */
   keyOf(id: string): KeyObject | undefined {
-    const known = this.keys.get(id);
-    if (known || this.snapshotDigest === undefined) return known;
-    // Still loading: the effective credentials hold every granted key (revoked ones too).
-    const credential = this.effective.byId.get(id)?.credential;
-    if (!credential?.publicKey || (credential.kind !== 'phone' && credential.kind !== 'signer'))
-      return undefined;
-    const key = publicKeyFromJwk(credential.publicKey);
-    this.keys.set(id, key);
+    return this.keyObjectOf(id);
+  }
+
+  private keyObjectOf(id: string): KeyObject | undefined {
+    const cached = this.keyObjects.get(id);
+    if (cached) return cached;
+    let jwk = this.keyJwks.get(id);
+    if (jwk === undefined && this.snapshotDigest !== undefined) {
+      // Still loading: the effective credentials hold every granted key (revoked ones too).
+      const credential = this.effective.byId.get(id)?.credential;
+      if (credential?.publicKey && (credential.kind === 'phone' || credential.kind === 'signer'))
+        jwk = credential.publicKey;
+    }
+    if (jwk === undefined) return undefined;
+    const key = publicKeyFromJwk(jwk);
+    if (this.keyObjects.size >= KEY_OBJECT_CACHE) {
+      for (const cachedId of this.keyObjects.keys()) {
+        if (cachedId === this.rootId) continue;
+        this.keyObjects.delete(cachedId);
+        break;
+      }
+    }
+    this.keyObjects.set(id, key);
     return key;
   }
 
   /**
-   * SHA-256 over the sorted ops, each as `<id> <base64url SHA-256 of its JWS>\n`: equal digests
-   * mean equal keyrings, operation content included (a damaged copy of an op changes it).
+   * The keyring digest (see digestOfOps): equal digests mean equal keyrings, operation content
+   * included (a damaged copy of an op changes it). Order-free, so each op adds to it in O(1).
    */
   digest(): string {
     if (this.snapshotDigest !== undefined) return this.snapshotDigest;
-    if (this.digestCache === undefined) {
-      const h = createHash('sha256');
-      for (const id of [...this.ops.keys()].sort()) {
-        let opHash = this.opHashes.get(id);
-        if (opHash === undefined) {
-          opHash = opContentHash(this.ops.get(id)?.jws ?? '');
-          this.opHashes.set(id, opHash);
-        }
-        h.update(id).update(' ').update(opHash).update('\n');
-      }
-      this.digestCache = h.digest('hex');
-    }
+    this.digestCache ??= this.digestSum.digest(this.ops.size);
     return this.digestCache;
   }
 
@@ -771,16 +891,84 @@ export class Keyring implements CredentialLookup {
   }
 }
 
-/** base64url SHA-256 of an op's JWS: its part of the keyring digest. */
-export function opContentHash(jws: string): string {
-  return createHash('sha256').update(jws, 'utf8').digest('base64url');
+/** Key objects kept at once (signers and recently seen phones); the rest are made when asked for. */
+const KEY_OBJECT_CACHE = 1024;
+
+/** SHA-256 of an op's JWS: its share of the keyring digest. */
+function opHash(jws: string): Buffer {
+  return createHash('sha256').update(jws, 'utf8').digest();
 }
 
-/** The keyring digest of a set of ops (as Keyring.digest computes it). */
+/** Whether a grant (live or not) decides its credential over the one that does now. */
+function decides(
+  op: GrantOp,
+  live: boolean,
+  prev: { readonly op: GrantOp; readonly live: boolean } | undefined,
+): boolean {
+  // A live grant beats a dead one; among equals the newest (iat, then id) wins.
+  return (
+    prev === undefined ||
+    (live && !prev.live) ||
+    (live === prev.live && (op.iat > prev.op.iat || (op.iat === prev.op.iat && op.id > prev.op.id)))
+  );
+}
+
+/** The sum mod 2^256 of SHA-256 values, as eight 32-bit limbs, least significant first. */
+class DigestSum {
+  private limbs = new Uint32Array(8);
+
+  add(hash: Buffer): void {
+    let carry = 0;
+    for (let i = 0; i < 8; i++) {
+      const t = (this.limbs[i] ?? 0) + hash.readUInt32BE(28 - 4 * i) + carry;
+      this.limbs[i] = t >>> 0;
+      carry = t > 0xffffffff ? 1 : 0;
+    }
+  }
+
+  copy(): Uint32Array {
+    return this.limbs.slice();
+  }
+
+  set(limbs: Uint32Array): void {
+    this.limbs = limbs.slice();
+  }
+
+  /** The digest of a set of `count` ops whose hashes sum to this. */
+  digest(count: number): string {
+    let hex = '';
+    for (let i = 7; i >= 0; i--) hex += (this.limbs[i] ?? 0).toString(16).padStart(8, '0');
+    return createHash('sha256').update(`${DIGEST_V2}\n${count}\n${hex}`, 'utf8').digest('hex');
+  }
+}
+
+const DIGEST_V2 = 'vehicle-agent keyring digest v2';
+
+/**
+ * The keyring digest of a set of ops (docs/keyring.md "Digest"): hex SHA-256 of
+ * `vehicle-agent keyring digest v2\n<op count>\n<sum>`, where <sum> is the sum mod 2^256 of the
+ * SHA-256 of every op's JWS, as 64 hex digits. The order of the ops does not matter, so a keyring
+ * adds an op to it in constant time; the cloud computes the same from its op set.
+ */
 export function digestOfOps(ops: Iterable<{ readonly id: string; readonly jws: string }>): string {
+  const sum = new DigestSum();
+  let count = 0;
+  for (const { jws } of ops) {
+    sum.add(opHash(jws));
+    count++;
+  }
+  return sum.digest(count);
+}
+
+/** The digest summaries held before v2: SHA-256 over `<id> <base64url SHA-256 of the JWS>\n` by id. */
+export function digestOfOpsV1(ops: Iterable<{ readonly id: string; readonly jws: string }>): string {
   const sorted = [...ops].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const h = createHash('sha256');
-  for (const { id, jws } of sorted) h.update(id).update(' ').update(opContentHash(jws)).update('\n');
+  for (const { id, jws } of sorted)
+    h.update(id)
+      .update(' ')
+      .update(createHash('sha256').update(jws, 'utf8').digest('base64url'))
+      .update('\n');
   return h.digest('hex');
 }
 

@@ -644,7 +644,7 @@ export class Agent {
       vehicleId,
       lock: lock.state(),
       readers: readerStatus,
-      keyring: { operations: keyring.size, credentials: keyring.list().length, digest: keyring.digest() },
+      keyring: { operations: keyring.size, credentials: keyring.credentialCount, digest: keyring.digest() },
       clock: { now: new Date(now).toISOString(), trust: clock.trust() },
       decisions: { ...this.counts },
       rateLimits: {

@@ -2,10 +2,11 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Keyring } from '../../../src/access/keyring.js';
+import { digestOfOpsV1, type Keyring } from '../../../src/access/keyring.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { silentLogger } from '../../../src/core/logger.js';
-import { KeyringStore } from '../../../src/store/keyring-store.js';
+import { crcHex } from '../../../src/store/checksummed.js';
+import { inspectKeyringFiles, KeyringStore } from '../../../src/store/keyring-store.js';
 import {
   grantBy,
   makeKey,
@@ -165,5 +166,51 @@ describe('keyring store ops file', () => {
     expect(loaded.byId(phone.id)?.revoked).toBe(true);
     expect(view(loaded)).toBe(view(ring));
     await store.close();
+  });
+});
+
+describe('keyring store bulk import', () => {
+  it('imports more ops than the journal takes at once, in chunks, and keeps them across a restart', async () => {
+    const ring = newKeyring(root);
+    const store = await KeyringStore.open(dir, ring, silentLogger);
+    const cards = Array.from({ length: 4500 }, (_, i) =>
+      makeUidCredential('ntag424', i.toString(16).padStart(32, '0'), 'driver'),
+    );
+    const ops = cards.map((c) => grantBy(root, c));
+    const bad = grantBy(makeKey('signer', 'owner'), makeUidCredential('ntag424', 'f'.repeat(32), 'driver'));
+    const chunks: number[] = [];
+    const result = await store.importOps([...ops, ops[0] ?? '', bad], (added) => chunks.push(added.length));
+    expect(result.added).toHaveLength(4500);
+    expect(result.duplicates).toBe(1);
+    expect(result.rejected.map((r) => [r.index, r.code])).toEqual([[4501, 'op_unknown_signer']]);
+    expect(chunks).toEqual([4096, 404]);
+    expect(ring.byUidHash(cards[4499]?.uidHash ?? '')[0]?.revoked).toBe(false);
+    await store.close();
+    const again = await reopen();
+    await again.ring.whenMaterialized();
+    expect(view(again.ring)).toBe(view(ring));
+    await again.store.close();
+  });
+});
+
+describe('keyring summary digest versions', () => {
+  /** Rewrites keyring.json with another digest (and a checksum that matches it). */
+  function withDigest(digest: string): void {
+    const path = join(dir, 'keyring.json');
+    const text = readFileSync(path, 'utf8');
+    const summary = JSON.parse(text.slice(text.indexOf(' ') + 1)) as Record<string, unknown>;
+    const json = JSON.stringify({ ...summary, digest });
+    writeFileSync(path, `${crcHex(json)} ${json}\n`);
+  }
+
+  it('state check accepts a summary holding the digest before v2, and refuses one from other ops', async () => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    const ops = [...ring.storedOps()].map((s) => ({ id: s.op.id, jws: s.jws }));
+    expect((await inspectKeyringFiles(dir)).findings).toEqual([]);
+    withDigest(digestOfOpsV1(ops));
+    expect((await inspectKeyringFiles(dir)).findings).toEqual([]);
+    withDigest(digestOfOpsV1(ops.slice(1)));
+    expect((await inspectKeyringFiles(dir)).findings.map((f) => f.code)).toEqual(['state_corrupt']);
   });
 });
