@@ -16,7 +16,8 @@ import type { VehicleTopics } from './topics.js';
  */
 
 export interface CloudClientOptions {
-  readonly url: string;
+  /** Broker URLs, tried in turn (the nodes of a cluster). */
+  readonly urls: readonly string[];
   readonly tls: MqttTlsMaterial;
   readonly protocol?: ProtocolChoice;
   readonly connectTimeoutMs?: number;
@@ -40,7 +41,7 @@ export async function connectCloudClient(options: CloudClientOptions): Promise<C
   let onUp: (() => void) | undefined;
   const connection = new MqttConnection(
     {
-      url: options.url,
+      urls: options.urls,
       clientId: options.clientId ?? `vehicle-agent-cli-${randomBytes(6).toString('hex')}`,
       tls: options.tls,
       protocol: options.protocol ?? 'auto',
@@ -59,14 +60,15 @@ export async function connectCloudClient(options: CloudClientOptions): Promise<C
       },
     },
   );
-  const deadline = options.connectTimeoutMs ?? 10_000;
+  // Every URL gets its attempt before the client gives up.
+  const deadline = (options.connectTimeoutMs ?? 10_000) * options.urls.length;
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       void connection.stop();
       reject(
         new AgentError(
           'broker_unavailable',
-          `cannot connect to ${options.url}${connection.lastError ? `: ${connection.lastError}` : ''}`,
+          `cannot connect to ${options.urls.join(' or ')}${connection.lastError ? `: ${connection.lastError}` : ''}`,
         ),
       );
     }, deadline);

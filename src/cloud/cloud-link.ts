@@ -487,7 +487,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
 
   const connection = new MqttConnection(
     {
-      url: config.url,
+      urls: config.url,
       clientId: config.clientId ?? `vehicle-agent-${vehicleId}`,
       tls,
       protocol: config.protocol,
@@ -516,7 +516,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
 
   connection.start();
   log.info(
-    { url: config.url, base: topics.base, tls: tls.cert !== undefined ? 'client certificate' : 'none' },
+    { urls: config.url, base: topics.base, tls: tls.cert !== undefined ? 'client certificate' : 'none' },
     'cloud link starting',
   );
 

@@ -5,7 +5,8 @@ import { connect as tlsConnect } from 'node:tls';
 import { connect, type IClientOptions, MqttClient } from 'mqtt';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { type BackoffPolicy, backoffDelay } from './backoff.js';
+import { type BackoffPolicy, roundBackoffDelay } from './backoff.js';
+import { type Endpoint, parseBrokerUrl } from './broker-url.js';
 import { TokenBucket } from './intake.js';
 import { type OversizedPublish, PublishSizeGuard } from './publish-size-guard.js';
 
@@ -15,6 +16,10 @@ import { type OversizedPublish, PublishSizeGuard } from './publish-size-guard.js
  * reconnects follow our backoff with jitter and no message state leaks from one connection into
  * the next (the outbox decides what to send again, from disk).
  *
+ * - Several broker URLs (the nodes of a cluster): each attempt takes the next one in turn, so a dead
+ *   node costs one failed attempt, and a connection that drops goes on to the next node. The
+ *   backoff grows once per round over the list, so failing over to a live node is quick while a
+ *   fleet whose whole cluster is gone still backs off.
  * - MQTT 5 first; with protocol 'auto', a broker that refuses v5 (CONNACK "unacceptable protocol
  *   version") gets 3.1.1 from the next attempt on.
  * - TLS with CA, client certificate and key; the broker name is checked against its certificate.
@@ -22,6 +27,8 @@ import { type OversizedPublish, PublishSizeGuard } from './publish-size-guard.js
  *   one libuv thread (the agent's file writes share that pool).
  * - Nothing here is awaited by the unlock path: publish() rejects at once when offline.
  */
+
+export { parseBrokerUrl } from './broker-url.js';
 
 export type ProtocolChoice = 'auto' | '5' | '3.1.1';
 
@@ -39,7 +46,8 @@ export interface MqttMessageSpec {
 }
 
 export interface MqttConnectionOptions {
-  readonly url: string;
+  /** Broker URLs, tried in turn (at least one). */
+  readonly urls: readonly string[];
   readonly clientId: string;
   readonly tls: MqttTlsMaterial;
   readonly protocol: ProtocolChoice;
@@ -104,33 +112,6 @@ export interface Subscription {
   readonly rap?: boolean;
 }
 
-interface Endpoint {
-  readonly protocol: 'mqtt' | 'mqtts';
-  readonly host: string;
-  readonly port: number;
-}
-
-export function parseBrokerUrl(url: string, tls: MqttTlsMaterial): Endpoint {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new AgentError('config_invalid', `broker URL "${url}" is not a URL (mqtts://host:8883)`);
-  }
-  const scheme = parsed.protocol.replace(/:$/, '');
-  if (scheme !== 'mqtt' && scheme !== 'mqtts')
-    throw new AgentError(
-      'config_invalid',
-      `broker URL must start with mqtts:// or mqtt:// (got ${scheme}://)`,
-    );
-  // A client certificate means TLS (mqtt.js does the same silently; say it plainly instead).
-  const protocol = scheme === 'mqtts' || tls.cert !== undefined ? 'mqtts' : 'mqtt';
-  const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (host === '') throw new AgentError('config_invalid', `broker URL "${url}" has no host`);
-  const port = parsed.port === '' ? (protocol === 'mqtts' ? 8883 : 1883) : Number(parsed.port);
-  return { protocol, host, port };
-}
-
 function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(
@@ -153,17 +134,20 @@ function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise
 export class MqttConnection {
   private readonly options: MqttConnectionOptions;
   private readonly handlers: MqttConnectionHandlers;
-  private readonly endpoint: Endpoint;
+  private readonly endpoints: readonly Endpoint[];
+  /** The endpoint of the current (or last) attempt. */
+  private current = 0;
   private readonly random: () => number;
   private client: MqttClient | undefined;
   private session: MqttSession | undefined;
   private generation = 0;
+  /** Retries since the last stable connection: the backoff grows once per round over the URLs. */
   private attempt = 0;
   private version: 4 | 5;
   private stopped = true;
   private retryTimer: NodeJS.Timeout | undefined;
   private stableTimer: NodeJS.Timeout | undefined;
-  private lookupInFlight: Promise<string> | undefined;
+  private readonly lookupsInFlight = new Map<string, Promise<string>>();
   /** Rejecters of publishes waiting for a PUBACK on the current connection. */
   private readonly pending = new Set<(err: Error) => void>();
   private failuresLogged = 0;
@@ -172,7 +156,8 @@ export class MqttConnection {
   constructor(options: MqttConnectionOptions, handlers: MqttConnectionHandlers) {
     this.options = options;
     this.handlers = handlers;
-    this.endpoint = parseBrokerUrl(options.url, options.tls);
+    if (options.urls.length === 0) throw new AgentError('config_invalid', 'no broker URL');
+    this.endpoints = options.urls.map((url) => parseBrokerUrl(url, options.tls));
     this.random = options.random ?? Math.random;
     this.version = options.protocol === '3.1.1' ? 4 : 5;
   }
@@ -187,6 +172,11 @@ export class MqttConnection {
 
   get currentSession(): MqttSession | undefined {
     return this.session;
+  }
+
+  /** The URL of the broker connected to (or last tried). */
+  get brokerUrl(): string {
+    return this.options.urls[this.current] ?? '';
   }
 
   /** Why the last attempt failed, if it did. */
@@ -268,28 +258,31 @@ export class MqttConnection {
   private resolve(host: string): Promise<string> {
     if (isIP(host) !== 0) return Promise.resolve(host);
     if (this.options.resolveHost) return this.options.resolveHost(host);
-    // Single flight: a lookup that outlived its deadline is reused, never doubled.
-    this.lookupInFlight ??= lookup(host).then(
-      (r) => r.address,
-      (err: unknown) => {
-        throw new AgentError('broker_unavailable', `cannot resolve ${host}: ${(err as Error).message}`);
-      },
-    );
-    const current = this.lookupInFlight;
-    void current.then(
-      () => {
-        if (this.lookupInFlight === current) this.lookupInFlight = undefined;
-      },
-      () => {
-        if (this.lookupInFlight === current) this.lookupInFlight = undefined;
-      },
-    );
+    // Single flight per name: a lookup that outlived its deadline is reused, never doubled.
+    let current = this.lookupsInFlight.get(host);
+    if (current === undefined) {
+      current = lookup(host).then(
+        (r) => r.address,
+        (err: unknown) => {
+          throw new AgentError('broker_unavailable', `cannot resolve ${host}: ${(err as Error).message}`);
+        },
+      );
+      const settled = current;
+      this.lookupsInFlight.set(host, settled);
+      const forget = () => {
+        if (this.lookupsInFlight.get(host) === settled) this.lookupsInFlight.delete(host);
+      };
+      void settled.then(forget, forget);
+    }
     return withDeadline(current, this.options.connectTimeoutMs, `resolving ${host}`);
   }
 
   private async attemptConnect(): Promise<void> {
     if (this.stopped) return;
-    const { host, port, protocol } = this.endpoint;
+    const endpointIndex = this.current;
+    const endpoint = this.endpoints[endpointIndex];
+    if (endpoint === undefined) return;
+    const { host, port, protocol } = endpoint;
     let address: string;
     try {
       address = await this.resolve(host);
@@ -382,12 +375,20 @@ export class MqttConnection {
       this.session = session;
       if (this.failuresLogged > 0 || this.generation > 1)
         o.log.info(
-          { protocol: version === 5 ? '5' : '3.1.1', session: connack.sessionPresent },
+          {
+            protocol: version === 5 ? '5' : '3.1.1',
+            session: connack.sessionPresent,
+            broker: o.urls[endpointIndex],
+          },
           'cloud link up again',
         );
       else
         o.log.info(
-          { protocol: version === 5 ? '5' : '3.1.1', session: connack.sessionPresent },
+          {
+            protocol: version === 5 ? '5' : '3.1.1',
+            session: connack.sessionPresent,
+            broker: o.urls[endpointIndex],
+          },
           'cloud link up',
         );
       this.failuresLogged = 0;
@@ -473,17 +474,22 @@ export class MqttConnection {
     // The first failure of an outage is a warning; the retries after it are debug noise.
     if (this.failuresLogged === 0)
       this.options.log.warn(
-        { code: 'broker_unavailable', err: message },
+        { code: 'broker_unavailable', err: message, broker: this.brokerUrl },
         'cannot reach the broker; retrying',
       );
-    else this.options.log.debug({ code: 'broker_unavailable', err: message }, 'broker still unreachable');
+    else
+      this.options.log.debug(
+        { code: 'broker_unavailable', err: message, broker: this.brokerUrl },
+        'broker still unreachable',
+      );
     this.failuresLogged += 1;
   }
 
   private scheduleRetry(): void {
     if (this.stopped) return;
-    const delay = backoffDelay(this.attempt, this.options.backoff, this.random);
+    const delay = roundBackoffDelay(this.attempt, this.endpoints.length, this.options.backoff, this.random);
     this.attempt += 1;
+    this.current = (this.current + 1) % this.endpoints.length;
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => void this.attemptConnect(), delay);
     this.retryTimer.unref();

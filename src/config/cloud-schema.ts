@@ -1,4 +1,4 @@
-import { bool, int, oneOf, optStr, section, str } from './fields.js';
+import { bool, int, oneOf, optStr, section, str, strList } from './fields.js';
 
 const TOPIC_PREFIX = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 const TOPIC_HINT = 'topic levels of letters, digits, . _ - separated by / (no wildcards)';
@@ -10,11 +10,14 @@ export const CLOUD_SCHEMA = section(
     'nothing about local unlocking.',
   {
     enabled: bool('Connect to the broker. When false the MQTT library is never loaded.', false),
-    url: str(
-      'Broker URL. mqtts:// is TLS (use it); mqtt:// is plain TCP, for loopback tests only.',
-      'mqtts://localhost:8883',
+    url: strList(
+      'Broker URL, or a list of them (the nodes of a broker cluster; from the environment, separated ' +
+        'by commas): each connection attempt takes the next URL in turn, so a node that is down is ' +
+        'skipped. mqtts:// is TLS (use it); mqtt:// is plain TCP, for loopback tests only.',
+      ['mqtts://localhost:8883'],
       /^mqtts?:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?\/?$/,
       'mqtts://HOST[:PORT] or mqtt://HOST[:PORT]',
+      16,
     ),
     caFile: optStr(
       'PEM CA certificate(s) that signed the broker certificate. Default: the system CAs.',

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { parseBrokerUrl } from '../../cloud/broker-url.js';
 import type { CommandResult } from '../../cloud/command.js';
 import type { MqttTlsMaterial, ProtocolChoice } from '../../cloud/mqtt-connection.js';
 import { vehicleTopics } from '../../cloud/topics.js';
@@ -15,6 +16,8 @@ vehicle-agent cloud keyring push --key KEY.pem --vehicle VID --broker URL [BROKE
 
 BROKER OPTIONS: --ca CA.crt --cert CLIENT.crt --client-key CLIENT.key [--prefix vehicle-agent]
                 [--protocol auto|5|3.1.1]
+--broker may be given more than once (the nodes of a cluster): each connection attempt takes the
+next URL in turn.
 
 cloud send signs a command with --key (see \`vehicle-agent sign --help\`), publishes it to
 <prefix>/<VID>/command and prints the vehicle's coded result from <prefix>/<VID>/command/result
@@ -25,7 +28,7 @@ plus the --ops files (union; --replace publishes only the --ops files). The vehi
 a revoke always wins.`;
 
 const BROKER_OPTIONS = {
-  broker: { type: 'string' },
+  broker: { type: 'string', multiple: true },
   ca: { type: 'string' },
   cert: { type: 'string' },
   'client-key': { type: 'string' },
@@ -44,13 +47,16 @@ function readFile(path: string | undefined, what: string): Buffer | undefined {
 }
 
 function brokerOptions(values: {
-  readonly broker?: string | undefined;
+  readonly broker?: readonly string[] | undefined;
   readonly ca?: string | undefined;
   readonly cert?: string | undefined;
   readonly 'client-key'?: string | undefined;
   readonly protocol?: string | undefined;
-}): { url: string; tls: MqttTlsMaterial; protocol: ProtocolChoice } {
-  const url = requireString(values.broker, 'broker');
+}): { urls: readonly string[]; tls: MqttTlsMaterial; protocol: ProtocolChoice } {
+  const urls = values.broker ?? [];
+  if (urls.length === 0) throw new AgentError('bad_arguments', '--broker is required');
+  // A URL that cannot be used is a usage error here, before any connection is tried.
+  for (const url of urls) parseBrokerUrl(url, {}, 'bad_arguments');
   const ca = readFile(values.ca, 'ca');
   const cert = readFile(values.cert, 'cert');
   const key = readFile(values['client-key'], 'client-key');
@@ -60,7 +66,7 @@ function brokerOptions(values: {
   if (protocol !== 'auto' && protocol !== '5' && protocol !== '3.1.1')
     throw new AgentError('bad_arguments', '--protocol must be auto, 5 or 3.1.1');
   return {
-    url,
+    urls,
     tls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) },
     protocol,
   };
