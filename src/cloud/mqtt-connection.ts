@@ -21,7 +21,10 @@ import { type OversizedPublish, PublishSizeGuard } from './publish-size-guard.js
  *   backoff grows once per round over the list, so failing over to a live node is quick while a
  *   fleet whose whole cluster is gone still backs off.
  * - MQTT 5 first; with protocol 'auto', a broker that refuses v5 (CONNACK "unacceptable protocol
- *   version") gets 3.1.1 from the next attempt on.
+ *   version") gets 3.1.1 from the next attempt on. So does one that closes the connection on a v5
+ *   CONNECT without any CONNACK (RabbitMQ's MQTT plugin): there 3.1.1 is on trial, and if it is
+ *   closed unanswered too the close was not about the version, so 5 comes back. Each URL keeps
+ *   its own version (the nodes need not run the same broker).
  * - TLS with CA, client certificate and key; the broker name is checked against its certificate.
  * - DNS is resolved here, one lookup at a time with a deadline, so a dead resolver ties up at most
  *   one libuv thread (the agent's file writes share that pool).
@@ -143,7 +146,10 @@ export class MqttConnection {
   private generation = 0;
   /** Retries since the last stable connection: the backoff grows once per round over the URLs. */
   private attempt = 0;
-  private version: 4 | 5;
+  /** Per endpoint: the MQTT version of its next attempt. */
+  private readonly versions: (4 | 5)[];
+  /** Per endpoint: 3.1.1 chosen after a close without CONNACK, not yet answered by a CONNACK. */
+  private readonly versionOnTrial: boolean[];
   private stopped = true;
   private retryTimer: NodeJS.Timeout | undefined;
   private stableTimer: NodeJS.Timeout | undefined;
@@ -159,7 +165,8 @@ export class MqttConnection {
     if (options.urls.length === 0) throw new AgentError('config_invalid', 'no broker URL');
     this.endpoints = options.urls.map((url) => parseBrokerUrl(url, options.tls));
     this.random = options.random ?? Math.random;
-    this.version = options.protocol === '3.1.1' ? 4 : 5;
+    this.versions = this.endpoints.map(() => (options.protocol === '3.1.1' ? 4 : 5));
+    this.versionOnTrial = this.endpoints.map(() => false);
   }
 
   get connected(): boolean {
@@ -167,7 +174,7 @@ export class MqttConnection {
   }
 
   get protocolVersion(): 4 | 5 {
-    return this.version;
+    return this.versions[this.current] ?? 5;
   }
 
   get currentSession(): MqttSession | undefined {
@@ -236,7 +243,7 @@ export class MqttConnection {
     const client = this.client;
     if (client === undefined || this.session === undefined)
       return Promise.reject(new AgentError('broker_unavailable', 'not connected to the broker'));
-    const v5 = this.version === 5;
+    const v5 = this.protocolVersion === 5;
     const map: Record<string, { qos: 0 | 1; rap?: boolean }> = {};
     for (const s of subscriptions) map[s.topic] = v5 && s.rap ? { qos: s.qos, rap: true } : { qos: s.qos };
     return new Promise<void>((resolve, reject) => {
@@ -293,7 +300,7 @@ export class MqttConnection {
     }
     if (this.stopped) return;
     const o = this.options;
-    const version = this.version;
+    const version = this.protocolVersion;
     const clean = o.sessionExpiryS === 0;
     const options: IClientOptions = {
       protocol,
@@ -366,6 +373,7 @@ export class MqttConnection {
       if (this.client !== client) return;
       this.generation += 1;
       const receiveMaximum = connack.properties?.receiveMaximum ?? 65_535;
+      this.versionOnTrial[endpointIndex] = false;
       session = {
         generation: this.generation,
         protocolVersion: version,
@@ -433,8 +441,8 @@ export class MqttConnection {
       // 1: 3.1.1 "unacceptable protocol version"; 132 (0x84): MQTT 5 "unsupported protocol version".
       if (o.protocol === 'auto' && version === 5 && (err.code === 1 || err.code === 132)) {
         refusedVersion = true;
-        this.version = 4;
-        o.log.warn({}, 'the broker refused MQTT 5; using MQTT 3.1.1');
+        this.versions[endpointIndex] = 4;
+        o.log.warn({ broker: o.urls[endpointIndex] }, 'the broker refused MQTT 5; using MQTT 3.1.1');
       } else {
         errored = true;
         this.noteFailure(err);
@@ -445,8 +453,25 @@ export class MqttConnection {
       const was = session;
       this.dropClient(new AgentError('broker_unavailable', 'the connection to the broker closed'));
       client.end(true);
-      if (!was && !errored && !refusedVersion)
-        this.noteFailure(new Error('no CONNACK: the connection closed or timed out'));
+      // Closed by the broker after our CONNECT with no CONNACK and no error: a refused TCP
+      // connection, a TLS failure, a reset and a CONNACK timeout all come as errors first.
+      const closedUnanswered = !was && !errored && !refusedVersion;
+      if (closedUnanswered && o.protocol === 'auto' && version === 5) {
+        this.versions[endpointIndex] = 4;
+        this.versionOnTrial[endpointIndex] = true;
+        o.log.warn(
+          { broker: o.urls[endpointIndex] },
+          'the broker closed the connection on an MQTT 5 CONNECT without answering; trying MQTT 3.1.1',
+        );
+        if (!this.stopped) this.retryTimer = setTimeout(() => void this.attemptConnect(), 0);
+        return;
+      }
+      if (closedUnanswered && version === 4 && this.versionOnTrial[endpointIndex]) {
+        // 3.1.1 was closed unanswered too: the broker's refusal was not about the version.
+        this.versions[endpointIndex] = 5;
+        this.versionOnTrial[endpointIndex] = false;
+      }
+      if (closedUnanswered) this.noteFailure(new Error('no CONNACK: the broker closed the connection'));
       if (was) {
         clearTimeout(this.stableTimer);
         o.log.warn({ code: 'broker_unavailable' }, 'cloud link down; reconnecting');
