@@ -134,15 +134,31 @@ export async function sendCommand(
   return result;
 }
 
-/** Retained messages on `topics` (waits `settleMs` after subscribing for the broker to send them). */
-export async function readRetained(
+/**
+ * Asks the vehicle to publish `what` again (on <base>/request) and resolves with the messages on
+ * `topics` once a live (not retained) one on `answer` came, or after `waitMs` without it (the
+ * vehicle offline). Retained messages that came meanwhile are in the list too: they help where
+ * the broker delivers them, and nothing depends on them (a broker cluster keeps them per node).
+ */
+export async function requestFromVehicle(
   client: CloudClient,
+  vehicle: VehicleTopics,
+  what: 'state' | 'keyring',
   topics: readonly string[],
-  settleMs = 500,
-): Promise<Map<string, Buffer>> {
+  answer: string,
+  waitMs: number,
+): Promise<{ readonly messages: readonly IncomingMessage[]; readonly answered: boolean }> {
   await client.subscribe(topics);
-  await new Promise((r) => setTimeout(r, settleMs));
-  const out = new Map<string, Buffer>();
-  for (const m of client.received) if (m.retain && topics.includes(m.topic)) out.set(m.topic, m.payload);
-  return out;
+  const start = client.received.length;
+  const live = client.waitFor(
+    (m) => m.topic === answer && !m.retain && client.received.indexOf(m) >= start,
+    waitMs,
+    `an answer on ${answer}`,
+  );
+  await client.publish(vehicle.request, what, { qos: 1, retain: false });
+  const answered = await live.then(
+    () => true,
+    () => false,
+  );
+  return { messages: client.received.filter((m) => topics.includes(m.topic)), answered };
 }

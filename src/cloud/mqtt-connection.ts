@@ -25,6 +25,9 @@ import { type OversizedPublish, PublishSizeGuard } from './publish-size-guard.js
  *   CONNECT without any CONNACK (RabbitMQ's MQTT plugin): there 3.1.1 is on trial, and if it is
  *   closed unanswered too the close was not about the version, so 5 comes back. Each URL keeps
  *   its own version (the nodes need not run the same broker).
+ * - A broker without retained messages: MQTT 5 CONNACK "Retain Available" 0 makes every publish
+ *   go out unretained, and a CONNACK "Retain not supported" (0x9A, the will is retained) gets the
+ *   next attempt with an unretained will. The contract never needs retained delivery.
  * - TLS with CA, client certificate and key; the broker name is checked against its certificate.
  * - DNS is resolved here, one lookup at a time with a deadline, so a dead resolver ties up at most
  *   one libuv thread (the agent's file writes share that pool).
@@ -86,6 +89,8 @@ export interface MqttSession {
   readonly sessionPresent: boolean;
   /** The broker's Receive Maximum (QoS 1 publishes it accepts unacknowledged); 65535 when unsaid. */
   readonly receiveMaximum: number;
+  /** MQTT 5 Retain Available: false when the broker keeps no retained messages (publishes then go unretained). */
+  readonly retainAvailable: boolean;
 }
 
 export interface IncomingMessage {
@@ -150,6 +155,8 @@ export class MqttConnection {
   private readonly versions: (4 | 5)[];
   /** Per endpoint: 3.1.1 chosen after a close without CONNACK, not yet answered by a CONNACK. */
   private readonly versionOnTrial: boolean[];
+  /** Per endpoint: false once the broker said it keeps no retained messages. */
+  private readonly retainAvailable: boolean[];
   private stopped = true;
   private retryTimer: NodeJS.Timeout | undefined;
   private stableTimer: NodeJS.Timeout | undefined;
@@ -167,6 +174,7 @@ export class MqttConnection {
     this.random = options.random ?? Math.random;
     this.versions = this.endpoints.map(() => (options.protocol === '3.1.1' ? 4 : 5));
     this.versionOnTrial = this.endpoints.map(() => false);
+    this.retainAvailable = this.endpoints.map(() => true);
   }
 
   get connected(): boolean {
@@ -233,9 +241,9 @@ export class MqttConnection {
       };
       const rejecter = (err: Error) => settle(err);
       this.pending.add(rejecter);
-      client.publish(topic, payload, { qos: opts.qos, retain: opts.retain }, (err) =>
-        settle(err ?? undefined),
-      );
+      // A broker that keeps no retained messages disconnects a client that sends one.
+      const retain = opts.retain && this.session?.retainAvailable !== false;
+      client.publish(topic, payload, { qos: opts.qos, retain }, (err) => settle(err ?? undefined));
     });
   }
 
@@ -334,7 +342,7 @@ export class MqttConnection {
               topic: o.will.topic,
               payload: Buffer.from(o.will.payload),
               qos: o.will.qos,
-              retain: o.will.retain,
+              retain: o.will.retain && this.retainAvailable[endpointIndex] !== false,
             },
           }
         : {}),
@@ -368,17 +376,21 @@ export class MqttConnection {
     this.client = client;
     let session: MqttSession | undefined;
     let refusedVersion = false;
+    let refusedRetain = false;
     let errored = false;
     client.on('connect', (connack) => {
       if (this.client !== client) return;
       this.generation += 1;
       const receiveMaximum = connack.properties?.receiveMaximum ?? 65_535;
+      const retainAvailable = connack.properties?.retainAvailable !== false;
+      if (!retainAvailable) this.retainAvailable[endpointIndex] = false;
       this.versionOnTrial[endpointIndex] = false;
       session = {
         generation: this.generation,
         protocolVersion: version,
         sessionPresent: connack.sessionPresent,
         receiveMaximum,
+        retainAvailable,
       };
       this.session = session;
       if (this.failuresLogged > 0 || this.generation > 1)
@@ -443,6 +455,14 @@ export class MqttConnection {
         refusedVersion = true;
         this.versions[endpointIndex] = 4;
         o.log.warn({ broker: o.urls[endpointIndex] }, 'the broker refused MQTT 5; using MQTT 3.1.1');
+      } else if (err.code === 154 && this.retainAvailable[endpointIndex] !== false) {
+        // 0x9A "Retain not supported": our will is retained; the next attempt's is not.
+        refusedRetain = true;
+        this.retainAvailable[endpointIndex] = false;
+        o.log.warn(
+          { broker: o.urls[endpointIndex] },
+          'the broker keeps no retained messages; publishing unretained',
+        );
       } else {
         errored = true;
         this.noteFailure(err);
@@ -455,7 +475,7 @@ export class MqttConnection {
       client.end(true);
       // Closed by the broker after our CONNECT with no CONNACK and no error: a refused TCP
       // connection, a TLS failure, a reset and a CONNACK timeout all come as errors first.
-      const closedUnanswered = !was && !errored && !refusedVersion;
+      const closedUnanswered = !was && !errored && !refusedVersion && !refusedRetain;
       if (closedUnanswered && o.protocol === 'auto' && version === 5) {
         this.versions[endpointIndex] = 4;
         this.versionOnTrial[endpointIndex] = true;
@@ -477,8 +497,8 @@ export class MqttConnection {
         o.log.warn({ code: 'broker_unavailable' }, 'cloud link down; reconnecting');
         this.handlers.onDisconnect(was);
       }
-      if (refusedVersion) {
-        // Not a failure of the broker: try 3.1.1 straight away.
+      if (refusedVersion || refusedRetain) {
+        // Not a failure of the broker: try 3.1.1 (or an unretained will) straight away.
         if (!this.stopped) this.retryTimer = setTimeout(() => void this.attemptConnect(), 0);
         return;
       }

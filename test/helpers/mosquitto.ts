@@ -155,6 +155,8 @@ export interface BrokerOptions {
   readonly persistence?: boolean;
   /** An extra plain (no TLS) loopback listener, for protocol tests behind a proxy. */
   readonly plainPort?: number;
+  /** Global options added before the shipped lines (e.g. `retain_available false`). */
+  readonly extraConfig?: readonly string[];
 }
 
 export interface Broker {
@@ -204,7 +206,7 @@ export function brokerConfigFor(
     if (!lines.some((l) => l.startsWith(required)))
       throw new Error(`the shipped broker config has no ${required} line`);
   }
-  const head = process.getuid?.() === 0 ? ['user root'] : [];
+  const head = [...(process.getuid?.() === 0 ? ['user root'] : []), ...(options.extraConfig ?? [])];
   const tail =
     options.plainPort === undefined
       ? []

@@ -1,8 +1,10 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AgentProcess, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
+import { controlRequest } from '../../src/cli/control-client.js';
+import type { CloudLinkStatus } from '../../src/cloud/cloud-link.js';
+import { type AgentProcess, runCli, runCliJson, startAgentProcess } from '../helpers/agent-process.js';
 import { agentCloudEnv, connectTestCloud, type TestCloud } from '../helpers/cloud-side.js';
 import {
   type Broker,
@@ -11,6 +13,7 @@ import {
   startBroker,
   type TestPki,
 } from '../helpers/mosquitto.js';
+import { waitFor, waitForValue } from '../helpers/wait.js';
 
 /**
  * A fleet on a broker cluster (docs/mqtt.md "Several brokers"): the agent and the CLI take a list
@@ -105,5 +108,184 @@ describe('several broker URLs', () => {
     ]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.value).toMatchObject({ status: 'ok', code: 'ok' });
+  });
+});
+
+/**
+ * Retained messages are an optimisation: on a broker cluster a subscriber on one node never sees
+ * what was retained through another. Here Mosquitto keeps none at all (`retain_available false`,
+ * which also refuses a retained will and disconnects a client that publishes a retained message),
+ * and everything that must reach the vehicle or the cloud still does.
+ */
+describe('a broker that keeps no retained messages', () => {
+  let root: string;
+  let pki: TestPki;
+  let agentCert: ClientCert;
+  let cloudCert: ClientCert;
+  let broker: Broker;
+  let agent: AgentProcess | undefined;
+  let cloud: TestCloud | undefined;
+  let dir: string;
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), 'va-cloud-noretain-'));
+    pki = makeTestPki(join(root, 'pki'));
+    agentCert = pki.client('vehicle');
+    cloudCert = pki.client('cloud');
+    broker = await startBroker(pki, join(root, 'broker'), {
+      persistence: false,
+      extraConfig: ['retain_available false'],
+    });
+    dir = join(root, 'state');
+  });
+
+  afterAll(async () => {
+    await cloud?.close();
+    await agent?.stop();
+    await broker?.stop();
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+
+  const brokerArgs = () => [
+    '--broker',
+    broker.url,
+    '--ca',
+    pki.ca,
+    '--cert',
+    cloudCert.cert,
+    '--client-key',
+    cloudCert.key,
+  ];
+  const owner = () => join(dir, 'demo', 'owner.pem');
+
+  /** A new phone key and its grant signed by the demo owner, in a file. */
+  const phoneGrant = (vid: string, name: string): { key: string; grantFile: string; op: string } => {
+    const key = join(root, name);
+    expect(runCliJson(['keygen', '--kind', 'phone', '--out', key]).code).toBe(0);
+    const grant = runCli([
+      'sign',
+      'grant',
+      '--key',
+      owner(),
+      '--vehicle',
+      vid,
+      '--kind',
+      'phone',
+      '--public',
+      `${key}.pub.pem`,
+      '--role',
+      'driver',
+      '--name',
+      name,
+    ]);
+    expect(grant.code, grant.stderr).toBe(0);
+    const grantFile = join(root, `${name}.grant`);
+    writeFileSync(grantFile, grant.stdout);
+    return { key, grantFile, op: grant.stdout.trim() };
+  };
+
+  const presents = (key: string) =>
+    runCliJson<{ granted: boolean }>(['sim', 'present', '--key', `${key}.pem`, '--state-dir', dir]).value
+      .granted;
+
+  it('keyring sync: the vehicle asks for the set on connect, and the answer (not retained) merges', async () => {
+    cloud = await connectTestCloud(broker, pki, cloudCert, { reconnectPeriod: 0 });
+    await cloud.subscribe('vehicle-agent/+/keyring/request');
+    const a = await startAgentProcess(['--state-dir', dir], agentCloudEnv(broker.url, pki, agentCert));
+    agent = a;
+    await a.waitForLog((r) => r.msg === 'cloud link up', 15_000);
+    expect(a.logs.some((r) => r.msg === 'the broker keeps no retained messages; publishing unretained')).toBe(
+      true,
+    );
+    const request = await cloud.waitFor(
+      (m) => m.topic.endsWith('/keyring/request'),
+      10_000,
+      'the keyring request',
+    );
+    const asked = JSON.parse(request.payload) as { vid: string; digest: string; operations: number };
+    const vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string })
+      .vehicleId;
+    expect(asked).toMatchObject({ vid, digest: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    expect(asked.operations).toBeGreaterThan(0);
+    expect(request.retain).toBe(false);
+
+    // The cloud side answers with its signed set, published without retain.
+    const bob = phoneGrant(vid, 'bob');
+    const set = runCli(['sign', 'keyring', '--key', owner(), '--vehicle', vid, '--ops', bob.grantFile]);
+    expect(set.code, set.stderr).toBe(0);
+    expect(presents(bob.key)).toBe(false);
+    await cloud.publish(`vehicle-agent/${vid}/keyring`, set.stdout.trim());
+    await waitFor(() => presents(bob.key), 'bob granted by the set that answered the request');
+  });
+
+  it('cloud keyring push reaches the vehicle with the operations the vehicle holds', async () => {
+    const vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string })
+      .vehicleId;
+    const held = runCliJson<{ keyring: { operations: number } }>(['status', '--state-dir', dir]).value.keyring
+      .operations;
+    const carol = phoneGrant(vid, 'carol');
+    const pushed = runCliJson<{ operations: number; new: number }>([
+      'cloud',
+      'keyring',
+      'push',
+      '--key',
+      owner(),
+      '--vehicle',
+      vid,
+      '--ops',
+      carol.grantFile,
+      ...brokerArgs(),
+    ]);
+    expect(pushed.code, pushed.stderr).toBe(0);
+    // Nothing retained to read: the vehicle's own operations came from its answer to the request.
+    expect(pushed.value).toEqual({ topic: `vehicle-agent/${vid}/keyring`, operations: held + 1, new: 1 });
+    await waitFor(() => presents(carol.key), 'carol granted by the pushed set');
+  });
+
+  it('state reaches the cloud side on request', async () => {
+    const vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string })
+      .vehicleId;
+    const c = cloud;
+    if (c === undefined) throw new Error('no cloud client');
+    await c.subscribe(`vehicle-agent/${vid}/state`);
+    const before = c.received.length;
+    await c.publish(`vehicle-agent/${vid}/request`, 'state');
+    const state = await c.waitFor(
+      (m) => m.topic === `vehicle-agent/${vid}/state` && c.received.indexOf(m) >= before,
+      10_000,
+      'the state on request',
+    );
+    expect(JSON.parse(state.payload)).toMatchObject({ vid, mqtt: { protocol: '5' } });
+    const cli = runCliJson<{ live: boolean; state: { vid: string } }>([
+      'cloud',
+      'state',
+      '--vehicle',
+      vid,
+      ...brokerArgs(),
+    ]);
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(cli.value).toMatchObject({ live: true, state: { vid } });
+  });
+
+  it('requests are budgeted: a flood costs at most a few publishes, junk is refused', async () => {
+    const vid = (JSON.parse(readFileSync(join(dir, 'vehicle.json'), 'utf8')) as { vehicleId: string })
+      .vehicleId;
+    const c = cloud;
+    if (c === undefined) throw new Error('no cloud client');
+    await c.subscribe(`vehicle-agent/${vid}/keyring/vehicle`);
+    await c.publish(`vehicle-agent/${vid}/request`, 'unlock');
+    await Promise.all(
+      Array.from({ length: 200 }, () => c.publish(`vehicle-agent/${vid}/request`, 'keyring')),
+    );
+    const control = join(dir, 'control.sock');
+    const status = await waitForValue(async () => {
+      const st = (await controlRequest(control, 'cloud.status', {})) as CloudLinkStatus;
+      const r = st.intake.topics.request;
+      return r.accepted + r.overBudget + r.tooLarge >= 201 ? st : undefined;
+    }, 'the 201 requests counted');
+    const r = status.intake.topics.request;
+    expect(r.overBudget).toBeGreaterThan(150);
+    expect(status.intake.refused['request:unknown_command']).toBe(1);
+    expect(status.intake.refused['request:cloud_budget_exceeded']).toBe(r.overBudget);
   });
 });
