@@ -33,3 +33,31 @@ export function parseBrokerUrl(
   const port = parsed.port === '' ? (protocol === 'mqtts' ? 8883 : 1883) : Number(parsed.port);
   return { protocol, host, port };
 }
+
+/**
+ * The common name in an X.509 subject as node:crypto prints it (`CN=VA-1`, one attribute per
+ * line; a value with special characters comes quoted). Pure.
+ */
+export function subjectCommonName(subject: string): string | undefined {
+  for (const line of subject.split('\n')) {
+    if (!line.startsWith('CN=')) continue;
+    const value = line.slice(3);
+    if (value.startsWith('"') && value.endsWith('"') && value.length >= 2) {
+      try {
+        return JSON.parse(value) as string;
+      } catch {
+        return value;
+      }
+    }
+    return value;
+  }
+  return undefined;
+}
+
+/** The default MQTT client id of a vehicle, which its certificate's CN should equal. */
+export function defaultVehicleClientId(vehicleId: string): string {
+  return `vehicle-agent-${vehicleId}`;
+}
+
+/** MQTT client ids the CLI accepts: 1-128 printable ASCII characters, no spaces. */
+export const CLIENT_ID_PATTERN = /^[\x21-\x7e]{1,128}$/;

@@ -1,4 +1,4 @@
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import type { LockState } from '../core/types.js';
 import { MAX_JWS_LENGTH } from '../crypto/jws.js';
 import type { AuditRecord } from '../store/audit-log.js';
 import { COUNTER_MAP_OPTIONS, JournaledMap } from '../store/journaled-map.js';
+import { defaultVehicleClientId, subjectCommonName } from './broker-url.js';
 import { type CommandResult, commandJti, errorResult } from './command.js';
 import { type CommandAgent, CommandProcessor, type RememberedResult } from './command-processor.js';
 import { haDiscoveryConfig, parseHaCommand } from './home-assistant.js';
@@ -531,10 +532,12 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     );
   };
 
+  const clientId = config.clientId ?? defaultVehicleClientId(vehicleId);
+  warnOnIdentityMismatch(tls, clientId, log);
   const connection = new MqttConnection(
     {
       urls: config.url,
-      clientId: config.clientId ?? `vehicle-agent-${vehicleId}`,
+      clientId,
       tls,
       protocol: config.protocol,
       keepaliveS: config.keepaliveS,
@@ -588,6 +591,28 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       return stopping;
     },
   };
+}
+
+/**
+ * Brokers that take the client id from the certificate (ejabberd, AWS IoT policies, Mosquitto's
+ * use_identity_as_username with an ACL on %c) refuse or confine a client whose id is not its CN:
+ * said once at start, with both names, rather than as a refused connection later.
+ */
+function warnOnIdentityMismatch(tls: MqttTlsMaterial, clientId: string, log: Logger): void {
+  if (tls.cert === undefined) return;
+  let cn: string | undefined;
+  try {
+    cn = subjectCommonName(new X509Certificate(tls.cert).subject);
+  } catch (err) {
+    log.warn({ code: 'config_invalid', err: String(err) }, 'cloud.certFile is not a readable certificate');
+    return;
+  }
+  if (cn !== undefined && cn !== clientId)
+    log.warn(
+      { code: 'config_invalid', clientId, certificateCn: cn },
+      'the MQTT client id is not the certificate CN: brokers that require them to agree will refuse ' +
+        'the vehicle (set cloud.clientId to the CN, or issue the certificate with CN = the client id)',
+    );
 }
 
 function parseRemembered(value: unknown): RememberedResult {

@@ -34,7 +34,11 @@ export const CLOUD_SCHEMA = section(
       TOPIC_PREFIX,
       TOPIC_HINT,
     ),
-    clientId: optStr('MQTT client id. Default: vehicle-agent-<vehicleId>.', 'vehicle-agent-VA-EXAMPLE'),
+    clientId: optStr(
+      'MQTT client id. Default: vehicle-agent-<vehicleId>. Issue the client certificate with this CN ' +
+        '(brokers that tie the client to its certificate require it; a warning at start says when they differ).',
+      'vehicle-agent-VA-EXAMPLE',
+    ),
     protocol: oneOf('MQTT version. auto: 5, falling back to 3.1.1 when the broker refuses 5.', 'auto', [
       'auto',
       '5',

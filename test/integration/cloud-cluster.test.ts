@@ -75,6 +75,10 @@ describe('several broker URLs', () => {
     await nodeB.stop();
     const again = await a.waitForLog((r) => r.msg === 'cloud link up again' && r !== first, 15_000);
     expect(again.broker).toBe(nodeA.url);
+    // Its certificate says CN=vehicle while the client id is the default: said at start.
+    expect(
+      a.logs.find((r) => String(r.msg).startsWith('the MQTT client id is not the certificate CN')),
+    ).toMatchObject({ code: 'config_invalid', clientId: `vehicle-agent-${vid}`, certificateCn: 'vehicle' });
     const online = await cloudA.waitFor(
       (m) => m.topic === `vehicle-agent/${vid}/status` && m.payload.includes('online'),
       10_000,
@@ -103,11 +107,25 @@ describe('several broker URLs', () => {
       cloudCert.cert,
       '--client-key',
       cloudCert.key,
+      '--client-id',
+      'cloud',
       '--timeout',
       '10000',
     ]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.value).toMatchObject({ status: 'ok', code: 'ok' });
+    const bad = runCli([
+      'cloud',
+      'state',
+      '--vehicle',
+      'VA-1',
+      '--broker',
+      nodeA.url,
+      '--client-id',
+      'two words',
+    ]);
+    expect(bad.code).toBe(64);
+    expect(bad.stderr).toContain('--client-id must be 1 to 128 printable ASCII characters');
   });
 });
 
@@ -191,9 +209,16 @@ describe('a broker that keeps no retained messages', () => {
   it('keyring sync: the vehicle asks for the set on connect, and the answer (not retained) merges', async () => {
     cloud = await connectTestCloud(broker, pki, cloudCert, { reconnectPeriod: 0 });
     await cloud.subscribe('vehicle-agent/+/keyring/request');
-    const a = await startAgentProcess(['--state-dir', dir], agentCloudEnv(broker.url, pki, agentCert));
+    // Client id = certificate CN (CN=vehicle): no warning.
+    const a = await startAgentProcess(
+      ['--state-dir', dir],
+      agentCloudEnv(broker.url, pki, agentCert, { VEHICLE_AGENT_CLOUD__CLIENT_ID: 'vehicle' }),
+    );
     agent = a;
     await a.waitForLog((r) => r.msg === 'cloud link up', 15_000);
+    expect(a.logs.some((r) => String(r.msg).startsWith('the MQTT client id is not the certificate CN'))).toBe(
+      false,
+    );
     expect(a.logs.some((r) => r.msg === 'the broker keeps no retained messages; publishing unretained')).toBe(
       true,
     );

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { parseBrokerUrl } from '../../cloud/broker-url.js';
+import { CLIENT_ID_PATTERN, parseBrokerUrl } from '../../cloud/broker-url.js';
 import type { CommandResult } from '../../cloud/command.js';
 import type { MqttTlsMaterial, ProtocolChoice } from '../../cloud/mqtt-connection.js';
 import { vehicleTopics } from '../../cloud/topics.js';
@@ -16,9 +16,10 @@ vehicle-agent cloud keyring push --key KEY.pem --vehicle VID --broker URL [BROKE
 vehicle-agent cloud state --vehicle VID --broker URL [BROKER OPTIONS] [--wait MS] [--json]
 
 BROKER OPTIONS: --ca CA.crt --cert CLIENT.crt --client-key CLIENT.key [--prefix vehicle-agent]
-                [--protocol auto|5|3.1.1]
+                [--protocol auto|5|3.1.1] [--client-id ID]
 --broker may be given more than once (the nodes of a cluster): each connection attempt takes the
-next URL in turn.
+next URL in turn. --client-id: the MQTT client id (default: a random vehicle-agent-cli-…); a
+broker that requires the client id to be the certificate CN needs --client-id CN.
 
 cloud send signs a command with --key (see \`vehicle-agent sign --help\`), publishes it to
 <prefix>/<VID>/command and prints the vehicle's coded result from <prefix>/<VID>/command/result
@@ -38,6 +39,7 @@ const BROKER_OPTIONS = {
   'client-key': { type: 'string' },
   prefix: { type: 'string', default: 'vehicle-agent' },
   protocol: { type: 'string', default: 'auto' },
+  'client-id': { type: 'string' },
   json: { type: 'boolean' },
 } as const;
 
@@ -56,7 +58,8 @@ function brokerOptions(values: {
   readonly cert?: string | undefined;
   readonly 'client-key'?: string | undefined;
   readonly protocol?: string | undefined;
-}): { urls: readonly string[]; tls: MqttTlsMaterial; protocol: ProtocolChoice } {
+  readonly 'client-id'?: string | undefined;
+}): { urls: readonly string[]; tls: MqttTlsMaterial; protocol: ProtocolChoice; clientId?: string } {
   const urls = values.broker ?? [];
   if (urls.length === 0) throw new AgentError('bad_arguments', '--broker is required');
   // A URL that cannot be used is a usage error here, before any connection is tried.
@@ -69,7 +72,14 @@ function brokerOptions(values: {
   const protocol = values.protocol ?? 'auto';
   if (protocol !== 'auto' && protocol !== '5' && protocol !== '3.1.1')
     throw new AgentError('bad_arguments', '--protocol must be auto, 5 or 3.1.1');
+  const clientId = values['client-id'];
+  if (clientId !== undefined && !CLIENT_ID_PATTERN.test(clientId))
+    throw new AgentError(
+      'bad_arguments',
+      '--client-id must be 1 to 128 printable ASCII characters, no spaces',
+    );
   return {
+    ...(clientId !== undefined ? { clientId } : {}),
     urls,
     tls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) },
     protocol,

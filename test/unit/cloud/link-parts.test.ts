@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { backoffDelay, roundBackoffDelay } from '../../../src/cloud/backoff.js';
+import { subjectCommonName } from '../../../src/cloud/broker-url.js';
 import { haDiscoveryConfig, parseHaCommand } from '../../../src/cloud/home-assistant.js';
 import { parseBrokerUrl } from '../../../src/cloud/mqtt-connection.js';
 import { stateDocument, stateFingerprint } from '../../../src/cloud/state.js';
@@ -26,6 +27,18 @@ describe('reconnect backoff', () => {
     expect([0, 1, 2, 3, 4, 5].map((a) => roundBackoffDelay(a, brokers, policy, () => 0.999999))).toEqual(
       delays,
     );
+  });
+});
+
+describe('certificate CN', () => {
+  it.each([
+    ['CN=vehicle-agent-VA-1', 'vehicle-agent-VA-1'],
+    ['C=DE\nO=Fleet\nCN=VA-1', 'VA-1'],
+    ['CN="a, b"', 'a, b'],
+    ['O=Fleet', undefined],
+    ['', undefined],
+  ])('reads the CN of %j', (subject, cn) => {
+    expect(subjectCommonName(subject)).toBe(cn);
   });
 });
 
