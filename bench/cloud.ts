@@ -103,7 +103,7 @@ async function benchOutbox(
   let window = 0;
   const connection: MqttConnection = new MqttConnection(
     {
-      url: broker.url,
+      urls: [broker.url],
       clientId: 'bench-vehicle',
       tls: { ca: tls.ca, cert: readFileSync(agentCert.cert), key: readFileSync(agentCert.key) },
       protocol: 'auto',

@@ -14,3 +14,17 @@ export function backoffDelay(attempt: number, policy: BackoffPolicy, random: () 
   const r = Math.min(Math.max(random(), 0), 1);
   return Math.round(ceiling / 2 + (ceiling / 2) * r);
 }
+
+/**
+ * Delay before retry `attempt` when the retries go round `brokers` URLs in turn: the backoff grows
+ * once per round, so the next node is tried soon after one fails, and a fleet whose every node is
+ * gone still backs off. With one URL it is backoffDelay. Pure.
+ */
+export function roundBackoffDelay(
+  attempt: number,
+  brokers: number,
+  policy: BackoffPolicy,
+  random: () => number,
+): number {
+  return backoffDelay(Math.floor(Math.max(0, attempt) / Math.max(1, brokers)), policy, random);
+}

@@ -16,7 +16,8 @@ import type { VehicleTopics } from './topics.js';
  */
 
 export interface CloudClientOptions {
-  readonly url: string;
+  /** Broker URLs, tried in turn (the nodes of a cluster). */
+  readonly urls: readonly string[];
   readonly tls: MqttTlsMaterial;
   readonly protocol?: ProtocolChoice;
   readonly connectTimeoutMs?: number;
@@ -40,7 +41,7 @@ export async function connectCloudClient(options: CloudClientOptions): Promise<C
   let onUp: (() => void) | undefined;
   const connection = new MqttConnection(
     {
-      url: options.url,
+      urls: options.urls,
       clientId: options.clientId ?? `vehicle-agent-cli-${randomBytes(6).toString('hex')}`,
       tls: options.tls,
       protocol: options.protocol ?? 'auto',
@@ -59,14 +60,15 @@ export async function connectCloudClient(options: CloudClientOptions): Promise<C
       },
     },
   );
-  const deadline = options.connectTimeoutMs ?? 10_000;
+  // Every URL gets its attempt before the client gives up.
+  const deadline = (options.connectTimeoutMs ?? 10_000) * options.urls.length;
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       void connection.stop();
       reject(
         new AgentError(
           'broker_unavailable',
-          `cannot connect to ${options.url}${connection.lastError ? `: ${connection.lastError}` : ''}`,
+          `cannot connect to ${options.urls.join(' or ')}${connection.lastError ? `: ${connection.lastError}` : ''}`,
         ),
       );
     }, deadline);
@@ -132,15 +134,31 @@ export async function sendCommand(
   return result;
 }
 
-/** Retained messages on `topics` (waits `settleMs` after subscribing for the broker to send them). */
-export async function readRetained(
+/**
+ * Asks the vehicle to publish `what` again (on <base>/request) and resolves with the messages on
+ * `topics` once a live (not retained) one on `answer` came, or after `waitMs` without it (the
+ * vehicle offline). Retained messages that came meanwhile are in the list too: they help where
+ * the broker delivers them, and nothing depends on them (a broker cluster keeps them per node).
+ */
+export async function requestFromVehicle(
   client: CloudClient,
+  vehicle: VehicleTopics,
+  what: 'state' | 'keyring',
   topics: readonly string[],
-  settleMs = 500,
-): Promise<Map<string, Buffer>> {
+  answer: string,
+  waitMs: number,
+): Promise<{ readonly messages: readonly IncomingMessage[]; readonly answered: boolean }> {
   await client.subscribe(topics);
-  await new Promise((r) => setTimeout(r, settleMs));
-  const out = new Map<string, Buffer>();
-  for (const m of client.received) if (m.retain && topics.includes(m.topic)) out.set(m.topic, m.payload);
-  return out;
+  const start = client.received.length;
+  const live = client.waitFor(
+    (m) => m.topic === answer && !m.retain && client.received.indexOf(m) >= start,
+    waitMs,
+    `an answer on ${answer}`,
+  );
+  await client.publish(vehicle.request, what, { qos: 1, retain: false });
+  const answered = await live.then(
+    () => true,
+    () => false,
+  );
+  return { messages: client.received.filter((m) => topics.includes(m.topic)), answered };
 }

@@ -1,4 +1,4 @@
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import type { LockState } from '../core/types.js';
 import { MAX_JWS_LENGTH } from '../crypto/jws.js';
 import type { AuditRecord } from '../store/audit-log.js';
 import { COUNTER_MAP_OPTIONS, JournaledMap } from '../store/journaled-map.js';
+import { defaultVehicleClientId, subjectCommonName } from './broker-url.js';
 import { type CommandResult, commandJti, errorResult } from './command.js';
 import { type CommandAgent, CommandProcessor, type RememberedResult } from './command-processor.js';
 import { haDiscoveryConfig, parseHaCommand } from './home-assistant.js';
@@ -73,7 +74,7 @@ export interface CloudLinkDeps {
 }
 
 /** The inbound topics, each with a budget of its own. */
-export type InboundTopic = 'command' | 'keyring' | 'home-assistant';
+export type InboundTopic = 'command' | 'keyring' | 'home-assistant' | 'request';
 
 export interface IntakeStats {
   /** Per topic: messages accepted for work, refused for size, dropped over the budget, bytes accepted. */
@@ -102,6 +103,13 @@ export interface CloudLink {
 
 /** Largest Home Assistant command (LOCK / UNLOCK and a little room). */
 const MAX_HA_COMMAND_BYTES = 64;
+/** Largest request on <base>/request (`state`, `keyring`). */
+const MAX_REQUEST_BYTES = 64;
+/**
+ * Requests a second: each makes the vehicle publish its state or its whole keyring set again, so
+ * an unsigned request from anyone on the broker can cost at most this many publishes a second.
+ */
+const REQUESTS_PER_S = 2;
 /** MQTT framing around a payload: fixed header, topic, packet id, properties. */
 const PACKET_OVERHEAD_BYTES = 4096;
 
@@ -110,6 +118,7 @@ const REFUSAL_TYPE: Record<InboundTopic, string> = {
   command: 'command.rejected',
   keyring: 'keyring.set.rejected',
   'home-assistant': 'ha.command.rejected',
+  request: 'request.rejected',
 };
 
 function readPem(path: string | undefined, what: string): Buffer | undefined {
@@ -209,6 +218,10 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       { messagesPerS: intake.haCommandsPerS, bytesPerS: 64 * 1024, maxBytes: MAX_HA_COMMAND_BYTES },
       mono(),
     ),
+    request: new TopicBudget(
+      { messagesPerS: REQUESTS_PER_S, bytesPerS: 64 * 1024, maxBytes: MAX_REQUEST_BYTES },
+      mono(),
+    ),
   };
   const refusedCounts = new Map<string, number>();
   let paced = 0;
@@ -240,6 +253,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       command: { ...budgets.command.counts },
       keyring: { ...budgets.keyring.counts },
       'home-assistant': { ...budgets['home-assistant'].counts },
+      request: { ...budgets.request.counts },
     },
     refused: Object.fromEntries(refusedCounts),
     paced,
@@ -377,6 +391,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     if (topic === topics.command) return 'command';
     if (topic === topics.keyring) return 'keyring';
     if (topic === topics.haCommand && takesHaCommands()) return 'home-assistant';
+    if (topic === topics.request) return 'request';
     return undefined;
   };
 
@@ -421,6 +436,17 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         publishState();
         return;
       }
+      case 'request': {
+        // Read-only and budgeted, so unsigned: it only repeats what the vehicle publishes anyway,
+        // for a cloud that cannot count on retained delivery (a broker cluster).
+        const what = message.payload.toString('utf8').trim();
+        if (what === 'state') publishState();
+        else if (what === 'keyring') {
+          lastVehicleSetDigest = undefined;
+          publishVehicleSet();
+        } else refuse('request', 'unknown_command');
+        return;
+      }
     }
   };
 
@@ -446,6 +472,22 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     }
   };
 
+  /** Asks the cloud for its keyring set (answered on `keyring`): no retained delivery needed. */
+  const requestKeyringSet = (): void => {
+    void agent.keyring.whenMaterialized().then(
+      () => {
+        if (!connection.connected) return;
+        const k = agent.status().keyring;
+        const request = { vid: vehicleId, digest: k.digest, operations: k.operations };
+        fireAndForget(
+          'keyring request',
+          connection.publish(topics.keyringRequest, JSON.stringify(request), { qos: 1, retain: false }),
+        );
+      },
+      (err: unknown) => log.debug({ err: String(err) }, 'keyring not read; keyring set not requested'),
+    );
+  };
+
   const onConnect = (session: MqttSession): void => {
     fireAndForget('status', connection.publish(topics.status, STATUS_ONLINE, { qos: 1, retain: true }));
     lastVehicleSetDigest = undefined;
@@ -464,6 +506,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     const subscriptions = [
       { topic: topics.command, qos: 1 as const, rap: true },
       { topic: topics.keyring, qos: 1 as const },
+      { topic: topics.request, qos: 1 as const },
       ...(takesHaCommands() ? [{ topic: topics.haCommand, qos: 1 as const, rap: true }] : []),
     ];
     if (ha.enabled && ha.allowUnsignedCommands && !takesHaCommands())
@@ -472,7 +515,11 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         'Home Assistant unsigned commands need MQTT 5 (retain as published); not taken over MQTT 3.1.1',
       );
     connection.subscribe(subscriptions).then(
-      () => log.debug({ topics: subscriptions.length }, 'cloud link subscribed'),
+      () => {
+        log.debug({ topics: subscriptions.length }, 'cloud link subscribed');
+        // Asked once subscribed, so the answer cannot pass by.
+        requestKeyringSet();
+      },
       (err: unknown) => {
         log.error({ code: 'broker_unavailable', err: String(err) }, 'subscribe failed');
       },
@@ -485,10 +532,12 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     );
   };
 
+  const clientId = config.clientId ?? defaultVehicleClientId(vehicleId);
+  warnOnIdentityMismatch(tls, clientId, log);
   const connection = new MqttConnection(
     {
-      url: config.url,
-      clientId: config.clientId ?? `vehicle-agent-${vehicleId}`,
+      urls: config.url,
+      clientId,
       tls,
       protocol: config.protocol,
       keepaliveS: config.keepaliveS,
@@ -516,7 +565,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
 
   connection.start();
   log.info(
-    { url: config.url, base: topics.base, tls: tls.cert !== undefined ? 'client certificate' : 'none' },
+    { urls: config.url, base: topics.base, tls: tls.cert !== undefined ? 'client certificate' : 'none' },
     'cloud link starting',
   );
 
@@ -542,6 +591,28 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       return stopping;
     },
   };
+}
+
+/**
+ * Brokers that take the client id from the certificate (ejabberd, AWS IoT policies, Mosquitto's
+ * use_identity_as_username with an ACL on %c) refuse or confine a client whose id is not its CN:
+ * said once at start, with both names, rather than as a refused connection later.
+ */
+function warnOnIdentityMismatch(tls: MqttTlsMaterial, clientId: string, log: Logger): void {
+  if (tls.cert === undefined) return;
+  let cn: string | undefined;
+  try {
+    cn = subjectCommonName(new X509Certificate(tls.cert).subject);
+  } catch (err) {
+    log.warn({ code: 'config_invalid', err: String(err) }, 'cloud.certFile is not a readable certificate');
+    return;
+  }
+  if (cn !== undefined && cn !== clientId)
+    log.warn(
+      { code: 'config_invalid', clientId, certificateCn: cn },
+      'the MQTT client id is not the certificate CN: brokers that require them to agree will refuse ' +
+        'the vehicle (set cloud.clientId to the CN, or issue the certificate with CN = the client id)',
+    );
 }
 
 function parseRemembered(value: unknown): RememberedResult {

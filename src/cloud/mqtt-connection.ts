@@ -5,7 +5,8 @@ import { connect as tlsConnect } from 'node:tls';
 import { connect, type IClientOptions, MqttClient } from 'mqtt';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { type BackoffPolicy, backoffDelay } from './backoff.js';
+import { type BackoffPolicy, roundBackoffDelay } from './backoff.js';
+import { type Endpoint, parseBrokerUrl } from './broker-url.js';
 import { TokenBucket } from './intake.js';
 import { type OversizedPublish, PublishSizeGuard } from './publish-size-guard.js';
 
@@ -15,13 +16,25 @@ import { type OversizedPublish, PublishSizeGuard } from './publish-size-guard.js
  * reconnects follow our backoff with jitter and no message state leaks from one connection into
  * the next (the outbox decides what to send again, from disk).
  *
+ * - Several broker URLs (the nodes of a cluster): each attempt takes the next one in turn, so a dead
+ *   node costs one failed attempt, and a connection that drops goes on to the next node. The
+ *   backoff grows once per round over the list, so failing over to a live node is quick while a
+ *   fleet whose whole cluster is gone still backs off.
  * - MQTT 5 first; with protocol 'auto', a broker that refuses v5 (CONNACK "unacceptable protocol
- *   version") gets 3.1.1 from the next attempt on.
+ *   version") gets 3.1.1 from the next attempt on. So does one that closes the connection on a v5
+ *   CONNECT without any CONNACK (RabbitMQ's MQTT plugin): there 3.1.1 is on trial, and if it is
+ *   closed unanswered too the close was not about the version, so 5 comes back. Each URL keeps
+ *   its own version (the nodes need not run the same broker).
+ * - A broker without retained messages: MQTT 5 CONNACK "Retain Available" 0 makes every publish
+ *   go out unretained, and a CONNACK "Retain not supported" (0x9A, the will is retained) gets the
+ *   next attempt with an unretained will. The contract never needs retained delivery.
  * - TLS with CA, client certificate and key; the broker name is checked against its certificate.
  * - DNS is resolved here, one lookup at a time with a deadline, so a dead resolver ties up at most
  *   one libuv thread (the agent's file writes share that pool).
  * - Nothing here is awaited by the unlock path: publish() rejects at once when offline.
  */
+
+export { parseBrokerUrl } from './broker-url.js';
 
 export type ProtocolChoice = 'auto' | '5' | '3.1.1';
 
@@ -39,7 +52,8 @@ export interface MqttMessageSpec {
 }
 
 export interface MqttConnectionOptions {
-  readonly url: string;
+  /** Broker URLs, tried in turn (at least one). */
+  readonly urls: readonly string[];
   readonly clientId: string;
   readonly tls: MqttTlsMaterial;
   readonly protocol: ProtocolChoice;
@@ -75,6 +89,8 @@ export interface MqttSession {
   readonly sessionPresent: boolean;
   /** The broker's Receive Maximum (QoS 1 publishes it accepts unacknowledged); 65535 when unsaid. */
   readonly receiveMaximum: number;
+  /** MQTT 5 Retain Available: false when the broker keeps no retained messages (publishes then go unretained). */
+  readonly retainAvailable: boolean;
 }
 
 export interface IncomingMessage {
@@ -104,33 +120,6 @@ export interface Subscription {
   readonly rap?: boolean;
 }
 
-interface Endpoint {
-  readonly protocol: 'mqtt' | 'mqtts';
-  readonly host: string;
-  readonly port: number;
-}
-
-export function parseBrokerUrl(url: string, tls: MqttTlsMaterial): Endpoint {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new AgentError('config_invalid', `broker URL "${url}" is not a URL (mqtts://host:8883)`);
-  }
-  const scheme = parsed.protocol.replace(/:$/, '');
-  if (scheme !== 'mqtt' && scheme !== 'mqtts')
-    throw new AgentError(
-      'config_invalid',
-      `broker URL must start with mqtts:// or mqtt:// (got ${scheme}://)`,
-    );
-  // A client certificate means TLS (mqtt.js does the same silently; say it plainly instead).
-  const protocol = scheme === 'mqtts' || tls.cert !== undefined ? 'mqtts' : 'mqtt';
-  const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (host === '') throw new AgentError('config_invalid', `broker URL "${url}" has no host`);
-  const port = parsed.port === '' ? (protocol === 'mqtts' ? 8883 : 1883) : Number(parsed.port);
-  return { protocol, host, port };
-}
-
 function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(
@@ -153,17 +142,25 @@ function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise
 export class MqttConnection {
   private readonly options: MqttConnectionOptions;
   private readonly handlers: MqttConnectionHandlers;
-  private readonly endpoint: Endpoint;
+  private readonly endpoints: readonly Endpoint[];
+  /** The endpoint of the current (or last) attempt. */
+  private current = 0;
   private readonly random: () => number;
   private client: MqttClient | undefined;
   private session: MqttSession | undefined;
   private generation = 0;
+  /** Retries since the last stable connection: the backoff grows once per round over the URLs. */
   private attempt = 0;
-  private version: 4 | 5;
+  /** Per endpoint: the MQTT version of its next attempt. */
+  private readonly versions: (4 | 5)[];
+  /** Per endpoint: 3.1.1 chosen after a close without CONNACK, not yet answered by a CONNACK. */
+  private readonly versionOnTrial: boolean[];
+  /** Per endpoint: false once the broker said it keeps no retained messages. */
+  private readonly retainAvailable: boolean[];
   private stopped = true;
   private retryTimer: NodeJS.Timeout | undefined;
   private stableTimer: NodeJS.Timeout | undefined;
-  private lookupInFlight: Promise<string> | undefined;
+  private readonly lookupsInFlight = new Map<string, Promise<string>>();
   /** Rejecters of publishes waiting for a PUBACK on the current connection. */
   private readonly pending = new Set<(err: Error) => void>();
   private failuresLogged = 0;
@@ -172,9 +169,12 @@ export class MqttConnection {
   constructor(options: MqttConnectionOptions, handlers: MqttConnectionHandlers) {
     this.options = options;
     this.handlers = handlers;
-    this.endpoint = parseBrokerUrl(options.url, options.tls);
+    if (options.urls.length === 0) throw new AgentError('config_invalid', 'no broker URL');
+    this.endpoints = options.urls.map((url) => parseBrokerUrl(url, options.tls));
     this.random = options.random ?? Math.random;
-    this.version = options.protocol === '3.1.1' ? 4 : 5;
+    this.versions = this.endpoints.map(() => (options.protocol === '3.1.1' ? 4 : 5));
+    this.versionOnTrial = this.endpoints.map(() => false);
+    this.retainAvailable = this.endpoints.map(() => true);
   }
 
   get connected(): boolean {
@@ -182,11 +182,16 @@ export class MqttConnection {
   }
 
   get protocolVersion(): 4 | 5 {
-    return this.version;
+    return this.versions[this.current] ?? 5;
   }
 
   get currentSession(): MqttSession | undefined {
     return this.session;
+  }
+
+  /** The URL of the broker connected to (or last tried). */
+  get brokerUrl(): string {
+    return this.options.urls[this.current] ?? '';
   }
 
   /** Why the last attempt failed, if it did. */
@@ -236,9 +241,9 @@ export class MqttConnection {
       };
       const rejecter = (err: Error) => settle(err);
       this.pending.add(rejecter);
-      client.publish(topic, payload, { qos: opts.qos, retain: opts.retain }, (err) =>
-        settle(err ?? undefined),
-      );
+      // A broker that keeps no retained messages disconnects a client that sends one.
+      const retain = opts.retain && this.session?.retainAvailable !== false;
+      client.publish(topic, payload, { qos: opts.qos, retain }, (err) => settle(err ?? undefined));
     });
   }
 
@@ -246,7 +251,7 @@ export class MqttConnection {
     const client = this.client;
     if (client === undefined || this.session === undefined)
       return Promise.reject(new AgentError('broker_unavailable', 'not connected to the broker'));
-    const v5 = this.version === 5;
+    const v5 = this.protocolVersion === 5;
     const map: Record<string, { qos: 0 | 1; rap?: boolean }> = {};
     for (const s of subscriptions) map[s.topic] = v5 && s.rap ? { qos: s.qos, rap: true } : { qos: s.qos };
     return new Promise<void>((resolve, reject) => {
@@ -268,28 +273,31 @@ export class MqttConnection {
   private resolve(host: string): Promise<string> {
     if (isIP(host) !== 0) return Promise.resolve(host);
     if (this.options.resolveHost) return this.options.resolveHost(host);
-    // Single flight: a lookup that outlived its deadline is reused, never doubled.
-    this.lookupInFlight ??= lookup(host).then(
-      (r) => r.address,
-      (err: unknown) => {
-        throw new AgentError('broker_unavailable', `cannot resolve ${host}: ${(err as Error).message}`);
-      },
-    );
-    const current = this.lookupInFlight;
-    void current.then(
-      () => {
-        if (this.lookupInFlight === current) this.lookupInFlight = undefined;
-      },
-      () => {
-        if (this.lookupInFlight === current) this.lookupInFlight = undefined;
-      },
-    );
+    // Single flight per name: a lookup that outlived its deadline is reused, never doubled.
+    let current = this.lookupsInFlight.get(host);
+    if (current === undefined) {
+      current = lookup(host).then(
+        (r) => r.address,
+        (err: unknown) => {
+          throw new AgentError('broker_unavailable', `cannot resolve ${host}: ${(err as Error).message}`);
+        },
+      );
+      const settled = current;
+      this.lookupsInFlight.set(host, settled);
+      const forget = () => {
+        if (this.lookupsInFlight.get(host) === settled) this.lookupsInFlight.delete(host);
+      };
+      void settled.then(forget, forget);
+    }
     return withDeadline(current, this.options.connectTimeoutMs, `resolving ${host}`);
   }
 
   private async attemptConnect(): Promise<void> {
     if (this.stopped) return;
-    const { host, port, protocol } = this.endpoint;
+    const endpointIndex = this.current;
+    const endpoint = this.endpoints[endpointIndex];
+    if (endpoint === undefined) return;
+    const { host, port, protocol } = endpoint;
     let address: string;
     try {
       address = await this.resolve(host);
@@ -300,7 +308,7 @@ export class MqttConnection {
     }
     if (this.stopped) return;
     const o = this.options;
-    const version = this.version;
+    const version = this.protocolVersion;
     const clean = o.sessionExpiryS === 0;
     const options: IClientOptions = {
       protocol,
@@ -334,7 +342,7 @@ export class MqttConnection {
               topic: o.will.topic,
               payload: Buffer.from(o.will.payload),
               qos: o.will.qos,
-              retain: o.will.retain,
+              retain: o.will.retain && this.retainAvailable[endpointIndex] !== false,
             },
           }
         : {}),
@@ -368,26 +376,39 @@ export class MqttConnection {
     this.client = client;
     let session: MqttSession | undefined;
     let refusedVersion = false;
+    let refusedRetain = false;
     let errored = false;
     client.on('connect', (connack) => {
       if (this.client !== client) return;
       this.generation += 1;
       const receiveMaximum = connack.properties?.receiveMaximum ?? 65_535;
+      const retainAvailable = connack.properties?.retainAvailable !== false;
+      if (!retainAvailable) this.retainAvailable[endpointIndex] = false;
+      this.versionOnTrial[endpointIndex] = false;
       session = {
         generation: this.generation,
         protocolVersion: version,
         sessionPresent: connack.sessionPresent,
         receiveMaximum,
+        retainAvailable,
       };
       this.session = session;
       if (this.failuresLogged > 0 || this.generation > 1)
         o.log.info(
-          { protocol: version === 5 ? '5' : '3.1.1', session: connack.sessionPresent },
+          {
+            protocol: version === 5 ? '5' : '3.1.1',
+            session: connack.sessionPresent,
+            broker: o.urls[endpointIndex],
+          },
           'cloud link up again',
         );
       else
         o.log.info(
-          { protocol: version === 5 ? '5' : '3.1.1', session: connack.sessionPresent },
+          {
+            protocol: version === 5 ? '5' : '3.1.1',
+            session: connack.sessionPresent,
+            broker: o.urls[endpointIndex],
+          },
           'cloud link up',
         );
       this.failuresLogged = 0;
@@ -432,8 +453,16 @@ export class MqttConnection {
       // 1: 3.1.1 "unacceptable protocol version"; 132 (0x84): MQTT 5 "unsupported protocol version".
       if (o.protocol === 'auto' && version === 5 && (err.code === 1 || err.code === 132)) {
         refusedVersion = true;
-        this.version = 4;
-        o.log.warn({}, 'the broker refused MQTT 5; using MQTT 3.1.1');
+        this.versions[endpointIndex] = 4;
+        o.log.warn({ broker: o.urls[endpointIndex] }, 'the broker refused MQTT 5; using MQTT 3.1.1');
+      } else if (err.code === 154 && this.retainAvailable[endpointIndex] !== false) {
+        // 0x9A "Retain not supported": our will is retained; the next attempt's is not.
+        refusedRetain = true;
+        this.retainAvailable[endpointIndex] = false;
+        o.log.warn(
+          { broker: o.urls[endpointIndex] },
+          'the broker keeps no retained messages; publishing unretained',
+        );
       } else {
         errored = true;
         this.noteFailure(err);
@@ -444,15 +473,32 @@ export class MqttConnection {
       const was = session;
       this.dropClient(new AgentError('broker_unavailable', 'the connection to the broker closed'));
       client.end(true);
-      if (!was && !errored && !refusedVersion)
-        this.noteFailure(new Error('no CONNACK: the connection closed or timed out'));
+      // Closed by the broker after our CONNECT with no CONNACK and no error: a refused TCP
+      // connection, a TLS failure, a reset and a CONNACK timeout all come as errors first.
+      const closedUnanswered = !was && !errored && !refusedVersion && !refusedRetain;
+      if (closedUnanswered && o.protocol === 'auto' && version === 5) {
+        this.versions[endpointIndex] = 4;
+        this.versionOnTrial[endpointIndex] = true;
+        o.log.warn(
+          { broker: o.urls[endpointIndex] },
+          'the broker closed the connection on an MQTT 5 CONNECT without answering; trying MQTT 3.1.1',
+        );
+        if (!this.stopped) this.retryTimer = setTimeout(() => void this.attemptConnect(), 0);
+        return;
+      }
+      if (closedUnanswered && version === 4 && this.versionOnTrial[endpointIndex]) {
+        // 3.1.1 was closed unanswered too: the broker's refusal was not about the version.
+        this.versions[endpointIndex] = 5;
+        this.versionOnTrial[endpointIndex] = false;
+      }
+      if (closedUnanswered) this.noteFailure(new Error('no CONNACK: the broker closed the connection'));
       if (was) {
         clearTimeout(this.stableTimer);
         o.log.warn({ code: 'broker_unavailable' }, 'cloud link down; reconnecting');
         this.handlers.onDisconnect(was);
       }
-      if (refusedVersion) {
-        // Not a failure of the broker: try 3.1.1 straight away.
+      if (refusedVersion || refusedRetain) {
+        // Not a failure of the broker: try 3.1.1 (or an unretained will) straight away.
         if (!this.stopped) this.retryTimer = setTimeout(() => void this.attemptConnect(), 0);
         return;
       }
@@ -473,17 +519,22 @@ export class MqttConnection {
     // The first failure of an outage is a warning; the retries after it are debug noise.
     if (this.failuresLogged === 0)
       this.options.log.warn(
-        { code: 'broker_unavailable', err: message },
+        { code: 'broker_unavailable', err: message, broker: this.brokerUrl },
         'cannot reach the broker; retrying',
       );
-    else this.options.log.debug({ code: 'broker_unavailable', err: message }, 'broker still unreachable');
+    else
+      this.options.log.debug(
+        { code: 'broker_unavailable', err: message, broker: this.brokerUrl },
+        'broker still unreachable',
+      );
     this.failuresLogged += 1;
   }
 
   private scheduleRetry(): void {
     if (this.stopped) return;
-    const delay = backoffDelay(this.attempt, this.options.backoff, this.random);
+    const delay = roundBackoffDelay(this.attempt, this.endpoints.length, this.options.backoff, this.random);
     this.attempt += 1;
+    this.current = (this.current + 1) % this.endpoints.length;
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => void this.attemptConnect(), delay);
     this.retryTimer.unref();

@@ -22,6 +22,13 @@ export interface VehicleTopics {
   readonly events: string;
   /** in, QoS 1: unsigned LOCK/UNLOCK from Home Assistant (only when explicitly enabled). */
   readonly haCommand: string;
+  /**
+   * out, QoS 1, not retained: on every connect the vehicle asks for the cloud's keyring set
+   * ({vid, digest, operations}); the cloud answers on `keyring`. Retained delivery is not needed.
+   */
+  readonly keyringRequest: string;
+  /** in, QoS 1: `state` or `keyring`: publish that again now (budgeted; nothing else is done). */
+  readonly request: string;
 }
 
 const PREFIX = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
@@ -50,6 +57,8 @@ export function vehicleTopics(prefix: string, vehicleId: string): VehicleTopics 
     keyringVehicle: `${base}/keyring/vehicle`,
     events: `${base}/events`,
     haCommand: `${base}/ha/command`,
+    keyringRequest: `${base}/keyring/request`,
+    request: `${base}/request`,
   };
 }
 

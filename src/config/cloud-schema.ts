@@ -1,4 +1,4 @@
-import { bool, int, oneOf, optStr, section, str } from './fields.js';
+import { bool, int, oneOf, optStr, section, str, strList } from './fields.js';
 
 const TOPIC_PREFIX = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 const TOPIC_HINT = 'topic levels of letters, digits, . _ - separated by / (no wildcards)';
@@ -10,11 +10,14 @@ export const CLOUD_SCHEMA = section(
     'nothing about local unlocking.',
   {
     enabled: bool('Connect to the broker. When false the MQTT library is never loaded.', false),
-    url: str(
-      'Broker URL. mqtts:// is TLS (use it); mqtt:// is plain TCP, for loopback tests only.',
-      'mqtts://localhost:8883',
+    url: strList(
+      'Broker URL, or a list of them (the nodes of a broker cluster; from the environment, separated ' +
+        'by commas): each connection attempt takes the next URL in turn, so a node that is down is ' +
+        'skipped. mqtts:// is TLS (use it); mqtt:// is plain TCP, for loopback tests only.',
+      ['mqtts://localhost:8883'],
       /^mqtts?:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?\/?$/,
       'mqtts://HOST[:PORT] or mqtt://HOST[:PORT]',
+      16,
     ),
     caFile: optStr(
       'PEM CA certificate(s) that signed the broker certificate. Default: the system CAs.',
@@ -31,7 +34,11 @@ export const CLOUD_SCHEMA = section(
       TOPIC_PREFIX,
       TOPIC_HINT,
     ),
-    clientId: optStr('MQTT client id. Default: vehicle-agent-<vehicleId>.', 'vehicle-agent-VA-EXAMPLE'),
+    clientId: optStr(
+      'MQTT client id. Default: vehicle-agent-<vehicleId>. Issue the client certificate with this CN ' +
+        '(brokers that tie the client to its certificate require it; a warning at start says when they differ).',
+      'vehicle-agent-VA-EXAMPLE',
+    ),
     protocol: oneOf('MQTT version. auto: 5, falling back to 3.1.1 when the broker refuses 5.', 'auto', [
       'auto',
       '5',

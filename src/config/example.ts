@@ -39,6 +39,10 @@ function render(schema: SectionField, path: readonly string[], lines: string[]):
     lines.push(...wrap(`${field.doc} [env ${envNameFor(fieldPath)}]`, indent));
     if (field.type === 'optional-string') {
       lines.push(`${indent}# ${key}: ${yamlScalar(field.example ?? '')}`);
+    } else if (field.type === 'string-list') {
+      const [only, ...more] = field.default;
+      if (only !== undefined && more.length === 0) lines.push(`${indent}${key}: ${yamlScalar(only)}`);
+      else lines.push(`${indent}${key}: [${field.default.map(yamlScalar).join(', ')}]`);
     } else if (field.type === 'enum') {
       lines.push(`${indent}${key}: ${yamlScalar(field.default)}   # ${field.values.join(' | ')}`);
     } else {

@@ -12,6 +12,16 @@ export interface StringField extends FieldBase<string> {
   readonly pattern?: RegExp;
   readonly patternHint?: string;
 }
+/**
+ * One string or a list of them (the value is always a list): a single value stays valid where a
+ * list became possible. From the environment, the items are separated by commas.
+ */
+export interface StringListField extends FieldBase<readonly string[]> {
+  readonly type: 'string-list';
+  readonly pattern: RegExp;
+  readonly patternHint: string;
+  readonly maxItems: number;
+}
 export interface IntField extends FieldBase<number> {
   readonly type: 'int';
   readonly min: number;
@@ -38,7 +48,14 @@ export interface SectionField<F extends Fields = Fields> {
   readonly fields: F;
 }
 
-export type Field = StringField | IntField | BoolField | EnumField | OptionalStringField | SectionField;
+export type Field =
+  | StringField
+  | StringListField
+  | IntField
+  | BoolField
+  | EnumField
+  | OptionalStringField
+  | SectionField;
 // biome-ignore lint/suspicious/noExplicitAny: recursive schema types need an open record here
 export type Fields = Readonly<Record<string, any>>;
 
@@ -56,7 +73,9 @@ export type ValueOf<F> =
             ? string | undefined
             : F extends StringField
               ? string
-              : never;
+              : F extends StringListField
+                ? readonly string[]
+                : never;
 
 export const str = (doc: string, def: string, pattern?: RegExp, patternHint?: string): StringField =>
   pattern === undefined
@@ -64,6 +83,13 @@ export const str = (doc: string, def: string, pattern?: RegExp, patternHint?: st
     : patternHint === undefined
       ? { type: 'string', doc, default: def, pattern }
       : { type: 'string', doc, default: def, pattern, patternHint };
+export const strList = (
+  doc: string,
+  def: readonly string[],
+  pattern: RegExp,
+  patternHint: string,
+  maxItems: number,
+): StringListField => ({ type: 'string-list', doc, default: def, pattern, patternHint, maxItems });
 export const optStr = (doc: string, example?: string): OptionalStringField =>
   example === undefined
     ? { type: 'optional-string', doc, default: undefined }

@@ -24,6 +24,8 @@ function allowedText(field: Field): string {
       return `one of ${field.values.join(', ')}`;
     case 'string':
       return field.patternHint ?? 'a string';
+    case 'string-list':
+      return `${field.patternHint}, or a list of 1 to ${field.maxItems} of them`;
     case 'optional-string':
       return 'a string';
     case 'section':
@@ -74,6 +76,8 @@ export function coerceEnv(field: Field, raw: string): unknown {
       return /^-?\d+$/.test(raw.trim()) ? Number(raw.trim()) : raw;
     case 'bool':
       return raw === 'true' || raw === '1' ? true : raw === 'false' || raw === '0' ? false : raw;
+    case 'string-list':
+      return raw.split(',').map((item) => item.trim());
     default:
       return raw;
   }
@@ -132,7 +136,7 @@ export function validateSection(
     const problem =
       field.type === 'optional-string' && field.secret ? checkSecret(value) : checkLeaf(field, value);
     if (problem === undefined) {
-      out[key] = value;
+      out[key] = field.type === 'string-list' && typeof value === 'string' ? [value] : value;
     } else {
       problems.push({
         field: fieldPath.join('.'),
@@ -180,6 +184,15 @@ function checkLeaf(field: Exclude<Field, SectionField>, value: unknown): string 
       return typeof value === 'boolean' ? undefined : `is ${describe(value)}, not true or false`;
     case 'enum':
       return typeof value === 'string' && field.values.includes(value) ? undefined : `is ${describe(value)}`;
+    case 'string-list': {
+      const items: unknown[] = Array.isArray(value) ? value : [value];
+      if (items.length === 0 || items.length > field.maxItems)
+        return `is a list of ${items.length}, not 1 to ${field.maxItems}`;
+      for (const item of items) {
+        if (typeof item !== 'string' || !field.pattern.test(item)) return `has ${describe(item)}`;
+      }
+      return undefined;
+    }
     case 'string':
     case 'optional-string':
       if (typeof value !== 'string' || value.length === 0)

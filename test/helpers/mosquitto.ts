@@ -158,6 +158,8 @@ export interface BrokerOptions {
   readonly plainPort?: number;
   /** Log each subscription to output() (`<client> <qos> <topic>`), for tests that wait for one. */
   readonly logSubscriptions?: boolean;
+  /** Global options added before the shipped lines (e.g. `retain_available false`). */
+  readonly extraConfig?: readonly string[];
 }
 
 export interface Broker {
@@ -207,7 +209,7 @@ export function brokerConfigFor(
     if (!lines.some((l) => l.startsWith(required)))
       throw new Error(`the shipped broker config has no ${required} line`);
   }
-  const head = process.getuid?.() === 0 ? ['user root'] : [];
+  const head = [...(process.getuid?.() === 0 ? ['user root'] : []), ...(options.extraConfig ?? [])];
   const tail =
     options.plainPort === undefined
       ? []

@@ -18,8 +18,16 @@ import {
 import { requireTool } from '../helpers/processes.js';
 import { quietFor, waitFor } from '../helpers/wait.js';
 
-/** A broker that speaks only MQTT 3.1.1: refuses a v5 CONNECT, pipes anything else to `port`. */
-async function startV311Proxy(port: number): Promise<{ port: number; close(): Promise<void> }> {
+/**
+ * A broker that speaks only MQTT 3.1.1: refuses a v5 CONNECT, pipes anything else to `port`. It
+ * refuses with a CONNACK "unacceptable protocol version", or (`refuse: 'close'`, as RabbitMQ's
+ * MQTT plugin does) by closing the connection without any answer. It counts the v5 CONNECTs.
+ */
+async function startV311Proxy(
+  port: number,
+  refuse: 'connack' | 'close' = 'connack',
+): Promise<{ port: number; v5Connects: () => number; close(): Promise<void> }> {
+  let v5Connects = 0;
   const sockets = new Set<Socket>();
   const server: Server = createServer((client) => {
     sockets.add(client);
@@ -29,7 +37,9 @@ async function startV311Proxy(port: number): Promise<{ port: number; close(): Pr
       while (i < 5 && ((first[i] ?? 0) & 0x80) !== 0) i += 1;
       const level = first[i + 1 + 6]; // length-prefixed "MQTT", then the protocol level
       if (level === 5) {
-        client.end(Buffer.from([0x20, 0x02, 0x00, 0x01])); // CONNACK: unacceptable protocol version
+        v5Connects += 1;
+        if (refuse === 'close') client.end();
+        else client.end(Buffer.from([0x20, 0x02, 0x00, 0x01])); // CONNACK: unacceptable protocol version
         return;
       }
       const upstream = netConnect(port, '127.0.0.1');
@@ -43,6 +53,7 @@ async function startV311Proxy(port: number): Promise<{ port: number; close(): Pr
   const address = server.address();
   return {
     port: typeof address === 'object' && address !== null ? address.port : 0,
+    v5Connects: () => v5Connects,
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -81,6 +92,8 @@ describe('the cloud link stays out of the way, and the broker keeps strangers ou
       for (let i = 0; i < 3; i++) expect(presentDriver('hung').value.granted).toBe(true);
       await a.waitForLog((r) => r.code === 'broker_unavailable', 20_000);
       expect(presentDriver('hung').value.granted).toBe(true);
+      // A broker that never answers is not one that refuses MQTT 5.
+      expect(a.logs.some((r) => String(r.msg).includes('MQTT 3.1.1'))).toBe(false);
       await a.stop();
     } finally {
       await hung.close();
@@ -187,6 +200,32 @@ describe('the cloud link stays out of the way, and the broker keeps strangers ou
       for await (const r of readAuditLog(join(root, 'v311', 'audit'), 1)) records.push(r);
       expect(records.some((r) => r.type === 'command')).toBe(false);
       expect(a.logs.some((r) => String(r.msg).includes('unsigned commands are ENABLED'))).toBe(false);
+      await a.stop();
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('falls back to MQTT 3.1.1 when the broker closes the connection on a v5 CONNECT without a CONNACK', async () => {
+    const proxy = await startV311Proxy(broker.plainPort ?? 0, 'close');
+    try {
+      const a = await startWith(
+        'v311-close',
+        agentCloudEnv(`mqtt://127.0.0.1:${proxy.port}`, undefined, undefined),
+        'cloud link up',
+      );
+      expect(
+        a.logs.filter(
+          (r) =>
+            r.msg ===
+            'the broker closed the connection on an MQTT 5 CONNECT without answering; trying MQTT 3.1.1',
+        ),
+      ).toHaveLength(1);
+      expect(proxy.v5Connects()).toBe(1);
+      const vid = vehicleOf('v311-close');
+      await cloud.subscribe(`vehicle-agent/${vid}/state`);
+      const state = await cloud.waitFor((m) => m.topic === `vehicle-agent/${vid}/state`, 10_000, 'state');
+      expect(JSON.parse(state.payload)).toMatchObject({ mqtt: { protocol: '3.1.1' } });
       await a.stop();
     } finally {
       await proxy.close();

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { CLIENT_ID_PATTERN, parseBrokerUrl } from '../../cloud/broker-url.js';
 import type { CommandResult } from '../../cloud/command.js';
 import type { MqttTlsMaterial, ProtocolChoice } from '../../cloud/mqtt-connection.js';
 import { vehicleTopics } from '../../cloud/topics.js';
@@ -11,26 +12,34 @@ export const CLOUD_HELP = `vehicle-agent cloud send CMD --key KEY.pem --vehicle 
                            [--args JSON] [--ops FILE]... [--ttl S] [--counter N] [--jti ID]
                            [--timeout MS] [--json]
 vehicle-agent cloud keyring push --key KEY.pem --vehicle VID --broker URL [BROKER OPTIONS]
-                                 --ops FILE... [--replace] [--json]
+                                 --ops FILE... [--replace] [--wait MS] [--json]
+vehicle-agent cloud state --vehicle VID --broker URL [BROKER OPTIONS] [--wait MS] [--json]
 
 BROKER OPTIONS: --ca CA.crt --cert CLIENT.crt --client-key CLIENT.key [--prefix vehicle-agent]
-                [--protocol auto|5|3.1.1]
+                [--protocol auto|5|3.1.1] [--client-id ID]
+--broker may be given more than once (the nodes of a cluster): each connection attempt takes the
+next URL in turn. --client-id: the MQTT client id (default: a random vehicle-agent-cli-…); a
+broker that requires the client id to be the certificate CN needs --client-id CN.
 
 cloud send signs a command with --key (see \`vehicle-agent sign --help\`), publishes it to
 <prefix>/<VID>/command and prints the vehicle's coded result from <prefix>/<VID>/command/result
 (exit 0 ok, 2 refused, 1 no answer within --timeout, default 15000 ms).
-cloud keyring push signs the operation set and publishes it retained on <prefix>/<VID>/keyring:
-the operations already there and those the vehicle published on <prefix>/<VID>/keyring/vehicle,
-plus the --ops files (union; --replace publishes only the --ops files). The vehicle merges it;
-a revoke always wins.`;
+cloud keyring push signs the operation set and publishes it (retained where the broker keeps
+retained messages) on <prefix>/<VID>/keyring: the operations the vehicle holds (it is asked for
+its set on <prefix>/<VID>/request and answers on <prefix>/<VID>/keyring/vehicle; --wait, default
+3000 ms, when it is offline), those retained there, plus the --ops files (union; --replace
+publishes only the --ops files). The vehicle merges it; a revoke always wins.
+cloud state asks the vehicle for its state document and prints it (exit 1 if no answer within
+--wait, default 3000 ms; the retained one, if the broker delivered one, is printed then, marked).`;
 
 const BROKER_OPTIONS = {
-  broker: { type: 'string' },
+  broker: { type: 'string', multiple: true },
   ca: { type: 'string' },
   cert: { type: 'string' },
   'client-key': { type: 'string' },
   prefix: { type: 'string', default: 'vehicle-agent' },
   protocol: { type: 'string', default: 'auto' },
+  'client-id': { type: 'string' },
   json: { type: 'boolean' },
 } as const;
 
@@ -44,13 +53,17 @@ function readFile(path: string | undefined, what: string): Buffer | undefined {
 }
 
 function brokerOptions(values: {
-  readonly broker?: string | undefined;
+  readonly broker?: readonly string[] | undefined;
   readonly ca?: string | undefined;
   readonly cert?: string | undefined;
   readonly 'client-key'?: string | undefined;
   readonly protocol?: string | undefined;
-}): { url: string; tls: MqttTlsMaterial; protocol: ProtocolChoice } {
-  const url = requireString(values.broker, 'broker');
+  readonly 'client-id'?: string | undefined;
+}): { urls: readonly string[]; tls: MqttTlsMaterial; protocol: ProtocolChoice; clientId?: string } {
+  const urls = values.broker ?? [];
+  if (urls.length === 0) throw new AgentError('bad_arguments', '--broker is required');
+  // A URL that cannot be used is a usage error here, before any connection is tried.
+  for (const url of urls) parseBrokerUrl(url, {}, 'bad_arguments');
   const ca = readFile(values.ca, 'ca');
   const cert = readFile(values.cert, 'cert');
   const key = readFile(values['client-key'], 'client-key');
@@ -59,11 +72,25 @@ function brokerOptions(values: {
   const protocol = values.protocol ?? 'auto';
   if (protocol !== 'auto' && protocol !== '5' && protocol !== '3.1.1')
     throw new AgentError('bad_arguments', '--protocol must be auto, 5 or 3.1.1');
+  const clientId = values['client-id'];
+  if (clientId !== undefined && !CLIENT_ID_PATTERN.test(clientId))
+    throw new AgentError(
+      'bad_arguments',
+      '--client-id must be 1 to 128 printable ASCII characters, no spaces',
+    );
   return {
-    url,
+    ...(clientId !== undefined ? { clientId } : {}),
+    urls,
     tls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) },
     protocol,
   };
+}
+
+function waitOption(raw: string | undefined): number {
+  const ms = Number(raw);
+  if (!Number.isSafeInteger(ms) || ms < 1 || ms > 600_000)
+    throw new AgentError('bad_arguments', '--wait must be milliseconds (1 to 600000)');
+  return ms;
 }
 
 function printResult(result: CommandResult, json: boolean | undefined): void {
@@ -79,7 +106,8 @@ export async function cloud(argv: readonly string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === 'send') return await send(rest);
   if (sub === 'keyring' && rest[0] === 'push') return await push(rest.slice(1));
-  throw new AgentError('bad_arguments', `cloud needs send or keyring push\n\n${CLOUD_HELP}`);
+  if (sub === 'state') return await state(rest);
+  throw new AgentError('bad_arguments', `cloud needs send, keyring push or state\n\n${CLOUD_HELP}`);
 }
 
 async function send(argv: readonly string[]): Promise<number> {
@@ -114,6 +142,7 @@ async function push(argv: readonly string[]): Promise<number> {
       vehicle: { type: 'string' },
       ops: { type: 'string', multiple: true },
       replace: { type: 'boolean' },
+      wait: { type: 'string', default: '3000' },
       ...BROKER_OPTIONS,
     },
     false,
@@ -122,16 +151,24 @@ async function push(argv: readonly string[]): Promise<number> {
   const fresh = readOpsFiles(values.ops ?? []);
   if (fresh.length === 0 && values.replace !== true)
     throw new AgentError('bad_arguments', 'give the operations to publish with --ops FILE');
+  const waitMs = waitOption(values.wait);
   const broker = brokerOptions(values);
   const topics = vehicleTopics(values.prefix, vid);
-  const { connectCloudClient, readRetained } = await import('../../cloud/cloud-client.js');
+  const { connectCloudClient, requestFromVehicle } = await import('../../cloud/cloud-client.js');
   const { parseKeyringSet } = await import('../../cloud/keyring-set.js');
   const client = await connectCloudClient({ ...broker, log: silentLogger });
   try {
     const union = new Set<string>();
     if (!values.replace) {
-      const retained = await readRetained(client, [topics.keyring, topics.keyringVehicle]);
-      for (const payload of retained.values()) {
+      const { messages } = await requestFromVehicle(
+        client,
+        topics,
+        'keyring',
+        [topics.keyring, topics.keyringVehicle],
+        topics.keyringVehicle,
+        waitMs,
+      );
+      for (const { payload } of messages) {
         // The vehicle checks every operation's own signature; here they are only collected.
         try {
           for (const op of parseKeyringSet(payload).message.ops) union.add(op);
@@ -152,6 +189,47 @@ async function push(argv: readonly string[]): Promise<number> {
         : `published ${ops.length} operation(s) (${summary.new} new) to ${topics.keyring}`,
     );
     return 0;
+  } finally {
+    await client.close();
+  }
+}
+
+async function state(argv: readonly string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    { vehicle: { type: 'string' }, wait: { type: 'string', default: '3000' }, ...BROKER_OPTIONS },
+    false,
+  );
+  const vid = requireString(values.vehicle, 'vehicle');
+  const waitMs = waitOption(values.wait);
+  const broker = brokerOptions(values);
+  const topics = vehicleTopics(values.prefix, vid);
+  const { connectCloudClient, requestFromVehicle } = await import('../../cloud/cloud-client.js');
+  const client = await connectCloudClient({ ...broker, log: silentLogger });
+  try {
+    const { messages, answered } = await requestFromVehicle(
+      client,
+      topics,
+      'state',
+      [topics.state],
+      topics.state,
+      waitMs,
+    );
+    const latest = answered ? messages.findLast((m) => !m.retain) : messages.findLast((m) => m.retain);
+    if (latest === undefined) {
+      process.stderr.write(`no state from ${vid} within ${waitMs} ms (is the vehicle online?)\n`);
+      return 1;
+    }
+    const text = latest.payload.toString('utf8');
+    let doc: unknown = text;
+    try {
+      doc = JSON.parse(text) as unknown;
+    } catch {
+      // not JSON (not from a vehicle-agent): printed as it came
+    }
+    if (values.json) out(JSON.stringify({ live: answered, state: doc }));
+    else out(`${answered ? '' : '(retained; the vehicle did not answer) '}${JSON.stringify(doc, null, 2)}`);
+    return answered ? 0 : 1;
   } finally {
     await client.close();
   }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { backoffDelay } from '../../../src/cloud/backoff.js';
+import { backoffDelay, roundBackoffDelay } from '../../../src/cloud/backoff.js';
+import { subjectCommonName } from '../../../src/cloud/broker-url.js';
 import { haDiscoveryConfig, parseHaCommand } from '../../../src/cloud/home-assistant.js';
 import { parseBrokerUrl } from '../../../src/cloud/mqtt-connection.js';
 import { stateDocument, stateFingerprint } from '../../../src/cloud/state.js';
@@ -15,6 +16,29 @@ describe('reconnect backoff', () => {
     ]);
     expect(backoffDelay(40, policy, () => 0.5)).toBe(45_000);
     expect(backoffDelay(1000, policy, () => 1)).toBe(60_000);
+  });
+
+  it.each([
+    // brokers, delays of retries 0..5 at the top of their jitter
+    [1, [1000, 2000, 4000, 8000, 16_000, 32_000]],
+    [2, [1000, 1000, 2000, 2000, 4000, 4000]],
+    [3, [1000, 1000, 1000, 2000, 2000, 2000]],
+  ])('with %i broker URL(s), grows once per round over them', (brokers, delays) => {
+    expect([0, 1, 2, 3, 4, 5].map((a) => roundBackoffDelay(a, brokers, policy, () => 0.999999))).toEqual(
+      delays,
+    );
+  });
+});
+
+describe('certificate CN', () => {
+  it.each([
+    ['CN=vehicle-agent-VA-1', 'vehicle-agent-VA-1'],
+    ['C=DE\nO=Fleet\nCN=VA-1', 'VA-1'],
+    ['CN="a, b"', 'a, b'],
+    ['O=Fleet', undefined],
+    ['', undefined],
+  ])('reads the CN of %j', (subject, cn) => {
+    expect(subjectCommonName(subject)).toBe(cn);
   });
 });
 

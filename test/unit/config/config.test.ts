@@ -61,6 +61,31 @@ describe('config', () => {
     expect(err.message).toContain('relay.drivr is not a known option (did you mean relay.driver?)');
   });
 
+  it('takes one broker URL or a list (from the environment, separated by commas), always as a list', () => {
+    expect(loadConfig({ env: {} }).config.cloud.url).toEqual(['mqtts://localhost:8883']);
+    const one = withFile('cloud:\n  url: mqtts://a.example:8883\n');
+    expect(loadConfig({ file: one, env: {} }).config.cloud.url).toEqual(['mqtts://a.example:8883']);
+    const two = withFile('cloud:\n  url: [mqtts://a.example:8883, "mqtts://b.example:8883"]\n');
+    expect(loadConfig({ file: two, env: {} }).config.cloud.url).toEqual([
+      'mqtts://a.example:8883',
+      'mqtts://b.example:8883',
+    ]);
+    const env = { VEHICLE_AGENT_CLOUD__URL: 'mqtts://a.example, mqtt://127.0.0.1:1883' };
+    expect(loadConfig({ env }).config.cloud.url).toEqual(['mqtts://a.example', 'mqtt://127.0.0.1:1883']);
+  });
+
+  it.each([
+    ['cloud:\n  url: []\n', 'cloud.url is a list of 0, not 1 to 16'],
+    ['cloud:\n  url: [mqtts://a.example, http://b.example]\n', 'cloud.url has "http://b.example"'],
+    ['cloud:\n  url: [mqtts://a.example, 3]\n', 'cloud.url has 3'],
+    [`cloud:\n  url: [${Array(17).fill('mqtts://a').join(', ')}]\n`, 'cloud.url is a list of 17'],
+  ])('refuses the broker URL list in %j', (text, problem) => {
+    const err = errorOf(() => loadConfig({ file: withFile(text), env: {} }));
+    expect(err.code).toBe('config_invalid');
+    expect(err.message).toContain(problem);
+    expect(err.message).toContain('allowed: mqtts://HOST[:PORT] or mqtt://HOST[:PORT], or a list of 1 to 16');
+  });
+
   it('names the environment variable when an override is wrong', () => {
     const err = errorOf(() => loadConfig({ env: { VEHICLE_AGENT_LOCK__PULSE_MS: 'fast' } }));
     expect(err.message).toContain('VEHICLE_AGENT_LOCK__PULSE_MS: lock.pulseMs is "fast", not an integer');
