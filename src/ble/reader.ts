@@ -3,8 +3,9 @@ import type { CredentialReader, ReaderContext } from '../agent/reader.js';
 import type { Code } from '../core/codes.js';
 import { AgentError, isAgentError, toAgentError } from '../core/errors.js';
 import type { Decision, Health, Presentation, ProofVerdict } from '../core/types.js';
+import type { BleChannel, BleCloseReason } from './channel.js';
 import type { ApprovalOutcome } from './enrollment.js';
-import type { BleCandidate, BleChannel, BleCloseReason, BleLinkStats } from './link.js';
+import type { BleCandidate, BleLinkStats } from './link-options.js';
 import { DEFAULT_CHUNK_BYTES } from './protocol/constants.js';
 import type { EnrollApproval } from './protocol/enroll.js';
 import {
