@@ -2,7 +2,7 @@
  * The BLE central's connection to the D-Bus system bus, through node-ble (which opens it and
  * finds the adapters): the link's own match rules, its signal and error listeners, the adapter
  * it uses, and closing it all again. node-ble's leaked match rules and listeners go only with
- * the connection, hence `sessionsServed` and `exhausted` (src/ble/link.ts recycles it).
+ * the connection, hence `sessionsServed` and `exhausted` (src/ble/discovery.ts recycles it).
  */
 import type { ClientInterface, Message, MessageBus } from 'dbus-next';
 import NodeBle from 'node-ble';

@@ -1,10 +1,9 @@
-import type { Clock } from '../core/clock.js';
-import type { Logger } from '../core/logger.js';
-
 /**
  * What the BLE central (src/ble/link.ts) is configured with and reports: its options and their
  * defaults, the candidates it offers, its counters. Types and defaults only.
  */
+import type { Clock } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
 
 /** Connects per second, on average, when ble.maxConnectsPerSecond is not set. */
 export const DEFAULT_CONNECTS_PER_SECOND = 8;

@@ -5,16 +5,16 @@
  * nothing of the phone-key protocol: a session is a byte channel (BleChannel, src/ble/channel.ts),
  * the seam a peripheral transport would implement too.
  *
- * This class coordinates; each job has its module:
- * - bus-connection.ts: the one D-Bus connection (node-ble opens it and finds the adapter), the
- *   link's match rules, and closing it;
+ * This class coordinates: the public API and the open sessions. Each other job has its module:
+ * - discovery.ts: keeps BlueZ, the adapter and our discovery running, recovers when one of them
+ *   goes away, and dispatches BlueZ's signals (discovery events come as ObjectManager and
+ *   PropertiesChanged signals, since node-ble's waitDevice polls);
+ * - bus-connection.ts: the one D-Bus connection (node-ble opens it and finds the adapter) and
+ *   the link's match rules;
  * - scanner.ts: which sighted devices are offered as candidates, and when (with the session gate
  *   of link-policy.ts and the device table of bluez-model.ts);
  * - gatt-connect.ts: one session's Connect, GATT resolution, notifications and Disconnect;
  * - link-session.ts: one session's state and timers, as the channel the reader holds.
- * What stays here: the public API, the sessions, initialisation and recovery when BlueZ, the
- * adapter or the bus go away, and the dispatch of BlueZ's signals (discovery events come as
- * ObjectManager and PropertiesChanged signals, since node-ble's waitDevice polls).
  *
  * node-ble (through dbus-next 0.10) never removes the match rules and signal listeners it adds,
  * about three a gatt(): the daemon refuses more past its limit (512 a connection on the system
