@@ -88,6 +88,16 @@ const KEY_LEFT: ReadonlySet<BleCloseReason> = new Set(['disconnected', 'vanished
 /** The link ended a session that proved nothing in its turn: as for a key that never answered. */
 const UNPROVEN_ENDED: ReadonlySet<BleCloseReason> = new Set(['evicted', 'unproven-timeout']);
 
+/**
+ * What the agent is told when the channel ends before an answer: undefined when the agent is
+ * stopping (nothing to decide), else the proof verdict of the denial it records.
+ */
+export function verdictForClose(reason: BleCloseReason): ProofVerdict | undefined {
+  if (reason === 'stopped') return undefined;
+  if (UNPROVEN_ENDED.has(reason)) return 'timeout';
+  return KEY_LEFT.has(reason) ? 'removed' : 'reader_error';
+}
+
 const DEFAULT_LATE_GRACE_MS = 500;
 const DEFAULT_ENROLL_ANSWER_MS = 30_000;
 
@@ -212,11 +222,11 @@ export class KeyExchange {
       case 'framing':
         session.close();
         return unidentified(event.proof);
-      case 'closed':
+      case 'closed': {
         session.close();
-        if (event.reason === 'stopped') return undefined;
-        if (UNPROVEN_ENDED.has(event.reason)) return unidentified('timeout', 'none');
-        return unidentified(KEY_LEFT.has(event.reason) ? 'removed' : 'reader_error', 'none');
+        const verdict = verdictForClose(event.reason);
+        return verdict === undefined ? undefined : unidentified(verdict, 'none');
+      }
       case 'frame':
         break;
     }
