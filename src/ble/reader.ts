@@ -1,29 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import type { CredentialReader, ReaderContext } from '../agent/reader.js';
-import type { Code } from '../core/codes.js';
-import { AgentError, isAgentError, toAgentError } from '../core/errors.js';
-import type { Decision, Health, Presentation, ProofVerdict } from '../core/types.js';
-import type { ApprovalOutcome } from './enrollment.js';
-import type { BleCandidate, BleChannel, BleCloseReason, BleLinkStats } from './link.js';
-import { DEFAULT_CHUNK_BYTES } from './protocol/constants.js';
-import type { EnrollApproval } from './protocol/enroll.js';
-import {
-  buildEnrollOffer,
-  decodeEnrollMessage,
-  type EnrollOfferFields,
-  isEnrollMessage,
-} from './protocol/enroll.js';
-import { chunkBytesForMtu, chunkFrame, FrameReassembler } from './protocol/framing.js';
-import { decodeMessage, encodeAbort, encodeResult, type KeyAnswer } from './protocol/messages.js';
-import { AgentSession, RecentChallenges } from './protocol/session.js';
+import { AgentError, toAgentError } from '../core/errors.js';
+import type { Health } from '../core/types.js';
+import type { BleChannel } from './channel.js';
+import { type BleOutcome, KeyExchange, type KeyExchangeOptions } from './exchange.js';
+import type { BleCandidate, BleLinkStats } from './link-options.js';
+
+export type { BleOutcome, EnrollmentPort } from './exchange.js';
 
 /**
- * The BLE phone-key reader: for each phone or fob the link offers, one exchange of the
- * vehicle-key protocol (docs/ble-protocol.md): hello signed by the vehicle → the key's answer →
- * keyring lookup and verification → the agent's decision → result → disconnect, with a cooldown
- * after a grant (one press opens once) and a shorter one after a denial (a hostile device cannot
- * hammer the reader). Bad frames, a dropped link and late answers become coded denials. With an
- * enrollment desk, it also carries extension E1 (an owner's key approving an enrollment request).
+ * The BLE phone-key reader: for each phone or fob the link offers, it opens a session and runs
+ * one exchange of the vehicle-key protocol over it (src/ble/exchange.ts: hello, answer, decision,
+ * result, or an E1 enrollment), then disconnects with a cooldown after a grant (one press opens
+ * once) and a shorter one after a denial (a hostile device cannot hammer the reader).
  * It uses the link only through BleLinkPort (type imports: node-ble is not loaded from here).
  */
 
@@ -37,47 +26,15 @@ export interface BleLinkPort {
   openSession(address: string): Promise<BleChannel>;
 }
 
-/** What the reader needs of the enrollment desk (src/ble/enrollment.ts). */
-export interface EnrollmentPort {
-  offer(challenge: Uint8Array): EnrollOfferFields | undefined;
-  approve(approval: EnrollApproval, challenge: Uint8Array): Promise<ApprovalOutcome>;
-}
-
-export interface BleReaderOptions {
+export interface BleReaderOptions extends Omit<KeyExchangeOptions, 'id' | 'randomBytes'> {
   readonly id?: string;
   readonly link: BleLinkPort;
-  /** The answer deadline (relay defence), as policy.answerDeadlineMs.phone. 1..65535. */
-  readonly answerWindowMs: number;
-  /**
-   * A late answer is still read this long after the window, so the audit can name the key that
-   * was late; it is denied 'timeout' all the same.
-   */
-  readonly lateGraceMs?: number;
   /** The device is not offered again for this long after a grant. */
   readonly grantCooldownMs: number;
   /** ... and for this long after a denial or a failed exchange. */
   readonly denialCooldownMs: number;
-  /** E1: how long the owner's key has to approve an offer. */
-  readonly enrollAnswerMs?: number;
-  /** Bytes per write when the link does not know the ATT MTU. Default 20 (ATT_MTU 23). */
-  readonly chunkBytes?: number;
-  readonly enrollment?: EnrollmentPort;
   readonly randomBytes?: (length: number) => Uint8Array;
 }
-
-/** How one exchange with a device ended. */
-export type BleOutcome =
-  | {
-      readonly kind: 'decision';
-      readonly address: string;
-      readonly decision: Decision;
-      readonly presentation: Presentation;
-    }
-  | { readonly kind: 'enrollment'; readonly address: string; readonly outcome: ApprovalOutcome }
-  /** The key refused the exchange (an abort: not its vehicle, a bad hello, the user declined). */
-  | { readonly kind: 'refused'; readonly address: string; readonly code: string }
-  /** The link could not open a session (no presentation was made). */
-  | { readonly kind: 'failed'; readonly address: string; readonly code: Code };
 
 export interface BleReaderStats {
   readonly exchanges: number;
@@ -91,93 +48,17 @@ export interface BleReaderStats {
   readonly link: BleLinkStats;
 }
 
-type InboxEvent =
-  | { readonly kind: 'frame'; readonly frame: Uint8Array; readonly at: number }
-  | { readonly kind: 'framing'; readonly proof: 'malformed' | 'frame_too_large' }
-  | { readonly kind: 'closed'; readonly reason: BleCloseReason }
-  | { readonly kind: 'deadline' };
-
-/** How the key is told: a result, an abort (no answer came), or not at all (the link is gone). */
-type Reply = 'result' | 'abort' | 'none';
-
-/** Reasons that mean the key itself left (out of range, dropped the link) rather than our side failing. */
-const KEY_LEFT: ReadonlySet<BleCloseReason> = new Set(['disconnected', 'vanished']);
-/** The link ended a session that proved nothing in its turn: as for a key that never answered. */
-const UNPROVEN_ENDED: ReadonlySet<BleCloseReason> = new Set(['evicted', 'unproven-timeout']);
-
-const DEFAULT_LATE_GRACE_MS = 500;
-const DEFAULT_ENROLL_ANSWER_MS = 30_000;
-
-/** Reassembled frames and link events of one session, in order, with their arrival times. */
-class Inbox {
-  private readonly queue: InboxEvent[] = [];
-  private waiter: ((event: InboxEvent) => void) | undefined;
-  private readonly offs: (() => void)[] = [];
-
-  constructor(channel: BleChannel, now: () => number) {
-    const reassembler = new FrameReassembler();
-    this.offs.push(
-      channel.onData((chunk) => {
-        const at = now();
-        try {
-          const frame = reassembler.push(chunk, at);
-          if (frame !== undefined) this.put({ kind: 'frame', frame, at });
-        } catch (err) {
-          const tooLarge = isAgentError(err) && err.code === 'frame_too_large';
-          this.put({ kind: 'framing', proof: tooLarge ? 'frame_too_large' : 'malformed' });
-        }
-      }),
-      channel.onClose((reason) => this.put({ kind: 'closed', reason })),
-    );
-  }
-
-  /** The next event, or 'deadline' once `timeoutMs` passed. */
-  next(timeoutMs: number): Promise<InboxEvent> {
-    const queued = this.queue.shift();
-    if (queued !== undefined) return Promise.resolve(queued);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => finish({ kind: 'deadline' }), Math.max(0, timeoutMs));
-      const finish = (event: InboxEvent): void => {
-        clearTimeout(timer);
-        this.waiter = undefined;
-        resolve(event);
-      };
-      this.waiter = finish;
-    });
-  }
-
-  dispose(): void {
-    for (const off of this.offs) off();
-    this.waiter = undefined;
-  }
-
-  private put(event: InboxEvent): void {
-    const waiter = this.waiter;
-    if (waiter !== undefined) waiter(event);
-    else this.queue.push(event);
-  }
-}
-
 export class BleReader implements CredentialReader {
   readonly id: string;
   private readonly options: BleReaderOptions;
   private readonly link: BleLinkPort;
-  private readonly recent = new RecentChallenges();
-  private readonly random: (length: number) => Uint8Array;
+  private readonly keyExchange: KeyExchange;
   private readonly inFlight = new Map<string, Promise<void>>();
   private readonly outcomeListeners = new Set<(outcome: BleOutcome) => void>();
   private context: ReaderContext | undefined;
   private offCandidate: (() => void) | undefined;
   private running = false;
-  private readonly counters = {
-    exchanges: 0,
-    granted: 0,
-    denied: 0,
-    refused: 0,
-    linkFailures: 0,
-    enrollments: 0,
-    proven: 0,
-  };
+  private readonly counters = { exchanges: 0, linkFailures: 0 };
 
   constructor(options: BleReaderOptions) {
     const window = options.answerWindowMs;
@@ -187,7 +68,11 @@ export class BleReader implements CredentialReader {
     this.options = options;
     this.id = options.id ?? 'ble0';
     this.link = options.link;
-    this.random = options.randomBytes ?? ((length) => new Uint8Array(randomBytes(length)));
+    this.keyExchange = new KeyExchange({
+      ...options,
+      id: this.id,
+      randomBytes: options.randomBytes ?? ((length) => new Uint8Array(randomBytes(length))),
+    });
   }
 
   async start(context: ReaderContext): Promise<void> {
@@ -212,7 +97,17 @@ export class BleReader implements CredentialReader {
   }
 
   stats(): BleReaderStats {
-    return { ...this.counters, link: this.link.stats() };
+    const exchange = this.keyExchange.stats();
+    return {
+      exchanges: this.counters.exchanges,
+      granted: exchange.granted,
+      denied: exchange.denied,
+      refused: exchange.refused,
+      linkFailures: this.counters.linkFailures,
+      enrollments: exchange.enrollments,
+      proven: exchange.proven,
+      link: this.link.stats(),
+    };
   }
 
   /** Called after every exchange ends (the device is disconnected by then). */
@@ -243,238 +138,18 @@ export class BleReader implements CredentialReader {
       return;
     }
     this.counters.exchanges += 1;
-    const inbox = new Inbox(channel, () => ctx.clock.monotonic());
     let outcome: BleOutcome | undefined;
     try {
-      outcome = await this.converse(ctx, channel, inbox);
+      outcome = await this.keyExchange.run(ctx, channel);
     } catch (err) {
       const e = toAgentError(err);
       ctx.log.error({ code: e.code, err: e.message, address }, 'BLE exchange failed');
     } finally {
-      inbox.dispose();
       const granted = outcome?.kind === 'decision' && outcome.decision.granted;
       const cooldownMs = granted ? this.options.grantCooldownMs : this.options.denialCooldownMs;
       await channel.close({ cooldownMs }).catch(() => {});
     }
     if (outcome !== undefined) this.emit(outcome);
-  }
-
-  private async converse(
-    ctx: ReaderContext,
-    channel: BleChannel,
-    inbox: Inbox,
-  ): Promise<BleOutcome | undefined> {
-    const address = channel.address;
-    const session = AgentSession.open({
-      vehicleId: ctx.vehicleId,
-      answerWindowMs: this.options.answerWindowMs,
-      now: ctx.clock.monotonic(),
-      randomBytes: this.random,
-      signAsVehicle: (message) => ctx.signAsVehicle(message),
-      recentChallenges: this.recent,
-    });
-    const chunkBytes = this.chunkBytes(channel);
-    let event: InboxEvent;
-    if (await this.send(channel, session.hello, chunkBytes)) {
-      const wait =
-        session.deadlineAt + (this.options.lateGraceMs ?? DEFAULT_LATE_GRACE_MS) - ctx.clock.monotonic();
-      event = await inbox.next(wait);
-    } else {
-      event = { kind: 'closed', reason: channel.closed ? 'disconnected' : 'failed' };
-    }
-    const unidentified = (proof: ProofVerdict, reply: Reply = 'result'): Promise<BleOutcome | undefined> =>
-      this.decide(
-        ctx,
-        channel,
-        chunkBytes,
-        {
-          reader: this.id,
-          kind: 'phone',
-          credentialId: undefined,
-          subject: `ble:${address}`,
-          intent: 'unlock',
-          explicitIntent: false,
-          proof,
-        },
-        reply,
-      );
-    switch (event.kind) {
-      case 'deadline':
-        session.close();
-        // No complete answer in the window (and its grace): the exchange ends with an abort.
-        return unidentified('timeout', 'abort');
-      case 'framing':
-        session.close();
-        return unidentified(event.proof);
-      case 'closed':
-        session.close();
-        if (event.reason === 'stopped') return undefined;
-        if (UNPROVEN_ENDED.has(event.reason)) return unidentified('timeout', 'none');
-        return unidentified(KEY_LEFT.has(event.reason) ? 'removed' : 'reader_error', 'none');
-      case 'frame':
-        break;
-    }
-    if (isEnrollMessage(event.frame))
-      return this.enroll(ctx, channel, inbox, session, event.frame, chunkBytes);
-    let receipt: ReturnType<AgentSession['receive']>;
-    try {
-      receipt = session.receive(event.frame, event.at);
-    } catch (err) {
-      return unidentified(isAgentError(err) && err.code === 'unsupported' ? 'unsupported' : 'malformed');
-    }
-    if (receipt.kind === 'abort') {
-      this.counters.refused += 1;
-      ctx.log.debug({ address, code: receipt.code }, 'the key refused the exchange');
-      return { kind: 'refused', address, code: receipt.code };
-    }
-    return this.decide(
-      ctx,
-      channel,
-      chunkBytes,
-      this.presentation(ctx, channel, session, receipt.answer, receipt.answerMs),
-    );
-  }
-
-  /** Looks the key up and verifies its answer against the enrolled public key. */
-  private presentation(
-    ctx: ReaderContext,
-    channel: BleChannel,
-    session: AgentSession,
-    answer: KeyAnswer,
-    answerMs: number,
-  ): Presentation {
-    const status = ctx.keyring.byId(answer.keyId);
-    const publicKey = status?.credential.publicKey;
-    let proof: ProofVerdict = 'invalid';
-    if (status !== undefined && status.credential.kind === 'phone' && publicKey !== undefined) {
-      proof = session.verify(publicKey).proof;
-    }
-    if (proof === 'valid') {
-      // A signature by an enrolled key over our challenge: the session has earned its slot.
-      this.counters.proven += 1;
-      channel.markProven();
-    }
-    return {
-      reader: this.id,
-      kind: 'phone',
-      credentialId: status === undefined ? undefined : answer.keyId,
-      subject: answer.keyId,
-      intent: answer.intent,
-      explicitIntent: answer.explicitIntent,
-      proof,
-      answerMs,
-    };
-  }
-
-  /** Hands the presentation to the agent, then tells the key (result; best effort). */
-  private async decide(
-    ctx: ReaderContext,
-    channel: BleChannel,
-    chunkBytes: number,
-    presentation: Presentation,
-    reply: Reply = 'result',
-  ): Promise<BleOutcome> {
-    const decision = await ctx.present(presentation);
-    if (decision.granted) this.counters.granted += 1;
-    else this.counters.denied += 1;
-    if (reply === 'abort') {
-      await this.send(channel, encodeAbort(decision.granted ? 'timeout' : decision.code), chunkBytes);
-    } else if (reply === 'result') {
-      const result = decision.granted
-        ? encodeResult({ granted: true })
-        : encodeResult({ granted: false, code: decision.code });
-      await this.send(channel, result, chunkBytes);
-    }
-    return { kind: 'decision', address: channel.address, decision, presentation };
-  }
-
-  /** Extension E1: the key asked for the pending enrollment request instead of answering. */
-  private async enroll(
-    ctx: ReaderContext,
-    channel: BleChannel,
-    inbox: Inbox,
-    session: AgentSession,
-    frame: Uint8Array,
-    chunkBytes: number,
-  ): Promise<BleOutcome | undefined> {
-    const address = channel.address;
-    session.close();
-    const refuse = async (code: Code): Promise<BleOutcome> => {
-      await this.send(channel, encodeResult({ granted: false, code }), chunkBytes);
-      return { kind: 'enrollment', address, outcome: { approved: false, code } };
-    };
-    let request: ReturnType<typeof decodeEnrollMessage>;
-    try {
-      request = decodeEnrollMessage(frame);
-    } catch {
-      return refuse('malformed');
-    }
-    if (request.type !== 'enroll_request') return refuse('malformed');
-    const offer = this.options.enrollment?.offer(session.challenge);
-    if (offer === undefined) return refuse('enrollment_closed');
-    // The owner approves by hand, which takes longer than an unproven turn: this one session
-    // gets that long; a second one at the same time is refused (it cannot hold the slots).
-    const answerMs = this.options.enrollAnswerMs ?? DEFAULT_ENROLL_ANSWER_MS;
-    if (!channel.extendTurn(answerMs)) return refuse('busy');
-    if (
-      !(await this.send(
-        channel,
-        buildEnrollOffer(offer, (m) => ctx.signAsVehicle(m)),
-        chunkBytes,
-      ))
-    ) {
-      return undefined;
-    }
-    const event = await inbox.next(answerMs);
-    if (event.kind === 'closed') return undefined;
-    if (event.kind === 'deadline') return refuse('timeout');
-    if (event.kind === 'framing') return refuse(event.proof);
-    let approval: EnrollApproval | undefined;
-    try {
-      if (isEnrollMessage(event.frame)) {
-        const decoded = decodeEnrollMessage(event.frame);
-        if (decoded.type === 'enroll_approval') approval = decoded;
-      } else {
-        const decoded = decodeMessage(event.frame);
-        if (decoded.type === 'abort') {
-          this.counters.refused += 1;
-          return { kind: 'refused', address, code: decoded.code };
-        }
-      }
-    } catch {
-      approval = undefined;
-    }
-    const desk = this.options.enrollment;
-    if (approval === undefined || desk === undefined) return refuse('malformed');
-    const outcome = await desk.approve(approval, session.challenge);
-    if (outcome.approved) this.counters.enrollments += 1;
-    await this.send(
-      channel,
-      outcome.approved
-        ? encodeResult({ granted: true })
-        : encodeResult({ granted: false, code: outcome.code }),
-      chunkBytes,
-    );
-    return { kind: 'enrollment', address, outcome };
-  }
-
-  /** Writes one message in chunks (writes with response, in order). False when the link failed. */
-  private async send(channel: BleChannel, message: Uint8Array, chunkBytes: number): Promise<boolean> {
-    if (channel.closed) return false;
-    try {
-      for (const chunk of chunkFrame(message, chunkBytes)) await channel.write(chunk);
-      return true;
-    } catch (err) {
-      const e = toAgentError(err, 'reader_error');
-      this.context?.log.debug({ address: channel.address, code: e.code, err: e.message }, 'BLE write failed');
-      return false;
-    }
-  }
-
-  private chunkBytes(channel: BleChannel): number {
-    // A side that does not know the ATT MTU uses 20-byte chunks, which always fit.
-    if (channel.mtu !== undefined) return chunkBytesForMtu(channel.mtu);
-    return this.options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
   }
 
   private emit(outcome: BleOutcome): void {

@@ -231,7 +231,9 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
   });
 
   it('falls back to gatt() when the GATT objects were not announced, and retries it when it misses the ServicesResolved flip', async () => {
-    const s = await setup({ gattTimeoutMs: 150 });
+    // The first gatt() hangs (it missed the flip) until this timeout; the retry's ten introspection
+    // round trips must fit in it on a loaded machine too (150 ms did not, on either side of a split).
+    const s = await setup({ gattTimeoutMs: 1000 });
     const { device } = addPhone(s.standIn, PHONE_A, {
       faults: { servicesResolved: 'missed-once', gattUnannounced: true },
     });

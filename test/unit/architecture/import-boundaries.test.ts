@@ -61,6 +61,25 @@ const IO_MODULES = [
   'pino',
 ];
 
+/**
+ * The BLE protocol side runs the same whichever way the phone connects (src/ble/channel.ts): it
+ * must not reach the central's D-Bus code, so a peripheral transport can drive it (issue 14).
+ */
+const BLE_PROTOCOL_SIDE = (path: string): boolean =>
+  path.startsWith('ble/protocol/') ||
+  ['ble/channel.ts', 'ble/exchange.ts', 'ble/reader.ts', 'ble/enrollment.ts'].includes(path);
+const BLE_CENTRAL = [
+  'node-ble',
+  'dbus-next',
+  'ble/link.ts',
+  'ble/discovery.ts',
+  'ble/scanner.ts',
+  'ble/gatt-connect.ts',
+  'ble/bus-connection.ts',
+  'ble/dbus-calls.ts',
+  'ble/link-session.ts',
+];
+
 type Rule = { readonly name: string; readonly broken: (edge: Edge) => boolean };
 
 const RULES: readonly Rule[] = [
@@ -83,6 +102,10 @@ const RULES: readonly Rule[] = [
   {
     name: 'nothing on the unlock path imports src/cloud',
     broken: (e) => UNLOCK_PATH.includes(part(e.from)) && isLocal(e) && part(e.to) === 'cloud',
+  },
+  {
+    name: "the BLE protocol side imports none of the central's D-Bus code",
+    broken: (e) => BLE_PROTOCOL_SIDE(e.from) && BLE_CENTRAL.includes(e.to),
   },
 ];
 
@@ -154,6 +177,10 @@ describe('import boundaries (docs/architecture.md)', () => {
       'access, crypto and core import no I/O module': { from: 'crypto/keys.ts', to: 'node:fs' },
       'access, crypto and core import only each other': { from: 'access/keyring.ts', to: 'store/journal.ts' },
       'nothing on the unlock path imports src/cloud': { from: 'ble/reader.ts', to: 'cloud/command.ts' },
+      "the BLE protocol side imports none of the central's D-Bus code": {
+        from: 'ble/exchange.ts',
+        to: 'ble/link-session.ts',
+      },
     };
     for (const rule of RULES) {
       const edge = broken[rule.name];
