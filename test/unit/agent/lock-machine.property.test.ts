@@ -349,16 +349,21 @@ function play(cfg: LockConfig, cmds: readonly Cmd[], started: boolean): World {
 describe('lock machine, over random sequences of events', () => {
   it('keeps its promises at every step', () => {
     fc.assert(
-      fc.property(config, fc.array(cmd, { maxLength: 80 }), fc.boolean(), (cfg, cmds, started) => {
-        play(cfg, cmds, started);
-      }),
-      { numRuns: 400 },
+      fc.property(
+        config,
+        fc.array(cmd, { maxLength: 80, size: 'max' }),
+        fc.boolean(),
+        (cfg, cmds, started) => {
+          play(cfg, cmds, started);
+        },
+      ),
+      { numRuns: 300 },
     );
   });
 
   it('comes to rest with every channel off and every caller answered once', () => {
     fc.assert(
-      fc.property(config, fc.array(cmd, { maxLength: 80 }), (cfg, cmds) => {
+      fc.property(config, fc.array(cmd, { maxLength: 80, size: 'max' }), (cfg, cmds) => {
         const world = play(cfg, cmds, true);
         world.drain();
         expect([...world.on]).toEqual([]);
@@ -367,13 +372,13 @@ describe('lock machine, over random sequences of events', () => {
         expect(world.state.pending).toBeUndefined();
         expect([...world.asked].filter((w) => world.answered.get(w) !== 1)).toEqual([]);
       }),
-      { numRuns: 400 },
+      { numRuns: 300 },
     );
   });
 
   it('stop, from any state reached, switches everything off and leaves no timer', () => {
     fc.assert(
-      fc.property(config, fc.array(cmd, { maxLength: 40 }), (cfg, cmds) => {
+      fc.property(config, fc.array(cmd, { maxLength: 40, size: 'max' }), (cfg, cmds) => {
         for (let i = 0; i <= cmds.length; i++) {
           const world = play(cfg, cmds.slice(0, i), true);
           world.run({ k: 'stop' });
@@ -385,7 +390,7 @@ describe('lock machine, over random sequences of events', () => {
           else expect(SETTLED).toContain(world.state.lock);
         }
       }),
-      { numRuns: 150 },
+      { numRuns: 60 },
     );
   });
 });
