@@ -4,20 +4,21 @@ import type { LockState } from '../core/types.js';
 import { type CancelTimer, systemTimers, type Timers } from '../relay/timers.js';
 import type { RelayChannel, RelayDriver } from '../relay/types.js';
 import { WatchdogRelay, type WatchdogRelease } from '../relay/watchdog.js';
+import {
+  initialLockMachine,
+  type LockCommand,
+  type LockConfig,
+  type LockEffect,
+  type LockEvent,
+  type LockMachineState,
+  type LockTimer,
+  lockTransition,
+  onTimeMs,
+  type WaiterId,
+} from './lock-machine.js';
 
-/** The `lock` section of the configuration. */
-export interface LockConfig {
-  /** pulse: momentary pulses on separate lock/unlock channels; hold: one strike held for holdMs. */
-  readonly wiring: 'pulse' | 'hold';
-  readonly pulseMs: number;
-  readonly holdMs: number;
-  /** pulse wiring: pulse the lock channel this long after an unlock; 0 never relocks by itself. */
-  readonly autoRelockMs: number;
-  /** Watchdog: no channel stays energised longer than this. */
-  readonly maxOnMs: number;
-}
+export type { LockAction, LockConfig } from './lock-machine.js';
 
-export type LockAction = 'unlock' | 'lock';
 export type LockListener = (state: LockState, cause: string) => void;
 
 export interface LockControllerOptions {
@@ -33,31 +34,16 @@ interface Waiter {
   readonly reject: (err: AgentError) => void;
 }
 
-interface Pending {
-  readonly action: LockAction;
-  readonly cause: string;
-  readonly waiters: Waiter[];
-}
-
 /**
- * idle: every channel de-energised. energising: a set(…, true) is in flight. on: the active
- * channel is energised (a pulse or a hold is running). releasing: a set(…, false) is in flight.
- * Exactly one relay command is in flight at a time, so the channels never overlap.
- */
-type Phase = 'idle' | 'energising' | 'on' | 'releasing';
-
-const SETTLED: Readonly<Record<LockState, LockState>> = {
-  locked: 'locked',
-  unlocked: 'unlocked',
-  unlocking: 'unlocked',
-  locking: 'locked',
-};
-
-/**
- * Drives the lock from grants. Overlapping requests neither stack pulses nor cut them short:
- * a request for the action already being pulsed joins that pulse; a request for the other action
- * waits for the running pulse to end, then runs (the latest request wins over an earlier waiting
- * one). Relay failures reject the request with `relay_failed` and leave every channel de-energised.
+ * Drives the lock from grants. The decisions are the pure state machine of lock-machine.ts; this
+ * shell feeds it requests, relay results, timers and watchdog releases, and performs what it
+ * answers: relay commands (through a max-on watchdog), timers, state announcements, the callers'
+ * answers, log lines.
+ *
+ * Overlapping requests neither stack pulses nor cut them short: a request for the action already
+ * being pulsed joins that pulse; a request for the other action waits for the running pulse to
+ * end, then runs (the latest request wins over an earlier waiting one). Relay failures reject the
+ * request with `relay_failed` and leave every channel de-energised.
  */
 export class LockController {
   private readonly relay: WatchdogRelay;
@@ -66,24 +52,13 @@ export class LockController {
   private readonly timers: Timers;
   private readonly listeners = new Set<LockListener>();
   private readonly watchdogListeners = new Set<(release: WatchdogRelease) => void>();
-  private current: LockState = 'locked';
-  private phase: Phase = 'idle';
-  /** The action whose pulse or hold is running (phase ≠ idle). */
-  private active: LockAction | undefined;
-  private activeCause = '';
-  /** State before the running action began: restored when the relay fails to energise. */
-  private settledBefore: LockState = 'locked';
-  private energiseWaiters: Waiter[] = [];
-  private releaseWaiters: Waiter[] = [];
-  private pending: Pending | undefined;
-  private pulseTimer: CancelTimer | undefined;
-  private holdTimer: CancelTimer | undefined;
-  private relockTimer: CancelTimer | undefined;
-  private lastUnlockAt = 0;
-  /** A retracted unlock pulse still switching on: end it as soon as it is on. */
-  private cutWhenOn = false;
-  private inflight: Promise<unknown> = Promise.resolve();
-  private running = false;
+  private machine: LockMachineState = initialLockMachine();
+  private readonly waiters = new Map<WaiterId, Waiter>();
+  private nextWaiter = 1;
+  private readonly armed = new Map<LockTimer, CancelTimer>();
+  /** Events that came while effects were being performed (a listener that calls back in). */
+  private readonly queue: LockEvent[] = [];
+  private stepping = false;
   private stopping: Promise<void> | undefined;
 
   constructor(options: LockControllerOptions) {
@@ -103,7 +78,7 @@ export class LockController {
         },
       );
     }
-    const longest = config.wiring === 'pulse' ? config.pulseMs : config.holdMs;
+    const longest = onTimeMs(config);
     if (config.maxOnMs <= longest) {
       logger.warn(
         { code: 'config_invalid', maxOnMs: config.maxOnMs, longest },
@@ -115,7 +90,7 @@ export class LockController {
   }
 
   state(): LockState {
-    return this.current;
+    return this.machine.lock;
   }
 
   /** Listens to every state change with its cause. Returns an unsubscribe function. */
@@ -132,13 +107,10 @@ export class LockController {
 
   /** De-energises every channel; the lock is then taken as locked. Never rejects. */
   async start(): Promise<void> {
-    if (this.running) return;
+    if (this.machine.life === 'running') return;
     if (this.stopping) await this.stopping;
     this.stopping = undefined;
-    await this.relay.allOff();
-    this.running = true;
-    this.phase = 'idle';
-    this.setState('locked', 'start');
+    await this.ask((waiter, at) => ({ type: 'start', waiter, at }));
   }
 
   /**
@@ -161,345 +133,121 @@ export class LockController {
    * closes in 5–10 ms, so a cut that comes within that time keeps the lock from moving at all.
    */
   retract(cause: string): Promise<LockState> {
-    const cut =
-      this.config.wiring === 'pulse' && this.running && this.active === 'unlock' ? this.phase : undefined;
-    const locked = this.request('lock', cause);
-    if (cut === 'energising') {
-      this.cutWhenOn = true;
-    } else if (cut === 'on') {
-      this.pulseTimer?.();
-      this.pulseTimer = undefined;
-      void this.endPulse(true);
-    }
-    return locked;
+    return this.request('retract', cause);
   }
 
   /** Cancels every timer, refuses waiting requests, waits for the relay command in flight, then all off. */
   stop(): Promise<void> {
-    if (this.stopping) return this.stopping;
-    this.running = false;
-    this.cutWhenOn = false;
-    this.stopping = (async () => {
-      this.cancelTimers();
-      if (this.pending) {
-        const { waiters } = this.pending;
-        this.pending = undefined;
-        for (const w of waiters) w.reject(new AgentError('busy', 'the lock controller stopped'));
-      }
-      await this.inflight.catch(() => {});
-      await this.relay.allOff();
-      const wasActive = this.phase !== 'idle';
-      this.phase = 'idle';
-      this.active = undefined;
-      for (const w of this.releaseWaiters.splice(0)) w.resolve('locked');
-      if (this.config.wiring === 'hold') this.setState('locked', 'stop');
-      else if (wasActive) this.setState(SETTLED[this.current], 'stop');
-    })();
+    this.stopping ??= this.ask((waiter, at) => ({ type: 'stop', waiter, at })).then(() => {});
     return this.stopping;
   }
 
-  private request(action: LockAction, cause: string): Promise<LockState> {
-    if (!this.running) return Promise.reject(new AgentError('busy', 'the lock controller is not running'));
+  private request(command: LockCommand, cause: string): Promise<LockState> {
+    return this.ask((waiter, at) => ({ type: 'request', command, cause, waiter, at }));
+  }
+
+  /** Feeds an event that a caller waits on; the machine answers it with resolve or reject. */
+  private ask(event: (waiter: WaiterId, at: number) => LockEvent): Promise<LockState> {
     return new Promise<LockState>((resolve, reject) => {
-      const waiter: Waiter = { resolve, reject };
-      if (this.config.wiring === 'pulse') this.dispatchPulse(action, cause, waiter);
-      else this.dispatchHold(action, cause, waiter);
+      const waiter = this.nextWaiter++;
+      this.waiters.set(waiter, { resolve, reject });
+      this.feed(event(waiter, this.timers.now()));
     });
   }
 
-  // ── pulse wiring ───────────────────────────────────────────────────────────
-
-  private dispatchPulse(action: LockAction, cause: string, waiter: Waiter): void {
-    this.cancelRelock();
-    if (action === 'unlock') this.lastUnlockAt = this.timers.now();
-    if (this.phase === 'idle') {
-      void this.startPulse(action, cause, [waiter]);
-    } else if (this.active === action && this.phase === 'energising') {
-      this.supersedePending();
-      // A new grant for the pulse under way outranks an earlier retraction of it.
-      this.cutWhenOn = false;
-      this.energiseWaiters.push(waiter);
-    } else if (this.active === action && this.phase === 'on') {
-      // Joins the pulse under way: no second pulse, and this one is not cut short.
-      this.supersedePending();
-      waiter.resolve(this.current);
-    } else {
-      this.enqueue(action, cause, waiter);
-    }
-  }
-
-  private startPulse(action: LockAction, cause: string, waiters: Waiter[]): Promise<void> {
-    return this.energise(action, cause, waiters, action === 'unlock' ? 'unlocking' : 'locking', () => {
-      if (this.cutWhenOn) {
-        this.cutWhenOn = false;
-        void this.endPulse(true);
-        return;
-      }
-      this.pulseTimer = this.timers.schedule(this.config.pulseMs, () => {
-        this.pulseTimer = undefined;
-        void this.endPulse();
-      });
-    });
-  }
-
-  /** Ends the running pulse. `cut`: it was retracted, and the request waiting next says the state. */
-  private endPulse(cut = false): Promise<void> {
-    if (this.phase !== 'on' || this.active === undefined) return Promise.resolve();
-    const action = this.active;
-    const cause = this.activeCause;
-    return this.deenergise(action, () => {
-      if (!cut || !this.running || this.pending === undefined)
-        this.setState(action === 'unlock' ? 'unlocked' : 'locked', cause);
-      if (!this.running || this.runPending()) return;
-      if (action === 'unlock') this.armRelock();
-    });
-  }
-
-  private armRelock(): void {
-    if (this.config.autoRelockMs <= 0 || !this.running) return;
-    const now = this.timers.now();
-    // A grant that joined the pulse late pushes the relock back as if its own pulse had just ended.
-    const from = Math.max(now, this.lastUnlockAt + this.config.pulseMs);
-    this.relockTimer = this.timers.schedule(from - now + this.config.autoRelockMs, () => {
-      this.relockTimer = undefined;
-      if (!this.running) return;
-      this.dispatchPulse('lock', 'auto-relock', {
-        resolve: () => {},
-        reject: () => {}, // already logged by the failure path
-      });
-    });
-  }
-
-  private cancelRelock(): void {
-    this.relockTimer?.();
-    this.relockTimer = undefined;
-  }
-
-  // ── hold wiring ────────────────────────────────────────────────────────────
-
-  private dispatchHold(action: LockAction, cause: string, waiter: Waiter): void {
-    if (action === 'unlock') {
-      switch (this.phase) {
-        case 'idle':
-          void this.startHold(cause, [waiter]);
-          return;
-        case 'energising':
-          this.supersedePending();
-          this.energiseWaiters.push(waiter);
-          return;
-        case 'on':
-          // Extends the hold from now, here and in the relay guard; the max-on limit still bounds
-          // the total on-time.
-          this.armHold();
-          this.relay.set('unlock', true, { releaseAfterMs: this.onTimeMs() }).catch((err: unknown) => {
-            this.log.warn(
-              { code: 'relay_failed', err: relayError(err, 'unlock').message },
-              'could not extend the hold in the relay guard',
-            );
-          });
-          waiter.resolve(this.current);
-          return;
-        case 'releasing':
-          this.enqueue(action, cause, waiter);
-          return;
-      }
-    }
-    switch (this.phase) {
-      case 'idle':
-        waiter.resolve(this.current);
-        return;
-      case 'energising':
-        this.enqueue(action, cause, waiter);
-        return;
-      case 'on':
-        void this.releaseHold(cause, [waiter]);
-        return;
-      case 'releasing':
-        this.supersedePending();
-        this.releaseWaiters.push(waiter);
-        return;
-    }
-  }
-
-  private startHold(cause: string, waiters: Waiter[]): Promise<void> {
-    return this.energise('unlock', cause, waiters, 'unlocked', () => {
-      if (!this.runPending()) this.armHold();
-    });
-  }
-
-  private armHold(): void {
-    this.holdTimer?.();
-    this.holdTimer = this.timers.schedule(this.config.holdMs, () => {
-      this.holdTimer = undefined;
-      void this.releaseHold('hold-expired', []);
-    });
-  }
-
-  private releaseHold(cause: string, waiters: Waiter[]): Promise<void> {
-    if (this.phase !== 'on') {
-      for (const w of waiters) w.resolve(this.current);
-      return Promise.resolve();
-    }
-    this.holdTimer?.();
-    this.holdTimer = undefined;
-    this.releaseWaiters.push(...waiters);
-    this.setState('locking', cause);
-    return this.deenergise('unlock', (error) => {
-      this.setState('locked', cause);
-      for (const w of this.releaseWaiters.splice(0)) {
-        if (error) w.reject(error);
-        else w.resolve(this.current);
-      }
-      if (this.running) this.runPending();
-    });
-  }
-
-  // ── shared ─────────────────────────────────────────────────────────────────
-
-  /**
-   * Energises the channel of `action` from idle. Once it is on: the state becomes `onState`, the
-   * waiters resolve and `whenOn` runs in the same turn (so no request can slip in between). When
-   * the relay fails: waiters rejected, everything de-energised, the state before restored.
-   */
-  private async energise(
-    action: LockAction,
-    cause: string,
-    waiters: Waiter[],
-    onState: LockState,
-    whenOn: () => void,
-  ): Promise<void> {
-    this.phase = 'energising';
-    this.active = action;
-    this.activeCause = cause;
-    this.energiseWaiters = waiters;
-    this.settledBefore = SETTLED[this.current];
-    this.setState(action === 'unlock' ? 'unlocking' : 'locking', cause);
-    const channel: RelayChannel = action;
-    const command = (async () => {
-      // Interlock: the other channel must be off before this one comes on.
-      const other: RelayChannel = channel === 'unlock' ? 'lock' : 'unlock';
-      if (this.relay.energisedChannels().includes(other)) await this.relay.set(other, false);
-      // The on-time goes with the command: the relay guard ends it by itself if this loop cannot.
-      await this.relay.set(channel, true, { releaseAfterMs: this.onTimeMs() });
-    })();
-    this.inflight = command;
+  private feed(event: LockEvent): void {
+    this.queue.push(event);
+    if (this.stepping) return;
+    this.stepping = true;
     try {
-      await command;
-    } catch (err) {
-      const error = relayError(err, channel);
-      this.log.error(
-        { code: 'relay_failed', channel, action, cause, err: error.message },
-        'relay failed to energise: de-energising everything',
-      );
-      await this.relay.allOff();
-      this.phase = 'idle';
-      this.active = undefined;
-      this.cutWhenOn = false;
-      this.setState(this.settledBefore, 'relay_failed');
-      for (const w of this.energiseWaiters.splice(0)) w.reject(error);
-      if (
-        this.running &&
-        !this.runPending() &&
-        this.current === 'unlocked' &&
-        this.config.wiring === 'pulse'
-      ) {
-        this.armRelock();
+      for (let next = this.queue.shift(); next !== undefined; next = this.queue.shift()) {
+        const { state, effects } = lockTransition(this.config, this.machine, next);
+        this.machine = state;
+        for (const effect of effects) this.perform(effect);
       }
-      return;
+    } finally {
+      this.stepping = false;
     }
-    this.phase = 'on';
-    this.setState(onState, cause);
-    for (const w of this.energiseWaiters.splice(0)) w.resolve(this.current);
-    // When stop() ran while the relay was switching, it de-energises once this command is done.
-    if (this.running) whenOn();
   }
 
-  /**
-   * De-energises a channel (on failure: everything off), then runs `whenOff` with the error, if
-   * any, in the same turn as the controller goes idle.
-   */
-  private async deenergise(
-    channel: RelayChannel,
-    whenOff: (error: AgentError | undefined) => void,
-  ): Promise<void> {
-    this.phase = 'releasing';
-    let error: AgentError | undefined;
-    const command = this.relay.set(channel, false).catch(async (err: unknown) => {
-      error = relayError(err, channel);
-      this.log.error(
-        { code: 'relay_failed', channel, err: error.message },
-        'relay failed to release: all off',
-      );
-      await this.relay.allOff();
-    });
-    this.inflight = command;
-    await command;
-    this.phase = 'idle';
-    this.active = undefined;
-    whenOff(error);
-  }
-
-  /** Starts the request that waited for the running action to end. True when one was started. */
-  private runPending(): boolean {
-    const pending = this.pending;
-    if (pending === undefined) return false;
-    this.pending = undefined;
-    if (this.config.wiring === 'pulse') {
-      if (pending.action === 'unlock') this.lastUnlockAt = Math.max(this.lastUnlockAt, this.timers.now());
-      void this.startPulse(pending.action, pending.cause, pending.waiters);
-    } else if (pending.action === 'unlock') {
-      void this.startHold(pending.cause, pending.waiters);
-    } else if (this.phase === 'on') {
-      void this.releaseHold(pending.cause, pending.waiters);
-    } else {
-      for (const w of pending.waiters) w.resolve(this.current);
+  private perform(effect: LockEffect): void {
+    switch (effect.kind) {
+      case 'energise': {
+        const { op, channel, interlock, releaseAfterMs } = effect;
+        const command = (async () => {
+          if (this.relay.energisedChannels().includes(interlock)) await this.relay.set(interlock, false);
+          await this.relay.set(channel, true, { releaseAfterMs });
+        })();
+        this.reportDone(command, op, channel);
+        return;
+      }
+      case 'release':
+        this.reportDone(this.relay.set(effect.channel, false), effect.op, effect.channel);
+        return;
+      case 'all-off': {
+        const { op } = effect;
+        // allOff never rejects (RelayDriver); should a driver break that, everything goes on.
+        this.relay.allOff().then(
+          () => this.feed({ type: 'relay-ok', op, at: this.timers.now() }),
+          (err: unknown) => {
+            this.log.error({ code: 'relay_failed', err: String(err) }, 'relay all off failed');
+            this.feed({ type: 'relay-ok', op, at: this.timers.now() });
+          },
+        );
+        return;
+      }
+      case 'extend': {
+        const { channel } = effect;
+        this.relay.set(channel, true, { releaseAfterMs: effect.releaseAfterMs }).catch((err: unknown) => {
+          this.feed({ type: 'extend-failed', error: relayError(err, channel), at: this.timers.now() });
+        });
+        return;
+      }
+      case 'start-timer': {
+        const { timer, token } = effect;
+        this.armed.get(timer)?.();
+        const cancel = this.timers.schedule(effect.ms, () => {
+          if (this.armed.get(timer) === cancel) this.armed.delete(timer);
+          this.feed({ type: 'timer', timer, token, at: this.timers.now() });
+        });
+        this.armed.set(timer, cancel);
+        return;
+      }
+      case 'cancel-timer':
+        this.armed.get(effect.timer)?.();
+        this.armed.delete(effect.timer);
+        return;
+      case 'state':
+        this.announce(effect.state, effect.cause);
+        return;
+      case 'resolve':
+        for (const id of effect.waiters) this.takeWaiter(id)?.resolve(effect.state);
+        return;
+      case 'reject':
+        for (const id of effect.waiters) this.takeWaiter(id)?.reject(effect.error);
+        return;
+      case 'log':
+        this.log[effect.level]({ ...effect.fields }, effect.message);
+        return;
     }
-    return true;
   }
 
-  private enqueue(action: LockAction, cause: string, waiter: Waiter): void {
-    if (this.pending?.action === action) {
-      this.pending.waiters.push(waiter);
-      return;
-    }
-    this.supersedePending();
-    this.pending = { action, cause, waiters: [waiter] };
-  }
-
-  /** A newer request for the other action replaces a waiting one, whose callers get the state as it is. */
-  private supersedePending(): void {
-    const pending = this.pending;
-    if (pending === undefined) return;
-    this.pending = undefined;
-    this.log.debug(
-      { action: pending.action, cause: pending.cause },
-      'waiting lock request superseded by a newer one',
+  private reportDone(command: Promise<void>, op: number, channel: RelayChannel): void {
+    command.then(
+      () => this.feed({ type: 'relay-ok', op, at: this.timers.now() }),
+      (err: unknown) =>
+        this.feed({ type: 'relay-failed', op, error: relayError(err, channel), at: this.timers.now() }),
     );
-    for (const w of pending.waiters) w.resolve(this.current);
   }
 
-  /** How long a pulse or a hold keeps its channel energised. */
-  private onTimeMs(): number {
-    return this.config.wiring === 'pulse' ? this.config.pulseMs : this.config.holdMs;
+  private takeWaiter(id: WaiterId): Waiter | undefined {
+    const waiter = this.waiters.get(id);
+    this.waiters.delete(id);
+    return waiter;
   }
 
   private onWatchdogRelease(release: WatchdogRelease): void {
-    if (release.current) {
-      this.log.warn(
-        { code: release.code, channel: release.channel, heldMs: release.heldMs, by: release.by },
-        'lock controller resyncs after a watchdog release',
-      );
-    }
-    // A report of an earlier energising, already ended here, must not cut the one running now.
-    if (release.current && this.phase === 'on' && this.active === release.channel) {
-      if (this.config.wiring === 'pulse') {
-        this.pulseTimer?.();
-        this.pulseTimer = undefined;
-        void this.endPulse();
-      } else {
-        void this.releaseHold('watchdog', []);
-      }
-    }
+    this.feed({ type: 'forced-release', release, at: this.timers.now() });
     for (const listener of this.watchdogListeners) {
       try {
         listener(release);
@@ -509,17 +257,7 @@ export class LockController {
     }
   }
 
-  private cancelTimers(): void {
-    this.pulseTimer?.();
-    this.pulseTimer = undefined;
-    this.holdTimer?.();
-    this.holdTimer = undefined;
-    this.cancelRelock();
-  }
-
-  private setState(state: LockState, cause: string): void {
-    if (state === this.current) return;
-    this.current = state;
+  private announce(state: LockState, cause: string): void {
     this.log.info({ lock: state, cause }, 'lock state');
     for (const listener of this.listeners) {
       try {

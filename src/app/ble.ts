@@ -182,8 +182,6 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     );
     handlers.set(
       ...bindHandler('sim.ble.adapter', async (args) => {
-        if (typeof args.powered !== 'boolean')
-          throw new AgentError('bad_arguments', 'powered must be a boolean');
         const { standIn } = (await sim()).env;
         standIn.setPowered(args.powered);
         return { powered: standIn.powered };
@@ -213,7 +211,6 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     );
     handlers.set(
       ...bindHandler('sim.ble.bluez', async (args) => {
-        if (typeof args.owned !== 'boolean') throw new AgentError('bad_arguments', 'owned must be a boolean');
         const { standIn } = (await sim()).env;
         if (args.owned) await standIn.reacquireName();
         else await standIn.releaseName();

@@ -196,12 +196,7 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
     }),
   );
   handlers.set(...bindHandler('enroll.card.request', (args) => desk.request(parseEnrollRequest(args))));
-  handlers.set(
-    ...bindHandler('enroll.card.authorise', (args) => {
-      if (typeof args.jws !== 'string') throw new AgentError('bad_arguments', 'jws must be a compact JWS');
-      return desk.authoriseWithKey(args.jws);
-    }),
-  );
+  handlers.set(...bindHandler('enroll.card.authorise', (args) => desk.authoriseWithKey(args.jws)));
   handlers.set(...bindHandler('enroll.card.status', () => desk.status() ?? NO_ENROLLMENT));
   handlers.set(...bindHandler('enroll.card.cancel', () => desk.cancel() ?? NO_ENROLLMENT));
 

@@ -140,6 +140,19 @@ export interface TestStallArgs {
   readonly ms: number;
 }
 
+export interface SimBleAdapterArgs {
+  readonly powered: boolean;
+}
+
+export interface SimBleBluezArgs {
+  readonly owned: boolean;
+}
+
+export interface CardAuthoriseArgs {
+  /** The owner's compact JWS over the card enrollment's challenge. */
+  readonly jws: string;
+}
+
 /** A command without arguments: whatever it is sent is ignored (as it always was). */
 export type NoArgs = Readonly<Record<string, never>>;
 
@@ -213,6 +226,21 @@ function parseTestStall(args: WireArgs): TestStallArgs {
   return { ms: typeof args.ms === 'number' ? Math.min(Math.max(0, args.ms), 30_000) : 1000 };
 }
 
+function parseSimBleAdapter(args: WireArgs): SimBleAdapterArgs {
+  if (typeof args.powered !== 'boolean') throw new AgentError('bad_arguments', 'powered must be a boolean');
+  return { powered: args.powered };
+}
+
+function parseSimBleBluez(args: WireArgs): SimBleBluezArgs {
+  if (typeof args.owned !== 'boolean') throw new AgentError('bad_arguments', 'owned must be a boolean');
+  return { owned: args.owned };
+}
+
+function parseCardAuthorise(args: WireArgs): CardAuthoriseArgs {
+  if (typeof args.jws !== 'string') throw new AgentError('bad_arguments', 'jws must be a compact JWS');
+  return { jws: args.jws };
+}
+
 // ── the table ──
 
 /**
@@ -241,12 +269,12 @@ export interface ControlApi {
   'enroll.status': { args: NoArgs; result: PhoneEnrollmentReply };
   'enroll.cancel': { args: NoArgs; result: PhoneEnrollmentReply };
   'sim.phone.approach': { args: WireArgs; result: ApproachReply };
-  'sim.ble.adapter': { args: WireArgs; result: unknown };
+  'sim.ble.adapter': { args: SimBleAdapterArgs; result: unknown };
   'sim.ble.flood': { args: WireArgs; result: unknown };
-  'sim.ble.bluez': { args: WireArgs; result: unknown };
+  'sim.ble.bluez': { args: SimBleBluezArgs; result: unknown };
   'nfc.status': { args: NoArgs; result: unknown };
   'enroll.card.request': { args: WireArgs; result: CardEnrollmentReply };
-  'enroll.card.authorise': { args: WireArgs; result: CardEnrollmentReply };
+  'enroll.card.authorise': { args: CardAuthoriseArgs; result: CardEnrollmentReply };
   'enroll.card.status': { args: NoArgs; result: CardEnrollmentReply };
   'enroll.card.cancel': { args: NoArgs; result: CardEnrollmentReply };
   'sim.card.list': { args: NoArgs; result: readonly SimCardSummary[] };
@@ -289,12 +317,12 @@ export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => Arg
   'enroll.status': noArgs,
   'enroll.cancel': noArgs,
   'sim.phone.approach': ownParser,
-  'sim.ble.adapter': ownParser,
+  'sim.ble.adapter': parseSimBleAdapter,
   'sim.ble.flood': ownParser,
-  'sim.ble.bluez': ownParser,
+  'sim.ble.bluez': parseSimBleBluez,
   'nfc.status': noArgs,
   'enroll.card.request': ownParser,
-  'enroll.card.authorise': ownParser,
+  'enroll.card.authorise': parseCardAuthorise,
   'enroll.card.status': noArgs,
   'enroll.card.cancel': noArgs,
   'sim.card.list': noArgs,

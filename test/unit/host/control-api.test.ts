@@ -74,6 +74,27 @@ const CASES: Partial<Record<CommandName, { good: [WireArgs, unknown][]; bad: [Wi
       [{ uid: '04', intent: 5 }, 'intent must be unlock, lock or toggle'],
     ],
   },
+  'sim.ble.adapter': {
+    good: [[{ powered: false, extra: 1 }, { powered: false }]],
+    bad: [
+      [{}, 'powered must be a boolean'],
+      [{ powered: 'off' }, 'powered must be a boolean'],
+    ],
+  },
+  'sim.ble.bluez': {
+    good: [[{ owned: true }, { owned: true }]],
+    bad: [
+      [{}, 'owned must be a boolean'],
+      [{ owned: 1 }, 'owned must be a boolean'],
+    ],
+  },
+  'enroll.card.authorise': {
+    good: [[{ jws: 'a.b.c' }, { jws: 'a.b.c' }]],
+    bad: [
+      [{}, 'jws must be a compact JWS'],
+      [{ jws: ['a.b.c'] }, 'jws must be a compact JWS'],
+    ],
+  },
   'test.audit': {
     good: [
       [{}, { count: 1, bytes: 0 }],
