@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,13 +17,22 @@ import { type AgentProcess, CLI, startAgentProcess } from '../helpers/agent-proc
  *                                                says `denied: CODE` must exit 2 and print it, any other
  *                                                must exit 0 (and print `granted` if its comment says so)
  *   <!-- readme-test: with-demo -->              provision a demo vehicle there first (`init --demo`)
+ *   <!-- readme-test: continues -->              run in the folder of the block before it, after it
  *   <!-- readme-test: skip reason="..." -->      not run, for the reason given (counted below)
  *
  * Other blocks run whole with `bash -e -o pipefail`. Only sh/bash/shell blocks are commands; a
  * block without a language is output (the config error example).
  */
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const FILES = ['README.md', 'docs/ble.md', 'docs/cards.md', 'docs/storage.md', 'docs/mqtt.md'];
+const FILES = [
+  'README.md',
+  'docs/ble.md',
+  'docs/cards.md',
+  'docs/storage.md',
+  'docs/mqtt.md',
+  'docs/backup.md',
+  'docs/security.md',
+];
 
 interface Block {
   readonly file: string;
@@ -31,6 +40,8 @@ interface Block {
   readonly body: string;
   readonly mode: 'run' | 'with-agent' | 'with-demo' | 'skip';
   readonly reason?: string;
+  /** `continues`: the block goes on in the folder of the file's block before it, after it. */
+  readonly after?: Block;
 }
 
 function blocksOf(file: string): Block[] {
@@ -52,7 +63,12 @@ function blocksOf(file: string): Block[] {
     const marker = /^ *<!-- readme-test: (.*) -->$/.exec(lines[j] ?? '')?.[1];
     const block = { file, line: start + 1, body: body.join('\n') };
     if (marker === undefined) blocks.push({ ...block, mode: 'run' });
-    else if (marker === 'with-agent' || marker === 'with-demo') blocks.push({ ...block, mode: marker });
+    else if (marker === 'continues') {
+      const previous = blocks[blocks.length - 1];
+      if (previous === undefined || previous.mode !== 'run')
+        throw new Error(`${file}:${j + 1}: continues needs a block that runs before it`);
+      blocks.push({ ...block, mode: 'run', after: previous });
+    } else if (marker === 'with-agent' || marker === 'with-demo') blocks.push({ ...block, mode: marker });
     else {
       const reason = /^skip reason="([^"]+)"$/.exec(marker)?.[1];
       if (reason === undefined) throw new Error(`${file}:${j + 1}: unknown readme-test marker: ${marker}`);
@@ -68,7 +84,9 @@ afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
 /** A folder that stands for the project directory: `npx vehicle-agent` resolves to dist/. */
 function projectFolder(block: Block): string {
+  if (block.after) return projectFolder(block.after);
   const dir = join(scratch, `${block.file.replace(/\W/g, '_')}-${block.line}`);
+  if (existsSync(dir)) return dir;
   mkdirSync(join(dir, 'node_modules', '.bin'), { recursive: true });
   symlinkSync(CLI, join(dir, 'node_modules', '.bin', 'vehicle-agent'));
   return dir;
@@ -113,7 +131,7 @@ function sh(script: string, cwd: string): Promise<{ code: number | null; stdout:
 }
 
 /** Skips acknowledged here: a new one fails this test until it is added with its reason. */
-const EXPECTED_SKIPS = 17;
+const EXPECTED_SKIPS = 19;
 
 describe('README and docs/ command blocks', () => {
   it('finds the blocks, and every skip names its reason', () => {

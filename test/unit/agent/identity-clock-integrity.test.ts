@@ -51,11 +51,15 @@ describe('vehicle identity copies', () => {
 
   it('finds a private key damaged where its embedded public key still matches', async () => {
     await provision({ stateDir: dir, demoOwner: true });
-    // The private scalar sits early in the PKCS#8 DER; the public key after it stays intact.
+    // The private scalar sits at bytes 36..67 of the P-256 PKCS#8 DER; the public key after it
+    // stays intact. One bit of the scalar flipped, in the DER, so the PEM still parses.
     edit('vehicle-key.pem', (b) => {
-      const copy = Buffer.from(b);
-      copy[80] = (copy[80] ?? 0) ^ 0x01;
-      return copy;
+      const pem = b.toString('utf8');
+      const body = pem.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, '');
+      const der = Buffer.from(body, 'base64');
+      der[50] = (der[50] ?? 0) ^ 0x01;
+      const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
+      return Buffer.from(`-----BEGIN PRIVATE KEY-----\n${lines.join('\n')}\n-----END PRIVATE KEY-----\n`);
     });
     const { findings } = await load();
     expect(findings).toMatchObject([{ file: join(dir, 'vehicle-key.pem'), code: 'state_repaired' }]);
