@@ -313,8 +313,10 @@ export type NoArgs = Readonly<Record<string, never>>;
 
 const noArgs = (_args: WireArgs): NoArgs => ({});
 
-const isObject = (value: unknown): value is WireArgs =>
-  typeof value === 'object' && value !== null && !Array.isArray(value);
+/** A JSON object (not null, not an array): how clients read the results typed `unknown` here. */
+export function isRecord(value: unknown): value is Readonly<Record<string, unknown>> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
 
 /** Whether `value` is one of `values` (a type guard over an `as const` list). */
 function isOneOf<T extends string>(values: readonly T[], value: unknown): value is T {
@@ -462,7 +464,7 @@ function parseSimApproach(args: WireArgs): SimApproachArgs {
   }
   if (secret.length !== 32)
     throw new AgentError('bad_arguments', 'secretKey must be a base64url 32-byte P-256 scalar');
-  const pinned = isObject(pin) ? pin : {};
+  const pinned = isRecord(pin) ? pin : {};
   let pinnedKey: PublicJwk | undefined;
   try {
     pinnedKey = pinned.publicKey === undefined ? undefined : parseJwk(pinned.publicKey);
