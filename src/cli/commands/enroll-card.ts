@@ -1,8 +1,8 @@
 import { AgentError } from '../../core/errors.js';
-import { ROLES, type Role } from '../../core/types.js';
+import { ROLES } from '../../core/types.js';
 import { signJws } from '../../crypto/jws.js';
 import type { CardEnrollmentReply, RequestOf } from '../../host/control-api.js';
-import { CARD_ENROLL_TYP, CARD_KINDS, type CardKind, canonicalRequest } from '../../nfc/enroll-auth.js';
+import { CARD_ENROLL_TYP, CARD_KINDS, canonicalRequest } from '../../nfc/enroll-auth.js';
 import { readSignerKey } from '../../store/key-files.js';
 import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
 import { controlCall } from '../control-client.js';
@@ -89,12 +89,13 @@ export async function enrollCard(argv: readonly string[]): Promise<number> {
     },
     false,
   );
-  const kind = requireString(values.kind, 'kind') as CardKind;
-  if (!(CARD_KINDS as readonly string[]).includes(kind))
+  const kindText = requireString(values.kind, 'kind');
+  const kind = CARD_KINDS.find((k) => k === kindText);
+  if (kind === undefined)
     throw new AgentError('bad_arguments', `--kind must be one of ${CARD_KINDS.join(', ')}`);
-  const role = requireString(values.role, 'role') as Role;
-  if (!(ROLES as readonly string[]).includes(role))
-    throw new AgentError('bad_arguments', `--role must be one of ${ROLES.join(', ')}`);
+  const roleText = requireString(values.role, 'role');
+  const role = ROLES.find((r) => r === roleText);
+  if (role === undefined) throw new AgentError('bad_arguments', `--role must be one of ${ROLES.join(', ')}`);
   if ((values['owner-key'] === undefined) === (values['owner-fido'] !== true))
     throw new AgentError('bad_arguments', 'give exactly one of --owner-key OWNER.pem and --owner-fido');
   const owner = values['owner-key'] === undefined ? undefined : readSignerKey(values['owner-key']);
