@@ -66,7 +66,7 @@ export function expectedCredentialId(
   }
 }
 
-function parseJwk(value: unknown): PublicJwk {
+export function parseJwk(value: unknown): PublicJwk {
   if (typeof value !== 'object' || value === null) throw bad('must be a public JWK', 'publicKey');
   const { kty, crv, x, y, d } = value as Record<string, unknown>;
   if (d !== undefined) throw bad('must not contain a private key', 'publicKey');

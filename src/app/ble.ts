@@ -1,5 +1,4 @@
 import type { CredentialLookup } from '../access/credential-lookup.js';
-import { expectedCredentialId, parseCredentialWire } from '../access/credential-wire.js';
 import type { CredentialReader, EnrollmentHost, ReaderContext } from '../agent/reader.js';
 import { EnrollmentDesk } from '../ble/enrollment.js';
 import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../ble/protocol/constants.js';
@@ -8,9 +7,8 @@ import type { Config } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { type Health, INTENTS, type Intent, type PublicJwk, ROLES } from '../core/types.js';
-import { fromB64url } from '../crypto/encoding.js';
-import { bindHandler } from '../host/control-api.js';
+import type { Health } from '../core/types.js';
+import { bindHandler, MAX_ENROLL_WINDOW_MS } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import type { BleSimEnvironment, SimPhones } from '../sim/ble-sim.js';
 
@@ -42,10 +40,6 @@ export interface BleSetup {
   stop(): Promise<void>;
 }
 
-/** The longest enrollment window anyone may ask for. */
-export const MAX_ENROLL_WINDOW_MS = 600_000;
-const APPROACH_TIMEOUT_MS = 10_000;
-
 export function bleMode(config: Config): 'sim' | 'bluez' {
   const { driver } = config.ble;
   if (driver === 'auto') return config.relay.driver === 'sim' ? 'sim' : 'bluez';
@@ -70,8 +64,8 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     maxWindowMs: MAX_ENROLL_WINDOW_MS,
   });
   handlers.set(
-    ...bindHandler('enroll.open', (args) =>
-      desk.open(parseEnrollArgs(args), parseWindow(args.windowMs, ble.enrollWindowMs)),
+    ...bindHandler('enroll.open', ({ credential, windowMs }) =>
+      desk.open(credential, windowMs ?? Math.min(ble.enrollWindowMs, MAX_ENROLL_WINDOW_MS)),
     ),
   );
   handlers.set(...bindHandler('enroll.status', () => desk.status() ?? NO_ENROLLMENT));
@@ -174,7 +168,7 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     handlers.set(
       ...bindHandler('sim.phone.approach', async (args) => {
         const { phones } = await sim();
-        const result = await phones.approach(await parseApproach(args));
+        const result = await phones.approach(args);
         return result.granted && result.outcome === 'decision'
           ? { ...result, lock: deps.lockState() }
           : result;
@@ -195,15 +189,10 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
           flood = undefined;
           return { running: false, ...(counts ?? {}) };
         }
-        if (args.action !== 'start') throw new AgentError('bad_arguments', 'action must be start or stop');
-        const { BleFlood, FLOOD_MODES } = await import('../sim/ble-flood.js');
-        const mode = args.mode ?? 'garbage';
-        if (typeof mode !== 'string' || !(FLOOD_MODES as readonly string[]).includes(mode))
-          throw new AgentError('bad_arguments', `mode must be one of ${FLOOD_MODES.join(', ')}`);
-        const devices = args.devices ?? 16;
-        if (typeof devices !== 'number') throw new AgentError('bad_arguments', 'devices must be a number');
+        const { BleFlood } = await import('../sim/ble-flood.js');
+        const { devices, mode } = args;
         flood?.stop();
-        const started = new BleFlood(standIn, { devices, mode: mode as (typeof FLOOD_MODES)[number] });
+        const started = new BleFlood(standIn, { devices, mode });
         started.start();
         flood = { stop: () => ({ ...started.stop() }) };
         return { running: true, devices, mode };
@@ -301,91 +290,4 @@ class BackgroundBleReader implements CredentialReader {
   onFailure(listener: (err: AgentError) => void): void {
     this.failureListeners.add(listener);
   }
-}
-
-// ── control arguments ──────────────────────────────────────────────────────────
-
-function parseWindow(value: unknown, fallback: number): number {
-  if (value === undefined) return Math.min(fallback, MAX_ENROLL_WINDOW_MS);
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_ENROLL_WINDOW_MS) {
-    throw new AgentError('bad_arguments', `windowMs must be an integer 1..${MAX_ENROLL_WINDOW_MS}`);
-  }
-  return value;
-}
-
-function parseEnrollArgs(args: Readonly<Record<string, unknown>>) {
-  const { kind, publicKey, role, name, notBefore, notAfter, passive } = args;
-  if (kind !== 'phone') throw new AgentError('bad_arguments', 'kind must be phone');
-  if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role)) {
-    throw new AgentError('bad_arguments', `role must be one of ${ROLES.join(', ')}`);
-  }
-  if (passive !== undefined && typeof passive !== 'boolean')
-    throw new AgentError('bad_arguments', 'passive must be a boolean');
-  try {
-    const id = expectedCredentialId('phone', { publicKey: publicKey as PublicJwk });
-    return parseCredentialWire({
-      id,
-      kind,
-      role,
-      publicKey,
-      ...(name === undefined ? {} : { name }),
-      ...(notBefore === undefined ? {} : { notBefore }),
-      ...(notAfter === undefined ? {} : { notAfter }),
-      options: passive === true ? { passive: true } : {},
-    });
-  } catch (err) {
-    throw new AgentError('bad_arguments', toAgentError(err).message);
-  }
-}
-
-async function parseApproach(args: Readonly<Record<string, unknown>>) {
-  const { parseApproachFault } = await import('../sim/ble-sim.js');
-  const {
-    secretKey,
-    pin,
-    intent,
-    explicitIntent,
-    answerDelayMs,
-    approveEnrollment,
-    enrollmentFor,
-    rssi,
-    timeoutMs,
-  } = args;
-  let secret: Uint8Array;
-  try {
-    secret = fromB64url(typeof secretKey === 'string' ? secretKey : '');
-  } catch {
-    secret = new Uint8Array();
-  }
-  if (secret.length !== 32)
-    throw new AgentError('bad_arguments', 'secretKey must be a base64url 32-byte P-256 scalar');
-  const p = (typeof pin === 'object' && pin !== null ? pin : {}) as Record<string, unknown>;
-  if (typeof p.vehicleId !== 'string' || typeof p.publicKey !== 'object' || p.publicKey === null) {
-    throw new AgentError('bad_arguments', 'pin must be {vehicleId, publicKey}');
-  }
-  const chosen = intent ?? 'unlock';
-  if (typeof chosen !== 'string' || !(INTENTS as readonly string[]).includes(chosen)) {
-    throw new AgentError('bad_arguments', `intent must be one of ${INTENTS.join(', ')}`);
-  }
-  const int = (value: unknown, name: string, fallback: number, min: number, max: number): number => {
-    if (value === undefined) return fallback;
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-      throw new AgentError('bad_arguments', `${name} must be an integer ${min}..${max}`);
-    }
-    return value;
-  };
-  if (enrollmentFor !== undefined && typeof enrollmentFor !== 'string')
-    throw new AgentError('bad_arguments', 'enrollmentFor must be a credential id');
-  return {
-    secretKey: secret,
-    pin: { vehicleId: p.vehicleId, publicKey: p.publicKey as PublicJwk },
-    intent: chosen as Intent,
-    explicitIntent: explicitIntent !== false,
-    fault: parseApproachFault(args.fault),
-    answerDelayMs: int(answerDelayMs, 'answerDelayMs', 0, 0, 60_000),
-    approveEnrollment: approveEnrollment === true,
-    enrollmentFor,
-    rssi: int(rssi, 'rssi', -50, -127, 20),
-    timeoutMs: int(timeoutMs, 'timeoutMs', APPROACH_TIMEOUT_MS, 100, 120_000),
-  };
 }

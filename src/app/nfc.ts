@@ -5,19 +5,16 @@ import type { Config } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { ROLES, type Role } from '../core/types.js';
 import { bindHandler } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import { DeferredDriver } from '../nfc/deferred-driver.js';
-import { CARD_KINDS, type CardKind } from '../nfc/enroll-auth.js';
-import { type AuthorisationMethod, CardEnrollmentDesk, type CounterAccess } from '../nfc/enrollment.js';
+import { CardEnrollmentDesk, type CounterAccess } from '../nfc/enrollment.js';
 import { formatFirmware } from '../nfc/pn532/commands.js';
 import type { LinkFactory } from '../nfc/pn532/link.js';
 import { NfcReader, type TapOutcome } from '../nfc/reader.js';
 import { readSiteKey, SITE_KEY_FILE, SiteKeySource } from '../nfc/site-key.js';
-import type { SimCardKind } from '../sim/card-store.js';
 import type { NfcSim } from '../sim/nfc-sim.js';
-import { EMULATOR_FAULTS, nfcDemoHints, type SimTapOptions } from '../sim/nfc-sim-options.js';
+import { nfcDemoHints } from '../sim/nfc-sim-options.js';
 
 /** The answer of a desk's status or cancel when no enrollment is open. */
 const NO_ENROLLMENT = { state: 'none' } as const;
@@ -195,7 +192,7 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
       };
     }),
   );
-  handlers.set(...bindHandler('enroll.card.request', (args) => desk.request(parseEnrollRequest(args))));
+  handlers.set(...bindHandler('enroll.card.request', (args) => desk.request(args)));
   handlers.set(...bindHandler('enroll.card.authorise', (args) => desk.authoriseWithKey(args.jws)));
   handlers.set(...bindHandler('enroll.card.status', () => desk.status() ?? NO_ENROLLMENT));
   handlers.set(...bindHandler('enroll.card.cancel', () => desk.cancel() ?? NO_ENROLLMENT));
@@ -203,16 +200,10 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
   if (mode === 'sim') {
     handlers.set(...bindHandler('sim.card.list', async () => (await simulator()).cards.list()));
     handlers.set(
-      ...bindHandler('sim.card.add', async (args) => {
-        const { kind, label, model } = args;
-        if (kind !== 'fido' && kind !== 'ntag424' && kind !== 'uid')
-          throw new AgentError('bad_arguments', 'kind must be fido, ntag424 or uid');
-        if (typeof label !== 'string') throw new AgentError('bad_arguments', 'label must be a string');
-        if (model !== undefined && model !== 'ntag213' && model !== 'mifare-classic-1k')
-          throw new AgentError('bad_arguments', 'model must be ntag213 or mifare-classic-1k');
+      ...bindHandler('sim.card.add', async ({ kind, label, model }) => {
         const env = await simulator();
         const { newSimCard } = await import('../sim/card-store.js');
-        const card = newSimCard(kind as SimCardKind, label, model);
+        const card = newSimCard(kind, label, model);
         env.cards.add(card);
         await env.cards.save();
         return env.cards.list().find((c) => c.label === label);
@@ -220,32 +211,25 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
     );
     handlers.set(
       ...bindHandler('sim.card.tap', async (args) => {
-        const options = parseTapArgs(args);
         const env = await simulator();
         await withTimeout(driver.started(), SIM_START_TIMEOUT_MS, 'the PN532 driver did not start in time');
-        return tapReply(await env.tap(reader, options), deps.lockState);
+        return tapReply(await env.tap(reader, args), deps.lockState);
       }),
     );
     handlers.set(
       ...bindHandler('sim.nfc.fault', async (args) => {
-        const { kind } = args;
         const env = await simulator();
-        if (kind === 'wedge') {
-          const recoverOn = args.recoverOn === 'manual' ? 'manual' : 'wakeup';
+        if (args.kind === 'wedge') {
+          const { recoverOn } = args;
           env.emulator.injectFault({ kind: 'wedge', recoverOn });
           return { wedged: env.emulator.isWedged, recoverOn };
         }
-        if (kind === 'unwedge') {
+        if (args.kind === 'unwedge') {
           env.emulator.unwedge();
           return { wedged: env.emulator.isWedged };
         }
-        if (typeof kind !== 'string' || !(EMULATOR_FAULTS as readonly string[]).includes(kind))
-          throw new AgentError(
-            'bad_arguments',
-            `kind must be wedge, unwedge or one of ${EMULATOR_FAULTS.join(', ')}`,
-          );
-        env.emulator.injectFault({ kind: kind as (typeof EMULATOR_FAULTS)[number] });
-        return { injected: kind };
+        env.emulator.injectFault({ kind: args.kind });
+        return { injected: args.kind };
       }),
     );
   }
@@ -292,63 +276,5 @@ export function tapReply(outcome: TapOutcome, lockState: () => string): Record<s
           ...(outcome.view.authorisedBy === undefined ? {} : { authorisedBy: outcome.view.authorisedBy }),
         }
       : {}),
-  };
-}
-
-// ── control arguments ──────────────────────────────────────────────────────────
-
-function optionalString(value: unknown, name: string): string | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'string') throw new AgentError('bad_arguments', `${name} must be a string`);
-  return value;
-}
-
-function parseEnrollRequest(args: Readonly<Record<string, unknown>>) {
-  const { kind, role, method } = args;
-  if (typeof kind !== 'string' || !(CARD_KINDS as readonly string[]).includes(kind))
-    throw new AgentError('bad_arguments', `kind must be one of ${CARD_KINDS.join(', ')}`);
-  if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role))
-    throw new AgentError('bad_arguments', `role must be one of ${ROLES.join(', ')}`);
-  if (method !== 'owner-key' && method !== 'owner-fido')
-    throw new AgentError('bad_arguments', 'method must be owner-key or owner-fido');
-  const name = optionalString(args.name, 'name');
-  const notBefore = optionalString(args.notBefore, 'notBefore');
-  const notAfter = optionalString(args.notAfter, 'notAfter');
-  return {
-    kind: kind as CardKind,
-    role: role as Role,
-    method: method as AuthorisationMethod,
-    ...(name === undefined ? {} : { name }),
-    ...(notBefore === undefined ? {} : { notBefore }),
-    ...(notAfter === undefined ? {} : { notAfter }),
-  };
-}
-
-function parseTapArgs(args: Readonly<Record<string, unknown>>): SimTapOptions {
-  const faults: readonly string[] = EMULATOR_FAULTS;
-  const { card, cloneOf, fault } = args;
-  if (typeof card !== 'string') throw new AgentError('bad_arguments', 'card must be a card label');
-  const ms = (value: unknown, name: string, max: number): number | undefined => {
-    if (value === undefined) return undefined;
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > max)
-      throw new AgentError('bad_arguments', `${name} must be an integer 0..${max}`);
-    return value;
-  };
-  const removeAfterMs = ms(args.removeAfterMs, 'removeAfterMs', 60_000);
-  const slowMs = ms(args.slowMs, 'slowMs', 60_000);
-  const counter = ms(args.counter, 'counter', 0xffffffff);
-  const timeoutMs = ms(args.timeoutMs, 'timeoutMs', 120_000);
-  if (cloneOf !== undefined && typeof cloneOf !== 'string')
-    throw new AgentError('bad_arguments', 'cloneOf must be a card label');
-  if (fault !== undefined && (typeof fault !== 'string' || !faults.includes(fault)))
-    throw new AgentError('bad_arguments', `fault must be one of ${faults.join(', ')}`);
-  return {
-    card,
-    ...(removeAfterMs === undefined ? {} : { removeAfterMs }),
-    ...(slowMs === undefined ? {} : { slowMs }),
-    ...(counter === undefined ? {} : { counter }),
-    ...(timeoutMs === undefined ? {} : { timeoutMs }),
-    ...(cloneOf === undefined ? {} : { cloneOf: cloneOf as string }),
-    ...(fault === undefined ? {} : { fault: fault as SimTapOptions['fault'] & string }),
   };
 }

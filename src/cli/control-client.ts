@@ -1,7 +1,7 @@
 import { connect } from 'node:net';
 import { isCode } from '../core/codes.js';
 import { AgentError } from '../core/errors.js';
-import type { ArgsOf, CommandName, ResultOf } from '../host/control-api.js';
+import type { CommandName, RequestOf, ResultOf } from '../host/control-api.js';
 
 /**
  * Sends one request to the agent's control socket and returns its result or throws its coded
@@ -32,16 +32,17 @@ export async function controlRequest(
 }
 
 /**
- * controlRequest typed by the command table (src/host/control-api.ts): the arguments the command
- * takes, the result it gives.
+ * controlRequest typed by the command table (src/host/control-api.ts): what the command is sent,
+ * the result it gives.
  */
 export async function controlCall<C extends CommandName>(
   socketPath: string,
   cmd: C,
-  args: ArgsOf<C>,
+  args: RequestOf<C>,
   timeoutMs?: number,
 ): Promise<ResultOf<C>> {
-  const result = await controlRequest(socketPath, cmd, { ...args }, timeoutMs);
+  const wire: object = args;
+  const result = await controlRequest(socketPath, cmd, { ...wire }, timeoutMs);
   // The one cast of the control API: the reply is JSON from an agent built from the same table.
   return result as ResultOf<C>;
 }

@@ -1,10 +1,13 @@
 // Type-only imports: the shapes some results take, described by the parts that produce them.
 import type { CredentialStatus } from '../access/credential-lookup.js';
+import { expectedCredentialId, parseCredentialWire, parseJwk } from '../access/credential-wire.js';
 import type { MergeResult } from '../access/keyring.js';
 import type { EnrollmentView } from '../ble/enrollment.js';
-import { AgentError } from '../core/errors.js';
-import type { Intent, PublicJwk } from '../core/types.js';
-import type { CardEnrollmentView } from '../nfc/enrollment.js';
+import { AgentError, toAgentError } from '../core/errors.js';
+import { type Credential, INTENTS, type Intent, type PublicJwk, ROLES } from '../core/types.js';
+import { fromB64url } from '../crypto/encoding.js';
+import { CARD_KINDS } from '../nfc/enroll-auth.js';
+import type { CardEnrollmentInput, CardEnrollmentView } from '../nfc/enrollment.js';
 import type { IntegrityStatus } from './state-integrity.js';
 
 /**
@@ -16,6 +19,54 @@ import type { IntegrityStatus } from './state-integrity.js';
 
 /** Arguments as they arrive on the wire (a JSON object). */
 export type WireArgs = Readonly<Record<string, unknown>>;
+
+// ── values the simulator commands take (src/sim implements them and imports these lists) ──
+
+/** Faults a simulated phone can commit (what each does: src/sim/ble/phone.ts). */
+export const PHONE_FAULTS = [
+  'wrong_key',
+  'bad_signature',
+  'replay',
+  'wrong_vehicle',
+  'wrong_intent',
+  'garbage',
+  'garbage_chunks',
+  'oversized',
+  'drop_notification',
+  'silent',
+  'ignore_pinning',
+] as const;
+export type PhoneFault = (typeof PHONE_FAULTS)[number];
+
+/** Faults `phone approach --fault` takes: the phone's own, and `vanish` (leaves right after the hello). */
+export const APPROACH_FAULTS = [...PHONE_FAULTS, 'vanish'] as const;
+export type ApproachFault = (typeof APPROACH_FAULTS)[number];
+
+/** What the fake devices of a radio flood do (src/sim/ble-flood.ts). */
+export const FLOOD_MODES = ['garbage', 'silent', 'hang'] as const;
+export type FloodMode = (typeof FLOOD_MODES)[number];
+
+/** Faults the PN532 emulator can inject (src/sim/nfc-sim.ts). */
+export const EMULATOR_FAULTS = [
+  'garbage',
+  'lose-ack',
+  'nack',
+  'error-frame',
+  'corrupt-response',
+  'remove-during-exchange',
+] as const;
+export type EmulatorFaultName = (typeof EMULATOR_FAULTS)[number];
+
+/** Cards the simulated wallet can make (src/sim/card-store.ts), and the models of a UID-only tag. */
+export const SIM_CARD_KINDS = ['fido', 'ntag424', 'uid'] as const;
+export type SimCardKind = (typeof SIM_CARD_KINDS)[number];
+export const UID_TAG_MODELS = ['ntag213', 'mifare-classic-1k'] as const;
+export type UidTagModel = (typeof UID_TAG_MODELS)[number];
+
+/** The longest phone enrollment window anyone may ask for. */
+export const MAX_ENROLL_WINDOW_MS = 600_000;
+/** How long a simulated approach waits for the reader's outcome unless told. */
+const APPROACH_TIMEOUT_MS = 10_000;
 
 // ── argument and result types the control API promises (the sim reader implements these) ──
 
@@ -153,6 +204,108 @@ export interface CardAuthoriseArgs {
   readonly jws: string;
 }
 
+/** `enroll.open` as a client sends it: the phone credential to enroll, and the window. */
+export interface EnrollOpenRequest {
+  readonly kind: 'phone';
+  readonly publicKey: PublicJwk;
+  readonly role: string;
+  readonly name?: string;
+  readonly notBefore?: string;
+  readonly notAfter?: string;
+  readonly passive?: boolean;
+  readonly windowMs?: number;
+}
+
+export interface EnrollOpenArgs {
+  readonly credential: Credential;
+  /** Absent: the configured window (ble.enrollWindowMs). */
+  readonly windowMs?: number;
+}
+
+/** `sim.phone.approach` as a client sends it (the fault is the user's text: the agent judges it). */
+export interface SimApproachRequest {
+  /** base64url 32-byte P-256 scalar. */
+  readonly secretKey: string;
+  readonly pin: { readonly vehicleId: string; readonly publicKey: PublicJwk };
+  readonly intent?: Intent;
+  readonly explicitIntent?: boolean;
+  readonly fault?: string;
+  readonly answerDelayMs?: number;
+  readonly approveEnrollment?: boolean;
+  readonly enrollmentFor?: string;
+  readonly rssi?: number;
+  readonly timeoutMs?: number;
+}
+
+export interface SimApproachArgs {
+  /** The phone's 32-byte P-256 secret (the simulated phone's key store). */
+  readonly secretKey: Uint8Array;
+  /** The vehicle the phone pinned at enrollment. */
+  readonly pin: { readonly vehicleId: string; readonly publicKey: PublicJwk };
+  readonly intent: Intent;
+  readonly explicitIntent: boolean;
+  readonly fault: ApproachFault | undefined;
+  readonly answerDelayMs: number;
+  /** E1: approve the pending enrollment request instead of unlocking. */
+  readonly approveEnrollment: boolean;
+  readonly enrollmentFor: string | undefined;
+  readonly rssi: number;
+  readonly timeoutMs: number;
+}
+
+export interface SimBleFloodRequest {
+  readonly action: 'start' | 'stop';
+  readonly mode?: string;
+  readonly devices?: number;
+}
+
+export type SimBleFloodArgs =
+  | { readonly action: 'stop' }
+  | { readonly action: 'start'; readonly mode: FloodMode; readonly devices: number };
+
+/** `sim.card.add` as the CLI sends it: the words typed, which the agent judges. */
+export interface SimCardAddRequest {
+  readonly kind: string;
+  readonly label: string;
+  readonly model?: string;
+}
+
+export interface SimCardAddArgs {
+  readonly kind: SimCardKind;
+  readonly label: string;
+  readonly model?: UidTagModel;
+}
+
+export interface SimTapArgs {
+  readonly card: string;
+  /** Take the card away this long after it was placed. */
+  readonly removeAfterMs?: number;
+  /** Every APDU takes this much longer. */
+  readonly slowMs?: number;
+  /** Present this card with the UID of another card (a UID clone). */
+  readonly cloneOf?: string;
+  /** A FIDO key only: tap an extracted copy of it whose counter is this value (a cloned key). */
+  readonly counter?: number;
+  /** An emulator fault for this tap. */
+  readonly fault?: EmulatorFaultName;
+  /** How long to wait for the reader's outcome (default 10 s). */
+  readonly timeoutMs?: number;
+}
+
+/** `sim.card.tap` as a client sends it (the fault is the user's text: the agent judges it). */
+export type SimTapRequest = Omit<SimTapArgs, 'fault'> & { readonly fault?: string };
+
+/** `sim.nfc.fault` as the CLI sends it: the fault named on the command line. */
+export interface SimNfcFaultRequest {
+  readonly kind: string;
+  readonly recoverOn?: 'wakeup' | 'manual';
+}
+
+export type SimNfcFaultArgs =
+  | { readonly kind: 'wedge'; readonly recoverOn: 'wakeup' | 'manual' }
+  | { readonly kind: 'unwedge' }
+  | { readonly kind: EmulatorFaultName };
+
 /** A command without arguments: whatever it is sent is ignored (as it always was). */
 export type NoArgs = Readonly<Record<string, never>>;
 
@@ -160,11 +313,34 @@ export type NoArgs = Readonly<Record<string, never>>;
 
 const noArgs = (_args: WireArgs): NoArgs => ({});
 
-/**
- * Commands whose handler (built in src/app/, next to the part it drives) parses its own arguments
- * strictly: the table passes the object through unchanged.
- */
-const ownParser = (args: WireArgs): WireArgs => args;
+/** A JSON object (not null, not an array): how clients read the results typed `unknown` here. */
+export function isRecord(value: unknown): value is Readonly<Record<string, unknown>> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Whether `value` is one of `values` (a type guard over an `as const` list). */
+function isOneOf<T extends string>(values: readonly T[], value: unknown): value is T {
+  return values.some((v) => v === value);
+}
+
+/** `a, b or c`, for messages. */
+function spelled(values: readonly string[]): string {
+  return values.length < 2 ? values.join('') : `${values.slice(0, -1).join(', ')} or ${values.at(-1)}`;
+}
+
+function optionalString(value: unknown, name: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string') throw new AgentError('bad_arguments', `${name} must be a string`);
+  return value;
+}
+
+/** An optional integer in min..max (undefined when absent). */
+function optionalInteger(value: unknown, name: string, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max)
+    throw new AgentError('bad_arguments', `${name} must be an integer ${min}..${max}`);
+  return value;
+}
 
 export function parseIntent(value: unknown): Intent {
   if (value === undefined) return 'unlock';
@@ -241,10 +417,167 @@ function parseCardAuthorise(args: WireArgs): CardAuthoriseArgs {
   return { jws: args.jws };
 }
 
+function parseEnrollOpen(args: WireArgs): EnrollOpenArgs {
+  const { kind, publicKey, role, name, notBefore, notAfter, passive, windowMs } = args;
+  if (kind !== 'phone') throw new AgentError('bad_arguments', 'kind must be phone');
+  if (!isOneOf(ROLES, role)) throw new AgentError('bad_arguments', `role must be one of ${ROLES.join(', ')}`);
+  if (passive !== undefined && typeof passive !== 'boolean')
+    throw new AgentError('bad_arguments', 'passive must be a boolean');
+  let credential: Credential;
+  try {
+    const id = expectedCredentialId(
+      'phone',
+      publicKey === undefined ? {} : { publicKey: parseJwk(publicKey) },
+    );
+    credential = parseCredentialWire({
+      id,
+      kind,
+      role,
+      publicKey,
+      ...(name === undefined ? {} : { name }),
+      ...(notBefore === undefined ? {} : { notBefore }),
+      ...(notAfter === undefined ? {} : { notAfter }),
+      options: passive === true ? { passive: true } : {},
+    });
+  } catch (err) {
+    throw new AgentError('bad_arguments', toAgentError(err).message);
+  }
+  if (
+    windowMs !== undefined &&
+    (typeof windowMs !== 'number' ||
+      !Number.isInteger(windowMs) ||
+      windowMs < 1 ||
+      windowMs > MAX_ENROLL_WINDOW_MS)
+  ) {
+    throw new AgentError('bad_arguments', `windowMs must be an integer 1..${MAX_ENROLL_WINDOW_MS}`);
+  }
+  return { credential, ...(windowMs === undefined ? {} : { windowMs }) };
+}
+
+function parseSimApproach(args: WireArgs): SimApproachArgs {
+  const { secretKey, pin, intent, explicitIntent, fault, enrollmentFor } = args;
+  let secret: Uint8Array;
+  try {
+    secret = fromB64url(typeof secretKey === 'string' ? secretKey : '');
+  } catch {
+    secret = new Uint8Array();
+  }
+  if (secret.length !== 32)
+    throw new AgentError('bad_arguments', 'secretKey must be a base64url 32-byte P-256 scalar');
+  const pinned = isRecord(pin) ? pin : {};
+  let pinnedKey: PublicJwk | undefined;
+  try {
+    pinnedKey = pinned.publicKey === undefined ? undefined : parseJwk(pinned.publicKey);
+  } catch {
+    pinnedKey = undefined;
+  }
+  if (typeof pinned.vehicleId !== 'string' || pinnedKey === undefined)
+    throw new AgentError('bad_arguments', 'pin must be {vehicleId, publicKey}');
+  const chosen = intent ?? 'unlock';
+  if (!isOneOf(INTENTS, chosen))
+    throw new AgentError('bad_arguments', `intent must be one of ${INTENTS.join(', ')}`);
+  if (fault !== undefined && fault !== null && !isOneOf(APPROACH_FAULTS, fault))
+    throw new AgentError('bad_arguments', `fault must be one of ${APPROACH_FAULTS.join(', ')}`);
+  const answerDelayMs = optionalInteger(args.answerDelayMs, 'answerDelayMs', 0, 60_000) ?? 0;
+  const rssi = optionalInteger(args.rssi, 'rssi', -127, 20) ?? -50;
+  const timeoutMs = optionalInteger(args.timeoutMs, 'timeoutMs', 100, 120_000) ?? APPROACH_TIMEOUT_MS;
+  if (enrollmentFor !== undefined && typeof enrollmentFor !== 'string')
+    throw new AgentError('bad_arguments', 'enrollmentFor must be a credential id');
+  return {
+    secretKey: secret,
+    pin: { vehicleId: pinned.vehicleId, publicKey: pinnedKey },
+    intent: chosen,
+    explicitIntent: explicitIntent !== false,
+    fault: fault === null ? undefined : fault,
+    answerDelayMs,
+    approveEnrollment: args.approveEnrollment === true,
+    enrollmentFor,
+    rssi,
+    timeoutMs,
+  };
+}
+
+function parseSimBleFlood(args: WireArgs): SimBleFloodArgs {
+  const { action, mode = 'garbage', devices = 16 } = args;
+  if (action === 'stop') return { action };
+  if (action !== 'start') throw new AgentError('bad_arguments', 'action must be start or stop');
+  if (!isOneOf(FLOOD_MODES, mode))
+    throw new AgentError('bad_arguments', `mode must be one of ${FLOOD_MODES.join(', ')}`);
+  if (typeof devices !== 'number') throw new AgentError('bad_arguments', 'devices must be a number');
+  return { action, mode, devices };
+}
+
+function parseCardRequest(args: WireArgs): CardEnrollmentInput {
+  const { kind, role, method } = args;
+  if (!isOneOf(CARD_KINDS, kind))
+    throw new AgentError('bad_arguments', `kind must be one of ${CARD_KINDS.join(', ')}`);
+  if (!isOneOf(ROLES, role)) throw new AgentError('bad_arguments', `role must be one of ${ROLES.join(', ')}`);
+  if (method !== 'owner-key' && method !== 'owner-fido')
+    throw new AgentError('bad_arguments', 'method must be owner-key or owner-fido');
+  const name = optionalString(args.name, 'name');
+  const notBefore = optionalString(args.notBefore, 'notBefore');
+  const notAfter = optionalString(args.notAfter, 'notAfter');
+  return {
+    kind,
+    role,
+    method,
+    ...(name === undefined ? {} : { name }),
+    ...(notBefore === undefined ? {} : { notBefore }),
+    ...(notAfter === undefined ? {} : { notAfter }),
+  };
+}
+
+function parseSimCardAdd(args: WireArgs): SimCardAddArgs {
+  const { kind, label, model } = args;
+  if (!isOneOf(SIM_CARD_KINDS, kind))
+    throw new AgentError('bad_arguments', `kind must be ${spelled(SIM_CARD_KINDS)}`);
+  if (typeof label !== 'string') throw new AgentError('bad_arguments', 'label must be a string');
+  if (model !== undefined && !isOneOf(UID_TAG_MODELS, model))
+    throw new AgentError('bad_arguments', `model must be ${spelled(UID_TAG_MODELS)}`);
+  return { kind, label, ...(model === undefined ? {} : { model }) };
+}
+
+function parseSimTap(args: WireArgs): SimTapArgs {
+  const { card, cloneOf, fault } = args;
+  if (typeof card !== 'string') throw new AgentError('bad_arguments', 'card must be a card label');
+  const removeAfterMs = optionalInteger(args.removeAfterMs, 'removeAfterMs', 0, 60_000);
+  const slowMs = optionalInteger(args.slowMs, 'slowMs', 0, 60_000);
+  const counter = optionalInteger(args.counter, 'counter', 0, 0xffffffff);
+  const timeoutMs = optionalInteger(args.timeoutMs, 'timeoutMs', 0, 120_000);
+  if (cloneOf !== undefined && typeof cloneOf !== 'string')
+    throw new AgentError('bad_arguments', 'cloneOf must be a card label');
+  if (fault !== undefined && !isOneOf(EMULATOR_FAULTS, fault))
+    throw new AgentError('bad_arguments', `fault must be one of ${EMULATOR_FAULTS.join(', ')}`);
+  return {
+    card,
+    ...(removeAfterMs === undefined ? {} : { removeAfterMs }),
+    ...(slowMs === undefined ? {} : { slowMs }),
+    ...(counter === undefined ? {} : { counter }),
+    ...(timeoutMs === undefined ? {} : { timeoutMs }),
+    ...(cloneOf === undefined ? {} : { cloneOf }),
+    ...(fault === undefined ? {} : { fault }),
+  };
+}
+
+function parseSimNfcFault(args: WireArgs): SimNfcFaultArgs {
+  const { kind } = args;
+  // Anything but `manual` recovers on the next wake-up, as it always did.
+  if (kind === 'wedge') return { kind, recoverOn: args.recoverOn === 'manual' ? 'manual' : 'wakeup' };
+  if (kind === 'unwedge') return { kind };
+  if (!isOneOf(EMULATOR_FAULTS, kind))
+    throw new AgentError(
+      'bad_arguments',
+      `kind must be wedge, unwedge or one of ${EMULATOR_FAULTS.join(', ')}`,
+    );
+  return { kind };
+}
+
 // ── the table ──
 
 /**
- * Every control command: its arguments (as its parser returns them) and its result. Results typed
+ * Every control command: its arguments (as its parser returns them), what a client sends when that
+ * differs (`request`: the user's words the agent judges, or a shape the parser turns into the
+ * arguments; otherwise the arguments themselves) and its result. Results typed
  * `unknown` belong to parts that describe their own status shapes (the readers, the cloud link,
  * the stores); clients print them as they come.
  */
@@ -265,22 +598,22 @@ export interface ControlApi {
   'sim.answer': { args: SimAnswer; result: DecisionReply };
   'sim.uid': { args: SimUidArgs; result: DecisionReply };
   'ble.status': { args: NoArgs; result: unknown };
-  'enroll.open': { args: WireArgs; result: PhoneEnrollmentReply };
+  'enroll.open': { args: EnrollOpenArgs; request: EnrollOpenRequest; result: PhoneEnrollmentReply };
   'enroll.status': { args: NoArgs; result: PhoneEnrollmentReply };
   'enroll.cancel': { args: NoArgs; result: PhoneEnrollmentReply };
-  'sim.phone.approach': { args: WireArgs; result: ApproachReply };
+  'sim.phone.approach': { args: SimApproachArgs; request: SimApproachRequest; result: ApproachReply };
   'sim.ble.adapter': { args: SimBleAdapterArgs; result: unknown };
-  'sim.ble.flood': { args: WireArgs; result: unknown };
+  'sim.ble.flood': { args: SimBleFloodArgs; request: SimBleFloodRequest; result: unknown };
   'sim.ble.bluez': { args: SimBleBluezArgs; result: unknown };
   'nfc.status': { args: NoArgs; result: unknown };
-  'enroll.card.request': { args: WireArgs; result: CardEnrollmentReply };
+  'enroll.card.request': { args: CardEnrollmentInput; result: CardEnrollmentReply };
   'enroll.card.authorise': { args: CardAuthoriseArgs; result: CardEnrollmentReply };
   'enroll.card.status': { args: NoArgs; result: CardEnrollmentReply };
   'enroll.card.cancel': { args: NoArgs; result: CardEnrollmentReply };
   'sim.card.list': { args: NoArgs; result: readonly SimCardSummary[] };
-  'sim.card.add': { args: WireArgs; result: unknown };
-  'sim.card.tap': { args: WireArgs; result: TapReply };
-  'sim.nfc.fault': { args: WireArgs; result: unknown };
+  'sim.card.add': { args: SimCardAddArgs; request: SimCardAddRequest; result: unknown };
+  'sim.card.tap': { args: SimTapArgs; request: SimTapRequest; result: TapReply };
+  'sim.nfc.fault': { args: SimNfcFaultArgs; request: SimNfcFaultRequest; result: unknown };
   'test.audit': { args: TestAuditArgs; result: { readonly count: number; readonly lastSeq: number } };
   'test.crash': { args: NoArgs; result: { readonly crashing: boolean } };
   'test.stall': { args: TestStallArgs; result: { readonly stalledMs: number } };
@@ -289,6 +622,11 @@ export interface ControlApi {
 export type CommandName = keyof ControlApi;
 export type ArgsOf<C extends CommandName> = ControlApi[C]['args'];
 export type ResultOf<C extends CommandName> = ControlApi[C]['result'];
+/** What a client sends for each command: its `request` where the table names one, else its arguments. */
+export type ControlRequests = {
+  [C in CommandName]: ControlApi[C] extends { request: infer R } ? R : ArgsOf<C>;
+};
+export type RequestOf<C extends CommandName> = ControlRequests[C];
 
 /** A handler for one command, typed by the table. */
 export type TypedHandler<C extends CommandName> = (args: ArgsOf<C>) => Promise<ResultOf<C>> | ResultOf<C>;
@@ -313,22 +651,22 @@ export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => Arg
   'sim.answer': parseSimAnswer,
   'sim.uid': parseSimUid,
   'ble.status': noArgs,
-  'enroll.open': ownParser,
+  'enroll.open': parseEnrollOpen,
   'enroll.status': noArgs,
   'enroll.cancel': noArgs,
-  'sim.phone.approach': ownParser,
+  'sim.phone.approach': parseSimApproach,
   'sim.ble.adapter': parseSimBleAdapter,
-  'sim.ble.flood': ownParser,
+  'sim.ble.flood': parseSimBleFlood,
   'sim.ble.bluez': parseSimBleBluez,
   'nfc.status': noArgs,
-  'enroll.card.request': ownParser,
+  'enroll.card.request': parseCardRequest,
   'enroll.card.authorise': parseCardAuthorise,
   'enroll.card.status': noArgs,
   'enroll.card.cancel': noArgs,
   'sim.card.list': noArgs,
-  'sim.card.add': ownParser,
-  'sim.card.tap': ownParser,
-  'sim.nfc.fault': ownParser,
+  'sim.card.add': parseSimCardAdd,
+  'sim.card.tap': parseSimTap,
+  'sim.nfc.fault': parseSimNfcFault,
   'test.audit': parseTestAudit,
   'test.crash': noArgs,
   'test.stall': parseTestStall,

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../ble/protocol/constants.js';
 import { chunkFrame } from '../ble/protocol/framing.js';
 import { AgentError } from '../core/errors.js';
+import { FLOOD_MODES, type FloodMode } from '../host/control-api.js';
 import type { GattPeer } from './ble/gatt-peer.js';
 import type { BluezStandIn, StandInEvent } from './bluez/types.js';
 
@@ -16,8 +17,8 @@ import type { BluezStandIn, StandInEvent } from './bluez/types.js';
  * Used by `sim.ble.flood` in sim mode, the integration tests and the flood bench.
  */
 
-export const FLOOD_MODES = ['garbage', 'silent', 'hang'] as const;
-export type FloodMode = (typeof FLOOD_MODES)[number];
+// The list lives in the control table (src/host may not import src/sim).
+export { FLOOD_MODES, type FloodMode };
 
 export interface BleFloodOptions {
   /** Fake devices present at any time, 1..1024. */

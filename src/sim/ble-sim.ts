@@ -4,10 +4,9 @@ import { tmpdir } from 'node:os';
 import { basename, dirname } from 'node:path';
 import { KEY_TO_VEHICLE_UUID, SERVICE_UUID, VEHICLE_TO_KEY_UUID } from '../ble/protocol/constants.js';
 import type { BleOutcome } from '../ble/reader.js';
-import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import type { Intent } from '../core/types.js';
-import { PHONE_FAULTS, type PhoneEvent, type PhoneFault, PhoneKey, type PinnedVehicle } from './ble/phone.js';
+import type { SimApproachArgs } from '../host/control-api.js';
+import { type PhoneEvent, type PhoneFault, PhoneKey } from './ble/phone.js';
 import { PhonePeer } from './ble/phone-peer.js';
 import { startBluezStandIn } from './bluez/index.js';
 import type { BluezStandIn, DeviceFaults } from './bluez/types.js';
@@ -97,25 +96,8 @@ function daemonDir(address: string): string | undefined {
     : undefined;
 }
 
-/** Faults `phone approach --fault` takes: the phone's own, and `vanish` (leaves right after the hello). */
-export const APPROACH_FAULTS = [...PHONE_FAULTS, 'vanish'] as const;
-export type ApproachFault = (typeof APPROACH_FAULTS)[number];
-
-export interface ApproachRequest {
-  /** The phone's 32-byte P-256 secret (the simulated phone's key store). */
-  readonly secretKey: Uint8Array;
-  /** The vehicle the phone pinned at enrollment. */
-  readonly pin: PinnedVehicle;
-  readonly intent: Intent;
-  readonly explicitIntent: boolean;
-  readonly fault: ApproachFault | undefined;
-  readonly answerDelayMs: number;
-  /** E1: approve the pending enrollment request instead of unlocking. */
-  readonly approveEnrollment: boolean;
-  readonly enrollmentFor: string | undefined;
-  readonly rssi: number;
-  readonly timeoutMs: number;
-}
+/** An approach as the control command asks for it (parsed by the control table). */
+export type ApproachRequest = SimApproachArgs;
 
 export interface ApproachResult {
   readonly address: string;
@@ -272,15 +254,6 @@ function summarise(
     case 'failed':
       return { ...base, outcome: outcome.kind, granted: false, code: outcome.code };
   }
-}
-
-/** Parses `fault` from the control socket. */
-export function parseApproachFault(value: unknown): ApproachFault | undefined {
-  if (value === undefined || value === null) return undefined;
-  if (typeof value === 'string' && (APPROACH_FAULTS as readonly string[]).includes(value)) {
-    return value as ApproachFault;
-  }
-  throw new AgentError('bad_arguments', `fault must be one of ${APPROACH_FAULTS.join(', ')}`);
 }
 
 export type { PhoneFault };

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { AgentError } from '../core/errors.js';
 import { toHex } from '../crypto/encoding.js';
+import type { SimCardKind } from '../host/control-api.js';
 import { readJsonFileIfExists, writeFileAtomic } from '../store/atomic.js';
 import { SimulatedFidoU2fKey } from './cards/fido-u2f.js';
 import { SimulatedNtag424 } from './cards/ntag424.js';
@@ -138,7 +139,7 @@ export class SimCardStore {
   }
 }
 
-export type SimCardKind = 'fido' | 'ntag424' | 'uid';
+export type { SimCardKind };
 
 /** A new simulated card of `kind` (random secrets and UID). */
 export function newSimCard(

@@ -1,40 +1,13 @@
 /**
  * Names and hints of the simulated NFC side, without loading it (no serialport, no noble): the
- * composition root shows the hints and validates sim commands before the emulator is up.
+ * composition root shows the hints before the emulator is up. The fault names and a tap's options
+ * live in the control table (src/host/control-api.ts), which parses `sim.card.tap`.
  */
 
-export type EmulatorFaultName =
-  | 'garbage'
-  | 'lose-ack'
-  | 'nack'
-  | 'error-frame'
-  | 'corrupt-response'
-  | 'remove-during-exchange';
+import type { EmulatorFaultName, SimTapArgs } from '../host/control-api.js';
 
-export const EMULATOR_FAULTS: readonly EmulatorFaultName[] = [
-  'garbage',
-  'lose-ack',
-  'nack',
-  'error-frame',
-  'corrupt-response',
-  'remove-during-exchange',
-];
-
-export interface SimTapOptions {
-  readonly card: string;
-  /** Take the card away this long after it was placed. */
-  readonly removeAfterMs?: number;
-  /** Every APDU takes this much longer. */
-  readonly slowMs?: number;
-  /** Present this card with the UID of another card (a UID clone). */
-  readonly cloneOf?: string;
-  /** A FIDO key only: tap an extracted copy of it whose counter is this value (a cloned key). */
-  readonly counter?: number;
-  /** An emulator fault for this tap. */
-  readonly fault?: EmulatorFaultName;
-  /** How long to wait for the reader's outcome (default 10 s). */
-  readonly timeoutMs?: number;
-}
+export type { EmulatorFaultName };
+export type SimTapOptions = SimTapArgs;
 
 /**
  * What to try in the demo, for the agent's "try:" log and the demo README. Failed proofs count

@@ -1,5 +1,6 @@
 import { AgentError, toAgentError } from '../core/errors.js';
 import { CREDENTIAL_KINDS, type HealthState, LOCK_STATES, ROLES } from '../core/types.js';
+import { isRecord } from '../host/control-api.js';
 import type { HealthReport, StorageFigures } from '../host/health-monitor.js';
 import type { DecisionCounts } from './audit-feed.js';
 import { type MetricFamily, oneHot, type Sample } from './metrics.js';
@@ -147,10 +148,32 @@ async function callWithTimeout(handlers: HandlerMap, name: string): Promise<unkn
   }
 }
 
-function asRecord(value: unknown): Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
-    ? (value as Record<string, unknown>)
-    : {};
+function asRecord(value: unknown): Readonly<Record<string, unknown>> {
+  return isRecord(value) ? value : {};
+}
+
+function isReaderView(value: unknown): value is ReaderView {
+  return (
+    isRecord(value) &&
+    typeof value.state === 'string' &&
+    (value.detail === undefined || typeof value.detail === 'string') &&
+    (value.since === undefined || typeof value.since === 'number')
+  );
+}
+
+function isListedCredential(value: unknown): value is ListedCredential {
+  return (
+    isRecord(value) &&
+    isRecord(value.credential) &&
+    (value.credential.options === undefined || isRecord(value.credential.options))
+  );
+}
+
+/** The readers' health by id; an entry that is not a health report is left out. */
+function readerViews(value: unknown): Record<string, ReaderView> {
+  return Object.fromEntries(
+    Object.entries(asRecord(value)).filter((e): e is [string, ReaderView] => isReaderView(e[1])),
+  );
 }
 
 export interface SnapshotDeps {
@@ -181,7 +204,6 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
   );
   const cloud = subsystems.cloud ?? status.cloud;
   const relay = asRecord(status.relay);
-  const relayHealth = asRecord(relay.health);
   const actions = deps.simControls
     ? describeActions(await buildSimActions(handlers, simDemo(deps.demoDir, deps.demoCredentials)))
     : [];
@@ -192,12 +214,12 @@ export async function collectSnapshot(deps: SnapshotDeps): Promise<StateSnapshot
   return {
     vehicleId: typeof status.vehicleId === 'string' ? status.vehicleId : 'unknown',
     lock: typeof status.lock === 'string' ? status.lock : 'unknown',
-    readers: asRecord(status.readers) as Record<string, ReaderView>,
-    ...(typeof relay.driver === 'string'
-      ? { relay: { driver: relay.driver, health: relayHealth as unknown as ReaderView } }
+    readers: readerViews(status.readers),
+    ...(typeof relay.driver === 'string' && isReaderView(relay.health)
+      ? { relay: { driver: relay.driver, health: relay.health } }
       : {}),
     keyring: summariseKeyring(
-      Array.isArray(listed) ? (listed as ListedCredential[]) : [],
+      Array.isArray(listed) ? listed.filter(isListedCredential) : [],
       (deps.wallNow ?? Date.now)(),
       asRecord(status.keyring),
     ),

@@ -1,8 +1,8 @@
 import { AgentError } from '../../core/errors.js';
-import { ROLES, type Role } from '../../core/types.js';
+import { ROLES } from '../../core/types.js';
 import { signJws } from '../../crypto/jws.js';
-import type { ArgsOf, CardEnrollmentReply } from '../../host/control-api.js';
-import { CARD_ENROLL_TYP, CARD_KINDS, type CardKind, canonicalRequest } from '../../nfc/enroll-auth.js';
+import type { CardEnrollmentReply, RequestOf } from '../../host/control-api.js';
+import { CARD_ENROLL_TYP, CARD_KINDS, canonicalRequest } from '../../nfc/enroll-auth.js';
 import { readSignerKey } from '../../store/key-files.js';
 import { COMMON_OPTIONS, loadFor, out, parse, parseTime, requireString } from '../args.js';
 import { controlCall } from '../control-client.js';
@@ -56,7 +56,7 @@ type CardCommand =
   | 'enroll.card.status'
   | 'enroll.card.cancel';
 
-async function request(socketPath: string, cmd: CardCommand, args: ArgsOf<CardCommand> = {}): Promise<View> {
+async function request<C extends CardCommand>(socketPath: string, cmd: C, args: RequestOf<C>): Promise<View> {
   try {
     return await controlCall(socketPath, cmd, args);
   } catch (err) {
@@ -70,7 +70,7 @@ export async function enrollCard(argv: readonly string[]): Promise<number> {
   const [first, ...rest] = argv;
   if (first === 'status' || first === 'cancel') {
     const { values } = parse(rest, COMMON_OPTIONS, false);
-    const view = await request(loadFor(values).socketPath, `enroll.card.${first}`);
+    const view = await request(loadFor(values).socketPath, `enroll.card.${first}`, {});
     out(values.json ? JSON.stringify(view) : describe(view));
     return 0;
   }
@@ -89,23 +89,26 @@ export async function enrollCard(argv: readonly string[]): Promise<number> {
     },
     false,
   );
-  const kind = requireString(values.kind, 'kind') as CardKind;
-  if (!(CARD_KINDS as readonly string[]).includes(kind))
+  const kindText = requireString(values.kind, 'kind');
+  const kind = CARD_KINDS.find((k) => k === kindText);
+  if (kind === undefined)
     throw new AgentError('bad_arguments', `--kind must be one of ${CARD_KINDS.join(', ')}`);
-  const role = requireString(values.role, 'role') as Role;
-  if (!(ROLES as readonly string[]).includes(role))
-    throw new AgentError('bad_arguments', `--role must be one of ${ROLES.join(', ')}`);
+  const roleText = requireString(values.role, 'role');
+  const role = ROLES.find((r) => r === roleText);
+  if (role === undefined) throw new AgentError('bad_arguments', `--role must be one of ${ROLES.join(', ')}`);
   if ((values['owner-key'] === undefined) === (values['owner-fido'] !== true))
     throw new AgentError('bad_arguments', 'give exactly one of --owner-key OWNER.pem and --owner-fido');
   const owner = values['owner-key'] === undefined ? undefined : readSignerKey(values['owner-key']);
   const iso = (text: string | undefined, name: string): string | undefined =>
     text === undefined ? undefined : new Date(parseTime(text, name)).toISOString();
+  const notBefore = iso(values['not-before'], 'not-before');
+  const notAfter = iso(values['not-after'], 'not-after');
   const asked = {
     kind,
     role,
     ...(values.name === undefined ? {} : { name: values.name }),
-    ...(values['not-before'] === undefined ? {} : { notBefore: iso(values['not-before'], 'not-before') }),
-    ...(values['not-after'] === undefined ? {} : { notAfter: iso(values['not-after'], 'not-after') }),
+    ...(notBefore === undefined ? {} : { notBefore }),
+    ...(notAfter === undefined ? {} : { notAfter }),
   };
   const { socketPath } = loadFor(values);
   let view = await request(socketPath, 'enroll.card.request', {
@@ -123,7 +126,7 @@ export async function enrollCard(argv: readonly string[]): Promise<number> {
       r.notBefore === asked.notBefore &&
       r.notAfter === asked.notAfter;
     if (!same) {
-      await request(socketPath, 'enroll.card.cancel');
+      await request(socketPath, 'enroll.card.cancel', {});
       throw new AgentError('bad_proof', `the agent proposed a different request: ${canonicalRequest(r)}`);
     }
     const jws = signJws(r, owner.key, owner.id, CARD_ENROLL_TYP);
@@ -138,7 +141,7 @@ export async function enrollCard(argv: readonly string[]): Promise<number> {
   let last = JSON.stringify(view);
   while (view.state === 'awaiting_owner' || view.state === 'awaiting_card') {
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    view = await request(socketPath, 'enroll.card.status');
+    view = await request(socketPath, 'enroll.card.status', {});
     const now = JSON.stringify(view);
     if (now !== last && !values.json) out(describe(view));
     last = now;

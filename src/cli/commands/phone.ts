@@ -104,7 +104,8 @@ async function approach(argv: readonly string[]): Promise<number> {
     'approve-enrollment': { type: 'boolean' },
     for: { type: 'string' },
   });
-  if (!(INTENTS as readonly string[]).includes(values.intent))
+  const intent = INTENTS.find((i) => i === values.intent);
+  if (intent === undefined)
     throw new AgentError('bad_arguments', `--intent must be one of ${INTENTS.join(', ')}`);
   const loaded = loadFor(values);
   const name = positionals[0];
@@ -124,7 +125,7 @@ async function approach(argv: readonly string[]): Promise<number> {
       {
         secretKey: b64url(secret),
         pin: { vehicleId: vehicle.vehicleId, publicKey: vehicle.vehicleKey },
-        intent: values.intent,
+        intent,
         explicitIntent: values.passive !== true,
         ...(values.fault === undefined ? {} : { fault: values.fault }),
         answerDelayMs: integer(values.slow, 'slow', 0),

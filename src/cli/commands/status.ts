@@ -1,6 +1,7 @@
 import { AgentError } from '../../core/errors.js';
+import { isRecord } from '../../host/control-api.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
-import { controlRequest } from '../control-client.js';
+import { controlCall } from '../control-client.js';
 
 export const STATUS_HELP = `vehicle-agent status [--json]
 
@@ -11,14 +12,19 @@ the agent is not running, 75 when it runs but is too busy to answer (try again).
 /** EX_TEMPFAIL: the agent is running but could not answer now. */
 export const EXIT_BUSY = 75;
 
+interface HealthLine {
+  readonly state: string;
+  readonly detail?: string;
+}
+
 interface StatusReply {
   readonly vehicleId: string;
   readonly lock: string;
-  readonly readers: Record<string, { state: string; detail?: string }>;
+  readonly readers: Readonly<Record<string, HealthLine>>;
   readonly relay?: {
     driver: string;
-    health: { state: string; detail?: string };
-    timeline?: { channel: string; energised: boolean; at: string }[];
+    health: HealthLine;
+    timeline?: readonly RelaySwitch[];
   };
   readonly keyring: { operations: number; credentials: number; digest: string };
   readonly clock: { now: string; trust: string };
@@ -30,6 +36,21 @@ interface StatusReply {
     noiseDenials: number;
   };
   readonly [extra: string]: unknown;
+}
+
+interface RelaySwitch {
+  readonly channel: string;
+  readonly energised: boolean;
+  readonly at: string;
+}
+
+interface AuditLine {
+  readonly seq: number;
+  readonly ts: string;
+  readonly type: string;
+  readonly result?: string;
+  readonly code?: string;
+  readonly subject?: string;
 }
 
 /** cloud.status, as the cloud link reports it (src/cloud/cloud-link.ts). */
@@ -47,9 +68,9 @@ interface CloudReply {
 export async function status(argv: readonly string[]): Promise<number> {
   const { values } = parse(argv, COMMON_OPTIONS);
   const loaded = loadFor(values);
-  let reply: StatusReply;
+  let answer: Readonly<Record<string, unknown>>;
   try {
-    reply = (await controlRequest(loaded.socketPath, 'status', {})) as StatusReply;
+    answer = await controlCall(loaded.socketPath, 'status', {});
   } catch (err) {
     if (err instanceof AgentError && err.code === 'control_unavailable') {
       if (values.json) out(JSON.stringify({ running: false }));
@@ -66,9 +87,12 @@ export async function status(argv: readonly string[]): Promise<number> {
   }
   const interfaces = await interfaceStats(loaded.socketPath);
   if (values.json) {
-    out(JSON.stringify({ running: true, ...reply, ...(interfaces ? { interfaces } : {}) }));
+    out(JSON.stringify({ running: true, ...answer, ...(interfaces ? { interfaces } : {}) }));
     return 0;
   }
+  if (!isStatusReply(answer))
+    throw new AgentError('internal', 'the agent answered status with a reply this CLI cannot read');
+  const reply = answer;
   out(`vehicle ${reply.vehicleId}: lock ${reply.lock.toUpperCase()}`);
   out(`clock    ${reply.clock.now} (${reply.clock.trust})`);
   out(
@@ -93,8 +117,8 @@ export async function status(argv: readonly string[]): Promise<number> {
     for (const t of (reply.relay.timeline ?? []).slice(-6))
       out(`         ${t.at} ${t.channel} ${t.energised ? 'ON' : 'off'}`);
   }
-  const cloud = reply.cloud as CloudReply | undefined;
-  if (cloud) {
+  const cloud = reply.cloud;
+  if (isCloudReply(cloud)) {
     out(
       `cloud    ${cloud.connected ? 'connected' : 'NOT connected'} (MQTT ${cloud.protocol}), ` +
         `${cloud.outbox?.pending ?? 0} event(s) pending`,
@@ -128,12 +152,10 @@ export async function status(argv: readonly string[]): Promise<number> {
   }
   if (interfaces?.control) out(`control  ${describeControl(interfaces.control)}`);
   if (interfaces?.statusPage) out(`page     ${describeStatusPage(interfaces.statusPage)}`);
-  const recent = reply.recent as
-    | { seq: number; ts: string; type: string; result?: string; code?: string; subject?: string }[]
-    | undefined;
-  if (recent && recent.length > 0) {
+  const recent = reply.recent;
+  if (Array.isArray(recent) && recent.length > 0) {
     out('recent audit events:');
-    for (const r of recent)
+    for (const r of recent.filter(isAuditLine))
       out(
         `  #${r.seq} ${r.ts} ${r.type}${r.result ? ` ${r.result}` : ''}${r.code ? ` ${r.code}` : ''}${r.subject ? ` ${r.subject}` : ''}`,
       );
@@ -142,15 +164,16 @@ export async function status(argv: readonly string[]): Promise<number> {
 }
 
 interface InterfaceStats {
-  control?: Record<string, unknown>;
-  statusPage?: Record<string, unknown>;
+  control?: Readonly<Record<string, unknown>>;
+  statusPage?: Readonly<Record<string, unknown>>;
 }
 
 /** The budgets' counters of the control socket and the status page; what is not there is left out. */
 async function interfaceStats(socketPath: string): Promise<InterfaceStats | undefined> {
-  const ask = async (cmd: string) => {
+  const ask = async (cmd: 'control.status' | 'status-page.status') => {
     try {
-      return (await controlRequest(socketPath, cmd, {}, 2000)) as Record<string, unknown>;
+      const stats = await controlCall(socketPath, cmd, {}, 2000);
+      return isRecord(stats) ? stats : undefined;
     } catch {
       return undefined; // an older agent, the page not enabled, or busy: the status above stands
     }
@@ -162,21 +185,114 @@ async function interfaceStats(socketPath: string): Promise<InterfaceStats | unde
 
 /** `3 garbage, 1 idle` from {garbage: 3, idle: 1, evicted: 0}; `none` when all are zero. */
 function counters(value: unknown): string {
-  if (typeof value !== 'object' || value === null) return 'none';
-  const parts = Object.entries(value as Record<string, unknown>)
+  if (!isRecord(value)) return 'none';
+  const parts = Object.entries(value)
     .filter(([, n]) => typeof n === 'number' && n > 0)
     .map(([k, n]) => `${n} ${k}`);
   return parts.length > 0 ? parts.join(', ') : 'none';
 }
 
-function describeControl(c: Record<string, unknown>): string {
+// ── what the agent's replies must look like for the lines above (they are JSON from the socket) ──
+
+const isString = (value: unknown): value is string => typeof value === 'string';
+const isNumber = (value: unknown): value is number => typeof value === 'number';
+const optional =
+  <T>(guard: (value: unknown) => value is T) =>
+  (value: unknown): value is T | undefined =>
+    value === undefined || guard(value);
+
+function isHealthLine(value: unknown): value is HealthLine {
+  return isRecord(value) && isString(value.state) && optional(isString)(value.detail);
+}
+
+function isRelaySwitch(value: unknown): value is RelaySwitch {
+  return (
+    isRecord(value) && isString(value.channel) && typeof value.energised === 'boolean' && isString(value.at)
+  );
+}
+
+function isRelay(value: unknown): value is NonNullable<StatusReply['relay']> {
+  return (
+    isRecord(value) &&
+    isString(value.driver) &&
+    isHealthLine(value.health) &&
+    (value.timeline === undefined || (Array.isArray(value.timeline) && value.timeline.every(isRelaySwitch)))
+  );
+}
+
+function isRateLimits(value: unknown): value is NonNullable<StatusReply['rateLimits']> {
+  return (
+    isRecord(value) &&
+    isNumber(value.lockedOutCredentials) &&
+    isNumber(value.credentialLockouts) &&
+    optional(isString)(value.uidThrottledUntil) &&
+    isNumber(value.noiseDenials)
+  );
+}
+
+function isStatusReply(value: unknown): value is StatusReply {
+  if (!isRecord(value)) return false;
+  const { vehicleId, lock, readers, relay, keyring, clock, decisions, rateLimits } = value;
+  return (
+    isString(vehicleId) &&
+    isString(lock) &&
+    isRecord(readers) &&
+    Object.values(readers).every(isHealthLine) &&
+    optional(isRelay)(relay) &&
+    isRecord(keyring) &&
+    isNumber(keyring.operations) &&
+    isNumber(keyring.credentials) &&
+    isString(keyring.digest) &&
+    isRecord(clock) &&
+    isString(clock.now) &&
+    isString(clock.trust) &&
+    isRecord(decisions) &&
+    isNumber(decisions.granted) &&
+    isNumber(decisions.denied) &&
+    optional(isRateLimits)(rateLimits)
+  );
+}
+
+function isCounts(value: unknown): boolean {
+  return isRecord(value) && Object.values(value).every(isNumber);
+}
+
+function isCloudReply(value: unknown): value is CloudReply {
+  if (!isRecord(value) || typeof value.connected !== 'boolean' || !isString(value.protocol)) return false;
+  const { outbox, intake } = value;
+  if (outbox !== undefined && !(isRecord(outbox) && optional(isNumber)(outbox.pending))) return false;
+  if (intake === undefined) return true;
+  return (
+    isRecord(intake) &&
+    isRecord(intake.topics) &&
+    Object.values(intake.topics).every(
+      (c) => isRecord(c) && isNumber(c.accepted) && isNumber(c.overBudget) && isNumber(c.tooLarge),
+    ) &&
+    isCounts(intake.refused) &&
+    isNumber(intake.paced)
+  );
+}
+
+function isAuditLine(value: unknown): value is AuditLine {
+  return (
+    isRecord(value) &&
+    isNumber(value.seq) &&
+    isString(value.ts) &&
+    isString(value.type) &&
+    optional(isString)(value.result) &&
+    optional(isString)(value.code) &&
+    optional(isString)(value.subject)
+  );
+}
+
+function describeControl(c: Readonly<Record<string, unknown>>): string {
   return (
     `${c.connections} connected, ${c.requests} requests, ${c.badRequests} bad; ` +
     `refused: ${counters(c.refused)}; closed: ${counters(c.closed)}`
   );
 }
 
-function describeStatusPage(p: Record<string, unknown>): string {
+function describeStatusPage(p: Readonly<Record<string, unknown>>): string {
   return (
     `${p.connections} connected; answered: ${counters(p.answered)}; refused: ${counters(p.refused)}; ` +
     `closed: ${counters(p.closed)}`

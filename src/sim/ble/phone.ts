@@ -22,6 +22,7 @@ import { type Logger, silentLogger } from '../../core/logger.js';
 import type { Intent, PublicJwk } from '../../core/types.js';
 import { b64url, fromB64url } from '../../crypto/encoding.js';
 import { keyCredentialId, p256JwkFromRaw, rawPublicKey } from '../../crypto/keys.js';
+import { PHONE_FAULTS, type PhoneFault } from '../../host/control-api.js';
 
 /**
  * The reference key side of the vehicle-key protocol: what a phone app or a BLE key fob does,
@@ -45,20 +46,8 @@ import { keyCredentialId, p256JwkFromRaw, rawPublicKey } from '../../crypto/keys
  *   silent             never answers
  *   ignore_pinning     answers any vehicle's hello without checking it (a careless phone)
  */
-export const PHONE_FAULTS = [
-  'wrong_key',
-  'bad_signature',
-  'replay',
-  'wrong_vehicle',
-  'wrong_intent',
-  'garbage',
-  'garbage_chunks',
-  'oversized',
-  'drop_notification',
-  'silent',
-  'ignore_pinning',
-] as const;
-export type PhoneFault = (typeof PHONE_FAULTS)[number];
+// The list lives in the control table (src/host may not import src/sim); the faults act here.
+export { PHONE_FAULTS, type PhoneFault };
 
 export interface PhoneBehaviour {
   readonly intent: Intent;

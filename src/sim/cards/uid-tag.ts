@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { AgentError } from '../../core/errors.js';
 import { toHex } from '../../crypto/encoding.js';
+import type { UidTagModel } from '../../host/control-api.js';
 import { encodeResponse, SW } from '../../nfc/apdu.js';
 import { stateHex, stateObject, stateString } from './state-fields.js';
 import type { ApduAnswer, FrameAnswer, SimulatedCard } from './types.js';
@@ -15,7 +16,7 @@ import type { ApduAnswer, FrameAnswer, SimulatedCard } from './types.js';
  * are not part of the saved state).
  */
 
-export type UidTagModel = 'mifare-classic-1k' | 'ntag213';
+export type { UidTagModel };
 
 export interface UidTagState {
   readonly kind: 'uid-tag';

@@ -1,7 +1,10 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { b64url } from '../../../src/crypto/encoding.js';
+import { keyCredentialId, publicJwkOf } from '../../../src/crypto/keys.js';
 import {
   ARG_PARSERS,
   COMMAND_NAMES,
@@ -18,9 +21,27 @@ import {
 } from '../../../src/host/control-handlers.js';
 
 const answer = { challengeId: 'c', credentialId: 'k', explicitIntent: true, signature: 's' };
+const phoneKey = publicJwkOf(generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey);
+const phoneId = keyCredentialId('phone', phoneKey);
+const enroll = { kind: 'phone', publicKey: phoneKey, role: 'driver' };
+const secret = new Uint8Array(32).fill(7);
+const approach = { secretKey: b64url(secret), pin: { vehicleId: 'V', publicKey: phoneKey } };
+const approachDefaults = {
+  secretKey: secret,
+  pin: { vehicleId: 'V', publicKey: phoneKey },
+  intent: 'unlock',
+  explicitIntent: true,
+  fault: undefined,
+  answerDelayMs: 0,
+  approveEnrollment: false,
+  enrollmentFor: undefined,
+  rssi: -50,
+  timeoutMs: 10_000,
+};
+const cardRequest = { kind: 'fido', role: 'guest', method: 'owner-fido' };
 
 /** Per command with arguments: good cases (wire args -> parsed) and bad ones (-> message). */
-const CASES: Partial<Record<CommandName, { good: [WireArgs, unknown][]; bad: [WireArgs, string][] }>> = {
+const CASES: Partial<Record<CommandName, { good: [WireArgs, unknown][]; bad: [WireArgs, unknown][] }>> = {
   'keys.add': {
     good: [[{ ops: ['a.b.c'] }, { ops: ['a.b.c'] }]],
     bad: [
@@ -93,6 +114,203 @@ const CASES: Partial<Record<CommandName, { good: [WireArgs, unknown][]; bad: [Wi
     bad: [
       [{}, 'jws must be a compact JWS'],
       [{ jws: ['a.b.c'] }, 'jws must be a compact JWS'],
+    ],
+  },
+  'enroll.open': {
+    good: [
+      [
+        enroll,
+        { credential: { id: phoneId, kind: 'phone', role: 'driver', publicKey: phoneKey, options: {} } },
+      ],
+      [
+        { ...enroll, name: 'Ann', passive: true, windowMs: 600_000 },
+        {
+          credential: {
+            id: phoneId,
+            kind: 'phone',
+            role: 'driver',
+            name: 'Ann',
+            publicKey: phoneKey,
+            options: { passive: true },
+          },
+          windowMs: 600_000,
+        },
+      ],
+    ],
+    bad: [
+      [{ ...enroll, kind: 'fido' }, 'kind must be phone'],
+      [{ ...enroll, role: 'admin' }, 'role must be one of owner, driver, guest, service'],
+      [{ ...enroll, passive: 'yes' }, 'passive must be a boolean'],
+      [{ ...enroll, publicKey: undefined }, 'credential publicKey: a phone credential needs publicKey'],
+      [
+        { ...enroll, publicKey: { kty: 'RSA' } },
+        'credential publicKey: must be a P-256 (EC) or Ed25519 (OKP) public JWK',
+      ],
+      [
+        { ...enroll, notAfter: 'soon' },
+        'credential notAfter: must be an ISO 8601 date-time with a zone, e.g. 2026-12-24T18:00:00Z',
+      ],
+      [{ ...enroll, windowMs: 0 }, 'windowMs must be an integer 1..600000'],
+      [{ ...enroll, windowMs: 600_001 }, 'windowMs must be an integer 1..600000'],
+      [{ ...enroll, windowMs: '60000' }, 'windowMs must be an integer 1..600000'],
+    ],
+  },
+  'sim.phone.approach': {
+    good: [
+      [approach, approachDefaults],
+      [
+        {
+          ...approach,
+          intent: 'lock',
+          explicitIntent: false,
+          fault: 'vanish',
+          answerDelayMs: 60_000,
+          approveEnrollment: true,
+          enrollmentFor: 'phone:x',
+          rssi: -127,
+          timeoutMs: 100,
+        },
+        {
+          ...approachDefaults,
+          intent: 'lock',
+          explicitIntent: false,
+          fault: 'vanish',
+          answerDelayMs: 60_000,
+          approveEnrollment: true,
+          enrollmentFor: 'phone:x',
+          rssi: -127,
+          timeoutMs: 100,
+        },
+      ],
+      [{ ...approach, fault: null }, approachDefaults],
+    ],
+    bad: [
+      [{ ...approach, secretKey: undefined }, 'secretKey must be a base64url 32-byte P-256 scalar'],
+      [
+        { ...approach, secretKey: b64url(new Uint8Array(31)) },
+        'secretKey must be a base64url 32-byte P-256 scalar',
+      ],
+      [{ ...approach, secretKey: '!!' }, 'secretKey must be a base64url 32-byte P-256 scalar'],
+      [{ ...approach, pin: undefined }, 'pin must be {vehicleId, publicKey}'],
+      [{ ...approach, pin: { vehicleId: 'V' } }, 'pin must be {vehicleId, publicKey}'],
+      [{ ...approach, pin: { vehicleId: 'V', publicKey: 'k' } }, 'pin must be {vehicleId, publicKey}'],
+      [{ ...approach, pin: { vehicleId: 7, publicKey: phoneKey } }, 'pin must be {vehicleId, publicKey}'],
+      [{ ...approach, intent: 'open' }, 'intent must be one of unlock, lock, toggle'],
+      [
+        { ...approach, fault: 'bogus' },
+        expect.stringMatching(/^fault must be one of wrong_key, .*, vanish$/),
+      ],
+      [{ ...approach, answerDelayMs: -1 }, 'answerDelayMs must be an integer 0..60000'],
+      [{ ...approach, rssi: 21 }, 'rssi must be an integer -127..20'],
+      [{ ...approach, timeoutMs: 99 }, 'timeoutMs must be an integer 100..120000'],
+      [{ ...approach, enrollmentFor: 5 }, 'enrollmentFor must be a credential id'],
+    ],
+  },
+  'sim.ble.flood': {
+    good: [
+      [{ action: 'stop', mode: 'loud' }, { action: 'stop' }],
+      [{ action: 'start' }, { action: 'start', mode: 'garbage', devices: 16 }],
+      [
+        { action: 'start', mode: 'hang', devices: 4 },
+        { action: 'start', mode: 'hang', devices: 4 },
+      ],
+    ],
+    bad: [
+      [{}, 'action must be start or stop'],
+      [{ action: 'pause' }, 'action must be start or stop'],
+      [{ action: 'start', mode: 'loud' }, 'mode must be one of garbage, silent, hang'],
+      [{ action: 'start', devices: '4' }, 'devices must be a number'],
+    ],
+  },
+  'enroll.card.request': {
+    good: [
+      [cardRequest, cardRequest],
+      [
+        { ...cardRequest, name: 'key', notBefore: '2026-01-01T00:00:00Z' },
+        { ...cardRequest, name: 'key', notBefore: '2026-01-01T00:00:00Z' },
+      ],
+    ],
+    bad: [
+      [{ ...cardRequest, kind: 'phone' }, 'kind must be one of fido, ntag424, uid'],
+      [{ ...cardRequest, role: 'root' }, 'role must be one of owner, driver, guest, service'],
+      [{ ...cardRequest, method: 'pin' }, 'method must be owner-key or owner-fido'],
+      [{ ...cardRequest, name: 5 }, 'name must be a string'],
+      [{ ...cardRequest, notAfter: 0 }, 'notAfter must be a string'],
+    ],
+  },
+  'sim.card.add': {
+    good: [
+      [
+        { kind: 'uid', label: 't', model: 'mifare-classic-1k' },
+        { kind: 'uid', label: 't', model: 'mifare-classic-1k' },
+      ],
+      [
+        { kind: 'fido', label: 'k' },
+        { kind: 'fido', label: 'k' },
+      ],
+    ],
+    bad: [
+      [{ kind: 'nfc', label: 't' }, 'kind must be fido, ntag424 or uid'],
+      [{ kind: 'uid' }, 'label must be a string'],
+      [{ kind: 'uid', label: 't', model: 'ntag215' }, 'model must be ntag213 or mifare-classic-1k'],
+    ],
+  },
+  'sim.card.tap': {
+    good: [
+      [{ card: 'a' }, { card: 'a' }],
+      [
+        {
+          card: 'a',
+          removeAfterMs: 0,
+          slowMs: 800,
+          counter: 0,
+          timeoutMs: 5000,
+          cloneOf: 'b',
+          fault: 'nack',
+        },
+        {
+          card: 'a',
+          removeAfterMs: 0,
+          slowMs: 800,
+          counter: 0,
+          timeoutMs: 5000,
+          cloneOf: 'b',
+          fault: 'nack',
+        },
+      ],
+    ],
+    bad: [
+      [{}, 'card must be a card label'],
+      [{ card: 'a', removeAfterMs: 60_001 }, 'removeAfterMs must be an integer 0..60000'],
+      [{ card: 'a', slowMs: -1 }, 'slowMs must be an integer 0..60000'],
+      [{ card: 'a', counter: 2 ** 32 }, 'counter must be an integer 0..4294967295'],
+      [{ card: 'a', timeoutMs: 1.5 }, 'timeoutMs must be an integer 0..120000'],
+      [{ card: 'a', cloneOf: 1 }, 'cloneOf must be a card label'],
+      [
+        { card: 'a', fault: 'melt' },
+        'fault must be one of garbage, lose-ack, nack, error-frame, corrupt-response, remove-during-exchange',
+      ],
+    ],
+  },
+  'sim.nfc.fault': {
+    good: [
+      [{ kind: 'wedge' }, { kind: 'wedge', recoverOn: 'wakeup' }],
+      [
+        { kind: 'wedge', recoverOn: 'manual' },
+        { kind: 'wedge', recoverOn: 'manual' },
+      ],
+      [{ kind: 'unwedge' }, { kind: 'unwedge' }],
+      [{ kind: 'lose-ack' }, { kind: 'lose-ack' }],
+    ],
+    bad: [
+      [
+        {},
+        'kind must be wedge, unwedge or one of garbage, lose-ack, nack, error-frame, corrupt-response, remove-during-exchange',
+      ],
+      [
+        { kind: 'melt' },
+        'kind must be wedge, unwedge or one of garbage, lose-ack, nack, error-frame, corrupt-response, remove-during-exchange',
+      ],
     ],
   },
   'test.audit': {

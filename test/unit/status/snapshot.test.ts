@@ -112,6 +112,36 @@ describe('collectSnapshot', () => {
     expect(s.sim.actions.map((a) => a.id)).toEqual(['uid']);
   });
 
+  it('keeps only what has the shape it reads from a malformed status reply and credential list', async () => {
+    const s = await collectSnapshot({
+      handlers: new Map<string, ControlHandler>([
+        [
+          'status',
+          () => ({
+            vehicleId: 7,
+            readers: {
+              nfc0: { state: 'ok' },
+              ble0: 'down',
+              sim: { state: 3 },
+              x: { state: 'ok', detail: 1 },
+            },
+            relay: { driver: 'gpio', health: 'ok' },
+          }),
+        ],
+        ['keys.list', () => [listed[0], null, { credential: 'x' }, { credential: { options: 1 } }]],
+      ]),
+      health: () => undefined,
+      auditSeq: () => 0,
+      demoDir: '/nonexistent',
+      simControls: false,
+      wallNow: () => NOW,
+    });
+    expect(s.vehicleId).toBe('unknown');
+    expect(s.readers).toEqual({ nfc0: { state: 'ok' } });
+    expect(s.relay).toBeUndefined();
+    expect(s.keyring.credentials).toBe(1);
+  });
+
   it('fails with a coded error when the agent has no status handler', async () => {
     await expect(
       collectSnapshot({
