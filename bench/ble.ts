@@ -76,7 +76,9 @@ const ns = (text: string): bigint => BigInt(text);
  * Reaches into BleLink's connection and dbus-next's stream, which only a benchmark may do.
  */
 function tapBusTraffic(link: BleLink, events: LineEvent[]): void {
-  const conn: unknown = Reflect.get(link, 'conn');
+  // The link's discovery part holds the bus connection (src/ble/discovery.ts).
+  const discovery: unknown = Reflect.get(link, 'discovery');
+  const conn: unknown = discovery === undefined ? undefined : Reflect.get(discovery as object, 'conn');
   const dbus: unknown = conn === undefined ? undefined : Reflect.get(conn as object, 'dbus');
   const stream = dbus === undefined ? undefined : busSocket(dbus as MessageBus);
   if (stream === undefined) throw new Error('cannot find the agent D-Bus socket to time it');
