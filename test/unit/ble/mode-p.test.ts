@@ -206,7 +206,7 @@ describe('result', () => {
           vehicleSpki: new Uint8Array(0),
         }),
       ),
-    ).toBe('02240107' + toHex(new TextEncoder().encode('revoked')) + '000000');
+    ).toBe(`02240107${toHex(new TextEncoder().encode('revoked'))}000000`);
     const granted = encodeResult({
       outcome: 'granted',
       code: '',
@@ -248,7 +248,7 @@ describe('result', () => {
 
   it('signs over the nonce, outcome, code and the key id or raw credential id', () => {
     expect(toHex(resultSignedBytes(NONCE, 'granted', '', 'k1'))).toBe(
-      toHex(new TextEncoder().encode('vehicle-agent/ble/v2/result')) + '00' + toHex(NONCE) + '00' + '6b31',
+      `${toHex(new TextEncoder().encode('vehicle-agent/ble/v2/result'))}00${toHex(NONCE)}006b31`,
     );
     expect(toHex(resultSignedBytes(NONCE, 'granted', '', Uint8Array.of(0xfe)))).toMatch(/00fe$/);
   });
