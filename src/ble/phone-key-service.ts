@@ -125,6 +125,16 @@ function identifyCode(status: CredentialStatus | undefined, proof: ProofVerdict,
   return '';
 }
 
+/**
+ * The origins a passkey may be used from: ble.phoneApp.origins, plus the status page's own origin
+ * (it serves the app at /key/), given its listening port once known (statusPage.port may be 0).
+ */
+export function phoneAppOrigins(configured: readonly string[], statusPagePort: number | undefined): string[] {
+  const origins = new Set(configured);
+  if (statusPagePort !== undefined && statusPagePort > 0) origins.add(`http://127.0.0.1:${statusPagePort}`);
+  return [...origins];
+}
+
 export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyService {
   const ctx = deps.context;
   const readerId = deps.readerId ?? 'ble-p';

@@ -5,7 +5,11 @@ import { KEYRING_OP_TYP, Keyring } from '../../../src/access/keyring.js';
 import { Agent, type AuditSink, type LockControl } from '../../../src/agent/agent.js';
 import { EnrollmentDesk } from '../../../src/ble/enrollment.js';
 import type { CentralRef } from '../../../src/ble/peripheral/service-port.js';
-import { createPhoneKeyService, type PhoneKeyService } from '../../../src/ble/phone-key-service.js';
+import {
+  createPhoneKeyService,
+  type PhoneKeyService,
+  phoneAppOrigins,
+} from '../../../src/ble/phone-key-service.js';
 import {
   BLE_AUTH_VERIFIERS,
   decodeEnrollMessage,
@@ -199,7 +203,10 @@ function setup() {
 let devices = 0;
 function central(): CentralRef {
   devices += 1;
-  return { device: `/org/bluez/hci0/dev_00_00_00_00_00_${devices.toString(16).padStart(2, '0')}`, address: 'x' };
+  return {
+    device: `/org/bluez/hci0/dev_00_00_00_00_00_${devices.toString(16).padStart(2, '0')}`,
+    address: 'x',
+  };
 }
 
 /** Reads a challenge, writes what `build` makes of it, waits for the decision, reads the result. */
@@ -256,7 +263,12 @@ describe('mode P unlock', () => {
     expect(ctx.lock.actions).toEqual([expect.stringContaining('unlock')]);
     await ctx.agent.flush();
     expect(ctx.events).toContainEqual(
-      expect.objectContaining({ type: 'access', result: 'granted', reader: 'ble-p', credentialId: ctx.driver.keyId }),
+      expect.objectContaining({
+        type: 'access',
+        result: 'granted',
+        reader: 'ble-p',
+        credentialId: ctx.driver.keyId,
+      }),
     );
   });
 
@@ -293,11 +305,20 @@ describe('mode P unlock', () => {
       (c) => webKeyAnswer(ctx.driver, c),
       () => ctx.advance(WINDOW + 1),
     );
-    expect(result).toMatchObject({ outcome: 'denied', code: 'challenge_expired', signature: new Uint8Array(0) });
+    expect(result).toMatchObject({
+      outcome: 'denied',
+      code: 'challenge_expired',
+      signature: new Uint8Array(0),
+    });
     expect(ctx.lock.actions).toEqual([]);
     await ctx.agent.flush();
     expect(ctx.events).toContainEqual(
-      expect.objectContaining({ type: 'access', result: 'denied', code: 'timeout', credentialId: ctx.driver.keyId }),
+      expect.objectContaining({
+        type: 'access',
+        result: 'denied',
+        code: 'timeout',
+        credentialId: ctx.driver.keyId,
+      }),
     );
     // Exactly at the deadline is still on time.
     const onTime = await exchange(
@@ -393,15 +414,22 @@ describe('mode P unlock', () => {
     await expect(ctx.service.write(peer, 'answer', Uint8Array.of(2, 0x22, 1))).rejects.toMatchObject({
       code: 'malformed',
     });
-    expect(decodeResult(await ctx.service.read(peer, 'result'))).toMatchObject({ outcome: 'denied', code: 'malformed' });
+    expect(decodeResult(await ctx.service.read(peer, 'result'))).toMatchObject({
+      outcome: 'denied',
+      code: 'malformed',
+    });
     await expect(ctx.service.write(peer, 'answer', new Uint8Array(513))).rejects.toMatchObject({
       code: 'frame_too_large',
     });
-    await expect(ctx.service.write(peer, 'answer', Uint8Array.of(1, 2, 3))).rejects.toBeInstanceOf(AgentError);
+    await expect(ctx.service.write(peer, 'answer', Uint8Array.of(1, 2, 3))).rejects.toBeInstanceOf(
+      AgentError,
+    );
     const challenge = await ctx.service.read(peer, 'challenge');
     await ctx.service.write(peer, 'answer', webKeyAnswer(ctx.driver, challenge));
     expect(decodeResult(await ctx.service.read(peer, 'result')).outcome).toBe('pending');
-    await expect(ctx.service.write(peer, 'answer', webKeyAnswer(ctx.driver, challenge))).rejects.toMatchObject({
+    await expect(
+      ctx.service.write(peer, 'answer', webKeyAnswer(ctx.driver, challenge)),
+    ).rejects.toMatchObject({
       code: 'busy',
     });
     await ctx.service.idle();
@@ -412,7 +440,9 @@ describe('mode P unlock', () => {
     const ctx = setup();
     const peer = central();
     const notified: string[] = [];
-    const off = ctx.service.onNotify((who, _, bytes) => notified.push(`${who.device} ${decodeResult(bytes).outcome}`));
+    const off = ctx.service.onNotify((who, _, bytes) =>
+      notified.push(`${who.device} ${decodeResult(bytes).outcome}`),
+    );
     const challenge = await ctx.service.read(peer, 'challenge');
     await ctx.service.write(peer, 'answer', webKeyAnswer(ctx.driver, challenge));
     await ctx.service.idle();
@@ -437,11 +467,15 @@ describe('mode P passkeys', () => {
   it('an enrolled passkey with user verification unlocks; its counter is kept', async () => {
     const ctx = setup();
     ctx.passkey.counter = 3;
-    const { challenge, result } = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c));
+    const { challenge, result } = await exchange(ctx.service, central(), (c) =>
+      passkeyAnswer(ctx.passkey, c),
+    );
     expect(result.outcome).toBe('granted');
     expect(vehicleSigned(ctx, result, decodeChallenge(challenge).nonce, ctx.passkey.credentialId)).toBe(true);
     expect(ctx.counters.get(ctx.passkey.id)).toBe(3);
-    const back = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c, 'unlock', { counter: 2 }));
+    const back = await exchange(ctx.service, central(), (c) =>
+      passkeyAnswer(ctx.passkey, c, 'unlock', { counter: 2 }),
+    );
     expect(back.result).toMatchObject({ outcome: 'denied', code: 'clone_suspected' });
     expect(ctx.lock.actions).toHaveLength(1);
   });
@@ -460,16 +494,28 @@ describe('mode P passkeys', () => {
     ['another rpId', { rpId: 'evil.example' }, 'bad_proof'],
   ] as const)('a passkey with %s is refused, unsigned', async (_, options, code) => {
     const ctx = setup();
-    const { result } = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c, 'unlock', options));
+    const { result } = await exchange(ctx.service, central(), (c) =>
+      passkeyAnswer(ctx.passkey, c, 'unlock', options),
+    );
     expect(result).toMatchObject({ outcome: 'denied', code, signature: new Uint8Array(0) });
     expect(ctx.lock.actions).toEqual([]);
   });
 
   it('a passkey gets the slow window (user verification takes a human), and no more', async () => {
     const ctx = setup();
-    const slow = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c), () => ctx.advance(20_000));
+    const slow = await exchange(
+      ctx.service,
+      central(),
+      (c) => passkeyAnswer(ctx.passkey, c),
+      () => ctx.advance(20_000),
+    );
     expect(slow.result.outcome).toBe('granted');
-    const late = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c), () => ctx.advance(30_001));
+    const late = await exchange(
+      ctx.service,
+      central(),
+      (c) => passkeyAnswer(ctx.passkey, c),
+      () => ctx.advance(30_001),
+    );
     expect(late.result).toMatchObject({ outcome: 'denied', code: 'challenge_expired' });
   });
 });
@@ -479,8 +525,17 @@ describe('mode P enrollment', () => {
     const ctx = setup();
     const fresh = makeWebKey();
     const first = await exchange(ctx.service, central(), (c) => webKeyEnroll(fresh, c));
-    expect(first.result).toMatchObject({ outcome: 'pending', code: 'enrollment_pending', signature: new Uint8Array(0) });
-    expect(ctx.desk.status()).toMatchObject({ state: 'pending', credentialId: fresh.keyId, kind: 'phone', role: 'driver' });
+    expect(first.result).toMatchObject({
+      outcome: 'pending',
+      code: 'enrollment_pending',
+      signature: new Uint8Array(0),
+    });
+    expect(ctx.desk.status()).toMatchObject({
+      state: 'pending',
+      credentialId: fresh.keyId,
+      kind: 'phone',
+      role: 'driver',
+    });
     // Asking again on a new connection finds the same request.
     const again = await exchange(ctx.service, central(), (c) => webKeyEnroll(fresh, c));
     expect(again.result.code).toBe('enrollment_pending');
@@ -490,7 +545,9 @@ describe('mode P enrollment', () => {
     expect(done.result.outcome).toBe('granted');
     const identify = await exchange(ctx.service, central(), (c) => webKeyAnswer(fresh, c, 'identify'));
     expect(identify.result.outcome).toBe('granted');
-    expect(vehicleSigned(ctx, identify.result, decodeChallenge(identify.challenge).nonce, fresh.keyId)).toBe(true);
+    expect(vehicleSigned(ctx, identify.result, decodeChallenge(identify.challenge).nonce, fresh.keyId)).toBe(
+      true,
+    );
     expect(ctx.lock.actions).toEqual([]);
     const unlock = await exchange(ctx.service, central(), (c) => webKeyAnswer(fresh, c));
     expect(unlock.result.outcome).toBe('granted');
@@ -529,7 +586,9 @@ describe('mode P enrollment', () => {
     const ctx = setup();
     const a = makeWebKey();
     const b = makeWebKey();
-    expect((await exchange(ctx.service, central(), (c) => webKeyEnroll(a, c))).result.code).toBe('enrollment_pending');
+    expect((await exchange(ctx.service, central(), (c) => webKeyEnroll(a, c))).result.code).toBe(
+      'enrollment_pending',
+    );
     expect((await exchange(ctx.service, central(), (c) => webKeyEnroll(b, c))).result).toMatchObject({
       outcome: 'denied',
       code: 'busy',
@@ -551,5 +610,16 @@ describe('mode P enrollment', () => {
     const { result } = await exchange(ctx.service, central(), () => webKeyEnroll(fresh, stale));
     expect(result).toMatchObject({ outcome: 'denied', code: 'no_challenge' });
     expect(sign).toBeDefined();
+  });
+});
+
+describe('phone app origins', () => {
+  it('are the configured ones plus the status page of this agent', () => {
+    expect(phoneAppOrigins(['https://keys.example.org'], 8080)).toEqual([
+      'https://keys.example.org',
+      'http://127.0.0.1:8080',
+    ]);
+    expect(phoneAppOrigins(['http://127.0.0.1:8080'], 8080)).toEqual(['http://127.0.0.1:8080']);
+    expect(phoneAppOrigins([], undefined)).toEqual([]);
   });
 });

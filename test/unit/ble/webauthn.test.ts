@@ -1,7 +1,11 @@
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { p256 } from '@noble/curves/nist.js';
 import { describe, expect, it } from 'vitest';
-import { counterAccepted, type PasskeyExpectation, verifyPasskeyAssertion } from '../../../src/ble/protocol/webauthn.js';
+import {
+  counterAccepted,
+  type PasskeyExpectation,
+  verifyPasskeyAssertion,
+} from '../../../src/ble/protocol/webauthn.js';
 import { type AssertionOptions, assertion, makePasskey } from './mode-p-client.js';
 
 /** WebAuthn assertion checks, each rule with a case that breaks only it. */
@@ -21,7 +25,10 @@ function expectation(over: Partial<PasskeyExpectation> = {}): PasskeyExpectation
 }
 
 function check(options: AssertionOptions, over: Partial<PasskeyExpectation> = {}) {
-  return verifyPasskeyAssertion(assertion(passkey, CHALLENGE, { origin: ORIGIN, ...options }), expectation(over));
+  return verifyPasskeyAssertion(
+    assertion(passkey, CHALLENGE, { origin: ORIGIN, ...options }),
+    expectation(over),
+  );
 }
 
 describe('passkey assertion', () => {
@@ -31,14 +38,24 @@ describe('passkey assertion', () => {
 
   it.each([
     ['another origin', { origin: 'https://evil.example' }, {}, 'origin_not_allowed'],
-    ['an origin differing only by port', { origin: 'https://keys.example.org:444' }, {}, 'origin_not_allowed'],
+    [
+      'an origin differing only by port',
+      { origin: 'https://keys.example.org:444' },
+      {},
+      'origin_not_allowed',
+    ],
     ['a cross-origin iframe', { crossOrigin: true }, {}, 'origin_not_allowed'],
     ['another rpId', { rpId: 'example.org' }, {}, 'bad_proof'],
     ['type webauthn.create', { type: 'webauthn.create' }, {}, 'bad_proof'],
     ['UV missing', { flags: 0x01 }, {}, 'user_verification_required'],
     ['UP missing', { flags: 0x04 }, {}, 'user_verification_required'],
     ['another challenge', { challenge: new Uint8Array(32).fill(1) }, {}, 'bad_proof'],
-    ['a signature by another key', { signer: generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey }, {}, 'bad_proof'],
+    [
+      'a signature by another key',
+      { signer: generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey },
+      {},
+      'bad_proof',
+    ],
     ['a counter going back', { counter: 4 }, { lastCounter: 5 }, 'clone_suspected'],
     ['a counter standing still', { counter: 5 }, { lastCounter: 5 }, 'clone_suspected'],
     ['a counter 0 after a non-zero one', { counter: 0 }, { lastCounter: 5 }, 'clone_suspected'],
@@ -70,7 +87,9 @@ describe('passkey assertion', () => {
     const flipped = new p256.Signature(sig.r, p256.Point.CURVE().n - sig.s);
     const highS = sig.hasHighS() ? sig : flipped;
     expect(highS.hasHighS()).toBe(true);
-    expect(verifyPasskeyAssertion({ ...good, signature: highS.toBytes('der') }, expectation())).toMatchObject({ ok: true });
+    expect(verifyPasskeyAssertion({ ...good, signature: highS.toBytes('der') }, expectation())).toMatchObject(
+      { ok: true },
+    );
   });
 
   it('refuses clientDataJSON that is not a JSON object with string fields, and short authenticatorData', () => {
@@ -80,7 +99,10 @@ describe('passkey assertion', () => {
       expect(verifyPasskeyAssertion(bad, expectation())).toEqual({ ok: false, code: 'malformed' });
     }
     expect(
-      verifyPasskeyAssertion({ ...good, authenticatorData: good.authenticatorData.subarray(0, 36) }, expectation()),
+      verifyPasskeyAssertion(
+        { ...good, authenticatorData: good.authenticatorData.subarray(0, 36) },
+        expectation(),
+      ),
     ).toEqual({ ok: false, code: 'malformed' });
   });
 });
