@@ -195,7 +195,7 @@ describe('docs/ble-protocol.md Mode P test vectors', () => {
     const key = publicKeyFromJwk(V.webJwk);
     expect(verifyP256(key, answerSignedBytes(V.challenge, answer), answer.signature)).toBe(true);
     const flipped = Uint8Array.from(V.answer);
-    flipped[3] ^= 1; // the explicit-intent flag: the signature no longer covers it
+    flipped[3] = (flipped[3] ?? 0) ^ 1; // the explicit-intent flag: the signature no longer covers it
     const changed = decodeAnswer(flipped);
     expect(verifyP256(key, answerSignedBytes(V.challenge, changed), changed.signature)).toBe(false);
   });

@@ -1,5 +1,6 @@
 import { createPublicKey, sign, verify } from 'node:crypto';
 import { p256 } from '@noble/curves/nist.js';
+import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KEYRING_OP_TYP, Keyring } from '../../../src/access/keyring.js';
 import { Agent, type AuditSink, type LockControl } from '../../../src/agent/agent.js';
@@ -621,5 +622,35 @@ describe('phone app origins', () => {
     ]);
     expect(phoneAppOrigins(['http://127.0.0.1:8080'], 8080)).toEqual(['http://127.0.0.1:8080']);
     expect(phoneAppOrigins([], undefined)).toEqual([]);
+  });
+});
+
+describe('mode P garbage', () => {
+  it('any bytes written are a coded refusal or a decision; never a signed result, never the relay', async () => {
+    const ctx = setup();
+    const peer = central();
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ maxLength: 600 }), fc.boolean(), async (bytes, withHeader) => {
+        const input =
+          withHeader && bytes.length >= 2
+            ? Uint8Array.from([2, 0x22 + ((bytes[1] ?? 0) % 4), ...bytes.subarray(2)])
+            : bytes;
+        await ctx.service.read(peer, 'challenge');
+        try {
+          await ctx.service.write(peer, 'answer', input);
+        } catch (err) {
+          expect(err).toBeInstanceOf(AgentError);
+        }
+        await ctx.service.idle();
+        const result = decodeResult(await ctx.service.read(peer, 'result'));
+        expect(result.outcome).not.toBe('granted');
+        expect(result.signature).toHaveLength(0);
+      }),
+      { seed: Number(process.env.TEST_SEED ?? 0x5eed), numRuns: 300 },
+    );
+    expect(ctx.lock.actions).toEqual([]);
+    // And the real key still opens afterwards.
+    const { result } = await exchange(ctx.service, central(), (c) => webKeyAnswer(ctx.driver, c));
+    expect(result.outcome).toBe('granted');
   });
 });
