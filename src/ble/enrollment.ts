@@ -58,6 +58,12 @@ export interface EnrollmentDeskOptions {
   readonly maxWindowMs: number;
 }
 
+/** Where a key's own enrollment request stands (EnrollmentDesk.requestFor). */
+export type PeerEnrollmentState =
+  | { readonly state: 'pending'; readonly view: EnrollmentView }
+  | { readonly state: 'enrolled' }
+  | { readonly state: 'refused'; readonly code: Code };
+
 export type ApprovalOutcome =
   | { readonly approved: true; readonly credentialId: string; readonly by: string }
   | { readonly approved: false; readonly code: Code; readonly by?: string };
@@ -170,6 +176,32 @@ export class EnrollmentDesk {
       });
     }
     return request === undefined ? undefined : this.view(request);
+  }
+
+  /**
+   * A key asks to be enrolled from the phone-key page (mode P): the request for its credential,
+   * found by credential id (derived from its public key), or a new one when none is pending. The
+   * page asks again later, on any connection, to learn the state. A refusal (the request was
+   * cancelled) stays the answer until another request replaces it; an expired one is opened anew.
+   */
+  requestFor(credential: Credential): PeerEnrollmentState {
+    this.refresh();
+    const status = this.options.keyring.byId(credential.id);
+    if (status !== undefined)
+      return status.revoked ? { state: 'refused', code: 'revoked' } : { state: 'enrolled' };
+    const request = this.request;
+    if (request?.credential.id === credential.id) {
+      if (request.state === 'pending') return { state: 'pending', view: this.view(request) };
+      if (request.state === 'cancelled') return { state: 'refused', code: 'enrollment_closed' };
+    } else if (request?.state === 'pending') {
+      return { state: 'refused', code: 'busy' };
+    }
+    try {
+      return { state: 'pending', view: this.open(credential) };
+    } catch (err) {
+      const e = toAgentError(err);
+      return { state: 'refused', code: e.code };
+    }
   }
 
   /** What to offer a key that asks (enroll_request): the pending request, if any. */

@@ -1,4 +1,4 @@
-import { bool, int, oneOf, optStr, section } from './fields.js';
+import { bool, int, oneOf, optStr, section, strList } from './fields.js';
 
 /**
  * The `ble` section: phone keys over Bluetooth Low Energy (docs/ble.md, docs/ble-protocol.md).
@@ -106,6 +106,20 @@ export const BLE_SCHEMA = section(
       30_000,
       1000,
       120_000,
+    ),
+    phoneApp: section(
+      'The phone-key web app (mode P: the phone connects to the vehicle; docs/ble-protocol.md).',
+      {
+        origins: strList(
+          'Origins (scheme://host[:port]) the phone-key page may be served from: a passkey signed on any ' +
+            "other page is refused (origin_not_allowed). The status page's own origin " +
+            '(http://127.0.0.1:<statusPage.port>) is always allowed. From the environment, separated by commas.',
+          ['http://127.0.0.1:8080'],
+          /^https?:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/,
+          'http(s)://HOST[:PORT], no path',
+          16,
+        ),
+      },
     ),
   },
 );

@@ -23,6 +23,15 @@ export const CODES = {
   unsupported: 'the credential or card type is not supported',
   credential_suspect:
     'what the vehicle stored about this credential (a keyring operation or its signature counter) is damaged in every copy; it is denied until `vehicle-agent state repair`',
+  user_verification_required:
+    'the passkey did not verify its user (no fingerprint, face or PIN: the UV flag is clear); the vehicle needs it',
+  origin_not_allowed:
+    'the passkey was used from a web page whose origin the vehicle does not accept (ble.phoneApp.origins)',
+  challenge_expired:
+    'the answer came after the deadline counted from the challenge read; read a new challenge',
+  no_challenge:
+    'no challenge of this connection matches the answer: read the challenge first (each read replaces the last)',
+  enrollment_pending: 'the enrollment request waits for an owner to approve it',
   // ── configuration and state ────────────────────────────────────────────────
   config_invalid: 'the configuration is invalid',
   config_unreadable: 'the configuration file cannot be read or parsed',

@@ -44,6 +44,7 @@ export const ENROLL_KIND_BYTES: Readonly<Record<CredentialKind, number>> = {
   ntag424: 3,
   uid: 4,
   signer: 5,
+  passkey: 6,
 };
 /** enroll_offer flags bit 0: the new key is enrolled for passive (no-intent) unlock. */
 export const OFFER_FLAG_PASSIVE = 0x01;
