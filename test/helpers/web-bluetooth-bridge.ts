@@ -13,7 +13,11 @@ import type { SimulatedCentral } from './phone-key-central.js';
  * vehicle as a preconnected peripheral (simulated advertisements crashed the browser here) with
  * the phone-key service, the chooser answered with it, and every GATT connection, read and
  * write the page makes passed to a SimulatedCentral. Notifications cannot be simulated: the page
- * reads the result.
+ * reads the result. Bridge one page per browser at a time: Chromium reports a page's GATT
+ * events once for every page with a simulation (each labelled with that page's context), so
+ * two bridges would both answer the same read. A page's own disconnect sends no event, and a
+ * reconnection of the preconnected peripheral sent none here either: one `device` may carry
+ * several of the page's connections.
  */
 
 /** The raw BiDi connection under puppeteer's Browser (puppeteer keeps it internal). */

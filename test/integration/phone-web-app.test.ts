@@ -38,7 +38,12 @@ async function js<T>(page: Page, expression: string): Promise<T> {
 }
 
 async function resultOf(page: Page, code: string): Promise<{ outcome: string; text: string }> {
-  await page.waitForSelector(`#result[data-code="${code}"]`, { timeout: 15_000 });
+  try {
+    await page.waitForSelector(`#result[data-code="${code}"]`, { timeout: 15_000 });
+  } catch (err) {
+    const shown = await js<string>(page, "document.getElementById('result').textContent").catch(() => '?');
+    throw new Error(`the page never showed ${code}; it shows: ${shown}`, { cause: err });
+  }
   return js(
     page,
     "({ outcome: document.getElementById('result').dataset.outcome, text: document.getElementById('result').textContent })",
@@ -164,6 +169,9 @@ describe('phone-key web app in headless Chromium', () => {
     let passkeyBridge: VehicleBridge;
 
     beforeAll(async () => {
+      // One simulated vehicle per browser at a time: Chromium reports a page's GATT traffic to
+      // every bridged page (test/helpers/web-bluetooth-bridge.ts).
+      await bridge.detach();
       context = await chromium.browser.createBrowserContext();
       passkeyPage = await context.newPage();
       await passkeyPage.goto(`${origin}/key/${POLL}`);
@@ -173,6 +181,7 @@ describe('phone-key web app in headless Chromium', () => {
     afterAll(async () => {
       await passkeyBridge?.detach();
       await context?.close();
+      bridge = await attachVehicle(page, vehicle);
     });
 
     it('enrolls, pins and unlocks; the vehicle saw UV set and the page origin', async () => {
@@ -195,9 +204,10 @@ describe('phone-key web app in headless Chromium', () => {
       Object.defineProperty(strict, 'vehicleSpki', { value: vehicle.vehicleSpki });
       for (const [id, entry] of vehicle.keyring) strict.keyring.set(id, entry);
       await passkeyBridge.detach();
-      passkeyBridge = await attachVehicle(passkeyPage, strict);
+      // A fresh page: it chooses the vehicle again (the simulation does not outlive a navigation).
       await passkeyPage.reload();
       await passkeyPage.waitForSelector('body[data-ready="true"]');
+      passkeyBridge = await attachVehicle(passkeyPage, strict);
       await passkeyPage.click('#unlock');
       const refused = await resultOf(passkeyPage, 'origin_not_allowed');
       expect(refused.text).toContain('does not accept keys from this web address');
