@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BrowserContext, Page } from 'puppeteer-core';
@@ -26,6 +26,16 @@ import { attachVehicle, type VehicleBridge } from '../helpers/web-bluetooth-brid
  * controlSocketCentral(agent.socket) from test/helpers/phone-key-central.ts replaces it.
  */
 const VEHICLE_ID = 'VA-PHONE-WEB';
+/**
+ * With PHONE_KEY_SCREENSHOTS=docs/images the run also renders the page's states there (the
+ * pictures docs/ble.md and the README show); without it, nothing is written.
+ */
+const SHOTS = process.env.PHONE_KEY_SCREENSHOTS;
+async function shot(page: Page, name: string): Promise<void> {
+  if (!SHOTS) return;
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: join(SHOTS, `phone-key-${name}.png`) as `${string}.png` });
+}
 const POLL = '?poll=250';
 
 function fingerprintOf(vehicle: ReferenceVehicle): string {
@@ -80,6 +90,8 @@ describe('phone-key web app in headless Chromium', () => {
     chromium = await launchPhoneKeyBrowser();
     vehicle = new ReferenceVehicle(VEHICLE_ID, [origin]);
     page = await chromium.browser.newPage();
+    // A phone-sized window (the screenshots are taken at this size).
+    await page.setViewport({ width: 400, height: 640 });
     bridge = await open(page, vehicle);
   }, 90_000);
 
@@ -95,6 +107,7 @@ describe('phone-key web app in headless Chromium', () => {
     const pending = await resultOf(page, 'enrollment_pending');
     expect(pending.outcome).toBe('pending');
     expect(pending.text).toContain('Waiting for the owner');
+    await shot(page, 'pending');
     expect(vehicle.requests.map((r) => [r.name, r.state])).toEqual([['Ada phone', 'pending']]);
     // The page keeps asking on new connections; nothing is pinned or granted meanwhile.
     const enrollWrites = () => bridge.traffic.filter((t) => t.op === 'write' && t.bytes?.[1] === 0x25).length;
@@ -108,6 +121,7 @@ describe('phone-key web app in headless Chromium', () => {
     expect(await text(page, 'vehicle-id')).toBe(VEHICLE_ID);
     // Pinned from a signed `identify`: no relay action.
     expect(vehicle.actions.map((a) => a.intent)).toEqual([4]);
+    await shot(page, 'enrolled');
     const keyText = await text(page, 'key');
     expect(keyText).toContain(vehicle.requests[0]?.id);
   });
@@ -117,6 +131,7 @@ describe('phone-key web app in headless Chromium', () => {
     const unlocked = await resultOf(page, 'granted');
     expect(unlocked.outcome).toBe('granted');
     expect(vehicle.actions.at(-1)?.intent).toBe(1);
+    await shot(page, 'unlocked');
     await js(page, "delete document.getElementById('result').dataset.code");
     await page.click('#lock');
     await resultOf(page, 'granted');
@@ -134,6 +149,7 @@ describe('phone-key web app in headless Chromium', () => {
     const revoked = await resultOf(page, 'revoked');
     expect(revoked.outcome).toBe('denied');
     expect(revoked.text).toContain('revoked by the owner');
+    await shot(page, 'revoked');
     vehicle.setStatus(id, 'expired');
     await page.click('#unlock');
     const expired = await resultOf(page, 'expired');
