@@ -106,6 +106,10 @@ describe('status server: the phone-key app at /key/', () => {
     expect([head.status, head.body]).toEqual([200, '']);
   });
 
+  it('is linked from the status page', async () => {
+    expect((await get(server.port, '/')).body).toContain('<a id="phone-key-link" href="/key/">');
+  });
+
   it('redirects /key to /key/ and refuses other methods', async () => {
     const r = await get(server.port, '/key');
     expect([r.status, r.headers.location]).toEqual([308, '/key/']);
