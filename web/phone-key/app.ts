@@ -264,7 +264,7 @@ async function identifyAndPin(link: VehicleLink, key: PhoneKey): Promise<void> {
   show(
     'granted',
     'enrolled',
-    `Enrolled. Check the fingerprint below matches \`vehicle-agent identity\` on the vehicle.`,
+    'Enrolled. Check that the fingerprint above matches what “vehicle-agent identity” prints on the vehicle.',
   );
 }
 
