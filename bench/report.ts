@@ -32,7 +32,10 @@ export interface Figure {
 
 export interface Baseline {
   readonly recordedAt: string;
-  readonly machine: Pick<Machine, 'host' | 'cpuModel' | 'cores' | 'node'>;
+  readonly machine: Pick<Machine, 'host' | 'cpuModel' | 'cores' | 'node'> & {
+    /** Load average (1, 5, 15 min) when the run that recorded it started: a busy machine's figures are worse. */
+    readonly loadAvgStart?: readonly number[];
+  };
   /** `suite.figure` → value. */
   readonly figures: Readonly<Record<string, number>>;
 }
@@ -44,9 +47,16 @@ export interface BenchReport {
   readonly durationS: number;
   readonly argv: readonly string[];
   readonly machine: Machine;
-  readonly baseline?: { readonly recordedAt: string; readonly host: string; readonly cpuModel: string };
+  readonly baseline?: {
+    readonly recordedAt: string;
+    readonly host: string;
+    readonly cpuModel: string;
+    readonly loadAvgStart?: readonly number[];
+  };
   readonly suites: Readonly<Record<string, SuiteResult>>;
   readonly figures: readonly Figure[];
+  /** `suite.figure` keys of the figures shown first (the ones the README quotes), as measured. */
+  readonly headline: readonly string[];
   readonly summary: {
     readonly figures: number;
     readonly withTarget: number;
@@ -107,6 +117,8 @@ export function buildReport(input: {
   readonly suites: Readonly<Record<string, SuiteResult>>;
   readonly targetOf: (name: string) => string | undefined;
   readonly baseline?: Baseline;
+  /** Figure names to show first, in this order (those the run measured). */
+  readonly headline?: readonly string[];
 }): BenchReport {
   const figures: Figure[] = [];
   for (const [suite, result] of Object.entries(input.suites)) {
@@ -153,11 +165,15 @@ export function buildReport(input: {
             recordedAt: input.baseline.recordedAt,
             host: input.baseline.machine.host,
             cpuModel: input.baseline.machine.cpuModel,
+            ...(input.baseline.machine.loadAvgStart
+              ? { loadAvgStart: input.baseline.machine.loadAvgStart }
+              : {}),
           },
         }
       : {}),
     suites: input.suites,
     figures,
+    headline: (input.headline ?? []).flatMap((name) => figures.filter((f) => f.name === name).map(key)),
     summary: {
       figures: figures.length,
       withTarget: figures.filter((f) => f.target !== undefined).length,
@@ -183,10 +199,10 @@ export function nextBaseline(report: BenchReport, previous: Baseline | undefined
   }
   for (const f of report.figures)
     if (rerun.has(f.suite) && Number.isFinite(f.value)) figures[`${f.suite}.${f.name}`] = f.value;
-  const { host, cpuModel, cores, node } = report.machine;
+  const { host, cpuModel, cores, node, loadAvgStart } = report.machine;
   return {
     recordedAt: report.finishedAt,
-    machine: { host, cpuModel, cores, node },
+    machine: { host, cpuModel, cores, node, loadAvgStart },
     figures: Object.fromEntries(Object.entries(figures).sort(([a], [b]) => a.localeCompare(b))),
   };
 }
@@ -206,6 +222,17 @@ export function parseBaseline(text: string): Baseline | undefined {
   const clean: Record<string, number> = {};
   for (const [k, v] of Object.entries(figures)) if (typeof v === 'number') clean[k] = v;
   return { recordedAt, machine: machine as Baseline['machine'], figures: clean };
+}
+
+const TABLE_HEAD = [
+  '| figure | value | unit | target | met | baseline | ratio |',
+  '|---|--:|---|---|---|--:|--:|',
+];
+
+function row(f: Figure, name = f.name): string {
+  const met = f.pass === undefined ? '' : f.pass ? 'yes' : '**NO**';
+  const ratio = f.ratio === undefined ? '' : f.regressed ? `**${f.ratio}**` : String(f.ratio);
+  return `| ${name} | ${cell(f.value)} | ${f.unit} | ${cell(f.target)} | ${met} | ${cell(f.baseline)} | ${ratio} |`;
 }
 
 function cell(value: number | string | undefined): string {
@@ -246,9 +273,15 @@ export function renderMarkdown(report: BenchReport): string {
     `| load average (1, 5, 15 min) | start ${m.loadAvgStart.join(', ')}; end ${m.loadAvgEnd?.join(', ') ?? '?'} |`,
     `| CPU use at start | ${cell(busy(m.busyAtStart))} |`,
     `| CPU use at end | ${cell(busy(m.busyAtEnd))} |`,
-    `| baseline | ${report.baseline ? cell(`${report.baseline.recordedAt} on ${report.baseline.host} (${report.baseline.cpuModel})`) : 'none'} |`,
+    `| baseline | ${report.baseline ? cell(`${report.baseline.recordedAt} on ${report.baseline.host} (${report.baseline.cpuModel}), load average at its start ${report.baseline.loadAvgStart?.join(', ') ?? '?'}`) : 'none'} |`,
     '',
   ];
+  const headline = report.headline.flatMap((k) => report.figures.filter((f) => `${f.suite}.${f.name}` === k));
+  if (headline.length > 0) {
+    lines.push('## Key figures', '', ...TABLE_HEAD);
+    for (const f of headline) lines.push(row(f, `${f.suite}: ${f.name}`));
+    lines.push('');
+  }
   for (const [suite, result] of Object.entries(report.suites)) {
     lines.push(`## ${suite}`, '', `${result.durationS} s.`, '');
     if (result.error !== undefined) lines.push(`**Failed:** ${cell(result.error)}`, '');

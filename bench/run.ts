@@ -51,6 +51,35 @@ const OPT_IN = new Set<string>([]);
 /** Suites that `--quick` runs when none is named (they honour `quick`). */
 const QUICK = new Set(['crypto']);
 
+/** Shown first in the report, in this order: the figures issue 17 asks for (those measured). */
+const HEADLINE = [
+  'fido_tap_to_relay_p99_ms',
+  'fido_floor_p50_ms',
+  'ntag424_tap_to_relay_p99_ms',
+  'ntag424_floor_p50_ms',
+  'uid_tap_to_relay_p99_ms',
+  'uid_floor_p50_ms',
+  'ble_unlock_p99_ms',
+  'ble_modelled_link_p50_ms',
+  'unlock_up_p99_ms',
+  'unlock_refused_p99_ratio',
+  'unlock_hung_p99_ratio',
+  'unlock_flapping_p99_ratio',
+  'keyring_load_ms',
+  'decision_p99_us',
+  'keys_100k_ready_ms',
+  'keys_100k_decision_p99_us',
+  'keys_100k_idle_rss_mb',
+  'outbox_flush_acked_ms',
+  'outbox_lost',
+  'start_to_ready_ms',
+  'idle_rss_mb',
+  'p256_verify_node_per_s',
+  'p256_verify_noble_per_s',
+  'ed25519_verify_node_per_s',
+  'ed25519_verify_noble_per_s',
+];
+
 async function withEnvDefault<T>(name: string, value: string | undefined, run: () => Promise<T>): Promise<T> {
   if (value === undefined || process.env[name] !== undefined) return run();
   process.env[name] = value;
@@ -152,6 +181,7 @@ export async function runBench(
     machine,
     suites,
     targetOf,
+    headline: HEADLINE,
     ...(baseline ? { baseline } : {}),
   });
   await mkdir(outDir, { recursive: true });

@@ -35,6 +35,7 @@ function report(
   suites: BenchReport['suites'],
   baseline?: Baseline,
   targets: Record<string, string> = {},
+  headline: string[] = [],
 ): BenchReport {
   return buildReport({
     startedAt: new Date('2026-01-01T00:00:00Z'),
@@ -43,6 +44,7 @@ function report(
     machine,
     suites,
     targetOf: (name) => targets[name],
+    headline,
     ...(baseline ? { baseline } : {}),
   });
 }
@@ -159,6 +161,7 @@ describe('report shaping', () => {
       },
       baseline,
       { t_ms: '< 12', slow_ms: '< 12' },
+      ['slow_ms', 'absent_ms', 'r_per_s'],
     );
     const f = Object.fromEntries(r.figures.map((x) => [x.name, x]));
     expect(f.t_ms).toMatchObject({ ratio: 1.1, regressed: false, pass: true, unit: 'ms' });
@@ -169,7 +172,15 @@ describe('report shaping', () => {
     expect(f.n?.regressed).toBeUndefined();
     expect(f.new_ms?.baseline).toBeUndefined();
     expect(r.summary).toMatchObject({ failing: ['a.slow_ms'], regressed: ['a.slow_ms', 'a.low_per_s'] });
-    expect(renderMarkdown(r)).toContain('| slow_ms | 13 | ms | < 12 | **NO** | 10 | **1.3** |');
+    const markdown = renderMarkdown(r);
+    expect(markdown).toContain('| slow_ms | 13 | ms | < 12 | **NO** | 10 | **1.3** |');
+    // Key figures first, in the order asked, those measured only.
+    expect(r.headline).toEqual(['a.slow_ms', 'a.r_per_s']);
+    const keyFigures = markdown.slice(markdown.indexOf('## Key figures'), markdown.indexOf('## a'));
+    expect(keyFigures.split('\n').filter((l) => l.startsWith('| a: '))).toEqual([
+      '| a: slow_ms | 13 | ms | < 12 | **NO** | 10 | **1.3** |',
+      '| a: r_per_s | 90 | /s |  |  | 100 | 0.9 |',
+    ]);
   });
 
   it('a suite that failed is named in the summary and the Markdown, and keeps its baseline figures', () => {
