@@ -42,6 +42,8 @@ export interface Baseline {
 
 export interface BenchReport {
   readonly schema: number;
+  /** False while the run is still going (the report is rewritten after every suite). */
+  readonly complete: boolean;
   readonly startedAt: string;
   readonly finishedAt: string;
   readonly durationS: number;
@@ -119,6 +121,8 @@ export function buildReport(input: {
   readonly baseline?: Baseline;
   /** Figure names to show first, in this order (those the run measured). */
   readonly headline?: readonly string[];
+  /** False for the report written after each suite, before the run ends. */
+  readonly complete?: boolean;
 }): BenchReport {
   const figures: Figure[] = [];
   for (const [suite, result] of Object.entries(input.suites)) {
@@ -154,6 +158,7 @@ export function buildReport(input: {
   const key = (f: Figure) => `${f.suite}.${f.name}`;
   return {
     schema: REPORT_SCHEMA,
+    complete: input.complete ?? true,
     startedAt: input.startedAt.toISOString(),
     finishedAt: input.finishedAt.toISOString(),
     durationS: Math.round((input.finishedAt.getTime() - input.startedAt.getTime()) / 100) / 10,
@@ -250,7 +255,7 @@ export function renderMarkdown(report: BenchReport): string {
           ? '; no other process above 5 % of a core'
           : `; busy: ${b.busyProcesses.map((p) => `${p.command} (pid ${p.pid}) ${p.cpuPercent} %`).join(', ')}`);
   const lines = [
-    `# Benchmark report ${report.startedAt}`,
+    `# Benchmark report ${report.startedAt}${report.complete ? '' : ' (partial: written while the run was still going)'}`,
     '',
     `\`${['npm run bench --', ...report.argv].join(' ')}\`: ${report.durationS} s. ` +
       `${report.summary.figures} figures, ${report.summary.withTarget} with a target, ` +

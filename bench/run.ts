@@ -155,6 +155,34 @@ export async function runBench(
   const startedAt = new Date();
   const machine = await describeMachine(sampleMs);
   const suites: Record<string, SuiteResult> = {};
+  const stem = `${startedAt.toISOString().slice(0, 16).replace(':', '')}Z-${hostname().replace(/[^\w.-]/g, '_')}`;
+  /** Writes the report as it stands: after every suite (a long run cut short keeps what it measured) and at the end. */
+  const write = async (complete: boolean) => {
+    const report = buildReport({
+      startedAt,
+      finishedAt: new Date(),
+      argv: args,
+      machine,
+      suites,
+      targetOf,
+      headline: HEADLINE,
+      complete,
+      ...(baseline ? { baseline } : {}),
+    });
+    await mkdir(outDir, { recursive: true });
+    const files: string[] = [];
+    for (const [ext, text] of [
+      ['json', `${JSON.stringify(report, null, 2)}\n`],
+      ['md', renderMarkdown(report)],
+    ] as const) {
+      for (const base of [stem, 'latest']) {
+        const file = join(outDir, `${base}.${ext}`);
+        await writeFile(file, text);
+        files.push(file);
+      }
+    }
+    return { report, files };
+  };
   for (const [name, suite] of Object.entries(SUITES)) {
     if (only ? !only.has(name) : quick ? !QUICK.has(name) : OPT_IN.has(name)) continue;
     log(`\n== ${name}\n`);
@@ -170,35 +198,12 @@ export async function runBench(
       suites[name] = { durationS: Math.round((performance.now() - t0) / 100) / 10, figures: {}, error };
       log(`  FAILED: ${err instanceof Error ? err.stack : error}\n`);
     }
+    await write(false);
   }
   machine.loadAvgEnd = loadAverage();
   const busyAtEnd = await sampleBusy(sampleMs);
   if (busyAtEnd) machine.busyAtEnd = busyAtEnd;
-  const report = buildReport({
-    startedAt,
-    finishedAt: new Date(),
-    argv: args,
-    machine,
-    suites,
-    targetOf,
-    headline: HEADLINE,
-    ...(baseline ? { baseline } : {}),
-  });
-  await mkdir(outDir, { recursive: true });
-  const stem = `${startedAt.toISOString().slice(0, 16).replace(':', '')}Z-${hostname().replace(/[^\w.-]/g, '_')}`;
-  const json = `${JSON.stringify(report, null, 2)}\n`;
-  const markdown = renderMarkdown(report);
-  const files: string[] = [];
-  for (const base of [stem, 'latest']) {
-    for (const [ext, text] of [
-      ['json', json],
-      ['md', markdown],
-    ] as const) {
-      const file = join(outDir, `${base}.${ext}`);
-      await writeFile(file, text);
-      files.push(file);
-    }
-  }
+  const { report, files } = await write(true);
   if (args.includes('--update-baseline')) {
     await writeFile(baselineFile, `${JSON.stringify(nextBaseline(report, baseline), null, 2)}\n`);
     files.push(baselineFile);

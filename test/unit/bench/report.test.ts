@@ -74,6 +74,7 @@ describe('runBench (crypto suite, --quick)', () => {
 
     const json = JSON.parse(await readFile(join(dir, 'reports', 'latest.json'), 'utf8')) as BenchReport;
     expect(json).toEqual(first.report);
+    expect(json.complete).toBe(true);
     expect(json.machine.node).toBe(process.version);
     expect(json.machine.cores).toBeGreaterThan(0);
     expect(json.machine.cpuModel).not.toBe('');
@@ -197,6 +198,20 @@ describe('report shaping', () => {
       previous,
     );
     expect(r.summary.suitesFailed).toEqual(['broken']);
+    expect(renderMarkdown(r).split('\n')[0]).not.toContain('partial');
+    const partial = buildReport({
+      argv: [],
+      suites: r.suites,
+      startedAt: new Date(),
+      finishedAt: new Date(),
+      machine,
+      targetOf: () => undefined,
+      complete: false,
+    });
+    expect(partial.complete).toBe(false);
+    expect(renderMarkdown(partial).split('\n')[0]).toContain(
+      '(partial: written while the run was still going)',
+    );
     expect(renderMarkdown(r)).toContain('**Failed:** rig \\| missing');
     // The rerun suite's figures replace its old ones; the failed and the unrun suites keep theirs.
     expect(nextBaseline(r, previous).figures).toEqual({ 'broken.y_ms': 3, 'ok.x_ms': 2, 'other.z_ms': 4 });
