@@ -4,9 +4,9 @@ import { AgentError } from '../../core/errors.js';
 import type { Credential, CredentialKind, PublicJwk, Role } from '../../core/types.js';
 import { b64url, bytesEqual, concatBytes, fromB64url } from '../../crypto/encoding.js';
 import { algorithmOf, publicKeyFromJwk } from '../../crypto/keys.js';
+import { verifyP256 } from '../../crypto/verify.js';
 import { CHALLENGE_BYTES, MAX_ID_BYTES, PROTOCOL_VERSION, SIGNATURE_BYTES } from './constants.js';
 import { Cursor, isValidId } from './messages.js';
-import { verifyP256 } from './verify.js';
 
 /**
  * Enrollment extension E1 of the vehicle-key protocol v1 (docs/ble-protocol.md §12): an owner's
