@@ -519,7 +519,7 @@ export function parseScenario(text: string): Scenario {
   const doc = parseDocument(text, {
     lineCounter: lines,
     uniqueKeys: true,
-    prettyErrors: false,
+    prettyErrors: true,
     strict: true,
   });
   const first = doc.errors[0];

@@ -1,11 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { AgentError, toAgentError } from '../../core/errors.js';
-import { AgentDriver } from '../../scenario/agent-driver.js';
 import { ManagedBroker } from '../../scenario/managed-broker.js';
 import { runScenario, stepLine } from '../../scenario/runner.js';
 import { parseScenario, type Scenario } from '../../scenario/schema.js';
 import { COMMON_OPTIONS, loadFor, out, parse } from '../args.js';
+import { AgentDriver } from '../scenario-driver.js';
 
 export const SCENARIO_HELP = `vehicle-agent scenario run FILE [--broker-port N] [--json]
 vehicle-agent scenario check FILE
@@ -14,7 +14,8 @@ run plays a YAML scenario (docs/scenarios.md) against the running agent, through
 socket: taps of named cards, phone approaches, signed cloud commands, broker and network
 outages, clock jumps, waits; and checks each step's expectations (granted, denied with a code,
 lock and relay state, audit records, the cloud link). Prints pass or FAIL per step.
---broker-port overrides the port of a broker the scenario has the runner start (broker.managed).
+--broker-port overrides the port of a broker the scenario has the runner start (broker.managed;
+ignored by a scenario without a broker).
 check only parses the file.
 Exit: 0 every step passed, 1 a step failed, 2 the scenario file is not valid, 3 agent not running.`;
 
@@ -53,9 +54,13 @@ export async function scenario(argv: readonly string[]): Promise<number> {
     const port = Number(values['broker-port']);
     if (!Number.isInteger(port) || port < 1024 || port > 65535)
       throw new AgentError('bad_arguments', '--broker-port must be a port 1024..65535');
-    if (broker?.kind !== 'managed')
-      throw new AgentError('bad_arguments', '--broker-port is for a scenario whose broker is managed');
-    broker = { ...broker, port };
+    // Ignored by a scenario without a broker, so one command line can play a whole folder.
+    if (broker?.kind === 'external')
+      throw new AgentError(
+        'bad_arguments',
+        '--broker-port is for a broker the runner starts (broker.managed)',
+      );
+    if (broker !== undefined) broker = { ...broker, port };
   }
   const loaded = loadFor(values);
   const managed = broker?.kind === 'managed' ? new ManagedBroker(broker.port) : undefined;

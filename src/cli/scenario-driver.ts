@@ -1,8 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
-import { phoneSecret } from '../cli/commands/phone.js';
-import { controlCall } from '../cli/control-client.js';
 import { parseResult } from '../cloud/cloud-client.js';
 import { newJti, parseCommandArgs, signCommand } from '../cloud/command.js';
 import { vehicleTopics } from '../cloud/topics.js';
@@ -12,10 +10,18 @@ import { LOCK_STATES, type LockState } from '../core/types.js';
 import { signP256, simKeyMessage } from '../crypto/challenge.js';
 import { b64url, fromB64url } from '../crypto/encoding.js';
 import { isRecord, type VehicleInfo } from '../host/control-api.js';
+import type { ManagedBroker } from '../scenario/managed-broker.js';
+import type {
+  AuditRecord,
+  CloudOutcome,
+  DecisionOutcome,
+  RelayEvent,
+  ScenarioDriver,
+} from '../scenario/runner.js';
+import type { BrokerAction, NetworkAction, ScenarioBroker, StepAction } from '../scenario/schema.js';
 import { readSignerKey } from '../store/key-files.js';
-import type { ManagedBroker } from './managed-broker.js';
-import type { AuditRecord, CloudOutcome, DecisionOutcome, RelayEvent, ScenarioDriver } from './runner.js';
-import type { BrokerAction, NetworkAction, ScenarioBroker, StepAction } from './schema.js';
+import { phoneSecret } from './commands/phone.js';
+import { controlCall } from './control-client.js';
 
 /**
  * The scenario driver against a running agent: its control socket for the sim steps and the
