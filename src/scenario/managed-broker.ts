@@ -96,7 +96,9 @@ export class ManagedBroker {
       [
         `listener ${this.brokerPort} 127.0.0.1`,
         'allow_anonymous true',
-        'persistence false',
+        // Sessions and queued messages survive a restart, as a cloud broker's do.
+        'persistence true',
+        `persistence_location ${dir}/`,
         'log_dest none',
         'max_queued_messages 10000',
         '',
