@@ -82,6 +82,8 @@ const PRESENTATIONS: readonly Presentation[] = [
 interface Tally {
   validGranted: number;
   validRateLimited: number;
+  /** FIDO taps denied state_io while the disk was full: by design (docs/storage.md). */
+  validFidoDiskFull: number;
   validRefused: { what: string; code: string }[];
   invalidDenied: number;
   wrongGrants: { what: string }[];
@@ -97,6 +99,7 @@ interface Tally {
 const tally: Tally = {
   validGranted: 0,
   validRateLimited: 0,
+  validFidoDiskFull: 0,
   validRefused: [],
   invalidDenied: 0,
   wrongGrants: [],
@@ -277,6 +280,7 @@ async function onePresentation(): Promise<void> {
   const p = pick(PRESENTATIONS);
   const what = `${p.kind} ${'key' in p ? p.key : p.card}${'fault' in p && p.fault ? ` (${p.fault})` : ''}${'tamper' in p && p.tamper ? ' (tampered)' : ''}`;
   let d: DecisionOutcome;
+  const diskWasFull = diskFull;
   try {
     d = await present(p);
   } catch {
@@ -286,6 +290,15 @@ async function onePresentation(): Promise<void> {
   if (p.valid) {
     if (d.granted) tally.validGranted++;
     else if (d.code === 'rate_limited') tally.validRateLimited++;
+    // A FIDO key's counter must be stored before it opens (else a clone could replay it): on a
+    // full disk it is denied state_io, the relay untouched (docs/storage.md).
+    else if (
+      d.code === 'state_io' &&
+      p.kind === 'tap' &&
+      p.card.startsWith('fido') &&
+      (diskWasFull || diskFull)
+    )
+      tally.validFidoDiskFull++;
     else tally.validRefused.push({ what, code: d.code ?? '?' });
   } else if (d.granted) tally.wrongGrants.push({ what });
   else tally.invalidDenied++;
@@ -311,8 +324,12 @@ async function oneCloudCommand(): Promise<void> {
 
 // ── the chaos ──
 
+/** Set while the disk-full chaos holds the state disk full. */
+let diskFull = false;
+
 async function fillDisk(holdMs: number): Promise<void> {
   if (!mounted) return;
+  diskFull = true;
   const path = join(stateDir, 'soak-fill');
   const handle = await open(path, 'w');
   const chunk = Buffer.alloc(1 << 20);
@@ -327,6 +344,7 @@ async function fillDisk(holdMs: number): Promise<void> {
     await sleep(holdMs);
   } finally {
     await unlink(path);
+    diskFull = false;
   }
 }
 
@@ -523,7 +541,8 @@ async function main(): Promise<number> {
   });
   const lastSeq = outbox.lastSeq ?? 0;
   const missing = [...Array(lastSeq).keys()].map((i) => i + 1).filter((s) => !eventSeqs.has(s));
-  const validTotal = tally.validGranted + tally.validRateLimited + tally.validRefused.length;
+  const validTotal =
+    tally.validGranted + tally.validRateLimited + tally.validFidoDiskFull + tally.validRefused.length;
   const refusedCodes = [...new Set(tally.validRefused.map((r) => `${r.what}: ${r.code}`))].slice(0, 5);
   const invariants: Invariant[] = [
     {
@@ -534,7 +553,7 @@ async function main(): Promise<number> {
     {
       name: 'every valid presentation granted unless rate limited',
       ok: tally.validRefused.length === 0 && tally.validGranted > 0,
-      detail: `${tally.validGranted} of ${validTotal} granted, ${tally.validRateLimited} rate limited, ${tally.validRefused.length} refused${refusedCodes.length ? ` (${refusedCodes.join('; ')})` : ''}`,
+      detail: `${tally.validGranted} of ${validTotal} granted, ${tally.validRateLimited} rate limited, ${tally.validFidoDiskFull} FIDO taps denied state_io on the full disk (by design), ${tally.validRefused.length} refused${refusedCodes.length ? ` (${refusedCodes.join('; ')})` : ''}`,
     },
     {
       name: 'the audit chain verifies',
