@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open, unlink } from 'node:fs/promises';
 import { request } from 'node:http';
 import { connect as connectSocket, type Socket } from 'node:net';
@@ -114,6 +114,9 @@ const chaosCounts: Record<string, number> = {};
 const count = (what: string) => {
   chaosCounts[what] = (chaosCounts[what] ?? 0) + 1;
 };
+/** What happened when, kept in <run folder>/soak.log (with the agent's log) for a failed run. */
+const journal: string[] = [];
+const note = (line: string) => journal.push(`${new Date().toISOString()} ${line}`);
 
 // ── the set-up ──
 
@@ -227,6 +230,7 @@ async function sampleRelays(): Promise<void> {
 // ── the cloud side: every event the vehicle's outbox sends ──
 
 const eventSeqs = new Set<number>();
+const announcedDrops: string[] = [];
 let cloud: MqttClient | undefined;
 
 async function startCloud(vehicleId: string): Promise<void> {
@@ -239,8 +243,16 @@ async function startCloud(vehicleId: string): Promise<void> {
   cloud.on('error', () => {});
   cloud.on('message', (_topic, payload) => {
     try {
-      const seq = (JSON.parse(payload.toString('utf8')) as { seq?: unknown }).seq;
-      if (typeof seq === 'number') eventSeqs.add(seq);
+      const record = JSON.parse(payload.toString('utf8')) as Record<string, unknown>;
+      const seq = record.seq;
+      // The outbox says when it steps over records it could not read (`outbox.dropped`).
+      if (record.type === 'outbox.dropped')
+        announcedDrops.push(`${String(record.reason)} ${String(record.fromSeq)}..${String(record.toSeq)}`);
+      if (typeof seq === 'number') {
+        if (eventSeqs.has(seq)) note(`cloud: event ${seq} again`);
+        else note(`cloud: event ${seq}`);
+        eventSeqs.add(seq);
+      }
     } catch {
       // not an event record
     }
@@ -302,6 +314,7 @@ async function onePresentation(): Promise<void> {
     else tally.validRefused.push({ what, code: d.code ?? '?' });
   } else if (d.granted) tally.wrongGrants.push({ what });
   else tally.invalidDenied++;
+  note(`${what}: ${d.granted ? 'granted' : `denied ${d.code ?? ''}`}`);
 }
 
 async function oneCloudCommand(): Promise<void> {
@@ -396,6 +409,15 @@ async function oneChaos(): Promise<void> {
   const what = pick(CHAOS);
   if (what === 'disk full' && !mounted) return;
   count(what);
+  note(`chaos: ${what} begins`);
+  try {
+    await chaosOf(what);
+  } finally {
+    note(`chaos: ${what} ends`);
+  }
+}
+
+async function chaosOf(what: (typeof CHAOS)[number]): Promise<void> {
   switch (what) {
     case 'broker restart':
       await broker.broker('restart');
@@ -563,7 +585,7 @@ async function main(): Promise<number> {
     {
       name: 'the cloud received every outbox sequence number',
       ok: lastSeq > 0 && missing.length === 0,
-      detail: `${lastSeq - missing.length} of ${lastSeq} received (${eventSeqs.size} distinct), ${missing.length} missing${missing.length ? ` (${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''})` : ''}; outbox dropped ${outbox.dropped ?? 0}`,
+      detail: `${lastSeq - missing.length} of ${lastSeq} received (${eventSeqs.size} distinct), ${missing.length} missing${missing.length ? ` (${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''})` : ''}; the outbox announced ${announcedDrops.length ? `drops: ${announcedDrops.slice(0, 5).join(', ')}` : 'no drops'}`,
     },
     relayInvariant(),
   ];
@@ -579,7 +601,7 @@ async function main(): Promise<number> {
     process.stdout.write(`${inv.ok ? 'ok  ' : 'FAIL'}  ${inv.name}: ${inv.detail}\n`);
   const failed = invariants.filter((i) => !i.ok).length;
   process.stdout.write(
-    `soak: ${failed === 0 ? 'passed' : `FAILED (${failed} invariant(s))`}; agent log ${join(root, 'agent.log')}\n`,
+    `soak: ${failed === 0 ? 'passed' : `FAILED (${failed} invariant(s)); kept in ${root}: agent.log, soak.log, state-copy/`}\n`,
   );
   return failed === 0 ? 0 : 1;
 }
@@ -594,6 +616,11 @@ try {
   await killAgent().catch(() => {});
   await cloud?.endAsync(true).catch(() => {});
   await broker.close().catch(() => {});
+  if (code !== 0) {
+    // Kept for whoever looks into it: the run's journal and the state the agent left.
+    writeFileSync(join(root, 'soak.log'), `${journal.join('\n')}\n`);
+    spawnSync('cp', ['-a', stateDir, join(root, 'state-copy')]);
+  }
   if (mounted) spawnSync('umount', ['-l', stateDir]);
   logFile.end();
   if (code === 0) rmSync(root, { recursive: true, force: true });
