@@ -98,6 +98,11 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
     summary: 'send signed commands, push the keyring (MQTT)',
     load: async () => import('./commands/cloud.js').then((m) => ({ run: m.cloud, help: m.CLOUD_HELP })),
   },
+  scenario: {
+    summary: 'play a YAML scenario against the running agent; pass/fail per step',
+    load: async () =>
+      import('./commands/scenario.js').then((m) => ({ run: m.scenario, help: m.SCENARIO_HELP })),
+  },
   sign: {
     summary: 'print a signed command, keyring operation or set',
     load: async () => import('./commands/sign.js').then((m) => ({ run: m.sign, help: m.SIGN_HELP })),

@@ -104,6 +104,10 @@ export const CODES = {
   audit_retention_exceeded:
     'audit records the cloud outbox had not sent were deleted: keeping them would pass the disk budget (audit.maxFiles)',
   record_too_large: 'a record exceeds the maximum size of its journal or log',
+  // ── scenario runner (vehicle-agent scenario run, docs/scenarios.md) ────────
+  scenario_invalid:
+    'the scenario file is not valid: unreadable, not YAML, or a field or step the format does not allow',
+  sim_required: 'the step needs the simulated hardware, and the agent is not running in sim mode',
   // ── generic ────────────────────────────────────────────────────────────────
   busy: 'the resource is busy',
   internal: 'an internal error',

@@ -123,6 +123,17 @@ export interface LimitsReply {
   readonly clearable: boolean;
 }
 
+/** `sim.clock.advance`: how far to move the trusted clock forward (a scenario's clock jump). */
+export interface SimClockAdvanceArgs {
+  readonly ms: number;
+}
+
+/** The trusted time before and after a `sim.clock.advance`. */
+export interface SimClockReply {
+  readonly before: string;
+  readonly now: string;
+}
+
 /** What `sim.limits.clear` lifted. */
 export interface LimitsCleared {
   readonly credentials: number;
@@ -346,6 +357,16 @@ export function parseIntent(value: unknown): Intent {
   if (value === undefined) return 'unlock';
   if (value === 'unlock' || value === 'lock' || value === 'toggle') return value;
   throw new AgentError('bad_arguments', 'intent must be unlock, lock or toggle');
+}
+
+/** The longest clock jump one `sim.clock.advance` makes (a year). */
+export const MAX_CLOCK_ADVANCE_MS = 366 * 86_400_000;
+
+function parseSimClockAdvance(args: WireArgs): SimClockAdvanceArgs {
+  const ms = optionalInteger(args.ms, 'ms', 1, MAX_CLOCK_ADVANCE_MS);
+  if (ms === undefined)
+    throw new AgentError('bad_arguments', `ms must be an integer 1..${MAX_CLOCK_ADVANCE_MS}`);
+  return { ms };
 }
 
 function parseKeysAdd(args: WireArgs): KeysAddArgs {
@@ -589,6 +610,7 @@ export interface ControlApi {
   'audit.tail': { args: AuditTailArgs; result: readonly unknown[] };
   limits: { args: NoArgs; result: LimitsReply };
   'sim.limits.clear': { args: NoArgs; result: LimitsCleared };
+  'sim.clock.advance': { args: SimClockAdvanceArgs; result: SimClockReply };
   'state.status': { args: NoArgs; result: unknown };
   'state.findings': { args: NoArgs; result: IntegrityStatus };
   'control.status': { args: NoArgs; result: unknown };
@@ -642,6 +664,7 @@ export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => Arg
   'audit.tail': parseAuditTail,
   limits: noArgs,
   'sim.limits.clear': noArgs,
+  'sim.clock.advance': parseSimClockAdvance,
   'state.status': noArgs,
   'state.findings': noArgs,
   'control.status': noArgs,
