@@ -6,6 +6,7 @@ import { AgentError, isAgentError, toAgentError } from '../core/errors.js';
 import type { Credential, Decision, Presentation, ProofVerdict, PublicJwk, Role } from '../core/types.js';
 import { b64url } from '../crypto/encoding.js';
 import { cachedPublicKey, credentialIdFor, keyCredentialId, publicJwkOf, sha256 } from '../crypto/keys.js';
+import { verifyP256 } from '../crypto/verify.js';
 import type { PeerEnrollmentState } from './enrollment.js';
 import type { CentralRef, PhoneKeyServicePort } from './peripheral/service-port.js';
 import {
@@ -25,7 +26,6 @@ import {
 } from './protocol/mode-p.js';
 import { ChallengeBook, type IssuedChallenge } from './protocol/mode-p-session.js';
 import { MODE_P_MAX_MESSAGE_BYTES } from './protocol/peripheral-constants.js';
-import { verifyP256 } from './protocol/verify.js';
 import { verifyPasskeyAssertion } from './protocol/webauthn.js';
 
 /**

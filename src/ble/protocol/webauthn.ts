@@ -1,7 +1,8 @@
-import { createHash, type KeyObject, verify as nodeVerify } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import type { PublicJwk } from '../../core/types.js';
 import { b64url, bytesEqual, concatBytes } from '../../crypto/encoding.js';
 import { algorithmOf, cachedPublicKey } from '../../crypto/keys.js';
+import { verifyP256 } from '../../crypto/verify.js';
 
 /**
  * WebAuthn assertion checks of a passkey answer (WebAuthn Level 2 §7.2, the parts a vehicle that
@@ -100,11 +101,7 @@ function p256Key(key: KeyObject | PublicJwk): KeyObject | undefined {
 
 /** ECDSA P-256 / SHA-256 with a DER signature, high or low S; false for anything that is not. */
 export function verifyP256Der(publicKey: KeyObject, message: Uint8Array, signature: Uint8Array): boolean {
-  try {
-    return nodeVerify('sha256', message, { key: publicKey, dsaEncoding: 'der' }, signature);
-  } catch {
-    return false;
-  }
+  return verifyP256(publicKey, message, signature, 'der');
 }
 
 /**

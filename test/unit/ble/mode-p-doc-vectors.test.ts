@@ -29,7 +29,6 @@ import {
   RESULT_CHAR_UUID,
   RESULT_DOMAIN_V2,
 } from '../../../src/ble/protocol/peripheral-constants.js';
-import { verifyP256 } from '../../../src/ble/protocol/verify.js';
 import { verifyPasskeyAssertion } from '../../../src/ble/protocol/webauthn.js';
 import { b64url, concatBytes, fromHex, toHex } from '../../../src/crypto/encoding.js';
 import {
@@ -38,6 +37,7 @@ import {
   p256JwkFromRaw,
   publicKeyFromJwk,
 } from '../../../src/crypto/keys.js';
+import { verifyP256 } from '../../../src/crypto/verify.js';
 
 /**
  * The test vectors of docs/ble-protocol.md part "Mode P", computed here from fixed keys with the
