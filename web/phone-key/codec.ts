@@ -318,8 +318,10 @@ export function decodeResult(bytes: Uint8Array): Result {
   if (outcome === undefined) throw new CodecError(`unknown outcome ${o}`);
   const res = { outcome, code: r.str('code'), sig: r.u8Bytes('sig'), vehicleSpki: r.u16Bytes('vehicleSpki') };
   r.end();
-  if (outcome === 'granted' ? res.sig.length !== 64 : res.sig.length !== 0 || res.vehicleSpki.length !== 0) {
-    // Only a granted result is signed; a signature on anything else is a malformed message.
+  // Only a granted result may be signed (a passkey's enrollment grant is not: it proved nothing),
+  // and the vehicle's key comes exactly with its signature.
+  const signed = res.sig.length > 0;
+  if ((signed && (outcome !== 'granted' || res.sig.length !== 64)) || signed !== res.vehicleSpki.length > 0) {
     throw new CodecError(`a ${outcome} result with ${res.sig.length} signature bytes`);
   }
   return res;
