@@ -76,7 +76,7 @@ export interface KeyExchangeStats {
 
 type InboxEvent =
   | { readonly kind: 'frame'; readonly frame: Uint8Array; readonly at: number }
-  | { readonly kind: 'framing'; readonly proof: 'malformed' | 'frame_too_large' }
+  | { readonly kind: 'framing'; readonly proof: 'malformed' | 'frame_too_large' | 'unsupported' }
   | { readonly kind: 'closed'; readonly reason: BleCloseReason }
   | { readonly kind: 'deadline' };
 
@@ -190,15 +190,37 @@ export class KeyExchange {
       recentChallenges: this.recent,
     });
     const chunkBytes = this.chunkBytes(channel);
-    let event: InboxEvent;
-    if (await this.send(ctx, channel, session.hello, chunkBytes)) {
-      const wait =
-        session.deadlineAt + (this.options.lateGraceMs ?? DEFAULT_LATE_GRACE_MS) - ctx.clock.monotonic();
-      event = await inbox.next(wait);
-    } else {
-      event = { kind: 'closed', reason: channel.closed ? 'disconnected' : 'failed' };
+    const grace = this.options.lateGraceMs ?? DEFAULT_LATE_GRACE_MS;
+    let receipt: ReturnType<AgentSession['receive']> | undefined;
+    const helloSent = await this.send(ctx, channel, session.hello, chunkBytes, () =>
+      session.helloSent(ctx.clock.monotonic()),
+    );
+    let event: InboxEvent = { kind: 'closed', reason: channel.closed ? 'disconnected' : 'failed' };
+    while (helloSent) {
+      event = await inbox.next(session.deadlineAt + grace - ctx.clock.monotonic());
+      if (event.kind !== 'frame' || isEnrollMessage(event.frame)) break;
+      try {
+        receipt = session.receive(event.frame, event.at);
+      } catch (err) {
+        receipt = undefined;
+        const code = isAgentError(err) && err.code === 'unsupported' ? 'unsupported' : 'malformed';
+        event = { kind: 'framing', proof: code };
+        break;
+      }
+      // An abort is unsigned, so anyone in range can send one: it ends nothing (no retry with
+      // another version, no other mode); the key's answer may still come, else the deadline decides.
+      if (receipt.kind === 'answer') break;
     }
-    const unidentified = (proof: ProofVerdict, reply: Reply = 'result'): Promise<BleOutcome | undefined> =>
+    // The deadline's measured lateness, for the audit (a miss with no answer: how long we waited past it).
+    const lateness = (): Pick<Presentation, 'deadlineMs' | 'lateMs'> => {
+      const late = ctx.clock.monotonic() - session.deadlineAt;
+      return { deadlineMs: session.answerWindowMs, ...(late > 0 ? { lateMs: Math.round(late) } : {}) };
+    };
+    const unidentified = (
+      proof: ProofVerdict,
+      reply: Reply = 'result',
+      timing: Pick<Presentation, 'deadlineMs' | 'lateMs'> = {},
+    ): Promise<BleOutcome | undefined> =>
       this.decide(
         ctx,
         channel,
@@ -211,38 +233,37 @@ export class KeyExchange {
           intent: 'unlock',
           explicitIntent: false,
           proof,
+          ...timing,
         },
         reply,
       );
     switch (event.kind) {
-      case 'deadline':
+      case 'deadline': {
         session.close();
+        const aborted = session.abortedWith;
+        if (aborted !== undefined) {
+          // The key refused (e.g. not its vehicle) and sent no answer: not a presentation.
+          this.counters.refused += 1;
+          ctx.log.debug({ address, code: aborted }, 'the key refused the exchange');
+          return { kind: 'refused', address, code: aborted };
+        }
         // No complete answer in the window (and its grace): the exchange ends with an abort.
-        return unidentified('timeout', 'abort');
+        return unidentified('timeout', 'abort', lateness());
+      }
       case 'framing':
         session.close();
         return unidentified(event.proof);
       case 'closed': {
         session.close();
         const verdict = verdictForClose(event.reason);
-        return verdict === undefined ? undefined : unidentified(verdict, 'none');
+        if (verdict === undefined) return undefined;
+        return unidentified(verdict, 'none', verdict === 'timeout' && helloSent ? lateness() : {});
       }
       case 'frame':
         break;
     }
-    if (isEnrollMessage(event.frame))
+    if (receipt === undefined || receipt.kind !== 'answer')
       return this.enroll(ctx, channel, inbox, session, event.frame, chunkBytes);
-    let receipt: ReturnType<AgentSession['receive']>;
-    try {
-      receipt = session.receive(event.frame, event.at);
-    } catch (err) {
-      return unidentified(isAgentError(err) && err.code === 'unsupported' ? 'unsupported' : 'malformed');
-    }
-    if (receipt.kind === 'abort') {
-      this.counters.refused += 1;
-      ctx.log.debug({ address, code: receipt.code }, 'the key refused the exchange');
-      return { kind: 'refused', address, code: receipt.code };
-    }
     return this.decide(
       ctx,
       channel,
@@ -270,6 +291,7 @@ export class KeyExchange {
       this.counters.proven += 1;
       channel.markProven();
     }
+    const lateMs = answerMs - session.answerWindowMs;
     return {
       reader: this.options.id,
       kind: 'phone',
@@ -279,6 +301,8 @@ export class KeyExchange {
       explicitIntent: answer.explicitIntent,
       proof,
       answerMs,
+      deadlineMs: session.answerWindowMs,
+      ...(lateMs > 0 ? { lateMs: Math.round(lateMs) } : {}),
     };
   }
 
@@ -376,16 +400,24 @@ export class KeyExchange {
     return { kind: 'enrollment', address, outcome };
   }
 
-  /** Writes one message in chunks (writes with response, in order). False when the link failed. */
+  /**
+   * Writes one message in chunks (writes with response, in order). False when the link failed.
+   * `beforeLast` runs just before the last chunk is handed to the link.
+   */
   private async send(
     ctx: ReaderContext,
     channel: BleChannel,
     message: Uint8Array,
     chunkBytes: number,
+    beforeLast?: () => void,
   ): Promise<boolean> {
     if (channel.closed) return false;
     try {
-      for (const chunk of chunkFrame(message, chunkBytes)) await channel.write(chunk);
+      const chunks = chunkFrame(message, chunkBytes);
+      for (const [i, chunk] of chunks.entries()) {
+        if (i === chunks.length - 1) beforeLast?.();
+        await channel.write(chunk);
+      }
       return true;
     } catch (err) {
       const e = toAgentError(err, 'reader_error');
