@@ -14,9 +14,9 @@ import type { Code } from '../core/codes.js';
 import { isAgentError, toAgentError } from '../core/errors.js';
 import type { Decision, Presentation, ProofVerdict } from '../core/types.js';
 import type { BleChannel, BleCloseReason } from './channel.js';
-import type { ApprovalOutcome } from './enrollment.js';
+import type { ApprovalOutcome, AskOutcome } from './enrollment.js';
 import { DEFAULT_CHUNK_BYTES } from './protocol/constants.js';
-import type { EnrollApproval } from './protocol/enroll.js';
+import type { EnrollApproval, EnrollRequest } from './protocol/enroll.js';
 import {
   buildEnrollOffer,
   decodeEnrollMessage,
@@ -29,8 +29,12 @@ import { AgentSession, RecentChallenges } from './protocol/session.js';
 
 /** What the reader needs of the enrollment desk (src/ble/enrollment.ts). */
 export interface EnrollmentPort {
+  /** Whether the key that signed this enroll_request may see the offer (an enrolled owner key). */
+  authorise(request: EnrollRequest, challenge: Uint8Array): AskOutcome;
   offer(challenge: Uint8Array): EnrollOfferFields | undefined;
-  approve(approval: EnrollApproval, challenge: Uint8Array): Promise<ApprovalOutcome>;
+  /** How long the pending request stays open: the owner has that long to approve. */
+  windowLeftMs(): number;
+  approve(approval: EnrollApproval, challenge: Uint8Array, askedBy: string): Promise<ApprovalOutcome>;
 }
 
 /** How one exchange with a device ended. */
@@ -57,8 +61,6 @@ export interface KeyExchangeOptions {
    * was late; it is denied 'timeout' all the same.
    */
   readonly lateGraceMs?: number;
-  /** E1: how long the owner's key has to approve an offer. */
-  readonly enrollAnswerMs?: number;
   /** Bytes per write when the channel does not know the ATT MTU. Default 20 (ATT_MTU 23). */
   readonly chunkBytes?: number;
   readonly enrollment?: EnrollmentPort;
@@ -99,7 +101,8 @@ export function verdictForClose(reason: BleCloseReason): ProofVerdict | undefine
 }
 
 const DEFAULT_LATE_GRACE_MS = 500;
-const DEFAULT_ENROLL_ANSWER_MS = 30_000;
+/** E1: room after the request's window for the approval's last chunks and the desk's checks. */
+const ENROLL_SLACK_MS = 2000;
 
 /** Reassembled frames and link events of one session, in order, with their arrival times. */
 class Inbox {
@@ -346,16 +349,23 @@ export class KeyExchange {
     let request: ReturnType<typeof decodeEnrollMessage>;
     try {
       request = decodeEnrollMessage(frame);
-    } catch {
-      return refuse('malformed');
+    } catch (err) {
+      return refuse(isAgentError(err) && err.code === 'unsupported' ? 'unsupported' : 'malformed');
     }
     if (request.type !== 'enroll_request') return refuse('malformed');
-    const offer = this.options.enrollment?.offer(session.challenge);
+    const desk = this.options.enrollment;
+    if (desk === undefined) return refuse('enrollment_closed');
+    // Nothing signed and nothing about the pending request before the key proved an owner key.
+    const asked = desk.authorise(request, session.challenge);
+    if (!asked.allowed) return refuse(asked.code);
+    this.counters.proven += 1;
+    channel.markProven();
+    const offer = desk.offer(session.challenge);
     if (offer === undefined) return refuse('enrollment_closed');
-    // The owner approves by hand, which takes longer than an unproven turn: this one session
-    // gets that long; a second one at the same time is refused (it cannot hold the slots).
-    const answerMs = this.options.enrollAnswerMs ?? DEFAULT_ENROLL_ANSWER_MS;
-    if (!channel.extendTurn(answerMs)) return refuse('busy');
+    // The owner approves by hand: an approval given while the request is open must complete it,
+    // so this session lasts as long as the request (bounded by its window, at most 10 minutes).
+    const answerMs = desk.windowLeftMs();
+    if (!channel.extendTurn(answerMs + ENROLL_SLACK_MS)) return refuse('busy');
     if (
       !(await this.send(
         ctx,
@@ -385,9 +395,8 @@ export class KeyExchange {
     } catch {
       approval = undefined;
     }
-    const desk = this.options.enrollment;
-    if (approval === undefined || desk === undefined) return refuse('malformed');
-    const outcome = await desk.approve(approval, session.challenge);
+    if (approval === undefined) return refuse('malformed');
+    const outcome = await desk.approve(approval, session.challenge, asked.by);
     if (outcome.approved) this.counters.enrollments += 1;
     await this.send(
       ctx,
