@@ -121,7 +121,6 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
         lateGraceMs: ble.lateGraceMs,
         grantCooldownMs: ble.grantCooldownMs,
         denialCooldownMs: ble.denialCooldownMs,
-        enrollAnswerMs: ble.enrollAnswerMs,
         enrollment: desk,
       });
       const phones =

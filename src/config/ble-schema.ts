@@ -33,7 +33,7 @@ export const BLE_SCHEMA = section(
     ),
     unprovenDeadlineMs: int(
       '... and it is dropped this long after its start even when nobody waits (an owner approving an ' +
-        'enrollment gets enrollAnswerMs instead, one at a time).',
+        'enrollment has until the request expires instead).',
       4000,
       500,
       60_000,
@@ -102,7 +102,8 @@ export const BLE_SCHEMA = section(
       600_000,
     ),
     enrollAnswerMs: int(
-      'How long an owner key has to sign the enrollment offer once it asked for it over BLE.',
+      'No longer used, accepted so that configs setting it still load: an owner key that asked for the ' +
+        'enrollment offer over BLE now has until the request expires (enrollWindowMs) to approve it.',
       30_000,
       1000,
       120_000,

@@ -88,6 +88,13 @@ export interface Presentation {
   readonly counter?: number;
   /** Time from challenge to answer, for the relay-attack deadline. */
   readonly answerMs?: number;
+  /** The answer deadline the reader held the credential to (audited with a miss). */
+  readonly deadlineMs?: number;
+  /**
+   * A missed deadline, measured: how late the answer came, or with no answer (answerMs absent)
+   * how long past the deadline the reader waited before giving up.
+   */
+  readonly lateMs?: number;
 }
 
 export type Decision =
