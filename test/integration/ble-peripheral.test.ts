@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { Message, sessionBus, Variant } from 'dbus-next';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -10,6 +11,7 @@ import { BlePeripheral, type BlePeripheralOptions } from '../../src/ble/peripher
 import { silentLogger } from '../../src/core/logger.js';
 import { type BluezRig, startBluezRig, waitFor } from '../helpers/bluez-rig.js';
 import { type FakePhoneKeyService, fakePhoneKeyService } from '../helpers/fake-phone-key-service.js';
+import { requireTool, stopProcess } from '../helpers/processes.js';
 
 let cleanups: Array<() => Promise<void>> = [];
 
@@ -51,6 +53,19 @@ async function rejection(promise: Promise<unknown>): Promise<{ type?: string; me
 }
 
 const text = (bytes: Uint8Array): string => Buffer.from(bytes).toString('ascii');
+
+/** bluetoothctl's output without colours and readline's prompt markers (\x01, \x02). */
+function plainText(chunk: string): string {
+  const ESC = String.fromCharCode(0x1b);
+  const markers = new Set([String.fromCharCode(1), String.fromCharCode(2), '\r']);
+  return chunk
+    .split(ESC)
+    .map((part, i) => (i === 0 ? part : part.replace(/^\[[0-9;]*[A-Za-z]/, '')))
+    .join('')
+    .split('')
+    .filter((c) => !markers.has(c))
+    .join('');
+}
 
 describe('the vehicle as a GATT peripheral, over a private dbus-daemon and the BlueZ stand-in', () => {
   it('registers its application and an advertisement that fits 31 bytes with no name', async () => {
@@ -270,5 +285,45 @@ describe('the vehicle as a GATT peripheral, over a private dbus-daemon and the B
     const phone = rig.standIn.connectCentral({ mtu: 23 });
     expect(text(await phone.read(CHALLENGE_CHAR_UUID))).toContain(phone.address);
     expect(service.held.size).toBe(1);
+  });
+
+  it('lets bluetoothctl advertise and register a GATT application with the stand-in', async () => {
+    requireTool('bluetoothctl', 'apt-get install bluez');
+    const rig = await startBluezRig();
+    cleanups.push(() => rig.stop());
+    const child = spawn('bluetoothctl', [], {
+      env: { ...process.env, DBUS_SYSTEM_BUS_ADDRESS: rig.bus.address },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    cleanups.push(() => stopProcess(child));
+    let output = '';
+    const append = (chunk: Buffer): void => {
+      output += plainText(chunk.toString('utf8'));
+    };
+    child.stdout.on('data', append);
+    child.stderr.on('data', append);
+    const command = async (line: string, expected: string): Promise<void> => {
+      const from = output.length;
+      child.stdin.write(`${line}\n`);
+      await waitFor(() => output.slice(from).includes(expected), `bluetoothctl: ${line} → ${expected}`, {
+        detail: () => output.slice(from),
+      });
+    };
+
+    await waitFor(() => output.includes('Agent registered'), 'bluetoothctl to register its agent');
+    await command('advertise on', 'Advertising object registered');
+    expect(rig.standIn.advertisements()).toHaveLength(1);
+    expect(rig.standIn.advertisements()[0]?.type).toBe('peripheral');
+    await command('menu gatt', 'register-application');
+    await command('register-service 0x180d', 'Primary (yes/no)');
+    await command('yes', '#');
+    await command('register-application', 'Application registered');
+    expect(rig.standIn.applications()[0]?.services[0]?.uuid).toBe('0000180d-0000-1000-8000-00805f9b34fb');
+    await command('unregister-application', 'Application unregistered');
+    expect(rig.standIn.applications()).toEqual([]);
+    await command('back', 'advertise');
+    await command('advertise off', 'Advertising object unregistered');
+    expect(rig.standIn.advertisements()).toEqual([]);
+    child.stdin.write('quit\n');
   });
 });

@@ -51,11 +51,14 @@ const CHARACTERISTIC_FLAGS = new Set([
   'authorize',
 ]);
 
-const UUID = /^(?:[0-9a-f]{4}|[0-9a-f]{8}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/i;
+/** What bt_string_to_uuid takes: 128-bit, 32- or 16-bit hex (bluetoothctl passes `0x180d` as typed). */
+const UUID =
+  /^(?:0x[0-9a-f]{1,4}|[0-9a-f]{4}|[0-9a-f]{8}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/i;
 
 /** A 16- or 32-bit UUID in BlueZ's full form, lower case. */
 export function fullUuid(uuid: string): string {
-  const u = uuid.toLowerCase();
+  const lower = uuid.toLowerCase();
+  const u = lower.startsWith('0x') ? lower.slice(2).padStart(4, '0') : lower;
   if (u.length === 4) return `0000${u}-0000-1000-8000-00805f9b34fb`;
   if (u.length === 8) return `${u}-0000-1000-8000-00805f9b34fb`;
   return u;
@@ -124,7 +127,7 @@ function uuidBytes(uuids: readonly string[]): number {
   // One AD structure per UUID size: 16-bit ones take 2 bytes each, 32-bit 4, 128-bit 16.
   const sizes = new Map<number, number>();
   for (const u of uuids) {
-    const size = u.length === 4 ? 2 : u.length === 8 ? 4 : 16;
+    const size = u.length <= 6 ? 2 : u.length === 8 ? 4 : 16;
     sizes.set(size, (sizes.get(size) ?? 0) + 1);
   }
   let bytes = 0;
