@@ -14,6 +14,7 @@ import {
   RESULT_CHAR_UUID,
   vehicleAdvertisement,
 } from '../../../src/ble/peripheral/gatt-layout.js';
+import { loadConfig } from '../../../src/config/load.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { validateAdvertisement, validateApplication } from '../../../src/sim/bluez/app-validation.js';
 
@@ -216,6 +217,29 @@ describe("bluetoothd's judgement of an application", () => {
   ])('refuses %s', (_what, objects, message) => {
     expect(() => validateApplication('/a', objects)).toThrow(
       expect.objectContaining({ text: expect.stringContaining(message) }),
+    );
+  });
+});
+
+describe('config ble.mode and ble.peripheral', () => {
+  const load = (env: Record<string, string>) => loadConfig({ env, cwd: '/tmp' }).config.ble;
+  it('defaults to both roles and no advertised name', () => {
+    expect(load({}).mode).toBe('both');
+    expect(load({}).peripheral.advertisedName).toBeUndefined();
+  });
+  it.each(['Van 7', '12345678'])('takes the name %j', (name) => {
+    expect(load({ VEHICLE_AGENT_BLE__PERIPHERAL__ADVERTISED_NAME: name }).peripheral.advertisedName).toBe(
+      name,
+    );
+  });
+  it.each(['123456789', 'Fahrzeug 1', 'Bü'])('refuses the name %j as config_invalid', (name) => {
+    expect(() => load({ VEHICLE_AGENT_BLE__PERIPHERAL__ADVERTISED_NAME: name })).toThrow(
+      expect.objectContaining({ code: 'config_invalid' }),
+    );
+  });
+  it('refuses an unknown mode', () => {
+    expect(() => load({ VEHICLE_AGENT_BLE__MODE: 'observer' })).toThrow(
+      expect.objectContaining({ code: 'config_invalid' }),
     );
   });
 });
