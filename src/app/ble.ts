@@ -97,7 +97,13 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     })();
     return simEnv;
   };
-  const roles = { central: ble.mode !== 'peripheral', peripheral: ble.mode !== 'central' };
+  const phoneKeyService = deps.phoneKeyService ?? builtInPhoneKeyService;
+  // In mode both, a build without a phone-key service runs the central alone (and says nothing
+  // is missing); asked for the peripheral alone, it shows the reader down with the reason.
+  const roles = {
+    central: ble.mode !== 'peripheral',
+    peripheral: ble.mode === 'peripheral' || (ble.mode === 'both' && phoneKeyService !== undefined),
+  };
 
   // Everything below runs in the background once the agent starts the reader: node-ble, dbus-next,
   // the stand-in and noble take a few hundred ms to load on a Pi, and the agent's `ready` and its
@@ -150,7 +156,7 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
   );
 
   const peripheral = new PeripheralReader({
-    service: deps.phoneKeyService ?? builtInPhoneKeyService,
+    service: phoneKeyService,
     desk,
     config,
     log: log.child({ module: 'ble-peripheral' }),

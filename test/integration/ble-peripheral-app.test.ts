@@ -134,6 +134,12 @@ describe('ble.mode and the simulated central (sim mode, in process)', () => {
     expect(refused.code).toBe('reader_error');
   });
 
+  it('runs the central alone in mode both when the build has no phone-key service', async () => {
+    const { setup } = await simBle('both');
+    expect(setup.readers.map((r) => r.id)).toEqual(['ble0']);
+    expect(setup.handlers.has('sim.central.connect')).toBe(false);
+  });
+
   it('has no peripheral and no sim.central commands in mode central', async () => {
     const { setup } = await simBle('central');
     expect(setup.readers.map((r) => r.id)).toEqual(['ble0']);
