@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { Message, sessionBus, Variant } from 'dbus-next';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -12,6 +14,26 @@ import { silentLogger } from '../../src/core/logger.js';
 import { type BluezRig, startBluezRig, waitFor } from '../helpers/bluez-rig.js';
 import { type FakePhoneKeyService, fakePhoneKeyService } from '../helpers/fake-phone-key-service.js';
 import { requireTool, stopProcess } from '../helpers/processes.js';
+
+/** The stock Debian system.conf default context, in essence: method calls denied unless allowed. */
+const SYSTEM_DEFAULTS = `<policy context="default">
+  <allow user="*"/>
+  <deny own="*"/>
+  <deny send_type="method_call"/>
+  <allow send_type="signal"/>
+  <allow send_requested_reply="true" send_type="method_return"/>
+  <allow send_requested_reply="true" send_type="error"/>
+  <allow receive_type="method_call"/>
+  <allow receive_type="method_return"/>
+  <allow receive_type="error"/>
+  <allow receive_type="signal"/>
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+</policy>
+<policy user="root">
+  <allow own="org.bluez"/>
+  <allow send_destination="org.bluez"/>
+</policy>`;
 
 let cleanups: Array<() => Promise<void>> = [];
 
@@ -325,5 +347,55 @@ describe('the vehicle as a GATT peripheral, over a private dbus-daemon and the B
     await command('advertise off', 'Advertising object unregistered');
     expect(rig.standIn.advertisements()).toEqual([]);
     child.stdin.write('quit\n');
+  });
+
+  it('registers and serves BlueZ as an unprivileged user under hw/dbus-vehicle-agent-bluez.conf', async () => {
+    if (process.getuid?.() !== 0)
+      throw new Error('this test runs the peripheral as user nobody and so must run as root');
+    const policyFile = await readFile(
+      fileURLToPath(new URL('../../hw/dbus-vehicle-agent-bluez.conf', import.meta.url)),
+      'utf8',
+    );
+    const policies = /<busconfig>([\s\S]*)<\/busconfig>/.exec(policyFile)?.[1];
+    if (policies === undefined || !policies.includes('user="vehicle-agent"'))
+      throw new Error('bad policy file');
+    const rig = await startBluezRig({
+      worldAccessible: true,
+      policies: [SYSTEM_DEFAULTS, policies.replace('user="vehicle-agent"', 'user="nobody"')].join('\n'),
+    });
+    cleanups.push(() => rig.stop());
+    const child = spawn(
+      process.execPath,
+      [fileURLToPath(new URL('../fixtures/ble-policy-peripheral.mjs', import.meta.url))],
+      {
+        uid: 65534,
+        gid: 65534,
+        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', BUS_ADDRESS: rig.bus.address },
+      },
+    );
+    cleanups.push(() => stopProcess(child));
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString('utf8');
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString('utf8');
+    });
+    await waitFor(() => stdout.includes('\n') || child.exitCode !== null, 'the peripheral to report', {
+      detail: () => stderr,
+    });
+    expect(JSON.parse(stdout)).toMatchObject({ uid: 65534, health: { state: 'ok' }, error: null });
+    expect(rig.standIn.advertisements()).toHaveLength(1);
+    const central = rig.standIn.connectCentral();
+    expect(text(await central.read(CHALLENGE_CHAR_UUID))).toBe(`challenge for ${central.address}`);
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.stdin.end();
+    expect(await exited).toBe(0);
+    expect(stderr).toBe('');
+    // It took both back when it stopped.
+    expect(rig.standIn.applications()).toEqual([]);
+    expect(rig.standIn.advertisements()).toEqual([]);
   });
 });
