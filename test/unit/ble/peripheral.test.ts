@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CentralTable } from '../../../src/ble/peripheral/central-table.js';
@@ -241,5 +242,31 @@ describe('config ble.mode and ble.peripheral', () => {
     expect(() => load({ VEHICLE_AGENT_BLE__MODE: 'observer' })).toThrow(
       expect.objectContaining({ code: 'config_invalid' }),
     );
+  });
+});
+
+describe('hw/bluetooth-main.conf', () => {
+  it('sets what the peripheral role needs, each key in its main.conf section', () => {
+    const text = readFileSync(new URL('../../../hw/bluetooth-main.conf', import.meta.url), 'utf8');
+    const settings: Record<string, string> = {};
+    let section = '';
+    for (const line of text.split('\n')) {
+      const trimmed = line.trim();
+      if (trimmed === '' || trimmed.startsWith('#')) continue;
+      const header = /^\[(\w+)\]$/.exec(trimmed);
+      if (header?.[1] !== undefined) {
+        section = header[1];
+        continue;
+      }
+      const pair = /^(\w+)\s*=\s*(\S+)$/.exec(trimmed);
+      if (pair?.[1] === undefined || pair[2] === undefined) throw new Error(`not a main.conf line: ${line}`);
+      settings[`${section}.${pair[1]}`] = pair[2];
+    }
+    expect(settings).toEqual({
+      'General.ControllerMode': 'le',
+      'General.Privacy': 'device',
+      'General.JustWorksRepairing': 'never',
+      'Policy.AutoEnable': 'true',
+    });
   });
 });
