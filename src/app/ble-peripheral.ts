@@ -1,6 +1,7 @@
 import type { CredentialReader, ReaderContext } from '../agent/reader.js';
 import { dbusErrorName } from '../ble/bounded-calls.js';
 import type { EnrollmentDesk } from '../ble/enrollment.js';
+import { ANSWER_CHAR_UUID, CHALLENGE_CHAR_UUID, RESULT_CHAR_UUID } from '../ble/peripheral/gatt-layout.js';
 import type { BlePeripheral, PeripheralStats } from '../ble/peripheral/peripheral.js';
 import type { PhoneKeyServicePort } from '../ble/peripheral/service-port.js';
 import type { Config } from '../config/schema.js';
@@ -118,9 +119,9 @@ export class PeripheralReader implements CredentialReader {
 }
 
 const UUIDS = {
-  challenge: 'b808ae76-22bb-4b4f-945f-cae656d66142',
-  answer: '4055a9af-e75f-47a0-9537-b5af92636544',
-  result: 'f3ffc6a0-648c-4d18-9bd2-0b9e12474ef1',
+  challenge: CHALLENGE_CHAR_UUID,
+  answer: ANSWER_CHAR_UUID,
+  result: RESULT_CHAR_UUID,
 } as const;
 
 /**
