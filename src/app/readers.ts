@@ -75,7 +75,7 @@ export async function buildReaders(deps: ReaderDeps): Promise<ReaderParts> {
   if (config.ble.enabled) {
     const { setupBle } = await import('./ble.js');
     const ble = await setupBle({ config, ...(await enrollment()) });
-    readers.push(ble.reader);
+    readers.push(...ble.readers);
     add(ble.handlers);
     deps.cleanup.defer('ble', () => ble.stop());
   }

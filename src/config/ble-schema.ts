@@ -16,6 +16,20 @@ export const BLE_SCHEMA = section(
       'auto',
       ['auto', 'sim', 'bluez'] as const,
     ),
+    mode: oneOf(
+      'peripheral: the vehicle advertises the phone-key service and phones connect to it (real phones, ' +
+        'the phone-key web app); central: the vehicle scans for keys advertising the vehicle-key service ' +
+        '(fobs, the reference phone); both: the two at once (docs/ble.md, Modes).',
+      'both',
+      ['peripheral', 'central', 'both'] as const,
+    ),
+    peripheral: section('The vehicle as a BLE peripheral (ble.mode peripheral or both).', {
+      advertisedName: optStr(
+        'Name in the advertisement. Unset: no name, only the service UUID (a constant name lets anyone ' +
+          'follow the vehicle). At most 8 printable ASCII characters: the legacy advertisement has 31 bytes.',
+        'Van 7',
+      ),
+    }),
     adapter: optStr('Bluetooth adapter. Default: the first adapter BlueZ lists.', 'hci0'),
     rssiThreshold: int(
       'Phones heard weaker than this (dBm) are ignored: roughly how close a phone must be.',

@@ -98,6 +98,10 @@ export const CODES = {
   reader_timeout: 'a reader did not answer in time',
   frame_checksum: 'a frame failed its checksum',
   frame_too_large: 'a frame exceeds the maximum size',
+  adapter_missing:
+    'the Bluetooth adapter is not there: BlueZ lists no such adapter, or bluetoothd is not on the bus',
+  adapter_off: 'the Bluetooth adapter is powered off (rfkill, or switched off)',
+  bluez_refused: 'BlueZ refused to register the GATT application or the LE advertisement',
   // ── audit ──────────────────────────────────────────────────────────────────
   audit_chain_broken: 'the audit hash chain is broken',
   audit_event_rejected: 'an audit event was refused (a forbidden or reserved field, or not JSON-safe)',

@@ -1,4 +1,4 @@
-/** The seam between the D-Bus GATT application (p14periph) and the phone-key service (mode P). */
+// src/ble/peripheral/service-port.ts (p14periph owns this file; p14proto implements it)
 export interface CentralRef {
   readonly device: string /* D-Bus path of the central */;
   readonly address: string;
