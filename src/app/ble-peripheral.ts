@@ -28,6 +28,10 @@ export interface PhoneKeyServiceDeps {
   readonly desk: EnrollmentDesk;
   readonly config: Config;
   readonly log: Logger;
+  /** The vehicle key's SubjectPublicKeyInfo DER, sent beside a signed result for the page to pin. */
+  readonly vehicleSpki: Uint8Array;
+  /** The agent's audit, for what does not go through present() (identify). */
+  readonly audit: (event: { readonly type: string; readonly [key: string]: unknown }) => void;
 }
 
 export type PhoneKeyServiceFactory = (
@@ -35,15 +39,28 @@ export type PhoneKeyServiceFactory = (
 ) => PhoneKeyServicePort | Promise<PhoneKeyServicePort>;
 
 /**
- * THE WIRING POINT of issue 14's protocol: the phone-key service this build serves
- * (createPhoneKeyService of src/ble/phone-key-service.ts, once merged). Without one the
- * peripheral reader stays down and says so; tests give setupBle their own factory.
+ * The phone-key service this build serves: mode P of the protocol (src/ble/phone-key-service.ts)
+ * on the agent's decision path. Passkeys' origins: ble.phoneApp.origins and the status page's own
+ * (127.0.0.1 and localhost: WebAuthn takes no IP address as the relying party).
  */
-export const builtInPhoneKeyService: PhoneKeyServiceFactory | undefined = undefined;
+export const builtInPhoneKeyService: PhoneKeyServiceFactory = async (deps) => {
+  const { createPhoneKeyService, phoneAppOrigins } = await import('../ble/phone-key-service.js');
+  const { ble, policy, statusPage } = deps.config;
+  return createPhoneKeyService({
+    context: deps.context,
+    vehicleSpki: deps.vehicleSpki,
+    answerWindowMs: policy.bleAnswerDeadlineMs,
+    allowedOrigins: phoneAppOrigins(ble.phoneApp.origins, statusPage.enabled ? statusPage.port : undefined),
+    enrollment: deps.desk,
+    audit: deps.audit,
+  });
+};
 
 export interface PeripheralReaderOptions {
-  readonly service: PhoneKeyServiceFactory | undefined;
+  readonly service: PhoneKeyServiceFactory;
   readonly desk: EnrollmentDesk;
+  readonly vehicleSpki: Uint8Array;
+  readonly audit: PhoneKeyServiceDeps['audit'];
   readonly config: Config;
   readonly log: Logger;
   /** The private bus in sim mode (undefined: the system bus). Rejects when sim mode cannot start. */
@@ -70,12 +87,9 @@ export class PeripheralReader implements CredentialReader {
     this.state = { state: 'down', detail: 'starting', since: Date.now() };
     this.bringingUp = (async () => {
       try {
-        const factory = this.options.service;
-        if (factory === undefined) {
-          throw new AgentError('unsupported', 'this build has no phone-key service for the peripheral role');
-        }
+        const { desk, vehicleSpki, audit } = this.options;
         const busAddress = await this.options.busAddress();
-        const service = await factory({ context, desk: this.options.desk, config, log });
+        const service = await this.options.service({ context, desk, config, log, vehicleSpki, audit });
         const { BlePeripheral } = await import('../ble/peripheral/peripheral.js');
         const peripheral = new BlePeripheral({
           service,

@@ -37,6 +37,8 @@ export interface BleSetupDeps extends EnrollmentHost {
   readonly log: Logger;
   /** The phone-key service of the peripheral role; default builtInPhoneKeyService (src/app/ble-peripheral.ts). */
   readonly phoneKeyService?: PhoneKeyServiceFactory;
+  /** The vehicle key's SubjectPublicKeyInfo DER (the phone-key page pins it). */
+  readonly vehicleSpki: Uint8Array;
 }
 
 export interface BleSetup {
@@ -98,11 +100,9 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     return simEnv;
   };
   const phoneKeyService = deps.phoneKeyService ?? builtInPhoneKeyService;
-  // In mode both, a build without a phone-key service runs the central alone (and says nothing
-  // is missing); asked for the peripheral alone, it shows the reader down with the reason.
   const roles = {
     central: ble.mode !== 'peripheral',
-    peripheral: ble.mode === 'peripheral' || (ble.mode === 'both' && phoneKeyService !== undefined),
+    peripheral: ble.mode !== 'central',
   };
 
   // Everything below runs in the background once the agent starts the reader: node-ble, dbus-next,
@@ -157,6 +157,8 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
   const peripheral = new PeripheralReader({
     service: phoneKeyService,
     desk,
+    vehicleSpki: deps.vehicleSpki,
+    audit: (event) => deps.agent().audit(event),
     config,
     log: log.child({ module: 'ble-peripheral' }),
     busAddress: async () => (mode === 'sim' ? (await simEnvironment()).busAddress : undefined),

@@ -131,7 +131,11 @@ function identifyCode(status: CredentialStatus | undefined, proof: ProofVerdict,
  */
 export function phoneAppOrigins(configured: readonly string[], statusPagePort: number | undefined): string[] {
   const origins = new Set(configured);
-  if (statusPagePort !== undefined && statusPagePort > 0) origins.add(`http://127.0.0.1:${statusPagePort}`);
+  if (statusPagePort !== undefined && statusPagePort > 0) {
+    origins.add(`http://127.0.0.1:${statusPagePort}`);
+    // WebAuthn takes no IP address as the relying party: passkeys need the page at localhost.
+    origins.add(`http://localhost:${statusPagePort}`);
+  }
   return [...origins];
 }
 

@@ -22,7 +22,10 @@ const systemClock: Clock = { now: () => Date.now(), monotonic: () => performance
 /** Only what the setup reads of the reader context before the service (a fake here) uses it. */
 const context = { vehicleId: 'V-TEST', clock: systemClock, log: silentLogger } as unknown as ReaderContext;
 
-async function simBle(mode: 'peripheral' | 'both' | 'central', service?: FakePhoneKeyService) {
+async function simBle(
+  mode: 'peripheral' | 'both' | 'central',
+  service?: FakePhoneKeyService | (() => never),
+) {
   requireTool('dbus-daemon', 'apt-get install dbus');
   const { config } = loadConfig({
     env: { VEHICLE_AGENT_BLE__DRIVER: 'sim', VEHICLE_AGENT_BLE__MODE: mode },
@@ -37,7 +40,10 @@ async function simBle(mode: 'peripheral' | 'both' | 'central', service?: FakePho
     signOp: () => 'a.b.c',
     agent: () => ({ addKeyringOps: async () => ({}) as never, audit: () => {} }),
     lockState: () => 'locked',
-    ...(service === undefined ? {} : { phoneKeyService: () => service }),
+    vehicleSpki: new Uint8Array(91),
+    ...(service === undefined
+      ? {}
+      : { phoneKeyService: typeof service === 'function' ? service : () => service }),
   });
   cleanups.push(async () => {
     for (const reader of setup.readers) await reader.stop();
@@ -123,21 +129,20 @@ describe('ble.mode and the simulated central (sim mode, in process)', () => {
     ).toHaveProperty('hex');
   });
 
-  it('leaves the peripheral down, saying why, when the build has no phone-key service', async () => {
-    const { call, reader } = await simBle('peripheral');
-    await waitFor(
-      () => reader('ble-peripheral')?.health().detail?.startsWith('unsupported:') === true,
-      'down',
-    );
+  it('leaves the peripheral down, saying why, when the phone-key service cannot start', async () => {
+    const { call, reader } = await simBle('peripheral', () => {
+      throw new AgentError('state_io', 'the service could not start');
+    });
+    await waitFor(() => reader('ble-peripheral')?.health().detail?.startsWith('state_io:') === true, 'down');
     expect(reader('ble-peripheral')?.health().state).toBe('down');
     const refused = await refusal(call('sim.central.connect'));
     expect(refused.code).toBe('reader_error');
   });
 
-  it('runs the central alone in mode both when the build has no phone-key service', async () => {
+  it('runs the central and the peripheral in mode both with the built-in phone-key service', async () => {
     const { setup } = await simBle('both');
-    expect(setup.readers.map((r) => r.id)).toEqual(['ble0']);
-    expect(setup.handlers.has('sim.central.connect')).toBe(false);
+    expect(setup.readers.map((r) => r.id)).toEqual(['ble0', 'ble-peripheral']);
+    expect(setup.handlers.has('sim.central.connect')).toBe(true);
   });
 
   it('has no peripheral and no sim.central commands in mode central', async () => {
