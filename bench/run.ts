@@ -15,10 +15,14 @@ const SUITES: Record<string, () => Promise<Suite>> = {
   'status-page': async () => () => import('./status-page.js').then((m) => m.benchStatusPage()),
   flood: async () => () => import('./flood.js').then((m) => m.benchFlood()),
   scale: async () => () => import('./scale.js').then((m) => m.benchScale()),
+  fleet: async () => () => import('./fleet.js').then((m) => m.benchFleet()),
 };
 
-/** Suites that run only when named in --only (minutes long: scale builds 100 000 keys). */
-const OPT_IN = new Set(['scale']);
+/**
+ * Suites that run only when named in --only (minutes long: scale builds 100 000 keys; fleet runs
+ * a 2-node ejabberd cluster and --vehicles N clients).
+ */
+const OPT_IN = new Set(['scale', 'fleet']);
 
 /** NFC end-to-end figures that carry the rig's serial transit; the target is on agent_own. */
 const RIG_INCLUDED = /^(fido|ntag424|uid)_overhead_p99_ms$/;
