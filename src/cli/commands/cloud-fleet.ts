@@ -220,6 +220,7 @@ async function fleetWatch(argv: readonly string[]): Promise<number> {
             ts: new Date().toISOString(),
             vid: line.vid,
             stream: line.stream,
+            retained: m.retain,
             data: line.data,
           }),
         );
