@@ -206,7 +206,8 @@ export async function benchFleet(): Promise<Record<string, number>> {
         kid,
       ),
     }));
-    f.on('close', () => phase('the fleet client was disconnected'));
+    const lost = () => phase('the fleet client was disconnected during the fan-out');
+    f.once('close', lost);
     // Everything in the fan-out within 2 minutes, or the figures say what was missing.
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<boolean>((resolve) => {
@@ -226,6 +227,7 @@ export async function benchFleet(): Promise<Record<string, number>> {
     figures.fanout_published_ms = published ? round(performance.now() - fanStart, 1) : Number.NaN;
     const finished = published && (await Promise.race([allBack.then(() => true), deadline]));
     clearTimeout(timer);
+    f.off('close', lost);
     figures.fanout_all_results_ms = finished ? round(performance.now() - fanStart, 1) : Number.NaN;
     figures.fanout_results = answered.size;
     return figures;
