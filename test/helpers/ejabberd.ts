@@ -1,6 +1,6 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -17,8 +17,18 @@ import { waitFor } from './wait.js';
  * Everything is ended by the PIDs started here.
  */
 
-/** Where Debian installs ejabberd's Erlang applications (ejabberdctl sets the same). */
-const EJABBERD_LIBS = '/usr/lib/x86_64-linux-gnu';
+/**
+ * Where Debian installs ejabberd's Erlang applications (ejabberdctl sets ERL_LIBS to it):
+ * /usr/lib/<multiarch triplet>, the one that holds an ejabberd-* folder.
+ */
+function ejabberdLibs(): string {
+  const found = readdirSync('/usr/lib')
+    .filter((d) => d.endsWith('-linux-gnu'))
+    .map((d) => join('/usr/lib', d))
+    .find((d) => readdirSync(d).some((e) => e.startsWith('ejabberd-')));
+  if (found === undefined) throw new Error('ejabberd is not installed (no /usr/lib/*-linux-gnu/ejabberd-*)');
+  return found;
+}
 /** Open files per node: one per MQTT client and then some (Debian's default soft limit is 1024). */
 export const EJABBERD_OPEN_FILES = 65_536;
 
@@ -142,11 +152,12 @@ export async function startEjabberdCluster(
     mode: 0o600,
   });
 
+  const libs = ejabberdLibs();
   const epmdPort = await freePort();
   const epmd = spawn(epmdBinary, ['-address', '127.0.0.1', '-port', String(epmdPort)], {
     stdio: 'ignore',
   });
-  const env = { ...process.env, HOME: home, ERL_EPMD_PORT: String(epmdPort), ERL_LIBS: EJABBERD_LIBS };
+  const env = { ...process.env, HOME: home, ERL_EPMD_PORT: String(epmdPort), ERL_LIBS: libs };
   const nodes: EjabberdNode[] = [];
   const stopAll = async () => {
     for (const n of [...nodes].reverse()) await n.stop().catch(() => {});
