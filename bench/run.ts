@@ -44,10 +44,12 @@ const SUITES: Record<string, Suite> = {
     withEnvDefault('BENCH_SCALE_SIZES', o.named ? undefined : '100000', () =>
       import('./scale.js').then((m) => m.benchScale()),
     ),
+  // Opt-in: a 2-node ejabberd cluster and --vehicles N light clients.
+  fleet: () => import('./fleet.js').then((m) => m.benchFleet()),
 };
 
 /** Suites that run only when named in --only. */
-const OPT_IN = new Set<string>([]);
+const OPT_IN = new Set<string>(['fleet']);
 /** Suites that `--quick` runs when none is named (they honour `quick`). */
 const QUICK = new Set(['crypto']);
 
