@@ -224,7 +224,9 @@ async function checkSigned(
 }
 
 function showResult(result: Result): void {
-  show(result.outcome, result.code, resultInWords(result.code));
+  // A grant names no code (docs/ble-protocol.md, mode P): it reads as `granted`.
+  const code = result.code === '' && result.outcome === 'granted' ? 'granted' : result.code;
+  show(result.outcome, code, resultInWords(code));
 }
 
 async function enrollOnce(link: VehicleLink, key: PhoneKey, name: string): Promise<Result> {
