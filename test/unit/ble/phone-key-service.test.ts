@@ -615,12 +615,16 @@ describe('mode P enrollment', () => {
 });
 
 describe('phone app origins', () => {
-  it('are the configured ones plus the status page of this agent', () => {
+  it('are the configured ones plus the status page of this agent, at 127.0.0.1 and at localhost (passkeys)', () => {
     expect(phoneAppOrigins(['https://keys.example.org'], 8080)).toEqual([
       'https://keys.example.org',
       'http://127.0.0.1:8080',
+      'http://localhost:8080',
     ]);
-    expect(phoneAppOrigins(['http://127.0.0.1:8080'], 8080)).toEqual(['http://127.0.0.1:8080']);
+    expect(phoneAppOrigins(['http://127.0.0.1:8080'], 8080)).toEqual([
+      'http://127.0.0.1:8080',
+      'http://localhost:8080',
+    ]);
     expect(phoneAppOrigins([], undefined)).toEqual([]);
   });
 });
