@@ -39,7 +39,7 @@ const SUITES: Record<string, Suite> = {
   cloud: () => import('./cloud.js').then((m) => m.benchCloud()),
   'status-page': () => import('./status-page.js').then((m) => m.benchStatusPage()),
   flood: () => import('./flood.js').then((m) => m.benchFlood()),
-  // Unnamed, only the 100 000-key size (about two minutes); by name 10 000 and 100 000 too.
+  // Opt-in while its runs sometimes hang on this VM (seen by two people, cause not found yet).
   scale: (o) =>
     withEnvDefault('BENCH_SCALE_SIZES', o.named ? undefined : '100000', () =>
       import('./scale.js').then((m) => m.benchScale()),
@@ -49,7 +49,7 @@ const SUITES: Record<string, Suite> = {
 };
 
 /** Suites that run only when named in --only. */
-const OPT_IN = new Set<string>(['fleet']);
+const OPT_IN = new Set<string>(['scale', 'fleet']);
 /** Suites that `--quick` runs when none is named (they honour `quick`). */
 const QUICK = new Set(['crypto']);
 
