@@ -3,7 +3,7 @@ import { AgentError } from '../core/errors.js';
 import { toHex } from '../crypto/encoding.js';
 import type { SimCardKind } from '../host/control-api.js';
 import { readJsonFileIfExists, writeFileAtomic } from '../store/atomic.js';
-import { SimulatedFidoU2fKey } from './cards/fido-u2f.js';
+import { MAX_COUNTER as MAX_FIDO_COUNTER, SimulatedFidoU2fKey } from './cards/fido-u2f.js';
 import { SimulatedNtag424 } from './cards/ntag424.js';
 import { type PersistableCard, restoreSimulatedCard, type SimulatedCardState } from './cards/state.js';
 import { SimulatedUidTag, type UidTagModel } from './cards/uid-tag.js';
@@ -52,7 +52,7 @@ export class SimCardStore {
         return v.cards;
       },
     });
-    for (const state of states ?? []) store.put(restoreSimulatedCard(state));
+    for (const state of states ?? []) store.put(restoreSimulatedCard(aheadAfterRestart(state)));
     return store;
   }
 
@@ -155,4 +155,20 @@ export function newSimCard(
     case 'uid':
       return new SimulatedUidTag({ label, model });
   }
+}
+
+/**
+ * A real FIDO key keeps its counter in its own flash, so it never goes back. The simulated one
+ * is saved in the background after each tap (a tap must not wait for the disk), so a kill -9 or
+ * a full disk can lose its last few increments while the agent has already stored them, and its
+ * next taps would read as a clone. On load its counter jumps ahead by more than a kill can lose,
+ * as a real key's never goes back (a card with the test knob counterFrozen stays as saved).
+ */
+export const FIDO_COUNTER_JUMP_ON_LOAD = 1024;
+
+function aheadAfterRestart(state: unknown): unknown {
+  if (typeof state !== 'object' || state === null) return state;
+  const s = state as { kind?: unknown; counter?: unknown; counterFrozen?: unknown };
+  if (s.kind !== 'fido-u2f' || typeof s.counter !== 'number' || s.counterFrozen === true) return state;
+  return { ...s, counter: Math.min(s.counter + FIDO_COUNTER_JUMP_ON_LOAD, MAX_FIDO_COUNTER) };
 }

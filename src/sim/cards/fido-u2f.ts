@@ -64,7 +64,7 @@ export interface FidoU2fCardOptions {
 const ATTESTATION_KEY = fromHex(SIM_ATTESTATION_PRIVATE_KEY_HEX);
 const ATTESTATION_CERT = fromHex(SIM_ATTESTATION_CERTIFICATE_HEX);
 const KEY_HANDLE_LENGTH = 64;
-const MAX_COUNTER = 0xffffffff;
+export const MAX_COUNTER = 0xffffffff;
 const EMPTY = new Uint8Array(0);
 
 function randomUid(): Uint8Array {
