@@ -235,7 +235,7 @@ const eventSeqs = new Set<number>();
 const announcedDrops: string[] = [];
 let cloud: MqttClient | undefined;
 
-async function startCloud(vehicleId: string): Promise<void> {
+async function startCloud(): Promise<void> {
   cloud = connectMqtt(broker.directUrl, {
     clientId: 'soak-cloud',
     clean: false,
@@ -260,7 +260,8 @@ async function startCloud(vehicleId: string): Promise<void> {
     }
   });
   await new Promise<void>((resolve) => cloud?.once('connect', () => resolve()));
-  await cloud.subscribeAsync(`vehicle-agent/${vehicleId}/events`, { qos: 1 });
+  // The one vehicle's events; its id is not known before its agent first starts.
+  await cloud.subscribeAsync('vehicle-agent/+/events', { qos: 1 });
 }
 
 // ── the workload ──
@@ -545,9 +546,9 @@ async function main(): Promise<number> {
     `soak: seed ${SEED} (rerun: npm run soak -- --seconds ${SECONDS} --seed ${SEED}), ${SECONDS} s, state on ${mounted ? 'a 24 MiB tmpfs' : 'the plain disk (not root: no disk-full chaos)'}\n`,
   );
   await broker.start();
+  // Subscribed before the agent's first event: the broker drops what nobody subscribed to yet.
+  await startCloud();
   await startAgent();
-  const vehicle = await controlRequest(socketPath, 'vehicle', {});
-  await startCloud((vehicle as { vehicleId: string }).vehicleId);
   const end = started + SECONDS * 1000;
   let presentations = 0;
   let commands = 0;
