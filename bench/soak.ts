@@ -13,6 +13,8 @@ import { AgentDriver } from '../src/cli/scenario-driver.js';
 import { toAgentError } from '../src/core/errors.js';
 import { freePort, ManagedBroker } from '../src/scenario/managed-broker.js';
 import type { DecisionOutcome } from '../src/scenario/runner.js';
+import { readAuditLog } from '../src/store/audit-log.js';
+import { STATE_FILES } from '../src/store/provision.js';
 
 /**
  * The chaos soak (`npm run soak -- --seconds N [--seed S]`): one real agent on simulated hardware,
@@ -233,7 +235,7 @@ const eventSeqs = new Set<number>();
 const announcedDrops: string[] = [];
 let cloud: MqttClient | undefined;
 
-async function startCloud(vehicleId: string): Promise<void> {
+async function startCloud(): Promise<void> {
   cloud = connectMqtt(broker.directUrl, {
     clientId: 'soak-cloud',
     clean: false,
@@ -258,7 +260,8 @@ async function startCloud(vehicleId: string): Promise<void> {
     }
   });
   await new Promise<void>((resolve) => cloud?.once('connect', () => resolve()));
-  await cloud.subscribeAsync(`vehicle-agent/${vehicleId}/events`, { qos: 1 });
+  // The one vehicle's events; its id is not known before its agent first starts.
+  await cloud.subscribeAsync('vehicle-agent/+/events', { qos: 1 });
 }
 
 // ── the workload ──
@@ -319,14 +322,22 @@ async function onePresentation(): Promise<void> {
 
 async function oneCloudCommand(): Promise<void> {
   const forged = random() < 0.3;
-  const r = await driver.cloud({
-    kind: 'cloud',
-    command: pick(['unlock', 'lock'] as const),
-    args: {},
-    key: forged ? 'stranger' : 'owner',
-    ttlS: 30,
-    timeoutMs: 3000,
-  });
+  const command = pick(['unlock', 'lock'] as const);
+  let r: Awaited<ReturnType<typeof driver.cloud>>;
+  try {
+    r = await driver.cloud({
+      kind: 'cloud',
+      command,
+      args: {},
+      key: forged ? 'stranger' : 'owner',
+      ttlS: 30,
+      timeoutMs: 3000,
+    });
+  } catch {
+    // The control socket is flooded or the agent is down: the command never left the driver.
+    tally.undelivered++;
+    return;
+  }
   if (forged) {
     if (r.result === 'ok') tally.forgedAccepted++;
     else tally.forgedRefused++;
@@ -420,11 +431,43 @@ async function oneChaos(): Promise<void> {
   if (what === 'disk full' && !mounted) return;
   count(what);
   note(`chaos: ${what} begins`);
+  const span = { what, fromMs: Date.now(), toMs: Number.POSITIVE_INFINITY };
+  chaosSpans.push(span);
   try {
     await chaosOf(what);
   } finally {
+    span.toMs = Date.now();
     note(`chaos: ${what} ends`);
   }
+}
+
+/** Each chaos with its wall-clock span, to say what was going on when a lost event was written. */
+const chaosSpans: { what: string; fromMs: number; toMs: number }[] = [];
+
+/**
+ * The missing seqs as the agent's audit log has them: type, write time and the chaos under way
+ * within a second of it (an outbox that steps over records also logs "audit records gone before
+ * they were sent" in agent.log).
+ */
+async function describeMissing(missing: readonly number[]): Promise<string> {
+  const wanted = new Set(missing);
+  const first = missing[0];
+  const last = missing.at(-1);
+  if (first === undefined || last === undefined) return '';
+  const lines: string[] = [];
+  try {
+    for await (const r of readAuditLog(join(stateDir, STATE_FILES.audit), first, { untilSeq: last })) {
+      if (!wanted.has(r.seq)) continue;
+      const at = Date.parse(r.ts);
+      const during = chaosSpans
+        .filter((c) => c.fromMs - 1000 <= at && at <= c.toMs + 1000)
+        .map((c) => c.what);
+      lines.push(`${r.seq} ${r.type} at ${r.ts} (chaos: ${during.length ? during.join(', ') : 'none'})`);
+    }
+  } catch (err) {
+    return ` [could not read the audit log: ${toAgentError(err).message}]`;
+  }
+  return lines.length ? ` [${lines.join('; ')}]` : '';
 }
 
 async function chaosOf(what: (typeof CHAOS)[number]): Promise<void> {
@@ -511,9 +554,9 @@ async function main(): Promise<number> {
     `soak: seed ${SEED} (rerun: npm run soak -- --seconds ${SECONDS} --seed ${SEED}), ${SECONDS} s, state on ${mounted ? 'a 24 MiB tmpfs' : 'the plain disk (not root: no disk-full chaos)'}\n`,
   );
   await broker.start();
+  // Subscribed before the agent's first event: the broker drops what nobody subscribed to yet.
+  await startCloud();
   await startAgent();
-  const vehicle = await controlRequest(socketPath, 'vehicle', {});
-  await startCloud((vehicle as { vehicleId: string }).vehicleId);
   const end = started + SECONDS * 1000;
   let presentations = 0;
   let commands = 0;
@@ -573,6 +616,7 @@ async function main(): Promise<number> {
   });
   const lastSeq = outbox.lastSeq ?? 0;
   const missing = [...Array(lastSeq).keys()].map((i) => i + 1).filter((s) => !eventSeqs.has(s));
+  const missingDetail = await describeMissing(missing.slice(0, 10));
   const validTotal =
     tally.validGranted + tally.validRateLimited + tally.validFidoDiskFull + tally.validRefused.length;
   const refusedCodes = [...new Set(tally.validRefused.map((r) => `${r.what}: ${r.code}`))].slice(0, 5);
@@ -595,7 +639,7 @@ async function main(): Promise<number> {
     {
       name: 'the cloud received every outbox sequence number',
       ok: lastSeq > 0 && missing.length === 0,
-      detail: `${lastSeq - missing.length} of ${lastSeq} received (${eventSeqs.size} distinct), ${missing.length} missing${missing.length ? ` (${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''})` : ''}; the outbox announced ${announcedDrops.length ? `drops: ${announcedDrops.slice(0, 5).join(', ')}` : 'no drops'}`,
+      detail: `${lastSeq - missing.length} of ${lastSeq} received (${eventSeqs.size} distinct), ${missing.length} missing${missing.length ? ` (${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''})${missingDetail}` : ''}; the outbox announced ${announcedDrops.length ? `drops: ${announcedDrops.slice(0, 5).join(', ')}` : 'no drops'}`,
     },
     relayInvariant(),
   ];

@@ -214,7 +214,7 @@ export class Outbox {
         await this.sleep(this.options.pollMs);
         continue;
       }
-      const records = await this.fetch(this.nextSeq, Math.min(BATCH, lastSeq - this.nextSeq + 1));
+      const records = await this.fetch(attachment, this.nextSeq, Math.min(BATCH, lastSeq - this.nextSeq + 1));
       if (!live()) return;
       if (records.length === 0) {
         // Nothing readable from nextSeq to lastSeq: rotated away or unreadable.
@@ -308,7 +308,7 @@ export class Outbox {
   }
 
   /** Up to `max` records from `from` on: from the log's in-memory tail when it covers them. */
-  private async fetch(from: number, max: number): Promise<AuditRecord[]> {
+  private async fetch(attachment: number, from: number, max: number): Promise<AuditRecord[]> {
     const tail = this.options.source.recent(1000);
     const first = tail[0];
     if (first !== undefined && first.seq <= from) {
@@ -316,12 +316,15 @@ export class Outbox {
       return start < 0 ? [] : tail.slice(start, start + max);
     }
     const reused = this.reader !== undefined && this.reader.next === from;
-    const out = await this.readBatch(from, max);
+    const out = await this.readBatch(attachment, from, max);
     // A reader opened earlier stops at the log's end as it was then: look again with a fresh one.
-    return out.length === 0 && reused ? await this.readBatch(from, max) : out;
+    return out.length === 0 && reused ? await this.readBatch(attachment, from, max) : out;
   }
 
-  private async readBatch(from: number, max: number): Promise<AuditRecord[]> {
+  private async readBatch(attachment: number, from: number, max: number): Promise<AuditRecord[]> {
+    // A flush of an earlier connection, back from a slow read, must not touch the reader: it
+    // would take records from the current flush, which would then step over them as missing.
+    if (attachment !== this.attachment) return [];
     if (this.reader === undefined || this.reader.next !== from) {
       this.closeReader();
       this.reader = { iterator: this.options.source.readFrom(from), next: from };

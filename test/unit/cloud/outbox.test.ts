@@ -199,3 +199,84 @@ describe('outbox cursor writes in the health figures', () => {
     await log.close();
   });
 });
+
+/**
+ * An audit source whose file reads wait on a latch the test holds (a slow disk): `recent` keeps
+ * nothing, so every record is read through `readFrom`, which stops at the log's end as it was
+ * when the read began (as AuditLog.readFrom does).
+ */
+function gatedSource() {
+  let lastSeq = 0;
+  let held = false;
+  const parked: (() => void)[] = [];
+  const record = (seq: number): AuditRecord => ({
+    seq,
+    ts: new Date(0).toISOString(),
+    type: 'test',
+    prev: '0'.repeat(64),
+    hash: seq.toString(16).padStart(64, '0'),
+  });
+  const gate = () => (held ? new Promise<void>((resolve) => parked.push(resolve)) : Promise.resolve());
+  return {
+    get lastSeq() {
+      return lastSeq;
+    },
+    recent: (): AuditRecord[] => [],
+    async *readFrom(fromSeq: number): AsyncGenerator<AuditRecord, void, undefined> {
+      const until = lastSeq;
+      for (let seq = fromSeq; ; seq++) {
+        await gate();
+        if (seq > until) return;
+        yield record(seq);
+      }
+    },
+    append(n: number) {
+      lastSeq += n;
+    },
+    hold() {
+      held = true;
+    },
+    get parked() {
+      return parked.length;
+    },
+    release() {
+      held = false;
+      for (const resume of parked.splice(0)) resume();
+    },
+  };
+}
+
+describe('outbox across a reconnect during a slow read', () => {
+  it('a flush left over from the old connection takes no record from the new one', async () => {
+    const dir = tempDir();
+    const source = gatedSource();
+    source.append(150);
+    const markers: Record<string, unknown>[] = [];
+    const outbox = await Outbox.open({
+      source,
+      dir,
+      maxEvents: 10_000,
+      pollMs: 10,
+      persistMs: 5,
+      emit: (event) => markers.push(event),
+      log: silentLogger,
+    });
+    const first = fakeLink(true);
+    outbox.attach(first.publish, 20);
+    await waitFor(() => outbox.stats().ackedSeq === 150, 'the first 150 delivered');
+    // New records while the disk is slow: the flush finds its reader at the old end and is
+    // waiting for the disk when the connection drops and comes back.
+    source.hold();
+    source.append(10);
+    await waitFor(() => source.parked === 1, 'the flush waiting for the disk');
+    outbox.detach();
+    const second = fakeLink(true);
+    outbox.attach(second.publish, 20);
+    await waitFor(() => source.parked === 2, 'the new flush waiting for the disk');
+    source.release();
+    await waitFor(() => outbox.stats().ackedSeq === 160, 'all 160 acknowledged');
+    expect(markers).toEqual([]); // nothing stepped over as missing
+    expect(second.published.map((r) => r.seq)).toEqual(Array.from({ length: 10 }, (_, i) => 151 + i));
+    await outbox.close();
+  });
+});
