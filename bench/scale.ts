@@ -16,6 +16,9 @@ import { openVehicleState, type VehicleState } from '../src/store/vehicle-state.
 import { round, summarise } from './stats.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+/** The agent runs with the NODE_OPTIONS its systemd unit sets, so the figures are the deployed ones. */
+const UNIT = fileURLToPath(new URL('../../systemd/vehicle-agent.service', import.meta.url));
+const UNIT_NODE_OPTIONS = /^Environment=NODE_OPTIONS=(.*)$/m.exec(readFileSync(UNIT, 'utf8'))?.[1] ?? '';
 /** Single changes timed at each size, after the bulk import (the agent's path: verify, store, apply). */
 const SINGLE_CHANGES = 30;
 
@@ -188,7 +191,7 @@ function rssMb(pid: number): number {
  * growth of more than 1 MB over 2 s, at least 3 s after ready: the background decode is done).
  */
 async function startAgent(dir: string): Promise<{ readyMs: number; startMs: number; rssMb: number }> {
-  const env = { ...process.env, VEHICLE_AGENT_LOG__FORMAT: 'json' };
+  const env = { ...process.env, VEHICLE_AGENT_LOG__FORMAT: 'json', NODE_OPTIONS: UNIT_NODE_OPTIONS };
   const t0 = performance.now();
   const child: ChildProcess = spawn(process.execPath, [CLI, 'start', '--state-dir', dir], {
     env,

@@ -76,11 +76,33 @@ export interface PendingOpsSource {
   readSync(): readonly { readonly jws: string; readonly signer: string }[];
 }
 
-export interface StoredOp {
-  readonly jws: string;
+/** A decoded op with the authority it carries. */
+export interface SignedOp {
   readonly op: KeyringOp;
   /** Credential id whose authority the op carries: the JWS signer, or auth.by. */
   readonly signer: string;
+}
+
+export interface StoredOp extends SignedOp {
+  readonly jws: string;
+}
+
+/**
+ * An op the keyring holds: its signed text only while no OpTextSource keeps it (see
+ * keepTextsIn); `hash` (base64url SHA-256 of the JWS) tells another op under the same id apart.
+ */
+export interface HeldOp extends SignedOp {
+  readonly hash: string;
+  readonly jws?: string;
+}
+
+/**
+ * Keeps the signed text of the ops a keyring holds, so the keyring need not (the keyring store:
+ * its ops files and journals). About 700 bytes an op that decisions never read.
+ */
+export interface OpTextSource {
+  /** The JWS of every op `holds` accepts, in any order. */
+  readTexts(holds: (opId: string) => boolean): Promise<string[]>;
 }
 
 export interface AddResult {
@@ -232,7 +254,9 @@ export class Keyring implements CredentialLookup {
   private readonly rootCredential: Credential;
   private readonly vehicleKeyObject: KeyObject | undefined;
   private readonly authVerifiers: ReadonlyMap<string, AuthVerifier>;
-  private readonly ops = new Map<string, StoredOp>();
+  private readonly ops = new Map<string, HeldOp>();
+  /** Set once the ops' texts are kept elsewhere (see keepTextsIn). */
+  private textSource: OpTextSource | undefined;
   /** Credential id → public key, from any grant ever accepted (authenticity, not authority). */
   private readonly keyJwks = new Map<string, PublicJwk>();
   /** Key objects made from keyJwks when first asked for (a key object costs far more memory). */
@@ -301,9 +325,40 @@ export class Keyring implements CredentialLookup {
     return this.ops.has(opId);
   }
 
-  storedOps(): IterableIterator<StoredOp> {
+  /** Every op held; `jws` only when no OpTextSource keeps the texts (see opTexts). */
+  heldOps(): IterableIterator<HeldOp> {
     this.materialize();
     return this.ops.values();
+  }
+
+  /**
+   * Every op held with its text, for a keyring that holds the texts itself (provisioning, the
+   * CLI, tests); one whose texts are on disk (keepTextsIn) refuses: read them with opTexts.
+   */
+  *storedOps(): IterableIterator<StoredOp> {
+    for (const held of this.heldOps()) {
+      if (held.jws === undefined)
+        throw new AgentError('state_io', 'the keyring keeps its op texts on disk: read them with opTexts()');
+      yield { jws: held.jws, op: held.op, signer: held.signer };
+    }
+  }
+
+  /**
+   * From now on the ops' signed texts are kept by `source` alone (the store: on disk), and those
+   * held in memory are dropped. Decisions and changes need only the decoded ops.
+   */
+  keepTextsIn(source: OpTextSource): void {
+    this.textSource = source;
+    for (const [id, held] of this.ops) {
+      if (held.jws !== undefined) this.ops.set(id, { op: held.op, signer: held.signer, hash: held.hash });
+    }
+  }
+
+  /** The JWS of every op held, read back from the OpTextSource when one keeps them. */
+  async opTexts(): Promise<string[]> {
+    await this.whenMaterialized();
+    if (this.textSource !== undefined) return this.textSource.readTexts((id) => this.ops.has(id));
+    return [...this.ops.values()].flatMap((h) => (h.jws === undefined ? [] : [h.jws]));
   }
 
   /**
@@ -429,11 +484,11 @@ export class Keyring implements CredentialLookup {
   add(jws: string): AddResult {
     this.materialize();
     const result = this.verifyAndAccept(jws);
-    if (result.status === 'added') {
-      const stored = this.ops.get(result.op.id);
-      if (stored) this.foldAll([stored]);
+    if (result !== 'duplicate') {
+      this.foldAll([result]);
+      return { status: 'added', op: result.op };
     }
-    return result;
+    return { status: 'duplicate', op: parseOpPayload(parseJws(jws).payload) };
   }
 
   /**
@@ -483,7 +538,7 @@ export class Keyring implements CredentialLookup {
       const existing = this.ops.get(stored.op.id);
       if (existing) {
         // Only the same op can hold its id: prepare refused another op under a taken id.
-        if (existing.jws === stored.jws) duplicates++;
+        if (existing.hash === opHash(stored.jws).toString('base64url')) duplicates++;
         continue;
       }
       this.accept(stored);
@@ -511,10 +566,8 @@ export class Keyring implements CredentialLookup {
       for (const item of pending) {
         try {
           const r = this.verifyAndAccept(item.jws);
-          if (r.status === 'added') {
-            const stored = this.ops.get(r.op.id);
-            if (stored) pass.push(stored);
-          } else duplicates++;
+          if (r !== 'duplicate') pass.push(r);
+          else duplicates++;
         } catch (err) {
           const e = err instanceof AgentError ? err : new AgentError('op_malformed', String(err));
           // Only signer problems can be cured by a later op in the same set.
@@ -539,7 +592,8 @@ export class Keyring implements CredentialLookup {
     return { duplicates, rejected };
   }
 
-  private verifyAndAccept(jws: string): AddResult {
+  /** The op as accepted, or 'duplicate' when the keyring holds it already. */
+  private verifyAndAccept(jws: string): StoredOp | 'duplicate' {
     let parsed: ParsedJws<Record<string, unknown>>;
     try {
       parsed = parseJws(jws);
@@ -551,7 +605,7 @@ export class Keyring implements CredentialLookup {
       throw new AgentError('op_wrong_vehicle', `keyring op ${op.id} is for vehicle ${op.vid}`);
     const existing = this.ops.get(op.id);
     if (existing) {
-      if (existing.jws === jws) return { status: 'duplicate', op };
+      if (existing.hash === opHash(jws).toString('base64url')) return 'duplicate';
       throw new AgentError('op_malformed', `keyring op id ${op.id} is already used by another operation`);
     }
     const signer = this.verifySignature(parsed, op);
@@ -572,7 +626,7 @@ export class Keyring implements CredentialLookup {
     }
     const stored: StoredOp = { jws, op, signer };
     this.accept(stored);
-    return { status: 'added', op };
+    return stored;
   }
 
   /** Returns the credential id whose authority the op carries, or throws. */
@@ -620,9 +674,14 @@ export class Keyring implements CredentialLookup {
    */
   private accept(stored: StoredOp): void {
     const { op, signer } = stored;
-    this.ops.set(op.id, stored);
+    const hash = opHash(stored.jws);
+    const held: HeldOp =
+      this.textSource === undefined
+        ? { op, signer, hash: hash.toString('base64url'), jws: stored.jws }
+        : { op, signer, hash: hash.toString('base64url') };
+    this.ops.set(op.id, held);
     this.changed(() => this.ops.delete(op.id));
-    this.digestSum.add(opHash(stored.jws));
+    this.digestSum.add(hash);
     this.digestCache = undefined;
     if (op.op !== 'grant') return;
     const cred = op.cred;
@@ -674,7 +733,7 @@ export class Keyring implements CredentialLookup {
    * unless it changes who is a live owner (an owner grant, the revoke of a live owner: rare),
    * which recomputes once.
    */
-  private foldAll(added: readonly StoredOp[]): void {
+  private foldAll(added: readonly SignedOp[]): void {
     const d = this.derived;
     const movesOwners = (op: KeyringOp) =>
       op.op === 'grant' ? op.cred.role === 'owner' : (d?.liveOwners.has(op.credId) ?? true);
@@ -685,7 +744,7 @@ export class Keyring implements CredentialLookup {
     for (const stored of added) this.fold(stored, d);
   }
 
-  private fold({ op, signer }: StoredOp, d: Derived): void {
+  private fold({ op, signer }: SignedOp, d: Derived): void {
     if (op.op === 'revoke') {
       const id = op.credId;
       if (id === this.rootId || d.revoked.has(id)) return;

@@ -10,6 +10,7 @@ import {
   type Keyring,
   type KeyringOp,
   type MergeResult,
+  type OpTextSource,
   type PendingOpsSource,
   type StoredOp,
 } from '../access/keyring.js';
@@ -579,18 +580,32 @@ async function writeSuspects(stateDir: string, suspects: ReadonlyMap<string, str
 
 // ── writing ────────────────────────────────────────────────────────────────────
 
-/** Writes both ops files, then keyring.json (the commit point). */
-async function writeSnapshotFiles(stateDir: string, keyring: Keyring): Promise<void> {
+/**
+ * Writes both ops files, then keyring.json (the commit point). `opsText` is the ops files' content
+ * (every op the keyring holds) when the keyring does not hold the texts itself.
+ */
+async function writeSnapshotFiles(
+  stateDir: string,
+  keyring: Keyring,
+  opsText?: { readonly text: string; readonly count: number },
+): Promise<void> {
   const p = keyringPaths(stateDir);
   const lines: string[] = [];
-  for (const o of keyring.storedOps()) lines.push(encodeOpLine(o));
+  if (opsText === undefined) {
+    for (const o of keyring.storedOps()) {
+      if (o.jws === undefined)
+        throw new AgentError('state_io', 'keyring op text not held; pass the ops text');
+      lines.push(encodeOpLine({ jws: o.jws, signer: o.signer }));
+    }
+  }
   const credentials: [CredentialWire, boolean][] = [];
   for (const s of keyring.list()) {
     if (s.credential.id !== keyring.rootId) credentials.push([credentialToWire(s.credential), s.revoked]);
   }
-  const file: SnapshotV3 = { format: 3, digest: keyring.digest(), opCount: lines.length, credentials };
+  const opCount = opsText?.count ?? lines.length;
+  const file: SnapshotV3 = { format: 3, digest: keyring.digest(), opCount, credentials };
   const json = JSON.stringify(file);
-  const ops = lines.join('');
+  const ops = opsText?.text ?? lines.join('');
   await writeFileAtomic(p.ops, ops, { mode: 0o600 });
   await writeFileAtomic(p.opsMirror, ops, { mode: 0o600 });
   await writeFileAtomic(p.summary, `${crcHex(json)} ${json}\n`, { mode: 0o600 });
@@ -709,6 +724,9 @@ export class KeyringStore {
     }
     for (const f of findings) store.report(f);
     store.opened = true;
+    // From here the op texts are read back from disk when needed (sync, export, compaction).
+    keyring.keepTextsIn(store.textSource);
+    store.textsOnDisk = true;
     if (store.compactionDue()) await store.compact();
     return store;
   }
@@ -738,7 +756,7 @@ export class KeyringStore {
   /** Drops suspicions the operations now explain (a lost revoke merged back from the cloud). */
   async settleExplained(): Promise<string[]> {
     const revoked = new Set<string>();
-    for (const s of this.keyring.storedOps()) if (s.op.op === 'revoke') revoked.add(s.op.credId);
+    for (const s of this.keyring.heldOps()) if (s.op.op === 'revoke') revoked.add(s.op.credId);
     const explained = [...this.lost.entries()]
       .filter(([id, why]) => why === LOST_REVOKE && revoked.has(id))
       .map(([id]) => id);
@@ -882,6 +900,10 @@ export class KeyringStore {
       compact = true;
     }
     stored.push(...decodeAll(journals.records, p.journal));
+    for (const r of journals.records) {
+      const id = opIdOf(r);
+      if (id !== undefined) this.journalTexts.set(id, r);
+    }
     this.keyring.loadTrusted(stored);
     // Losses are denied and persisted before the damaged files are rewritten.
     if (opsLost) await this.denyLostRevocations(summary, base);
@@ -944,6 +966,11 @@ export class KeyringStore {
   private chain: Promise<void> = Promise.resolve();
   /** Records appended since the last compaction (a compaction keeps those not applied yet). */
   private appended: StoredRecord[] = [];
+  /**
+   * Ops in the journals, not yet in the ops files, by op id: with the ops files, the only copy of
+   * the signed texts once the keyring drops them (Keyring.keepTextsIn). Bounded by compaction.
+   */
+  private readonly journalTexts = new Map<string, StoredRecord>();
 
   private serial(task: () => Promise<void>): Promise<void> {
     const run = this.chain.then(task);
@@ -961,6 +988,10 @@ export class KeyringStore {
       const records = ops.map((o) => ({ jws: o.jws, signer: o.signer }));
       await Promise.all(records.map((r) => this.journal.append(r)));
       this.appended.push(...records);
+      for (const r of records) {
+        const id = opIdOf(r);
+        if (id !== undefined) this.journalTexts.set(id, r);
+      }
     });
   }
 
@@ -1027,10 +1058,66 @@ export class KeyringStore {
     const keep = this.appended.filter((r) => !this.keyring.has(decodeTrustedOp(r.jws, r.signer).op.id));
     // The snapshot is written inside the rewrite, after every earlier append is durable and
     // before the journal is replaced: a crash leaves the old journal, or the snapshot plus `keep`.
-    await this.journal.rewrite(keep, () => writeSnapshotFiles(this.stateDir, this.keyring));
+    let written: string[] = [];
+    await this.journal.rewrite(keep, async () => {
+      if (!this.textsOnDisk) return writeSnapshotFiles(this.stateDir, this.keyring);
+      const ops = await this.heldRecords();
+      written = ops.ids;
+      await writeSnapshotFiles(this.stateDir, this.keyring, { text: ops.text, count: ops.ids.length });
+    });
+    for (const id of written) this.journalTexts.delete(id);
     this.appended = keep;
     this.log.info({ ops: this.keyring.size }, 'keyring compacted');
   }
+
+  /**
+   * The keyring's ops as ops-file lines, read back from the ops files (checked line by line; a
+   * copy damaged since is read from the other) and the journal texts. Refuses (state_corrupt)
+   * when they do not hold every op the keyring does: the compaction then keeps the journal.
+   */
+  private async heldRecords(): Promise<{ text: string; ids: string[] }> {
+    const [a, b] = await readOpsPair(this.stateDir);
+    const analysis = analyseOps(a, b, undefined);
+    const parts: string[] = [];
+    const ids: string[] = [];
+    const seen = new Set<string>();
+    const take = (r: StoredRecord) => {
+      const id = opIdOf(r);
+      if (id === undefined || seen.has(id) || !this.keyring.has(id)) return;
+      seen.add(id);
+      ids.push(id);
+      parts.push(encodeOpLine(r));
+    };
+    for (const r of analysis.ops) take(r);
+    for (const r of this.journalTexts.values()) take(r);
+    if (ids.length !== this.keyring.size) {
+      throw new AgentError(
+        'state_corrupt',
+        `the keyring files hold ${ids.length} of the keyring's ${this.keyring.size} operations; not compacted`,
+        { file: a.path },
+      );
+    }
+    return { text: parts.join(''), ids };
+  }
+
+  /** The keyring ops' signed texts, read back from disk (Keyring.opTexts). */
+  private readonly textSource: OpTextSource = {
+    readTexts: (holds) =>
+      new Promise<string[]>((resolve, reject) => {
+        this.serial(async () => {
+          const [a, b] = await readOpsPair(this.stateDir);
+          const texts = new Map<string, string>();
+          for (const r of [...analyseOps(a, b, undefined).ops, ...this.journalTexts.values()]) {
+            const id = opIdOf(r);
+            if (id !== undefined && holds(id) && !texts.has(id)) texts.set(id, r.jws);
+          }
+          resolve([...texts.values()]);
+        }).catch(reject);
+      }),
+  };
+
+  /** Whether the keyring's op texts are on disk only (set at the end of open). */
+  private textsOnDisk = false;
 
   /** Folds the journal into the snapshot (so the next start takes the fast path), then closes. */
   async close(): Promise<void> {

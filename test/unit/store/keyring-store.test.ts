@@ -80,8 +80,11 @@ describe('keyring store', () => {
     await KeyringStore.writeSnapshot(dir, ring);
     const { ring: loaded, store } = await reopen();
     await loaded.materializeInBackground(2);
-    expect([...loaded.storedOps()].length).toBe(ring.size);
+    expect([...loaded.heldOps()].length).toBe(ring.size);
     expect(view(loaded)).toBe(view(ring));
+    // The texts stay on disk: read back, they are the ops the keyring was written from.
+    expect([...loaded.heldOps()].every((h) => h.jws === undefined)).toBe(true);
+    expect((await loaded.opTexts()).sort()).toEqual([...ring.storedOps()].map((s) => s.jws).sort());
     await store.close();
   });
 
@@ -90,8 +93,9 @@ describe('keyring store', () => {
     await KeyringStore.writeSnapshot(dir, ring);
     const first = await reopen();
     const late = makeKey('phone', 'driver');
-    const result = first.ring.merge([grantBy(root, late.credential)]);
-    await first.store.persist([...first.ring.storedOps()].filter((s) => s.op.id === result.added[0]?.id));
+    const prepared = first.ring.prepare([grantBy(root, late.credential)]);
+    await first.store.persist(prepared.added);
+    first.ring.apply(prepared);
     expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).not.toBe('');
     await first.store.close();
     expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).toBe('');
