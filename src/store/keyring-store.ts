@@ -12,6 +12,7 @@ import {
   type MergeResult,
   type OpTextSource,
   type PendingOpsSource,
+  type PreparedOps,
   type StoredOp,
 } from '../access/keyring.js';
 import { AgentError } from '../core/errors.js';
@@ -1017,10 +1018,21 @@ export class KeyringStore {
    */
   async importOps(
     jwsList: readonly string[],
-    onStored?: (ops: readonly KeyringOp[]) => void,
+    onStored?: (ops: readonly KeyringOp[]) => unknown,
   ): Promise<MergeResult> {
     await this.keyring.whenMaterialized();
-    const prepared = this.keyring.prepare(jwsList);
+    return this.importPrepared(this.keyring.prepare(jwsList), onStored);
+  }
+
+  /**
+   * importOps for ops the caller has verified with `keyring.prepare` (and checked for refusals:
+   * `keys import` stores nothing when one is refused). Prepare and this must not be separated by
+   * another change to the keyring: an op that arrived meanwhile counts as a duplicate.
+   */
+  async importPrepared(
+    prepared: PreparedOps,
+    onStored?: (ops: readonly KeyringOp[]) => unknown,
+  ): Promise<MergeResult> {
     const added: KeyringOp[] = [];
     let duplicates = prepared.duplicates;
     for (let i = 0; i < prepared.added.length; i += IMPORT_CHUNK) {
@@ -1038,7 +1050,7 @@ export class KeyringStore {
       const result = this.keyring.apply({ added: chunk, duplicates: 0, rejected: [] });
       duplicates += result.duplicates;
       added.push(...result.added);
-      onStored?.(result.added);
+      await onStored?.(result.added);
     }
     await this.compactIfDue();
     return { added, duplicates, rejected: prepared.rejected };
