@@ -88,6 +88,45 @@ describe('keyring store', () => {
     await store.close();
   });
 
+  it('compacts from the ops files and the journal, and refuses when the files lost an op since', async () => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    const { ring: live, store } = await reopen();
+    await live.whenMaterialized();
+    const late = makeKey('phone', 'driver');
+    const prepared = live.prepare([grantBy(root, late.credential)]);
+    await store.persist(prepared.added);
+    live.apply(prepared);
+    const ops = join(dir, 'keyring.ops');
+    const mirror = join(dir, 'keyring.mirror.ops');
+    const whole = readFileSync(ops, 'utf8');
+    // One copy damaged since the keyring was read: the other copy gives every op.
+    writeFileSync(ops, whole.replace(/^.*\n/, ''));
+    await store.compact();
+    expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).toBe('');
+    const texts = [...ring.storedOps(), ...prepared.added].map((s) => s.jws);
+    expect((await live.opTexts()).sort()).toEqual(texts.sort());
+    expect(readFileSync(ops, 'utf8')).toBe(readFileSync(mirror, 'utf8'));
+    // The same op gone from both copies: no compaction writes a keyring without it.
+    const again = live.prepare([grantBy(root, makeKey('phone', 'driver').credential)]);
+    expect(again.added).toHaveLength(1);
+    await store.persist(again.added);
+    live.apply(again);
+    const compacted = readFileSync(ops, 'utf8');
+    const cut = compacted.replace(/^.*\n/, '');
+    writeFileSync(ops, cut);
+    writeFileSync(mirror, cut);
+    await expect(store.compact()).rejects.toMatchObject({ code: 'state_corrupt' });
+    expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).not.toBe('');
+    writeFileSync(ops, compacted);
+    writeFileSync(mirror, compacted);
+    await store.close();
+    expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).toBe('');
+    const second = await reopen();
+    expect(view(second.ring)).toBe(view(live));
+    await second.store.close();
+  });
+
   it('replays the journal over the snapshot, and folds it into the snapshot at close', async () => {
     const { ring } = populated();
     await KeyringStore.writeSnapshot(dir, ring);
