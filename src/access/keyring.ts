@@ -255,6 +255,7 @@ export class Keyring implements CredentialLookup {
   private readonly vehicleKeyObject: KeyObject | undefined;
   private readonly authVerifiers: ReadonlyMap<string, AuthVerifier>;
   private readonly ops = new Map<string, HeldOp>();
+  private readonly signers = new Map<string, string>();
   /** Set once the ops' texts are kept elsewhere (see keepTextsIn). */
   private textSource: OpTextSource | undefined;
   /** Credential id → public key, from any grant ever accepted (authenticity, not authority). */
@@ -663,6 +664,18 @@ export class Keyring implements CredentialLookup {
     return status?.credential;
   }
 
+  /**
+   * One copy of each signer id: there are few signers, and an id read from a stored line is a
+   * slice that would keep the whole line (the op's text) in memory.
+   */
+  private interned(signer: string): string {
+    const held = this.signers.get(signer);
+    if (held !== undefined) return held;
+    const copy = Buffer.from(signer, 'utf8').toString('utf8');
+    this.signers.set(copy, copy);
+    return copy;
+  }
+
   /** Records how to undo a change while `prepare` tries ops (see `undo`). */
   private changed(undo: () => void): void {
     this.undo?.push(undo);
@@ -673,7 +686,8 @@ export class Keyring implements CredentialLookup {
    * time independent of the keyring's size (`foldAll` then updates the effective credentials).
    */
   private accept(stored: StoredOp): void {
-    const { op, signer } = stored;
+    const { op } = stored;
+    const signer = this.interned(stored.signer);
     const hash = opHash(stored.jws);
     const held: HeldOp =
       this.textSource === undefined
