@@ -66,6 +66,8 @@ interface Sample {
   /** From the lock controller told to the line changing (seen from outside). */
   readonly relayStepMs: number;
   readonly bluezCalls: number;
+  /** The answer time the reader measured against its deadline: hello's last chunk handed to the link → answer held. */
+  readonly answerMs: number;
 }
 
 const ns = (text: string): bigint => BigInt(text);
@@ -269,6 +271,7 @@ export async function benchBle(
         ownMs,
         relayStepMs: msBetween(toldAt, energisedAt),
         bluezCalls,
+        answerMs: o.presentation.answerMs ?? Number.NaN,
       };
     };
 
@@ -310,6 +313,11 @@ export async function benchBle(
       ble_zero_delay_unlock_p99_ms: round(zeroTotal.p99, 2),
       ble_zero_delay_overhead_p50_ms: round(zeroOverhead.p50, 2),
       ble_zero_delay_overhead_p99_ms: round(zeroOverhead.p99, 2),
+      // What policy.bleAnswerDeadlineMs is held against (docs/ble-protocol.md §5).
+      ble_answer_p50_ms: round(pick(modelled, 'answerMs').p50, 1),
+      ble_answer_p99_ms: round(pick(modelled, 'answerMs').p99, 1),
+      ble_answer_max_ms: round(Math.max(...modelled.map((m) => m.answerMs)), 1),
+      ble_zero_delay_answer_p99_ms: round(pick(zero, 'answerMs').p99, 1),
       ble_dbus_calls_to_bluez_per_unlock: pick([...modelled, ...zero], 'bluezCalls').p50,
       ble_gatt_retries: linkStats.gattRetries,
       ble_bus_reconnects: linkStats.busConnections - 1,

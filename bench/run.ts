@@ -1,30 +1,102 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { benchCore } from './core.js';
+import { describeMachine, loadAverage, sampleBusy } from './machine.js';
+import {
+  type BenchReport,
+  buildReport,
+  nextBaseline,
+  parseBaseline,
+  renderMarkdown,
+  type SuiteResult,
+} from './report.js';
 
 /**
- * `npm run bench [-- --json] [-- --only core,store,...]`: prints figures, never asserts. Each
- * suite is a module exporting an async function returning named numbers.
+ * `npm run bench [-- --only=core,store,...] [--quick] [--json] [--update-baseline]`: runs the
+ * suites and writes one report, Markdown and JSON, to bench/reports/ (`<date>-<host>.*` and
+ * `latest.*`; `--out=DIR` elsewhere), each figure beside its target and bench/baseline.json's
+ * figure (`--baseline=FILE`). `--update-baseline` writes this run's figures into the baseline.
+ * Figures only: never asserted, and the exit code says only whether every suite ran.
+ * A suite is one line below: an async function of the run's options returning named numbers
+ * (the name's suffix gives the unit: _ms, _us, _s, _mb, _per_s, _ratio; else a count).
  */
-type Suite = () => Promise<Record<string, number>>;
+export interface SuiteOptions {
+  /** A short run (for the harness test): suites that honour it measure for milliseconds. */
+  readonly quick: boolean;
+  /** The suite was named in --only (a suite may do more when asked for by name). */
+  readonly named: boolean;
+}
+type Suite = (options: SuiteOptions) => Promise<Record<string, number>>;
 
-const SUITES: Record<string, () => Promise<Suite>> = {
-  core: async () => () => benchCore(),
-  store: async () => () => import('./store.js').then((m) => m.benchStore()),
-  nfc: async () => () => import('./nfc.js').then((m) => m.benchNfc()),
-  ble: async () => () => import('./ble.js').then((m) => m.benchBle()),
-  cloud: async () => () => import('./cloud.js').then((m) => m.benchCloud()),
-  'status-page': async () => () => import('./status-page.js').then((m) => m.benchStatusPage()),
-  flood: async () => () => import('./flood.js').then((m) => m.benchFlood()),
-  scale: async () => () => import('./scale.js').then((m) => m.benchScale()),
+const SUITES: Record<string, Suite> = {
+  crypto: (o) => import('./crypto.js').then((m) => m.benchCrypto(o)),
+  core: () => benchCore(),
+  store: () => import('./store.js').then((m) => m.benchStore()),
+  nfc: () => import('./nfc.js').then((m) => m.benchNfc()),
+  ble: () => import('./ble.js').then((m) => m.benchBle()),
+  cloud: () => import('./cloud.js').then((m) => m.benchCloud()),
+  'status-page': () => import('./status-page.js').then((m) => m.benchStatusPage()),
+  flood: () => import('./flood.js').then((m) => m.benchFlood()),
+  // Opt-in while its runs sometimes hang on this VM (seen by two people, cause not found yet).
+  scale: (o) =>
+    withEnvDefault('BENCH_SCALE_SIZES', o.named ? undefined : '100000', () =>
+      import('./scale.js').then((m) => m.benchScale()),
+    ),
+  // Opt-in: a 2-node ejabberd cluster and --vehicles N light clients.
+  fleet: () => import('./fleet.js').then((m) => m.benchFleet()),
 };
 
-/** Suites that run only when named in --only (minutes long: scale builds 100 000 keys). */
-const OPT_IN = new Set(['scale']);
+/** Suites that run only when named in --only. */
+const OPT_IN = new Set<string>(['scale', 'fleet']);
+/** Suites that `--quick` runs when none is named (they honour `quick`). */
+const QUICK = new Set(['crypto']);
+
+/** Shown first in the report, in this order: the figures issue 17 asks for (those measured). */
+const HEADLINE = [
+  'fido_tap_to_relay_p99_ms',
+  'fido_floor_p50_ms',
+  'ntag424_tap_to_relay_p99_ms',
+  'ntag424_floor_p50_ms',
+  'uid_tap_to_relay_p99_ms',
+  'uid_floor_p50_ms',
+  'ble_unlock_p99_ms',
+  'ble_modelled_link_p50_ms',
+  'unlock_up_p99_ms',
+  'unlock_refused_p99_ratio',
+  'unlock_hung_p99_ratio',
+  'unlock_flapping_p99_ratio',
+  'keyring_load_ms',
+  'decision_p99_us',
+  'keys_100k_ready_ms',
+  'keys_100k_decision_p99_us',
+  'keys_100k_idle_rss_mb',
+  'outbox_flush_acked_ms',
+  'outbox_lost',
+  'start_to_ready_ms',
+  'idle_rss_mb',
+  'p256_verify_node_per_s',
+  'p256_verify_noble_per_s',
+  'ed25519_verify_node_per_s',
+  'ed25519_verify_noble_per_s',
+];
+
+async function withEnvDefault<T>(name: string, value: string | undefined, run: () => Promise<T>): Promise<T> {
+  if (value === undefined || process.env[name] !== undefined) return run();
+  process.env[name] = value;
+  try {
+    return await run();
+  } finally {
+    delete process.env[name];
+  }
+}
 
 /** NFC end-to-end figures that carry the rig's serial transit; the issue's target is on agent_own. */
 const RIG_INCLUDED = /^(fido|ntag424|uid)_overhead_p99_ms$/;
 
 function label(key: string): string {
-  const target = TARGETS[key] ?? floodTarget(key);
+  const target = targetOf(key);
   if (target !== undefined) return `   (target ${target})`;
   return RIG_INCLUDED.test(key) ? '   (with the rig: socat, ptys)' : '';
 }
@@ -48,6 +120,9 @@ const TARGETS: Record<string, string> = {
   unlock_refused_p99_ratio: '≤ 1.05',
   unlock_hung_p99_ratio: '≤ 1.05',
   unlock_flapping_p99_ratio: '≤ 1.05',
+  // The unlock path verifies with node:crypto (src/crypto/verify.ts): it must stay the faster.
+  p256_node_over_noble_ratio: '≥ 1',
+  ed25519_node_over_noble_ratio: '≥ 1',
 };
 
 /** The flood suite's figures: every flood's p99 ratio, denials and RSS growth (issue 12). */
@@ -58,29 +133,107 @@ function floodTarget(key: string): string | undefined {
   return undefined;
 }
 
+function targetOf(key: string): string | undefined {
+  return TARGETS[key] ?? floodTarget(key);
+}
+
+function option(args: readonly string[], name: string): string | undefined {
+  return args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+}
+
+/** Runs the suites `args` pick and writes the report (and the baseline when asked). */
+export async function runBench(
+  args: readonly string[],
+  log: (text: string) => void,
+): Promise<{ report: BenchReport; files: string[] }> {
+  const quick = args.includes('--quick');
+  const onlyArg = option(args, 'only');
+  const only = onlyArg ? new Set(onlyArg.split(',')) : undefined;
+  for (const name of only ?? []) if (!(name in SUITES)) throw new Error(`no bench suite named ${name}`);
+  const outDir = resolve(option(args, 'out') ?? join('bench', 'reports'));
+  const baselineFile = resolve(option(args, 'baseline') ?? join('bench', 'baseline.json'));
+  const baseline = parseBaseline(await readFile(baselineFile, 'utf8').catch(() => ''));
+  const sampleMs = quick ? 200 : 2000;
+  const startedAt = new Date();
+  const machine = await describeMachine(sampleMs);
+  const suites: Record<string, SuiteResult> = {};
+  const stem = `${startedAt.toISOString().slice(0, 16).replace(':', '')}Z-${hostname().replace(/[^\w.-]/g, '_')}`;
+  /** Writes the report as it stands: after every suite (a long run cut short keeps what it measured) and at the end. */
+  const write = async (complete: boolean) => {
+    const report = buildReport({
+      startedAt,
+      finishedAt: new Date(),
+      argv: args,
+      machine,
+      suites,
+      targetOf,
+      headline: HEADLINE,
+      complete,
+      ...(baseline ? { baseline } : {}),
+    });
+    await mkdir(outDir, { recursive: true });
+    const files: string[] = [];
+    for (const [ext, text] of [
+      ['json', `${JSON.stringify(report, null, 2)}\n`],
+      ['md', renderMarkdown(report)],
+    ] as const) {
+      for (const base of [stem, 'latest']) {
+        const file = join(outDir, `${base}.${ext}`);
+        await writeFile(file, text);
+        files.push(file);
+      }
+    }
+    return { report, files };
+  };
+  for (const [name, suite] of Object.entries(SUITES)) {
+    if (only ? !only.has(name) : quick ? !QUICK.has(name) : OPT_IN.has(name)) continue;
+    log(`\n== ${name}\n`);
+    const t0 = performance.now();
+    try {
+      const figures = await suite({ quick, named: only?.has(name) ?? false });
+      suites[name] = { durationS: Math.round((performance.now() - t0) / 100) / 10, figures };
+      for (const [k, v] of Object.entries(figures))
+        log(`  ${k.padEnd(34)} ${String(v).padStart(12)}${label(k)}\n`);
+    } catch (err) {
+      // The other suites still run and the report is still written; the exit code says it.
+      const error = err instanceof Error ? err.message : String(err);
+      suites[name] = { durationS: Math.round((performance.now() - t0) / 100) / 10, figures: {}, error };
+      log(`  FAILED: ${err instanceof Error ? err.stack : error}\n`);
+    }
+    await write(false);
+  }
+  machine.loadAvgEnd = loadAverage();
+  const busyAtEnd = await sampleBusy(sampleMs);
+  if (busyAtEnd) machine.busyAtEnd = busyAtEnd;
+  const { report, files } = await write(true);
+  if (args.includes('--update-baseline')) {
+    await writeFile(baselineFile, `${JSON.stringify(nextBaseline(report, baseline), null, 2)}\n`);
+    files.push(baselineFile);
+  }
+  return { report, files };
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const json = args.includes('--json');
-  const onlyArg = args.find((a) => a.startsWith('--only='))?.slice(7);
-  const only = onlyArg ? new Set(onlyArg.split(',')) : undefined;
-  const results: Record<string, Record<string, number>> = {};
-  for (const [name, load] of Object.entries(SUITES)) {
-    if (only ? !only.has(name) : OPT_IN.has(name)) continue;
-    if (!json) process.stdout.write(`\n== ${name}\n`);
-    const figures = await (await load())();
-    results[name] = figures;
-    if (!json) {
-      for (const [k, v] of Object.entries(figures))
-        process.stdout.write(`  ${k.padEnd(34)} ${String(v).padStart(12)}${label(k)}\n`);
-    }
+  // With --json stdout carries the report alone; progress goes to stderr.
+  const log = (text: string) => (json ? process.stderr : process.stdout).write(text);
+  const { report, files } = await runBench(args, log);
+  if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  const { failing, regressed, suitesFailed } = report.summary;
+  log(
+    `\n${report.figures.length} figures; below target: ${failing.join(', ') || 'none'}; ` +
+      `worse than the baseline: ${regressed.join(', ') || 'none'}\nreport: ${files.join(' ')}\n`,
+  );
+  if (suitesFailed.length > 0) {
+    log(`suites that failed: ${suitesFailed.join(', ')}\n`);
+    process.exitCode = 1;
   }
-  if (json)
-    process.stdout.write(
-      `${JSON.stringify({ machine: { node: process.version, cpus: (await import('node:os')).cpus().length }, results }, null, 2)}\n`,
-    );
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
-  process.exitCode = 1;
-});
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exitCode = 1;
+  });
+}

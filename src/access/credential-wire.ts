@@ -22,6 +22,7 @@ export interface CredentialWire {
   readonly publicKey?: PublicJwk;
   readonly uidHash?: string;
   readonly keyHandle?: string;
+  readonly rpId?: string;
   readonly options?: CredentialOptions;
 }
 
@@ -59,6 +60,13 @@ export function expectedCredentialId(
       if (!c.keyHandle) throw bad('a fido credential needs keyHandle', 'keyHandle');
       if (!c.publicKey) throw bad('a fido credential needs publicKey', 'publicKey');
       return credentialIdFor('fido', fromB64url(c.keyHandle));
+    case 'passkey':
+      // The WebAuthn credential id names the passkey; its public key and rpId are checked as fields.
+      if (!c.keyHandle)
+        throw bad('a passkey credential needs keyHandle (its WebAuthn credential id)', 'keyHandle');
+      if (!c.publicKey) throw bad('a passkey credential needs publicKey', 'publicKey');
+      if (!c.rpId) throw bad('a passkey credential needs rpId', 'rpId');
+      return credentialIdFor('passkey', fromB64url(c.keyHandle));
     case 'ntag424':
     case 'uid':
       if (!c.uidHash) throw bad(`a ${kind} credential needs uidHash`, 'uidHash');
@@ -93,6 +101,7 @@ const WIRE_KEYS = new Set([
   'publicKey',
   'uidHash',
   'keyHandle',
+  'rpId',
   'options',
 ]);
 
@@ -131,6 +140,11 @@ export function parseCredentialWire(value: unknown): Credential {
     }
     if (kh.length < 16 || kh.length > 255) throw bad('must be 16 to 255 bytes', 'keyHandle');
   }
+  if (w.rpId !== undefined) {
+    if (typeof w.rpId !== 'string' || !/^[A-Za-z0-9.:[\]-]{1,253}$/.test(w.rpId))
+      throw bad('must be a host name (1..253 characters)', 'rpId');
+    if (kind !== 'passkey') throw bad('rpId applies to passkey credentials only', 'rpId');
+  }
   const options: CredentialOptions = {};
   if (w.options !== undefined) {
     if (typeof w.options !== 'object' || w.options === null) throw bad('must be an object', 'options');
@@ -155,6 +169,7 @@ export function parseCredentialWire(value: unknown): Credential {
     ...(publicKey !== undefined ? { publicKey } : {}),
     ...(w.uidHash !== undefined ? { uidHash: w.uidHash as string } : {}),
     ...(w.keyHandle !== undefined ? { keyHandle: w.keyHandle as string } : {}),
+    ...(w.rpId !== undefined ? { rpId: w.rpId as string } : {}),
   };
   const id = expectedCredentialId(kind, body);
   if (w.id !== id) throw bad(`must be ${id} (derived from the credential's key or card)`, 'id');
@@ -172,6 +187,7 @@ export function credentialToWire(c: Credential): CredentialWire {
     ...(c.publicKey !== undefined ? { publicKey: c.publicKey } : {}),
     ...(c.uidHash !== undefined ? { uidHash: c.uidHash } : {}),
     ...(c.keyHandle !== undefined ? { keyHandle: c.keyHandle } : {}),
+    ...(c.rpId !== undefined ? { rpId: c.rpId } : {}),
     ...(c.options.passive || c.options.insecureUid ? { options: c.options } : {}),
   };
 }

@@ -1073,6 +1073,7 @@ function credentialFromTrustedWire(w: CredentialWire): Credential {
   if (w.publicKey !== undefined) c.publicKey = w.publicKey;
   if (w.uidHash !== undefined) c.uidHash = w.uidHash;
   if (w.keyHandle !== undefined) c.keyHandle = w.keyHandle;
+  if (w.rpId !== undefined) c.rpId = w.rpId;
   return c;
 }
 

@@ -310,6 +310,8 @@ export class Agent {
         ? { credentialId: decision.credential.id, role: decision.credential.role }
         : {}),
       ...(p.answerMs !== undefined ? { answerMs: Math.round(p.answerMs) } : {}),
+      // A missed deadline is audited with its deadline and its measured lateness.
+      ...(p.lateMs !== undefined ? { deadlineMs: p.deadlineMs, lateMs: p.lateMs } : {}),
       ...(p.counter !== undefined ? { counter: p.counter } : {}),
       ...(stateDetail !== undefined ? { detail: stateDetail } : {}),
     };

@@ -11,6 +11,12 @@ import type { Health } from '../core/types.js';
 import { bindHandler, MAX_ENROLL_WINDOW_MS } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import type { BleSimEnvironment, SimPhones } from '../sim/ble-sim.js';
+import {
+  builtInPhoneKeyService,
+  PeripheralReader,
+  type PhoneKeyServiceFactory,
+  simCentralHandlers,
+} from './ble-peripheral.js';
 
 /** The answer of a desk's status or cancel when no enrollment is open. */
 const NO_ENROLLMENT = { state: 'none' } as const;
@@ -29,10 +35,15 @@ export interface BleSetupDeps extends EnrollmentHost {
   readonly keyring: CredentialLookup;
   readonly clock: Clock;
   readonly log: Logger;
+  /** The phone-key service of the peripheral role; default builtInPhoneKeyService (src/app/ble-peripheral.ts). */
+  readonly phoneKeyService?: PhoneKeyServiceFactory;
+  /** The vehicle key's SubjectPublicKeyInfo DER (the phone-key page pins it). */
+  readonly vehicleSpki: Uint8Array;
 }
 
 export interface BleSetup {
-  readonly reader: CredentialReader;
+  /** ble0 (the central) and ble-peripheral, as ble.mode asks. */
+  readonly readers: readonly CredentialReader[];
   /** Control commands: ble.status, enroll.*, and in sim mode sim.phone.approach and sim.ble.*. */
   readonly handlers: ReadonlyMap<string, ControlHandler>;
   readonly mode: 'sim' | 'bluez';
@@ -71,6 +82,29 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
   handlers.set(...bindHandler('enroll.status', () => desk.status() ?? NO_ENROLLMENT));
   handlers.set(...bindHandler('enroll.cancel', () => desk.cancel() ?? NO_ENROLLMENT));
 
+  // One private bus and stand-in in sim mode, shared by the central and the peripheral.
+  let simEnv: Promise<BleSimEnvironment> | undefined;
+  const simEnvironment = (): Promise<BleSimEnvironment> => {
+    simEnv ??= (async () => {
+      const { startBleSim } = await import('../sim/ble-sim.js');
+      try {
+        return await startBleSim(log);
+      } catch (err) {
+        const e = toAgentError(err, 'reader_error');
+        throw new AgentError(
+          'reader_error',
+          `sim mode needs dbus-daemon (apt-get install dbus): ${e.message}`,
+        );
+      }
+    })();
+    return simEnv;
+  };
+  const phoneKeyService = deps.phoneKeyService ?? builtInPhoneKeyService;
+  const roles = {
+    central: ble.mode !== 'peripheral',
+    peripheral: ble.mode !== 'central',
+  };
+
   // Everything below runs in the background once the agent starts the reader: node-ble, dbus-next,
   // the stand-in and noble take a few hundred ms to load on a Pi, and the agent's `ready` and its
   // other readers do not wait for them (nor for a dbus-daemon and BlueZ round trips).
@@ -79,64 +113,56 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
       import('../ble/link.js'),
       mode === 'sim' ? import('../sim/ble-sim.js') : Promise.resolve(undefined),
     ]);
-    let env: BleSimEnvironment | undefined;
-    if (sim !== undefined) {
-      const { startBleSim } = sim;
-      try {
-        env = await startBleSim(log);
-      } catch (err) {
-        const e = toAgentError(err, 'reader_error');
-        throw new AgentError(
-          'reader_error',
-          `sim mode needs dbus-daemon (apt-get install dbus): ${e.message}`,
-        );
-      }
-    }
-    try {
-      const link = new BleLink({
-        serviceUuid: SERVICE_UUID,
-        writeUuid: VEHICLE_TO_KEY_UUID,
-        notifyUuid: KEY_TO_VEHICLE_UUID,
-        logger: log,
-        ...(env === undefined ? {} : { busAddress: env.busAddress }),
-        ...(ble.adapter === undefined ? {} : { adapter: ble.adapter }),
-        rssiThreshold: ble.rssiThreshold,
-        maxSessions: ble.maxSessions,
-        unprovenTurnMs: ble.unprovenTurnMs,
-        unprovenDeadlineMs: ble.unprovenDeadlineMs,
-        maxWaiting: ble.maxWaiting,
-        maxConnectsPerSecond: ble.maxConnectsPerSecond,
-        maxTrackedDevices: ble.maxTrackedDevices,
-        connectTimeoutMs: ble.connectTimeoutMs,
-        servicesTimeoutMs: ble.servicesTimeoutMs,
-        gattTimeoutMs: ble.gattTimeoutMs,
-        gattAttempts: ble.gattAttempts,
-        // Spacing after any session: the denial cooldown is asked explicitly, so keep this short.
-        sessionSpacingMs: Math.min(ble.denialCooldownMs, 1000),
-      });
-      const inner = new BleReader({
-        id: 'ble0',
-        link,
-        answerWindowMs: config.policy.bleAnswerDeadlineMs,
-        lateGraceMs: ble.lateGraceMs,
-        grantCooldownMs: ble.grantCooldownMs,
-        denialCooldownMs: ble.denialCooldownMs,
-        enrollAnswerMs: ble.enrollAnswerMs,
-        enrollment: desk,
-      });
-      const phones =
-        env !== undefined && sim !== undefined
-          ? new sim.SimPhones(env.standIn, inner, log.child({ module: 'sim-phone' }))
-          : undefined;
-      return { reader: inner, env, phones };
-    } catch (err) {
-      await env?.stop();
-      throw err;
-    }
+    const env = sim === undefined ? undefined : await simEnvironment();
+    const link = new BleLink({
+      serviceUuid: SERVICE_UUID,
+      writeUuid: VEHICLE_TO_KEY_UUID,
+      notifyUuid: KEY_TO_VEHICLE_UUID,
+      logger: log,
+      ...(env === undefined ? {} : { busAddress: env.busAddress }),
+      ...(ble.adapter === undefined ? {} : { adapter: ble.adapter }),
+      rssiThreshold: ble.rssiThreshold,
+      maxSessions: ble.maxSessions,
+      unprovenTurnMs: ble.unprovenTurnMs,
+      unprovenDeadlineMs: ble.unprovenDeadlineMs,
+      maxWaiting: ble.maxWaiting,
+      maxConnectsPerSecond: ble.maxConnectsPerSecond,
+      maxTrackedDevices: ble.maxTrackedDevices,
+      connectTimeoutMs: ble.connectTimeoutMs,
+      servicesTimeoutMs: ble.servicesTimeoutMs,
+      gattTimeoutMs: ble.gattTimeoutMs,
+      gattAttempts: ble.gattAttempts,
+      // Spacing after any session: the denial cooldown is asked explicitly, so keep this short.
+      sessionSpacingMs: Math.min(ble.denialCooldownMs, 1000),
+    });
+    const inner = new BleReader({
+      id: 'ble0',
+      link,
+      answerWindowMs: config.policy.bleAnswerDeadlineMs,
+      lateGraceMs: ble.lateGraceMs,
+      grantCooldownMs: ble.grantCooldownMs,
+      denialCooldownMs: ble.denialCooldownMs,
+      enrollment: desk,
+    });
+    const phones =
+      env !== undefined && sim !== undefined
+        ? new sim.SimPhones(env.standIn, inner, log.child({ module: 'sim-phone' }))
+        : undefined;
+    return { reader: inner, env, phones };
   });
   reader.onFailure((err) =>
     log.error({ module: 'ble', code: err.code, err: err.message }, 'BLE reader not started; BLE is down'),
   );
+
+  const peripheral = new PeripheralReader({
+    service: phoneKeyService,
+    desk,
+    vehicleSpki: deps.vehicleSpki,
+    audit: (event) => deps.agent().audit(event),
+    config,
+    log: log.child({ module: 'ble-peripheral' }),
+    busAddress: async () => (mode === 'sim' ? (await simEnvironment()).busAddress : undefined),
+  });
 
   handlers.set(
     ...bindHandler('ble.status', () => {
@@ -146,6 +172,10 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
         health: reader.health(),
         ...(up === undefined ? {} : { stats: up.reader.stats() }),
         enrollment: desk.status() ?? { state: 'none' },
+        roles,
+        ...(roles.peripheral
+          ? { peripheral: { health: peripheral.health(), stats: peripheral.stats() ?? {} } }
+          : {}),
         ...(up?.env === undefined ? {} : { sim: { busAddress: up.env.busAddress, dbusPid: up.env.dbusPid } }),
       };
     }),
@@ -176,7 +206,7 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     );
     handlers.set(
       ...bindHandler('sim.ble.adapter', async (args) => {
-        const { standIn } = (await sim()).env;
+        const { standIn } = await simEnvironment();
         standIn.setPowered(args.powered);
         return { powered: standIn.powered };
       }),
@@ -198,9 +228,17 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
         return { running: true, devices, mode };
       }),
     );
+    if (roles.peripheral) {
+      for (const [name, handler] of simCentralHandlers(
+        async () => (await simEnvironment()).standIn,
+        peripheral,
+      )) {
+        handlers.set(name, handler);
+      }
+    }
     handlers.set(
       ...bindHandler('sim.ble.bluez', async (args) => {
-        const { standIn } = (await sim()).env;
+        const { standIn } = await simEnvironment();
         if (args.owned) await standIn.reacquireName();
         else await standIn.releaseName();
         return { owned: standIn.nameOwned };
@@ -209,13 +247,13 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
   }
 
   return {
-    reader,
+    readers: [...(roles.central ? [reader] : []), ...(roles.peripheral ? [peripheral] : [])],
     handlers,
     mode,
     stop: async () => {
       desk.close();
       flood?.stop();
-      await (await reader.whenUp())?.env?.stop();
+      await (await simEnv?.catch(() => undefined))?.stop();
     },
   };
 }
@@ -250,10 +288,8 @@ class BackgroundBleReader implements CredentialReader {
     this.bringingUp = (async () => {
       try {
         const up = await this.bringUp();
-        if (this.stopped) {
-          await up.env?.stop();
-          return undefined;
-        }
+        // The sim environment is shared with the peripheral: setup.stop() ends it.
+        if (this.stopped) return undefined;
         this.up = up;
         await up.reader.start(context);
         return up;

@@ -1,4 +1,4 @@
-import type { KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { Agent, LockControl } from '../agent/agent.js';
 import type { CredentialReader } from '../agent/reader.js';
 import type { Config } from '../config/schema.js';
@@ -74,8 +74,11 @@ export async function buildReaders(deps: ReaderDeps): Promise<ReaderParts> {
 
   if (config.ble.enabled) {
     const { setupBle } = await import('./ble.js');
-    const ble = await setupBle({ config, ...(await enrollment()) });
-    readers.push(ble.reader);
+    const vehicleSpki = new Uint8Array(
+      createPublicKey(deps.vehicleKey).export({ format: 'der', type: 'spki' }),
+    );
+    const ble = await setupBle({ config, vehicleSpki, ...(await enrollment()) });
+    readers.push(...ble.readers);
     add(ble.handlers);
     deps.cleanup.defer('ble', () => ble.stop());
   }

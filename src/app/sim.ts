@@ -1,7 +1,9 @@
 import { join } from 'node:path';
 import type { Agent, LockControl } from '../agent/agent.js';
 import type { Config } from '../config/schema.js';
+import type { MonotonicFloorClock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
+import { bindHandler } from '../host/control-api.js';
 import { simLimitHandlers, simReaderHandlers } from '../host/control-handlers.js';
 import type { ControlHandler } from '../host/control-server.js';
 import { demoHints, seedDemo } from '../sim/demo.js';
@@ -73,6 +75,25 @@ export function createSimReader(
  */
 export function simLimitControl(config: Config, agent: Agent): ReadonlyMap<string, ControlHandler> {
   return allSimulated(config) ? simLimitHandlers(agent) : new Map();
+}
+
+/**
+ * `sim.clock.advance` (a scenario's clock jump, docs/scenarios.md), on a fully simulated vehicle
+ * only: moves the trusted clock forward, as a signed command's time would. Forward only: the
+ * trusted clock never goes back, so the jump stays in that state folder.
+ */
+export function simClockControl(
+  config: Config,
+  clock: Pick<MonotonicFloorClock, 'now' | 'advanceTo'>,
+): ReadonlyMap<string, ControlHandler> {
+  if (!allSimulated(config)) return new Map();
+  return new Map<string, ControlHandler>([
+    bindHandler('sim.clock.advance', ({ ms }) => {
+      const before = clock.now();
+      clock.advanceTo(before + ms);
+      return { before: new Date(before).toISOString(), now: new Date(clock.now()).toISOString() };
+    }),
+  ]);
 }
 
 /** What to try first, printed once the demo runs, and how the rate limit shows itself. */

@@ -17,7 +17,7 @@ import { startCloud } from './cloud.js';
 import { buildReaders } from './readers.js';
 import { announceReady } from './readiness.js';
 import { createRelay } from './relays.js';
-import { demoProvisioner, logDemoHints, simLimitControl, simReaderEnabled } from './sim.js';
+import { demoProvisioner, logDemoHints, simClockControl, simLimitControl, simReaderEnabled } from './sim.js';
 import { ensureProvisioned, openState } from './state.js';
 import { startStatusPageIfEnabled } from './status-page.js';
 import { startSupervisor } from './supervision.js';
@@ -106,6 +106,8 @@ export async function startAgent(options: {
     };
     const handlers = coreControlHandlers(core);
     for (const [name, handler] of simLimits) handlers.set(name, handler);
+    for (const [name, handler] of simClockControl(config, state.trustedClock.clock))
+      handlers.set(name, handler);
     for (const [name, handler] of readers.handlers) handlers.set(name, handler);
     for (const [name, handler] of testHookHandlers(process.env, {
       appendAudit: (e) => state.audit.append(e),

@@ -41,8 +41,9 @@ export interface BleChannel {
   /** The peer showed a signature-checked answer: no more unproven deadline, never evicted. */
   markProven(): void;
   /**
-   * Gives this unproven session `ms` more (an owner approving an enrollment takes a human's time);
-   * false when another session has such a turn already.
+   * Gives this session `ms` more from now, past every bound of the transport (an owner approving
+   * an enrollment takes a human's time); for an unproven session, false when another session has
+   * such a turn already.
    */
   extendTurn(ms: number): boolean;
 }

@@ -7,14 +7,16 @@ import { type Code, isCode } from '../core/codes.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Credential } from '../core/types.js';
-import { toHex } from '../crypto/encoding.js';
+import { bytesEqual, toHex } from '../crypto/encoding.js';
 import {
   approvalMatches,
   authProofFor,
   type EnrollApproval,
   type EnrollOfferFields,
+  type EnrollRequest,
   offerSummary,
   verifyEnrollApproval,
+  verifyEnrollRequest,
 } from './protocol/enroll.js';
 
 /**
@@ -22,6 +24,8 @@ import {
  * Someone with access to the vehicle's control socket opens a request naming the new credential;
  * it stays open for a bounded window and closes when an owner's phone key approves it over BLE by
  * signing its request hash (protocol extension E1), when it expires, or when it is cancelled.
+ * A key learns what is pending (the vehicle-signed offer) only after its signed enroll_request
+ * proved it an enrolled, valid owner key (authorise); anyone else learns nothing about it.
  * Nothing else opens or approves it: an unlock, however recent, authorises nothing.
  * On approval the desk writes a grant signed by the vehicle key carrying the owner's signature
  * as its AuthProof, which every keyring verifies on its own (verifyBleEnrollAuth).
@@ -57,6 +61,16 @@ export interface EnrollmentDeskOptions {
   readonly windowMs: number;
   readonly maxWindowMs: number;
 }
+
+/** Where a key's own enrollment request stands (EnrollmentDesk.requestFor). */
+export type PeerEnrollmentState =
+  | { readonly state: 'pending'; readonly view: EnrollmentView }
+  | { readonly state: 'enrolled' }
+  | { readonly state: 'refused'; readonly code: Code };
+/** Whether a key that asked (enroll_request) may see the offer: it proved an enrolled owner key. */
+export type AskOutcome =
+  | { readonly allowed: true; readonly by: string }
+  | { readonly allowed: false; readonly code: Code; readonly by?: string };
 
 export type ApprovalOutcome =
   | { readonly approved: true; readonly credentialId: string; readonly by: string }
@@ -172,6 +186,80 @@ export class EnrollmentDesk {
     return request === undefined ? undefined : this.view(request);
   }
 
+  /**
+   * A key asks to be enrolled from the phone-key page (mode P): the request for its credential,
+   * found by credential id (derived from its public key), or a new one when none is pending. The
+   * page asks again later, on any connection, to learn the state. A refusal (the request was
+   * cancelled) stays the answer until another request replaces it; an expired one is opened anew.
+   */
+  requestFor(credential: Credential): PeerEnrollmentState {
+    this.refresh();
+    const status = this.options.keyring.byId(credential.id);
+    if (status !== undefined)
+      return status.revoked ? { state: 'refused', code: 'revoked' } : { state: 'enrolled' };
+    const request = this.request;
+    if (request?.credential.id === credential.id) {
+      if (request.state === 'pending') return { state: 'pending', view: this.view(request) };
+      if (request.state === 'cancelled') return { state: 'refused', code: 'enrollment_closed' };
+    } else if (request?.state === 'pending') {
+      return { state: 'refused', code: 'busy' };
+    }
+    try {
+      return { state: 'pending', view: this.open(credential) };
+    } catch (err) {
+      const e = toAgentError(err);
+      return { state: 'refused', code: e.code };
+    }
+  }
+
+  /**
+   * Checks a key's enroll_request from the session whose hello carried `challenge`: it names this
+   * vehicle and this session, and is signed by an enrolled, unrevoked, currently valid phone key
+   * whose role may grant keys. The signature is checked before anything else about the key, so a
+   * peer without an enrolled key's private key learns only unknown_credential or bad_proof.
+   * Refusals by a key whose signature verified are audited (enroll.refused); others are not (noise).
+   */
+  authorise(request: EnrollRequest, challenge: Uint8Array): AskOutcome {
+    const { keyring, vehicleId, clock } = this.options;
+    const by = request.keyId;
+    if (request.vehicleId !== vehicleId) return { allowed: false, code: 'wrong_vehicle' };
+    if (!bytesEqual(request.challenge, challenge)) return { allowed: false, code: 'bad_proof' };
+    const status = keyring.byId(by);
+    if (status === undefined) return { allowed: false, code: 'unknown_credential' };
+    const { credential } = status;
+    if (
+      credential.kind !== 'phone' ||
+      credential.publicKey === undefined ||
+      verifyEnrollRequest(request, credential.publicKey) !== 'valid'
+    )
+      return { allowed: false, code: 'bad_proof' };
+    const now = clock.now();
+    let code: Code | undefined;
+    if (status.revoked) code = 'revoked';
+    else if (credential.notBefore !== undefined && now < credential.notBefore) code = 'not_yet_valid';
+    else if (credential.notAfter !== undefined && now >= credential.notAfter) code = 'expired';
+    else if (!roleAllows(credential.role, 'keys.grant')) code = 'role_not_allowed';
+    if (code === undefined) return { allowed: true, by };
+    this.refresh();
+    const pending = this.request;
+    this.options.audit({
+      type: 'enroll.refused',
+      by,
+      step: 'request',
+      ...(pending?.state === 'pending' ? { opId: pending.op.id, credentialId: pending.credential.id } : {}),
+      code,
+    });
+    return { allowed: false, code, by };
+  }
+
+  /** Monotonic ms the pending request has left (0 when none is pending). */
+  windowLeftMs(): number {
+    this.refresh();
+    const request = this.request;
+    if (request?.state !== 'pending') return 0;
+    return Math.max(0, request.expiresAtMono - this.options.clock.monotonic());
+  }
+
   /** What to offer a key that asks (enroll_request): the pending request, if any. */
   offer(challenge: Uint8Array): EnrollOfferFields | undefined {
     this.refresh();
@@ -190,8 +278,12 @@ export class EnrollmentDesk {
    * request is still open, the approval names it and this session, and that the key is an enrolled,
    * unrevoked, currently valid owner key whose signature verifies; then writes the grant.
    */
-  async approve(approval: EnrollApproval, challenge: Uint8Array): Promise<ApprovalOutcome> {
-    const outcome = await this.decide(approval, challenge);
+  async approve(approval: EnrollApproval, challenge: Uint8Array, askedBy?: string): Promise<ApprovalOutcome> {
+    // The key that proved itself to see the offer is the one that may approve it in this session.
+    const outcome =
+      askedBy !== undefined && approval.keyId !== askedBy
+        ? ({ approved: false, code: 'bad_proof', by: approval.keyId } as const)
+        : await this.decide(approval, challenge);
     const request = this.request;
     this.options.audit({
       type: outcome.approved ? 'enroll.approved' : 'enroll.refused',

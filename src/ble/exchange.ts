@@ -14,9 +14,9 @@ import type { Code } from '../core/codes.js';
 import { isAgentError, toAgentError } from '../core/errors.js';
 import type { Decision, Presentation, ProofVerdict } from '../core/types.js';
 import type { BleChannel, BleCloseReason } from './channel.js';
-import type { ApprovalOutcome } from './enrollment.js';
+import type { ApprovalOutcome, AskOutcome } from './enrollment.js';
 import { DEFAULT_CHUNK_BYTES } from './protocol/constants.js';
-import type { EnrollApproval } from './protocol/enroll.js';
+import type { EnrollApproval, EnrollRequest } from './protocol/enroll.js';
 import {
   buildEnrollOffer,
   decodeEnrollMessage,
@@ -29,8 +29,12 @@ import { AgentSession, RecentChallenges } from './protocol/session.js';
 
 /** What the reader needs of the enrollment desk (src/ble/enrollment.ts). */
 export interface EnrollmentPort {
+  /** Whether the key that signed this enroll_request may see the offer (an enrolled owner key). */
+  authorise(request: EnrollRequest, challenge: Uint8Array): AskOutcome;
   offer(challenge: Uint8Array): EnrollOfferFields | undefined;
-  approve(approval: EnrollApproval, challenge: Uint8Array): Promise<ApprovalOutcome>;
+  /** How long the pending request stays open: the owner has that long to approve. */
+  windowLeftMs(): number;
+  approve(approval: EnrollApproval, challenge: Uint8Array, askedBy: string): Promise<ApprovalOutcome>;
 }
 
 /** How one exchange with a device ended. */
@@ -57,8 +61,6 @@ export interface KeyExchangeOptions {
    * was late; it is denied 'timeout' all the same.
    */
   readonly lateGraceMs?: number;
-  /** E1: how long the owner's key has to approve an offer. */
-  readonly enrollAnswerMs?: number;
   /** Bytes per write when the channel does not know the ATT MTU. Default 20 (ATT_MTU 23). */
   readonly chunkBytes?: number;
   readonly enrollment?: EnrollmentPort;
@@ -76,7 +78,7 @@ export interface KeyExchangeStats {
 
 type InboxEvent =
   | { readonly kind: 'frame'; readonly frame: Uint8Array; readonly at: number }
-  | { readonly kind: 'framing'; readonly proof: 'malformed' | 'frame_too_large' }
+  | { readonly kind: 'framing'; readonly proof: 'malformed' | 'frame_too_large' | 'unsupported' }
   | { readonly kind: 'closed'; readonly reason: BleCloseReason }
   | { readonly kind: 'deadline' };
 
@@ -99,7 +101,8 @@ export function verdictForClose(reason: BleCloseReason): ProofVerdict | undefine
 }
 
 const DEFAULT_LATE_GRACE_MS = 500;
-const DEFAULT_ENROLL_ANSWER_MS = 30_000;
+/** E1: room after the request's window for the approval's last chunks and the desk's checks. */
+const ENROLL_SLACK_MS = 2000;
 
 /** Reassembled frames and link events of one session, in order, with their arrival times. */
 class Inbox {
@@ -190,15 +193,37 @@ export class KeyExchange {
       recentChallenges: this.recent,
     });
     const chunkBytes = this.chunkBytes(channel);
-    let event: InboxEvent;
-    if (await this.send(ctx, channel, session.hello, chunkBytes)) {
-      const wait =
-        session.deadlineAt + (this.options.lateGraceMs ?? DEFAULT_LATE_GRACE_MS) - ctx.clock.monotonic();
-      event = await inbox.next(wait);
-    } else {
-      event = { kind: 'closed', reason: channel.closed ? 'disconnected' : 'failed' };
+    const grace = this.options.lateGraceMs ?? DEFAULT_LATE_GRACE_MS;
+    let receipt: ReturnType<AgentSession['receive']> | undefined;
+    const helloSent = await this.send(ctx, channel, session.hello, chunkBytes, () =>
+      session.helloSent(ctx.clock.monotonic()),
+    );
+    let event: InboxEvent = { kind: 'closed', reason: channel.closed ? 'disconnected' : 'failed' };
+    while (helloSent) {
+      event = await inbox.next(session.deadlineAt + grace - ctx.clock.monotonic());
+      if (event.kind !== 'frame' || isEnrollMessage(event.frame)) break;
+      try {
+        receipt = session.receive(event.frame, event.at);
+      } catch (err) {
+        receipt = undefined;
+        const code = isAgentError(err) && err.code === 'unsupported' ? 'unsupported' : 'malformed';
+        event = { kind: 'framing', proof: code };
+        break;
+      }
+      // An abort is unsigned, so anyone in range can send one: it ends nothing (no retry with
+      // another version, no other mode); the key's answer may still come, else the deadline decides.
+      if (receipt.kind === 'answer') break;
     }
-    const unidentified = (proof: ProofVerdict, reply: Reply = 'result'): Promise<BleOutcome | undefined> =>
+    // The deadline's measured lateness, for the audit (a miss with no answer: how long we waited past it).
+    const lateness = (): Pick<Presentation, 'deadlineMs' | 'lateMs'> => {
+      const late = ctx.clock.monotonic() - session.deadlineAt;
+      return { deadlineMs: session.answerWindowMs, ...(late > 0 ? { lateMs: Math.round(late) } : {}) };
+    };
+    const unidentified = (
+      proof: ProofVerdict,
+      reply: Reply = 'result',
+      timing: Pick<Presentation, 'deadlineMs' | 'lateMs'> = {},
+    ): Promise<BleOutcome | undefined> =>
       this.decide(
         ctx,
         channel,
@@ -211,38 +236,37 @@ export class KeyExchange {
           intent: 'unlock',
           explicitIntent: false,
           proof,
+          ...timing,
         },
         reply,
       );
     switch (event.kind) {
-      case 'deadline':
+      case 'deadline': {
         session.close();
+        const aborted = session.abortedWith;
+        if (aborted !== undefined) {
+          // The key refused (e.g. not its vehicle) and sent no answer: not a presentation.
+          this.counters.refused += 1;
+          ctx.log.debug({ address, code: aborted }, 'the key refused the exchange');
+          return { kind: 'refused', address, code: aborted };
+        }
         // No complete answer in the window (and its grace): the exchange ends with an abort.
-        return unidentified('timeout', 'abort');
+        return unidentified('timeout', 'abort', lateness());
+      }
       case 'framing':
         session.close();
         return unidentified(event.proof);
       case 'closed': {
         session.close();
         const verdict = verdictForClose(event.reason);
-        return verdict === undefined ? undefined : unidentified(verdict, 'none');
+        if (verdict === undefined) return undefined;
+        return unidentified(verdict, 'none', verdict === 'timeout' && helloSent ? lateness() : {});
       }
       case 'frame':
         break;
     }
-    if (isEnrollMessage(event.frame))
+    if (receipt === undefined || receipt.kind !== 'answer')
       return this.enroll(ctx, channel, inbox, session, event.frame, chunkBytes);
-    let receipt: ReturnType<AgentSession['receive']>;
-    try {
-      receipt = session.receive(event.frame, event.at);
-    } catch (err) {
-      return unidentified(isAgentError(err) && err.code === 'unsupported' ? 'unsupported' : 'malformed');
-    }
-    if (receipt.kind === 'abort') {
-      this.counters.refused += 1;
-      ctx.log.debug({ address, code: receipt.code }, 'the key refused the exchange');
-      return { kind: 'refused', address, code: receipt.code };
-    }
     return this.decide(
       ctx,
       channel,
@@ -270,6 +294,7 @@ export class KeyExchange {
       this.counters.proven += 1;
       channel.markProven();
     }
+    const lateMs = answerMs - session.answerWindowMs;
     return {
       reader: this.options.id,
       kind: 'phone',
@@ -279,6 +304,8 @@ export class KeyExchange {
       explicitIntent: answer.explicitIntent,
       proof,
       answerMs,
+      deadlineMs: session.answerWindowMs,
+      ...(lateMs > 0 ? { lateMs: Math.round(lateMs) } : {}),
     };
   }
 
@@ -322,16 +349,23 @@ export class KeyExchange {
     let request: ReturnType<typeof decodeEnrollMessage>;
     try {
       request = decodeEnrollMessage(frame);
-    } catch {
-      return refuse('malformed');
+    } catch (err) {
+      return refuse(isAgentError(err) && err.code === 'unsupported' ? 'unsupported' : 'malformed');
     }
     if (request.type !== 'enroll_request') return refuse('malformed');
-    const offer = this.options.enrollment?.offer(session.challenge);
+    const desk = this.options.enrollment;
+    if (desk === undefined) return refuse('enrollment_closed');
+    // Nothing signed and nothing about the pending request before the key proved an owner key.
+    const asked = desk.authorise(request, session.challenge);
+    if (!asked.allowed) return refuse(asked.code);
+    this.counters.proven += 1;
+    channel.markProven();
+    const offer = desk.offer(session.challenge);
     if (offer === undefined) return refuse('enrollment_closed');
-    // The owner approves by hand, which takes longer than an unproven turn: this one session
-    // gets that long; a second one at the same time is refused (it cannot hold the slots).
-    const answerMs = this.options.enrollAnswerMs ?? DEFAULT_ENROLL_ANSWER_MS;
-    if (!channel.extendTurn(answerMs)) return refuse('busy');
+    // The owner approves by hand: an approval given while the request is open must complete it,
+    // so this session lasts as long as the request (bounded by its window, at most 10 minutes).
+    const answerMs = desk.windowLeftMs();
+    if (!channel.extendTurn(answerMs + ENROLL_SLACK_MS)) return refuse('busy');
     if (
       !(await this.send(
         ctx,
@@ -361,9 +395,8 @@ export class KeyExchange {
     } catch {
       approval = undefined;
     }
-    const desk = this.options.enrollment;
-    if (approval === undefined || desk === undefined) return refuse('malformed');
-    const outcome = await desk.approve(approval, session.challenge);
+    if (approval === undefined) return refuse('malformed');
+    const outcome = await desk.approve(approval, session.challenge, asked.by);
     if (outcome.approved) this.counters.enrollments += 1;
     await this.send(
       ctx,
@@ -376,16 +409,24 @@ export class KeyExchange {
     return { kind: 'enrollment', address, outcome };
   }
 
-  /** Writes one message in chunks (writes with response, in order). False when the link failed. */
+  /**
+   * Writes one message in chunks (writes with response, in order). False when the link failed.
+   * `beforeLast` runs just before the last chunk is handed to the link.
+   */
   private async send(
     ctx: ReaderContext,
     channel: BleChannel,
     message: Uint8Array,
     chunkBytes: number,
+    beforeLast?: () => void,
   ): Promise<boolean> {
     if (channel.closed) return false;
     try {
-      for (const chunk of chunkFrame(message, chunkBytes)) await channel.write(chunk);
+      const chunks = chunkFrame(message, chunkBytes);
+      for (const [i, chunk] of chunks.entries()) {
+        if (i === chunks.length - 1) beforeLast?.();
+        await channel.write(chunk);
+      }
       return true;
     } catch (err) {
       const e = toAgentError(err, 'reader_error');

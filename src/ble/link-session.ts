@@ -135,11 +135,12 @@ export class Session implements BleChannel {
 
   extendTurn(ms: number): boolean {
     if (this.closed) return false;
-    if (this.proven) return true;
-    if (!this.owner.extend()) return false;
-    const onExpiry = this.unprovenExpiry ?? (() => {});
-    this.armUnproven(ms, onExpiry);
-    // The overall session bound must not cut it short either (room for the last writes).
+    if (!this.proven) {
+      if (!this.owner.extend()) return false;
+      this.armUnproven(ms, this.unprovenExpiry ?? (() => {}));
+    }
+    // Proven or not, the overall session bound (ble sessionTimeoutMs, 15 s) must not cut the turn
+    // short either: an owner approving an enrollment has until the request expires.
     this.armTimeout(ms + this.writeTimeoutMs);
     return true;
   }

@@ -51,6 +51,11 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
     summary: 'make a phone key; play a phone against the BLE sim',
     load: async () => import('./commands/phone.js').then((m) => ({ run: m.phone, help: m.PHONE_HELP })),
   },
+  'phone-app': {
+    summary: 'write the phone-key web app to a folder for an HTTPS origin',
+    load: async () =>
+      import('./commands/phone-app.js').then((m) => ({ run: m.phoneApp, help: m.PHONE_APP_HELP })),
+  },
   enroll: {
     summary: 'enroll a phone or an NFC card at the vehicle, authorised by the owner',
     // `enroll card` (NFC cards, src/cli/commands/enroll-card.ts); the rest is phone enrollment.
@@ -92,6 +97,11 @@ const COMMANDS: Readonly<Record<string, { summary: string; load: () => Promise<L
   cloud: {
     summary: 'send signed commands, push the keyring (MQTT)',
     load: async () => import('./commands/cloud.js').then((m) => ({ run: m.cloud, help: m.CLOUD_HELP })),
+  },
+  scenario: {
+    summary: 'play a YAML scenario against the running agent; pass/fail per step',
+    load: async () =>
+      import('./commands/scenario.js').then((m) => ({ run: m.scenario, help: m.SCENARIO_HELP })),
   },
   sign: {
     summary: 'print a signed command, keyring operation or set',

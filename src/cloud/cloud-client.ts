@@ -23,6 +23,10 @@ export interface CloudClientOptions {
   readonly connectTimeoutMs?: number;
   readonly clientId?: string;
   readonly log: Logger;
+  /** Called with every message as it comes (a watcher that runs for hours). */
+  readonly onMessage?: (m: IncomingMessage) => void;
+  /** Default true: keep every message in `received`. A long-running watcher passes false. */
+  readonly keepReceived?: boolean;
 }
 
 export interface CloudClient {
@@ -55,8 +59,9 @@ export async function connectCloudClient(options: CloudClientOptions): Promise<C
       onConnect: () => onUp?.(),
       onDisconnect: () => {},
       onMessage: (m) => {
-        received.push(m);
+        if (options.keepReceived !== false) received.push(m);
         for (const w of [...waiters]) w(m);
+        options.onMessage?.(m);
       },
     },
   );

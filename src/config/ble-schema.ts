@@ -1,4 +1,4 @@
-import { bool, int, oneOf, optStr, section } from './fields.js';
+import { bool, int, oneOf, optStr, section, strList } from './fields.js';
 
 /**
  * The `ble` section: phone keys over Bluetooth Low Energy (docs/ble.md, docs/ble-protocol.md).
@@ -16,6 +16,20 @@ export const BLE_SCHEMA = section(
       'auto',
       ['auto', 'sim', 'bluez'] as const,
     ),
+    mode: oneOf(
+      'peripheral: the vehicle advertises the phone-key service and phones connect to it (real phones, ' +
+        'the phone-key web app); central: the vehicle scans for keys advertising the vehicle-key service ' +
+        '(fobs, the reference phone); both: the two at once (docs/ble.md, Modes).',
+      'both',
+      ['peripheral', 'central', 'both'] as const,
+    ),
+    peripheral: section('The vehicle as a BLE peripheral (ble.mode peripheral or both).', {
+      advertisedName: optStr(
+        'Name in the advertisement. Unset: no name, only the service UUID (a constant name lets anyone ' +
+          'follow the vehicle). At most 8 printable ASCII characters: the legacy advertisement has 31 bytes.',
+        'Van 7',
+      ),
+    }),
     adapter: optStr('Bluetooth adapter. Default: the first adapter BlueZ lists.', 'hci0'),
     rssiThreshold: int(
       'Phones heard weaker than this (dBm) are ignored: roughly how close a phone must be.',
@@ -33,7 +47,7 @@ export const BLE_SCHEMA = section(
     ),
     unprovenDeadlineMs: int(
       '... and it is dropped this long after its start even when nobody waits (an owner approving an ' +
-        'enrollment gets enrollAnswerMs instead, one at a time).',
+        'enrollment has until the request expires instead).',
       4000,
       500,
       60_000,
@@ -102,10 +116,25 @@ export const BLE_SCHEMA = section(
       600_000,
     ),
     enrollAnswerMs: int(
-      'How long an owner key has to sign the enrollment offer once it asked for it over BLE.',
+      'No longer used, accepted so that configs setting it still load: an owner key that asked for the ' +
+        'enrollment offer over BLE now has until the request expires (enrollWindowMs) to approve it.',
       30_000,
       1000,
       120_000,
+    ),
+    phoneApp: section(
+      'The phone-key web app (mode P: the phone connects to the vehicle; docs/ble-protocol.md).',
+      {
+        origins: strList(
+          'Origins (scheme://host[:port]) the phone-key page may be served from: a passkey signed on any ' +
+            "other page is refused (origin_not_allowed). The status page's own origin " +
+            '(http://127.0.0.1:<statusPage.port>) is always allowed. From the environment, separated by commas.',
+          ['http://127.0.0.1:8080'],
+          /^https?:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/,
+          'http(s)://HOST[:PORT], no path',
+          16,
+        ),
+      },
     ),
   },
 );

@@ -180,6 +180,15 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
 
 function crossFieldProblems(config: Config, sourceOf: (path: readonly string[]) => string): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
+  const name = config.ble.peripheral.advertisedName;
+  if (name !== undefined && !/^[\x20-\x7e]{1,8}$/.test(name)) {
+    problems.push({
+      field: 'ble.peripheral.advertisedName',
+      source: sourceOf(['ble', 'peripheral', 'advertisedName']),
+      problem: `is ${JSON.stringify(name)}: it does not fit beside the service UUID in 31 advertising bytes`,
+      allowed: 'at most 8 printable ASCII characters, or unset for no name',
+    });
+  }
   const { lock, relay } = config;
   const longest = lock.wiring === 'pulse' ? lock.pulseMs : lock.holdMs;
   if (lock.maxOnMs <= longest) {

@@ -149,8 +149,10 @@ export const CONFIG_SCHEMA = section('vehicle-agent configuration', {
       3_600_000,
     ),
     bleAnswerDeadlineMs: int(
-      'A phone answer later than this after the challenge is denied (timeout).',
-      1500,
+      'A phone answer later than this after the hello (its last chunk handed to the link) is denied ' +
+        '(timeout). Default from the measured round trip, with room for a slow radio link and a secure ' +
+        'element (docs/ble-protocol.md §5).',
+      800,
       50,
       30_000,
     ),

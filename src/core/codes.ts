@@ -23,6 +23,15 @@ export const CODES = {
   unsupported: 'the credential or card type is not supported',
   credential_suspect:
     'what the vehicle stored about this credential (a keyring operation or its signature counter) is damaged in every copy; it is denied until `vehicle-agent state repair`',
+  user_verification_required:
+    'the passkey did not verify its user (no fingerprint, face or PIN: the UV flag is clear); the vehicle needs it',
+  origin_not_allowed:
+    'the passkey was used from a web page whose origin the vehicle does not accept (ble.phoneApp.origins)',
+  challenge_expired:
+    'the answer came after the deadline counted from the challenge read; read a new challenge',
+  no_challenge:
+    'no challenge of this connection matches the answer: read the challenge first (each read replaces the last)',
+  enrollment_pending: 'the enrollment request waits for an owner to approve it',
   // ── configuration and state ────────────────────────────────────────────────
   config_invalid: 'the configuration is invalid',
   config_unreadable: 'the configuration file cannot be read or parsed',
@@ -89,12 +98,20 @@ export const CODES = {
   reader_timeout: 'a reader did not answer in time',
   frame_checksum: 'a frame failed its checksum',
   frame_too_large: 'a frame exceeds the maximum size',
+  adapter_missing:
+    'the Bluetooth adapter is not there: BlueZ lists no such adapter, or bluetoothd is not on the bus',
+  adapter_off: 'the Bluetooth adapter is powered off (rfkill, or switched off)',
+  bluez_refused: 'BlueZ refused to register the GATT application or the LE advertisement',
   // ── audit ──────────────────────────────────────────────────────────────────
   audit_chain_broken: 'the audit hash chain is broken',
   audit_event_rejected: 'an audit event was refused (a forbidden or reserved field, or not JSON-safe)',
   audit_retention_exceeded:
     'audit records the cloud outbox had not sent were deleted: keeping them would pass the disk budget (audit.maxFiles)',
   record_too_large: 'a record exceeds the maximum size of its journal or log',
+  // ── scenario runner (vehicle-agent scenario run, docs/scenarios.md) ────────
+  scenario_invalid:
+    'the scenario file is not valid: unreadable, not YAML, or a field or step the format does not allow',
+  sim_required: 'the step needs the simulated hardware, and the agent is not running in sim mode',
   // ── generic ────────────────────────────────────────────────────────────────
   busy: 'the resource is busy',
   internal: 'an internal error',

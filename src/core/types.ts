@@ -8,9 +8,11 @@ export type Role = (typeof ROLES)[number];
  * fido:    FIDO U2F security key over NFC (P-256, signature counter)
  * ntag424: NTAG 424 DNA card, AES-128 EV2First with a diversified key
  * uid:     UID-only tag (cloneable; needs options.insecureUid)
+ * passkey: a WebAuthn passkey (P-256, platform authenticator with user verification) used from the
+ *          phone-key web app in mode P; keyHandle holds its WebAuthn credential id, rpId its relying party
  * signer:  a P-256 or Ed25519 key that signs commands and keyring operations (owner laptop, cloud service)
  */
-export const CREDENTIAL_KINDS = ['phone', 'fido', 'ntag424', 'uid', 'signer'] as const;
+export const CREDENTIAL_KINDS = ['phone', 'fido', 'ntag424', 'uid', 'signer', 'passkey'] as const;
 export type CredentialKind = (typeof CREDENTIAL_KINDS)[number];
 
 export const INTENTS = ['unlock', 'lock', 'toggle'] as const;
@@ -45,8 +47,10 @@ export interface Credential {
   readonly publicKey?: PublicJwk;
   /** Salted hash of the card UID (crypto/keys.ts uidHash), for NFC kinds. Never the raw UID. */
   readonly uidHash?: string;
-  /** FIDO U2F key handle, base64url. */
+  /** FIDO U2F key handle, or a passkey's WebAuthn credential id: base64url. */
   readonly keyHandle?: string;
+  /** A passkey's WebAuthn relying party id (the host name of the web app it was created on). */
+  readonly rpId?: string;
   readonly options: CredentialOptions;
 }
 
@@ -84,6 +88,13 @@ export interface Presentation {
   readonly counter?: number;
   /** Time from challenge to answer, for the relay-attack deadline. */
   readonly answerMs?: number;
+  /** The answer deadline the reader held the credential to (audited with a miss). */
+  readonly deadlineMs?: number;
+  /**
+   * A missed deadline, measured: how late the answer came, or with no answer (answerMs absent)
+   * how long past the deadline the reader waited before giving up.
+   */
+  readonly lateMs?: number;
 }
 
 export type Decision =

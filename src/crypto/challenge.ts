@@ -1,4 +1,4 @@
-import { type KeyObject, sign as nodeSign, verify as nodeVerify } from 'node:crypto';
+import { type KeyObject, sign as nodeSign } from 'node:crypto';
 import type { Intent } from '../core/types.js';
 import { concatBytes } from './encoding.js';
 
@@ -36,15 +36,8 @@ export function simKeyMessage(
   );
 }
 
-/** P-256 ECDSA over SHA-256, 64-byte r‖s. Accepts high-S (phones do not normalise s). */
-export function verifyP256(publicKey: KeyObject, message: Uint8Array, signature: Uint8Array): boolean {
-  if (signature.length !== 64) return false;
-  try {
-    return nodeVerify('sha256', message, { key: publicKey, dsaEncoding: 'ieee-p1363' }, signature);
-  } catch {
-    return false;
-  }
-}
+/** P-256 ECDSA over SHA-256, 64-byte r‖s, high-S accepted: the unlock path's one verifier. */
+export { verifyP256 } from './verify.js';
 
 export function signP256(privateKey: KeyObject, message: Uint8Array): Uint8Array {
   return new Uint8Array(nodeSign('sha256', message, { key: privateKey, dsaEncoding: 'ieee-p1363' }));

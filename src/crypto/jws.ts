@@ -1,7 +1,8 @@
-import { type KeyObject, sign as nodeSign, verify as nodeVerify } from 'node:crypto';
+import { type KeyObject, sign as nodeSign } from 'node:crypto';
 import { AgentError } from '../core/errors.js';
 import { b64url, fromB64url } from './encoding.js';
 import { algorithmOf } from './keys.js';
+import { verifyEd25519, verifyP256 } from './verify.js';
 
 /** JWS compact serialisation (RFC 7515) with ES256 (RFC 7518 §3.4, r‖s) and EdDSA (RFC 8037). */
 export type JwsAlg = 'ES256' | 'EdDSA';
@@ -94,10 +95,7 @@ export function verifyJws(parsed: ParsedJws<unknown>, publicKey: KeyObject): boo
   }
   if (keyAlg !== parsed.header.alg) return false;
   const data = Buffer.from(parsed.signingInput);
-  if (keyAlg === 'ES256') {
-    if (parsed.signature.length !== 64) return false;
-    return nodeVerify('sha256', data, { key: publicKey, dsaEncoding: 'ieee-p1363' }, parsed.signature);
-  }
-  if (parsed.signature.length !== 64) return false;
-  return nodeVerify(null, data, publicKey, parsed.signature);
+  return keyAlg === 'ES256'
+    ? verifyP256(publicKey, data, parsed.signature)
+    : verifyEd25519(publicKey, data, parsed.signature);
 }

@@ -83,7 +83,10 @@ export function publicKeyFromJwk(jwk: PublicJwk): KeyObject {
  * may be P-256 or Ed25519. Throws key_invalid naming `source` (a file, a field) otherwise.
  */
 export function requireKeyForKind(kind: CredentialKind, jwk: PublicJwk, source = 'public key'): void {
-  if ((kind === 'phone' || kind === 'fido') && !(jwk.kty === 'EC' && jwk.crv === 'P-256')) {
+  if (
+    (kind === 'phone' || kind === 'fido' || kind === 'passkey') &&
+    !(jwk.kty === 'EC' && jwk.crv === 'P-256')
+  ) {
     throw new AgentError(
       'key_invalid',
       `${source}: a ${kind} key must be P-256 (ECDSA); this is ${jwk.crv}. ` +

@@ -123,6 +123,17 @@ export interface LimitsReply {
   readonly clearable: boolean;
 }
 
+/** `sim.clock.advance`: how far to move the trusted clock forward (a scenario's clock jump). */
+export interface SimClockAdvanceArgs {
+  readonly ms: number;
+}
+
+/** The trusted time before and after a `sim.clock.advance`. */
+export interface SimClockReply {
+  readonly before: string;
+  readonly now: string;
+}
+
 /** What `sim.limits.clear` lifted. */
 export interface LimitsCleared {
   readonly credentials: number;
@@ -197,6 +208,36 @@ export interface SimBleAdapterArgs {
 
 export interface SimBleBluezArgs {
   readonly owned: boolean;
+}
+
+/** Characteristics a simulated central reads (src/sim/bluez/peripheral-side.ts). */
+export const CENTRAL_READABLE = ['challenge', 'result'] as const;
+export type CentralReadable = (typeof CENTRAL_READABLE)[number];
+/** The longest value a simulated central writes (ATT's attribute limit). */
+const MAX_CENTRAL_WRITE_BYTES = 512;
+
+/** A simulated central, by its BlueZ device path (`sim.central.connect` gives it). */
+export interface SimCentralArgs {
+  readonly device: string;
+}
+
+export interface SimCentralReadArgs {
+  readonly device: string;
+  readonly characteristic: CentralReadable;
+}
+
+/** `sim.central.write` as a client sends it. */
+export interface SimCentralWriteRequest {
+  readonly device: string;
+  readonly characteristic: 'answer';
+  /** The bytes, in hex. */
+  readonly hex: string;
+}
+
+export interface SimCentralWriteArgs {
+  readonly device: string;
+  readonly characteristic: 'answer';
+  readonly bytes: Uint8Array;
 }
 
 export interface CardAuthoriseArgs {
@@ -348,6 +389,16 @@ export function parseIntent(value: unknown): Intent {
   throw new AgentError('bad_arguments', 'intent must be unlock, lock or toggle');
 }
 
+/** The longest clock jump one `sim.clock.advance` makes (a year). */
+export const MAX_CLOCK_ADVANCE_MS = 366 * 86_400_000;
+
+function parseSimClockAdvance(args: WireArgs): SimClockAdvanceArgs {
+  const ms = optionalInteger(args.ms, 'ms', 1, MAX_CLOCK_ADVANCE_MS);
+  if (ms === undefined)
+    throw new AgentError('bad_arguments', `ms must be an integer 1..${MAX_CLOCK_ADVANCE_MS}`);
+  return { ms };
+}
+
 function parseKeysAdd(args: WireArgs): KeysAddArgs {
   const ops: unknown = args.ops;
   if (!Array.isArray(ops) || ops.length === 0 || ops.length > 10_000) {
@@ -410,6 +461,36 @@ function parseSimBleAdapter(args: WireArgs): SimBleAdapterArgs {
 function parseSimBleBluez(args: WireArgs): SimBleBluezArgs {
   if (typeof args.owned !== 'boolean') throw new AgentError('bad_arguments', 'owned must be a boolean');
   return { owned: args.owned };
+}
+
+const CENTRAL_DEVICE = /^\/org\/bluez\/hci[0-9]{1,3}\/dev_[0-9A-F]{2}(?:_[0-9A-F]{2}){5}$/;
+
+function parseSimCentral(args: WireArgs): SimCentralArgs {
+  const { device } = args;
+  if (typeof device !== 'string' || !CENTRAL_DEVICE.test(device))
+    throw new AgentError('bad_arguments', 'device must be a central from sim.central.connect');
+  return { device };
+}
+
+function parseSimCentralRead(args: WireArgs): SimCentralReadArgs {
+  const { device } = parseSimCentral(args);
+  const { characteristic } = args;
+  if (!isOneOf(CENTRAL_READABLE, characteristic))
+    throw new AgentError('bad_arguments', `characteristic must be ${spelled(CENTRAL_READABLE)}`);
+  return { device, characteristic };
+}
+
+function parseSimCentralWrite(args: WireArgs): SimCentralWriteArgs {
+  const { device } = parseSimCentral(args);
+  const { characteristic, hex } = args;
+  if (characteristic !== 'answer') throw new AgentError('bad_arguments', 'characteristic must be answer');
+  if (
+    typeof hex !== 'string' ||
+    !/^(?:[0-9a-fA-F]{2})*$/.test(hex) ||
+    hex.length > 2 * MAX_CENTRAL_WRITE_BYTES
+  )
+    throw new AgentError('bad_arguments', `hex must be up to ${MAX_CENTRAL_WRITE_BYTES} bytes in hex`);
+  return { device, characteristic, bytes: Uint8Array.from(Buffer.from(hex, 'hex')) };
 }
 
 function parseCardAuthorise(args: WireArgs): CardAuthoriseArgs {
@@ -589,6 +670,7 @@ export interface ControlApi {
   'audit.tail': { args: AuditTailArgs; result: readonly unknown[] };
   limits: { args: NoArgs; result: LimitsReply };
   'sim.limits.clear': { args: NoArgs; result: LimitsCleared };
+  'sim.clock.advance': { args: SimClockAdvanceArgs; result: SimClockReply };
   'state.status': { args: NoArgs; result: unknown };
   'state.findings': { args: NoArgs; result: IntegrityStatus };
   'control.status': { args: NoArgs; result: unknown };
@@ -605,6 +687,14 @@ export interface ControlApi {
   'sim.ble.adapter': { args: SimBleAdapterArgs; result: unknown };
   'sim.ble.flood': { args: SimBleFloodArgs; request: SimBleFloodRequest; result: unknown };
   'sim.ble.bluez': { args: SimBleBluezArgs; result: unknown };
+  'sim.central.connect': { args: NoArgs; result: { readonly device: string } };
+  'sim.central.read': { args: SimCentralReadArgs; result: { readonly hex: string } };
+  'sim.central.write': {
+    args: SimCentralWriteArgs;
+    request: SimCentralWriteRequest;
+    result: Readonly<Record<string, never>>;
+  };
+  'sim.central.disconnect': { args: SimCentralArgs; result: Readonly<Record<string, never>> };
   'nfc.status': { args: NoArgs; result: unknown };
   'enroll.card.request': { args: CardEnrollmentInput; result: CardEnrollmentReply };
   'enroll.card.authorise': { args: CardAuthoriseArgs; result: CardEnrollmentReply };
@@ -642,6 +732,7 @@ export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => Arg
   'audit.tail': parseAuditTail,
   limits: noArgs,
   'sim.limits.clear': noArgs,
+  'sim.clock.advance': parseSimClockAdvance,
   'state.status': noArgs,
   'state.findings': noArgs,
   'control.status': noArgs,
@@ -658,6 +749,10 @@ export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => Arg
   'sim.ble.adapter': parseSimBleAdapter,
   'sim.ble.flood': parseSimBleFlood,
   'sim.ble.bluez': parseSimBleBluez,
+  'sim.central.connect': noArgs,
+  'sim.central.read': parseSimCentralRead,
+  'sim.central.write': parseSimCentralWrite,
+  'sim.central.disconnect': parseSimCentral,
   'nfc.status': noArgs,
   'enroll.card.request': parseCardRequest,
   'enroll.card.authorise': parseCardAuthorise,

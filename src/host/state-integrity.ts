@@ -110,7 +110,8 @@ export function denyCounterSuspects(keyring: Keyring, suspects: ReadonlyMap<stri
   for (const [key, why] of suspects) {
     if (key === '*') {
       for (const s of keyring.list()) {
-        if (s.credential.kind === 'fido') entries.push([s.credential.id, `its signature counter: ${why}`]);
+        if (s.credential.kind === 'fido' || s.credential.kind === 'passkey')
+          entries.push([s.credential.id, `its signature counter: ${why}`]);
       }
     } else {
       entries.push([key, `its signature counter: ${why}`]);

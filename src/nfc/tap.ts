@@ -92,6 +92,7 @@ const KIND_RANK: Readonly<Record<CredentialKind, number>> = {
   uid: 2,
   phone: 3,
   signer: 4,
+  passkey: 5,
 };
 
 function byStrength(candidates: readonly CredentialStatus[]): CredentialStatus[] {

@@ -1,23 +1,17 @@
-import {
-  createHash,
-  createPublicKey,
-  type KeyObject,
-  randomBytes,
-  verify as verifySignature,
-  X509Certificate,
-} from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
 import { AgentError } from '../core/errors.js';
 import type { PublicJwk } from '../core/types.js';
 import { readDerElement } from '../crypto/der.js';
 import { concatBytes, fromHex } from '../crypto/encoding.js';
 import { publicKeyFromJwk } from '../crypto/keys.js';
+import { verifyP256 } from '../crypto/verify.js';
 import { encodeCommand, exchange, SW, selectByAid, swHex, type Transceive, transmit } from './apdu.js';
 import { type CardResult, runCardFlow } from './card-result.js';
 
 /**
  * FIDO U2F (CTAP1) over NFC, from the FIDO U2F NFC protocol and raw message formats: SELECT of
- * the FIDO applet, REGISTER and AUTHENTICATE, response parsing, and signature verification on
- * node:crypto (DER ECDSA P-256, high-S accepted as real authenticators produce it).
+ * the FIDO applet, REGISTER and AUTHENTICATE, response parsing, and signature verification with
+ * src/crypto/verify.ts (DER ECDSA P-256, high-S accepted as real authenticators produce it).
  */
 
 export const FIDO_AID = fromHex('A0000006472F0001');
@@ -236,15 +230,11 @@ function toKeyObject(key: U2fPublicKey): KeyObject {
 }
 
 /**
- * ECDSA P-256 / SHA-256 verification of a DER signature on node:crypto. OpenSSL accepts high-S
- * signatures (which authenticators make) and rejects non-DER encodings; never throws.
+ * ECDSA P-256 / SHA-256 verification of a DER signature with the unlock path's verifier
+ * (src/crypto/verify.ts): high-S accepted (authenticators make them), non-DER refused; never throws.
  */
 export function verifyP256Der(key: KeyObject, message: Uint8Array, signature: Uint8Array): boolean {
-  try {
-    return verifySignature('sha256', message, { key, dsaEncoding: 'der' }, signature);
-  } catch {
-    return false;
-  }
+  return verifyP256(key, message, signature, 'der');
 }
 
 /** The attestation certificate's P-256 key; malformed or unsupported when it has none. */

@@ -220,6 +220,7 @@ const BODY = `
 <header>
   <h1>vehicle-agent <span id="vehicle" class="muted"></span></h1>
   <span id="conn" class="pill muted">connecting…</span>
+  <a id="phone-key-link" href="/key/">Phone key</a>
   <label>Admin token <input id="token" type="password" autocomplete="off" spellcheck="false"></label>
 </header>
 <div id="banner" role="alert" hidden></div>

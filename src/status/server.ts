@@ -11,6 +11,7 @@ import { bearerToken, tokenMatches } from './admin-token.js';
 import type { AuditFeed } from './audit-feed.js';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics.js';
 import { STATUS_PAGE_CSP, statusPageHtml } from './page.js';
+import { defaultPhoneAppDir, loadPhoneApp, PHONE_APP_CSP, type PhoneAppFiles } from './phone-app.js';
 import {
   buildSimActions,
   type HandlerMap,
@@ -78,6 +79,8 @@ export interface StatusServerOptions {
    * is given), e.g. `vehicle.lan` or `localhost:9999` for an ssh tunnel on another local port.
    */
   readonly allowedHosts?: readonly string[];
+  /** The built phone-key app served at /key/; default dist/web/phone-key (src/status/phone-app.ts). */
+  readonly phoneAppDir?: string;
 }
 
 export type ClientClass = 'anonymous' | 'admin' | 'health';
@@ -153,6 +156,8 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/metrics': ['GET'],
 };
 const SIM_ROUTE = /^\/api\/sim\/([a-z][a-z0-9-]{0,31})$/;
+/** The phone-key app: /key/ and the files of its table (src/status/phone-app.ts). */
+const PHONE_APP_ROUTE = /^\/key(\/.*)?$/;
 const INITIAL_EVENTS = 30;
 /** One state collection serves every request within this window (page, streams, scrapes). */
 const SNAPSHOT_TTL_MS = 250;
@@ -221,7 +226,7 @@ function localAddresses(): string[] {
 function send(
   res: ServerResponse,
   status: number,
-  body: string,
+  body: string | Buffer,
   type: string,
   extra: Record<string, string> = {},
 ): void {
@@ -302,6 +307,19 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
   const requestTimeoutMs = Math.max(options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, headersTimeoutMs);
   const streams = new Set<ServerResponse>();
   let stopping = false;
+  // Loaded once, before the server listens: requests are answered from memory, never the disk.
+  const phoneAppDir = options.phoneAppDir ?? defaultPhoneAppDir();
+  let phoneApp: PhoneAppFiles | undefined;
+  let phoneAppMissing = '';
+  try {
+    phoneApp = await loadPhoneApp(phoneAppDir);
+  } catch (err) {
+    phoneAppMissing = toAgentError(err).message;
+    log.info(
+      { code: toAgentError(err).code, err: phoneAppMissing },
+      'status page: no phone-key app to serve at /key/',
+    );
+  }
   let allowedHosts = new Set<string>(); // filled once the port is known
 
   const budgets: Record<ClientClass, TokenBucket> = {
@@ -449,6 +467,30 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     }
   };
 
+  /** A file of the phone-key app, looked up by exact name in the table (no path is ever built from the request). */
+  const servePhoneApp = (res: ServerResponse, method: string, rest: string | undefined) => {
+    if (method !== 'GET' && method !== 'HEAD') {
+      res.setHeader('allow', 'GET, HEAD');
+      throw new AgentError('method_not_allowed', '/key/ allows GET, HEAD');
+    }
+    // /key without the slash: relative links in the page (app.js, sw.js) need the folder form.
+    if (rest === undefined) {
+      send(res, 308, '', 'text/plain; charset=utf-8', { location: '/key/' });
+      return;
+    }
+    if (phoneApp === undefined) throw new AgentError('not_found', phoneAppMissing);
+    const name = rest === '/' ? 'index.html' : rest.slice(1);
+    const file = phoneApp.get(name);
+    if (file === undefined) throw new AgentError('not_found', `no ${rest.slice(0, 80)} in the phone-key app`);
+    send(res, 200, file.body, file.type, {
+      // Revalidated each time online; the page's own service worker keeps it for offline use.
+      'cache-control': 'no-cache',
+      ...(name.endsWith('.html')
+        ? { 'content-security-policy': PHONE_APP_CSP, 'x-frame-options': 'DENY' }
+        : {}),
+    });
+  };
+
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     // DNS rebinding: a hostile site resolving its own name to this address sends that name.
     const host = req.headers.host?.trim().toLowerCase();
@@ -490,6 +532,11 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
       throw new AgentError('busy', 'too many requests; try again in a second');
     }
     counts.answered[kind] += 1;
+    const key = PHONE_APP_ROUTE.exec(path);
+    if (key) {
+      servePhoneApp(res, method, key[1]);
+      return;
+    }
     const sim = SIM_ROUTE.exec(path);
     const allowed = sim ? ['POST'] : ROUTES[path];
     if (allowed === undefined) throw new AgentError('not_found', `no ${path.slice(0, 80)} here`);

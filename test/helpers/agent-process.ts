@@ -98,7 +98,12 @@ export async function startAgentProcess(
       if (found) return Promise.resolve(found);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(
-          () => reject(new Error(`timed out waiting for a log line; stderr: ${err}`)),
+          () =>
+            reject(
+              new Error(
+                `timed out after ${timeoutMs} ms waiting for the log line ${describeMatch(match)}; stderr: ${err}`,
+              ),
+            ),
           timeoutMs,
         );
         const w = {
@@ -112,7 +117,9 @@ export async function startAgentProcess(
         void exited.then((code) => {
           if (waiters.includes(w)) {
             clearTimeout(timer);
-            reject(new Error(`agent exited (${code}) before the log line; stderr: ${err}`));
+            reject(
+              new Error(`agent exited (${code}) before the log line ${describeMatch(match)}; stderr: ${err}`),
+            );
           }
         });
       });
@@ -134,4 +141,10 @@ export async function startAgentProcess(
     }
   }
   return handle;
+}
+
+/** The awaited line's matcher as source text, cut short, so a timeout says what it waited for. */
+function describeMatch(match: (line: Record<string, unknown>) => boolean): string {
+  const source = match.toString().replace(/\s+/g, ' ');
+  return source.length > 160 ? `${source.slice(0, 157)}...` : source;
 }

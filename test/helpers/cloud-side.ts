@@ -28,7 +28,7 @@ export interface TestCloud {
 }
 
 export async function connectTestCloud(
-  broker: Broker,
+  broker: Pick<Broker, 'url'>,
   pki: TestPki,
   cert: ClientCert,
   options: Partial<IClientOptions> = {},

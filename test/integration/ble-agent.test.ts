@@ -108,7 +108,11 @@ describe('BLE phone keys through the real agent, node-ble and a private D-Bus', 
     requireTool('dbus-daemon', 'apt-get install dbus');
     dir = mkdtempSync(join(tmpdir(), 'va-ble-agent-'));
     // Generous limits so the denial cases do not trip the rate limiter (tested below on its own).
-    agent = await startAgentProcess(sd(), { VEHICLE_AGENT_POLICY__MAX_DENIALS: '1000' });
+    // A long late grace so the late answer below is read (and named) however loaded the machine is.
+    agent = await startAgentProcess(sd(), {
+      VEHICLE_AGENT_POLICY__MAX_DENIALS: '1000',
+      VEHICLE_AGENT_BLE__LATE_GRACE_MS: '2000',
+    });
   });
 
   afterAll(async () => {
@@ -182,7 +186,7 @@ describe('BLE phone keys through the real agent, node-ble and a private D-Bus', 
   });
 
   it('denies a late answer as timeout, naming the key when it came within the grace', () => {
-    // policy.bleAnswerDeadlineMs is 1500 and ble.lateGraceMs 500 by default.
+    // policy.bleAnswerDeadlineMs is 800 by default; ble.lateGraceMs is 2000 here.
     const late = approach('driver', '--slow', '1750');
     expect(late.value).toMatchObject({ outcome: 'decision', granted: false, code: 'timeout' });
     const never = approach('driver', '--fault', 'silent');
@@ -193,6 +197,12 @@ describe('BLE phone keys through the real agent, node-ble and a private D-Bus', 
     expect(lost.value).toMatchObject({ granted: false, code: 'timeout' });
     const audit = auditText(dir);
     expect(audit).toMatch(new RegExp(`"subject":"${late.value.credentialId}"[^\\n]*"code":"timeout"`));
+    // Each miss is audited with its deadline and its measured lateness.
+    expect(audit).toMatch(
+      new RegExp(
+        `"subject":"${late.value.credentialId}"[^\\n]*"deadlineMs":800,"lateMs":(9[5-9][0-9]|[1-9][0-9]{3})\\b`,
+      ),
+    );
   });
 
   it('denies a phone that drops the link mid-protocol', () => {

@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +22,10 @@ import {
   startBroker,
   type TestPki,
 } from '../helpers/mosquitto.js';
+import { type SeededRandom, seededRandom } from '../helpers/seeded-random.js';
 import { waitForValue } from '../helpers/wait.js';
+
+const b64url = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64url');
 
 /**
  * Issue 12, findings 1-4, against the real agent (dist/) and a real Mosquitto: floods on the
@@ -113,9 +115,9 @@ function unlockPayload(vid: string, over: Record<string, unknown> = {}) {
 }
 
 /** A command an attacker without the key makes: real kid, vehicle, lifetime and counter; random signature. */
-function forged(rig: Rig): string {
+function forged(rig: Rig, random: SeededRandom): string {
   const [h, p] = rig.owner.sign(unlockPayload(rig.vid)).split('.');
-  return `${h}.${p}.${randomBytes(64).toString('base64url')}`;
+  return `${h}.${p}.${b64url(random.bytes(64))}`;
 }
 
 /** Publishes `count` messages at QoS 1 with at most `window` unacknowledged. */
@@ -173,12 +175,13 @@ async function auditRecords(dir: string): Promise<Record<string, unknown>[]> {
 describe('MQTT floods (issue 12)', () => {
   it('grants every presentation during a burst of forged commands and keyring junk, and counts the drops', async () => {
     const rig = await startRig();
+    const random = seededRandom();
     const flood = Promise.all([
-      publishMany(rig.cloud.client, `${rig.base}/command`, 3000, () => forged(rig)),
+      publishMany(rig.cloud.client, `${rig.base}/command`, 3000, () => forged(rig, random)),
       publishMany(rig.cloud.client, `${rig.base}/keyring`, 3000, () =>
         jtiSeq++ % 2 === 0
-          ? randomBytes(120)
-          : JSON.stringify({ set: `junk.${randomBytes(24).toString('base64url')}.x`, ops: [] }),
+          ? Buffer.from(random.bytes(120))
+          : JSON.stringify({ set: `junk.${b64url(random.bytes(24))}.x`, ops: [] }),
       ),
     ]);
     const decisions: { granted: boolean; code?: string }[] = [];
@@ -271,7 +274,8 @@ describe('MQTT floods (issue 12)', () => {
       VEHICLE_AGENT_CLOUD__INTAKE__SUMMARY_INTERVAL_MS: '1000',
       VEHICLE_AGENT_CLOUD__INTAKE__KEYRING_SETS_PER_S: '1000',
     });
-    await publishMany(rig.cloud.client, `${rig.base}/keyring`, 300, () => randomBytes(100), 50);
+    const random = seededRandom();
+    await publishMany(rig.cloud.client, `${rig.base}/keyring`, 300, () => Buffer.from(random.bytes(100)), 50);
     const s = await waitForValue(async () => {
       const st = await cloudStatus(rig.dir);
       const n = Object.entries(st.intake.refused)

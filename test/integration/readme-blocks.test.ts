@@ -32,6 +32,7 @@ const FILES = [
   'docs/mqtt.md',
   'docs/backup.md',
   'docs/security.md',
+  'docs/fleet.md',
 ];
 
 interface Block {
@@ -131,7 +132,7 @@ function sh(script: string, cwd: string): Promise<{ code: number | null; stdout:
 }
 
 /** Skips acknowledged here: a new one fails this test until it is added with its reason. */
-const EXPECTED_SKIPS = 19;
+const EXPECTED_SKIPS = 24;
 
 describe('README and docs/ command blocks', () => {
   it('finds the blocks, and every skip names its reason', () => {

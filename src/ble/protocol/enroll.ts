@@ -4,9 +4,9 @@ import { AgentError } from '../../core/errors.js';
 import type { Credential, CredentialKind, PublicJwk, Role } from '../../core/types.js';
 import { b64url, bytesEqual, concatBytes, fromB64url } from '../../crypto/encoding.js';
 import { algorithmOf, publicKeyFromJwk } from '../../crypto/keys.js';
+import { verifyP256 } from '../../crypto/verify.js';
 import { CHALLENGE_BYTES, MAX_ID_BYTES, PROTOCOL_VERSION, SIGNATURE_BYTES } from './constants.js';
 import { Cursor, isValidId } from './messages.js';
-import { verifyP256 } from './verify.js';
 
 /**
  * Enrollment extension E1 of the vehicle-key protocol v1 (docs/ble-protocol.md §12): an owner's
@@ -15,17 +15,21 @@ import { verifyP256 } from './verify.js';
  * as its AuthProof, so anyone holding the keyring can check that an owner approved exactly it.
  *
  *   vehicle → key  hello (v1, unchanged)
- *   key → vehicle  enroll_request   01 05                      (instead of an answer)
+ *   key → vehicle  enroll_request   01 05 | n | vehicleId | challenge[32] | m | keyId
+ *                                   | key sig[64]                (instead of an answer)
  *   vehicle → key  enroll_offer     01 06 | n | vehicleId | challenge[32] | requestHash[32]
  *                                   | m | credentialId | kind | role | flags | notBefore u32
  *                                   | notAfter u32 | vehicle sig[64]
  *   key → vehicle  enroll_approval  01 07 | n | vehicleId | challenge[32] | requestHash[32]
  *                                   | m | keyId | key sig[64]
  *   vehicle → key  result (v1)
+ * The enroll_request is signed by the owner's key (revision 2 of E1): the vehicle sends its signed
+ * offer, which reveals the pending request, only to a peer that proved an enrolled owner key.
  * Pure: no I/O; verification with node:crypto (the reference key signs with noble).
  */
 
 export const ENROLL_TYPES = { enroll_request: 0x05, enroll_offer: 0x06, enroll_approval: 0x07 } as const;
+export const ENROLL_REQUEST_DOMAIN = 'vehicle-agent/ble/v1/enroll-request';
 export const ENROLL_OFFER_DOMAIN = 'vehicle-agent/ble/v1/enroll-offer';
 export const ENROLL_APPROVAL_DOMAIN = 'vehicle-agent/ble/v1/enroll';
 /** AuthProof.method of grants approved this way (keyring authVerifiers key). */
@@ -44,14 +48,29 @@ export const ENROLL_KIND_BYTES: Readonly<Record<CredentialKind, number>> = {
   ntag424: 3,
   uid: 4,
   signer: 5,
+  passkey: 6,
 };
 /** enroll_offer flags bit 0: the new key is enrolled for passive (no-intent) unlock. */
 export const OFFER_FLAG_PASSIVE = 0x01;
 const MAX_U32 = 0xffff_ffff;
 
-export interface EnrollRequest {
-  readonly type: 'enroll_request';
+/** What the owner's key signs to ask for the pending request: this hello, and who it is. */
+export interface EnrollRequestFields {
+  readonly vehicleId: string;
+  /** The challenge of this session's hello. */
+  readonly challenge: Uint8Array;
+  /** Credential id of the asking (owner) key. */
+  readonly keyId: string;
 }
+
+export interface EnrollRequest extends EnrollRequestFields {
+  readonly type: 'enroll_request';
+  readonly signature: Uint8Array;
+  readonly signedMessage: Uint8Array;
+}
+
+/** Length of the unsigned enroll_request of E1 revision 1 (`01 05`), refused as 'unsupported'. */
+export const ENROLL_REQUEST_R1_BYTES = 2;
 
 /** What the vehicle asks the owner to approve: the request hash and a summary the key can show. */
 export interface EnrollOfferFields {
@@ -129,8 +148,22 @@ function keyOf<K extends string>(table: Readonly<Record<K, number>>, byte: numbe
 
 // ── encoding ──────────────────────────────────────────────────────────────────
 
-export function encodeEnrollRequest(): Uint8Array {
-  return Uint8Array.of(PROTOCOL_VERSION, ENROLL_TYPES.enroll_request);
+export function enrollRequestBody(fields: EnrollRequestFields): Uint8Array {
+  return concatBytes(
+    Uint8Array.of(PROTOCOL_VERSION, ENROLL_TYPES.enroll_request),
+    encodeId(fields.vehicleId, 'vehicle id'),
+    fixed(fields.challenge, CHALLENGE_BYTES, 'challenge'),
+    encodeId(fields.keyId, 'key id'),
+  );
+}
+
+/** What the owner's key signs: "vehicle-agent/ble/v1/enroll-request" ‖ 0x00 ‖ request body. */
+export function enrollRequestSignedMessage(fields: EnrollRequestFields): Uint8Array {
+  return domainSeparated(ENROLL_REQUEST_DOMAIN, enrollRequestBody(fields));
+}
+
+export function encodeEnrollRequest(fields: EnrollRequestFields, signature: Uint8Array): Uint8Array {
+  return concatBytes(enrollRequestBody(fields), fixed(signature, SIGNATURE_BYTES, 'signature'));
 }
 
 export function enrollOfferBody(fields: EnrollOfferFields): Uint8Array {
@@ -210,9 +243,28 @@ export function decodeEnrollMessage(bytes: Uint8Array): EnrollMessage {
   }
   const type = r.u8('type');
   switch (type) {
-    case ENROLL_TYPES.enroll_request:
+    case ENROLL_TYPES.enroll_request: {
+      if (bytes.length === ENROLL_REQUEST_R1_BYTES) {
+        throw new AgentError(
+          'unsupported',
+          'an unsigned enroll_request (E1 revision 1) is no longer accepted: the key must sign it',
+        );
+      }
+      const vehicleId = r.id('vehicle id');
+      const challenge = r.take(CHALLENGE_BYTES, 'challenge');
+      const keyId = r.id('key id');
+      const bodyEnd = r.position;
+      const signature = r.take(SIGNATURE_BYTES, 'signature');
       r.end();
-      return { type: 'enroll_request' };
+      return {
+        type: 'enroll_request',
+        vehicleId,
+        challenge,
+        keyId,
+        signature,
+        signedMessage: domainSeparated(ENROLL_REQUEST_DOMAIN, bytes.subarray(0, bodyEnd)),
+      };
+    }
     case ENROLL_TYPES.enroll_offer: {
       const vehicleId = r.id('vehicle id');
       const challenge = r.take(CHALLENGE_BYTES, 'challenge');
@@ -276,6 +328,25 @@ function p256(key: KeyObject | PublicJwk): KeyObject | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The asking key's signature on an enroll_request, rebuilt from its fields. 'unsupported' when the
+ * key is not P-256.
+ */
+export function verifyEnrollRequest(
+  request: EnrollRequestFields & { readonly signature: Uint8Array },
+  publicKey: KeyObject | PublicJwk,
+): 'valid' | 'invalid' | 'unsupported' {
+  const key = p256(publicKey);
+  if (key === undefined) return 'unsupported';
+  let signed: Uint8Array;
+  try {
+    signed = enrollRequestSignedMessage(request);
+  } catch {
+    return 'invalid';
+  }
+  return verifyP256(key, signed, request.signature) ? 'valid' : 'invalid';
 }
 
 /** The vehicle's signature on an offer (what the key checks against the vehicle key it pinned). */

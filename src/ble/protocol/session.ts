@@ -9,12 +9,16 @@ import { type ChallengeMemory, verifyKeyAnswer } from './verify.js';
 /**
  * The vehicle side of one exchange, pure: time and randomness are injected.
  *
- *   open(t0) ── hello with a fresh challenge ──▶ awaiting_answer
- *   receive(frame, t1) ──▶ answered (answerMs = t1 - t0)   or closed (abort / malformed)
+ *   open() ── hello with a fresh challenge ──▶ awaiting_answer
+ *   helloSent(t0): the last chunk of the hello is handed to the link (the deadline starts here)
+ *   receive(frame, t1) ──▶ answered (answerMs = t1 - t0)   or closed (malformed)
+ *                      ──▶ an abort is noted and the session keeps waiting (it is not signed)
  *   verify(publicKey) ──▶ verdict; 'timeout' when a valid answer came after the window
  *
- * A challenge is used once: the session accepts one frame from the key, and its challenge goes
+ * A challenge is used once: the session accepts one answer from the key, and its challenge goes
  * into RecentChallenges at open, so an answer to it replayed into another session is 'replayed'.
+ * An abort is unsigned: anyone in radio range can send one. It ends nothing and changes nothing
+ * (no other version, no weaker mode); the deadline decides a session that gets no answer.
  */
 
 /** A bounded memory of recent challenges (oldest forgotten first). Shared by all sessions of a reader. */
@@ -51,7 +55,10 @@ export interface AgentSessionOptions {
   readonly vehicleId: string;
   /** The deadline: a valid answer held later than this after `now` is a 'timeout'. 1..65535. */
   readonly answerWindowMs: number;
-  /** Monotonic ms at which the hello is handed to the link (t0). */
+  /**
+   * Monotonic ms now. The deadline counts from here until helloSent() moves it to the moment the
+   * hello's last chunk is handed to the link.
+   */
   readonly now: number;
   readonly randomBytes: (length: number) => Uint8Array;
   /** The vehicle key: 64-byte r‖s P-256 signature over SHA-256(message) (ReaderContext.signAsVehicle). */
@@ -62,7 +69,10 @@ export interface AgentSessionOptions {
 
 export type SessionState = 'awaiting_answer' | 'answered' | 'closed';
 
-/** What the key sent: its answer, or an abort (it refused, e.g. our hello is not its vehicle's). */
+/**
+ * What the key sent: its answer, or an abort (it refused, e.g. our hello is not its vehicle's).
+ * An abort leaves the session waiting for an answer until the deadline.
+ */
 export type SessionReceipt =
   | { readonly kind: 'answer'; readonly answer: KeyAnswer; readonly answerMs: number }
   | { readonly kind: 'abort'; readonly code: string; readonly answerMs: number };
@@ -81,8 +91,9 @@ export class AgentSession {
   readonly challenge: Uint8Array;
   /** The hello message to frame and send (see framing.ts chunkFrame). */
   readonly hello: Uint8Array;
-  readonly issuedAt: number;
   readonly answerWindowMs: number;
+  private sentAt: number;
+  private abortCode: string | undefined;
   private readonly recent: RecentChallenges | undefined;
   private current: SessionState = 'awaiting_answer';
   private receipt: (SessionReceipt & { kind: 'answer' }) | undefined;
@@ -90,7 +101,7 @@ export class AgentSession {
   private constructor(options: AgentSessionOptions, challenge: Uint8Array, hello: Uint8Array) {
     this.vehicleId = options.vehicleId;
     this.answerWindowMs = options.answerWindowMs;
-    this.issuedAt = options.now;
+    this.sentAt = options.now;
     this.challenge = challenge;
     this.hello = hello;
     this.recent = options.recentChallenges;
@@ -119,9 +130,29 @@ export class AgentSession {
     return this.current;
   }
 
+  /**
+   * The hello's last chunk is handed to the link at `now`: the deadline runs from here. Not
+   * earlier (the writes of the chunks before it are the link's time, not the key's) and not when
+   * that write is acknowledged, which the peer controls: a relay could hold the acknowledgement
+   * back while it forwards the hello and so hide its own delay from the clock.
+   */
+  helloSent(now: number): void {
+    this.sentAt = now;
+  }
+
+  /** Monotonic ms from which the answer window runs (see helloSent). */
+  get issuedAt(): number {
+    return this.sentAt;
+  }
+
   /** Monotonic ms after which a valid answer is too late. */
   get deadlineAt(): number {
-    return this.issuedAt + this.answerWindowMs;
+    return this.sentAt + this.answerWindowMs;
+  }
+
+  /** The code of the first abort the key sent, if it sent one (and no answer yet). */
+  get abortedWith(): string | undefined {
+    return this.abortCode;
   }
 
   isExpired(now: number): boolean {
@@ -137,7 +168,7 @@ export class AgentSession {
     if (this.current !== 'awaiting_answer') {
       throw new AgentError('replay', 'this session already received its one answer; its challenge is used');
     }
-    const answerMs = Math.max(0, now - this.issuedAt);
+    const answerMs = Math.max(0, now - this.sentAt);
     let decoded: KeyAnswer | AbortMessage;
     try {
       decoded = decodeExpecting(message, 'answer', 'abort');
@@ -146,7 +177,8 @@ export class AgentSession {
       throw err;
     }
     if (decoded.type === 'abort') {
-      this.current = 'closed';
+      // Unsigned: noted, never acted on. The key's one answer may still come before the deadline.
+      this.abortCode ??= decoded.code;
       return { kind: 'abort', code: decoded.code, answerMs };
     }
     this.current = 'answered';

@@ -1,9 +1,9 @@
-import { type KeyObject, verify as nodeVerify } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { isAgentError } from '../../core/errors.js';
 import type { ProofVerdict, PublicJwk } from '../../core/types.js';
 import { bytesEqual } from '../../crypto/encoding.js';
 import { algorithmOf, cachedPublicKey } from '../../crypto/keys.js';
-import { SIGNATURE_BYTES } from './constants.js';
+import { verifyP256 } from '../../crypto/verify.js';
 import {
   answerSignedMessage,
   decodeMessage,
@@ -13,9 +13,10 @@ import {
 } from './messages.js';
 
 /**
- * The vehicle's checks of a key answer, with node:crypto (OpenSSL): the hot path, and an
- * implementation independent of the simulated phones, which sign with @noble/curves.
- * OpenSSL accepts high-S signatures, as it must: phone secure elements do not normalise s.
+ * The vehicle's checks of a key answer, with the unlock path's verifier (src/crypto/verify.ts:
+ * node:crypto, the faster one, and independent of the simulated phones, which sign with
+ * @noble/curves). High-S signatures are accepted, as they must be: phone secure elements do not
+ * normalise s.
  */
 
 /** Something that knows the challenges of earlier sessions (see session.ts RecentChallenges). */
@@ -39,16 +40,6 @@ function p256Key(key: KeyObject | PublicJwk): KeyObject | undefined {
     return algorithmOf(object) === 'P-256' ? object : undefined;
   } catch {
     return undefined;
-  }
-}
-
-/** ECDSA P-256 / SHA-256 over `message`, signature 64-byte r‖s; false for anything that is not. */
-export function verifyP256(publicKey: KeyObject, message: Uint8Array, signature: Uint8Array): boolean {
-  if (signature.length !== SIGNATURE_BYTES) return false;
-  try {
-    return nodeVerify('sha256', message, { key: publicKey, dsaEncoding: 'ieee-p1363' }, signature);
-  } catch {
-    return false;
   }
 }
 
@@ -91,7 +82,7 @@ export function verifyKeyAnswer(answer: KeyAnswer | Uint8Array, expected: Answer
   return verifyP256(key, signed, decoded.signature) ? 'valid' : 'invalid';
 }
 
-/** The vehicle signature of a hello, checked with node:crypto (the reference phone uses noble). */
+/** The vehicle signature of a hello, checked as answers are (the reference phone uses noble). */
 export function verifyHelloSignature(hello: VehicleHello, vehiclePublicKey: KeyObject | PublicJwk): boolean {
   const key = p256Key(vehiclePublicKey);
   if (key === undefined) return false;

@@ -14,6 +14,12 @@ export const CLOUD_HELP = `vehicle-agent cloud send CMD --key KEY.pem --vehicle 
 vehicle-agent cloud keyring push --key KEY.pem --vehicle VID --broker URL [BROKER OPTIONS]
                                  --ops FILE... [--replace] [--wait MS] [--json]
 vehicle-agent cloud state --vehicle VID --broker URL [BROKER OPTIONS] [--wait MS] [--json]
+vehicle-agent cloud fleet send CMD --key KEY.pem (--vehicles VID,... | --vehicles-file FILE)
+                                   --broker URL [BROKER OPTIONS] [--args JSON] [--ops FILE]...
+                                   [--ttl S] [--timeout MS] [--json]
+vehicle-agent cloud fleet watch [--vehicles VID,... | --vehicles-file FILE] --broker URL
+                                [BROKER OPTIONS] [--streams result,state,event,status]
+                                [--duration MS] [--json]
 
 BROKER OPTIONS: --ca CA.crt --cert CLIENT.crt --client-key CLIENT.key [--prefix vehicle-agent]
                 [--protocol auto|5|3.1.1] [--client-id ID]
@@ -30,9 +36,18 @@ its set on <prefix>/<VID>/request and answers on <prefix>/<VID>/keyring/vehicle;
 3000 ms, when it is offline), those retained there, plus the --ops files (union; --replace
 publishes only the --ops files). The vehicle merges it; a revoke always wins.
 cloud state asks the vehicle for its state document and prints it (exit 1 if no answer within
---wait, default 3000 ms; the retained one, if the broker delivered one, is printed then, marked).`;
+--wait, default 3000 ms; the retained one, if the broker delivered one, is printed then, marked).
+cloud fleet send signs CMD once per vehicle (the same key, command and arguments; each with its
+vehicle's id and its own jti), publishes them all and prints each result as it comes, then a
+summary (exit 0 all ok, 2 any refused, 1 any without an answer within --timeout, default 30000
+ms). --vehicles takes ids separated by commas and may be repeated; --vehicles-file has one id a
+line (or commas; # comments).
+cloud fleet watch prints one line per message the vehicles publish (results, state, audit events
+de-duplicated by seq, status), prefixed with the time and the vehicle id (--json: one JSON object a
+line), until Ctrl-C or --duration. With a vehicle list it asks each vehicle for its state first
+(retained messages are not needed); without one it follows every vehicle under --prefix.`;
 
-const BROKER_OPTIONS = {
+export const BROKER_OPTIONS = {
   broker: { type: 'string', multiple: true },
   ca: { type: 'string' },
   cert: { type: 'string' },
@@ -52,7 +67,7 @@ function readFile(path: string | undefined, what: string): Buffer | undefined {
   }
 }
 
-function brokerOptions(values: {
+export function brokerOptions(values: {
   readonly broker?: readonly string[] | undefined;
   readonly ca?: string | undefined;
   readonly cert?: string | undefined;
@@ -107,7 +122,8 @@ export async function cloud(argv: readonly string[]): Promise<number> {
   if (sub === 'send') return await send(rest);
   if (sub === 'keyring' && rest[0] === 'push') return await push(rest.slice(1));
   if (sub === 'state') return await state(rest);
-  throw new AgentError('bad_arguments', `cloud needs send, keyring push or state\n\n${CLOUD_HELP}`);
+  if (sub === 'fleet') return await import('./cloud-fleet.js').then((m) => m.fleet(rest));
+  throw new AgentError('bad_arguments', `cloud needs send, keyring push, state or fleet\n\n${CLOUD_HELP}`);
 }
 
 async function send(argv: readonly string[]): Promise<number> {

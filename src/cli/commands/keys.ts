@@ -19,6 +19,8 @@ export const KEYS_HELP = `vehicle-agent keys list [--json]
 vehicle-agent keys grant --key OWNER.pem --kind phone|signer --public KEY.pub.pem --role ROLE
                          [--name TEXT] [--not-before TIME] [--not-after TIME] [--passive]
 vehicle-agent keys grant --key OWNER.pem --kind uid --uid HEX --role ROLE --insecure-uid [...]
+vehicle-agent keys grant --key OWNER.pem --kind passkey --public KEY.pub.pem --credential-id B64URL
+                         --rp-id HOST --role ROLE [...]
 vehicle-agent keys revoke --key OWNER.pem --id CREDENTIAL_ID [--reason TEXT]
 vehicle-agent keys export [--json] [--out FILE]
 vehicle-agent keys import FILE [--key OWNER.pem --insecure-uid] [--json]

@@ -75,7 +75,7 @@ async function keygen(argv: readonly string[]): Promise<number> {
 }
 
 /** The 32-byte P-256 secret scalar of a private key file. */
-function phoneSecret(path: string): Uint8Array {
+export function phoneSecret(path: string): Uint8Array {
   const key = readPrivateKeyFile(path);
   if (algorithmOf(key) !== 'P-256') throw new AgentError('key_invalid', `${path}: a phone key is P-256`);
   const { d } = key.export({ format: 'jwk' });

@@ -16,6 +16,8 @@ export const SIGN_HELP = `vehicle-agent sign command CMD --key KEY.pem --vehicle
 vehicle-agent sign grant --key OWNER.pem --vehicle VID --kind phone|signer --public KEY.pub.pem --role ROLE
                          [--name TEXT] [--not-before TIME] [--not-after TIME] [--passive]
 vehicle-agent sign grant --key OWNER.pem --vehicle VID --kind uid --uid HEX --role ROLE --insecure-uid [...]
+vehicle-agent sign grant --key OWNER.pem --vehicle VID --kind passkey --public KEY.pub.pem
+                         --credential-id B64URL --rp-id HOST --role ROLE [...]
 vehicle-agent sign revoke --key KEY.pem --vehicle VID --id CREDENTIAL_ID [--reason TEXT]
 vehicle-agent sign keyring --key KEY.pem --vehicle VID --ops FILE...
 

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { expectedCredentialId } from '../../access/credential-wire.js';
+import { credentialToWire, expectedCredentialId, parseCredentialWire } from '../../access/credential-wire.js';
 import { signGrant, signRevoke } from '../../access/keyring.js';
 import {
   COMMAND_NAMES,
@@ -121,6 +121,8 @@ export const GRANT_OPTIONS = {
   'not-after': { type: 'string' },
   passive: { type: 'boolean' },
   'insecure-uid': { type: 'boolean' },
+  'credential-id': { type: 'string' },
+  'rp-id': { type: 'string' },
 } as const;
 
 /** A signed grant for `--vehicle`, made without the vehicle (for the cloud). */
@@ -136,14 +138,16 @@ export function buildGrant(values: {
   readonly 'not-after'?: string | undefined;
   readonly passive?: boolean | undefined;
   readonly 'insecure-uid'?: boolean | undefined;
+  readonly 'credential-id'?: string | undefined;
+  readonly 'rp-id'?: string | undefined;
 }): string {
   const signer = readSignerKey(requireString(values.key, 'key'));
   const vid = requireString(values.vehicle, 'vehicle');
   const kind = requireString(values.kind, 'kind') as CredentialKind;
-  if (kind !== 'phone' && kind !== 'signer' && kind !== 'uid')
+  if (kind !== 'phone' && kind !== 'signer' && kind !== 'uid' && kind !== 'passkey')
     throw new AgentError(
       'bad_arguments',
-      '--kind must be phone, signer or uid (FIDO keys and NTAG 424 cards are enrolled at the vehicle: vehicle-agent enroll card)',
+      '--kind must be phone, signer, uid or passkey (FIDO keys and NTAG 424 cards are enrolled at the vehicle: vehicle-agent enroll card)',
     );
   const role = requireString(values.role, 'role') as Role;
   if (!(ROLES as readonly string[]).includes(role))
@@ -170,6 +174,25 @@ export function buildGrant(values: {
     }
     const hash = uidHash(vid, uid);
     credential = { id: expectedCredentialId('uid', { uidHash: hash }), kind, uidHash: hash, ...common };
+  } else if (kind === 'passkey') {
+    const publicPath = requireString(values.public, 'public');
+    const publicKey = publicJwkOf(readKeyFile(publicPath));
+    requireKeyForKind(kind, publicKey, publicPath);
+    const keyHandle = requireString(values['credential-id'], 'credential-id');
+    const rpId = requireString(values['rp-id'], 'rp-id');
+    const identity = { publicKey, keyHandle, rpId };
+    let id: string;
+    try {
+      id = expectedCredentialId(kind, identity);
+      credential = { id, kind, ...identity, ...common };
+      // Checked as a grant is, so a bad credential id or rpId is said here, not by the vehicle.
+      parseCredentialWire(credentialToWire(credential));
+    } catch (err) {
+      throw new AgentError(
+        'bad_arguments',
+        `--credential-id / --rp-id: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
   } else {
     const publicPath = requireString(values.public, 'public');
     const publicKey = publicJwkOf(readKeyFile(publicPath));

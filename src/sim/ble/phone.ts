@@ -7,6 +7,7 @@ import {
   encodeEnrollApproval,
   encodeEnrollRequest,
   enrollApprovalSignedMessage,
+  enrollRequestSignedMessage,
   isEnrollMessage,
 } from '../../ble/protocol/enroll.js';
 import {
@@ -289,7 +290,12 @@ export class PhoneKey {
     const delayMs = behaviour.answerDelayMs;
     if (behaviour.approveEnrollment) {
       this.enrollHello = hello;
-      return { kind: 'answer', message: encodeEnrollRequest(), delayMs };
+      // Signed by this key: the vehicle reveals its offer only to a proven owner key.
+      const fields = { vehicleId: hello.vehicleId, challenge: hello.challenge, keyId: this.credentialId };
+      let signature: Uint8Array = p256.sign(enrollRequestSignedMessage(fields), this.signingKey());
+      if (behaviour.highS) signature = toHighS(signature);
+      if (behaviour.fault === 'bad_signature') signature[20] = (signature[20] ?? 0) ^ 0x01;
+      return { kind: 'answer', message: encodeEnrollRequest(fields, signature), delayMs };
     }
     if (behaviour.fault === 'garbage') {
       // Our version and an unassigned type, then noise: never a valid message by accident.

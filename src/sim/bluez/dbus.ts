@@ -39,6 +39,7 @@ export type BluezErrorName =
   | 'NotPermitted'
   | 'InvalidOffset'
   | 'InvalidValueLength'
+  | 'InvalidLength'
   | 'DoesNotExist'
   | 'AlreadyExists';
 

@@ -7,7 +7,12 @@ export type {
   DeviceSpec,
   DeviceStats,
   LinkDelays,
+  PeripheralFaults,
+  RegisteredAdvertisement,
+  RegisteredApplication,
   ServicesResolvedMode,
+  StandInCentral,
+  StandInCentralOptions,
   StandInDevice,
   StandInEvent,
 } from './types.js';

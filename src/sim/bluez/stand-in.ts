@@ -13,7 +13,19 @@ import {
 } from './dbus.js';
 import { type DeviceHost, SimDevice } from './device.js';
 import { ObjectTree } from './object-tree.js';
-import type { BluezStandIn, BluezStandInOptions, DeviceSpec, StandInDevice, StandInEvent } from './types.js';
+import { type PeripheralHost, PeripheralSide } from './peripheral-side.js';
+import type {
+  BluezStandIn,
+  BluezStandInOptions,
+  DeviceSpec,
+  PeripheralFaults,
+  RegisteredAdvertisement,
+  RegisteredApplication,
+  StandInCentral,
+  StandInCentralOptions,
+  StandInDevice,
+  StandInEvent,
+} from './types.js';
 
 const BLUEZ = 'org.bluez';
 const NAME_OWNER_CHANGED =
@@ -30,7 +42,7 @@ export async function startBluezStandIn(options: BluezStandInOptions): Promise<B
   return standIn;
 }
 
-class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
+class StandIn implements BluezStandIn, AdapterHost, DeviceHost, PeripheralHost {
   readonly adapterPath: string;
   readonly address: string;
   readonly name: string;
@@ -52,6 +64,9 @@ class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
   /** Sender of the method call being handled (dbus-next does not pass it to methods). */
   private currentSender = '';
   private readonly adapter1: Adapter1;
+  private readonly peripheral: PeripheralSide;
+  /** Clients whose PropertiesChanged signals the bus routes here (GATT applications). */
+  private readonly watched = new Set<string>();
 
   constructor(options: BluezStandInOptions) {
     const spec = options.adapter ?? {};
@@ -63,6 +78,7 @@ class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
     this.alias = spec.alias ?? this.name;
     this.isPowered = spec.powered ?? true;
     this.adapter1 = new Adapter1(this);
+    this.peripheral = new PeripheralSide(this);
     this.tree.add('/org/bluez', [new AgentManager1(this)]);
   }
 
@@ -90,7 +106,11 @@ class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
       bus.disconnect();
       throw err;
     }
-    this.tree.add(this.adapterPath, [this.adapter1]);
+    this.tree.add(this.adapterPath, [
+      this.adapter1,
+      this.peripheral.gattManager,
+      this.peripheral.advertisingManager,
+    ]);
     this.emit({ type: 'name', owned: true });
     this.log.debug({ adapter: this.adapterPath }, 'org.bluez acquired');
   }
@@ -104,6 +124,8 @@ class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
     this.bus = undefined;
     this.forgetClients();
     for (const device of this.devices.values()) device.forget();
+    this.peripheral.forgetAll();
+    this.watched.clear();
     this.clearReappearTimers();
     this.tree.remove(this.adapterPath);
     try {
@@ -168,6 +190,7 @@ class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
       this.filters.clear();
       this.clearReappearTimers();
       for (const device of this.devices.values()) device.forget();
+      this.peripheral.poweredOff();
     }
     const changed: Record<string, unknown> = { Powered: powered, PowerState: powered ? 'on' : 'off' };
     if (wasDiscovering !== this.discovering) changed.Discovering = this.discovering;
@@ -198,6 +221,72 @@ class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
 
   device(address: string): StandInDevice | undefined {
     return this.devices.get(address.toUpperCase());
+  }
+
+  connectCentral(options?: StandInCentralOptions): StandInCentral {
+    return this.peripheral.connectCentral(options);
+  }
+
+  central(device: string): StandInCentral | undefined {
+    return this.peripheral.central(device);
+  }
+
+  centralCount(): number {
+    return this.peripheral.centralCount();
+  }
+
+  applications(): readonly RegisteredApplication[] {
+    return this.peripheral.applications();
+  }
+
+  advertisements(): readonly RegisteredAdvertisement[] {
+    return this.peripheral.advertisements();
+  }
+
+  setPeripheralFaults(faults: PeripheralFaults): void {
+    this.peripheral.setFaults(faults);
+  }
+
+  releaseAdvertisements(): Promise<void> {
+    return this.peripheral.releaseAdvertisements();
+  }
+
+  // ── PeripheralHost ───────────────────────────────────────────────────────────
+
+  sender(): string {
+    return this.currentSender;
+  }
+
+  async callClient(
+    destination: string,
+    path: string,
+    iface: string,
+    member: string,
+    signature: string,
+    body: unknown[],
+  ): Promise<unknown[]> {
+    const bus = this.bus;
+    if (bus === undefined) throw bluezError('NotReady', 'Resource Not Ready');
+    const reply = await bus.call(
+      new Message({
+        destination,
+        path,
+        interface: iface,
+        member,
+        ...(signature === '' ? {} : { signature, body }),
+      }),
+    );
+    return reply?.body ?? [];
+  }
+
+  async watchClient(client: string): Promise<void> {
+    const bus = this.bus;
+    if (bus === undefined || this.watched.has(client)) return;
+    this.watched.add(client);
+    await addMatch(
+      bus,
+      `type='signal',sender='${client}',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged'`,
+    );
   }
 
   adapterCalls(): Readonly<Record<string, number>> {
@@ -325,6 +414,18 @@ class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
     ) {
       const [name, , newOwner] = msg.body;
       if (typeof name === 'string' && name.startsWith(':') && newOwner === '') this.clientGone(name);
+      return;
+    }
+    if (
+      msg.type === MessageType.SIGNAL &&
+      msg.member === 'PropertiesChanged' &&
+      this.watched.has(msg.sender) &&
+      msg.body[0] === 'org.bluez.GattCharacteristic1'
+    ) {
+      const changed: unknown = msg.body[1];
+      const value: unknown =
+        typeof changed === 'object' && changed !== null ? Reflect.get(changed, 'Value') : undefined;
+      if (value instanceof Variant) this.peripheral.valueChanged(msg.sender, msg.path ?? '', value.value);
     }
   }
 
@@ -339,6 +440,8 @@ class StandIn implements BluezStandIn, AdapterHost, DeviceHost {
 
   /** A client left the bus: BlueZ ends its discovery session and drops its filter and agent. */
   private clientGone(client: string): void {
+    this.peripheral.clientGone(client);
+    this.watched.delete(client);
     const was = this.discovering;
     const hadSession = this.sessions.delete(client);
     const hadFilter = this.filters.delete(client);

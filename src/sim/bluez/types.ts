@@ -1,5 +1,6 @@
 import type { Logger } from '../../core/logger.js';
 import type { GattPeer } from '../ble/gatt-peer.js';
+import type { Advertisement, AppService } from './app-validation.js';
 
 /** The stand-in adapter (org.bluez.Adapter1 at /org/bluez/<id>). */
 export interface AdapterSpec {
@@ -142,6 +143,56 @@ export interface StandInDevice {
   resetCalls(): void;
 }
 
+/** Refusals the stand-in's peripheral side can be told to make (bluetoothd saying no). */
+export interface PeripheralFaults {
+  /** GattManager1.RegisterApplication fails with org.bluez.Error.Failed. */
+  readonly refuseApplications?: boolean;
+  /** LEAdvertisingManager1.RegisterAdvertisement fails with org.bluez.Error.Failed. */
+  readonly refuseAdvertisements?: boolean;
+}
+
+/** A GATT application a client registered (GattManager1.RegisterApplication), as validated. */
+export interface RegisteredApplication {
+  /** The client's unique bus name. */
+  readonly owner: string;
+  readonly root: string;
+  readonly services: readonly AppService[];
+}
+
+/** An advertisement a client registered, as bluetoothd parsed it. */
+export interface RegisteredAdvertisement extends Advertisement {
+  readonly owner: string;
+  readonly path: string;
+}
+
+export interface StandInCentralOptions {
+  /** Default: a fresh random private address. */
+  readonly address?: string;
+  /** ATT MTU of the link; default 247. 23 makes every value longer than 22 bytes a blob read. */
+  readonly mtu?: number;
+}
+
+/**
+ * A remote central (a phone) connected to the simulated adapter: its calls reach the registered
+ * application as bluetoothd's would. Rejections are the application's D-Bus errors (or BlueZ's own,
+ * for what bluetoothd refuses itself at the ATT level).
+ */
+export interface StandInCentral {
+  /** /org/bluez/hci0/dev_XX_… (options.device in the application's calls). */
+  readonly device: string;
+  readonly address: string;
+  readonly mtu: number;
+  readonly connected: boolean;
+  /** The last notifications received (at most 32). */
+  readonly notifications: readonly Uint8Array[];
+  read(uuid: string): Promise<Uint8Array>;
+  write(uuid: string, bytes: Uint8Array, options?: { readonly withoutResponse?: boolean }): Promise<void>;
+  subscribe(uuid: string): Promise<void>;
+  unsubscribe(uuid: string): Promise<void>;
+  onNotification(listener: (bytes: Uint8Array) => void): () => void;
+  disconnect(): void;
+}
+
 export type StandInEvent =
   | { readonly type: 'device-seen'; readonly address: string }
   | { readonly type: 'device-gone'; readonly address: string }
@@ -168,6 +219,16 @@ export interface BluezStandIn {
   releaseName(): Promise<void>;
   /** bluetoothd comes back on a new connection: adapter returns, devices on the next discovery. */
   reacquireName(): Promise<void>;
+  /** A remote central connects to the adapter (the vehicle is the peripheral). */
+  connectCentral(options?: StandInCentralOptions): StandInCentral;
+  central(device: string): StandInCentral | undefined;
+  /** Centrals connected now. */
+  centralCount(): number;
+  applications(): readonly RegisteredApplication[];
+  advertisements(): readonly RegisteredAdvertisement[];
+  setPeripheralFaults(faults: PeripheralFaults): void;
+  /** bluetoothd drops every advertisement and calls their Release. */
+  releaseAdvertisements(): Promise<void>;
   /** Method calls on the adapter, /org/bluez and / (not on devices): "iface.Member" → n. */
   adapterCalls(): Readonly<Record<string, number>>;
   onEvent(listener: (event: StandInEvent) => void): () => void;

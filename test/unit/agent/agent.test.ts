@@ -134,6 +134,25 @@ describe('agent loop', () => {
     expect(events.map((e) => e.type)).toEqual(['access', 'lock']);
   });
 
+  it('audits a missed answer deadline with the deadline and the measured lateness', async () => {
+    const { agent, events, present } = setup();
+    const late = await agent.present(
+      present({ proof: 'timeout', answerMs: 1730, deadlineMs: 600, lateMs: 1130 }),
+    );
+    expect(late).toMatchObject({ granted: false, code: 'timeout' });
+    // No answer at all: the lateness is how long the reader waited past the deadline.
+    await agent.present(present({ proof: 'timeout', credentialId: undefined, deadlineMs: 600, lateMs: 500 }));
+    // In time: the deadline is not repeated in every record.
+    await agent.present(present({ answerMs: 120, deadlineMs: 600 }));
+    await agent.flush();
+    const access = events.filter((e) => e.type === 'access');
+    expect(access[0]).toMatchObject({ code: 'timeout', answerMs: 1730, deadlineMs: 600, lateMs: 1130 });
+    expect(access[1]).toMatchObject({ code: 'timeout', deadlineMs: 600, lateMs: 500 });
+    expect(access[1]).not.toHaveProperty('answerMs');
+    expect(access[2]).toMatchObject({ result: 'granted', answerMs: 120 });
+    expect(access[2]).not.toHaveProperty('lateMs');
+  });
+
   it('lets only one of two concurrent presentations with the same counter through', async () => {
     const { agent, lock, present } = setup();
     const [a, b] = await Promise.all([

@@ -13,10 +13,12 @@ import {
   encodeEnrollRequest,
   enrollApprovalSignedMessage,
   enrollOfferSignedMessage,
+  enrollRequestSignedMessage,
   isEnrollMessage,
   verifyBleEnrollAuth,
   verifyEnrollApproval,
   verifyEnrollOffer,
+  verifyEnrollRequest,
 } from '../../../src/ble/protocol/enroll.js';
 import { buildHello, decodeMessage } from '../../../src/ble/protocol/messages.js';
 import type { Credential } from '../../../src/core/types.js';
@@ -72,6 +74,7 @@ const offerFields: EnrollOfferFields = {
   notAfter: 0,
 };
 const approvalFields = { vehicleId: VEHICLE_ID, challenge: CHALLENGE, requestHash, keyId: ownerId };
+const requestFields = { vehicleId: VEHICLE_ID, challenge: CHALLENGE, keyId: ownerId };
 const sha = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 const owner: Credential = { id: ownerId, kind: 'phone', role: 'owner', publicKey: ownerJwk, options: {} };
 
@@ -88,7 +91,12 @@ describe('E1 test vectors (docs/ble-protocol.md §12.4)', () => {
     inDoc(ownerId);
     inDoc(new TextDecoder().decode(new TextEncoder().encode(canonicalJson(op))));
     inDoc(`request hash ${toHex(requestHash)}`);
-    inDoc(toHex(encodeEnrollRequest()));
+    const requestSigned = enrollRequestSignedMessage(requestFields);
+    inDoc(toHex(requestSigned));
+    inDoc(`sha256 ${sha(requestSigned)}`);
+    const request = encodeEnrollRequest(requestFields, p256.sign(requestSigned, OWNER_SECRET));
+    expect(request.length).toBe(141);
+    inDoc(toHex(request));
     const offerSigned = enrollOfferSignedMessage(offerFields);
     inDoc(toHex(offerSigned));
     inDoc(`sha256 ${sha(offerSigned)}`);
@@ -114,6 +122,14 @@ describe('E1 test vectors (docs/ble-protocol.md §12.4)', () => {
     expect(verifyEnrollApproval(approval(signature), ownerJwk)).toBe('valid');
     expect(verifyEnrollApproval(approval(toHighS(signature)), ownerJwk)).toBe('valid');
     expect(verifyEnrollApproval(approval(signature), newJwk)).toBe('invalid');
+    const requestSignature = p256.sign(enrollRequestSignedMessage(requestFields), OWNER_SECRET);
+    const request = decodeEnrollMessage(encodeEnrollRequest(requestFields, requestSignature));
+    if (request.type !== 'enroll_request') throw new Error('not a request');
+    expect(verifyEnrollRequest(request, ownerJwk)).toBe('valid');
+    expect(verifyEnrollRequest({ ...request, signature: toHighS(requestSignature) }, ownerJwk)).toBe('valid');
+    expect(verifyEnrollRequest(request, newJwk)).toBe('invalid');
+    // Signed for another session: the signature does not cover this challenge.
+    expect(verifyEnrollRequest({ ...request, challenge: new Uint8Array(32) }, ownerJwk)).toBe('invalid');
   });
 });
 
@@ -135,7 +151,26 @@ describe('E1 messages', () => {
     });
     if (decoded.type !== 'enroll_offer') throw new Error('not an offer');
     expect(buildEnrollOffer(decoded, () => decoded.signature)).toEqual(offer);
-    expect(decodeEnrollMessage(encodeEnrollRequest())).toEqual({ type: 'enroll_request' });
+    const request = encodeEnrollRequest(requestFields, new Uint8Array(64).fill(7));
+    const decodedRequest = decodeEnrollMessage(request);
+    expect(decodedRequest).toMatchObject({ type: 'enroll_request', vehicleId: VEHICLE_ID, keyId: ownerId });
+    if (decodedRequest.type !== 'enroll_request') throw new Error('not a request');
+    expect(encodeEnrollRequest(decodedRequest, decodedRequest.signature)).toEqual(request);
+  });
+
+  it('refuses the unsigned enroll_request of revision 1 as unsupported, a truncated one as malformed', () => {
+    const code = (bytes: Uint8Array): string | undefined => {
+      try {
+        decodeEnrollMessage(bytes);
+        return undefined;
+      } catch (err) {
+        return (err as { code?: string }).code;
+      }
+    };
+    expect(code(Uint8Array.of(1, 5))).toBe('unsupported');
+    const request = encodeEnrollRequest(requestFields, new Uint8Array(64).fill(7));
+    expect(code(request.subarray(0, request.length - 1))).toBe('malformed');
+    expect(code(Uint8Array.of(...request, 0))).toBe('malformed');
   });
 
   it('is strict: trailing bytes, truncation, reserved flags, unknown role and another version are refused', () => {
@@ -206,7 +241,10 @@ describe('the reference phone approving an enrollment', () => {
       vehicles: pinned,
       behaviour: { approveEnrollment: true },
     });
-    expect(phone.receive(hello)?.message).toEqual(encodeEnrollRequest());
+    const asked = decodeEnrollMessage(phone.receive(hello)?.message ?? new Uint8Array());
+    if (asked.type !== 'enroll_request') throw new Error('no request');
+    expect(asked).toMatchObject({ vehicleId: VEHICLE_ID, challenge: CHALLENGE, keyId: ownerId });
+    expect(verifyEnrollRequest(asked, ownerJwk)).toBe('valid');
     const reply = phone.receive(offerFor());
     const decoded = decodeEnrollMessage(reply?.message ?? new Uint8Array());
     if (decoded.type !== 'enroll_approval') throw new Error('no approval');

@@ -6,8 +6,11 @@ import {
   BLE_AUTH_VERIFIERS,
   decodeEnrollMessage,
   type EnrollApproval,
+  type EnrollRequest,
   encodeEnrollApproval,
+  encodeEnrollRequest,
   enrollApprovalSignedMessage,
+  enrollRequestSignedMessage,
 } from '../../../src/ble/protocol/enroll.js';
 import type { Clock } from '../../../src/core/clock.js';
 import { silentLogger } from '../../../src/core/logger.js';
@@ -52,6 +55,14 @@ function approvalBy(
   const signature = p256.sign(enrollApprovalSignedMessage(fields), secretOf(key));
   const decoded = decodeEnrollMessage(encodeEnrollApproval(fields, signature));
   if (decoded.type !== 'enroll_approval') throw new Error('not an approval');
+  return decoded;
+}
+
+function requestBy(key: TestKey, challenge = CHALLENGE, vehicleId = VID): EnrollRequest {
+  const fields = { vehicleId, challenge, keyId: key.id };
+  const signature = p256.sign(enrollRequestSignedMessage(fields), secretOf(key));
+  const decoded = decodeEnrollMessage(encodeEnrollRequest(fields, signature));
+  if (decoded.type !== 'enroll_request') throw new Error('not a request');
   return decoded;
 }
 
@@ -150,6 +161,46 @@ describe('enrollment at the vehicle', () => {
     expect(keyring.size).toBe(before);
     expect(desk.status()?.state).toBe('pending');
     expect(await desk.approve(approvalBy(owner, hash), CHALLENGE)).toMatchObject({ approved: true });
+  });
+
+  it('shows its offer only to a key that proved an enrolled, valid owner key in this exchange', async () => {
+    const { desk, audit, owner, driver, revokedOwner, lapsedOwner, fresh } = setup();
+    desk.open(fresh.credential);
+    const stranger = makeKey('phone', 'owner');
+    const forged = { ...requestBy(owner), signature: requestBy(driver).signature };
+    const cases: [EnrollRequest, Uint8Array, string, boolean][] = [
+      // request, session challenge, code, audited (only once the signature verified)
+      [requestBy(stranger), CHALLENGE, 'unknown_credential', false],
+      [forged, CHALLENGE, 'bad_proof', false],
+      [requestBy(owner), new Uint8Array(32), 'bad_proof', false],
+      [requestBy(owner, CHALLENGE, 'OTHER-VEHICLE'), CHALLENGE, 'wrong_vehicle', false],
+      [requestBy(revokedOwner), CHALLENGE, 'revoked', true],
+      [requestBy(lapsedOwner), CHALLENGE, 'expired', true],
+      [requestBy(driver), CHALLENGE, 'role_not_allowed', true],
+    ];
+    for (const [request, challenge, code, audited] of cases) {
+      const before = audit.length;
+      expect(desk.authorise(request, challenge)).toMatchObject({ allowed: false, code });
+      expect(audit.length - before).toBe(audited ? 1 : 0);
+    }
+    expect(audit.filter((e) => e.type === 'enroll.refused').map((e) => e.step)).toEqual([
+      'request',
+      'request',
+      'request',
+    ]);
+    expect(desk.authorise(requestBy(owner), CHALLENGE)).toEqual({ allowed: true, by: owner.id });
+    expect(desk.windowLeftMs()).toBe(WINDOW);
+    // The approval must come from the key that asked.
+    const hash = hashOf(desk);
+    const other = makeKey('phone', 'owner');
+    expect(await desk.approve(approvalBy(owner, hash), CHALLENGE, other.id)).toMatchObject({
+      approved: false,
+      code: 'bad_proof',
+    });
+    expect(await desk.approve(approvalBy(owner, hash), CHALLENGE, owner.id)).toMatchObject({
+      approved: true,
+    });
+    expect(desk.windowLeftMs()).toBe(0);
   });
 
   it('expires: after its window no approval closes it, and nothing is written', async () => {

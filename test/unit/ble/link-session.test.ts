@@ -149,6 +149,18 @@ describe('BLE central session (link-session.ts)', () => {
     expect(refused.ends).toEqual([{ reason: 'unproven-timeout', cooldownMs: 0 }]);
   });
 
+  it('extendTurn moves the session bound of a proven session too (an owner approving for minutes)', async () => {
+    const owner = open();
+    owner.session.armTimeout(15_000);
+    owner.session.markProven();
+    owner.state.extendAllowed = false; // a proven session needs no extension slot
+    expect(owner.session.extendTurn(120_000)).toBe(true);
+    await vi.advanceTimersByTimeAsync(120_000 + WRITE_TIMEOUT_MS - 1);
+    expect(owner.session.closed).toBe(false);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(owner.ends).toEqual([{ reason: 'session-timeout', cooldownMs: 0 }]);
+  });
+
   it('ends at the session bound', async () => {
     const owned = open();
     owned.session.armTimeout(15_000);

@@ -141,15 +141,29 @@ describe('AgentSession', () => {
     expect(errorCode(() => open(0).receive(Uint8Array.of(7, 2), 1))).toBe('unsupported');
   });
 
-  it('reports an abort from the key', () => {
-    const { open } = setup();
+  it('notes an abort from the key but keeps waiting: an unsigned abort ends nothing', () => {
+    const { open, phone, answerTo } = setup();
     const s = open(0);
-    expect(s.receive(encodeAbort('wrong_vehicle'), 12)).toEqual({
+    expect(s.receive(encodeAbort('unsupported'), 12)).toEqual({
       kind: 'abort',
-      code: 'wrong_vehicle',
+      code: 'unsupported',
       answerMs: 12,
     });
-    expect(s.state).toBe('closed');
+    expect(s.receive(encodeAbort('wrong_vehicle'), 13)).toMatchObject({ kind: 'abort' });
+    expect(s.state).toBe('awaiting_answer');
+    expect(s.abortedWith).toBe('unsupported');
+    // The key's signed answer still comes, and still decides.
+    expect(s.receive(answerTo(s), 40)).toMatchObject({ kind: 'answer', answerMs: 40 });
+    expect(s.verify(phone.publicKey)).toMatchObject({ proof: 'valid' });
+  });
+
+  it('runs the deadline from helloSent, not from open', () => {
+    const { open, phone, answerTo } = setup();
+    const s = open(0, 500);
+    s.helloSent(300);
+    expect(s.deadlineAt).toBe(800);
+    expect(s.receive(answerTo(s), 750)).toMatchObject({ answerMs: 450 });
+    expect(s.verify(phone.publicKey)).toMatchObject({ proof: 'valid', answerMs: 450 });
   });
 
   it('verify before an answer is a programming error', () => {

@@ -109,6 +109,60 @@ const CASES: Partial<Record<CommandName, { good: [WireArgs, unknown][]; bad: [Wi
       [{ owned: 1 }, 'owned must be a boolean'],
     ],
   },
+  'sim.central.read': {
+    good: [
+      [
+        { device: '/org/bluez/hci0/dev_4A_11_22_33_44_55', characteristic: 'result' },
+        { device: '/org/bluez/hci0/dev_4A_11_22_33_44_55', characteristic: 'result' },
+      ],
+    ],
+    bad: [
+      [{ characteristic: 'challenge' }, 'device must be a central from sim.central.connect'],
+      [
+        { device: '/org/bluez/hci0/dev_4A_11_22_33_44_55/../x', characteristic: 'challenge' },
+        'device must be a central from sim.central.connect',
+      ],
+      [
+        { device: '/org/bluez/hci0/dev_4A_11_22_33_44_55', characteristic: 'answer' },
+        'characteristic must be challenge or result',
+      ],
+    ],
+  },
+  'sim.central.write': {
+    good: [
+      [
+        { device: '/org/bluez/hci0/dev_4A_11_22_33_44_55', characteristic: 'answer', hex: '0222ff' },
+        {
+          device: '/org/bluez/hci0/dev_4A_11_22_33_44_55',
+          characteristic: 'answer',
+          bytes: Uint8Array.from([0x02, 0x22, 0xff]),
+        },
+      ],
+    ],
+    bad: [
+      [
+        { device: '/org/bluez/hci0/dev_4A_11_22_33_44_55', characteristic: 'challenge', hex: '00' },
+        'characteristic must be answer',
+      ],
+      [
+        { device: '/org/bluez/hci0/dev_4A_11_22_33_44_55', characteristic: 'answer', hex: '0g' },
+        'hex must be up to 512 bytes in hex',
+      ],
+      [
+        { device: '/org/bluez/hci0/dev_4A_11_22_33_44_55', characteristic: 'answer', hex: '0'.repeat(1026) },
+        'hex must be up to 512 bytes in hex',
+      ],
+    ],
+  },
+  'sim.central.disconnect': {
+    good: [
+      [
+        { device: '/org/bluez/hci1/dev_4A_11_22_33_44_55' },
+        { device: '/org/bluez/hci1/dev_4A_11_22_33_44_55' },
+      ],
+    ],
+    bad: [[{ device: 7 }, 'device must be a central from sim.central.connect']],
+  },
   'enroll.card.authorise': {
     good: [[{ jws: 'a.b.c' }, { jws: 'a.b.c' }]],
     bad: [

@@ -27,7 +27,7 @@ describe('keyring summary', () => {
       active: 7,
       revoked: 1,
       byRole: { owner: 1, driver: 3, guest: 3, service: 0 },
-      byKind: { phone: 5, fido: 0, ntag424: 1, uid: 1, signer: 0 },
+      byKind: { phone: 5, fido: 0, ntag424: 1, uid: 1, signer: 0, passkey: 0 },
       expiringSoon: 1,
       outsideWindow: 2,
       insecureUid: 1,
