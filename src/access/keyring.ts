@@ -326,7 +326,7 @@ export class Keyring implements CredentialLookup {
     return this.ops.has(opId);
   }
 
-  /** Every op held; `jws` only when no OpTextSource keeps the texts (see opTexts). */
+  /** Every op held; `jws` unless an OpTextSource keeps its text on disk (see opTexts). */
   heldOps(): IterableIterator<HeldOp> {
     this.materialize();
     return this.ops.values();
@@ -345,21 +345,38 @@ export class Keyring implements CredentialLookup {
   }
 
   /**
-   * From now on the ops' signed texts are kept by `source` alone (the store: on disk), and those
-   * held in memory are dropped. Decisions and changes need only the decoded ops.
+   * From now on the ops' signed texts are kept by `source` (the store: on disk), and those held in
+   * memory that `stored` says the store holds are dropped. Decisions and changes need only the
+   * decoded ops. A text is dropped only once it is on disk (here, when read from the ops files,
+   * or textsStored): one merged in memory only stays until a compaction writes it.
    */
-  keepTextsIn(source: OpTextSource): void {
+  keepTextsIn(source: OpTextSource, stored: (opId: string) => boolean): void {
     this.textSource = source;
     for (const [id, held] of this.ops) {
-      if (held.jws !== undefined) this.ops.set(id, { op: held.op, signer: held.signer, hash: held.hash });
+      if (held.jws !== undefined && stored(id))
+        this.ops.set(id, { op: held.op, signer: held.signer, hash: held.hash });
     }
   }
 
-  /** The JWS of every op held, read back from the OpTextSource when one keeps them. */
+  /** The store has written these ops' texts to disk (a compaction): their copies here go. */
+  textsStored(opIds: Iterable<string>): void {
+    if (this.textSource === undefined) return;
+    for (const id of opIds) {
+      const held = this.ops.get(id);
+      if (held?.jws !== undefined) this.ops.set(id, { op: held.op, signer: held.signer, hash: held.hash });
+    }
+  }
+
+  /** The JWS of every op held, read back from the OpTextSource for those whose text it keeps. */
   async opTexts(): Promise<string[]> {
     await this.whenMaterialized();
-    if (this.textSource !== undefined) return this.textSource.readTexts((id) => this.ops.has(id));
-    return [...this.ops.values()].flatMap((h) => (h.jws === undefined ? [] : [h.jws]));
+    const inMemory = [...this.ops.values()].flatMap((h) => (h.jws === undefined ? [] : [h.jws]));
+    if (this.textSource === undefined) return inMemory;
+    const fromSource = await this.textSource.readTexts((id) => {
+      const held = this.ops.get(id);
+      return held !== undefined && held.jws === undefined;
+    });
+    return [...fromSource, ...inMemory];
   }
 
   /**
@@ -401,7 +418,7 @@ export class Keyring implements CredentialLookup {
     const end = Math.min(raw.length, this.pendingAt + count);
     for (; this.pendingAt < end; this.pendingAt++) {
       const r = raw[this.pendingAt];
-      if (r) this.accept(decodeTrustedOp(r.jws, r.signer));
+      if (r) this.accept(decodeTrustedOp(r.jws, r.signer), true);
     }
     if (this.pendingAt < raw.length) return false;
     this.pendingRaw = undefined;
@@ -685,12 +702,12 @@ export class Keyring implements CredentialLookup {
    * Adds an op to the set with the key and authority it brings and its share of the digest, in
    * time independent of the keyring's size (`foldAll` then updates the effective credentials).
    */
-  private accept(stored: StoredOp): void {
+  private accept(stored: StoredOp, onDisk = false): void {
     const { op } = stored;
     const signer = this.interned(stored.signer);
     const hash = opHash(stored.jws);
     const held: HeldOp =
-      this.textSource === undefined
+      this.textSource === undefined || !onDisk
         ? { op, signer, hash: hash.toString('base64url'), jws: stored.jws }
         : { op, signer, hash: hash.toString('base64url') };
     this.ops.set(op.id, held);

@@ -726,7 +726,11 @@ export class KeyringStore {
     for (const f of findings) store.report(f);
     store.opened = true;
     // From here the op texts are read back from disk when needed (sync, export, compaction).
-    keyring.keepTextsIn(store.textSource);
+    // Only texts read from disk are dropped: ops merged in memory before open stay until a
+    // compaction writes them.
+    const read = store.readAtOpen;
+    keyring.keepTextsIn(store.textSource, (id) => read.has(id) || store.journalTexts.has(id));
+    store.readAtOpen = new Set();
     store.textsOnDisk = true;
     if (store.compactionDue()) await store.compact();
     return store;
@@ -894,6 +898,7 @@ export class KeyringStore {
       summaryRead.state === 'legacy' && summaryRead.format === 1 ? p.summary : p.ops,
     );
     const credentialIds = new Set(stored.flatMap((s) => (s.op.op === 'grant' ? [s.op.cred.id] : [])));
+    this.readAtOpen = known;
     const journals = analyseJournals(sideA, sideB, known, credentialIds);
     for (const f of journals.findings) this.found.push(f);
     if (journals.rewrite) {
@@ -972,6 +977,8 @@ export class KeyringStore {
    * the signed texts once the keyring drops them (Keyring.keepTextsIn). Bounded by compaction.
    */
   private readonly journalTexts = new Map<string, StoredRecord>();
+  /** Ids of the ops read from the ops files by a full load at open (see open). */
+  private readAtOpen = new Set<string>();
 
   private serial(task: () => Promise<void>): Promise<void> {
     const run = this.chain.then(task);
@@ -1078,6 +1085,7 @@ export class KeyringStore {
       await writeSnapshotFiles(this.stateDir, this.keyring, { text: ops.text, count: ops.ids.length });
     });
     for (const id of written) this.journalTexts.delete(id);
+    this.keyring.textsStored(written);
     this.appended = keep;
     this.log.info({ ops: this.keyring.size }, 'keyring compacted');
   }
@@ -1102,6 +1110,10 @@ export class KeyringStore {
     };
     for (const r of analysis.ops) take(r);
     for (const r of this.journalTexts.values()) take(r);
+    // Ops merged into the keyring in memory only (not through persist) are on no disk yet.
+    for (const held of this.keyring.heldOps()) {
+      if (held.jws !== undefined) take({ jws: held.jws, signer: held.signer });
+    }
     if (ids.length !== this.keyring.size) {
       throw new AgentError(
         'state_corrupt',

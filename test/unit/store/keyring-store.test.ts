@@ -127,6 +127,30 @@ describe('keyring store', () => {
     await second.store.close();
   });
 
+  it('keeps the texts of ops merged in memory only until a compaction writes them; they survive a reopen', async () => {
+    // Merged before open: no file holds them.
+    const { ring } = populated();
+    const before = [...ring.storedOps()].map((s) => s.jws);
+    const store = await KeyringStore.open(dir, ring, silentLogger);
+    // Merged after open without the store (provisioning, tests): on no disk either.
+    const late = makeKey('phone', 'driver');
+    const lateGrant = grantBy(root, late.credential);
+    expect(ring.merge([lateGrant]).added).toHaveLength(1);
+    const texts = [...before, lateGrant].sort();
+    expect((await ring.opTexts()).sort()).toEqual(texts);
+    await store.compact();
+    // Written to the ops files: the memory copies go, the texts are read back from disk.
+    expect([...ring.heldOps()].every((h) => h.jws === undefined)).toBe(true);
+    expect((await ring.opTexts()).sort()).toEqual(texts);
+    await store.close();
+    const second = await reopen();
+    await second.ring.whenMaterialized();
+    expect(view(second.ring)).toBe(view(ring));
+    expect(second.ring.activeRole(late.id)).toBe('driver');
+    expect((await second.ring.opTexts()).sort()).toEqual(texts);
+    await second.store.close();
+  });
+
   it('replays the journal over the snapshot, and folds it into the snapshot at close', async () => {
     const { ring } = populated();
     await KeyringStore.writeSnapshot(dir, ring);
