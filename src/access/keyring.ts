@@ -76,11 +76,33 @@ export interface PendingOpsSource {
   readSync(): readonly { readonly jws: string; readonly signer: string }[];
 }
 
-export interface StoredOp {
-  readonly jws: string;
+/** A decoded op with the authority it carries. */
+export interface SignedOp {
   readonly op: KeyringOp;
   /** Credential id whose authority the op carries: the JWS signer, or auth.by. */
   readonly signer: string;
+}
+
+export interface StoredOp extends SignedOp {
+  readonly jws: string;
+}
+
+/**
+ * An op the keyring holds: its signed text only while no OpTextSource keeps it (see
+ * keepTextsIn); `hash` (base64url SHA-256 of the JWS) tells another op under the same id apart.
+ */
+export interface HeldOp extends SignedOp {
+  readonly hash: string;
+  readonly jws?: string;
+}
+
+/**
+ * Keeps the signed text of the ops a keyring holds, so the keyring need not (the keyring store:
+ * its ops files and journals). About 700 bytes an op that decisions never read.
+ */
+export interface OpTextSource {
+  /** The JWS of every op `holds` accepts, in any order. */
+  readTexts(holds: (opId: string) => boolean): Promise<string[]>;
 }
 
 export interface AddResult {
@@ -232,7 +254,10 @@ export class Keyring implements CredentialLookup {
   private readonly rootCredential: Credential;
   private readonly vehicleKeyObject: KeyObject | undefined;
   private readonly authVerifiers: ReadonlyMap<string, AuthVerifier>;
-  private readonly ops = new Map<string, StoredOp>();
+  private readonly ops = new Map<string, HeldOp>();
+  private readonly signers = new Map<string, string>();
+  /** Set once the ops' texts are kept elsewhere (see keepTextsIn). */
+  private textSource: OpTextSource | undefined;
   /** Credential id → public key, from any grant ever accepted (authenticity, not authority). */
   private readonly keyJwks = new Map<string, PublicJwk>();
   /** Key objects made from keyJwks when first asked for (a key object costs far more memory). */
@@ -301,9 +326,57 @@ export class Keyring implements CredentialLookup {
     return this.ops.has(opId);
   }
 
-  storedOps(): IterableIterator<StoredOp> {
+  /** Every op held; `jws` unless an OpTextSource keeps its text on disk (see opTexts). */
+  heldOps(): IterableIterator<HeldOp> {
     this.materialize();
     return this.ops.values();
+  }
+
+  /**
+   * Every op held with its text, for a keyring that holds the texts itself (provisioning, the
+   * CLI, tests); one whose texts are on disk (keepTextsIn) refuses: read them with opTexts.
+   */
+  *storedOps(): IterableIterator<StoredOp> {
+    for (const held of this.heldOps()) {
+      if (held.jws === undefined)
+        throw new AgentError('state_io', 'the keyring keeps its op texts on disk: read them with opTexts()');
+      yield { jws: held.jws, op: held.op, signer: held.signer };
+    }
+  }
+
+  /**
+   * From now on the ops' signed texts are kept by `source` (the store: on disk), and those held in
+   * memory that `stored` says the store holds are dropped. Decisions and changes need only the
+   * decoded ops. A text is dropped only once it is on disk (here, when read from the ops files,
+   * or textsStored): one merged in memory only stays until a compaction writes it.
+   */
+  keepTextsIn(source: OpTextSource, stored: (opId: string) => boolean): void {
+    this.textSource = source;
+    for (const [id, held] of this.ops) {
+      if (held.jws !== undefined && stored(id))
+        this.ops.set(id, { op: held.op, signer: held.signer, hash: held.hash });
+    }
+  }
+
+  /** The store has written these ops' texts to disk (a compaction): their copies here go. */
+  textsStored(opIds: Iterable<string>): void {
+    if (this.textSource === undefined) return;
+    for (const id of opIds) {
+      const held = this.ops.get(id);
+      if (held?.jws !== undefined) this.ops.set(id, { op: held.op, signer: held.signer, hash: held.hash });
+    }
+  }
+
+  /** The JWS of every op held, read back from the OpTextSource for those whose text it keeps. */
+  async opTexts(): Promise<string[]> {
+    await this.whenMaterialized();
+    const inMemory = [...this.ops.values()].flatMap((h) => (h.jws === undefined ? [] : [h.jws]));
+    if (this.textSource === undefined) return inMemory;
+    const fromSource = await this.textSource.readTexts((id) => {
+      const held = this.ops.get(id);
+      return held !== undefined && held.jws === undefined;
+    });
+    return [...fromSource, ...inMemory];
   }
 
   /**
@@ -345,7 +418,7 @@ export class Keyring implements CredentialLookup {
     const end = Math.min(raw.length, this.pendingAt + count);
     for (; this.pendingAt < end; this.pendingAt++) {
       const r = raw[this.pendingAt];
-      if (r) this.accept(decodeTrustedOp(r.jws, r.signer));
+      if (r) this.accept(decodeTrustedOp(r.jws, r.signer), true);
     }
     if (this.pendingAt < raw.length) return false;
     this.pendingRaw = undefined;
@@ -429,11 +502,11 @@ export class Keyring implements CredentialLookup {
   add(jws: string): AddResult {
     this.materialize();
     const result = this.verifyAndAccept(jws);
-    if (result.status === 'added') {
-      const stored = this.ops.get(result.op.id);
-      if (stored) this.foldAll([stored]);
+    if (result !== 'duplicate') {
+      this.foldAll([result]);
+      return { status: 'added', op: result.op };
     }
-    return result;
+    return { status: 'duplicate', op: parseOpPayload(parseJws(jws).payload) };
   }
 
   /**
@@ -483,7 +556,7 @@ export class Keyring implements CredentialLookup {
       const existing = this.ops.get(stored.op.id);
       if (existing) {
         // Only the same op can hold its id: prepare refused another op under a taken id.
-        if (existing.jws === stored.jws) duplicates++;
+        if (existing.hash === opHash(stored.jws).toString('base64url')) duplicates++;
         continue;
       }
       this.accept(stored);
@@ -511,10 +584,8 @@ export class Keyring implements CredentialLookup {
       for (const item of pending) {
         try {
           const r = this.verifyAndAccept(item.jws);
-          if (r.status === 'added') {
-            const stored = this.ops.get(r.op.id);
-            if (stored) pass.push(stored);
-          } else duplicates++;
+          if (r !== 'duplicate') pass.push(r);
+          else duplicates++;
         } catch (err) {
           const e = err instanceof AgentError ? err : new AgentError('op_malformed', String(err));
           // Only signer problems can be cured by a later op in the same set.
@@ -539,7 +610,8 @@ export class Keyring implements CredentialLookup {
     return { duplicates, rejected };
   }
 
-  private verifyAndAccept(jws: string): AddResult {
+  /** The op as accepted, or 'duplicate' when the keyring holds it already. */
+  private verifyAndAccept(jws: string): StoredOp | 'duplicate' {
     let parsed: ParsedJws<Record<string, unknown>>;
     try {
       parsed = parseJws(jws);
@@ -551,7 +623,7 @@ export class Keyring implements CredentialLookup {
       throw new AgentError('op_wrong_vehicle', `keyring op ${op.id} is for vehicle ${op.vid}`);
     const existing = this.ops.get(op.id);
     if (existing) {
-      if (existing.jws === jws) return { status: 'duplicate', op };
+      if (existing.hash === opHash(jws).toString('base64url')) return 'duplicate';
       throw new AgentError('op_malformed', `keyring op id ${op.id} is already used by another operation`);
     }
     const signer = this.verifySignature(parsed, op);
@@ -572,7 +644,7 @@ export class Keyring implements CredentialLookup {
     }
     const stored: StoredOp = { jws, op, signer };
     this.accept(stored);
-    return { status: 'added', op };
+    return stored;
   }
 
   /** Returns the credential id whose authority the op carries, or throws. */
@@ -609,6 +681,18 @@ export class Keyring implements CredentialLookup {
     return status?.credential;
   }
 
+  /**
+   * One copy of each signer id: there are few signers, and an id read from a stored line is a
+   * slice that would keep the whole line (the op's text) in memory.
+   */
+  private interned(signer: string): string {
+    const held = this.signers.get(signer);
+    if (held !== undefined) return held;
+    const copy = Buffer.from(signer, 'utf8').toString('utf8');
+    this.signers.set(copy, copy);
+    return copy;
+  }
+
   /** Records how to undo a change while `prepare` tries ops (see `undo`). */
   private changed(undo: () => void): void {
     this.undo?.push(undo);
@@ -618,11 +702,17 @@ export class Keyring implements CredentialLookup {
    * Adds an op to the set with the key and authority it brings and its share of the digest, in
    * time independent of the keyring's size (`foldAll` then updates the effective credentials).
    */
-  private accept(stored: StoredOp): void {
-    const { op, signer } = stored;
-    this.ops.set(op.id, stored);
+  private accept(stored: StoredOp, onDisk = false): void {
+    const { op } = stored;
+    const signer = this.interned(stored.signer);
+    const hash = opHash(stored.jws);
+    const held: HeldOp =
+      this.textSource === undefined || !onDisk
+        ? { op, signer, hash: hash.toString('base64url'), jws: stored.jws }
+        : { op, signer, hash: hash.toString('base64url') };
+    this.ops.set(op.id, held);
     this.changed(() => this.ops.delete(op.id));
-    this.digestSum.add(opHash(stored.jws));
+    this.digestSum.add(hash);
     this.digestCache = undefined;
     if (op.op !== 'grant') return;
     const cred = op.cred;
@@ -674,7 +764,7 @@ export class Keyring implements CredentialLookup {
    * unless it changes who is a live owner (an owner grant, the revoke of a live owner: rare),
    * which recomputes once.
    */
-  private foldAll(added: readonly StoredOp[]): void {
+  private foldAll(added: readonly SignedOp[]): void {
     const d = this.derived;
     const movesOwners = (op: KeyringOp) =>
       op.op === 'grant' ? op.cred.role === 'owner' : (d?.liveOwners.has(op.credId) ?? true);
@@ -685,7 +775,7 @@ export class Keyring implements CredentialLookup {
     for (const stored of added) this.fold(stored, d);
   }
 
-  private fold({ op, signer }: StoredOp, d: Derived): void {
+  private fold({ op, signer }: SignedOp, d: Derived): void {
     if (op.op === 'revoke') {
       const id = op.credId;
       if (id === this.rootId || d.revoked.has(id)) return;

@@ -51,7 +51,8 @@ export interface CloudAgent extends CommandAgent {
   actuate(intent: 'unlock' | 'lock', by: string, source: string, jti?: string): Promise<LockState>;
   addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult>;
   readonly keyring: CommandAgent['keyring'] & {
-    storedOps(): IterableIterator<{ readonly jws: string }>;
+    /** Every op's signed text (read back from disk: the keyring keeps only decoded ops). */
+    opTexts(): Promise<string[]>;
     digest(): string;
     /** Resolves once the stored ops are read (the keyring reads them in the background at start). */
     whenMaterialized(): Promise<void>;
@@ -297,7 +298,13 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     vehicleSetPublishing = true;
     void agent.keyring
       .whenMaterialized()
-      .then(publishMaterializedVehicleSet, (err: unknown) =>
+      .then(async () => {
+        if (agent.keyring.digest() === lastVehicleSetDigest) return;
+        // Read, then digested at once: the texts and digest name the same set (filtered by
+        // what the keyring holds when the read ends, with nothing in between).
+        publishMaterializedVehicleSet(await agent.keyring.opTexts());
+      })
+      .catch((err: unknown) =>
         log.debug({ err: String(err) }, 'keyring not read; vehicle keyring set not published'),
       )
       .finally(() => {
@@ -305,11 +312,10 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       });
   };
 
-  const publishMaterializedVehicleSet = (): void => {
+  const publishMaterializedVehicleSet = (ops: readonly string[]): void => {
     if (!connection.connected) return;
     const digest = agent.keyring.digest();
     if (digest === lastVehicleSetDigest) return;
-    const ops = [...agent.keyring.storedOps()].map((s) => s.jws);
     if (ops.length > MAX_SET_OPS) {
       if (!vehicleSetTooLarge)
         log.warn(

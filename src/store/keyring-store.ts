@@ -10,7 +10,9 @@ import {
   type Keyring,
   type KeyringOp,
   type MergeResult,
+  type OpTextSource,
   type PendingOpsSource,
+  type PreparedOps,
   type StoredOp,
 } from '../access/keyring.js';
 import { AgentError } from '../core/errors.js';
@@ -579,18 +581,32 @@ async function writeSuspects(stateDir: string, suspects: ReadonlyMap<string, str
 
 // ── writing ────────────────────────────────────────────────────────────────────
 
-/** Writes both ops files, then keyring.json (the commit point). */
-async function writeSnapshotFiles(stateDir: string, keyring: Keyring): Promise<void> {
+/**
+ * Writes both ops files, then keyring.json (the commit point). `opsText` is the ops files' content
+ * (every op the keyring holds) when the keyring does not hold the texts itself.
+ */
+async function writeSnapshotFiles(
+  stateDir: string,
+  keyring: Keyring,
+  opsText?: { readonly text: string; readonly count: number },
+): Promise<void> {
   const p = keyringPaths(stateDir);
   const lines: string[] = [];
-  for (const o of keyring.storedOps()) lines.push(encodeOpLine(o));
+  if (opsText === undefined) {
+    for (const o of keyring.storedOps()) {
+      if (o.jws === undefined)
+        throw new AgentError('state_io', 'keyring op text not held; pass the ops text');
+      lines.push(encodeOpLine({ jws: o.jws, signer: o.signer }));
+    }
+  }
   const credentials: [CredentialWire, boolean][] = [];
   for (const s of keyring.list()) {
     if (s.credential.id !== keyring.rootId) credentials.push([credentialToWire(s.credential), s.revoked]);
   }
-  const file: SnapshotV3 = { format: 3, digest: keyring.digest(), opCount: lines.length, credentials };
+  const opCount = opsText?.count ?? lines.length;
+  const file: SnapshotV3 = { format: 3, digest: keyring.digest(), opCount, credentials };
   const json = JSON.stringify(file);
-  const ops = lines.join('');
+  const ops = opsText?.text ?? lines.join('');
   await writeFileAtomic(p.ops, ops, { mode: 0o600 });
   await writeFileAtomic(p.opsMirror, ops, { mode: 0o600 });
   await writeFileAtomic(p.summary, `${crcHex(json)} ${json}\n`, { mode: 0o600 });
@@ -709,6 +725,13 @@ export class KeyringStore {
     }
     for (const f of findings) store.report(f);
     store.opened = true;
+    // From here the op texts are read back from disk when needed (sync, export, compaction).
+    // Only texts read from disk are dropped: ops merged in memory before open stay until a
+    // compaction writes them.
+    const read = store.readAtOpen;
+    keyring.keepTextsIn(store.textSource, (id) => read.has(id) || store.journalTexts.has(id));
+    store.readAtOpen = new Set();
+    store.textsOnDisk = true;
     if (store.compactionDue()) await store.compact();
     return store;
   }
@@ -738,7 +761,7 @@ export class KeyringStore {
   /** Drops suspicions the operations now explain (a lost revoke merged back from the cloud). */
   async settleExplained(): Promise<string[]> {
     const revoked = new Set<string>();
-    for (const s of this.keyring.storedOps()) if (s.op.op === 'revoke') revoked.add(s.op.credId);
+    for (const s of this.keyring.heldOps()) if (s.op.op === 'revoke') revoked.add(s.op.credId);
     const explained = [...this.lost.entries()]
       .filter(([id, why]) => why === LOST_REVOKE && revoked.has(id))
       .map(([id]) => id);
@@ -875,6 +898,7 @@ export class KeyringStore {
       summaryRead.state === 'legacy' && summaryRead.format === 1 ? p.summary : p.ops,
     );
     const credentialIds = new Set(stored.flatMap((s) => (s.op.op === 'grant' ? [s.op.cred.id] : [])));
+    this.readAtOpen = known;
     const journals = analyseJournals(sideA, sideB, known, credentialIds);
     for (const f of journals.findings) this.found.push(f);
     if (journals.rewrite) {
@@ -882,6 +906,10 @@ export class KeyringStore {
       compact = true;
     }
     stored.push(...decodeAll(journals.records, p.journal));
+    for (const r of journals.records) {
+      const id = opIdOf(r);
+      if (id !== undefined) this.journalTexts.set(id, r);
+    }
     this.keyring.loadTrusted(stored);
     // Losses are denied and persisted before the damaged files are rewritten.
     if (opsLost) await this.denyLostRevocations(summary, base);
@@ -944,6 +972,13 @@ export class KeyringStore {
   private chain: Promise<void> = Promise.resolve();
   /** Records appended since the last compaction (a compaction keeps those not applied yet). */
   private appended: StoredRecord[] = [];
+  /**
+   * Ops in the journals, not yet in the ops files, by op id: with the ops files, the only copy of
+   * the signed texts once the keyring drops them (Keyring.keepTextsIn). Bounded by compaction.
+   */
+  private readonly journalTexts = new Map<string, StoredRecord>();
+  /** Ids of the ops read from the ops files by a full load at open (see open). */
+  private readAtOpen = new Set<string>();
 
   private serial(task: () => Promise<void>): Promise<void> {
     const run = this.chain.then(task);
@@ -961,6 +996,10 @@ export class KeyringStore {
       const records = ops.map((o) => ({ jws: o.jws, signer: o.signer }));
       await Promise.all(records.map((r) => this.journal.append(r)));
       this.appended.push(...records);
+      for (const r of records) {
+        const id = opIdOf(r);
+        if (id !== undefined) this.journalTexts.set(id, r);
+      }
     });
   }
 
@@ -986,10 +1025,21 @@ export class KeyringStore {
    */
   async importOps(
     jwsList: readonly string[],
-    onStored?: (ops: readonly KeyringOp[]) => void,
+    onStored?: (ops: readonly KeyringOp[]) => unknown,
   ): Promise<MergeResult> {
     await this.keyring.whenMaterialized();
-    const prepared = this.keyring.prepare(jwsList);
+    return this.importPrepared(this.keyring.prepare(jwsList), onStored);
+  }
+
+  /**
+   * importOps for ops the caller has verified with `keyring.prepare` (and checked for refusals:
+   * `keys import` stores nothing when one is refused). Prepare and this must not be separated by
+   * another change to the keyring: an op that arrived meanwhile counts as a duplicate.
+   */
+  async importPrepared(
+    prepared: PreparedOps,
+    onStored?: (ops: readonly KeyringOp[]) => unknown,
+  ): Promise<MergeResult> {
     const added: KeyringOp[] = [];
     let duplicates = prepared.duplicates;
     for (let i = 0; i < prepared.added.length; i += IMPORT_CHUNK) {
@@ -1007,7 +1057,7 @@ export class KeyringStore {
       const result = this.keyring.apply({ added: chunk, duplicates: 0, rejected: [] });
       duplicates += result.duplicates;
       added.push(...result.added);
-      onStored?.(result.added);
+      await onStored?.(result.added);
     }
     await this.compactIfDue();
     return { added, duplicates, rejected: prepared.rejected };
@@ -1027,10 +1077,71 @@ export class KeyringStore {
     const keep = this.appended.filter((r) => !this.keyring.has(decodeTrustedOp(r.jws, r.signer).op.id));
     // The snapshot is written inside the rewrite, after every earlier append is durable and
     // before the journal is replaced: a crash leaves the old journal, or the snapshot plus `keep`.
-    await this.journal.rewrite(keep, () => writeSnapshotFiles(this.stateDir, this.keyring));
+    let written: string[] = [];
+    await this.journal.rewrite(keep, async () => {
+      if (!this.textsOnDisk) return writeSnapshotFiles(this.stateDir, this.keyring);
+      const ops = await this.heldRecords();
+      written = ops.ids;
+      await writeSnapshotFiles(this.stateDir, this.keyring, { text: ops.text, count: ops.ids.length });
+    });
+    for (const id of written) this.journalTexts.delete(id);
+    this.keyring.textsStored(written);
     this.appended = keep;
     this.log.info({ ops: this.keyring.size }, 'keyring compacted');
   }
+
+  /**
+   * The keyring's ops as ops-file lines, read back from the ops files (checked line by line; a
+   * copy damaged since is read from the other) and the journal texts. Refuses (state_corrupt)
+   * when they do not hold every op the keyring does: the compaction then keeps the journal.
+   */
+  private async heldRecords(): Promise<{ text: string; ids: string[] }> {
+    const [a, b] = await readOpsPair(this.stateDir);
+    const analysis = analyseOps(a, b, undefined);
+    const parts: string[] = [];
+    const ids: string[] = [];
+    const seen = new Set<string>();
+    const take = (r: StoredRecord) => {
+      const id = opIdOf(r);
+      if (id === undefined || seen.has(id) || !this.keyring.has(id)) return;
+      seen.add(id);
+      ids.push(id);
+      parts.push(encodeOpLine(r));
+    };
+    for (const r of analysis.ops) take(r);
+    for (const r of this.journalTexts.values()) take(r);
+    // Ops merged into the keyring in memory only (not through persist) are on no disk yet.
+    for (const held of this.keyring.heldOps()) {
+      if (held.jws !== undefined) take({ jws: held.jws, signer: held.signer });
+    }
+    if (ids.length !== this.keyring.size) {
+      throw new AgentError(
+        'state_corrupt',
+        `the keyring files hold ${ids.length} of the keyring's ${this.keyring.size} operations; not compacted`,
+        { file: a.path },
+      );
+    }
+    return { text: parts.join(''), ids };
+  }
+
+  /** The keyring ops' signed texts, read back from disk (Keyring.opTexts). */
+  private readonly textSource: OpTextSource = {
+    readTexts: (holds) =>
+      new Promise<string[]>((resolve, reject) => {
+        this.serial(async () => {
+          const [a, b] = await readOpsPair(this.stateDir);
+          const texts = new Map<string, string>();
+          for (const r of [...analyseOps(a, b, undefined).ops, ...this.journalTexts.values()]) {
+            const id = opIdOf(r);
+            if (id !== undefined && holds(id) && !texts.has(id)) texts.set(id, r.jws);
+          }
+          resolve([...texts.values()]);
+        }).catch(reject);
+      }),
+  };
+
+  /** Whether the keyring's op texts are on disk only (set at the end of open). */
+  private textsOnDisk = false;
 
   /** Folds the journal into the snapshot (so the next start takes the fast path), then closes. */
   async close(): Promise<void> {

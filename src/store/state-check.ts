@@ -167,9 +167,10 @@ export async function repairState(stateDir: string, options: RepairOptions): Pro
     try {
       await state.keyring.materializeInBackground();
       if (ops !== undefined) {
-        const result = state.keyring.merge(ops);
-        const added = new Set(result.added.map((o) => o.id));
-        await state.keyringStore.persist([...state.keyring.storedOps()].filter((s) => added.has(s.op.id)));
+        // Stored first, then applied (as the agent does): the keyring never holds an op the disk does not.
+        const prepared = state.keyring.prepare(ops);
+        await state.keyringStore.persist(prepared.added);
+        const result = state.keyring.apply(prepared);
         actions.push(
           `merged ${options.opsFile}: ${result.added.length} operation(s) added, ${result.duplicates} already held, ${result.rejected.length} refused`,
         );

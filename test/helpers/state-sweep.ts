@@ -96,9 +96,9 @@ export async function buildState(dir: string): Promise<BuiltState> {
   // The late revoke: in both keyring journals, not folded in (as a kill -9 leaves it).
   const live = new Keyring({ vehicleId: vid, rootKey: identity.rootKey, vehicleKey: identity.vehicleKey });
   const store = await KeyringStore.open(dir, live, silentLogger);
-  const result = live.merge([signRevoke(late.id, vid, owner, identity.rootId, iat + 2)]);
-  const added = new Set(result.added.map((o) => o.id));
-  await store.persist([...live.storedOps()].filter((s) => added.has(s.op.id)));
+  const prepared = live.prepare([signRevoke(late.id, vid, owner, identity.rootId, iat + 2)]);
+  await store.persist(prepared.added);
+  live.apply(prepared);
   await (store as unknown as { journal: { close(): Promise<void> } }).journal.close();
 
   // FIDO counters: an older value in the snapshot, the newest in the journal.

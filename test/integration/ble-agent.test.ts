@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Keyring } from '../../src/access/keyring.js';
+import { decodeStoredOp, Keyring } from '../../src/access/keyring.js';
 import { BLE_AUTH_VERIFIERS } from '../../src/ble/protocol/enroll.js';
 import { controlRequest } from '../../src/cli/control-client.js';
 import { silentLogger } from '../../src/core/logger.js';
@@ -508,11 +508,11 @@ describe('enrollment at the vehicle, approved by an owner phone over BLE', () =>
   it('wrote a vehicle-signed grant whose owner approval verifies anywhere, and only with the verifier', async () => {
     expect(await agent.stop()).toBe(0);
     const state = await openVehicleState(dir, silentLogger, BLE_AUTH_VERIFIERS);
-    const ops = [...state.keyring.storedOps()];
+    const ops = (await state.keyring.opTexts()).map((jws) => decodeStoredOp(jws, ''));
     await state.close();
     const enrolled = ops.find((s) => s.op.op === 'grant' && s.op.cred.id === newId);
     expect(enrolled?.op.auth).toMatchObject({ method: 'ble-enroll-v1' });
-    expect(enrolled?.signer).not.toBe(state.identity.rootId);
+    expect(enrolled?.op.auth?.by).not.toBe(state.identity.rootId);
     const fresh = (verifiers?: typeof BLE_AUTH_VERIFIERS) =>
       new Keyring({
         vehicleId: state.identity.vehicleId,

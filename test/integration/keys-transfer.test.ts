@@ -159,7 +159,8 @@ describe('vehicle-agent keys export / import', () => {
   });
 
   it('stores a bulk import in batches', () => {
-    const rows = Array.from({ length: 1200 }, (_, i) => `04${i.toString(16).padStart(6, '0')},driver`);
+    // The store's batch path writes up to 4096 ops a journal write (IMPORT_CHUNK): two batches.
+    const rows = Array.from({ length: 4100 }, (_, i) => `04${i.toString(16).padStart(6, '0')},driver`);
     writeFileSync(at('many.csv'), `uid,role\n${rows.join('\n')}\n`);
     const r = runCliJson<ImportReport>([
       'keys',
@@ -172,8 +173,8 @@ describe('vehicle-agent keys export / import', () => {
       built.dir,
     ]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.value).toMatchObject({ added: 1200, batches: 3 });
-    expect(list(built.dir).filter((c) => c.kind === 'uid')).toHaveLength(1200);
+    expect(r.value).toMatchObject({ added: 4100, batches: 2 });
+    expect(list(built.dir).filter((c) => c.kind === 'uid')).toHaveLength(4100);
     expect(runCli(['state', 'check', '--state-dir', built.dir]).code).toBe(0);
   });
 });

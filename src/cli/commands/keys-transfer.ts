@@ -1,7 +1,14 @@
 import { readFile, stat } from 'node:fs/promises';
 import { expectedCredentialId } from '../../access/credential-wire.js';
 import { type ImportFile, parseImportFile } from '../../access/import-file.js';
-import { decodeTrustedOp, digestOfOps, Keyring, signGrant } from '../../access/keyring.js';
+import {
+  decodeTrustedOp,
+  digestOfOps,
+  Keyring,
+  type KeyringOp,
+  type MergeResult,
+  signGrant,
+} from '../../access/keyring.js';
 import type { LoadedConfig } from '../../config/load.js';
 import { AgentError, toAgentError } from '../../core/errors.js';
 import { silentLogger } from '../../core/logger.js';
@@ -29,9 +36,8 @@ export const UID_WARNING =
   'UID-only cards prove nothing: anyone who reads a UID can make a card (or a phone) that answers with it. ' +
   'Use them only where that is acceptable, and replace them with FIDO security keys or NTAG 424 DNA cards (docs/cards.md)';
 
-const MAX_IMPORT_BYTES = 16 * 1024 * 1024;
-/** Ops per stored batch: one journal append each, so a bulk import never holds the keyring long. */
-const OFFLINE_BATCH = 500;
+/** About 170 000 phone grants: a larger import is split into files. */
+const MAX_IMPORT_BYTES = 128 * 1024 * 1024;
 /** Bytes of ops per control-socket request (its lines are at most 64 KiB). */
 const SOCKET_BATCH_BYTES = 48 * 1024;
 
@@ -125,7 +131,7 @@ export async function keysImport(argv: readonly string[]): Promise<number> {
   let text: string;
   try {
     if ((await stat(path)).size > MAX_IMPORT_BYTES)
-      throw new AgentError('import_invalid', `${path} is larger than 16 MiB; split it`);
+      throw new AgentError('import_invalid', `${path} is larger than 128 MiB; split it`);
     text = await readFile(path, 'utf8');
   } catch (err) {
     if (err instanceof AgentError) throw err;
@@ -133,7 +139,32 @@ export async function keysImport(argv: readonly string[]): Promise<number> {
   }
   const file = parseImportFile(text);
   const loaded = loadFor(values);
-  const keyring = await keyringOnDisk(loaded);
+  const report = (await agentRunning(loaded))
+    ? await importThroughAgent(loaded, file, values)
+    : await importOffline(loaded, file, values);
+  const result: ImportReport = report;
+  if (values.json) out(JSON.stringify(result));
+  else {
+    out(
+      `imported ${result.added} operation(s) in ${result.batches} batch(es); ${result.duplicates} already in the keyring` +
+        (file.kind === 'uid' ? `; ${result.skipped} card(s) already there` : ''),
+    );
+  }
+  for (const s of result.skippedRevoked)
+    process.stderr.write(`note: ${s} was revoked, and a revocation is final: not granted again\n`);
+  return 0;
+}
+
+interface ImportValues {
+  readonly key?: string | undefined;
+  readonly 'insecure-uid'?: boolean | undefined;
+}
+
+/**
+ * The file's ops verified against `keyring` (UID rows signed first): all or nothing up to the
+ * first write, so any refused op stops the import before anything is stored.
+ */
+function verifiedImport(file: ImportFile, keyring: Keyring, values: ImportValues) {
   let ops: { where: string; jws: string }[];
   let skipped = 0;
   let skippedRevoked: string[] = [];
@@ -150,7 +181,6 @@ export async function keysImport(argv: readonly string[]): Promise<number> {
   } else {
     ops = [...file.ops];
   }
-  // All or nothing up to the first write: every op verifies here, or none is stored.
   const prepared = keyring.prepare(ops.map((o) => o.jws));
   const first = prepared.rejected[0];
   if (first !== undefined) {
@@ -160,39 +190,102 @@ export async function keysImport(argv: readonly string[]): Promise<number> {
       { where: ops[first.index]?.where, code: first.code },
     );
   }
-  const fresh = prepared.added.map((s) => s.jws);
-  const report = await store(loaded, fresh);
-  const result: ImportReport = {
-    ...report,
-    duplicates: report.duplicates + prepared.duplicates,
-    skipped,
-    skippedRevoked,
-  };
-  if (values.json) out(JSON.stringify(result));
-  else {
-    out(
-      `imported ${result.added} operation(s) in ${result.batches} batch(es); ${result.duplicates} already in the keyring` +
-        (file.kind === 'uid' ? `; ${skipped} card(s) already there` : ''),
-    );
-  }
-  for (const s of skippedRevoked)
-    process.stderr.write(`note: ${s} was revoked, and a revocation is final: not granted again\n`);
-  return 0;
+  return { prepared, skipped, skippedRevoked };
 }
 
-/** Stores the ops: through the running agent (one request per batch), else into the state directory. */
-async function store(
+async function agentRunning(loaded: LoadedConfig): Promise<boolean> {
+  try {
+    await controlCall(loaded.socketPath, 'vehicle', {});
+    return true;
+  } catch (err) {
+    if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
+    return false;
+  }
+}
+
+/** With the agent running: verified here against the files, then sent in batches over its socket. */
+async function importThroughAgent(
+  loaded: LoadedConfig,
+  file: ImportFile,
+  values: ImportValues,
+): Promise<ImportReport> {
+  const v = verifiedImport(file, await keyringOnDisk(loaded), values);
+  const report = await sendToAgent(
+    loaded,
+    v.prepared.added.map((s) => s.jws),
+  );
+  return {
+    ...report,
+    duplicates: report.duplicates + v.prepared.duplicates,
+    skipped: v.skipped,
+    skippedRevoked: v.skippedRevoked,
+  };
+}
+
+/**
+ * With the agent stopped: under the state's lock, every op verified once, then stored through the store's batch path (KeyringStore.importPrepared: chunks of one
+ * journal write each, applied once durable, audited per chunk, compacted at the end).
+ */
+async function importOffline(
+  loaded: LoadedConfig,
+  file: ImportFile,
+  values: ImportValues,
+): Promise<ImportReport> {
+  const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys import');
+  try {
+    // Verified against the files read-only first, so a refused import leaves them untouched.
+    const onDisk = await keyringOnDisk(loaded);
+    let v = verifiedImport(file, onDisk, values);
+    const state = await openVehicleState(loaded.stateDir, silentLogger, await authVerifiers());
+    try {
+      await state.keyring.whenMaterialized();
+      // The same files under the same lock: the ops verified for one keyring hold for the other
+      // (verified once), unless opening found what makes them differ (a repair, a suspect).
+      if (state.keyring.digest() !== onDisk.digest() || state.keyring.suspectCredentials().size > 0)
+        v = verifiedImport(file, state.keyring, values);
+      let added = 0;
+      let batches = 0;
+      const total = v.prepared.added.length;
+      const onStored = async (ops: readonly KeyringOp[]) => {
+        added += ops.length;
+        batches++;
+        await auditOffline(loaded, [
+          { type: 'keyring.import', source: 'cli', ops: ops.length, opIds: ops.map((o) => o.id) },
+        ]);
+      };
+      let result: MergeResult;
+      try {
+        result = await state.keyringStore.importPrepared(v.prepared, onStored);
+      } catch (e) {
+        const err = toAgentError(e, 'state_io');
+        throw new AgentError(
+          err.code,
+          `${err.message} (after ${added} of ${total} operations were stored in ${batches} batch(es): run the import again for the rest)`,
+          { ...err.details, stored: added },
+          { cause: err },
+        );
+      }
+      return {
+        added: result.added.length,
+        duplicates: result.duplicates,
+        batches,
+        skipped: v.skipped,
+        skippedRevoked: v.skippedRevoked,
+      };
+    } finally {
+      await state.close();
+    }
+  } finally {
+    await lock.release();
+  }
+}
+
+/** Stores the ops through the running agent, one request per batch. */
+async function sendToAgent(
   loaded: LoadedConfig,
   ops: readonly string[],
 ): Promise<{ added: number; duplicates: number; batches: number }> {
   if (ops.length === 0) return { added: 0, duplicates: 0, batches: 0 };
-  let running = true;
-  try {
-    await controlCall(loaded.socketPath, 'vehicle', {});
-  } catch (err) {
-    if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
-    running = false;
-  }
   let added = 0;
   let duplicates = 0;
   let batches = 0;
@@ -205,62 +298,26 @@ async function store(
       { cause: err },
     );
   };
-  if (running) {
-    let batch: string[] = [];
-    let bytes = 0;
-    const send = async () => {
-      const r = await controlCall(loaded.socketPath, 'keys.add', { ops: batch });
-      if (r.rejected.length > 0) throw new AgentError('import_invalid', r.rejected[0]?.message ?? 'refused');
-      added += r.added.length;
-      duplicates += r.duplicates;
-      batches++;
-      batch = [];
-      bytes = 0;
-    };
-    try {
-      for (const op of ops) {
-        if (batch.length > 0 && bytes + op.length > SOCKET_BATCH_BYTES) await send();
-        batch.push(op);
-        bytes += op.length + 3;
-      }
-      if (batch.length > 0) await send();
-    } catch (err) {
-      throw stored(err);
-    }
-    return { added, duplicates, batches };
-  }
-  const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys import');
+  let batch: string[] = [];
+  let bytes = 0;
+  const send = async () => {
+    const r = await controlCall(loaded.socketPath, 'keys.add', { ops: batch });
+    if (r.rejected.length > 0) throw new AgentError('import_invalid', r.rejected[0]?.message ?? 'refused');
+    added += r.added.length;
+    duplicates += r.duplicates;
+    batches++;
+    batch = [];
+    bytes = 0;
+  };
   try {
-    const state = await openVehicleState(loaded.stateDir, silentLogger, await authVerifiers());
-    try {
-      const prepared = state.keyring.prepare(ops);
-      for (let i = 0; i < prepared.added.length; i += OFFLINE_BATCH) {
-        const slice = prepared.added.slice(i, i + OFFLINE_BATCH);
-        try {
-          // As the agent does it: stored (one journal append, fsynced), then applied.
-          await state.keyringStore.persist(slice);
-        } catch (err) {
-          throw stored(err);
-        }
-        const result = state.keyring.apply({ added: slice, duplicates: 0, rejected: [] });
-        added += result.added.length;
-        batches++;
-        await state.keyringStore.compactIfDue();
-        await auditOffline(loaded, [
-          {
-            type: 'keyring.import',
-            source: 'cli',
-            ops: result.added.length,
-            opIds: result.added.map((o) => o.id),
-          },
-        ]);
-      }
-      duplicates += prepared.duplicates;
-    } finally {
-      await state.close();
+    for (const op of ops) {
+      if (batch.length > 0 && bytes + op.length > SOCKET_BATCH_BYTES) await send();
+      batch.push(op);
+      bytes += op.length + 3;
     }
-  } finally {
-    await lock.release();
+    if (batch.length > 0) await send();
+  } catch (err) {
+    throw stored(err);
   }
   return { added, duplicates, batches };
 }

@@ -62,9 +62,9 @@ async function revokedInJournal(): Promise<void> {
   ring.merge([grantBy(root, driver.credential), grantBy(root, thief.credential)]);
   await KeyringStore.writeSnapshot(dir, ring);
   const { ring: live, store } = await open();
-  const result = live.merge([revokeBy(root, thief.id)]);
-  const added = new Set(result.added.map((o) => o.id));
-  await store.persist([...live.storedOps()].filter((s) => added.has(s.op.id)));
+  const prepared = live.prepare([revokeBy(root, thief.id)]);
+  await store.persist(prepared.added);
+  live.apply(prepared);
   // No close: the journal is not folded in, as after a kill -9.
   await (store as unknown as { journal: { close(): Promise<void> } }).journal.close();
 }
@@ -237,15 +237,12 @@ describe('keyring journal damage', () => {
     await store.close();
     // The agent died after writing the main journal and before the mirror.
     const { ring: writer, store: s2 } = await open();
-    const ops = writer.merge([grantBy(root, late.credential), revokeBy(root, thief.id)]);
-    expect(ops.added).toHaveLength(2);
+    const prepared = writer.prepare([grantBy(root, late.credential), revokeBy(root, thief.id)]);
+    expect(prepared.added).toHaveLength(2);
     const j = s2 as unknown as {
       journal: { main: { append(r: unknown): Promise<void> }; close(): Promise<void> };
     };
-    for (const op of writer.storedOps()) {
-      if (ops.added.some((a) => a.id === op.op.id))
-        await j.journal.main.append({ jws: op.jws, signer: op.signer });
-    }
+    for (const op of prepared.added) await j.journal.main.append({ jws: op.jws, signer: op.signer });
     await j.journal.close();
     const v = await verdict();
     expect(v.ring.byId(late.id)).toBeUndefined();

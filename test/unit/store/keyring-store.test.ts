@@ -80,9 +80,75 @@ describe('keyring store', () => {
     await KeyringStore.writeSnapshot(dir, ring);
     const { ring: loaded, store } = await reopen();
     await loaded.materializeInBackground(2);
-    expect([...loaded.storedOps()].length).toBe(ring.size);
+    expect([...loaded.heldOps()].length).toBe(ring.size);
     expect(view(loaded)).toBe(view(ring));
+    // The texts stay on disk: read back, they are the ops the keyring was written from.
+    expect([...loaded.heldOps()].every((h) => h.jws === undefined)).toBe(true);
+    expect((await loaded.opTexts()).sort()).toEqual([...ring.storedOps()].map((s) => s.jws).sort());
     await store.close();
+  });
+
+  it('compacts from the ops files and the journal, and refuses when the files lost an op since', async () => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    const { ring: live, store } = await reopen();
+    await live.whenMaterialized();
+    const late = makeKey('phone', 'driver');
+    const prepared = live.prepare([grantBy(root, late.credential)]);
+    await store.persist(prepared.added);
+    live.apply(prepared);
+    const ops = join(dir, 'keyring.ops');
+    const mirror = join(dir, 'keyring.mirror.ops');
+    const whole = readFileSync(ops, 'utf8');
+    // One copy damaged since the keyring was read: the other copy gives every op.
+    writeFileSync(ops, whole.replace(/^.*\n/, ''));
+    await store.compact();
+    expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).toBe('');
+    const texts = [...ring.storedOps(), ...prepared.added].map((s) => s.jws);
+    expect((await live.opTexts()).sort()).toEqual(texts.sort());
+    expect(readFileSync(ops, 'utf8')).toBe(readFileSync(mirror, 'utf8'));
+    // The same op gone from both copies: no compaction writes a keyring without it.
+    const again = live.prepare([grantBy(root, makeKey('phone', 'driver').credential)]);
+    expect(again.added).toHaveLength(1);
+    await store.persist(again.added);
+    live.apply(again);
+    const compacted = readFileSync(ops, 'utf8');
+    const cut = compacted.replace(/^.*\n/, '');
+    writeFileSync(ops, cut);
+    writeFileSync(mirror, cut);
+    await expect(store.compact()).rejects.toMatchObject({ code: 'state_corrupt' });
+    expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).not.toBe('');
+    writeFileSync(ops, compacted);
+    writeFileSync(mirror, compacted);
+    await store.close();
+    expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).toBe('');
+    const second = await reopen();
+    expect(view(second.ring)).toBe(view(live));
+    await second.store.close();
+  });
+
+  it('keeps the texts of ops merged in memory only until a compaction writes them; they survive a reopen', async () => {
+    // Merged before open: no file holds them.
+    const { ring } = populated();
+    const before = [...ring.storedOps()].map((s) => s.jws);
+    const store = await KeyringStore.open(dir, ring, silentLogger);
+    // Merged after open without the store (provisioning, tests): on no disk either.
+    const late = makeKey('phone', 'driver');
+    const lateGrant = grantBy(root, late.credential);
+    expect(ring.merge([lateGrant]).added).toHaveLength(1);
+    const texts = [...before, lateGrant].sort();
+    expect((await ring.opTexts()).sort()).toEqual(texts);
+    await store.compact();
+    // Written to the ops files: the memory copies go, the texts are read back from disk.
+    expect([...ring.heldOps()].every((h) => h.jws === undefined)).toBe(true);
+    expect((await ring.opTexts()).sort()).toEqual(texts);
+    await store.close();
+    const second = await reopen();
+    await second.ring.whenMaterialized();
+    expect(view(second.ring)).toBe(view(ring));
+    expect(second.ring.activeRole(late.id)).toBe('driver');
+    expect((await second.ring.opTexts()).sort()).toEqual(texts);
+    await second.store.close();
   });
 
   it('replays the journal over the snapshot, and folds it into the snapshot at close', async () => {
@@ -90,8 +156,9 @@ describe('keyring store', () => {
     await KeyringStore.writeSnapshot(dir, ring);
     const first = await reopen();
     const late = makeKey('phone', 'driver');
-    const result = first.ring.merge([grantBy(root, late.credential)]);
-    await first.store.persist([...first.ring.storedOps()].filter((s) => s.op.id === result.added[0]?.id));
+    const prepared = first.ring.prepare([grantBy(root, late.credential)]);
+    await first.store.persist(prepared.added);
+    first.ring.apply(prepared);
     expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).not.toBe('');
     await first.store.close();
     expect(readFileSync(join(dir, 'keyring.journal'), 'utf8')).toBe('');
