@@ -15,6 +15,7 @@ import {
   type PreparedOps,
   type StoredOp,
 } from '../access/keyring.js';
+import type { SnapshotCredentials } from '../access/snapshot-credentials.js';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readFileIfExists, writeFileAtomic } from './atomic.js';
@@ -30,6 +31,7 @@ import type { WriteHealth } from './group-commit.js';
 import { type IntegrityFinding, lineProblem } from './integrity.js';
 import { type CorruptLine, decodeLine, inspectJournal, Journal, type JournalInspection } from './journal.js';
 import { JournalPair } from './journal-pair.js';
+import { decodeSummaryV4, encodeSummary, isSummaryV4 } from './keyring-summary.js';
 import { planRecovery, scanLines } from './line-scan.js';
 import { STATE_FILES } from './provision.js';
 import { rebuildFromBoth } from './salvage.js';
@@ -82,8 +84,19 @@ interface SnapshotV3 {
   readonly credentials: readonly (readonly [CredentialWire, boolean])[];
 }
 
+/** What a readable summary (format 3 or 4) says. */
+interface Summary {
+  readonly format: 3 | 4;
+  readonly digest: string;
+  readonly opCount: number;
+  /** Ids of the credentials it holds revoked. */
+  revoked(): string[];
+  /** Format 4: the credentials, indexed (the fast path decides from these). */
+  readonly credentials?: SnapshotCredentials;
+}
+
 type SummaryRead =
-  | { readonly state: 'ok'; readonly summary: SnapshotV3 }
+  | { readonly state: 'ok'; readonly summary: Summary }
   | {
       readonly state: 'legacy';
       readonly format: 1 | 2;
@@ -146,6 +159,11 @@ function checkCredentials(credentials: unknown): void {
 }
 
 function decodeSummary(bytes: Buffer): SummaryRead {
+  if (isSummaryV4(bytes)) {
+    const { digest, opCount, credentials } = decodeSummaryV4(bytes);
+    const revoked = () => [...credentials.ids()].filter((id) => credentials.revoked(id) === true);
+    return { state: 'ok', summary: { format: 4, digest, opCount, credentials, revoked } };
+  }
   const checksummed = looksChecksummed(bytes);
   const json = checksummed ? checksummedBody(bytes) : bytes;
   let file: Record<string, unknown>;
@@ -161,7 +179,9 @@ function decodeSummary(bytes: Buffer): SummaryRead {
     if (typeof digest !== 'string' || !Number.isSafeInteger(opCount))
       throw new Error('format 3 needs digest and opCount');
     checkCredentials(credentials);
-    return { state: 'ok', summary: file as unknown as SnapshotV3 };
+    const v3 = file as unknown as SnapshotV3;
+    const revoked = () => v3.credentials.filter(([, r]) => r).map(([w]) => w.id);
+    return { state: 'ok', summary: { format: 3, digest: v3.digest, opCount: v3.opCount, revoked } };
   }
   if (file.format === 1 && !checksummed) {
     if (!Array.isArray(file.ops)) throw new Error('format 1 needs ops');
@@ -604,12 +624,11 @@ async function writeSnapshotFiles(
     if (s.credential.id !== keyring.rootId) credentials.push([credentialToWire(s.credential), s.revoked]);
   }
   const opCount = opsText?.count ?? lines.length;
-  const file: SnapshotV3 = { format: 3, digest: keyring.digest(), opCount, credentials };
-  const json = JSON.stringify(file);
+  const summary = encodeSummary(keyring.digest(), opCount, credentials);
   const ops = opsText?.text ?? lines.join('');
   await writeFileAtomic(p.ops, ops, { mode: 0o600 });
   await writeFileAtomic(p.opsMirror, ops, { mode: 0o600 });
-  await writeFileAtomic(p.summary, `${crcHex(json)} ${json}\n`, { mode: 0o600 });
+  await writeFileAtomic(p.summary, summary, { mode: 0o600 });
 }
 
 function decodeAll(records: readonly StoredRecord[], file: string): StoredOp[] {
@@ -633,7 +652,7 @@ async function quarantine(paths: readonly string[]): Promise<void> {
 }
 
 /** What the summary says is revoked, minus what the surviving ops still revoke. */
-function revocationsOnlyInSummary(summary: SnapshotV3 | undefined, ops: readonly StoredRecord[]): string[] {
+function revocationsOnlyInSummary(summary: Summary | undefined, ops: readonly StoredRecord[]): string[] {
   if (summary === undefined) return [];
   const revokedByOps = new Set<string>();
   for (const r of ops) {
@@ -644,7 +663,7 @@ function revocationsOnlyInSummary(summary: SnapshotV3 | undefined, ops: readonly
       // counted as lost elsewhere
     }
   }
-  return summary.credentials.filter(([w, revoked]) => revoked && !revokedByOps.has(w.id)).map(([w]) => w.id);
+  return summary.revoked().filter((id) => !revokedByOps.has(id));
 }
 
 export class KeyringStore {
@@ -703,10 +722,11 @@ export class KeyringStore {
         sideA.corrupt.length + sideB.corrupt.length === 0 &&
         sideA.records.length + sideB.records.length === 0;
       store = new KeyringStore(stateDir, pair, keyring, log, findings);
-      if (summaryRead.state === 'ok' && journalsClean) {
+      const credentials = summaryRead.state === 'ok' ? summaryRead.summary.credentials : undefined;
+      if (summaryRead.state === 'ok' && credentials !== undefined && journalsClean) {
         // Fast path: decide from the summary now; read, check and decode the ops afterwards.
-        const summary = summaryRead.summary;
-        keyring.loadSnapshot({ ...summary, ops: store.opsSource(summary) });
+        const { digest, opCount } = summaryRead.summary;
+        keyring.loadSnapshot({ digest, opCount, credentials, ops: store.opsSource(summaryRead.summary) });
         if (sideA.existed !== sideB.existed) {
           findings.push({
             file: sideA.existed ? p.journalMirror : p.journal,
@@ -857,7 +877,8 @@ export class KeyringStore {
     const p = keyringPaths(this.stateDir);
     const summary = summaryRead.state === 'ok' ? summaryRead.summary : undefined;
     let base: StoredRecord[];
-    let compact = false;
+    // Format 3 (every credential as one JSON object, slow to parse) is rewritten as format 4 now.
+    let compact = summary?.format === 3;
     let opsLost = false;
     if (summaryRead.state === 'legacy') {
       // Before checksums and mirrors (formats 1 and 2): read as they were, rewritten at once.
@@ -924,7 +945,7 @@ export class KeyringStore {
 
   /** Ops lost in both copies: the summary's revocations still stand (as suspects). */
   private async denyLostRevocations(
-    summary: SnapshotV3 | undefined,
+    summary: Summary | undefined,
     surviving: readonly StoredRecord[],
   ): Promise<void> {
     const file = keyringPaths(this.stateDir).ops;
@@ -937,7 +958,7 @@ export class KeyringStore {
    * background after start, or at once when a merge needs them). A damaged copy is rewritten
    * from the other; losses fail secure before the keyring recomputes from the ops.
    */
-  private opsSource(summary: SnapshotV3): PendingOpsSource {
+  private opsSource(summary: Summary): PendingOpsSource {
     const settle = ([a, b]: [OpsRead, OpsRead]): StoredRecord[] => {
       const analysis = analyseOps(a, b, summary.opCount);
       for (const f of analysis.findings) this.addFinding(f);

@@ -1,0 +1,107 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { credentialToWire } from '../../../src/access/credential-wire.js';
+import { crcHex } from '../../../src/store/checksummed.js';
+import { decodeSummaryV4, encodeSummary, isSummaryV4 } from '../../../src/store/keyring-summary.js';
+import { makeKey, makeRoot, makeUidCredential, newKeyring } from '../../helpers/keyring-fixtures.js';
+
+const phone = makeKey('phone', 'driver');
+const revokedPhone = makeKey('phone', 'guest', { notAfter: Date.UTC(2030, 0, 1) });
+const card = makeUidCredential('uid', 'c'.repeat(32), 'driver', { options: { insecureUid: true } });
+const entries = [
+  [credentialToWire(phone.credential), false],
+  [credentialToWire(revokedPhone.credential), true],
+  [credentialToWire({ ...card, name: 'Zoë’s tag' }), false],
+] as const;
+const DIGEST = 'a'.repeat(64);
+
+/** A format 4 file with this body and header, both checksums made to match. */
+function craft(body: string, header: Record<string, unknown> = {}): Buffer {
+  const bytes = Buffer.from(body, 'utf8');
+  const json = JSON.stringify({
+    format: 4,
+    digest: DIGEST,
+    opCount: 3,
+    count: body.split('\n').length - 1,
+    bytes: bytes.length,
+    crc: crcHex(bytes),
+    ...header,
+  });
+  return Buffer.concat([Buffer.from(`${crcHex(json)} ${json}\n`), bytes]);
+}
+
+describe('keyring summary (format 4)', () => {
+  it('round-trips: header, revoked flags, uid index, insecure flag, each credential as written', () => {
+    const bytes = encodeSummary(DIGEST, 7, entries);
+    expect(isSummaryV4(bytes)).toBe(true);
+    const s = decodeSummaryV4(bytes);
+    expect(s.digest).toBe(DIGEST);
+    expect(s.opCount).toBe(7);
+    const t = s.credentials;
+    expect(t.size).toBe(3);
+    expect([...t.ids()]).toEqual(entries.map(([w]) => w.id));
+    for (const [w, revoked] of entries) {
+      expect(t.revoked(w.id)).toBe(revoked);
+      expect(t.wire(w.id)).toEqual(w);
+    }
+    expect(t.revoked('phone:nobody')).toBeUndefined();
+    expect(t.wire('phone:nobody')).toBeUndefined();
+    expect(t.idsByUid(card.uidHash ?? '')).toEqual([card.id]);
+    expect(t.idsByUid('d'.repeat(32))).toEqual([]);
+    expect(t.insecureUidIds()).toEqual([card.id]);
+  });
+
+  it('an empty keyring is a header alone', () => {
+    const s = decodeSummaryV4(encodeSummary(DIGEST, 0, []));
+    expect(s.credentials.size).toBe(0);
+  });
+
+  it('detects every flipped bit of the file, header or credential lines', () => {
+    const bytes = encodeSummary(DIGEST, 3, entries);
+    fc.assert(
+      fc.property(fc.nat(bytes.length - 1), fc.integer({ min: 0, max: 7 }), (at, bit) => {
+        const copy = Buffer.from(bytes);
+        copy[at] = (copy[at] ?? 0) ^ (1 << bit);
+        expect(() => decodeSummaryV4(copy)).toThrow();
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  it('detects a file cut short or with bytes added', () => {
+    const bytes = encodeSummary(DIGEST, 3, entries);
+    for (let len = 0; len < bytes.length; len += 7) {
+      expect(() => decodeSummaryV4(bytes.subarray(0, len))).toThrow();
+    }
+    expect(() => decodeSummaryV4(Buffer.concat([bytes, Buffer.from('-- phone:x - {}\n')]))).toThrow();
+  });
+
+  const line = (flags: string, id: string, uid: string, json: string) => `${flags} ${id} ${uid} ${json}\n`;
+  const good = (id: string) => JSON.stringify({ id, kind: 'phone', role: 'driver' });
+  it.each([
+    ['more lines than counted', line('--', 'phone:a', '-', good('phone:a')), { count: 0 }],
+    ['fewer lines than counted', line('--', 'phone:a', '-', good('phone:a')), { count: 2 }],
+    ['an unknown flag', line('x-', 'phone:a', '-', good('phone:a')), {}],
+    ['no uid field', `-- phone:a ${good('phone:a')}\n`, {}],
+    ['no JSON object', line('--', 'phone:a', '-', 'null'), {}],
+    ['an id twice', line('--', 'phone:a', '-', good('phone:a')).repeat(2), {}],
+    ['bytes that do not match the header', line('--', 'phone:a', '-', good('phone:a')), { bytes: 3 }],
+    ['a header of another format', line('--', 'phone:a', '-', good('phone:a')), { format: 3 }],
+    ['a header without digest', line('--', 'phone:a', '-', good('phone:a')), { digest: 5 }],
+  ])('refuses %s, checksums matching', (_what, body, header) => {
+    expect(() => decodeSummaryV4(craft(body, header))).toThrow();
+  });
+
+  it('a line whose JSON does not decode (checksums matching) denies that credential only, as suspect', () => {
+    const root = makeRoot();
+    const body = line('--', phone.id, '-', '{not json') + line('--', 'phone:b', '-', good('phone:b'));
+    const ring = newKeyring(root);
+    const never = { read: () => new Promise<never>(() => {}), readSync: () => [] };
+    const { digest, opCount, credentials } = decodeSummaryV4(craft(body));
+    ring.loadSnapshot({ digest, opCount, credentials, ops: never });
+    expect(ring.byId(phone.id)).toMatchObject({ revoked: true, suspect: expect.any(String) });
+    expect(ring.activeRole(phone.id)).toBeUndefined();
+    expect(ring.activeRole('phone:b')).toBe('driver');
+    expect(ring.activeRole(root.id)).toBe('owner');
+  });
+});
