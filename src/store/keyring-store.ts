@@ -43,10 +43,11 @@ import { rebuildFromBoth } from './salvage.js';
  *
  * - keyring.ops and keyring.mirror.ops: every operation folded in so far, one checksummed line
  *   each, `<crc32 hex> <signer> <jws>\n`; the same bytes in both, replaced atomically.
- * - keyring.json: the summary, one checksummed line `<crc32 hex> <json>\n` (format 3): the
- *   effective credentials, the op count and the digest. Written after both ops files, so it
- *   never names ops that are not on disk. With empty journals, start-up reads only this file and
- *   decides at once; the ops are read, checked and decoded in the background.
+ * - keyring.json: the summary (format 4, keyring-summary.ts): the effective credentials, the op
+ *   count and the digest, checksummed. Written after both ops files, so it never names ops that
+ *   are not on disk. With empty journals, start-up reads only this file and decides at once (each
+ *   credential decoded on its first lookup); the ops are read, checked and decoded in the
+ *   background.
  * - keyring.journal and keyring.mirror.journal: operations added since, one fsynced, checksummed
  *   record each, appended to both (journal.ts). Compaction folds them into the files above (when
  *   they grow, and at stop); a crash in between only leaves duplicates, which load ignores.
@@ -62,7 +63,8 @@ import { rebuildFromBoth } from './salvage.js';
  * denied as `credential_suspect`); a lost journal operation whose credential cannot be told
  * makes every credential suspect until `vehicle-agent state repair`, which also merges the
  * cloud's signed operations (any verified copy of an op is as good as the original).
- * Formats 1 and 2 (before checksums and mirrors) are read and rewritten as format 3 at once.
+ * Formats 1 and 2 (before checksums and mirrors) and 3 (one JSON line, slow to parse at 100 000
+ * credentials) are read and rewritten as format 4 at once.
  *
  * `persist` only appends (to both journals); the caller applies the ops to the keyring once they
  * are durable, and compaction (`compactIfDue`, after applying) writes the ops files and summary
@@ -194,7 +196,7 @@ function decodeSummary(bytes: Buffer): SummaryRead {
     checkCredentials(file.credentials);
     return { state: 'legacy', format: 2, opCount: file.opCount as number };
   }
-  throw new Error('format must be 3 (or 1 or 2, unchecksummed)');
+  throw new Error('format must be 4 or 3 (or 1 or 2, unchecksummed)');
 }
 
 async function readSummary(path: string): Promise<SummaryRead> {
@@ -1232,7 +1234,7 @@ export async function inspectKeyringFiles(stateDir: string): Promise<KeyringInsp
       file: p.summary,
       code: 'state_repaired',
       problem: `format ${summaryRead.format} (no checksums, no mirror)`,
-      action: 'the agent rewrites it as format 3 with mirrors',
+      action: 'the agent rewrites it as format 4 with mirrors',
     });
   }
   let base: StoredRecord[] = [];

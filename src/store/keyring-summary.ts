@@ -47,8 +47,9 @@ export function encodeSummary(
   opCount: number,
   credentials: Iterable<readonly [CredentialWire, boolean]>,
 ): Buffer {
+  const sorted = [...credentials].sort(([a], [b]) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const lines: string[] = [];
-  for (const [wire, revoked] of credentials) {
+  for (const [wire, revoked] of sorted) {
     const flags = `${revoked ? 'r' : '-'}${wire.options?.insecureUid === true ? 'i' : '-'}`;
     lines.push(`${flags} ${wire.id} ${wire.uidHash ?? '-'} ${JSON.stringify(wire)}\n`);
   }
@@ -73,7 +74,9 @@ export function isSummaryV4(bytes: Buffer): boolean {
 
 /**
  * Checks and indexes a format 4 file; throws (with the problem) when anything does not check out:
- * checksums, counts, a malformed line, an id twice.
+ * checksums, counts, a malformed line. The index is the lines' offsets (ids are found by binary
+ * search over the sorted lines), plus a map for the few lines with a UID hash: no string per
+ * credential is made at open.
  */
 export function decodeSummaryV4(bytes: Buffer): DecodedSummary {
   const headerEnd = bytes.indexOf(NL);
@@ -83,12 +86,10 @@ export function decodeSummaryV4(bytes: Buffer): DecodedSummary {
   if (body.length !== header.bytes)
     throw new Error(`${body.length} bytes of credentials where the header says ${header.bytes}`);
   if (crcHex(body) !== header.crc) throw new Error('credential lines: checksum mismatch');
-  const starts = new Uint32Array(header.count);
-  const ends = new Uint32Array(header.count);
-  const flags = new Uint8Array(header.count);
-  const index = new Map<string, number>();
-  const idAt: string[] = new Array(header.count);
+  // starts[n]: line n's first byte; starts[count]: one past the last line's newline.
+  const starts = new Uint32Array(header.count + 1);
   const byUid = new Map<string, number[]>();
+  const insecure: number[] = [];
   let at = 0;
   for (let n = 0; n < header.count; n++) {
     const end = body.indexOf(NL, at);
@@ -108,31 +109,24 @@ export function decodeSummaryV4(bytes: Buffer): DecodedSummary {
     ) {
       throw new Error(`credential line ${n + 1} is not "<flags> <id> <uid> <json>"`);
     }
-    const id = body.toString('utf8', at + 3, idEnd);
-    if (index.has(id)) throw new Error(`credential ${id} twice`);
-    index.set(id, n);
-    idAt[n] = id;
     if (body[idEnd + 1] !== NONE || uidEnd !== idEnd + 2) {
       const uid = body.toString('utf8', idEnd + 1, uidEnd);
       const list = byUid.get(uid);
       if (list) list.push(n);
       else byUid.set(uid, [n]);
     }
-    flags[n] = (r === REVOKED ? FLAG_REVOKED : 0) | (i === INSECURE ? FLAG_INSECURE : 0);
-    starts[n] = uidEnd + 1;
-    ends[n] = end;
+    if (i === INSECURE) insecure.push(n);
+    starts[n] = at;
     at = end + 1;
   }
   if (at !== body.length) throw new Error(`more than the ${header.count} credential lines the header says`);
+  starts[header.count] = at;
   return {
     digest: header.digest,
     opCount: header.opCount,
-    credentials: new IndexedCredentials(body, index, idAt, byUid, starts, ends, flags),
+    credentials: new IndexedCredentials(body, starts, byUid, insecure),
   };
 }
-
-const FLAG_REVOKED = 1;
-const FLAG_INSECURE = 2;
 
 function parseHeader(json: Buffer): SummaryHeader {
   const h = JSON.parse(json.toString('utf8')) as Partial<SummaryHeader> | null;
@@ -153,39 +147,42 @@ function parseHeader(json: Buffer): SummaryHeader {
   return h as SummaryHeader;
 }
 
-/** The credential lines of a checked file, parsed one by one when asked for. */
+/**
+ * The credential lines of a checked file, parsed one by one when asked for. Lines are sorted by
+ * id when written; the checksum stands for that, so it is not checked again at open. Were they
+ * out of order, a lookup could only miss (an unknown credential: denied), never find another.
+ */
 class IndexedCredentials implements SnapshotCredentials {
   constructor(
     private readonly body: Buffer,
-    private readonly index: ReadonlyMap<string, number>,
-    private readonly idAt: readonly string[],
-    private readonly uids: ReadonlyMap<string, readonly number[]>,
     private readonly starts: Uint32Array,
-    private readonly ends: Uint32Array,
-    private readonly flags: Uint8Array,
+    private readonly uids: ReadonlyMap<string, readonly number[]>,
+    private readonly insecure: readonly number[],
   ) {}
 
   get size(): number {
-    return this.index.size;
+    return this.starts.length - 1;
   }
 
-  ids(): Iterable<string> {
-    return this.idAt;
+  *ids(): IterableIterator<string> {
+    for (let n = 0; n < this.size; n++) yield this.idAt(n);
   }
 
   has(id: string): boolean {
-    return this.index.has(id);
+    return this.find(id) >= 0;
   }
 
   revoked(id: string): boolean | undefined {
-    const n = this.index.get(id);
-    return n === undefined ? undefined : (this.flag(n) & FLAG_REVOKED) !== 0;
+    const n = this.find(id);
+    return n < 0 ? undefined : this.body[this.start(n)] === REVOKED;
   }
 
   wire(id: string): CredentialWire | undefined {
-    const n = this.index.get(id);
-    if (n === undefined) return undefined;
-    const wire = JSON.parse(this.body.toString('utf8', this.starts[n], this.ends[n])) as CredentialWire;
+    const n = this.find(id);
+    if (n < 0) return undefined;
+    const start = this.start(n);
+    const json = this.body.indexOf(SPACE, start + 4 + id.length) + 1;
+    const wire = JSON.parse(this.body.toString('utf8', json, this.start(n + 1) - 1)) as CredentialWire;
     // Checksummed and written by us, so this holds unless the code that wrote it was wrong.
     if (wire?.id !== id || typeof wire.kind !== 'string' || typeof wire.role !== 'string')
       throw new Error(`credential line of ${id} does not hold it`);
@@ -193,16 +190,47 @@ class IndexedCredentials implements SnapshotCredentials {
   }
 
   idsByUid(uidHash: string): readonly string[] {
-    const lines = this.uids.get(uidHash);
-    if (lines === undefined) return [];
-    return lines.map((n) => this.idAt[n] ?? '');
+    return (this.uids.get(uidHash) ?? []).map((n) => this.idAt(n));
   }
 
   insecureUidIds(): string[] {
-    return this.idAt.filter((_, n) => (this.flag(n) & FLAG_INSECURE) !== 0);
+    return this.insecure.map((n) => this.idAt(n));
   }
 
-  private flag(n: number): number {
-    return this.flags[n] ?? 0;
+  private start(n: number): number {
+    return this.starts[n] ?? this.body.length;
+  }
+
+  private idAt(n: number): string {
+    const from = this.start(n) + 3;
+    return this.body.toString('utf8', from, this.body.indexOf(SPACE, from));
+  }
+
+  /** Line of `id` (binary search), or -1. */
+  private find(id: string): number {
+    let lo = 0;
+    let hi = this.size - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const c = this.compareId(mid, id);
+      if (c === 0) return mid;
+      if (c < 0) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
+  }
+
+  /** Line n's id against `id`, byte by byte (ids are ASCII; a non-ASCII one matches no line). */
+  private compareId(n: number, id: string): number {
+    const body = this.body;
+    const from = this.start(n) + 3;
+    for (let k = 0; ; k++) {
+      const b = body[from + k] ?? SPACE;
+      const end = b === SPACE;
+      if (k === id.length) return end ? 0 : 1;
+      if (end) return -1;
+      const c = id.charCodeAt(k);
+      if (b !== c) return b < c ? -1 : 1;
+    }
   }
 }
