@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createECDH } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { signGrant } from '../src/access/keyring.js';
@@ -22,7 +22,11 @@ const UNIT = fileURLToPath(new URL('../../systemd/vehicle-agent.service', import
 const UNIT_NODE_OPTIONS = /^Environment=NODE_OPTIONS=(.*)$/m.exec(readFileSync(UNIT, 'utf8'))?.[1] ?? '';
 
 async function prepare(dir: string, n: number): Promise<void> {
-  if (existsSync(join(dir, 'keyring.json'))) return;
+  // Written once the state is complete, so a run cut short is not taken for a prepared state.
+  const marker = join(dir, `bench-ready-${n}`);
+  if (existsSync(marker)) return;
+  if (existsSync(dir) && readdirSync(dir).length > 0)
+    throw new Error(`${dir} is not empty and holds no state this made: remove it`);
   mkdirSync(dir, { recursive: true });
   const { identity } = await provisionDemo({ stateDir: dir });
   const owner = readSignerKey(join(dir, 'demo', 'owner.pem'));
@@ -49,7 +53,10 @@ async function prepare(dir: string, n: number): Promise<void> {
     };
     lines.push(`${signGrant(credential, identity.vehicleId, owner.key, owner.id, iat)}\n`);
   }
-  if (n === 0) return;
+  if (n === 0) {
+    writeFileSync(marker, '');
+    return;
+  }
   const opsFile = join(dir, 'bulk.ops');
   writeFileSync(opsFile, lines.join(''));
   const imported = spawnSync(
@@ -61,6 +68,8 @@ async function prepare(dir: string, n: number): Promise<void> {
     },
   );
   if (imported.status !== 0) throw new Error(`import failed: ${imported.stderr}`);
+  rmSync(opsFile);
+  writeFileSync(marker, '');
 }
 
 async function startOnce(dir: string): Promise<{ readyMs: number; startMs: number }> {
