@@ -7,13 +7,15 @@ import { checksummedBody, crcHex } from './checksummed.js';
  * computed them after verifying its ops, laid out so that start-up indexes them without decoding
  * them. A header line, checksummed as every small state file is, then one line per credential:
  *
- *     <crc32> {"format":4,"digest":…,"opCount":…,"count":…,"bytes":…,"crc":…}\n
+ *     <crc32> {"format":4,"digest":…,"opCount":…,"count":…,"bytes":…,"crc":…,"order":…}\n
  *     <r|-><i|-> <credential id> <uid hash|-> <credential wire JSON>\n   (count lines)
  *
  * `bytes` and `crc` cover the credential lines, so a flipped byte anywhere fails the whole file
  * (then rebuilt from the ops). `r`: revoked (or denied: an owner chain broken); `i`: the
- * insecureUid option, so the start-up warning finds those without decoding the others. Opening
- * checks both checksums and builds an id → line index (one pass over the bytes, no JSON parse);
+ * insecureUid option, so the start-up warning finds those without decoding the others. The lines
+ * keep the keyring's own order (listings read the same before and after the ops are decoded);
+ * `order` (base64 of uint32 line numbers) sorts them by id. Opening checks both checksums and
+ * finds the lines (one pass over the bytes, no JSON parse); lookups binary-search the order, and
  * a credential's JSON is parsed on its first lookup. Format 3 (one JSON line holding every
  * credential as an object) took 2 s to parse at 100 000 credentials.
  */
@@ -27,6 +29,8 @@ export interface SummaryHeader {
   /** Bytes of the credential lines, and their crc32 (8 hex digits). */
   readonly bytes: number;
   readonly crc: string;
+  /** The line numbers in the order of their ids: uint32 little-endian, base64. */
+  readonly order: string;
 }
 
 export interface DecodedSummary {
@@ -41,19 +45,26 @@ const REVOKED = 0x72; // r
 const INSECURE = 0x69; // i
 const NONE = 0x2d; // -
 
+/** Code unit order, which for ids (ASCII) is their bytes' order. */
+function compareStrings(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 /** The file's bytes for these credentials ([wire, revoked], the root excluded). */
 export function encodeSummary(
   digest: string,
   opCount: number,
   credentials: Iterable<readonly [CredentialWire, boolean]>,
 ): Buffer {
-  const sorted = [...credentials].sort(([a], [b]) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const lines: string[] = [];
-  for (const [wire, revoked] of sorted) {
+  const ids: string[] = [];
+  for (const [wire, revoked] of credentials) {
+    ids.push(wire.id);
     const flags = `${revoked ? 'r' : '-'}${wire.options?.insecureUid === true ? 'i' : '-'}`;
     lines.push(`${flags} ${wire.id} ${wire.uidHash ?? '-'} ${JSON.stringify(wire)}\n`);
   }
   const body = Buffer.from(lines.join(''), 'utf8');
+  const order = Uint32Array.from(ids.keys()).sort((a, b) => compareStrings(ids[a] ?? '', ids[b] ?? ''));
   const header: SummaryHeader = {
     format: 4,
     digest,
@@ -61,6 +72,7 @@ export function encodeSummary(
     count: lines.length,
     bytes: body.length,
     crc: crcHex(body),
+    order: Buffer.from(order.buffer, order.byteOffset, order.byteLength).toString('base64'),
   };
   const json = JSON.stringify(header);
   return Buffer.concat([Buffer.from(`${crcHex(json)} ${json}\n`, 'utf8'), body]);
@@ -74,9 +86,9 @@ export function isSummaryV4(bytes: Buffer): boolean {
 
 /**
  * Checks and indexes a format 4 file; throws (with the problem) when anything does not check out:
- * checksums, counts, a malformed line. The index is the lines' offsets (ids are found by binary
- * search over the sorted lines), plus a map for the few lines with a UID hash: no string per
- * credential is made at open.
+ * checksums, counts, a malformed line, an order that is not a permutation. The index is the
+ * lines' offsets and the header's id order, plus a map for the few lines with a UID hash: no
+ * string per credential is made at open.
  */
 export function decodeSummaryV4(bytes: Buffer): DecodedSummary {
   const headerEnd = bytes.indexOf(NL);
@@ -121,11 +133,27 @@ export function decodeSummaryV4(bytes: Buffer): DecodedSummary {
   }
   if (at !== body.length) throw new Error(`more than the ${header.count} credential lines the header says`);
   starts[header.count] = at;
+  const order = readOrder(header);
   return {
     digest: header.digest,
     opCount: header.opCount,
-    credentials: new IndexedCredentials(body, starts, byUid, insecure),
+    credentials: new IndexedCredentials(body, starts, order, byUid, insecure),
   };
+}
+
+/** The id order from the header: a permutation of the line numbers (anything else is damage). */
+function readOrder(header: SummaryHeader): Uint32Array {
+  const bytes = Buffer.from(header.order, 'base64');
+  if (bytes.length !== header.count * 4) throw new Error('the id order does not cover every line');
+  const order = new Uint32Array(header.count);
+  const seen = new Uint8Array(header.count);
+  for (let k = 0; k < header.count; k++) {
+    const n = bytes.readUInt32LE(k * 4);
+    if (n >= header.count || seen[n] === 1) throw new Error('the id order is not a permutation of the lines');
+    seen[n] = 1;
+    order[k] = n;
+  }
+  return order;
 }
 
 function parseHeader(json: Buffer): SummaryHeader {
@@ -136,26 +164,29 @@ function parseHeader(json: Buffer): SummaryHeader {
     h.format !== 4 ||
     typeof h.digest !== 'string' ||
     typeof h.crc !== 'string' ||
+    typeof h.order !== 'string' ||
     !Number.isSafeInteger(h.opCount) ||
     !Number.isSafeInteger(h.count) ||
     !Number.isSafeInteger(h.bytes) ||
     (h.count as number) < 0 ||
     (h.bytes as number) < 0
   ) {
-    throw new Error('format 4 header needs digest, opCount, count, bytes and crc');
+    throw new Error('format 4 header needs digest, opCount, count, bytes, crc and order');
   }
   return h as SummaryHeader;
 }
 
 /**
- * The credential lines of a checked file, parsed one by one when asked for. Lines are sorted by
- * id when written; the checksum stands for that, so it is not checked again at open. Were they
- * out of order, a lookup could only miss (an unknown credential: denied), never find another.
+ * The credential lines of a checked file, parsed one by one when asked for. The header's order
+ * sorts them by id when written; the checksum stands for that, so it is not checked again at
+ * open. Were it wrong, a lookup could only miss (an unknown credential: denied), never find
+ * another.
  */
 class IndexedCredentials implements SnapshotCredentials {
   constructor(
     private readonly body: Buffer,
     private readonly starts: Uint32Array,
+    private readonly order: Uint32Array,
     private readonly uids: ReadonlyMap<string, readonly number[]>,
     private readonly insecure: readonly number[],
   ) {}
@@ -206,14 +237,15 @@ class IndexedCredentials implements SnapshotCredentials {
     return this.body.toString('utf8', from, this.body.indexOf(SPACE, from));
   }
 
-  /** Line of `id` (binary search), or -1. */
+  /** Line of `id` (binary search over the id order), or -1. */
   private find(id: string): number {
     let lo = 0;
     let hi = this.size - 1;
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
-      const c = this.compareId(mid, id);
-      if (c === 0) return mid;
+      const line = this.order[mid] ?? 0;
+      const c = this.compareId(line, id);
+      if (c === 0) return line;
       if (c < 0) lo = mid + 1;
       else hi = mid - 1;
     }
