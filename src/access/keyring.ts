@@ -7,6 +7,7 @@ import { type ParsedJws, parseJws, signJws, verifyJws } from '../crypto/jws.js';
 import { keyCredentialId, publicKeyFromJwk, sha256 } from '../crypto/keys.js';
 import type { CredentialLookup, CredentialStatus } from './credential-lookup.js';
 import { type CredentialWire, credentialToWire, parseCredentialWire } from './credential-wire.js';
+import { SnapshotCredentialMap, type SnapshotCredentials, SnapshotUidMap } from './snapshot-credentials.js';
 
 /**
  * The keyring: a set of signed grant and revoke operations (docs/keyring.md).
@@ -125,8 +126,8 @@ export interface PreparedOps {
 }
 
 interface Effective {
-  readonly byId: Map<string, CredentialStatus>;
-  readonly byUid: Map<string, CredentialStatus[]>;
+  readonly byId: ReadonlyMap<string, CredentialStatus>;
+  readonly byUid: ReadonlyMap<string, readonly CredentialStatus[]>;
 }
 
 /**
@@ -135,6 +136,8 @@ interface Effective {
  * a snapshot whose ops are not decoded yet.
  */
 interface Derived extends Effective {
+  readonly byId: Map<string, CredentialStatus>;
+  readonly byUid: Map<string, CredentialStatus[]>;
   /** Credential id → the grant that decides it (a live one over a dead one, then the newest). */
   readonly latest: Map<string, { readonly op: GrantOp; readonly live: boolean }>;
   /** Credentials with a revoke op, and suspects; never the root. */
@@ -387,24 +390,17 @@ export class Keyring implements CredentialLookup {
   loadSnapshot(snapshot: {
     readonly digest: string;
     readonly opCount: number;
-    readonly credentials: readonly (readonly [CredentialWire, boolean])[];
+    /** Indexed, each decoded on its first lookup (snapshot-credentials.ts). */
+    readonly credentials: SnapshotCredentials;
     readonly ops: PendingOpsSource;
   }): void {
-    const byId = new Map<string, CredentialStatus>([
-      [this.rootId, { credential: this.rootCredential, revoked: false }],
-    ]);
-    const byUid = new Map<string, CredentialStatus[]>();
-    for (const [wire, revoked] of snapshot.credentials) {
-      if (wire.id === this.rootId) continue;
-      const status: CredentialStatus = { credential: credentialFromTrustedWire(wire), revoked };
-      byId.set(wire.id, status);
-      if (wire.uidHash !== undefined) {
-        const list = byUid.get(wire.uidHash);
-        if (list) list.push(status);
-        else byUid.set(wire.uidHash, [status]);
-      }
-    }
-    this.effective = withSuspects({ byId, byUid }, this.suspects);
+    const byId = new SnapshotCredentialMap(
+      { credential: this.rootCredential, revoked: false },
+      snapshot.credentials,
+      credentialFromTrustedWire,
+      this.suspects,
+    );
+    this.effective = { byId, byUid: new SnapshotUidMap(byId) };
     this.pendingSource = snapshot.ops;
     this.pendingCount = snapshot.opCount;
     this.pendingAt = 0;
@@ -899,6 +895,16 @@ export class Keyring implements CredentialLookup {
     return [...this.effective.byId.values()];
   }
 
+  /**
+   * Granted, unrevoked credentials with the insecureUid option (the start-up warning); on a
+   * snapshot, decodes only those.
+   */
+  insecureUidCredentials(): CredentialStatus[] {
+    const byId = this.effective.byId;
+    const candidates = byId instanceof SnapshotCredentialMap ? byId.insecureUid() : byId.values();
+    return [...candidates].filter((s) => !s.revoked && s.credential.options.insecureUid === true);
+  }
+
   /** Role of a credential that is granted and not revoked. */
   activeRole(id: string): Role | undefined {
     const s = this.effective.byId.get(id);
@@ -971,7 +977,7 @@ export class Keyring implements CredentialLookup {
   clearSuspects(): void {
     if (this.suspects.size === 0) return;
     this.suspects.clear();
-    this.recompute();
+    this.recomputeOrPatch();
   }
 
   /** Before the ops are decoded the effective state comes from the snapshot: patch it instead. */
@@ -1064,6 +1070,10 @@ export function digestOfOpsV1(ops: Iterable<{ readonly id: string; readonly jws:
 
 /** The effective state with every suspect credential denied (see Keyring.markSuspect). */
 function withSuspects(effective: Effective, suspects: ReadonlyMap<string, string>): Effective {
+  if (effective.byId instanceof SnapshotCredentialMap) {
+    const byId = effective.byId.withCurrentSuspects();
+    return { byId, byUid: new SnapshotUidMap(byId) };
+  }
   if (suspects.size === 0) return effective;
   const patch = (s: CredentialStatus): CredentialStatus => {
     const suspect = suspects.get(s.credential.id);

@@ -85,7 +85,7 @@ export function auditStateDamage(agent: Agent, state: OpenState): void {
 
 /** UID-only credentials can be cloned in minutes: say which are enabled, once at start. */
 export function warnInsecureCredentials(state: OpenState, log: Logger): void {
-  const insecure = state.vehicle.keyring.list().filter((s) => !s.revoked && s.credential.options.insecureUid);
+  const insecure = state.vehicle.keyring.insecureUidCredentials();
   if (insecure.length === 0) return;
   const insecureNames = insecure
     .map((s) => `${s.credential.name ?? s.credential.id} (${s.credential.role})`)

@@ -15,6 +15,7 @@ import {
   type PreparedOps,
   type StoredOp,
 } from '../access/keyring.js';
+import type { SnapshotCredentials } from '../access/snapshot-credentials.js';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readFileIfExists, writeFileAtomic } from './atomic.js';
@@ -30,6 +31,7 @@ import type { WriteHealth } from './group-commit.js';
 import { type IntegrityFinding, lineProblem } from './integrity.js';
 import { type CorruptLine, decodeLine, inspectJournal, Journal, type JournalInspection } from './journal.js';
 import { JournalPair } from './journal-pair.js';
+import { decodeSummaryV4, encodeSummary, isSummaryV4 } from './keyring-summary.js';
 import { planRecovery, scanLines } from './line-scan.js';
 import { STATE_FILES } from './provision.js';
 import { rebuildFromBoth } from './salvage.js';
@@ -41,10 +43,11 @@ import { rebuildFromBoth } from './salvage.js';
  *
  * - keyring.ops and keyring.mirror.ops: every operation folded in so far, one checksummed line
  *   each, `<crc32 hex> <signer> <jws>\n`; the same bytes in both, replaced atomically.
- * - keyring.json: the summary, one checksummed line `<crc32 hex> <json>\n` (format 3): the
- *   effective credentials, the op count and the digest. Written after both ops files, so it
- *   never names ops that are not on disk. With empty journals, start-up reads only this file and
- *   decides at once; the ops are read, checked and decoded in the background.
+ * - keyring.json: the summary (format 4, keyring-summary.ts): the effective credentials, the op
+ *   count and the digest, checksummed. Written after both ops files, so it never names ops that
+ *   are not on disk. With empty journals, start-up reads only this file and decides at once (each
+ *   credential decoded on its first lookup); the ops are read, checked and decoded in the
+ *   background.
  * - keyring.journal and keyring.mirror.journal: operations added since, one fsynced, checksummed
  *   record each, appended to both (journal.ts). Compaction folds them into the files above (when
  *   they grow, and at stop); a crash in between only leaves duplicates, which load ignores.
@@ -60,7 +63,8 @@ import { rebuildFromBoth } from './salvage.js';
  * denied as `credential_suspect`); a lost journal operation whose credential cannot be told
  * makes every credential suspect until `vehicle-agent state repair`, which also merges the
  * cloud's signed operations (any verified copy of an op is as good as the original).
- * Formats 1 and 2 (before checksums and mirrors) are read and rewritten as format 3 at once.
+ * Formats 1 and 2 (before checksums and mirrors) and 3 (one JSON line, slow to parse at 100 000
+ * credentials) are read and rewritten as format 4 at once.
  *
  * `persist` only appends (to both journals); the caller applies the ops to the keyring once they
  * are durable, and compaction (`compactIfDue`, after applying) writes the ops files and summary
@@ -82,8 +86,19 @@ interface SnapshotV3 {
   readonly credentials: readonly (readonly [CredentialWire, boolean])[];
 }
 
+/** What a readable summary (format 3 or 4) says. */
+interface Summary {
+  readonly format: 3 | 4;
+  readonly digest: string;
+  readonly opCount: number;
+  /** Ids of the credentials it holds revoked. */
+  revoked(): string[];
+  /** Format 4: the credentials, indexed (the fast path decides from these). */
+  readonly credentials?: SnapshotCredentials;
+}
+
 type SummaryRead =
-  | { readonly state: 'ok'; readonly summary: SnapshotV3 }
+  | { readonly state: 'ok'; readonly summary: Summary }
   | {
       readonly state: 'legacy';
       readonly format: 1 | 2;
@@ -146,6 +161,11 @@ function checkCredentials(credentials: unknown): void {
 }
 
 function decodeSummary(bytes: Buffer): SummaryRead {
+  if (isSummaryV4(bytes)) {
+    const { digest, opCount, credentials } = decodeSummaryV4(bytes);
+    const revoked = () => [...credentials.ids()].filter((id) => credentials.revoked(id) === true);
+    return { state: 'ok', summary: { format: 4, digest, opCount, credentials, revoked } };
+  }
   const checksummed = looksChecksummed(bytes);
   const json = checksummed ? checksummedBody(bytes) : bytes;
   let file: Record<string, unknown>;
@@ -161,7 +181,9 @@ function decodeSummary(bytes: Buffer): SummaryRead {
     if (typeof digest !== 'string' || !Number.isSafeInteger(opCount))
       throw new Error('format 3 needs digest and opCount');
     checkCredentials(credentials);
-    return { state: 'ok', summary: file as unknown as SnapshotV3 };
+    const v3 = file as unknown as SnapshotV3;
+    const revoked = () => v3.credentials.filter(([, r]) => r).map(([w]) => w.id);
+    return { state: 'ok', summary: { format: 3, digest: v3.digest, opCount: v3.opCount, revoked } };
   }
   if (file.format === 1 && !checksummed) {
     if (!Array.isArray(file.ops)) throw new Error('format 1 needs ops');
@@ -174,7 +196,7 @@ function decodeSummary(bytes: Buffer): SummaryRead {
     checkCredentials(file.credentials);
     return { state: 'legacy', format: 2, opCount: file.opCount as number };
   }
-  throw new Error('format must be 3 (or 1 or 2, unchecksummed)');
+  throw new Error('format must be 4 or 3 (or 1 or 2, unchecksummed)');
 }
 
 async function readSummary(path: string): Promise<SummaryRead> {
@@ -604,12 +626,11 @@ async function writeSnapshotFiles(
     if (s.credential.id !== keyring.rootId) credentials.push([credentialToWire(s.credential), s.revoked]);
   }
   const opCount = opsText?.count ?? lines.length;
-  const file: SnapshotV3 = { format: 3, digest: keyring.digest(), opCount, credentials };
-  const json = JSON.stringify(file);
+  const summary = encodeSummary(keyring.digest(), opCount, credentials);
   const ops = opsText?.text ?? lines.join('');
   await writeFileAtomic(p.ops, ops, { mode: 0o600 });
   await writeFileAtomic(p.opsMirror, ops, { mode: 0o600 });
-  await writeFileAtomic(p.summary, `${crcHex(json)} ${json}\n`, { mode: 0o600 });
+  await writeFileAtomic(p.summary, summary, { mode: 0o600 });
 }
 
 function decodeAll(records: readonly StoredRecord[], file: string): StoredOp[] {
@@ -633,7 +654,7 @@ async function quarantine(paths: readonly string[]): Promise<void> {
 }
 
 /** What the summary says is revoked, minus what the surviving ops still revoke. */
-function revocationsOnlyInSummary(summary: SnapshotV3 | undefined, ops: readonly StoredRecord[]): string[] {
+function revocationsOnlyInSummary(summary: Summary | undefined, ops: readonly StoredRecord[]): string[] {
   if (summary === undefined) return [];
   const revokedByOps = new Set<string>();
   for (const r of ops) {
@@ -644,7 +665,7 @@ function revocationsOnlyInSummary(summary: SnapshotV3 | undefined, ops: readonly
       // counted as lost elsewhere
     }
   }
-  return summary.credentials.filter(([w, revoked]) => revoked && !revokedByOps.has(w.id)).map(([w]) => w.id);
+  return summary.revoked().filter((id) => !revokedByOps.has(id));
 }
 
 export class KeyringStore {
@@ -703,10 +724,11 @@ export class KeyringStore {
         sideA.corrupt.length + sideB.corrupt.length === 0 &&
         sideA.records.length + sideB.records.length === 0;
       store = new KeyringStore(stateDir, pair, keyring, log, findings);
-      if (summaryRead.state === 'ok' && journalsClean) {
+      const credentials = summaryRead.state === 'ok' ? summaryRead.summary.credentials : undefined;
+      if (summaryRead.state === 'ok' && credentials !== undefined && journalsClean) {
         // Fast path: decide from the summary now; read, check and decode the ops afterwards.
-        const summary = summaryRead.summary;
-        keyring.loadSnapshot({ ...summary, ops: store.opsSource(summary) });
+        const { digest, opCount } = summaryRead.summary;
+        keyring.loadSnapshot({ digest, opCount, credentials, ops: store.opsSource(summaryRead.summary) });
         if (sideA.existed !== sideB.existed) {
           findings.push({
             file: sideA.existed ? p.journalMirror : p.journal,
@@ -857,7 +879,8 @@ export class KeyringStore {
     const p = keyringPaths(this.stateDir);
     const summary = summaryRead.state === 'ok' ? summaryRead.summary : undefined;
     let base: StoredRecord[];
-    let compact = false;
+    // Format 3 (every credential as one JSON object, slow to parse) is rewritten as format 4 now.
+    let compact = summary?.format === 3;
     let opsLost = false;
     if (summaryRead.state === 'legacy') {
       // Before checksums and mirrors (formats 1 and 2): read as they were, rewritten at once.
@@ -924,7 +947,7 @@ export class KeyringStore {
 
   /** Ops lost in both copies: the summary's revocations still stand (as suspects). */
   private async denyLostRevocations(
-    summary: SnapshotV3 | undefined,
+    summary: Summary | undefined,
     surviving: readonly StoredRecord[],
   ): Promise<void> {
     const file = keyringPaths(this.stateDir).ops;
@@ -937,7 +960,7 @@ export class KeyringStore {
    * background after start, or at once when a merge needs them). A damaged copy is rewritten
    * from the other; losses fail secure before the keyring recomputes from the ops.
    */
-  private opsSource(summary: SnapshotV3): PendingOpsSource {
+  private opsSource(summary: Summary): PendingOpsSource {
     const settle = ([a, b]: [OpsRead, OpsRead]): StoredRecord[] => {
       const analysis = analyseOps(a, b, summary.opCount);
       for (const f of analysis.findings) this.addFinding(f);
@@ -1211,7 +1234,7 @@ export async function inspectKeyringFiles(stateDir: string): Promise<KeyringInsp
       file: p.summary,
       code: 'state_repaired',
       problem: `format ${summaryRead.format} (no checksums, no mirror)`,
-      action: 'the agent rewrites it as format 3 with mirrors',
+      action: 'the agent rewrites it as format 4 with mirrors',
     });
   }
   let base: StoredRecord[] = [];

@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { credentialToWire } from '../../../src/access/credential-wire.js';
 import { digestOfOpsV1, type Keyring } from '../../../src/access/keyring.js';
 import { AgentError } from '../../../src/core/errors.js';
 import { silentLogger } from '../../../src/core/logger.js';
@@ -203,6 +204,75 @@ describe('keyring store', () => {
   });
 });
 
+describe('keyring summary format 4', () => {
+  /** keyring.json as format 3 wrote it: one checksummed JSON line holding every credential. */
+  function writeFormat3(ring: Keyring): void {
+    const credentials = ring
+      .list()
+      .filter((s) => s.credential.id !== ring.rootId)
+      .map((s) => [credentialToWire(s.credential), s.revoked]);
+    const json = JSON.stringify({ format: 3, digest: ring.digest(), opCount: ring.size, credentials });
+    writeFileSync(join(dir, 'keyring.json'), `${crcHex(json)} ${json}\n`);
+  }
+
+  it('decides from the snapshot before any op is decoded: a revoked key is refused from the first moment', async () => {
+    const { ring, phone, tagUid } = populated();
+    const gone = ring.list().find((s) => s.revoked);
+    await KeyringStore.writeSnapshot(dir, ring);
+    // Ops files unreadable until released: nothing but the summary can have decided.
+    const opsText = readFileSync(join(dir, 'keyring.ops'));
+    writeFileSync(join(dir, 'keyring.ops'), 'x\n');
+    writeFileSync(join(dir, 'keyring.mirror.ops'), 'x\n');
+    const { ring: loaded, store } = await reopen();
+    expect(gone).toBeDefined();
+    expect(loaded.byId(gone?.credential.id ?? '')?.revoked).toBe(true);
+    expect(loaded.activeRole(gone?.credential.id ?? '')).toBeUndefined();
+    expect(loaded.activeRole(phone.id)).toBe('guest');
+    expect(loaded.byUidHash(tagUid).map((s) => s.credential.kind)).toEqual(['uid']);
+    expect(loaded.insecureUidCredentials().map((s) => s.credential.uidHash)).toEqual([tagUid]);
+    expect(loaded.digest()).toBe(ring.digest());
+    writeFileSync(join(dir, 'keyring.ops'), opsText);
+    writeFileSync(join(dir, 'keyring.mirror.ops'), opsText);
+    await store.close();
+  });
+
+  it('opens a format 3 summary and rewrites it as format 4 at once, reporting nothing', async () => {
+    const { ring } = populated();
+    await KeyringStore.writeSnapshot(dir, ring);
+    writeFormat3(ring);
+    const { ring: loaded, store } = await reopen();
+    expect(view(loaded)).toBe(view(ring));
+    expect(store.findings).toEqual([]);
+    expect(readFileSync(join(dir, 'keyring.json'), 'utf8')).toMatch(/^[0-9a-f]{8} \{"format":4,/);
+    await store.close();
+    const again = await reopen();
+    expect(view(again.ring)).toBe(view(ring));
+    expect(await inspectKeyringFiles(dir)).toMatchObject({ findings: [] });
+    await again.store.close();
+  });
+
+  it('rebuilds a summary with a flipped byte in a credential line from the ops, a revoked key staying revoked', async () => {
+    const { ring } = populated();
+    const gone = ring.list().find((s) => s.revoked)?.credential.id ?? '';
+    await KeyringStore.writeSnapshot(dir, ring);
+    const path = join(dir, 'keyring.json');
+    const bytes = readFileSync(path);
+    // The revoked credential's flag, 'r' → '-' (the checksums no longer match).
+    const at = bytes.indexOf(`r- ${gone} `);
+    expect(at).toBeGreaterThan(0);
+    bytes[at] = '-'.charCodeAt(0);
+    writeFileSync(path, bytes);
+    expect((await inspectKeyringFiles(dir)).findings).toMatchObject([{ file: path, code: 'state_repaired' }]);
+    const { ring: loaded, store } = await reopen();
+    expect(loaded.byId(gone)?.revoked).toBe(true);
+    expect(view(loaded)).toBe(view(ring));
+    expect(store.findings).toMatchObject([{ file: path, code: 'state_repaired' }]);
+    await store.close();
+    expect(readFileSync(path)).not.toEqual(bytes);
+    expect((await inspectKeyringFiles(dir)).findings).toEqual([]);
+  });
+});
+
 describe('keyring store ops file', () => {
   it('repairs a damaged ops file from its mirror when the ops are decoded', async () => {
     const { ring } = populated();
@@ -261,13 +331,14 @@ describe('keyring store bulk import', () => {
 });
 
 describe('keyring summary digest versions', () => {
-  /** Rewrites keyring.json with another digest (and a checksum that matches it). */
+  /** Rewrites keyring.json's header with another digest (and a checksum that matches it). */
   function withDigest(digest: string): void {
     const path = join(dir, 'keyring.json');
     const text = readFileSync(path, 'utf8');
-    const summary = JSON.parse(text.slice(text.indexOf(' ') + 1)) as Record<string, unknown>;
-    const json = JSON.stringify({ ...summary, digest });
-    writeFileSync(path, `${crcHex(json)} ${json}\n`);
+    const headerEnd = text.indexOf('\n');
+    const header = JSON.parse(text.slice(9, headerEnd)) as Record<string, unknown>;
+    const json = JSON.stringify({ ...header, digest });
+    writeFileSync(path, `${crcHex(json)} ${json}${text.slice(headerEnd)}`);
   }
 
   it('state check accepts a summary holding the digest before v2, and refuses one from other ops', async () => {
