@@ -188,7 +188,10 @@ export function buildReport(input: {
     headline: (input.headline ?? []).flatMap((name) => figures.filter((f) => f.name === name).map(key)),
     groups: (input.groups ?? []).map((g) => ({
       title: g.title,
-      figures: g.names.flatMap((name) => figures.filter((f) => nameMatches(name, f.name)).map(key)),
+      // A figure once, at the first name that matches it (keys_small_… also fits keys_*_…).
+      figures: [
+        ...new Set(g.names.flatMap((name) => figures.filter((f) => nameMatches(name, f.name)).map(key))),
+      ],
     })),
     summary: {
       figures: figures.length,

@@ -268,6 +268,8 @@ describe('report shaping', () => {
             keys_10k_idle_rss_mb: 90,
             keys_100k_ready_ms: 1200,
             keys_100k_idle_rss_mb: 140,
+            keys_small_grant_p50_ms: 1,
+            keys_10k_grant_p50_ms: 1.1,
           },
         },
       },
@@ -275,7 +277,14 @@ describe('report shaping', () => {
       groups: [
         {
           title: 'Keyring at scale (issue 19)',
-          names: ['demo_idle_rss_mb', 'keys_*_idle_rss_mb', 'keys_*_ready_ms', 'keys_*_bulk_import_s'],
+          names: [
+            'demo_idle_rss_mb',
+            'keys_*_idle_rss_mb',
+            'keys_*_ready_ms',
+            'keys_small_grant_p50_ms',
+            'keys_*_grant_p50_ms',
+            'keys_*_bulk_import_s',
+          ],
         },
       ],
     });
@@ -288,6 +297,8 @@ describe('report shaping', () => {
           'scale.keys_100k_idle_rss_mb',
           'scale.keys_10k_ready_ms',
           'scale.keys_100k_ready_ms',
+          'scale.keys_small_grant_p50_ms',
+          'scale.keys_10k_grant_p50_ms',
         ],
       },
     ]);
@@ -302,6 +313,8 @@ describe('report shaping', () => {
       '| scale: keys_100k_idle_rss_mb | 140 | MB | < 150 | yes |  |  |',
       '| scale: keys_10k_ready_ms | 500 | ms |  |  |  |  |',
       '| scale: keys_100k_ready_ms | 1200 | ms | < 1000 | **NO** |  |  |',
+      '| scale: keys_small_grant_p50_ms | 1 | ms |  |  |  |  |',
+      '| scale: keys_10k_grant_p50_ms | 1.1 | ms |  |  |  |  |',
     ]);
   });
 
