@@ -59,6 +59,8 @@ export interface BenchReport {
   readonly figures: readonly Figure[];
   /** `suite.figure` keys of the figures shown first (the ones the README quotes), as measured. */
   readonly headline: readonly string[];
+  /** Figures gathered under a title after the key figures (an issue's rows), as measured. */
+  readonly groups: readonly { readonly title: string; readonly figures: readonly string[] }[];
   readonly summary: {
     readonly figures: number;
     readonly withTarget: number;
@@ -123,6 +125,11 @@ export function buildReport(input: {
   readonly headline?: readonly string[];
   /** False for the report written after each suite, before the run ends. */
   readonly complete?: boolean;
+  /**
+   * Tables after the key figures, each a title and figure names in order; `*` in a name stands
+   * for one size label (`keys_*_ready_ms`: keys_10k_ready_ms, keys_100k_ready_ms, in suite order).
+   */
+  readonly groups?: readonly { readonly title: string; readonly names: readonly string[] }[];
 }): BenchReport {
   const figures: Figure[] = [];
   for (const [suite, result] of Object.entries(input.suites)) {
@@ -179,6 +186,13 @@ export function buildReport(input: {
     suites: input.suites,
     figures,
     headline: (input.headline ?? []).flatMap((name) => figures.filter((f) => f.name === name).map(key)),
+    groups: (input.groups ?? []).map((g) => ({
+      title: g.title,
+      // A figure once, at the first name that matches it (keys_small_… also fits keys_*_…).
+      figures: [
+        ...new Set(g.names.flatMap((name) => figures.filter((f) => nameMatches(name, f.name)).map(key))),
+      ],
+    })),
     summary: {
       figures: figures.length,
       withTarget: figures.filter((f) => f.target !== undefined).length,
@@ -191,19 +205,28 @@ export function buildReport(input: {
   };
 }
 
-/** The baseline after this run: its figures replace those of the same suites, others are kept. */
+/** Whether `name` matches `pattern`, where `*` stands for one part of a name (no `_`). */
+export function nameMatches(pattern: string, name: string): boolean {
+  if (!pattern.includes('*')) return pattern === name;
+  const parts = pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&'));
+  return new RegExp(`^${parts.join('[^_]+')}$`).test(name);
+}
+
+/**
+ * The baseline after this run: each figure this run measured replaces the one of the same name;
+ * every other figure is kept, from suites that did not run, from a suite that failed, and those a
+ * partial run of a suite did not produce (the scale suite at 100 000 keys only keeps the 10 000
+ * figures a full run recorded).
+ */
 export function nextBaseline(report: BenchReport, previous: Baseline | undefined): Baseline {
-  const figures: Record<string, number> = {};
-  const rerun = new Set(
+  const figures: Record<string, number> = { ...(previous?.figures ?? {}) };
+  const ran = new Set(
     Object.entries(report.suites)
       .filter(([, r]) => r.error === undefined)
       .map(([s]) => s),
   );
-  for (const [k, v] of Object.entries(previous?.figures ?? {})) {
-    if (!rerun.has(k.slice(0, k.indexOf('.')))) figures[k] = v;
-  }
   for (const f of report.figures)
-    if (rerun.has(f.suite) && Number.isFinite(f.value)) figures[`${f.suite}.${f.name}`] = f.value;
+    if (ran.has(f.suite) && Number.isFinite(f.value)) figures[`${f.suite}.${f.name}`] = f.value;
   const { host, cpuModel, cores, node, loadAvgStart } = report.machine;
   return {
     recordedAt: report.finishedAt,
@@ -285,6 +308,13 @@ export function renderMarkdown(report: BenchReport): string {
   if (headline.length > 0) {
     lines.push('## Key figures', '', ...TABLE_HEAD);
     for (const f of headline) lines.push(row(f, `${f.suite}: ${f.name}`));
+    lines.push('');
+  }
+  for (const group of report.groups) {
+    const rows = group.figures.flatMap((k) => report.figures.filter((f) => `${f.suite}.${f.name}` === k));
+    if (rows.length === 0) continue;
+    lines.push(`## ${cell(group.title)}`, '', ...TABLE_HEAD);
+    for (const f of rows) lines.push(row(f, `${f.suite}: ${f.name}`));
     lines.push('');
   }
   for (const [suite, result] of Object.entries(report.suites)) {

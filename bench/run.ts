@@ -1,7 +1,7 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { benchCore } from './core.js';
 import { describeMachine, loadAverage, sampleBusy } from './machine.js';
 import {
@@ -12,6 +12,8 @@ import {
   renderMarkdown,
   type SuiteResult,
 } from './report.js';
+import { scaleSizes } from './scale.js';
+import { runSuiteProcess } from './suite-process.js';
 
 /**
  * `npm run bench [-- --only=core,store,...] [--quick] [--json] [--update-baseline]`: runs the
@@ -27,6 +29,8 @@ export interface SuiteOptions {
   readonly quick: boolean;
   /** The suite was named in --only (a suite may do more when asked for by name). */
   readonly named: boolean;
+  /** Progress lines for the console (a suite in its own process passes its own on). */
+  readonly log: (text: string) => void;
 }
 type Suite = (options: SuiteOptions) => Promise<Record<string, number>>;
 
@@ -39,19 +43,17 @@ const SUITES: Record<string, Suite> = {
   cloud: () => import('./cloud.js').then((m) => m.benchCloud()),
   'status-page': () => import('./status-page.js').then((m) => m.benchStatusPage()),
   flood: () => import('./flood.js').then((m) => m.benchFlood()),
-  // Opt-in while its runs sometimes hang on this VM (seen by two people, cause not found yet).
-  scale: (o) =>
-    withEnvDefault('BENCH_SCALE_SIZES', o.named ? undefined : '100000', () =>
-      import('./scale.js').then((m) => m.benchScale()),
-    ),
+  // In a process of its own with a deadline (bench/suite-process.ts): 100 000 keys in the default
+  // run, 10 000 with --quick, 10 000 and 100 000 when named (BENCH_SCALE_SIZES sets others).
+  scale: (o) => benchScaleInProcess(o),
   // Opt-in: a 2-node ejabberd cluster and --vehicles N light clients.
   fleet: () => import('./fleet.js').then((m) => m.benchFleet()),
 };
 
 /** Suites that run only when named in --only. */
-const OPT_IN = new Set<string>(['scale', 'fleet']);
+const OPT_IN = new Set<string>(['fleet']);
 /** Suites that `--quick` runs when none is named (they honour `quick`). */
-const QUICK = new Set(['crypto']);
+const QUICK = new Set(['crypto', 'scale']);
 
 /** Shown first in the report, in this order: the figures issue 17 asks for (those measured). */
 const HEADLINE = [
@@ -82,14 +84,53 @@ const HEADLINE = [
   'ed25519_verify_noble_per_s',
 ];
 
-async function withEnvDefault<T>(name: string, value: string | undefined, run: () => Promise<T>): Promise<T> {
-  if (value === undefined || process.env[name] !== undefined) return run();
-  process.env[name] = value;
-  try {
-    return await run();
-  } finally {
-    delete process.env[name];
-  }
+/**
+ * Issue 19's figures (bench/scale.ts), each beside its target: idle RSS and bytes per credential,
+ * ready time, one grant at each size against one on the demo keyring (flat), bulk import, decision
+ * p99. `*` is a size (10k, 100k).
+ */
+const ISSUE_19 = {
+  title: 'Keyring at scale (issue 19)',
+  names: [
+    'demo_idle_rss_mb',
+    'keys_*_idle_rss_mb',
+    'keys_*_bytes_per_credential',
+    'demo_ready_ms',
+    'keys_*_ready_ms',
+    'keys_small_grant_p50_ms',
+    'keys_*_grant_p50_ms',
+    'keys_*_grant_over_small_ratio',
+    'keys_*_bulk_import_s',
+    'keys_*_decision_p99_us',
+  ],
+};
+
+/** The scale suite's sizes: BENCH_SCALE_SIZES, else by how the run was asked for. */
+export function scaleSizesFor(options: SuiteOptions, env: NodeJS.ProcessEnv): number[] {
+  const fallback = options.named ? [10_000, 100_000] : options.quick ? [10_000] : [100_000];
+  return scaleSizes(env.BENCH_SCALE_SIZES, fallback);
+}
+
+/**
+ * The deadline past which the scale process is ended: BENCH_SCALE_DEADLINE_S, else 10 min plus
+ * 6 ms per credential (a hang guard, not a bound: 100 000 keys take about two minutes when the
+ * machine is quiet, and much longer under load).
+ */
+export function scaleDeadlineMs(sizes: readonly number[], env: NodeJS.ProcessEnv): number {
+  const given = Number(env.BENCH_SCALE_DEADLINE_S);
+  if (env.BENCH_SCALE_DEADLINE_S !== undefined && Number.isFinite(given) && given > 0) return given * 1000;
+  return 600_000 + 6 * sizes.reduce((a, b) => a + b, 0);
+}
+
+async function benchScaleInProcess(options: SuiteOptions): Promise<Record<string, number>> {
+  const sizes = scaleSizesFor(options, process.env);
+  return runSuiteProcess({
+    script: fileURLToPath(new URL('./scale.js', import.meta.url)),
+    tag: 'scale',
+    env: { ...process.env, BENCH_SCALE_SIZES: sizes.join(',') },
+    deadlineMs: scaleDeadlineMs(sizes, process.env),
+    log: options.log,
+  });
 }
 
 /** NFC end-to-end figures that carry the rig's serial transit; the issue's target is on agent_own. */
@@ -110,6 +151,8 @@ const TARGETS: Record<string, string> = {
   keys_100k_idle_rss_mb: '< 150',
   keys_100k_ready_ms: '< 1000',
   keys_100k_bulk_import_s: '< 60',
+  // Issue 19's 150 MB at 100 000 keys less the demo keyring's 80 MB: (150 - 80) MiB / 100 000.
+  keys_100k_bytes_per_credential: '< 734',
   fido_agent_own_p99_ms: '≤ 5',
   ntag424_agent_own_p99_ms: '≤ 5',
   uid_agent_own_p99_ms: '≤ 5',
@@ -133,8 +176,15 @@ function floodTarget(key: string): string | undefined {
   return undefined;
 }
 
-function targetOf(key: string): string | undefined {
-  return TARGETS[key] ?? floodTarget(key);
+/** The scale suite's figures at any size: a change as quick as on the demo keyring, decisions as core's. */
+function scaleTarget(key: string): string | undefined {
+  if (/^keys_[^_]+_grant_over_small_ratio$/.test(key)) return '≤ 2';
+  if (/^keys_[^_]+_decision_p99_us$/.test(key)) return '< 50';
+  return undefined;
+}
+
+export function targetOf(key: string): string | undefined {
+  return TARGETS[key] ?? floodTarget(key) ?? scaleTarget(key);
 }
 
 function option(args: readonly string[], name: string): string | undefined {
@@ -168,6 +218,7 @@ export async function runBench(
       suites,
       targetOf,
       headline: HEADLINE,
+      groups: [ISSUE_19],
       complete,
       ...(baseline ? { baseline } : {}),
     });
@@ -190,7 +241,7 @@ export async function runBench(
     log(`\n== ${name}\n`);
     const t0 = performance.now();
     try {
-      const figures = await suite({ quick, named: only?.has(name) ?? false });
+      const figures = await suite({ quick, named: only?.has(name) ?? false, log });
       suites[name] = { durationS: Math.round((performance.now() - t0) / 100) / 10, figures };
       for (const [k, v] of Object.entries(figures))
         log(`  ${k.padEnd(34)} ${String(v).padStart(12)}${label(k)}\n`);

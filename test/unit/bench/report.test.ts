@@ -8,12 +8,13 @@ import {
   type BenchReport,
   buildReport,
   meetsTarget,
+  nameMatches,
   nextBaseline,
   parseBaseline,
   renderMarkdown,
   unitOf,
 } from '../../../bench/report.js';
-import { runBench } from '../../../bench/run.js';
+import { runBench, scaleDeadlineMs, scaleSizesFor, targetOf } from '../../../bench/run.js';
 
 /**
  * The bench harness and its report format, run for real on the crypto suite in quick mode (a
@@ -213,8 +214,108 @@ describe('report shaping', () => {
       '(partial: written while the run was still going)',
     );
     expect(renderMarkdown(r)).toContain('**Failed:** rig \\| missing');
-    // The rerun suite's figures replace its old ones; the failed and the unrun suites keep theirs.
-    expect(nextBaseline(r, previous).figures).toEqual({ 'broken.y_ms': 3, 'ok.x_ms': 2, 'other.z_ms': 4 });
+    // The rerun suite's figures replace its old ones; the failed and the unrun suites keep theirs,
+    // and so does a figure the rerun suite did not produce this time (a partial run).
+    expect(nextBaseline(r, previous).figures).toEqual({
+      'broken.y_ms': 3,
+      'ok.gone_ms': 2,
+      'ok.x_ms': 2,
+      'other.z_ms': 4,
+    });
+  });
+
+  it('--update-baseline after a partial scale run keeps the sizes it did not measure', () => {
+    const previous: Baseline = {
+      recordedAt: '2025-12-31T00:00:00Z',
+      machine: { host: 'rig', cpuModel: 'x', cores: 4, node: 'v20' },
+      figures: { 'scale.keys_10k_ready_ms': 700, 'scale.keys_100k_ready_ms': 900, 'core.decision_p99_us': 3 },
+    };
+    const r = report(
+      { scale: { durationS: 90, figures: { keys_100k_ready_ms: 950, keys_100k_start_ms: Number.NaN } } },
+      previous,
+    );
+    expect(nextBaseline(r, previous).figures).toEqual({
+      'core.decision_p99_us': 3,
+      'scale.keys_100k_ready_ms': 950,
+      'scale.keys_10k_ready_ms': 700,
+    });
+  });
+
+  it.each([
+    ['keys_*_ready_ms', 'keys_100k_ready_ms', true],
+    ['keys_*_ready_ms', 'keys_10k_ready_ms', true],
+    ['keys_*_ready_ms', 'keys_10k_start_ms', false],
+    ['keys_*_ready_ms', 'keys_small_extra_ready_ms', false],
+    ['keys_*_ready_ms', 'keys__ready_ms', false],
+    ['demo_ready_ms', 'demo_ready_ms', true],
+    ['demo_ready_ms', 'demo_ready_ms_x', false],
+  ])('the group name %s matches %s: %s', (pattern, name, matches) => {
+    expect(nameMatches(pattern, name)).toBe(matches);
+  });
+
+  it('a group lists its figures in its own order, sizes in suite order, with targets, those measured only', () => {
+    const r = buildReport({
+      startedAt: new Date('2026-01-01T00:00:00Z'),
+      finishedAt: new Date('2026-01-01T00:01:30Z'),
+      argv: [],
+      machine,
+      suites: {
+        scale: {
+          durationS: 90,
+          figures: {
+            demo_idle_rss_mb: 70,
+            keys_10k_ready_ms: 500,
+            keys_10k_idle_rss_mb: 90,
+            keys_100k_ready_ms: 1200,
+            keys_100k_idle_rss_mb: 140,
+            keys_small_grant_p50_ms: 1,
+            keys_10k_grant_p50_ms: 1.1,
+          },
+        },
+      },
+      targetOf: (name) => ({ keys_100k_idle_rss_mb: '< 150', keys_100k_ready_ms: '< 1000' })[name],
+      groups: [
+        {
+          title: 'Keyring at scale (issue 19)',
+          names: [
+            'demo_idle_rss_mb',
+            'keys_*_idle_rss_mb',
+            'keys_*_ready_ms',
+            'keys_small_grant_p50_ms',
+            'keys_*_grant_p50_ms',
+            'keys_*_bulk_import_s',
+          ],
+        },
+      ],
+    });
+    expect(r.groups).toEqual([
+      {
+        title: 'Keyring at scale (issue 19)',
+        figures: [
+          'scale.demo_idle_rss_mb',
+          'scale.keys_10k_idle_rss_mb',
+          'scale.keys_100k_idle_rss_mb',
+          'scale.keys_10k_ready_ms',
+          'scale.keys_100k_ready_ms',
+          'scale.keys_small_grant_p50_ms',
+          'scale.keys_10k_grant_p50_ms',
+        ],
+      },
+    ]);
+    const markdown = renderMarkdown(r);
+    const group = markdown.slice(
+      markdown.indexOf('## Keyring at scale (issue 19)'),
+      markdown.indexOf('## scale'),
+    );
+    expect(group.split('\n').filter((l) => l.startsWith('| scale: '))).toEqual([
+      '| scale: demo_idle_rss_mb | 70 | MB |  |  |  |  |',
+      '| scale: keys_10k_idle_rss_mb | 90 | MB |  |  |  |  |',
+      '| scale: keys_100k_idle_rss_mb | 140 | MB | < 150 | yes |  |  |',
+      '| scale: keys_10k_ready_ms | 500 | ms |  |  |  |  |',
+      '| scale: keys_100k_ready_ms | 1200 | ms | < 1000 | **NO** |  |  |',
+      '| scale: keys_small_grant_p50_ms | 1 | ms |  |  |  |  |',
+      '| scale: keys_10k_grant_p50_ms | 1.1 | ms |  |  |  |  |',
+    ]);
   });
 
   it.each(['', 'not json', '[]', '{"recordedAt":1}', '{"recordedAt":"x","machine":{},"figures":null}'])(
@@ -223,4 +324,49 @@ describe('report shaping', () => {
       expect(parseBaseline(text)).toBeUndefined();
     },
   );
+});
+
+describe('scale suite in the run', () => {
+  it.each([
+    [{ quick: false, named: false }, {}, [100_000]],
+    [{ quick: true, named: false }, {}, [10_000]],
+    [{ quick: false, named: true }, {}, [10_000, 100_000]],
+    [{ quick: true, named: true }, {}, [10_000, 100_000]],
+    [{ quick: false, named: false }, { BENCH_SCALE_SIZES: '1000, 5000' }, [1000, 5000]],
+  ])('run %j with %j measures %j credentials', (options, env, sizes) => {
+    expect(scaleSizesFor({ ...options, log: () => {} }, env)).toEqual(sizes);
+  });
+
+  it.each(['10k', '0', '-5', '1.5', '1000,,2000'])(
+    'BENCH_SCALE_SIZES=%s is refused before anything runs',
+    (text) => {
+      expect(() =>
+        scaleSizesFor({ quick: false, named: false, log: () => {} }, { BENCH_SCALE_SIZES: text }),
+      ).toThrow(/BENCH_SCALE_SIZES must be whole numbers/);
+    },
+  );
+
+  it.each([
+    [[100_000], {}, 1_200_000],
+    [[10_000, 100_000], {}, 1_260_000],
+    [[100_000], { BENCH_SCALE_DEADLINE_S: '90' }, 90_000],
+    [[100_000], { BENCH_SCALE_DEADLINE_S: 'soon' }, 1_200_000],
+  ])('sizes %j with %j: the scale process is ended after %d ms', (sizes, env, ms) => {
+    expect(scaleDeadlineMs(sizes, env)).toBe(ms);
+  });
+
+  it.each([
+    ['keys_100k_idle_rss_mb', '< 150'],
+    ['demo_idle_rss_mb', '< 80'],
+    ['keys_100k_bytes_per_credential', '< 734'],
+    ['keys_100k_ready_ms', '< 1000'],
+    ['keys_100k_bulk_import_s', '< 60'],
+    ['keys_10k_grant_over_small_ratio', '≤ 2'],
+    ['keys_100k_grant_over_small_ratio', '≤ 2'],
+    ['keys_10k_decision_p99_us', '< 50'],
+    ['keys_100k_decision_p99_us', '< 50'],
+    ['keys_10k_idle_rss_mb', undefined],
+  ])("issue 19's %s has the target %s", (name, target) => {
+    expect(targetOf(name)).toBe(target);
+  });
 });
