@@ -18,12 +18,23 @@ export interface KeyPair {
   readonly publicKey: KeyObject;
 }
 
+/**
+ * Generated as DER and made into key objects after: Node 20 can deadlock when a key object that
+ * generateKeyPairSync returned is exported (publicJwkOf) while a garbage collection frees its
+ * finished generation job (seen in bench/scale.ts: the main thread waits on a lock it holds).
+ */
 export function generateKeyPair(algorithm: KeyAlgorithm): KeyPair {
+  const publicKeyEncoding = { type: 'spki', format: 'der' } as const;
+  const privateKeyEncoding = { type: 'pkcs8', format: 'der' } as const;
   const { privateKey, publicKey } =
     algorithm === 'P-256'
-      ? generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
-      : generateKeyPairSync('ed25519');
-  return { algorithm, privateKey, publicKey };
+      ? generateKeyPairSync('ec', { namedCurve: 'prime256v1', publicKeyEncoding, privateKeyEncoding })
+      : generateKeyPairSync('ed25519', { publicKeyEncoding, privateKeyEncoding });
+  return {
+    algorithm,
+    privateKey: createPrivateKey({ key: privateKey, format: 'der', type: 'pkcs8' }),
+    publicKey: createPublicKey({ key: publicKey, format: 'der', type: 'spki' }),
+  };
 }
 
 export function algorithmOf(key: KeyObject): KeyAlgorithm {
