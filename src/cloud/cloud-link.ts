@@ -370,9 +370,14 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         if (agent.keyring.digest() === lastVehicleSetDigest) return;
         // A large set is republished for a change at most every CHUNKED_REPUBLISH_MS, and not
         // while a cloud set comes in parts (each would change it again); a request is answered.
-        if (vehicleSetPublished !== undefined && vehicleSetPublished.parts > 1 && !vehicleSetAsked) {
-          if (cloudSetArriving() || mono() - lastChunkedPublishAt < CHUNKED_REPUBLISH_MS) return;
-        }
+        if (!vehicleSetAsked && cloudSetArriving()) return;
+        if (
+          !vehicleSetAsked &&
+          vehicleSetPublished !== undefined &&
+          vehicleSetPublished.parts > 1 &&
+          mono() - lastChunkedPublishAt < CHUNKED_REPUBLISH_MS
+        )
+          return;
         vehicleSetAsked = false;
         // Read, then digested at once: the texts and digest name the same set (filtered by
         // what the keyring holds when the read ends, with nothing in between).
@@ -540,7 +545,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     // Parts change the keyring many times over: the vehicle's set and the state follow once all
     // parts are in (or on the next tick), not after each.
     if (message.kind === 'set' || note === 'complete' || note === 'inconsistent') {
-      publishVehicleSet();
+      publishVehicleSet(note === 'complete' || note === 'inconsistent');
       publishState();
     }
   };
