@@ -4,6 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { digestOfOps, signGrant, signRevoke } from '../../src/access/keyring.js';
 import { controlRequest } from '../../src/cli/control-client.js';
 import type { CloudLinkStatus } from '../../src/cloud/cloud-link.js';
+import { signKeyringMessages } from '../../src/cloud/keyring-set.js';
 import { generateKeyPair, keyCredentialId, publicJwkOf } from '../../src/crypto/keys.js';
 import { readSignerKey } from '../../src/store/key-files.js';
 import type { AgentProcess } from '../helpers/agent-process.js';
@@ -216,4 +217,55 @@ describe('keyring sync in parts', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(JSON.parse(again.stdout)).toMatchObject({ operations: k.keyring.operations + 1, new: 1 });
   }, 120_000);
+});
+
+/**
+ * Parts dropped over the keyring budget are not lost: the vehicle notices the snapshot stalled
+ * and asks again (subscribing to the part topics again makes the broker resend the retained
+ * parts; those already merged are skipped by their hash).
+ */
+describe('parts dropped over the keyring budget', () => {
+  const rig = useAgentRig('va-keyring-resync-');
+
+  it('are asked for again until every part is in', async () => {
+    const side = await rig.startCloud();
+    await rig.startAgent('state', rig.cloudEnv({ VEHICLE_AGENT_CLOUD__INTAKE__KEYRING_SETS_PER_S: '2' }), {
+      waitForLog: ['cloud link up'],
+    });
+    const vid = rig.vehicleId();
+    const base = `vehicle-agent/${vid}`;
+    const owner = readSignerKey(join(rig.stateDir(), 'demo', 'owner.pem'));
+    const iat = Math.floor(Date.now() / 1000);
+    const ops = Array.from({ length: 600 }, () => {
+      const publicKey = publicJwkOf(generateKeyPair('P-256').publicKey);
+      return signGrant(
+        { id: keyCredentialId('phone', publicKey), kind: 'phone', role: 'driver', publicKey, options: {} },
+        vid,
+        owner.key,
+        owner.id,
+        iat,
+      );
+    });
+    const signed = signKeyringMessages(vid, ops, owner.key, owner.id, iat, 70_000);
+    if (signed.kind !== 'chunks') throw new Error('expected parts');
+    expect(signed.parts.length).toBeGreaterThan(4);
+    // All at once: with 2 parts a second, most of them are dropped on the first pass.
+    await Promise.all(
+      signed.parts.map((p, n) => side.cloud.publish(`${base}/keyring/part/${n}`, p, { retain: true })),
+    );
+    const control = join(rig.stateDir(), 'control.sock');
+    const status = await waitForValue(
+      async () => {
+        const st = (await controlRequest(control, 'cloud.status', {})) as CloudLinkStatus;
+        return st.keyringSync.cloud?.complete === true ? st : undefined;
+      },
+      'every part merged after the drops',
+      { timeoutMs: 90_000, intervalMs: 500 },
+    );
+    expect(status.intake.topics.keyring.overBudget).toBeGreaterThan(0);
+    expect(status.keyringSync.cloud).toMatchObject({ parts: signed.parts.length, retrying: 0 });
+    expect(status.keyringSync.cloud?.resyncs).toBeGreaterThan(0);
+    const k = (await controlRequest(control, 'status', {})) as { keyring: { operations: number } };
+    expect(k.keyring.operations).toBeGreaterThanOrEqual(600);
+  }, 150_000);
 });
