@@ -1,6 +1,6 @@
 import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import type { MergeResult } from '../access/keyring.js';
@@ -19,7 +19,18 @@ import { type CommandResult, commandJti, errorResult } from './command.js';
 import { type CommandAgent, CommandProcessor, type RememberedResult } from './command-processor.js';
 import { haDiscoveryConfig, parseHaCommand } from './home-assistant.js';
 import { IntakePace, TopicBudget } from './intake.js';
-import { checkKeyringSet, MAX_SET_OPS, signKeyringSet } from './keyring-set.js';
+import {
+  type AssemblyStatus,
+  checkKeyringMessage,
+  chunkRanges,
+  DEFAULT_CHUNK_BYTES,
+  fitsOneSet,
+  MAX_SET_PARTS,
+  SetAssembly,
+  type SetSnapshot,
+  signKeyringChunk,
+  signKeyringSet,
+} from './keyring-set.js';
 import {
   type IncomingMessage,
   MqttConnection,
@@ -34,7 +45,7 @@ import {
   stateDocument,
   stateFingerprint,
 } from './state.js';
-import { haDiscoveryTopic, type VehicleTopics, vehicleTopics } from './topics.js';
+import { haDiscoveryTopic, partOfTopic, type VehicleTopics, vehicleTopics } from './topics.js';
 import { agentVersion } from './version.js';
 
 /**
@@ -94,6 +105,20 @@ export interface CloudLinkStatus {
   readonly protocol: '5' | '3.1.1';
   readonly outbox: ReturnType<Outbox['stats']>;
   readonly intake: IntakeStats;
+  readonly keyringSync: KeyringSyncStatus;
+}
+
+/** Keyring sync in parts (docs/mqtt.md "Chunked sets"). */
+export interface KeyringSyncStatus {
+  /** The newest cloud set seen (parts received of parts; complete once they add up). */
+  readonly cloud?: AssemblyStatus & {
+    /** Parts whose ops were not all merged (a signer's grant still to come): asked for again. */
+    readonly retrying: number;
+    /** Times the parts were asked for again. */
+    readonly resyncs: number;
+  };
+  /** The vehicle's set as last published: its digest and in how many parts (1: one set message). */
+  readonly vehicle?: { readonly digest: string; readonly parts: number };
 }
 
 export interface CloudLink {
@@ -113,6 +138,20 @@ const MAX_REQUEST_BYTES = 64;
 const REQUESTS_PER_S = 2;
 /** MQTT framing around a payload: fixed header, topic, packet id, properties. */
 const PACKET_OVERHEAD_BYTES = 4096;
+/**
+ * A cloud set whose parts stopped coming this long before all came (some dropped over the intake
+ * budget, or ops that waited for a signer's grant in a later part) is asked for again.
+ */
+const RESYNC_AFTER_MS = 5000;
+/**
+ * Times in a row a snapshot's parts are asked for again without any part coming in before the
+ * link stops asking (until a new snapshot, a reconnect, or a part arrives).
+ */
+const MAX_IDLE_RESYNCS = 8;
+/** A chunked vehicle set is republished for a change at most this often (a request is answered at once). */
+const CHUNKED_REPUBLISH_MS = 30_000;
+/** Where the link remembers how many parts its last published set had, to clear leftovers after a restart. */
+const VEHICLE_PARTS_FILE = 'keyring-vehicle-parts';
 
 /** Audit record type of a refusal written in full, per topic (as before the summaries). */
 const REFUSAL_TYPE: Record<InboundTopic, string> = {
@@ -194,9 +233,23 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
   let untrustedSince: string | undefined;
   let lastFingerprint: string | undefined;
   let lastVehicleSetDigest: string | undefined;
-  let vehicleSetTooLarge = false;
   let vehicleSetPublishing = false;
-  let lastMergedSet: string | undefined;
+  let vehicleSetAsked = false;
+  let lastChunkedPublishAt = Number.NEGATIVE_INFINITY;
+  let vehicleSetPublished: { digest: string; parts: number } | undefined;
+  // Parts the vehicle's retained set had last time (0: none, or one set message); parts above the
+  // new count are cleared when it publishes, even after a restart.
+  let vehicleParts = await readVehicleParts(join(dir, VEHICLE_PARTS_FILE));
+  // Per keyring topic (the set topic and each part topic): the SHA-256 of the payload last merged
+  // in full. A retained set or part comes again on every connect and every resync: one already
+  // merged costs a hash, no budget, no parse.
+  const mergedPayloads = new Map<string, string>();
+  const assembly = new SetAssembly();
+  let assemblyDigest: string | undefined;
+  const retryingParts = new Set<number>();
+  let lastPartAt = Number.NEGATIVE_INFINITY;
+  let resyncs = 0;
+  let idleResyncs = 0;
 
   // ── intake budgets (docs/mqtt.md "Floods") ──
   const intake = config.intake;
@@ -262,6 +315,14 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     summarised: noise.suppressed,
   });
 
+  const keyringSyncStatus = (): KeyringSyncStatus => {
+    const s = assembly.status();
+    return {
+      ...(s !== undefined ? { cloud: { ...s, retrying: retryingParts.size, resyncs } } : {}),
+      ...(vehicleSetPublished !== undefined ? { vehicle: { ...vehicleSetPublished } } : {}),
+    };
+  };
+
   const snapshot = (): StateDocument => {
     const s = agent.status();
     if (s.clock.trust !== 'trusted') untrustedSince ??= s.clock.now;
@@ -293,50 +354,102 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     fireAndForget('state', connection.publish(topics.state, JSON.stringify(doc), { qos: 1, retain: true }));
   };
 
-  const publishVehicleSet = (): void => {
+  /** A cloud set arriving in parts: the vehicle's own (chunked) set waits until it is in. */
+  const cloudSetArriving = (): boolean => {
+    const s = assembly.status();
+    return s !== undefined && s.received < s.parts && mono() - lastPartAt < RESYNC_AFTER_MS;
+  };
+
+  const publishVehicleSet = (asked = false): void => {
+    vehicleSetAsked ||= asked;
     if (!connection.connected || vehicleSetPublishing) return;
     vehicleSetPublishing = true;
     void agent.keyring
       .whenMaterialized()
       .then(async () => {
         if (agent.keyring.digest() === lastVehicleSetDigest) return;
+        // A large set is republished for a change at most every CHUNKED_REPUBLISH_MS, and not
+        // while a cloud set comes in parts (each would change it again); a request is answered.
+        if (!vehicleSetAsked && cloudSetArriving()) return;
+        if (
+          !vehicleSetAsked &&
+          vehicleSetPublished !== undefined &&
+          vehicleSetPublished.parts > 1 &&
+          mono() - lastChunkedPublishAt < CHUNKED_REPUBLISH_MS
+        )
+          return;
+        vehicleSetAsked = false;
         // Read, then digested at once: the texts and digest name the same set (filtered by
         // what the keyring holds when the read ends, with nothing in between).
-        publishMaterializedVehicleSet(await agent.keyring.opTexts());
+        await publishMaterializedVehicleSet(await agent.keyring.opTexts());
       })
       .catch((err: unknown) =>
         log.debug({ err: String(err) }, 'keyring not read; vehicle keyring set not published'),
       )
       .finally(() => {
         vehicleSetPublishing = false;
+        // Asked while a publish was under way: the next tick publishes again.
+        if (vehicleSetAsked) lastVehicleSetDigest = undefined;
       });
   };
 
-  const publishMaterializedVehicleSet = (ops: readonly string[]): void => {
+  /**
+   * One set message when it fits DEFAULT_CHUNK_BYTES (as before parts existed), else parts on
+   * keyring/vehicle/part/<n>, each awaited before the next is signed (one part in memory beside
+   * the texts, and the broker's pace), then the set topic cleared and leftover parts above the
+   * new count. A part that fails to go ends the run; the next tick starts again.
+   */
+  const publishMaterializedVehicleSet = async (ops: readonly string[]): Promise<void> => {
     if (!connection.connected) return;
     const digest = agent.keyring.digest();
     if (digest === lastVehicleSetDigest) return;
-    if (ops.length > MAX_SET_OPS) {
-      if (!vehicleSetTooLarge)
-        log.warn(
-          { operations: ops.length, max: MAX_SET_OPS },
-          'keyring too large to publish as one set; not published',
-        );
-      vehicleSetTooLarge = true;
+    const { key, kid } = deps.vehicleSigner;
+    const iat = Math.floor(deps.clock.now() / 1000);
+    const clear = async (from: number, to: number): Promise<void> => {
+      for (let n = from; n < to; n++)
+        await connection.publish(`${topics.keyringVehicleParts}/${n}`, '', { qos: 1, retain: true });
+    };
+    let parts: number;
+    try {
+      if (fitsOneSet(ops, DEFAULT_CHUNK_BYTES)) {
+        parts = 1;
+        const message = signKeyringSet(vehicleId, ops, key, kid, iat);
+        await connection.publish(topics.keyringVehicle, message, { qos: 1, retain: true });
+        await clear(0, vehicleParts);
+        await rememberVehicleParts(0);
+      } else {
+        const ranges = chunkRanges(ops, DEFAULT_CHUNK_BYTES);
+        parts = ranges.length;
+        // Remembered first: a restart half-way still clears what this run leaves.
+        await rememberVehicleParts(Math.max(vehicleParts, parts));
+        const snapshot: SetSnapshot = { setDigest: digest, setCount: ops.length, parts, iat };
+        for (const [part, [a, b]] of ranges.entries()) {
+          const message = signKeyringChunk(vehicleId, snapshot, part, ops.slice(a, b), key, kid);
+          await connection.publish(`${topics.keyringVehicleParts}/${part}`, message, {
+            qos: 1,
+            retain: true,
+          });
+          await yieldToIo();
+        }
+        await connection.publish(topics.keyringVehicle, '', { qos: 1, retain: true });
+        await clear(parts, vehicleParts);
+        await rememberVehicleParts(parts);
+        lastChunkedPublishAt = mono();
+      }
+    } catch (err) {
+      log.debug({ err: String(err) }, 'vehicle keyring set not delivered');
       return;
     }
-    const message = signKeyringSet(
-      vehicleId,
-      ops,
-      deps.vehicleSigner.key,
-      deps.vehicleSigner.kid,
-      Math.floor(deps.clock.now() / 1000),
-    );
-    connection.publish(topics.keyringVehicle, message, { qos: 1, retain: true }).then(
-      () => {
-        lastVehicleSetDigest = digest;
-      },
-      (err: unknown) => log.debug({ err: String(err) }, 'vehicle keyring set not delivered'),
+    lastVehicleSetDigest = digest;
+    vehicleSetPublished = { digest, parts };
+    log.debug({ operations: ops.length, parts }, 'vehicle keyring set published');
+  };
+
+  const rememberVehicleParts = async (parts: number): Promise<void> => {
+    if (parts === vehicleParts) return;
+    vehicleParts = parts;
+    await writeFile(join(dir, VEHICLE_PARTS_FILE), `${parts}\n`, { mode: 0o600 }).catch((err: unknown) =>
+      log.debug({ err: String(err) }, 'keyring part count not saved'),
     );
   };
 
@@ -362,30 +475,103 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     );
   };
 
-  const onKeyringSet = async (payload: Buffer): Promise<void> => {
-    // The retained set comes again on every reconnect: merging an unchanged one is wasted work.
-    const digest = createHash('sha256').update(payload).digest('hex');
-    if (digest === lastMergedSet) return;
-    const check = checkKeyringSet(payload, { vehicleId, keys: agent.keyring, nowMs: deps.clock.now() });
+  /**
+   * A set (part undefined) or one part of a chunked set: checked on its own, its ops merged at
+   * once (each verified by the keyring), and noted in the assembly that says when every part of
+   * the newest snapshot came.
+   */
+  const onKeyringMessage = async (
+    topic: string,
+    payload: Buffer,
+    payloadDigest: string,
+    part: number | undefined,
+  ): Promise<void> => {
+    const check = checkKeyringMessage(payload, {
+      vehicleId,
+      keys: agent.keyring,
+      nowMs: deps.clock.now(),
+      part,
+    });
     if (!check.ok) {
-      log.debug({ code: check.code, err: check.message }, 'keyring set from the cloud refused');
-      refuse('keyring', check.code);
+      log.debug({ code: check.code, err: check.message, part }, 'keyring set from the cloud refused');
+      refuse('keyring', check.code, part !== undefined ? { part } : {});
       return;
     }
-    const merged = await agent.addKeyringOps(check.ops, 'cloud');
-    // A set with operations refused now may merge later (their signer's grant still on its way).
-    if (merged.rejected.length === 0) lastMergedSet = digest;
+    const message = check.message;
+    const note = assembly.note(message);
+    const status = assembly.status();
+    if (status !== undefined && status.setDigest !== assemblyDigest) {
+      // A new snapshot: its parts are counted afresh.
+      assemblyDigest = status.setDigest;
+      retryingParts.clear();
+      resyncs = 0;
+    }
+    if (note === 'part' || note === 'complete' || retryingParts.has(part ?? 0)) idleResyncs = 0;
+    if (part !== undefined) lastPartAt = mono();
+    const merged = await agent.addKeyringOps(message.ops, 'cloud');
+    // Ops refused now may merge later (their signer's grant in a part still on its way): the
+    // payload is not marked merged, so it is taken again when it comes again.
+    if (merged.rejected.length === 0) {
+      mergedPayloads.set(topic, payloadDigest);
+      retryingParts.delete(part ?? 0);
+    } else if (note !== 'stale') retryingParts.add(part ?? 0);
+    const detail = {
+      by: message.kid,
+      added: merged.added.length,
+      duplicates: merged.duplicates,
+      rejected: merged.rejected.length,
+    };
+    if (message.kind === 'set') {
+      log.info(detail, 'keyring set from the cloud merged');
+    } else {
+      log.debug({ ...detail, part, parts: message.manifest.parts, note }, 'keyring set part merged');
+      if (note === 'complete')
+        log.info(
+          {
+            parts: message.manifest.parts,
+            operations: message.manifest.setCount,
+            retrying: retryingParts.size,
+          },
+          'keyring set from the cloud merged, all parts',
+        );
+      else if (note === 'inconsistent') {
+        log.warn(
+          { code: 'keyring_set_inconsistent', by: message.kid, setDigest: message.manifest.setDigest },
+          'the parts of the cloud keyring set do not add up to its digest',
+        );
+        refuse('keyring', 'keyring_set_inconsistent');
+      }
+    }
+    // Parts change the keyring many times over: the vehicle's set and the state follow once all
+    // parts are in (or on the next tick), not after each.
+    if (message.kind === 'set' || note === 'complete' || note === 'inconsistent') {
+      publishVehicleSet(note === 'complete' || note === 'inconsistent');
+      publishState();
+    }
+  };
+
+  /** Parts missing or not all merged, quiet for a while: asked for again (retained or answered). */
+  const resyncIfStalled = (): void => {
+    const s = assembly.status();
+    if (s === undefined || !connection.connected || idleResyncs >= MAX_IDLE_RESYNCS) return;
+    if (s.received === s.parts && retryingParts.size === 0) return;
+    if (mono() - lastPartAt < RESYNC_AFTER_MS) return;
+    resyncs += 1;
+    idleResyncs += 1;
+    lastPartAt = mono();
     log.info(
-      {
-        by: check.kid,
-        added: merged.added.length,
-        duplicates: merged.duplicates,
-        rejected: merged.rejected.length,
-      },
-      'keyring set from the cloud merged',
+      { missing: s.parts - s.received, retrying: retryingParts.size, resync: resyncs },
+      'keyring set parts asked for again',
     );
-    publishVehicleSet();
-    publishState();
+    // Subscribing again makes the broker send the retained parts again; those already merged
+    // are skipped by their hash.
+    connection
+      .subscribe([
+        { topic: topics.keyring, qos: 1 },
+        { topic: `${topics.keyringParts}/+`, qos: 1 },
+      ])
+      .catch((err: unknown) => log.debug({ err: String(err) }, 'keyring parts not asked for again'));
+    requestKeyringSet();
   };
 
   // Unsigned commands only over MQTT 5: with 3.1.1 the broker clears the retain flag of live
@@ -396,6 +582,8 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
   const topicOf = (topic: string): InboundTopic | undefined => {
     if (topic === topics.command) return 'command';
     if (topic === topics.keyring) return 'keyring';
+    const part = partOfTopic(topic, topics.keyringParts);
+    if (part !== undefined && part < MAX_SET_PARTS) return 'keyring';
     if (topic === topics.haCommand && takesHaCommands()) return 'home-assistant';
     if (topic === topics.request) return 'request';
     return undefined;
@@ -414,6 +602,14 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     // An empty retained message clears a topic; it carries nothing to act on.
     if (message.payload.length === 0) return;
     const bytes = message.payload.length;
+    let part: number | undefined;
+    let payloadDigest = '';
+    if (topic === 'keyring') {
+      part = partOfTopic(message.topic, topics.keyringParts);
+      payloadDigest = createHash('sha256').update(message.payload).digest('hex');
+      // Taken again (a reconnect, a resync): already merged, nothing to do, no budget spent.
+      if (mergedPayloads.get(message.topic) === payloadDigest) return;
+    }
     const verdict = budgets[topic].admit(bytes, mono());
     if (verdict === 'too_large') return refuse(topic, 'message_too_large', { bytes });
     if (verdict === 'over_budget') return refuse(topic, 'cloud_budget_exceeded');
@@ -433,7 +629,9 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         return;
       }
       case 'keyring':
-        return processor.serialize(() => onKeyringSet(message.payload));
+        return processor.serialize(() =>
+          onKeyringMessage(message.topic, message.payload, payloadDigest, part),
+        );
       case 'home-assistant': {
         if (message.retain) return refuse('home-assistant', 'retained_command');
         const intent = parseHaCommand(message.payload);
@@ -449,7 +647,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         if (what === 'state') publishState();
         else if (what === 'keyring') {
           lastVehicleSetDigest = undefined;
-          publishVehicleSet();
+          publishVehicleSet(true);
         } else refuse('request', 'unknown_command');
         return;
       }
@@ -484,7 +682,24 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       () => {
         if (!connection.connected) return;
         const k = agent.status().keyring;
-        const request = { vid: vehicleId, digest: k.digest, operations: k.operations };
+        // cloudSet: the newest cloud set this vehicle has seen, and whether all its parts came
+        // and merged; a cloud whose set still has that digest can skip the answer.
+        const s = assembly.status();
+        const cloudSet =
+          s === undefined
+            ? undefined
+            : {
+                digest: s.setDigest,
+                iat: s.iat,
+                complete: s.complete && retryingParts.size === 0,
+                ...(s.received < s.parts ? { missing: assembly.missing(64) } : {}),
+              };
+        const request = {
+          vid: vehicleId,
+          digest: k.digest,
+          operations: k.operations,
+          ...(cloudSet !== undefined ? { cloudSet } : {}),
+        };
         fireAndForget(
           'keyring request',
           connection.publish(topics.keyringRequest, JSON.stringify(request), { qos: 1, retain: false }),
@@ -497,8 +712,10 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
   const onConnect = (session: MqttSession): void => {
     fireAndForget('status', connection.publish(topics.status, STATUS_ONLINE, { qos: 1, retain: true }));
     lastVehicleSetDigest = undefined;
+    idleResyncs = 0;
     publishState();
-    publishVehicleSet();
+    // On every connect, whatever its size: the broker may have lost what it retained.
+    publishVehicleSet(true);
     if (ha.enabled) {
       fireAndForget(
         'discovery',
@@ -512,6 +729,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     const subscriptions = [
       { topic: topics.command, qos: 1 as const, rap: true },
       { topic: topics.keyring, qos: 1 as const },
+      { topic: `${topics.keyringParts}/+`, qos: 1 as const },
       { topic: topics.request, qos: 1 as const },
       ...(takesHaCommands() ? [{ topic: topics.haCommand, qos: 1 as const, rap: true }] : []),
     ];
@@ -566,6 +784,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     if (!connection.connected) return;
     if (stateFingerprint(snapshot()) !== lastFingerprint) publishState();
     publishVehicleSet();
+    resyncIfStalled();
   }, config.stateIntervalMs);
   stateTimer.unref();
 
@@ -583,6 +802,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
       protocol: connection.protocolVersion === 5 ? '5' : '3.1.1',
       outbox: outbox.stats(),
       intake: intakeStats(),
+      keyringSync: keyringSyncStatus(),
     }),
     stop: () => {
       stopping ??= (async () => {
@@ -619,6 +839,16 @@ function warnOnIdentityMismatch(tls: MqttTlsMaterial, clientId: string, log: Log
       'the MQTT client id is not the certificate CN: brokers that require them to agree will refuse ' +
         'the vehicle (set cloud.clientId to the CN, or issue the certificate with CN = the client id)',
     );
+}
+
+/** The part count saved by the last publish; 0 when there is none or it cannot be read. */
+async function readVehicleParts(path: string): Promise<number> {
+  try {
+    const n = Number((await readFile(path, 'utf8')).trim());
+    return Number.isSafeInteger(n) && n >= 0 && n <= MAX_SET_PARTS ? n : 0;
+  } catch {
+    return 0;
+  }
 }
 
 function parseRemembered(value: unknown): RememberedResult {

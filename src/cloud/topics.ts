@@ -18,6 +18,10 @@ export interface VehicleTopics {
   readonly keyring: string;
   /** out, QoS 1, retained: the vehicle's own operation set, signed by the vehicle key. */
   readonly keyringVehicle: string;
+  /** in, QoS 1, retained: `<keyringParts>/<n>` carries part n of a cloud set too large for one message. */
+  readonly keyringParts: string;
+  /** out, QoS 1, retained: `<keyringVehicleParts>/<n>`, part n of the vehicle's set when chunked. */
+  readonly keyringVehicleParts: string;
   /** out, QoS 1: audit records from the outbox, each with its sequence number. */
   readonly events: string;
   /** in, QoS 1: unsigned LOCK/UNLOCK from Home Assistant (only when explicitly enabled). */
@@ -55,11 +59,21 @@ export function vehicleTopics(prefix: string, vehicleId: string): VehicleTopics 
     commandResult: `${base}/command/result`,
     keyring: `${base}/keyring`,
     keyringVehicle: `${base}/keyring/vehicle`,
+    keyringParts: `${base}/keyring/part`,
+    keyringVehicleParts: `${base}/keyring/vehicle/part`,
     events: `${base}/events`,
     haCommand: `${base}/ha/command`,
     keyringRequest: `${base}/keyring/request`,
     request: `${base}/request`,
   };
+}
+
+/** The part index a topic `<partsTopic>/<n>` names (n decimal, no leading zero), else undefined. */
+export function partOfTopic(topic: string, partsTopic: string): number | undefined {
+  if (!topic.startsWith(`${partsTopic}/`)) return undefined;
+  const rest = topic.slice(partsTopic.length + 1);
+  if (!/^(0|[1-9][0-9]{0,8})$/.test(rest)) return undefined;
+  return Number(rest);
 }
 
 /** Home Assistant's discovery topic for the vehicle's lock entity. */

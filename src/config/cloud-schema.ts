@@ -141,7 +141,13 @@ export const CLOUD_SCHEMA = section(
           10_000,
         ),
         commandBytesPerS: int('Signed commands: bytes per second.', 262_144, 65_536, 1_073_741_824),
-        keyringSetsPerS: int('Keyring sets per second on <base>/keyring; more are dropped.', 2, 1, 1000),
+        keyringSetsPerS: int(
+          'Keyring sets and set parts per second on <base>/keyring and <base>/keyring/part/+; more ' +
+            'are dropped (a dropped part is asked for again).',
+          8,
+          1,
+          1000,
+        ),
         keyringBytesPerS: int('Keyring sets: bytes per second.', 2_097_152, 65_536, 1_073_741_824),
         maxKeyringSetBytes: int(
           'Largest keyring set accepted; it also sets the MQTT 5 Maximum Packet Size sent in CONNECT ' +

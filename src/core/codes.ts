@@ -76,6 +76,10 @@ export const CODES = {
   message_too_large: 'an MQTT message exceeds the size limit of its topic (cloud.intake)',
   cloud_budget_exceeded:
     'an MQTT message arrived beyond its topic budget (messages or bytes per second, cloud.intake) and was dropped',
+  keyring_chunk_mismatch:
+    'a part of a chunked keyring set does not agree with its topic or its own manifest (part, parts, counts)',
+  keyring_set_inconsistent:
+    'the parts of a chunked keyring set do not add up to the set digest and count their signed manifests name',
   // ── local control socket ───────────────────────────────────────────────────
   control_bad_request: 'the control socket request is not valid',
   control_unavailable: 'the agent control socket is not reachable (is the agent running?)',

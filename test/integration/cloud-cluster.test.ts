@@ -263,7 +263,12 @@ describe('a broker that keeps no retained messages', () => {
     ]);
     expect(pushed.code, pushed.stderr).toBe(0);
     // Nothing retained to read: the vehicle's own operations came from its answer to the request.
-    expect(pushed.value).toEqual({ topic: `vehicle-agent/${vid}/keyring`, operations: held + 1, new: 1 });
+    expect(pushed.value).toEqual({
+      topic: `vehicle-agent/${vid}/keyring`,
+      operations: held + 1,
+      new: 1,
+      parts: 1,
+    });
     await waitFor(() => presents(carol.key), 'carol granted by the pushed set');
   });
 

@@ -5,14 +5,16 @@ import type { MqttTlsMaterial, ProtocolChoice } from '../../cloud/mqtt-connectio
 import { vehicleTopics } from '../../cloud/topics.js';
 import { AgentError } from '../../core/errors.js';
 import { silentLogger } from '../../core/logger.js';
+import { readSignerKey } from '../../store/key-files.js';
 import { out, parse, requireString } from '../args.js';
-import { buildCommand, buildKeyringSet, COMMAND_OPTIONS, commandName, readOpsFiles } from './signing.js';
+import { buildCommand, COMMAND_OPTIONS, commandName, readOpsFiles } from './signing.js';
 
 export const CLOUD_HELP = `vehicle-agent cloud send CMD --key KEY.pem --vehicle VID --broker URL [BROKER OPTIONS]
                            [--args JSON] [--ops FILE]... [--ttl S] [--counter N] [--jti ID]
                            [--timeout MS] [--json]
 vehicle-agent cloud keyring push --key KEY.pem --vehicle VID --broker URL [BROKER OPTIONS]
-                                 --ops FILE... [--replace] [--wait MS] [--json]
+                                 --ops FILE... [--replace] [--wait MS] [--part-bytes N]
+                                 [--parts-per-s N] [--json]
 vehicle-agent cloud state --vehicle VID --broker URL [BROKER OPTIONS] [--wait MS] [--json]
 vehicle-agent cloud fleet send CMD --key KEY.pem (--vehicles VID,... | --vehicles-file FILE)
                                    --broker URL [BROKER OPTIONS] [--args JSON] [--ops FILE]...
@@ -33,8 +35,11 @@ cloud send signs a command with --key (see \`vehicle-agent sign --help\`), publi
 cloud keyring push signs the operation set and publishes it (retained where the broker keeps
 retained messages) on <prefix>/<VID>/keyring: the operations the vehicle holds (it is asked for
 its set on <prefix>/<VID>/request and answers on <prefix>/<VID>/keyring/vehicle; --wait, default
-3000 ms, when it is offline), those retained there, plus the --ops files (union; --replace
-publishes only the --ops files). The vehicle merges it; a revoke always wins.
+3000 ms, when it is offline; a set in parts is awaited while its parts keep coming), those
+retained there, plus the --ops files (union; --replace publishes only the --ops files). The
+vehicle merges it; a revoke always wins. A set larger than --part-bytes (default 262144) goes in
+parts on <prefix>/<VID>/keyring/part/<n>, --parts-per-s a second (default 4; 0: as fast as the
+broker takes them), and the parts of an earlier set above the new count are cleared.
 cloud state asks the vehicle for its state document and prints it (exit 1 if no answer within
 --wait, default 3000 ms; the retained one, if the broker delivered one, is printed then, marked).
 cloud fleet send signs CMD once per vehicle (the same key, command and arguments; each with its
@@ -159,6 +164,8 @@ async function push(argv: readonly string[]): Promise<number> {
       ops: { type: 'string', multiple: true },
       replace: { type: 'boolean' },
       wait: { type: 'string', default: '3000' },
+      'part-bytes': { type: 'string', default: '262144' },
+      'parts-per-s': { type: 'string', default: '4' },
       ...BROKER_OPTIONS,
     },
     false,
@@ -168,46 +175,132 @@ async function push(argv: readonly string[]): Promise<number> {
   if (fresh.length === 0 && values.replace !== true)
     throw new AgentError('bad_arguments', 'give the operations to publish with --ops FILE');
   const waitMs = waitOption(values.wait);
+  const partBytes = Number(values['part-bytes']);
+  if (!Number.isSafeInteger(partBytes) || partBytes < 70_000 || partBytes > 16 * 1024 * 1024)
+    throw new AgentError('bad_arguments', '--part-bytes must be bytes (70000 to 16777216)');
+  const partsPerS = Number(values['parts-per-s']);
+  if (!Number.isFinite(partsPerS) || partsPerS < 0 || partsPerS > 10_000)
+    throw new AgentError('bad_arguments', '--parts-per-s must be 0 to 10000');
+  const signer = readSignerKey(requireString(values.key, 'key'));
   const broker = brokerOptions(values);
   const topics = vehicleTopics(values.prefix, vid);
-  const { connectCloudClient, requestFromVehicle } = await import('../../cloud/cloud-client.js');
-  const { parseKeyringSet } = await import('../../cloud/keyring-set.js');
+  const { connectCloudClient } = await import('../../cloud/cloud-client.js');
+  const sets = await import('../../cloud/keyring-set.js');
+  const { partOfTopic } = await import('../../cloud/topics.js');
   const client = await connectCloudClient({ ...broker, log: silentLogger });
   try {
     const union = new Set<string>();
+    // Parts of an earlier cloud set retained on the broker, to clear those above the new count.
+    let retainedParts = 0;
     if (!values.replace) {
-      const { messages } = await requestFromVehicle(
-        client,
-        topics,
-        'keyring',
-        [topics.keyring, topics.keyringVehicle],
-        topics.keyringVehicle,
-        waitMs,
-      );
-      for (const { payload } of messages) {
-        // The vehicle checks every operation's own signature; here they are only collected.
-        try {
-          for (const op of parseKeyringSet(payload).message.ops) union.add(op);
-        } catch {
-          // an unreadable retained set contributes nothing
-        }
-      }
+      const gathered = await gatherKeyringSets(client, topics, waitMs, sets, partOfTopic);
+      for (const op of gathered.ops) union.add(op);
+      retainedParts = gathered.cloudParts;
     }
     const before = union.size;
     for (const op of fresh) union.add(op);
-    const ops = [...union];
-    const message = buildKeyringSet(values, ops);
-    await client.publish(topics.keyring, message, { qos: 1, retain: true });
-    const summary = { topic: topics.keyring, operations: ops.length, new: ops.length - before };
+    // Signers' grants first, revokes last: the vehicle merges part by part.
+    const ops = sets.orderForMerge([...union]);
+    const signed = sets.signKeyringMessages(
+      vid,
+      ops,
+      signer.key,
+      signer.id,
+      Math.floor(Date.now() / 1000),
+      partBytes,
+    );
+    const clearParts = async (from: number, to: number): Promise<void> => {
+      for (let n = from; n < to; n++)
+        await client.publish(`${topics.keyringParts}/${n}`, '', { qos: 1, retain: true });
+    };
+    let parts = 1;
+    if (signed.kind === 'set') {
+      await client.publish(topics.keyring, signed.message, { qos: 1, retain: true });
+      await clearParts(0, retainedParts);
+    } else {
+      parts = signed.parts.length;
+      for (const [n, message] of signed.parts.entries()) {
+        if (n > 0 && partsPerS > 0) await new Promise((r) => setTimeout(r, 1000 / partsPerS));
+        await client.publish(`${topics.keyringParts}/${n}`, message, { qos: 1, retain: true });
+      }
+      // An empty retained message clears the one-message set a smaller keyring left.
+      await client.publish(topics.keyring, '', { qos: 1, retain: true });
+      await clearParts(parts, retainedParts);
+    }
+    const summary = {
+      topic: signed.kind === 'set' ? topics.keyring : topics.keyringParts,
+      operations: ops.length,
+      new: ops.length - before,
+      parts,
+    };
     out(
       values.json
         ? JSON.stringify(summary)
-        : `published ${ops.length} operation(s) (${summary.new} new) to ${topics.keyring}`,
+        : `published ${ops.length} operation(s) (${summary.new} new) to ${summary.topic}` +
+            (parts > 1 ? ` in ${parts} parts (/0 to /${parts - 1})` : ''),
     );
     return 0;
   } finally {
     await client.close();
   }
+}
+
+/**
+ * Asks the vehicle for its set and gathers the ops of every set and part that comes: the vehicle's
+ * answer (a live set, or parts until its newest snapshot is complete; waits `waitMs` for the first
+ * and for each next one), and what the broker retained of the vehicle's and the cloud's. Every op
+ * is only collected here: the vehicle checks each one's signature when it merges.
+ */
+async function gatherKeyringSets(
+  client: import('../../cloud/cloud-client.js').CloudClient,
+  topics: ReturnType<typeof vehicleTopics>,
+  waitMs: number,
+  sets: typeof import('../../cloud/keyring-set.js'),
+  partOfTopic: typeof import('../../cloud/topics.js').partOfTopic,
+): Promise<{ readonly ops: ReadonlySet<string>; readonly cloudParts: number }> {
+  const ops = new Set<string>();
+  let cloudParts = 0;
+  const vehicle = new sets.SetAssembly();
+  let live = false;
+  await client.subscribe([
+    topics.keyring,
+    `${topics.keyringParts}/+`,
+    topics.keyringVehicle,
+    `${topics.keyringVehicleParts}/+`,
+  ]);
+  let seen = client.received.length;
+  await client.publish(topics.request, 'keyring', { qos: 1, retain: false });
+  for (;;) {
+    for (; seen < client.received.length; seen++) {
+      const m = client.received[seen];
+      if (m === undefined || m.payload.length === 0) continue;
+      const cloudPart = partOfTopic(m.topic, topics.keyringParts);
+      const vehiclePart = partOfTopic(m.topic, topics.keyringVehicleParts);
+      const fromVehicle = m.topic === topics.keyringVehicle || vehiclePart !== undefined;
+      if (!fromVehicle && m.topic !== topics.keyring && cloudPart === undefined) continue;
+      if (cloudPart !== undefined && m.retain) cloudParts = Math.max(cloudParts, cloudPart + 1);
+      let parsed: ReturnType<typeof sets.parseKeyringMessage>;
+      try {
+        parsed = sets.parseKeyringMessage(m.payload, fromVehicle ? vehiclePart : cloudPart);
+      } catch {
+        continue; // an unreadable set or part contributes nothing
+      }
+      for (const op of parsed.ops) ops.add(op);
+      if (fromVehicle) {
+        vehicle.note(parsed);
+        if (!m.retain) live = true;
+      }
+    }
+    if (live && vehicle.status()?.complete === true) break;
+    const more = await client
+      .waitFor(() => client.received.length > seen, waitMs, 'the vehicle keyring set')
+      .then(
+        () => true,
+        () => false,
+      );
+    if (!more) break;
+  }
+  return { ops, cloudParts };
 }
 
 async function state(argv: readonly string[]): Promise<number> {
