@@ -28,6 +28,7 @@ const UNIT_NODE_OPTIONS = /^Environment=NODE_OPTIONS=(.*)$/m.exec(readFileSync(U
 const gc = (globalThis as { gc?: () => void }).gc;
 
 async function buildState(dir: string, n: number): Promise<void> {
+  process.stderr.write(`building a state of ${n} phone keys in ${dir}\n`);
   await provisionDemo({ stateDir: dir });
   if (n === 0) return;
   const owner = readSignerKey(join(dir, 'demo', 'owner.pem'));
@@ -50,6 +51,7 @@ async function buildState(dir: string, n: number): Promise<void> {
     lines.push(`${signGrant(credential, vehicleId, owner.key, owner.id, iat)}\n`);
   }
   const opsFile = join(dir, 'bulk.ops');
+  process.stderr.write(`signed ${n} grants; importing\n`);
   writeFileSync(opsFile, lines.join(''));
   const imported = spawnSync(
     process.execPath,
