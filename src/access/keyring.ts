@@ -654,8 +654,9 @@ export class Keyring implements CredentialLookup {
     while (!this.decodeSome(slice)) await new Promise((resolve) => setImmediate(resolve));
     // Reading and decoding a large keyring leaves its texts (twice: both ops files) and the
     // decoded ops as garbage, ~300 MB at 100 000 ops; an idle agent allocates too little for V8
-    // to collect it, so its RSS would stay there. Collected once, now (tens of ms, off the start).
-    if (decoded >= COLLECT_AFTER_DECODING) collectGarbage();
+    // to collect it, so its RSS would stay there. Collected once (tens of ms, off the start), a
+    // moment later: the texts this function and the store's own checks hold must be gone by then.
+    if (decoded >= COLLECT_AFTER_DECODING) setTimeout(collectGarbage, COLLECT_DELAY_MS).unref();
   }
 
   /** Loads operations from our own durable state: no signature checks, one recompute. */
@@ -1168,6 +1169,7 @@ export class Keyring implements CredentialLookup {
 
 /** Ops decoded in the background from which on the garbage left is worth a full collection. */
 const COLLECT_AFTER_DECODING = 5000;
+const COLLECT_DELAY_MS = 1000;
 
 let fullGc: (() => void) | undefined;
 
