@@ -1,13 +1,22 @@
 import { createHash, type KeyObject, randomBytes } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { AgentError } from '../core/errors.js';
-import type { Credential, PublicJwk, Role } from '../core/types.js';
+import {
+  CREDENTIAL_KINDS,
+  type Credential,
+  type CredentialKind,
+  type PublicJwk,
+  ROLES,
+  type Role,
+} from '../core/types.js';
 import { canonicalJson } from '../crypto/canonical.js';
 import { b64url } from '../crypto/encoding.js';
 import { type ParsedJws, parseJws, signJws, verifyJws } from '../crypto/jws.js';
 import { keyCredentialId, publicKeyFromJwk, sha256 } from '../crypto/keys.js';
 import type { CredentialLookup, CredentialStatus } from './credential-lookup.js';
 import { type CredentialWire, credentialToWire, parseCredentialWire } from './credential-wire.js';
-import { SnapshotCredentialMap, type SnapshotCredentials, SnapshotUidMap } from './snapshot-credentials.js';
+import { SnapshotCredentialMap, type SnapshotCredentials } from './snapshot-credentials.js';
 
 /**
  * The keyring: a set of signed grant and revoke operations (docs/keyring.md).
@@ -89,12 +98,19 @@ export interface StoredOp extends SignedOp {
 }
 
 /**
- * An op the keyring holds: its signed text only while no OpTextSource keeps it (see
- * keepTextsIn); `hash` (base64url SHA-256 of the JWS) tells another op under the same id apart.
+ * An op the keyring holds, in the compact form it keeps (not the decoded op): what derivation,
+ * the digest and duplicate checks need. `hash` (base64url SHA-256 of the JWS) tells another op
+ * under the same id apart; `jws` is held only while no OpTextSource keeps the text (keepTextsIn).
  */
-export interface HeldOp extends SignedOp {
+export interface HeldOp {
+  readonly id: string;
+  readonly op: 'grant' | 'revoke';
+  /** The credential the op grants or revokes. */
+  readonly credId: string;
+  readonly signer: string;
+  readonly iat: number;
   readonly hash: string;
-  readonly jws?: string;
+  readonly jws: string | undefined;
 }
 
 /**
@@ -125,25 +141,21 @@ export interface PreparedOps {
   readonly rejected: MergeResult['rejected'];
 }
 
-interface Effective {
-  readonly byId: ReadonlyMap<string, CredentialStatus>;
-  readonly byUid: ReadonlyMap<string, readonly CredentialStatus[]>;
-}
-
 /**
- * The effective state with what it was derived from, so that one op can be folded in without
- * going over the whole keyring (see `fold`). Absent (`undefined` fields) while the keyring runs on
- * a snapshot whose ops are not decoded yet.
+ * The effective state. Built from the ops (`liveOwners` set), it holds what it was derived from,
+ * so that one op can be folded in without going over the whole keyring (see `fold`); built from a
+ * snapshot whose ops are not decoded yet, `byId` holds the snapshot's credentials (no op) and
+ * `revoked` those it said were revoked.
  */
-interface Derived extends Effective {
-  readonly byId: Map<string, CredentialStatus>;
-  readonly byUid: Map<string, CredentialStatus[]>;
+interface Effective {
   /** Credential id → the grant that decides it (a live one over a dead one, then the newest). */
-  readonly latest: Map<string, { readonly op: GrantOp; readonly live: boolean }>;
+  readonly byId: Map<string, HeldGrant>;
+  /** Salted UID hash → ids of the credentials registered under it. */
+  readonly byUid: Map<string, string[]>;
   /** Credentials with a revoke op, and suspects; never the root. */
   readonly revoked: Set<string>;
-  /** Owners whose chain to the root has no revoked link. */
-  readonly liveOwners: Set<string>;
+  /** Owners whose chain to the root has no revoked link; undefined for a snapshot. */
+  readonly liveOwners: Set<string> | undefined;
 }
 
 export interface KeyringOptions {
@@ -250,6 +262,148 @@ export function decodeTrustedOp(jws: string, signer: string): StoredOp {
   return { jws, op, signer };
 }
 
+/** A revoke as the keyring holds it. */
+class HeldRevoke implements HeldOp {
+  constructor(
+    readonly id: string,
+    readonly credId: string,
+    readonly signer: string,
+    readonly iat: number,
+    readonly hash: string,
+    public jws: string | undefined,
+  ) {}
+
+  get op(): 'revoke' {
+    return 'revoke';
+  }
+}
+
+/** CredentialOptions as bits, so a grant holds a number rather than an object. */
+const PASSIVE = 1;
+const INSECURE_UID = 2;
+
+/**
+ * A grant as the keyring holds it: the op's own fields and its credential in compact form (times
+ * in ms, options as bits, the public key as raw bytes in a one-byte string), one object per grant.
+ * The Credential a decision reads is built from it on lookup (credentialOf). A credential from a
+ * snapshot, whose op is not decoded yet, is one with an empty op id, signer and hash.
+ */
+class HeldGrant implements HeldOp {
+  constructor(
+    readonly id: string,
+    readonly credId: string,
+    readonly signer: string,
+    readonly iat: number,
+    readonly hash: string,
+    public jws: string | undefined,
+    readonly kind: CredentialKind,
+    readonly role: Role,
+    readonly flags: number,
+    readonly name: string | undefined,
+    readonly notBefore: number | undefined,
+    readonly notAfter: number | undefined,
+    /** rawKeyOf the public key, or the JWK itself when its text would not survive the round trip. */
+    readonly key: string | PublicJwk | undefined,
+    readonly uidHash: string | undefined,
+    readonly keyHandle: string | undefined,
+    readonly rpId: string | undefined,
+  ) {}
+
+  get op(): 'grant' {
+    return 'grant';
+  }
+}
+
+/** One copy of each kind and role string (a decoded op has its own copy of each). */
+const KINDS = new Map<string, CredentialKind>(CREDENTIAL_KINDS.map((k) => [k, k]));
+const ROLE_NAMES = new Map<string, Role>(ROLES.map((r) => [r, r]));
+
+/** A grant's credential (validated when the op was added, or our own snapshot) in compact form. */
+function heldGrantOf(
+  w: CredentialWire,
+  opId: string,
+  signer: string,
+  iat: number,
+  hash: string,
+  jws: string | undefined,
+): HeldGrant {
+  return new HeldGrant(
+    opId,
+    w.id,
+    signer,
+    iat,
+    hash,
+    jws,
+    KINDS.get(w.kind) ?? w.kind,
+    ROLE_NAMES.get(w.role) ?? w.role,
+    (w.options?.passive === true ? PASSIVE : 0) | (w.options?.insecureUid === true ? INSECURE_UID : 0),
+    w.name,
+    w.notBefore === undefined ? undefined : Date.parse(w.notBefore),
+    w.notAfter === undefined ? undefined : Date.parse(w.notAfter),
+    w.publicKey === undefined ? undefined : rawKeyOf(w.publicKey),
+    w.uidHash,
+    w.keyHandle,
+    w.rpId,
+  );
+}
+
+/** Base64url of 32 bytes in canonical form (no padding, the unused low bits zero). */
+const B64URL_32 = /^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/;
+const rawKeyScratch = Buffer.alloc(64);
+
+/**
+ * A public key as raw bytes in a one-byte string (P-256: x ‖ y, 64 bytes; Ed25519: 32 bytes):
+ * about 80 bytes instead of a JWK object with two base64url strings. A JWK whose coordinates are
+ * not canonical base64url of 32 bytes is kept as it is, so jwkOf always gives back the same JWK.
+ */
+function rawKeyOf(jwk: PublicJwk): string | PublicJwk {
+  if (jwk.kty === 'EC' && jwk.y !== undefined && B64URL_32.test(jwk.x) && B64URL_32.test(jwk.y)) {
+    rawKeyScratch.write(jwk.x, 0, 'base64url');
+    rawKeyScratch.write(jwk.y, 32, 'base64url');
+    return rawKeyScratch.toString('latin1', 0, 64);
+  }
+  if (jwk.kty === 'OKP' && B64URL_32.test(jwk.x)) {
+    rawKeyScratch.write(jwk.x, 0, 'base64url');
+    return rawKeyScratch.toString('latin1', 0, 32);
+  }
+  return jwk;
+}
+
+/** The JWK rawKeyOf was made from. */
+function jwkOf(key: string | PublicJwk): PublicJwk {
+  if (typeof key !== 'string') return key;
+  const raw = Buffer.from(key, 'latin1');
+  if (raw.length === 64)
+    return {
+      kty: 'EC',
+      crv: 'P-256',
+      x: raw.toString('base64url', 0, 32),
+      y: raw.toString('base64url', 32, 64),
+    };
+  return { kty: 'OKP', crv: 'Ed25519', x: raw.toString('base64url') };
+}
+
+/** The Credential a held grant carries, built anew on each lookup (callers may keep it). */
+function credentialOf(g: HeldGrant): Credential {
+  const options: { passive?: boolean; insecureUid?: boolean } = {};
+  if (g.flags & PASSIVE) options.passive = true;
+  if (g.flags & INSECURE_UID) options.insecureUid = true;
+  const c: { -readonly [K in keyof Credential]: Credential[K] } = {
+    id: g.credId,
+    kind: g.kind,
+    role: g.role,
+    options,
+  };
+  if (g.name !== undefined) c.name = g.name;
+  if (g.notBefore !== undefined) c.notBefore = g.notBefore;
+  if (g.notAfter !== undefined) c.notAfter = g.notAfter;
+  if (g.key !== undefined) c.publicKey = jwkOf(g.key);
+  if (g.uidHash !== undefined) c.uidHash = g.uidHash;
+  if (g.keyHandle !== undefined) c.keyHandle = g.keyHandle;
+  if (g.rpId !== undefined) c.rpId = g.rpId;
+  return c;
+}
+
 export class Keyring implements CredentialLookup {
   readonly vehicleId: string;
   readonly rootId: string;
@@ -257,23 +411,25 @@ export class Keyring implements CredentialLookup {
   private readonly rootCredential: Credential;
   private readonly vehicleKeyObject: KeyObject | undefined;
   private readonly authVerifiers: ReadonlyMap<string, AuthVerifier>;
-  private readonly ops = new Map<string, HeldOp>();
+  /** Op id → the op in compact form (a grant's record is also what `effective` points at). */
+  private readonly ops = new Map<string, HeldGrant | HeldRevoke>();
   private readonly signers = new Map<string, string>();
   /** Set once the ops' texts are kept elsewhere (see keepTextsIn). */
   private textSource: OpTextSource | undefined;
-  /** Credential id → public key, from any grant ever accepted (authenticity, not authority). */
-  private readonly keyJwks = new Map<string, PublicJwk>();
-  /** Key objects made from keyJwks when first asked for (a key object costs far more memory). */
+  /**
+   * Grants accepted but not folded into `effective` yet (a verification pass folds at its end),
+   * by credential id: an op later in the same pass may be signed by the key one of them grants.
+   */
+  private readonly unfolded = new Map<string, HeldGrant>();
+  /** Key objects made from the held raw keys when first asked for (a key object costs far more). */
   private readonly keyObjects = new Map<string, KeyObject>();
   /** Owners reachable from the root ignoring revocations; may sign grants. Grows only. */
   private readonly everOwners = new Set<string>();
   /** Everyone who may sign revokes (ever owners and ever service keys). Grows only. */
   private readonly everRevokers = new Set<string>();
   /** Grants whose signer was not an owner when they came, by signer (it may become one later). */
-  private readonly waitingGrants = new Map<string, GrantOp[]>();
-  private effective: Effective = { byId: new Map(), byUid: new Map() };
-  /** What `effective` was derived from; undefined while it comes from a snapshot. */
-  private derived: Derived | undefined;
+  private readonly waitingGrants = new Map<string, HeldGrant[]>();
+  private effective: Effective;
   /** The set digest's running sum over the ops (see digest()). */
   private readonly digestSum = new DigestSum();
   private digestCache: string | undefined;
@@ -291,6 +447,8 @@ export class Keyring implements CredentialLookup {
    * first need, instead of before the vehicle can open.
    */
   private pendingSource: PendingOpsSource | undefined;
+  /** While the keyring runs on a snapshot: its credentials, each decoded on first lookup. */
+  private snapshotCredentials: SnapshotCredentialMap | undefined;
   private pendingRaw: readonly { readonly jws: string; readonly signer: string }[] | undefined;
   private pendingAt = 0;
   private pendingCount = 0;
@@ -310,14 +468,18 @@ export class Keyring implements CredentialLookup {
       publicKey: options.rootKey,
       options: {},
     };
-    this.keyJwks.set(this.rootId, options.rootKey);
     this.keyObjects.set(this.rootId, publicKeyFromJwk(options.rootKey));
     this.vehicleKeyId = options.vehicleKey ? keyCredentialId('signer', options.vehicleKey) : undefined;
     this.vehicleKeyObject = options.vehicleKey ? publicKeyFromJwk(options.vehicleKey) : undefined;
     this.authVerifiers = options.authVerifiers ?? new Map();
     this.everOwners.add(this.rootId);
     this.everRevokers.add(this.rootId);
-    this.recompute();
+    this.effective = {
+      byId: new Map(),
+      byUid: new Map(),
+      revoked: new Set(),
+      liveOwners: new Set([this.rootId]),
+    };
   }
 
   get size(): number {
@@ -343,22 +505,20 @@ export class Keyring implements CredentialLookup {
     for (const held of this.heldOps()) {
       if (held.jws === undefined)
         throw new AgentError('state_io', 'the keyring keeps its op texts on disk: read them with opTexts()');
-      yield { jws: held.jws, op: held.op, signer: held.signer };
+      // The keyring keeps no decoded op: decoded again from the text it holds (validated on add).
+      yield decodeTrustedOp(held.jws, held.signer);
     }
   }
 
   /**
    * From now on the ops' signed texts are kept by `source` (the store: on disk), and those held in
    * memory that `stored` says the store holds are dropped. Decisions and changes need only the
-   * decoded ops. A text is dropped only once it is on disk (here, when read from the ops files,
+   * compact ops. A text is dropped only once it is on disk (here, when read from the ops files,
    * or textsStored): one merged in memory only stays until a compaction writes it.
    */
   keepTextsIn(source: OpTextSource, stored: (opId: string) => boolean): void {
     this.textSource = source;
-    for (const [id, held] of this.ops) {
-      if (held.jws !== undefined && stored(id))
-        this.ops.set(id, { op: held.op, signer: held.signer, hash: held.hash });
-    }
+    for (const [id, held] of this.ops) if (held.jws !== undefined && stored(id)) held.jws = undefined;
   }
 
   /** The store has written these ops' texts to disk (a compaction): their copies here go. */
@@ -366,7 +526,7 @@ export class Keyring implements CredentialLookup {
     if (this.textSource === undefined) return;
     for (const id of opIds) {
       const held = this.ops.get(id);
-      if (held?.jws !== undefined) this.ops.set(id, { op: held.op, signer: held.signer, hash: held.hash });
+      if (held !== undefined) held.jws = undefined;
     }
   }
 
@@ -394,13 +554,13 @@ export class Keyring implements CredentialLookup {
     readonly credentials: SnapshotCredentials;
     readonly ops: PendingOpsSource;
   }): void {
-    const byId = new SnapshotCredentialMap(
+    this.snapshotCredentials = new SnapshotCredentialMap(
       { credential: this.rootCredential, revoked: false },
       snapshot.credentials,
       credentialFromTrustedWire,
       this.suspects,
     );
-    this.effective = { byId, byUid: new SnapshotUidMap(byId) };
+    this.effective = { byId: new Map(), byUid: new Map(), revoked: new Set(), liveOwners: undefined };
     this.pendingSource = snapshot.ops;
     this.pendingCount = snapshot.opCount;
     this.pendingAt = 0;
@@ -414,12 +574,16 @@ export class Keyring implements CredentialLookup {
     const end = Math.min(raw.length, this.pendingAt + count);
     for (; this.pendingAt < end; this.pendingAt++) {
       const r = raw[this.pendingAt];
-      if (r) this.accept(decodeTrustedOp(r.jws, r.signer), true);
+      if (r) {
+        const { op, signer, jws } = decodeTrustedOp(r.jws, r.signer);
+        this.accept(op, signer, jws, true);
+      }
     }
     if (this.pendingAt < raw.length) return false;
     this.pendingRaw = undefined;
     this.pendingAt = 0;
     this.snapshotDigest = undefined;
+    this.snapshotCredentials = undefined;
     // The ops are the truth: the effective state is derived from them again (once, in the
     // background), which also gives later changes what they are folded into.
     this.recompute();
@@ -484,13 +648,19 @@ export class Keyring implements CredentialLookup {
         this.pendingCount = raw.length;
       }
     }
+    const decoded = this.pendingRaw?.length ?? 0;
     while (!this.decodeSome(slice)) await new Promise((resolve) => setImmediate(resolve));
+    // Reading and decoding a large keyring leaves its texts (twice: both ops files) and the
+    // decoded ops as garbage, ~300 MB at 100 000 ops; an idle agent allocates too little for V8
+    // to collect it, so its RSS would stay there. Collected once (tens of ms, off the start), a
+    // moment later: the texts this function and the store's own checks hold must be gone by then.
+    if (decoded >= COLLECT_AFTER_DECODING) setTimeout(collectGarbage, COLLECT_DELAY_MS).unref();
   }
 
   /** Loads operations from our own durable state: no signature checks, one recompute. */
   loadTrusted(stored: Iterable<StoredOp>): void {
     this.materialize();
-    for (const s of stored) this.accept(s);
+    for (const s of stored) this.accept(s.op, s.signer, s.jws);
     this.recompute();
   }
 
@@ -499,8 +669,8 @@ export class Keyring implements CredentialLookup {
     this.materialize();
     const result = this.verifyAndAccept(jws);
     if (result !== 'duplicate') {
-      this.foldAll([result]);
-      return { status: 'added', op: result.op };
+      this.foldAll([result.held]);
+      return { status: 'added', op: result.stored.op };
     }
     return { status: 'duplicate', op: parseOpPayload(parseJws(jws).payload) };
   }
@@ -534,6 +704,7 @@ export class Keyring implements CredentialLookup {
     } finally {
       this.undo = undefined;
       for (let i = undo.length - 1; i >= 0; i--) undo[i]?.();
+      this.unfolded.clear();
       this.digestSum.set(sum);
       this.digestCache = digestCache;
     }
@@ -546,7 +717,7 @@ export class Keyring implements CredentialLookup {
   apply(prepared: PreparedOps): MergeResult {
     this.materialize();
     const added: KeyringOp[] = [];
-    const accepted: StoredOp[] = [];
+    const accepted: (HeldGrant | HeldRevoke)[] = [];
     let duplicates = prepared.duplicates;
     for (const stored of prepared.added) {
       const existing = this.ops.get(stored.op.id);
@@ -555,8 +726,7 @@ export class Keyring implements CredentialLookup {
         if (existing.hash === opHash(stored.jws).toString('base64url')) duplicates++;
         continue;
       }
-      this.accept(stored);
-      accepted.push(stored);
+      accepted.push(this.accept(stored.op, stored.signer, stored.jws));
       added.push(stored.op);
     }
     if (accepted.length > 0) this.foldAll(accepted);
@@ -576,7 +746,7 @@ export class Keyring implements CredentialLookup {
     for (;;) {
       const next: typeof pending = [];
       const errors = new Map<number, AgentError>();
-      const pass: StoredOp[] = [];
+      const pass: { stored: StoredOp; held: HeldGrant | HeldRevoke }[] = [];
       for (const item of pending) {
         try {
           const r = this.verifyAndAccept(item.jws);
@@ -594,8 +764,8 @@ export class Keyring implements CredentialLookup {
       lastErrors = errors;
       const progress = pass.length > 0;
       if (progress) {
-        this.foldAll(pass);
-        for (const stored of pass) added.push(stored);
+        this.foldAll(pass.map((p) => p.held));
+        for (const p of pass) added.push(p.stored);
       }
       if (!progress || next.length === 0) break;
       pending = next;
@@ -607,7 +777,7 @@ export class Keyring implements CredentialLookup {
   }
 
   /** The op as accepted, or 'duplicate' when the keyring holds it already. */
-  private verifyAndAccept(jws: string): StoredOp | 'duplicate' {
+  private verifyAndAccept(jws: string): { stored: StoredOp; held: HeldGrant | HeldRevoke } | 'duplicate' {
     let parsed: ParsedJws<Record<string, unknown>>;
     try {
       parsed = parseJws(jws);
@@ -638,9 +808,7 @@ export class Keyring implements CredentialLookup {
       }
       if (op.credId === this.rootId) throw new AgentError('op_root_irrevocable');
     }
-    const stored: StoredOp = { jws, op, signer };
-    this.accept(stored);
-    return stored;
+    return { stored: { jws, op, signer }, held: this.accept(op, signer, jws) };
   }
 
   /** Returns the credential id whose authority the op carries, or throws. */
@@ -673,8 +841,8 @@ export class Keyring implements CredentialLookup {
 
   private anyGrantOf(credId: string): Credential | undefined {
     if (credId === this.rootId) return this.rootCredential;
-    const status = this.effective.byId.get(credId);
-    return status?.credential;
+    const held = this.effective.byId.get(credId);
+    return held === undefined ? undefined : credentialOf(held);
   }
 
   /**
@@ -695,42 +863,58 @@ export class Keyring implements CredentialLookup {
   }
 
   /**
-   * Adds an op to the set with the key and authority it brings and its share of the digest, in
-   * time independent of the keyring's size (`foldAll` then updates the effective credentials).
+   * Adds an op to the set in compact form with the authority it brings and its share of the
+   * digest, in time independent of the keyring's size (`foldAll` then updates the effective
+   * credentials). `onDisk`: its text is in the store's files (not kept here once they keep texts).
    */
-  private accept(stored: StoredOp, onDisk = false): void {
-    const { op } = stored;
-    const signer = this.interned(stored.signer);
-    const hash = opHash(stored.jws);
-    const held: HeldOp =
-      this.textSource === undefined || !onDisk
-        ? { op, signer, hash: hash.toString('base64url'), jws: stored.jws }
-        : { op, signer, hash: hash.toString('base64url') };
+  private accept(op: KeyringOp, signerId: string, jws: string, onDisk = false): HeldGrant | HeldRevoke {
+    const signer = this.interned(signerId);
+    const hash = opHash(jws);
+    const text = this.textSource === undefined || !onDisk ? jws : undefined;
+    const hashText = hash.toString('base64url');
+    const held =
+      op.op === 'grant'
+        ? heldGrantOf(op.cred, op.id, signer, op.iat, hashText, text)
+        : // The credential id as a grant holds it already, if one does: one copy of the string.
+          new HeldRevoke(
+            op.id,
+            this.effective.byId.get(op.credId)?.credId ?? op.credId,
+            signer,
+            op.iat,
+            hashText,
+            text,
+          );
     this.ops.set(op.id, held);
     this.changed(() => this.ops.delete(op.id));
     this.digestSum.add(hash);
     this.digestCache = undefined;
-    if (op.op !== 'grant') return;
-    const cred = op.cred;
-    if (cred.publicKey && (cred.kind === 'signer' || cred.kind === 'phone') && !this.keyJwks.has(cred.id)) {
-      this.keyJwks.set(cred.id, cred.publicKey);
+    if (!(held instanceof HeldGrant)) return held;
+    const credId = held.credId;
+    if (
+      held.key !== undefined &&
+      (held.kind === 'signer' || held.kind === 'phone') &&
+      !this.effective.byId.has(credId) &&
+      !this.unfolded.has(credId)
+    ) {
+      this.unfolded.set(credId, held);
       this.changed(() => {
-        this.keyJwks.delete(cred.id);
-        this.keyObjects.delete(cred.id);
+        this.unfolded.delete(credId);
+        this.keyObjects.delete(credId);
       });
     }
     if (this.everOwners.has(signer)) {
-      this.grantAuthority(op);
-      return;
+      this.grantAuthority(held);
+      return held;
     }
     const waiting = this.waitingGrants.get(signer);
     if (waiting) {
-      waiting.push(op);
+      waiting.push(held);
       this.changed(() => waiting.pop());
     } else {
-      this.waitingGrants.set(signer, [op]);
+      this.waitingGrants.set(signer, [held]);
       this.changed(() => this.waitingGrants.delete(signer));
     }
+    return held;
   }
 
   /**
@@ -738,10 +922,10 @@ export class Keyring implements CredentialLookup {
    * grants that were waiting for a new owner count. Grows everOwners / everRevokers to the same
    * fixpoint as going over every stored grant would.
    */
-  private grantAuthority(first: GrantOp): void {
-    const queue: GrantOp[] = [first];
-    for (let op = queue.pop(); op !== undefined; op = queue.pop()) {
-      const { id, role } = op.cred;
+  private grantAuthority(first: HeldGrant): void {
+    const queue: HeldGrant[] = [first];
+    for (let grant = queue.pop(); grant !== undefined; grant = queue.pop()) {
+      const { credId: id, role } = grant;
       if ((role === 'owner' || role === 'service') && !this.everRevokers.has(id)) {
         this.everRevokers.add(id);
         this.changed(() => this.everRevokers.delete(id));
@@ -760,74 +944,70 @@ export class Keyring implements CredentialLookup {
    * unless it changes who is a live owner (an owner grant, the revoke of a live owner: rare),
    * which recomputes once.
    */
-  private foldAll(added: readonly SignedOp[]): void {
-    const d = this.derived;
-    const movesOwners = (op: KeyringOp) =>
-      op.op === 'grant' ? op.cred.role === 'owner' : (d?.liveOwners.has(op.credId) ?? true);
-    if (d === undefined || added.some((s) => movesOwners(s.op))) {
+  private foldAll(added: readonly (HeldGrant | HeldRevoke)[]): void {
+    const e = this.effective;
+    const live = e.liveOwners;
+    const movesOwners = (h: HeldGrant | HeldRevoke) =>
+      h instanceof HeldGrant ? h.role === 'owner' : (live?.has(h.credId) ?? true);
+    if (live === undefined || added.some(movesOwners)) {
       this.recompute();
       return;
     }
-    for (const stored of added) this.fold(stored, d);
+    for (const held of added) this.fold(held, e, live);
+    // Every grant folded is in byId now, which is where its key is found.
+    this.unfolded.clear();
   }
 
-  private fold({ op, signer }: SignedOp, d: Derived): void {
-    if (op.op === 'revoke') {
-      const id = op.credId;
-      if (id === this.rootId || d.revoked.has(id)) return;
-      d.revoked.add(id);
-      this.changed(() => d.revoked.delete(id));
-      this.refresh(id, d);
+  private fold(held: HeldGrant | HeldRevoke, e: Effective, liveOwners: ReadonlySet<string>): void {
+    const id = held.credId;
+    if (held instanceof HeldRevoke) {
+      if (id === this.rootId || e.revoked.has(id)) return;
+      e.revoked.add(id);
+      this.changed(() => e.revoked.delete(id));
+      this.refreshUid(id, e.byId.get(id), e);
       return;
     }
-    const id = op.cred.id;
-    const live = d.liveOwners.has(signer);
-    const prev = d.latest.get(id);
-    if (!decides(op, live, prev)) return;
-    d.latest.set(id, { op, live });
-    this.changed(() => (prev ? d.latest.set(id, prev) : d.latest.delete(id)));
-    this.refresh(id, d);
+    const prev = e.byId.get(id);
+    if (!decides(held, liveOwners.has(held.signer), prev, prev !== undefined && liveOwners.has(prev.signer)))
+      return;
+    e.byId.set(id, held);
+    this.changed(() => (prev ? e.byId.set(id, prev) : e.byId.delete(id)));
+    this.refreshUid(id, prev, e);
   }
 
-  /** Sets a credential's effective status from `d.latest` and `d.revoked`. */
-  private refresh(id: string, d: Derived): void {
-    const best = d.latest.get(id);
+  /**
+   * A credential's entry in the UID index after a change: out of its previous grant's UID list,
+   * appended to its deciding grant's (so the lists keep the order a full recompute gives).
+   */
+  private refreshUid(id: string, prev: HeldGrant | undefined, e: Effective): void {
+    const best = e.byId.get(id);
     if (best === undefined) return;
-    const suspect = this.suspects.get(id);
-    const status: CredentialStatus = {
-      credential: credentialFromTrustedWire(best.op.cred),
-      revoked: !best.live || d.revoked.has(id),
-      ...(suspect === undefined ? {} : { suspect }),
-    };
-    const prev = d.byId.get(id);
-    d.byId.set(id, status);
-    this.changed(() => (prev ? d.byId.set(id, prev) : d.byId.delete(id)));
-    const oldUid = prev?.credential.uidHash;
+    const oldUid = prev?.uidHash;
     if (oldUid !== undefined)
       this.setUidList(
-        d,
+        e,
         oldUid,
-        (d.byUid.get(oldUid) ?? []).filter((s) => s !== prev),
+        (e.byUid.get(oldUid) ?? []).filter((x) => x !== id),
       );
-    const uid = status.credential.uidHash;
-    if (uid !== undefined) this.setUidList(d, uid, [...(d.byUid.get(uid) ?? []), status]);
+    const uid = best.uidHash;
+    if (uid !== undefined) this.setUidList(e, uid, [...(e.byUid.get(uid) ?? []), id]);
   }
 
   /** Replaces a UID hash's list (a new array, so an undo can put the old one back). */
-  private setUidList(d: Derived, uid: string, list: CredentialStatus[]): void {
-    const old = d.byUid.get(uid);
-    if (list.length > 0) d.byUid.set(uid, list);
-    else d.byUid.delete(uid);
-    this.changed(() => (old ? d.byUid.set(uid, old) : d.byUid.delete(uid)));
+  private setUidList(e: Effective, uid: string, list: string[]): void {
+    const old = e.byUid.get(uid);
+    if (list.length > 0) e.byUid.set(uid, list);
+    else e.byUid.delete(uid);
+    this.changed(() => (old ? e.byUid.set(uid, old) : e.byUid.delete(uid)));
   }
 
   /** Recomputes the effective credentials from the op set. O(ops): loading, owner changes, suspects. */
   private recompute(): void {
     const revoked = new Set<string>();
-    const ownerGrants: { id: string; signer: string }[] = [];
-    for (const { op, signer } of this.ops.values()) {
-      if (op.op === 'revoke') revoked.add(op.credId);
-      else if (op.cred.role === 'owner') ownerGrants.push({ id: op.cred.id, signer });
+    const ownerGrants: HeldGrant[] = [];
+    for (const held of this.ops.values()) {
+      if (held instanceof HeldRevoke) revoked.add(held.credId);
+      else if (held.role === 'owner') ownerGrants.push(held);
     }
     for (const id of this.suspects.keys()) revoked.add(id);
     revoked.delete(this.rootId);
@@ -836,63 +1016,78 @@ export class Keyring implements CredentialLookup {
     let changed = true;
     while (changed) {
       changed = false;
-      for (const { id, signer } of ownerGrants) {
+      for (const { credId: id, signer } of ownerGrants) {
         if (!liveOwners.has(id) && liveOwners.has(signer) && !revoked.has(id)) {
           liveOwners.add(id);
           changed = true;
         }
       }
     }
-    const latest = new Map<string, { op: GrantOp; live: boolean }>();
-    for (const { op, signer } of this.ops.values()) {
-      if (op.op !== 'grant') continue;
-      const live = liveOwners.has(signer);
-      if (decides(op, live, latest.get(op.cred.id))) latest.set(op.cred.id, { op, live });
+    const byId = new Map<string, HeldGrant>();
+    for (const held of this.ops.values()) {
+      if (!(held instanceof HeldGrant)) continue;
+      const prev = byId.get(held.credId);
+      if (decides(held, liveOwners.has(held.signer), prev, prev !== undefined && liveOwners.has(prev.signer)))
+        byId.set(held.credId, held);
     }
-    const byId = new Map<string, CredentialStatus>();
-    const byUid = new Map<string, CredentialStatus[]>();
-    byId.set(this.rootId, { credential: this.rootCredential, revoked: false });
-    for (const [id, { op, live }] of latest) {
-      const suspect = this.suspects.get(id);
-      const status: CredentialStatus = {
-        credential: credentialFromTrustedWire(op.cred),
-        revoked: !live || revoked.has(id),
-        ...(suspect === undefined ? {} : { suspect }),
-      };
-      byId.set(id, status);
-      const uid = op.cred.uidHash;
-      if (uid !== undefined) {
-        const list = byUid.get(uid);
-        if (list) list.push(status);
-        else byUid.set(uid, [status]);
-      }
+    const byUid = new Map<string, string[]>();
+    for (const [id, held] of byId) {
+      const uid = held.uidHash;
+      if (uid === undefined) continue;
+      const list = byUid.get(uid);
+      if (list) list.push(id);
+      else byUid.set(uid, [id]);
     }
-    const old = { effective: this.effective, derived: this.derived };
+    const old = this.effective;
     this.changed(() => {
-      this.effective = old.effective;
-      this.derived = old.derived;
+      this.effective = old;
     });
-    const derived: Derived = { byId, byUid, latest, revoked, liveOwners };
-    this.derived = derived;
-    this.effective = derived;
+    this.effective = { byId, byUid, revoked, liveOwners };
+    this.unfolded.clear();
+  }
+
+  /** The status a decision sees, built from the compact record on each lookup. */
+  private statusOf(held: HeldGrant): CredentialStatus {
+    const e = this.effective;
+    const suspect = this.suspects.get(held.credId);
+    const revoked =
+      suspect !== undefined ||
+      e.revoked.has(held.credId) ||
+      (e.liveOwners !== undefined && !e.liveOwners.has(held.signer));
+    const credential = credentialOf(held);
+    return suspect === undefined ? { credential, revoked } : { credential, revoked, suspect };
   }
 
   byId(id: string): CredentialStatus | undefined {
-    return this.effective.byId.get(id);
+    if (this.snapshotCredentials !== undefined) return this.snapshotCredentials.get(id);
+    const held = this.effective.byId.get(id);
+    if (held !== undefined) return this.statusOf(held);
+    return id === this.rootId ? { credential: this.rootCredential, revoked: false } : undefined;
   }
 
   byUidHash(hash: string): readonly CredentialStatus[] {
-    return this.effective.byUid.get(hash) ?? [];
+    if (this.snapshotCredentials !== undefined) return this.snapshotCredentials.byUid(hash);
+    const ids = this.effective.byUid.get(hash);
+    if (ids === undefined) return [];
+    return ids.flatMap((id) => {
+      const held = this.effective.byId.get(id);
+      return held === undefined ? [] : [this.statusOf(held)];
+    });
   }
 
   /** How many credentials `list` would return, without building the list. */
   get credentialCount(): number {
-    return this.effective.byId.size;
+    if (this.snapshotCredentials !== undefined) return this.snapshotCredentials.size;
+    return this.effective.byId.size + (this.effective.byId.has(this.rootId) ? 0 : 1);
   }
 
   /** Every credential with a grant, revoked ones included, the root first. */
   list(): CredentialStatus[] {
-    return [...this.effective.byId.values()];
+    if (this.snapshotCredentials !== undefined) return [...this.snapshotCredentials.values()];
+    const root = this.byId(this.rootId);
+    const all = root ? [root] : [];
+    for (const [id, held] of this.effective.byId) if (id !== this.rootId) all.push(this.statusOf(held));
+    return all;
   }
 
   /**
@@ -900,14 +1095,15 @@ export class Keyring implements CredentialLookup {
    * snapshot, decodes only those.
    */
   insecureUidCredentials(): CredentialStatus[] {
-    const byId = this.effective.byId;
-    const candidates = byId instanceof SnapshotCredentialMap ? byId.insecureUid() : byId.values();
-    return [...candidates].filter((s) => !s.revoked && s.credential.options.insecureUid === true);
+    const candidates =
+      this.snapshotCredentials?.insecureUid() ??
+      [...this.effective.byId.values()].map((h) => this.statusOf(h));
+    return candidates.filter((s) => !s.revoked && s.credential.options.insecureUid === true);
   }
 
   /** Role of a credential that is granted and not revoked. */
   activeRole(id: string): Role | undefined {
-    const s = this.effective.byId.get(id);
+    const s = this.byId(id);
     return s && !s.revoked ? s.credential.role : undefined;
   }
 
@@ -916,13 +1112,16 @@ export class Keyring implements CredentialLookup {
     return this.keyObjectOf(id);
   }
 
+  /** From any grant held (authenticity, not authority: a revoked owner's revokes still count). */
   private keyObjectOf(id: string): KeyObject | undefined {
     const cached = this.keyObjects.get(id);
     if (cached) return cached;
-    let jwk = this.keyJwks.get(id);
-    if (jwk === undefined && this.snapshotDigest !== undefined) {
-      // Still loading: the effective credentials hold every granted key (revoked ones too).
-      const credential = this.effective.byId.get(id)?.credential;
+    const held = this.effective.byId.get(id) ?? this.unfolded.get(id);
+    let jwk: PublicJwk | undefined;
+    if (held?.key !== undefined && (held.kind === 'phone' || held.kind === 'signer')) jwk = jwkOf(held.key);
+    else if (this.snapshotCredentials !== undefined) {
+      // Still loading: the snapshot holds every granted key (revoked ones too).
+      const credential = this.snapshotCredentials.get(id)?.credential;
       if (credential?.publicKey && (credential.kind === 'phone' || credential.kind === 'signer'))
         jwk = credential.publicKey;
     }
@@ -966,7 +1165,7 @@ export class Keyring implements CredentialLookup {
       this.suspects.set(id, reason);
       changed = true;
     }
-    if (changed) this.recomputeOrPatch();
+    if (changed) this.recomputeIfDerived();
   }
 
   /** Suspect credentials with the reason. */
@@ -977,14 +1176,37 @@ export class Keyring implements CredentialLookup {
   clearSuspects(): void {
     if (this.suspects.size === 0) return;
     this.suspects.clear();
-    this.recomputeOrPatch();
+    this.recomputeIfDerived();
   }
 
-  /** Before the ops are decoded the effective state comes from the snapshot: patch it instead. */
-  private recomputeOrPatch(): void {
-    if (this.snapshotDigest !== undefined) this.effective = withSuspects(this.effective, this.suspects);
-    else this.recompute();
+  /**
+   * Suspects end a credential's authority, so live owners are derived again. Before the ops are
+   * decoded the state comes from the snapshot, and lookups read the suspects as they are.
+   */
+  private recomputeIfDerived(): void {
+    if (this.snapshotCredentials !== undefined)
+      this.snapshotCredentials = this.snapshotCredentials.withCurrentSuspects();
+    else if (this.snapshotDigest === undefined) this.recompute();
   }
+}
+
+/** Ops decoded in the background from which on the garbage left is worth a full collection. */
+const COLLECT_AFTER_DECODING = 5000;
+const COLLECT_DELAY_MS = 1000;
+
+let fullGc: (() => void) | undefined;
+
+/**
+ * A full garbage collection, without running the whole process with --expose-gc: the flag is set
+ * only while a new context is made to take `gc` from, then cleared again.
+ */
+function collectGarbage(): void {
+  if (fullGc === undefined) {
+    setFlagsFromString('--expose-gc');
+    fullGc = runInNewContext('gc') as () => void;
+    setFlagsFromString('--no-expose-gc');
+  }
+  fullGc();
 }
 
 /** Key objects kept at once (signers and recently seen phones); the rest are made when asked for. */
@@ -996,16 +1218,12 @@ function opHash(jws: string): Buffer {
 }
 
 /** Whether a grant (live or not) decides its credential over the one that does now. */
-function decides(
-  op: GrantOp,
-  live: boolean,
-  prev: { readonly op: GrantOp; readonly live: boolean } | undefined,
-): boolean {
+function decides(grant: HeldGrant, live: boolean, prev: HeldGrant | undefined, prevLive: boolean): boolean {
   // A live grant beats a dead one; among equals the newest (iat, then id) wins.
   return (
     prev === undefined ||
-    (live && !prev.live) ||
-    (live === prev.live && (op.iat > prev.op.iat || (op.iat === prev.op.iat && op.id > prev.op.id)))
+    (live && !prevLive) ||
+    (live === prevLive && (grant.iat > prev.iat || (grant.iat === prev.iat && grant.id > prev.id)))
   );
 }
 
@@ -1066,24 +1284,6 @@ export function digestOfOpsV1(ops: Iterable<{ readonly id: string; readonly jws:
       .update(createHash('sha256').update(jws, 'utf8').digest('base64url'))
       .update('\n');
   return h.digest('hex');
-}
-
-/** The effective state with every suspect credential denied (see Keyring.markSuspect). */
-function withSuspects(effective: Effective, suspects: ReadonlyMap<string, string>): Effective {
-  if (effective.byId instanceof SnapshotCredentialMap) {
-    const byId = effective.byId.withCurrentSuspects();
-    return { byId, byUid: new SnapshotUidMap(byId) };
-  }
-  if (suspects.size === 0) return effective;
-  const patch = (s: CredentialStatus): CredentialStatus => {
-    const suspect = suspects.get(s.credential.id);
-    return suspect === undefined ? s : { ...s, revoked: true, suspect };
-  };
-  const byId = new Map<string, CredentialStatus>();
-  for (const [id, s] of effective.byId) byId.set(id, patch(s));
-  const byUid = new Map<string, CredentialStatus[]>();
-  for (const [uid, list] of effective.byUid) byUid.set(uid, list.map(patch));
-  return { byId, byUid };
 }
 
 /** Credential from an already validated wire form (stored ops were validated on add). Hot at start-up. */

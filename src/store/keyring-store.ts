@@ -783,7 +783,7 @@ export class KeyringStore {
   /** Drops suspicions the operations now explain (a lost revoke merged back from the cloud). */
   async settleExplained(): Promise<string[]> {
     const revoked = new Set<string>();
-    for (const s of this.keyring.heldOps()) if (s.op.op === 'revoke') revoked.add(s.op.credId);
+    for (const s of this.keyring.heldOps()) if (s.op === 'revoke') revoked.add(s.credId);
     const explained = [...this.lost.entries()]
       .filter(([id, why]) => why === LOST_REVOKE && revoked.has(id))
       .map(([id]) => id);
