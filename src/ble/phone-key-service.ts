@@ -181,7 +181,12 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
     return encodeResult({ outcome, code, signature: new Uint8Array(0), vehicleSpki: new Uint8Array(0) });
   }
 
-  function publish(central: CentralRef, connection: Connection, verdict: Verdict): void {
+  function publish(
+    central: CentralRef,
+    connection: Connection,
+    verdict: Verdict,
+    notify: 'now' | 'next turn' = 'now',
+  ): void {
     // The central left (or was forgotten) while this was decided: nothing of it is kept.
     if (connections.get(central.device) !== connection) return;
     if (verdict.outcome === 'granted') counters.granted += 1;
@@ -195,6 +200,16 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
       bytes = encode(denied('internal'));
     }
     connection.result = bytes;
+    if (notify === 'next turn') {
+      // Unless a newer result (or a disconnect) has replaced it by then.
+      setImmediate(() => {
+        if (connection.result === bytes && connections.get(central.device) === connection)
+          tell(central, bytes);
+      });
+    } else tell(central, bytes);
+  }
+
+  function tell(central: CentralRef, bytes: Uint8Array): void {
     for (const listener of listeners) {
       try {
         listener(central, 'result', bytes);
@@ -434,10 +449,15 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
         refuse(e.code === 'frame_too_large' ? 'frame_too_large' : 'malformed', e.message);
       }
       connection.busy = true;
-      publish(central, connection, {
-        outcome: 'pending',
-        code: type === 'enroll' ? 'enrollment_pending' : 'busy',
-      });
+      // A read sees `pending` from now on; its notification waits for the next turn of the event
+      // loop: sent now, its D-Bus signal went out ahead of the decision and the relay, and made
+      // the agent's own p99 several times longer under load (bench/ble-peripheral.ts).
+      publish(
+        central,
+        connection,
+        { outcome: 'pending', code: type === 'enroll' ? 'enrollment_pending' : 'busy' },
+        'next turn',
+      );
       const copy = new Uint8Array(bytes);
       const run = process(central, connection, copy).finally(() => inFlight.delete(run));
       inFlight.add(run);

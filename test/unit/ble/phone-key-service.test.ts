@@ -447,10 +447,41 @@ describe('mode P unlock', () => {
     const challenge = await ctx.service.read(peer, 'challenge');
     await ctx.service.write(peer, 'answer', webKeyAnswer(ctx.driver, challenge));
     await ctx.service.idle();
-    expect(notified).toEqual([`${peer.device} pending`, `${peer.device} granted`]);
+    await new Promise((resolve) => setImmediate(resolve));
+    // Decided within the turn: the result replaced `pending` before its notification was due.
+    expect(notified).toEqual([`${peer.device} granted`]);
     ctx.service.disconnected(peer);
     expect(decodeResult(await ctx.service.read(peer, 'result'))).toMatchObject({ code: 'no_challenge' });
     off();
+  });
+
+  it('tells the relay before any notification goes out, and notifies `pending` to a central whose decision takes longer', async () => {
+    const ctx = setup();
+    const peer = central();
+    const notified: string[] = [];
+    ctx.service.onNotify((_, __, bytes) => notified.push(decodeResult(bytes).outcome));
+    let release = (): void => {};
+    const relayFree = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let notifiedAtUnlock: string[] | undefined;
+    const unlock = ctx.lock.unlock.bind(ctx.lock);
+    ctx.lock.unlock = async (cause) => {
+      notifiedAtUnlock = [...notified];
+      await relayFree;
+      return unlock(cause);
+    };
+    const challenge = await ctx.service.read(peer, 'challenge');
+    await ctx.service.write(peer, 'answer', webKeyAnswer(ctx.driver, challenge));
+    expect(decodeResult(await ctx.service.read(peer, 'result')).outcome).toBe('pending');
+    await new Promise((resolve) => setImmediate(resolve));
+    // The D-Bus signal of a notification must not go out ahead of the relay (the unlock path).
+    expect(notifiedAtUnlock).toEqual([]);
+    expect(notified).toEqual(['pending']);
+    release();
+    await ctx.service.idle();
+    expect(notified).toEqual(['pending', 'granted']);
+    expect(ctx.lock.actions).toHaveLength(1);
   });
 
   it('a central that leaves while its answer is decided gets nothing kept', async () => {
