@@ -463,7 +463,9 @@ async function describeMissing(missing: readonly number[]): Promise<string> {
   const lines = missing.map((seq) => {
     const record = written.get(seq);
     const trace = ledger.trace(seq);
-    const parts = [`${seq} ${lossVerdict(record !== undefined, trace, eventSeqs.has(seq))}`];
+    // An unreadable log says nothing of whether it was written: the wire decides then.
+    const verdict = lossVerdict(record !== undefined || unreadable !== '', trace, eventSeqs.has(seq));
+    const parts = [`${seq} ${verdict}`];
     if (record) parts.push(`${record.type} written ${record.ts}`);
     parts.push(`published ${trace.published.length}x`);
     for (const ack of trace.acked)
@@ -471,9 +473,14 @@ async function describeMissing(missing: readonly number[]): Promise<string> {
         `PUBACK 0x${ack.reasonCode.toString(16).padStart(2, '0')} on connection ${ack.connection} at ${iso(ack.atMs)} (cloud ${cloud.connectedAt(ack.atMs) ? 'connected' : 'not connected'})`,
       );
     if (trace.delivered.length) parts.push(`delivered to the cloud ${trace.delivered.length}x`);
-    const at = record ? Date.parse(record.ts) : (trace.published[0]?.atMs ?? Number.NaN);
-    const during = chaosSpans.filter((c) => c.fromMs - 1000 <= at && at <= c.toMs + 1000).map((c) => c.what);
-    parts.push(`chaos: ${during.length ? during.join(', ') : 'none'}`);
+    // The chaos around its writing and around each acknowledgement.
+    const times = [...(record ? [Date.parse(record.ts)] : []), ...trace.acked.map((a) => a.atMs)];
+    const during = new Set(
+      chaosSpans
+        .filter((c) => times.some((at) => c.fromMs - 1000 <= at && at <= c.toMs + 1000))
+        .map((c) => c.what),
+    );
+    parts.push(`chaos: ${during.size ? [...during].join(', ') : 'none'}`);
     return parts.join(', ');
   });
   return ` [${lines.join('; ')}]${unreadable}`;
