@@ -247,6 +247,8 @@ export class DeliveryLedger {
   private readonly traces = new Map<number, SeqTrace>();
   /** `${connection}:${packetId}` of a vehicle PUBLISH awaiting its PUBACK → its seq. */
   private readonly awaiting = new Map<string, number>();
+  /** Events the broker acknowledged with 0x10 "no matching subscribers": nobody received them. */
+  noSubscriberAcks = 0;
 
   constructor(private readonly eventsTopic: (topic: string) => boolean) {}
 
@@ -272,6 +274,7 @@ export class DeliveryLedger {
       const seq = this.awaiting.get(key);
       if (seq === undefined) return;
       this.awaiting.delete(key);
+      if (event.reasonCode === 0x10) this.noSubscriberAcks += 1;
       this.traceOf(seq).acked.push({ connection: e.connection, atMs: e.atMs, reasonCode: event.reasonCode });
     }
   }

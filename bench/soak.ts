@@ -655,7 +655,7 @@ async function main(): Promise<number> {
     {
       name: 'the cloud received every outbox sequence number',
       ok: lastSeq > 0 && missing.length === 0,
-      detail: `${lastSeq - missing.length} of ${lastSeq} received (${eventSeqs.size} distinct), ${missing.length} missing${missing.length ? ` (${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''})${missingDetail}` : ''}; the outbox announced ${announcedDrops.length ? `drops: ${announcedDrops.slice(0, 5).join(', ')}` : 'no drops'}`,
+      detail: `${lastSeq - missing.length} of ${lastSeq} received (${eventSeqs.size} distinct), ${missing.length} missing${missing.length ? ` (${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''})${missingDetail}` : ''}; the outbox announced ${announcedDrops.length ? `drops: ${announcedDrops.slice(0, 5).join(', ')}` : 'no drops'}${ledger.noSubscriberAcks ? `; the broker acknowledged ${ledger.noSubscriberAcks} events with "no matching subscribers" (0x10)` : ''}`,
     },
     relayInvariant(),
   ];

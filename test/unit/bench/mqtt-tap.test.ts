@@ -186,6 +186,7 @@ describe('DeliveryLedger and lossVerdict', () => {
       delivered: [14],
     });
     expect(ledger.trace(99)).toEqual({ published: [], acked: [], delivered: [] });
+    expect(ledger.noSubscriberAcks).toBe(1);
   });
 
   const trace = (over: Partial<SeqTrace>): SeqTrace => ({ published: [], acked: [], delivered: [], ...over });
