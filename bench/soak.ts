@@ -7,7 +7,6 @@ import { connect as connectSocket, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connect as connectMqtt, type MqttClient } from 'mqtt';
 import { controlRequest } from '../src/cli/control-client.js';
 import { AgentDriver } from '../src/cli/scenario-driver.js';
 import { toAgentError } from '../src/core/errors.js';
@@ -15,13 +14,17 @@ import { freePort, ManagedBroker } from '../src/scenario/managed-broker.js';
 import type { DecisionOutcome } from '../src/scenario/runner.js';
 import { readAuditLog } from '../src/store/audit-log.js';
 import { STATE_FILES } from '../src/store/provision.js';
+import { DeliveryLedger, lossVerdict, MqttTap } from './mqtt-tap.js';
+import { SoakCloud } from './soak-cloud.js';
 
 /**
  * The chaos soak (`npm run soak -- --seconds N [--seed S]`): one real agent on simulated hardware,
  * fed seeded random keys, cards, phones and cloud commands, while the broker is restarted, frozen
  * and cut off, the state disk fills up and frees again, the control socket and status page are
  * flooded, and the agent is kill -9ed and restarted by this script (its supervisor). At the end
- * it checks the invariants and prints each with its count; exit 1 when one fails.
+ * it checks the invariants and prints each with its count; exit 1 when one fails. The vehicle's
+ * and the cloud's MQTT connections go through wire taps (mqtt-tap.ts), so a seq the cloud never
+ * received is reported with the part that lost it.
  */
 
 const CLI = fileURLToPath(new URL('../src/cli/launch.cjs', import.meta.url));
@@ -132,6 +135,10 @@ const mounted =
 const brokerPort = await freePort();
 const statusPort = await freePort();
 const broker = new ManagedBroker(brokerPort);
+/** Every outbox event on the wire: vehicle → broker (tapped in front of the relay) → cloud. */
+const ledger = new DeliveryLedger((topic) => topic.endsWith('/events'));
+const vehicleTap = new MqttTap(brokerPort, (e) => ledger.vehicle(e));
+await vehicleTap.start();
 const logFile = createWriteStream(join(root, 'agent.log'));
 const socketPath = join(stateDir, 'control.sock');
 const driver = new AgentDriver({
@@ -146,7 +153,7 @@ const AGENT_ENV = {
   VEHICLE_AGENT_LOG__FORMAT: 'json',
   VEHICLE_AGENT_LOG__LEVEL: 'warn',
   VEHICLE_AGENT_CLOUD__ENABLED: 'true',
-  VEHICLE_AGENT_CLOUD__URL: broker.url,
+  VEHICLE_AGENT_CLOUD__URL: vehicleTap.url,
   VEHICLE_AGENT_CLOUD__RECONNECT_MIN_MS: '200',
   VEHICLE_AGENT_CLOUD__RECONNECT_MAX_MS: '1000',
   VEHICLE_AGENT_CLOUD__CONNECT_TIMEOUT_MS: '2000',
@@ -231,37 +238,25 @@ async function sampleRelays(): Promise<void> {
 
 // ── the cloud side: every event the vehicle's outbox sends ──
 
-const eventSeqs = new Set<number>();
 const announcedDrops: string[] = [];
-let cloud: MqttClient | undefined;
+const cloud = new SoakCloud({
+  onEvent: ({ seq, record, again }) => {
+    // The outbox says when it steps over records it could not read (`outbox.dropped`).
+    if (record.type === 'outbox.dropped' && !again)
+      announcedDrops.push(`${String(record.reason)} ${String(record.fromSeq)}..${String(record.toSeq)}`);
+    note(`cloud: event ${seq}${again ? ' again' : ''}`);
+  },
+  onLink: (up) => note(`cloud: collector ${up ? 'connected' : 'disconnected'}`),
+});
+const eventSeqs = cloud.seqs;
+let cloudTap: MqttTap | undefined;
 
 async function startCloud(): Promise<void> {
-  cloud = connectMqtt(broker.directUrl, {
-    clientId: 'soak-cloud',
-    clean: false,
-    protocolVersion: 4,
-    reconnectPeriod: 100,
-  });
-  cloud.on('error', () => {});
-  cloud.on('message', (_topic, payload) => {
-    try {
-      const record = JSON.parse(payload.toString('utf8')) as Record<string, unknown>;
-      const seq = record.seq;
-      // The outbox says when it steps over records it could not read (`outbox.dropped`).
-      if (record.type === 'outbox.dropped')
-        announcedDrops.push(`${String(record.reason)} ${String(record.fromSeq)}..${String(record.toSeq)}`);
-      if (typeof seq === 'number') {
-        if (eventSeqs.has(seq)) note(`cloud: event ${seq} again`);
-        else note(`cloud: event ${seq}`);
-        eventSeqs.add(seq);
-      }
-    } catch {
-      // not an event record
-    }
-  });
-  await new Promise<void>((resolve) => cloud?.once('connect', () => resolve()));
+  // Through a tap in front of the broker itself (a network cut is the vehicle's alone).
+  cloudTap = new MqttTap(Number(new URL(broker.directUrl).port), (e) => ledger.cloud(e));
+  await cloudTap.start();
   // The one vehicle's events; its id is not known before its agent first starts.
-  await cloud.subscribeAsync('vehicle-agent/+/events', { qos: 1 });
+  await cloud.start(cloudTap.url, 'vehicle-agent');
 }
 
 // ── the workload ──
@@ -445,29 +440,50 @@ async function oneChaos(): Promise<void> {
 const chaosSpans: { what: string; fromMs: number; toMs: number }[] = [];
 
 /**
- * The missing seqs as the agent's audit log has them: type, write time and the chaos under way
- * within a second of it (an outbox that steps over records also logs "audit records gone before
- * they were sent" in agent.log).
+ * Each missing seq with the part that lost it (lossVerdict: never written, written but never
+ * published, published but never PUBACKed, PUBACKed but never delivered to the cloud, delivered
+ * but never reported), from the audit log and the two wire taps; with its record's type and write
+ * time, when the broker acknowledged it (reason code, and whether the cloud was connected then),
+ * and the chaos under way within a second of it. An outbox that steps over records also logs
+ * "audit records gone before they were sent" in agent.log.
  */
 async function describeMissing(missing: readonly number[]): Promise<string> {
-  const wanted = new Set(missing);
   const first = missing[0];
   const last = missing.at(-1);
   if (first === undefined || last === undefined) return '';
-  const lines: string[] = [];
+  const written = new Map<number, { type: string; ts: string }>();
+  let unreadable = '';
   try {
-    for await (const r of readAuditLog(join(stateDir, STATE_FILES.audit), first, { untilSeq: last })) {
-      if (!wanted.has(r.seq)) continue;
-      const at = Date.parse(r.ts);
-      const during = chaosSpans
-        .filter((c) => c.fromMs - 1000 <= at && at <= c.toMs + 1000)
-        .map((c) => c.what);
-      lines.push(`${r.seq} ${r.type} at ${r.ts} (chaos: ${during.length ? during.join(', ') : 'none'})`);
-    }
+    for await (const r of readAuditLog(join(stateDir, STATE_FILES.audit), first, { untilSeq: last }))
+      written.set(r.seq, { type: r.type, ts: r.ts });
   } catch (err) {
-    return ` [could not read the audit log: ${toAgentError(err).message}]`;
+    unreadable = ` (could not read the audit log: ${toAgentError(err).message})`;
   }
-  return lines.length ? ` [${lines.join('; ')}]` : '';
+  const iso = (ms: number) => new Date(ms).toISOString();
+  const lines = missing.map((seq) => {
+    const record = written.get(seq);
+    const trace = ledger.trace(seq);
+    // An unreadable log says nothing of whether it was written: the wire decides then.
+    const verdict = lossVerdict(record !== undefined || unreadable !== '', trace, eventSeqs.has(seq));
+    const parts = [`${seq} ${verdict}`];
+    if (record) parts.push(`${record.type} written ${record.ts}`);
+    parts.push(`published ${trace.published.length}x`);
+    for (const ack of trace.acked)
+      parts.push(
+        `PUBACK 0x${ack.reasonCode.toString(16).padStart(2, '0')} on connection ${ack.connection} at ${iso(ack.atMs)} (cloud ${cloud.connectedAt(ack.atMs) ? 'connected' : 'not connected'})`,
+      );
+    if (trace.delivered.length) parts.push(`delivered to the cloud ${trace.delivered.length}x`);
+    // The chaos around its writing and around each acknowledgement.
+    const times = [...(record ? [Date.parse(record.ts)] : []), ...trace.acked.map((a) => a.atMs)];
+    const during = new Set(
+      chaosSpans
+        .filter((c) => times.some((at) => c.fromMs - 1000 <= at && at <= c.toMs + 1000))
+        .map((c) => c.what),
+    );
+    parts.push(`chaos: ${during.size ? [...during].join(', ') : 'none'}`);
+    return parts.join(', ');
+  });
+  return ` [${lines.join('; ')}]${unreadable}`;
 }
 
 async function chaosOf(what: (typeof CHAOS)[number]): Promise<void> {
@@ -639,7 +655,7 @@ async function main(): Promise<number> {
     {
       name: 'the cloud received every outbox sequence number',
       ok: lastSeq > 0 && missing.length === 0,
-      detail: `${lastSeq - missing.length} of ${lastSeq} received (${eventSeqs.size} distinct), ${missing.length} missing${missing.length ? ` (${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''})${missingDetail}` : ''}; the outbox announced ${announcedDrops.length ? `drops: ${announcedDrops.slice(0, 5).join(', ')}` : 'no drops'}`,
+      detail: `${lastSeq - missing.length} of ${lastSeq} received (${eventSeqs.size} distinct), ${missing.length} missing${missing.length ? ` (${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''})${missingDetail}` : ''}; the outbox announced ${announcedDrops.length ? `drops: ${announcedDrops.slice(0, 5).join(', ')}` : 'no drops'}${ledger.noSubscriberAcks ? `; the broker acknowledged ${ledger.noSubscriberAcks} events with "no matching subscribers" (0x10)` : ''}`,
     },
     relayInvariant(),
   ];
@@ -668,7 +684,9 @@ try {
 } finally {
   stopping = true;
   await killAgent().catch(() => {});
-  await cloud?.endAsync(true).catch(() => {});
+  await cloud.close().catch(() => {});
+  await cloudTap?.close().catch(() => {});
+  await vehicleTap.close().catch(() => {});
   await broker.close().catch(() => {});
   if (code !== 0) {
     // Kept for whoever looks into it: the run's journal and the state the agent left.

@@ -94,6 +94,9 @@ export class ManagedBroker {
     await writeFile(
       conf,
       [
+        // Run as root, Debian's Mosquitto drops to its own user, which cannot write the persistence
+        // file into this root-only folder: nothing was saved and every restart lost every session.
+        ...(process.getuid?.() === 0 ? ['user root'] : []),
         `listener ${this.brokerPort} 127.0.0.1`,
         'allow_anonymous true',
         // Sessions and queued messages survive a restart, as a cloud broker's do.
