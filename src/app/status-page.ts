@@ -66,6 +66,10 @@ export async function startStatusPage(deps: StatusPageDeps): Promise<StatusServe
     },
     'status page listening',
   );
+  // Sim mode with the simulated BLE peripheral: the phone-key page reaches it through the server.
+  if (config.simControls && deps.handlers.has('sim.central.connect')) {
+    log.info({ url: `${server.url}key/` }, 'try: the phone key page in Chromium or Chrome (simulated radio)');
+  }
   return server;
 }
 

@@ -34,6 +34,12 @@ export interface DemoKey {
 export const DEMO_KEYS: readonly DemoKey[] = [
   { name: 'driver', role: 'driver', note: 'a driver phone key: granted', enrolled: true },
   {
+    name: 'owner-phone',
+    role: 'owner',
+    note: "the owner's phone key: approves a pending enrollment (phone approach owner-phone --approve-enrollment)",
+    enrolled: true,
+  },
+  {
     name: 'passive',
     role: 'driver',
     note: 'a driver phone key enrolled for passive (hands-free) unlock',

@@ -19,6 +19,7 @@ import {
   simDemo,
   validateActionArgs,
 } from './sim-actions.js';
+import { createSimRadio, SIM_RADIO_MAX_BODY_BYTES } from './sim-radio.js';
 import { collectSnapshot, localInterfaceFamilies, metricFamilies, type StateSnapshot } from './snapshot.js';
 
 export { TokenBucket } from '../core/token-bucket.js';
@@ -158,6 +159,9 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
 const SIM_ROUTE = /^\/api\/sim\/([a-z][a-z0-9-]{0,31})$/;
 /** The phone-key app: /key/ and the files of its table (src/status/phone-app.ts). */
 const PHONE_APP_ROUTE = /^\/key(\/.*)?$/;
+/** In sim mode only: what tells the page it may use the simulated radio, and the radio itself. */
+const SIM_RADIO_INFO_PATH = '/key/sim-radio.json';
+const SIM_RADIO_PATH = '/key/radio';
 const INITIAL_EVENTS = 30;
 /** One state collection serves every request within this window (page, streams, scrapes). */
 const SNAPSHOT_TTL_MS = 250;
@@ -215,6 +219,12 @@ export function allowedHostHeaders(
     allowed.add(!ipv6 && /:\d{1,5}$/.test(e) ? e : `${hostLiteral(e)}:${port}`);
   }
   return allowed;
+}
+
+function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
+  return address === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4);
 }
 
 function localAddresses(): string[] {
@@ -321,6 +331,8 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     );
   }
   let allowedHosts = new Set<string>(); // filled once the port is known
+  const simRadio = createSimRadio({ handlers });
+  const simRadioOffered = () => options.simControls && simRadio.offered();
 
   const budgets: Record<ClientClass, TokenBucket> = {
     anonymous: new TokenBucket(options.requestsPerSecond ?? REQUESTS_PER_SECOND),
@@ -491,6 +503,34 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     });
   };
 
+  /**
+   * The phone-key page's simulated radio (src/status/sim-radio.ts). Absent unless the agent runs
+   * the simulated central; only for loopback peers (an ssh tunnel arrives there too) and
+   * same-origin pages; no token: it gives what a central in radio range has, no authority.
+   */
+  const serveSimRadio = async (req: IncomingMessage, res: ServerResponse, method: string, path: string) => {
+    if (!simRadioOffered()) throw new AgentError('not_found', `no ${path} in the phone-key app`);
+    const allowed = path === SIM_RADIO_INFO_PATH ? ['GET', 'HEAD'] : ['POST'];
+    if (!allowed.includes(method)) {
+      res.setHeader('allow', allowed.join(', '));
+      throw new AgentError('method_not_allowed', `${path} allows ${allowed.join(', ')}`);
+    }
+    if (stopping) throw new AgentError('unavailable', 'the agent is stopping');
+    if (path === SIM_RADIO_INFO_PATH) {
+      sendJson(res, 200, { simulated: true, endpoint: 'radio' });
+      return;
+    }
+    if (!isLoopback(req.socket.remoteAddress)) {
+      throw new AgentError('host_not_allowed', 'the simulated radio answers loopback clients only');
+    }
+    const origin = req.headers.origin;
+    if (origin !== undefined && origin !== `http://${req.headers.host?.trim().toLowerCase() ?? ''}`) {
+      throw new AgentError('origin_not_allowed', 'the simulated radio answers the phone-key page only');
+    }
+    const body = await readJsonBody(req, SIM_RADIO_MAX_BODY_BYTES);
+    sendJson(res, 200, await simRadio.call(body));
+  };
+
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     // DNS rebinding: a hostile site resolving its own name to this address sends that name.
     const host = req.headers.host?.trim().toLowerCase();
@@ -532,6 +572,10 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
       throw new AgentError('busy', 'too many requests; try again in a second');
     }
     counts.answered[kind] += 1;
+    if (path === SIM_RADIO_INFO_PATH || path === SIM_RADIO_PATH) {
+      await serveSimRadio(req, res, method, path);
+      return;
+    }
     const key = PHONE_APP_ROUTE.exec(path);
     if (key) {
       servePhoneApp(res, method, key[1]);
@@ -760,6 +804,7 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
         clearInterval(sweep);
         unsubscribe();
         feed.stop();
+        await simRadio.close();
         for (const res of streams) res.end();
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         for (const socket of conns.keys()) socket.destroy();

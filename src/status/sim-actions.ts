@@ -69,6 +69,8 @@ const FORMED = new Set<string>([
   'sim.card.list',
 ]);
 const MAX_CALL_ARGS = 4096;
+/** The demo's owner phone key (src/sim/demo.ts), offered first to approve enrollments. */
+const DEMO_OWNER_PHONE = 'owner-phone';
 
 const INTENT_PARAM: SimParam = {
   name: 'intent',
@@ -243,20 +245,27 @@ export async function buildSimActions(handlers: HandlerMap, demo: SimDemo): Prom
           default: 'explicit',
         },
       ],
-      run: async (args) => {
-        const privateKey = await readDemoKey(demo, args.key ?? '');
-        const { d } = privateKey.export({ format: 'jwk' });
-        if (typeof d !== 'string')
-          throw new AgentError('key_invalid', 'demo phone key has no private scalar');
-        const vehicle = vehicleOf(await call(handlers, 'vehicle', {}));
-        return await call(handlers, 'sim.phone.approach', {
-          secretKey: b64url(fromB64url(d)),
-          pin: { vehicleId: vehicle.vehicleId, publicKey: vehicle.vehicleKey },
+      run: async (args) =>
+        await approachWith(handlers, demo, args.key ?? '', {
           intent: args.intent,
           explicitIntent: args.mode !== 'passive',
-          timeoutMs: 10_000,
-        });
-      },
+        }),
+    });
+    // The simulated owner phone signs the pending request (E1) over BLE, as an owner's app would:
+    // the admin token only brings the phone; the approval is the owner key's signature.
+    const owner = keys.find((k) => k.value === DEMO_OWNER_PHONE) ?? keys[0];
+    actions.push({
+      id: 'approve-enrollment',
+      label: "The owner's phone approves the pending enrollment (BLE)",
+      button: 'Approve',
+      handlers: ['sim.phone.approach'],
+      params: [{ name: 'key', label: 'owner phone key', choices: keys, default: owner?.value ?? '' }],
+      run: async (args) =>
+        await approachWith(handlers, demo, args.key ?? '', {
+          intent: 'unlock',
+          explicitIntent: true,
+          approveEnrollment: true,
+        }),
     });
   }
 
@@ -311,6 +320,25 @@ export async function buildSimActions(handlers: HandlerMap, demo: SimDemo): Prom
 
 export function describeActions(actions: readonly SimAction[]): SimActionInfo[] {
   return actions.map(({ id, label, button, handlers, params }) => ({ id, label, button, handlers, params }));
+}
+
+/** A demo phone key brought to the vehicle over the simulated BLE link (`sim.phone.approach`). */
+async function approachWith(
+  handlers: HandlerMap,
+  demo: SimDemo,
+  keyName: string,
+  behaviour: { intent: string | undefined; explicitIntent: boolean; approveEnrollment?: boolean },
+): Promise<unknown> {
+  const privateKey = await readDemoKey(demo, keyName);
+  const { d } = privateKey.export({ format: 'jwk' });
+  if (typeof d !== 'string') throw new AgentError('key_invalid', 'demo phone key has no private scalar');
+  const vehicle = vehicleOf(await call(handlers, 'vehicle', {}));
+  return await call(handlers, 'sim.phone.approach', {
+    secretKey: b64url(fromB64url(d)),
+    pin: { vehicleId: vehicle.vehicleId, publicKey: vehicle.vehicleKey },
+    ...behaviour,
+    timeoutMs: 10_000,
+  });
 }
 
 /** The handler's reply read as the table's SimChallenge (a bad one is refused, not trusted). */

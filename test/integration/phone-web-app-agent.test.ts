@@ -92,7 +92,8 @@ describe('phone-key web app and the real agent (mode P through the BlueZ stand-i
     }, 'the agent advertises its phone-key service');
     chromium = await launchPhoneKeyBrowser();
     page = await chromium.browser.newPage();
-    await page.goto(`${origin}/key/?poll=250`);
+    // Web Bluetooth through the BiDi bridge, not the simulated radio (the default in sim mode).
+    await page.goto(`${origin}/key/?poll=250&radio=bluetooth`);
     await page.waitForSelector('body[data-ready="true"]');
     bridge = await attachVehicle(page, controlSocketCentral(socket));
   }, 120_000);

@@ -36,7 +36,8 @@ async function shot(page: Page, name: string): Promise<void> {
   mkdirSync(SHOTS, { recursive: true });
   await page.screenshot({ path: join(SHOTS, `phone-key-${name}.png`) as `${string}.png` });
 }
-const POLL = '?poll=250';
+// Web Bluetooth through the BiDi bridge, not the agent's simulated radio (the page's default in sim mode).
+const POLL = '?poll=250&radio=bluetooth';
 
 function fingerprintOf(vehicle: ReferenceVehicle): string {
   return keyCredentialId('signer', vehicle.vehicleKey.publicKey.export({ format: 'jwk' }) as PublicJwk);

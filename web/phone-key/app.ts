@@ -1,7 +1,9 @@
 /**
  * The phone-key page: enroll this phone (a web key or a passkey) with the owner's approval, pin
  * the vehicle, then unlock and lock with one press each. It talks to the vehicle only over Web
- * Bluetooth and never to any server: once loaded (and cached by sw.js) it works offline.
+ * Bluetooth and never to any server: once loaded (and cached by sw.js) it works offline. The one
+ * exception is a try-out: served by an agent in sim mode, it talks to that agent's simulated
+ * radio (sim-radio.ts) unless `?radio=bluetooth` asks for Web Bluetooth.
  */
 import {
   answerSignedBytes,
@@ -23,7 +25,7 @@ import {
   type Result,
   resultSignedBytes,
 } from './codec.js';
-import { chooseVehicle, connect, forgetVehicle, type VehicleLink } from './gatt.js';
+import { type VehicleLink, type VehicleRadio, webBluetoothRadio } from './gatt.js';
 import {
   assertPasskey,
   createPasskey,
@@ -36,6 +38,7 @@ import {
   type VehiclePin,
   verifyVehicleSignature,
 } from './keys.js';
+import { RadioError, simulatedRadio, simulatedRadioOffered } from './sim-radio.js';
 import * as store from './store.js';
 import { resultInWords } from './words.js';
 
@@ -71,7 +74,19 @@ const ui = {
   forget: el<HTMLButtonElement>('forget'),
   result: el('result'),
   offline: el('offline'),
+  radio: el('radio'),
 };
+
+let radio: VehicleRadio = webBluetoothRadio();
+
+/** The simulated radio when the serving agent offers it, unless the address asks for Bluetooth. */
+async function pickRadio(): Promise<void> {
+  if (new URLSearchParams(location.search).get('radio') === 'bluetooth') return;
+  if (!(await simulatedRadioOffered())) return;
+  radio = simulatedRadio();
+  ui.radio.hidden = false;
+  document.body.dataset.radio = radio.kind;
+}
 
 /** A refusal decided by the page itself (not by the vehicle). */
 class Refused extends Error {
@@ -123,6 +138,7 @@ function action(button: HTMLButtonElement, run: () => Promise<void>): void {
     run()
       .catch((err: unknown) => {
         if (err instanceof Refused) show('refused', err.code, err.message);
+        else if (err instanceof RadioError) show('error', err.code, err.message);
         else if (err instanceof CodecError)
           show('error', 'malformed', `The vehicle sent a message this page cannot read: ${err.message}`);
         else if (err instanceof DOMException && err.name === 'NotFoundError')
@@ -270,10 +286,10 @@ async function identifyAndPin(link: VehicleLink, key: PhoneKey): Promise<void> {
   );
 }
 
-async function pollEnrollment(device: BluetoothDevice, key: PhoneKey, name: string): Promise<void> {
+async function pollEnrollment(key: PhoneKey, name: string): Promise<void> {
   const until = performance.now() + ENROLL_GIVE_UP_MS;
   for (;;) {
-    const link = await connect(device);
+    const link = await radio.connect();
     try {
       const result = await enrollOnce(link, key, name);
       if (result.outcome === 'pending') {
@@ -299,7 +315,7 @@ async function enroll(kind: 'webkey' | 'passkey'): Promise<void> {
   const name = ui.name.value.trim() || 'phone';
   if (!/^[\x20-\x7e]{1,64}$/.test(name))
     throw new Refused('bad_name', 'The name must be 1 to 64 plain letters, digits or signs.');
-  const device = await chooseVehicle();
+  await radio.choose();
   let key = await store.load('key');
   if (key?.kind !== kind) {
     key = kind === 'webkey' ? await createWebKey() : await createPasskey(name);
@@ -309,20 +325,21 @@ async function enroll(kind: 'webkey' | 'passkey'): Promise<void> {
   await store.persist();
   await store.save('enrolling', { name });
   await render();
-  await pollEnrollment(device, key, name);
+  await pollEnrollment(key, name);
 }
 
 async function checkEnrollment(): Promise<void> {
   const [key, enrolling] = await Promise.all([store.load('key'), store.load('enrolling')]);
   if (!key || !enrolling) throw new Refused('enrollment_closed', 'There is no enrollment to check.');
-  await pollEnrollment(await chooseVehicle(), key, enrolling.name);
+  await radio.choose();
+  await pollEnrollment(key, enrolling.name);
 }
 
 async function act(intent: Intent): Promise<void> {
   const [key, pin] = await Promise.all([store.load('key'), store.load('pin')]);
   if (!key || !pin) throw new Refused('unknown_credential', 'Enroll this phone first.');
-  const device = await chooseVehicle();
-  const link = await connect(device);
+  await radio.choose();
+  const link = await radio.connect();
   try {
     const { challenge, result } = await exchange(link, key, intent, pin);
     if (result.outcome === 'granted') await checkSigned(result, challenge, key, pin.spki);
@@ -335,7 +352,7 @@ async function act(intent: Intent): Promise<void> {
 async function forget(): Promise<void> {
   if (!confirm('Forget this phone’s key and the vehicle pin? The vehicle must enroll it again.')) return;
   await Promise.all([store.remove('key'), store.remove('pin'), store.remove('enrolling')]);
-  forgetVehicle();
+  radio.forget();
   show('none', 'forgotten', 'The key and the pin are gone from this browser.');
 }
 
@@ -358,4 +375,4 @@ if ('serviceWorker' in navigator) {
       ui.offline.textContent = `Offline use is not available: ${String(err)}`;
     });
 }
-void render();
+void pickRadio().finally(() => void render());

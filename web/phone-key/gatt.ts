@@ -1,4 +1,9 @@
-/** The page as a Web Bluetooth central of the vehicle's phone-key service. */
+/**
+ * How the page reaches the vehicle's phone-key GATT service: one small interface, two radios.
+ * Web Bluetooth (a phone or a laptop beside the vehicle), or the simulated radio an agent in sim
+ * mode offers through its status server (sim-radio.ts). Everything above (codec, keys, passkeys,
+ * pinning, words) is the same for both.
+ */
 import {
   ANSWER_CHAR_UUID,
   CHALLENGE_CHAR_UUID,
@@ -6,6 +11,7 @@ import {
   RESULT_CHAR_UUID,
 } from './constants.js';
 
+/** One GATT connection to the vehicle: the vehicle keeps nothing per connection once it ends. */
 export interface VehicleLink {
   readChallenge(): Promise<Uint8Array>;
   writeAnswer(bytes: Uint8Array): Promise<void>;
@@ -13,25 +19,41 @@ export interface VehicleLink {
   disconnect(): void;
 }
 
-let remembered: BluetoothDevice | undefined;
-
-/** The chooser (needs a user gesture); the vehicle chosen is remembered for this page's life. */
-export async function chooseVehicle(): Promise<BluetoothDevice> {
-  if (remembered) return remembered;
-  if (!navigator.bluetooth)
-    throw new Error('this browser has no Web Bluetooth (use Chrome on Android or desktop)');
-  remembered = await navigator.bluetooth.requestDevice({
-    filters: [{ services: [PERIPHERAL_SERVICE_UUID] }],
-  });
-  return remembered;
+export interface VehicleRadio {
+  readonly kind: 'bluetooth' | 'simulated';
+  /** Picks the vehicle; Web Bluetooth's chooser needs the user gesture this is called in. */
+  choose(): Promise<void>;
+  /** A fresh connection to the chosen vehicle. */
+  connect(): Promise<VehicleLink>;
+  /** Forgets the chosen vehicle (the next choose asks again). */
+  forget(): void;
 }
 
-export function forgetVehicle(): void {
-  remembered = undefined;
+/** The page as a Web Bluetooth central; the vehicle chosen is remembered for this page's life. */
+export function webBluetoothRadio(): VehicleRadio {
+  let remembered: BluetoothDevice | undefined;
+  const choose = async (): Promise<BluetoothDevice> => {
+    if (remembered) return remembered;
+    if (!navigator.bluetooth)
+      throw new Error('this browser has no Web Bluetooth (use Chrome on Android or desktop)');
+    remembered = await navigator.bluetooth.requestDevice({
+      filters: [{ services: [PERIPHERAL_SERVICE_UUID] }],
+    });
+    return remembered;
+  };
+  return {
+    kind: 'bluetooth',
+    choose: async () => {
+      await choose();
+    },
+    connect: async () => connectGatt(await choose()),
+    forget: () => {
+      remembered = undefined;
+    },
+  };
 }
 
-/** A fresh GATT connection: the vehicle keeps nothing per connection once it ends. */
-export async function connect(device: BluetoothDevice): Promise<VehicleLink> {
+async function connectGatt(device: BluetoothDevice): Promise<VehicleLink> {
   if (!device.gatt) throw new Error('the vehicle offers no GATT server');
   const server = await device.gatt.connect();
   try {

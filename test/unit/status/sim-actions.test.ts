@@ -51,7 +51,7 @@ describe('sim action catalogue', () => {
       ]),
       demoDir,
     );
-    expect(all.map((a) => a.id)).toEqual(['present', 'uid', 'phone', 'tap', 'call']);
+    expect(all.map((a) => a.id)).toEqual(['present', 'uid', 'phone', 'approve-enrollment', 'tap', 'call']);
     const present = all.find((a) => a.id === 'present');
     // Only demo keys that exist as files are offered.
     expect(present?.params[0]?.choices?.map((c) => c.value)).toEqual(['driver']);
@@ -110,6 +110,53 @@ describe('sim action catalogue', () => {
     const tampered = calls.filter(([n]) => n === 'sim.answer')[1]?.[1] ?? {};
     const message2 = simKeyMessage(challenge, 'VA-1', 'unlock', true, id);
     expect(verifyP256(driver.publicKey, message2, fromB64url(tampered.signature as string))).toBe(false);
+  });
+
+  it('approve-enrollment: brings the demo owner phone, which signs the pending request itself (E1)', async () => {
+    const ownerDir = mkdtempSync(join(tmpdir(), 'va-simactions-owner-'));
+    try {
+      const owner = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      for (const [name, key] of [
+        ['driver', driver],
+        ['owner-phone', owner],
+      ] as const) {
+        writeFileSync(join(ownerDir, `${name}.pem`), key.privateKey.export({ format: 'pem', type: 'pkcs8' }));
+      }
+      const { calls, h } = recorder();
+      const actions = await buildSimActions(
+        new Map([
+          h('sim.phone.approach', () => ({ outcome: 'enrollment', granted: true })),
+          h('vehicle', () => ({ vehicleId: 'VA-1', vehicleKey: { kty: 'EC' } })),
+        ]),
+        { dir: ownerDir, keys: DEMO_KEYS, tags: DEMO_TAGS },
+      );
+      const approve = actions.find((a) => a.id === 'approve-enrollment');
+      if (!approve) throw new Error('no approve-enrollment action');
+      // The owner phone is offered first: the button needs no choice.
+      expect(validateActionArgs(approve, {})).toEqual({ key: 'owner-phone' });
+      expect(await approve.run(validateActionArgs(approve, {}))).toEqual({
+        outcome: 'enrollment',
+        granted: true,
+      });
+      const sent = calls.find(([n]) => n === 'sim.phone.approach')?.[1] ?? {};
+      const { d } = owner.privateKey.export({ format: 'jwk' });
+      // The phone holds the owner key and is told to approve: the signature is made by the simulated
+      // phone over BLE, never by the page or its token.
+      expect(sent).toMatchObject({
+        secretKey: b64url(fromB64url(String(d))),
+        pin: { vehicleId: 'VA-1' },
+        approveEnrollment: true,
+        explicitIntent: true,
+      });
+      // Without the approval flag the plain phone action approves nothing.
+      const phone = actions.find((a) => a.id === 'phone');
+      await phone?.run(validateActionArgs(phone, { key: 'owner-phone' }));
+      expect(calls.filter(([n]) => n === 'sim.phone.approach')[1]?.[1]).not.toHaveProperty(
+        'approveEnrollment',
+      );
+    } finally {
+      rmSync(ownerDir, { recursive: true, force: true });
+    }
   });
 
   it('call: passes a JSON object to the named sim handler and refuses anything else', async () => {
