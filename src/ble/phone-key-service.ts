@@ -125,6 +125,14 @@ function identifyCode(status: CredentialStatus | undefined, proof: ProofVerdict,
   return '';
 }
 
+/** A missed deadline as the audit keeps it: the answer time, the deadline and how late it came. */
+function lateness(
+  elapsedMs: number,
+  deadlineMs: number,
+): Pick<Presentation, 'answerMs' | 'deadlineMs' | 'lateMs'> {
+  return { answerMs: elapsedMs, deadlineMs, lateMs: Math.round(elapsedMs - deadlineMs) };
+}
+
 /**
  * The origins a passkey may be used from: ble.phoneApp.origins, plus the status page's own origin
  * (it serves the app at /key/), given its listening port once known (statusPage.port may be 0).
@@ -145,10 +153,11 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
   const origins = new Set(deps.allowedOrigins);
   const random = deps.randomBytes ?? ((length: number) => new Uint8Array(nodeRandomBytes(length)));
   const maxConnections = deps.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const slowWindowMs = deps.slowAnswerWindowMs ?? DEFAULT_SLOW_WINDOW_MS;
   const book = new ChallengeBook({
     vehicleId: ctx.vehicleId,
     windowMs: deps.answerWindowMs,
-    slowWindowMs: deps.slowAnswerWindowMs ?? DEFAULT_SLOW_WINDOW_MS,
+    slowWindowMs,
     randomBytes: random,
     maxConnections,
   });
@@ -249,7 +258,7 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
       const late = await present({
         ...base,
         proof: signed ? 'timeout' : 'invalid',
-        answerMs: taken.elapsedMs,
+        ...lateness(taken.elapsedMs, deps.answerWindowMs),
       });
       return resultFor(late, proved, undefined, true);
     }
@@ -317,7 +326,11 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
       }
     }
     if (!taken.ok) {
-      const late = await present({ ...base, proof: proof === 'valid' ? 'timeout' : proof });
+      const late = await present({
+        ...base,
+        proof: proof === 'valid' ? 'timeout' : proof,
+        ...lateness(taken.elapsedMs, slowWindowMs),
+      });
       return resultFor(late, proved, undefined, true);
     }
     if (answer.intent === 'identify') return identify(status, proof, proved, detail);

@@ -319,6 +319,10 @@ describe('mode P unlock', () => {
         result: 'denied',
         code: 'timeout',
         credentialId: ctx.driver.keyId,
+        // The miss is measured: from the read, against the deadline the key was held to.
+        answerMs: WINDOW + 1,
+        deadlineMs: WINDOW,
+        lateMs: 1,
       }),
     );
     // Exactly at the deadline is still on time.
@@ -518,6 +522,17 @@ describe('mode P passkeys', () => {
       () => ctx.advance(30_001),
     );
     expect(late.result).toMatchObject({ outcome: 'denied', code: 'challenge_expired' });
+    await ctx.agent.flush();
+    expect(ctx.events).toContainEqual(
+      expect.objectContaining({
+        type: 'access',
+        result: 'denied',
+        code: 'timeout',
+        credentialId: ctx.passkey.id,
+        deadlineMs: 30_000,
+        lateMs: 1,
+      }),
+    );
   });
 });
 
