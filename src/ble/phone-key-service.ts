@@ -57,8 +57,11 @@ export interface PhoneKeyServiceDeps {
   readonly answerWindowMs: number;
   /** Passkey answer and enrollment deadline from the read: user verification is a human's time. */
   readonly slowAnswerWindowMs?: number;
-  /** Origins accepted in a passkey's clientDataJSON (ble.phoneApp.origins plus the status page's). */
-  readonly allowedOrigins: readonly string[];
+  /**
+   * Origins accepted in a passkey's clientDataJSON (ble.phoneApp.origins plus the status page's);
+   * a function is asked at each check (the status page's port may be known only once it listens).
+   */
+  readonly allowedOrigins: readonly string[] | (() => readonly string[]);
   readonly enrollment?: PeerEnrollmentPort;
   /** Role of a key enrolled from the page (the owner approves it as such). Default driver. */
   readonly enrollRole?: Role;
@@ -150,7 +153,9 @@ export function phoneAppOrigins(configured: readonly string[], statusPagePort: n
 export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyService {
   const ctx = deps.context;
   const readerId = deps.readerId ?? 'ble-p';
-  const origins = new Set(deps.allowedOrigins);
+  const fixedOrigins = typeof deps.allowedOrigins === 'function' ? undefined : new Set(deps.allowedOrigins);
+  const origins = (): ReadonlySet<string> =>
+    fixedOrigins ?? new Set((deps.allowedOrigins as () => readonly string[])());
   const random = deps.randomBytes ?? ((length: number) => new Uint8Array(nodeRandomBytes(length)));
   const maxConnections = deps.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   const slowWindowMs = deps.slowAnswerWindowMs ?? DEFAULT_SLOW_WINDOW_MS;
@@ -313,7 +318,7 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
     ) {
       const verdict = verifyPasskeyAssertion(answer, {
         challenge: sha256(passkeyChallengePreimage(taken.challenge.message, answer)),
-        allowedOrigins: origins,
+        allowedOrigins: origins(),
         rpId: credential.rpId,
         publicKey: credential.publicKey,
       });

@@ -99,7 +99,7 @@ afterEach(() => {
   desks = [];
 });
 
-function setup() {
+function setup(origins: readonly string[] | (() => readonly string[]) = [ORIGIN]) {
   const time = { wall: T0, mono: 1000 };
   const clock = new MonotonicFloorClock(0, { wall: () => time.wall, monotonic: () => time.mono });
   const advance = (ms: number): void => {
@@ -178,7 +178,7 @@ function setup() {
     vehicleSpki,
     answerWindowMs: WINDOW,
     slowAnswerWindowMs: 30_000,
-    allowedOrigins: [ORIGIN],
+    allowedOrigins: origins,
     enrollment: desk,
     audit: (event) => agent.audit(event),
   });
@@ -504,6 +504,17 @@ describe('mode P passkeys', () => {
     );
     expect(result).toMatchObject({ outcome: 'denied', code, signature: new Uint8Array(0) });
     expect(ctx.lock.actions).toEqual([]);
+  });
+
+  it('origins given as a function are asked at each answer (the status page listens after the service starts)', async () => {
+    let listening: string[] = [];
+    const ctx = setup(() => listening);
+    const before = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c));
+    expect(before.result).toMatchObject({ outcome: 'denied', code: 'origin_not_allowed' });
+    listening = [ORIGIN];
+    const after = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c));
+    expect(after.result.outcome).toBe('granted');
+    expect(ctx.lock.actions).toHaveLength(1);
   });
 
   it('a passkey gets the slow window (user verification takes a human), and no more', async () => {
