@@ -32,6 +32,8 @@ export interface PhoneKeyServiceDeps {
   readonly vehicleSpki: Uint8Array;
   /** The agent's audit, for what does not go through present() (identify). */
   readonly audit: (event: { readonly type: string; readonly [key: string]: unknown }) => void;
+  /** The status page's URL once it listens (its port when statusPage.port is 0). */
+  readonly statusPageUrl?: () => string | undefined;
 }
 
 export type PhoneKeyServiceFactory = (
@@ -46,11 +48,17 @@ export type PhoneKeyServiceFactory = (
 export const builtInPhoneKeyService: PhoneKeyServiceFactory = async (deps) => {
   const { createPhoneKeyService, phoneAppOrigins } = await import('../ble/phone-key-service.js');
   const { ble, policy, statusPage } = deps.config;
+  // With statusPage.port 0 the page's own origin is known only once it listens.
+  const statusPagePort = (): number | undefined => {
+    const url = deps.statusPageUrl?.();
+    return url === undefined ? statusPage.port : Number(new URL(url).port);
+  };
   return createPhoneKeyService({
     context: deps.context,
     vehicleSpki: deps.vehicleSpki,
     answerWindowMs: policy.bleAnswerDeadlineMs,
-    allowedOrigins: phoneAppOrigins(ble.phoneApp.origins, statusPage.enabled ? statusPage.port : undefined),
+    allowedOrigins: () =>
+      phoneAppOrigins(ble.phoneApp.origins, statusPage.enabled ? statusPagePort() : undefined),
     enrollment: deps.desk,
     audit: deps.audit,
   });
@@ -61,6 +69,7 @@ export interface PeripheralReaderOptions {
   readonly desk: EnrollmentDesk;
   readonly vehicleSpki: Uint8Array;
   readonly audit: PhoneKeyServiceDeps['audit'];
+  readonly statusPageUrl?: PhoneKeyServiceDeps['statusPageUrl'];
   readonly config: Config;
   readonly log: Logger;
   /** The private bus in sim mode (undefined: the system bus). Rejects when sim mode cannot start. */
@@ -87,9 +96,17 @@ export class PeripheralReader implements CredentialReader {
     this.state = { state: 'down', detail: 'starting', since: Date.now() };
     this.bringingUp = (async () => {
       try {
-        const { desk, vehicleSpki, audit } = this.options;
+        const { desk, vehicleSpki, audit, statusPageUrl } = this.options;
         const busAddress = await this.options.busAddress();
-        const service = await this.options.service({ context, desk, config, log, vehicleSpki, audit });
+        const service = await this.options.service({
+          context,
+          desk,
+          config,
+          log,
+          vehicleSpki,
+          audit,
+          ...(statusPageUrl === undefined ? {} : { statusPageUrl }),
+        });
         const { BlePeripheral } = await import('../ble/peripheral/peripheral.js');
         const peripheral = new BlePeripheral({
           service,

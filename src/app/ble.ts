@@ -39,6 +39,8 @@ export interface BleSetupDeps extends EnrollmentHost {
   readonly phoneKeyService?: PhoneKeyServiceFactory;
   /** The vehicle key's SubjectPublicKeyInfo DER (the phone-key page pins it). */
   readonly vehicleSpki: Uint8Array;
+  /** The status page's URL once it listens (passkeys from its origin are accepted). */
+  readonly statusPageUrl?: () => string | undefined;
 }
 
 export interface BleSetup {
@@ -159,6 +161,7 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     desk,
     vehicleSpki: deps.vehicleSpki,
     audit: (event) => deps.agent().audit(event),
+    ...(deps.statusPageUrl === undefined ? {} : { statusPageUrl: deps.statusPageUrl }),
     config,
     log: log.child({ module: 'ble-peripheral' }),
     busAddress: async () => (mode === 'sim' ? (await simEnvironment()).busAddress : undefined),

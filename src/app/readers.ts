@@ -31,6 +31,8 @@ export interface ReaderDeps {
   readonly agent: () => Agent;
   readonly log: Logger;
   readonly cleanup: CleanupStack;
+  /** The status page's URL once it listens (it starts after the readers). */
+  readonly statusPageUrl?: () => string | undefined;
 }
 
 /**
@@ -77,7 +79,12 @@ export async function buildReaders(deps: ReaderDeps): Promise<ReaderParts> {
     const vehicleSpki = new Uint8Array(
       createPublicKey(deps.vehicleKey).export({ format: 'der', type: 'spki' }),
     );
-    const ble = await setupBle({ config, vehicleSpki, ...(await enrollment()) });
+    const ble = await setupBle({
+      config,
+      vehicleSpki,
+      ...(await enrollment()),
+      ...(deps.statusPageUrl === undefined ? {} : { statusPageUrl: deps.statusPageUrl }),
+    });
     readers.push(...ble.readers);
     add(ble.handlers);
     deps.cleanup.defer('ble', () => ble.stop());

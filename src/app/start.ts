@@ -70,7 +70,9 @@ export async function startAgent(options: {
     const lock = relay.lockController;
 
     let agent: Agent | undefined;
+    let statusPageUrl: string | undefined;
     const readers = await buildReaders({
+      statusPageUrl: () => statusPageUrl,
       config,
       stateDir,
       vehicle: state.vehicle,
@@ -135,6 +137,9 @@ export async function startAgent(options: {
       supervision,
       log,
       cleanup,
+      onListening: (url) => {
+        statusPageUrl = url;
+      },
     });
 
     if (simReaderEnabled(config)) logDemoHints(log, readers.hints, config.policy);

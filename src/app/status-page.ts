@@ -85,6 +85,8 @@ export async function startStatusPageIfEnabled(deps: {
   readonly supervision: StatusPageDeps['health'];
   readonly log: Logger;
   readonly cleanup: CleanupStack;
+  /** Told the page's URL once it listens (its port when statusPage.port is 0). */
+  readonly onListening?: (url: string) => void;
 }): Promise<Pick<Health, 'state' | 'detail'>> {
   const { config, log } = deps;
   if (!config.statusPage.enabled) return { state: 'disabled' };
@@ -102,6 +104,7 @@ export async function startStatusPageIfEnabled(deps: {
       await page.close();
     });
     deps.handlers.set(...bindHandler('status-page.status', () => page.stats()));
+    deps.onListening?.(page.url);
     return { state: 'ok', detail: page.url };
   } catch (err) {
     const e = toAgentError(err);

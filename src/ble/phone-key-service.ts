@@ -57,8 +57,11 @@ export interface PhoneKeyServiceDeps {
   readonly answerWindowMs: number;
   /** Passkey answer and enrollment deadline from the read: user verification is a human's time. */
   readonly slowAnswerWindowMs?: number;
-  /** Origins accepted in a passkey's clientDataJSON (ble.phoneApp.origins plus the status page's). */
-  readonly allowedOrigins: readonly string[];
+  /**
+   * Origins accepted in a passkey's clientDataJSON (ble.phoneApp.origins plus the status page's);
+   * a function is asked at each check (the status page's port may be known only once it listens).
+   */
+  readonly allowedOrigins: readonly string[] | (() => readonly string[]);
   readonly enrollment?: PeerEnrollmentPort;
   /** Role of a key enrolled from the page (the owner approves it as such). Default driver. */
   readonly enrollRole?: Role;
@@ -125,6 +128,14 @@ function identifyCode(status: CredentialStatus | undefined, proof: ProofVerdict,
   return '';
 }
 
+/** A missed deadline as the audit keeps it: the answer time, the deadline and how late it came. */
+function lateness(
+  elapsedMs: number,
+  deadlineMs: number,
+): Pick<Presentation, 'answerMs' | 'deadlineMs' | 'lateMs'> {
+  return { answerMs: elapsedMs, deadlineMs, lateMs: Math.round(elapsedMs - deadlineMs) };
+}
+
 /**
  * The origins a passkey may be used from: ble.phoneApp.origins, plus the status page's own origin
  * (it serves the app at /key/), given its listening port once known (statusPage.port may be 0).
@@ -142,13 +153,16 @@ export function phoneAppOrigins(configured: readonly string[], statusPagePort: n
 export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyService {
   const ctx = deps.context;
   const readerId = deps.readerId ?? 'ble-p';
-  const origins = new Set(deps.allowedOrigins);
+  const fixedOrigins = typeof deps.allowedOrigins === 'function' ? undefined : new Set(deps.allowedOrigins);
+  const origins = (): ReadonlySet<string> =>
+    fixedOrigins ?? new Set((deps.allowedOrigins as () => readonly string[])());
   const random = deps.randomBytes ?? ((length: number) => new Uint8Array(nodeRandomBytes(length)));
   const maxConnections = deps.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const slowWindowMs = deps.slowAnswerWindowMs ?? DEFAULT_SLOW_WINDOW_MS;
   const book = new ChallengeBook({
     vehicleId: ctx.vehicleId,
     windowMs: deps.answerWindowMs,
-    slowWindowMs: deps.slowAnswerWindowMs ?? DEFAULT_SLOW_WINDOW_MS,
+    slowWindowMs,
     randomBytes: random,
     maxConnections,
   });
@@ -264,7 +278,7 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
       const late = await present({
         ...base,
         proof: signed ? 'timeout' : 'invalid',
-        answerMs: taken.elapsedMs,
+        ...lateness(taken.elapsedMs, deps.answerWindowMs),
       });
       return resultFor(late, proved, undefined, true);
     }
@@ -319,7 +333,7 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
     ) {
       const verdict = verifyPasskeyAssertion(answer, {
         challenge: sha256(passkeyChallengePreimage(taken.challenge.message, answer)),
-        allowedOrigins: origins,
+        allowedOrigins: origins(),
         rpId: credential.rpId,
         publicKey: credential.publicKey,
       });
@@ -332,7 +346,11 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
       }
     }
     if (!taken.ok) {
-      const late = await present({ ...base, proof: proof === 'valid' ? 'timeout' : proof });
+      const late = await present({
+        ...base,
+        proof: proof === 'valid' ? 'timeout' : proof,
+        ...lateness(taken.elapsedMs, slowWindowMs),
+      });
       return resultFor(late, proved, undefined, true);
     }
     if (answer.intent === 'identify') return identify(status, proof, proved, detail);

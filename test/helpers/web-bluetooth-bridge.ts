@@ -62,6 +62,14 @@ export interface VehicleBridge {
   readonly traffic: TrafficEntry[];
   /** The chooser is answered by picking the vehicle (default) or cancelling. */
   choose: 'vehicle' | 'cancel';
+  /**
+   * Stands between the page's answer write and the vehicle, when set: it may hold the write (a
+   * slow link) or give other bytes to write instead (an attacker's). Traffic records what the
+   * vehicle was given.
+   */
+  onAnswer: ((bytes: Uint8Array) => Promise<Uint8Array>) | undefined;
+  /** The simulated central of the page's latest connection (the vehicle's `device`). */
+  readonly device: string | undefined;
   detach(): Promise<void>;
 }
 
@@ -107,6 +115,10 @@ export async function attachVehicle(
     traffic: [],
     errors: [],
     choose: 'vehicle',
+    onAnswer: undefined,
+    get device() {
+      return device;
+    },
     detach: async () => {
       conn.off('bluetooth.requestDevicePromptUpdated', onPrompt);
       conn.off('bluetooth.gattConnectionAttempted', onGatt);
@@ -176,7 +188,8 @@ export async function attachVehicle(
         return;
       }
       if (e.type === 'write-with-response' && name === 'answer') {
-        const bytes = new Uint8Array(e.data ?? []);
+        const written = new Uint8Array(e.data ?? []);
+        const bytes = bridge.onAnswer === undefined ? written : await bridge.onAnswer(written);
         try {
           await central.write(device, 'answer', bytes);
           bridge.traffic.push({ op: 'write', characteristic: name, bytes });

@@ -99,7 +99,7 @@ afterEach(() => {
   desks = [];
 });
 
-function setup() {
+function setup(origins: readonly string[] | (() => readonly string[]) = [ORIGIN]) {
   const time = { wall: T0, mono: 1000 };
   const clock = new MonotonicFloorClock(0, { wall: () => time.wall, monotonic: () => time.mono });
   const advance = (ms: number): void => {
@@ -178,7 +178,7 @@ function setup() {
     vehicleSpki,
     answerWindowMs: WINDOW,
     slowAnswerWindowMs: 30_000,
-    allowedOrigins: [ORIGIN],
+    allowedOrigins: origins,
     enrollment: desk,
     audit: (event) => agent.audit(event),
   });
@@ -319,6 +319,10 @@ describe('mode P unlock', () => {
         result: 'denied',
         code: 'timeout',
         credentialId: ctx.driver.keyId,
+        // The miss is measured: from the read, against the deadline the key was held to.
+        answerMs: WINDOW + 1,
+        deadlineMs: WINDOW,
+        lateMs: 1,
       }),
     );
     // Exactly at the deadline is still on time.
@@ -533,6 +537,17 @@ describe('mode P passkeys', () => {
     expect(ctx.lock.actions).toEqual([]);
   });
 
+  it('origins given as a function are asked at each answer (the status page listens after the service starts)', async () => {
+    let listening: string[] = [];
+    const ctx = setup(() => listening);
+    const before = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c));
+    expect(before.result).toMatchObject({ outcome: 'denied', code: 'origin_not_allowed' });
+    listening = [ORIGIN];
+    const after = await exchange(ctx.service, central(), (c) => passkeyAnswer(ctx.passkey, c));
+    expect(after.result.outcome).toBe('granted');
+    expect(ctx.lock.actions).toHaveLength(1);
+  });
+
   it('a passkey gets the slow window (user verification takes a human), and no more', async () => {
     const ctx = setup();
     const slow = await exchange(
@@ -549,6 +564,17 @@ describe('mode P passkeys', () => {
       () => ctx.advance(30_001),
     );
     expect(late.result).toMatchObject({ outcome: 'denied', code: 'challenge_expired' });
+    await ctx.agent.flush();
+    expect(ctx.events).toContainEqual(
+      expect.objectContaining({
+        type: 'access',
+        result: 'denied',
+        code: 'timeout',
+        credentialId: ctx.passkey.id,
+        deadlineMs: 30_000,
+        lateMs: 1,
+      }),
+    );
   });
 });
 
