@@ -418,13 +418,17 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         await clear(0, vehicleParts);
         await rememberVehicleParts(0);
       } else {
-        const ranges = chunkRanges(ops, DEFAULT_CHUNK_BYTES);
+        // In one fixed order, so two runs for the same set within one second (same iat and
+        // digest, which is all a part names) cut it the same way: a receiver that mixes their
+        // parts still gets every op once (the keyring's own order changes with compaction).
+        const sorted = [...ops].sort();
+        const ranges = chunkRanges(sorted, DEFAULT_CHUNK_BYTES);
         parts = ranges.length;
         // Remembered first: a restart half-way still clears what this run leaves.
         await rememberVehicleParts(Math.max(vehicleParts, parts));
         const snapshot: SetSnapshot = { setDigest: digest, setCount: ops.length, parts, iat };
         for (const [part, [a, b]] of ranges.entries()) {
-          const message = signKeyringChunk(vehicleId, snapshot, part, ops.slice(a, b), key, kid);
+          const message = signKeyringChunk(vehicleId, snapshot, part, sorted.slice(a, b), key, kid);
           await connection.publish(`${topics.keyringVehicleParts}/${part}`, message, {
             qos: 1,
             retain: true,

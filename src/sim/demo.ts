@@ -36,7 +36,7 @@ export const DEMO_KEYS: readonly DemoKey[] = [
   {
     name: 'owner-phone',
     role: 'owner',
-    note: "the owner's phone key: approves a pending enrollment (phone approach owner-phone --approve-enrollment)",
+    note: "the owner's phone key, which also approves a pending enrollment (phone approach owner-phone --approve-enrollment)",
     enrolled: true,
   },
   {
