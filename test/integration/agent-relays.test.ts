@@ -220,7 +220,7 @@ async function grantAndSeeLineOn(
     out += chunk;
   });
   const answer = new Promise<Record<string, unknown>>((resolve, reject) => {
-    cli.once('exit', () => {
+    cli.once('close', () => {
       try {
         resolve(JSON.parse(out) as Record<string, unknown>);
       } catch {

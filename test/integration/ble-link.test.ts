@@ -753,7 +753,7 @@ describe('BLE link over node-ble, a private dbus-daemon and the BlueZ stand-in',
     child.stderr.on('data', (chunk: Buffer) => {
       stderr += chunk.toString('utf8');
     });
-    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
     expect(stderr).toBe('');
     expect(code).toBe(0);
     const result: unknown = JSON.parse(stdout);

@@ -305,7 +305,7 @@ describe('cloud commands over MQTT', () => {
     sub.stdout.setEncoding('utf8').on('data', (c: string) => {
       got += c;
     });
-    const exited = waitForEvent(sub, 'exit', 'mosquitto_sub to exit with the result', { timeoutMs: 35_000 });
+    const exited = waitForEvent(sub, 'close', 'mosquitto_sub to exit with the result', { timeoutMs: 35_000 });
     exited.catch(() => {}); // awaited below
     await waitFor(() => got.includes('SUBACK'), 'mosquitto_sub to be subscribed', {
       timeoutMs: 15_000,

@@ -152,7 +152,7 @@ function presentDriver(dir: string): Promise<{ granted: boolean; code?: string }
       out += c;
     });
     child.once('error', reject);
-    child.once('exit', () => {
+    child.once('close', () => {
       try {
         resolve(JSON.parse(out) as { granted: boolean; code?: string });
       } catch {

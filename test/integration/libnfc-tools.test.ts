@@ -132,7 +132,7 @@ function startTool(host: string, command: string, args: readonly string[] = []):
   };
   child.stdout?.on('data', onData);
   child.stderr?.on('data', onData);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   const matches = (p: RegExp | string): boolean => (typeof p === 'string' ? out.includes(p) : p.test(out));
   return {
     child,
@@ -262,7 +262,7 @@ describe('the stand-alone emulator runner (dist/src/sim/pn532-emulator-main.js)'
     child.stderr.on('data', (d: Buffer) => {
       stderr += d.toString();
     });
-    const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
     return { code, stdout, stderr };
   }
 
