@@ -170,21 +170,29 @@ export async function keys(argv: readonly string[]): Promise<number> {
   }
 }
 
-/** The keyring's credentials: from the running agent, else from the state folder. */
-async function readCredentials(values: {
-  config?: string | undefined;
-  'state-dir'?: string | undefined;
-}): Promise<readonly CredentialStatus[]> {
+/**
+ * The keyring's credentials, or with `ids` only those it has: from the running agent, else from
+ * the state folder. A grant or revoke asks about its own credential only: the whole list is tens
+ * of MB at 100 000 keys, and fetching it after a grant made the grant report `busy`.
+ */
+async function readCredentials(
+  values: {
+    config?: string | undefined;
+    'state-dir'?: string | undefined;
+  },
+  ids?: readonly string[],
+): Promise<readonly CredentialStatus[]> {
   const loaded = loadFor(values);
   try {
-    return await controlCall(loaded.socketPath, 'keys.list', {});
+    return await controlCall(loaded.socketPath, 'keys.list', ids === undefined ? {} : { ids });
   } catch (err) {
     if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
   }
   const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys');
   try {
     const state = await openVehicleState(loaded.stateDir, silentLogger);
-    const credentials = state.keyring.list();
+    const credentials =
+      ids === undefined ? state.keyring.list() : ids.flatMap((id) => state.keyring.byId(id) ?? []);
     await state.close();
     return credentials;
   } finally {
@@ -229,7 +237,7 @@ async function grant(argv: readonly string[]): Promise<number> {
   // A revocation is final: a later grant of the same key is kept, but changes nothing.
   if (
     granted !== undefined &&
-    (await readCredentials(values)).some((c) => c.credential.id === granted && c.revoked)
+    (await readCredentials(values, [granted])).some((c) => c.credential.id === granted && c.revoked)
   ) {
     throw new AgentError(
       'revoked',
@@ -256,7 +264,7 @@ async function revoke(argv: readonly string[]): Promise<number> {
   // Revoking twice stores nothing new: say so instead of signing a second revocation.
   // A suspect credential (its state was damaged) is revoked again on purpose: that explains the loss.
   if (
-    (await readCredentials(values)).some(
+    (await readCredentials(values, [credId])).some(
       (c) => c.credential.id === credId && c.revoked && c.suspect === undefined,
     )
   ) {
