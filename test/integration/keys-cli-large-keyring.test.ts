@@ -27,6 +27,8 @@ interface Request {
 
 let server: Server | undefined;
 const requests: Request[] = [];
+/** How long the stand-in agent takes to answer keys.add. */
+let addDelayMs = 0;
 /** What the stand-in agent says of each credential id `keys.list` names. */
 const known = new Map<string, boolean>();
 
@@ -43,8 +45,14 @@ function answer(socket: Socket, request: Request & { id: number }): void {
   switch (request.cmd) {
     case 'vehicle':
       return void ok({ vehicleId: VEHICLE_ID });
-    case 'keys.add':
-      return void ok({ added: (request.args.ops as string[]).map(addedOp), duplicates: 0, rejected: [] });
+    case 'keys.add': {
+      const reply = () =>
+        ok({ added: (request.args.ops as string[]).map(addedOp), duplicates: 0, rejected: [] });
+      // An agent still decoding its keyring answers a change only once that is done.
+      if (addDelayMs > 0) setTimeout(reply, addDelayMs);
+      else reply();
+      return;
+    }
     case 'keys.list': {
       const ids = request.args.ids as string[] | undefined;
       // The whole keyring: too large to be taken in time, so the agent closes the connection.
@@ -73,12 +81,14 @@ beforeAll(() => {
 afterEach(async () => {
   requests.length = 0;
   known.clear();
+  addDelayMs = 0;
   await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
   server = undefined;
 });
 
 async function standInAgent(): Promise<void> {
   server = createServer((socket) => {
+    socket.on('error', () => socket.destroy()); // a late answer to a client that left
     let buffer = '';
     socket.setEncoding('utf8').on('data', (chunk: string) => {
       buffer += chunk;
@@ -131,6 +141,19 @@ describe('keys grant and revoke through an agent with a large keyring', () => {
     expect(r.stderr).toContain('[revoked]');
     expect(r.code).not.toBe(0);
   });
+
+  it('a revoke waits for an agent that answers changes late (still decoding its keyring) past 10 s', async () => {
+    await standInAgent();
+    addDelayMs = 10_500;
+    const r = await runCliAsync([
+      'keys',
+      'revoke',
+      ...['--key', join(dir, 'owner.pem'), '--id', phoneId, '--state-dir', stateDir],
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe(`revoked ${phoneId}`);
+    expect(r.code).toBe(0);
+  }, 30_000);
 
   it('a revoke asks about its own credential only', async () => {
     await standInAgent();

@@ -40,6 +40,14 @@ list of such objects, signed here with --key and allowed only with --insecure-ui
 can be cloned. Every row and operation is checked before the first write ([import_invalid] names
 the bad one; nothing is imported); they are then stored in batches. See docs/backup.md.`;
 
+/**
+ * How long a grant or revoke waits for the running agent's answer. Right after a start with a
+ * large keyring the agent answers a change only once its ops are decoded (seconds at 100 000 keys,
+ * longer on a Pi), past the socket's usual 10 s; the change is made whole or not at all, so
+ * waiting is safe, and a `busy` after 10 s would hide a change that was then made.
+ */
+const KEYS_ADD_TIMEOUT_MS = 60_000;
+
 /** What building ops needs of the vehicle (the running agent's `vehicle` answer, or the state directory). */
 interface VehicleInfo {
   readonly vehicleId: string;
@@ -53,7 +61,7 @@ async function applyOps(
   const loaded = loadFor(values);
   try {
     const info = await controlCall(loaded.socketPath, 'vehicle', {});
-    return await controlCall(loaded.socketPath, 'keys.add', { ops: build(info) });
+    return await controlCall(loaded.socketPath, 'keys.add', { ops: build(info) }, KEYS_ADD_TIMEOUT_MS);
   } catch (err) {
     if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
   }
