@@ -58,7 +58,10 @@ async function requestOnce(
 ): Promise<unknown> {
   return await new Promise((resolve, reject) => {
     const socket = connect(socketPath);
-    let buffer = '';
+    // The reply so far, as received: only each new chunk is searched for the end of the line
+    // (searching the whole text again per chunk made a 30 MB `keys.list` take seconds to read,
+    // long enough for the agent to close the connection as a slow reader).
+    const chunks: Buffer[] = [];
     let connected = false;
     let settled = false;
     const settle = (fn: () => void) => {
@@ -71,7 +74,6 @@ async function requestOnce(
     const busy = (why: string) =>
       settle(() => reject(new AgentError('busy', `the agent is running but busy: ${why}`)));
     const timer = setTimeout(() => busy(`no answer within ${timeoutMs} ms`), timeoutMs);
-    socket.setEncoding('utf8');
     socket.on('connect', () => {
       connected = true;
       socket.write(`${JSON.stringify({ id: 1, cmd, args })}\n`);
@@ -99,12 +101,23 @@ async function requestOnce(
       } else settle(() => reject(new AgentError('control_unavailable', err.message)));
     });
     socket.on('close', () => {
-      if (connected) busy('it closed the connection without an answer');
+      if (!connected) return;
+      const received = chunks.reduce((n, c) => n + c.length, 0);
+      busy(
+        received === 0
+          ? 'it closed the connection without an answer'
+          : `it closed the connection part way through its answer (${received} bytes read)`,
+      );
     });
-    socket.on('data', (chunk: string) => {
-      buffer += chunk;
-      const nl = buffer.indexOf('\n');
-      if (nl < 0) return;
+    socket.on('data', (chunk: Buffer) => {
+      if (settled) return;
+      const nlInChunk = chunk.indexOf(0x0a);
+      if (nlInChunk < 0) {
+        chunks.push(chunk);
+        return;
+      }
+      chunks.push(chunk.subarray(0, nlInChunk));
+      const line = Buffer.concat(chunks).toString('utf8');
       let response: {
         id?: unknown;
         ok: boolean;
@@ -112,7 +125,7 @@ async function requestOnce(
         error?: { code: string; message: string };
       };
       try {
-        response = JSON.parse(buffer.slice(0, nl)) as typeof response;
+        response = JSON.parse(line) as typeof response;
       } catch {
         settle(() =>
           reject(new AgentError('control_bad_request', 'the agent answered something that is not JSON')),

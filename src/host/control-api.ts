@@ -193,6 +193,18 @@ export interface AuditTailArgs {
   readonly n: number;
 }
 
+/**
+ * `keys.list`: every credential, or with `ids` only those (the ones the keyring has, in the order
+ * asked): what a grant or revoke needs to know of its own credential, without a reply the size of
+ * the keyring (tens of MB at 100 000 keys).
+ */
+export interface KeysListArgs {
+  readonly ids?: readonly string[];
+}
+
+/** Ids one `keys.list` may name. */
+export const MAX_LISTED_IDS = 1000;
+
 export interface TestAuditArgs {
   readonly count: number;
   readonly bytes: number;
@@ -411,6 +423,19 @@ function parseKeysAdd(args: WireArgs): KeysAddArgs {
     strings.push(op);
   }
   return { ops: strings };
+}
+
+function parseKeysList(args: WireArgs): KeysListArgs {
+  const { ids } = args;
+  if (ids === undefined) return {};
+  if (
+    !Array.isArray(ids) ||
+    ids.length === 0 ||
+    ids.length > MAX_LISTED_IDS ||
+    !ids.every((id) => typeof id === 'string' && id.length <= 200)
+  )
+    throw new AgentError('bad_arguments', `ids must be a list of 1 to ${MAX_LISTED_IDS} credential ids`);
+  return { ids: ids as string[] };
 }
 
 function parseAuditTail(args: WireArgs): AuditTailArgs {
@@ -665,7 +690,7 @@ function parseSimNfcFault(args: WireArgs): SimNfcFaultArgs {
 export interface ControlApi {
   status: { args: NoArgs; result: Readonly<Record<string, unknown>> };
   vehicle: { args: NoArgs; result: VehicleInfo };
-  'keys.list': { args: NoArgs; result: readonly CredentialStatus[] };
+  'keys.list': { args: KeysListArgs; result: readonly CredentialStatus[] };
   'keys.add': { args: KeysAddArgs; result: MergeResult };
   'audit.tail': { args: AuditTailArgs; result: readonly unknown[] };
   limits: { args: NoArgs; result: LimitsReply };
@@ -727,7 +752,7 @@ export type TypedHandlers = { readonly [C in CommandName]?: TypedHandler<C> };
 export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => ArgsOf<C> } = {
   status: noArgs,
   vehicle: noArgs,
-  'keys.list': noArgs,
+  'keys.list': parseKeysList,
   'keys.add': parseKeysAdd,
   'audit.tail': parseAuditTail,
   limits: noArgs,

@@ -48,8 +48,11 @@ export function coreControlHandlers(deps: CoreHandlerDeps): Map<string, ControlH
       vehicleKeyId: identity.vehicleKeyId,
       vehicleKey: identity.vehicleKey,
     })),
-    bindHandler('keys.list', () =>
-      keyring.list().map((s) => ({ credential: s.credential, revoked: s.revoked })),
+    bindHandler('keys.list', ({ ids }) =>
+      (ids === undefined ? keyring.list() : ids.flatMap((id) => keyring.byId(id) ?? [])).map((s) => ({
+        credential: s.credential,
+        revoked: s.revoked,
+      })),
     ),
     bindHandler('keys.add', async ({ ops }) => await agent.addKeyringOps(ops, 'control')),
     bindHandler('audit.tail', ({ n }) => audit.recent(n)),

@@ -32,7 +32,7 @@ import { type IntegrityFinding, lineProblem } from './integrity.js';
 import { type CorruptLine, decodeLine, inspectJournal, Journal, type JournalInspection } from './journal.js';
 import { JournalPair } from './journal-pair.js';
 import { decodeSummaryV4, encodeSummary, isSummaryV4 } from './keyring-summary.js';
-import { planRecovery, scanLines } from './line-scan.js';
+import { planRecovery, type ScannedLine, scanLines, scanLinesAsync } from './line-scan.js';
 import { STATE_FILES } from './provision.js';
 import { rebuildFromBoth } from './salvage.js';
 
@@ -238,7 +238,17 @@ interface OpsRead {
 
 function parseOpsBytes(path: string, bytes: Buffer | undefined): OpsRead {
   if (bytes === undefined) return { path, exists: false, ops: [], corrupt: [] };
-  const plan = planRecovery(scanLines(bytes, decodeOpLine), bytes.length);
+  return opsReadOf(path, bytes, scanLines(bytes, decodeOpLine));
+}
+
+/** parseOpsBytes in slices between other work (the background read on the agent's loop). */
+async function parseOpsBytesAsync(path: string, bytes: Buffer | undefined): Promise<OpsRead> {
+  if (bytes === undefined) return { path, exists: false, ops: [], corrupt: [] };
+  return opsReadOf(path, bytes, await scanLinesAsync(bytes, decodeOpLine));
+}
+
+function opsReadOf(path: string, bytes: Buffer, lines: readonly ScannedLine<StoredRecord>[]): OpsRead {
+  const plan = planRecovery(lines, bytes.length);
   const corrupt: CorruptLine[] = plan.corrupt.map((l) => ({
     line: l.line,
     offset: l.offset,
@@ -359,6 +369,21 @@ function parseOpsPair(
 async function readOpsPair(stateDir: string): Promise<[OpsRead, OpsRead]> {
   const p = keyringPaths(stateDir);
   return parseOpsPair(p, await readFileIfExists(p.ops), await readFileIfExists(p.opsMirror));
+}
+
+/**
+ * readOpsPair without holding the event loop for the whole parse (see scanLinesAsync): the
+ * background read of a running agent's ops.
+ */
+async function readOpsPairInSlices(stateDir: string): Promise<[OpsRead, OpsRead]> {
+  const p = keyringPaths(stateDir);
+  const main = await readFileIfExists(p.ops);
+  const mirror = await readFileIfExists(p.opsMirror);
+  const a = await parseOpsBytesAsync(p.ops, main);
+  if (main !== undefined && mirror !== undefined && a.corrupt.length === 0 && main.equals(mirror)) {
+    return [a, { ...a, path: p.opsMirror }];
+  }
+  return [a, await parseOpsBytesAsync(p.opsMirror, mirror)];
 }
 
 function readOpsPairSync(stateDir: string): [OpsRead, OpsRead] {
@@ -986,7 +1011,7 @@ export class KeyringStore {
       return analysis.ops;
     };
     return {
-      read: async () => settle(await readOpsPair(this.stateDir)),
+      read: async () => settle(await readOpsPairInSlices(this.stateDir)),
       readSync: () => settle(readOpsPairSync(this.stateDir)),
     };
   }

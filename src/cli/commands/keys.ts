@@ -40,6 +40,14 @@ list of such objects, signed here with --key and allowed only with --insecure-ui
 can be cloned. Every row and operation is checked before the first write ([import_invalid] names
 the bad one; nothing is imported); they are then stored in batches. See docs/backup.md.`;
 
+/**
+ * How long a grant or revoke waits for the running agent's answer. Right after a start with a
+ * large keyring the agent answers a change only once its ops are decoded (seconds at 100 000 keys,
+ * longer on a Pi), past the socket's usual 10 s; the change is made whole or not at all, so
+ * waiting is safe, and a `busy` after 10 s would hide a change that was then made.
+ */
+const KEYS_ADD_TIMEOUT_MS = 60_000;
+
 /** What building ops needs of the vehicle (the running agent's `vehicle` answer, or the state directory). */
 interface VehicleInfo {
   readonly vehicleId: string;
@@ -53,7 +61,7 @@ async function applyOps(
   const loaded = loadFor(values);
   try {
     const info = await controlCall(loaded.socketPath, 'vehicle', {});
-    return await controlCall(loaded.socketPath, 'keys.add', { ops: build(info) });
+    return await controlCall(loaded.socketPath, 'keys.add', { ops: build(info) }, KEYS_ADD_TIMEOUT_MS);
   } catch (err) {
     if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
   }
@@ -170,21 +178,29 @@ export async function keys(argv: readonly string[]): Promise<number> {
   }
 }
 
-/** The keyring's credentials: from the running agent, else from the state folder. */
-async function readCredentials(values: {
-  config?: string | undefined;
-  'state-dir'?: string | undefined;
-}): Promise<readonly CredentialStatus[]> {
+/**
+ * The keyring's credentials, or with `ids` only those it has: from the running agent, else from
+ * the state folder. A grant or revoke asks about its own credential only: the whole list is tens
+ * of MB at 100 000 keys, and fetching it after a grant made the grant report `busy`.
+ */
+async function readCredentials(
+  values: {
+    config?: string | undefined;
+    'state-dir'?: string | undefined;
+  },
+  ids?: readonly string[],
+): Promise<readonly CredentialStatus[]> {
   const loaded = loadFor(values);
   try {
-    return await controlCall(loaded.socketPath, 'keys.list', {});
+    return await controlCall(loaded.socketPath, 'keys.list', ids === undefined ? {} : { ids });
   } catch (err) {
     if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
   }
   const lock = await acquireInstanceLock(loaded.stateDir, 'vehicle-agent keys');
   try {
     const state = await openVehicleState(loaded.stateDir, silentLogger);
-    const credentials = state.keyring.list();
+    const credentials =
+      ids === undefined ? state.keyring.list() : ids.flatMap((id) => state.keyring.byId(id) ?? []);
     await state.close();
     return credentials;
   } finally {
@@ -229,7 +245,7 @@ async function grant(argv: readonly string[]): Promise<number> {
   // A revocation is final: a later grant of the same key is kept, but changes nothing.
   if (
     granted !== undefined &&
-    (await readCredentials(values)).some((c) => c.credential.id === granted && c.revoked)
+    (await readCredentials(values, [granted])).some((c) => c.credential.id === granted && c.revoked)
   ) {
     throw new AgentError(
       'revoked',
@@ -256,7 +272,7 @@ async function revoke(argv: readonly string[]): Promise<number> {
   // Revoking twice stores nothing new: say so instead of signing a second revocation.
   // A suspect credential (its state was damaged) is revoked again on purpose: that explains the loss.
   if (
-    (await readCredentials(values)).some(
+    (await readCredentials(values, [credId])).some(
       (c) => c.credential.id === credId && c.revoked && c.suspect === undefined,
     )
   ) {

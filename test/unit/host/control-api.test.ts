@@ -52,6 +52,21 @@ const CASES: Partial<Record<CommandName, { good: [WireArgs, unknown][]; bad: [Wi
       [{ ops: Array.from({ length: 10_001 }, () => 'x') }, 'ops must be a non-empty list of JWS strings'],
     ],
   },
+  'keys.list': {
+    good: [
+      [{}, {}],
+      [{ ids: [phoneId, 'phone:none'] }, { ids: [phoneId, 'phone:none'] }],
+    ],
+    bad: [
+      [{ ids: [] }, 'ids must be a list of 1 to 1000 credential ids'],
+      [{ ids: phoneId }, 'ids must be a list of 1 to 1000 credential ids'],
+      [{ ids: [phoneId, 7] }, 'ids must be a list of 1 to 1000 credential ids'],
+      [
+        { ids: Array.from({ length: 1001 }, () => phoneId) },
+        'ids must be a list of 1 to 1000 credential ids',
+      ],
+    ],
+  },
   'audit.tail': {
     good: [
       [{}, { n: 20 }],
@@ -464,6 +479,32 @@ describe('handlers resolve through the table', () => {
     expect(added).toBe(0);
     await expect(async () => await sim.get('sim.uid')?.({})).rejects.toMatchObject({ code: 'bad_arguments' });
     expect(await core.get('keys.add')?.({ ops: ['a.b.c'] })).toEqual({ added: 1 });
+  });
+});
+
+describe('keys.list', () => {
+  it('with ids answers only those the keyring has, in the order asked, without listing the keyring', async () => {
+    const status = (id: string, revoked: boolean) => ({ credential: { id }, revoked, suspect: 'x' });
+    const held = new Map([
+      ['phone:a', status('phone:a', false)],
+      ['phone:b', status('phone:b', true)],
+    ]);
+    const core = coreControlHandlers({
+      agent: {} as never,
+      keyring: {
+        list: () => {
+          throw new Error('the whole keyring was listed');
+        },
+        byId: (id: string) => held.get(id),
+      } as never,
+      identity: {} as never,
+      audit: { recent: () => [] },
+      relayStatus: () => ({}),
+    });
+    expect(await core.get('keys.list')?.({ ids: ['phone:b', 'phone:none', 'phone:a'] })).toEqual([
+      { credential: { id: 'phone:b' }, revoked: true },
+      { credential: { id: 'phone:a' }, revoked: false },
+    ]);
   });
 });
 

@@ -1,6 +1,6 @@
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { planRecovery, scanLines } from '../../../src/store/line-scan.js';
+import { planRecovery, scanLines, scanLinesAsync } from '../../../src/store/line-scan.js';
 import { reconstructLine } from '../../../src/store/salvage.js';
 
 /** A checksummed line: `<crc32> <text>`, decoded back to its text. */
@@ -69,6 +69,36 @@ describe('torn write or damage (line-scan.ts)', () => {
     ],
   ])('%s', (_what, content, expected) => {
     expect(plan(content)).toEqual(expected);
+  });
+});
+
+describe('scanning in slices (scanLinesAsync)', () => {
+  // Valid lines, a damaged one, a line that is not a record, a blank one and a torn tail.
+  const content = Buffer.from(
+    `${Array.from({ length: 500 }, (_, i) => line(`op ${i}`)).join('')}${damaged}garbage\n\n${line('z')}${line('torn').slice(0, 5)}`,
+    'latin1',
+  );
+
+  it('finds the same lines as scanLines', async () => {
+    expect(await scanLinesAsync(content, decode)).toEqual(scanLines(content, decode));
+    expect(await scanLinesAsync(Buffer.alloc(0), decode)).toEqual([]);
+  });
+
+  it('lets the event loop turn between slices (the keyring ops of a running agent: ~450 ms at 100 000)', async () => {
+    let turns = 0;
+    let ticking = true;
+    const tick = () => {
+      turns += 1;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const scanning = scanLinesAsync(content, decode, 0);
+    const turnsAtStart = turns;
+    const lines = await scanning;
+    ticking = false;
+    expect(lines).toHaveLength(505);
+    // Slices of 0 ms: one batch of lines each, so the loop turned several times meanwhile.
+    expect(turns - turnsAtStart).toBeGreaterThanOrEqual(5);
   });
 });
 

@@ -1,0 +1,184 @@
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseJws } from '../../src/crypto/jws.js';
+import { runCli } from '../helpers/agent-process.js';
+import { runCliAsync } from '../helpers/cli-async.js';
+
+/**
+ * Issue 19: with 100 000 keys, `keys grant` through the running agent answered `busy` although the
+ * grant was made. After the grant the CLI fetched the whole keyring (`keys.list`, ~30 MB) to see
+ * whether its one credential was revoked, and the agent closed that connection as a slow reader.
+ * The stand-in agent here closes a whole-keyring `keys.list` without an answer, as the real one
+ * did at that size; grant and revoke must ask about their own credential only.
+ */
+const dir = mkdtempSync(join(tmpdir(), 'va-keys-large-'));
+const stateDir = join(dir, 'state');
+const socketPath = join(stateDir, 'control.sock');
+const VEHICLE_ID = 'VA-TESTVEHICLE';
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+interface Request {
+  readonly cmd: string;
+  readonly args: Record<string, unknown>;
+}
+
+let server: Server | undefined;
+const requests: Request[] = [];
+/** How long the stand-in agent takes to answer keys.add. */
+let addDelayMs = 0;
+/** What the stand-in agent says of each credential id `keys.list` names. */
+const known = new Map<string, boolean>();
+
+/** What an op does, as the agent's MergeResult names it. */
+function addedOp(jws: string): Record<string, unknown> {
+  const { payload } = parseJws<{ op: string; cred?: { id: string }; credId?: string }>(jws);
+  return payload.op === 'grant'
+    ? { op: 'grant', cred: { id: payload.cred?.id } }
+    : { op: payload.op, credId: payload.credId };
+}
+
+function answer(socket: Socket, request: Request & { id: number }): void {
+  const ok = (result: unknown) => socket.write(`${JSON.stringify({ id: request.id, ok: true, result })}\n`);
+  switch (request.cmd) {
+    case 'vehicle':
+      return void ok({ vehicleId: VEHICLE_ID });
+    case 'keys.add': {
+      const reply = () =>
+        ok({ added: (request.args.ops as string[]).map(addedOp), duplicates: 0, rejected: [] });
+      // An agent still decoding its keyring answers a change only once that is done.
+      if (addDelayMs > 0) setTimeout(reply, addDelayMs);
+      else reply();
+      return;
+    }
+    case 'keys.list': {
+      const ids = request.args.ids as string[] | undefined;
+      // The whole keyring: too large to be taken in time, so the agent closes the connection.
+      if (ids === undefined) return void socket.destroy();
+      return void ok(
+        ids.flatMap((id) => {
+          const revoked = known.get(id);
+          return revoked === undefined ? [] : [{ credential: { id }, revoked }];
+        }),
+      );
+    }
+    default:
+      socket.destroy();
+  }
+}
+
+let phoneId = '';
+beforeAll(() => {
+  mkdirSync(stateDir, { recursive: true });
+  expect(runCli(['keygen', '--out', join(dir, 'owner'), '--kind', 'signer']).code).toBe(0);
+  const phone = runCli(['keygen', '--out', join(dir, 'phone'), '--kind', 'phone']);
+  expect(phone.code, phone.stderr).toBe(0);
+  phoneId = phone.stdout.split('\n')[0] ?? '';
+});
+
+afterEach(async () => {
+  requests.length = 0;
+  known.clear();
+  addDelayMs = 0;
+  await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+  server = undefined;
+});
+
+async function standInAgent(): Promise<void> {
+  server = createServer((socket) => {
+    socket.on('error', () => socket.destroy()); // a late answer to a client that left
+    let buffer = '';
+    socket.setEncoding('utf8').on('data', (chunk: string) => {
+      buffer += chunk;
+      const nl = buffer.indexOf('\n');
+      if (nl < 0) return;
+      const request = JSON.parse(buffer.slice(0, nl)) as Request & { id: number };
+      buffer = buffer.slice(nl + 1);
+      requests.push({ cmd: request.cmd, args: request.args });
+      answer(socket, request);
+    });
+  });
+  await new Promise<void>((resolve) => server?.listen(socketPath, resolve));
+}
+
+describe('keys grant and revoke through an agent with a large keyring', () => {
+  it('a grant asks about its own credential only, and reports the grant made', async () => {
+    await standInAgent();
+    const r = await runCliAsync([
+      'keys',
+      'grant',
+      ...['--key', join(dir, 'owner.pem'), '--kind', 'phone', '--public', join(dir, 'phone.pub.pem')],
+      ...['--role', 'driver', '--state-dir', stateDir],
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(`granted ${phoneId}`);
+    const granted = phoneId;
+    expect(requests.map((q) => q.cmd)).toEqual(['vehicle', 'keys.add', 'keys.list']);
+    expect(requests[2]?.args).toEqual({ ids: [granted] });
+  });
+
+  it('a grant of a revoked credential is still refused as revoked', async () => {
+    await standInAgent();
+    const r = await runCliAsync([
+      'keys',
+      'grant',
+      ...['--key', join(dir, 'owner.pem'), '--kind', 'phone', '--public', join(dir, 'phone.pub.pem')],
+      ...['--role', 'driver', '--state-dir', stateDir],
+    ]).then(async (first) => {
+      // The first run names the credential; the agent now says it was revoked.
+      known.set(first.stdout.trim().split(' ')[1] ?? '', true);
+      requests.length = 0;
+      return await runCliAsync([
+        'keys',
+        'grant',
+        ...['--key', join(dir, 'owner.pem'), '--kind', 'phone', '--public', join(dir, 'phone.pub.pem')],
+        ...['--role', 'driver', '--state-dir', stateDir],
+      ]);
+    });
+    expect(r.stderr).toContain('[revoked]');
+    expect(r.code).not.toBe(0);
+  });
+
+  it('a revoke waits for an agent that answers changes late (still decoding its keyring) past 10 s', async () => {
+    await standInAgent();
+    addDelayMs = 10_500;
+    const r = await runCliAsync([
+      'keys',
+      'revoke',
+      ...['--key', join(dir, 'owner.pem'), '--id', phoneId, '--state-dir', stateDir],
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe(`revoked ${phoneId}`);
+    expect(r.code).toBe(0);
+  }, 30_000);
+
+  it('a revoke asks about its own credential only', async () => {
+    await standInAgent();
+    const id = phoneId;
+    const r = await runCliAsync([
+      'keys',
+      'revoke',
+      ...['--key', join(dir, 'owner.pem'), '--id', id, '--state-dir', stateDir],
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(`revoked ${id}`);
+    expect(requests[0]).toEqual({ cmd: 'keys.list', args: { ids: [id] } });
+    expect(requests.map((q) => q.cmd)).toEqual(['keys.list', 'vehicle', 'keys.add']);
+
+    // Already revoked: said so, nothing signed or sent.
+    known.set(id, true);
+    requests.length = 0;
+    const again = await runCliAsync([
+      'keys',
+      'revoke',
+      ...['--key', join(dir, 'owner.pem'), '--id', id, '--state-dir', stateDir],
+    ]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain('already revoked');
+    expect(requests.map((q) => q.cmd)).toEqual(['keys.list']);
+  });
+});
