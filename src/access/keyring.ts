@@ -16,7 +16,11 @@ import { type ParsedJws, parseJws, signJws, verifyJws } from '../crypto/jws.js';
 import { keyCredentialId, publicKeyFromJwk, sha256 } from '../crypto/keys.js';
 import type { CredentialLookup, CredentialStatus } from './credential-lookup.js';
 import { type CredentialWire, credentialToWire, parseCredentialWire } from './credential-wire.js';
-import { SnapshotCredentialMap, type SnapshotCredentials } from './snapshot-credentials.js';
+import {
+  type JournalOverlay,
+  SnapshotCredentialMap,
+  type SnapshotCredentials,
+} from './snapshot-credentials.js';
 
 /**
  * The keyring: a set of signed grant and revoke operations (docs/keyring.md).
@@ -482,6 +486,21 @@ export class Keyring implements CredentialLookup {
     };
   }
 
+  /** Whether decisions still come from the snapshot (its ops not decoded yet; see loadSnapshot). */
+  get onSnapshot(): boolean {
+    return this.snapshotCredentials !== undefined;
+  }
+
+  /**
+   * Owners whose chain to the root is live, the root excluded (the store writes them into the
+   * summary: a revoke of one of them retires what it granted). Undefined while on a snapshot.
+   */
+  liveOwnerIds(): string[] | undefined {
+    const live = this.effective.liveOwners;
+    if (this.snapshotCredentials !== undefined || live === undefined) return undefined;
+    return [...live].filter((id) => id !== this.rootId);
+  }
+
   get size(): number {
     return this.ops.size + (this.pendingSource || this.pendingRaw ? this.pendingCount - this.pendingAt : 0);
   }
@@ -565,13 +584,20 @@ export class Keyring implements CredentialLookup {
     readonly opCount: number;
     /** Indexed, each decoded on its first lookup (snapshot-credentials.ts). */
     readonly credentials: SnapshotCredentials;
+    /** Every op: the snapshot's, then any added since (decoded once, duplicates ignored). */
     readonly ops: PendingOpsSource;
+    /**
+     * What ops added since the snapshot (the store's journal) change until the ops are decoded
+     * (see journalOverlay). The digest and op count stay the snapshot's until then.
+     */
+    readonly overlay?: JournalOverlay;
   }): void {
     this.snapshotCredentials = new SnapshotCredentialMap(
       { credential: this.rootCredential, revoked: false },
       snapshot.credentials,
       credentialFromTrustedWire,
       this.suspects,
+      snapshot.overlay,
     );
     this.effective = { byId: new Map(), byUid: new Map(), revoked: new Set(), liveOwners: undefined };
     this.pendingSource = snapshot.ops;
@@ -589,7 +615,8 @@ export class Keyring implements CredentialLookup {
       const r = raw[this.pendingAt];
       if (r) {
         const { op, signer, jws } = decodeTrustedOp(r.jws, r.signer);
-        this.accept(op, signer, jws, true);
+        // An op in the ops files and the journal both (a crash inside a compaction) counts once.
+        if (!this.ops.has(op.id)) this.accept(op, signer, jws, true);
       }
     }
     if (this.pendingAt < raw.length) return false;
@@ -673,7 +700,9 @@ export class Keyring implements CredentialLookup {
   /** Loads operations from our own durable state: no signature checks, one recompute. */
   loadTrusted(stored: Iterable<StoredOp>): void {
     this.materialize();
-    for (const s of stored) this.accept(s.op, s.signer, s.jws);
+    // An op read twice (in the ops files and a journal after a kill inside a compaction) is one
+    // op: accepted twice, it would count twice in the digest.
+    for (const s of stored) if (!this.ops.has(s.op.id)) this.accept(s.op, s.signer, s.jws);
     this.recompute();
   }
 
@@ -1132,7 +1161,7 @@ export class Keyring implements CredentialLookup {
     const held = this.effective.byId.get(id) ?? this.unfolded.get(id);
     let jwk: PublicJwk | undefined;
     if (held?.key !== undefined && (held.kind === 'phone' || held.kind === 'signer')) jwk = jwkOf(held.key);
-    else if (this.snapshotCredentials !== undefined) {
+    else if (this.snapshotCredentials !== undefined && !this.snapshotCredentials.deniedByJournal(id)) {
       // Still loading: the snapshot holds every granted key (revoked ones too).
       const credential = this.snapshotCredentials.get(id)?.credential;
       if (credential?.publicKey && (credential.kind === 'phone' || credential.kind === 'signer'))
@@ -1201,6 +1230,33 @@ export class Keyring implements CredentialLookup {
       this.snapshotCredentials = this.snapshotCredentials.withCurrentSuspects();
     else if (this.snapshotDigest === undefined) this.recompute();
   }
+}
+
+/**
+ * What ops added after a snapshot (`ops`, the store's journal) do to its credentials until every
+ * op is decoded, or undefined when the snapshot alone cannot tell (the store then decodes every
+ * op before deciding). A revoke denies its credential at once; but revoking a live owner also
+ * retires what it granted, which the snapshot does not record, so that (or not knowing the live
+ * owners: a summary written before they were kept) needs every op. A grant is denied until the
+ * ops are decoded (they may revoke it, or hold a newer grant of it); an owner grant can make
+ * other grants live or dead, so that needs every op too. `liveOwners`: the summary's.
+ */
+export function journalOverlay(
+  ops: readonly KeyringOp[],
+  liveOwners: ReadonlySet<string> | undefined,
+): JournalOverlay | undefined {
+  const revoked = new Set<string>();
+  const granted = new Set<string>();
+  for (const op of ops) {
+    if (op.op === 'grant') {
+      if (op.cred.role === 'owner') return undefined;
+      granted.add(op.cred.id);
+    } else {
+      if (liveOwners === undefined || liveOwners.has(op.credId)) return undefined;
+      revoked.add(op.credId);
+    }
+  }
+  return { revoked, granted };
 }
 
 /** Ops decoded in the background from which on the garbage left is worth a full collection. */

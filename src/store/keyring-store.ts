@@ -7,6 +7,7 @@ import {
   decodeTrustedOp,
   digestOfOps,
   digestOfOpsV1,
+  journalOverlay,
   type Keyring,
   type KeyringOp,
   type MergeResult,
@@ -47,7 +48,8 @@ import { rebuildFromBoth } from './salvage.js';
  *   count and the digest, checksummed. Written after both ops files, so it never names ops that
  *   are not on disk. With empty journals, start-up reads only this file and decides at once (each
  *   credential decoded on its first lookup); the ops are read, checked and decoded in the
- *   background.
+ *   background. So it does after a kill, when both journals agree and this file shows what their
+ *   ops change (journalOverlay: revokes count at once, grants once the ops are decoded).
  * - keyring.journal and keyring.mirror.journal: operations added since, one fsynced, checksummed
  *   record each, appended to both (journal.ts). Compaction folds them into the files above (when
  *   they grow, and at stop); a crash in between only leaves duplicates, which load ignores.
@@ -95,6 +97,8 @@ interface Summary {
   revoked(): string[];
   /** Format 4: the credentials, indexed (the fast path decides from these). */
   readonly credentials?: SnapshotCredentials;
+  /** Format 4: live owners, the root excluded, when the file holds them. */
+  readonly owners?: ReadonlySet<string> | undefined;
 }
 
 type SummaryRead =
@@ -162,9 +166,9 @@ function checkCredentials(credentials: unknown): void {
 
 function decodeSummary(bytes: Buffer): SummaryRead {
   if (isSummaryV4(bytes)) {
-    const { digest, opCount, credentials } = decodeSummaryV4(bytes);
+    const { digest, opCount, credentials, owners } = decodeSummaryV4(bytes);
     const revoked = () => [...credentials.ids()].filter((id) => credentials.revoked(id) === true);
-    return { state: 'ok', summary: { format: 4, digest, opCount, credentials, revoked } };
+    return { state: 'ok', summary: { format: 4, digest, opCount, credentials, owners, revoked } };
   }
   const checksummed = looksChecksummed(bytes);
   const json = checksummed ? checksummedBody(bytes) : bytes;
@@ -389,6 +393,31 @@ interface JournalAnalysis {
   readonly findings: IntegrityFinding[];
   readonly rewrite: boolean;
   readonly loss: Loss;
+}
+
+/**
+ * The journals' records and ops when the two copies agree: both files there, no damaged line,
+ * the same records in the same order, every op decodes. Anything else is left to the full
+ * reconciliation (analyseJournals), which knows what to repair, keep or drop.
+ */
+function agreeingJournals(
+  a: JournalSide,
+  b: JournalSide,
+): { records: readonly StoredRecord[]; ops: KeyringOp[] } | undefined {
+  if (!a.existed || !b.existed || a.corrupt.length + b.corrupt.length > 0) return undefined;
+  if (a.records.length !== b.records.length) return undefined;
+  const ops: KeyringOp[] = [];
+  for (let i = 0; i < a.records.length; i++) {
+    const ra = a.records[i] as StoredRecord;
+    const rb = b.records[i] as StoredRecord;
+    if (ra.jws !== rb.jws || ra.signer !== rb.signer) return undefined;
+    try {
+      ops.push(decodeTrustedOp(ra.jws, ra.signer).op);
+    } catch {
+      return undefined;
+    }
+  }
+  return { records: a.records, ops };
 }
 
 /**
@@ -626,7 +655,7 @@ async function writeSnapshotFiles(
     if (s.credential.id !== keyring.rootId) credentials.push([credentialToWire(s.credential), s.revoked]);
   }
   const opCount = opsText?.count ?? lines.length;
-  const summary = encodeSummary(keyring.digest(), opCount, credentials);
+  const summary = encodeSummary(keyring.digest(), opCount, credentials, keyring.liveOwnerIds());
   const ops = opsText?.text ?? lines.join('');
   await writeFileAtomic(p.ops, ops, { mode: 0o600 });
   await writeFileAtomic(p.opsMirror, ops, { mode: 0o600 });
@@ -725,10 +754,33 @@ export class KeyringStore {
         sideA.records.length + sideB.records.length === 0;
       store = new KeyringStore(stateDir, pair, keyring, log, findings);
       const credentials = summaryRead.state === 'ok' ? summaryRead.summary.credentials : undefined;
-      if (summaryRead.state === 'ok' && credentials !== undefined && journalsClean) {
-        // Fast path: decide from the summary now; read, check and decode the ops afterwards.
+      // Ops the journals hold (after a kill): laid over the summary when both copies agree and
+      // the summary alone shows what they change (journalOverlay), else the slow path decides.
+      const journal = journalsClean ? undefined : agreeingJournals(sideA, sideB);
+      const overlay =
+        journal !== undefined && summaryRead.state === 'ok'
+          ? journalOverlay(journal.ops, summaryRead.summary.owners)
+          : undefined;
+      if (
+        summaryRead.state === 'ok' &&
+        credentials !== undefined &&
+        (journalsClean || (journal !== undefined && overlay !== undefined))
+      ) {
+        // Fast path: decide from the summary now (with the journal's revokes, its grants denied
+        // until then); read, check and decode the ops afterwards, the journal's after the rest.
         const { digest, opCount } = summaryRead.summary;
-        keyring.loadSnapshot({ digest, opCount, credentials, ops: store.opsSource(summaryRead.summary) });
+        const records = journal?.records ?? [];
+        for (const r of records) {
+          const id = opIdOf(r);
+          if (id !== undefined) store.journalTexts.set(id, r);
+        }
+        keyring.loadSnapshot({
+          digest,
+          opCount,
+          credentials,
+          ops: store.opsSource(summaryRead.summary, records),
+          ...(overlay === undefined ? {} : { overlay }),
+        });
         if (sideA.existed !== sideB.existed) {
           findings.push({
             file: sideA.existed ? p.journalMirror : p.journal,
@@ -960,7 +1012,7 @@ export class KeyringStore {
    * background after start, or at once when a merge needs them). A damaged copy is rewritten
    * from the other; losses fail secure before the keyring recomputes from the ops.
    */
-  private opsSource(summary: Summary): PendingOpsSource {
+  private opsSource(summary: Summary, journal: readonly StoredRecord[]): PendingOpsSource {
     const settle = ([a, b]: [OpsRead, OpsRead]): StoredRecord[] => {
       const analysis = analyseOps(a, b, summary.opCount);
       for (const f of analysis.findings) this.addFinding(f);
@@ -983,7 +1035,8 @@ export class KeyringStore {
           ),
         );
       }
-      return analysis.ops;
+      // The journal's ops after the files' (the keyring counts an op in both once).
+      return journal.length === 0 ? analysis.ops : [...analysis.ops, ...journal];
     };
     return {
       read: async () => settle(await readOpsPair(this.stateDir)),
