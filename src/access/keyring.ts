@@ -435,7 +435,7 @@ export class Keyring implements CredentialLookup {
   private readonly waitingGrants = new Map<string, HeldGrant[]>();
   private effective: Effective;
   /** The set digest's running sum over the ops (see digest()). */
-  private readonly digestSum = new DigestSum();
+  private readonly sum = new DigestSum();
   private digestCache: string | undefined;
   /**
    * While `prepare` tries ops on the keyring itself: how to undo each change, newest last. Every
@@ -499,6 +499,15 @@ export class Keyring implements CredentialLookup {
     const live = this.effective.liveOwners;
     if (this.snapshotCredentials !== undefined || live === undefined) return undefined;
     return [...live].filter((id) => id !== this.rootId);
+  }
+
+  /**
+   * The digest's running sum (64 hex digits; see digestOfOps), which the store keeps in the
+   * summary so that ops added since can be counted in without decoding the rest (digestWithOps).
+   * Undefined while on a snapshot.
+   */
+  digestSum(): string | undefined {
+    return this.snapshotDigest === undefined ? this.sum.hex() : undefined;
   }
 
   get size(): number {
@@ -588,7 +597,7 @@ export class Keyring implements CredentialLookup {
     readonly ops: PendingOpsSource;
     /**
      * What ops added since the snapshot (the store's journal) change until the ops are decoded
-     * (see journalOverlay). The digest and op count stay the snapshot's until then.
+     * (see journalOverlay); `digest` and `opCount` then count them too (digestWithOps).
      */
     readonly overlay?: JournalOverlay;
   }): void {
@@ -736,7 +745,7 @@ export class Keyring implements CredentialLookup {
     // earlier ops create (a new owner's key, its authority), and this runs synchronously, so no
     // one sees the trial state. The undo log makes the rollback as cheap as the trial.
     const undo: (() => void)[] = [];
-    const sum = this.digestSum.copy();
+    const sum = this.sum.copy();
     const digestCache = this.digestCache;
     this.undo = undo;
     const added: StoredOp[] = [];
@@ -747,7 +756,7 @@ export class Keyring implements CredentialLookup {
       this.undo = undefined;
       for (let i = undo.length - 1; i >= 0; i--) undo[i]?.();
       this.unfolded.clear();
-      this.digestSum.set(sum);
+      this.sum.set(sum);
       this.digestCache = digestCache;
     }
   }
@@ -928,7 +937,7 @@ export class Keyring implements CredentialLookup {
           );
     this.ops.set(op.id, held);
     this.changed(() => this.ops.delete(op.id));
-    this.digestSum.add(hash);
+    this.sum.add(hash);
     this.digestCache = undefined;
     if (!(held instanceof HeldGrant)) return held;
     const credId = held.credId;
@@ -1186,7 +1195,7 @@ export class Keyring implements CredentialLookup {
    */
   digest(): string {
     if (this.snapshotDigest !== undefined) return this.snapshotDigest;
-    this.digestCache ??= this.digestSum.digest(this.ops.size);
+    this.digestCache ??= this.sum.digest(this.ops.size);
     return this.digestCache;
   }
 
@@ -1317,12 +1326,34 @@ class DigestSum {
     this.limbs = limbs.slice();
   }
 
-  /** The digest of a set of `count` ops whose hashes sum to this. */
-  digest(count: number): string {
+  /** The sum as 64 hex digits (most significant first), as the digest hashes it. */
+  hex(): string {
     let hex = '';
     for (let i = 7; i >= 0; i--) hex += (this.limbs[i] ?? 0).toString(16).padStart(8, '0');
-    return createHash('sha256').update(`${DIGEST_V2}\n${count}\n${hex}`, 'utf8').digest('hex');
+    return hex;
   }
+
+  /** The sum `hex` gave. */
+  static fromHex(hex: string): DigestSum {
+    const sum = new DigestSum();
+    for (let i = 0; i < 8; i++) sum.limbs[i] = Number.parseInt(hex.slice(56 - 8 * i, 64 - 8 * i), 16);
+    return sum;
+  }
+
+  /** The digest of a set of `count` ops whose hashes sum to this. */
+  digest(count: number): string {
+    return createHash('sha256').update(`${DIGEST_V2}\n${count}\n${this.hex()}`, 'utf8').digest('hex');
+  }
+}
+
+/**
+ * The digest of a set whose ops' hashes sum to `sumHex` (Keyring.digestSum) with `jwsList` added:
+ * a snapshot's set with the ops added since, before any of them is decoded.
+ */
+export function digestWithOps(sumHex: string, count: number, jwsList: readonly string[]): string {
+  const sum = DigestSum.fromHex(sumHex);
+  for (const jws of jwsList) sum.add(opHash(jws));
+  return sum.digest(count + jwsList.length);
 }
 
 const DIGEST_V2 = 'vehicle-agent keyring digest v2';

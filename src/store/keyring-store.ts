@@ -7,6 +7,7 @@ import {
   decodeTrustedOp,
   digestOfOps,
   digestOfOpsV1,
+  digestWithOps,
   journalOverlay,
   type Keyring,
   type KeyringOp,
@@ -16,7 +17,7 @@ import {
   type PreparedOps,
   type StoredOp,
 } from '../access/keyring.js';
-import type { SnapshotCredentials } from '../access/snapshot-credentials.js';
+import type { JournalOverlay, SnapshotCredentials } from '../access/snapshot-credentials.js';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readFileIfExists, writeFileAtomic } from './atomic.js';
@@ -97,8 +98,10 @@ interface Summary {
   revoked(): string[];
   /** Format 4: the credentials, indexed (the fast path decides from these). */
   readonly credentials?: SnapshotCredentials;
-  /** Format 4: live owners, the root excluded, when the file holds them. */
+  /** Format 4, when the file holds them: what a start with ops in the journal needs (keyring-summary.ts). */
   readonly owners?: ReadonlySet<string> | undefined;
+  readonly sum?: string | undefined;
+  readonly folded?: string | undefined;
 }
 
 type SummaryRead =
@@ -166,9 +169,12 @@ function checkCredentials(credentials: unknown): void {
 
 function decodeSummary(bytes: Buffer): SummaryRead {
   if (isSummaryV4(bytes)) {
-    const { digest, opCount, credentials, owners } = decodeSummaryV4(bytes);
+    const { digest, opCount, credentials, owners, sum, folded } = decodeSummaryV4(bytes);
     const revoked = () => [...credentials.ids()].filter((id) => credentials.revoked(id) === true);
-    return { state: 'ok', summary: { format: 4, digest, opCount, credentials, owners, revoked } };
+    return {
+      state: 'ok',
+      summary: { format: 4, digest, opCount, credentials, owners, sum, folded, revoked },
+    };
   }
   const checksummed = looksChecksummed(bytes);
   const json = checksummed ? checksummedBody(bytes) : bytes;
@@ -421,6 +427,33 @@ function agreeingJournals(
 }
 
 /**
+ * The journal's ops as laid over the summary, with the digest of the summary's ops and them, or
+ * undefined when the summary cannot tell what they change (see journalOverlay), was written by
+ * a version that did not keep `owners` and `sum`, or already counts some of them (`folded`: the
+ * agent stopped inside a compaction, before the journal was rewritten).
+ */
+function overJournal(
+  summary: Summary,
+  journal: { records: readonly StoredRecord[]; ops: KeyringOp[] } | undefined,
+): { texts: ReadonlyMap<string, StoredRecord>; overlay: JournalOverlay; digest: string } | undefined {
+  if (journal === undefined || summary.sum === undefined) return undefined;
+  const byId = new Map<string, StoredRecord>();
+  journal.ops.forEach((op, i) => {
+    const r = journal.records[i];
+    if (r !== undefined && !byId.has(op.id)) byId.set(op.id, r);
+  });
+  if (summary.folded !== undefined && byId.has(summary.folded)) return undefined;
+  const overlay = journalOverlay(journal.ops, summary.owners);
+  if (overlay === undefined) return undefined;
+  const digest = digestWithOps(
+    summary.sum,
+    summary.opCount,
+    [...byId.values()].map((r) => r.jws),
+  );
+  return { texts: byId, overlay, digest };
+}
+
+/**
  * Reconciles keyring.journal and its mirror. `known` holds the op ids already in the ops files
  * (a crash between compaction's steps leaves one journal still holding them).
  */
@@ -640,6 +673,8 @@ async function writeSnapshotFiles(
   stateDir: string,
   keyring: Keyring,
   opsText?: { readonly text: string; readonly count: number },
+  /** The id of a journal op this compaction folds in (keyring-summary.ts `folded`). */
+  folded?: string,
 ): Promise<void> {
   const p = keyringPaths(stateDir);
   const lines: string[] = [];
@@ -655,7 +690,11 @@ async function writeSnapshotFiles(
     if (s.credential.id !== keyring.rootId) credentials.push([credentialToWire(s.credential), s.revoked]);
   }
   const opCount = opsText?.count ?? lines.length;
-  const summary = encodeSummary(keyring.digest(), opCount, credentials, keyring.liveOwnerIds());
+  const summary = encodeSummary(keyring.digest(), opCount, credentials, {
+    owners: keyring.liveOwnerIds(),
+    sum: keyring.digestSum(),
+    folded,
+  });
   const ops = opsText?.text ?? lines.join('');
   await writeFileAtomic(p.ops, ops, { mode: 0o600 });
   await writeFileAtomic(p.opsMirror, ops, { mode: 0o600 });
@@ -756,30 +795,26 @@ export class KeyringStore {
       const credentials = summaryRead.state === 'ok' ? summaryRead.summary.credentials : undefined;
       // Ops the journals hold (after a kill): laid over the summary when both copies agree and
       // the summary alone shows what they change (journalOverlay), else the slow path decides.
-      const journal = journalsClean ? undefined : agreeingJournals(sideA, sideB);
-      const overlay =
-        journal !== undefined && summaryRead.state === 'ok'
-          ? journalOverlay(journal.ops, summaryRead.summary.owners)
-          : undefined;
+      const journal =
+        journalsClean || summaryRead.state !== 'ok'
+          ? undefined
+          : overJournal(summaryRead.summary, agreeingJournals(sideA, sideB));
       if (
         summaryRead.state === 'ok' &&
         credentials !== undefined &&
-        (journalsClean || (journal !== undefined && overlay !== undefined))
+        (journalsClean || journal !== undefined)
       ) {
         // Fast path: decide from the summary now (with the journal's revokes, its grants denied
         // until then); read, check and decode the ops afterwards, the journal's after the rest.
-        const { digest, opCount } = summaryRead.summary;
-        const records = journal?.records ?? [];
-        for (const r of records) {
-          const id = opIdOf(r);
-          if (id !== undefined) store.journalTexts.set(id, r);
-        }
+        const texts = journal?.texts ?? new Map<string, StoredRecord>();
+        for (const [id, r] of texts) store.journalTexts.set(id, r);
+        const records = [...texts.values()];
         keyring.loadSnapshot({
-          digest,
-          opCount,
+          digest: journal?.digest ?? summaryRead.summary.digest,
+          opCount: summaryRead.summary.opCount + records.length,
           credentials,
           ops: store.opsSource(summaryRead.summary, records),
-          ...(overlay === undefined ? {} : { overlay }),
+          ...(journal === undefined ? {} : { overlay: journal.overlay }),
         });
         if (sideA.existed !== sideB.existed) {
           findings.push({
@@ -1154,11 +1189,20 @@ export class KeyringStore {
     // The snapshot is written inside the rewrite, after every earlier append is durable and
     // before the journal is replaced: a crash leaves the old journal, or the snapshot plus `keep`.
     let written: string[] = [];
+    // One op this compaction takes out of the journal: found in the journal at the next start,
+    // the agent stopped before the journal was rewritten (see keyring-summary.ts `folded`).
+    const kept = new Set(keep.map((r) => opIdOf(r)));
+    const folded = [...this.journalTexts.keys()].find((id) => !kept.has(id));
     await this.journal.rewrite(keep, async () => {
-      if (!this.textsOnDisk) return writeSnapshotFiles(this.stateDir, this.keyring);
+      if (!this.textsOnDisk) return writeSnapshotFiles(this.stateDir, this.keyring, undefined, folded);
       const ops = await this.heldRecords();
       written = ops.ids;
-      await writeSnapshotFiles(this.stateDir, this.keyring, { text: ops.text, count: ops.ids.length });
+      await writeSnapshotFiles(
+        this.stateDir,
+        this.keyring,
+        { text: ops.text, count: ops.ids.length },
+        folded,
+      );
     });
     for (const id of written) this.journalTexts.delete(id);
     this.keyring.textsStored(written);
