@@ -16,7 +16,11 @@ import { type ParsedJws, parseJws, signJws, verifyJws } from '../crypto/jws.js';
 import { keyCredentialId, publicKeyFromJwk, sha256 } from '../crypto/keys.js';
 import type { CredentialLookup, CredentialStatus } from './credential-lookup.js';
 import { type CredentialWire, credentialToWire, parseCredentialWire } from './credential-wire.js';
-import { SnapshotCredentialMap, type SnapshotCredentials } from './snapshot-credentials.js';
+import {
+  type JournalOverlay,
+  SnapshotCredentialMap,
+  type SnapshotCredentials,
+} from './snapshot-credentials.js';
 
 /**
  * The keyring: a set of signed grant and revoke operations (docs/keyring.md).
@@ -431,7 +435,7 @@ export class Keyring implements CredentialLookup {
   private readonly waitingGrants = new Map<string, HeldGrant[]>();
   private effective: Effective;
   /** The set digest's running sum over the ops (see digest()). */
-  private readonly digestSum = new DigestSum();
+  private readonly sum = new DigestSum();
   private digestCache: string | undefined;
   /**
    * While `prepare` tries ops on the keyring itself: how to undo each change, newest last. Every
@@ -480,6 +484,30 @@ export class Keyring implements CredentialLookup {
       revoked: new Set(),
       liveOwners: new Set([this.rootId]),
     };
+  }
+
+  /** Whether decisions still come from the snapshot (its ops not decoded yet; see loadSnapshot). */
+  get onSnapshot(): boolean {
+    return this.snapshotCredentials !== undefined;
+  }
+
+  /**
+   * Owners whose chain to the root is live, the root excluded (the store writes them into the
+   * summary: a revoke of one of them retires what it granted). Undefined while on a snapshot.
+   */
+  liveOwnerIds(): string[] | undefined {
+    const live = this.effective.liveOwners;
+    if (this.snapshotCredentials !== undefined || live === undefined) return undefined;
+    return [...live].filter((id) => id !== this.rootId);
+  }
+
+  /**
+   * The digest's running sum (64 hex digits; see digestOfOps), which the store keeps in the
+   * summary so that ops added since can be counted in without decoding the rest (digestWithOps).
+   * Undefined while on a snapshot.
+   */
+  digestSum(): string | undefined {
+    return this.snapshotDigest === undefined ? this.sum.hex() : undefined;
   }
 
   get size(): number {
@@ -565,13 +593,20 @@ export class Keyring implements CredentialLookup {
     readonly opCount: number;
     /** Indexed, each decoded on its first lookup (snapshot-credentials.ts). */
     readonly credentials: SnapshotCredentials;
+    /** Every op: the snapshot's, then any added since (decoded once, duplicates ignored). */
     readonly ops: PendingOpsSource;
+    /**
+     * What ops added since the snapshot (the store's journal) change until the ops are decoded
+     * (see journalOverlay); `digest` and `opCount` then count them too (digestWithOps).
+     */
+    readonly overlay?: JournalOverlay;
   }): void {
     this.snapshotCredentials = new SnapshotCredentialMap(
       { credential: this.rootCredential, revoked: false },
       snapshot.credentials,
       credentialFromTrustedWire,
       this.suspects,
+      snapshot.overlay,
     );
     this.effective = { byId: new Map(), byUid: new Map(), revoked: new Set(), liveOwners: undefined };
     this.pendingSource = snapshot.ops;
@@ -589,7 +624,8 @@ export class Keyring implements CredentialLookup {
       const r = raw[this.pendingAt];
       if (r) {
         const { op, signer, jws } = decodeTrustedOp(r.jws, r.signer);
-        this.accept(op, signer, jws, true);
+        // An op in the ops files and the journal both (a crash inside a compaction) counts once.
+        if (!this.ops.has(op.id)) this.accept(op, signer, jws, true);
       }
     }
     if (this.pendingAt < raw.length) return false;
@@ -673,7 +709,9 @@ export class Keyring implements CredentialLookup {
   /** Loads operations from our own durable state: no signature checks, one recompute. */
   loadTrusted(stored: Iterable<StoredOp>): void {
     this.materialize();
-    for (const s of stored) this.accept(s.op, s.signer, s.jws);
+    // An op read twice (in the ops files and a journal after a kill inside a compaction) is one
+    // op: accepted twice, it would count twice in the digest.
+    for (const s of stored) if (!this.ops.has(s.op.id)) this.accept(s.op, s.signer, s.jws);
     this.recompute();
   }
 
@@ -707,7 +745,7 @@ export class Keyring implements CredentialLookup {
     // earlier ops create (a new owner's key, its authority), and this runs synchronously, so no
     // one sees the trial state. The undo log makes the rollback as cheap as the trial.
     const undo: (() => void)[] = [];
-    const sum = this.digestSum.copy();
+    const sum = this.sum.copy();
     const digestCache = this.digestCache;
     this.undo = undo;
     const added: StoredOp[] = [];
@@ -718,7 +756,7 @@ export class Keyring implements CredentialLookup {
       this.undo = undefined;
       for (let i = undo.length - 1; i >= 0; i--) undo[i]?.();
       this.unfolded.clear();
-      this.digestSum.set(sum);
+      this.sum.set(sum);
       this.digestCache = digestCache;
     }
   }
@@ -899,7 +937,7 @@ export class Keyring implements CredentialLookup {
           );
     this.ops.set(op.id, held);
     this.changed(() => this.ops.delete(op.id));
-    this.digestSum.add(hash);
+    this.sum.add(hash);
     this.digestCache = undefined;
     if (!(held instanceof HeldGrant)) return held;
     const credId = held.credId;
@@ -1132,7 +1170,7 @@ export class Keyring implements CredentialLookup {
     const held = this.effective.byId.get(id) ?? this.unfolded.get(id);
     let jwk: PublicJwk | undefined;
     if (held?.key !== undefined && (held.kind === 'phone' || held.kind === 'signer')) jwk = jwkOf(held.key);
-    else if (this.snapshotCredentials !== undefined) {
+    else if (this.snapshotCredentials !== undefined && !this.snapshotCredentials.deniedByJournal(id)) {
       // Still loading: the snapshot holds every granted key (revoked ones too).
       const credential = this.snapshotCredentials.get(id)?.credential;
       if (credential?.publicKey && (credential.kind === 'phone' || credential.kind === 'signer'))
@@ -1157,7 +1195,7 @@ export class Keyring implements CredentialLookup {
    */
   digest(): string {
     if (this.snapshotDigest !== undefined) return this.snapshotDigest;
-    this.digestCache ??= this.digestSum.digest(this.ops.size);
+    this.digestCache ??= this.sum.digest(this.ops.size);
     return this.digestCache;
   }
 
@@ -1201,6 +1239,33 @@ export class Keyring implements CredentialLookup {
       this.snapshotCredentials = this.snapshotCredentials.withCurrentSuspects();
     else if (this.snapshotDigest === undefined) this.recompute();
   }
+}
+
+/**
+ * What ops added after a snapshot (`ops`, the store's journal) do to its credentials until every
+ * op is decoded, or undefined when the snapshot alone cannot tell (the store then decodes every
+ * op before deciding). A revoke denies its credential at once; but revoking a live owner also
+ * retires what it granted, which the snapshot does not record, so that (or not knowing the live
+ * owners: a summary written before they were kept) needs every op. A grant is denied until the
+ * ops are decoded (they may revoke it, or hold a newer grant of it); an owner grant can make
+ * other grants live or dead, so that needs every op too. `liveOwners`: the summary's.
+ */
+export function journalOverlay(
+  ops: readonly KeyringOp[],
+  liveOwners: ReadonlySet<string> | undefined,
+): JournalOverlay | undefined {
+  const revoked = new Set<string>();
+  const granted = new Set<string>();
+  for (const op of ops) {
+    if (op.op === 'grant') {
+      if (op.cred.role === 'owner') return undefined;
+      granted.add(op.cred.id);
+    } else {
+      if (liveOwners === undefined || liveOwners.has(op.credId)) return undefined;
+      revoked.add(op.credId);
+    }
+  }
+  return { revoked, granted };
 }
 
 /** Ops decoded in the background from which on the garbage left is worth a full collection. */
@@ -1261,12 +1326,34 @@ class DigestSum {
     this.limbs = limbs.slice();
   }
 
-  /** The digest of a set of `count` ops whose hashes sum to this. */
-  digest(count: number): string {
+  /** The sum as 64 hex digits (most significant first), as the digest hashes it. */
+  hex(): string {
     let hex = '';
     for (let i = 7; i >= 0; i--) hex += (this.limbs[i] ?? 0).toString(16).padStart(8, '0');
-    return createHash('sha256').update(`${DIGEST_V2}\n${count}\n${hex}`, 'utf8').digest('hex');
+    return hex;
   }
+
+  /** The sum `hex` gave. */
+  static fromHex(hex: string): DigestSum {
+    const sum = new DigestSum();
+    for (let i = 0; i < 8; i++) sum.limbs[i] = Number.parseInt(hex.slice(56 - 8 * i, 64 - 8 * i), 16);
+    return sum;
+  }
+
+  /** The digest of a set of `count` ops whose hashes sum to this. */
+  digest(count: number): string {
+    return createHash('sha256').update(`${DIGEST_V2}\n${count}\n${this.hex()}`, 'utf8').digest('hex');
+  }
+}
+
+/**
+ * The digest of a set whose ops' hashes sum to `sumHex` (Keyring.digestSum) with `jwsList` added:
+ * a snapshot's set with the ops added since, before any of them is decoded.
+ */
+export function digestWithOps(sumHex: string, count: number, jwsList: readonly string[]): string {
+  const sum = DigestSum.fromHex(sumHex);
+  for (const jws of jwsList) sum.add(opHash(jws));
+  return sum.digest(count + jwsList.length);
 }
 
 const DIGEST_V2 = 'vehicle-agent keyring digest v2';

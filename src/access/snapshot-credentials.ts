@@ -23,6 +23,24 @@ export interface SnapshotCredentials {
 const UNDECODABLE = 'its entry in the keyring snapshot does not decode';
 
 /**
+ * What the journal's ops (added after the snapshot was written, not decoded yet) change in the
+ * snapshot's credentials until the ops are decoded (docs/keyring.md "Start-up"): credentials they
+ * revoke are revoked, credentials they grant are denied (a grant is decided once every op is
+ * decoded: the ops may hold a revoke of it, or a newer grant, that the snapshot does not show).
+ */
+export interface JournalOverlay {
+  /** Credential ids a journal op revokes. */
+  readonly revoked: ReadonlySet<string>;
+  /** Credential ids a journal op grants: denied until the ops are decoded. */
+  readonly granted: ReadonlySet<string>;
+}
+
+/** Whether the overlay denies this credential until the ops are decoded. */
+export function overlayDenies(overlay: JournalOverlay | undefined, id: string): boolean {
+  return overlay !== undefined && (overlay.revoked.has(id) || overlay.granted.has(id));
+}
+
+/**
  * The keyring's credential map (byId) while it runs on a snapshot: the root, then the snapshot's
  * credentials, each decoded on its first lookup and kept; suspects (the keyring's live map) are
  * denied. Iterating decodes them all (listing the keys), which lookups never do.
@@ -35,11 +53,17 @@ export class SnapshotCredentialMap implements ReadonlyMap<string, CredentialStat
     private readonly table: SnapshotCredentials,
     private readonly fromWire: (w: CredentialWire) => Credential,
     private readonly suspects: ReadonlyMap<string, string>,
+    private readonly overlay?: JournalOverlay,
   ) {}
 
   /** The same credentials with the suspects as they are now (after markSuspects). */
   withCurrentSuspects(): SnapshotCredentialMap {
-    return new SnapshotCredentialMap(this.root, this.table, this.fromWire, this.suspects);
+    return new SnapshotCredentialMap(this.root, this.table, this.fromWire, this.suspects, this.overlay);
+  }
+
+  /** Whether the journal overlay denies this credential until the ops are decoded. */
+  deniedByJournal(id: string): boolean {
+    return overlayDenies(this.overlay, id);
   }
 
   get size(): number {
@@ -71,6 +95,7 @@ export class SnapshotCredentialMap implements ReadonlyMap<string, CredentialStat
     }
     const suspect = this.suspects.get(id);
     if (suspect !== undefined) status = { ...status, revoked: true, suspect };
+    else if (overlayDenies(this.overlay, id)) status = { ...status, revoked: true };
     this.decoded.set(id, status);
     return status;
   }

@@ -7,6 +7,8 @@ import {
   decodeTrustedOp,
   digestOfOps,
   digestOfOpsV1,
+  digestWithOps,
+  journalOverlay,
   type Keyring,
   type KeyringOp,
   type MergeResult,
@@ -15,7 +17,7 @@ import {
   type PreparedOps,
   type StoredOp,
 } from '../access/keyring.js';
-import type { SnapshotCredentials } from '../access/snapshot-credentials.js';
+import type { JournalOverlay, SnapshotCredentials } from '../access/snapshot-credentials.js';
 import { AgentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { readFileIfExists, writeFileAtomic } from './atomic.js';
@@ -47,7 +49,8 @@ import { rebuildFromBoth } from './salvage.js';
  *   count and the digest, checksummed. Written after both ops files, so it never names ops that
  *   are not on disk. With empty journals, start-up reads only this file and decides at once (each
  *   credential decoded on its first lookup); the ops are read, checked and decoded in the
- *   background.
+ *   background. So it does after a kill, when both journals agree and this file shows what their
+ *   ops change (journalOverlay: revokes count at once, grants once the ops are decoded).
  * - keyring.journal and keyring.mirror.journal: operations added since, one fsynced, checksummed
  *   record each, appended to both (journal.ts). Compaction folds them into the files above (when
  *   they grow, and at stop); a crash in between only leaves duplicates, which load ignores.
@@ -95,6 +98,10 @@ interface Summary {
   revoked(): string[];
   /** Format 4: the credentials, indexed (the fast path decides from these). */
   readonly credentials?: SnapshotCredentials;
+  /** Format 4, when the file holds them: what a start with ops in the journal needs (keyring-summary.ts). */
+  readonly owners?: ReadonlySet<string> | undefined;
+  readonly sum?: string | undefined;
+  readonly folded?: string | undefined;
 }
 
 type SummaryRead =
@@ -162,9 +169,12 @@ function checkCredentials(credentials: unknown): void {
 
 function decodeSummary(bytes: Buffer): SummaryRead {
   if (isSummaryV4(bytes)) {
-    const { digest, opCount, credentials } = decodeSummaryV4(bytes);
+    const { digest, opCount, credentials, owners, sum, folded } = decodeSummaryV4(bytes);
     const revoked = () => [...credentials.ids()].filter((id) => credentials.revoked(id) === true);
-    return { state: 'ok', summary: { format: 4, digest, opCount, credentials, revoked } };
+    return {
+      state: 'ok',
+      summary: { format: 4, digest, opCount, credentials, owners, sum, folded, revoked },
+    };
   }
   const checksummed = looksChecksummed(bytes);
   const json = checksummed ? checksummedBody(bytes) : bytes;
@@ -417,6 +427,58 @@ interface JournalAnalysis {
 }
 
 /**
+ * The journals' records and ops when the two copies agree: both files there, no damaged line,
+ * the same records in the same order, every op decodes. Anything else is left to the full
+ * reconciliation (analyseJournals), which knows what to repair, keep or drop.
+ */
+function agreeingJournals(
+  a: JournalSide,
+  b: JournalSide,
+): { records: readonly StoredRecord[]; ops: KeyringOp[] } | undefined {
+  if (!a.existed || !b.existed || a.corrupt.length + b.corrupt.length > 0) return undefined;
+  if (a.records.length !== b.records.length) return undefined;
+  const ops: KeyringOp[] = [];
+  for (let i = 0; i < a.records.length; i++) {
+    const ra = a.records[i] as StoredRecord;
+    const rb = b.records[i] as StoredRecord;
+    if (ra.jws !== rb.jws || ra.signer !== rb.signer) return undefined;
+    try {
+      ops.push(decodeTrustedOp(ra.jws, ra.signer).op);
+    } catch {
+      return undefined;
+    }
+  }
+  return { records: a.records, ops };
+}
+
+/**
+ * The journal's ops as laid over the summary, with the digest of the summary's ops and them, or
+ * undefined when the summary cannot tell what they change (see journalOverlay), was written by
+ * a version that did not keep `owners` and `sum`, or already counts some of them (`folded`: the
+ * agent stopped inside a compaction, before the journal was rewritten).
+ */
+function overJournal(
+  summary: Summary,
+  journal: { records: readonly StoredRecord[]; ops: KeyringOp[] } | undefined,
+): { texts: ReadonlyMap<string, StoredRecord>; overlay: JournalOverlay; digest: string } | undefined {
+  if (journal === undefined || summary.sum === undefined) return undefined;
+  const byId = new Map<string, StoredRecord>();
+  journal.ops.forEach((op, i) => {
+    const r = journal.records[i];
+    if (r !== undefined && !byId.has(op.id)) byId.set(op.id, r);
+  });
+  if (summary.folded !== undefined && byId.has(summary.folded)) return undefined;
+  const overlay = journalOverlay(journal.ops, summary.owners);
+  if (overlay === undefined) return undefined;
+  const digest = digestWithOps(
+    summary.sum,
+    summary.opCount,
+    [...byId.values()].map((r) => r.jws),
+  );
+  return { texts: byId, overlay, digest };
+}
+
+/**
  * Reconciles keyring.journal and its mirror. `known` holds the op ids already in the ops files
  * (a crash between compaction's steps leaves one journal still holding them).
  */
@@ -636,6 +698,8 @@ async function writeSnapshotFiles(
   stateDir: string,
   keyring: Keyring,
   opsText?: { readonly text: string; readonly count: number },
+  /** The id of a journal op this compaction folds in (keyring-summary.ts `folded`). */
+  folded?: string,
 ): Promise<void> {
   const p = keyringPaths(stateDir);
   const lines: string[] = [];
@@ -651,7 +715,11 @@ async function writeSnapshotFiles(
     if (s.credential.id !== keyring.rootId) credentials.push([credentialToWire(s.credential), s.revoked]);
   }
   const opCount = opsText?.count ?? lines.length;
-  const summary = encodeSummary(keyring.digest(), opCount, credentials);
+  const summary = encodeSummary(keyring.digest(), opCount, credentials, {
+    owners: keyring.liveOwnerIds(),
+    sum: keyring.digestSum(),
+    folded,
+  });
   const ops = opsText?.text ?? lines.join('');
   await writeFileAtomic(p.ops, ops, { mode: 0o600 });
   await writeFileAtomic(p.opsMirror, ops, { mode: 0o600 });
@@ -750,10 +818,29 @@ export class KeyringStore {
         sideA.records.length + sideB.records.length === 0;
       store = new KeyringStore(stateDir, pair, keyring, log, findings);
       const credentials = summaryRead.state === 'ok' ? summaryRead.summary.credentials : undefined;
-      if (summaryRead.state === 'ok' && credentials !== undefined && journalsClean) {
-        // Fast path: decide from the summary now; read, check and decode the ops afterwards.
-        const { digest, opCount } = summaryRead.summary;
-        keyring.loadSnapshot({ digest, opCount, credentials, ops: store.opsSource(summaryRead.summary) });
+      // Ops the journals hold (after a kill): laid over the summary when both copies agree and
+      // the summary alone shows what they change (journalOverlay), else the slow path decides.
+      const journal =
+        journalsClean || summaryRead.state !== 'ok'
+          ? undefined
+          : overJournal(summaryRead.summary, agreeingJournals(sideA, sideB));
+      if (
+        summaryRead.state === 'ok' &&
+        credentials !== undefined &&
+        (journalsClean || journal !== undefined)
+      ) {
+        // Fast path: decide from the summary now (with the journal's revokes, its grants denied
+        // until then); read, check and decode the ops afterwards, the journal's after the rest.
+        const texts = journal?.texts ?? new Map<string, StoredRecord>();
+        for (const [id, r] of texts) store.journalTexts.set(id, r);
+        const records = [...texts.values()];
+        keyring.loadSnapshot({
+          digest: journal?.digest ?? summaryRead.summary.digest,
+          opCount: summaryRead.summary.opCount + records.length,
+          credentials,
+          ops: store.opsSource(summaryRead.summary, records),
+          ...(journal === undefined ? {} : { overlay: journal.overlay }),
+        });
         if (sideA.existed !== sideB.existed) {
           findings.push({
             file: sideA.existed ? p.journalMirror : p.journal,
@@ -985,7 +1072,7 @@ export class KeyringStore {
    * background after start, or at once when a merge needs them). A damaged copy is rewritten
    * from the other; losses fail secure before the keyring recomputes from the ops.
    */
-  private opsSource(summary: Summary): PendingOpsSource {
+  private opsSource(summary: Summary, journal: readonly StoredRecord[]): PendingOpsSource {
     const settle = ([a, b]: [OpsRead, OpsRead]): StoredRecord[] => {
       const analysis = analyseOps(a, b, summary.opCount);
       for (const f of analysis.findings) this.addFinding(f);
@@ -1008,7 +1095,8 @@ export class KeyringStore {
           ),
         );
       }
-      return analysis.ops;
+      // The journal's ops after the files' (the keyring counts an op in both once).
+      return journal.length === 0 ? analysis.ops : [...analysis.ops, ...journal];
     };
     return {
       read: async () => settle(await readOpsPairInSlices(this.stateDir)),
@@ -1126,11 +1214,20 @@ export class KeyringStore {
     // The snapshot is written inside the rewrite, after every earlier append is durable and
     // before the journal is replaced: a crash leaves the old journal, or the snapshot plus `keep`.
     let written: string[] = [];
+    // One op this compaction takes out of the journal: found in the journal at the next start,
+    // the agent stopped before the journal was rewritten (see keyring-summary.ts `folded`).
+    const kept = new Set(keep.map((r) => opIdOf(r)));
+    const folded = [...this.journalTexts.keys()].find((id) => !kept.has(id));
     await this.journal.rewrite(keep, async () => {
-      if (!this.textsOnDisk) return writeSnapshotFiles(this.stateDir, this.keyring);
+      if (!this.textsOnDisk) return writeSnapshotFiles(this.stateDir, this.keyring, undefined, folded);
       const ops = await this.heldRecords();
       written = ops.ids;
-      await writeSnapshotFiles(this.stateDir, this.keyring, { text: ops.text, count: ops.ids.length });
+      await writeSnapshotFiles(
+        this.stateDir,
+        this.keyring,
+        { text: ops.text, count: ops.ids.length },
+        folded,
+      );
     });
     for (const id of written) this.journalTexts.delete(id);
     this.keyring.textsStored(written);

@@ -7,7 +7,7 @@ import { checksummedBody, crcHex } from './checksummed.js';
  * computed them after verifying its ops, laid out so that start-up indexes them without decoding
  * them. A header line, checksummed as every small state file is, then one line per credential:
  *
- *     <crc32> {"format":4,"digest":…,"opCount":…,"count":…,"bytes":…,"crc":…,"order":…}\n
+ *     <crc32> {"format":4,"digest":…,"opCount":…,"count":…,"bytes":…,"crc":…,"order":…,"owners":[…],"sum":…,"folded":…}\n
  *     <r|-><i|-> <credential id> <uid hash|-> <credential wire JSON>\n   (count lines)
  *
  * `bytes` and `crc` cover the credential lines, so a flipped byte anywhere fails the whole file
@@ -18,6 +18,14 @@ import { checksummedBody, crcHex } from './checksummed.js';
  * finds the lines (one pass over the bytes, no JSON parse); lookups binary-search the order, and
  * a credential's JSON is parsed on its first lookup. Format 3 (one JSON line holding every
  * credential as an object) took 2 s to parse at 100 000 credentials.
+ *
+ * For start-up after a kill, with ops in the journal (KeyringStore.open), optional (absent in
+ * files written before): `owners`, the owners whose chain to the root was live, the root excluded
+ * (a journal revoke of one retires what it granted, which the lines do not record); `sum`, the
+ * digest's running sum (the digest with the journal's ops counted in, without decoding the
+ * rest); `folded`, the id of one journal op this file's compaction folded in (still in the
+ * journal at start: the agent stopped before the journal was rewritten, so the journal repeats
+ * ops this file counts).
  */
 
 export interface SummaryHeader {
@@ -31,12 +39,29 @@ export interface SummaryHeader {
   readonly crc: string;
   /** The line numbers in the order of their ids: uint32 little-endian, base64. */
   readonly order: string;
+  /** Live owners, the root excluded (see the file comment). */
+  readonly owners?: readonly string[];
+  /** The digest's running sum, 64 hex digits (see the file comment). */
+  readonly sum?: string;
+  /** The id of a journal op this file folded in (see the file comment). */
+  readonly folded?: string;
+}
+
+/** What start-up after a kill needs besides the credentials (see the file comment). */
+export interface SummaryExtras {
+  readonly owners?: readonly string[] | undefined;
+  readonly sum?: string | undefined;
+  readonly folded?: string | undefined;
 }
 
 export interface DecodedSummary {
   readonly digest: string;
   readonly opCount: number;
   readonly credentials: SnapshotCredentials;
+  /** Live owners, the root excluded; undefined in a file written before they were kept. */
+  readonly owners: ReadonlySet<string> | undefined;
+  readonly sum: string | undefined;
+  readonly folded: string | undefined;
 }
 
 const NL = 0x0a;
@@ -55,6 +80,7 @@ export function encodeSummary(
   digest: string,
   opCount: number,
   credentials: Iterable<readonly [CredentialWire, boolean]>,
+  extras: SummaryExtras = {},
 ): Buffer {
   const lines: string[] = [];
   const ids: string[] = [];
@@ -73,6 +99,9 @@ export function encodeSummary(
     bytes: body.length,
     crc: crcHex(body),
     order: Buffer.from(order.buffer, order.byteOffset, order.byteLength).toString('base64'),
+    ...(extras.owners === undefined ? {} : { owners: [...extras.owners].sort(compareStrings) }),
+    ...(extras.sum === undefined ? {} : { sum: extras.sum }),
+    ...(extras.folded === undefined ? {} : { folded: extras.folded }),
   };
   const json = JSON.stringify(header);
   return Buffer.concat([Buffer.from(`${crcHex(json)} ${json}\n`, 'utf8'), body]);
@@ -138,6 +167,9 @@ export function decodeSummaryV4(bytes: Buffer): DecodedSummary {
     digest: header.digest,
     opCount: header.opCount,
     credentials: new IndexedCredentials(body, starts, order, byUid, insecure),
+    owners: header.owners === undefined ? undefined : new Set(header.owners),
+    sum: header.sum,
+    folded: header.folded,
   };
 }
 
@@ -169,7 +201,10 @@ function parseHeader(json: Buffer): SummaryHeader {
     !Number.isSafeInteger(h.count) ||
     !Number.isSafeInteger(h.bytes) ||
     (h.count as number) < 0 ||
-    (h.bytes as number) < 0
+    (h.bytes as number) < 0 ||
+    (h.owners !== undefined && (!Array.isArray(h.owners) || h.owners.some((o) => typeof o !== 'string'))) ||
+    (h.sum !== undefined && (typeof h.sum !== 'string' || !/^[0-9a-f]{64}$/.test(h.sum))) ||
+    (h.folded !== undefined && typeof h.folded !== 'string')
   ) {
     throw new Error('format 4 header needs digest, opCount, count, bytes, crc and order');
   }
