@@ -1028,7 +1028,7 @@ export class Keyring implements CredentialLookup {
 
   /**
    * A credential's entry in the UID index after a change: out of its previous grant's UID list,
-   * appended to its deciding grant's (so the lists keep the order a full recompute gives).
+   * into its deciding grant's (byUidHash orders what it returns).
    */
   private refreshUid(id: string, prev: HeldGrant | undefined, e: Effective): void {
     const best = e.byId.get(id);
@@ -1116,14 +1116,24 @@ export class Keyring implements CredentialLookup {
     return id === this.rootId ? { credential: this.rootCredential, revoked: false } : undefined;
   }
 
+  /**
+   * The credentials recorded with this UID hash, in credential id order: one order whichever path
+   * built the index (a snapshot, a full recompute, or changes applied one by one), so a tap that
+   * several credentials claim is decided the same way on every start.
+   */
   byUidHash(hash: string): readonly CredentialStatus[] {
-    if (this.snapshotCredentials !== undefined) return this.snapshotCredentials.byUid(hash);
-    const ids = this.effective.byUid.get(hash);
-    if (ids === undefined) return [];
-    return ids.flatMap((id) => {
-      const held = this.effective.byId.get(id);
-      return held === undefined ? [] : [this.statusOf(held)];
-    });
+    let found: CredentialStatus[];
+    if (this.snapshotCredentials !== undefined) found = this.snapshotCredentials.byUid(hash);
+    else {
+      const ids = this.effective.byUid.get(hash);
+      if (ids === undefined) return [];
+      found = ids.flatMap((id) => {
+        const held = this.effective.byId.get(id);
+        return held === undefined ? [] : [this.statusOf(held)];
+      });
+    }
+    if (found.length > 1) found.sort((a, b) => compareIds(a.credential.id, b.credential.id));
+    return found;
   }
 
   /** How many credentials `list` would return, without building the list. */
@@ -1443,4 +1453,9 @@ export function signRevoke(
     ...(reason ? { reason } : {}),
   };
   return signJws(op, signerKey, signerId, KEYRING_OP_TYP);
+}
+
+/** Code-unit order of credential ids (not locale-dependent). */
+function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }

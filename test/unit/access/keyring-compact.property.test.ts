@@ -194,6 +194,8 @@ function model(stored: readonly StoredOp[], suspects: ReadonlyMap<string, string
     byId.set(id, status);
     if (w.uidHash !== undefined) byUid.set(w.uidHash, [...(byUid.get(w.uidHash) ?? []), status]);
   }
+  // byUidHash returns a UID's credentials in credential id order.
+  for (const list of byUid.values()) list.sort((a, b) => (a.credential.id < b.credential.id ? -1 : 1));
   return { byId, byUid, keys };
 }
 
