@@ -67,14 +67,14 @@ function renderReaders(s) {
   if (s.rateLimits) subs.append(el('dt', 'rate limits'), el('dd', summarise(s.rateLimits)));
   for (const [name, v] of Object.entries(s.subsystems || {})) {
     if (name === 'cloud') continue;
-    const dd = el('dd', summarise(v));
-    // A pending phone enrollment can be approved by an owner FIDO key at the reader, once armed.
-    if (name === 'enroll' && v && v.state === 'pending' && s.subsystems.nfc) {
-      const b = el('button', 'Approve with an owner FIDO key'); b.type = 'button'; b.id = 'approve-fido';
-      b.addEventListener('click', armFido); dd.append(' ', b);
-    }
-    subs.append(el('dt', name), dd);
+    subs.append(el('dt', name), el('dd', summarise(v)));
   }
+  // A pending phone enrollment can be approved by an owner FIDO key at the reader, once armed. The
+  // button stays one element (not rebuilt with each state push, which would swallow a click).
+  const enroll = (s.subsystems || {}).enroll;
+  const pending = enroll && enroll.state === 'pending' && (s.subsystems || {}).nfc;
+  $('approve-fido').hidden = !pending;
+  $('approve-fido').textContent = pending ? 'Approve ' + enroll.credentialId + ' with an owner FIDO key' : '';
 }
 
 async function armFido() {
@@ -232,6 +232,7 @@ function connect() {
 }
 
 $('token').value = sessionStorage.getItem('va-token') || '';
+$('approve-fido').addEventListener('click', armFido);
 // The state the server put in the page, so the first paint shows it rather than empty cards.
 const initial = $('initial-state');
 if (initial) { try { render(JSON.parse(initial.textContent)); } catch { /* fetched next anyway */ } }
@@ -251,7 +252,7 @@ const BODY = `
   <section><h2>Lock</h2><div id="lock" data-state="">…</div><div id="clock" class="muted"></div>
     <div id="decisions" class="muted"></div><div id="health"></div></section>
   <section><h2>Readers and relays</h2><table id="readers"></table><dl id="subsystems"></dl>
-    <div id="enroll-result" role="status"></div></section>
+    <button id="approve-fido" type="button" hidden></button><div id="enroll-result" role="status"></div></section>
   <section><h2>Cloud link</h2><div id="cloud"></div></section>
   <section><h2>Keyring</h2><dl id="keyring"></dl></section>
   <section id="sim-card" class="wide" hidden><h2>Simulator</h2>
