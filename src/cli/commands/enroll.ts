@@ -14,8 +14,9 @@ vehicle-agent enroll approve --cancel [--json]
 
 Enrollment at the vehicle, approved by an owner's phone key over BLE (no owner private key on
 this machine needed). \`enroll phone\` opens a request naming the new phone key; it stays open for
---window ms (default ble.enrollWindowMs) and nothing but an owner phone key signing this request's
-hash over BLE completes it: an unlock, however recent, does not. The vehicle then adds a grant
+--window ms (default ble.enrollWindowMs) and nothing but an owner key completes it: an owner phone
+key signing this request's hash over BLE, or an owner FIDO key at the reader once armed (below).
+An unlock, however recent, does not. The vehicle then adds a grant
 signed by the vehicle key that carries the owner's signature, verifiable anywhere.
 The command waits for the outcome (exit 0 approved, 2 expired or cancelled) unless --no-wait.
 ROLE is owner, driver, guest (needs --not-after) or service. TIME is ISO 8601 or +N[smhd].
@@ -35,6 +36,7 @@ interface EnrollmentView {
   readonly requestHash?: string;
   readonly expiresAt?: string;
   readonly approvedBy?: string;
+  readonly approvedWith?: string;
 }
 
 const POLL_MS = 250;
@@ -65,7 +67,9 @@ function describe(view: EnrollmentView): string {
     case 'pending':
       return `waiting for an owner phone key to approve ${view.credentialId} as ${view.role} (until ${view.expiresAt}); request hash ${view.requestHash}`;
     case 'completed':
-      return `enrolled ${view.credentialId} as ${view.role}, approved by ${view.approvedBy}`;
+      return `enrolled ${view.credentialId} as ${view.role}, approved by ${view.approvedBy}${
+        view.approvedWith === 'owner-fido' ? ' (an owner FIDO key at the reader)' : ''
+      }`;
     case 'expired':
       return `the request for ${view.credentialId} expired without an owner's approval`;
     case 'cancelled':
