@@ -305,7 +305,10 @@ export class Agent {
       intent: p.intent,
       explicitIntent: p.explicitIntent,
       result: decision.granted ? 'granted' : 'denied',
-      ...(decision.granted ? {} : { code: decision.code }),
+      // A refused proof is audited with the reader's specific reason where it has one.
+      ...(decision.granted
+        ? {}
+        : { code: decision.code === 'bad_proof' ? (p.proofDetail ?? decision.code) : decision.code }),
       ...(decision.credential
         ? { credentialId: decision.credential.id, role: decision.credential.role }
         : {}),

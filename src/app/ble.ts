@@ -49,6 +49,8 @@ export interface BleSetup {
   /** Control commands: ble.status, enroll.*, and in sim mode sim.phone.approach and sim.ble.*. */
   readonly handlers: ReadonlyMap<string, ControlHandler>;
   readonly mode: 'sim' | 'bluez';
+  /** The phone enrollment desk (the NFC reader's owner FIDO approval reaches it). */
+  readonly desk: EnrollmentDesk;
   /** Ends what the setup started beside the reader (sim: stand-in and dbus-daemon). After reader.stop(). */
   stop(): Promise<void>;
 }
@@ -253,6 +255,7 @@ export async function setupBle(deps: BleSetupDeps): Promise<BleSetup> {
     readers: [...(roles.central ? [reader] : []), ...(roles.peripheral ? [peripheral] : [])],
     handlers,
     mode,
+    desk,
     stop: async () => {
       desk.close();
       flood?.stop();

@@ -9,6 +9,7 @@ import { bindHandler } from '../host/control-api.js';
 import type { ControlHandler } from '../host/control-server.js';
 import { DeferredDriver } from '../nfc/deferred-driver.js';
 import { CardEnrollmentDesk, type CounterAccess } from '../nfc/enrollment.js';
+import { type ApprovalDesk, OwnerFidoApproval } from '../nfc/owner-approval.js';
 import { formatFirmware } from '../nfc/pn532/commands.js';
 import type { LinkFactory } from '../nfc/pn532/link.js';
 import { NfcReader, type TapOutcome } from '../nfc/reader.js';
@@ -37,12 +38,17 @@ export interface NfcSetupDeps extends EnrollmentHost {
   readonly counters: CounterAccess;
   readonly clock: Clock;
   readonly log: Logger;
+  /** The phone enrollment desk (BLE), when it runs: an owner FIDO key may approve its requests. */
+  readonly phoneEnrollment?: ApprovalDesk;
 }
 
 export interface NfcSetup {
   readonly reader: NfcReader;
   readonly mode: 'sim' | 'pn532';
-  /** Control commands: nfc.status, enroll.card.*, and in sim mode sim.card.* and sim.nfc.*. */
+  /**
+   * Control commands: nfc.status, enroll.card.*, enroll.approval.* (with a phone enrollment desk),
+   * and in sim mode sim.card.* and sim.nfc.*.
+   */
   readonly handlers: ReadonlyMap<string, ControlHandler>;
   /** "try:" lines for the demo (sim mode). */
   readonly hints: readonly string[];
@@ -167,6 +173,26 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
     apduTimeoutMs: ENROLL_APDU_TIMEOUT_MS,
   });
 
+  // Arming the reader to approve a pending phone enrollment with an owner FIDO key.
+  const phoneEnrollment = deps.phoneEnrollment;
+  const approval =
+    phoneEnrollment === undefined
+      ? undefined
+      : new OwnerFidoApproval({
+          vehicleId: deps.vehicleId,
+          clock: deps.clock,
+          keyring,
+          counters: deps.counters,
+          desk: phoneEnrollment,
+          audit: (event) => deps.agent().audit(event),
+          log: log.child({ module: 'nfc-approval' }),
+          windowMs: nfc.enrollWindowMs,
+          readerBusy: () =>
+            desk.phase() === 'idle'
+              ? undefined
+              : 'a card enrollment holds the reader; finish or cancel it first (enroll card cancel)',
+        });
+
   const reader = new NfcReader({
     id: 'nfc0',
     driver,
@@ -176,6 +202,7 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
     answerTimeoutMs,
     apduTimeoutMs: Math.min(nfc.commandTimeoutMs * 2, answerTimeoutMs),
     enrollment: desk,
+    ...(approval === undefined ? {} : { approval }),
   });
 
   handlers.set(
@@ -196,6 +223,11 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
   handlers.set(...bindHandler('enroll.card.authorise', (args) => desk.authoriseWithKey(args.jws)));
   handlers.set(...bindHandler('enroll.card.status', () => desk.status() ?? NO_ENROLLMENT));
   handlers.set(...bindHandler('enroll.card.cancel', () => desk.cancel() ?? NO_ENROLLMENT));
+  if (approval !== undefined) {
+    handlers.set(...bindHandler('enroll.approval.arm', () => approval.arm()));
+    handlers.set(...bindHandler('enroll.approval.status', () => approval.status() ?? NO_ENROLLMENT));
+    handlers.set(...bindHandler('enroll.approval.cancel', () => approval.cancel() ?? NO_ENROLLMENT));
+  }
 
   if (mode === 'sim') {
     handlers.set(...bindHandler('sim.card.list', async () => (await simulator()).cards.list()));
@@ -241,6 +273,7 @@ export async function setupNfc(deps: NfcSetupDeps): Promise<NfcSetup> {
     hints: mode === 'sim' ? nfcDemoHints() : [],
     stop: async () => {
       desk.close();
+      approval?.close();
       const up = await bringUp.catch(() => undefined);
       await up?.stop();
     },
@@ -263,6 +296,22 @@ export function tapReply(outcome: TapOutcome, lockState: () => string): Record<s
             : { answerMs: Math.round(outcome.proof.answerMs * 10) / 10 }),
         }
       : { granted: false, code: d.code, ...(d.credential ? { credentialId: d.credential.id } : {}) };
+  }
+  if (outcome.type === 'approval') {
+    const view = outcome.view;
+    return {
+      approval: 'owner-fido',
+      ok: outcome.ok,
+      ...(outcome.code === undefined ? {} : { code: outcome.code }),
+      ...(outcome.message === undefined ? {} : { message: outcome.message }),
+      ...(view
+        ? {
+            state: view.state,
+            credentialId: view.credentialId,
+            ...(view.approvedBy === undefined ? {} : { approvedBy: view.approvedBy }),
+          }
+        : {}),
+    };
   }
   return {
     enrollment: outcome.step,

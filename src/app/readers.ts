@@ -1,6 +1,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { Agent, LockControl } from '../agent/agent.js';
 import type { CredentialReader } from '../agent/reader.js';
+import type { EnrollmentDesk } from '../ble/enrollment.js';
 import type { Config } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { toAgentError } from '../core/errors.js';
@@ -74,6 +75,7 @@ export async function buildReaders(deps: ReaderDeps): Promise<ReaderParts> {
     };
   };
 
+  let phoneEnrollment: EnrollmentDesk | undefined;
   if (config.ble.enabled) {
     const { setupBle } = await import('./ble.js');
     const vehicleSpki = new Uint8Array(
@@ -87,6 +89,7 @@ export async function buildReaders(deps: ReaderDeps): Promise<ReaderParts> {
     });
     readers.push(...ble.readers);
     add(ble.handlers);
+    phoneEnrollment = ble.desk;
     deps.cleanup.defer('ble', () => ble.stop());
   }
 
@@ -99,6 +102,7 @@ export async function buildReaders(deps: ReaderDeps): Promise<ReaderParts> {
         config,
         stateDir: deps.stateDir,
         counters: deps.counters,
+        ...(phoneEnrollment === undefined ? {} : { phoneEnrollment }),
         ...(await enrollment()),
       });
       readers.push(nfc.reader);

@@ -1,6 +1,12 @@
 import type { CredentialLookup } from '../access/credential-lookup.js';
 import { credentialToWire, parseCredentialWire } from '../access/credential-wire.js';
-import { authRequestHash, type GrantOp, type MergeResult, newOpId } from '../access/keyring.js';
+import {
+  type AuthProof,
+  authRequestHash,
+  type GrantOp,
+  type MergeResult,
+  newOpId,
+} from '../access/keyring.js';
 import { roleAllows } from '../access/policy.js';
 import type { Clock } from '../core/clock.js';
 import { type Code, isCode } from '../core/codes.js';
@@ -29,7 +35,22 @@ import {
  * Nothing else opens or approves it: an unlock, however recent, authorises nothing.
  * On approval the desk writes a grant signed by the vehicle key carrying the owner's signature
  * as its AuthProof, which every keyring verifies on its own (verifyBleEnrollAuth).
+ * An owner FIDO key tapped at the reader approves too, but only once someone armed that
+ * (src/nfc/owner-approval.ts): it checks the key and hands the desk its proof (approveWith).
  */
+
+/** How an owner approved (audit records' `method`). */
+export type ApprovalMethod = 'owner-phone' | 'owner-fido';
+
+/** The pending request as another approval path needs it. */
+export interface PendingApproval {
+  readonly opId: string;
+  readonly credentialId: string;
+  /** keyring authRequestHash of the grant (what the owner signs). */
+  readonly requestHash: Uint8Array;
+  /** Monotonic ms the request has left. */
+  readonly leftMs: number;
+}
 
 export type EnrollmentState = 'pending' | 'completed' | 'expired' | 'cancelled';
 
@@ -45,6 +66,8 @@ export interface EnrollmentView {
   readonly expiresAt: string;
   /** The owner key that approved (completed only). */
   readonly approvedBy?: string;
+  /** How it approved (completed only). */
+  readonly approvedWith?: ApprovalMethod;
 }
 
 export interface EnrollmentDeskOptions {
@@ -86,6 +109,7 @@ interface Request {
   readonly expiresAt: number;
   state: EnrollmentState;
   approvedBy?: string;
+  approvedWith?: ApprovalMethod;
   /** An approval is being written: a second one must not race it. */
   busy: boolean;
 }
@@ -245,6 +269,7 @@ export class EnrollmentDesk {
     this.options.audit({
       type: 'enroll.refused',
       by,
+      method: 'owner-phone',
       step: 'request',
       ...(pending?.state === 'pending' ? { opId: pending.op.id, credentialId: pending.credential.id } : {}),
       code,
@@ -288,6 +313,7 @@ export class EnrollmentDesk {
     this.options.audit({
       type: outcome.approved ? 'enroll.approved' : 'enroll.refused',
       by: approval.keyId,
+      method: 'owner-phone',
       ...(request ? { opId: request.op.id, credentialId: request.credential.id } : {}),
       ...(outcome.approved ? {} : { code: outcome.code }),
     });
@@ -320,9 +346,58 @@ export class EnrollmentDesk {
     if (credential.notAfter !== undefined && now >= credential.notAfter)
       return { approved: false, code: 'expired', by };
     if (!roleAllows(credential.role, 'keys.grant')) return { approved: false, code: 'role_not_allowed', by };
+    return await this.writeGrant(request, authProofFor(approval), 'owner-phone');
+  }
+
+  /** The pending request, for an approval path outside this desk (undefined when none is pending). */
+  pendingApproval(): PendingApproval | undefined {
+    this.refresh();
+    const request = this.request;
+    if (request?.state !== 'pending') return undefined;
+    return {
+      opId: request.op.id,
+      credentialId: request.credential.id,
+      requestHash: request.requestHash,
+      leftMs: Math.max(0, request.expiresAtMono - this.options.clock.monotonic()),
+    };
+  }
+
+  /**
+   * Writes the pending grant with an approval proven elsewhere (an owner FIDO key at the reader,
+   * checked by src/nfc/owner-approval.ts): `auth` must be over `requestHash`, which must still be
+   * the pending request's. Audits the approval; a refusal is the caller's to audit.
+   */
+  async approveWith(
+    requestHash: Uint8Array,
+    auth: AuthProof,
+    method: ApprovalMethod,
+  ): Promise<ApprovalOutcome> {
+    this.refresh();
+    const request = this.request;
+    const by = auth.by;
+    if (request?.state !== 'pending' || request.busy || !bytesEqual(request.requestHash, requestHash))
+      return { approved: false, code: 'enrollment_closed', by };
+    const outcome = await this.writeGrant(request, auth, method);
+    if (outcome.approved)
+      this.options.audit({
+        type: 'enroll.approved',
+        by,
+        method,
+        opId: request.op.id,
+        credentialId: request.credential.id,
+      });
+    return outcome;
+  }
+
+  private async writeGrant(
+    request: Request,
+    auth: AuthProof,
+    method: ApprovalMethod,
+  ): Promise<ApprovalOutcome> {
+    const by = auth.by;
     request.busy = true;
     try {
-      const jws = this.options.signOp({ ...request.op, auth: authProofFor(approval) });
+      const jws = this.options.signOp({ ...request.op, auth });
       const result = await this.options.addOps([jws]);
       const rejected = result.rejected[0];
       if (rejected !== undefined) {
@@ -338,8 +413,12 @@ export class EnrollmentDesk {
     }
     request.state = 'completed';
     request.approvedBy = by;
+    request.approvedWith = method;
     clearTimeout(this.expiryTimer);
-    this.options.log.info({ credentialId: request.credential.id, by }, 'enrollment approved by an owner key');
+    this.options.log.info(
+      { credentialId: request.credential.id, by, method },
+      'enrollment approved by an owner key',
+    );
     return { approved: true, credentialId: request.credential.id, by };
   }
 
@@ -369,6 +448,7 @@ export class EnrollmentDesk {
       openedAt: new Date(request.openedAt).toISOString(),
       expiresAt: new Date(request.expiresAt).toISOString(),
       ...(request.approvedBy !== undefined ? { approvedBy: request.approvedBy } : {}),
+      ...(request.approvedWith !== undefined ? { approvedWith: request.approvedWith } : {}),
     };
   }
 }

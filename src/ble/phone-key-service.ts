@@ -354,7 +354,12 @@ export function createPhoneKeyService(deps: PhoneKeyServiceDeps): PhoneKeyServic
       return resultFor(late, proved, undefined, true);
     }
     if (answer.intent === 'identify') return identify(status, proof, proved, detail);
-    const decision = await present({ ...base, proof, ...(counter === undefined ? {} : { counter }) });
+    const decision = await present({
+      ...base,
+      proof,
+      ...(counter === undefined ? {} : { counter }),
+      ...(detail === undefined ? {} : { proofDetail: detail }),
+    });
     return resultFor(decision, proved, detail, false);
   }
 

@@ -58,7 +58,9 @@ export const NFC_SCHEMA = section(
       600_000,
     ),
     enrollWindowMs: int(
-      'After the owner authorised it, how long the reader waits for the new card.',
+      'After the owner authorised it, how long the reader waits for the new card; also the longest ' +
+        'the reader stays armed for an owner FIDO key to approve a phone enrollment (`vehicle-agent ' +
+        'enroll approve --owner-fido`).',
       30_000,
       1000,
       600_000,

@@ -1,4 +1,4 @@
-import type { DenialCode } from './codes.js';
+import type { Code, DenialCode } from './codes.js';
 
 export const ROLES = ['owner', 'driver', 'guest', 'service'] as const;
 export type Role = (typeof ROLES)[number];
@@ -95,6 +95,11 @@ export interface Presentation {
    * how long past the deadline the reader waited before giving up.
    */
   readonly lateMs?: number;
+  /**
+   * Why a proof the reader checked failed, when it knows more than bad_proof (a passkey without
+   * user verification, from an origin not listed, …): the audit record carries this code.
+   */
+  readonly proofDetail?: Code;
 }
 
 export type Decision =

@@ -8,6 +8,7 @@ import { type Credential, INTENTS, type Intent, type PublicJwk, ROLES } from '..
 import { fromB64url } from '../crypto/encoding.js';
 import { CARD_KINDS } from '../nfc/enroll-auth.js';
 import type { CardEnrollmentInput, CardEnrollmentView } from '../nfc/enrollment.js';
+import type { ApprovalArmView } from '../nfc/owner-approval.js';
 import type { IntegrityStatus } from './state-integrity.js';
 
 /**
@@ -168,6 +169,9 @@ export interface TapReply {
   readonly credentialId?: string;
   readonly answerMs?: number;
   readonly enrollment?: 'authorise' | 'enroll';
+  /** Set when the tap was an approval attempt (the reader was armed by enroll.approval.arm). */
+  readonly approval?: 'owner-fido';
+  readonly approvedBy?: string;
   readonly ok?: boolean;
   readonly message?: string;
   readonly state?: string;
@@ -184,6 +188,7 @@ export interface SimCardSummary {
 /** An enrollment desk's answer: its open enrollment, or none. */
 export type PhoneEnrollmentReply = EnrollmentView | { readonly state: 'none' };
 export type CardEnrollmentReply = CardEnrollmentView | { readonly state: 'none' };
+export type ApprovalArmReply = ApprovalArmView | { readonly state: 'none' };
 
 export interface KeysAddArgs {
   readonly ops: readonly string[];
@@ -725,6 +730,9 @@ export interface ControlApi {
   'enroll.card.authorise': { args: CardAuthoriseArgs; result: CardEnrollmentReply };
   'enroll.card.status': { args: NoArgs; result: CardEnrollmentReply };
   'enroll.card.cancel': { args: NoArgs; result: CardEnrollmentReply };
+  'enroll.approval.arm': { args: NoArgs; result: ApprovalArmView };
+  'enroll.approval.status': { args: NoArgs; result: ApprovalArmReply };
+  'enroll.approval.cancel': { args: NoArgs; result: ApprovalArmReply };
   'sim.card.list': { args: NoArgs; result: readonly SimCardSummary[] };
   'sim.card.add': { args: SimCardAddArgs; request: SimCardAddRequest; result: unknown };
   'sim.card.tap': { args: SimTapArgs; request: SimTapRequest; result: TapReply };
@@ -783,6 +791,9 @@ export const ARG_PARSERS: { readonly [C in CommandName]: (args: WireArgs) => Arg
   'enroll.card.authorise': parseCardAuthorise,
   'enroll.card.status': noArgs,
   'enroll.card.cancel': noArgs,
+  'enroll.approval.arm': noArgs,
+  'enroll.approval.status': noArgs,
+  'enroll.approval.cancel': noArgs,
   'sim.card.list': noArgs,
   'sim.card.add': parseSimCardAdd,
   'sim.card.tap': parseSimTap,

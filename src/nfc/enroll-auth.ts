@@ -7,6 +7,7 @@ import { canonicalJson } from '../crypto/canonical.js';
 import { b64url, bytesEqual, fromB64url } from '../crypto/encoding.js';
 import { parseJws, verifyJws } from '../crypto/jws.js';
 import { publicKeyFromJwk } from '../crypto/keys.js';
+import { FIDO_APPROVAL_AUTH_METHOD, verifyFidoApprovalAuth } from './approve-auth.js';
 import { enrollmentChallenge, U2F_FLAG_USER_PRESENT, vehicleAppParam, verifyAssertion } from './u2f.js';
 
 /**
@@ -308,4 +309,6 @@ export const verifyCardEnrollFidoAuth: AuthVerifier = (authoriser, requestHash, 
 export const NFC_AUTH_VERIFIERS: ReadonlyMap<string, AuthVerifier> = new Map([
   [CARD_ENROLL_KEY_METHOD, verifyCardEnrollKeyAuth],
   [CARD_ENROLL_FIDO_METHOD, verifyCardEnrollFidoAuth],
+  // A phone or web-key enrollment approved by an owner FIDO key at the reader (approve-auth.ts).
+  [FIDO_APPROVAL_AUTH_METHOD, verifyFidoApprovalAuth],
 ]);

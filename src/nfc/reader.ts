@@ -7,6 +7,7 @@ import type { Decision, Health, Presentation } from '../core/types.js';
 import { fromB64url } from '../crypto/encoding.js';
 import { uidHash } from '../crypto/keys.js';
 import type { CardEnrollmentDesk, CardEnrollmentView, EnrollmentStep } from './enrollment.js';
+import type { ApprovalArmView, ApprovalStep } from './owner-approval.js';
 import type { Pn532Target } from './pn532/driver.js';
 import {
   type CardSession,
@@ -18,14 +19,15 @@ import {
   type TapProof,
   verdictFor,
 } from './tap.js';
-import { tapChallenge, vehicleAppParam } from './u2f.js';
+import { tapChallenge, type U2fAssertion, vehicleAppParam } from './u2f.js';
 
 /**
  * The NFC reader: cards seen by the PN532 driver become presentations for the agent. The driver
  * keeps the chip listening, so a tap is handled the moment it is reported; each tap runs the
  * card's protocol with a fresh challenge (tap.ts), hands the verdict to the agent (which decides,
  * checks counters and deadlines, and drives the lock), then releases the card. While a card
- * enrollment is open (enrollment.ts) taps go to it instead and never unlock.
+ * enrollment is open (enrollment.ts), or the reader is armed to approve a phone enrollment with an
+ * owner FIDO key (owner-approval.ts), taps go there instead and never unlock.
  * Nothing here throws out of a tap: every failure becomes a coded denial or refusal.
  */
 
@@ -53,7 +55,29 @@ export type TapOutcome =
       readonly code?: Code;
       readonly message?: string;
       readonly view?: CardEnrollmentView;
+    }
+  | {
+      readonly type: 'approval';
+      readonly target: number;
+      readonly ok: boolean;
+      readonly code?: Code;
+      readonly message?: string;
+      readonly view?: ApprovalArmView;
     };
+
+/** Where an owner FIDO key's signature at the reader goes (a card enrollment, or an armed approval). */
+interface OwnerTapDesk<Step> {
+  noteRefusedTap(code: Code, message: string): void;
+  accept(credentialId: string, assertion: U2fAssertion): Promise<Step>;
+}
+
+/** The approval arming the reader consults (OwnerFidoApproval satisfies it). */
+export interface ApprovalTapDesk {
+  challenge(): Uint8Array | undefined;
+  status(): ApprovalArmView | undefined;
+  noteRefusedTap(code: Code, message: string): void;
+  approve(credentialId: string, assertion: U2fAssertion): Promise<ApprovalStep>;
+}
 
 export type NfcReaderEvents = { tap: [TapOutcome] };
 
@@ -67,6 +91,8 @@ export interface NfcReaderOptions
   readonly id: string;
   readonly driver: NfcDriver;
   readonly enrollment?: CardEnrollmentDesk;
+  /** Approval of a pending phone enrollment by an owner FIDO key, when armed. */
+  readonly approval?: ApprovalTapDesk;
   /** Monotonic ms (default performance.now). */
   readonly now?: () => number;
 }
@@ -133,8 +159,12 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
     try {
       const session = this.sessionFor(target);
       const phase = this.options.enrollment?.phase() ?? 'idle';
+      // A card enrollment holds the reader first (arming an approval is refused meanwhile).
+      const approvalChallenge = phase === 'idle' ? this.options.approval?.challenge() : undefined;
       if (phase === 'owner-tap') outcome = await this.ownerTap(ctx, target.id, session);
       else if (phase === 'new-card') outcome = await this.newCard(target.id, session);
+      else if (approvalChallenge)
+        outcome = await this.approvalTap(ctx, target.id, session, approvalChallenge);
       else outcome = await this.tap(ctx, target.id, session);
     } catch (err) {
       // A bug, not a card problem: log it and carry on listening.
@@ -206,11 +236,50 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
     const challenge = desk?.ownerTapChallenge();
     if (!desk || !challenge)
       return refusedTap(targetId, 'authorise', 'enrollment_closed', 'no enrollment is open');
+    const result = await this.ownerSignature(ctx, session, challenge, {
+      noteRefusedTap: (code, message) => desk.noteRefusedTap(code, message),
+      accept: (id, assertion) => desk.authoriseWithFido(id, assertion),
+    });
+    return 'refused' in result
+      ? refusedTap(targetId, 'authorise', result.refused.code, result.refused.message)
+      : enrollmentTap(targetId, 'authorise', result.step);
+  }
+
+  /** Armed to approve a phone enrollment: this tap may only approve, never unlock. */
+  private async approvalTap(
+    ctx: ReaderContext,
+    targetId: number,
+    session: CardSession,
+    challenge: Uint8Array,
+  ): Promise<TapOutcome> {
+    this.counts.enrollmentTaps++;
+    const approval = this.options.approval;
+    if (!approval)
+      return approvalOutcome(targetId, { ok: false, code: 'enrollment_closed', message: 'not armed' });
+    const result = await this.ownerSignature(ctx, session, challenge, {
+      noteRefusedTap: (code, message) => approval.noteRefusedTap(code, message),
+      accept: (id, assertion) => approval.approve(id, assertion),
+    });
+    if (!('refused' in result)) return approvalOutcome(targetId, result.step);
+    const view = approval.status();
+    return approvalOutcome(targetId, { ok: false, ...result.refused, ...(view ? { view } : {}) });
+  }
+
+  /**
+   * Finds which enrolled FIDO key is in the field and has it sign `challenge` with this vehicle's
+   * application parameter, then hands the assertion to `desk`. Refusals before the desk's own
+   * checks are reported to it (and audited by it) too.
+   */
+  private async ownerSignature<Step>(
+    ctx: ReaderContext,
+    session: CardSession,
+    challenge: Uint8Array,
+    desk: OwnerTapDesk<Step>,
+  ): Promise<{ readonly step: Step } | { readonly refused: { code: Code; message: string } }> {
     const deps = this.tapDeps(ctx);
-    // Refusals before the owner check are audited by the desk too.
-    const refuse = (code: Code, message: string): TapOutcome => {
+    const refuse = (code: Code, message: string) => {
       desk.noteRefusedTap(code, message);
-      return refusedTap(targetId, 'authorise', code, message);
+      return { refused: { code, message } };
     };
     let found: CredentialStatus | undefined;
     let selected = false;
@@ -249,11 +318,7 @@ export class NfcReader extends EventEmitter<NfcReaderEvents> implements Credenti
         keyHandle: fromB64url(keyHandle),
         select: !selected,
       });
-      return enrollmentTap(
-        targetId,
-        'authorise',
-        await desk.authoriseWithFido(found.credential.id, answer.assertion),
-      );
+      return { step: await desk.accept(found.credential.id, answer.assertion) };
     } catch (err) {
       const e = toAgentError(err, 'reader_error');
       return refuse(verdictFor(e, true) === 'cloned' ? 'clone_suspected' : e.code, e.message);
@@ -277,7 +342,25 @@ function refusedTap(target: number, step: 'authorise' | 'enroll', code: Code, me
 function enrollmentTap(target: number, step: 'authorise' | 'enroll', result: EnrollmentStep): TapOutcome {
   if (result.ok) return { type: 'enrollment', target, step, ok: true, view: result.view };
   return {
-    ...refusedTap(target, step, result.code, result.message),
+    type: 'enrollment',
+    target,
+    step,
+    ok: false,
+    code: result.code,
+    message: result.message,
+    ...(result.view ? { view: result.view } : {}),
+  };
+}
+
+/** The reader's report of what the approval arming made of a tap. */
+function approvalOutcome(target: number, result: ApprovalStep): TapOutcome {
+  if (result.ok) return { type: 'approval', target, ok: true, view: result.view };
+  return {
+    type: 'approval',
+    target,
+    ok: false,
+    code: result.code,
+    message: result.message,
     ...(result.view ? { view: result.view } : {}),
   };
 }

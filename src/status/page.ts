@@ -69,6 +69,28 @@ function renderReaders(s) {
     if (name === 'cloud') continue;
     subs.append(el('dt', name), el('dd', summarise(v)));
   }
+  // A pending phone enrollment can be approved by an owner FIDO key at the reader, once armed. The
+  // button stays one element (not rebuilt with each state push, which would swallow a click).
+  const enroll = (s.subsystems || {}).enroll;
+  const pending = enroll && enroll.state === 'pending' && (s.subsystems || {}).nfc;
+  $('approve-fido').hidden = !pending;
+  $('approve-fido').textContent = pending ? 'Approve ' + enroll.credentialId + ' with an owner FIDO key' : '';
+}
+
+async function armFido() {
+  const out = $('enroll-result');
+  const token = $('token').value.trim();
+  sessionStorage.setItem('va-token', token);
+  out.className = ''; out.textContent = 'arming the reader…';
+  try {
+    const res = await fetch('/api/enroll/approve-fido', { method: 'POST', headers: { 'content-type': 'application/json', ...authHeaders() }, body: '{}' });
+    const body = await res.json().catch(() => ({ error: { code: 'internal', message: 'not JSON (' + res.status + ')' } }));
+    if (!res.ok) { out.className = 'bad'; out.textContent = 'approve: ' + body.error.code + ': ' + body.error.message; return; }
+    out.className = 'ok';
+    out.textContent = 'reader armed until ' + body.result.expiresAt + ': tap an owner FIDO key to approve ' + body.result.credentialId;
+  } catch {
+    out.className = 'bad'; out.textContent = 'approve: unavailable: the agent is not reachable (restarting?)';
+  }
 }
 
 function summarise(v) {
@@ -150,6 +172,7 @@ async function runAction(id, form) {
     if (!res.ok) { out.className = 'bad'; out.textContent = id + ': ' + body.error.code + ': ' + body.error.message; return; }
     const r = body.result || {};
     out.className = r.granted ? 'ok' : 'warn';
+    if (r.approval) { out.className = r.ok ? 'ok' : 'warn'; out.textContent = id + ': ' + (r.ok ? 'approved ' + r.credentialId + ' by ' + r.approvedBy : 'not approved ' + (r.code || '') + ' (the reader stays ' + (r.state || 'armed') + ')'); return; }
     out.textContent = id + ': ' + (r.granted === true ? 'granted' + (r.lock ? ', lock ' + r.lock : '') : r.granted === false ? 'denied ' + (r.code || '') : JSON.stringify(r).slice(0, 300));
   } catch (err) {
     out.className = 'bad';
@@ -209,6 +232,7 @@ function connect() {
 }
 
 $('token').value = sessionStorage.getItem('va-token') || '';
+$('approve-fido').addEventListener('click', armFido);
 // The state the server put in the page, so the first paint shows it rather than empty cards.
 const initial = $('initial-state');
 if (initial) { try { render(JSON.parse(initial.textContent)); } catch { /* fetched next anyway */ } }
@@ -227,7 +251,8 @@ const BODY = `
 <main>
   <section><h2>Lock</h2><div id="lock" data-state="">…</div><div id="clock" class="muted"></div>
     <div id="decisions" class="muted"></div><div id="health"></div></section>
-  <section><h2>Readers and relays</h2><table id="readers"></table><dl id="subsystems"></dl></section>
+  <section><h2>Readers and relays</h2><table id="readers"></table><dl id="subsystems"></dl>
+    <button id="approve-fido" type="button" hidden></button><div id="enroll-result" role="status"></div></section>
   <section><h2>Cloud link</h2><div id="cloud"></div></section>
   <section><h2>Keyring</h2><dl id="keyring"></dl></section>
   <section id="sim-card" class="wide" hidden><h2>Simulator</h2>

@@ -153,6 +153,7 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/api/state': ['GET'],
   '/api/events': ['GET'],
   '/api/auth': ['POST'],
+  '/api/enroll/approve-fido': ['POST'],
   '/healthz': ['GET', 'HEAD'],
   '/metrics': ['GET'],
 };
@@ -613,6 +614,22 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
         await readJsonBody(req, maxBody);
         sendJson(res, 200, { ok: true });
         return;
+      case '/api/enroll/approve-fido': {
+        // Arms the reader for an owner FIDO key (enroll.approval.arm); the approval itself is the
+        // key's signature at the reader: the token alone approves nothing.
+        authorise(req);
+        await readJsonBody(req, maxBody);
+        const arm = handlers.get('enroll.approval.arm');
+        if (!arm)
+          throw new AgentError(
+            'not_found',
+            'approval with an owner FIDO key needs the BLE and NFC readers (ble.enabled, nfc.enabled)',
+          );
+        const armed = await arm({});
+        log.info('status page: reader armed for an owner FIDO key to approve the pending enrollment');
+        sendJson(res, 200, { ok: true, result: armed ?? null });
+        return;
+      }
       case '/healthz': {
         const report = options.health() ?? (await options.checkHealth());
         sendJson(res, report.healthy ? 200 : 503, { status: report.healthy ? 'ok' : 'unhealthy', ...report });

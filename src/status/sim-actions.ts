@@ -71,6 +71,8 @@ const FORMED = new Set<string>([
 const MAX_CALL_ARGS = 4096;
 /** The demo's owner phone key (src/sim/demo.ts), offered first to approve enrollments. */
 const DEMO_OWNER_PHONE = 'owner-phone';
+/** The demo's owner FIDO key (src/sim/nfc-demo.ts), offered first to approve enrollments at the reader. */
+const DEMO_OWNER_FIDO = 'fido-owner';
 
 const INTENT_PARAM: SimParam = {
   name: 'intent',
@@ -138,17 +140,16 @@ export function validateActionArgs(
   return out;
 }
 
-/** Labels of the simulated NFC cards (`sim.card.list`), or none when it fails. */
-async function simCardChoices(handlers: HandlerMap): Promise<Choice[]> {
+/** Labels of the simulated NFC cards (`sim.card.list`) with their kind, or none when it fails. */
+async function simCardChoices(handlers: HandlerMap): Promise<(Choice & { readonly kind: string })[]> {
   try {
     const list = await call(handlers, 'sim.card.list', {});
     if (!Array.isArray(list)) return [];
     return list.flatMap((c: unknown) => {
       if (typeof c !== 'object' || c === null) return [];
       const { label, kind } = { label: undefined, kind: undefined, ...c };
-      return typeof label === 'string'
-        ? [{ value: label, label: `${label} (${typeof kind === 'string' ? kind : 'card'})` }]
-        : [];
+      const named = typeof kind === 'string' ? kind : 'card';
+      return typeof label === 'string' ? [{ value: label, label: `${label} (${named})`, kind: named }] : [];
     });
   } catch {
     return [];
@@ -276,9 +277,33 @@ export async function buildSimActions(handlers: HandlerMap, demo: SimDemo): Prom
       label: 'Tap a simulated NFC card on the PN532',
       button: 'Tap card',
       handlers: ['sim.card.tap'],
-      params: [{ name: 'card', label: 'card', choices: cards, default: cards[0]?.value ?? '' }],
+      params: [
+        {
+          name: 'card',
+          label: 'card',
+          choices: cards.map(({ value, label }) => ({ value, label })),
+          default: cards[0]?.value ?? '',
+        },
+      ],
       run: async (args) => await call(handlers, 'sim.card.tap', { card: args.card }),
     });
+    // Arms the reader for an owner FIDO key (what `enroll approve --owner-fido` does), then taps
+    // the chosen key: the approval is the key's signature over the request, checked like any tap.
+    const fido = cards.filter((c) => c.kind.includes('fido')).map(({ value, label }) => ({ value, label }));
+    const owner = fido.find((c) => c.value === DEMO_OWNER_FIDO) ?? fido[0];
+    if (handlers.has('enroll.approval.arm') && owner !== undefined) {
+      actions.push({
+        id: 'approve-enrollment-fido',
+        label: "The owner's FIDO key is tapped at the reader to approve the pending enrollment",
+        button: 'Approve with key',
+        handlers: ['enroll.approval.arm', 'sim.card.tap'],
+        params: [{ name: 'card', label: 'FIDO key', choices: fido, default: owner.value }],
+        run: async (args) => {
+          await call(handlers, 'enroll.approval.arm', {});
+          return await call(handlers, 'sim.card.tap', { card: args.card });
+        },
+      });
+    }
   }
 
   const others = [...handlers.keys()]

@@ -186,6 +186,61 @@ describe('try the phone key: sim mode, desktop Chromium, the simulated radio', (
     }
   });
 
+  it("the status page's button arms the reader and the demo owner FIDO key tapped approves; a driver's key tapped approves nothing", async () => {
+    const context = await chromium.browser.createBrowserContext();
+    try {
+      const third = await openPage(context);
+      await third.evaluate("document.getElementById('name').value = 'Cy laptop'");
+      await third.click('#enroll-webkey');
+      await resultOf(third, 'enrollment_pending');
+      const pending = await waitForValue(() => {
+        const s = enrollState();
+        return s.state === 'pending' && s.credentialId !== undefined ? s : undefined;
+      }, 'the third request pending');
+      const token = readFileSync(join(dir, 'status-admin-token'), 'utf8').trim();
+      const auth = { authorization: `Bearer ${token}` };
+      const status = await context.newPage();
+      await status.goto(new URL('/', pageUrl).href);
+      // Without the token the button arms nothing.
+      await status.waitForSelector('#approve-fido:not([hidden])', { timeout: 20_000 });
+      // (Polled from here: the page's Content-Security-Policy refuses waitForFunction's eval.)
+      const shown = (what: string) =>
+        waitFor(
+          async () => (await text(status, 'enroll-result')).includes(what),
+          `the status page shows ${what}`,
+        );
+      await status.click('#approve-fido');
+      await shown('unauthorized');
+      await status.type('#token', token);
+      await status.click('#approve-fido');
+      await shown('reader armed');
+      expect(await text(status, 'enroll-result')).toContain(pending.credentialId);
+
+      const tap = new URL('/api/sim/tap', pageUrl).href;
+      const byDriver = await post(tap, { card: 'fido-driver' }, auth);
+      expect(byDriver.body.result).toMatchObject({
+        approval: 'owner-fido',
+        ok: false,
+        code: 'role_not_allowed',
+      });
+      expect(enrollState()).toMatchObject({ state: 'pending', credentialId: pending.credentialId });
+      const byOwner = await post(new URL('/api/sim/approve-enrollment-fido', pageUrl).href, {}, auth);
+      expect(byOwner.body.result, JSON.stringify(byOwner.body)).toMatchObject({
+        approval: 'owner-fido',
+        ok: true,
+        state: 'approved',
+        credentialId: pending.credentialId,
+      });
+      await resultOf(third, 'enrolled');
+      // The phone's tab in front again (a background tab's clicks wait for a frame that never comes).
+      await third.bringToFront();
+      await third.click('#unlock');
+      await resultOf(third, 'granted');
+    } finally {
+      await context.close();
+    }
+  }, 60_000);
+
   it('the radio gives what a central in range has, no more: coded refusals, no one else’s link, and a valid key still opens', async () => {
     const refusals: [string, unknown, Record<string, string>, string][] = [
       ['an unknown op', { op: 'pair' }, {}, 'bad_arguments'],

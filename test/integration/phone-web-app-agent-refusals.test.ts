@@ -320,6 +320,8 @@ describe('phone-key web app and the real agent: the refusals', () => {
         'the refused passkey in the audit',
       );
       expect(denied.reader).toBe('ble-p');
+      // The audit names the reason the page showed, not a bare bad_proof.
+      expect(denied.code).toBe('user_verification_required');
       expect(await grantsFor(passkeyId)).toBe(0);
       expect(await vehicle.relayPulses()).toBe(before);
     });

@@ -286,6 +286,40 @@ describe('status server: bad input gets coded errors and changes nothing', () =>
     const check = await fetch(`${base}/api/auth`, { method: 'POST', headers: auth });
     expect(await check.json()).toEqual({ ok: true });
   });
+
+  it('arms the reader for an owner FIDO approval only with the token, and only where the agent can', async () => {
+    const path = `${base}/api/enroll/approve-fido`;
+    expect(await errorOf(await fetch(path, { method: 'POST', body: '{}' }))).toEqual({
+      status: 401,
+      code: 'unauthorized',
+    });
+    // No NFC reader or no phone enrollment desk: no arm handler.
+    expect(await errorOf(await fetch(path, { method: 'POST', headers: auth, body: '{}' }))).toEqual({
+      status: 404,
+      code: 'not_found',
+    });
+    let armed = 0;
+    handlers.set('enroll.approval.arm', () => {
+      armed++;
+      return { state: 'armed', method: 'owner-fido', credentialId: 'phone:new', expiresAt: 'soon' };
+    });
+    try {
+      expect(await errorOf(await fetch(path, { method: 'POST', body: '{}' }))).toEqual({
+        status: 401,
+        code: 'unauthorized',
+      });
+      expect(armed).toBe(0);
+      const res = await fetch(path, { method: 'POST', headers: auth, body: '{}' });
+      expect(res.status).toBe(200);
+      expect(await res.json()).toMatchObject({
+        ok: true,
+        result: { state: 'armed', credentialId: 'phone:new' },
+      });
+      expect(armed).toBe(1);
+    } finally {
+      handlers.delete('enroll.approval.arm');
+    }
+  });
 });
 
 describe('status server: live events', () => {

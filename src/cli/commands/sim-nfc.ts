@@ -13,7 +13,8 @@ vehicle-agent sim nfc wedge [--manual] | unwedge | garbage | nack | ...
 Simulated NFC cards on the agent's PN532 emulator (nfc.driver sim): every byte goes through the
 real driver over a pty. \`sim tap\` puts CARD in the field, prints what the reader did with it and
 takes it away: a decision (exit 0 granted, 2 denied) or, while a card enrollment is open, the
-enrollment step (exit 0 done, 2 refused). --slow makes every APDU that much slower (a relay),
+enrollment step (exit 0 done, 2 refused), or, while the reader is armed by \`enroll approve
+--owner-fido\`, the approval (exit 0 approved, 2 refused). --slow makes every APDU that much slower (a relay),
 --remove-after takes the card away mid-exchange, --clone-of shows another card's UID (a UID
 clone), --counter taps an extracted copy of a FIDO key whose counter is N. \`sim cards\` lists the
 wallet (<stateDir>/sim/cards.json); \`sim nfc\` injects reader faults (wedge: the chip stops
@@ -28,6 +29,10 @@ function whole(text: string | undefined, name: string): number | undefined {
 }
 
 function describeTap(r: TapReply): string {
+  if (r.approval !== undefined)
+    return r.ok
+      ? `enrollment of ${r.credentialId ?? '?'} approved by ${r.approvedBy ?? 'the owner key'}`
+      : `not approved: ${r.code ?? '?'} (${r.message ?? ''}); the reader stays ${r.state ?? 'armed'}`;
   if (r.enrollment === 'authorise')
     return r.ok
       ? `enrollment authorised by ${r.credentialId ?? 'the owner key'}: tap the new card`
@@ -81,11 +86,12 @@ async function tap(argv: readonly string[]): Promise<number> {
     },
     20_000,
   );
-  const deniedPlainly = reply.enrollment === undefined && reply.granted !== true && reply.code !== undefined;
+  const step = reply.enrollment !== undefined || reply.approval !== undefined;
+  const deniedPlainly = !step && reply.granted !== true && reply.code !== undefined;
   if (values.json) out(JSON.stringify(reply));
   else if (deniedPlainly) out(await denialLine(loaded.socketPath, reply.code ?? '', reply.credentialId));
   else out(describeTap(reply));
-  const ok = reply.enrollment === undefined ? reply.granted === true : reply.ok === true;
+  const ok = step ? reply.ok === true : reply.granted === true;
   return ok ? 0 : 2;
 }
 

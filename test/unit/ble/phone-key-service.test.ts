@@ -535,6 +535,10 @@ describe('mode P passkeys', () => {
     );
     expect(result).toMatchObject({ outcome: 'denied', code, signature: new Uint8Array(0) });
     expect(ctx.lock.actions).toEqual([]);
+    // The audit keeps the reason the page was told, not only bad_proof.
+    await ctx.agent.flush();
+    const access = ctx.events.filter((e) => e.type === 'access' && e.credentialId === ctx.passkey.id);
+    expect(access).toEqual([expect.objectContaining({ result: 'denied', code })]);
   });
 
   it('origins given as a function are asked at each answer (the status page listens after the service starts)', async () => {

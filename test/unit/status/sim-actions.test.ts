@@ -159,6 +159,39 @@ describe('sim action catalogue', () => {
     }
   });
 
+  it('approve-enrollment-fido: arms the reader, then taps the demo owner FIDO key, which signs at the reader', async () => {
+    const { calls, h } = recorder();
+    const actions = await buildSimActions(
+      new Map([
+        h('sim.card.list', () => [
+          { label: 'fido-driver', kind: 'fido-u2f' },
+          { label: 'fido-owner', kind: 'fido-u2f' },
+          { label: 'tag-new', kind: 'uid' },
+        ]),
+        h('sim.card.tap', () => ({ approval: 'owner-fido', ok: true, state: 'approved' })),
+        h('enroll.approval.arm', () => ({ state: 'armed' })),
+      ]),
+      demoDir,
+    );
+    const approve = actions.find((a) => a.id === 'approve-enrollment-fido');
+    if (!approve) throw new Error('no approve-enrollment-fido action');
+    // Only FIDO keys are offered, the demo owner's first.
+    expect(approve.params[0]?.choices?.map((c) => c.value)).toEqual(['fido-driver', 'fido-owner']);
+    expect(validateActionArgs(approve, {})).toEqual({ card: 'fido-owner' });
+    expect(await approve.run(validateActionArgs(approve, {}))).toMatchObject({ ok: true, state: 'approved' });
+    expect(calls.map(([n, a]) => [n, a])).toEqual([
+      ['sim.card.list', {}],
+      ['enroll.approval.arm', {}],
+      ['sim.card.tap', { card: 'fido-owner' }],
+    ]);
+    // Without the arm handler (no BLE enrollment desk) the action is not offered.
+    const without = await buildSimActions(
+      new Map([h('sim.card.list', () => []), h('sim.card.tap', () => ({}))]),
+      demoDir,
+    );
+    expect(without.map((a) => a.id)).not.toContain('approve-enrollment-fido');
+  });
+
   it('call: passes a JSON object to the named sim handler and refuses anything else', async () => {
     const { calls, h } = recorder();
     const [call] = await buildSimActions(new Map([h('sim.ble.adapter', (a) => ({ echoed: a }))]), demoDir);
