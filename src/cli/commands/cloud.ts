@@ -34,8 +34,9 @@ cloud send signs a command with --key (see \`vehicle-agent sign --help\`), publi
 (exit 0 ok, 2 refused, 1 no answer within --timeout, default 15000 ms).
 cloud keyring push signs the operation set and publishes it (retained where the broker keeps
 retained messages) on <prefix>/<VID>/keyring: the operations the vehicle holds (it is asked for
-its set on <prefix>/<VID>/request and answers on <prefix>/<VID>/keyring/vehicle; --wait, default
-3000 ms, when it is offline; a set in parts is awaited while its parts keep coming), those
+its set on <prefix>/<VID>/request and answers on <prefix>/<VID>/keyring/vehicle, or with the
+manifest of its set in parts, of which only the parts not retained on the broker are asked for;
+--wait, default 3000 ms, for each answer, e.g. when it is offline), those
 retained there, plus the --ops files (union; --replace publishes only the --ops files). The
 vehicle merges it; a revoke always wins. A set larger than --part-bytes (default 262144) goes in
 parts on <prefix>/<VID>/keyring/part/<n>, --parts-per-s a second (default 4; 0: as fast as the
