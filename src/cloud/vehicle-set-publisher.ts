@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import type { Logger } from '../core/logger.js';
 import { fitsOneSet, MAX_SET_PARTS, setDigestOf, signKeyringSet } from './keyring-set.js';
@@ -327,6 +327,8 @@ export class VehicleSetPublisher {
     this.state = state;
     this.retained = state.kind === 'parts' ? state.parts : 0;
     await this.write();
+    // The older format's leftovers are cleared now: its count is not needed again.
+    await unlink(this.deps.legacyPartsFile).catch(() => {});
   }
 
   private async write(): Promise<void> {

@@ -345,7 +345,7 @@ describe('VehicleSetPublisher', () => {
     writeFileSync(join(dir, 'legacy-parts'), '40\n');
     const keyring = new FakeKeyring();
     keyring.add(...Array.from({ length: 20 }, (_, i) => fakeOp(i)));
-    const { sent, publisher } = await setUp(keyring);
+    const { sent, publisher, open } = await setUp(keyring);
     expect(await publisher.round({ ...none, manifest: true })).toBe('set');
     expect(sent[0]?.topic).toBe('v/set');
     // The older format's 40 parts cleared, and any manifest.
@@ -353,6 +353,12 @@ describe('VehicleSetPublisher', () => {
       'v/manifest',
       ...Array.from({ length: 40 }, (_, n) => `v/part/${n}`),
     ]);
+
+    // Cleared once: the next connect clears nothing, after a restart too.
+    sent.length = 0;
+    expect(await publisher.round({ ...none, manifest: true })).toBe('set');
+    expect(await (await open()).round({ ...none, manifest: true })).toBe('set');
+    expect(sent.map((m) => m.topic)).toEqual(['v/set', 'v/set']);
 
     keyring.add(...Array.from({ length: 280 }, (_, i) => fakeOp(`b${i}`)));
     expect(await publisher.round(none)).toBe('parts');
