@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createECDH } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createECDH, createPrivateKey } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -8,6 +8,7 @@ import { type DecisionPolicy, decide } from '../src/access/decision.js';
 import { signGrant, signRevoke } from '../src/access/keyring.js';
 import { EMPTY_LIMITS } from '../src/access/rate-limit.js';
 import { provisionDemo } from '../src/app/sim.js';
+import { VehicleSetPublisher } from '../src/cloud/vehicle-set-publisher.js';
 import { silentLogger } from '../src/core/logger.js';
 import type { Credential, Presentation, PublicJwk } from '../src/core/types.js';
 import { keyCredentialId } from '../src/crypto/keys.js';
@@ -84,6 +85,8 @@ export async function benchScale(
       ((f.rssMb - (figures.demo_idle_rss_mb ?? 0)) * 1024 * 1024) / n,
       0,
     );
+    for (const [name, value] of Object.entries(f.vehicleSet))
+      figures[`keys_${k}_vehicle_set_${name}`] = value;
   }
   return figures;
 }
@@ -190,6 +193,8 @@ async function benchSize(n: number, progress: Progress) {
         signRevoke(bulk.ids[i * 7] ?? '', state.identity.vehicleId, owner.key, owner.id, 1),
       ),
     );
+    progress(`${k}: vehicle keyring set`);
+    const vehicleSet = await vehicleSetCosts(state, dir, phoneGrants(state, owner, 1).ops);
     progress(`${k}: decisions`);
     const decisionP99 = decisions(state, bulk.ids);
     await state.close();
@@ -213,10 +218,86 @@ async function benchSize(n: number, progress: Progress) {
       readyMs: Math.min(...runs.map((r) => r.readyMs)),
       startMs: Math.min(...runs.map((r) => r.startMs)),
       rssMb: Math.max(...runs.map((r) => r.rssMb)),
+      vehicleSet,
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * What the cloud link publishes of the vehicle's keyring set (docs/mqtt.md "Chunked sets"), with
+ * the publisher the link uses and the messages counted instead of sent: every part at first (what
+ * every change and every connect cost before stable parts), then one grant, then a reconnect with
+ * no change. Time of each round and the longest the event loop waited during the grant's round.
+ */
+async function vehicleSetCosts(state: VehicleState, dir: string, grant: readonly string[]) {
+  let bytes = 0;
+  let parts = 0;
+  const cloudDir = join(dir, 'bench-cloud');
+  mkdirSync(cloudDir, { recursive: true });
+  const publisher = await VehicleSetPublisher.open({
+    vehicleId: state.identity.vehicleId,
+    signer: { key: createPrivateKey(state.identity.vehicleKeyPem), kid: state.identity.vehicleKeyId },
+    keyring: state.keyring,
+    topics: { set: 'v/set', parts: 'v/part', manifest: 'v/manifest' },
+    publish: async (topic, payload) => {
+      bytes += Buffer.byteLength(payload) + Buffer.byteLength(topic);
+      if (topic.startsWith('v/part/') && payload !== '') parts += 1;
+    },
+    nowS: () => Math.floor(Date.now() / 1000),
+    maxBytes: 256 * 1024,
+    stateFile: join(cloudDir, 'keyring-vehicle-set.json'),
+    legacyPartsFile: join(cloudDir, 'keyring-vehicle-parts'),
+    log: silentLogger,
+  });
+  const measure = async (ask: Parameters<VehicleSetPublisher['round']>[0]) =>
+    await blocking(async () => {
+      bytes = 0;
+      parts = 0;
+      await publisher.round(ask);
+      return { kb: bytes / 1024, parts };
+    });
+  const none = { all: false, parts: [], manifest: false };
+  const full = await measure({ ...none, manifest: true });
+  await change(state, grant);
+  const grantRound = await measure(none);
+  const reconnect = await measure({ ...none, manifest: true });
+  // The store's read of op texts alone (it reads the ops files whole), for one op.
+  const first = state.keyring.heldOps().next().value?.id ?? '';
+  const textRead = await blocking(async () => await state.keyring.opTextsOf(new Set([first])));
+  return {
+    parts: publisher.published?.parts ?? 0,
+    full_mb: round(full.kb / 1024, 1),
+    full_ms: round(full.ms, 0),
+    grant_kb: round(grantRound.kb, 1),
+    grant_parts: grantRound.parts,
+    grant_ms: round(grantRound.ms, 1),
+    grant_longest_block_ms: round(grantRound.longest, 1),
+    reconnect_kb: round(reconnect.kb, 1),
+    reconnect_parts: reconnect.parts,
+    text_read_ms: round(textRead.ms, 1),
+    text_read_longest_block_ms: round(textRead.longest, 1),
+  };
+}
+
+/** Runs `work`, timing it and the longest the event loop waited meanwhile (a 1 ms interval). */
+async function blocking<T extends object>(
+  work: () => Promise<T>,
+): Promise<T & { ms: number; longest: number }> {
+  let last = performance.now();
+  let longest = 0;
+  const ticker = setInterval(() => {
+    const now = performance.now();
+    longest = Math.max(longest, now - last);
+    last = now;
+  }, 1);
+  const t = performance.now();
+  const result = await work();
+  const ms = performance.now() - t;
+  clearInterval(ticker);
+  longest = Math.max(longest, performance.now() - last);
+  return { ...result, ms, longest };
 }
 
 function decisions(state: VehicleState, ids: readonly string[]): number {

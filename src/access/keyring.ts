@@ -584,6 +584,26 @@ export class Keyring implements CredentialLookup {
   }
 
   /**
+   * The JWS of the held ops named in `ids`, read back from the OpTextSource for those whose text
+   * it keeps, without the others' texts in memory (the vehicle's set publishes a few parts). An op
+   * moved to disk during the read can be missing: callers check what they got.
+   */
+  async opTextsOf(ids: ReadonlySet<string>): Promise<string[]> {
+    await this.whenMaterialized();
+    const fromSource =
+      this.textSource === undefined
+        ? []
+        : await this.textSource.readTexts((id) => ids.has(id) && this.ops.get(id)?.jws === undefined);
+    // Taken after the read, as in opTexts: a text still in memory now was not read from the source.
+    const inMemory: string[] = [];
+    for (const id of ids) {
+      const jws = this.ops.get(id)?.jws;
+      if (jws !== undefined) inMemory.push(jws);
+    }
+    return [...fromSource, ...inMemory];
+  }
+
+  /**
    * Fast start-up from our own snapshot: the effective credentials as they were computed when the
    * snapshot was written; the ops themselves are read and decoded later (materializeInBackground,
    * or at once by anything that needs them). Call on a fresh keyring only.

@@ -1,6 +1,6 @@
 import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import type { MergeResult } from '../access/keyring.js';
@@ -22,14 +22,9 @@ import { IntakePace, TopicBudget } from './intake.js';
 import {
   type AssemblyStatus,
   checkKeyringMessage,
-  chunkRanges,
   DEFAULT_CHUNK_BYTES,
-  fitsOneSet,
   MAX_SET_PARTS,
   SetAssembly,
-  type SetSnapshot,
-  signKeyringChunk,
-  signKeyringSet,
 } from './keyring-set.js';
 import {
   type IncomingMessage,
@@ -46,6 +41,7 @@ import {
   stateFingerprint,
 } from './state.js';
 import { haDiscoveryTopic, partOfTopic, type VehicleTopics, vehicleTopics } from './topics.js';
+import { type VehicleSetAsk, VehicleSetPublisher } from './vehicle-set-publisher.js';
 import { agentVersion } from './version.js';
 
 /**
@@ -64,6 +60,10 @@ export interface CloudAgent extends CommandAgent {
   readonly keyring: CommandAgent['keyring'] & {
     /** Every op's signed text (read back from disk: the keyring keeps only decoded ops). */
     opTexts(): Promise<string[]>;
+    /** The signed texts of the ops named (the parts of the vehicle's set a change touched). */
+    opTextsOf(ids: ReadonlySet<string>): Promise<string[]>;
+    /** Every op held, with the base64url SHA-256 of its text (no text read). */
+    heldOps(): Iterable<{ readonly id: string; readonly hash: string }>;
     digest(): string;
     /** Resolves once the stored ops are read (the keyring reads them in the background at start). */
     whenMaterialized(): Promise<void>;
@@ -117,8 +117,17 @@ export interface KeyringSyncStatus {
     /** Times the parts were asked for again. */
     readonly resyncs: number;
   };
-  /** The vehicle's set as last published: its digest and in how many parts (1: one set message). */
-  readonly vehicle?: { readonly digest: string; readonly parts: number };
+  /**
+   * The vehicle's set as last published: its digest and in how many parts (1: one set message),
+   * and what this link published of it since it started (parts, manifests, set messages).
+   */
+  readonly vehicle?: {
+    readonly digest: string;
+    readonly parts: number;
+    readonly messages: number;
+    readonly bytes: number;
+    readonly partsPublished: number;
+  };
 }
 
 export interface CloudLink {
@@ -129,8 +138,8 @@ export interface CloudLink {
 
 /** Largest Home Assistant command (LOCK / UNLOCK and a little room). */
 const MAX_HA_COMMAND_BYTES = 64;
-/** Largest request on <base>/request (`state`, `keyring`). */
-const MAX_REQUEST_BYTES = 64;
+/** Largest request on <base>/request (`state`, `keyring`, or the vehicle parts a cloud lacks). */
+const MAX_REQUEST_BYTES = 4096;
 /**
  * Requests a second: each makes the vehicle publish its state or its whole keyring set again, so
  * an unsigned request from anyone on the broker can cost at most this many publishes a second.
@@ -148,9 +157,16 @@ const RESYNC_AFTER_MS = 5000;
  * link stops asking (until a new snapshot, a reconnect, or a part arrives).
  */
 const MAX_IDLE_RESYNCS = 8;
-/** A chunked vehicle set is republished for a change at most this often (a request is answered at once). */
+/**
+ * A vehicle set in parts is republished for a change after a pause in proportion to what the last
+ * round sent (at this many bytes a second: a part and the manifest, about 3 s), at most
+ * CHUNKED_REPUBLISH_MS (a bulk change that touched every part); a request is answered at once.
+ */
+const REPUBLISH_BYTES_PER_S = 64 * 1024;
 const CHUNKED_REPUBLISH_MS = 30_000;
-/** Where the link remembers how many parts its last published set had, to clear leftovers after a restart. */
+/** What the vehicle's set last published was (parts, their sums and counts, the manifest). */
+const VEHICLE_SET_FILE = 'keyring-vehicle-set.json';
+/** Where the format before stable parts kept its part count (read once, to clear its leftovers). */
 const VEHICLE_PARTS_FILE = 'keyring-vehicle-parts';
 
 /** Audit record type of a refusal written in full, per topic (as before the summaries). */
@@ -232,14 +248,14 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
 
   let untrustedSince: string | undefined;
   let lastFingerprint: string | undefined;
-  let lastVehicleSetDigest: string | undefined;
   let vehicleSetPublishing = false;
-  let vehicleSetAsked = false;
-  let lastChunkedPublishAt = Number.NEGATIVE_INFINITY;
-  let vehicleSetPublished: { digest: string; parts: number } | undefined;
-  // Parts the vehicle's retained set had last time (0: none, or one set message); parts above the
-  // new count are cleared when it publishes, even after a restart.
-  let vehicleParts = await readVehicleParts(join(dir, VEHICLE_PARTS_FILE));
+  // What the next round is asked for beyond a change (see VehicleSetAsk), and whether a change
+  // goes now rather than after the pause.
+  let askAll = false;
+  let askManifest = false;
+  let askNow = false;
+  const askParts = new Set<number>();
+  let nextChangeAt = Number.NEGATIVE_INFINITY;
   // Per keyring topic (the set topic and each part topic): the SHA-256 of the payload last merged
   // in full. A retained set or part comes again on every connect and every resync: one already
   // merged costs a hash, no budget, no parse.
@@ -319,7 +335,9 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     const s = assembly.status();
     return {
       ...(s !== undefined ? { cloud: { ...s, retrying: retryingParts.size, resyncs } } : {}),
-      ...(vehicleSetPublished !== undefined ? { vehicle: { ...vehicleSetPublished } } : {}),
+      ...(vehicleSet.published !== undefined
+        ? { vehicle: { ...vehicleSet.published, ...vehicleSet.stats } }
+        : {}),
     };
   };
 
@@ -360,101 +378,68 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     return s !== undefined && s.received < s.parts && mono() - lastPartAt < RESYNC_AFTER_MS;
   };
 
-  const publishVehicleSet = (asked = false): void => {
-    vehicleSetAsked ||= asked;
+  const vehicleSet = await VehicleSetPublisher.open({
+    vehicleId,
+    signer: deps.vehicleSigner,
+    keyring: agent.keyring,
+    topics: {
+      set: topics.keyringVehicle,
+      parts: topics.keyringVehicleParts,
+      manifest: topics.keyringVehicleManifest,
+    },
+    publish: (topic, payload) => connection.publish(topic, payload, { qos: 1, retain: true }),
+    nowS: () => Math.floor(deps.clock.now() / 1000),
+    maxBytes: DEFAULT_CHUNK_BYTES,
+    stateFile: join(dir, VEHICLE_SET_FILE),
+    legacyPartsFile: join(dir, VEHICLE_PARTS_FILE),
+    log,
+  });
+
+  /**
+   * The vehicle's set (docs/mqtt.md "Chunked sets"): one set message while it fits, else the
+   * parts a change touched and the manifest; on a connect the manifest alone when nothing changed;
+   * on a request the parts it names, or everything. One round at a time; asks made meanwhile are
+   * taken by the next round (the next tick).
+   */
+  const publishVehicleSet = (ask: Partial<VehicleSetAsk> & { readonly now?: boolean } = {}): void => {
+    askAll ||= ask.all === true;
+    askManifest ||= ask.manifest === true;
+    askNow ||= ask.now === true;
+    for (const p of ask.parts ?? []) if (askParts.size < MAX_SET_PARTS) askParts.add(p);
     if (!connection.connected || vehicleSetPublishing) return;
     vehicleSetPublishing = true;
+    let taken: VehicleSetAsk | undefined;
     void agent.keyring
       .whenMaterialized()
       .then(async () => {
-        if (agent.keyring.digest() === lastVehicleSetDigest) return;
-        // A large set is republished for a change at most every CHUNKED_REPUBLISH_MS, and not
-        // while a cloud set comes in parts (each would change it again); a request is answered.
-        if (!vehicleSetAsked && cloudSetArriving()) return;
-        if (
-          !vehicleSetAsked &&
-          vehicleSetPublished !== undefined &&
-          vehicleSetPublished.parts > 1 &&
-          mono() - lastChunkedPublishAt < CHUNKED_REPUBLISH_MS
-        )
-          return;
-        vehicleSetAsked = false;
-        // Read, then digested at once: the texts and digest name the same set (filtered by
-        // what the keyring holds when the read ends, with nothing in between).
-        await publishMaterializedVehicleSet(await agent.keyring.opTexts());
+        const asked = askAll || askManifest || askParts.size > 0;
+        if (!asked && vehicleSet.current()) return;
+        // A change in parts waits for its pause, and not while a cloud set comes in parts (each
+        // would change it again); a request or a connect is answered.
+        if (!asked && !askNow && cloudSetArriving()) return;
+        if (!asked && !askNow && vehicleSet.chunked && mono() < nextChangeAt) return;
+        taken = { all: askAll, parts: [...askParts], manifest: askManifest };
+        askAll = false;
+        askManifest = false;
+        askNow = false;
+        askParts.clear();
+        const before = vehicleSet.stats.bytes;
+        const outcome = await vehicleSet.round(taken);
+        // The keyring changed while it was read: what was asked goes with the next round.
+        if (outcome === 'raced') publishVehicleSet(taken);
+        taken = undefined;
+        const sent = vehicleSet.stats.bytes - before;
+        nextChangeAt = mono() + Math.min(CHUNKED_REPUBLISH_MS, (1000 * sent) / REPUBLISH_BYTES_PER_S);
+        log.debug({ outcome, bytes: sent, ...vehicleSet.published }, 'vehicle keyring set published');
       })
-      .catch((err: unknown) =>
-        log.debug({ err: String(err) }, 'keyring not read; vehicle keyring set not published'),
-      )
+      .catch((err: unknown) => {
+        // Not delivered: asked again by the next round.
+        if (taken !== undefined) publishVehicleSet(taken);
+        log.debug({ err: String(err) }, 'vehicle keyring set not published');
+      })
       .finally(() => {
         vehicleSetPublishing = false;
-        // Asked while a publish was under way: the next tick publishes again.
-        if (vehicleSetAsked) lastVehicleSetDigest = undefined;
       });
-  };
-
-  /**
-   * One set message when it fits DEFAULT_CHUNK_BYTES (as before parts existed), else parts on
-   * keyring/vehicle/part/<n>, each awaited before the next is signed (one part in memory beside
-   * the texts, and the broker's pace), then the set topic cleared and leftover parts above the
-   * new count. A part that fails to go ends the run; the next tick starts again.
-   */
-  const publishMaterializedVehicleSet = async (ops: readonly string[]): Promise<void> => {
-    if (!connection.connected) return;
-    const digest = agent.keyring.digest();
-    if (digest === lastVehicleSetDigest) return;
-    const { key, kid } = deps.vehicleSigner;
-    const iat = Math.floor(deps.clock.now() / 1000);
-    const clear = async (from: number, to: number): Promise<void> => {
-      for (let n = from; n < to; n++)
-        await connection.publish(`${topics.keyringVehicleParts}/${n}`, '', { qos: 1, retain: true });
-    };
-    let parts: number;
-    try {
-      if (fitsOneSet(ops, DEFAULT_CHUNK_BYTES)) {
-        parts = 1;
-        const message = signKeyringSet(vehicleId, ops, key, kid, iat);
-        await connection.publish(topics.keyringVehicle, message, { qos: 1, retain: true });
-        await clear(0, vehicleParts);
-        await rememberVehicleParts(0);
-      } else {
-        // In one fixed order, so two runs for the same set within one second (same iat and
-        // digest, which is all a part names) cut it the same way: a receiver that mixes their
-        // parts still gets every op once (the keyring's own order changes with compaction).
-        const sorted = [...ops].sort();
-        const ranges = chunkRanges(sorted, DEFAULT_CHUNK_BYTES);
-        parts = ranges.length;
-        // Remembered first: a restart half-way still clears what this run leaves.
-        await rememberVehicleParts(Math.max(vehicleParts, parts));
-        const snapshot: SetSnapshot = { setDigest: digest, setCount: ops.length, parts, iat };
-        for (const [part, [a, b]] of ranges.entries()) {
-          const message = signKeyringChunk(vehicleId, snapshot, part, sorted.slice(a, b), key, kid);
-          await connection.publish(`${topics.keyringVehicleParts}/${part}`, message, {
-            qos: 1,
-            retain: true,
-          });
-          await yieldToIo();
-        }
-        await connection.publish(topics.keyringVehicle, '', { qos: 1, retain: true });
-        await clear(parts, vehicleParts);
-        await rememberVehicleParts(parts);
-        lastChunkedPublishAt = mono();
-      }
-    } catch (err) {
-      log.debug({ err: String(err) }, 'vehicle keyring set not delivered');
-      return;
-    }
-    lastVehicleSetDigest = digest;
-    vehicleSetPublished = { digest, parts };
-    log.debug({ operations: ops.length, parts }, 'vehicle keyring set published');
-  };
-
-  const rememberVehicleParts = async (parts: number): Promise<void> => {
-    if (parts === vehicleParts) return;
-    vehicleParts = parts;
-    await writeFile(join(dir, VEHICLE_PARTS_FILE), `${parts}\n`, { mode: 0o600 }).catch((err: unknown) =>
-      log.debug({ err: String(err) }, 'keyring part count not saved'),
-    );
   };
 
   const processor = new CommandProcessor({
@@ -549,7 +534,7 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
     // Parts change the keyring many times over: the vehicle's set and the state follow once all
     // parts are in (or on the next tick), not after each.
     if (message.kind === 'set' || note === 'complete' || note === 'inconsistent') {
-      publishVehicleSet(note === 'complete' || note === 'inconsistent');
+      publishVehicleSet({ now: note === 'complete' || note === 'inconsistent' });
       publishState();
     }
   };
@@ -649,10 +634,13 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
         // for a cloud that cannot count on retained delivery (a broker cluster).
         const what = message.payload.toString('utf8').trim();
         if (what === 'state') publishState();
-        else if (what === 'keyring') {
-          lastVehicleSetDigest = undefined;
-          publishVehicleSet(true);
-        } else refuse('request', 'unknown_command');
+        else if (what === 'keyring') publishVehicleSet({ all: true });
+        else {
+          const parts = requestedVehicleParts(what);
+          if (parts === undefined) refuse('request', 'unknown_command');
+          // None named: the manifest (or the one set message), to see what is stale.
+          else publishVehicleSet(parts.length === 0 ? { manifest: true } : { parts });
+        }
         return;
       }
     }
@@ -715,11 +703,11 @@ export async function startCloudLink(deps: CloudLinkDeps): Promise<CloudLink> {
 
   const onConnect = (session: MqttSession): void => {
     fireAndForget('status', connection.publish(topics.status, STATUS_ONLINE, { qos: 1, retain: true }));
-    lastVehicleSetDigest = undefined;
     idleResyncs = 0;
     publishState();
-    // On every connect, whatever its size: the broker may have lost what it retained.
-    publishVehicleSet(true);
+    // On every connect: the manifest (or the one set message), and the parts changed since the
+    // last publish. A broker that lost the parts it retained is covered by a cloud asking.
+    publishVehicleSet({ manifest: true });
     if (ha.enabled) {
       fireAndForget(
         'discovery',
@@ -845,14 +833,23 @@ function warnOnIdentityMismatch(tls: MqttTlsMaterial, clientId: string, log: Log
     );
 }
 
-/** The part count saved by the last publish; 0 when there is none or it cannot be read. */
-async function readVehicleParts(path: string): Promise<number> {
+/**
+ * The parts a request `{"keyring": {"vehicleParts": [n, ...]}}` names (an empty list: none, the
+ * manifest alone), or undefined when it is not such a request.
+ */
+export function requestedVehicleParts(text: string): number[] | undefined {
+  if (!text.startsWith('{')) return undefined;
+  let raw: unknown;
   try {
-    const n = Number((await readFile(path, 'utf8')).trim());
-    return Number.isSafeInteger(n) && n >= 0 && n <= MAX_SET_PARTS ? n : 0;
+    raw = JSON.parse(text);
   } catch {
-    return 0;
+    return undefined;
   }
+  const parts = (raw as { keyring?: { vehicleParts?: unknown } } | null)?.keyring?.vehicleParts;
+  if (!Array.isArray(parts)) return undefined;
+  if (!parts.every((n) => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0 && n < MAX_SET_PARTS))
+    return undefined;
+  return parts as number[];
 }
 
 function parseRemembered(value: unknown): RememberedResult {

@@ -91,7 +91,7 @@ export function signKeyringSet(
 const malformed = (message: string) => new AgentError('jws_malformed', `keyring set: ${message}`);
 
 /** Size, JSON, an object: the envelope of a set or a part. */
-function readEnvelope(payload: string | Uint8Array): Record<string, unknown> {
+export function readEnvelope(payload: string | Uint8Array): Record<string, unknown> {
   const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
   if (size > MAX_SET_BYTES) throw malformed(`larger than ${MAX_SET_BYTES} bytes`);
   let raw: unknown;
@@ -104,7 +104,7 @@ function readEnvelope(payload: string | Uint8Array): Record<string, unknown> {
   return raw as Record<string, unknown>;
 }
 
-function readOps(ops: unknown): string[] {
+export function readOps(ops: unknown): string[] {
   if (!Array.isArray(ops) || ops.length > MAX_SET_OPS)
     throw malformed(`ops must be a list of at most ${MAX_SET_OPS}`);
   if (!ops.every((o) => typeof o === 'string' && o.length > 0 && o.length <= MAX_JWS_LENGTH))

@@ -22,6 +22,8 @@ export interface VehicleTopics {
   readonly keyringParts: string;
   /** out, QoS 1, retained: `<keyringVehicleParts>/<n>`, part n of the vehicle's set when chunked. */
   readonly keyringVehicleParts: string;
+  /** out, QoS 1, retained: the signed manifest of the vehicle's set when chunked (its parts' sums). */
+  readonly keyringVehicleManifest: string;
   /** out, QoS 1: audit records from the outbox, each with its sequence number. */
   readonly events: string;
   /** in, QoS 1: unsigned LOCK/UNLOCK from Home Assistant (only when explicitly enabled). */
@@ -31,7 +33,10 @@ export interface VehicleTopics {
    * ({vid, digest, operations}); the cloud answers on `keyring`. Retained delivery is not needed.
    */
   readonly keyringRequest: string;
-  /** in, QoS 1: `state` or `keyring`: publish that again now (budgeted; nothing else is done). */
+  /**
+   * in, QoS 1: `state` or `keyring`: publish that again now; or `{"keyring": {"vehicleParts":
+   * [n, ...]}}`: those parts of the vehicle's set and its manifest (budgeted; nothing else is done).
+   */
   readonly request: string;
 }
 
@@ -61,6 +66,7 @@ export function vehicleTopics(prefix: string, vehicleId: string): VehicleTopics 
     keyringVehicle: `${base}/keyring/vehicle`,
     keyringParts: `${base}/keyring/part`,
     keyringVehicleParts: `${base}/keyring/vehicle/part`,
+    keyringVehicleManifest: `${base}/keyring/vehicle/manifest`,
     events: `${base}/events`,
     haCommand: `${base}/ha/command`,
     keyringRequest: `${base}/keyring/request`,

@@ -5,6 +5,7 @@ import { digestOfOps, signGrant, signRevoke } from '../../src/access/keyring.js'
 import { controlRequest } from '../../src/cli/control-client.js';
 import type { CloudLinkStatus } from '../../src/cloud/cloud-link.js';
 import { signKeyringMessages } from '../../src/cloud/keyring-set.js';
+import { opHash, partOfHash, VehicleSetReader } from '../../src/cloud/vehicle-set.js';
 import { generateKeyPair, keyCredentialId, publicJwkOf } from '../../src/crypto/keys.js';
 import { readSignerKey } from '../../src/store/key-files.js';
 import type { AgentProcess } from '../helpers/agent-process.js';
@@ -18,25 +19,41 @@ import { waitForValue } from '../helpers/wait.js';
  * Keyring sync at a size no single MQTT message carries (docs/mqtt.md "Chunked sets"): the real
  * agent from dist/ and a real Mosquitto, tens of thousands of ops pushed by the CLI in parts as
  * fast as the broker takes them, the revoke in the last part effective, and the vehicle's own set
- * coming back in parts that add up to the digest in its state.
+ * coming back in stable parts whose manifest adds up to the digest in its state; a grant at the
+ * vehicle then republishes one part, a restart none.
  */
 const OPS = 20_000;
 
-interface PartMessage {
-  readonly chunk: string;
-  readonly ops: string[];
+/**
+ * The vehicle's set as a cloud reads what it received from index `from` on: the newest manifest
+ * and the newest version of each part (any older part versions are only ignored, never merged).
+ */
+function readVehicleSet(
+  received: readonly { topic: string; payload: string }[],
+  base: string,
+  vid: string,
+  from = 0,
+): { status: ReturnType<VehicleSetReader['status']>; ops: string[] } {
+  const reader = new VehicleSetReader({ vid });
+  const latest = new Map<string, string>();
+  for (const m of received.slice(from))
+    if (m.topic.startsWith(`${base}/keyring/vehicle/`)) latest.set(m.topic, m.payload);
+  const ops: string[] = [];
+  for (const [topic, payload] of latest) {
+    if (payload === '') continue;
+    if (topic === `${base}/keyring/vehicle/manifest`) reader.noteManifest(payload);
+    else
+      ops.push(...reader.notePart(payload, Number(topic.slice(`${base}/keyring/vehicle/part/`.length))).ops);
+  }
+  return { status: reader.status(), ops };
 }
 
-interface PartManifest {
-  readonly setDigest: string;
-  readonly setCount: number;
-  readonly part: number;
-  readonly parts: number;
-  readonly iat: number;
-}
-
-const manifestOf = (m: PartMessage): PartManifest =>
-  JSON.parse(Buffer.from(m.chunk.split('.')[1] ?? '', 'base64url').toString('utf8')) as PartManifest;
+/** Non-empty messages on the vehicle's part topics from index `from` on. */
+const partsSince = (received: readonly { topic: string; payload: string }[], base: string, from: number) =>
+  received
+    .slice(from)
+    .filter((m) => m.topic.startsWith(`${base}/keyring/vehicle/part/`) && m.payload !== '')
+    .map((m) => m.topic);
 
 describe('keyring sync in parts', () => {
   const rig = useAgentRig('va-keyring-parts-');
@@ -69,6 +86,7 @@ describe('keyring sync in parts', () => {
     base = `vehicle-agent/${vid}`;
     control = join(rig.stateDir(), 'control.sock');
     await side.cloud.subscribe(`${base}/keyring/vehicle/part/+`);
+    await side.cloud.subscribe(`${base}/keyring/vehicle/manifest`);
     await side.cloud.subscribe(`${base}/state`);
 
     // Signed in-process with the demo owner key: a grant per phone, and a revoke of one of them.
@@ -159,30 +177,20 @@ describe('keyring sync in parts', () => {
     const k = (await controlRequest(control, 'status', {})) as {
       keyring: { digest: string; operations: number };
     };
-    // The newest complete snapshot the vehicle published, read as the cloud receives it.
+    // The newest manifest the vehicle published and its parts, read as the cloud receives them.
     const snapshot = await waitForValue(
       () => {
-        const parts = new Map<number, PartMessage>();
-        let newest: PartManifest | undefined;
-        for (const m of cloud.received) {
-          if (!m.topic.startsWith(`${base}/keyring/vehicle/part/`) || m.payload === '') continue;
-          const msg = JSON.parse(m.payload) as PartMessage;
-          const man = manifestOf(msg);
-          if (man.setDigest !== k.keyring.digest) continue;
-          if (newest === undefined || man.iat > newest.iat) {
-            newest = man;
-            parts.clear();
-          }
-          if (man.iat === newest.iat) parts.set(man.part, msg);
-        }
-        return newest !== undefined && parts.size === newest.parts ? { newest, parts } : undefined;
+        const read = readVehicleSet(cloud.received, base, vid);
+        return read.status?.complete === true && read.status.setDigest === k.keyring.digest
+          ? read
+          : undefined;
       },
       'the vehicle set in parts with the digest of its keyring',
       { timeoutMs: 60_000, intervalMs: 250 },
     );
-    const ops = [...snapshot.parts.values()].flatMap((p) => p.ops);
+    const ops = snapshot.ops;
     expect(ops.length).toBe(k.keyring.operations);
-    expect(snapshot.newest.setCount).toBe(ops.length);
+    expect(snapshot.status?.setCount).toBe(ops.length);
     expect(digestOfOps(ops.map((jws) => ({ id: '', jws })))).toBe(k.keyring.digest);
     const held = new Set(ops);
     expect(pushed.every((op) => held.has(op))).toBe(true);
@@ -217,6 +225,90 @@ describe('keyring sync in parts', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(JSON.parse(again.stdout)).toMatchObject({ operations: k.keyring.operations + 1, new: 1 });
   }, 120_000);
+
+  it('republishes only the part a grant at the vehicle touches, and no part on a restart with no change', async () => {
+    const digestNow = async () =>
+      ((await controlRequest(control, 'status', {})) as { keyring: { digest: string } }).keyring.digest;
+    // Settled: every cloud part merged, and the manifest on the broker names what the vehicle holds.
+    const settled = async (what: string) =>
+      await waitForValue(
+        async () => {
+          const st = (await controlRequest(control, 'cloud.status', {})) as CloudLinkStatus;
+          if (st.keyringSync.cloud?.complete !== true || st.keyringSync.cloud.retrying !== 0)
+            return undefined;
+          const read = readVehicleSet(cloud.received, base, vid);
+          return read.status?.complete === true && read.status.setDigest === (await digestNow())
+            ? read
+            : undefined;
+        },
+        what,
+        { timeoutMs: 90_000, intervalMs: 250 },
+      );
+    await settled('the vehicle set settled');
+    const before = (await controlRequest(control, 'cloud.status', {})) as CloudLinkStatus;
+    const parts = before.keyringSync.vehicle?.parts ?? 0;
+    expect(parts).toBeGreaterThanOrEqual(64);
+
+    // One grant at the vehicle (the control socket, as `vehicle-agent keys grant` on the Pi).
+    const owner = readSignerKey(join(rig.stateDir(), 'demo', 'owner.pem'));
+    const publicKey = publicJwkOf(generateKeyPair('P-256').publicKey);
+    const grant = signGrant(
+      { id: keyCredentialId('phone', publicKey), kind: 'phone', role: 'driver', publicKey, options: {} },
+      vid,
+      owner.key,
+      owner.id,
+      Math.floor(Date.now() / 1000),
+    );
+    const mark = cloud.received.length;
+    await controlRequest(control, 'keys.add', { ops: [grant] });
+    const granted = await digestNow();
+    await waitForValue(
+      () => {
+        const read = readVehicleSet(cloud.received, base, vid);
+        return read.status?.complete === true && read.status.setDigest === granted ? read : undefined;
+      },
+      'the manifest with the grant',
+      // A change waits for a pause after the last round (at most 30 s after a full publish).
+      {
+        timeoutMs: 60_000,
+        intervalMs: 250,
+        detail: () => ({
+          granted,
+          read: readVehicleSet(cloud.received, base, vid).status,
+          logs: agent.logs.filter((r) => String(r.msg).includes('vehicle keyring set')).slice(-6),
+        }),
+      },
+    );
+    expect(partsSince(cloud.received, base, mark)).toEqual([
+      `${base}/keyring/vehicle/part/${partOfHash(opHash(grant), parts)}`,
+    ]);
+    const after = (await controlRequest(control, 'cloud.status', {})) as CloudLinkStatus;
+    const sent = (after.keyringSync.vehicle?.bytes ?? 0) - (before.keyringSync.vehicle?.bytes ?? 0);
+    // One part (about 150 KB at 20 000 ops in 128 parts) and a manifest, not the 14 MB set.
+    expect(sent).toBeLessThan(512 * 1024);
+
+    // A restart with no change: on connect the manifest alone, no part.
+    await agent.stop();
+    const restartMark = cloud.received.length;
+    agent = await rig.startAgent('state', rig.cloudEnv(), { waitForLog: ['cloud link up'] });
+    const manifestAt = await waitForValue(
+      () => {
+        const i = cloud.received
+          .slice(restartMark)
+          .findIndex((m) => m.topic === `${base}/keyring/vehicle/manifest` && m.payload !== '' && !m.retain);
+        return i < 0 ? undefined : restartMark + i;
+      },
+      'the manifest after the restart',
+      { timeoutMs: 60_000, intervalMs: 250 },
+    );
+    expect(partsSince(cloud.received.slice(0, manifestAt + 1), base, restartMark)).toEqual([]);
+    expect(readVehicleSet(cloud.received.slice(0, manifestAt + 1), base, vid).status).toMatchObject({
+      complete: true,
+      setDigest: granted,
+    });
+    // And what it holds after the restart is what its manifest then names.
+    await settled('the vehicle set settled after the restart');
+  }, 180_000);
 });
 
 /**

@@ -34,8 +34,9 @@ cloud send signs a command with --key (see \`vehicle-agent sign --help\`), publi
 (exit 0 ok, 2 refused, 1 no answer within --timeout, default 15000 ms).
 cloud keyring push signs the operation set and publishes it (retained where the broker keeps
 retained messages) on <prefix>/<VID>/keyring: the operations the vehicle holds (it is asked for
-its set on <prefix>/<VID>/request and answers on <prefix>/<VID>/keyring/vehicle; --wait, default
-3000 ms, when it is offline; a set in parts is awaited while its parts keep coming), those
+its set on <prefix>/<VID>/request and answers on <prefix>/<VID>/keyring/vehicle, or with the
+manifest of its set in parts, of which only the parts not retained on the broker are asked for;
+--wait, default 3000 ms, for each answer, e.g. when it is offline), those
 retained there, plus the --ops files (union; --replace publishes only the --ops files). The
 vehicle merges it; a revoke always wins. A set larger than --part-bytes (default 262144) goes in
 parts on <prefix>/<VID>/keyring/part/<n>, --parts-per-s a second (default 4; 0: as fast as the
@@ -193,7 +194,7 @@ async function push(argv: readonly string[]): Promise<number> {
     // Parts of an earlier cloud set retained on the broker, to clear those above the new count.
     let retainedParts = 0;
     if (!values.replace) {
-      const gathered = await gatherKeyringSets(client, topics, waitMs, sets, partOfTopic);
+      const gathered = await gatherKeyringSets(client, vid, topics, waitMs, sets, partOfTopic);
       for (const op of gathered.ops) union.add(op);
       retainedParts = gathered.cloudParts;
     }
@@ -245,60 +246,110 @@ async function push(argv: readonly string[]): Promise<number> {
   }
 }
 
+/** Vehicle parts named in one request (each number at most 5 characters: under the 4 KiB limit). */
+const PARTS_PER_REQUEST = 500;
+/** Times the parts still lacking are asked for again before the CLI goes on with what it has. */
+const MAX_PART_ASKS = 3;
+
 /**
- * Asks the vehicle for its set and gathers the ops of every set and part that comes: the vehicle's
- * answer (a live set, or parts until its newest snapshot is complete; waits `waitMs` for the first
- * and for each next one), and what the broker retained of the vehicle's and the cloud's. Every op
- * is only collected here: the vehicle checks each one's signature when it merges.
+ * Asks the vehicle for its set and gathers the ops of every set and part that comes, holding the
+ * ops only: a vehicle in stable parts answers with its manifest, the parts retained on the broker
+ * are checked against it, and only those missing or stale are asked for (docs/mqtt.md "Chunked
+ * sets"); a vehicle with one set message answers with it. Waits `waitMs` for the first answer and
+ * for each next message. What the broker retained of the cloud's set is gathered too. Every op is
+ * only collected here: the vehicle checks each one's signature when it merges.
  */
 async function gatherKeyringSets(
   client: import('../../cloud/cloud-client.js').CloudClient,
+  vid: string,
   topics: ReturnType<typeof vehicleTopics>,
   waitMs: number,
   sets: typeof import('../../cloud/keyring-set.js'),
   partOfTopic: typeof import('../../cloud/topics.js').partOfTopic,
 ): Promise<{ readonly ops: ReadonlySet<string>; readonly cloudParts: number }> {
+  const vs = await import('../../cloud/vehicle-set.js');
   const ops = new Set<string>();
   let cloudParts = 0;
+  // The one set message, or parts of the format before stable parts (an older vehicle).
   const vehicle = new sets.SetAssembly();
+  const reader = new vs.VehicleSetReader({ vid });
   let live = false;
+  let liveManifest = false;
+  let asks = 0;
+  let askedFor = '';
+  const ask = async (parts: readonly number[]): Promise<void> => {
+    for (let i = 0; i === 0 || i < parts.length; i += PARTS_PER_REQUEST)
+      await client.publish(
+        topics.request,
+        JSON.stringify({ keyring: { vehicleParts: parts.slice(i, i + PARTS_PER_REQUEST) } }),
+        { qos: 1, retain: false },
+      );
+  };
   await client.subscribe([
     topics.keyring,
     `${topics.keyringParts}/+`,
     topics.keyringVehicle,
     `${topics.keyringVehicleParts}/+`,
+    topics.keyringVehicleManifest,
   ]);
   let seen = client.received.length;
-  await client.publish(topics.request, 'keyring', { qos: 1, retain: false });
+  // The manifest (or the one set message) first: the retained parts may be all that is needed.
+  await ask([]);
   for (;;) {
     for (; seen < client.received.length; seen++) {
       const m = client.received[seen];
       if (m === undefined || m.payload.length === 0) continue;
+      if (m.topic === topics.keyringVehicleManifest) {
+        try {
+          reader.noteManifest(m.payload);
+          if (!m.retain) liveManifest = true;
+        } catch {
+          // an unreadable manifest names nothing
+        }
+        continue;
+      }
       const cloudPart = partOfTopic(m.topic, topics.keyringParts);
       const vehiclePart = partOfTopic(m.topic, topics.keyringVehicleParts);
       const fromVehicle = m.topic === topics.keyringVehicle || vehiclePart !== undefined;
       if (!fromVehicle && m.topic !== topics.keyring && cloudPart === undefined) continue;
       if (cloudPart !== undefined && m.retain) cloudParts = Math.max(cloudParts, cloudPart + 1);
-      let parsed: ReturnType<typeof sets.parseKeyringMessage>;
       try {
-        parsed = sets.parseKeyringMessage(m.payload, fromVehicle ? vehiclePart : cloudPart);
+        if (vehiclePart !== undefined && vs.isVehiclePart(m.payload)) {
+          for (const op of reader.notePart(m.payload, vehiclePart).ops) ops.add(op);
+          continue;
+        }
+        const parsed = sets.parseKeyringMessage(m.payload, fromVehicle ? vehiclePart : cloudPart);
+        for (const op of parsed.ops) ops.add(op);
+        if (fromVehicle) {
+          vehicle.note(parsed);
+          if (!m.retain) live = true;
+        }
       } catch {
-        continue; // an unreadable set or part contributes nothing
-      }
-      for (const op of parsed.ops) ops.add(op);
-      if (fromVehicle) {
-        vehicle.note(parsed);
-        if (!m.retain) live = true;
+        // an unreadable set or part contributes nothing
       }
     }
+    const parts = reader.status();
+    if (liveManifest && parts?.complete === true) break;
     if (live && vehicle.status()?.complete === true) break;
+    // The vehicle's manifest names parts not here (or here in another version): asked for.
+    if (liveManifest && parts !== undefined) {
+      const key = `${parts.iat} ${parts.lacking.join(',')}`;
+      if (key !== askedFor && asks < MAX_PART_ASKS) {
+        askedFor = key;
+        asks += 1;
+        await ask(parts.lacking);
+      }
+    }
     const more = await client
       .waitFor(() => client.received.length > seen, waitMs, 'the vehicle keyring set')
       .then(
         () => true,
         () => false,
       );
-    if (!more) break;
+    if (more) continue;
+    // Nothing more came: the lacking parts are asked for once more, else it goes on without.
+    if (!liveManifest || asks >= MAX_PART_ASKS) break;
+    askedFor = '';
   }
   return { ops, cloudParts };
 }
