@@ -457,6 +457,11 @@ export class Keyring implements CredentialLookup {
   private pendingAt = 0;
   private pendingCount = 0;
   private snapshotDigest: string | undefined;
+  /**
+   * The snapshot's live owners (the summary's), while on it; undefined when it did not name them.
+   * A suspect owner retires what it granted, which the snapshot does not record.
+   */
+  private snapshotLiveOwners: ReadonlySet<string> | undefined;
   /** The source a background read took, until its ops are decoded (see materialize). */
   private readingSource: PendingOpsSource | undefined;
   private background: Promise<void> | undefined;
@@ -620,6 +625,8 @@ export class Keyring implements CredentialLookup {
      * (see journalOverlay); `digest` and `opCount` then count them too (digestWithOps).
      */
     readonly overlay?: JournalOverlay;
+    /** Its live owners, the root excluded (the summary's), when it names them. */
+    readonly liveOwners?: ReadonlySet<string> | undefined;
   }): void {
     this.snapshotCredentials = new SnapshotCredentialMap(
       { credential: this.rootCredential, revoked: false },
@@ -633,6 +640,7 @@ export class Keyring implements CredentialLookup {
     this.pendingCount = snapshot.opCount;
     this.pendingAt = 0;
     this.snapshotDigest = snapshot.digest;
+    this.snapshotLiveOwners = snapshot.liveOwners;
   }
 
   /** Decodes up to `count` pending ops; true when none is left. */
@@ -652,6 +660,7 @@ export class Keyring implements CredentialLookup {
     this.pendingRaw = undefined;
     this.pendingAt = 0;
     this.snapshotDigest = undefined;
+    this.snapshotLiveOwners = undefined;
     this.snapshotCredentials = undefined;
     // The ops are the truth: the effective state is derived from them again (once, in the
     // background), which also gives later changes what they are folded into.
@@ -1265,9 +1274,18 @@ export class Keyring implements CredentialLookup {
    * decoded the state comes from the snapshot, and lookups read the suspects as they are.
    */
   private recomputeIfDerived(): void {
-    if (this.snapshotCredentials !== undefined)
+    if (this.snapshotCredentials !== undefined) {
+      // A suspect that may be a live owner also ends the grants it signed, which only the ops
+      // tell: decode them now rather than let its grantees in meanwhile (suspects are rare).
+      const owners = this.snapshotLiveOwners;
+      for (const id of this.suspects.keys()) {
+        if (owners === undefined || owners.has(id)) {
+          this.materialize();
+          return;
+        }
+      }
       this.snapshotCredentials = this.snapshotCredentials.withCurrentSuspects();
-    else if (this.snapshotDigest === undefined) this.recompute();
+    } else if (this.snapshotDigest === undefined) this.recompute();
   }
 }
 

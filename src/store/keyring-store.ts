@@ -840,6 +840,7 @@ export class KeyringStore {
           credentials,
           ops: store.opsSource(summaryRead.summary, records),
           ...(journal === undefined ? {} : { overlay: journal.overlay }),
+          liveOwners: summaryRead.summary.owners,
         });
         if (sideA.existed !== sideB.existed) {
           findings.push({

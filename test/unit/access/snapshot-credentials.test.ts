@@ -64,7 +64,13 @@ describe('a keyring on a snapshot', () => {
   it('denies suspects marked while on the snapshot, and judges them again once cleared', () => {
     const ring = newKeyring(makeRoot());
     const { table } = countingTable(entries);
-    ring.loadSnapshot({ digest: 'd', opCount: entries.length, credentials: table, ops: never });
+    ring.loadSnapshot({
+      digest: 'd',
+      opCount: entries.length,
+      credentials: table,
+      ops: never,
+      liveOwners: new Set(),
+    });
     const id = phones[1]?.id ?? '';
     expect(ring.activeRole(id)).toBe('driver');
     ring.markSuspect(id, 'its counter was lost');
@@ -73,6 +79,37 @@ describe('a keyring on a snapshot', () => {
     ring.clearSuspects();
     expect(ring.activeRole(id)).toBe('driver');
     expect(ring.credentialCount).toBe(entries.length + 1);
+  });
+
+  it('decodes every op at once for a suspect it cannot rule out as a live owner (its grantees end too)', () => {
+    let reads = 0;
+    const counted = {
+      read: () => new Promise<never>(() => {}),
+      readSync: () => {
+        reads += 1;
+        return [];
+      },
+    };
+    // A summary that names no live owners (written before they were kept): any suspect.
+    const old = newKeyring(makeRoot());
+    old.loadSnapshot({ digest: 'd', opCount: 0, credentials: countingTable(entries).table, ops: counted });
+    old.markSuspect(phones[1]?.id ?? '', 'its counter was lost');
+    expect(old.onSnapshot).toBe(false);
+    expect(reads).toBe(1);
+    // One that names them: only a live owner's suspicion needs the ops.
+    const named = newKeyring(makeRoot());
+    named.loadSnapshot({
+      digest: 'd',
+      opCount: 0,
+      credentials: countingTable(entries).table,
+      ops: counted,
+      liveOwners: new Set(['phone:owner-A']),
+    });
+    named.markSuspect(phones[1]?.id ?? '', 'its counter was lost');
+    expect(named.onSnapshot).toBe(true);
+    named.markSuspect('phone:owner-A', 'its revoke journal was damaged');
+    expect(named.onSnapshot).toBe(false);
+    expect(reads).toBe(2);
   });
 
   it('lists every credential, the root first, when asked to (keys list)', () => {
