@@ -1201,6 +1201,80 @@ export class Keyring implements CredentialLookup {
       this.snapshotCredentials = this.snapshotCredentials.withCurrentSuspects();
     else if (this.snapshotDigest === undefined) this.recompute();
   }
+
+  /** Every credential id in sort order, and the map it was taken from at which size (see page). */
+  private pageIndex: { from: object; size: number; ids: string[] } | undefined;
+
+  /**
+   * One page of `list` in id order (the root among them): at most `limit` credentials whose ids
+   * sort after `after` (any string: an id revoked, never held or no longer held works as well),
+   * and `next`, the id to go on after, when more are left. Builds only the page's credentials
+   * (list() builds all: 0.2-0.3 s at 100 000 keys), so listing never holds up a key at the reader.
+   */
+  page(
+    after: string | undefined,
+    limit: number,
+  ): { credentials: CredentialStatus[]; next?: string; total: number } {
+    const ids = this.sortedIds();
+    let lo = 0;
+    if (after !== undefined) {
+      let hi = ids.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if ((ids[mid] as string) <= after) lo = mid + 1;
+        else hi = mid;
+      }
+    }
+    const credentials: CredentialStatus[] = [];
+    let i = lo;
+    for (; i < ids.length && credentials.length < limit; i++) {
+      const status = this.byId(ids[i] as string);
+      if (status !== undefined) credentials.push(status);
+    }
+    const total = this.credentialCount;
+    return i < ids.length ? { credentials, next: ids[i - 1] as string, total } : { credentials, total };
+  }
+
+  /**
+   * The credential ids sorted, kept between pages: sorted again only when the credential map is
+   * replaced (start-up, a recompute); a fold only appends to it (a trial's undo deletes only what
+   * it appended), so ids added since are merged in without a sort.
+   */
+  private sortedIds(): readonly string[] {
+    const snapshot = this.snapshotCredentials;
+    const from: ReadonlyMap<string, unknown> = snapshot ?? this.effective.byId;
+    const cached = this.pageIndex;
+    if (cached?.from === from && cached.size === from.size) return cached.ids;
+    let ids: string[];
+    if (cached?.from === from && cached.size < from.size && snapshot === undefined) {
+      const added: string[] = [];
+      let n = 0;
+      for (const id of this.effective.byId.keys())
+        if (n++ >= cached.size && id !== this.rootId) added.push(id);
+      added.sort();
+      ids = [];
+      let a = 0;
+      let b = 0;
+      const old = cached.ids;
+      while (a < old.length || b < added.length) {
+        const x = old[a];
+        const y = added[b];
+        if (y === undefined || (x !== undefined && x < y)) {
+          ids.push(x as string);
+          a++;
+        } else {
+          ids.push(y);
+          b++;
+        }
+      }
+    } else {
+      ids = snapshot !== undefined ? [...snapshot.idsUndecoded()] : [...this.effective.byId.keys()];
+      if (!ids.includes(this.rootId)) ids.push(this.rootId);
+      ids.sort();
+    }
+    this.pageIndex = { from, size: from.size, ids };
+    return ids;
+  }
 }
 
 /** Ops decoded in the background from which on the garbage left is worth a full collection. */
