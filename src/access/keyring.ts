@@ -17,6 +17,7 @@ import { keyCredentialId, publicKeyFromJwk, sha256 } from '../crypto/keys.js';
 import type { CredentialLookup, CredentialStatus } from './credential-lookup.js';
 import { type CredentialWire, credentialToWire, parseCredentialWire } from './credential-wire.js';
 import { SnapshotCredentialMap, type SnapshotCredentials } from './snapshot-credentials.js';
+import { byCodeUnits, sortInSlices } from './sort-in-slices.js';
 
 /**
  * The keyring: a set of signed grant and revoke operations (docs/keyring.md).
@@ -1251,7 +1252,7 @@ export class Keyring implements CredentialLookup {
       let n = 0;
       for (const id of this.effective.byId.keys())
         if (n++ >= cached.size && id !== this.rootId) added.push(id);
-      added.sort();
+      added.sort(byCodeUnits);
       ids = [];
       let a = 0;
       let b = 0;
@@ -1270,10 +1271,33 @@ export class Keyring implements CredentialLookup {
     } else {
       ids = snapshot !== undefined ? [...snapshot.idsUndecoded()] : [...this.effective.byId.keys()];
       if (!ids.includes(this.rootId)) ids.push(this.rootId);
-      ids.sort();
+      ids.sort(byCodeUnits);
     }
     this.pageIndex = { from, size: from.size, ids };
     return ids;
+  }
+
+  /**
+   * Sorts the id index for `page` a slice at a time when it is missing or stale (after start-up
+   * or a recompute): the agent awaits this before a page, so no sort of the whole keyring holds
+   * its loop. A page right after it costs only the page (grants folded meanwhile are merged in).
+   */
+  async pageIndexReady(): Promise<void> {
+    for (let tries = 0; tries < 3; tries++) {
+      const snapshot = this.snapshotCredentials;
+      const from: ReadonlyMap<string, unknown> = snapshot ?? this.effective.byId;
+      const cached = this.pageIndex;
+      if (cached?.from === from && cached.size <= from.size) return;
+      const size = from.size;
+      const ids = snapshot !== undefined ? [...snapshot.idsUndecoded()] : [...this.effective.byId.keys()];
+      if (!ids.includes(this.rootId)) ids.push(this.rootId);
+      const sorted = await sortInSlices(ids);
+      // Kept if the map is the one sorted and only grew meanwhile (sortedIds merges what was added).
+      if ((this.snapshotCredentials ?? this.effective.byId) === from && from.size >= size) {
+        this.pageIndex = { from, size, ids: sorted };
+        return;
+      }
+    }
   }
 }
 

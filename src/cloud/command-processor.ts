@@ -46,6 +46,8 @@ export interface CommandAgent {
   addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult>;
   audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
   readonly keyring: SignerLookup & {
+    /** Sorts the ids for page() in slices, if not done (Keyring.pageIndexReady). */
+    pageIndexReady(): Promise<void>;
     /** One page in id order (Keyring.page): a whole list at 100 000 keys fits no MQTT message. */
     page(
       after: string | undefined,
@@ -224,6 +226,7 @@ export class CommandProcessor {
         case 'keys.list': {
           agent.audit({ type: 'command', source, by: kid, action: command.cmd, jti });
           if (command.args.kind !== 'page') return errorResult(jti, 'bad_arguments');
+          await agent.keyring.pageIndexReady();
           const page = agent.keyring.page(command.args.after, command.args.limit);
           const keys = page.credentials.map(({ credential: c, revoked }) => ({
             id: c.id,

@@ -50,12 +50,13 @@ export function coreControlHandlers(deps: CoreHandlerDeps): Map<string, ControlH
       vehicleKeyId: identity.vehicleKeyId,
       vehicleKey: identity.vehicleKey,
     })),
-    bindHandler('keys.list', ({ ids, limit, after }) => {
+    bindHandler('keys.list', async ({ ids, limit, after }) => {
       const shown = (s: CredentialStatus) => ({ credential: s.credential, revoked: s.revoked });
       if (ids !== undefined) {
         const credentials = ids.flatMap((id) => keyring.byId(id) ?? []).map(shown);
         return { credentials, total: keyring.credentialCount };
       }
+      await keyring.pageIndexReady();
       const page = keyring.page(after, limit ?? KEYS_PAGE_DEFAULT);
       return { ...page, credentials: page.credentials.map(shown) };
     }),

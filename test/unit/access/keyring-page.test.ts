@@ -65,6 +65,27 @@ describe('Keyring.page at 20 000 credentials', () => {
     expect((second.credentials[0]?.credential.id ?? '') > (first.next ?? '')).toBe(true);
   });
 
+  it('pageIndexReady sorts the ids in slices, the loop turning between them; a page after it sorts nothing', async () => {
+    const ring = newKeyring(makeRoot());
+    ring.loadSnapshot({ digest: 'd', opCount: size, credentials: table, ops: never });
+    let turns = 0;
+    const ticker = setInterval(() => turns++, 0);
+    try {
+      await ring.pageIndexReady();
+    } finally {
+      clearInterval(ticker);
+    }
+    expect(turns).toBeGreaterThan(3);
+    const sort = vi.spyOn(Array.prototype, 'sort');
+    try {
+      const all = pageThrough(ring, 2000);
+      expect(sort).not.toHaveBeenCalled();
+      expect(all).toHaveLength(size + 1);
+    } finally {
+      sort.mockRestore();
+    }
+  });
+
   it('pages through every credential once, in id order', () => {
     const ring = newKeyring(makeRoot());
     ring.loadSnapshot({ digest: 'd', opCount: size, credentials: table, ops: never });

@@ -532,6 +532,7 @@ describe('keys.list', () => {
         list: () => {
           throw new Error('the whole keyring was listed');
         },
+        pageIndexReady: async () => {},
         page: (after: string | undefined, limit: number) => {
           pages.push([after, limit]);
           return {
