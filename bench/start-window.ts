@@ -4,7 +4,6 @@ import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } fr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { controlRequest } from '../src/cli/control-client.js';
 import { keyCredentialId, publicJwkOf } from '../src/crypto/keys.js';
 import { round } from './stats.js';
 
@@ -14,8 +13,9 @@ import { round } from './stats.js';
  * state made by `node dist/bench/ready.js DIR N 1` (DIR is not changed: each run works on a copy)
  * and, for each offset after `ready` (default 0,500,2000,4000,8000), starts the agent (dist/, the
  * systemd unit's NODE_OPTIONS) and runs through the CLI, one after another: `sim present driver`,
- * `keys revoke` (the demo passive key), `keys grant` (a new phone key), `status`, and last the
- * whole `keys.list` over the socket. It prints each step's wall time and outcome, and the longest
+ * `keys revoke` (the demo passive key), `keys grant` (a new phone key), `status`, and last
+ * `keys list --json` (every key: a page per request since issue 19's paging; one whole-keyring
+ * request before). It prints each step's wall time and outcome, and the longest
  * event-loop block of the agent from `ready` until the list (the background decode and those
  * commands) and during the list. A run with offset `idle` only waits 6 s: the decode alone.
  * VA_DIST=/other/dist runs another build (the figures before a change).
@@ -41,11 +41,13 @@ interface Step {
   readonly out: string;
 }
 
-function cli(args: readonly string[]): Promise<{ ok: boolean; out: string }> {
+/** `short`: the first 120 characters of what it printed (else all of stdout). */
+function cli(args: readonly string[], short = true): Promise<{ ok: boolean; out: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { maxBuffer: 1 << 30 }, (err, stdout, stderr) =>
-      resolve({ ok: err === null, out: (err === null ? stdout : stderr).trim().slice(0, 120) }),
-    );
+    execFile(process.execPath, [CLI, ...args], { maxBuffer: 1 << 30 }, (err, stdout, stderr) => {
+      const out = (err === null ? stdout : stderr).trim();
+      resolve({ ok: err === null, out: short || err !== null ? out.slice(0, 120) : out });
+    });
   });
 }
 
@@ -117,13 +119,10 @@ async function runOnce(source: string, offset: number | 'idle') {
       steps.push(await timed('status', () => cli(['status', ...sd])));
       beforeList = epochNow();
       steps.push(
-        await timed('keys.list (all)', async () => {
-          try {
-            const listed = (await controlRequest(join(state, 'control.sock'), 'keys.list')) as unknown[];
-            return { ok: true, out: `${listed.length} credentials` };
-          } catch (err) {
-            return { ok: false, out: String((err as Error).message).slice(0, 120) };
-          }
+        await timed('keys list --json', async () => {
+          const r = await cli(['keys', 'list', '--json', ...sd], false);
+          if (!r.ok) return r;
+          return { ok: true, out: `${(JSON.parse(r.out) as unknown[]).length} credentials` };
         }),
       );
     }

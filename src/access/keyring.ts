@@ -21,6 +21,7 @@ import {
   SnapshotCredentialMap,
   type SnapshotCredentials,
 } from './snapshot-credentials.js';
+import { byCodeUnits, sortInSlices } from './sort-in-slices.js';
 
 /**
  * The keyring: a set of signed grant and revoke operations (docs/keyring.md).
@@ -1161,7 +1162,7 @@ export class Keyring implements CredentialLookup {
         return held === undefined ? [] : [this.statusOf(held)];
       });
     }
-    if (found.length > 1) found.sort((a, b) => compareIds(a.credential.id, b.credential.id));
+    if (found.length > 1) found.sort((a, b) => byCodeUnits(a.credential.id, b.credential.id));
     return found;
   }
 
@@ -1286,6 +1287,103 @@ export class Keyring implements CredentialLookup {
       }
       this.snapshotCredentials = this.snapshotCredentials.withCurrentSuspects();
     } else if (this.snapshotDigest === undefined) this.recompute();
+  }
+
+  /** Every credential id in sort order, and the map it was taken from at which size (see page). */
+  private pageIndex: { from: object; size: number; ids: string[] } | undefined;
+
+  /**
+   * One page of `list` in id order (the root among them): at most `limit` credentials whose ids
+   * sort after `after` (any string: an id revoked, never held or no longer held works as well),
+   * and `next`, the id to go on after, when more are left. Builds only the page's credentials
+   * (list() builds all: 0.2-0.3 s at 100 000 keys), so listing never holds up a key at the reader.
+   */
+  page(
+    after: string | undefined,
+    limit: number,
+  ): { credentials: CredentialStatus[]; next?: string; total: number } {
+    const ids = this.sortedIds();
+    let lo = 0;
+    if (after !== undefined) {
+      let hi = ids.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if ((ids[mid] as string) <= after) lo = mid + 1;
+        else hi = mid;
+      }
+    }
+    const credentials: CredentialStatus[] = [];
+    let i = lo;
+    for (; i < ids.length && credentials.length < limit; i++) {
+      const status = this.byId(ids[i] as string);
+      if (status !== undefined) credentials.push(status);
+    }
+    const total = this.credentialCount;
+    return i < ids.length ? { credentials, next: ids[i - 1] as string, total } : { credentials, total };
+  }
+
+  /**
+   * The credential ids sorted, kept between pages: sorted again only when the credential map is
+   * replaced (start-up, a recompute); a fold only appends to it (a trial's undo deletes only what
+   * it appended), so ids added since are merged in without a sort.
+   */
+  private sortedIds(): readonly string[] {
+    const snapshot = this.snapshotCredentials;
+    const from: ReadonlyMap<string, unknown> = snapshot ?? this.effective.byId;
+    const cached = this.pageIndex;
+    if (cached?.from === from && cached.size === from.size) return cached.ids;
+    let ids: string[];
+    if (cached?.from === from && cached.size < from.size && snapshot === undefined) {
+      const added: string[] = [];
+      let n = 0;
+      for (const id of this.effective.byId.keys())
+        if (n++ >= cached.size && id !== this.rootId) added.push(id);
+      added.sort(byCodeUnits);
+      ids = [];
+      let a = 0;
+      let b = 0;
+      const old = cached.ids;
+      while (a < old.length || b < added.length) {
+        const x = old[a];
+        const y = added[b];
+        if (y === undefined || (x !== undefined && x < y)) {
+          ids.push(x as string);
+          a++;
+        } else {
+          ids.push(y);
+          b++;
+        }
+      }
+    } else {
+      ids = snapshot !== undefined ? [...snapshot.idsUndecoded()] : [...this.effective.byId.keys()];
+      if (!ids.includes(this.rootId)) ids.push(this.rootId);
+      ids.sort(byCodeUnits);
+    }
+    this.pageIndex = { from, size: from.size, ids };
+    return ids;
+  }
+
+  /**
+   * Sorts the id index for `page` a slice at a time when it is missing or stale (after start-up
+   * or a recompute): the agent awaits this before a page, so no sort of the whole keyring holds
+   * its loop. A page right after it costs only the page (grants folded meanwhile are merged in).
+   */
+  async pageIndexReady(): Promise<void> {
+    for (let tries = 0; tries < 3; tries++) {
+      const snapshot = this.snapshotCredentials;
+      const from: ReadonlyMap<string, unknown> = snapshot ?? this.effective.byId;
+      const cached = this.pageIndex;
+      if (cached?.from === from && cached.size <= from.size) return;
+      const size = from.size;
+      const ids = snapshot !== undefined ? [...snapshot.idsUndecoded()] : [...this.effective.byId.keys()];
+      if (!ids.includes(this.rootId)) ids.push(this.rootId);
+      const sorted = await sortInSlices(ids);
+      // Kept if the map is the one sorted and only grew meanwhile (sortedIds merges what was added).
+      if ((this.snapshotCredentials ?? this.effective.byId) === from && from.size >= size) {
+        this.pageIndex = { from, size, ids: sorted };
+        return;
+      }
+    }
   }
 }
 
@@ -1491,9 +1589,4 @@ export function signRevoke(
     ...(reason ? { reason } : {}),
   };
   return signJws(op, signerKey, signerId, KEYRING_OP_TYP);
-}
-
-/** Code-unit order of credential ids (not locale-dependent). */
-function compareIds(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -127,6 +127,12 @@ export class SnapshotCredentialMap implements ReadonlyMap<string, CredentialStat
     for (const [id] of this.entries()) yield id;
   }
 
+  /** The ids, the root first, without decoding any credential (a page of the keys list). */
+  *idsUndecoded(): IterableIterator<string> {
+    yield this.root.credential.id;
+    for (const id of this.table.ids()) if (id !== this.root.credential.id) yield id;
+  }
+
   *values(): MapIterator<CredentialStatus> {
     for (const [, s] of this.entries()) yield s;
   }

@@ -46,17 +46,27 @@ export interface CommandAgent {
   addKeyringOps(jwsList: readonly string[], source: string): Promise<MergeResult>;
   audit(event: { readonly type: string; readonly [key: string]: unknown }): void;
   readonly keyring: SignerLookup & {
-    list(): readonly {
-      readonly credential: {
-        readonly id: string;
-        readonly kind: string;
-        readonly role: string;
-        readonly name?: string;
-        readonly notBefore?: number;
-        readonly notAfter?: number;
-      };
-      readonly revoked: boolean;
-    }[];
+    /** Sorts the ids for page() in slices, if not done (Keyring.pageIndexReady). */
+    pageIndexReady(): Promise<void>;
+    /** One page in id order (Keyring.page): a whole list at 100 000 keys fits no MQTT message. */
+    page(
+      after: string | undefined,
+      limit: number,
+    ): {
+      readonly credentials: readonly {
+        readonly credential: {
+          readonly id: string;
+          readonly kind: string;
+          readonly role: string;
+          readonly name?: string;
+          readonly notBefore?: number;
+          readonly notAfter?: number;
+        };
+        readonly revoked: boolean;
+      }[];
+      readonly next?: string;
+      readonly total: number;
+    };
   };
 }
 
@@ -215,7 +225,10 @@ export class CommandProcessor {
         }
         case 'keys.list': {
           agent.audit({ type: 'command', source, by: kid, action: command.cmd, jti });
-          const keys = agent.keyring.list().map(({ credential: c, revoked }) => ({
+          if (command.args.kind !== 'page') return errorResult(jti, 'bad_arguments');
+          await agent.keyring.pageIndexReady();
+          const page = agent.keyring.page(command.args.after, command.args.limit);
+          const keys = page.credentials.map(({ credential: c, revoked }) => ({
             id: c.id,
             kind: c.kind,
             role: c.role,
@@ -224,7 +237,11 @@ export class CommandProcessor {
             ...(c.notAfter !== undefined ? { notAfter: new Date(c.notAfter).toISOString() } : {}),
             revoked,
           }));
-          return okResult(jti, `${keys.length} credential(s)`, { keys });
+          return okResult(jti, `${keys.length} of ${page.total} credential(s)`, {
+            keys,
+            total: page.total,
+            ...(page.next !== undefined ? { next: page.next } : {}),
+          });
         }
         case 'state.refresh': {
           agent.audit({ type: 'command', source, by: kid, action: command.cmd, jti });

@@ -41,9 +41,17 @@ export type CommandName = (typeof COMMAND_NAMES)[number];
 /** Most keyring operations one keys.grant / keys.revoke command may carry. */
 export const MAX_COMMAND_OPS = 100;
 
+/**
+ * Credentials one keys.list result holds unless `limit` says otherwise, and the most it may ask:
+ * a result must fit the result topic (brokers stop at 128-256 KiB; a listed key is ~150-300 bytes).
+ */
+export const COMMAND_KEYS_PAGE_DEFAULT = 100;
+export const COMMAND_KEYS_PAGE_MAX = 200;
+
 export type CommandArgs =
   | { readonly kind: 'none' }
-  | { readonly kind: 'ops'; readonly ops: readonly string[] };
+  | { readonly kind: 'ops'; readonly ops: readonly string[] }
+  | { readonly kind: 'page'; readonly limit: number; readonly after?: string };
 
 export interface CommandPayload {
   readonly vid: string;
@@ -156,6 +164,7 @@ export function parseCommandArgs(cmd: CommandName, raw: unknown): CommandArgs {
   if (typeof args !== 'object' || args === null || Array.isArray(args))
     throw new AgentError('bad_arguments', 'args must be an object');
   const keys = Object.keys(args);
+  if (cmd === 'keys.list') return parsePageArgs(args as Readonly<Record<string, unknown>>);
   if (cmd !== 'keys.grant' && cmd !== 'keys.revoke') {
     if (keys.length > 0)
       throw new AgentError('bad_arguments', `${cmd} takes no args (got ${keys.join(', ')})`);
@@ -184,6 +193,29 @@ export function parseCommandArgs(cmd: CommandName, raw: unknown): CommandArgs {
     if (kind !== want) throw new AgentError('bad_arguments', `${cmd} carries only ${want} operations`);
   }
   return { kind: 'ops', ops: ops as string[] };
+}
+
+/** keys.list: `{limit?, after?}`, a page of the keys in id order (the control socket's paging). */
+function parsePageArgs(args: Readonly<Record<string, unknown>>): CommandArgs {
+  const extra = Object.keys(args).filter((k) => k !== 'limit' && k !== 'after');
+  if (extra.length > 0)
+    throw new AgentError(
+      'bad_arguments',
+      `keys.list args take only limit and after (got ${extra.join(', ')})`,
+    );
+  const { limit, after } = args;
+  if (
+    limit !== undefined &&
+    (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > COMMAND_KEYS_PAGE_MAX)
+  )
+    throw new AgentError('bad_arguments', `limit must be a whole number from 1 to ${COMMAND_KEYS_PAGE_MAX}`);
+  if (after !== undefined && (typeof after !== 'string' || after.length === 0 || after.length > 200))
+    throw new AgentError('bad_arguments', 'after must be a credential id (the next of the page before)');
+  return {
+    kind: 'page',
+    limit: (limit as number | undefined) ?? COMMAND_KEYS_PAGE_DEFAULT,
+    ...(after !== undefined ? { after: after as string } : {}),
+  };
 }
 
 interface Parsed {

@@ -199,16 +199,29 @@ export interface AuditTailArgs {
 }
 
 /**
- * `keys.list`: every credential, or with `ids` only those (the ones the keyring has, in the order
- * asked): what a grant or revoke needs to know of its own credential, without a reply the size of
- * the keyring (tens of MB at 100 000 keys).
+ * `keys.list`: one page of the credentials in id order (`limit`, default KEYS_PAGE_DEFAULT, at
+ * most KEYS_PAGE_MAX; `after`, the `next` of the page before), or with `ids` only those (the
+ * ones the keyring has, in the order asked). Never the whole keyring in one reply: at 100 000 keys
+ * that held the agent's event loop for up to 1.6 s, a key at the reader waiting all that time.
  */
 export interface KeysListArgs {
   readonly ids?: readonly string[];
+  readonly limit?: number;
+  readonly after?: string;
+}
+
+/** A `keys.list` answer: `next` (the id to pass as `after`) when more are left; `total` in all. */
+export interface KeysListResult {
+  readonly credentials: readonly CredentialStatus[];
+  readonly next?: string;
+  readonly total: number;
 }
 
 /** Ids one `keys.list` may name. */
 export const MAX_LISTED_IDS = 1000;
+/** Credentials in a `keys.list` page unless `limit` says otherwise, and the most it may say. */
+export const KEYS_PAGE_DEFAULT = 500;
+export const KEYS_PAGE_MAX = 2000;
 
 export interface TestAuditArgs {
   readonly count: number;
@@ -431,16 +444,30 @@ function parseKeysAdd(args: WireArgs): KeysAddArgs {
 }
 
 function parseKeysList(args: WireArgs): KeysListArgs {
-  const { ids } = args;
-  if (ids === undefined) return {};
+  const { ids, limit, after } = args;
+  if (ids !== undefined && (limit !== undefined || after !== undefined))
+    throw new AgentError('bad_arguments', 'keys.list takes ids or limit/after, not both');
+  if (ids !== undefined) {
+    if (
+      !Array.isArray(ids) ||
+      ids.length === 0 ||
+      ids.length > MAX_LISTED_IDS ||
+      !ids.every((id) => typeof id === 'string' && id.length <= 200)
+    )
+      throw new AgentError('bad_arguments', `ids must be a list of 1 to ${MAX_LISTED_IDS} credential ids`);
+    return { ids: ids as string[] };
+  }
   if (
-    !Array.isArray(ids) ||
-    ids.length === 0 ||
-    ids.length > MAX_LISTED_IDS ||
-    !ids.every((id) => typeof id === 'string' && id.length <= 200)
+    limit !== undefined &&
+    (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > KEYS_PAGE_MAX)
   )
-    throw new AgentError('bad_arguments', `ids must be a list of 1 to ${MAX_LISTED_IDS} credential ids`);
-  return { ids: ids as string[] };
+    throw new AgentError('bad_arguments', `limit must be a whole number from 1 to ${KEYS_PAGE_MAX}`);
+  if (after !== undefined && (typeof after !== 'string' || after.length === 0 || after.length > 200))
+    throw new AgentError('bad_arguments', 'after must be a credential id (the next of the page before)');
+  return {
+    limit: (limit as number | undefined) ?? KEYS_PAGE_DEFAULT,
+    ...(after !== undefined ? { after: after as string } : {}),
+  };
 }
 
 function parseAuditTail(args: WireArgs): AuditTailArgs {
@@ -695,7 +722,7 @@ function parseSimNfcFault(args: WireArgs): SimNfcFaultArgs {
 export interface ControlApi {
   status: { args: NoArgs; result: Readonly<Record<string, unknown>> };
   vehicle: { args: NoArgs; result: VehicleInfo };
-  'keys.list': { args: KeysListArgs; result: readonly CredentialStatus[] };
+  'keys.list': { args: KeysListArgs; result: KeysListResult };
   'keys.add': { args: KeysAddArgs; result: MergeResult };
   'audit.tail': { args: AuditTailArgs; result: readonly unknown[] };
   limits: { args: NoArgs; result: LimitsReply };

@@ -1,3 +1,4 @@
+import type { CredentialStatus } from '../access/credential-lookup.js';
 import type { Keyring } from '../access/keyring.js';
 import type { Agent, LockControl } from '../agent/agent.js';
 import { AgentError } from '../core/errors.js';
@@ -6,6 +7,7 @@ import type { VehicleIdentity } from '../store/provision.js';
 import {
   bindHandler,
   type DecisionReply,
+  KEYS_PAGE_DEFAULT,
   type LimitsReply,
   type SimAnswer,
   type SimChallenge,
@@ -48,12 +50,16 @@ export function coreControlHandlers(deps: CoreHandlerDeps): Map<string, ControlH
       vehicleKeyId: identity.vehicleKeyId,
       vehicleKey: identity.vehicleKey,
     })),
-    bindHandler('keys.list', ({ ids }) =>
-      (ids === undefined ? keyring.list() : ids.flatMap((id) => keyring.byId(id) ?? [])).map((s) => ({
-        credential: s.credential,
-        revoked: s.revoked,
-      })),
-    ),
+    bindHandler('keys.list', async ({ ids, limit, after }) => {
+      const shown = (s: CredentialStatus) => ({ credential: s.credential, revoked: s.revoked });
+      if (ids !== undefined) {
+        const credentials = ids.flatMap((id) => keyring.byId(id) ?? []).map(shown);
+        return { credentials, total: keyring.credentialCount };
+      }
+      await keyring.pageIndexReady();
+      const page = keyring.page(after, limit ?? KEYS_PAGE_DEFAULT);
+      return { ...page, credentials: page.credentials.map(shown) };
+    }),
     bindHandler('keys.add', async ({ ops }) => await agent.addKeyringOps(ops, 'control')),
     bindHandler('audit.tail', ({ n }) => audit.recent(n)),
     bindHandler('limits', () => limitsReply(agent, deps.limitsClearable ?? false)),

@@ -119,6 +119,8 @@ function renderCloud(c) {
 function renderKeyring(k) {
   const dl = $('keyring'); dl.replaceChildren();
   const add = (a, b) => dl.append(el('dt', a), el('dd', b));
+  add('credentials', k.credentials);
+  if (k.counted !== undefined) add('counted below', 'the first ' + k.counted + ' by id, ' + (k.credentials - k.counted) + ' more not counted');
   add('active', k.active); add('revoked', k.revoked);
   add('by role', Object.entries(k.byRole).filter(([, n]) => n > 0).map(([r, n]) => r + ' ' + n).join(', ') || 'none');
   add('by kind', Object.entries(k.byKind).filter(([, n]) => n > 0).map(([r, n]) => r + ' ' + n).join(', ') || 'none');

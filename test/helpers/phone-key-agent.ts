@@ -112,9 +112,11 @@ export async function startPhoneKeyAgent(env: NodeJS.ProcessEnv = {}): Promise<P
       },
       grant,
       publicKeyPem: async (credentialId) => {
-        const keys = (await controlRequest(socket, 'keys.list', {})) as {
-          credential: { id: string; publicKey?: object };
-        }[];
+        const keys = (
+          (await controlRequest(socket, 'keys.list', { ids: [credentialId] })) as {
+            credentials: { credential: { id: string; publicKey?: object } }[];
+          }
+        ).credentials;
         const jwk = keys.find((k) => k.credential.id === credentialId)?.credential.publicKey;
         if (jwk === undefined) throw new Error(`no public key for ${credentialId} in the keyring`);
         const file = join(dir, `${credentialId.replace(/[^\w-]/g, '_')}.pub.pem`);

@@ -31,6 +31,8 @@ const requests: Request[] = [];
 let addDelayMs = 0;
 /** What the stand-in agent says of each credential id `keys.list` names. */
 const known = new Map<string, boolean>();
+/** The stand-in agent's keyring as its `keys.list` pages give it, in id order. */
+let listed: { credential: { id: string; [field: string]: unknown }; revoked: boolean }[] = [];
 
 /** What an op does, as the agent's MergeResult names it. */
 function addedOp(jws: string): Record<string, unknown> {
@@ -55,14 +57,27 @@ function answer(socket: Socket, request: Request & { id: number }): void {
     }
     case 'keys.list': {
       const ids = request.args.ids as string[] | undefined;
-      // The whole keyring: too large to be taken in time, so the agent closes the connection.
-      if (ids === undefined) return void socket.destroy();
-      return void ok(
-        ids.flatMap((id) => {
-          const revoked = known.get(id);
-          return revoked === undefined ? [] : [{ credential: { id }, revoked }];
-        }),
-      );
+      if (ids !== undefined)
+        return void ok({
+          credentials: ids.flatMap((id) => {
+            const revoked = known.get(id);
+            return revoked === undefined ? [] : [{ credential: { id }, revoked }];
+          }),
+          total: known.size,
+        });
+      // The whole keyring is too large to be taken in time: a request for more than a page, as
+      // the agent's whole list at 100 000 keys, is closed without an answer.
+      const { limit, after } = request.args as { limit?: number; after?: string };
+      if (limit === undefined || limit > 2000) return void socket.destroy();
+      const start = after === undefined ? 0 : listed.findIndex((c) => c.credential.id > after);
+      const from = start < 0 ? listed.length : start;
+      const page = listed.slice(from, from + limit);
+      const more = from + limit < listed.length;
+      return void ok({
+        credentials: page,
+        ...(more ? { next: page.at(-1)?.credential.id } : {}),
+        total: listed.length,
+      });
     }
     default:
       socket.destroy();
@@ -81,6 +96,7 @@ beforeAll(() => {
 afterEach(async () => {
   requests.length = 0;
   known.clear();
+  listed = [];
   addDelayMs = 0;
   await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
   server = undefined;
@@ -180,5 +196,44 @@ describe('keys grant and revoke through an agent with a large keyring', () => {
     expect(again.code).toBe(0);
     expect(again.stdout).toContain('already revoked');
     expect(requests.map((q) => q.cmd)).toEqual(['keys.list']);
+  });
+});
+
+describe('keys list through an agent with a large keyring', () => {
+  // 4500 credentials: three pages of at most 2000, each asked for on its own.
+  const fake = (i: number) => ({
+    credential: {
+      id: `phone:${String(i).padStart(22, '0')}`,
+      kind: 'phone',
+      role: 'driver',
+      name: `key ${i}`,
+      options: {},
+    },
+    revoked: i % 7 === 0,
+  });
+
+  it('pages through every credential, each page a request of its own, and prints them all', async () => {
+    listed = Array.from({ length: 4500 }, (_, i) => fake(i));
+    await standInAgent();
+    const json = await runCliAsync(['keys', 'list', '--json', '--state-dir', stateDir]);
+    expect(json.stderr).toBe('');
+    expect(json.code).toBe(0);
+    const printed = JSON.parse(json.stdout) as { id: string; revoked: boolean }[];
+    expect(printed.map((c) => c.id)).toEqual(listed.map((c) => c.credential.id));
+    expect(printed.filter((c) => c.revoked)).toHaveLength(listed.filter((c) => c.revoked).length);
+    expect(requests.map((q) => q.args)).toEqual([
+      { limit: 2000 },
+      { limit: 2000, after: listed[1999]?.credential.id },
+      { limit: 2000, after: listed[3999]?.credential.id },
+    ]);
+
+    requests.length = 0;
+    const text = await runCliAsync(['keys', 'list', '--state-dir', stateDir]);
+    expect(text.code).toBe(0);
+    const lines = text.stdout.trim().split('\n');
+    expect(lines).toHaveLength(4500);
+    expect(lines[4499]).toMatch(/^phone:0+4499 +driver +key 4499/);
+    expect(lines[7]).toContain('[REVOKED]');
+    expect(requests).toHaveLength(3);
   });
 });

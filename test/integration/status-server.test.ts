@@ -42,7 +42,7 @@ const report = (): HealthReport => ({
 });
 const handlers = new Map<string, ControlHandler>([
   ['status', () => ({ vehicleId: 'VA-TEST', lock: 'locked', readers: { sim: { state: 'ok', since: 0 } } })],
-  ['keys.list', () => []],
+  ['keys.list', () => ({ credentials: [], total: 0 })],
   [
     'sim.uid',
     (args) => {

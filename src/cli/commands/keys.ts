@@ -6,6 +6,7 @@ import type { LoadedConfig } from '../../config/load.js';
 import { AgentError, toAgentError } from '../../core/errors.js';
 import { silentLogger } from '../../core/logger.js';
 import { isCredentialId } from '../../crypto/keys.js';
+import { KEYS_PAGE_MAX } from '../../host/control-api.js';
 import { AuditLog } from '../../store/audit-log.js';
 import { acquireInstanceLock } from '../../store/instance-lock.js';
 import { readSignerKey } from '../../store/key-files.js';
@@ -192,7 +193,8 @@ async function readCredentials(
 ): Promise<readonly CredentialStatus[]> {
   const loaded = loadFor(values);
   try {
-    return await controlCall(loaded.socketPath, 'keys.list', ids === undefined ? {} : { ids });
+    if (ids !== undefined) return (await controlCall(loaded.socketPath, 'keys.list', { ids })).credentials;
+    return await listAllPages(loaded.socketPath);
   } catch (err) {
     if (!(err instanceof AgentError) || err.code !== 'control_unavailable') throw err;
   }
@@ -205,6 +207,26 @@ async function readCredentials(
     return credentials;
   } finally {
     await lock.release();
+  }
+}
+
+/**
+ * Every credential from the running agent, a page per request (id order): each page costs the
+ * agent a few ms, and between pages it serves keys at the reader, the cloud and other clients.
+ * A credential granted while the pages are read shows if its id sorts after the page being read.
+ */
+export async function listAllPages(socketPath: string): Promise<CredentialStatus[]> {
+  const all: CredentialStatus[] = [];
+  let after: string | undefined;
+  for (;;) {
+    const page = await controlCall(
+      socketPath,
+      'keys.list',
+      after === undefined ? { limit: KEYS_PAGE_MAX } : { limit: KEYS_PAGE_MAX, after },
+    );
+    for (const c of page.credentials) all.push(c);
+    if (page.next === undefined) return all;
+    after = page.next;
   }
 }
 

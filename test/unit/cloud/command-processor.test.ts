@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { MergeResult } from '../../../src/access/keyring.js';
 import { type CommandPayload, signCommand } from '../../../src/cloud/command.js';
 import {
@@ -218,11 +218,38 @@ describe('command processor', () => {
     const r = rig();
     for (let i = 0; i < 150; i++)
       r.ring.add(grantBy(r.root, makeKey('phone', 'driver', { name: `key ${i}` }).credential));
-    const jws = r.sign(r.service, { cmd: 'keys.list', jti: 'big' });
+    const jws = r.sign(r.service, { cmd: 'keys.list', jti: 'big', args: { limit: 200 } });
     const first = await r.processor.handle(jws, false);
     expect((first.data as { keys: unknown[] }).keys.length).toBeGreaterThan(150);
     const again = await r.processor.handle(jws, false);
     expect(again).toEqual({ jti: 'big', status: 'ok', code: 'ok', message: first.message });
+  });
+
+  it('lists keys a page at a time (the whole keyring fits no MQTT message), never the whole list', async () => {
+    const r = rig();
+    for (let i = 0; i < 130; i++) r.ring.add(grantBy(r.root, makeKey('phone', 'driver').credential));
+    const list = vi.spyOn(r.ring, 'list');
+    const all = r.ring.credentialCount;
+    const seen: string[] = [];
+    let after: string | undefined;
+    const limits: number[] = [];
+    for (let n = 0; n < 10; n++) {
+      const args = after === undefined ? {} : { after, limit: 200 };
+      const res = await r.processor.handle(
+        r.sign(r.service, { cmd: 'keys.list', jti: `p${n}`, args }),
+        false,
+      );
+      const data = res.data as { keys: { id: string }[]; next?: string; total: number };
+      expect(data.total).toBe(all);
+      limits.push(data.keys.length);
+      seen.push(...data.keys.map((k) => k.id));
+      if (data.next === undefined) break;
+      after = data.next;
+    }
+    expect(limits).toEqual([100, all - 100]);
+    expect(seen).toEqual([...seen].sort());
+    expect(new Set(seen).size).toBe(all);
+    expect(list).not.toHaveBeenCalled();
   });
 
   it('hands every refusal to onRejected when given (the cloud link summarises them), none to the audit', async () => {

@@ -124,6 +124,22 @@ describe('signed command checks', () => {
     ['an unknown cmd', () => sign(f.root, { cmd: 'open.sunroof' }), 'unknown_command'],
     ['args on unlock', () => sign(f.root, { args: { door: 'all' } }), 'bad_arguments'],
     ['keys.grant without ops', () => sign(f.root, { cmd: 'keys.grant', args: {} }), 'bad_arguments'],
+    ['keys.list with limit 0', () => sign(f.root, { cmd: 'keys.list', args: { limit: 0 } }), 'bad_arguments'],
+    [
+      'keys.list over the most a result holds',
+      () => sign(f.root, { cmd: 'keys.list', args: { limit: 201 } }),
+      'bad_arguments',
+    ],
+    [
+      'keys.list after a number',
+      () => sign(f.root, { cmd: 'keys.list', args: { after: 7 } }),
+      'bad_arguments',
+    ],
+    [
+      'keys.list with other args',
+      () => sign(f.root, { cmd: 'keys.list', args: { ids: [] } }),
+      'bad_arguments',
+    ],
     [
       'a grant riding inside keys.revoke',
       () =>

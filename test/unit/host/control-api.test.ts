@@ -54,7 +54,12 @@ const CASES: Partial<Record<CommandName, { good: [WireArgs, unknown][]; bad: [Wi
   },
   'keys.list': {
     good: [
-      [{}, {}],
+      [{}, { limit: 500 }],
+      [
+        { limit: 2000, after: phoneId },
+        { limit: 2000, after: phoneId },
+      ],
+      [{ after: 'phone:removed' }, { limit: 500, after: 'phone:removed' }],
       [{ ids: [phoneId, 'phone:none'] }, { ids: [phoneId, 'phone:none'] }],
     ],
     bad: [
@@ -65,6 +70,13 @@ const CASES: Partial<Record<CommandName, { good: [WireArgs, unknown][]; bad: [Wi
         { ids: Array.from({ length: 1001 }, () => phoneId) },
         'ids must be a list of 1 to 1000 credential ids',
       ],
+      [{ limit: 0 }, 'limit must be a whole number from 1 to 2000'],
+      [{ limit: 2001 }, 'limit must be a whole number from 1 to 2000'],
+      [{ limit: 1.5 }, 'limit must be a whole number from 1 to 2000'],
+      [{ limit: '10' }, 'limit must be a whole number from 1 to 2000'],
+      [{ after: 5 }, 'after must be a credential id (the next of the page before)'],
+      [{ after: '' }, 'after must be a credential id (the next of the page before)'],
+      [{ ids: [phoneId], limit: 5 }, 'keys.list takes ids or limit/after, not both'],
     ],
   },
   'audit.tail': {
@@ -425,9 +437,10 @@ describe('control command table', () => {
   }
 
   it('commands without arguments ignore whatever they are sent', () => {
-    for (const name of ['status', 'vehicle', 'keys.list', 'sim.challenge', 'test.crash'] as const) {
+    for (const name of ['status', 'vehicle', 'sim.challenge', 'test.crash'] as const) {
       expect(parseArgs(name, { junk: 1 })).toEqual({});
     }
+    expect(parseArgs('keys.list', { junk: 1 })).toEqual({ limit: 500 });
   });
 
   it('knows exactly its own names', () => {
@@ -496,14 +509,53 @@ describe('keys.list', () => {
           throw new Error('the whole keyring was listed');
         },
         byId: (id: string) => held.get(id),
+        credentialCount: 2,
       } as never,
       identity: {} as never,
       audit: { recent: () => [] },
       relayStatus: () => ({}),
     });
-    expect(await core.get('keys.list')?.({ ids: ['phone:b', 'phone:none', 'phone:a'] })).toEqual([
-      { credential: { id: 'phone:b' }, revoked: true },
-      { credential: { id: 'phone:a' }, revoked: false },
+    expect(await core.get('keys.list')?.({ ids: ['phone:b', 'phone:none', 'phone:a'] })).toEqual({
+      credentials: [
+        { credential: { id: 'phone:b' }, revoked: true },
+        { credential: { id: 'phone:a' }, revoked: false },
+      ],
+      total: 2,
+    });
+  });
+
+  it('without ids answers one page (default 500) from keyring.page, never the whole list', async () => {
+    const pages: [string | undefined, number][] = [];
+    const core = coreControlHandlers({
+      agent: {} as never,
+      keyring: {
+        list: () => {
+          throw new Error('the whole keyring was listed');
+        },
+        pageIndexReady: async () => {},
+        page: (after: string | undefined, limit: number) => {
+          pages.push([after, limit]);
+          return {
+            credentials: [{ credential: { id: 'phone:c' }, revoked: false, suspect: 'x' }],
+            next: 'phone:c',
+            total: 100_000,
+          };
+        },
+      } as never,
+      identity: {} as never,
+      audit: { recent: () => [] },
+      relayStatus: () => ({}),
+    });
+    const listed = core.get('keys.list');
+    expect(await listed?.({ ...parseArgs('keys.list', {}) })).toEqual({
+      credentials: [{ credential: { id: 'phone:c' }, revoked: false }],
+      next: 'phone:c',
+      total: 100_000,
+    });
+    await listed?.({ ...parseArgs('keys.list', { after: 'phone:c', limit: 2 }) });
+    expect(pages).toEqual([
+      [undefined, 500],
+      ['phone:c', 2],
     ]);
   });
 });

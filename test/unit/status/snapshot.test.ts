@@ -1,7 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import type { ControlHandler } from '../../../src/host/control-server.js';
 import { renderMetrics } from '../../../src/status/metrics.js';
-import { collectSnapshot, metricFamilies, summariseKeyring } from '../../../src/status/snapshot.js';
+import {
+  collectSnapshot,
+  metricFamilies,
+  STATUS_KEYS_PAGE,
+  summariseKeyring,
+} from '../../../src/status/snapshot.js';
 import { parseExposition } from '../../helpers/prometheus.js';
 
 const DAY = 86_400_000;
@@ -68,7 +73,7 @@ function handlers(extra: [string, ControlHandler][] = []): Map<string, ControlHa
         },
       }),
     ],
-    ['keys.list', () => listed],
+    ['keys.list', () => ({ credentials: listed, total: listed.length })],
     ...extra,
   ]);
 }
@@ -128,7 +133,13 @@ describe('collectSnapshot', () => {
             relay: { driver: 'gpio', health: 'ok' },
           }),
         ],
-        ['keys.list', () => [listed[0], null, { credential: 'x' }, { credential: { options: 1 } }]],
+        [
+          'keys.list',
+          () => ({
+            credentials: [listed[0], null, { credential: 'x' }, { credential: { options: 1 } }],
+            total: 'x',
+          }),
+        ],
       ]),
       health: () => undefined,
       auditSeq: () => 0,
@@ -140,6 +151,30 @@ describe('collectSnapshot', () => {
     expect(s.readers).toEqual({ nfc0: { state: 'ok' } });
     expect(s.relay).toBeUndefined();
     expect(s.keyring.credentials).toBe(1);
+  });
+
+  it('asks keys.list for one page and says how many of the credentials its counts cover', async () => {
+    const asked: unknown[] = [];
+    const s = await collectSnapshot({
+      handlers: handlers([
+        [
+          'keys.list',
+          (args) => {
+            asked.push(args);
+            return { credentials: listed, next: 'phone:x', total: 100_000 };
+          },
+        ],
+      ]),
+      health: () => undefined,
+      auditSeq: () => 0,
+      demoDir: '/nonexistent',
+      simControls: false,
+      wallNow: () => NOW,
+    });
+    expect(asked).toEqual([{ limit: STATUS_KEYS_PAGE }]);
+    expect(s.keyring.credentials).toBe(100_000);
+    expect(s.keyring.counted).toBe(listed.length);
+    expect(s.keyring.active).toBe(7);
   });
 
   it('fails with a coded error when the agent has no status handler', async () => {
