@@ -1,5 +1,6 @@
 import { type KeyObject, randomBytes } from 'node:crypto';
 import type { CredentialStatus } from '../access/credential-lookup.js';
+import { parsePageArgs as checkPageArgs } from '../access/page-args.js';
 import { type Action, roleAllows } from '../access/policy.js';
 import { CODES, type Code } from '../core/codes.js';
 import { AgentError } from '../core/errors.js';
@@ -203,18 +204,9 @@ function parsePageArgs(args: Readonly<Record<string, unknown>>): CommandArgs {
       'bad_arguments',
       `keys.list args take only limit and after (got ${extra.join(', ')})`,
     );
-  const { limit, after } = args;
-  if (
-    limit !== undefined &&
-    (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > COMMAND_KEYS_PAGE_MAX)
-  )
-    throw new AgentError('bad_arguments', `limit must be a whole number from 1 to ${COMMAND_KEYS_PAGE_MAX}`);
-  if (after !== undefined && (typeof after !== 'string' || after.length === 0 || after.length > 200))
-    throw new AgentError('bad_arguments', 'after must be a credential id (the next of the page before)');
   return {
     kind: 'page',
-    limit: (limit as number | undefined) ?? COMMAND_KEYS_PAGE_DEFAULT,
-    ...(after !== undefined ? { after: after as string } : {}),
+    ...checkPageArgs(args.limit, args.after, COMMAND_KEYS_PAGE_MAX, COMMAND_KEYS_PAGE_DEFAULT),
   };
 }
 

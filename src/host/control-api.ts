@@ -2,6 +2,7 @@
 import type { CredentialStatus } from '../access/credential-lookup.js';
 import { expectedCredentialId, parseCredentialWire, parseJwk } from '../access/credential-wire.js';
 import type { MergeResult } from '../access/keyring.js';
+import { parsePageArgs } from '../access/page-args.js';
 import type { EnrollmentView } from '../ble/enrollment.js';
 import { AgentError, toAgentError } from '../core/errors.js';
 import { type Credential, INTENTS, type Intent, type PublicJwk, ROLES } from '../core/types.js';
@@ -457,17 +458,7 @@ function parseKeysList(args: WireArgs): KeysListArgs {
       throw new AgentError('bad_arguments', `ids must be a list of 1 to ${MAX_LISTED_IDS} credential ids`);
     return { ids: ids as string[] };
   }
-  if (
-    limit !== undefined &&
-    (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > KEYS_PAGE_MAX)
-  )
-    throw new AgentError('bad_arguments', `limit must be a whole number from 1 to ${KEYS_PAGE_MAX}`);
-  if (after !== undefined && (typeof after !== 'string' || after.length === 0 || after.length > 200))
-    throw new AgentError('bad_arguments', 'after must be a credential id (the next of the page before)');
-  return {
-    limit: (limit as number | undefined) ?? KEYS_PAGE_DEFAULT,
-    ...(after !== undefined ? { after: after as string } : {}),
-  };
+  return parsePageArgs(limit, after, KEYS_PAGE_MAX, KEYS_PAGE_DEFAULT);
 }
 
 function parseAuditTail(args: WireArgs): AuditTailArgs {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { AuthProof, AuthVerifier } from '../access/keyring.js';
 import type { Credential } from '../core/types.js';
 import { b64url, fromB64url } from '../crypto/encoding.js';
-import { U2F_FLAG_USER_PRESENT, vehicleAppParam, verifyAssertion } from './u2f.js';
+import { verifyOwnerFidoSignature } from './u2f.js';
 
 /**
  * Approval of a pending phone or web-key enrollment (src/ble/enrollment.ts) by an owner FIDO key
@@ -76,18 +76,8 @@ export function verifyFidoApproval(
   requestHash: Uint8Array,
   assertion: FidoApprovalAssertion,
 ): boolean {
-  if (owner.kind !== 'fido' || owner.publicKey === undefined) return false;
-  if ((assertion.flags & U2F_FLAG_USER_PRESENT) === 0) return false;
-  try {
-    return verifyAssertion(
-      owner.publicKey,
-      vehicleAppParam(vehicleId),
-      fidoApprovalChallenge(requestHash),
-      assertion,
-    );
-  } catch {
-    return false;
-  }
+  if (requestHash.length !== REQUEST_HASH_BYTES) return false;
+  return verifyOwnerFidoSignature(owner, vehicleId, fidoApprovalChallenge(requestHash), assertion);
 }
 
 /** The keyring's verifier for FIDO_APPROVAL_AUTH_METHOD (pure): everything comes from the grant. */

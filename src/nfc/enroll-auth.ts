@@ -8,7 +8,7 @@ import { b64url, bytesEqual, fromB64url } from '../crypto/encoding.js';
 import { parseJws, verifyJws } from '../crypto/jws.js';
 import { publicKeyFromJwk } from '../crypto/keys.js';
 import { FIDO_APPROVAL_AUTH_METHOD, verifyFidoApprovalAuth } from './approve-auth.js';
-import { enrollmentChallenge, U2F_FLAG_USER_PRESENT, vehicleAppParam, verifyAssertion } from './u2f.js';
+import { enrollmentChallenge, verifyOwnerFidoSignature } from './u2f.js';
 
 /**
  * Card enrollment at the vehicle, authorised by the owner (docs/keyring.md).
@@ -246,18 +246,7 @@ export function verifyFidoAuthorisation(
   assertion: FidoAuthorisation,
   owner: Credential,
 ): boolean {
-  if (owner.kind !== 'fido' || owner.publicKey === undefined) return false;
-  if ((assertion.flags & U2F_FLAG_USER_PRESENT) === 0) return false;
-  try {
-    return verifyAssertion(
-      owner.publicKey,
-      vehicleAppParam(request.vid),
-      fidoAuthorisationChallenge(request),
-      assertion,
-    );
-  } catch {
-    return false;
-  }
+  return verifyOwnerFidoSignature(owner, request.vid, fidoAuthorisationChallenge(request), assertion);
 }
 
 function proofCard(value: unknown): CardIdentity | undefined {

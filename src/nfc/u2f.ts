@@ -1,6 +1,6 @@
 import { createHash, createPublicKey, type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
 import { AgentError } from '../core/errors.js';
-import type { PublicJwk } from '../core/types.js';
+import type { Credential, PublicJwk } from '../core/types.js';
 import { readDerElement } from '../crypto/der.js';
 import { concatBytes, fromHex } from '../crypto/encoding.js';
 import { publicKeyFromJwk } from '../crypto/keys.js';
@@ -408,4 +408,23 @@ export function u2fCheckKeyHandle(
     if (response.sw === SW.WRONG_DATA) return false;
     throw u2fStatusError(response.sw, 'check');
   });
+}
+
+/**
+ * True when `owner` is a FIDO credential whose key signed `challenge`, with user presence, under
+ * `vehicleId`'s application parameter (card enrollment and enrollment approval alike). Pure.
+ */
+export function verifyOwnerFidoSignature(
+  owner: Credential,
+  vehicleId: string,
+  challenge: Uint8Array,
+  assertion: { readonly flags: number; readonly counter: number; readonly signature: Uint8Array },
+): boolean {
+  if (owner.kind !== 'fido' || owner.publicKey === undefined) return false;
+  if ((assertion.flags & U2F_FLAG_USER_PRESENT) === 0) return false;
+  try {
+    return verifyAssertion(owner.publicKey, vehicleAppParam(vehicleId), challenge, assertion);
+  } catch {
+    return false;
+  }
 }
